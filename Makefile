@@ -1,0 +1,23 @@
+# GOTOOLCHAIN=local: build with the Go on this machine, never download one.
+export GOTOOLCHAIN := local
+GO ?= go
+STATICCHECK_VERSION ?= v0.8.2
+
+.PHONY: build test lint bench
+
+build:
+	$(GO) build -o vmesh .
+
+# The one test command (README and .ci/run run exactly this).
+test:
+	$(GO) vet ./...
+	$(GO) test -race -count=1 -timeout 20m ./...
+
+lint:
+	@out=$$(gofmt -l $$(git ls-files '*.go')); if [ -n "$$out" ]; then echo "gofmt wants to rewrite:"; echo "$$out"; exit 1; fi
+	$(GO) vet ./...
+	$(GO) run honnef.co/go/tools/cmd/staticcheck@$(STATICCHECK_VERSION) ./...
+
+# Benchmarks are not tests: they print numbers, they assert nothing.
+bench:
+	$(GO) test -run '^$$' -bench . -benchtime 3s ./bench/

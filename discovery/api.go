@@ -1,0 +1,276 @@
+package discovery
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"log/slog"
+	"math/rand/v2"
+	"net/http"
+	"strconv"
+	"strings"
+	"time"
+
+	"github.com/hashicorp/go-memdb"
+)
+
+// Cluster is what the API needs to know about consensus; raft.Server is
+// one.
+type Cluster interface {
+	Leader() (addr, id string)
+	Peers() ([]string, error)
+	LastContact() time.Duration
+	VerifyLeader() error
+	Stats() map[string]string
+}
+
+// Member is one agent as /v1/agent/members shows it.
+type Member struct {
+	Name   string
+	Addr   string
+	Port   int
+	Role   string
+	Status int // 1 alive, as Serf numbers it
+}
+
+// API serves the Consul-compatible HTTP API over the catalog. Reads come
+// from the local Store; writes go through Writer (raft). It never touches
+// raft directly, so the cluster layer can forward writes to a leader
+// without this code knowing.
+type API struct {
+	Store      *Store
+	Writer     Writer
+	Cluster    Cluster
+	TTL        TTLUpdater
+	NodeName   string
+	NodeID     string
+	Datacenter string
+	Version    string
+	// Members lists the agents of the cluster.
+	Members func() []Member
+	Logger  *slog.Logger
+}
+
+// Blocking query limits, as Consul's.
+const (
+	defaultWait = 5 * time.Minute
+	maxWait     = 10 * time.Minute
+	// maxKVSize is Consul's default limit on a KV value.
+	maxKVSize = 512 * 1024
+	// maxBody bounds any other request body.
+	maxBody = 1 << 20
+)
+
+// Register adds the API's routes to mux.
+func (a *API) Register(mux *http.ServeMux) {
+	// agent
+	mux.HandleFunc("PUT /v1/agent/service/register", a.serviceRegister)
+	mux.HandleFunc("PUT /v1/agent/service/deregister/{id}", a.serviceDeregister)
+	mux.HandleFunc("GET /v1/agent/services", a.agentServices)
+	mux.HandleFunc("GET /v1/agent/service/{id}", a.agentService)
+	mux.HandleFunc("GET /v1/agent/checks", a.agentChecks)
+	mux.HandleFunc("PUT /v1/agent/check/register", a.checkRegister)
+	mux.HandleFunc("PUT /v1/agent/check/deregister/{id}", a.checkDeregister)
+	mux.HandleFunc("PUT /v1/agent/check/pass/{id}", a.checkTTL(HealthPassing))
+	mux.HandleFunc("PUT /v1/agent/check/warn/{id}", a.checkTTL(HealthWarning))
+	mux.HandleFunc("PUT /v1/agent/check/fail/{id}", a.checkTTL(HealthCritical))
+	mux.HandleFunc("PUT /v1/agent/check/update/{id}", a.checkTTL(""))
+	mux.HandleFunc("GET /v1/agent/self", a.agentSelf)
+	mux.HandleFunc("GET /v1/agent/members", a.agentMembers)
+	// catalog
+	mux.HandleFunc("GET /v1/catalog/services", a.catalogServices)
+	mux.HandleFunc("GET /v1/catalog/service/{name}", a.catalogService)
+	mux.HandleFunc("GET /v1/catalog/nodes", a.catalogNodes)
+	mux.HandleFunc("GET /v1/catalog/node/{node}", a.catalogNode)
+	// health
+	mux.HandleFunc("GET /v1/health/service/{name}", a.healthService)
+	mux.HandleFunc("GET /v1/health/checks/{name}", a.healthChecks)
+	mux.HandleFunc("GET /v1/health/state/{state}", a.healthState)
+	mux.HandleFunc("GET /v1/health/node/{node}", a.healthNode)
+	// kv
+	mux.HandleFunc("GET /v1/kv/{key...}", a.kvGet)
+	mux.HandleFunc("PUT /v1/kv/{key...}", a.kvPut)
+	mux.HandleFunc("DELETE /v1/kv/{key...}", a.kvDelete)
+	// status
+	mux.HandleFunc("GET /v1/status/leader", a.statusLeader)
+	mux.HandleFunc("GET /v1/status/peers", a.statusPeers)
+}
+
+// HTTPError is an error with the status code the API answers it with.
+type HTTPError struct {
+	Code int
+	Msg  string
+}
+
+func (e *HTTPError) Error() string { return e.Msg }
+
+func badRequest(format string, args ...any) error {
+	return &HTTPError{Code: http.StatusBadRequest, Msg: fmt.Sprintf(format, args...)}
+}
+
+func notFound(format string, args ...any) error {
+	return &HTTPError{Code: http.StatusNotFound, Msg: fmt.Sprintf(format, args...)}
+}
+
+// writeError answers err with Consul's status code and a plain-text body.
+func (a *API) writeError(w http.ResponseWriter, r *http.Request, err error) {
+	code := http.StatusInternalServerError
+	msg := err.Error()
+	var he *HTTPError
+	switch {
+	case errors.As(err, &he):
+		code = he.Code
+	case errors.Is(err, ErrInvalid):
+		code = http.StatusBadRequest
+	case errors.Is(err, ErrNotFound):
+		code = http.StatusNotFound
+	case errors.Is(err, context.DeadlineExceeded), errors.Is(err, context.Canceled):
+		code = http.StatusServiceUnavailable
+	}
+	if code == http.StatusInternalServerError && a.Logger != nil {
+		a.Logger.Error("request failed", "method", r.Method, "path", r.URL.Path, "err", err)
+	}
+	w.Header().Set("Content-Type", "text/plain; charset=utf-8")
+	w.WriteHeader(code)
+	io.WriteString(w, msg)
+}
+
+func writeJSON(w http.ResponseWriter, v any) {
+	w.Header().Set("Content-Type", "application/json")
+	enc := json.NewEncoder(w)
+	enc.SetEscapeHTML(false)
+	enc.Encode(v)
+}
+
+// decodeBody decodes a JSON request body strictly: an unknown field or a
+// value of the wrong type is a 400 that names the field.
+func decodeBody(r *http.Request, out any) error {
+	dec := json.NewDecoder(http.MaxBytesReader(nil, r.Body, maxBody))
+	dec.DisallowUnknownFields()
+	if err := dec.Decode(out); err != nil {
+		var te *json.UnmarshalTypeError
+		if errors.As(err, &te) {
+			return badRequest("Request decode failed: field %s: expected %s, got JSON %s", te.Field, te.Type, te.Value)
+		}
+		if errors.Is(err, io.EOF) {
+			return badRequest("Request decode failed: empty body")
+		}
+		return badRequest("Request decode failed: %v", strings.TrimPrefix(err.Error(), "json: "))
+	}
+	if dec.More() {
+		return badRequest("Request decode failed: trailing data after the JSON object")
+	}
+	return nil
+}
+
+// queryOptions are the parameters every read accepts.
+type queryOptions struct {
+	minIndex   uint64
+	wait       time.Duration
+	stale      bool
+	consistent bool
+}
+
+func parseQuery(r *http.Request) (queryOptions, error) {
+	q := r.URL.Query()
+	var o queryOptions
+	if s := q.Get("index"); s != "" {
+		v, err := strconv.ParseUint(s, 10, 64)
+		if err != nil {
+			return o, badRequest("Invalid index: %q is not a number", s)
+		}
+		o.minIndex = v
+	}
+	o.wait = defaultWait
+	if s := q.Get("wait"); s != "" {
+		d, err := time.ParseDuration(s)
+		if err != nil {
+			// Consul also takes a bare number of milliseconds? It does not:
+			// it wants a Go duration.
+			return o, badRequest("Invalid wait time: %q", s)
+		}
+		o.wait = min(d, maxWait)
+	}
+	_, o.stale = q["stale"]
+	_, o.consistent = q["consistent"]
+	if o.stale && o.consistent {
+		return o, badRequest("Cannot specify ?stale with ?consistent, conflicting semantics.")
+	}
+	return o, nil
+}
+
+// read runs a (possibly blocking) query and writes Consul's headers. query
+// fills in the result it wants encoded and returns the index it read at.
+// It returns false after writing an error.
+func (a *API) read(w http.ResponseWriter, r *http.Request, query func(ws memdb.WatchSet) (uint64, error)) bool {
+	o, err := parseQuery(r)
+	if err != nil {
+		a.writeError(w, r, err)
+		return false
+	}
+	leader, _ := a.Cluster.Leader()
+	if leader == "" && !o.stale {
+		a.writeError(w, r, &HTTPError{Code: http.StatusInternalServerError, Msg: "No cluster leader"})
+		return false
+	}
+	if o.consistent {
+		if err := a.Cluster.VerifyLeader(); err != nil {
+			a.writeError(w, r, err)
+			return false
+		}
+	}
+	ctx := r.Context()
+	if o.minIndex > 0 {
+		// Jitter spreads the wake-ups of many watchers that block with the
+		// same wait, as Consul does (up to wait/16).
+		wait := o.wait + rand.N(o.wait/16+1)
+		var cancel context.CancelFunc
+		ctx, cancel = context.WithTimeout(ctx, wait)
+		defer cancel()
+	}
+	var idx uint64
+	err = a.Store.Blocking(ctx, o.minIndex, func(ws memdb.WatchSet) (uint64, error) {
+		var err error
+		idx, err = query(ws)
+		return idx, err
+	})
+	if err != nil {
+		a.writeError(w, r, err)
+		return false
+	}
+	// A client that sends index=0 back would not block: never answer 0.
+	idx = max(idx, 1)
+	w.Header().Set("X-Consul-Index", strconv.FormatUint(idx, 10))
+	w.Header().Set("X-Consul-KnownLeader", strconv.FormatBool(leader != ""))
+	w.Header().Set("X-Consul-LastContact", strconv.FormatInt(a.Cluster.LastContact().Milliseconds(), 10))
+	return true
+}
+
+// apply sends a write through raft.
+func (a *API) apply(r *http.Request, cmd Command) (uint64, error) {
+	return a.Writer.Apply(r.Context(), cmd)
+}
+
+func (a *API) statusLeader(w http.ResponseWriter, r *http.Request) {
+	addr, _ := a.Cluster.Leader()
+	writeJSON(w, addr)
+}
+
+func (a *API) statusPeers(w http.ResponseWriter, r *http.Request) {
+	peers, err := a.Cluster.Peers()
+	if err != nil {
+		a.writeError(w, r, err)
+		return
+	}
+	if peers == nil {
+		peers = []string{}
+	}
+	writeJSON(w, peers)
+}
+
+// TTLUpdater records TTL check results; the agent's CheckRunner is one.
+type TTLUpdater interface {
+	UpdateTTL(ctx context.Context, checkID, status, output string) error
+}

@@ -1,0 +1,243 @@
+package discovery
+
+import (
+	"errors"
+	"net/http"
+	"sort"
+	"strconv"
+
+	"github.com/hashicorp/go-memdb"
+)
+
+func (a *API) serviceRegister(w http.ResponseWriter, r *http.Request) {
+	var reg ServiceRegistration
+	if err := decodeBody(r, &reg); err != nil {
+		a.writeError(w, r, err)
+		return
+	}
+	req, err := reg.Build(a.NodeName, "api")
+	if err != nil {
+		a.writeError(w, r, err)
+		return
+	}
+	if err := a.checkIDFree(req); err != nil {
+		a.writeError(w, r, err)
+		return
+	}
+	if _, err := a.apply(r, req); err != nil {
+		a.writeError(w, r, err)
+		return
+	}
+	w.WriteHeader(http.StatusOK)
+}
+
+// checkIDFree refuses a registration whose ID already belongs to another
+// service on this node: re-registering the same service updates it, as in
+// Consul, but silently turning "web-1" into a "db" would surprise everyone
+// watching "web".
+func (a *API) checkIDFree(req *RegisterServiceRequest) error {
+	_, cur, err := a.Store.Instance(nil, req.Instance.Node, req.Instance.ID)
+	if err != nil {
+		return err
+	}
+	if cur != nil && cur.Service != req.Instance.Service {
+		return badRequest("ID: duplicate ID %q: already registered for service %q; deregister it first", req.Instance.ID, cur.Service)
+	}
+	return nil
+}
+
+func (a *API) serviceDeregister(w http.ResponseWriter, r *http.Request) {
+	id := r.PathValue("id")
+	_, cur, err := a.Store.Instance(nil, a.NodeName, id)
+	if err != nil {
+		a.writeError(w, r, err)
+		return
+	}
+	if cur == nil {
+		a.writeError(w, r, notFound("Unknown service ID %q. Ensure that the service ID is passed, not the service name.", id))
+		return
+	}
+	if _, err := a.apply(r, DeregisterServiceRequest{Node: a.NodeName, ServiceID: id}); err != nil {
+		a.writeError(w, r, err)
+		return
+	}
+	w.WriteHeader(http.StatusOK)
+}
+
+func (a *API) agentServices(w http.ResponseWriter, r *http.Request) {
+	out := map[string]*agentService{}
+	if !a.read(w, r, func(ws memdb.WatchSet) (uint64, error) {
+		idx, insts, err := a.Store.NodeInstances(ws, a.NodeName)
+		clear(out)
+		for _, in := range insts {
+			out[in.ID] = toAgentService(in, a.Datacenter)
+		}
+		return idx, err
+	}) {
+		return
+	}
+	writeJSON(w, out)
+}
+
+func (a *API) agentService(w http.ResponseWriter, r *http.Request) {
+	var svc *Instance
+	if !a.read(w, r, func(ws memdb.WatchSet) (uint64, error) {
+		idx, in, err := a.Store.Instance(ws, a.NodeName, r.PathValue("id"))
+		svc = in
+		return idx, err
+	}) {
+		return
+	}
+	if svc == nil {
+		a.writeError(w, r, notFound("unknown service ID: %s", r.PathValue("id")))
+		return
+	}
+	writeJSON(w, toAgentService(svc, a.Datacenter))
+}
+
+func (a *API) agentChecks(w http.ResponseWriter, r *http.Request) {
+	out := map[string]*healthCheck{}
+	if !a.read(w, r, func(ws memdb.WatchSet) (uint64, error) {
+		idx, checks, err := a.Store.NodeChecks(ws, a.NodeName)
+		clear(out)
+		for _, c := range checks {
+			out[c.CheckID] = toHealthCheck(c)
+		}
+		return idx, err
+	}) {
+		return
+	}
+	writeJSON(w, out)
+}
+
+func (a *API) checkRegister(w http.ResponseWriter, r *http.Request) {
+	var ct CheckType
+	if err := decodeBody(r, &ct); err != nil {
+		a.writeError(w, r, err)
+		return
+	}
+	chk, err := ct.BuildCheck(a.NodeName)
+	if err != nil {
+		a.writeError(w, r, err)
+		return
+	}
+	if _, err := a.apply(r, RegisterCheckRequest{Check: *chk}); err != nil {
+		if errors.Is(err, ErrNotFound) {
+			err = badRequest("ServiceID: %v", err)
+		}
+		a.writeError(w, r, err)
+		return
+	}
+	w.WriteHeader(http.StatusOK)
+}
+
+func (a *API) checkDeregister(w http.ResponseWriter, r *http.Request) {
+	id := r.PathValue("id")
+	_, cur, err := a.Store.Check(nil, a.NodeName, id)
+	if err != nil {
+		a.writeError(w, r, err)
+		return
+	}
+	if cur == nil {
+		a.writeError(w, r, notFound("Unknown check ID %q", id))
+		return
+	}
+	if _, err := a.apply(r, DeregisterCheckRequest{Node: a.NodeName, CheckID: id}); err != nil {
+		a.writeError(w, r, err)
+		return
+	}
+	w.WriteHeader(http.StatusOK)
+}
+
+// checkTTL handles pass/warn/fail (status fixed, ?note= as output) and
+// update (status and output in the body).
+func (a *API) checkTTL(status string) http.HandlerFunc {
+	return func(w http.ResponseWriter, r *http.Request) {
+		output := r.URL.Query().Get("note")
+		st := status
+		if st == "" {
+			var body struct{ Status, Output string }
+			if err := decodeBody(r, &body); err != nil {
+				a.writeError(w, r, err)
+				return
+			}
+			if !ValidHealthState(body.Status) {
+				a.writeError(w, r, badRequest("Status: %q is not one of passing, warning, critical", body.Status))
+				return
+			}
+			st, output = body.Status, body.Output
+		}
+		if len(output) > 4096 {
+			output = output[:4096] + " ... (captured 4096 of " + strconv.Itoa(len(output)) + " bytes)"
+		}
+		err := a.TTL.UpdateTTL(r.Context(), r.PathValue("id"), st, output)
+		switch {
+		case errors.Is(err, ErrCheckNotFound):
+			err = notFound("Unknown check ID %q", r.PathValue("id"))
+		case errors.Is(err, ErrNotTTLCheck):
+			err = badRequest("CheckID %q does not have an associated TTL", r.PathValue("id"))
+		}
+		if err != nil {
+			a.writeError(w, r, err)
+			return
+		}
+		w.WriteHeader(http.StatusOK)
+	}
+}
+
+func (a *API) agentSelf(w http.ResponseWriter, r *http.Request) {
+	addr, _ := a.Cluster.Leader()
+	raftStats := a.Cluster.Stats()
+	stats := map[string]any{
+		"agent": map[string]string{"node": a.NodeName, "leader_addr": addr},
+		"raft":  raftStats,
+	}
+	writeJSON(w, map[string]any{
+		"Config": map[string]any{
+			"Datacenter": a.Datacenter, "NodeName": a.NodeName, "NodeID": a.NodeID,
+			"Server": true, "Version": a.Version, "Revision": "", "PrimaryDatacenter": a.Datacenter,
+		},
+		"DebugConfig": map[string]any{},
+		"Member":      a.members()[0],
+		"Meta":        map[string]string{},
+		"Stats":       stats,
+	})
+}
+
+type wireMember struct {
+	Name        string
+	Addr        string
+	Port        uint16
+	Tags        map[string]string
+	Status      int
+	ProtocolMin uint8
+	ProtocolMax uint8
+	ProtocolCur uint8
+	DelegateMin uint8
+	DelegateMax uint8
+	DelegateCur uint8
+}
+
+func (a *API) members() []wireMember {
+	var ms []Member
+	if a.Members != nil {
+		ms = a.Members()
+	}
+	if len(ms) == 0 {
+		ms = []Member{{Name: a.NodeName, Status: 1, Role: "node"}}
+	}
+	sort.Slice(ms, func(i, j int) bool { return ms[i].Name < ms[j].Name })
+	out := make([]wireMember, 0, len(ms))
+	for _, m := range ms {
+		out = append(out, wireMember{
+			Name: m.Name, Addr: m.Addr, Port: uint16(m.Port), Status: m.Status,
+			Tags: map[string]string{"role": m.Role, "dc": a.Datacenter, "id": a.NodeID, "build": a.Version},
+			ProtocolMin: 1, ProtocolMax: 5, ProtocolCur: 2, DelegateMin: 2, DelegateMax: 5, DelegateCur: 4,
+		})
+	}
+	return out
+}
+
+func (a *API) agentMembers(w http.ResponseWriter, r *http.Request) {
+	writeJSON(w, a.members())
+}

@@ -1,0 +1,173 @@
+package discovery
+
+import (
+	"errors"
+	"io"
+	"net/http"
+	"strconv"
+
+	"github.com/hashicorp/go-memdb"
+)
+
+func (a *API) kvGet(w http.ResponseWriter, r *http.Request) {
+	key := r.PathValue("key")
+	q := r.URL.Query()
+	_, recurse := q["recurse"]
+	_, keys := q["keys"]
+	_, raw := q["raw"]
+	switch {
+	case keys:
+		var out []string
+		if !a.read(w, r, func(ws memdb.WatchSet) (uint64, error) {
+			idx, ks, err := a.Store.KVKeys(ws, key, q.Get("separator"))
+			out = ks
+			return idx, err
+		}) {
+			return
+		}
+		if len(out) == 0 {
+			w.WriteHeader(http.StatusNotFound)
+			return
+		}
+		writeJSON(w, out)
+	case recurse:
+		var out []*KVEntry
+		if !a.read(w, r, func(ws memdb.WatchSet) (uint64, error) {
+			idx, es, err := a.Store.KVList(ws, key)
+			out = es
+			return idx, err
+		}) {
+			return
+		}
+		if len(out) == 0 {
+			w.WriteHeader(http.StatusNotFound)
+			return
+		}
+		writeJSON(w, toKVPairs(out))
+	default:
+		var e *KVEntry
+		if !a.read(w, r, func(ws memdb.WatchSet) (uint64, error) {
+			idx, got, err := a.Store.KVGet(ws, key)
+			e = got
+			return idx, err
+		}) {
+			return
+		}
+		if e == nil {
+			w.WriteHeader(http.StatusNotFound)
+			return
+		}
+		if raw {
+			w.Header().Set("Content-Type", "application/octet-stream")
+			w.Write(e.Value)
+			return
+		}
+		writeJSON(w, toKVPairs([]*KVEntry{e}))
+	}
+}
+
+func toKVPairs(es []*KVEntry) []*kvPair {
+	out := make([]*kvPair, 0, len(es))
+	for _, e := range es {
+		out = append(out, &kvPair{
+			Key: e.Key, CreateIndex: e.CreateIndex, ModifyIndex: e.ModifyIndex, LockIndex: e.LockIndex,
+			Flags: e.Flags, Value: e.Value,
+		})
+	}
+	return out
+}
+
+func uintParam(r *http.Request, name string) (uint64, bool, error) {
+	s := r.URL.Query().Get(name)
+	if _, ok := r.URL.Query()[name]; !ok {
+		return 0, false, nil
+	}
+	v, err := strconv.ParseUint(s, 10, 64)
+	if err != nil {
+		return 0, true, badRequest("Invalid %s: %q is not a number", name, s)
+	}
+	return v, true, nil
+}
+
+func (a *API) kvPut(w http.ResponseWriter, r *http.Request) {
+	key := r.PathValue("key")
+	if key == "" {
+		a.writeError(w, r, badRequest("Missing key name"))
+		return
+	}
+	q := r.URL.Query()
+	for _, p := range []string{"acquire", "release"} {
+		if _, ok := q[p]; ok {
+			a.writeError(w, r, badRequest("?%s: sessions are not supported", p))
+			return
+		}
+	}
+	flags, _, err := uintParam(r, "flags")
+	if err != nil {
+		a.writeError(w, r, err)
+		return
+	}
+	cas, hasCAS, err := uintParam(r, "cas")
+	if err != nil {
+		a.writeError(w, r, err)
+		return
+	}
+	if r.ContentLength > maxKVSize {
+		a.writeError(w, r, &HTTPError{Code: http.StatusRequestEntityTooLarge,
+			Msg: "Request body(" + strconv.FormatInt(r.ContentLength, 10) + " bytes) too large, max size: 524288 bytes."})
+		return
+	}
+	val, err := io.ReadAll(io.LimitReader(r.Body, maxKVSize+1))
+	if err != nil {
+		a.writeError(w, r, badRequest("reading value: %v", err))
+		return
+	}
+	if len(val) > maxKVSize {
+		a.writeError(w, r, &HTTPError{Code: http.StatusRequestEntityTooLarge, Msg: "Value exceeds 524288 byte limit"})
+		return
+	}
+	op := KVSet
+	if hasCAS {
+		op = KVCAS
+	}
+	a.kvWrite(w, r, KVRequest{Op: op, Entry: KVEntry{Key: key, Flags: flags, Value: val, ModifyIndex: cas}})
+}
+
+func (a *API) kvDelete(w http.ResponseWriter, r *http.Request) {
+	key := r.PathValue("key")
+	_, recurse := r.URL.Query()["recurse"]
+	cas, hasCAS, err := uintParam(r, "cas")
+	if err != nil {
+		a.writeError(w, r, err)
+		return
+	}
+	op := KVDelete
+	switch {
+	case recurse && hasCAS:
+		a.writeError(w, r, badRequest("Conflicting flags: ?recurse and ?cas"))
+		return
+	case recurse:
+		op = KVDeleteTree
+	case hasCAS:
+		op = KVDeleteCAS
+	case key == "":
+		a.writeError(w, r, badRequest("Missing key name"))
+		return
+	}
+	a.kvWrite(w, r, KVRequest{Op: op, Entry: KVEntry{Key: key, ModifyIndex: cas}})
+}
+
+// kvWrite applies a KV request and answers true or false, as Consul does: a
+// failed check-and-set is false with status 200.
+func (a *API) kvWrite(w http.ResponseWriter, r *http.Request, req KVRequest) {
+	_, err := a.apply(r, req)
+	if errors.Is(err, ErrCASConflict) {
+		writeJSON(w, false)
+		return
+	}
+	if err != nil {
+		a.writeError(w, r, err)
+		return
+	}
+	writeJSON(w, true)
+}

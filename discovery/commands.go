@@ -1,0 +1,76 @@
+package discovery
+
+import "context"
+
+// MessageType is the one-byte type of a raft log entry. The numbers are part
+// of the log format: never reuse or renumber one.
+type MessageType uint8
+
+// Command types.
+const (
+	RegisterNodeType      MessageType = 1
+	DeregisterNodeType    MessageType = 2
+	RegisterServiceType   MessageType = 3
+	DeregisterServiceType MessageType = 4
+	RegisterCheckType     MessageType = 5
+	DeregisterCheckType   MessageType = 6
+	UpdateCheckType       MessageType = 7
+	KVType                MessageType = 8
+
+	// IgnoreUnknownTypeFlag marks a command that an older agent that does
+	// not know its type may skip instead of stopping: commands added in a
+	// rolling upgrade set it when losing them on old agents is harmless.
+	IgnoreUnknownTypeFlag MessageType = 0x80
+)
+
+// Command is a write to the catalog. Every write goes through Writer.Apply.
+type Command interface {
+	MessageType() MessageType
+}
+
+// Writer applies commands through raft. Apply returns once the command is
+// committed and applied to this node's catalog, with its raft index; an
+// error the catalog returns for the command (ErrCASConflict, ErrNotFound)
+// comes back as the error, wrapped.
+type Writer interface {
+	Apply(ctx context.Context, cmd Command) (uint64, error)
+}
+
+// RegisterNodeRequest creates or updates a node.
+type RegisterNodeRequest struct{ Node Node }
+
+// DeregisterNodeRequest removes a node with its instances and checks.
+type DeregisterNodeRequest struct{ Node string }
+
+// RegisterServiceRequest creates or updates an instance and sets its checks.
+type RegisterServiceRequest struct {
+	Instance Instance
+	Checks   []*Check
+}
+
+// DeregisterServiceRequest removes an instance and its checks.
+type DeregisterServiceRequest struct{ Node, ServiceID string }
+
+// RegisterCheckRequest creates or updates a check.
+type RegisterCheckRequest struct{ Check Check }
+
+// DeregisterCheckRequest removes a check.
+type DeregisterCheckRequest struct{ Node, CheckID string }
+
+// UpdateCheckRequest sets a check's status and output.
+type UpdateCheckRequest struct{ Node, CheckID, Status, Output string }
+
+// KVRequest is a key/value operation.
+type KVRequest struct {
+	Op    KVOp
+	Entry KVEntry
+}
+
+func (RegisterNodeRequest) MessageType() MessageType      { return RegisterNodeType }
+func (DeregisterNodeRequest) MessageType() MessageType    { return DeregisterNodeType }
+func (RegisterServiceRequest) MessageType() MessageType   { return RegisterServiceType }
+func (DeregisterServiceRequest) MessageType() MessageType { return DeregisterServiceType }
+func (RegisterCheckRequest) MessageType() MessageType     { return RegisterCheckType }
+func (DeregisterCheckRequest) MessageType() MessageType   { return DeregisterCheckType }
+func (UpdateCheckRequest) MessageType() MessageType       { return UpdateCheckType }
+func (KVRequest) MessageType() MessageType                { return KVType }

@@ -1,0 +1,135 @@
+package discovery
+
+import (
+	"fmt"
+
+	"github.com/hashicorp/go-memdb"
+)
+
+// Snapshot is a point-in-time, read-only view of the whole catalog. Taking
+// one is O(1) (memdb's radix trees are immutable); the FSM hands it to
+// raft's Persist, which walks it while writes go on.
+type Snapshot struct {
+	tx *memdb.Txn
+}
+
+// Snapshot returns a point-in-time view of the catalog.
+func (s *Store) Snapshot() *Snapshot {
+	return &Snapshot{tx: s.readTxn(nil)}
+}
+
+// Records are the kinds of record a snapshot stream holds.
+type RecordType uint8
+
+// Record kinds. Numbers are part of the on-disk format: never reuse one.
+const (
+	RecordNode     RecordType = 1
+	RecordInstance RecordType = 2
+	RecordCheck    RecordType = 3
+	RecordKV       RecordType = 4
+	RecordIndex    RecordType = 5
+)
+
+// IndexRecord is a table's highest index, as stored in a snapshot.
+type IndexRecord struct {
+	Table string
+	Index uint64
+}
+
+// Walk calls fn for every record of the snapshot: nodes before instances
+// before checks, so that a restore can insert them in order.
+func (sn *Snapshot) Walk(fn func(RecordType, any) error) error {
+	walk := func(table string, rt RecordType) error {
+		it, err := sn.tx.Get(table, "id")
+		if err != nil {
+			return err
+		}
+		for raw := it.Next(); raw != nil; raw = it.Next() {
+			rec := raw
+			if e, ok := raw.(*indexEntry); ok {
+				rec = &IndexRecord{Table: e.Key, Index: e.Value}
+			}
+			if err := fn(rt, rec); err != nil {
+				return err
+			}
+		}
+		return nil
+	}
+	for _, t := range []struct {
+		table string
+		rt    RecordType
+	}{
+		{tableNodes, RecordNode}, {tableInstances, RecordInstance}, {tableChecks, RecordCheck},
+		{tableKV, RecordKV}, {tableIndex, RecordIndex},
+	} {
+		if err := walk(t.table, t.rt); err != nil {
+			return fmt.Errorf("walking %s: %w", t.table, err)
+		}
+	}
+	return nil
+}
+
+// Restorer builds a new catalog from snapshot records. Commit swaps it in
+// and wakes every blocked reader.
+type Restorer struct {
+	store *Store
+	db    *memdb.MemDB
+	tx    *memdb.Txn
+}
+
+// NewRestorer starts a restore into a fresh database.
+func (s *Store) NewRestorer() *Restorer {
+	db, err := memdb.NewMemDB(schema())
+	if err != nil {
+		panic(fmt.Sprintf("discovery: bad schema: %v", err))
+	}
+	return &Restorer{store: s, db: db, tx: db.Txn(true)}
+}
+
+// Add inserts one record, taking ownership of it.
+func (r *Restorer) Add(rt RecordType, rec any) error {
+	switch v := rec.(type) {
+	case *Node:
+		return r.tx.Insert(tableNodes, v)
+	case *Instance:
+		return r.tx.Insert(tableInstances, v)
+	case *Check:
+		return r.tx.Insert(tableChecks, v)
+	case *KVEntry:
+		return r.tx.Insert(tableKV, v)
+	case *IndexRecord:
+		return r.tx.Insert(tableIndex, &indexEntry{Key: v.Table, Value: v.Index})
+	}
+	return fmt.Errorf("%w: record type %d (%T)", ErrInvalid, rt, rec)
+}
+
+// NewRecord returns an empty value to decode a record of type rt into.
+func NewRecord(rt RecordType) (any, error) {
+	switch rt {
+	case RecordNode:
+		return &Node{}, nil
+	case RecordInstance:
+		return &Instance{}, nil
+	case RecordCheck:
+		return &Check{}, nil
+	case RecordKV:
+		return &KVEntry{}, nil
+	case RecordIndex:
+		return &IndexRecord{}, nil
+	}
+	return nil, fmt.Errorf("%w: unknown snapshot record type %d", ErrInvalid, rt)
+}
+
+// Commit swaps the restored database in.
+func (r *Restorer) Commit() {
+	r.tx.Commit()
+	s := r.store
+	s.mu.Lock()
+	old := s.abandon
+	s.db, s.abandon = r.db, make(chan struct{})
+	s.mu.Unlock()
+	close(old)
+}
+
+// Abort drops a restore that failed.
+func (r *Restorer) Abort() { r.tx.Abort() }

@@ -1,0 +1,145 @@
+package discovery
+
+import "time"
+
+// Health states, as Consul spells them.
+const (
+	HealthPassing  = "passing"
+	HealthWarning  = "warning"
+	HealthCritical = "critical"
+	HealthAny      = "any"
+)
+
+// ValidHealthState reports whether s is one of passing, warning or critical.
+func ValidHealthState(s string) bool {
+	return s == HealthPassing || s == HealthWarning || s == HealthCritical
+}
+
+// Node is a host running a vmesh agent.
+type Node struct {
+	ID          string
+	Name        string
+	Address     string
+	Datacenter  string
+	Meta        map[string]string
+	CreateIndex uint64
+	ModifyIndex uint64
+}
+
+// Weights are DNS SRV weights for an instance, by health.
+type Weights struct {
+	Passing int
+	Warning int
+}
+
+// Instance is one registered instance of a service on a node (Consul's
+// "service" in a node's service list).
+type Instance struct {
+	Node              string
+	ID                string
+	Service           string
+	Tags              []string
+	Address           string
+	Port              int
+	Meta              map[string]string
+	Weights           Weights
+	EnableTagOverride bool
+	// Source says who owns the registration: "api" for the HTTP API and the
+	// CLI, "file:<path>" for a service definition file. The agent deregisters
+	// file-owned instances whose file disappears.
+	Source      string
+	CreateIndex uint64
+	ModifyIndex uint64
+}
+
+// Check kinds.
+const (
+	CheckHTTP = "http"
+	CheckTCP  = "tcp"
+	CheckGRPC = "grpc"
+	CheckTTL  = "ttl"
+)
+
+// CheckDefinition says how the agent that owns a check runs it. It is kept
+// in the catalog so that a restarted agent resumes its checks from raft.
+type CheckDefinition struct {
+	HTTP          string
+	Header        map[string][]string
+	Method        string
+	Body          string
+	TLSServerName string
+	TLSSkipVerify bool
+	TCP           string
+	GRPC          string
+	GRPCUseTLS    bool
+	TTL           time.Duration
+	Interval      time.Duration
+	Timeout       time.Duration
+	// DeregisterCriticalServiceAfter removes the check's service once the
+	// check has been critical this long (0: never).
+	DeregisterCriticalServiceAfter time.Duration
+}
+
+// Kind returns which of http, tcp, grpc or ttl the definition is, or "".
+func (d CheckDefinition) Kind() string {
+	switch {
+	case d.HTTP != "":
+		return CheckHTTP
+	case d.TCP != "":
+		return CheckTCP
+	case d.GRPC != "":
+		return CheckGRPC
+	case d.TTL > 0:
+		return CheckTTL
+	}
+	return ""
+}
+
+// Check is a health check on a node or on one of its instances.
+type Check struct {
+	Node        string
+	CheckID     string
+	Name        string
+	Status      string
+	Notes       string
+	Output      string
+	ServiceID   string
+	ServiceName string
+	ServiceTags []string
+	Type        string
+	Definition  CheckDefinition
+	CreateIndex uint64
+	ModifyIndex uint64
+}
+
+// KVEntry is one key in the key/value store.
+type KVEntry struct {
+	Key         string
+	Flags       uint64
+	Value       []byte
+	LockIndex   uint64
+	CreateIndex uint64
+	ModifyIndex uint64
+}
+
+// ServiceEntry is an instance with its node and every check that bears on
+// it (the node's own checks and the instance's).
+type ServiceEntry struct {
+	Node     *Node
+	Instance *Instance
+	Checks   []*Check
+}
+
+// AggregatedStatus is the worst status among checks (passing when empty).
+func AggregatedStatus(checks []*Check) string {
+	status := HealthPassing
+	for _, c := range checks {
+		switch c.Status {
+		case HealthCritical:
+			return HealthCritical
+		case HealthWarning:
+			status = HealthWarning
+		}
+	}
+	return status
+}

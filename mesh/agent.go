@@ -1,0 +1,410 @@
+package mesh
+
+import (
+	"context"
+	"crypto/rand"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"log/slog"
+	"net"
+	"net/http"
+	"os"
+	"path/filepath"
+	"reflect"
+	"strings"
+	"sync"
+	"time"
+
+	"github.com/hashicorp/go-memdb"
+	"github.com/vmesh/vmesh/discovery"
+	"github.com/vmesh/vmesh/raft"
+)
+
+// Version is the agent's version, set at build time with -ldflags.
+var Version = "0.1.0-dev"
+
+// Agent is one vmesh agent: raft, the catalog, the HTTP API, health checks
+// and service files. Start brings the parts up in order; Close takes them
+// down in reverse and tolerates a partial start.
+type Agent struct {
+	cfg    Config
+	logger *slog.Logger
+	out    io.Writer // the banner
+
+	nodeID  string
+	store   *discovery.Store
+	raft    *raft.Server
+	checks  *discovery.CheckRunner
+	httpLn  net.Listener
+	httpSrv *http.Server
+
+	// reloadMu serializes service file reconciliation (start and SIGHUP).
+	reloadMu sync.Mutex
+
+	cancel context.CancelFunc
+	wg     sync.WaitGroup
+	// removeDataDir is set for -dev, whose data dir is a temp dir.
+	removeDataDir bool
+}
+
+// NewAgent prepares an agent; nothing runs until Start.
+func NewAgent(cfg Config, logger *slog.Logger, out io.Writer) *Agent {
+	return &Agent{cfg: cfg, logger: logger, out: out}
+}
+
+// HTTPAddr is the address the HTTP API listens on, once started.
+func (a *Agent) HTTPAddr() string {
+	if a.httpLn == nil {
+		return ""
+	}
+	return a.httpLn.Addr().String()
+}
+
+// Start opens raft, starts the HTTP API and the background loops. It
+// returns once the API listens; the node registers itself and its service
+// files as soon as raft has a leader.
+func (a *Agent) Start(ctx context.Context) (err error) {
+	defer func() {
+		if err != nil {
+			a.Close()
+		}
+	}()
+	if a.cfg.Dev && a.cfg.DataDir == "" {
+		dir, err := os.MkdirTemp("", "vmesh-dev-")
+		if err != nil {
+			return fmt.Errorf("creating dev data dir: %w", err)
+		}
+		a.cfg.DataDir, a.removeDataDir = dir, true
+	}
+	if err := os.MkdirAll(a.cfg.DataDir, 0o700); err != nil {
+		return fmt.Errorf("creating data dir: %w", err)
+	}
+	if a.nodeID, err = loadNodeID(a.cfg.DataDir); err != nil {
+		return err
+	}
+	// Services files are checked before anything starts, so a bad file
+	// fails the start instead of deregistering what it used to define.
+	if _, err := a.desiredServices(); err != nil {
+		return &ConfigError{Err: err}
+	}
+
+	a.store = discovery.NewStore()
+	a.raft, err = raft.Open(raft.Config{
+		NodeID:            a.nodeID,
+		Addr:              a.cfg.ClusterAddr(),
+		DataDir:           a.cfg.DataDir,
+		Bootstrap:         a.cfg.Bootstrap || a.cfg.Dev,
+		SnapshotThreshold: a.cfg.Raft.SnapshotThreshold,
+		TrailingLogs:      a.cfg.Raft.TrailingLogs,
+		SnapshotInterval:  a.cfg.Raft.SnapshotInterval,
+		Logger:            a.logger.With("component", "raft"),
+	}, a.store)
+	if err != nil {
+		return err
+	}
+
+	a.checks = discovery.NewCheckRunner(a.logger.With("component", "checks"), checkSink{a})
+
+	api := &discovery.API{
+		Store: a.store, Writer: a.raft, Cluster: a.raft, TTL: a.checks,
+		NodeName: a.cfg.NodeName, NodeID: a.nodeID, Datacenter: a.cfg.Datacenter, Version: Version,
+		Members: a.members, Logger: a.logger.With("component", "http"),
+	}
+	mux := http.NewServeMux()
+	api.Register(mux)
+	mux.HandleFunc("PUT /v1/vmesh/raft/snapshot", a.handleSnapshot)
+
+	a.httpLn, err = net.Listen("tcp", a.cfg.HTTPAddr())
+	if err != nil {
+		return fmt.Errorf("listening for the HTTP API on %s: %w", a.cfg.HTTPAddr(), err)
+	}
+	a.httpSrv = &http.Server{Handler: mux, ReadHeaderTimeout: 10 * time.Second}
+
+	runCtx, cancel := context.WithCancel(context.WithoutCancel(ctx))
+	a.cancel = cancel
+	a.goLoop(func() {
+		if err := a.httpSrv.Serve(a.httpLn); err != nil && !errors.Is(err, http.ErrServerClosed) {
+			a.logger.Error("HTTP API stopped", "err", err)
+		}
+	})
+	a.goLoop(func() { a.runLocalState(runCtx) })
+	a.banner()
+	return nil
+}
+
+func (a *Agent) goLoop(fn func()) {
+	a.wg.Add(1)
+	go func() {
+		defer a.wg.Done()
+		fn()
+	}()
+}
+
+func (a *Agent) banner() {
+	if a.out == nil {
+		return
+	}
+	mode := ""
+	if a.cfg.Dev {
+		mode = " (dev mode: one node, data in a temp dir)"
+	}
+	fmt.Fprintf(a.out, "==> vmesh agent running%s\n", mode)
+	fmt.Fprintf(a.out, "      Node name: %s\n", a.cfg.NodeName)
+	fmt.Fprintf(a.out, "        Node ID: %s\n", a.nodeID)
+	fmt.Fprintf(a.out, "     Datacenter: %s\n", a.cfg.Datacenter)
+	fmt.Fprintf(a.out, "       Data dir: %s\n", a.cfg.DataDir)
+	fmt.Fprintf(a.out, "       HTTP API: http://%s\n", a.HTTPAddr())
+	fmt.Fprintf(a.out, "   Cluster addr: %s (single node: no cluster listener yet)\n", a.cfg.ClusterAddr())
+}
+
+// runLocalState waits for a leader, registers this node and the services
+// of its files, then keeps the check runner in step with the catalog.
+func (a *Agent) runLocalState(ctx context.Context) {
+	for {
+		wctx, cancel := context.WithTimeout(ctx, 30*time.Second)
+		err := a.raft.WaitLeader(wctx)
+		cancel()
+		if ctx.Err() != nil {
+			return
+		}
+		if err == nil {
+			break
+		}
+		a.logger.Warn("no raft leader yet; still waiting", "bootstrap", a.cfg.Bootstrap || a.cfg.Dev)
+	}
+	backoff := 100 * time.Millisecond
+	for {
+		err := a.registerNode(ctx)
+		if err == nil {
+			err = a.syncServiceFiles(ctx)
+		}
+		if err == nil {
+			break
+		}
+		a.logger.Warn("registering this node", "err", err, "retry_in", backoff)
+		select {
+		case <-ctx.Done():
+			return
+		case <-time.After(backoff):
+		}
+		backoff = min(2*backoff, 5*time.Second)
+	}
+	for {
+		ws := memdb.NewWatchSet()
+		_, checks, err := a.store.NodeChecks(ws, a.cfg.NodeName)
+		if err != nil {
+			a.logger.Error("reading local checks", "err", err)
+		} else {
+			a.checks.Sync(checks)
+		}
+		if ws.WatchCtx(ctx) != nil {
+			return
+		}
+	}
+}
+
+func (a *Agent) registerNode(ctx context.Context) error {
+	want := discovery.Node{
+		ID: a.nodeID, Name: a.cfg.NodeName, Address: hostOf(a.cfg.ClusterAddr()), Datacenter: a.cfg.Datacenter,
+	}
+	_, cur, _, err := a.store.Node(nil, a.cfg.NodeName)
+	if err != nil {
+		return err
+	}
+	if cur != nil && cur.ID == want.ID && cur.Address == want.Address && cur.Datacenter == want.Datacenter {
+		return nil
+	}
+	_, err = a.raft.Apply(ctx, discovery.RegisterNodeRequest{Node: want})
+	return err
+}
+
+func hostOf(addr string) string {
+	h, _, err := net.SplitHostPort(addr)
+	if err != nil {
+		return addr
+	}
+	return h
+}
+
+// desiredServices reads every service definition: those in config files
+// and those in services_dir.
+func (a *Agent) desiredServices() ([]*discovery.RegisterServiceRequest, error) {
+	defs := append([]fileService(nil), a.cfg.services...)
+	fromDir, err := loadServiceFiles(a.cfg.ServicesDir)
+	if err != nil {
+		return nil, err
+	}
+	defs = append(defs, fromDir...)
+	return buildFileServices(a.cfg.NodeName, defs)
+}
+
+// syncServiceFiles makes the catalog hold exactly the file-defined services:
+// new and changed definitions are registered, and services whose file (or
+// definition) is gone are deregistered. Services registered through the API
+// are left alone.
+func (a *Agent) syncServiceFiles(ctx context.Context) error {
+	a.reloadMu.Lock()
+	defer a.reloadMu.Unlock()
+	want, err := a.desiredServices()
+	if err != nil {
+		return err
+	}
+	_, have, err := a.store.NodeInstances(nil, a.cfg.NodeName)
+	if err != nil {
+		return err
+	}
+	wanted := map[string]bool{}
+	for _, req := range want {
+		wanted[req.Instance.ID] = true
+		if a.serviceUpToDate(req) {
+			continue
+		}
+		if _, err := a.raft.Apply(ctx, req); err != nil {
+			return fmt.Errorf("registering %s from %s: %w", req.Instance.ID, strings.TrimPrefix(req.Instance.Source, "file:"), err)
+		}
+		a.logger.Info("registered service from file", "id", req.Instance.ID, "source", req.Instance.Source)
+	}
+	for _, in := range have {
+		if strings.HasPrefix(in.Source, "file:") && !wanted[in.ID] {
+			if _, err := a.raft.Apply(ctx, discovery.DeregisterServiceRequest{Node: in.Node, ServiceID: in.ID}); err != nil {
+				return fmt.Errorf("deregistering %s: %w", in.ID, err)
+			}
+			a.logger.Info("deregistered service whose definition is gone", "id", in.ID, "source", in.Source)
+		}
+	}
+	return nil
+}
+
+// serviceUpToDate reports whether the catalog already holds req exactly, so
+// that a reload writes nothing for unchanged files.
+func (a *Agent) serviceUpToDate(req *discovery.RegisterServiceRequest) bool {
+	_, cur, err := a.store.Instance(nil, req.Instance.Node, req.Instance.ID)
+	if err != nil || cur == nil {
+		return false
+	}
+	c := *cur
+	c.CreateIndex, c.ModifyIndex = 0, 0
+	if !reflect.DeepEqual(&c, &req.Instance) {
+		return false
+	}
+	_, checks, err := a.store.NodeChecks(nil, req.Instance.Node)
+	if err != nil {
+		return false
+	}
+	have := map[string]*discovery.Check{}
+	for _, chk := range checks {
+		if chk.ServiceID == req.Instance.ID {
+			have[chk.CheckID] = chk
+		}
+	}
+	if len(have) != len(req.Checks) {
+		return false
+	}
+	for _, w := range req.Checks {
+		h := have[w.CheckID]
+		if h == nil || h.Name != w.Name || h.Notes != w.Notes || !reflect.DeepEqual(h.Definition, w.Definition) {
+			return false
+		}
+	}
+	return true
+}
+
+// Reload re-reads the configuration's service definitions (SIGHUP).
+func (a *Agent) Reload(ctx context.Context, cfg Config) error {
+	a.reloadMu.Lock()
+	a.cfg.services = cfg.services
+	a.cfg.ServicesDir = cfg.ServicesDir
+	a.reloadMu.Unlock()
+	return a.syncServiceFiles(ctx)
+}
+
+func (a *Agent) members() []discovery.Member {
+	return []discovery.Member{{
+		Name: a.cfg.NodeName, Addr: hostOf(a.cfg.ClusterAddr()), Port: a.cfg.Ports.Cluster, Role: "leader", Status: 1,
+	}}
+}
+
+func (a *Agent) handleSnapshot(w http.ResponseWriter, r *http.Request) {
+	idx, err := a.raft.Snapshot()
+	if err != nil {
+		http.Error(w, err.Error(), http.StatusInternalServerError)
+		return
+	}
+	w.Header().Set("Content-Type", "application/json")
+	json.NewEncoder(w).Encode(map[string]uint64{"Index": idx})
+}
+
+// Close stops everything Start started, in reverse order.
+func (a *Agent) Close() error {
+	var errs []error
+	if a.httpSrv != nil {
+		ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+		if err := a.httpSrv.Shutdown(ctx); err != nil {
+			errs = append(errs, fmt.Errorf("stopping HTTP API: %w", err))
+		}
+		cancel()
+	} else if a.httpLn != nil {
+		a.httpLn.Close()
+	}
+	if a.cancel != nil {
+		a.cancel()
+	}
+	a.wg.Wait()
+	if a.checks != nil {
+		a.checks.Close()
+	}
+	if a.raft != nil {
+		if err := a.raft.Close(); err != nil {
+			errs = append(errs, fmt.Errorf("stopping raft: %w", err))
+		}
+	}
+	if a.removeDataDir {
+		os.RemoveAll(a.cfg.DataDir)
+	}
+	return errors.Join(errs...)
+}
+
+// checkSink writes check results through raft for the check runner.
+type checkSink struct{ a *Agent }
+
+func (s checkSink) UpdateCheck(ctx context.Context, checkID, status, output string) error {
+	_, err := s.a.raft.Apply(ctx, discovery.UpdateCheckRequest{
+		Node: s.a.cfg.NodeName, CheckID: checkID, Status: status, Output: output,
+	})
+	return err
+}
+
+func (s checkSink) DeregisterService(ctx context.Context, serviceID string) error {
+	s.a.logger.Info("deregistering service: check critical for too long", "service_id", serviceID)
+	_, err := s.a.raft.Apply(ctx, discovery.DeregisterServiceRequest{Node: s.a.cfg.NodeName, ServiceID: serviceID})
+	return err
+}
+
+// loadNodeID reads the node's UUID from the data dir, creating it once.
+func loadNodeID(dir string) (string, error) {
+	p := filepath.Join(dir, "node-id")
+	b, err := os.ReadFile(p)
+	if err == nil {
+		return strings.TrimSpace(string(b)), nil
+	}
+	if !errors.Is(err, os.ErrNotExist) {
+		return "", fmt.Errorf("reading node ID: %w", err)
+	}
+	var u [16]byte
+	rand.Read(u[:])
+	u[6] = (u[6] & 0x0f) | 0x40
+	u[8] = (u[8] & 0x3f) | 0x80
+	id := fmt.Sprintf("%x-%x-%x-%x-%x", u[0:4], u[4:6], u[6:8], u[8:10], u[10:])
+	if err := os.WriteFile(p, []byte(id+"\n"), 0o600); err != nil {
+		return "", fmt.Errorf("writing node ID: %w", err)
+	}
+	return id, nil
+}
+
+// ConfigError marks a configuration problem: the agent exits with status 2.
+type ConfigError struct{ Err error }
+
+func (e *ConfigError) Error() string { return e.Err.Error() }
+func (e *ConfigError) Unwrap() error { return e.Err }

@@ -1,0 +1,88 @@
+package mesh
+
+import (
+	"context"
+	"io"
+	"log/slog"
+	"net/http"
+	"strings"
+	"testing"
+	"time"
+)
+
+// testWriter sends log lines to t.Log.
+type testWriter struct{ t testing.TB }
+
+func (w testWriter) Write(p []byte) (int, error) {
+	w.t.Log(strings.TrimRight(string(p), "\n"))
+	return len(p), nil
+}
+
+// testConfig is a single-node bootstrap config on loopback with an
+// ephemeral HTTP port and a data dir that the test owns.
+func testConfig(t testing.TB) Config {
+	cfg := DefaultConfig()
+	cfg.NodeName = "node-a"
+	cfg.DataDir = t.TempDir()
+	cfg.Bootstrap = true
+	cfg.BindAddr = "127.0.0.1"
+	cfg.ClientAddr = "127.0.0.1"
+	cfg.Addresses.HTTP = "127.0.0.1:0"
+	cfg.ServicesDir = ""
+	cfg.LogLevel = "warn"
+	return cfg
+}
+
+// startAgent starts an in-process agent and waits until it has a leader
+// and has registered its node.
+func startAgent(t testing.TB, cfg Config) *Agent {
+	t.Helper()
+	if err := cfg.Validate(); err != nil {
+		t.Fatalf("test config: %v", err)
+	}
+	var lvl slog.Level
+	lvl.UnmarshalText([]byte(cfg.LogLevel))
+	logger := slog.New(slog.NewTextHandler(testWriter{t}, &slog.HandlerOptions{Level: lvl}))
+	a := NewAgent(cfg, logger, io.Discard)
+	if err := a.Start(context.Background()); err != nil {
+		t.Fatalf("starting agent: %v", err)
+	}
+	t.Cleanup(func() {
+		if err := a.Close(); err != nil {
+			t.Errorf("closing agent: %v", err)
+		}
+	})
+	waitFor(t, 10*time.Second, "node registered", func() bool {
+		_, n, _, err := a.store.Node(nil, cfg.NodeName)
+		return err == nil && n != nil
+	})
+	return a
+}
+
+// waitFor polls cond until it holds or the deadline passes.
+func waitFor(t testing.TB, d time.Duration, what string, cond func() bool) {
+	t.Helper()
+	deadline := time.Now().Add(d)
+	for !cond() {
+		if time.Now().After(deadline) {
+			t.Fatalf("timed out after %s waiting for %s", d, what)
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+}
+
+// httpDo sends a request to the agent and returns status and body.
+func httpDo(t testing.TB, method, url, body string) (int, string) {
+	t.Helper()
+	req, err := http.NewRequest(method, url, strings.NewReader(body))
+	if err != nil {
+		t.Fatal(err)
+	}
+	resp, err := http.DefaultClient.Do(req)
+	if err != nil {
+		t.Fatalf("%s %s: %v", method, url, err)
+	}
+	defer resp.Body.Close()
+	b, _ := io.ReadAll(resp.Body)
+	return resp.StatusCode, string(b)
+}

@@ -1,0 +1,215 @@
+package mesh
+
+import (
+	"errors"
+	"fmt"
+	"net"
+	"net/netip"
+	"os"
+	"path/filepath"
+	"sort"
+	"strconv"
+	"strings"
+	"time"
+)
+
+// Config is the agent's configuration: DefaultConfig, then config files in
+// the order given, then flags. Validate reports every problem at once.
+type Config struct {
+	NodeName    string    `hcl:"node_name"`
+	Datacenter  string    `hcl:"datacenter"`
+	DataDir     string    `hcl:"data_dir"`
+	BindAddr    string    `hcl:"bind_addr"`
+	ClientAddr  string    `hcl:"client_addr"`
+	Bootstrap   bool      `hcl:"bootstrap"`
+	LogLevel    string    `hcl:"log_level"`
+	LogJSON     bool      `hcl:"log_json"`
+	ServicesDir string    `hcl:"services_dir"`
+	Ports       Ports     `hcl:"ports"`
+	Addresses   Addresses `hcl:"addresses"`
+	Raft        RaftTune  `hcl:"raft"`
+
+	// Service and Services hold the service definitions of the file being
+	// decoded; loadConfigFiles moves them into services with their file.
+	Service  *ServiceDef  `hcl:"service"`
+	Services []ServiceDef `hcl:"services"`
+
+	// Dev is the --dev flag: see DESIGN.md.
+	Dev bool
+
+	// services are the definitions found in config files, by file.
+	services []fileService
+}
+
+// Ports are the agent's listening ports.
+type Ports struct {
+	HTTP    int `hcl:"http"`
+	Cluster int `hcl:"cluster"`
+}
+
+// Addresses override the address of one listener (host:port).
+type Addresses struct {
+	HTTP string `hcl:"http"`
+}
+
+// RaftTune tunes log compaction.
+type RaftTune struct {
+	SnapshotThreshold uint64        `hcl:"snapshot_threshold"`
+	TrailingLogs      uint64        `hcl:"trailing_logs"`
+	SnapshotInterval  time.Duration `hcl:"snapshot_interval"`
+}
+
+// Defaults, as DESIGN.md lists them.
+const (
+	DefaultHTTPPort    = 8500
+	DefaultClusterPort = 7400
+	DefaultDataDir     = "/var/lib/vmesh"
+	DefaultConfigFile  = "/etc/vmesh/vmesh.hcl"
+	DefaultServicesDir = "/etc/vmesh/services.d"
+)
+
+// DefaultConfig is the configuration before any file or flag.
+func DefaultConfig() Config {
+	host, _ := os.Hostname()
+	if host == "" {
+		host = "vmesh"
+	}
+	return Config{
+		NodeName:   host,
+		Datacenter: "dc1",
+		DataDir:    DefaultDataDir,
+		BindAddr:   "0.0.0.0",
+		ClientAddr: "127.0.0.1",
+		LogLevel:   "info",
+		Ports:      Ports{HTTP: DefaultHTTPPort, Cluster: DefaultClusterPort},
+	}
+}
+
+// HTTPAddr is where the HTTP API listens.
+func (c *Config) HTTPAddr() string {
+	if c.Addresses.HTTP != "" {
+		return c.Addresses.HTTP
+	}
+	return net.JoinHostPort(c.ClientAddr, strconv.Itoa(c.Ports.HTTP))
+}
+
+// ClusterAddr is the address peers reach this agent's raft at.
+func (c *Config) ClusterAddr() string {
+	host := c.BindAddr
+	if ip, err := netip.ParseAddr(host); err == nil && ip.IsUnspecified() {
+		host = advertiseIP()
+	}
+	return net.JoinHostPort(host, strconv.Itoa(c.Ports.Cluster))
+}
+
+// advertiseIP picks the host's first private IPv4 address, as Consul does
+// for a bind address of 0.0.0.0, or loopback when there is none.
+func advertiseIP() string {
+	addrs, err := net.InterfaceAddrs()
+	if err == nil {
+		for _, a := range addrs {
+			if ipn, ok := a.(*net.IPNet); ok {
+				if ip, ok := netip.AddrFromSlice(ipn.IP.To4()); ok && ip.IsPrivate() {
+					return ip.String()
+				}
+			}
+		}
+	}
+	return "127.0.0.1"
+}
+
+// Validate reports every problem in the configuration, each naming its key.
+func (c *Config) Validate() error {
+	var errs []error
+	bad := func(key, format string, args ...any) {
+		errs = append(errs, fmt.Errorf("%s: %s", key, fmt.Sprintf(format, args...)))
+	}
+	if strings.TrimSpace(c.NodeName) == "" {
+		bad("node_name", "must not be empty")
+	} else if strings.ContainsAny(c.NodeName, "/ \t\n") {
+		bad("node_name", "%q may not contain '/' or white space", c.NodeName)
+	}
+	if c.Datacenter == "" {
+		bad("datacenter", "must not be empty")
+	}
+	if c.DataDir == "" && !c.Dev {
+		bad("data_dir", "must be set")
+	}
+	for _, p := range []struct {
+		key  string
+		port int
+	}{{"ports.http", c.Ports.HTTP}, {"ports.cluster", c.Ports.Cluster}} {
+		if p.port < 0 || p.port > 65535 {
+			bad(p.key, "must be between 0 and 65535, got %d", p.port)
+		}
+	}
+	for _, a := range []struct{ key, v string }{{"bind_addr", c.BindAddr}, {"client_addr", c.ClientAddr}} {
+		if _, err := netip.ParseAddr(a.v); err != nil {
+			bad(a.key, "%q is not an IP address", a.v)
+		}
+	}
+	if c.Addresses.HTTP != "" {
+		if _, err := netip.ParseAddrPort(c.Addresses.HTTP); err != nil {
+			bad("addresses.http", "%q is not IP:port", c.Addresses.HTTP)
+		}
+	}
+	switch strings.ToLower(c.LogLevel) {
+	case "debug", "info", "warn", "error":
+	default:
+		bad("log_level", "%q is not one of debug, info, warn, error", c.LogLevel)
+	}
+	if c.Raft.SnapshotInterval < 0 {
+		bad("raft.snapshot_interval", "must not be negative")
+	}
+	return errors.Join(errs...)
+}
+
+// configFiles expands paths: a file is itself; a directory gives its *.hcl
+// and *.json files in name order.
+func configFiles(paths []string) ([]string, error) {
+	var out []string
+	for _, p := range paths {
+		fi, err := os.Stat(p)
+		if err != nil {
+			return nil, fmt.Errorf("config %s: %w", p, err)
+		}
+		if !fi.IsDir() {
+			out = append(out, p)
+			continue
+		}
+		ents, err := os.ReadDir(p)
+		if err != nil {
+			return nil, fmt.Errorf("config dir %s: %w", p, err)
+		}
+		var names []string
+		for _, e := range ents {
+			ext := filepath.Ext(e.Name())
+			if !e.IsDir() && (ext == ".hcl" || ext == ".json") {
+				names = append(names, filepath.Join(p, e.Name()))
+			}
+		}
+		sort.Strings(names)
+		out = append(out, names...)
+	}
+	return out, nil
+}
+
+// loadConfigFiles decodes each file into cfg in order; service definitions
+// are collected with the file they came from.
+func loadConfigFiles(cfg *Config, paths []string) error {
+	files, err := configFiles(paths)
+	if err != nil {
+		return err
+	}
+	var errs []error
+	for _, f := range files {
+		cfg.Service, cfg.Services = nil, nil
+		if err := decodeConfigFile(f, cfg); err != nil {
+			errs = append(errs, err)
+			continue
+		}
+		cfg.services = append(cfg.services, collectServices(f, cfg.Service, cfg.Services)...)
+	}
+	cfg.Service, cfg.Services = nil, nil
+	return errors.Join(errs...)
+}

@@ -1,0 +1,482 @@
+package mesh
+
+import (
+	"bytes"
+	"cmp"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"math"
+	"math/big"
+	"os"
+	"path/filepath"
+	"reflect"
+	"slices"
+	"sort"
+	"strconv"
+	"strings"
+	"time"
+	"unicode/utf8"
+
+	"github.com/hashicorp/hcl/hcl/ast"
+	hclparser "github.com/hashicorp/hcl/hcl/parser"
+	"github.com/hashicorp/hcl/hcl/token"
+)
+
+// decodeConfigFile reads path, picks the syntax by extension (".hcl" or
+// ".json") and decodes strictly into out, a non-nil pointer to struct.
+// Fields the file does not mention are left as they are, so decoding several
+// files in order merges them: later files override scalar fields, slices are
+// appended to and maps are merged key by key. On error out may be partly
+// updated.
+//
+// Why this exists: Consul's agent and service files use HCL v1 semantics,
+// where `check { ... }` and `check = { ... }` mean the same and repeated
+// blocks form a list, so we parse with the HCL v1 parser. hcl.Decode,
+// however, ignores unknown keys and loses positions, and we want every
+// problem in a file reported at once as file:line:col. So we walk the AST
+// ourselves. JSON is turned into the same AST with encoding/json instead of
+// HCL's json/parser, because that parser drops token positions, flattens
+// nested objects and lists of objects (losing where an element ends) and
+// silently accepts malformed input such as a missing comma.
+func decodeConfigFile(path string, out any) error {
+	syntax := strings.TrimPrefix(strings.ToLower(filepath.Ext(path)), ".")
+	if syntax != "hcl" && syntax != "json" {
+		return fmt.Errorf("%s: unsupported config file extension (want .hcl or .json)", path)
+	}
+	src, err := os.ReadFile(path)
+	if err != nil {
+		return err
+	}
+	return decodeConfig(path, src, syntax, out)
+}
+
+// decodeConfig is decodeConfigFile on bytes; filename is used in messages
+// only and syntax is "hcl" or "json".
+func decodeConfig(filename string, src []byte, syntax string, out any) error {
+	rv := reflect.ValueOf(out)
+	if rv.Kind() != reflect.Pointer || rv.IsNil() || rv.Elem().Kind() != reflect.Struct {
+		return fmt.Errorf("%s: decode target must be a non-nil pointer to a struct, got %T", filename, out)
+	}
+	var list *ast.ObjectList
+	switch syntax {
+	case "hcl":
+		f, err := hclparser.Parse(src)
+		if err != nil {
+			var pe *hclparser.PosError
+			if errors.As(err, &pe) {
+				pe.Pos.Filename = filename
+				return fmt.Errorf("%s: %w", pe.Pos, pe.Err)
+			}
+			return fmt.Errorf("%s: %w", filename, err)
+		}
+		list, _ = f.Node.(*ast.ObjectList)
+	case "json":
+		var err error
+		if list, err = parseJSON(filename, src); err != nil {
+			return err
+		}
+	default:
+		return fmt.Errorf("%s: unknown config syntax %q (want hcl or json)", filename, syntax)
+	}
+	d := &decoder{file: filename}
+	if list != nil {
+		d.structure("", list, rv.Elem(), 1)
+	}
+	return errors.Join(d.errs...)
+}
+
+// decoder collects every problem found while walking one file.
+type decoder struct {
+	file string
+	errs []error
+}
+
+func (d *decoder) errorf(pos token.Pos, format string, args ...any) {
+	pos.Filename = d.file
+	d.errs = append(d.errs, fmt.Errorf("%s: %s", pos, fmt.Sprintf(format, args...)))
+}
+
+func (d *decoder) mismatch(path string, n ast.Node, want string) {
+	d.errorf(n.Pos(), "%s: expected %s, got %s", path, want, describe(n))
+}
+
+// structure decodes the items of an object or block into the struct v. An
+// int field tagged `hcl:",line"` receives the line the object starts on, so
+// that checks made after decoding can still name file and line.
+func (d *decoder) structure(path string, list *ast.ObjectList, v reflect.Value, line int) {
+	t, where := v.Type(), cmp.Or(path, "top level")
+	fields := map[string]int{}
+	for i := range t.NumField() {
+		if t.Field(i).Tag.Get("hcl") == ",line" && v.Field(i).CanInt() {
+			v.Field(i).SetInt(int64(line))
+			continue
+		}
+		if name := tagName(t.Field(i)); name != "" {
+			fields[normalizeKey(name)] = i
+		}
+	}
+	seen := map[int]token.Pos{}
+	for _, item := range list.Items {
+		key, ok := d.key(path, item)
+		if !ok {
+			continue
+		}
+		i, ok := fields[normalizeKey(key)]
+		if !ok {
+			d.errorf(item.Keys[0].Pos(), "unknown key %q in %s", key, where)
+			continue
+		}
+		f := v.Field(i)
+		if k := f.Kind(); k != reflect.Slice && k != reflect.Map {
+			if first, dup := seen[i]; dup {
+				d.errorf(item.Keys[0].Pos(), "duplicate key %q in %s (first set at line %d)", key, where, first.Line)
+				continue
+			}
+			seen[i] = item.Keys[0].Pos()
+		}
+		d.value(strings.TrimPrefix(path+"."+tagName(t.Field(i)), "."), item.Val, f)
+	}
+}
+
+// value decodes node n into the settable value v.
+func (d *decoder) value(path string, n ast.Node, v reflect.Value) {
+	t := v.Type()
+	switch {
+	case t == reflect.TypeFor[time.Duration]():
+		if s, ok := d.str(path, n, `a duration string such as "10s"`); ok {
+			dur, err := time.ParseDuration(s)
+			if err != nil {
+				d.errorf(n.Pos(), "%s: %v", path, err)
+				return
+			}
+			v.SetInt(int64(dur))
+		}
+	case t.Kind() == reflect.String:
+		if s, ok := d.str(path, n, "a string"); ok {
+			v.SetString(s)
+		}
+	case t.Kind() == reflect.Bool:
+		if lit := d.literal(path, n, "a bool", token.BOOL); lit != nil {
+			v.SetBool(lit.Token.Text == "true")
+		}
+	case v.CanInt() || v.CanUint() || v.CanFloat():
+		d.number(path, n, v)
+	case t.Kind() == reflect.Struct:
+		if obj := d.object(path, n); obj != nil {
+			d.structure(path, obj.List, v, obj.Lbrace.Line)
+		}
+	case t.Kind() == reflect.Pointer && t.Elem().Kind() == reflect.Struct:
+		if obj := d.object(path, n); obj != nil {
+			if v.IsNil() {
+				v.Set(reflect.New(t.Elem()))
+			}
+			d.structure(path, obj.List, v.Elem(), obj.Lbrace.Line)
+		}
+	case t.Kind() == reflect.Slice:
+		d.slice(path, n, v)
+	case t.Kind() == reflect.Map && t.Key().Kind() == reflect.String:
+		d.mapping(path, n, v)
+	default:
+		d.errorf(n.Pos(), "%s: unsupported field type %s", path, t)
+	}
+}
+
+// number parses NUMBER and FLOAT tokens exactly and range-checks them; a
+// whole float such as JSON's 1e3 is accepted for an integer field.
+func (d *decoder) number(path string, n ast.Node, v reflect.Value) {
+	lit := d.literal(path, n, "a number", token.NUMBER, token.FLOAT)
+	if lit == nil {
+		return
+	}
+	text := lit.Token.Text
+	f, _, err := big.ParseFloat(text, 0, 256, big.ToNearestEven)
+	var inRange bool
+	switch {
+	case err != nil:
+		d.errorf(n.Pos(), "%s: invalid number %s", path, text)
+		return
+	case v.CanFloat():
+		x, _ := f.Float64()
+		if inRange = !math.IsInf(x, 0) && !v.OverflowFloat(x); inRange {
+			v.SetFloat(x)
+		}
+	case !f.IsInt():
+		d.errorf(n.Pos(), "%s: expected an integer, got %s", path, text)
+		return
+	case v.CanUint():
+		u, acc := f.Uint64()
+		if inRange = acc == big.Exact && !v.OverflowUint(u); inRange {
+			v.SetUint(u)
+		}
+	default:
+		i, acc := f.Int64()
+		if inRange = acc == big.Exact && !v.OverflowInt(i); inRange {
+			v.SetInt(i)
+		}
+	}
+	if !inRange {
+		d.errorf(n.Pos(), "%s: %s is out of range for %s", path, text, v.Kind())
+	}
+}
+
+// slice appends to v: each element of a list, or a single object when the
+// elements are structs (repeated blocks arrive as repeated keys).
+func (d *decoder) slice(path string, n ast.Node, v reflect.Value) {
+	et := v.Type().Elem()
+	elems := []ast.Node{n}
+	if list, ok := n.(*ast.ListType); ok {
+		elems = list.List
+	} else if _, ok := n.(*ast.ObjectType); !ok || (et.Kind() != reflect.Struct &&
+		(et.Kind() != reflect.Pointer || et.Elem().Kind() != reflect.Struct)) {
+		d.mismatch(path, n, "a list")
+		return
+	}
+	for _, e := range elems {
+		ev := reflect.New(et).Elem()
+		before := len(d.errs)
+		d.value(path, e, ev)
+		if len(d.errs) == before {
+			v.Set(reflect.Append(v, ev))
+		}
+	}
+}
+
+// mapping sets one map entry per key of an object; for slice-valued maps a
+// single value stands for a one-element list.
+func (d *decoder) mapping(path string, n ast.Node, v reflect.Value) {
+	obj := d.object(path, n)
+	if obj == nil {
+		return
+	}
+	if v.IsNil() {
+		v.Set(reflect.MakeMap(v.Type()))
+	}
+	for _, item := range obj.List.Items {
+		key, ok := d.key(path, item)
+		if !ok {
+			continue
+		}
+		val := item.Val
+		if lit, ok := val.(*ast.LiteralType); ok && v.Type().Elem().Kind() == reflect.Slice {
+			val = &ast.ListType{Lbrack: lit.Pos(), List: []ast.Node{lit}}
+		}
+		ev := reflect.New(v.Type().Elem()).Elem()
+		before := len(d.errs)
+		d.value(path+"."+key, val, ev)
+		if len(d.errs) == before {
+			v.SetMapIndex(reflect.ValueOf(key).Convert(v.Type().Key()), ev)
+		}
+	}
+}
+
+// key returns the single key of item; HCL v1 gives labelled blocks such as
+// `service "web" { }` several keys, which we do not support.
+func (d *decoder) key(path string, item *ast.ObjectItem) (string, bool) {
+	if len(item.Keys) != 1 {
+		if len(item.Keys) > 1 {
+			d.errorf(item.Keys[1].Pos(), "labels are not supported (%s %s { ... } in %s)",
+				item.Keys[0].Token.Text, item.Keys[1].Token.Text, cmp.Or(path, "top level"))
+		}
+		return "", false
+	}
+	s, err := tokenText(item.Keys[0].Token)
+	if err != nil {
+		d.errorf(item.Keys[0].Pos(), "%v", err)
+		return "", false
+	}
+	return s, true
+}
+
+func (d *decoder) str(path string, n ast.Node, want string) (string, bool) {
+	lit := d.literal(path, n, want, token.STRING, token.HEREDOC)
+	if lit == nil {
+		return "", false
+	}
+	s, err := tokenText(lit.Token)
+	if err != nil {
+		d.errorf(n.Pos(), "%s: %v", path, err)
+		return "", false
+	}
+	return s, true
+}
+
+func (d *decoder) literal(path string, n ast.Node, want string, types ...token.Type) *ast.LiteralType {
+	if lit, ok := n.(*ast.LiteralType); ok && slices.Contains(types, lit.Token.Type) {
+		return lit
+	}
+	d.mismatch(path, n, want)
+	return nil
+}
+
+func (d *decoder) object(path string, n ast.Node) *ast.ObjectType {
+	obj, ok := n.(*ast.ObjectType)
+	if !ok {
+		d.mismatch(path, n, "an object")
+	}
+	return obj
+}
+
+// tokenText is Token.Value for strings, heredocs and identifiers, which
+// panics on input the parser should already have rejected.
+func tokenText(t token.Token) (s string, err error) {
+	defer func() {
+		if recover() != nil {
+			err = fmt.Errorf("invalid string %s", t.Text)
+		}
+	}()
+	s, _ = t.Value().(string)
+	return s, nil
+}
+
+func describe(n ast.Node) string {
+	switch n := n.(type) {
+	case *ast.ObjectType:
+		return "an object"
+	case *ast.ListType:
+		return "a list"
+	case *ast.LiteralType:
+		switch n.Token.Type {
+		case token.STRING, token.HEREDOC:
+			return "a string"
+		case token.NUMBER, token.FLOAT:
+			return "a number"
+		case token.BOOL:
+			return "a bool"
+		}
+	}
+	return "null"
+}
+
+func tagName(f reflect.StructField) string {
+	name, _, _ := strings.Cut(f.Tag.Get("hcl"), ",")
+	if name == "-" || !f.IsExported() {
+		return ""
+	}
+	return name
+}
+
+// normalizeKey makes node_name, NodeName and nodename the same key.
+func normalizeKey(s string) string { return strings.ToLower(strings.ReplaceAll(s, "_", "")) }
+
+// jsonReader builds the AST the HCL parser would produce, one ObjectItem per
+// JSON key, with a position on every node.
+type jsonReader struct {
+	src   []byte
+	lines []int // byte offset at which each line starts
+	file  string
+	dec   *json.Decoder
+}
+
+func parseJSON(filename string, src []byte) (*ast.ObjectList, error) {
+	r := &jsonReader{src: src, lines: []int{0}, file: filename, dec: json.NewDecoder(bytes.NewReader(src))}
+	for i, c := range src {
+		if c == '\n' {
+			r.lines = append(r.lines, i+1)
+		}
+	}
+	r.dec.UseNumber()
+	n, err := r.node()
+	if err != nil {
+		return nil, err
+	}
+	obj, ok := n.(*ast.ObjectType)
+	if !ok {
+		return nil, fmt.Errorf("%s: expected a JSON object at the top level, got %s", n.Pos(), describe(n))
+	}
+	if p := r.next(); !errors.Is(r.skip(), io.EOF) {
+		return nil, fmt.Errorf("%s: unexpected data after the top-level object", p)
+	}
+	return obj.List, nil
+}
+
+func (r *jsonReader) skip() error {
+	_, err := r.dec.Token()
+	return err
+}
+
+func (r *jsonReader) node() (ast.Node, error) {
+	p := r.next()
+	t, err := r.dec.Token()
+	if err != nil {
+		return nil, r.syntaxError(err)
+	}
+	var n ast.Node
+	switch t {
+	case json.Delim('{'):
+		obj := &ast.ObjectType{Lbrace: p, List: &ast.ObjectList{}}
+		for r.dec.More() {
+			kp := r.next()
+			k, err := r.dec.Token()
+			if err != nil {
+				return nil, r.syntaxError(err)
+			}
+			key, _ := k.(string)
+			val, err := r.node()
+			if err != nil {
+				return nil, err
+			}
+			tok := token.Token{Type: token.STRING, Text: strconv.Quote(key), JSON: true, Pos: kp}
+			obj.List.Add(&ast.ObjectItem{Keys: []*ast.ObjectKey{{Token: tok}}, Val: val})
+		}
+		n = obj
+	case json.Delim('['):
+		list := &ast.ListType{Lbrack: p}
+		for r.dec.More() {
+			val, err := r.node()
+			if err != nil {
+				return nil, err
+			}
+			list.Add(val)
+		}
+		n = list
+	default: // Token never returns a closing delimiter where a value starts
+		return &ast.LiteralType{Token: jsonLiteral(t, p)}, nil
+	}
+	if err := r.skip(); err != nil { // the closing delimiter
+		return nil, r.syntaxError(err)
+	}
+	return n, nil
+}
+
+func jsonLiteral(v json.Token, p token.Pos) token.Token {
+	switch v := v.(type) {
+	case string:
+		return token.Token{Type: token.STRING, Text: strconv.Quote(v), JSON: true, Pos: p}
+	case bool:
+		return token.Token{Type: token.BOOL, Text: strconv.FormatBool(v), Pos: p}
+	case json.Number:
+		if strings.ContainsAny(string(v), ".eE") {
+			return token.Token{Type: token.FLOAT, Text: string(v), Pos: p}
+		}
+		return token.Token{Type: token.NUMBER, Text: string(v), Pos: p}
+	}
+	return token.Token{Type: token.ILLEGAL, Text: "null", Pos: p} // no field accepts null
+}
+
+// next returns the position of the token the decoder reads next.
+func (r *jsonReader) next() token.Pos {
+	off := int(r.dec.InputOffset())
+	for off < len(r.src) && strings.IndexByte(" \t\r\n,:", r.src[off]) >= 0 {
+		off++
+	}
+	return r.pos(off)
+}
+
+func (r *jsonReader) pos(off int) token.Pos {
+	line := sort.SearchInts(r.lines, off+1) // lines[line-1] <= off < lines[line]
+	col := utf8.RuneCount(r.src[r.lines[line-1]:off]) + 1
+	return token.Pos{Filename: r.file, Offset: off, Line: line, Column: col}
+}
+
+func (r *jsonReader) syntaxError(err error) error {
+	off := len(r.src)
+	var se *json.SyntaxError
+	if errors.As(err, &se) {
+		off = min(int(se.Offset), len(r.src))
+	} else if errors.Is(err, io.EOF) || errors.Is(err, io.ErrUnexpectedEOF) {
+		err = errors.New("unexpected end of JSON input")
+	}
+	return fmt.Errorf("%s: %v", r.pos(off), err)
+}

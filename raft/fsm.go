@@ -1,0 +1,171 @@
+package raft
+
+import (
+	"bufio"
+	"errors"
+	"fmt"
+	"io"
+	"log/slog"
+
+	"github.com/hashicorp/go-msgpack/v2/codec"
+	hraft "github.com/hashicorp/raft"
+	"github.com/vmesh/vmesh/discovery"
+)
+
+// applier applies one decoded command at a raft index. What it returns is
+// the Apply future's response: nil or an error for the caller.
+type applier func(s *discovery.Store, buf []byte, index uint64) any
+
+// appliers is the FSM's dispatch table. It must stay deterministic: no
+// clocks, no I/O, no randomness — every node applies the same log to the
+// same state.
+var appliers = map[discovery.MessageType]applier{
+	discovery.RegisterNodeType: func(s *discovery.Store, buf []byte, idx uint64) any {
+		var req discovery.RegisterNodeRequest
+		return orErr(decode(buf, &req), func() error { return s.EnsureNode(idx, &req.Node) })
+	},
+	discovery.DeregisterNodeType: func(s *discovery.Store, buf []byte, idx uint64) any {
+		var req discovery.DeregisterNodeRequest
+		return orErr(decode(buf, &req), func() error { return s.DeleteNode(idx, req.Node) })
+	},
+	discovery.RegisterServiceType: func(s *discovery.Store, buf []byte, idx uint64) any {
+		var req discovery.RegisterServiceRequest
+		return orErr(decode(buf, &req), func() error { return s.EnsureService(idx, &req.Instance, req.Checks) })
+	},
+	discovery.DeregisterServiceType: func(s *discovery.Store, buf []byte, idx uint64) any {
+		var req discovery.DeregisterServiceRequest
+		return orErr(decode(buf, &req), func() error { return s.DeleteService(idx, req.Node, req.ServiceID) })
+	},
+	discovery.RegisterCheckType: func(s *discovery.Store, buf []byte, idx uint64) any {
+		var req discovery.RegisterCheckRequest
+		return orErr(decode(buf, &req), func() error { return s.EnsureCheck(idx, &req.Check) })
+	},
+	discovery.DeregisterCheckType: func(s *discovery.Store, buf []byte, idx uint64) any {
+		var req discovery.DeregisterCheckRequest
+		return orErr(decode(buf, &req), func() error { return s.DeleteCheck(idx, req.Node, req.CheckID) })
+	},
+	discovery.UpdateCheckType: func(s *discovery.Store, buf []byte, idx uint64) any {
+		var req discovery.UpdateCheckRequest
+		return orErr(decode(buf, &req), func() error { return s.UpdateCheck(idx, req.Node, req.CheckID, req.Status, req.Output) })
+	},
+	discovery.KVType: func(s *discovery.Store, buf []byte, idx uint64) any {
+		var req discovery.KVRequest
+		return orErr(decode(buf, &req), func() error { return s.KVApply(idx, req.Op, &req.Entry) })
+	},
+}
+
+// orErr runs apply unless decoding failed. A command that does not decode
+// was written by a newer or broken agent; it fails the same way on every
+// node, so the state stays identical.
+func orErr(decodeErr error, apply func() error) any {
+	if decodeErr != nil {
+		return fmt.Errorf("decoding command: %w", decodeErr)
+	}
+	if err := apply(); err != nil {
+		return err
+	}
+	return nil
+}
+
+type fsm struct {
+	store  *discovery.Store
+	logger *slog.Logger
+}
+
+func (f *fsm) Apply(l *hraft.Log) any {
+	if l.Type != hraft.LogCommand || len(l.Data) == 0 {
+		return nil
+	}
+	t := discovery.MessageType(l.Data[0])
+	ignorable := t&discovery.IgnoreUnknownTypeFlag != 0
+	t &^= discovery.IgnoreUnknownTypeFlag
+	fn, ok := appliers[t]
+	if !ok {
+		if ignorable {
+			f.logger.Warn("skipping unknown ignorable command", "type", t, "index", l.Index)
+			return nil
+		}
+		// Going on would make this node's state differ from its peers'.
+		panic(fmt.Sprintf("raft: unknown command type %d at index %d; upgrade this agent", t, l.Index))
+	}
+	return fn(f.store, l.Data[1:], l.Index)
+}
+
+// snapshotVersion is the first byte of every snapshot stream.
+const snapshotVersion = 1
+
+func (f *fsm) Snapshot() (hraft.FSMSnapshot, error) {
+	return &fsmSnapshot{snap: f.store.Snapshot()}, nil
+}
+
+type fsmSnapshot struct{ snap *discovery.Snapshot }
+
+// Persist writes the snapshot as a stream: a version byte, then records of
+// (type, msgpack value), then a zero type as the end mark.
+func (s *fsmSnapshot) Persist(sink hraft.SnapshotSink) error {
+	w := bufio.NewWriter(sink)
+	if err := w.WriteByte(snapshotVersion); err != nil {
+		sink.Cancel()
+		return err
+	}
+	enc := codec.NewEncoder(w, msgpackHandle)
+	err := s.snap.Walk(func(rt discovery.RecordType, rec any) error {
+		if err := enc.Encode(uint8(rt)); err != nil {
+			return err
+		}
+		return enc.Encode(rec)
+	})
+	if err == nil {
+		err = enc.Encode(uint8(0))
+	}
+	if err == nil {
+		err = w.Flush()
+	}
+	if err != nil {
+		sink.Cancel()
+		return fmt.Errorf("persisting snapshot: %w", err)
+	}
+	return sink.Close()
+}
+
+func (s *fsmSnapshot) Release() {}
+
+func (f *fsm) Restore(rc io.ReadCloser) error {
+	defer rc.Close()
+	r := bufio.NewReader(rc)
+	v, err := r.ReadByte()
+	if err != nil {
+		return fmt.Errorf("reading snapshot version: %w", err)
+	}
+	if v != snapshotVersion {
+		return fmt.Errorf("raft: unsupported snapshot version %d", v)
+	}
+	dec := codec.NewDecoder(r, msgpackHandle)
+	rs := f.store.NewRestorer()
+	for {
+		var rt uint8
+		if err := dec.Decode(&rt); err != nil {
+			rs.Abort()
+			if errors.Is(err, io.EOF) {
+				return errors.New("raft: snapshot ends without its end mark")
+			}
+			return fmt.Errorf("reading snapshot record type: %w", err)
+		}
+		if rt == 0 {
+			break
+		}
+		rec, err := discovery.NewRecord(discovery.RecordType(rt))
+		if err == nil {
+			err = dec.Decode(rec)
+		}
+		if err == nil {
+			err = rs.Add(discovery.RecordType(rt), rec)
+		}
+		if err != nil {
+			rs.Abort()
+			return fmt.Errorf("restoring snapshot: %w", err)
+		}
+	}
+	rs.Commit()
+	return nil
+}

@@ -1,0 +1,294 @@
+package raft
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"os"
+	"path/filepath"
+	"strconv"
+	"sync/atomic"
+	"time"
+
+	hraft "github.com/hashicorp/raft"
+	raftboltdb "github.com/hashicorp/raft-boltdb/v2"
+	"github.com/vmesh/vmesh/discovery"
+)
+
+// Sentinel errors.
+var (
+	ErrNotLeader = errors.New("raft: not leader")
+	ErrNoLeader  = errors.New("raft: no known leader")
+	ErrClosed    = errors.New("raft: server closed")
+)
+
+// Config configures a Server.
+type Config struct {
+	// NodeID is the stable raft server ID (the node's UUID).
+	NodeID string
+	// Addr is the address peers reach this server at (the cluster port).
+	Addr string
+	// DataDir holds raft.db (log and stable store, bbolt) and snapshots/.
+	DataDir string
+	// Bootstrap makes this server a one-voter cluster if it has no state.
+	Bootstrap bool
+	// SnapshotThreshold, TrailingLogs and SnapshotInterval tune log
+	// compaction; zero values take hashicorp/raft's defaults.
+	SnapshotThreshold uint64
+	TrailingLogs      uint64
+	SnapshotInterval  time.Duration
+	// Transport carries raft traffic. Nil means an in-memory transport
+	// bound to Addr, which is all a single node needs: it opens no socket.
+	Transport hraft.Transport
+	Logger    *slog.Logger
+}
+
+// Server is this node's raft replica of the catalog.
+type Server struct {
+	raft      *hraft.Raft
+	logStore  *raftboltdb.BoltStore
+	transport hraft.Transport
+	store     *discovery.Store
+	logger    *slog.Logger
+	// caughtUp is set once this node's catalog holds every entry that was
+	// committed when it started (after a restart the log is replayed only
+	// once a leader commits). Until then reads see no leader, so nobody
+	// reads a catalog that is missing acknowledged writes.
+	caughtUp atomic.Bool
+	done     chan struct{}
+}
+
+// Open opens (or creates) the raft state in cfg.DataDir and starts raft.
+// The catalog is rebuilt from the latest snapshot and the log after it.
+func Open(cfg Config, store *discovery.Store) (*Server, error) {
+	if cfg.Logger == nil {
+		cfg.Logger = slog.Default()
+	}
+	dir := filepath.Join(cfg.DataDir, "raft")
+	if err := os.MkdirAll(dir, 0o700); err != nil {
+		return nil, fmt.Errorf("creating raft dir: %w", err)
+	}
+	hl := newHCLog(cfg.Logger)
+	logStore, err := raftboltdb.New(raftboltdb.Options{Path: filepath.Join(dir, "raft.db")})
+	if err != nil {
+		return nil, fmt.Errorf("opening raft log %s: %w", filepath.Join(dir, "raft.db"), err)
+	}
+	snaps, err := hraft.NewFileSnapshotStoreWithLogger(dir, 2, hl.Named("snapshot"))
+	if err != nil {
+		logStore.Close()
+		return nil, fmt.Errorf("opening snapshot store: %w", err)
+	}
+	trans := cfg.Transport
+	if trans == nil {
+		_, trans = hraft.NewInmemTransport(hraft.ServerAddress(cfg.Addr))
+	}
+
+	rc := hraft.DefaultConfig()
+	rc.LocalID = hraft.ServerID(cfg.NodeID)
+	rc.Logger = hl
+	rc.BatchApplyCh = true // group concurrent writes into one fsync
+	rc.MaxAppendEntries = 256
+	if cfg.SnapshotThreshold > 0 {
+		rc.SnapshotThreshold = cfg.SnapshotThreshold
+	}
+	if cfg.TrailingLogs > 0 {
+		rc.TrailingLogs = cfg.TrailingLogs
+	}
+	if cfg.SnapshotInterval > 0 {
+		rc.SnapshotInterval = cfg.SnapshotInterval
+	}
+	rc.NoSnapshotRestoreOnStart = false
+
+	if cfg.Bootstrap {
+		has, err := hraft.HasExistingState(logStore, logStore, snaps)
+		if err != nil {
+			logStore.Close()
+			return nil, fmt.Errorf("checking raft state: %w", err)
+		}
+		if !has {
+			conf := hraft.Configuration{Servers: []hraft.Server{{
+				Suffrage: hraft.Voter, ID: rc.LocalID, Address: trans.LocalAddr(),
+			}}}
+			if err := hraft.BootstrapCluster(rc, logStore, logStore, snaps, trans, conf); err != nil {
+				logStore.Close()
+				return nil, fmt.Errorf("bootstrapping raft: %w", err)
+			}
+		}
+	}
+	r, err := hraft.NewRaft(rc, &fsm{store: store, logger: cfg.Logger}, logStore, logStore, snaps, trans)
+	if err != nil {
+		logStore.Close()
+		return nil, fmt.Errorf("starting raft: %w", err)
+	}
+	s := &Server{raft: r, logStore: logStore, transport: trans, store: store, logger: cfg.Logger, done: make(chan struct{})}
+	go s.watchCatchUp()
+	return s, nil
+}
+
+// watchCatchUp sets caughtUp: on a leader, after a barrier (every earlier
+// entry applied); on a follower, once it has applied what it knows to be
+// committed.
+func (s *Server) watchCatchUp() {
+	t := time.NewTicker(20 * time.Millisecond)
+	defer t.Stop()
+	for {
+		select {
+		case <-s.done:
+			return
+		case <-t.C:
+		}
+		switch s.raft.State() {
+		case hraft.Leader:
+			if s.raft.Barrier(5*time.Second).Error() == nil {
+				s.caughtUp.Store(true)
+				return
+			}
+		case hraft.Follower:
+			if a, _ := s.raft.LeaderWithID(); a != "" && s.raft.CommitIndex() > 0 && s.raft.AppliedIndex() >= s.raft.CommitIndex() {
+				s.caughtUp.Store(true)
+				return
+			}
+		}
+	}
+}
+
+// defaultApplyTimeout bounds a write whose context has no deadline.
+const defaultApplyTimeout = 30 * time.Second
+
+// Apply commits cmd through raft and returns its index once this node's
+// catalog has applied it. The catalog's own verdict on the command (for
+// example a failed check-and-set) is returned as the error.
+func (s *Server) Apply(ctx context.Context, cmd discovery.Command) (uint64, error) {
+	if err := ctx.Err(); err != nil {
+		return 0, err
+	}
+	buf, err := encodeCommand(cmd)
+	if err != nil {
+		return 0, err
+	}
+	timeout := defaultApplyTimeout
+	if dl, ok := ctx.Deadline(); ok {
+		timeout = time.Until(dl)
+	}
+	f := s.raft.Apply(buf, timeout)
+	if err := f.Error(); err != nil {
+		switch {
+		case errors.Is(err, hraft.ErrNotLeader), errors.Is(err, hraft.ErrLeadershipLost):
+			return 0, fmt.Errorf("%w: %v", ErrNotLeader, err)
+		case errors.Is(err, hraft.ErrRaftShutdown):
+			return 0, ErrClosed
+		}
+		return 0, fmt.Errorf("applying command %d: %w", cmd.MessageType(), err)
+	}
+	if rerr, ok := f.Response().(error); ok && rerr != nil {
+		return f.Index(), rerr
+	}
+	return f.Index(), nil
+}
+
+// Leader returns the leader's cluster address and ID ("" when unknown).
+func (s *Server) Leader() (addr, id string) {
+	if !s.caughtUp.Load() {
+		return "", ""
+	}
+	a, i := s.raft.LeaderWithID()
+	return string(a), string(i)
+}
+
+// IsLeader reports whether this server leads.
+func (s *Server) IsLeader() bool { return s.raft.State() == hraft.Leader }
+
+// VerifyLeader confirms with a quorum that this server still leads; the
+// basis of ?consistent reads.
+func (s *Server) VerifyLeader() error {
+	if err := s.raft.VerifyLeader().Error(); err != nil {
+		return fmt.Errorf("%w: %v", ErrNotLeader, err)
+	}
+	return nil
+}
+
+// LastContact is how long ago this server heard from the leader; zero on
+// the leader itself.
+func (s *Server) LastContact() time.Duration {
+	if s.IsLeader() {
+		return 0
+	}
+	lc := s.raft.LastContact()
+	if lc.IsZero() {
+		return 0
+	}
+	return time.Since(lc)
+}
+
+// WaitLeader blocks until a leader is known or ctx ends.
+func (s *Server) WaitLeader(ctx context.Context) error {
+	t := time.NewTicker(20 * time.Millisecond)
+	defer t.Stop()
+	for {
+		if addr, _ := s.Leader(); addr != "" {
+			return nil
+		}
+		select {
+		case <-ctx.Done():
+			return fmt.Errorf("waiting for a leader: %w", ErrNoLeader)
+		case <-t.C:
+		}
+	}
+}
+
+// Barrier waits until every entry committed before it is applied locally.
+func (s *Server) Barrier(timeout time.Duration) error {
+	return s.raft.Barrier(timeout).Error()
+}
+
+// Peers lists the cluster addresses of every server in the configuration.
+func (s *Server) Peers() ([]string, error) {
+	f := s.raft.GetConfiguration()
+	if err := f.Error(); err != nil {
+		return nil, fmt.Errorf("reading raft configuration: %w", err)
+	}
+	var out []string
+	for _, srv := range f.Configuration().Servers {
+		out = append(out, string(srv.Address))
+	}
+	return out, nil
+}
+
+// Snapshot takes a snapshot now and compacts the log behind it. It returns
+// the index the snapshot covers.
+func (s *Server) Snapshot() (uint64, error) {
+	f := s.raft.Snapshot()
+	if err := f.Error(); err != nil {
+		return 0, fmt.Errorf("taking snapshot: %w", err)
+	}
+	meta, rc, err := f.Open()
+	if err != nil {
+		return 0, fmt.Errorf("opening snapshot: %w", err)
+	}
+	rc.Close()
+	return meta.Index, nil
+}
+
+// Stats reports raft's own statistics plus the first index still in the
+// log, which shows how far compaction has gone.
+func (s *Server) Stats() map[string]string {
+	st := s.raft.Stats()
+	if first, err := s.logStore.FirstIndex(); err == nil {
+		st["first_log_index"] = strconv.FormatUint(first, 10)
+	}
+	return st
+}
+
+// Close shuts raft down and closes the log store.
+func (s *Server) Close() error {
+	close(s.done)
+	err := s.raft.Shutdown().Error()
+	if c, ok := s.transport.(interface{ Close() error }); ok {
+		c.Close()
+	}
+	if cerr := s.logStore.Close(); err == nil {
+		err = cerr
+	}
+	return err
+}
