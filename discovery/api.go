@@ -9,6 +9,7 @@ import (
 	"log/slog"
 	"math/rand/v2"
 	"net/http"
+	"reflect"
 	"strconv"
 	"strings"
 	"time"
@@ -50,7 +51,11 @@ type API struct {
 	Version    string
 	// Members lists the agents of the cluster.
 	Members func() []Member
-	Logger  *slog.Logger
+	// WaitReady blocks until this agent's node is in the catalog, so that a
+	// registration sent right after start is not refused for a node that
+	// registers a moment later. Nil means always ready.
+	WaitReady func(ctx context.Context) error
+	Logger    *slog.Logger
 }
 
 // Blocking query limits, as Consul's.
@@ -59,6 +64,8 @@ const (
 	maxWait     = 10 * time.Minute
 	// maxKVSize is Consul's default limit on a KV value.
 	maxKVSize = 512 * 1024
+	// readyTimeout bounds how long a write waits for the agent to be ready.
+	readyTimeout = 15 * time.Second
 	// maxBody bounds any other request body.
 	maxBody = 1 << 20
 )
@@ -152,7 +159,16 @@ func decodeBody(r *http.Request, out any) error {
 	if err := dec.Decode(out); err != nil {
 		var te *json.UnmarshalTypeError
 		if errors.As(err, &te) {
-			return badRequest("Request decode failed: field %s: expected %s, got JSON %s", te.Field, te.Type, te.Value)
+			want := te.Type.String()
+			switch te.Type {
+			case reflect.TypeFor[Duration]():
+				want = `a duration such as "10s"`
+			case reflect.TypeFor[int](), reflect.TypeFor[uint64]():
+				want = "a number"
+			case reflect.TypeFor[string]():
+				want = "a string"
+			}
+			return badRequest("Request decode failed: field %s: expected %s, got %s", te.Field, want, te.Value)
 		}
 		if errors.Is(err, io.EOF) {
 			return badRequest("Request decode failed: empty body")
@@ -250,6 +266,14 @@ func (a *API) read(w http.ResponseWriter, r *http.Request, query func(ws memdb.W
 
 // apply sends a write through raft.
 func (a *API) apply(r *http.Request, cmd Command) (uint64, error) {
+	if a.WaitReady != nil {
+		ctx, cancel := context.WithTimeout(r.Context(), readyTimeout)
+		err := a.WaitReady(ctx)
+		cancel()
+		if err != nil {
+			return 0, &HTTPError{Code: http.StatusServiceUnavailable, Msg: "agent not ready: " + err.Error()}
+		}
+	}
 	return a.Writer.Apply(r.Context(), cmd)
 }
 

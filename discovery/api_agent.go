@@ -231,7 +231,7 @@ func (a *API) members() []wireMember {
 	for _, m := range ms {
 		out = append(out, wireMember{
 			Name: m.Name, Addr: m.Addr, Port: uint16(m.Port), Status: m.Status,
-			Tags: map[string]string{"role": m.Role, "dc": a.Datacenter, "id": a.NodeID, "build": a.Version},
+			Tags:        map[string]string{"role": m.Role, "dc": a.Datacenter, "id": a.NodeID, "build": a.Version},
 			ProtocolMin: 1, ProtocolMax: 5, ProtocolCur: 2, DelegateMin: 2, DelegateMax: 5, DelegateCur: 4,
 		})
 	}

@@ -16,6 +16,7 @@ import (
 	"strings"
 	"sync"
 	"time"
+	"unicode/utf8"
 
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/backoff"
@@ -161,9 +162,7 @@ func (r *CheckRunner) Sync(checks []*Check) {
 // it is not a TTL check. status must be passing, warning or critical. Output
 // is cut to 4 KiB.
 func (r *CheckRunner) UpdateTTL(ctx context.Context, checkID, status, output string) error {
-	if len(output) > checkOutputMax {
-		output = output[:checkOutputMax]
-	}
+	output = truncateCheckOutput(output)
 	// A restart of the check (its definition changed) between recording and
 	// writing stops the run the update was recorded in: record it again in
 	// the new run.
@@ -387,18 +386,25 @@ func (rc *checkRun) ttlFire(now time.Time) time.Duration {
 	return rc.def.TTL
 }
 
+// waitPrevLocked waits, with rc.writeMu held, until the run that rc
+// replaced can write no more.
+func (rc *checkRun) waitPrevLocked() {
+	if p := rc.prev; p != nil {
+		// p is cancelled: once its writeMu is free it writes no more.
+		p.writeMu.Lock()
+		//lint:ignore SA2001 an empty critical section is the point: wait for p's last write.
+		p.writeMu.Unlock()
+		rc.prev = nil
+	}
+}
+
 // flush writes the observed result if it differs from the last known one.
 // stopped reports that the run was stopped, in which case nothing is
 // written.
 func (rc *checkRun) flush(ctx context.Context) (stopped bool, err error) {
 	rc.writeMu.Lock()
 	defer rc.writeMu.Unlock()
-	if p := rc.prev; p != nil {
-		// p is cancelled: once its writeMu is free it writes no more.
-		p.writeMu.Lock()
-		p.writeMu.Unlock() //nolint:staticcheck // empty critical section on purpose
-		rc.prev = nil
-	}
+	rc.waitPrevLocked()
 	rc.mu.Lock()
 	if rc.ctx.Err() != nil {
 		rc.mu.Unlock()
@@ -480,6 +486,11 @@ func (rc *checkRun) run() {
 	defer rc.r.wg.Done()
 	defer rc.r.runExited(rc)
 	defer rc.closeProbe()
+	// Resolve the predecessor now rather than at the first write, so that
+	// a check restarted many times does not keep a chain of old runs.
+	rc.writeMu.Lock()
+	rc.waitPrevLocked()
+	rc.writeMu.Unlock()
 	rc.openProbe()
 
 	var probeTimer, ttlTimer *time.Timer
@@ -645,8 +656,11 @@ func (rc *checkRun) probeHTTP(ctx context.Context) checkResult {
 		_, _ = io.Copy(io.Discard, io.LimitReader(resp.Body, checkDrainMax))
 		resp.Body.Close()
 	}()
-	out, _ := io.ReadAll(io.LimitReader(resp.Body, checkOutputMax))
-	output := fmt.Sprintf("HTTP %s %s: %s Output: %s", method, rc.def.HTTP, resp.Status, out)
+	// Read a little more than is kept so that the cut falls on a rune
+	// boundary.
+	out, _ := io.ReadAll(io.LimitReader(resp.Body, checkOutputMax+utf8.UTFMax))
+	output := fmt.Sprintf("HTTP %s %s: %s Output: %s",
+		method, rc.def.HTTP, resp.Status, truncateCheckOutput(string(out)))
 	switch {
 	case resp.StatusCode >= 200 && resp.StatusCode <= 299:
 		return checkResult{HealthPassing, output}
@@ -682,4 +696,16 @@ func (rc *checkRun) probeGRPC(ctx context.Context) checkResult {
 		return checkResult{HealthCritical, fmt.Sprintf("gRPC check %s: failed: status %s", rc.def.GRPC, st)}
 	}
 	return checkResult{HealthPassing, fmt.Sprintf("gRPC check %s: success", rc.def.GRPC)}
+}
+
+// truncateCheckOutput cuts s to at most 4 KiB, on a rune boundary.
+func truncateCheckOutput(s string) string {
+	if len(s) <= checkOutputMax {
+		return s
+	}
+	i := checkOutputMax
+	for i > 0 && !utf8.RuneStart(s[i]) {
+		i--
+	}
+	return s[:i]
 }

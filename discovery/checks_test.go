@@ -231,7 +231,7 @@ func TestCheckRunnerHTTPStatuses(t *testing.T) {
 func TestCheckRunnerHTTPRequest(t *testing.T) {
 	type seen struct {
 		method, body, host string
-		header              http.Header
+		header             http.Header
 	}
 	reqs := make(chan seen, 100)
 	srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
@@ -325,6 +325,32 @@ func TestCheckRunnerHTTPTimeoutAndTransportError(t *testing.T) {
 	}
 	if out := sink.waitStatus(t, "dead", HealthCritical).output; !strings.Contains(out, "refused") {
 		t.Errorf("transport error output %q", out)
+	}
+}
+
+func TestCheckRunnerHTTPTLS(t *testing.T) {
+	srv := httptest.NewTLSServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {}))
+	t.Cleanup(srv.Close)
+	sink := newFakeCheckSink()
+	r := newTestCheckRunner(t, sink)
+	skip := httpCheck("skip", srv.URL, time.Hour, HealthCritical)
+	skip.Definition.TLSSkipVerify = true
+	r.Sync([]*Check{skip, httpCheck("verify", srv.URL, time.Hour, HealthPassing)})
+	sink.waitStatus(t, "skip", HealthPassing)
+	if out := sink.waitStatus(t, "verify", HealthCritical).output; !strings.Contains(out, "certificate") {
+		t.Errorf("output %q", out)
+	}
+}
+
+func TestTruncateCheckOutput(t *testing.T) {
+	short := "ok"
+	if got := truncateCheckOutput(short); got != short {
+		t.Errorf("%q", got)
+	}
+	// A 3-byte rune straddling the 4 KiB mark is dropped whole.
+	s := strings.Repeat("x", 4095) + "€" + "tail"
+	if got := truncateCheckOutput(s); got != strings.Repeat("x", 4095) {
+		t.Errorf("got %d bytes ending %q", len(got), got[len(got)-3:])
 	}
 }
 

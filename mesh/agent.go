@@ -43,6 +43,9 @@ type Agent struct {
 	// reloadMu serializes service file reconciliation (start and SIGHUP).
 	reloadMu sync.Mutex
 
+	// ready is closed once this node is registered in the catalog.
+	ready chan struct{}
+
 	cancel context.CancelFunc
 	wg     sync.WaitGroup
 	// removeDataDir is set for -dev, whose data dir is a temp dir.
@@ -51,7 +54,7 @@ type Agent struct {
 
 // NewAgent prepares an agent; nothing runs until Start.
 func NewAgent(cfg Config, logger *slog.Logger, out io.Writer) *Agent {
-	return &Agent{cfg: cfg, logger: logger, out: out}
+	return &Agent{cfg: cfg, logger: logger, out: out, ready: make(chan struct{})}
 }
 
 // HTTPAddr is the address the HTTP API listens on, once started.
@@ -110,7 +113,7 @@ func (a *Agent) Start(ctx context.Context) (err error) {
 	api := &discovery.API{
 		Store: a.store, Writer: a.raft, Cluster: a.raft, TTL: a.checks,
 		NodeName: a.cfg.NodeName, NodeID: a.nodeID, Datacenter: a.cfg.Datacenter, Version: Version,
-		Members: a.members, Logger: a.logger.With("component", "http"),
+		Members: a.members, Logger: a.logger.With("component", "http"), WaitReady: a.waitReady,
 	}
 	mux := http.NewServeMux()
 	api.Register(mux)
@@ -174,22 +177,12 @@ func (a *Agent) runLocalState(ctx context.Context) {
 		}
 		a.logger.Warn("no raft leader yet; still waiting", "bootstrap", a.cfg.Bootstrap || a.cfg.Dev)
 	}
-	backoff := 100 * time.Millisecond
-	for {
-		err := a.registerNode(ctx)
-		if err == nil {
-			err = a.syncServiceFiles(ctx)
-		}
-		if err == nil {
-			break
-		}
-		a.logger.Warn("registering this node", "err", err, "retry_in", backoff)
-		select {
-		case <-ctx.Done():
-			return
-		case <-time.After(backoff):
-		}
-		backoff = min(2*backoff, 5*time.Second)
+	if !retry(ctx, a.logger, "registering this node", a.registerNode) {
+		return
+	}
+	close(a.ready)
+	if !retry(ctx, a.logger, "registering services from files", a.syncServiceFiles) {
+		return
 	}
 	for {
 		ws := memdb.NewWatchSet()
@@ -202,6 +195,35 @@ func (a *Agent) runLocalState(ctx context.Context) {
 		if ws.WatchCtx(ctx) != nil {
 			return
 		}
+	}
+}
+
+// retry runs fn until it succeeds, backing off up to 5 s; it returns false
+// when ctx ends first.
+func retry(ctx context.Context, logger *slog.Logger, what string, fn func(context.Context) error) bool {
+	backoff := 100 * time.Millisecond
+	for {
+		err := fn(ctx)
+		if err == nil {
+			return true
+		}
+		logger.Warn(what, "err", err, "retry_in", backoff)
+		select {
+		case <-ctx.Done():
+			return false
+		case <-time.After(backoff):
+		}
+		backoff = min(2*backoff, 5*time.Second)
+	}
+}
+
+// waitReady blocks until this node is registered in the catalog.
+func (a *Agent) waitReady(ctx context.Context) error {
+	select {
+	case <-a.ready:
+		return nil
+	case <-ctx.Done():
+		return errors.New("this node is not registered yet (no raft leader?)")
 	}
 }
 

@@ -146,7 +146,7 @@ func (c *CheckDef) checkType() *discovery.CheckType {
 		TCP: c.TCP, GRPC: c.GRPC, GRPCUseTLS: c.GRPCUseTLS,
 		TTL: discovery.Duration(c.TTL), Interval: discovery.Duration(c.Interval), Timeout: discovery.Duration(c.Timeout),
 		DeregisterCriticalServiceAfter: discovery.Duration(c.DeregisterCriticalServiceAfter),
-		Args: c.Args, ScriptArgs: c.ScriptArgs,
+		Args:                           c.Args, ScriptArgs: c.ScriptArgs,
 	}
 }
 
