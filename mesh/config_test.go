@@ -1,0 +1,107 @@
+package mesh
+
+import (
+	"bytes"
+	"strings"
+	"testing"
+	"time"
+)
+
+func parseAgentFlags(t *testing.T, args ...string) (Config, error) {
+	t.Helper()
+	fs := newFlagSet("agent", &cliEnv{stdout: &bytes.Buffer{}, stderr: &bytes.Buffer{}})
+	var f agentFlags
+	f.register(fs)
+	if err := fs.Parse(args); err != nil {
+		t.Fatalf("parsing %v: %v", args, err)
+	}
+	return f.buildConfig(fs)
+}
+
+func TestConfigFilesAndFlags(t *testing.T) {
+	dir := t.TempDir()
+	writeFile(t, dir, "10-base.hcl", `
+node_name  = "from-file"
+datacenter = "east"
+data_dir   = "/var/lib/elsewhere"
+ports {
+  http = 8501
+}
+raft {
+  trailing_logs     = 99
+  snapshot_interval = "30s"
+}
+service {
+  name = "a"
+  port = 1
+}
+`)
+	writeFile(t, dir, "20-override.json", `{"datacenter": "west", "LogLevel": "debug", "services": [{"name": "b", "port": 2}]}`)
+	writeFile(t, dir, "ignored.txt", "not a config file")
+
+	cfg, err := parseAgentFlags(t, "-config", dir, "--node", "from-flag", "-client", "127.0.0.5")
+	if err != nil {
+		t.Fatal(err)
+	}
+	checks := []struct {
+		name      string
+		got, want any
+	}{
+		{"node name (flag beats file)", cfg.NodeName, "from-flag"},
+		{"datacenter (later file wins)", cfg.Datacenter, "west"},
+		{"data dir", cfg.DataDir, "/var/lib/elsewhere"},
+		{"log level (CamelCase key)", cfg.LogLevel, "debug"},
+		{"http addr (client flag + file port)", cfg.HTTPAddr(), "127.0.0.5:8501"},
+		{"trailing logs", cfg.Raft.TrailingLogs, uint64(99)},
+		{"snapshot interval", cfg.Raft.SnapshotInterval, 30 * time.Second},
+		{"services from both files", len(cfg.services), 2},
+		{"not bootstrapping by default", cfg.Bootstrap, false},
+		{"services dir default", cfg.ServicesDir, DefaultServicesDir},
+	}
+	for _, c := range checks {
+		if c.got != c.want {
+			t.Errorf("%s = %v, want %v", c.name, c.got, c.want)
+		}
+	}
+	if cfg.services[0].Def.Name != "a" || !strings.HasSuffix(cfg.services[0].File, "10-base.hcl") || cfg.services[0].Def.Line != 12 {
+		t.Errorf("first service = %+v, want a from 10-base.hcl:12", cfg.services[0])
+	}
+}
+
+func TestConfigDev(t *testing.T) {
+	cfg, err := parseAgentFlags(t, "-dev")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !cfg.Bootstrap || cfg.DataDir != "" || cfg.HTTPAddr() != "127.0.0.1:8500" || cfg.BindAddr != "127.0.0.1" || cfg.ServicesDir != "" {
+		t.Fatalf("dev config = %+v; want bootstrap, temp data dir, everything on 127.0.0.1, no services dir", cfg)
+	}
+	cfg, err = parseAgentFlags(t, "--dev", "--client", "127.0.0.9")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if cfg.HTTPAddr() != "127.0.0.9:8500" || cfg.ClusterAddr() != "127.0.0.9:7400" {
+		t.Fatalf("dev with -client: http %s cluster %s; want both on 127.0.0.9", cfg.HTTPAddr(), cfg.ClusterAddr())
+	}
+}
+
+func TestConfigValidateReportsEverything(t *testing.T) {
+	cfg := DefaultConfig()
+	cfg.NodeName = "has space"
+	cfg.Ports.HTTP = 70000
+	cfg.ClientAddr = "localhost"
+	cfg.Addresses.HTTP = "nope"
+	cfg.LogLevel = "loud"
+	err := cfg.Validate()
+	if err == nil {
+		t.Fatal("Validate accepted a bad config")
+	}
+	for _, key := range []string{"node_name", "ports.http", "client_addr", "addresses.http", "log_level"} {
+		if !strings.Contains(err.Error(), key) {
+			t.Errorf("Validate error does not name %s:\n%v", key, err)
+		}
+	}
+	if d := DefaultConfig(); d.Validate() != nil {
+		t.Fatalf("DefaultConfig does not validate: %v", d.Validate())
+	}
+}
