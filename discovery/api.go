@@ -189,9 +189,18 @@ type queryOptions struct {
 	consistent bool
 }
 
-func parseQuery(r *http.Request) (queryOptions, error) {
+func (a *API) parseQuery(r *http.Request) (queryOptions, error) {
 	q := r.URL.Query()
 	var o queryOptions
+	// Refuse what would otherwise be silently ignored and change the answer.
+	for _, p := range []string{"filter", "node-meta"} {
+		if q.Get(p) != "" {
+			return o, badRequest("?%s is not supported yet", p)
+		}
+	}
+	if dc := q.Get("dc"); dc != "" && dc != a.Datacenter {
+		return o, &HTTPError{Code: http.StatusInternalServerError, Msg: "No path to datacenter"}
+	}
 	if s := q.Get("index"); s != "" {
 		v, err := strconv.ParseUint(s, 10, 64)
 		if err != nil {
@@ -221,7 +230,7 @@ func parseQuery(r *http.Request) (queryOptions, error) {
 // fills in the result it wants encoded and returns the index it read at.
 // It returns false after writing an error.
 func (a *API) read(w http.ResponseWriter, r *http.Request, query func(ws memdb.WatchSet) (uint64, error)) bool {
-	o, err := parseQuery(r)
+	o, err := a.parseQuery(r)
 	if err != nil {
 		a.writeError(w, r, err)
 		return false

@@ -52,6 +52,8 @@ func TestAPIBadInput(t *testing.T) {
 		{"bad health state", "GET", "/v1/health/state/sleepy", ``, 400, []string{"sleepy"}},
 		{"bad index", "GET", "/v1/catalog/services?index=abc", ``, 400, []string{"index"}},
 		{"bad wait", "GET", "/v1/catalog/services?index=1&wait=forever", ``, 400, []string{"wait"}},
+		{"filter expression", "GET", "/v1/health/service/keep?filter=Service.Port==80", ``, 400, []string{"filter"}},
+		{"other datacenter", "GET", "/v1/catalog/services?dc=mars", ``, 500, []string{"datacenter"}},
 		{"bad cas", "PUT", "/v1/kv/keep/me?cas=abc", `x`, 400, []string{"cas"}},
 		{"bad flags", "PUT", "/v1/kv/keep/me?flags=-1", `x`, 400, []string{"flags"}},
 		{"KV sessions", "PUT", "/v1/kv/keep/me?acquire=abc", `x`, 400, []string{"sessions"}},
