@@ -362,9 +362,12 @@ func (a *Agent) handleSnapshot(w http.ResponseWriter, r *http.Request) {
 func (a *Agent) Close() error {
 	var errs []error
 	if a.httpSrv != nil {
-		ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+		// Let requests in flight finish; then cut what is left (blocking
+		// queries, and connections that never sent a request, which
+		// net/http treats as busy for their first 5 s).
+		ctx, cancel := context.WithTimeout(context.Background(), 2*time.Second)
 		if err := a.httpSrv.Shutdown(ctx); err != nil {
-			errs = append(errs, fmt.Errorf("stopping HTTP API: %w", err))
+			a.httpSrv.Close()
 		}
 		cancel()
 	} else if a.httpLn != nil {

@@ -1,0 +1,37 @@
+// Package bench measures vmesh's control-plane write path against the floor
+// it stands on, so that results read as ratios rather than absolute numbers
+// that only mean something on the machine that produced them.
+//
+// Each benchmark runs with 1 and with 64 concurrent writers, splits b.N
+// across them, records every operation's latency and reports p50-ms,
+// p99-ms and a throughput metric:
+//
+//   - BenchmarkBoltFsyncBaseline: one bbolt db.Update per operation, each
+//     writing a 240-byte value with fsync on, as raft-boltdb does for one
+//     log entry. Concurrent writers each run their own Update, which bbolt
+//     serializes: the floor with no grouping ("txns/s").
+//   - BenchmarkRaftApply: register-service commands through raft.Server.Apply
+//     on a bootstrapped single node with its real bbolt log ("applies/s").
+//     Raft's BatchApplyCh may put many concurrent applies in one fsync:
+//     "entries/txn", read from raft-boltdb's metrics, says how many it did,
+//     and "entry-bytes" how big a log entry is.
+//   - BenchmarkHTTPRegister: PUT /v1/agent/service/register, as consul/api
+//     sends it, against an in-process agent ("regs/s"); its baseline is
+//     BenchmarkRaftApply with the same number of writers.
+//
+// Every benchmark opens fresh state in b.TempDir() (on the disk that
+// holds os.TempDir) and fails on the first error; none asserts anything
+// about speed. Nothing here runs without -bench. Run them all, and print
+// the ratios, with
+//
+//	bench/run.sh
+//
+// or by hand with
+//
+//	go test -run '^$' -bench . -benchtime=30000x -count 1 ./bench/
+//
+// (a smaller -benchtime, e.g. 2000x, for a quick look).
+//
+// docs/BENCHMARKS.md records measured results and the machine they came
+// from.
+package bench
