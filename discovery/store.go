@@ -107,6 +107,7 @@ func (s *Store) readTxn(ws memdb.WatchSet) *memdb.Txn {
 // adds the channels it depends on to ws and the loop waits on them.
 func (s *Store) Blocking(ctx context.Context, minIndex uint64, query func(ws memdb.WatchSet) (uint64, error)) error {
 	for {
+		_, abandon := s.current()
 		ws := memdb.NewWatchSet()
 		idx, err := query(ws)
 		if err != nil || minIndex == 0 || idx > minIndex {
@@ -115,6 +116,14 @@ func (s *Store) Blocking(ctx context.Context, minIndex uint64, query func(ws mem
 		if err := ws.WatchCtx(ctx); err != nil {
 			// The wait ended: the caller answers with what it has.
 			return nil
+		}
+		select {
+		case <-abandon:
+			// The catalog was replaced by a snapshot restore: answer now,
+			// even if the restored index is not higher, as Consul does.
+			_, _ = query(memdb.NewWatchSet())
+			return nil
+		default:
 		}
 	}
 }
@@ -295,6 +304,11 @@ func (s *Store) EnsureCheck(idx uint64, chk *Check) error {
 	db, _ := s.current()
 	tx := db.Txn(true)
 	defer tx.Abort()
+	if raw, err := tx.First(tableNodes, "id", chk.Node); err != nil {
+		return err
+	} else if raw == nil {
+		return fmt.Errorf("%w: node %q is not registered", ErrNotFound, chk.Node)
+	}
 	if chk.ServiceID != "" {
 		raw, err := tx.First(tableInstances, "id", chk.Node, chk.ServiceID)
 		if err != nil {
@@ -558,68 +572,56 @@ func hasTags(inst *Instance, want []string) bool {
 // filtered to those that carry every tag in tags.
 func (s *Store) ServiceNodes(ws memdb.WatchSet, service string, tags []string) (uint64, []ServiceEntry, error) {
 	tx := s.readTxn(ws)
-	idx := maxIndex(tx, tableNodes, tableInstances)
+	entries, err := serviceNodesTxn(ws, tx, service, tags)
+	return maxIndex(tx, tableNodes, tableInstances), entries, err
+}
+
+func serviceNodesTxn(ws memdb.WatchSet, tx *memdb.Txn, service string, tags []string) ([]ServiceEntry, error) {
 	insts, err := collect[Instance](ws, tx, tableInstances, "service", service)
 	if err != nil {
-		return idx, nil, err
+		return nil, err
 	}
 	var out []ServiceEntry
 	for _, in := range insts {
 		if !hasTags(in, tags) {
 			continue
 		}
-		raw, err := tx.First(tableNodes, "id", in.Node)
+		ch, raw, err := tx.FirstWatch(tableNodes, "id", in.Node)
 		if err != nil {
-			return idx, nil, err
+			return nil, err
+		}
+		if ws != nil {
+			ws.Add(ch)
 		}
 		n, _ := raw.(*Node)
 		out = append(out, ServiceEntry{Node: n, Instance: in})
 	}
-	if ws != nil {
-		_, nodesCh := nodesWatch(tx)
-		ws.Add(nodesCh)
-	}
-	return idx, out, nil
-}
-
-func nodesWatch(tx *memdb.Txn) (memdb.ResultIterator, <-chan struct{}) {
-	it, err := tx.Get(tableNodes, "id")
-	if err != nil {
-		return nil, nil
-	}
-	return it, it.WatchCh()
+	return out, nil
 }
 
 // CheckServiceNodes is ServiceNodes with each entry's checks: the node's
 // own checks and the instance's. With passingOnly, entries with any check
-// that is not passing are left out.
+// that is not passing are left out. It reads in one transaction, so an
+// instance and its checks always come from the same moment.
 func (s *Store) CheckServiceNodes(ws memdb.WatchSet, service string, tags []string, passingOnly bool) (uint64, []ServiceEntry, error) {
-	idx, entries, err := s.ServiceNodes(ws, service, tags)
+	tx := s.readTxn(ws)
+	idx := maxIndex(tx, tableNodes, tableInstances, tableChecks)
+	entries, err := serviceNodesTxn(ws, tx, service, tags)
 	if err != nil {
 		return idx, nil, err
 	}
-	tx := s.readTxn(ws)
-	if i := maxIndex(tx, tableChecks); i > idx {
-		idx = i
-	}
 	out := entries[:0]
 	for _, e := range entries {
-		var checks []*Check
 		all, err := collect[Check](ws, tx, tableChecks, "node", e.Instance.Node)
 		if err != nil {
 			return idx, nil, err
 		}
-		var nodeChecks []*Check
+		var checks []*Check
 		for _, c := range all {
-			if c.ServiceID == "" {
-				nodeChecks = append(nodeChecks, c)
+			if c.ServiceID == "" || c.ServiceID == e.Instance.ID {
+				checks = append(checks, c)
 			}
 		}
-		svcChecks, err := collect[Check](ws, tx, tableChecks, "node_service", e.Instance.Node, e.Instance.ID)
-		if err != nil {
-			return idx, nil, err
-		}
-		checks = append(append(checks, nodeChecks...), svcChecks...)
 		if passingOnly && AggregatedStatus(checks) != HealthPassing {
 			continue
 		}

@@ -2,6 +2,7 @@ package raft
 
 import (
 	"context"
+	"fmt"
 	"io"
 	"log"
 	"log/slog"
@@ -39,7 +40,31 @@ func (a *hclogAdapter) Log(level hclog.Level, msg string, args ...any) {
 	if !a.l.Enabled(context.Background(), lvl) {
 		return
 	}
-	a.l.Log(context.Background(), lvl, msg, append(append([]any{}, a.implied...), args...)...)
+	all := append(append([]any{}, a.implied...), args...)
+	for i, v := range all {
+		all[i] = hclogValue(v)
+	}
+	a.l.Log(context.Background(), lvl, msg, all...)
+}
+
+// hclogValue renders hclog's formatting wrappers the way hclog would.
+func hclogValue(v any) any {
+	switch f := v.(type) {
+	case hclog.Format:
+		if len(f) > 0 {
+			if format, ok := f[0].(string); ok {
+				return fmt.Sprintf(format, f[1:]...)
+			}
+		}
+		return fmt.Sprint(f...)
+	case hclog.Hex:
+		return fmt.Sprintf("0x%x", int(f))
+	case hclog.Octal:
+		return fmt.Sprintf("0%o", int(f))
+	case hclog.Binary:
+		return fmt.Sprintf("0b%b", int(f))
+	}
+	return v
 }
 
 func (a *hclogAdapter) Trace(msg string, args ...any) { a.Log(hclog.Trace, msg, args...) }

@@ -8,6 +8,7 @@ import (
 	"os"
 	"path/filepath"
 	"strconv"
+	"sync"
 	"sync/atomic"
 	"time"
 
@@ -21,6 +22,9 @@ var (
 	ErrNotLeader = errors.New("raft: not leader")
 	ErrNoLeader  = errors.New("raft: no known leader")
 	ErrClosed    = errors.New("raft: server closed")
+	// ErrLeadershipLost: the leader lost its leadership while a write was
+	// in flight; the write's outcome is unknown.
+	ErrLeadershipLost = errors.New("raft: leadership lost")
 )
 
 // Config configures a Server.
@@ -55,8 +59,10 @@ type Server struct {
 	// committed when it started (after a restart the log is replayed only
 	// once a leader commits). Until then reads see no leader, so nobody
 	// reads a catalog that is missing acknowledged writes.
-	caughtUp atomic.Bool
-	done     chan struct{}
+	caughtUp  atomic.Bool
+	done      chan struct{}
+	closeOnce sync.Once
+	closeErr  error
 }
 
 // Open opens (or creates) the raft state in cfg.DataDir and starts raft.
@@ -163,19 +169,42 @@ func (s *Server) Apply(ctx context.Context, cmd discovery.Command) (uint64, erro
 	if err := ctx.Err(); err != nil {
 		return 0, err
 	}
+	select {
+	case <-s.done:
+		return 0, ErrClosed
+	default:
+	}
 	buf, err := encodeCommand(cmd)
 	if err != nil {
 		return 0, err
 	}
 	timeout := defaultApplyTimeout
 	if dl, ok := ctx.Deadline(); ok {
-		timeout = time.Until(dl)
+		if timeout = time.Until(dl); timeout <= 0 {
+			return 0, context.DeadlineExceeded
+		}
 	}
 	f := s.raft.Apply(buf, timeout)
-	if err := f.Error(); err != nil {
+	// Wait in a goroutine: with BatchApplyCh a future queued as raft shuts
+	// down is never answered (hashicorp/raft#498), so the caller must be
+	// able to leave on its context or on Close.
+	res := make(chan error, 1)
+	go func() { res <- f.Error() }()
+	select {
+	case err = <-res:
+	case <-ctx.Done():
+		return 0, ctx.Err()
+	case <-s.done:
+		return 0, ErrClosed
+	}
+	if err != nil {
 		switch {
-		case errors.Is(err, hraft.ErrNotLeader), errors.Is(err, hraft.ErrLeadershipLost):
+		case errors.Is(err, hraft.ErrNotLeader):
 			return 0, fmt.Errorf("%w: %v", ErrNotLeader, err)
+		case errors.Is(err, hraft.ErrLeadershipLost):
+			// Unlike ErrNotLeader, the entry may still commit: retrying a
+			// non-idempotent write on this error is not safe.
+			return 0, fmt.Errorf("%w: leadership lost while applying; the write may or may not have been applied", ErrLeadershipLost)
 		case errors.Is(err, hraft.ErrRaftShutdown):
 			return 0, ErrClosed
 		}
@@ -282,13 +311,16 @@ func (s *Server) Stats() map[string]string {
 
 // Close shuts raft down and closes the log store.
 func (s *Server) Close() error {
-	close(s.done)
-	err := s.raft.Shutdown().Error()
-	if c, ok := s.transport.(interface{ Close() error }); ok {
-		c.Close()
-	}
-	if cerr := s.logStore.Close(); err == nil {
-		err = cerr
-	}
-	return err
+	s.closeOnce.Do(func() {
+		close(s.done)
+		err := s.raft.Shutdown().Error()
+		if c, ok := s.transport.(interface{ Close() error }); ok {
+			c.Close()
+		}
+		if cerr := s.logStore.Close(); err == nil {
+			err = cerr
+		}
+		s.closeErr = err
+	})
+	return s.closeErr
 }
