@@ -25,6 +25,7 @@ func startAgent(b *testing.B, client *http.Client) *mesh.Agent {
 	cfg.BindAddr = "127.0.0.1"
 	cfg.ClientAddr = "127.0.0.1"
 	cfg.Addresses.HTTP = "127.0.0.1:0"
+	cfg.Ports.Cluster = 0
 	cfg.ServicesDir = ""
 	cfg.LogLevel = "error"
 	if err := cfg.Validate(); err != nil {

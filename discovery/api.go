@@ -103,6 +103,8 @@ func (a *API) Register(mux *http.ServeMux) {
 	// status
 	mux.HandleFunc("GET /v1/status/leader", a.statusLeader)
 	mux.HandleFunc("GET /v1/status/peers", a.statusPeers)
+	// config entries
+	a.registerConfig(mux)
 }
 
 // HTTPError is an error with the status code the API answers it with.
@@ -157,28 +159,33 @@ func decodeBody(r *http.Request, out any) error {
 	dec := json.NewDecoder(http.MaxBytesReader(nil, r.Body, maxBody))
 	dec.DisallowUnknownFields()
 	if err := dec.Decode(out); err != nil {
-		var te *json.UnmarshalTypeError
-		if errors.As(err, &te) {
-			want := te.Type.String()
-			switch te.Type {
-			case reflect.TypeFor[Duration]():
-				want = `a duration such as "10s"`
-			case reflect.TypeFor[int](), reflect.TypeFor[uint64]():
-				want = "a number"
-			case reflect.TypeFor[string]():
-				want = "a string"
-			}
-			return badRequest("Request decode failed: field %s: expected %s, got %s", te.Field, want, te.Value)
-		}
-		if errors.Is(err, io.EOF) {
-			return badRequest("Request decode failed: empty body")
-		}
-		return badRequest("Request decode failed: %v", strings.TrimPrefix(err.Error(), "json: "))
+		return decodeError(err)
 	}
 	if dec.More() {
 		return badRequest("Request decode failed: trailing data after the JSON object")
 	}
 	return nil
+}
+
+// decodeError turns an encoding/json error into a 400 that names the field.
+func decodeError(err error) error {
+	var te *json.UnmarshalTypeError
+	if errors.As(err, &te) {
+		want := te.Type.String()
+		switch te.Type {
+		case reflect.TypeFor[Duration]():
+			want = `a duration such as "10s"`
+		case reflect.TypeFor[int](), reflect.TypeFor[uint64](), reflect.TypeFor[uint32](), reflect.TypeFor[float32]():
+			want = "a number"
+		case reflect.TypeFor[string]():
+			want = "a string"
+		}
+		return badRequest("Request decode failed: field %s: expected %s, got %s", te.Field, want, te.Value)
+	}
+	if errors.Is(err, io.EOF) {
+		return badRequest("Request decode failed: empty body")
+	}
+	return badRequest("Request decode failed: %v", strings.TrimPrefix(err.Error(), "json: "))
 }
 
 // queryOptions are the parameters every read accepts.

@@ -101,7 +101,9 @@ func (a *API) agentChecks(w http.ResponseWriter, r *http.Request) {
 		idx, checks, err := a.Store.NodeChecks(ws, a.NodeName)
 		clear(out)
 		for _, c := range checks {
-			out[c.CheckID] = toHealthCheck(c)
+			if c.CheckID != NodeLivenessCheckID {
+				out[c.CheckID] = toHealthCheck(c)
+			}
 		}
 		return idx, err
 	}) {

@@ -16,6 +16,10 @@ const (
 	DeregisterCheckType   MessageType = 6
 	UpdateCheckType       MessageType = 7
 	KVType                MessageType = 8
+	SetCAType             MessageType = 9
+	TokenCreateType       MessageType = 10
+	TokenDeleteType       MessageType = 11
+	ConfigEntryType       MessageType = 12
 
 	// IgnoreUnknownTypeFlag marks a command that an older agent that does
 	// not know its type may skip instead of stopping: commands added in a

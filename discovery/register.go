@@ -32,12 +32,23 @@ func (reg *ServiceRegistration) Build(node, source string) (*RegisterServiceRequ
 		bad("Kind", "%q is not supported; only typical services are", reg.Kind)
 	}
 	for field, raw := range map[string][]byte{
-		"Ports": reg.Ports, "TaggedAddresses": reg.TaggedAddresses, "Proxy": reg.Proxy,
-		"Connect": reg.Connect, "AI": reg.AI, "Locality": reg.Locality,
+		"Ports": reg.Ports, "TaggedAddresses": reg.TaggedAddresses, "AI": reg.AI, "Locality": reg.Locality,
 	} {
-		if s := strings.TrimSpace(string(raw)); s != "" && s != "null" && s != "{}" && s != "[]" {
+		if !emptyRaw(raw) {
 			bad(field, "is not supported yet")
 		}
+	}
+	if reg.Proxy != nil {
+		// A top-level Proxy registers a proxy service (Kind connect-proxy);
+		// vmesh's proxy is part of the agent.
+		for _, f := range setFields("Proxy.", reg.Proxy) {
+			bad(f, "is not supported: register the service itself, with Connect.SidecarService.Proxy.Upstreams")
+		}
+	}
+	upstreams := buildConnect(reg.Connect, bad)
+	protocol := reg.Meta[MetaProtocol]
+	if protocol != "" && !ValidProtocol(protocol) {
+		bad("Meta."+MetaProtocol, "%q is not one of %s", protocol, strings.Join(Protocols, ", "))
 	}
 	if reg.SocketPath != "" {
 		bad("SocketPath", "is not supported yet")
@@ -64,6 +75,7 @@ func (reg *ServiceRegistration) Build(node, source string) (*RegisterServiceRequ
 	inst := Instance{
 		Node: node, ID: id, Service: reg.Name, Tags: reg.Tags, Address: reg.Address, Port: reg.Port,
 		Meta: reg.Meta, Weights: weights, EnableTagOverride: reg.EnableTagOverride, Source: source,
+		Protocol: protocol, Upstreams: upstreams,
 	}
 
 	var defs []*CheckType

@@ -28,6 +28,9 @@ const (
 	RecordCheck    RecordType = 3
 	RecordKV       RecordType = 4
 	RecordIndex    RecordType = 5
+	RecordCA       RecordType = 6
+	RecordToken    RecordType = 7
+	RecordConfig   RecordType = 8
 )
 
 // IndexRecord is a table's highest index, as stored in a snapshot.
@@ -61,6 +64,8 @@ func (sn *Snapshot) Walk(fn func(RecordType, any) error) error {
 	}{
 		{tableNodes, RecordNode}, {tableInstances, RecordInstance}, {tableChecks, RecordCheck},
 		{tableKV, RecordKV}, {tableIndex, RecordIndex},
+		{tableCA, RecordCA}, {tableTokens, RecordToken},
+		{tableConfigEntries, RecordConfig},
 	} {
 		if err := walk(t.table, t.rt); err != nil {
 			return fmt.Errorf("walking %s: %w", t.table, err)
@@ -99,6 +104,12 @@ func (r *Restorer) Add(rt RecordType, rec any) error {
 		return r.tx.Insert(tableKV, v)
 	case *IndexRecord:
 		return r.tx.Insert(tableIndex, &indexEntry{Key: v.Table, Value: v.Index})
+	case *CARoot:
+		return r.tx.Insert(tableCA, v)
+	case *JoinToken:
+		return r.tx.Insert(tableTokens, v)
+	case *ConfigEntry:
+		return r.tx.Insert(tableConfigEntries, v)
 	}
 	return fmt.Errorf("%w: record type %d (%T)", ErrInvalid, rt, rec)
 }
@@ -116,6 +127,12 @@ func NewRecord(rt RecordType) (any, error) {
 		return &KVEntry{}, nil
 	case RecordIndex:
 		return &IndexRecord{}, nil
+	case RecordCA:
+		return &CARoot{}, nil
+	case RecordToken:
+		return &JoinToken{}, nil
+	case RecordConfig:
+		return &ConfigEntry{}, nil
 	}
 	return nil, fmt.Errorf("%w: unknown snapshot record type %d", ErrInvalid, rt)
 }

@@ -35,6 +35,13 @@ type indexEntry struct {
 }
 
 func schema() *memdb.DBSchema {
+	s := baseSchema()
+	clusterTables(s.Tables)
+	configEntryTables(s.Tables)
+	return s
+}
+
+func baseSchema() *memdb.DBSchema {
 	str := func(field string, lower bool) memdb.Indexer {
 		return &memdb.StringFieldIndex{Field: field, Lowercase: lower}
 	}
@@ -153,7 +160,7 @@ func bumpIndex(tx *memdb.Txn, idx uint64, tables ...string) error {
 // LastIndex is the highest index of any table.
 func (s *Store) LastIndex() uint64 {
 	tx := s.readTxn(nil)
-	return maxIndex(tx, tableNodes, tableInstances, tableChecks, tableKV)
+	return maxIndex(tx, tableNodes, tableInstances, tableChecks, tableKV, tableCA, tableTokens, tableConfigEntries)
 }
 
 // ---- writes (FSM only) ----

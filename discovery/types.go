@@ -47,10 +47,25 @@ type Instance struct {
 	// Source says who owns the registration: "api" for the HTTP API and the
 	// CLI, "file:<path>" for a service definition file. The agent deregisters
 	// file-owned instances whose file disappears.
-	Source      string
+	Source string
+	// Protocol is one of Protocols, from Meta["protocol"] (a definition
+	// file's protocol lands there too). Empty means the registration did not
+	// say: the data plane then follows the service's other instances, or
+	// tcp, so one instance registered without it does not turn a whole HTTP
+	// service into plain TCP.
+	Protocol string
+	// Upstreams are the explicit upstreams of the instance's sidecar
+	// (Connect.SidecarService.Proxy.Upstreams); the host's proxy listens for
+	// each. Nil when there are none.
+	Upstreams   []Upstream
 	CreateIndex uint64
 	ModifyIndex uint64
 }
+
+// NodeLivenessCheckID is the node-level check the raft leader keeps for
+// each node (Consul's serfHealth). Agents do not run it, so it is not among
+// /v1/agent/checks; it does count in every health result of the node.
+const NodeLivenessCheckID = "vmesh:node"
 
 // Check kinds.
 const (

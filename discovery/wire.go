@@ -30,8 +30,8 @@ type ServiceRegistration struct {
 	Weights           *Weights
 	Check             *CheckType
 	Checks            []*CheckType
-	Proxy             json.RawMessage
-	Connect           json.RawMessage
+	Proxy             *ConnectProxyConfig
+	Connect           *ServiceConnect
 	AI                json.RawMessage
 	Namespace         string
 	Partition         string
@@ -105,6 +105,17 @@ func (d *Duration) UnmarshalJSON(b []byte) error {
 	v, err := strconv.ParseInt(string(b), 10, 64)
 	if err != nil {
 		return &json.UnmarshalTypeError{Value: string(b), Type: reflect.TypeFor[Duration]()}
+	}
+	*d = Duration(v)
+	return nil
+}
+
+// UnmarshalText takes a Go duration string, so that config file decoders
+// that know encoding.TextUnmarshaler read "10s".
+func (d *Duration) UnmarshalText(b []byte) error {
+	v, err := time.ParseDuration(string(b))
+	if err != nil {
+		return err
 	}
 	*d = Duration(v)
 	return nil

@@ -19,7 +19,6 @@ import (
 
 	"github.com/hashicorp/go-memdb"
 	"github.com/vmesh/vmesh/discovery"
-	"github.com/vmesh/vmesh/raft"
 )
 
 // Version is the agent's version, set at build time with -ldflags.
@@ -33,9 +32,9 @@ type Agent struct {
 	logger *slog.Logger
 	out    io.Writer // the banner
 
-	nodeID  string
-	store   *discovery.Store
-	raft    *raft.Server
+	nodeID string
+	store  *discovery.Store
+	joinState
 	checks  *discovery.CheckRunner
 	httpLn  net.Listener
 	httpSrv *http.Server
@@ -54,7 +53,9 @@ type Agent struct {
 
 // NewAgent prepares an agent; nothing runs until Start.
 func NewAgent(cfg Config, logger *slog.Logger, out io.Writer) *Agent {
-	return &Agent{cfg: cfg, logger: logger, out: out, ready: make(chan struct{})}
+	a := &Agent{cfg: cfg, logger: logger, out: out, ready: make(chan struct{})}
+	a.joined, a.left = make(chan struct{}), make(chan struct{})
+	return a
 }
 
 // HTTPAddr is the address the HTTP API listens on, once started.
@@ -94,30 +95,21 @@ func (a *Agent) Start(ctx context.Context) (err error) {
 	}
 
 	a.store = discovery.NewStore()
-	a.raft, err = raft.Open(raft.Config{
-		NodeID:            a.nodeID,
-		Addr:              a.cfg.ClusterAddr(),
-		DataDir:           a.cfg.DataDir,
-		Bootstrap:         a.cfg.Bootstrap || a.cfg.Dev,
-		SnapshotThreshold: a.cfg.Raft.SnapshotThreshold,
-		TrailingLogs:      a.cfg.Raft.TrailingLogs,
-		SnapshotInterval:  a.cfg.Raft.SnapshotInterval,
-		Logger:            a.logger.With("component", "raft"),
-	}, a.store)
-	if err != nil {
+	if err := a.startCluster(ctx); err != nil {
 		return err
 	}
 
 	a.checks = discovery.NewCheckRunner(a.logger.With("component", "checks"), checkSink{a})
 
 	api := &discovery.API{
-		Store: a.store, Writer: a.raft, Cluster: a.raft, TTL: a.checks,
+		Store: a.store, Writer: &a.ref, Cluster: &a.ref, TTL: a.checks,
 		NodeName: a.cfg.NodeName, NodeID: a.nodeID, Datacenter: a.cfg.Datacenter, Version: Version,
 		Members: a.members, Logger: a.logger.With("component", "http"), WaitReady: a.waitReady,
 	}
 	mux := http.NewServeMux()
 	api.Register(mux)
 	mux.HandleFunc("PUT /v1/vmesh/raft/snapshot", a.handleSnapshot)
+	a.registerClusterAPI(mux)
 
 	a.httpLn, err = net.Listen("tcp", a.cfg.HTTPAddr())
 	if err != nil {
@@ -159,15 +151,24 @@ func (a *Agent) banner() {
 	fmt.Fprintf(a.out, "     Datacenter: %s\n", a.cfg.Datacenter)
 	fmt.Fprintf(a.out, "       Data dir: %s\n", a.cfg.DataDir)
 	fmt.Fprintf(a.out, "       HTTP API: http://%s\n", a.HTTPAddr())
-	fmt.Fprintf(a.out, "   Cluster addr: %s (single node: no cluster listener yet)\n", a.cfg.ClusterAddr())
+	if srv := a.ref.get(); srv != nil {
+		fmt.Fprintf(a.out, "   Cluster addr: %s (mTLS)\n", srv.Addr())
+	} else {
+		fmt.Fprintf(a.out, "   Cluster addr: %s (not in a cluster yet)\n", a.cfg.ClusterAddr())
+	}
 }
 
 // runLocalState waits for a leader, registers this node and the services
 // of its files, then keeps the check runner in step with the catalog.
 func (a *Agent) runLocalState(ctx context.Context) {
+	select {
+	case <-a.joined:
+	case <-ctx.Done():
+		return
+	}
 	for {
 		wctx, cancel := context.WithTimeout(ctx, 30*time.Second)
-		err := a.raft.WaitLeader(wctx)
+		err := a.ref.get().WaitLeader(wctx)
 		cancel()
 		if ctx.Err() != nil {
 			return
@@ -238,7 +239,7 @@ func (a *Agent) registerNode(ctx context.Context) error {
 	if cur != nil && cur.ID == want.ID && cur.Address == want.Address && cur.Datacenter == want.Datacenter {
 		return nil
 	}
-	_, err = a.raft.Apply(ctx, discovery.RegisterNodeRequest{Node: want})
+	_, err = a.ref.Apply(ctx, discovery.RegisterNodeRequest{Node: want})
 	return err
 }
 
@@ -283,14 +284,14 @@ func (a *Agent) syncServiceFiles(ctx context.Context) error {
 		if a.serviceUpToDate(req) {
 			continue
 		}
-		if _, err := a.raft.Apply(ctx, req); err != nil {
+		if _, err := a.ref.Apply(ctx, req); err != nil {
 			return fmt.Errorf("registering %s from %s: %w", req.Instance.ID, strings.TrimPrefix(req.Instance.Source, "file:"), err)
 		}
 		a.logger.Info("registered service from file", "id", req.Instance.ID, "source", req.Instance.Source)
 	}
 	for _, in := range have {
 		if strings.HasPrefix(in.Source, "file:") && !wanted[in.ID] {
-			if _, err := a.raft.Apply(ctx, discovery.DeregisterServiceRequest{Node: in.Node, ServiceID: in.ID}); err != nil {
+			if _, err := a.ref.Apply(ctx, discovery.DeregisterServiceRequest{Node: in.Node, ServiceID: in.ID}); err != nil {
 				return fmt.Errorf("deregistering %s: %w", in.ID, err)
 			}
 			a.logger.Info("deregistered service whose definition is gone", "id", in.ID, "source", in.Source)
@@ -342,14 +343,13 @@ func (a *Agent) Reload(ctx context.Context, cfg Config) error {
 	return a.syncServiceFiles(ctx)
 }
 
-func (a *Agent) members() []discovery.Member {
-	return []discovery.Member{{
-		Name: a.cfg.NodeName, Addr: hostOf(a.cfg.ClusterAddr()), Port: a.cfg.Ports.Cluster, Role: "leader", Status: 1,
-	}}
-}
-
 func (a *Agent) handleSnapshot(w http.ResponseWriter, r *http.Request) {
-	idx, err := a.raft.Snapshot()
+	srv := a.ref.get()
+	if srv == nil {
+		http.Error(w, errNotJoined.Error(), http.StatusConflict)
+		return
+	}
+	idx, err := srv.Snapshot()
 	if err != nil {
 		http.Error(w, err.Error(), http.StatusInternalServerError)
 		return
@@ -380,8 +380,8 @@ func (a *Agent) Close() error {
 	if a.checks != nil {
 		a.checks.Close()
 	}
-	if a.raft != nil {
-		if err := a.raft.Close(); err != nil {
+	if srv := a.ref.get(); srv != nil {
+		if err := srv.Close(); err != nil {
 			errs = append(errs, fmt.Errorf("stopping raft: %w", err))
 		}
 	}
@@ -395,7 +395,7 @@ func (a *Agent) Close() error {
 type checkSink struct{ a *Agent }
 
 func (s checkSink) UpdateCheck(ctx context.Context, checkID, status, output string) error {
-	_, err := s.a.raft.Apply(ctx, discovery.UpdateCheckRequest{
+	_, err := s.a.ref.Apply(ctx, discovery.UpdateCheckRequest{
 		Node: s.a.cfg.NodeName, CheckID: checkID, Status: status, Output: output,
 	})
 	return err
@@ -403,7 +403,7 @@ func (s checkSink) UpdateCheck(ctx context.Context, checkID, status, output stri
 
 func (s checkSink) DeregisterService(ctx context.Context, serviceID string) error {
 	s.a.logger.Info("deregistering service: check critical for too long", "service_id", serviceID)
-	_, err := s.a.raft.Apply(ctx, discovery.DeregisterServiceRequest{Node: s.a.cfg.NodeName, ServiceID: serviceID})
+	_, err := s.a.ref.Apply(ctx, discovery.DeregisterServiceRequest{Node: s.a.cfg.NodeName, ServiceID: serviceID})
 	return err
 }
 

@@ -114,7 +114,7 @@ func TestAgentBadConfigExits2(t *testing.T) {
 			dir := t.TempDir()
 			path := writeFile(t, dir, tc.file, tc.body)
 			args := append([]string{"agent", "-config", path, "-data-dir", t.TempDir(), "-bootstrap",
-				"-http-addr", "127.0.0.1:0", "-services-dir", ""}, tc.extra...)
+				"-http-addr", "127.0.0.1:0", "-cluster-port", "0", "-services-dir", ""}, tc.extra...)
 			p := startProc(t, args...)
 			if code := p.wait(20 * time.Second); code != 2 {
 				t.Fatalf("exit code %d, want 2\nstderr: %s", code, p.stderr)
@@ -130,7 +130,7 @@ func TestAgentBadConfigExits2(t *testing.T) {
 		svcDir := t.TempDir()
 		writeFile(t, svcDir, "good.hcl", "service {\n  name = \"good\"\n  port = 1\n}\n")
 		writeFile(t, svcDir, "web.json", "{\n  \"service\": {\n    \"name\": \"web\",\n    \"prot\": 80\n  }\n}\n")
-		p := startProc(t, "agent", "-data-dir", t.TempDir(), "-bootstrap", "-http-addr", "127.0.0.1:0", "-services-dir", svcDir)
+		p := startProc(t, "agent", "-data-dir", t.TempDir(), "-bootstrap", "-http-addr", "127.0.0.1:0", "-cluster-port", "0", "-services-dir", svcDir)
 		if code := p.wait(20 * time.Second); code != 2 {
 			t.Fatalf("exit code %d, want 2\nstderr: %s", code, p.stderr)
 		}
@@ -172,7 +172,7 @@ service {
 	cfgDir := t.TempDir()
 	cfg := writeFile(t, cfgDir, "vmesh.hcl", "service {\n  name = \"from-config\"\n  port = 9\n}\n")
 	p := startProc(t, "agent", "-bootstrap", "-data-dir", t.TempDir(), "-config", cfg, "-services-dir", svcDir,
-		"-http-addr", "127.0.0.1:0", "-bind", "127.0.0.1")
+		"-http-addr", "127.0.0.1:0", "-cluster-port", "0", "-bind", "127.0.0.1")
 	addr := p.waitHTTP(10 * time.Second)
 	p.waitLeader(15 * time.Second)
 

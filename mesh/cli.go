@@ -78,24 +78,25 @@ func runServices(ctx context.Context, env *cliEnv, args []string) int {
 	}
 	fs := newFlagSet("services "+sub, env)
 	addr := clientFlags(fs)
-	if err := fs.Parse(args); err != nil {
+	pos, err := parseArgs(fs, args)
+	if err != nil {
 		return exitUsage
 	}
 	c := newAPIClient(*addr)
 	switch sub {
 	case "register":
-		if fs.NArg() != 1 {
+		if len(pos) != 1 {
 			fmt.Fprintln(env.stderr, "usage: vmesh services register FILE")
 			return exitUsage
 		}
 		var sf servicesFile
-		if err := decodeConfigFile(fs.Arg(0), &sf); err != nil {
+		if err := decodeConfigFile(pos[0], &sf); err != nil {
 			fmt.Fprintf(env.stderr, "vmesh services register: %v\n", err)
 			return exitUsage
 		}
-		defs := collectServices(fs.Arg(0), sf.Service, sf.Services)
+		defs := collectServices(pos[0], sf.Service, sf.Services)
 		if len(defs) == 0 {
-			fmt.Fprintf(env.stderr, "vmesh services register: %s defines no service\n", fs.Arg(0))
+			fmt.Fprintf(env.stderr, "vmesh services register: %s defines no service\n", pos[0])
 			return exitUsage
 		}
 		// Validate all before registering any, so a bad file registers nothing.
@@ -116,15 +117,15 @@ func runServices(ctx context.Context, env *cliEnv, args []string) int {
 		}
 		return exitOK
 	case "deregister":
-		if fs.NArg() != 1 {
+		if len(pos) != 1 {
 			fmt.Fprintln(env.stderr, "usage: vmesh services deregister ID")
 			return exitUsage
 		}
-		if err := c.do(ctx, http.MethodPut, "/v1/agent/service/deregister/"+fs.Arg(0), nil, nil); err != nil {
+		if err := c.do(ctx, http.MethodPut, "/v1/agent/service/deregister/"+pos[0], nil, nil); err != nil {
 			fmt.Fprintf(env.stderr, "vmesh services deregister: %v\n", err)
 			return exitFailed
 		}
-		fmt.Fprintf(env.stdout, "Deregistered service: %s\n", fs.Arg(0))
+		fmt.Fprintf(env.stdout, "Deregistered service: %s\n", pos[0])
 		return exitOK
 	case "list":
 		var svcs map[string]struct {
@@ -152,31 +153,4 @@ func runServices(ctx context.Context, env *cliEnv, args []string) int {
 	}
 	fmt.Fprintln(env.stderr, "usage: vmesh services register FILE | deregister ID | list [--http-addr ADDR]")
 	return exitUsage
-}
-
-func runMembers(ctx context.Context, env *cliEnv, args []string) int {
-	fs := newFlagSet("members", env)
-	addr := clientFlags(fs)
-	if err := fs.Parse(args); err != nil {
-		return exitUsage
-	}
-	c := newAPIClient(*addr)
-	var members []struct {
-		Name, Addr string
-		Port       int
-		Status     int
-		Tags       map[string]string
-	}
-	if err := c.do(ctx, http.MethodGet, "/v1/agent/members", nil, &members); err != nil {
-		fmt.Fprintf(env.stderr, "vmesh members: %v\n", err)
-		return exitFailed
-	}
-	status := map[int]string{0: "none", 1: "alive", 2: "leaving", 3: "left", 4: "failed"}
-	tw := tabwriter.NewWriter(env.stdout, 0, 4, 2, ' ', 0)
-	fmt.Fprintln(tw, "Node\tAddress\tStatus\tRole\tDC")
-	for _, m := range members {
-		fmt.Fprintf(tw, "%s\t%s:%d\t%s\t%s\t%s\n", m.Name, m.Addr, m.Port, status[m.Status], m.Tags["role"], m.Tags["dc"])
-	}
-	tw.Flush()
-	return exitOK
 }

@@ -28,6 +28,11 @@ type Config struct {
 	Ports       Ports     `hcl:"ports"`
 	Addresses   Addresses `hcl:"addresses"`
 	Raft        RaftTune  `hcl:"raft"`
+	Cluster     Cluster   `hcl:"cluster"`
+	// Join is a member's cluster address to join at start (with Token)
+	// when this node has no cluster state yet.
+	Join  string `hcl:"join"`
+	Token string `hcl:"token"`
 
 	// Service and Services hold the service definitions of the file being
 	// decoded; loadConfigFiles moves them into services with their file.
@@ -59,6 +64,19 @@ type RaftTune struct {
 	SnapshotInterval  time.Duration `hcl:"snapshot_interval"`
 }
 
+// Cluster configures membership.
+type Cluster struct {
+	// Voters caps the raft voters: 1, 3 or 5. Every other node is a
+	// nonvoter that still replicates everything.
+	Voters      int    `hcl:"voters"`
+	TrustDomain string `hcl:"trust_domain"`
+	// NodeTTL: a node silent this long is marked critical; ReapAfter: a
+	// node critical this long is removed.
+	NodeTTL           time.Duration `hcl:"node_ttl"`
+	ReapAfter         time.Duration `hcl:"reap_after"`
+	HeartbeatInterval time.Duration `hcl:"heartbeat_interval"`
+}
+
 // Defaults, as DESIGN.md lists them.
 const (
 	DefaultHTTPPort    = 8500
@@ -82,6 +100,10 @@ func DefaultConfig() Config {
 		ClientAddr: "127.0.0.1",
 		LogLevel:   "info",
 		Ports:      Ports{HTTP: DefaultHTTPPort, Cluster: DefaultClusterPort},
+		Cluster: Cluster{
+			Voters: 3, TrustDomain: "vmesh.local",
+			NodeTTL: 10 * time.Second, ReapAfter: 72 * time.Hour, HeartbeatInterval: time.Second,
+		},
 	}
 }
 
@@ -91,6 +113,11 @@ func (c *Config) HTTPAddr() string {
 		return c.Addresses.HTTP
 	}
 	return net.JoinHostPort(c.ClientAddr, strconv.Itoa(c.Ports.HTTP))
+}
+
+// ClusterBind is where the cluster port listens.
+func (c *Config) ClusterBind() string {
+	return net.JoinHostPort(c.BindAddr, strconv.Itoa(c.Ports.Cluster))
 }
 
 // ClusterAddr is the address peers reach this agent's raft at.
@@ -157,6 +184,31 @@ func (c *Config) Validate() error {
 	case "debug", "info", "warn", "error":
 	default:
 		bad("log_level", "%q is not one of debug, info, warn, error", c.LogLevel)
+	}
+	switch c.Cluster.Voters {
+	case 1, 3, 5:
+	default:
+		bad("cluster.voters", "must be 1, 3 or 5, got %d", c.Cluster.Voters)
+	}
+	if c.Cluster.TrustDomain == "" || strings.ContainsAny(c.Cluster.TrustDomain, "/: ") || strings.ToLower(c.Cluster.TrustDomain) != c.Cluster.TrustDomain {
+		bad("cluster.trust_domain", "%q is not a SPIFFE trust domain (lowercase letters, digits, dots, dashes)", c.Cluster.TrustDomain)
+	}
+	if c.Cluster.HeartbeatInterval <= 0 || c.Cluster.NodeTTL <= c.Cluster.HeartbeatInterval {
+		bad("cluster.node_ttl", "must be longer than cluster.heartbeat_interval (%s), got %s", c.Cluster.HeartbeatInterval, c.Cluster.NodeTTL)
+	}
+	if c.Cluster.ReapAfter < c.Cluster.NodeTTL {
+		bad("cluster.reap_after", "must be at least cluster.node_ttl, got %s", c.Cluster.ReapAfter)
+	}
+	if (c.Join == "") != (c.Token == "") {
+		bad("join", "join and token go together")
+	}
+	if c.Join != "" {
+		if _, _, err := net.SplitHostPort(c.Join); err != nil {
+			bad("join", "%q is not host:port", c.Join)
+		}
+	}
+	if c.Join != "" && c.Bootstrap {
+		bad("bootstrap", "a node either bootstraps a new cluster or joins one, not both")
 	}
 	if c.Raft.SnapshotInterval < 0 {
 		bad("raft.snapshot_interval", "must not be negative")

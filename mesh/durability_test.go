@@ -30,7 +30,7 @@ raft {
 }
 `)
 	args := []string{"agent", "-bootstrap", "-node", "dur-1", "-data-dir", dataDir, "-config", cfgFile,
-		"-bind", "127.0.0.1", "-client", "127.0.0.1", "-http-addr", "127.0.0.1:0", "-services-dir", ""}
+		"-bind", "127.0.0.1", "-client", "127.0.0.1", "-http-addr", "127.0.0.1:0", "-cluster-port", "0", "-services-dir", ""}
 	start := func() *proc {
 		p := startProc(t, args...)
 		p.waitHTTP(10 * time.Second)

@@ -3,6 +3,7 @@ package mesh
 import (
 	"bytes"
 	"cmp"
+	"encoding"
 	"encoding/json"
 	"errors"
 	"fmt"
@@ -87,6 +88,8 @@ func decodeConfig(filename string, src []byte, syntax string, out any) error {
 	return errors.Join(d.errs...)
 }
 
+var textUnmarshalerType = reflect.TypeFor[encoding.TextUnmarshaler]()
+
 // decoder collects every problem found while walking one file.
 type decoder struct {
 	file string
@@ -152,6 +155,13 @@ func (d *decoder) value(path string, n ast.Node, v reflect.Value) {
 				return
 			}
 			v.SetInt(int64(dur))
+		}
+	case reflect.PointerTo(t).Implements(textUnmarshalerType) && v.CanAddr():
+		// Types from other packages (discovery.Duration) parse themselves.
+		if s, ok := d.str(path, n, "a string"); ok {
+			if err := v.Addr().Interface().(encoding.TextUnmarshaler).UnmarshalText([]byte(s)); err != nil {
+				d.errorf(n.Pos(), "%s: %v", path, err)
+			}
 		}
 	case t.Kind() == reflect.String:
 		if s, ok := d.str(path, n, "a string"); ok {

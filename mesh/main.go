@@ -37,6 +37,10 @@ var commands = map[string]command{
 	"agent":    {"run the vmesh agent", runAgent},
 	"services": {"register, deregister and list services", runServices},
 	"members":  {"list the cluster's nodes", runMembers},
+	"join":     {"ask the local agent to join a cluster", runJoin},
+	"leave":    {"the local agent leaves the cluster and stops", runLeave},
+	"token":    {"create join tokens", runToken},
+	"config":   {"write, read, list and delete config entries", runConfig},
 	"version":  {"print the version", runVersion},
 }
 
@@ -84,6 +88,27 @@ func newFlagSet(name string, env *cliEnv) *flag.FlagSet {
 	return fs
 }
 
+// parseArgs parses flags anywhere among the arguments (Go's flag package
+// stops at the first positional one), so `vmesh join ADDR -token T` works
+// as DESIGN.md writes it. It returns the positional arguments.
+func parseArgs(fs *flag.FlagSet, args []string) ([]string, error) {
+	var pos []string
+	for {
+		if err := fs.Parse(args); err != nil {
+			return nil, err
+		}
+		rest := fs.Args()
+		if len(rest) == 0 {
+			return pos, nil
+		}
+		if rest[0] == "--" {
+			return append(pos, rest[1:]...), nil
+		}
+		pos = append(pos, rest[0])
+		args = rest[1:]
+	}
+}
+
 // stringList is a repeatable string flag.
 type stringList []string
 
@@ -101,7 +126,7 @@ type agentFlags struct {
 	dev, bootstrap, logJSON        bool
 	dataDir, node, bind, client    string
 	httpAddr, datacenter, logLevel string
-	servicesDir                    string
+	servicesDir, join, token       string
 	clusterPort                    int
 }
 
@@ -119,6 +144,8 @@ func (f *agentFlags) register(fs *flag.FlagSet) {
 	fs.StringVar(&f.logLevel, "log-level", "", "debug, info, warn or error")
 	fs.StringVar(&f.servicesDir, "services-dir", "", "`dir` of service definition files (default "+DefaultServicesDir+")")
 	fs.IntVar(&f.clusterPort, "cluster-port", 0, "cluster `port` (raft and RPC; default 7400)")
+	fs.StringVar(&f.join, "join", "", "join the cluster at this member's cluster `address` at start (needs -token)")
+	fs.StringVar(&f.token, "token", "", "join `token` from 'vmesh token create'")
 }
 
 // buildConfig applies defaults, files and set flags, then validates. Every
@@ -176,6 +203,12 @@ func (f *agentFlags) buildConfig(fs *flag.FlagSet) (Config, error) {
 	if set["cluster-port"] {
 		cfg.Ports.Cluster = f.clusterPort
 	}
+	if set["join"] {
+		cfg.Join = f.join
+	}
+	if set["token"] {
+		cfg.Token = f.token
+	}
 	if err := cfg.Validate(); err != nil {
 		return cfg, fmt.Errorf("invalid configuration:\n%w", err)
 	}
@@ -224,6 +257,13 @@ func runAgent(ctx context.Context, env *cliEnv, args []string) int {
 	defer signal.Stop(hup)
 	for {
 		select {
+		case <-agent.Left():
+			logger.Info("left the cluster; stopping")
+			if err := agent.Close(); err != nil {
+				logger.Error("shutdown", "err", err)
+				return exitFailed
+			}
+			return exitOK
 		case <-ctx.Done():
 			logger.Info("shutting down")
 			if err := agent.Close(); err != nil {

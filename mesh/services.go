@@ -34,6 +34,44 @@ type ServiceDef struct {
 	Check             *CheckDef         `hcl:"check"`
 	Checks            []CheckDef        `hcl:"checks"`
 	Token             string            `hcl:"token"`
+	// Protocol is tcp (default), http, http2, grpc or udp; it is stored as
+	// Meta.protocol, where the Consul API carries it.
+	Protocol string      `hcl:"protocol"`
+	Connect  *ConnectDef `hcl:"connect"`
+}
+
+// ConnectDef is the part of Consul's connect block that vmesh reads:
+//
+//	connect {
+//	  sidecar_service {
+//	    proxy {
+//	      upstreams = [{ destination_name = "orders", local_bind_port = 19001 }]
+//	    }
+//	  }
+//	}
+//
+// Any other key is an error with its file and line.
+type ConnectDef struct {
+	SidecarService *SidecarServiceDef `hcl:"sidecar_service"`
+}
+
+// SidecarServiceDef is connect.sidecar_service.
+type SidecarServiceDef struct {
+	Proxy *ProxyDef `hcl:"proxy"`
+}
+
+// ProxyDef is connect.sidecar_service.proxy.
+type ProxyDef struct {
+	Upstreams []UpstreamDef `hcl:"upstreams"`
+}
+
+// UpstreamDef is one explicit upstream: the host's proxy listens on
+// local_bind_address (default 127.0.0.1):local_bind_port and forwards to
+// destination_name.
+type UpstreamDef struct {
+	DestinationName  string `hcl:"destination_name"`
+	LocalBindAddress string `hcl:"local_bind_address"`
+	LocalBindPort    int    `hcl:"local_bind_port"`
 }
 
 // WeightsDef are SRV weights by health.
@@ -122,6 +160,30 @@ func (d *ServiceDef) registration() *discovery.ServiceRegistration {
 		Kind: d.Kind, ID: d.ID, Name: d.Name, Tags: d.Tags, Address: d.Address, Port: d.Port,
 		Meta: d.Meta, EnableTagOverride: d.EnableTagOverride,
 	}
+	if d.Protocol != "" && d.Meta[discovery.MetaProtocol] == "" {
+		// A copy: the definition's own map stays as the file wrote it.
+		reg.Meta = map[string]string{discovery.MetaProtocol: d.Protocol}
+		for k, v := range d.Meta {
+			if k != discovery.MetaProtocol {
+				reg.Meta[k] = v
+			}
+		}
+	}
+	if d.Connect != nil {
+		reg.Connect = &discovery.ServiceConnect{}
+		if sc := d.Connect.SidecarService; sc != nil {
+			reg.Connect.SidecarService = &discovery.ServiceRegistration{}
+			if sc.Proxy != nil {
+				p := &discovery.ConnectProxyConfig{}
+				for _, u := range sc.Proxy.Upstreams {
+					p.Upstreams = append(p.Upstreams, discovery.ConnectUpstream{
+						DestinationName: u.DestinationName, LocalBindAddress: u.LocalBindAddress, LocalBindPort: u.LocalBindPort,
+					})
+				}
+				reg.Connect.SidecarService.Proxy = p
+			}
+		}
+	}
 	if d.Weights != nil {
 		reg.Weights = &discovery.Weights{Passing: d.Weights.Passing, Warning: d.Weights.Warning}
 	}
@@ -158,6 +220,18 @@ func buildFileServices(node string, defs []fileService) ([]*discovery.RegisterSe
 	seen := map[string]string{}
 	for _, fs := range defs {
 		where := fmt.Sprintf("%s:%d", fs.File, fs.Def.Line)
+		// The protocol travels as Meta.protocol, but a file says protocol:
+		// name the key the file used.
+		if p := fs.Def.Protocol; p != "" {
+			if !discovery.ValidProtocol(p) {
+				errs = append(errs, fmt.Errorf("%s: service %q: protocol: %q is not one of %s", where, fs.Def.Name, p, strings.Join(discovery.Protocols, ", ")))
+				continue
+			}
+			if m := fs.Def.Meta[discovery.MetaProtocol]; m != "" && m != p {
+				errs = append(errs, fmt.Errorf("%s: service %q: protocol: %q conflicts with meta.protocol %q", where, fs.Def.Name, p, m))
+				continue
+			}
+		}
 		req, err := fs.Def.registration().Build(node, "file:"+filepath.Clean(fs.File))
 		if err != nil {
 			msg := strings.TrimPrefix(err.Error(), discovery.ErrInvalid.Error()+": ")

@@ -6,6 +6,8 @@ import (
 	"fmt"
 	"io"
 	"log/slog"
+	"sync"
+	"sync/atomic"
 
 	"github.com/hashicorp/go-msgpack/v2/codec"
 	hraft "github.com/hashicorp/raft"
@@ -52,6 +54,22 @@ var appliers = map[discovery.MessageType]applier{
 		var req discovery.KVRequest
 		return orErr(decode(buf, &req), func() error { return s.KVApply(idx, req.Op, &req.Entry) })
 	},
+	discovery.SetCAType: func(s *discovery.Store, buf []byte, idx uint64) any {
+		var req discovery.SetCARequest
+		return orErr(decode(buf, &req), func() error { return s.SetCA(idx, &req.CA) })
+	},
+	discovery.TokenCreateType: func(s *discovery.Store, buf []byte, idx uint64) any {
+		var req discovery.TokenCreateRequest
+		return orErr(decode(buf, &req), func() error { return s.TokenCreate(idx, &req.Token) })
+	},
+	discovery.TokenDeleteType: func(s *discovery.Store, buf []byte, idx uint64) any {
+		var req discovery.TokenDeleteRequest
+		return orErr(decode(buf, &req), func() error { return s.TokenDelete(idx, req.ID) })
+	},
+	discovery.ConfigEntryType: func(s *discovery.Store, buf []byte, idx uint64) any {
+		var req discovery.ConfigEntryRequest
+		return orErr(decode(buf, &req), func() error { return s.ConfigEntryApply(idx, req.Op, &req.Entry) })
+	},
 }
 
 // orErr runs apply unless decoding failed. A command that does not decode
@@ -70,9 +88,39 @@ func orErr(decodeErr error, apply func() error) any {
 type fsm struct {
 	store  *discovery.Store
 	logger *slog.Logger
+	// applied is the index of the last entry applied to the catalog; a
+	// follower waits on it to give read-your-writes after a forward.
+	applied atomic.Uint64
+	mu      sync.Mutex
+	notify  chan struct{} // closed and replaced on every apply
+}
+
+func newFSM(store *discovery.Store, logger *slog.Logger) *fsm {
+	return &fsm{store: store, logger: logger}
+}
+
+// appliedCh is closed at the next apply.
+func (f *fsm) appliedCh() <-chan struct{} {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	if f.notify == nil {
+		f.notify = make(chan struct{})
+	}
+	return f.notify
+}
+
+func (f *fsm) setApplied(idx uint64) {
+	f.applied.Store(idx)
+	f.mu.Lock()
+	if f.notify != nil {
+		close(f.notify)
+		f.notify = nil // made again by the next waiter
+	}
+	f.mu.Unlock()
 }
 
 func (f *fsm) Apply(l *hraft.Log) any {
+	defer f.setApplied(l.Index)
 	if l.Type != hraft.LogCommand || len(l.Data) == 0 {
 		return nil
 	}
@@ -89,6 +137,12 @@ func (f *fsm) Apply(l *hraft.Log) any {
 		panic(fmt.Sprintf("raft: unknown command type %d at index %d; upgrade this agent", t, l.Index))
 	}
 	return fn(f.store, l.Data[1:], l.Index)
+}
+
+// StoreConfiguration makes configuration entries count as applied, so a
+// follower waiting for an index that is a membership change gets through.
+func (f *fsm) StoreConfiguration(index uint64, _ hraft.Configuration) {
+	f.setApplied(index)
 }
 
 // snapshotVersion is the first byte of every snapshot stream.
@@ -167,5 +221,6 @@ func (f *fsm) Restore(rc io.ReadCloser) error {
 		}
 	}
 	rs.Commit()
+	f.setApplied(f.store.LastIndex())
 	return nil
 }

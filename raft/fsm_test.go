@@ -194,6 +194,42 @@ func TestFSMApplyDispatch(t *testing.T) {
 				}
 			},
 		},
+		{
+			discovery.SetCARequest{CA: discovery.CARoot{CertPEM: []byte("cert"), KeyPEM: []byte("key"), TrustDomain: "td", Fingerprint: "fp1"}},
+			func(t *testing.T, idx uint64) {
+				i, ca, _ := s.CA(nil)
+				if ca == nil || ca.Fingerprint != "fp1" || string(ca.KeyPEM) != "key" || ca.CreateIndex != idx || i != idx {
+					t.Errorf("CA = %+v at %d, want fp1 at %d", ca, i, idx)
+				}
+			},
+		},
+		{
+			discovery.TokenCreateRequest{Token: discovery.JoinToken{ID: "t1", SecretHash: discovery.HashTokenSecret("s3cret"), ExpiresAt: 1e9}},
+			func(t *testing.T, idx uint64) {
+				tok, _ := s.Token("t1")
+				if tok == nil || !tok.SecretMatches("s3cret") || tok.SecretMatches("other") || tok.CreateIndex != idx || tok.ExpiresAt != 1e9 {
+					t.Errorf("token = %+v, want t1 created at %d", tok, idx)
+				}
+			},
+		},
+		{
+			discovery.TokenDeleteRequest{ID: "t1"},
+			func(t *testing.T, idx uint64) {
+				if tok, _ := s.Token("t1"); tok != nil {
+					t.Errorf("token after delete = %+v, want nil", tok)
+				}
+			},
+		},
+		{
+			discovery.ConfigEntryRequest{Op: discovery.ConfigEntryUpsert, Entry: discovery.ConfigEntry{
+				Kind: discovery.KindServiceDefaults, Name: "web", Defaults: &discovery.ServiceDefaults{Protocol: "http"}}},
+			func(t *testing.T, idx uint64) {
+				i, e, _ := s.ConfigEntry(nil, discovery.KindServiceDefaults, "web")
+				if e == nil || e.Defaults.Protocol != "http" || e.CreateIndex != idx || i != idx {
+					t.Errorf("config entry = %+v at %d, want web's service-defaults at %d", e, i, idx)
+				}
+			},
+		},
 	}
 	covered := map[discovery.MessageType]bool{}
 	for i, st := range steps {

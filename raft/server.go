@@ -42,8 +42,11 @@ type Config struct {
 	SnapshotThreshold uint64
 	TrailingLogs      uint64
 	SnapshotInterval  time.Duration
-	// Transport carries raft traffic. Nil means an in-memory transport
-	// bound to Addr, which is all a single node needs: it opens no socket.
+	// Cluster, when set, runs raft and the cluster RPC on a mutual-TLS
+	// port (see ClusterConfig). Nil means a single node on an in-memory
+	// transport bound to Addr: no socket at all (tests, benchmarks).
+	Cluster *ClusterConfig
+	// Transport overrides the transport of a node without Cluster.
 	Transport hraft.Transport
 	Logger    *slog.Logger
 }
@@ -54,7 +57,12 @@ type Server struct {
 	logStore  *raftboltdb.BoltStore
 	transport hraft.Transport
 	store     *discovery.Store
+	fsm       *fsm
 	logger    *slog.Logger
+	nodeID    string
+	dataDir   string
+	cluster   *cluster // nil for a single in-memory node
+	wg        sync.WaitGroup
 	// caughtUp is set once this node's catalog holds every entry that was
 	// committed when it started (after a restart the log is replayed only
 	// once a leader commits). Until then reads see no leader, so nobody
@@ -85,9 +93,27 @@ func Open(cfg Config, store *discovery.Store) (*Server, error) {
 		logStore.Close()
 		return nil, fmt.Errorf("opening snapshot store: %w", err)
 	}
+	s := &Server{logStore: logStore, store: store, logger: cfg.Logger, done: make(chan struct{}),
+		nodeID: cfg.NodeID, dataDir: cfg.DataDir, fsm: newFSM(store, cfg.Logger)}
 	trans := cfg.Transport
-	if trans == nil {
+	switch {
+	case cfg.Cluster != nil:
+		t, addr, err := s.startCluster(*cfg.Cluster, cfg.Addr)
+		if err != nil {
+			logStore.Close()
+			return nil, err
+		}
+		trans, cfg.Addr = t, addr
+	case trans == nil:
 		_, trans = hraft.NewInmemTransport(hraft.ServerAddress(cfg.Addr))
+	}
+	s.transport = trans
+	fail := func(err error) (*Server, error) {
+		if s.cluster != nil {
+			s.cluster.close()
+		}
+		logStore.Close()
+		return nil, err
 	}
 
 	rc := hraft.DefaultConfig()
@@ -106,29 +132,42 @@ func Open(cfg Config, store *discovery.Store) (*Server, error) {
 	}
 	rc.NoSnapshotRestoreOnStart = false
 
+	recovered, err := recoverFromPeersFile(cfg.DataDir, rc, newFSM(discovery.NewStore(), cfg.Logger), logStore, snaps, trans)
+	if err != nil {
+		return fail(err)
+	}
+	if recovered {
+		cfg.Logger.Warn("recovered the raft configuration from peers.json", "file", PeersFile(cfg.DataDir)+".recovered")
+	}
 	if cfg.Bootstrap {
 		has, err := hraft.HasExistingState(logStore, logStore, snaps)
 		if err != nil {
-			logStore.Close()
-			return nil, fmt.Errorf("checking raft state: %w", err)
+			return fail(fmt.Errorf("checking raft state: %w", err))
 		}
 		if !has {
 			conf := hraft.Configuration{Servers: []hraft.Server{{
 				Suffrage: hraft.Voter, ID: rc.LocalID, Address: trans.LocalAddr(),
 			}}}
 			if err := hraft.BootstrapCluster(rc, logStore, logStore, snaps, trans, conf); err != nil {
-				logStore.Close()
-				return nil, fmt.Errorf("bootstrapping raft: %w", err)
+				return fail(fmt.Errorf("bootstrapping raft: %w", err))
 			}
 		}
 	}
-	r, err := hraft.NewRaft(rc, &fsm{store: store, logger: cfg.Logger}, logStore, logStore, snaps, trans)
+	r, err := hraft.NewRaft(rc, s.fsm, logStore, logStore, snaps, trans)
 	if err != nil {
-		logStore.Close()
-		return nil, fmt.Errorf("starting raft: %w", err)
+		return fail(fmt.Errorf("starting raft: %w", err))
 	}
-	s := &Server{raft: r, logStore: logStore, transport: trans, store: store, logger: cfg.Logger, done: make(chan struct{})}
-	go s.watchCatchUp()
+	s.raft = r
+	s.wg.Add(1)
+	go func() {
+		defer s.wg.Done()
+		s.watchCatchUp()
+	}()
+	if s.cluster != nil {
+		s.wg.Add(2)
+		go s.monitorLeadership()
+		go s.heartbeatLoop()
+	}
 	return s, nil
 }
 
@@ -169,14 +208,26 @@ func (s *Server) Apply(ctx context.Context, cmd discovery.Command) (uint64, erro
 	if err := ctx.Err(); err != nil {
 		return 0, err
 	}
+	buf, err := encodeCommand(cmd)
+	if err != nil {
+		return 0, err
+	}
+	if s.cluster != nil && !s.IsLeader() {
+		return s.forward(ctx, buf)
+	}
+	idx, err := s.applyLocal(ctx, buf)
+	if errors.Is(err, ErrNotLeader) && s.cluster != nil {
+		return s.forward(ctx, buf)
+	}
+	return idx, err
+}
+
+// applyLocal applies an encoded command on this node, which must lead.
+func (s *Server) applyLocal(ctx context.Context, buf []byte) (uint64, error) {
 	select {
 	case <-s.done:
 		return 0, ErrClosed
 	default:
-	}
-	buf, err := encodeCommand(cmd)
-	if err != nil {
-		return 0, err
 	}
 	timeout := defaultApplyTimeout
 	if dl, ok := ctx.Deadline(); ok {
@@ -190,6 +241,7 @@ func (s *Server) Apply(ctx context.Context, cmd discovery.Command) (uint64, erro
 	// able to leave on its context or on Close.
 	res := make(chan error, 1)
 	go func() { res <- f.Error() }()
+	var err error
 	select {
 	case err = <-res:
 	case <-ctx.Done():
@@ -208,7 +260,7 @@ func (s *Server) Apply(ctx context.Context, cmd discovery.Command) (uint64, erro
 		case errors.Is(err, hraft.ErrRaftShutdown):
 			return 0, ErrClosed
 		}
-		return 0, fmt.Errorf("applying command %d: %w", cmd.MessageType(), err)
+		return 0, fmt.Errorf("applying command %d: %w", buf[0], err)
 	}
 	if rerr, ok := f.Response().(error); ok && rerr != nil {
 		return f.Index(), rerr
@@ -230,7 +282,21 @@ func (s *Server) IsLeader() bool { return s.raft.State() == hraft.Leader }
 
 // VerifyLeader confirms with a quorum that this server still leads; the
 // basis of ?consistent reads.
+//
+// On a follower of a cluster it asks the leader for its commit index
+// (which the leader returns only after confirming its leadership) and
+// waits until this node has applied it, so a local read that follows is as
+// fresh as one on the leader.
 func (s *Server) VerifyLeader() error {
+	if s.cluster != nil && !s.IsLeader() {
+		ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+		defer cancel()
+		var resp ReadIndexResponse
+		if err := s.leaderCall(ctx, "ReadIndex", &Empty{}, &resp, true); err != nil {
+			return err
+		}
+		return s.waitApplied(ctx, resp.Index)
+	}
 	if err := s.raft.VerifyLeader().Error(); err != nil {
 		return fmt.Errorf("%w: %v", ErrNotLeader, err)
 	}
@@ -314,6 +380,10 @@ func (s *Server) Close() error {
 	s.closeOnce.Do(func() {
 		close(s.done)
 		err := s.raft.Shutdown().Error()
+		s.wg.Wait()
+		if s.cluster != nil {
+			s.cluster.close()
+		}
 		if c, ok := s.transport.(interface{ Close() error }); ok {
 			c.Close()
 		}

@@ -1,0 +1,139 @@
+package discovery
+
+import (
+	"errors"
+	"io"
+	"net/http"
+	"slices"
+	"strconv"
+	"strings"
+
+	"github.com/hashicorp/go-memdb"
+)
+
+// registerConfig adds Consul's /v1/config endpoints.
+func (a *API) registerConfig(mux *http.ServeMux) {
+	mux.HandleFunc("PUT /v1/config", a.configApply)
+	mux.HandleFunc("GET /v1/config/{kind}", a.configList)
+	mux.HandleFunc("GET /v1/config/{kind}/{name}", a.configGet)
+	mux.HandleFunc("DELETE /v1/config/{kind}/{name}", a.configDelete)
+}
+
+// casParam reads ?cas=N; ok is false when it is absent.
+func casParam(r *http.Request) (idx uint64, ok bool, err error) {
+	s, ok := r.URL.Query()["cas"]
+	if !ok {
+		return 0, false, nil
+	}
+	v, err := strconv.ParseUint(s[0], 10, 64)
+	if err != nil {
+		return 0, false, badRequest("Invalid cas index: %q is not a number", s[0])
+	}
+	return v, true, nil
+}
+
+func validKind(kind string) error {
+	if !slices.Contains(ConfigEntryKinds, kind) {
+		return badRequest("Kind: %q is not supported; one of %s", kind, strings.Join(ConfigEntryKinds, ", "))
+	}
+	return nil
+}
+
+// writeBool answers a write as Consul does: true, or false when a
+// check-and-set did not match.
+func (a *API) writeBool(w http.ResponseWriter, r *http.Request, err error) {
+	if errors.Is(err, ErrCASConflict) {
+		writeJSON(w, false)
+		return
+	}
+	if err != nil {
+		a.writeError(w, r, err)
+		return
+	}
+	writeJSON(w, true)
+}
+
+func (a *API) configApply(w http.ResponseWriter, r *http.Request) {
+	body, err := io.ReadAll(http.MaxBytesReader(nil, r.Body, maxBody))
+	if err != nil {
+		a.writeError(w, r, badRequest("Request decode failed: %v", err))
+		return
+	}
+	if len(strings.TrimSpace(string(body))) == 0 {
+		a.writeError(w, r, badRequest("Request decode failed: empty body"))
+		return
+	}
+	e, err := DecodeConfigEntry(body)
+	if err != nil {
+		a.writeError(w, r, err)
+		return
+	}
+	req := ConfigEntryRequest{Op: ConfigEntryUpsert, Entry: *e}
+	cas, isCAS, err := casParam(r)
+	if err != nil {
+		a.writeError(w, r, err)
+		return
+	}
+	if isCAS {
+		req.Op, req.Entry.ModifyIndex = ConfigEntryUpsertCAS, cas
+	}
+	_, err = a.apply(r, req)
+	a.writeBool(w, r, err)
+}
+
+func (a *API) configGet(w http.ResponseWriter, r *http.Request) {
+	kind, name := r.PathValue("kind"), r.PathValue("name")
+	if err := validKind(kind); err != nil {
+		a.writeError(w, r, err)
+		return
+	}
+	var out *ConfigEntry
+	if !a.read(w, r, func(ws memdb.WatchSet) (uint64, error) {
+		idx, e, err := a.Store.ConfigEntry(ws, kind, name)
+		out = e
+		return idx, err
+	}) {
+		return
+	}
+	if out == nil {
+		a.writeError(w, r, notFound("Config entry not found for %q / %q", kind, name))
+		return
+	}
+	writeJSON(w, out)
+}
+
+func (a *API) configList(w http.ResponseWriter, r *http.Request) {
+	kind := r.PathValue("kind")
+	if err := validKind(kind); err != nil {
+		a.writeError(w, r, err)
+		return
+	}
+	var out []*ConfigEntry
+	if !a.read(w, r, func(ws memdb.WatchSet) (uint64, error) {
+		idx, entries, err := a.Store.ConfigEntries(ws, kind)
+		out = entries
+		return idx, err
+	}) {
+		return
+	}
+	writeJSON(w, nonNil(out))
+}
+
+func (a *API) configDelete(w http.ResponseWriter, r *http.Request) {
+	kind, name := r.PathValue("kind"), r.PathValue("name")
+	if err := validKind(kind); err != nil {
+		a.writeError(w, r, err)
+		return
+	}
+	req := ConfigEntryRequest{Op: ConfigEntryDelete, Entry: ConfigEntry{Kind: kind, Name: name}}
+	cas, isCAS, err := casParam(r)
+	if err != nil {
+		a.writeError(w, r, err)
+		return
+	}
+	if isCAS {
+		req.Op, req.Entry.ModifyIndex = ConfigEntryDeleteCAS, cas
+	}
+	_, err = a.apply(r, req)
+	a.writeBool(w, r, err)
+}

@@ -1,0 +1,38 @@
+package discovery
+
+import "github.com/hashicorp/go-memdb"
+
+// MeshState is everything the data plane derives its configuration from,
+// read in one transaction so that instances, their checks and the config
+// entries that shape routing all come from the same raft index.
+type MeshState struct {
+	// Index is the highest raft index of the tables read.
+	Index         uint64
+	Nodes         []*Node
+	Instances     []*Instance
+	Checks        []*Check
+	ConfigEntries []*ConfigEntry
+}
+
+// MeshState reads the whole data-plane view. ws (if not nil) gets a channel
+// per table, so it fires on any change to nodes, instances, checks or config
+// entries, and on a snapshot restore; the objects returned are shared with
+// the catalog and must not be modified.
+func (s *Store) MeshState(ws memdb.WatchSet) (*MeshState, error) {
+	tx := s.readTxn(ws)
+	st := &MeshState{Index: maxIndex(tx, tableNodes, tableInstances, tableChecks, tableConfigEntries)}
+	var err error
+	if st.Nodes, err = collect[Node](ws, tx, tableNodes, "id"); err != nil {
+		return nil, err
+	}
+	if st.Instances, err = collect[Instance](ws, tx, tableInstances, "id"); err != nil {
+		return nil, err
+	}
+	if st.Checks, err = collect[Check](ws, tx, tableChecks, "id"); err != nil {
+		return nil, err
+	}
+	if st.ConfigEntries, err = collect[ConfigEntry](ws, tx, tableConfigEntries, "id"); err != nil {
+		return nil, err
+	}
+	return st, nil
+}

@@ -1,0 +1,155 @@
+package mesh
+
+import (
+	"encoding/json"
+	"fmt"
+	"io"
+	"net/http"
+	"os"
+	"path/filepath"
+	"strings"
+	"syscall"
+	"testing"
+	"time"
+)
+
+// node is one agent process of a test cluster, alone on its loopback IP
+// with the default ports, as on a real VM.
+type node struct {
+	t       *testing.T
+	name    string
+	ip      string
+	dataDir string
+	args    []string
+	p       *proc
+}
+
+func (n *node) httpAddr() string    { return n.ip + ":8500" }
+func (n *node) clusterAddr() string { return n.ip + ":7400" }
+
+// newNode prepares an agent on ip; start runs it.
+func newNode(t *testing.T, name, ip string, extra ...string) *node {
+	return &node{t: t, name: name, ip: ip, dataDir: t.TempDir(), args: extra}
+}
+
+func (n *node) start(extra ...string) *node {
+	n.t.Helper()
+	args := append([]string{"agent", "-node", n.name, "-bind", n.ip, "-client", n.ip, "-data-dir", n.dataDir,
+		"-services-dir", "", "-log-level", "debug"}, n.args...)
+	n.p = startProc(n.t, append(args, extra...)...)
+	n.p.waitHTTP(30 * time.Second)
+	return n
+}
+
+func (n *node) kill() { n.p.stop(syscall.SIGKILL) }
+
+// cli runs a vmesh command against this node's agent.
+func (n *node) cli(args ...string) (int, string, string) {
+	n.t.Helper()
+	p := startProc(n.t, append(args, "-http-addr", n.httpAddr())...)
+	code := p.wait(2 * time.Minute)
+	return code, p.stdout.String(), p.stderr.String()
+}
+
+func (n *node) token(ttl string) string {
+	n.t.Helper()
+	code, out, errs := n.cli("token", "create", "-ttl", ttl)
+	if code != 0 {
+		n.t.Fatalf("token create on %s: %d %s", n.name, code, errs)
+	}
+	return strings.TrimSpace(out)
+}
+
+func (n *node) nodeID() string {
+	b, err := os.ReadFile(filepath.Join(n.dataDir, "node-id"))
+	if err != nil {
+		n.t.Fatal(err)
+	}
+	return strings.TrimSpace(string(b))
+}
+
+// members is /v1/vmesh/members on this node; nil when it does not answer.
+func (n *node) members() []memberInfo {
+	resp, err := http.Get("http://" + n.httpAddr() + "/v1/vmesh/members")
+	if err != nil {
+		return nil
+	}
+	defer resp.Body.Close()
+	var ms []memberInfo
+	if resp.StatusCode != http.StatusOK || json.NewDecoder(resp.Body).Decode(&ms) != nil {
+		return nil
+	}
+	return ms
+}
+
+// leader is the leader's cluster address as this node sees it.
+func (n *node) leader() string {
+	resp, err := http.Get("http://" + n.httpAddr() + "/v1/status/leader")
+	if err != nil {
+		return ""
+	}
+	defer resp.Body.Close()
+	var l string
+	json.NewDecoder(resp.Body).Decode(&l)
+	return l
+}
+
+func (n *node) register(id, name string) error {
+	req, _ := http.NewRequest(http.MethodPut, "http://"+n.httpAddr()+"/v1/agent/service/register",
+		strings.NewReader(fmt.Sprintf(`{"ID":%q,"Name":%q,"Port":80}`, id, name)))
+	resp, err := http.DefaultClient.Do(req)
+	if err != nil {
+		return err
+	}
+	defer resp.Body.Close()
+	if resp.StatusCode != http.StatusOK {
+		b, _ := io.ReadAll(resp.Body)
+		return fmt.Errorf("%s: %s", resp.Status, b)
+	}
+	return nil
+}
+
+// instances lists the service IDs of name that this node's catalog holds.
+func (n *node) instances(name string) map[string]bool {
+	resp, err := http.Get("http://" + n.httpAddr() + "/v1/catalog/service/" + name + "?stale")
+	if err != nil {
+		return nil
+	}
+	defer resp.Body.Close()
+	var list []struct{ ServiceID string }
+	if json.NewDecoder(resp.Body).Decode(&list) != nil {
+		return nil
+	}
+	out := map[string]bool{}
+	for _, s := range list {
+		out[s.ServiceID] = true
+	}
+	return out
+}
+
+// roles counts the members by role.
+func roles(ms []memberInfo) map[string]int {
+	out := map[string]int{}
+	for _, m := range ms {
+		out[m.Role]++
+	}
+	return out
+}
+
+// bootCluster starts n1 with -bootstrap and joins the others, returning
+// all of them once every node knows the leader.
+func bootCluster(t *testing.T, prefix string, count int, extra ...string) []*node {
+	t.Helper()
+	nodes := make([]*node, count)
+	nodes[0] = newNode(t, "n1", prefix+"1", extra...).start("-bootstrap")
+	waitFor(t, 15*time.Second, "n1 leads", func() bool { return nodes[0].leader() != "" })
+	for i := 1; i < count; i++ {
+		tok := nodes[0].token("1h")
+		nodes[i] = newNode(t, fmt.Sprintf("n%d", i+1), fmt.Sprintf("%s%d", prefix, i+1), extra...).
+			start("-join", nodes[0].clusterAddr(), "-token", tok)
+	}
+	for _, n := range nodes {
+		waitFor(t, 20*time.Second, n.name+" knows the leader", func() bool { return n.leader() != "" })
+	}
+	return nodes
+}

@@ -1,0 +1,143 @@
+package mesh
+
+import (
+	"os"
+	"path/filepath"
+	"reflect"
+	"strings"
+	"testing"
+
+	"github.com/vmesh/vmesh/discovery"
+)
+
+// TestServiceFileProtocolAndUpstreams: protocol and Consul's
+// connect.sidecar_service.proxy.upstreams in a definition file reach the
+// catalog's instance, in HCL and JSON alike; mistakes name file, line and
+// key.
+func TestServiceFileProtocolAndUpstreams(t *testing.T) {
+	wantUp := []discovery.Upstream{
+		{DestinationName: "orders", LocalBindAddress: "127.0.0.1", LocalBindPort: 19001},
+		{DestinationName: "db", LocalBindAddress: "127.0.0.2", LocalBindPort: 19002},
+	}
+	cases := []struct {
+		name, file, src string
+		protocol        string
+		meta            map[string]string
+		upstreams       []discovery.Upstream
+		errs            []string
+	}{
+		{
+			name: "hcl", file: "web.hcl",
+			src: `service {
+  name = "web"
+  port = 8080
+  protocol = "grpc"
+  meta = { team = "a" }
+  connect {
+    sidecar_service {
+      proxy {
+        upstreams = [
+          { destination_name = "orders", local_bind_port = 19001 },
+          { destination_name = "db", local_bind_address = "127.0.0.2", local_bind_port = 19002 },
+        ]
+      }
+    }
+  }
+}`,
+			protocol: "grpc", meta: map[string]string{"protocol": "grpc", "team": "a"}, upstreams: wantUp,
+		},
+		{
+			name: "json", file: "web.json",
+			src: `{"service": {"name": "web", "port": 8080, "protocol": "grpc", "meta": {"team": "a"},
+  "connect": {"sidecar_service": {"proxy": {"upstreams": [
+    {"destination_name": "orders", "local_bind_port": 19001},
+    {"DestinationName": "db", "LocalBindAddress": "127.0.0.2", "LocalBindPort": 19002}]}}}}}`,
+			protocol: "grpc", meta: map[string]string{"protocol": "grpc", "team": "a"}, upstreams: wantUp,
+		},
+		{
+			name: "repeated upstreams blocks", file: "web.hcl",
+			src: `service {
+  name = "web"
+  connect { sidecar_service { proxy {
+    upstreams { destination_name = "orders"  local_bind_port = 19001 }
+    upstreams { destination_name = "db"  local_bind_address = "127.0.0.2"  local_bind_port = 19002 }
+  } } }
+}`,
+			upstreams: wantUp,
+		},
+		{
+			name: "protocol in meta only", file: "web.hcl",
+			src:      `service { name = "web"  meta = { protocol = "http" } }`,
+			protocol: "http", meta: map[string]string{"protocol": "http"},
+		},
+		{
+			name: "same protocol twice", file: "web.hcl",
+			src:      `service { name = "web"  protocol = "http"  meta = { protocol = "http" } }`,
+			protocol: "http", meta: map[string]string{"protocol": "http"},
+		},
+		{
+			name: "bad protocol", file: "web.hcl",
+			src:  "service {\n  name = \"web\"\n  protocol = \"https\"\n}",
+			errs: []string{"web.hcl:1", `service "web": protocol: "https" is not one of`},
+		},
+		{
+			name: "protocol conflicts with meta", file: "web.hcl",
+			src:  `service { name = "web"  protocol = "grpc"  meta = { protocol = "http" } }`,
+			errs: []string{`protocol: "grpc" conflicts with meta.protocol "http"`},
+		},
+		{
+			name: "sidecar port", file: "web.hcl",
+			src:  "service {\n  name = \"web\"\n  connect { sidecar_service {\n    port = 21000\n  } }\n}",
+			errs: []string{"web.hcl:4:5", `unknown key "port"`},
+		},
+		{
+			name: "connect native", file: "web.hcl",
+			src:  "service {\n  name = \"web\"\n  connect { native = true }\n}",
+			errs: []string{"web.hcl:3", `unknown key "native"`},
+		},
+		{
+			name: "upstream without port", file: "web.hcl",
+			src:  `service { name = "web"  connect { sidecar_service { proxy { upstreams = [{ destination_name = "orders" }] } } } }`,
+			errs: []string{"web.hcl:1", "Upstreams[0].LocalBindPort"},
+		},
+	}
+	for _, tc := range cases {
+		t.Run(tc.name, func(t *testing.T) {
+			dir := t.TempDir()
+			if err := os.WriteFile(filepath.Join(dir, tc.file), []byte(tc.src), 0o644); err != nil {
+				t.Fatal(err)
+			}
+			defs, err := loadServiceFiles(dir)
+			var reqs []*discovery.RegisterServiceRequest
+			if err == nil {
+				reqs, err = buildFileServices("n1", defs)
+			}
+			if len(tc.errs) > 0 {
+				if err == nil {
+					t.Fatalf("built %+v, want an error", reqs)
+				}
+				for _, w := range tc.errs {
+					if !strings.Contains(err.Error(), w) {
+						t.Errorf("error %q does not mention %q", err, w)
+					}
+				}
+				return
+			}
+			if err != nil {
+				t.Fatal(err)
+			}
+			if len(reqs) != 1 {
+				t.Fatalf("got %d registrations, want 1", len(reqs))
+			}
+			in := reqs[0].Instance
+			if in.Protocol != tc.protocol || !reflect.DeepEqual(in.Meta, tc.meta) || !reflect.DeepEqual(in.Upstreams, tc.upstreams) {
+				t.Errorf("instance protocol %q meta %v upstreams %+v; want %q %v %+v",
+					in.Protocol, in.Meta, in.Upstreams, tc.protocol, tc.meta, tc.upstreams)
+			}
+			// The definition's own Meta is untouched (reload compares it).
+			if defs[0].Def.Meta["protocol"] == "grpc" {
+				t.Errorf("definition's meta was changed: %v", defs[0].Def.Meta)
+			}
+		})
+	}
+}

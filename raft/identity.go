@@ -1,0 +1,390 @@
+package raft
+
+import (
+	"crypto/ecdsa"
+	"crypto/elliptic"
+	"crypto/rand"
+	"crypto/sha256"
+	"crypto/tls"
+	"crypto/x509"
+	"crypto/x509/pkix"
+	"encoding/hex"
+	"encoding/pem"
+	"errors"
+	"fmt"
+	"math/big"
+	"net/url"
+	"os"
+	"path/filepath"
+	"time"
+
+	"github.com/spiffe/go-spiffe/v2/bundle/x509bundle"
+	"github.com/spiffe/go-spiffe/v2/spiffeid"
+	"github.com/spiffe/go-spiffe/v2/svid/x509svid"
+)
+
+// Errors about identities.
+var (
+	ErrNoIdentity     = errors.New("raft: this node has no cluster identity yet (bootstrap or join first)")
+	ErrNotNodeCert    = errors.New("raft: peer certificate is not a node certificate of this cluster")
+	ErrCAFingerprint  = errors.New("raft: cluster CA fingerprint does not match the token")
+	ErrInvalidNodeCSR = errors.New("raft: invalid node certificate request")
+)
+
+// Lifetimes. A long node lifetime keeps an operator from a silent expiry
+// while automatic rotation of node certificates is not built yet.
+const (
+	caLifetime   = 10 * 365 * 24 * time.Hour
+	nodeLifetime = 5 * 365 * 24 * time.Hour
+)
+
+// CA is the cluster's certificate authority. Its key is kept in raft (every
+// node replicates it, as Consul's built-in CA does) so that whichever node
+// leads can sign join requests.
+type CA struct {
+	Cert *x509.Certificate
+	Key  *ecdsa.PrivateKey
+}
+
+func serial() *big.Int {
+	n, _ := rand.Int(rand.Reader, new(big.Int).Lsh(big.NewInt(1), 126))
+	return n
+}
+
+// NewCA creates a CA for trustDomain.
+func NewCA(trustDomain string) (*CA, error) {
+	td, err := spiffeid.TrustDomainFromString(trustDomain)
+	if err != nil {
+		return nil, fmt.Errorf("trust domain %q: %w", trustDomain, err)
+	}
+	key, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
+	if err != nil {
+		return nil, err
+	}
+	now := time.Now()
+	tmpl := &x509.Certificate{
+		SerialNumber:          serial(),
+		Subject:               pkix.Name{CommonName: "vmesh cluster CA " + td.String()},
+		NotBefore:             now.Add(-time.Minute),
+		NotAfter:              now.Add(caLifetime),
+		KeyUsage:              x509.KeyUsageCertSign | x509.KeyUsageCRLSign | x509.KeyUsageDigitalSignature,
+		BasicConstraintsValid: true,
+		IsCA:                  true,
+		URIs:                  []*url.URL{td.ID().URL()},
+	}
+	der, err := x509.CreateCertificate(rand.Reader, tmpl, tmpl, &key.PublicKey, key)
+	if err != nil {
+		return nil, err
+	}
+	cert, err := x509.ParseCertificate(der)
+	if err != nil {
+		return nil, err
+	}
+	return &CA{Cert: cert, Key: key}, nil
+}
+
+// TrustDomain is the CA's SPIFFE trust domain.
+func (ca *CA) TrustDomain() (spiffeid.TrustDomain, error) {
+	return trustDomainOf(ca.Cert)
+}
+
+func trustDomainOf(cert *x509.Certificate) (spiffeid.TrustDomain, error) {
+	if len(cert.URIs) != 1 {
+		return spiffeid.TrustDomain{}, errors.New("raft: CA certificate has no SPIFFE trust domain URI")
+	}
+	id, err := spiffeid.FromURI(cert.URIs[0])
+	if err != nil {
+		return spiffeid.TrustDomain{}, err
+	}
+	return id.TrustDomain(), nil
+}
+
+// Fingerprint is the SHA-256 of a certificate, in hex: what a join token
+// pins.
+func Fingerprint(cert *x509.Certificate) string {
+	sum := sha256.Sum256(cert.Raw)
+	return hex.EncodeToString(sum[:])
+}
+
+// NodeID is a node's SPIFFE ID: spiffe://<trust-domain>/node/<name>.
+func NodeID(td spiffeid.TrustDomain, name string) (spiffeid.ID, error) {
+	return spiffeid.FromSegments(td, "node", name)
+}
+
+// newNodeKey makes a node key and a CSR for it; the key never leaves the
+// node.
+func newNodeKey(name string) (*ecdsa.PrivateKey, []byte, error) {
+	key, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
+	if err != nil {
+		return nil, nil, err
+	}
+	csr, err := x509.CreateCertificateRequest(rand.Reader, &x509.CertificateRequest{
+		Subject: pkix.Name{CommonName: name},
+	}, key)
+	if err != nil {
+		return nil, nil, err
+	}
+	return key, csr, nil
+}
+
+// SignNode signs a node's CSR: the certificate names the node by its SPIFFE
+// ID and is good for both ends of a TLS connection.
+func (ca *CA) SignNode(csrDER []byte, name string) (*x509.Certificate, error) {
+	csr, err := x509.ParseCertificateRequest(csrDER)
+	if err != nil {
+		return nil, fmt.Errorf("%w: %v", ErrInvalidNodeCSR, err)
+	}
+	if err := csr.CheckSignature(); err != nil {
+		return nil, fmt.Errorf("%w: bad signature: %v", ErrInvalidNodeCSR, err)
+	}
+	td, err := ca.TrustDomain()
+	if err != nil {
+		return nil, err
+	}
+	id, err := NodeID(td, name)
+	if err != nil {
+		return nil, fmt.Errorf("%w: node name %q: %v", ErrInvalidNodeCSR, name, err)
+	}
+	now := time.Now()
+	tmpl := &x509.Certificate{
+		SerialNumber: serial(),
+		Subject:      pkix.Name{CommonName: name},
+		NotBefore:    now.Add(-time.Minute),
+		NotAfter:     now.Add(nodeLifetime),
+		KeyUsage:     x509.KeyUsageDigitalSignature | x509.KeyUsageKeyEncipherment,
+		ExtKeyUsage:  []x509.ExtKeyUsage{x509.ExtKeyUsageServerAuth, x509.ExtKeyUsageClientAuth},
+		URIs:         []*url.URL{id.URL()},
+	}
+	der, err := x509.CreateCertificate(rand.Reader, tmpl, ca.Cert, csr.PublicKey, ca.Key)
+	if err != nil {
+		return nil, err
+	}
+	return x509.ParseCertificate(der)
+}
+
+// Identity is what a node presents and trusts on the cluster port.
+type Identity struct {
+	CA      *x509.Certificate
+	Cert    *x509.Certificate
+	Key     *ecdsa.PrivateKey
+	TD      spiffeid.TrustDomain
+	Name    string
+	bundle  *x509bundle.Bundle
+	tlsCert tls.Certificate
+}
+
+func newIdentity(ca, cert *x509.Certificate, key *ecdsa.PrivateKey) (*Identity, error) {
+	td, err := trustDomainOf(ca)
+	if err != nil {
+		return nil, err
+	}
+	id := &Identity{CA: ca, Cert: cert, Key: key, TD: td, bundle: x509bundle.FromX509Authorities(td, []*x509.Certificate{ca})}
+	spiffe, _, err := x509svid.Verify([]*x509.Certificate{cert}, id.bundle)
+	if err != nil {
+		return nil, fmt.Errorf("node certificate does not verify against the cluster CA: %w", err)
+	}
+	if id.Name, err = nodeName(spiffe, td); err != nil {
+		return nil, err
+	}
+	id.tlsCert = tls.Certificate{Certificate: [][]byte{cert.Raw, ca.Raw}, PrivateKey: key, Leaf: cert}
+	return id, nil
+}
+
+// nodeName extracts <name> from spiffe://<td>/node/<name>.
+func nodeName(id spiffeid.ID, td spiffeid.TrustDomain) (string, error) {
+	if !id.MemberOf(td) {
+		return "", fmt.Errorf("%w: %s is not in trust domain %s", ErrNotNodeCert, id, td)
+	}
+	var name string
+	if n, err := fmt.Sscanf(id.Path(), "/node/%s", &name); err != nil || n != 1 || name == "" {
+		return "", fmt.Errorf("%w: %s is not a node ID", ErrNotNodeCert, id)
+	}
+	return name, nil
+}
+
+// VerifyPeer checks a peer's certificate chain against the cluster CA and
+// returns the peer's node name.
+func (id *Identity) VerifyPeer(rawCerts [][]byte) (string, error) {
+	if len(rawCerts) == 0 {
+		return "", fmt.Errorf("%w: no certificate presented", ErrNotNodeCert)
+	}
+	spiffe, _, err := x509svid.ParseAndVerify(rawCerts, id.bundle)
+	if err != nil {
+		return "", fmt.Errorf("%w: %v", ErrNotNodeCert, err)
+	}
+	return nodeName(spiffe, id.TD)
+}
+
+// Files of an identity in the data dir.
+const (
+	caFile      = "ca.pem"
+	caKeyFile   = "ca-key.pem"
+	nodeFile    = "node.pem"
+	nodeKeyFile = "node-key.pem"
+)
+
+func tlsDir(dataDir string) string { return filepath.Join(dataDir, "tls") }
+
+// LoadIdentity reads the node's identity from dataDir; ErrNoIdentity when
+// there is none.
+func LoadIdentity(dataDir string) (*Identity, error) {
+	dir := tlsDir(dataDir)
+	caPEM, err := os.ReadFile(filepath.Join(dir, caFile))
+	if errors.Is(err, os.ErrNotExist) {
+		return nil, ErrNoIdentity
+	}
+	if err != nil {
+		return nil, err
+	}
+	certPEM, err := os.ReadFile(filepath.Join(dir, nodeFile))
+	if err != nil {
+		return nil, fmt.Errorf("reading node certificate: %w", err)
+	}
+	keyPEM, err := os.ReadFile(filepath.Join(dir, nodeKeyFile))
+	if err != nil {
+		return nil, fmt.Errorf("reading node key: %w", err)
+	}
+	ca, err := parseCertPEM(caPEM)
+	if err != nil {
+		return nil, fmt.Errorf("%s: %w", filepath.Join(dir, caFile), err)
+	}
+	cert, err := parseCertPEM(certPEM)
+	if err != nil {
+		return nil, fmt.Errorf("%s: %w", filepath.Join(dir, nodeFile), err)
+	}
+	key, err := parseKeyPEM(keyPEM)
+	if err != nil {
+		return nil, fmt.Errorf("%s: %w", filepath.Join(dir, nodeKeyFile), err)
+	}
+	return newIdentity(ca, cert, key)
+}
+
+// save writes the identity to dataDir atomically, file by file.
+func (id *Identity) save(dataDir string) error {
+	dir := tlsDir(dataDir)
+	if err := os.MkdirAll(dir, 0o700); err != nil {
+		return err
+	}
+	keyDER, err := x509.MarshalECPrivateKey(id.Key)
+	if err != nil {
+		return err
+	}
+	for name, block := range map[string]*pem.Block{
+		nodeKeyFile: {Type: "EC PRIVATE KEY", Bytes: keyDER},
+		nodeFile:    {Type: "CERTIFICATE", Bytes: id.Cert.Raw},
+		caFile:      {Type: "CERTIFICATE", Bytes: id.CA.Raw},
+	} {
+		if err := writeFileAtomic(filepath.Join(dir, name), pem.EncodeToMemory(block), 0o600); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+func writeFileAtomic(path string, data []byte, mode os.FileMode) error {
+	tmp := path + ".tmp"
+	f, err := os.OpenFile(tmp, os.O_CREATE|os.O_TRUNC|os.O_WRONLY, mode)
+	if err != nil {
+		return err
+	}
+	if _, err := f.Write(data); err != nil {
+		f.Close()
+		return err
+	}
+	if err := f.Sync(); err != nil {
+		f.Close()
+		return err
+	}
+	if err := f.Close(); err != nil {
+		return err
+	}
+	return os.Rename(tmp, path)
+}
+
+func parseCertPEM(b []byte) (*x509.Certificate, error) {
+	block, _ := pem.Decode(b)
+	if block == nil || block.Type != "CERTIFICATE" {
+		return nil, errors.New("no PEM certificate")
+	}
+	return x509.ParseCertificate(block.Bytes)
+}
+
+func parseKeyPEM(b []byte) (*ecdsa.PrivateKey, error) {
+	block, _ := pem.Decode(b)
+	if block == nil {
+		return nil, errors.New("no PEM key")
+	}
+	return x509.ParseECPrivateKey(block.Bytes)
+}
+
+// EncodeCA renders a CA (certificate and key) as PEM for storage in raft.
+func (ca *CA) EncodeCA() (certPEM, keyPEM []byte, err error) {
+	keyDER, err := x509.MarshalECPrivateKey(ca.Key)
+	if err != nil {
+		return nil, nil, err
+	}
+	return pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: ca.Cert.Raw}),
+		pem.EncodeToMemory(&pem.Block{Type: "EC PRIVATE KEY", Bytes: keyDER}), nil
+}
+
+// DecodeCA parses what EncodeCA wrote.
+func DecodeCA(certPEM, keyPEM []byte) (*CA, error) {
+	cert, err := parseCertPEM(certPEM)
+	if err != nil {
+		return nil, fmt.Errorf("CA certificate: %w", err)
+	}
+	key, err := parseKeyPEM(keyPEM)
+	if err != nil {
+		return nil, fmt.Errorf("CA key: %w", err)
+	}
+	return &CA{Cert: cert, Key: key}, nil
+}
+
+// BootstrapIdentity creates a new CA and this node's certificate, for the
+// first node of a new cluster. The CA key is kept on disk until it is
+// committed to raft, so a crash in between loses nothing.
+func BootstrapIdentity(dataDir, trustDomain, name string) (*Identity, *CA, error) {
+	ca, err := NewCA(trustDomain)
+	if err != nil {
+		return nil, nil, err
+	}
+	key, csr, err := newNodeKey(name)
+	if err != nil {
+		return nil, nil, err
+	}
+	cert, err := ca.SignNode(csr, name)
+	if err != nil {
+		return nil, nil, err
+	}
+	id, err := newIdentity(ca.Cert, cert, key)
+	if err != nil {
+		return nil, nil, err
+	}
+	_, keyPEM, err := ca.EncodeCA()
+	if err != nil {
+		return nil, nil, err
+	}
+	if err := os.MkdirAll(tlsDir(dataDir), 0o700); err != nil {
+		return nil, nil, err
+	}
+	if err := writeFileAtomic(filepath.Join(tlsDir(dataDir), caKeyFile), keyPEM, 0o600); err != nil {
+		return nil, nil, err
+	}
+	return id, ca, id.save(dataDir)
+}
+
+// LoadLocalCA reads the CA key a bootstrap node kept on disk, if any.
+func LoadLocalCA(dataDir string, id *Identity) (*CA, error) {
+	keyPEM, err := os.ReadFile(filepath.Join(tlsDir(dataDir), caKeyFile))
+	if errors.Is(err, os.ErrNotExist) {
+		return nil, nil
+	}
+	if err != nil {
+		return nil, err
+	}
+	key, err := parseKeyPEM(keyPEM)
+	if err != nil {
+		return nil, err
+	}
+	return &CA{Cert: id.CA, Key: key}, nil
+}

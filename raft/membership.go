@@ -1,0 +1,493 @@
+package raft
+
+import (
+	"context"
+	"crypto/sha256"
+	"crypto/subtle"
+	"crypto/tls"
+	"crypto/x509"
+	"encoding/hex"
+	"errors"
+	"fmt"
+	"os"
+	"path/filepath"
+	"time"
+
+	hraft "github.com/hashicorp/raft"
+	raftboltdb "github.com/hashicorp/raft-boltdb/v2"
+	"github.com/vmesh/vmesh/discovery"
+	"google.golang.org/grpc"
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/credentials"
+	"google.golang.org/grpc/metadata"
+	"google.golang.org/grpc/status"
+)
+
+// JoinParams describe a node asking to join a cluster.
+type JoinParams struct {
+	// Addr is any member's cluster address; a follower redirects to the
+	// leader.
+	Addr     string
+	Token    string
+	NodeName string
+	NodeID   string
+	DataDir  string
+}
+
+// Join asks a cluster for a node certificate: it checks that the member it
+// reaches presents the CA the token pins, sends a CSR (the key never leaves
+// this node) and the token, and stores the identity it gets in DataDir.
+// Adding the node to raft happens after its raft is up (AddSelf).
+func Join(ctx context.Context, p JoinParams) (*Identity, error) {
+	tok, err := ParseToken(p.Token)
+	if err != nil {
+		return nil, err
+	}
+	key, csr, err := newNodeKey(p.NodeName)
+	if err != nil {
+		return nil, err
+	}
+	req := &JoinRequest{TokenID: tok.ID, Secret: tok.Secret, NodeName: p.NodeName, NodeID: p.NodeID, CSR: csr}
+	var resp JoinResponse
+	addr := p.Addr
+	for hop := 0; ; hop++ {
+		err = joinCall(ctx, addr, tok.Fingerprint, req, &resp)
+		leader, redirect := redirectTarget(err)
+		if !redirect || hop >= 3 {
+			break
+		}
+		addr = leader
+	}
+	if err != nil {
+		return nil, err
+	}
+	ca, err := x509.ParseCertificate(resp.CA)
+	if err != nil {
+		return nil, fmt.Errorf("joining: bad CA in the answer: %w", err)
+	}
+	if Fingerprint(ca) != tok.Fingerprint {
+		return nil, fmt.Errorf("%w: answer carries CA %s, token pins %s", ErrCAFingerprint, Fingerprint(ca), tok.Fingerprint)
+	}
+	cert, err := x509.ParseCertificate(resp.Cert)
+	if err != nil {
+		return nil, fmt.Errorf("joining: bad node certificate in the answer: %w", err)
+	}
+	id, err := newIdentity(ca, cert, key)
+	if err != nil {
+		return nil, err
+	}
+	if err := id.save(p.DataDir); err != nil {
+		return nil, fmt.Errorf("saving the node identity: %w", err)
+	}
+	return id, nil
+}
+
+// redirectTarget reads the leader's address from a not-leader answer.
+func redirectTarget(err error) (string, bool) {
+	var re *redirectErr
+	if errors.As(err, &re) && re.leader != "" {
+		return re.leader, true
+	}
+	return "", false
+}
+
+type redirectErr struct{ leader string }
+
+func (e *redirectErr) Error() string { return "not the leader; leader is " + e.leader }
+
+// joinCall makes the Join RPC over TLS that trusts exactly the CA whose
+// fingerprint the token pins.
+func joinCall(ctx context.Context, addr, fingerprint string, req *JoinRequest, resp *JoinResponse) error {
+	var seenFP string
+	cfg := &tls.Config{
+		MinVersion:         tls.VersionTLS13,
+		NextProtos:         []string{alpnRPC},
+		InsecureSkipVerify: true, // verified below against the pinned CA
+		VerifyPeerCertificate: func(raw [][]byte, _ [][]*x509.Certificate) error {
+			certs := make([]*x509.Certificate, 0, len(raw))
+			for _, r := range raw {
+				c, err := x509.ParseCertificate(r)
+				if err != nil {
+					return err
+				}
+				certs = append(certs, c)
+			}
+			if len(certs) < 2 {
+				return fmt.Errorf("%w: the member sent no CA certificate", ErrCAFingerprint)
+			}
+			ca := certs[len(certs)-1]
+			seenFP = Fingerprint(ca)
+			want, _ := hex.DecodeString(fingerprint)
+			got := sha256.Sum256(ca.Raw)
+			if subtle.ConstantTimeCompare(want, got[:]) != 1 {
+				return fmt.Errorf("%w: %s presented CA %s but the token pins %s (wrong cluster, or someone in between)", ErrCAFingerprint, addr, seenFP, fingerprint)
+			}
+			pool := x509.NewCertPool()
+			pool.AddCert(ca)
+			_, err := certs[0].Verify(x509.VerifyOptions{Roots: pool, KeyUsages: []x509.ExtKeyUsage{x509.ExtKeyUsageServerAuth}})
+			return err
+		},
+	}
+	cc, err := grpc.NewClient(addr, grpc.WithTransportCredentials(credentials.NewTLS(cfg)),
+		grpc.WithDefaultCallOptions(grpc.ForceCodec(jsonCodec{})))
+	if err != nil {
+		return err
+	}
+	defer cc.Close()
+	ctx, cancel := context.WithTimeout(ctx, 15*time.Second)
+	defer cancel()
+	var trailer metadata.MD
+	err = cc.Invoke(ctx, "/"+rpcService+"/Join", req, resp, grpc.Trailer(&trailer), grpc.WaitForReady(false))
+	if err == nil {
+		return nil
+	}
+	if status.Code(err) == codes.FailedPrecondition {
+		if l := trailer.Get("vmesh-leader"); len(l) == 1 && l[0] != "" {
+			return &redirectErr{leader: l[0]}
+		}
+	}
+	if seenFP != "" && seenFP != fingerprint {
+		return fmt.Errorf("%w: %s presented CA %s but the token pins %s", ErrCAFingerprint, addr, seenFP, fingerprint)
+	}
+	if st, ok := status.FromError(err); ok {
+		switch st.Code() {
+		case codes.PermissionDenied, codes.Unauthenticated, codes.AlreadyExists, codes.InvalidArgument:
+			return fmt.Errorf("%w by %s: %s", ErrJoinRefused, addr, st.Message())
+		case codes.Unavailable:
+			return fmt.Errorf("joining %s: cannot reach the cluster port: %s", addr, st.Message())
+		}
+		return fmt.Errorf("joining %s: %s", addr, st.Message())
+	}
+	return err
+}
+
+func (s *Server) rpcJoin(ctx context.Context, req *JoinRequest) (*JoinResponse, error) {
+	if !s.IsLeader() {
+		return nil, s.notLeader(ctx)
+	}
+	tok, err := s.store.Token(req.TokenID)
+	if err != nil {
+		return nil, status.Error(codes.Internal, err.Error())
+	}
+	if tok == nil || !tok.SecretMatches(req.Secret) {
+		return nil, status.Error(codes.PermissionDenied, "invalid join token: no such token, or a wrong secret")
+	}
+	if tok.ExpiresAt > 0 && time.Now().Unix() > tok.ExpiresAt {
+		return nil, status.Errorf(codes.PermissionDenied, "join token expired at %s; create a new one with 'vmesh token create'",
+			time.Unix(tok.ExpiresAt, 0).UTC().Format(time.RFC3339))
+	}
+	if req.NodeName == "" || req.NodeID == "" {
+		return nil, status.Error(codes.InvalidArgument, "NodeName and NodeID are required")
+	}
+	_, n, _, err := s.store.Node(nil, req.NodeName)
+	if err != nil {
+		return nil, status.Error(codes.Internal, err.Error())
+	}
+	if n != nil && n.ID != req.NodeID {
+		return nil, status.Errorf(codes.AlreadyExists, "node name %q is taken by node %s; pick another name or make that node leave", req.NodeName, n.ID)
+	}
+	_, root, err := s.store.CA(nil)
+	if err != nil || root == nil {
+		return nil, status.Error(codes.Unavailable, "the cluster CA is not ready yet")
+	}
+	ca, err := DecodeCA(root.CertPEM, root.KeyPEM)
+	if err != nil {
+		return nil, status.Error(codes.Internal, err.Error())
+	}
+	cert, err := ca.SignNode(req.CSR, req.NodeName)
+	if err != nil {
+		return nil, status.Error(codes.InvalidArgument, err.Error())
+	}
+	s.logger.Info("signed a certificate for a joining node", "node", req.NodeName, "token", req.TokenID)
+	return &JoinResponse{Cert: cert.Raw, CA: ca.Cert.Raw}, nil
+}
+
+// AddSelf asks the leader to add this node to raft, as a voter while there
+// are fewer than the cap, else as a nonvoter. seed is any member's
+// address, used while this node does not know the leader yet.
+func (s *Server) AddSelf(ctx context.Context, seed string) (voter bool, err error) {
+	req := &AddPeerRequest{NodeID: s.nodeID, Addr: s.Addr()}
+	addr := seed
+	for hop := 0; hop < 5; hop++ {
+		var resp AddPeerResponse
+		var trailer metadata.MD
+		cctx, cancel := context.WithTimeout(ctx, 60*time.Second)
+		cc, gerr := s.cluster.clients.get(addr)
+		if gerr != nil {
+			cancel()
+			return false, gerr
+		}
+		err = cc.Invoke(cctx, "/"+rpcService+"/AddPeer", req, &resp, grpc.Trailer(&trailer))
+		cancel()
+		if err == nil {
+			return resp.Voter, nil
+		}
+		if status.Code(err) == codes.FailedPrecondition {
+			if l := trailer.Get("vmesh-leader"); len(l) == 1 && l[0] != "" {
+				addr = l[0]
+				continue
+			}
+			time.Sleep(200 * time.Millisecond)
+			continue
+		}
+		return false, rpcErr(err)
+	}
+	return false, fmt.Errorf("adding this node to raft: %w", rpcErr(err))
+}
+
+func (s *Server) rpcAddPeer(ctx context.Context, req *AddPeerRequest) (*AddPeerResponse, error) {
+	name, err := peerNode(ctx)
+	if err != nil {
+		return nil, err
+	}
+	if !s.IsLeader() {
+		return nil, s.notLeader(ctx)
+	}
+	f := s.raft.GetConfiguration()
+	if err := f.Error(); err != nil {
+		return nil, status.Error(codes.Internal, err.Error())
+	}
+	voters := 0
+	for _, srv := range f.Configuration().Servers {
+		if srv.ID == hraft.ServerID(req.NodeID) {
+			if srv.Address == hraft.ServerAddress(req.Addr) {
+				return &AddPeerResponse{Voter: srv.Suffrage == hraft.Voter}, nil
+			}
+		}
+		if srv.Suffrage == hraft.Voter {
+			voters++
+		}
+	}
+	voter := voters < s.cluster.cfg.Voters
+	var fut hraft.IndexFuture
+	if voter {
+		fut = s.raft.AddVoter(hraft.ServerID(req.NodeID), hraft.ServerAddress(req.Addr), 0, 30*time.Second)
+	} else {
+		fut = s.raft.AddNonvoter(hraft.ServerID(req.NodeID), hraft.ServerAddress(req.Addr), 0, 30*time.Second)
+	}
+	if err := fut.Error(); err != nil {
+		return nil, status.Errorf(codes.Unavailable, "adding %s to raft: %v", name, err)
+	}
+	s.cluster.live.mark(name, req.NodeID, req.Addr, time.Now())
+	s.logger.Info("added a node to raft", "node", name, "addr", req.Addr, "voter", voter)
+	return &AddPeerResponse{Voter: voter}, nil
+}
+
+// Leave takes this node out of the cluster: if it leads, it hands
+// leadership over first; then the leader removes it from raft and the
+// catalog. Unless force, it is refused when the voters left healthy would
+// be fewer than a quorum of the current voters.
+func (s *Server) Leave(ctx context.Context, force bool) error {
+	if s.cluster == nil {
+		return ErrNotInCluster
+	}
+	if s.IsLeader() {
+		if err := s.transferLeadership(); err != nil {
+			if !force {
+				return err
+			}
+			s.logger.Warn("leaving without handing over leadership (forced)", "err", err)
+			return nil
+		}
+	}
+	req := &LeaveRequest{NodeID: s.nodeID, Force: force}
+	return s.leaderCall(ctx, "Leave", req, &Empty{}, false)
+}
+
+func (s *Server) transferLeadership() error {
+	f := s.raft.GetConfiguration()
+	if err := f.Error(); err != nil {
+		return err
+	}
+	others := 0
+	for _, srv := range f.Configuration().Servers {
+		if srv.Suffrage == hraft.Voter && srv.ID != hraft.ServerID(s.nodeID) {
+			others++
+		}
+	}
+	if others == 0 {
+		return fmt.Errorf("%w: this node is the only voter", ErrQuorum)
+	}
+	if err := s.raft.LeadershipTransfer().Error(); err != nil {
+		return fmt.Errorf("handing over leadership: %w", err)
+	}
+	return nil
+}
+
+func (s *Server) rpcLeave(ctx context.Context, req *LeaveRequest) (*Empty, error) {
+	name, err := peerNode(ctx)
+	if err != nil {
+		return nil, err
+	}
+	if !s.IsLeader() {
+		return nil, s.notLeader(ctx)
+	}
+	if req.NodeID == s.nodeID {
+		return nil, status.Error(codes.FailedPrecondition, "the leader cannot remove itself; it hands over leadership first")
+	}
+	if err := s.leaveAllowed(req.NodeID); err != nil && !req.Force {
+		return nil, status.Error(codes.FailedPrecondition, err.Error())
+	}
+	if err := s.removeNode(ctx, name, req.NodeID); err != nil {
+		return nil, status.Error(codes.Internal, err.Error())
+	}
+	s.logger.Info("node left the cluster", "node", name, "forced", req.Force)
+	return &Empty{}, nil
+}
+
+// leaveAllowed refuses a voter's leave that would leave fewer healthy
+// voters than a quorum of the current voter set.
+func (s *Server) leaveAllowed(id string) error {
+	f := s.raft.GetConfiguration()
+	if err := f.Error(); err != nil {
+		return err
+	}
+	voters, healthy, isVoter := 0, 0, false
+	now := time.Now()
+	for _, srv := range f.Configuration().Servers {
+		if srv.Suffrage != hraft.Voter {
+			continue
+		}
+		voters++
+		if string(srv.ID) == id {
+			isVoter = true
+			continue
+		}
+		if string(srv.ID) == s.nodeID || s.serverAlive(string(srv.ID), now) {
+			healthy++
+		}
+	}
+	if !isVoter {
+		return nil
+	}
+	if quorum := voters/2 + 1; healthy < quorum {
+		return fmt.Errorf("%w: %d healthy voters would remain of %d, and a quorum is %d; add or repair voters first, or use -force",
+			ErrQuorum, healthy, voters, quorum)
+	}
+	return nil
+}
+
+// serverAlive reports whether the node with raft ID id has heartbeated
+// within the TTL.
+func (s *Server) serverAlive(id string, now time.Time) bool {
+	s.cluster.live.mu.Lock()
+	defer s.cluster.live.mu.Unlock()
+	for _, v := range s.cluster.live.nodes {
+		if v.id == id {
+			return now.Sub(v.at) <= s.cluster.cfg.NodeTTL
+		}
+	}
+	return now.Sub(s.cluster.live.since) <= s.cluster.cfg.NodeTTL
+}
+
+// ---- recovery ----
+
+// PeersFile is where an operator puts a peers.json to recover a cluster
+// that lost quorum (see docs/cluster.md).
+func PeersFile(dataDir string) string { return filepath.Join(dataDir, "raft", "peers.json") }
+
+// recoverFromPeersFile rewrites the raft configuration from peers.json,
+// keeping every committed entry, then renames the file so it runs once.
+func recoverFromPeersFile(dataDir string, rc *hraft.Config, fsm hraft.FSM, logs *raftboltdb.BoltStore, snaps hraft.SnapshotStore, trans hraft.Transport) (bool, error) {
+	path := PeersFile(dataDir)
+	if _, err := os.Stat(path); errors.Is(err, os.ErrNotExist) {
+		return false, nil
+	}
+	conf, err := hraft.ReadConfigJSON(path)
+	if err != nil {
+		return false, fmt.Errorf("reading %s: %w", path, err)
+	}
+	if err := hraft.RecoverCluster(rc, fsm, logs, logs, snaps, trans, conf); err != nil {
+		return false, fmt.Errorf("recovering from %s: %w", path, err)
+	}
+	if err := os.Rename(path, path+".recovered"); err != nil {
+		return true, fmt.Errorf("recovered, but could not rename %s: %w", path, err)
+	}
+	return true, nil
+}
+
+// ---- leadership ----
+
+// monitorLeadership runs leaderLoop while this node leads.
+func (s *Server) monitorLeadership() {
+	defer s.wg.Done()
+	type running struct {
+		cancel context.CancelFunc
+		done   chan struct{}
+	}
+	var cur *running
+	stop := func() {
+		if cur != nil {
+			cur.cancel()
+			<-cur.done
+			cur = nil
+		}
+	}
+	defer stop()
+	for {
+		select {
+		case <-s.done:
+			return
+		case isLeader := <-s.raft.LeaderCh():
+			stop()
+			if isLeader {
+				ctx, cancel := context.WithCancel(context.Background())
+				r := &running{cancel: cancel, done: make(chan struct{})}
+				go func() {
+					defer close(r.done)
+					s.leaderLoop(ctx)
+				}()
+				cur = r
+			}
+		}
+	}
+}
+
+func (s *Server) leaderLoop(ctx context.Context) {
+	s.cluster.live.reset(time.Now())
+	if err := s.raft.Barrier(30 * time.Second).Error(); err != nil {
+		s.logger.Warn("leader barrier failed", "err", err)
+		return
+	}
+	if err := s.storeLocalCA(ctx); err != nil {
+		s.logger.Error("storing the cluster CA in raft", "err", err)
+	}
+	ap := newAutopilot(s)
+	ap.Start(ctx)
+	defer func() { <-ap.Stop() }()
+	t := time.NewTicker(time.Second)
+	defer t.Stop()
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case <-t.C:
+			s.checkLiveness(ctx)
+		}
+	}
+}
+
+// storeLocalCA writes the bootstrap node's CA into raft once, then drops
+// the key file that kept it safe until then.
+func (s *Server) storeLocalCA(ctx context.Context) error {
+	ca := s.cluster.cfg.LocalCA
+	if ca == nil {
+		return nil
+	}
+	if _, cur, _ := s.store.CA(nil); cur == nil {
+		certPEM, keyPEM, err := ca.EncodeCA()
+		if err != nil {
+			return err
+		}
+		td, _ := ca.TrustDomain()
+		if _, err := s.applyCmd(ctx, discovery.SetCARequest{CA: discovery.CARoot{
+			CertPEM: certPEM, KeyPEM: keyPEM, TrustDomain: td.String(), Fingerprint: Fingerprint(ca.Cert),
+		}}); err != nil {
+			return err
+		}
+	}
+	if s.dataDir != "" {
+		os.Remove(filepath.Join(tlsDir(s.dataDir), caKeyFile))
+	}
+	return nil
+}

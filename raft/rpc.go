@@ -1,0 +1,201 @@
+package raft
+
+import (
+	"context"
+	"crypto/tls"
+	"crypto/x509"
+	"errors"
+	"fmt"
+	"sync"
+
+	"google.golang.org/grpc"
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/credentials"
+	"google.golang.org/grpc/peer"
+	"google.golang.org/grpc/status"
+)
+
+// The cluster RPC: plain gRPC on the cluster port, with small JSON
+// messages. Every method but Join needs a node certificate; the methods
+// that change membership or write run on the leader.
+const rpcService = "vmesh.cluster.v1.Cluster"
+
+// JoinRequest asks for a node certificate with a join token.
+type JoinRequest struct {
+	TokenID  string
+	Secret   string
+	NodeName string
+	NodeID   string
+	CSR      []byte
+}
+
+// JoinResponse carries the signed node certificate and the CA.
+type JoinResponse struct {
+	Cert []byte
+	CA   []byte
+}
+
+// AddPeerRequest adds the calling node (named by its certificate) to raft.
+type AddPeerRequest struct {
+	NodeID string
+	Addr   string
+}
+
+// AddPeerResponse says how the node was added.
+type AddPeerResponse struct{ Voter bool }
+
+// ForwardRequest is an encoded command for the leader to apply.
+type ForwardRequest struct{ Command []byte }
+
+// ForwardResponse is the leader's answer; ErrCode names a catalog error.
+type ForwardResponse struct {
+	Index   uint64
+	ErrCode string
+	ErrMsg  string
+}
+
+// HeartbeatRequest says the calling node is alive.
+type HeartbeatRequest struct {
+	NodeID string
+	Addr   string
+}
+
+// LeaveRequest removes the calling node from the cluster.
+type LeaveRequest struct {
+	NodeID string
+	Force  bool
+}
+
+// ReadIndexResponse is the leader's commit index after it confirmed its
+// leadership: a follower that has applied it serves a consistent read.
+type ReadIndexResponse struct{ Index uint64 }
+
+// MembersResponse lists the cluster's nodes as the leader sees them.
+type MembersResponse struct{ Members []Member }
+
+// StatsResponse is a server's raft progress, for autopilot.
+type StatsResponse struct {
+	LastTerm    uint64
+	LastIndex   uint64
+	LastContact int64 // ms since the leader was last heard; -1 never
+}
+
+// Empty is an empty message.
+type Empty struct{}
+
+type rpcHandler[Req, Resp any] func(s *Server, ctx context.Context, req *Req) (*Resp, error)
+
+func method[Req, Resp any](name string, h rpcHandler[Req, Resp]) grpc.MethodDesc {
+	return grpc.MethodDesc{
+		MethodName: name,
+		Handler: func(srv any, ctx context.Context, dec func(any) error, _ grpc.UnaryServerInterceptor) (any, error) {
+			req := new(Req)
+			if err := dec(req); err != nil {
+				return nil, err
+			}
+			return h(srv.(*Server), ctx, req)
+		},
+	}
+}
+
+type rpcServer interface{ isRPCServer() }
+
+func (s *Server) isRPCServer() {}
+
+var clusterServiceDesc = grpc.ServiceDesc{
+	ServiceName: rpcService,
+	HandlerType: (*rpcServer)(nil),
+	Methods: []grpc.MethodDesc{
+		method("Join", (*Server).rpcJoin),
+		method("AddPeer", (*Server).rpcAddPeer),
+		method("Forward", (*Server).rpcForward),
+		method("Heartbeat", (*Server).rpcHeartbeat),
+		method("Leave", (*Server).rpcLeave),
+		method("ReadIndex", (*Server).rpcReadIndex),
+		method("Members", (*Server).rpcMembers),
+		method("Stats", (*Server).rpcStats),
+	},
+}
+
+// peerNode returns the calling node's name from its verified certificate.
+func peerNode(ctx context.Context) (string, error) {
+	p, ok := peer.FromContext(ctx)
+	if !ok {
+		return "", status.Error(codes.Unauthenticated, "no peer")
+	}
+	ti, ok := p.AuthInfo.(credentials.TLSInfo)
+	if !ok || len(ti.State.PeerCertificates) == 0 {
+		return "", status.Error(codes.Unauthenticated, "this call needs a node certificate of this cluster")
+	}
+	// The listener verified the chain; the name is in the SPIFFE ID.
+	return nodeNameFromCert(ti.State.PeerCertificates[0])
+}
+
+func nodeNameFromCert(cert *x509.Certificate) (string, error) {
+	if len(cert.URIs) != 1 {
+		return "", status.Error(codes.Unauthenticated, "certificate has no SPIFFE ID")
+	}
+	var name string
+	if n, err := fmt.Sscanf(cert.URIs[0].Path, "/node/%s", &name); err != nil || n != 1 {
+		return "", status.Error(codes.Unauthenticated, "certificate is not a node certificate")
+	}
+	return name, nil
+}
+
+// errNotLeaderRPC tells a caller to retry on the current leader.
+func (s *Server) errNotLeaderRPC() error {
+	addr, _ := s.raft.LeaderWithID()
+	return status.Errorf(codes.FailedPrecondition, "not the leader (leader: %q)", addr)
+}
+
+// rpcClients caches one gRPC connection per peer address.
+type rpcClients struct {
+	mu    sync.Mutex
+	conns map[string]*grpc.ClientConn
+	tls   func() *tls.Config
+}
+
+func (c *rpcClients) get(addr string) (*grpc.ClientConn, error) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if cc, ok := c.conns[addr]; ok {
+		return cc, nil
+	}
+	cc, err := grpc.NewClient(addr,
+		grpc.WithTransportCredentials(credentials.NewTLS(c.tls())),
+		grpc.WithDefaultCallOptions(grpc.ForceCodec(jsonCodec{})))
+	if err != nil {
+		return nil, err
+	}
+	if c.conns == nil {
+		c.conns = map[string]*grpc.ClientConn{}
+	}
+	c.conns[addr] = cc
+	return cc, nil
+}
+
+func (c *rpcClients) closeAll() {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	for _, cc := range c.conns {
+		cc.Close()
+	}
+	c.conns = nil
+}
+
+// call invokes method on addr.
+func (c *rpcClients) call(ctx context.Context, addr, name string, req, resp any) error {
+	cc, err := c.get(addr)
+	if err != nil {
+		return err
+	}
+	return cc.Invoke(ctx, "/"+rpcService+"/"+name, req, resp)
+}
+
+// rpcErr turns a gRPC status into an error with the server's message.
+func rpcErr(err error) error {
+	if st, ok := status.FromError(err); ok {
+		return errors.New(st.Message())
+	}
+	return err
+}
