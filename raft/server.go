@@ -337,7 +337,7 @@ func (s *Server) Barrier(timeout time.Duration) error {
 	return s.raft.Barrier(timeout).Error()
 }
 
-// Peers lists the cluster addresses of every server in the configuration.
+// Peers lists the cluster addresses of the voters.
 func (s *Server) Peers() ([]string, error) {
 	f := s.raft.GetConfiguration()
 	if err := f.Error(); err != nil {
@@ -345,7 +345,9 @@ func (s *Server) Peers() ([]string, error) {
 	}
 	var out []string
 	for _, srv := range f.Configuration().Servers {
-		out = append(out, string(srv.Address))
+		if srv.Suffrage == hraft.Voter { // as Consul's /v1/status/peers
+			out = append(out, string(srv.Address))
+		}
 	}
 	return out, nil
 }
