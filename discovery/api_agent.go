@@ -200,7 +200,7 @@ func (a *API) agentSelf(w http.ResponseWriter, r *http.Request) {
 			"Server": true, "Version": a.Version, "Revision": "", "PrimaryDatacenter": a.Datacenter,
 		},
 		"DebugConfig": map[string]any{},
-		"Member":      a.members()[0],
+		"Member":      a.selfMember(),
 		"Meta":        map[string]string{},
 		"Stats":       stats,
 	})
@@ -238,6 +238,17 @@ func (a *API) members() []wireMember {
 		})
 	}
 	return out
+}
+
+// selfMember is this agent's own entry of the member list.
+func (a *API) selfMember() wireMember {
+	ms := a.members()
+	for _, m := range ms {
+		if m.Name == a.NodeName {
+			return m
+		}
+	}
+	return ms[0]
 }
 
 func (a *API) agentMembers(w http.ResponseWriter, r *http.Request) {

@@ -40,6 +40,12 @@ func TestClusterJoin(t *testing.T) {
 		t.Fatalf("members = %+v; want a leader and 2 voters", ms)
 	}
 
+	var self struct{ Member struct{ Name string } }
+	getJSON(t, n2.httpAddr(), "/v1/agent/self", &self)
+	if self.Member.Name != "n2" {
+		t.Errorf("/v1/agent/self on n2 names member %q", self.Member.Name)
+	}
+
 	// Write on one follower, read on the other.
 	if err := n2.register("web-on-n2", "web"); err != nil {
 		t.Fatalf("register on follower n2: %v", err)
