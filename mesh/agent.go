@@ -35,6 +35,7 @@ type Agent struct {
 	nodeID string
 	store  *discovery.Store
 	joinState
+	xds     xdsState // xds.go
 	checks  *discovery.CheckRunner
 	httpLn  net.Listener
 	httpSrv *http.Server
@@ -110,6 +111,9 @@ func (a *Agent) Start(ctx context.Context) (err error) {
 	api.Register(mux)
 	mux.HandleFunc("PUT /v1/vmesh/raft/snapshot", a.handleSnapshot)
 	a.registerClusterAPI(mux)
+	if err := a.startXDS(ctx, mux); err != nil {
+		return err
+	}
 
 	a.httpLn, err = net.Listen("tcp", a.cfg.HTTPAddr())
 	if err != nil {
@@ -125,6 +129,9 @@ func (a *Agent) Start(ctx context.Context) (err error) {
 		}
 	})
 	a.goLoop(func() { a.runLocalState(runCtx) })
+	if a.xds.leaves != nil {
+		a.goLoop(func() { a.xds.leaves.Run(runCtx) })
+	}
 	a.banner()
 	return nil
 }
@@ -156,6 +163,7 @@ func (a *Agent) banner() {
 	} else {
 		fmt.Fprintf(a.out, "   Cluster addr: %s (not in a cluster yet)\n", a.cfg.ClusterAddr())
 	}
+	a.xdsBanner()
 }
 
 // runLocalState waits for a leader, registers this node and the services
@@ -373,6 +381,7 @@ func (a *Agent) Close() error {
 	} else if a.httpLn != nil {
 		a.httpLn.Close()
 	}
+	a.closeXDS()
 	if a.cancel != nil {
 		a.cancel()
 	}

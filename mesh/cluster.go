@@ -207,15 +207,15 @@ func (a *Agent) handleJoin(w http.ResponseWriter, r *http.Request) {
 	dec := json.NewDecoder(r.Body)
 	dec.DisallowUnknownFields()
 	if err := dec.Decode(&body); err != nil {
-		httpError(w, http.StatusBadRequest, fmt.Errorf("Request decode failed: %v", err))
+		httpError(w, http.StatusBadRequest, fmt.Errorf("request decode failed: %v", err))
 		return
 	}
 	if _, _, err := net.SplitHostPort(body.Addr); err != nil {
-		httpError(w, http.StatusBadRequest, fmt.Errorf("Addr: %q is not host:port", body.Addr))
+		httpError(w, http.StatusBadRequest, fmt.Errorf("field Addr: %q is not host:port", body.Addr))
 		return
 	}
 	if _, err := raft.ParseToken(body.Token); err != nil {
-		httpError(w, http.StatusBadRequest, fmt.Errorf("Token: %v", err))
+		httpError(w, http.StatusBadRequest, fmt.Errorf("field Token: %v", err))
 		return
 	}
 	if err := a.join(r.Context(), body.Addr, body.Token); err != nil {

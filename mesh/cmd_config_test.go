@@ -69,7 +69,7 @@ routes = [{
 		},
 		{
 			name: "splitter", file: "s.hcl",
-			src:  "kind = \"service-splitter\"\nname = \"web\"\nsplits = [\n  { weight = 90 },\n  { weight = 10, service = \"web-v2\" },\n]\n",
+			src: "kind = \"service-splitter\"\nname = \"web\"\nsplits = [\n  { weight = 90 },\n  { weight = 10, service = \"web-v2\" },\n]\n",
 			want: &discovery.ConfigEntry{Kind: discovery.KindServiceSplitter, Name: "web", Splitter: &discovery.ServiceSplitter{
 				Splits: []discovery.ServiceSplit{{Weight: 90}, {Weight: 10, Service: "web-v2"}}}},
 		},
@@ -85,7 +85,7 @@ load_balancer { policy = "least_request", least_request_config { choice_count = 
 		},
 		{
 			name: "defaults", file: "d.json",
-			src:  `{"kind": "service-defaults", "name": "api", "protocol": "grpc", "meta": {"owner": "x"}}`,
+			src: `{"kind": "service-defaults", "name": "api", "protocol": "grpc", "meta": {"owner": "x"}}`,
 			want: &discovery.ConfigEntry{Kind: discovery.KindServiceDefaults, Name: "api", Meta: map[string]string{"owner": "x"},
 				Defaults: &discovery.ServiceDefaults{Protocol: "grpc"}},
 		},

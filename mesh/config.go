@@ -55,6 +55,10 @@ type Ports struct {
 // Addresses override the address of one listener (host:port).
 type Addresses struct {
 	HTTP string `hcl:"http"`
+	// XDS is an optional TCP address for xDS (the unix socket is always
+	// there); Admin overrides CLIENT:15000. See xds.go.
+	XDS   string `hcl:"xds"`
+	Admin string `hcl:"admin"`
 }
 
 // RaftTune tunes log compaction.
@@ -213,6 +217,7 @@ func (c *Config) Validate() error {
 	if c.Raft.SnapshotInterval < 0 {
 		bad("raft.snapshot_interval", "must not be negative")
 	}
+	errs = append(errs, c.validateXDS()...)
 	return errors.Join(errs...)
 }
 

@@ -41,7 +41,11 @@ var commands = map[string]command{
 	"leave":    {"the local agent leaves the cluster and stops", runLeave},
 	"token":    {"create join tokens", runToken},
 	"config":   {"write, read, list and delete config entries", runConfig},
+	"envoy":    {"print an Envoy bootstrap pointing at this agent (envoy bootstrap)", runEnvoy},
 	"version":  {"print the version", runVersion},
+
+	"install":   {"install vmesh.service, /etc/vmesh and the vmesh user (systemd)", runInstall},
+	"uninstall": {"remove vmesh.service; --purge also config, data and user", runUninstall},
 }
 
 // Main runs the vmesh CLI with args (os.Args) and returns the exit code.
@@ -128,6 +132,7 @@ type agentFlags struct {
 	httpAddr, datacenter, logLevel string
 	servicesDir, join, token       string
 	clusterPort                    int
+	xds                            xdsFlags // xds.go
 }
 
 func (f *agentFlags) register(fs *flag.FlagSet) {
@@ -146,6 +151,7 @@ func (f *agentFlags) register(fs *flag.FlagSet) {
 	fs.IntVar(&f.clusterPort, "cluster-port", 0, "cluster `port` (raft and RPC; default 7400)")
 	fs.StringVar(&f.join, "join", "", "join the cluster at this member's cluster `address` at start (needs -token)")
 	fs.StringVar(&f.token, "token", "", "join `token` from 'vmesh token create'")
+	f.xds.register(fs)
 }
 
 // buildConfig applies defaults, files and set flags, then validates. Every
@@ -209,6 +215,7 @@ func (f *agentFlags) buildConfig(fs *flag.FlagSet) (Config, error) {
 	if set["token"] {
 		cfg.Token = f.token
 	}
+	f.xds.apply(set, &cfg)
 	if err := cfg.Validate(); err != nil {
 		return cfg, fmt.Errorf("invalid configuration:\n%w", err)
 	}
@@ -251,6 +258,8 @@ func runAgent(ctx context.Context, env *cliEnv, args []string) int {
 		}
 		return exitFailed
 	}
+	sd := startNotify(agent, logger) // sd_notify: READY, STATUS, WATCHDOG (notify.go)
+	defer sd.stop()
 
 	hup := make(chan os.Signal, 1)
 	signal.Notify(hup, syscall.SIGHUP)
@@ -259,6 +268,7 @@ func runAgent(ctx context.Context, env *cliEnv, args []string) int {
 		select {
 		case <-agent.Left():
 			logger.Info("left the cluster; stopping")
+			sd.stop()
 			if err := agent.Close(); err != nil {
 				logger.Error("shutdown", "err", err)
 				return exitFailed
@@ -266,6 +276,7 @@ func runAgent(ctx context.Context, env *cliEnv, args []string) int {
 			return exitOK
 		case <-ctx.Done():
 			logger.Info("shutting down")
+			sd.stop()
 			if err := agent.Close(); err != nil {
 				logger.Error("shutdown", "err", err)
 				return exitFailed
@@ -273,6 +284,7 @@ func runAgent(ctx context.Context, env *cliEnv, args []string) int {
 			return exitOK
 		case <-hup:
 			logger.Info("reloading configuration (SIGHUP)")
+			sd.reloading()
 			newCfg, err := f.buildConfig(fs)
 			if err == nil {
 				err = agent.Reload(ctx, newCfg)
@@ -281,6 +293,7 @@ func runAgent(ctx context.Context, env *cliEnv, args []string) int {
 				// A bad file changes nothing: the running state stays.
 				logger.Error("reload failed; keeping the running configuration", "err", err)
 			}
+			sd.reloaded(err)
 		}
 	}
 }

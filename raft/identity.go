@@ -388,3 +388,42 @@ func LoadLocalCA(dataDir string, id *Identity) (*CA, error) {
 	}
 	return &CA{Cert: id.CA, Key: key}, nil
 }
+
+// ServiceID is a service's SPIFFE ID: spiffe://<trust-domain>/svc/<name>.
+func ServiceID(td spiffeid.TrustDomain, name string) (spiffeid.ID, error) {
+	return spiffeid.FromSegments(td, "svc", name)
+}
+
+// SignService issues a leaf certificate for service name to pub, valid for
+// lifetime. Proxies present it on both ends of a mesh connection; the
+// inbound side authorizes the caller by its SPIFFE ID.
+func (ca *CA) SignService(pub any, name string, lifetime time.Duration) (*x509.Certificate, error) {
+	td, err := ca.TrustDomain()
+	if err != nil {
+		return nil, err
+	}
+	id, err := ServiceID(td, name)
+	if err != nil {
+		return nil, fmt.Errorf("service name %q: %w", name, err)
+	}
+	return ca.sign(pub, name, id.URL(), lifetime)
+}
+
+// sign issues a leaf for both ends of TLS naming uri.
+func (ca *CA) sign(pub any, cn string, uri *url.URL, lifetime time.Duration) (*x509.Certificate, error) {
+	now := time.Now()
+	tmpl := &x509.Certificate{
+		SerialNumber: serial(),
+		Subject:      pkix.Name{CommonName: cn},
+		NotBefore:    now.Add(-time.Minute),
+		NotAfter:     now.Add(lifetime),
+		KeyUsage:     x509.KeyUsageDigitalSignature | x509.KeyUsageKeyEncipherment,
+		ExtKeyUsage:  []x509.ExtKeyUsage{x509.ExtKeyUsageServerAuth, x509.ExtKeyUsageClientAuth},
+		URIs:         []*url.URL{uri},
+	}
+	der, err := x509.CreateCertificate(rand.Reader, tmpl, ca.Cert, pub, ca.Key)
+	if err != nil {
+		return nil, err
+	}
+	return x509.ParseCertificate(der)
+}

@@ -142,12 +142,6 @@ func nodeNameFromCert(cert *x509.Certificate) (string, error) {
 	return name, nil
 }
 
-// errNotLeaderRPC tells a caller to retry on the current leader.
-func (s *Server) errNotLeaderRPC() error {
-	addr, _ := s.raft.LeaderWithID()
-	return status.Errorf(codes.FailedPrecondition, "not the leader (leader: %q)", addr)
-}
-
 // rpcClients caches one gRPC connection per peer address.
 type rpcClients struct {
 	mu    sync.Mutex

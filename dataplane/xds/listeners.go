@@ -1,0 +1,381 @@
+package xds
+
+import (
+	"net/netip"
+	"sort"
+	"time"
+
+	xdscore "github.com/cncf/xds/go/xds/core/v3"
+	xdsmatcher "github.com/cncf/xds/go/xds/type/matcher/v3"
+	cluster "github.com/envoyproxy/go-control-plane/envoy/config/cluster/v3"
+	core "github.com/envoyproxy/go-control-plane/envoy/config/core/v3"
+	endpoint "github.com/envoyproxy/go-control-plane/envoy/config/endpoint/v3"
+	listener "github.com/envoyproxy/go-control-plane/envoy/config/listener/v3"
+	rbacconfig "github.com/envoyproxy/go-control-plane/envoy/config/rbac/v3"
+	route "github.com/envoyproxy/go-control-plane/envoy/config/route/v3"
+	routerfilter "github.com/envoyproxy/go-control-plane/envoy/extensions/filters/http/router/v3"
+	origdst "github.com/envoyproxy/go-control-plane/envoy/extensions/filters/listener/original_dst/v3"
+	tlsinspector "github.com/envoyproxy/go-control-plane/envoy/extensions/filters/listener/tls_inspector/v3"
+	hcm "github.com/envoyproxy/go-control-plane/envoy/extensions/filters/network/http_connection_manager/v3"
+	rbac "github.com/envoyproxy/go-control-plane/envoy/extensions/filters/network/rbac/v3"
+	tcp "github.com/envoyproxy/go-control-plane/envoy/extensions/filters/network/tcp_proxy/v3"
+	udp "github.com/envoyproxy/go-control-plane/envoy/extensions/filters/udp/udp_proxy/v3"
+	tlsv3 "github.com/envoyproxy/go-control-plane/envoy/extensions/transport_sockets/tls/v3"
+	"github.com/envoyproxy/go-control-plane/pkg/wellknown"
+	"github.com/vmesh/vmesh/discovery"
+	"google.golang.org/protobuf/proto"
+	"google.golang.org/protobuf/types/known/anypb"
+	"google.golang.org/protobuf/types/known/durationpb"
+	"google.golang.org/protobuf/types/known/wrapperspb"
+)
+
+const udpProxyFilter = "envoy.filters.udp_listener.udp_proxy"
+
+func (b *builder) filter(name string, m proto.Message) *listener.Filter {
+	return &listener.Filter{Name: name, ConfigType: &listener.Filter_TypedConfig{TypedConfig: b.any(m)}}
+}
+
+func (b *builder) listenerFilter(name string, m proto.Message) *listener.ListenerFilter {
+	return &listener.ListenerFilter{Name: name, ConfigType: &listener.ListenerFilter_TypedConfig{TypedConfig: b.any(m)}}
+}
+
+func (b *builder) routerFilter() *hcm.HttpFilter {
+	return &hcm.HttpFilter{Name: wellknown.Router, ConfigType: &hcm.HttpFilter_TypedConfig{TypedConfig: b.any(&routerfilter.Router{})}}
+}
+
+// hcmRDS is an HTTP connection manager that takes its routes from the
+// service's RouteConfiguration over ADS.
+func (b *builder) hcmRDS(statPrefix, routeName string) *hcm.HttpConnectionManager {
+	b.routeNames[routeName] = true
+	return &hcm.HttpConnectionManager{
+		StatPrefix: statPrefix,
+		RouteSpecifier: &hcm.HttpConnectionManager_Rds{Rds: &hcm.Rds{
+			RouteConfigName: routeName, ConfigSource: adsSource(),
+		}},
+		HttpFilters: []*hcm.HttpFilter{b.routerFilter()},
+	}
+}
+
+// tcpProxy sends a connection to a service's clusters: one, or weighted
+// when the service has a splitter (Envoy splits connections too).
+func (b *builder) tcpProxy(statPrefix, key string) *tcp.TcpProxy {
+	ws := b.v.splits(key)
+	p := &tcp.TcpProxy{StatPrefix: statPrefix}
+	if len(ws) == 1 {
+		p.ClusterSpecifier = &tcp.TcpProxy_Cluster{Cluster: ws[0].cluster}
+		return p
+	}
+	wc := &tcp.TcpProxy_WeightedCluster{}
+	for _, w := range ws {
+		wc.Clusters = append(wc.Clusters, &tcp.TcpProxy_WeightedCluster_ClusterWeight{Name: w.cluster, Weight: w.weight})
+	}
+	p.ClusterSpecifier = &tcp.TcpProxy_WeightedClusters{WeightedClusters: wc}
+	return p
+}
+
+// serviceFilters proxy a connection to service s: HTTP routing for L7
+// protocols, a TCP proxy otherwise.
+func (b *builder) serviceFilters(statPrefix string, s *service) []*listener.Filter {
+	if discovery.IsL7Protocol(s.protocol) {
+		return []*listener.Filter{b.filter(wellknown.HTTPConnectionManager, b.hcmRDS(statPrefix, s.key))}
+	}
+	return []*listener.Filter{b.filter(wellknown.TCPProxy, b.tcpProxy(statPrefix, s.key))}
+}
+
+// outboundListener is the transparent listener capture redirects to: a
+// filter chain per service VIP (per port when the VIP lists ports), and
+// everything else passed through to where it was going.
+func (b *builder) outboundListener() {
+	l := &listener.Listener{
+		Name:             OutboundListener,
+		Address:          socketAddr(b.v.opts.OutboundAddr, b.v.opts.OutboundPort, core.SocketAddress_TCP),
+		TrafficDirection: core.TrafficDirection_OUTBOUND,
+		ListenerFilters:  []*listener.ListenerFilter{b.listenerFilter(wellknown.OriginalDestination, &origdst.OriginalDst{})},
+		DefaultFilterChain: &listener.FilterChain{
+			Name:    "passthrough",
+			Filters: []*listener.Filter{b.filter(wellknown.TCPProxy, &tcp.TcpProxy{StatPrefix: "passthrough", ClusterSpecifier: &tcp.TcpProxy_Cluster{Cluster: PassthroughCluster}})},
+		},
+	}
+	// Names differing in case are one service: the first in sort order
+	// keeps the VIP, whatever the map's order.
+	vipNames := make([]string, 0, len(b.v.opts.VIPs))
+	for name := range b.v.opts.VIPs {
+		vipNames = append(vipNames, name)
+	}
+	sort.Strings(vipNames)
+	vips := map[string]VIP{}
+	for _, name := range vipNames {
+		if _, dup := vips[serviceKey(name)]; !dup {
+			vips[serviceKey(name)] = b.v.opts.VIPs[name]
+		}
+	}
+	for _, k := range b.v.keys {
+		vip, ok := vips[k]
+		s := b.v.services[k]
+		if !ok || s.protocol == discovery.ProtocolUDP {
+			continue
+		}
+		ip, err := netip.ParseAddr(vip.IP)
+		if err != nil {
+			continue
+		}
+		ports := vip.Ports
+		if len(ports) == 0 {
+			ports = []uint32{0}
+		}
+		for _, port := range ports {
+			m := &listener.FilterChainMatch{PrefixRanges: []*core.CidrRange{{
+				AddressPrefix: ip.Unmap().String(), PrefixLen: wrapperspb.UInt32(uint32(ip.Unmap().BitLen())),
+			}}}
+			name := "outbound/" + k
+			if port != 0 {
+				m.DestinationPort = wrapperspb.UInt32(port)
+				name = "outbound/" + hostPort(k, int(port))
+			}
+			l.FilterChains = append(l.FilterChains, &listener.FilterChain{
+				Name: name, FilterChainMatch: m, Filters: b.serviceFilters("outbound_"+k, s),
+			})
+		}
+	}
+	b.listeners = append(b.listeners, l)
+}
+
+// upstreamListeners are the explicit upstreams of the host's instances:
+// LocalBindAddress:LocalBindPort -> the destination. Two instances that
+// bind one address: the first by instance ID gets it (registration refuses
+// that within one instance), and an upstream never takes a port of the
+// proxy's own listeners.
+func (b *builder) upstreamListeners() {
+	taken := map[string]bool{hostPort(b.v.opts.OutboundAddr, b.v.opts.OutboundPort): true}
+	if ip, ok := b.localAddr(); ok {
+		taken[hostPort(ip, b.v.opts.MeshPort)] = true
+	}
+	for _, in := range b.v.byNode[b.node.Node] {
+		for _, u := range in.Upstreams {
+			ip, ok := ipAddr(u.LocalBindAddress)
+			if !ok || u.LocalBindPort <= 0 || u.LocalBindPort > 65535 {
+				continue
+			}
+			addr := hostPort(ip, u.LocalBindPort)
+			s := b.v.services[serviceKey(u.DestinationName)]
+			if taken[addr] || s == nil {
+				continue
+			}
+			taken[addr] = true
+			name := upstreamPrefix + addr
+			stat := "upstream_" + s.key
+			if s.protocol == discovery.ProtocolUDP {
+				b.listeners = append(b.listeners, &listener.Listener{
+					Name:              name,
+					Address:           socketAddr(ip, u.LocalBindPort, core.SocketAddress_UDP),
+					TrafficDirection:  core.TrafficDirection_OUTBOUND,
+					UdpListenerConfig: &listener.UdpListenerConfig{},
+					ListenerFilters:   []*listener.ListenerFilter{b.listenerFilter(udpProxyFilter, b.udpProxy(stat, b.v.target(s.key)))},
+				})
+				continue
+			}
+			b.listeners = append(b.listeners, &listener.Listener{
+				Name:             name,
+				Address:          socketAddr(ip, u.LocalBindPort, core.SocketAddress_TCP),
+				TrafficDirection: core.TrafficDirection_OUTBOUND,
+				FilterChains:     []*listener.FilterChain{{Filters: b.serviceFilters(stat, s)}},
+			})
+		}
+	}
+}
+
+// udpProxy forwards datagrams to one cluster (a splitter does not apply:
+// UDP sessions are not split).
+func (b *builder) udpProxy(stat, clusterName string) *udp.UdpProxyConfig {
+	return &udp.UdpProxyConfig{
+		StatPrefix: stat,
+		RouteSpecifier: &udp.UdpProxyConfig_Matcher{Matcher: &xdsmatcher.Matcher{
+			OnNoMatch: &xdsmatcher.Matcher_OnMatch{OnMatch: &xdsmatcher.Matcher_OnMatch_Action{Action: &xdscore.TypedExtensionConfig{
+				Name: "route", TypedConfig: b.any(&udp.Route{Cluster: clusterName}),
+			}}},
+		}},
+	}
+}
+
+// localAddr is the address peers reach this host's mesh port at.
+func (b *builder) localAddr() (string, bool) {
+	n := b.v.nodes[b.node.Node]
+	if n == nil {
+		return "", false
+	}
+	return ipAddr(n.Address)
+}
+
+// inboundListener accepts mTLS from peers on the mesh port: a filter chain
+// per local service, chosen by SNI, forwarding to the local instances.
+//
+// RBAC allows every peer for now: intentions (source -> destination
+// allow/deny by SPIFFE ID) replace the allow-all policy once the cluster
+// CA issues identities. The TLS context already requires a client
+// certificate, so only mesh members get in.
+func (b *builder) inboundListener() {
+	ip, ok := b.localAddr()
+	if !ok {
+		return
+	}
+	local := map[string][]*instance{}
+	var keys []string
+	for _, in := range b.v.byNode[b.node.Node] {
+		k := serviceKey(in.Service)
+		if in.Port <= 0 || in.Port > 65535 || k == "" {
+			continue
+		}
+		if _, ok := local[k]; !ok {
+			keys = append(keys, k)
+		}
+		local[k] = append(local[k], in)
+	}
+	sort.Strings(keys)
+	l := &listener.Listener{
+		Name:             InboundListener,
+		Address:          socketAddr(ip, b.v.opts.MeshPort, core.SocketAddress_TCP),
+		TrafficDirection: core.TrafficDirection_INBOUND,
+		ListenerFilters:  []*listener.ListenerFilter{b.listenerFilter(wellknown.TlsInspector, &tlsinspector.TlsInspector{})},
+	}
+	for _, k := range keys {
+		s := b.v.services[k]
+		if s.protocol == discovery.ProtocolUDP {
+			continue
+		}
+		clusterName := localClusterPrefix + k
+		b.clusters = append(b.clusters, b.localCluster(clusterName, s, local[k]))
+		stat := "inbound_" + k
+		filters := []*listener.Filter{b.filter(wellknown.RoleBasedAccessControl, allowAll(stat))}
+		if discovery.IsL7Protocol(s.protocol) {
+			filters = append(filters, b.filter(wellknown.HTTPConnectionManager, b.inboundHCM(stat, clusterName, s)))
+		} else {
+			filters = append(filters, b.filter(wellknown.TCPProxy, &tcp.TcpProxy{StatPrefix: stat, ClusterSpecifier: &tcp.TcpProxy_Cluster{Cluster: clusterName}}))
+		}
+		alpnIn := []string(nil)
+		if discovery.IsL7Protocol(s.protocol) {
+			alpnIn = []string{"h2", "http/1.1"}
+		}
+		l.FilterChains = append(l.FilterChains, &listener.FilterChain{
+			Name:             "inbound/" + k,
+			FilterChainMatch: &listener.FilterChainMatch{ServerNames: []string{SNI(k)}, TransportProtocol: "tls"},
+			Filters:          filters,
+			TransportSocket: &core.TransportSocket{
+				Name: wellknown.TransportSocketTLS,
+				ConfigType: &core.TransportSocket_TypedConfig{TypedConfig: b.any(&tlsv3.DownstreamTlsContext{
+					RequireClientCertificate: wrapperspb.Bool(true),
+					CommonTlsContext: &tlsv3.CommonTlsContext{
+						AlpnProtocols:                  alpnIn,
+						TlsCertificateSdsSecretConfigs: []*tlsv3.SdsSecretConfig{sdsSecret(ServiceSecret(k))},
+						ValidationContextType: &tlsv3.CommonTlsContext_ValidationContextSdsSecretConfig{
+							ValidationContextSdsSecretConfig: sdsSecret(SecretRoots),
+						},
+					},
+				})},
+			},
+		})
+	}
+	if len(l.FilterChains) > 0 {
+		b.listeners = append(b.listeners, l)
+	}
+}
+
+func allowAll(stat string) *rbac.RBAC {
+	return &rbac.RBAC{
+		StatPrefix: stat,
+		Rules: &rbacconfig.RBAC{
+			Action: rbacconfig.RBAC_ALLOW,
+			Policies: map[string]*rbacconfig.Policy{"vmesh-default-allow": {
+				Permissions: []*rbacconfig.Permission{{Rule: &rbacconfig.Permission_Any{Any: true}}},
+				Principals:  []*rbacconfig.Principal{{Identifier: &rbacconfig.Principal_Any{Any: true}}},
+			}},
+		},
+	}
+}
+
+// inboundHCM routes everything to the local instances, with the
+// service-defaults' local request timeout.
+func (b *builder) inboundHCM(stat, clusterName string, s *service) *hcm.HttpConnectionManager {
+	a := &route.RouteAction{ClusterSpecifier: &route.RouteAction_Cluster{Cluster: clusterName}}
+	switch {
+	case s.defaults != nil && s.defaults.LocalRequestTimeoutMs > 0:
+		a.Timeout = durationpb.New(time.Duration(s.defaults.LocalRequestTimeoutMs) * time.Millisecond)
+	case s.protocol == discovery.ProtocolGRPC:
+		a.Timeout = durationpb.New(0)
+	}
+	return &hcm.HttpConnectionManager{
+		StatPrefix: stat,
+		RouteSpecifier: &hcm.HttpConnectionManager_RouteConfig{RouteConfig: &route.RouteConfiguration{
+			Name: "inbound/" + s.key,
+			VirtualHosts: []*route.VirtualHost{{
+				Name: s.key, Domains: []string{"*"},
+				Routes: []*route.Route{{
+					Match:  &route.RouteMatch{PathSpecifier: &route.RouteMatch_Prefix{Prefix: "/"}},
+					Action: &route.Route_Route{Route: a},
+				}},
+			}},
+		}},
+		HttpFilters: []*hcm.HttpFilter{b.routerFilter()},
+	}
+}
+
+// localCluster reaches the host's own instances of a service in
+// plaintext: on their address, or loopback when they registered none.
+func (b *builder) localCluster(name string, s *service, insts []*instance) *cluster.Cluster {
+	var lbs []*endpoint.LbEndpoint
+	for _, in := range insts {
+		if in.health == discovery.HealthCritical {
+			continue
+		}
+		addr := in.Address
+		if addr == "" {
+			addr = "127.0.0.1"
+		}
+		ip, ok := ipAddr(addr)
+		if !ok {
+			continue
+		}
+		lbs = append(lbs, &endpoint.LbEndpoint{HostIdentifier: &endpoint.LbEndpoint_Endpoint{Endpoint: &endpoint.Endpoint{
+			Address: socketAddr(ip, in.Port, core.SocketAddress_TCP),
+		}}})
+	}
+	cla := &endpoint.ClusterLoadAssignment{ClusterName: name}
+	if len(lbs) > 0 {
+		cla.Endpoints = []*endpoint.LocalityLbEndpoints{{LbEndpoints: lbs}}
+	}
+	c := &cluster.Cluster{
+		Name:                 name,
+		ClusterDiscoveryType: &cluster.Cluster_Type{Type: cluster.Cluster_STATIC},
+		ConnectTimeout:       durationpb.New(defaultConnectTimeout),
+		LoadAssignment:       cla,
+	}
+	if d := s.defaults; d != nil {
+		if d.LocalConnectTimeoutMs > 0 {
+			c.ConnectTimeout = durationpb.New(time.Duration(d.LocalConnectTimeoutMs) * time.Millisecond)
+		}
+		if d.MaxInboundConnections > 0 {
+			c.CircuitBreakers = &cluster.CircuitBreakers{Thresholds: []*cluster.CircuitBreakers_Thresholds{{
+				MaxConnections: wrapperspb.UInt32(uint32(d.MaxInboundConnections)),
+			}}}
+		}
+	}
+	if s.protocol == discovery.ProtocolHTTP2 || s.protocol == discovery.ProtocolGRPC {
+		c.TypedExtensionProtocolOptions = map[string]*anypb.Any{
+			"envoy.extensions.upstreams.http.v3.HttpProtocolOptions": b.any(http2Options()),
+		}
+	}
+	return c
+}
+
+// apiListeners serve proxyless gRPC: a client dialing xds:///<service>
+// asks for the Listener named <service> and follows its RDS route.
+func (b *builder) apiListeners() {
+	for _, k := range b.v.keys {
+		if b.v.services[k].protocol != discovery.ProtocolGRPC {
+			continue
+		}
+		b.listeners = append(b.listeners, &listener.Listener{
+			Name:        k,
+			ApiListener: &listener.ApiListener{ApiListener: b.any(b.hcmRDS(k, k))},
+		})
+	}
+}

@@ -1,0 +1,116 @@
+package raft
+
+import (
+	"crypto/tls"
+	"crypto/x509"
+	"log/slog"
+	"testing"
+	"time"
+
+	"github.com/vmesh/vmesh/discovery"
+)
+
+func leafCatalog(t *testing.T) (*discovery.Store, *CA) {
+	t.Helper()
+	ca, err := NewCA("leaf.test")
+	if err != nil {
+		t.Fatal(err)
+	}
+	s := discovery.NewStore()
+	certPEM, keyPEM, _ := ca.EncodeCA()
+	must := func(err error) {
+		t.Helper()
+		if err != nil {
+			t.Fatal(err)
+		}
+	}
+	must(s.EnsureNode(1, &discovery.Node{Name: "n1", ID: "id1"}))
+	must(s.EnsureNode(2, &discovery.Node{Name: "n2", ID: "id2"}))
+	must(s.SetCA(3, &discovery.CARoot{CertPEM: certPEM, KeyPEM: keyPEM, Fingerprint: Fingerprint(ca.Cert)}))
+	must(s.EnsureService(4, &discovery.Instance{Node: "n1", ID: "web-1", Service: "web"}, nil))
+	must(s.EnsureService(5, &discovery.Instance{Node: "n1", ID: "web-2", Service: "web"}, nil))
+	must(s.EnsureService(6, &discovery.Instance{Node: "n1", ID: "db-1", Service: "db"}, nil))
+	must(s.EnsureService(7, &discovery.Instance{Node: "n2", ID: "api-1", Service: "api"}, nil))
+	return s, ca
+}
+
+func leafURI(t *testing.T, l *Leaf, roots *x509.CertPool) string {
+	t.Helper()
+	pair, err := tls.X509KeyPair(l.CertPEM, l.KeyPEM)
+	if err != nil {
+		t.Fatalf("leaf %q: %v", l.Name, err)
+	}
+	cert, _ := x509.ParseCertificate(pair.Certificate[0])
+	if _, err := cert.Verify(x509.VerifyOptions{Roots: roots, KeyUsages: []x509.ExtKeyUsage{x509.ExtKeyUsageServerAuth}}); err != nil {
+		t.Fatalf("leaf %q does not verify against the CA: %v", l.Name, err)
+	}
+	return cert.URIs[0].String()
+}
+
+func TestLeafIssuer(t *testing.T) {
+	store, ca := leafCatalog(t)
+	roots := x509.NewCertPool()
+	roots.AddCert(ca.Cert)
+	l := NewLeafIssuer(store, "n1", time.Hour, slog.Default())
+	changed := l.Changed()
+	now := time.Now()
+	next := l.sync(nil, now)
+	select {
+	case <-changed:
+	default:
+		t.Fatal("Changed was not closed after the first issue")
+	}
+	lv := l.Leaves()
+	if lv.Node == nil || leafURI(t, lv.Node, roots) != "spiffe://leaf.test/node/n1" {
+		t.Fatalf("node leaf = %+v", lv.Node)
+	}
+	if len(lv.Services) != 2 || lv.Services[0].Name != "db" || lv.Services[1].Name != "web" {
+		t.Fatalf("service leaves = %+v; want db and web (one per service, not per instance; not n2's api)", lv.Services)
+	}
+	if got := leafURI(t, lv.Services[1], roots); got != "spiffe://leaf.test/svc/web" {
+		t.Fatalf("web leaf names %s", got)
+	}
+	if want := now.Add(30 * time.Minute); next.After(want.Add(time.Second)) || next.Before(want.Add(-time.Second)) {
+		t.Errorf("next run at %s, want the renewal at half the lifetime (%s)", next, want)
+	}
+
+	// Nothing due: nothing changes.
+	changed = l.Changed()
+	l.sync(nil, now.Add(time.Minute))
+	select {
+	case <-changed:
+		t.Fatal("an idle sync reported a change")
+	default:
+	}
+	if l.Leaves().Services[1].CertPEM == nil || string(l.Leaves().Services[1].CertPEM) != string(lv.Services[1].CertPEM) {
+		t.Fatal("an idle sync reissued a leaf")
+	}
+
+	// Past half the lifetime every leaf is renewed.
+	l.sync(nil, now.Add(31*time.Minute))
+	renewed := l.Leaves()
+	if string(renewed.Services[1].CertPEM) == string(lv.Services[1].CertPEM) || string(renewed.Node.CertPEM) == string(lv.Node.CertPEM) {
+		t.Fatal("leaves were not renewed at half their lifetime")
+	}
+
+	// A service that goes away loses its leaf.
+	if err := store.DeleteService(8, "n1", "db-1"); err != nil {
+		t.Fatal(err)
+	}
+	l.sync(nil, now.Add(32*time.Minute))
+	if svcs := l.Leaves().Services; len(svcs) != 1 || svcs[0].Name != "web" {
+		t.Fatalf("after db left: %+v", svcs)
+	}
+}
+
+func TestLeafIssuerWaitsForCA(t *testing.T) {
+	s := discovery.NewStore()
+	if err := s.EnsureNode(1, &discovery.Node{Name: "n1"}); err != nil {
+		t.Fatal(err)
+	}
+	l := NewLeafIssuer(s, "n1", 0, slog.Default())
+	l.sync(nil, time.Now())
+	if lv := l.Leaves(); lv.RootsPEM != nil || lv.Node != nil {
+		t.Fatalf("leaves issued without a CA: %+v", lv)
+	}
+}
