@@ -145,21 +145,7 @@ func (ca *CA) SignNode(csrDER []byte, name string) (*x509.Certificate, error) {
 	if err != nil {
 		return nil, fmt.Errorf("%w: node name %q: %v", ErrInvalidNodeCSR, name, err)
 	}
-	now := time.Now()
-	tmpl := &x509.Certificate{
-		SerialNumber: serial(),
-		Subject:      pkix.Name{CommonName: name},
-		NotBefore:    now.Add(-time.Minute),
-		NotAfter:     now.Add(nodeLifetime),
-		KeyUsage:     x509.KeyUsageDigitalSignature | x509.KeyUsageKeyEncipherment,
-		ExtKeyUsage:  []x509.ExtKeyUsage{x509.ExtKeyUsageServerAuth, x509.ExtKeyUsageClientAuth},
-		URIs:         []*url.URL{id.URL()},
-	}
-	der, err := x509.CreateCertificate(rand.Reader, tmpl, ca.Cert, csr.PublicKey, ca.Key)
-	if err != nil {
-		return nil, err
-	}
-	return x509.ParseCertificate(der)
+	return ca.sign(csr.PublicKey, name, id.URL(), nodeLifetime)
 }
 
 // Identity is what a node presents and trusts on the cluster port.
