@@ -108,6 +108,11 @@ func BenchmarkClusterPropagation(b *testing.B) {
 				i++
 				b.StartTimer()
 			}
+			// The leader-* metrics are only what they say if it still leads.
+			var l string
+			if err := getJSON(c.client, c.base(origin)+"/v1/status/leader", &l); err != nil || l != nodeIP(leader)+":7400" {
+				b.Errorf("leader after the run: %q, %v; want n%d (%s:7400) throughout", l, err, leader+1, nodeIP(leader))
+			}
 			reportDist(b, vis, "")
 			reportDist(b, reg, "reg-")
 			reportDist(b, lvis, "leader-")

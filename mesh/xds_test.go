@@ -168,7 +168,7 @@ func TestAgentServesXDS(t *testing.T) {
 	if !roots.AppendCertsFromPEM(secrets["vmesh/roots"].GetValidationContext().GetTrustedCa().GetInlineBytes()) {
 		t.Fatal("vmesh/roots holds no CA certificate")
 	}
-	for name, wantURI := range map[string]string{"vmesh/svc/orders": "spiffe://vmesh.local/svc/orders", "vmesh/node": "spiffe://vmesh.local/node/node-a"} {
+	for name, wantURI := range map[string]string{"vmesh/svc/orders": "spiffe://vmesh.local/svc/orders", "vmesh/node": "spiffe://vmesh.local/proxy/node-a"} {
 		tc := secrets[name].GetTlsCertificate()
 		pair, err := tls.X509KeyPair(tc.GetCertificateChain().GetInlineBytes(), tc.GetPrivateKey().GetInlineBytes())
 		if err != nil {

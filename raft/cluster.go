@@ -9,6 +9,7 @@ import (
 	"errors"
 	"fmt"
 	"net"
+	"net/netip"
 	"sort"
 	"strconv"
 	"strings"
@@ -51,6 +52,9 @@ type ClusterConfig struct {
 	// LocalCA is the CA a bootstrapping node created; the first leader
 	// stores it in raft.
 	LocalCA *CA
+	// VIPRange is where the leader allocates service VIPs (vips.go;
+	// default DefaultVIPRange). Give every voter the same range.
+	VIPRange netip.Prefix
 }
 
 // Defaults of ClusterConfig.
@@ -341,7 +345,8 @@ func ParseToken(s string) (Token, error) {
 	if _, err := hex.DecodeString(parts[3]); err != nil {
 		return Token{}, fmt.Errorf("%w: bad CA fingerprint", ErrInvalidToken)
 	}
-	return Token{ID: parts[1], Secret: parts[2], Fingerprint: parts[3]}, nil
+	// Fingerprints compare as lowercase hex.
+	return Token{ID: parts[1], Secret: parts[2], Fingerprint: strings.ToLower(parts[3])}, nil
 }
 
 // CreateToken stores a new join token (only its hash) and returns it.

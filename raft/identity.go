@@ -16,6 +16,7 @@ import (
 	"net/url"
 	"os"
 	"path/filepath"
+	"strings"
 	"time"
 
 	"github.com/spiffe/go-spiffe/v2/bundle/x509bundle"
@@ -176,16 +177,18 @@ func newIdentity(ca, cert *x509.Certificate, key *ecdsa.PrivateKey) (*Identity, 
 	return id, nil
 }
 
-// nodeName extracts <name> from spiffe://<td>/node/<name>.
+// nodeName extracts <name> from spiffe://<td>/node/<name>: exactly one
+// segment after /node/, so no other kind of certificate from the same CA
+// (a proxy's, a service's) passes for a cluster member.
 func nodeName(id spiffeid.ID, td spiffeid.TrustDomain) (string, error) {
 	if !id.MemberOf(td) {
 		return "", fmt.Errorf("%w: %s is not in trust domain %s", ErrNotNodeCert, id, td)
 	}
-	var name string
-	if n, err := fmt.Sscanf(id.Path(), "/node/%s", &name); err != nil || n != 1 || name == "" {
+	seg := strings.Split(strings.TrimPrefix(id.Path(), "/"), "/")
+	if len(seg) != 2 || seg[0] != "node" || seg[1] == "" {
 		return "", fmt.Errorf("%w: %s is not a node ID", ErrNotNodeCert, id)
 	}
-	return name, nil
+	return seg[1], nil
 }
 
 // VerifyPeer checks a peer's certificate chain against the cluster CA and
@@ -373,6 +376,13 @@ func LoadLocalCA(dataDir string, id *Identity) (*CA, error) {
 		return nil, err
 	}
 	return &CA{Cert: id.CA, Key: key}, nil
+}
+
+// ProxyID is the SPIFFE ID of a node's proxy: spiffe://<trust-domain>/proxy/<node>.
+// It is deliberately not under /node/: a proxy certificate must never pass
+// for a cluster member on the cluster port.
+func ProxyID(td spiffeid.TrustDomain, node string) (spiffeid.ID, error) {
+	return spiffeid.FromSegments(td, "proxy", node)
 }
 
 // ServiceID is a service's SPIFFE ID: spiffe://<trust-domain>/svc/<name>.

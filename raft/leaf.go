@@ -39,8 +39,8 @@ type Leaves struct {
 }
 
 // LeafIssuer keeps a leaf certificate for every service registered on this
-// node (spiffe://<td>/svc/<name>) and one for the node itself
-// (spiffe://<td>/node/<name>), signed by the cluster CA from the local
+// node (spiffe://<td>/svc/<name>) and one for the node's proxy
+// (spiffe://<td>/proxy/<node>), signed by the cluster CA from the local
 // catalog, and renews each at half its lifetime. Keys never leave the
 // process. Changed is closed whenever the set changes.
 type LeafIssuer struct {
@@ -190,15 +190,16 @@ func (l *LeafIssuer) issue(ca *CA, name string, now time.Time) (*Leaf, error) {
 	}, nil
 }
 
-// signNodeLeaf issues a short-lived leaf naming the node, for the proxy's
-// outbound connections (a transparently captured connection does not tell
-// which local service opened it).
+// signNodeLeaf issues a short-lived leaf naming the node's proxy
+// (spiffe://td/proxy/<node>), for its outbound connections (a transparently
+// captured connection does not tell which local service opened it). It is
+// not a node certificate: the cluster port refuses it.
 func (ca *CA) signNodeLeaf(pub any, node string, lifetime time.Duration) (*x509.Certificate, error) {
 	td, err := ca.TrustDomain()
 	if err != nil {
 		return nil, err
 	}
-	id, err := NodeID(td, node)
+	id, err := ProxyID(td, node)
 	if err != nil {
 		return nil, err
 	}

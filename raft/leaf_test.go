@@ -3,10 +3,12 @@ package raft
 import (
 	"crypto/tls"
 	"crypto/x509"
+	"errors"
 	"log/slog"
 	"testing"
 	"time"
 
+	"github.com/spiffe/go-spiffe/v2/spiffeid"
 	"github.com/vmesh/vmesh/discovery"
 )
 
@@ -61,7 +63,7 @@ func TestLeafIssuer(t *testing.T) {
 		t.Fatal("Changed was not closed after the first issue")
 	}
 	lv := l.Leaves()
-	if lv.Node == nil || leafURI(t, lv.Node, roots) != "spiffe://leaf.test/node/n1" {
+	if lv.Node == nil || leafURI(t, lv.Node, roots) != "spiffe://leaf.test/proxy/n1" {
 		t.Fatalf("node leaf = %+v", lv.Node)
 	}
 	if len(lv.Services) != 2 || lv.Services[0].Name != "db" || lv.Services[1].Name != "web" {
@@ -100,6 +102,49 @@ func TestLeafIssuer(t *testing.T) {
 	l.sync(nil, now.Add(32*time.Minute))
 	if svcs := l.Leaves().Services; len(svcs) != 1 || svcs[0].Name != "web" {
 		t.Fatalf("after db left: %+v", svcs)
+	}
+}
+
+// TestProxyLeafIsNotANodeCert: the leaf served to the proxy over SDS must
+// not open the cluster port.
+func TestProxyLeafIsNotANodeCert(t *testing.T) {
+	ca, err := NewCA("leaf.test")
+	if err != nil {
+		t.Fatal(err)
+	}
+	key, csr, err := newNodeKey("n1")
+	if err != nil {
+		t.Fatal(err)
+	}
+	cert, err := ca.SignNode(csr, "n1")
+	if err != nil {
+		t.Fatal(err)
+	}
+	id, err := newIdentity(ca.Cert, cert, key)
+	if err != nil {
+		t.Fatal(err)
+	}
+	proxy, err := ca.signNodeLeaf(&key.PublicKey, "n1", time.Hour)
+	if err != nil {
+		t.Fatal(err)
+	}
+	svc, err := ca.SignService(&key.PublicKey, "web", time.Hour)
+	if err != nil {
+		t.Fatal(err)
+	}
+	td, _ := ca.TrustDomain()
+	nested, _ := spiffeid.FromSegments(td, "node", "n1", "extra")
+	deep, err := ca.sign(&key.PublicKey, "deep", nested.URL(), time.Hour)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, c := range []*x509.Certificate{proxy, svc, deep} {
+		if name, err := id.VerifyPeer([][]byte{c.Raw, ca.Cert.Raw}); !errors.Is(err, ErrNotNodeCert) {
+			t.Errorf("%s passed as cluster member %q (err %v)", c.URIs[0], name, err)
+		}
+	}
+	if name, err := id.VerifyPeer([][]byte{cert.Raw, ca.Cert.Raw}); err != nil || name != "n1" {
+		t.Errorf("the node certificate = %q, %v", name, err)
 	}
 }
 

@@ -5,9 +5,9 @@ import (
 	"crypto/tls"
 	"crypto/x509"
 	"errors"
-	"fmt"
 	"sync"
 
+	"github.com/spiffe/go-spiffe/v2/spiffeid"
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/credentials"
@@ -135,8 +135,12 @@ func nodeNameFromCert(cert *x509.Certificate) (string, error) {
 	if len(cert.URIs) != 1 {
 		return "", status.Error(codes.Unauthenticated, "certificate has no SPIFFE ID")
 	}
-	var name string
-	if n, err := fmt.Sscanf(cert.URIs[0].Path, "/node/%s", &name); err != nil || n != 1 {
+	id, err := spiffeid.FromURI(cert.URIs[0])
+	if err != nil {
+		return "", status.Error(codes.Unauthenticated, "certificate has no valid SPIFFE ID")
+	}
+	name, err := nodeName(id, id.TrustDomain())
+	if err != nil {
 		return "", status.Error(codes.Unauthenticated, "certificate is not a node certificate")
 	}
 	return name, nil
