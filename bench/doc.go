@@ -23,18 +23,22 @@
 // the xDS translation for 100 to 10,000 services against the catalog read
 // it starts from, and change-to-client latency with 1 and 100 clients.
 //
+// BenchmarkClusterPropagation (cluster_test.go) measures how long a
+// registration on one agent takes to be visible on every agent of a 3, 5
+// and 10 agent cluster, against the register call's own latency.
+//
 // Every benchmark opens fresh state in b.TempDir() (on the disk that
 // holds os.TempDir) and fails on the first error; none asserts anything
-// about speed. Nothing here runs without -bench. Run them all, and print
-// the ratios, with
+// about speed. Nothing here runs without -bench. The benchmarks want
+// different iteration counts, so run them, and print the ratios, with
 //
-//	bench/run.sh
+//	bench/run.sh      # or: make bench
 //
-// or by hand with
+// or one family by hand, e.g.
 //
-//	go test -run '^$' -bench . -benchtime=30000x -count 1 ./bench/
-//
-// (a smaller -benchtime, e.g. 2000x, for a quick look).
+//	go test -run '^$' -bench '^Benchmark(BoltFsyncBaseline|RaftApply|HTTPRegister)$' -benchtime=30000x ./bench/
+//	go test -run '^$' -bench '^BenchmarkClusterPropagation$' -benchtime=100x ./bench/
+//	go test -run '^$' -bench '^BenchmarkXDS' ./bench/
 //
 // docs/BENCHMARKS.md records measured results and the machine they came
 // from.

@@ -34,6 +34,16 @@ if ! go test -run '^$' -bench "$prop" -benchtime="$prop_benchtime" -count "$coun
 	echo "run.sh: go test failed; no ratios" >&2
 	exit 1
 fi
+# xDS: raw numbers only; docs/BENCHMARKS.md reads them against the read
+# baseline (build / read) and clients=1.
+for x in "BenchmarkXDSBuild 20x" "BenchmarkXDSPropagation 100x"; do
+	set -- $x
+	echo "\$ go test -run '^\$' -bench '^$1\$' -benchtime $2 ./bench/"
+	if ! go test -run '^$' -bench "^$1\$" -benchtime "$2" ./bench/; then
+		echo "run.sh: go test failed" >&2
+		exit 1
+	fi
+done
 
 # A result line is: name iterations value unit value unit ...; the order of
 # the extra metrics is go test's, so look each one up by its unit.
