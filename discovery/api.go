@@ -56,6 +56,9 @@ type API struct {
 	// registers a moment later. Nil means always ready.
 	WaitReady func(ctx context.Context) error
 	Logger    *slog.Logger
+	// IntentionsDefaultAllow is the agent's intentions_default: what
+	// /v1/connect/intentions/check answers when no intention matches.
+	IntentionsDefaultAllow bool
 }
 
 // Blocking query limits, as Consul's.
@@ -105,6 +108,10 @@ func (a *API) Register(mux *http.ServeMux) {
 	mux.HandleFunc("GET /v1/status/peers", a.statusPeers)
 	// config entries
 	a.registerConfig(mux)
+	// intentions (api_intentions.go)
+	a.registerIntentions(mux)
+	// virtual IPs (vips.go)
+	mux.HandleFunc("GET /v1/vmesh/vips", a.vipsList)
 }
 
 // HTTPError is an error with the status code the API answers it with.

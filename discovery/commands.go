@@ -20,6 +20,8 @@ const (
 	TokenCreateType       MessageType = 10
 	TokenDeleteType       MessageType = 11
 	ConfigEntryType       MessageType = 12
+	VIPType               MessageType = 13 // vips.go (capture issue); intentions take 14
+	IntentionType         MessageType = 14
 
 	// IgnoreUnknownTypeFlag marks a command that an older agent that does
 	// not know its type may skip instead of stopping: commands added in a

@@ -12,15 +12,23 @@ type MeshState struct {
 	Instances     []*Instance
 	Checks        []*Check
 	ConfigEntries []*ConfigEntry
+	// VIPs are the services' virtual IPs (vips.go).
+	VIPs []*VIP
+	// Intentions authorize traffic into services (intentions.go), in
+	// SortIntentions order.
+	Intentions []*Intention
+	// TrustDomain is the cluster CA's SPIFFE trust domain ("" before
+	// bootstrap stores the CA): peers' identities are spiffe://<td>/...
+	TrustDomain string
 }
 
 // MeshState reads the whole data-plane view. ws (if not nil) gets a channel
-// per table, so it fires on any change to nodes, instances, checks or config
-// entries, and on a snapshot restore; the objects returned are shared with
+// per table, so it fires on any change to nodes, instances, checks, config
+// entries, VIPs, intentions or the CA, and on a snapshot restore; the objects returned are shared with
 // the catalog and must not be modified.
 func (s *Store) MeshState(ws memdb.WatchSet) (*MeshState, error) {
 	tx := s.readTxn(ws)
-	st := &MeshState{Index: maxIndex(tx, tableNodes, tableInstances, tableChecks, tableConfigEntries)}
+	st := &MeshState{Index: maxIndex(tx, tableNodes, tableInstances, tableChecks, tableConfigEntries, tableVIPs, tableIntentions, tableCA)}
 	var err error
 	if st.Nodes, err = collect[Node](ws, tx, tableNodes, "id"); err != nil {
 		return nil, err
@@ -33,6 +41,23 @@ func (s *Store) MeshState(ws memdb.WatchSet) (*MeshState, error) {
 	}
 	if st.ConfigEntries, err = collect[ConfigEntry](ws, tx, tableConfigEntries, "id"); err != nil {
 		return nil, err
+	}
+	if st.VIPs, err = collect[VIP](ws, tx, tableVIPs, "id"); err != nil {
+		return nil, err
+	}
+	if st.Intentions, err = collect[Intention](ws, tx, tableIntentions, "id"); err != nil {
+		return nil, err
+	}
+	SortIntentions(st.Intentions)
+	ch, ca, err := tx.FirstWatch(tableCA, "id", caRootID)
+	if err != nil {
+		return nil, err
+	}
+	if ws != nil {
+		ws.Add(ch)
+	}
+	if ca != nil {
+		st.TrustDomain = ca.(*CARoot).TrustDomain
 	}
 	return st, nil
 }

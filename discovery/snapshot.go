@@ -23,14 +23,16 @@ type RecordType uint8
 
 // Record kinds. Numbers are part of the on-disk format: never reuse one.
 const (
-	RecordNode     RecordType = 1
-	RecordInstance RecordType = 2
-	RecordCheck    RecordType = 3
-	RecordKV       RecordType = 4
-	RecordIndex    RecordType = 5
-	RecordCA       RecordType = 6
-	RecordToken    RecordType = 7
-	RecordConfig   RecordType = 8
+	RecordNode      RecordType = 1
+	RecordInstance  RecordType = 2
+	RecordCheck     RecordType = 3
+	RecordKV        RecordType = 4
+	RecordIndex     RecordType = 5
+	RecordCA        RecordType = 6
+	RecordToken     RecordType = 7
+	RecordConfig    RecordType = 8
+	RecordVIP       RecordType = 9 // vips.go (capture issue); intentions take 10
+	RecordIntention RecordType = 10
 )
 
 // IndexRecord is a table's highest index, as stored in a snapshot.
@@ -66,6 +68,8 @@ func (sn *Snapshot) Walk(fn func(RecordType, any) error) error {
 		{tableKV, RecordKV}, {tableIndex, RecordIndex},
 		{tableCA, RecordCA}, {tableTokens, RecordToken},
 		{tableConfigEntries, RecordConfig},
+		{tableIntentions, RecordIntention},
+		{tableVIPs, RecordVIP},
 	} {
 		if err := walk(t.table, t.rt); err != nil {
 			return fmt.Errorf("walking %s: %w", t.table, err)
@@ -110,6 +114,10 @@ func (r *Restorer) Add(rt RecordType, rec any) error {
 		return r.tx.Insert(tableTokens, v)
 	case *ConfigEntry:
 		return r.tx.Insert(tableConfigEntries, v)
+	case *Intention:
+		return r.tx.Insert(tableIntentions, v)
+	case *VIP:
+		return r.tx.Insert(tableVIPs, v)
 	}
 	return fmt.Errorf("%w: record type %d (%T)", ErrInvalid, rt, rec)
 }
@@ -133,6 +141,10 @@ func NewRecord(rt RecordType) (any, error) {
 		return &JoinToken{}, nil
 	case RecordConfig:
 		return &ConfigEntry{}, nil
+	case RecordIntention:
+		return &Intention{}, nil
+	case RecordVIP:
+		return &VIP{}, nil
 	}
 	return nil, fmt.Errorf("%w: unknown snapshot record type %d", ErrInvalid, rt)
 }

@@ -38,6 +38,8 @@ func schema() *memdb.DBSchema {
 	s := baseSchema()
 	clusterTables(s.Tables)
 	configEntryTables(s.Tables)
+	intentionTables(s.Tables)
+	vipTables(s.Tables)
 	return s
 }
 
@@ -160,7 +162,7 @@ func bumpIndex(tx *memdb.Txn, idx uint64, tables ...string) error {
 // LastIndex is the highest index of any table.
 func (s *Store) LastIndex() uint64 {
 	tx := s.readTxn(nil)
-	return maxIndex(tx, tableNodes, tableInstances, tableChecks, tableKV, tableCA, tableTokens, tableConfigEntries)
+	return maxIndex(tx, tableNodes, tableInstances, tableChecks, tableKV, tableCA, tableTokens, tableConfigEntries, tableVIPs, tableIntentions)
 }
 
 // ---- writes (FSM only) ----

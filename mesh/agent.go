@@ -35,7 +35,8 @@ type Agent struct {
 	nodeID string
 	store  *discovery.Store
 	joinState
-	xds     xdsState // xds.go
+	xds     xdsState             // xds.go
+	dnsSrv  *discovery.DNSServer // dns.go
 	checks  *discovery.CheckRunner
 	httpLn  net.Listener
 	httpSrv *http.Server
@@ -106,12 +107,16 @@ func (a *Agent) Start(ctx context.Context) (err error) {
 		Store: a.store, Writer: &a.ref, Cluster: &a.ref, TTL: a.checks,
 		NodeName: a.cfg.NodeName, NodeID: a.nodeID, Datacenter: a.cfg.Datacenter, Version: Version,
 		Members: a.members, Logger: a.logger.With("component", "http"), WaitReady: a.waitReady,
+		IntentionsDefaultAllow: a.cfg.intentionsDefaultAllow(),
 	}
 	mux := http.NewServeMux()
 	api.Register(mux)
 	mux.HandleFunc("PUT /v1/vmesh/raft/snapshot", a.handleSnapshot)
 	a.registerClusterAPI(mux)
 	if err := a.startXDS(ctx, mux); err != nil {
+		return err
+	}
+	if err := a.startDNS(ctx); err != nil {
 		return err
 	}
 
@@ -164,6 +169,7 @@ func (a *Agent) banner() {
 		fmt.Fprintf(a.out, "   Cluster addr: %s (not in a cluster yet)\n", a.cfg.ClusterAddr())
 	}
 	a.xdsBanner()
+	a.dnsBanner()
 }
 
 // runLocalState waits for a leader, registers this node and the services
@@ -382,6 +388,7 @@ func (a *Agent) Close() error {
 		a.httpLn.Close()
 	}
 	a.closeXDS()
+	a.closeDNS()
 	if a.cancel != nil {
 		a.cancel()
 	}

@@ -28,6 +28,8 @@ func testConfig(t testing.TB) Config {
 	cfg.BindAddr = "127.0.0.1"
 	cfg.ClientAddr = "127.0.0.1"
 	cfg.Addresses.HTTP = "127.0.0.1:0"
+	// An ephemeral DNS port (UDP and TCP); Agent.DNSAddr tells which.
+	cfg.Addresses.DNS = "127.0.0.1:0"
 	cfg.Ports.Cluster = 0 // an ephemeral cluster port: tests run side by side
 	cfg.ServicesDir = ""
 	cfg.LogLevel = "warn"

@@ -123,6 +123,7 @@ func (a *Agent) openRaft(id *raft.Identity, localCA *raft.CA, bootstrap bool) er
 		Cluster: &raft.ClusterConfig{
 			Identity: id, Bind: a.cfg.ClusterBind(), Voters: a.cfg.Cluster.Voters, LocalCA: localCA,
 			HeartbeatInterval: a.cfg.Cluster.HeartbeatInterval, NodeTTL: a.cfg.Cluster.NodeTTL, ReapAfter: a.cfg.Cluster.ReapAfter,
+			VIPRange: a.cfg.vipRange(), // dns.go
 		},
 	}, a.store)
 	if err != nil {

@@ -29,10 +29,18 @@ type Config struct {
 	Addresses   Addresses `hcl:"addresses"`
 	Raft        RaftTune  `hcl:"raft"`
 	Cluster     Cluster   `hcl:"cluster"`
+	// Capture is traffic capture (iptables, vmesh0): capture_config.go.
+	Capture CaptureConfig `hcl:"capture"`
+	// DNS is the DNS server's `dns { ... }` block: dns.go.
+	DNS DNSOptions `hcl:"dns"`
 	// Join is a member's cluster address to join at start (with Token)
 	// when this node has no cluster state yet.
 	Join  string `hcl:"join"`
 	Token string `hcl:"token"`
+
+	// IntentionsDefault is "allow" or "deny" (unset: deny; -dev: allow):
+	// what a connection that no intention matches gets (intentions.go).
+	IntentionsDefault string `hcl:"intentions_default"`
 
 	// Service and Services hold the service definitions of the file being
 	// decoded; loadConfigFiles moves them into services with their file.
@@ -50,6 +58,8 @@ type Config struct {
 type Ports struct {
 	HTTP    int `hcl:"http"`
 	Cluster int `hcl:"cluster"`
+	// DNS: -1 turns the DNS server off (dns.go).
+	DNS int `hcl:"dns"`
 }
 
 // Addresses override the address of one listener (host:port).
@@ -59,6 +69,8 @@ type Addresses struct {
 	// there); Admin overrides CLIENT:15000. See xds.go.
 	XDS   string `hcl:"xds"`
 	Admin string `hcl:"admin"`
+	// DNS overrides CLIENT:8600 (dns.go).
+	DNS string `hcl:"dns"`
 }
 
 // RaftTune tunes log compaction.
@@ -103,7 +115,8 @@ func DefaultConfig() Config {
 		BindAddr:   "0.0.0.0",
 		ClientAddr: "127.0.0.1",
 		LogLevel:   "info",
-		Ports:      Ports{HTTP: DefaultHTTPPort, Cluster: DefaultClusterPort},
+		Ports:      Ports{HTTP: DefaultHTTPPort, Cluster: DefaultClusterPort, DNS: DefaultDNSPort},
+		DNS:        defaultDNSOptions(),
 		Cluster: Cluster{
 			Voters: 3, TrustDomain: "vmesh.local",
 			NodeTTL: 10 * time.Second, ReapAfter: 72 * time.Hour, HeartbeatInterval: time.Second,
@@ -218,6 +231,9 @@ func (c *Config) Validate() error {
 		bad("raft.snapshot_interval", "must not be negative")
 	}
 	errs = append(errs, c.validateXDS()...)
+	errs = append(errs, c.validateIntentions()...)
+	errs = append(errs, c.validateDNS()...)
+	errs = append(errs, c.validateCapture()...)
 	return errors.Join(errs...)
 }
 

@@ -43,9 +43,11 @@ var commands = map[string]command{
 	"config":   {"write, read, list and delete config entries", runConfig},
 	"envoy":    {"print an Envoy bootstrap pointing at this agent (envoy bootstrap)", runEnvoy},
 	"version":  {"print the version", runVersion},
+	"redirect": {"apply, remove or show traffic capture (iptables, vmesh0) without the agent", runRedirect},
 
 	"install":   {"install vmesh.service, /etc/vmesh and the vmesh user (systemd)", runInstall},
 	"uninstall": {"remove vmesh.service; --purge also config, data and user", runUninstall},
+	"intention": {"create, delete, list and check intentions (service-to-service authorization)", runIntention},
 }
 
 // Main runs the vmesh CLI with args (os.Args) and returns the exit code.
@@ -133,6 +135,7 @@ type agentFlags struct {
 	servicesDir, join, token       string
 	clusterPort                    int
 	xds                            xdsFlags // xds.go
+	dns                            dnsFlags // dns.go
 }
 
 func (f *agentFlags) register(fs *flag.FlagSet) {
@@ -152,6 +155,7 @@ func (f *agentFlags) register(fs *flag.FlagSet) {
 	fs.StringVar(&f.join, "join", "", "join the cluster at this member's cluster `address` at start (needs -token)")
 	fs.StringVar(&f.token, "token", "", "join `token` from 'vmesh token create'")
 	f.xds.register(fs)
+	f.dns.register(fs)
 }
 
 // buildConfig applies defaults, files and set flags, then validates. Every
@@ -169,6 +173,9 @@ func (f *agentFlags) buildConfig(fs *flag.FlagSet) (Config, error) {
 	}
 	if err := loadConfigFiles(&cfg, f.configs); err != nil {
 		return cfg, err
+	}
+	if f.dev && cfg.IntentionsDefault == "" {
+		cfg.IntentionsDefault = IntentionsAllow // DESIGN.md: -dev allows unless a file says deny
 	}
 	if set["data-dir"] {
 		cfg.DataDir = f.dataDir
@@ -216,6 +223,7 @@ func (f *agentFlags) buildConfig(fs *flag.FlagSet) (Config, error) {
 		cfg.Token = f.token
 	}
 	f.xds.apply(set, &cfg)
+	f.dns.apply(set, &cfg)
 	if err := cfg.Validate(); err != nil {
 		return cfg, fmt.Errorf("invalid configuration:\n%w", err)
 	}

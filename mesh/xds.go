@@ -117,7 +117,7 @@ func (a *Agent) startXDS(ctx context.Context, mux *http.ServeMux) error {
 	srv, err := xds.NewServer(xds.Config{
 		Store:      a.store,
 		Secrets:    leafSecrets{leaves: a.xds.leaves, node: a.cfg.NodeName},
-		Options:    xds.Options{OutboundAddr: a.cfg.ClientAddr},
+		Options:    xds.Options{OutboundAddr: a.cfg.ClientAddr, IntentionsDefaultAllow: a.cfg.intentionsDefaultAllow()},
 		UnixSocket: sock,
 		TCPAddr:    a.cfg.Addresses.XDS,
 		Logger:     a.logger.With("component", "xds"),

@@ -70,6 +70,14 @@ var appliers = map[discovery.MessageType]applier{
 		var req discovery.ConfigEntryRequest
 		return orErr(decode(buf, &req), func() error { return s.ConfigEntryApply(idx, req.Op, &req.Entry) })
 	},
+	discovery.VIPType: func(s *discovery.Store, buf []byte, idx uint64) any {
+		var req discovery.VIPRequest
+		return orErr(decode(buf, &req), func() error { return s.VIPApply(idx, req.Op, req.Service, req.IP) })
+	},
+	discovery.IntentionType: func(s *discovery.Store, buf []byte, idx uint64) any {
+		var req discovery.IntentionRequest
+		return orErr(decode(buf, &req), func() error { return s.IntentionApply(idx, req.Op, &req.Intention) })
+	},
 }
 
 // orErr runs apply unless decoding failed. A command that does not decode

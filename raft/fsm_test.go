@@ -230,6 +230,28 @@ func TestFSMApplyDispatch(t *testing.T) {
 				}
 			},
 		},
+		{
+			discovery.VIPRequest{Op: discovery.VIPAllocate, Service: "Web", IP: "240.0.0.1"},
+			func(t *testing.T, idx uint64) {
+				i, v, _ := s.ServiceVIP(nil, "web")
+				want := &discovery.VIP{Service: "Web", IP: "240.0.0.1", CreateIndex: idx, ModifyIndex: idx}
+				if !reflect.DeepEqual(v, want) || i != idx {
+					t.Errorf("VIP = %+v at %d, want %+v at %d", v, i, want, idx)
+				}
+			},
+		},
+		{
+			discovery.IntentionRequest{Op: discovery.IntentionUpsert, Intention: discovery.Intention{
+				ID: "ixn-1", SourceName: "web", DestinationName: "*", Action: discovery.IntentionActionDeny, CreatedAt: 7, UpdatedAt: 7}},
+			func(t *testing.T, idx uint64) {
+				i, x, _ := s.IntentionExact(nil, "web", "*")
+				want := &discovery.Intention{ID: "ixn-1", SourceName: "web", DestinationName: "*", Action: discovery.IntentionActionDeny,
+					CreatedAt: 7, UpdatedAt: 7, CreateIndex: idx, ModifyIndex: idx}
+				if !reflect.DeepEqual(x, want) || i != idx {
+					t.Errorf("intention = %+v at %d, want %+v at %d", x, i, want, idx)
+				}
+			},
+		},
 	}
 	covered := map[discovery.MessageType]bool{}
 	for i, st := range steps {

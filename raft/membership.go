@@ -455,6 +455,7 @@ func (s *Server) leaderLoop(ctx context.Context) {
 	ap := newAutopilot(s)
 	ap.Start(ctx)
 	defer func() { <-ap.Stop() }()
+	defer s.startVIPs(ctx)() // vips.go: a VIP for every new service
 	t := time.NewTicker(time.Second)
 	defer t.Stop()
 	for {

@@ -95,6 +95,11 @@ type builder struct {
 	// routeNames are the RouteConfigurations some listener refers to; only
 	// those are served (a snapshot must not hold unreferenced routes).
 	routeNames map[string]bool
+	// from is the local service an explicit upstream being built belongs
+	// to ("" otherwise); the sourced clusters and routes it names are
+	// built at the end (sourced.go).
+	from                           string
+	sourcedClusters, sourcedRoutes map[sourcedRef]bool
 }
 
 func (b *builder) fail(err error) {
@@ -134,6 +139,7 @@ func Build(v *View, node NodeInfo) (*cache.Snapshot, error) {
 			b.routes = append(b.routes, b.routeConfig(v.services[k]))
 		}
 	}
+	b.sourcedResources()
 	if b.err != nil {
 		return nil, b.err
 	}
@@ -354,7 +360,7 @@ func (b *builder) serviceCluster(s *service) *cluster.Cluster {
 		c.TransportSocketMatches = []*cluster.Cluster_TransportSocketMatch{{
 			Name:            "mesh",
 			Match:           &structpb.Struct{Fields: map[string]*structpb.Value{transportSocketMatchKey: structpb.NewBoolValue(true)}},
-			TransportSocket: b.upstreamTLS(s),
+			TransportSocket: b.upstreamTLS(s, SecretNodeCert),
 		}}
 	}
 	return c
@@ -382,16 +388,17 @@ func alpn(protocol string) []string {
 	return nil
 }
 
-// upstreamTLS is mTLS to a peer's mesh port: SNI names the service, the
-// host's certificate and the CA roots come over SDS.
-func (b *builder) upstreamTLS(s *service) *core.TransportSocket {
+// upstreamTLS is mTLS to a peer's mesh port: SNI names the service; the
+// client certificate (cert: the host's, or a local service's for an
+// explicit upstream) and the CA roots come over SDS.
+func (b *builder) upstreamTLS(s *service, cert string) *core.TransportSocket {
 	return &core.TransportSocket{
 		Name: wellknown.TransportSocketTLS,
 		ConfigType: &core.TransportSocket_TypedConfig{TypedConfig: b.any(&tlsv3.UpstreamTlsContext{
 			Sni: SNI(s.key),
 			CommonTlsContext: &tlsv3.CommonTlsContext{
 				AlpnProtocols:                  alpn(s.protocol),
-				TlsCertificateSdsSecretConfigs: []*tlsv3.SdsSecretConfig{sdsSecret(SecretNodeCert)},
+				TlsCertificateSdsSecretConfigs: []*tlsv3.SdsSecretConfig{sdsSecret(cert)},
 				ValidationContextType: &tlsv3.CommonTlsContext_ValidationContextSdsSecretConfig{
 					ValidationContextSdsSecretConfig: sdsSecret(SecretRoots),
 				},

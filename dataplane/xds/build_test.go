@@ -155,10 +155,12 @@ func fixtures() []fixture {
 					Upstreams: []discovery.Upstream{{DestinationName: "web", LocalBindAddress: "127.0.0.1", LocalBindPort: 19001}}}, "").
 				at(13),
 			check: func(t *testing.T, mesh, app *cache.Snapshot) {
-				rc := routeOf(t, mesh, "web")
+				// frontend's upstream to web: routes and clusters carry
+				// frontend's identity (sourced.go).
+				rc := routeOf(t, mesh, sourcedName("frontend", "web"))
 				ws := rc.GetVirtualHosts()[0].GetRoutes()[0].GetRoute().GetWeightedClusters().GetClusters()
-				if len(ws) != 2 || ws[0].GetName() != "web" || ws[0].GetWeight().GetValue() != 9000 ||
-					ws[1].GetName() != "web-v2" || ws[1].GetWeight().GetValue() != 1000 {
+				if len(ws) != 2 || ws[0].GetName() != sourcedName("frontend", "web") || ws[0].GetWeight().GetValue() != 9000 ||
+					ws[1].GetName() != sourcedName("frontend", "web-v2") || ws[1].GetWeight().GetValue() != 1000 {
 					t.Errorf("weighted clusters = %v", ws)
 				}
 			},
@@ -180,23 +182,24 @@ func fixtures() []fixture {
 					Upstreams: []discovery.Upstream{{DestinationName: "web", LocalBindAddress: "127.0.0.1", LocalBindPort: 19001}}}, "").
 				at(14),
 			check: func(t *testing.T, mesh, app *cache.Snapshot) {
-				routes := routeOf(t, mesh, "web").GetVirtualHosts()[0].GetRoutes()
+				fe := func(name string) string { return sourcedName("frontend", name) }
+				routes := routeOf(t, mesh, fe("web")).GetVirtualHosts()[0].GetRoutes()
 				if len(routes) != 4 {
 					t.Fatalf("web has %d routes, want 3 from the router and the default", len(routes))
 				}
 				if h := routes[0].GetMatch().GetHeaders(); len(h) != 1 || h[0].GetName() != "x-canary" || h[0].GetStringMatch().GetExact() != "true" ||
-					routes[0].GetRoute().GetCluster() != "web-canary" || len(routes[0].GetRoute().GetHashPolicy()) != 2 ||
+					routes[0].GetRoute().GetCluster() != fe("web-canary") || len(routes[0].GetRoute().GetHashPolicy()) != 2 ||
 					routes[0].GetRoute().GetTimeout().AsDuration() != time.Second {
 					t.Errorf("canary route = %v", routes[0])
 				}
-				if r := routes[1].GetRoute(); r.GetCluster() != "admin" || r.GetPrefixRewrite() != "/" || r.GetTimeout().AsDuration() != 3*time.Second ||
+				if r := routes[1].GetRoute(); r.GetCluster() != fe("admin") || r.GetPrefixRewrite() != "/" || r.GetTimeout().AsDuration() != 3*time.Second ||
 					r.GetRetryPolicy().GetRetryOn() != "connect-failure,retriable-status-codes" || r.GetRetryPolicy().GetNumRetries().GetValue() != 2 {
 					t.Errorf("admin route = %v", routes[1])
 				}
-				if routes[3].GetMatch().GetPrefix() != "/" || routes[3].GetRoute().GetCluster() != "web" {
+				if routes[3].GetMatch().GetPrefix() != "/" || routes[3].GetRoute().GetCluster() != fe("web") {
 					t.Errorf("default route = %v", routes[3])
 				}
-				if clusterOf(t, mesh, "web-canary").GetLbPolicy() != cluster.Cluster_RING_HASH {
+				if clusterOf(t, mesh, "web-canary").GetLbPolicy() != cluster.Cluster_RING_HASH || clusterOf(t, mesh, fe("web-canary")).GetLbPolicy() != cluster.Cluster_RING_HASH {
 					t.Error("web-canary is not ring hash")
 				}
 			},
@@ -246,9 +249,17 @@ func fixtures() []fixture {
 			check: func(t *testing.T, mesh, app *cache.Snapshot) {
 				wantListeners(t, mesh, OutboundListener, InboundListener,
 					upstreamPrefix+"127.0.0.1:19001", upstreamPrefix+"127.0.0.1:19002", upstreamPrefix+"127.0.0.1:19053", upstreamPrefix+"127.0.0.2:19004")
-				wantRoutes(t, mesh, "web")
+				wantRoutes(t, mesh, sourcedName("frontend", "web"))
 				wantEndpoints(t, mesh, "dns", "10.0.0.3:53") // UDP does not go through the mesh port
 				wantEndpoints(t, mesh, "nowhere")
+				// Explicit upstreams present frontend's certificate; the
+				// shared clusters (transparent outbound) the node's.
+				wantClientCert(t, mesh, sourcedName("frontend", "db"), ServiceSecret("frontend"), "db")
+				wantClientCert(t, mesh, sourcedName("frontend", "web"), ServiceSecret("frontend"), "web")
+				wantClientCert(t, mesh, "db", SecretNodeCert, "")
+				if _, ok := mesh.GetResources(resource.ClusterType)[sourcedName("frontend", "dns")]; ok {
+					t.Error("a UDP upstream got a sourced (TLS) cluster")
+				}
 				if _, ok := mesh.GetResources(resource.ClusterType)[localClusterPrefix+"frontend"]; !ok {
 					t.Error("no local cluster for frontend")
 				}
@@ -281,7 +292,7 @@ func fixtures() []fixture {
 }
 
 func TestBuildGolden(t *testing.T) {
-	for _, fx := range fixtures() {
+	for _, fx := range append(fixtures(), intentionFixtures()...) { // intentions_test.go
 		t.Run(fx.name, func(t *testing.T) {
 			v := NewView(fx.state, fx.opts)
 			snaps := map[string]*cache.Snapshot{}

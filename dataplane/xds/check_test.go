@@ -83,11 +83,11 @@ func TestCheck(t *testing.T) {
 			delete(m, "orders")
 		}), `route "orders" is referred to by [listener orders] but missing`},
 		{"filter chain's route missing", edit(t, mesh, resource.RouteType, func(m map[string]types.Resource) {
-			delete(m, "orders")
-		}), `route "orders" is referred to by [listener vmesh/upstream/127.0.0.1:19001]`},
+			delete(m, sourcedName("web", "orders")) // web's upstream: sourced.go
+		}), `route "vmesh/from/web/orders" is referred to by [listener vmesh/upstream/127.0.0.1:19001]`},
 		{"cluster's endpoints missing", edit(t, mesh, resource.EndpointType, func(m map[string]types.Resource) {
 			delete(m, "orders")
-		}), `endpoints "orders" is referred to by [cluster orders]`},
+		}), `endpoints "orders" is referred to by [cluster orders cluster vmesh/from/web/orders]`},
 		{"endpoints without a cluster", edit(t, mesh, resource.EndpointType, func(m map[string]types.Resource) {
 			m["ghost"] = &endpoint.ClusterLoadAssignment{ClusterName: "ghost"}
 		}), `endpoints "ghost" is not referred to`},

@@ -4,7 +4,8 @@
 // brings, and to proxyless gRPC clients.
 //
 // Data enters as a discovery.MeshState (one consistent read of nodes,
-// instances, checks and config entries). NewView indexes it once per catalog
+// instances, checks, config entries, VIPs, intentions and the CA's trust
+// domain). NewView indexes it once per catalog
 // change; Build(view, node) is a pure function from that view and one
 // client's NodeInfo to a go-control-plane snapshot whose version is the raft
 // index of the read. It does no I/O and reads no clock, so it is

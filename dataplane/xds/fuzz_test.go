@@ -7,6 +7,7 @@ import (
 	"errors"
 	"fmt"
 	"math/rand/v2"
+	"strings"
 	"testing"
 
 	core "github.com/envoyproxy/go-control-plane/envoy/config/core/v3"
@@ -89,7 +90,20 @@ func randomCatalog(c *chooser) (*discovery.MeshState, Options) {
 			st.ConfigEntries = append(st.ConfigEntries, e)
 		}
 	}
-	opts := Options{VIPs: map[string]VIP{}}
+	// Intentions as the store holds them: one per pair (case-insensitive).
+	pairs := map[[2]string]bool{}
+	for i := range c.n(8) {
+		src, dst := pick(c, append([]string{"*"}, fuzzServices...)...), pick(c, append([]string{"*"}, fuzzServices...)...)
+		p := [2]string{strings.ToLower(src), strings.ToLower(dst)}
+		if pairs[p] {
+			continue
+		}
+		pairs[p] = true
+		st.Intentions = append(st.Intentions, &discovery.Intention{ID: fmt.Sprint("ixn-", i), SourceName: src, DestinationName: dst,
+			Action: pick(c, discovery.IntentionActionAllow, discovery.IntentionActionDeny)})
+	}
+	st.TrustDomain = pick(c, "", "vmesh.local")
+	opts := Options{VIPs: map[string]VIP{}, IntentionsDefaultAllow: c.n(2) == 0}
 	for range c.n(4) {
 		opts.VIPs[pick(c, fuzzServices...)] = VIP{IP: pick(c, "240.0.0.1", "240.0.0.2", "fd00::1", "bogus"), Ports: pick(c, nil, []uint32{80}, []uint32{80, 443})}
 	}
@@ -198,6 +212,10 @@ func checkCatalog(t *testing.T, in []byte) {
 		if err := Check(snap); err != nil {
 			cat, _ := json.Marshal(st)
 			t.Fatalf("Check for %s: %v\ncatalog: %s\noptions: %+v", n.Id, err, cat, opts)
+		}
+		// Inbound RBAC decides as the intentions do (intentions_test.go).
+		if info.Mesh() {
+			checkRBACDecisions(t, snap, st.Intentions, st.TrustDomain, opts.IntentionsDefaultAllow)
 		}
 		// Pure: the same input gives the same output.
 		again, err := Build(NewView(st, opts), info)

@@ -11,13 +11,11 @@ import (
 	core "github.com/envoyproxy/go-control-plane/envoy/config/core/v3"
 	endpoint "github.com/envoyproxy/go-control-plane/envoy/config/endpoint/v3"
 	listener "github.com/envoyproxy/go-control-plane/envoy/config/listener/v3"
-	rbacconfig "github.com/envoyproxy/go-control-plane/envoy/config/rbac/v3"
 	route "github.com/envoyproxy/go-control-plane/envoy/config/route/v3"
 	routerfilter "github.com/envoyproxy/go-control-plane/envoy/extensions/filters/http/router/v3"
 	origdst "github.com/envoyproxy/go-control-plane/envoy/extensions/filters/listener/original_dst/v3"
 	tlsinspector "github.com/envoyproxy/go-control-plane/envoy/extensions/filters/listener/tls_inspector/v3"
 	hcm "github.com/envoyproxy/go-control-plane/envoy/extensions/filters/network/http_connection_manager/v3"
-	rbac "github.com/envoyproxy/go-control-plane/envoy/extensions/filters/network/rbac/v3"
 	tcp "github.com/envoyproxy/go-control-plane/envoy/extensions/filters/network/tcp_proxy/v3"
 	udp "github.com/envoyproxy/go-control-plane/envoy/extensions/filters/udp/udp_proxy/v3"
 	tlsv3 "github.com/envoyproxy/go-control-plane/envoy/extensions/transport_sockets/tls/v3"
@@ -62,12 +60,12 @@ func (b *builder) tcpProxy(statPrefix, key string) *tcp.TcpProxy {
 	ws := b.v.splits(key)
 	p := &tcp.TcpProxy{StatPrefix: statPrefix}
 	if len(ws) == 1 {
-		p.ClusterSpecifier = &tcp.TcpProxy_Cluster{Cluster: ws[0].cluster}
+		p.ClusterSpecifier = &tcp.TcpProxy_Cluster{Cluster: b.clusterRef(ws[0].cluster)}
 		return p
 	}
 	wc := &tcp.TcpProxy_WeightedCluster{}
 	for _, w := range ws {
-		wc.Clusters = append(wc.Clusters, &tcp.TcpProxy_WeightedCluster_ClusterWeight{Name: w.cluster, Weight: w.weight})
+		wc.Clusters = append(wc.Clusters, &tcp.TcpProxy_WeightedCluster_ClusterWeight{Name: b.clusterRef(w.cluster), Weight: w.weight})
 	}
 	p.ClusterSpecifier = &tcp.TcpProxy_WeightedClusters{WeightedClusters: wc}
 	return p
@@ -77,7 +75,7 @@ func (b *builder) tcpProxy(statPrefix, key string) *tcp.TcpProxy {
 // protocols, a TCP proxy otherwise.
 func (b *builder) serviceFilters(statPrefix string, s *service) []*listener.Filter {
 	if discovery.IsL7Protocol(s.protocol) {
-		return []*listener.Filter{b.filter(wellknown.HTTPConnectionManager, b.hcmRDS(statPrefix, s.key))}
+		return []*listener.Filter{b.filter(wellknown.HTTPConnectionManager, b.hcmRDS(statPrefix, b.routeRef(s.key)))}
 	}
 	return []*listener.Filter{b.filter(wellknown.TCPProxy, b.tcpProxy(statPrefix, s.key))}
 }
@@ -174,12 +172,16 @@ func (b *builder) upstreamListeners() {
 				})
 				continue
 			}
+			// The listener is the declaring service's: its traffic presents
+			// that service's certificate (sourced.go).
+			b.from = serviceKey(in.Service)
 			b.listeners = append(b.listeners, &listener.Listener{
 				Name:             name,
 				Address:          socketAddr(ip, u.LocalBindPort, core.SocketAddress_TCP),
 				TrafficDirection: core.TrafficDirection_OUTBOUND,
 				FilterChains:     []*listener.FilterChain{{Filters: b.serviceFilters(stat, s)}},
 			})
+			b.from = ""
 		}
 	}
 }
@@ -208,11 +210,10 @@ func (b *builder) localAddr() (string, bool) {
 
 // inboundListener accepts mTLS from peers on the mesh port: a filter chain
 // per local service, chosen by SNI, forwarding to the local instances.
-//
-// RBAC allows every peer for now: intentions (source -> destination
-// allow/deny by SPIFFE ID) replace the allow-all policy once the cluster
-// CA issues identities. The TLS context already requires a client
-// certificate, so only mesh members get in.
+// The TLS context requires a client certificate from the cluster CA;
+// intentions then decide by the peer's SPIFFE ID (intentions.go): per
+// request in the HTTP connection manager for HTTP, HTTP/2 and gRPC (403,
+// PERMISSION_DENIED), per connection before the TCP proxy otherwise.
 func (b *builder) inboundListener() {
 	ip, ok := b.localAddr()
 	if !ok {
@@ -245,11 +246,13 @@ func (b *builder) inboundListener() {
 		clusterName := localClusterPrefix + k
 		b.clusters = append(b.clusters, b.localCluster(clusterName, s, local[k]))
 		stat := "inbound_" + k
-		filters := []*listener.Filter{b.filter(wellknown.RoleBasedAccessControl, allowAll(stat))}
+		var filters []*listener.Filter
 		if discovery.IsL7Protocol(s.protocol) {
 			filters = append(filters, b.filter(wellknown.HTTPConnectionManager, b.inboundHCM(stat, clusterName, s)))
 		} else {
-			filters = append(filters, b.filter(wellknown.TCPProxy, &tcp.TcpProxy{StatPrefix: stat, ClusterSpecifier: &tcp.TcpProxy_Cluster{Cluster: clusterName}}))
+			filters = append(filters,
+				b.filter(wellknown.RoleBasedAccessControl, b.networkRBAC(stat, k)),
+				b.filter(wellknown.TCPProxy, &tcp.TcpProxy{StatPrefix: stat, ClusterSpecifier: &tcp.TcpProxy_Cluster{Cluster: clusterName}}))
 		}
 		alpnIn := []string(nil)
 		if discovery.IsL7Protocol(s.protocol) {
@@ -279,19 +282,6 @@ func (b *builder) inboundListener() {
 	}
 }
 
-func allowAll(stat string) *rbac.RBAC {
-	return &rbac.RBAC{
-		StatPrefix: stat,
-		Rules: &rbacconfig.RBAC{
-			Action: rbacconfig.RBAC_ALLOW,
-			Policies: map[string]*rbacconfig.Policy{"vmesh-default-allow": {
-				Permissions: []*rbacconfig.Permission{{Rule: &rbacconfig.Permission_Any{Any: true}}},
-				Principals:  []*rbacconfig.Principal{{Identifier: &rbacconfig.Principal_Any{Any: true}}},
-			}},
-		},
-	}
-}
-
 // inboundHCM routes everything to the local instances, with the
 // service-defaults' local request timeout.
 func (b *builder) inboundHCM(stat, clusterName string, s *service) *hcm.HttpConnectionManager {
@@ -314,7 +304,7 @@ func (b *builder) inboundHCM(stat, clusterName string, s *service) *hcm.HttpConn
 				}},
 			}},
 		}},
-		HttpFilters: []*hcm.HttpFilter{b.routerFilter()},
+		HttpFilters: []*hcm.HttpFilter{b.httpRBACFilter(s.key), b.routerFilter()},
 	}
 }
 

@@ -180,14 +180,14 @@ func (b *builder) routeAction(s *service, d *discovery.ServiceRouteDestination) 
 	ws := b.v.splits(dest)
 	a := &route.RouteAction{}
 	if len(ws) == 1 {
-		a.ClusterSpecifier = &route.RouteAction_Cluster{Cluster: ws[0].cluster}
+		a.ClusterSpecifier = &route.RouteAction_Cluster{Cluster: b.clusterRef(ws[0].cluster)}
 		if t := b.v.services[ws[0].cluster]; t != nil && t.resolver != nil && t.resolver.LoadBalancer != nil {
 			a.HashPolicy = hashPolicies(t.resolver.LoadBalancer.HashPolicies)
 		}
 	} else {
 		wc := &route.WeightedCluster{}
 		for _, w := range ws {
-			cw := &route.WeightedCluster_ClusterWeight{Name: w.cluster, Weight: wrapperspb.UInt32(w.weight)}
+			cw := &route.WeightedCluster_ClusterWeight{Name: b.clusterRef(w.cluster), Weight: wrapperspb.UInt32(w.weight)}
 			if sp := w.split; sp != nil {
 				cw.RequestHeadersToAdd = headersToAdd(sp.RequestHeaders)
 				cw.ResponseHeadersToAdd = headersToAdd(sp.ResponseHeaders)

@@ -24,10 +24,12 @@ type Options struct {
 	OutboundPort int
 	// MeshPort is where every host's proxy accepts mTLS from its peers.
 	MeshPort int
-	// VIPs are the services' virtual IPs, by service name. The capture
-	// issue allocates them; until then it is empty and the outbound
-	// listener only passes traffic through.
+	// VIPs are fixed virtual IPs by service name. NewView adds the VIPs
+	// the raft leader allocated in the catalog (vips.go); these win.
 	VIPs map[string]VIP
+	// IntentionsDefaultAllow is the agent's intentions_default: whether a
+	// connection no intention matches is allowed (intentions.go).
+	IntentionsDefaultAllow bool
 }
 
 // VIP is a service's virtual IP and, optionally, the ports it answers on
@@ -73,6 +75,10 @@ type View struct {
 	keys     []string // sorted keys of services
 	// byNode lists each node's instances, sorted by ID.
 	byNode map[string][]*instance
+	// intentions (highest precedence first) and the CA's trust domain
+	// authorize inbound connections (intentions.go).
+	intentions  []*discovery.Intention
+	trustDomain string
 }
 
 type service struct {
@@ -194,6 +200,8 @@ func NewView(st *discovery.MeshState, opts Options) *View {
 		v.keys = append(v.keys, k)
 	}
 	sort.Strings(v.keys)
+	v.opts.VIPs = withCatalogVIPs(v, st.VIPs, v.opts.VIPs) // vips.go
+	v.intentions, v.trustDomain = st.Intentions, st.TrustDomain
 	for _, insts := range v.byNode {
 		sort.Slice(insts, func(i, j int) bool { return insts[i].ID < insts[j].ID })
 	}

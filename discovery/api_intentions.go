@@ -1,0 +1,241 @@
+package discovery
+
+import (
+	"crypto/rand"
+	"fmt"
+	"io"
+	"net/http"
+	"time"
+
+	"github.com/hashicorp/go-memdb"
+)
+
+// registerIntentions adds Consul's /v1/connect/intentions endpoints: the
+// exact (by source and destination) ones consul/api uses today, list,
+// check and match, and reads and deletes by the legacy ID. Creating or
+// updating by ID (POST /v1/connect/intentions, PUT
+// /v1/connect/intentions/:id, deprecated in Consul) is refused with a 400
+// that says what to use instead.
+func (a *API) registerIntentions(mux *http.ServeMux) {
+	mux.HandleFunc("GET /v1/connect/intentions", a.intentionList)
+	mux.HandleFunc("POST /v1/connect/intentions", a.intentionLegacyWrite)
+	mux.HandleFunc("GET /v1/connect/intentions/exact", a.intentionGetExact)
+	mux.HandleFunc("PUT /v1/connect/intentions/exact", a.intentionPutExact)
+	mux.HandleFunc("DELETE /v1/connect/intentions/exact", a.intentionDeleteExact)
+	mux.HandleFunc("GET /v1/connect/intentions/check", a.intentionCheck)
+	mux.HandleFunc("GET /v1/connect/intentions/match", a.intentionMatch)
+	mux.HandleFunc("GET /v1/connect/intentions/{id}", a.intentionGetByID)
+	mux.HandleFunc("PUT /v1/connect/intentions/{id}", a.intentionLegacyWrite)
+	mux.HandleFunc("DELETE /v1/connect/intentions/{id}", a.intentionDeleteByID)
+}
+
+// intentionPair reads ?source= and ?destination=, both required.
+func intentionPair(r *http.Request) (source, destination string, err error) {
+	q := r.URL.Query()
+	for _, p := range []struct {
+		param string
+		out   *string
+	}{{"source", &source}, {"destination", &destination}} {
+		v, ok := q[p.param]
+		if !ok || v[0] == "" {
+			return "", "", badRequest("required query parameter '%s' not set", p.param)
+		}
+		if *p.out, err = ParseIntentionName(p.param, v[0]); err != nil {
+			return "", "", err
+		}
+	}
+	return source, destination, nil
+}
+
+// newIntentionID is a random (version 4) UUID, as Consul's intention IDs.
+func newIntentionID() string {
+	var u [16]byte
+	rand.Read(u[:])
+	u[6] = (u[6] & 0x0f) | 0x40
+	u[8] = (u[8] & 0x3f) | 0x80
+	return fmt.Sprintf("%x-%x-%x-%x-%x", u[0:4], u[4:6], u[6:8], u[8:10], u[10:])
+}
+
+func (a *API) intentionPutExact(w http.ResponseWriter, r *http.Request) {
+	src, dst, err := intentionPair(r)
+	if err != nil {
+		a.writeError(w, r, err)
+		return
+	}
+	body, err := io.ReadAll(http.MaxBytesReader(nil, r.Body, maxBody))
+	if err != nil {
+		a.writeError(w, r, badRequest("Request decode failed: %v", err))
+		return
+	}
+	ixn, err := DecodeIntention(body, src, dst)
+	if err != nil {
+		a.writeError(w, r, err)
+		return
+	}
+	// The ID and times are chosen here, not in the FSM, which must be
+	// deterministic; the store keeps the old ID and creation time when
+	// the pair already exists.
+	now := time.Now().UnixNano()
+	ixn.ID, ixn.CreatedAt, ixn.UpdatedAt = newIntentionID(), now, now
+	if _, err := a.apply(r, IntentionRequest{Op: IntentionUpsert, Intention: *ixn}); err != nil {
+		a.writeError(w, r, err)
+		return
+	}
+	writeJSON(w, true)
+}
+
+func (a *API) intentionGetExact(w http.ResponseWriter, r *http.Request) {
+	src, dst, err := intentionPair(r)
+	if err != nil {
+		a.writeError(w, r, err)
+		return
+	}
+	var out *Intention
+	if !a.read(w, r, func(ws memdb.WatchSet) (uint64, error) {
+		idx, ixn, err := a.Store.IntentionExact(ws, src, dst)
+		out = ixn
+		return idx, err
+	}) {
+		return
+	}
+	if out == nil {
+		a.writeError(w, r, notFound("Intention not found: %s => %s", src, dst))
+		return
+	}
+	writeJSON(w, out)
+}
+
+func (a *API) intentionDeleteExact(w http.ResponseWriter, r *http.Request) {
+	src, dst, err := intentionPair(r)
+	if err != nil {
+		a.writeError(w, r, err)
+		return
+	}
+	a.intentionDelete(w, r, src, dst)
+}
+
+func (a *API) intentionDelete(w http.ResponseWriter, r *http.Request, src, dst string) {
+	req := IntentionRequest{Op: IntentionDelete, Intention: Intention{SourceName: src, DestinationName: dst}}
+	if _, err := a.apply(r, req); err != nil {
+		a.writeError(w, r, err)
+		return
+	}
+	writeJSON(w, true)
+}
+
+func (a *API) intentionList(w http.ResponseWriter, r *http.Request) {
+	var out []*Intention
+	if !a.read(w, r, func(ws memdb.WatchSet) (uint64, error) {
+		idx, ixns, err := a.Store.Intentions(ws)
+		out = ixns
+		return idx, err
+	}) {
+		return
+	}
+	writeJSON(w, nonNil(out))
+}
+
+// intentionCheck answers whether source may connect to destination, from
+// the intentions and this agent's intentions_default.
+func (a *API) intentionCheck(w http.ResponseWriter, r *http.Request) {
+	src, dst, err := intentionPair(r)
+	if err != nil {
+		a.writeError(w, r, err)
+		return
+	}
+	for _, p := range []struct{ param, v string }{{"source", src}, {"destination", dst}} {
+		if p.v == IntentionWildcard {
+			a.writeError(w, r, badRequest("%s: must name a service, not the wildcard", p.param))
+			return
+		}
+	}
+	if st := r.URL.Query().Get("source-type"); st != "" && st != "consul" {
+		a.writeError(w, r, badRequest("source-type: %q is not supported; only consul is", st))
+		return
+	}
+	var allowed bool
+	if !a.read(w, r, func(ws memdb.WatchSet) (uint64, error) {
+		idx, ixns, err := a.Store.IntentionMatch(ws, "destination", dst)
+		allowed, _ = IntentionDecision(ixns, src, dst, a.IntentionsDefaultAllow)
+		return idx, err
+	}) {
+		return
+	}
+	writeJSON(w, struct{ Allowed bool }{allowed})
+}
+
+// intentionMatch lists, for each ?name=, the intentions whose source or
+// destination (?by=) matches it, highest precedence first.
+func (a *API) intentionMatch(w http.ResponseWriter, r *http.Request) {
+	q := r.URL.Query()
+	by := q.Get("by")
+	if by != "source" && by != "destination" {
+		a.writeError(w, r, badRequest("by: %q is not source or destination", by))
+		return
+	}
+	names := q["name"]
+	if len(names) == 0 {
+		a.writeError(w, r, badRequest("required query parameter 'name' not set"))
+		return
+	}
+	for _, n := range names {
+		if _, err := ParseIntentionName("name", n); err != nil {
+			a.writeError(w, r, err)
+			return
+		}
+	}
+	out := map[string][]*Intention{}
+	if !a.read(w, r, func(ws memdb.WatchSet) (uint64, error) {
+		var idx uint64
+		for _, n := range names {
+			name, _ := ParseIntentionName("name", n)
+			i, ixns, err := a.Store.IntentionMatch(ws, by, name)
+			if err != nil {
+				return i, err
+			}
+			idx = max(idx, i)
+			// Keyed by the name as asked, as Consul does.
+			out[n] = nonNil(ixns)
+		}
+		return idx, nil
+	}) {
+		return
+	}
+	writeJSON(w, out)
+}
+
+func (a *API) intentionGetByID(w http.ResponseWriter, r *http.Request) {
+	id := r.PathValue("id")
+	var out *Intention
+	if !a.read(w, r, func(ws memdb.WatchSet) (uint64, error) {
+		idx, ixn, err := a.Store.IntentionByID(ws, id)
+		out = ixn
+		return idx, err
+	}) {
+		return
+	}
+	if out == nil {
+		a.writeError(w, r, notFound("Intention not found: %s", id))
+		return
+	}
+	writeJSON(w, out)
+}
+
+func (a *API) intentionDeleteByID(w http.ResponseWriter, r *http.Request) {
+	id := r.PathValue("id")
+	_, ixn, err := a.Store.IntentionByID(nil, id)
+	if err != nil {
+		a.writeError(w, r, err)
+		return
+	}
+	if ixn == nil {
+		a.writeError(w, r, notFound("Intention not found: %s", id))
+		return
+	}
+	a.intentionDelete(w, r, ixn.SourceName, ixn.DestinationName)
+}
+
+func (a *API) intentionLegacyWrite(w http.ResponseWriter, r *http.Request) {
+	a.writeError(w, r, badRequest("writing intentions by ID is not supported: use the exact endpoints, "+
+		"PUT /v1/connect/intentions/exact?source=SRC&destination=DST (consul/api: Connect().IntentionUpsert)"))
+}

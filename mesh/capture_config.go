@@ -1,0 +1,109 @@
+package mesh
+
+import (
+	"errors"
+	"fmt"
+	"net"
+	"net/netip"
+	"strconv"
+
+	"github.com/vmesh/vmesh/iptables"
+)
+
+// CaptureConfig is the `capture { ... }` block: how traffic is steered
+// into the local proxy (iptables/). VIP allocation reads VIPRange too.
+type CaptureConfig struct {
+	// Enabled: the agent applies capture on start and removes it on stop
+	// (not wired yet: `vmesh redirect apply` does it by hand).
+	Enabled bool `hcl:"enabled"`
+	// VIPRange is where service VIPs come from (default 240.0.0.0/4).
+	VIPRange string `hcl:"vip_range"`
+	// CaptureAll sends all outbound TCP, not only to VIPs, to the proxy.
+	CaptureAll bool `hcl:"capture_all"`
+	// CaptureDNS sends port 53 (IPv4) to the agent's DNS.
+	CaptureDNS bool `hcl:"capture_dns"`
+	// InboundPorts are local service ports whose inbound TCP goes through
+	// the inbound listener (so nobody bypasses mTLS).
+	InboundPorts []int    `hcl:"inbound_ports"`
+	ExcludePorts []int    `hcl:"exclude_ports"`
+	ExcludeCIDRs []string `hcl:"exclude_cidrs"`
+	// ExcludeUIDs are user names or numbers.
+	ExcludeUIDs []string `hcl:"exclude_uids"`
+	// ProxyMark is the proxy sockets' SO_MARK (default 0x539).
+	ProxyMark int `hcl:"proxy_mark"`
+	// DNSPort is where captured DNS goes (default: the agent's DNS port).
+	DNSPort int `hcl:"dns_port"`
+	// Backend forces "nft" or "legacy"; default: what `iptables` is.
+	Backend string `hcl:"backend"`
+}
+
+// validateCapture checks the capture block when capture is on; `vmesh
+// redirect` checks it always (captureDesired).
+func (c *Config) validateCapture() []error {
+	if !c.Capture.Enabled {
+		return nil
+	}
+	if _, err := c.captureDesired(); err != nil {
+		return []error{err}
+	}
+	return nil
+}
+
+// captureDesired turns the configuration into the iptables package's
+// Desired: the capture block, plus this agent's own ports, which are never
+// captured. Errors name the key.
+func (c *Config) captureDesired() (iptables.Desired, error) {
+	d := iptables.DefaultDesired()
+	cc := c.Capture
+	var errs []error
+	if cc.VIPRange != "" {
+		p, err := netip.ParsePrefix(cc.VIPRange)
+		if err != nil {
+			errs = append(errs, fmt.Errorf("capture.vip_range: %q is not a CIDR", cc.VIPRange))
+		} else {
+			d.VIPRanges = []netip.Prefix{p}
+		}
+	}
+	d.CaptureAll, d.CaptureDNS = cc.CaptureAll, cc.CaptureDNS
+	d.InboundPorts = append(d.InboundPorts, cc.InboundPorts...)
+	d.ExcludePorts = append(d.ExcludePorts, cc.ExcludePorts...)
+	cidrs, err := iptables.ParseCIDRs("capture.exclude_cidrs", cc.ExcludeCIDRs)
+	errs = append(errs, err)
+	d.ExcludeCIDRs = cidrs
+	uids, err := iptables.ParseUIDs("capture.exclude_uids", cc.ExcludeUIDs)
+	errs = append(errs, err)
+	d.ExcludeUIDs = uids
+	if cc.ProxyMark < 0 || cc.ProxyMark > 0xFFFFFFFF {
+		errs = append(errs, fmt.Errorf("capture.proxy_mark: %d is not a 32-bit mark", cc.ProxyMark))
+	} else if cc.ProxyMark != 0 {
+		d.ProxyMark = uint32(cc.ProxyMark)
+	}
+	switch {
+	case cc.DNSPort != 0:
+		d.DNSPort = cc.DNSPort
+	case portOf(c.DNSAddr()) > 0:
+		d.DNSPort = portOf(c.DNSAddr()) // the agent's own DNS (dns.go)
+	}
+	switch cc.Backend {
+	case "", "nft", "legacy":
+	default:
+		errs = append(errs, fmt.Errorf("capture.backend: %q is not nft or legacy", cc.Backend))
+	}
+	// This agent's ports, as configured, besides the defaults.
+	for _, p := range []int{c.Ports.HTTP, c.Ports.Cluster, d.DNSPort, portOf(c.Addresses.HTTP), portOf(c.Addresses.XDS), portOf(c.AdminAddr())} {
+		if p > 0 {
+			d.AgentPorts = append(d.AgentPorts, p)
+		}
+	}
+	// Parse errors and Validate's, all at once.
+	return d, errors.Join(append(errs, d.Validate())...)
+}
+
+func portOf(addr string) int {
+	_, p, err := net.SplitHostPort(addr)
+	if err != nil {
+		return 0
+	}
+	n, _ := strconv.Atoi(p)
+	return n
+}
