@@ -347,7 +347,7 @@ func (b *builder) serviceCluster(s *service) *cluster.Cluster {
 			}
 		}
 	}
-	if !b.node.Mesh() {
+	if !b.node.meshEndpoints() {
 		return c
 	}
 	// Between proxies, HTTP/2 and gRPC stay HTTP/2.
@@ -445,7 +445,7 @@ func (b *builder) loadAssignment(s *service) *endpoint.ClusterLoadAssignment {
 			continue
 		}
 		w = min(w, maxEndpointWeight)
-		if b.node.Mesh() && !in.external && s.protocol != discovery.ProtocolUDP {
+		if b.node.meshEndpoints() && !in.external && s.protocol != discovery.ProtocolUDP {
 			ip, ok := ipAddr(in.node.Address)
 			if !ok {
 				continue

@@ -314,6 +314,8 @@ func buildKey(info NodeInfo) string {
 		return "mesh:" + info.Node
 	case info.Proxyless:
 		return "client:proxyless"
+	case info.MeshTLS:
+		return "client:mesh-mtls"
 	}
 	return "client"
 }

@@ -245,7 +245,21 @@ type NodeInfo struct {
 	// implement (random, maglev) are served as their nearest equivalent
 	// instead of being NACKed.
 	Proxyless bool
+	// MeshTLS marks a client that is not a host's proxy but asked, in its
+	// bootstrap's node metadata (MetaMeshMTLS: true), to reach mesh
+	// instances as a proxy does: at their host's mesh port, over mTLS with
+	// SNI, presenting secrets it brings itself (SecretNodeCert,
+	// SecretRoots). A user's Envoy at the edge is the case.
+	MeshTLS bool
 }
+
+// MetaMeshMTLS is the node metadata key with which a client that is not a
+// host's proxy asks for mesh endpoints and mTLS.
+const MetaMeshMTLS = "vmesh_mesh_mtls"
+
+// meshEndpoints reports whether the client reaches mesh instances through
+// their host's mesh port with mTLS.
+func (n NodeInfo) meshEndpoints() bool { return n.Mesh() || n.MeshTLS }
 
 // Mesh reports whether the client is a host's mesh proxy.
 func (n NodeInfo) Mesh() bool { return n.Node != "" }
@@ -258,6 +272,11 @@ func (v *View) NodeInfo(n *core.Node) NodeInfo {
 	info := NodeInfo{ID: n.GetId(), Proxyless: strings.HasPrefix(n.GetUserAgentName(), "gRPC")}
 	if _, ok := v.nodes[info.ID]; ok && !info.Proxyless {
 		info.Node = info.ID
+	}
+	if f, ok := n.GetMetadata().GetFields()[MetaMeshMTLS]; ok && !info.Mesh() && !info.Proxyless {
+		// gRPC's own xDS client has no SDS, so a proxyless client cannot
+		// take this up; it keeps the instances' own addresses.
+		info.MeshTLS = f.GetBoolValue() || f.GetStringValue() == "true"
 	}
 	return info
 }
