@@ -19,6 +19,7 @@ import (
 
 	"github.com/hashicorp/go-memdb"
 	"github.com/vmesh/vmesh/discovery"
+	"github.com/vmesh/vmesh/iptables"
 )
 
 // Version is the agent's version, set at build time with -ldflags.
@@ -51,6 +52,10 @@ type Agent struct {
 	wg     sync.WaitGroup
 	// removeDataDir is set for -dev, whose data dir is a temp dir.
 	removeDataDir bool
+
+	// capture is traffic capture (capture.go); nil when off.
+	capture      *captureRunner
+	captureLinks *iptables.Netlink
 }
 
 // NewAgent prepares an agent; nothing runs until Start.
@@ -97,6 +102,11 @@ func (a *Agent) Start(ctx context.Context) (err error) {
 	}
 
 	a.store = discovery.NewStore()
+	// Capture is checked (with the host's routes) before anything starts,
+	// and applied last, below.
+	if err := a.prepareCapture(); err != nil {
+		return err
+	}
 	if err := a.startCluster(ctx); err != nil {
 		return err
 	}
@@ -125,6 +135,9 @@ func (a *Agent) Start(ctx context.Context) (err error) {
 		return fmt.Errorf("listening for the HTTP API on %s: %w", a.cfg.HTTPAddr(), err)
 	}
 	a.httpSrv = &http.Server{Handler: mux, ReadHeaderTimeout: 10 * time.Second}
+	if err := a.applyCapture(ctx); err != nil {
+		return err
+	}
 
 	runCtx, cancel := context.WithCancel(context.WithoutCancel(ctx))
 	a.cancel = cancel
@@ -136,6 +149,9 @@ func (a *Agent) Start(ctx context.Context) (err error) {
 	a.goLoop(func() { a.runLocalState(runCtx) })
 	if a.xds.leaves != nil {
 		a.goLoop(func() { a.xds.leaves.Run(runCtx) })
+	}
+	if a.capture != nil {
+		a.goLoop(func() { a.capture.run(runCtx) })
 	}
 	a.banner()
 	return nil
@@ -170,6 +186,7 @@ func (a *Agent) banner() {
 	}
 	a.xdsBanner()
 	a.dnsBanner()
+	a.captureBanner()
 }
 
 // runLocalState waits for a leader, registers this node and the services
@@ -190,7 +207,7 @@ func (a *Agent) runLocalState(ctx context.Context) {
 		if err == nil {
 			break
 		}
-		a.logger.Warn("no raft leader yet; still waiting", "bootstrap", a.cfg.Bootstrap || a.cfg.Dev)
+		a.logger.Warn("no raft leader yet; still waiting", "bootstrap", a.cfg.Bootstrap)
 	}
 	if !retry(ctx, a.logger, "registering this node", a.registerNode) {
 		return
@@ -375,6 +392,8 @@ func (a *Agent) handleSnapshot(w http.ResponseWriter, r *http.Request) {
 // Close stops everything Start started, in reverse order.
 func (a *Agent) Close() error {
 	var errs []error
+	// Capture went up last; stop steering traffic before the rest goes.
+	a.closeCapture()
 	if a.httpSrv != nil {
 		// Let requests in flight finish; then cut what is left (blocking
 		// queries, and connections that never sent a request, which

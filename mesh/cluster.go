@@ -89,10 +89,10 @@ func (a *Agent) startCluster(ctx context.Context) error {
 		if err != nil {
 			return err
 		}
-		return a.openRaft(id, ca, a.cfg.Bootstrap || a.cfg.Dev)
+		return a.openRaft(id, ca, a.cfg.Bootstrap)
 	case !errors.Is(err, raft.ErrNoIdentity):
 		return fmt.Errorf("loading the node identity: %w", err)
-	case a.cfg.Bootstrap || a.cfg.Dev:
+	case a.cfg.Bootstrap:
 		id, ca, err := raft.BootstrapIdentity(a.cfg.DataDir, a.cfg.Cluster.TrustDomain, a.cfg.NodeName)
 		if err != nil {
 			return fmt.Errorf("creating the cluster CA: %w", err)
@@ -184,6 +184,7 @@ func (a *Agent) leave(ctx context.Context, force bool) error {
 	if err := os.WriteFile(leftFile(a.cfg.DataDir), []byte(time.Now().UTC().Format(time.RFC3339)+"\n"), 0o600); err != nil {
 		return fmt.Errorf("left, but could not record it: %w", err)
 	}
+	a.removeCapture(ctx) // capture.go: a node out of the mesh steers nothing into it
 	a.leftOnce.Do(func() { close(a.left) })
 	return nil
 }

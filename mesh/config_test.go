@@ -85,6 +85,19 @@ func TestConfigDev(t *testing.T) {
 	}
 }
 
+func TestConfigDevJoin(t *testing.T) {
+	cfg, err := parseAgentFlags(t, "-dev", "-node", "two", "-join", "127.0.0.1:7400", "-token", "vmesh1.a.b."+strings.Repeat("0", 64))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if cfg.Bootstrap || !cfg.Dev || cfg.Join != "127.0.0.1:7400" {
+		t.Fatalf("dev with -join = bootstrap %v, dev %v, join %q; want a dev agent that joins instead of bootstrapping", cfg.Bootstrap, cfg.Dev, cfg.Join)
+	}
+	if _, err := parseAgentFlags(t, "-bootstrap", "-join", "127.0.0.1:7400", "-token", "x"); err == nil || !strings.Contains(err.Error(), "bootstrap") {
+		t.Fatalf("-bootstrap with -join = %v; want an error naming bootstrap", err)
+	}
+}
+
 func TestConfigValidateReportsEverything(t *testing.T) {
 	cfg := DefaultConfig()
 	cfg.NodeName = "has space"

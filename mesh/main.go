@@ -134,8 +134,9 @@ type agentFlags struct {
 	httpAddr, datacenter, logLevel string
 	servicesDir, join, token       string
 	clusterPort                    int
-	xds                            xdsFlags // xds.go
-	dns                            dnsFlags // dns.go
+	xds                            xdsFlags     // xds.go
+	dns                            dnsFlags     // dns.go
+	capture                        captureFlags // capture.go
 }
 
 func (f *agentFlags) register(fs *flag.FlagSet) {
@@ -156,6 +157,7 @@ func (f *agentFlags) register(fs *flag.FlagSet) {
 	fs.StringVar(&f.token, "token", "", "join `token` from 'vmesh token create'")
 	f.xds.register(fs)
 	f.dns.register(fs)
+	f.capture.register(fs)
 }
 
 // buildConfig applies defaults, files and set flags, then validates. Every
@@ -222,8 +224,13 @@ func (f *agentFlags) buildConfig(fs *flag.FlagSet) (Config, error) {
 	if set["token"] {
 		cfg.Token = f.token
 	}
+	if f.dev && cfg.Join != "" {
+		// A dev agent that joins another does not start a cluster of its own.
+		cfg.Bootstrap = false
+	}
 	f.xds.apply(set, &cfg)
 	f.dns.apply(set, &cfg)
+	f.capture.apply(set, &cfg)
 	if err := cfg.Validate(); err != nil {
 		return cfg, fmt.Errorf("invalid configuration:\n%w", err)
 	}
