@@ -287,6 +287,24 @@ func (a *API) read(w http.ResponseWriter, r *http.Request, query func(ws memdb.W
 	return true
 }
 
+// readOne serves one object with a (possibly blocking) read, or answers
+// missing() when the query finds none.
+func readOne[T any](a *API, w http.ResponseWriter, r *http.Request, query func(ws memdb.WatchSet) (uint64, *T, error), missing func() error) {
+	var out *T
+	if !a.read(w, r, func(ws memdb.WatchSet) (uint64, error) {
+		idx, v, err := query(ws)
+		out = v
+		return idx, err
+	}) {
+		return
+	}
+	if out == nil {
+		a.writeError(w, r, missing())
+		return
+	}
+	writeJSON(w, out)
+}
+
 // apply sends a write through raft.
 func (a *API) apply(r *http.Request, cmd Command) (uint64, error) {
 	if a.WaitReady != nil {

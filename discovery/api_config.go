@@ -87,19 +87,9 @@ func (a *API) configGet(w http.ResponseWriter, r *http.Request) {
 		a.writeError(w, r, err)
 		return
 	}
-	var out *ConfigEntry
-	if !a.read(w, r, func(ws memdb.WatchSet) (uint64, error) {
-		idx, e, err := a.Store.ConfigEntry(ws, kind, name)
-		out = e
-		return idx, err
-	}) {
-		return
-	}
-	if out == nil {
-		a.writeError(w, r, notFound("Config entry not found for %q / %q", kind, name))
-		return
-	}
-	writeJSON(w, out)
+	readOne(a, w, r, func(ws memdb.WatchSet) (uint64, *ConfigEntry, error) {
+		return a.Store.ConfigEntry(ws, kind, name)
+	}, func() error { return notFound("Config entry not found for %q / %q", kind, name) })
 }
 
 func (a *API) configList(w http.ResponseWriter, r *http.Request) {

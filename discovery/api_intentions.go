@@ -90,19 +90,9 @@ func (a *API) intentionGetExact(w http.ResponseWriter, r *http.Request) {
 		a.writeError(w, r, err)
 		return
 	}
-	var out *Intention
-	if !a.read(w, r, func(ws memdb.WatchSet) (uint64, error) {
-		idx, ixn, err := a.Store.IntentionExact(ws, src, dst)
-		out = ixn
-		return idx, err
-	}) {
-		return
-	}
-	if out == nil {
-		a.writeError(w, r, notFound("Intention not found: %s => %s", src, dst))
-		return
-	}
-	writeJSON(w, out)
+	readOne(a, w, r, func(ws memdb.WatchSet) (uint64, *Intention, error) {
+		return a.Store.IntentionExact(ws, src, dst)
+	}, func() error { return notFound("Intention not found: %s => %s", src, dst) })
 }
 
 func (a *API) intentionDeleteExact(w http.ResponseWriter, r *http.Request) {

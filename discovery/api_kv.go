@@ -1,7 +1,6 @@
 package discovery
 
 import (
-	"errors"
 	"io"
 	"net/http"
 	"strconv"
@@ -161,13 +160,5 @@ func (a *API) kvDelete(w http.ResponseWriter, r *http.Request) {
 // failed check-and-set is false with status 200.
 func (a *API) kvWrite(w http.ResponseWriter, r *http.Request, req KVRequest) {
 	_, err := a.apply(r, req)
-	if errors.Is(err, ErrCASConflict) {
-		writeJSON(w, false)
-		return
-	}
-	if err != nil {
-		a.writeError(w, r, err)
-		return
-	}
-	writeJSON(w, true)
+	a.writeBool(w, r, err)
 }
