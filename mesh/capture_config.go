@@ -6,6 +6,7 @@ import (
 	"net"
 	"net/netip"
 	"strconv"
+	"time"
 
 	"github.com/vmesh/vmesh/iptables"
 )
@@ -13,9 +14,12 @@ import (
 // CaptureConfig is the `capture { ... }` block: how traffic is steered
 // into the local proxy (iptables/). VIP allocation reads VIPRange too.
 type CaptureConfig struct {
-	// Enabled: the agent applies capture on start and removes it on stop
-	// (not wired yet: `vmesh redirect apply` does it by hand).
+	// Enabled: the agent applies capture on start, keeps it in step with
+	// the VIPs, and removes it on stop and leave (capture.go).
 	Enabled bool `hcl:"enabled"`
+	// ReconcileInterval is how often the agent repairs drift (someone
+	// flushed our chains or deleted vmesh0); default 30s.
+	ReconcileInterval time.Duration `hcl:"reconcile_interval"`
 	// VIPRange is where service VIPs come from (default 240.0.0.0/4).
 	VIPRange string `hcl:"vip_range"`
 	// CaptureAll sends all outbound TCP, not only to VIPs, to the proxy.
@@ -40,13 +44,17 @@ type CaptureConfig struct {
 // validateCapture checks the capture block when capture is on; `vmesh
 // redirect` checks it always (captureDesired).
 func (c *Config) validateCapture() []error {
+	var errs []error
+	if c.Capture.ReconcileInterval < 0 {
+		errs = append(errs, fmt.Errorf("capture.reconcile_interval: must not be negative, got %s", c.Capture.ReconcileInterval))
+	}
 	if !c.Capture.Enabled {
-		return nil
+		return errs
 	}
 	if _, err := c.captureDesired(); err != nil {
-		return []error{err}
+		errs = append(errs, err)
 	}
-	return nil
+	return errs
 }
 
 // captureDesired turns the configuration into the iptables package's

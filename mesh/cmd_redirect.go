@@ -80,7 +80,11 @@ func runRedirect(ctx context.Context, env *cliEnv, args []string) int {
 			return showCapture(ctx, env, c, l, fail)
 		}
 		var errs []error
-		errs = append(errs, c.Remove(ctx))
+		// No iptables on the host: vmesh cannot have added rules (the
+		// unit's ExecStopPost runs this on hosts without capture too).
+		if err := c.Remove(ctx); !errors.Is(err, iptables.ErrNoIptables) {
+			errs = append(errs, err)
+		}
 		if l != nil {
 			errs = append(errs, l.Remove())
 		}

@@ -101,9 +101,10 @@ func Unit(o UnitOptions) (string, error) {
 	w("NotifyAccess=main")
 	w("ExecStart=%s agent -config %s", o.ExecPath, o.ConfigPath)
 	w("ExecReload=/bin/kill -HUP $MAINPID")
-	// Traffic capture is a later issue; with it comes
-	// ExecStopPost=<ExecPath> redirect remove, so that a crashed agent
-	// leaves no rules steering traffic into a proxy that is gone.
+	w("# However the agent ended (crash, watchdog, SIGKILL), no capture rule")
+	w("# may steer traffic into a proxy that is gone. '+' runs it as root,")
+	w("# outside the sandbox below; it is a no-op when nothing is there.")
+	w("ExecStopPost=+%s redirect remove", o.ExecPath)
 	w("# The agent pings at half this while its API and raft are alive.")
 	w("WatchdogSec=%ds", int(o.Watchdog/time.Second))
 	w("Restart=on-failure")

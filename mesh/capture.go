@@ -1,0 +1,279 @@
+package mesh
+
+import (
+	"context"
+	"errors"
+	"flag"
+	"fmt"
+	"log/slog"
+	"net/netip"
+	"slices"
+	"strings"
+	"sync"
+	"time"
+
+	"github.com/hashicorp/go-memdb"
+	"github.com/vmesh/vmesh/discovery"
+	"github.com/vmesh/vmesh/iptables"
+)
+
+// Capture in the agent (`capture { enabled = true }` or -capture): Start
+// applies the rules and sets vmesh0 to the current VIPs before it returns
+// (so before READY=1); a loop re-applies when the VIP set changes and
+// repairs drift every reconcile_interval; Close and leave remove both.
+// The rules come from the same builder as `vmesh redirect apply -config`
+// (Config.captureDesired).
+
+// DefaultCaptureReconcile is how often the agent checks that its rules and
+// vmesh0 are still what it applied.
+const DefaultCaptureReconcile = 30 * time.Second
+
+// captureMinGap rate-limits applies: VIP changes that come in a burst are
+// applied together, at most once per gap.
+const captureMinGap = time.Second
+
+// captureFlags are the agent's capture flags.
+type captureFlags struct{ enabled bool }
+
+func (f *captureFlags) register(fs *flag.FlagSet) {
+	fs.BoolVar(&f.enabled, "capture", false, "apply traffic capture (iptables, vmesh0) on start, remove it on stop; needs CAP_NET_ADMIN (docs/capture.md)")
+}
+
+func (f *captureFlags) apply(set map[string]bool, cfg *Config) {
+	if set["capture"] {
+		cfg.Capture.Enabled = f.enabled
+	}
+}
+
+// captureRunner keeps the kernel's capture state (our iptables rules and
+// vmesh0's addresses) equal to the configuration and the catalog's VIPs.
+type captureRunner struct {
+	c        *iptables.Capture
+	links    iptables.Links
+	desired  iptables.Desired
+	store    *discovery.Store
+	interval time.Duration
+	minGap   time.Duration
+	logger   *slog.Logger
+
+	mu      sync.Mutex
+	applied bool         // we touched the kernel: Close and leave must remove
+	stopped bool         // removed (stop or leave): never apply again
+	rules   string       // Show() right after our last apply
+	vips    []netip.Addr // what we last set on vmesh0
+	applies int          // how many times we applied (tests)
+}
+
+func newCaptureRunner(d iptables.Desired, r iptables.Runner, links iptables.Links, backend string, store *discovery.Store, interval time.Duration, logger *slog.Logger) *captureRunner {
+	if interval <= 0 {
+		interval = DefaultCaptureReconcile
+	}
+	return &captureRunner{
+		c:       iptables.New(r, iptables.Options{Links: links, Backend: backend, Logger: logger}),
+		links:   links,
+		desired: d, store: store, interval: interval, minGap: captureMinGap, logger: logger,
+	}
+}
+
+// prepareCapture builds the desired state and checks it against the
+// host's routes. It changes nothing: a bad capture block fails the start
+// as a configuration error before the kernel is touched.
+func (a *Agent) prepareCapture() error {
+	if !a.cfg.Capture.Enabled {
+		return nil
+	}
+	d, err := a.cfg.captureDesired()
+	if err != nil {
+		return &ConfigError{Err: err}
+	}
+	nl, err := iptables.NewNetlink()
+	if err != nil {
+		return fmt.Errorf("capture: %w", err)
+	}
+	r := newCaptureRunner(d, iptables.ExecRunner{}, nl, a.cfg.Capture.Backend, a.store, a.cfg.Capture.ReconcileInterval,
+		a.logger.With("component", "capture"))
+	if err := r.c.Check(d); err != nil {
+		nl.Close()
+		if errors.Is(err, iptables.ErrInvalid) {
+			return &ConfigError{Err: err}
+		}
+		return fmt.Errorf("capture: %w", err)
+	}
+	a.capture, a.captureLinks = r, nl
+	return nil
+}
+
+// applyCapture applies the rules and the current VIPs once; Start calls
+// it last, so READY=1 (sent after Start) comes after capture.
+func (a *Agent) applyCapture(ctx context.Context) error {
+	if a.capture == nil {
+		return nil
+	}
+	if _, err := a.capture.reconcile(ctx, nil); err != nil {
+		return fmt.Errorf("applying capture: %w", err)
+	}
+	return nil
+}
+
+// removeCapture undoes capture (stop, leave); later reconciles do nothing.
+func (a *Agent) removeCapture(ctx context.Context) {
+	if a.capture == nil {
+		return
+	}
+	if err := a.capture.remove(ctx); err != nil {
+		a.logger.Error("removing capture; run 'vmesh redirect remove' as root", "err", err)
+	}
+}
+
+func (a *Agent) closeCapture() {
+	if a.capture == nil {
+		return
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	a.removeCapture(ctx)
+	if a.captureLinks != nil {
+		a.captureLinks.Close()
+	}
+}
+
+func (a *Agent) captureBanner() {
+	if a.out == nil {
+		return
+	}
+	if a.capture == nil {
+		fmt.Fprintf(a.out, "        Capture: off\n")
+		return
+	}
+	a.capture.mu.Lock()
+	n := len(a.capture.vips)
+	a.capture.mu.Unlock()
+	fmt.Fprintf(a.out, "        Capture: on (%s, %d VIPs on %s)\n", a.capture.desired.VIPRanges, n, iptables.VIPLink)
+}
+
+// wantVIPs is the catalog's VIPs inside the configured range, sorted. A
+// VIP outside it (the range changed) is not held: no rule captures it.
+func (r *captureRunner) wantVIPs(ws memdb.WatchSet) ([]netip.Addr, error) {
+	_, vips, err := r.store.VIPs(ws)
+	if err != nil {
+		return nil, fmt.Errorf("reading VIPs: %w", err)
+	}
+	var out []netip.Addr
+	for _, v := range vips {
+		a, err := netip.ParseAddr(v.IP)
+		if err != nil {
+			continue
+		}
+		if slices.ContainsFunc(r.desired.VIPRanges, func(p netip.Prefix) bool { return p.Contains(a) }) {
+			out = append(out, a)
+		} else {
+			r.logger.Debug("VIP outside capture.vip_range; not held on "+iptables.VIPLink, "service", v.Service, "vip", a)
+		}
+	}
+	slices.SortFunc(out, netip.Addr.Compare)
+	return slices.Compact(out), nil
+}
+
+// reconcile compares the kernel with what it last applied and the VIPs
+// the catalog holds now, and applies when anything differs (or nothing was
+// applied yet). It reports whether it applied. ws, when not nil, watches
+// the VIPs.
+func (r *captureRunner) reconcile(ctx context.Context, ws memdb.WatchSet) (bool, error) {
+	want, err := r.wantVIPs(ws)
+	if err != nil {
+		return false, err
+	}
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	if r.stopped {
+		return false, nil
+	}
+	if r.applied {
+		rules, err := r.c.Show(ctx)
+		if err != nil {
+			return false, err
+		}
+		have, err := r.links.VIPs()
+		if err != nil {
+			return false, err
+		}
+		rulesOK, linkOK := rules == r.rules, slices.Equal(have, r.vips)
+		if rulesOK && linkOK && slices.Equal(want, r.vips) {
+			return false, nil
+		}
+		switch {
+		case !rulesOK:
+			r.logger.Warn("capture rules changed behind our back; repairing",
+				"rules_expected", lineCount(r.rules), "rules_found", lineCount(rules))
+		case !linkOK:
+			r.logger.Warn(iptables.VIPLink+" changed behind our back; repairing", "expected", r.vips, "found", have)
+		default:
+			r.logger.Info("VIPs changed", "vips", len(want))
+		}
+	}
+	// From here the kernel may hold something of ours: Close must remove.
+	r.applied = true
+	if err := r.c.Apply(ctx, r.desired); err != nil {
+		return true, err
+	}
+	if err := r.links.SetVIPs(want); err != nil {
+		return true, err
+	}
+	r.vips = want
+	r.applies++
+	if r.rules, err = r.c.Show(ctx); err != nil {
+		return true, err
+	}
+	return true, nil
+}
+
+// run reconciles when the VIPs change and every interval, at most once per
+// minGap, until ctx ends. Its first pass, right after Start applied, only
+// compares (and catches a VIP that changed in between).
+func (r *captureRunner) run(ctx context.Context) {
+	for {
+		start := time.Now()
+		ws := memdb.NewWatchSet()
+		wait := r.interval
+		if _, err := r.reconcile(ctx, ws); err != nil {
+			if ctx.Err() != nil {
+				return
+			}
+			r.logger.Warn("capture: reconciling; will retry", "err", err)
+			wait = min(wait, 5*time.Second)
+		}
+		wctx, cancel := context.WithTimeout(ctx, wait)
+		ws.WatchCtx(wctx) // a VIP changed, or wait passed
+		cancel()
+		if gap := r.minGap - time.Since(start); gap > 0 {
+			select {
+			case <-ctx.Done():
+			case <-time.After(gap):
+			}
+		}
+		if ctx.Err() != nil {
+			return
+		}
+	}
+}
+
+// remove deletes our rules and vmesh0 if we applied them, and stops
+// further applies.
+func (r *captureRunner) remove(ctx context.Context) error {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	r.stopped = true
+	if !r.applied {
+		return nil
+	}
+	err := errors.Join(r.c.Remove(ctx), r.links.Remove())
+	if err == nil {
+		r.applied, r.rules, r.vips = false, "", nil
+		r.logger.Info("removed capture rules and " + iptables.VIPLink)
+	}
+	return err
+}
+
+func lineCount(s string) int {
+	return strings.Count(s, "\n")
+}

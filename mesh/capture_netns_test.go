@@ -1,0 +1,286 @@
+package mesh
+
+import (
+	"crypto/rand"
+	"encoding/hex"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strings"
+	"syscall"
+	"testing"
+	"time"
+
+	"github.com/vmesh/vmesh/iptables"
+)
+
+// captureNS is a fresh network namespace for an agent with capture on.
+type captureNS struct {
+	t    *testing.T
+	name string
+}
+
+func newCaptureNS(t *testing.T) *captureNS {
+	t.Helper()
+	if os.Geteuid() != 0 {
+		t.Skip("needs root (network namespaces, iptables); CI runs it as root")
+	}
+	for _, bin := range []string{"ip", "iptables", "iptables-save", "ip6tables-save", "curl"} {
+		if _, err := exec.LookPath(bin); err != nil {
+			t.Skipf("needs %s (CI installs iptables, iproute2 and curl)", bin)
+		}
+	}
+	b := make([]byte, 4)
+	rand.Read(b)
+	ns := &captureNS{t: t, name: "vmesh-test-" + hex.EncodeToString(b)}
+	if out, err := exec.Command("ip", "netns", "add", ns.name).CombinedOutput(); err != nil {
+		t.Fatalf("ip netns add: %v: %s", err, out)
+	}
+	t.Cleanup(func() { exec.Command("ip", "netns", "del", ns.name).Run() })
+	ns.must("ip", "link", "set", "lo", "up")
+	return ns
+}
+
+func (ns *captureNS) run(argv ...string) (string, error) {
+	out, err := exec.Command("ip", append([]string{"netns", "exec", ns.name}, argv...)...).CombinedOutput()
+	return string(out), err
+}
+
+func (ns *captureNS) must(argv ...string) string {
+	ns.t.Helper()
+	out, err := ns.run(argv...)
+	if err != nil {
+		ns.t.Fatalf("%v: %v\n%s", argv, err, out)
+	}
+	return out
+}
+
+// saves is the namespace's IPv4 and IPv6 rules, counters ignored.
+func (ns *captureNS) saves() string {
+	ns.t.Helper()
+	return iptables.Normalize(ns.must("iptables-save")) + "# v6\n" + iptables.Normalize(ns.must("ip6tables-save"))
+}
+
+// vmesh0 returns vmesh0's addresses, or ok=false when it is absent.
+func (ns *captureNS) vmesh0() (addrs string, ok bool) {
+	out, err := ns.run("ip", "-o", "-4", "addr", "show", "dev", "vmesh0")
+	if err != nil {
+		return "", false
+	}
+	return out, true
+}
+
+// agent starts `vmesh agent args...` inside the namespace (ip netns exec
+// execs it, so signals reach the agent itself) and waits for its banner,
+// which Start prints after it applied capture.
+func (ns *captureNS) agent(args ...string) *proc {
+	ns.t.Helper()
+	t := ns.t
+	p := &proc{t: t, stdout: &syncBuffer{}, stderr: &syncBuffer{}, done: make(chan struct{})}
+	p.cmd = exec.Command("ip", append([]string{"netns", "exec", ns.name, vmeshBin, "agent"}, args...)...)
+	p.cmd.Stdout, p.cmd.Stderr = p.stdout, p.stderr
+	if err := p.cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	go func() {
+		p.cmd.Wait()
+		close(p.done)
+	}()
+	t.Cleanup(func() {
+		select {
+		case <-p.done:
+		default:
+			p.cmd.Process.Kill()
+			<-p.done
+		}
+		if t.Failed() {
+			t.Logf("vmesh agent %s\nstdout:\n%s\nstderr:\n%s", strings.Join(args, " "), p.stdout, p.stderr)
+		}
+	})
+	return p
+}
+
+func poll(t *testing.T, d time.Duration, what string, cond func() bool) {
+	t.Helper()
+	deadline := time.Now().Add(d)
+	for !cond() {
+		if time.Now().After(deadline) {
+			t.Fatalf("timed out after %s waiting for %s", d, what)
+		}
+		time.Sleep(200 * time.Millisecond)
+	}
+}
+
+// TestCaptureAgentNetns runs the real agent with capture on inside a fresh
+// network namespace: rules and vmesh0 are there when Start returns, a
+// registered service's VIP appears on vmesh0, drift is repaired, SIGTERM
+// leaves the baseline, SIGKILL then 'vmesh redirect remove' does too, and
+// ten kill/restart cycles leave one start's rules.
+func TestCaptureAgentNetns(t *testing.T) {
+	ns := newCaptureNS(t)
+	// Someone else's rule, which must survive everything.
+	ns.must("iptables", "-t", "nat", "-A", "OUTPUT", "-p", "tcp", "--dport", "9999", "-j", "RETURN")
+	base := ns.saves()
+
+	dir := t.TempDir()
+	cfgFile := writeFile(t, dir, "capture.hcl", "capture {\n  enabled = true\n  reconcile_interval = \"1s\"\n}\n")
+	svcDir := filepath.Join(dir, "services.d")
+	os.Mkdir(svcDir, 0o755)
+	args := []string{"-bootstrap", "-data-dir", filepath.Join(dir, "data"), "-node", "n1", "-bind", "127.0.0.1", "-client", "127.0.0.1",
+		"-http-addr", "127.0.0.1:8500", "-services-dir", svcDir, "-config", cfgFile}
+	start := func() *proc {
+		t.Helper()
+		t0 := time.Now()
+		p := ns.agent(args...)
+		p.waitHTTP(30 * time.Second)
+		t.Logf("agent started with capture in %s", time.Since(t0).Round(time.Millisecond))
+		return p
+	}
+
+	p := start()
+	once := ns.saves()
+	v4, _, _ := strings.Cut(once, "# v6\n")
+	for _, want := range []string{":VMESH_OUTPUT -\n", ":VMESH_REDIRECT -\n", "-j VMESH_OUTPUT\n", "--dport 9999 -j RETURN\n"} {
+		if n := strings.Count(v4, want); n != 1 {
+			t.Errorf("%q appears %d times after start, want once:\n%s", want, n, once)
+		}
+	}
+	if _, ok := ns.vmesh0(); !ok {
+		t.Fatal("no vmesh0 after start")
+	}
+	if !strings.Contains(p.stdout.String(), "Capture: on") {
+		t.Errorf("banner lacks the capture line:\n%s", p.stdout)
+	}
+
+	// A service registered through the API gets a VIP, which appears on
+	// vmesh0.
+	poll(t, 30*time.Second, "a leader", func() bool {
+		out, err := ns.run("curl", "-sf", "http://127.0.0.1:8500/v1/status/leader")
+		return err == nil && strings.Contains(out, "127.0.0.1")
+	})
+	ns.must("curl", "-sf", "-X", "PUT", "--data", `{"Name":"orders","Port":9090}`, "http://127.0.0.1:8500/v1/agent/service/register")
+	var vip string
+	poll(t, 15*time.Second, "the orders VIP on vmesh0", func() bool {
+		out, _ := ns.vmesh0()
+		if i := strings.Index(out, "inet 240."); i >= 0 {
+			vip = strings.Fields(out[i:])[1]
+			return true
+		}
+		return false
+	})
+	t.Logf("orders has VIP %s", vip)
+	if got := ns.saves(); got != once {
+		t.Errorf("rules changed with the VIPs:\n%s\nwant\n%s", got, once)
+	}
+
+	// Drift: an admin flushes our chain, then deletes vmesh0.
+	ns.must("iptables", "-t", "nat", "-F", "VMESH_OUTPUT")
+	t0 := time.Now()
+	poll(t, 35*time.Second, "the flushed chain to be repaired", func() bool { return ns.saves() == once })
+	t.Logf("flushed chain repaired in %s", time.Since(t0).Round(time.Millisecond))
+	ns.must("ip", "link", "del", "vmesh0")
+	poll(t, 35*time.Second, "vmesh0 to be repaired", func() bool {
+		out, _ := ns.vmesh0()
+		return strings.Contains(out, "inet "+vip+" ")
+	})
+	if !strings.Contains(p.stderr.String(), "repairing") {
+		t.Errorf("no repair logged:\n%s", p.stderr)
+	}
+
+	// A clean stop leaves the baseline.
+	if code := p.stop(syscall.SIGTERM); code != 0 {
+		t.Fatalf("SIGTERM: exit %d\n%s", code, p.stderr)
+	}
+	if got := ns.saves(); got != base {
+		t.Fatalf("after SIGTERM:\n%s\nwant the baseline:\n%s", got, base)
+	}
+	if _, ok := ns.vmesh0(); ok {
+		t.Error("vmesh0 still there after SIGTERM")
+	}
+
+	// A crash leaves the rules; 'vmesh redirect remove' clears them.
+	p = start()
+	if got := ns.saves(); got != once {
+		t.Errorf("restart:\n%s\nwant\n%s", got, once)
+	}
+	poll(t, 15*time.Second, "the VIP back on vmesh0", func() bool {
+		out, _ := ns.vmesh0()
+		return strings.Contains(out, "inet "+vip+" ")
+	})
+	p.stop(syscall.SIGKILL)
+	if got := ns.saves(); got != once {
+		t.Errorf("after SIGKILL the rules should still be there:\n%s", got)
+	}
+	ns.must(vmeshBin, "redirect", "remove")
+	if got := ns.saves(); got != base {
+		t.Fatalf("after SIGKILL and redirect remove:\n%s\nwant the baseline:\n%s", got, base)
+	}
+	if _, ok := ns.vmesh0(); ok {
+		t.Error("vmesh0 still there after redirect remove")
+	}
+
+	// Ten kill/restart cycles: one start's rules, no duplicate.
+	t0 = time.Now()
+	for range 10 {
+		start().stop(syscall.SIGKILL)
+	}
+	t.Logf("10 kill/restart cycles in %s", time.Since(t0).Round(time.Millisecond))
+	if got := ns.saves(); got != once {
+		t.Fatalf("after 10 kill/restart cycles:\n%s\nwant one start's:\n%s", got, once)
+	}
+	p = start()
+	if code := p.stop(syscall.SIGTERM); code != 0 {
+		t.Fatalf("SIGTERM: exit %d", code)
+	}
+	if got := ns.saves(); got != base {
+		t.Fatalf("final stop:\n%s\nwant the baseline:\n%s", got, base)
+	}
+
+	// Leave removes capture as part of leaving, before the agent stops.
+	p = start()
+	poll(t, 30*time.Second, "a leader", func() bool {
+		out, err := ns.run("curl", "-sf", "http://127.0.0.1:8500/v1/status/leader")
+		return err == nil && strings.Contains(out, "127.0.0.1")
+	})
+	ns.must(vmeshBin, "leave", "-force", "-http-addr", "127.0.0.1:8500")
+	if got := ns.saves(); got != base {
+		t.Errorf("after leave:\n%s\nwant the baseline:\n%s", got, base)
+	}
+	if _, ok := ns.vmesh0(); ok {
+		t.Error("vmesh0 still there after leave")
+	}
+	if code := p.wait(30 * time.Second); code != 0 {
+		t.Errorf("agent exited %d after leave", code)
+	}
+}
+
+// A capture block that cannot be applied is a configuration error (exit
+// 2), and nothing touches the kernel.
+func TestCaptureAgentBadConfigNetns(t *testing.T) {
+	ns := newCaptureNS(t)
+	ns.must("ip", "link", "add", "v0", "type", "veth", "peer", "name", "v1")
+	ns.must("ip", "addr", "add", "10.77.0.1/16", "dev", "v0")
+	ns.must("ip", "link", "set", "v0", "up")
+	base := ns.saves()
+	dir, svcDir := t.TempDir(), t.TempDir()
+	for name, block := range map[string]string{
+		"route overlap": "capture {\n  enabled = true\n  vip_range = \"10.77.128.0/17\"\n}\n",
+		"bad port":      "capture {\n  enabled = true\n  exclude_ports = [70000]\n}\n",
+	} {
+		cfgFile := writeFile(t, dir, "c.hcl", block)
+		p := ns.agent("-bootstrap", "-data-dir", filepath.Join(dir, "data"), "-node", "n1", "-bind", "127.0.0.1",
+			"-client", "127.0.0.1", "-services-dir", svcDir, "-config", cfgFile)
+		if code := p.wait(30 * time.Second); code != exitUsage {
+			t.Errorf("%s: exit %d, want %d\n%s", name, code, exitUsage, p.stderr)
+		}
+		if !strings.Contains(p.stderr.String(), "capture.") {
+			t.Errorf("%s: the error does not name the key:\n%s", name, p.stderr)
+		}
+		if got := ns.saves(); got != base {
+			t.Errorf("%s: rules changed:\n%s", name, got)
+		}
+		if _, ok := ns.vmesh0(); ok {
+			t.Errorf("%s: vmesh0 created", name)
+		}
+	}
+}
