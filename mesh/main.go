@@ -48,6 +48,7 @@ var commands = map[string]command{
 	"install":   {"install vmesh.service, /etc/vmesh and the vmesh user (systemd)", runInstall},
 	"uninstall": {"remove vmesh.service; --purge also config, data and user", runUninstall},
 	"intention": {"create, delete, list and check intentions (service-to-service authorization)", runIntention},
+	"proxy":     {"run the data plane alone, fed by an agent's xDS (--xds ADDR --node NAME)", runProxy},
 }
 
 // Main runs the vmesh CLI with args (os.Args) and returns the exit code.

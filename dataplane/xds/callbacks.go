@@ -24,7 +24,13 @@ func (s *Server) callbacks() serverv3.Callbacks {
 				return err
 			}
 			// SotW: an ACK carries the version it accepts.
-			s.answer(node, req.GetTypeUrl(), req.GetResponseNonce(), req.GetVersionInfo(), req.GetErrorDetail())
+			if rejected := s.answer(node, req.GetTypeUrl(), req.GetResponseNonce(), req.GetVersionInfo(), req.GetErrorDetail()); rejected != "" {
+				// A NACK carries the last version the client accepted, which
+				// differs from the snapshot's, so the cache would resend the
+				// rejected config at once, forever. Saying the rejected
+				// version makes it wait for a new snapshot instead.
+				req.VersionInfo = rejected
+			}
 			return nil
 		},
 		StreamResponseFunc: func(_ context.Context, id int64, _ *discoverygrpc.DiscoveryRequest, resp *discoverygrpc.DiscoveryResponse) {
@@ -105,20 +111,19 @@ func (s *Server) sent(k streamKey, typeURL, version, nonce string) {
 }
 
 // answer records a client's ACK or NACK of a response.
-func (s *Server) answer(nodeID, typeURL, nonce, version string, nack *rpcstatus.Status) {
+func (s *Server) answer(nodeID, typeURL, nonce, version string, nack *rpcstatus.Status) (rejected string) {
 	if nonce == "" && nack == nil {
-		return // a first request, or a new subscription: no answer to anything
+		return "" // a first request, or a new subscription: no answer to anything
 	}
 	s.mu.Lock()
 	c := s.clients[nodeID]
 	if c == nil {
 		s.mu.Unlock()
-		return
+		return ""
 	}
 	ts := c.typeStatus(typeURL)
 	latest := nonce == ts.SentNonce
 	if nack != nil {
-		rejected := ""
 		if latest {
 			rejected = ts.Sent
 		}
@@ -128,7 +133,7 @@ func (s *Server) answer(nodeID, typeURL, nonce, version string, nack *rpcstatus.
 		s.mu.Unlock()
 		s.logger.Warn("xDS client rejected its configuration", "node", nodeID, "type", shortType(typeURL),
 			"version", rejected, "nonce", nonce, "error", nack.GetMessage())
-		return
+		return rejected
 	}
 	if version == "" && latest {
 		version = ts.Sent
@@ -140,6 +145,7 @@ func (s *Server) answer(nodeID, typeURL, nonce, version string, nack *rpcstatus.
 		ts.Rejected = false
 	}
 	s.mu.Unlock()
+	return ""
 }
 
 // streamClosed forgets a stream; a client whose last stream closed is

@@ -263,6 +263,20 @@ func TestServerSotW(t *testing.T) {
 			ts.LastNack.Version == second.VersionInfo && ts.Acked == first.VersionInfo
 	})
 
+	// The rejected config is not sent again (no NACK loop): nothing comes
+	// until the catalog changes.
+	resent := make(chan string, 1)
+	go func() {
+		if r, err := stream.Recv(); err == nil {
+			resent <- r.GetVersionInfo()
+		}
+	}()
+	select {
+	case v := <-resent:
+		t.Fatalf("the server sent version %s again right after the NACK", v)
+	case <-time.After(300 * time.Millisecond):
+	}
+
 	// /v1/vmesh/xds/clients shows it too.
 	rec := httptest.NewRecorder()
 	srv.ClientsHandler().ServeHTTP(rec, httptest.NewRequest("GET", "/v1/vmesh/xds/clients", nil))

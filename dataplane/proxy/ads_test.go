@@ -1,0 +1,248 @@
+package proxy_test
+
+import (
+	"bufio"
+	"context"
+	"fmt"
+	"net"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	cluster "github.com/envoyproxy/go-control-plane/envoy/config/cluster/v3"
+	core "github.com/envoyproxy/go-control-plane/envoy/config/core/v3"
+	endpoint "github.com/envoyproxy/go-control-plane/envoy/config/endpoint/v3"
+	listener "github.com/envoyproxy/go-control-plane/envoy/config/listener/v3"
+	hcm "github.com/envoyproxy/go-control-plane/envoy/extensions/filters/network/http_connection_manager/v3"
+	tcp "github.com/envoyproxy/go-control-plane/envoy/extensions/filters/network/tcp_proxy/v3"
+	discoverygrpc "github.com/envoyproxy/go-control-plane/envoy/service/discovery/v3"
+	"github.com/envoyproxy/go-control-plane/pkg/cache/types"
+	"github.com/envoyproxy/go-control-plane/pkg/cache/v3"
+	"github.com/envoyproxy/go-control-plane/pkg/resource/v3"
+	serverv3 "github.com/envoyproxy/go-control-plane/pkg/server/v3"
+	"github.com/vmesh/vmesh/dataplane/proxy"
+	"google.golang.org/grpc"
+	"google.golang.org/protobuf/proto"
+	"google.golang.org/protobuf/types/known/anypb"
+	"google.golang.org/protobuf/types/known/durationpb"
+)
+
+// namedServer answers each line with "name:line".
+func namedServer(t *testing.T, name string) string {
+	t.Helper()
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { ln.Close() })
+	go func() {
+		for {
+			c, err := ln.Accept()
+			if err != nil {
+				return
+			}
+			go func() {
+				defer c.Close()
+				r := bufio.NewReader(c)
+				for {
+					line, err := r.ReadString('\n')
+					if err != nil {
+						return
+					}
+					fmt.Fprintf(c, "%s:%s", name, line)
+				}
+			}()
+		}
+	}()
+	return ln.Addr().String()
+}
+
+func mustAny(t *testing.T, m proto.Message) *anypb.Any {
+	a, err := anypb.New(m)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return a
+}
+
+func sockAddr(hostport string) *core.Address {
+	host, port, _ := net.SplitHostPort(hostport)
+	var p uint32
+	fmt.Sscan(port, &p)
+	return &core.Address{Address: &core.Address_SocketAddress{SocketAddress: &core.SocketAddress{
+		Address: host, PortSpecifier: &core.SocketAddress_PortValue{PortValue: p}}}}
+}
+
+func tcpListener(t *testing.T, name, addr, clusterName string) *listener.Listener {
+	return &listener.Listener{Name: name, Address: sockAddr(addr), FilterChains: []*listener.FilterChain{{
+		Filters: []*listener.Filter{{Name: "envoy.filters.network.tcp_proxy", ConfigType: &listener.Filter_TypedConfig{
+			TypedConfig: mustAny(t, &tcp.TcpProxy{StatPrefix: name, ClusterSpecifier: &tcp.TcpProxy_Cluster{Cluster: clusterName}})}}},
+	}}}
+}
+
+func staticCluster(name, backend string) *cluster.Cluster {
+	return &cluster.Cluster{
+		Name: name, ClusterDiscoveryType: &cluster.Cluster_Type{Type: cluster.Cluster_STATIC},
+		ConnectTimeout: durationpb.New(time.Second),
+		LoadAssignment: &endpoint.ClusterLoadAssignment{ClusterName: name, Endpoints: []*endpoint.LocalityLbEndpoints{{
+			LbEndpoints: []*endpoint.LbEndpoint{{HostIdentifier: &endpoint.LbEndpoint_Endpoint{Endpoint: &endpoint.Endpoint{Address: sockAddr(backend)}}}},
+		}}},
+	}
+}
+
+// controlPlane is a go-control-plane ADS server that records the error
+// details its client sends.
+type controlPlane struct {
+	cache cache.SnapshotCache
+	addr  string
+	mu    sync.Mutex
+	nacks []string
+}
+
+func startControlPlane(t *testing.T) *controlPlane {
+	t.Helper()
+	cp := &controlPlane{cache: cache.NewSnapshotCache(false, cache.IDHash{}, nil)}
+	cb := serverv3.CallbackFuncs{StreamRequestFunc: func(_ int64, req *discoverygrpc.DiscoveryRequest) error {
+		if d := req.GetErrorDetail(); d != nil {
+			cp.mu.Lock()
+			cp.nacks = append(cp.nacks, req.GetVersionInfo()+" "+d.GetMessage())
+			cp.mu.Unlock()
+		}
+		return nil
+	}}
+	gs := grpc.NewServer()
+	discoverygrpc.RegisterAggregatedDiscoveryServiceServer(gs, serverv3.NewServer(context.Background(), cp.cache, cb))
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	go gs.Serve(ln)
+	t.Cleanup(gs.Stop)
+	cp.addr = ln.Addr().String()
+	return cp
+}
+
+func (cp *controlPlane) set(t *testing.T, version string, listeners []types.Resource, clusters []types.Resource) {
+	t.Helper()
+	snap, err := cache.NewSnapshot(version, map[resource.Type][]types.Resource{
+		resource.ListenerType: listeners, resource.ClusterType: clusters,
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := cp.cache.SetSnapshot(context.Background(), "node-x", snap); err != nil {
+		t.Fatal(err)
+	}
+}
+
+func waitFor(t *testing.T, what string, d time.Duration, cond func() bool) {
+	t.Helper()
+	deadline := time.Now().Add(d)
+	for !cond() {
+		if time.Now().After(deadline) {
+			t.Fatalf("timed out waiting for %s", what)
+		}
+		time.Sleep(5 * time.Millisecond)
+	}
+}
+
+// roundTrip writes a line on c and reads the answer.
+func roundTrip(c net.Conn, r *bufio.Reader, line string) (string, error) {
+	c.SetDeadline(time.Now().Add(2 * time.Second))
+	if _, err := fmt.Fprintln(c, line); err != nil {
+		return "", err
+	}
+	got, err := r.ReadString('\n')
+	return strings.TrimSuffix(got, "\n"), err
+}
+
+// TestADSAckNackSwap: the proxy ACKs a config it serves; NACKs one it
+// cannot honour (an HTTP connection manager) with an error detail naming
+// the listener and the field, while the previous config keeps serving;
+// swaps a new cluster in for new connections while an open one keeps its
+// upstream; and drains a listener that disappears.
+func TestADSAckNackSwap(t *testing.T) {
+	a, b := namedServer(t, "a"), namedServer(t, "b")
+	cp := startControlPlane(t)
+	cp.set(t, "1", []types.Resource{tcpListener(t, "l1", "127.0.0.1:0", "c")}, []types.Resource{staticCluster("c", a)})
+	p := startProxy(t, proxy.Config{XDSAddr: cp.addr, Node: "node-x", DrainTimeout: 300 * time.Millisecond, MinBackoff: 50 * time.Millisecond, Logger: quiet()})
+
+	waitFor(t, "version 1 ACKed", 5*time.Second, func() bool {
+		st := p.Status()
+		return st[resource.ListenerType].Acked == "1" && st[resource.ClusterType].Acked == "1"
+	})
+	l1 := p.ListenerAddrs()["l1"].String()
+	dial := func() (net.Conn, *bufio.Reader) {
+		c, err := net.DialTimeout("tcp", l1, time.Second)
+		if err != nil {
+			t.Fatal(err)
+		}
+		t.Cleanup(func() { c.Close() })
+		return c, bufio.NewReader(c)
+	}
+	old, oldR := dial()
+	if got, err := roundTrip(old, oldR, "x"); err != nil || got != "a:x" {
+		t.Fatalf("through l1 = %q, %v; want a:x", got, err)
+	}
+
+	// Version 2 adds an HTTP listener: NACKed, with the reason, and l1
+	// keeps serving version 1.
+	httpL := &listener.Listener{Name: "l2", Address: sockAddr("127.0.0.1:0"), FilterChains: []*listener.FilterChain{{
+		Filters: []*listener.Filter{{Name: "envoy.filters.network.http_connection_manager", ConfigType: &listener.Filter_TypedConfig{
+			TypedConfig: mustAny(t, &hcm.HttpConnectionManager{StatPrefix: "l2"})}}},
+	}}}
+	cp.set(t, "2", []types.Resource{tcpListener(t, "l1", "127.0.0.1:0", "c"), httpL}, []types.Resource{staticCluster("c", a)})
+	waitFor(t, "version 2 NACKed", 5*time.Second, func() bool { return p.Status()[resource.ListenerType].Nacks > 0 })
+	st := p.Status()[resource.ListenerType]
+	want := "listener l2.filter_chains[0].filters[0]: http_connection_manager: L7 listeners are not supported yet"
+	if !strings.Contains(st.LastNack, want) || st.Acked != "1" {
+		t.Errorf("listeners: %+v; want version 1 kept and a NACK naming %q", st, want)
+	}
+	waitFor(t, "the server to see the error detail", 2*time.Second, func() bool {
+		cp.mu.Lock()
+		defer cp.mu.Unlock()
+		return len(cp.nacks) > 0 && strings.Contains(cp.nacks[0], want) && strings.HasPrefix(cp.nacks[0], "1 ")
+	})
+	if _, ok := p.ListenerAddrs()["l2"]; ok {
+		t.Error("the NACKed listener was bound")
+	}
+	c, r := dial()
+	if got, err := roundTrip(c, r, "y"); err != nil || got != "a:y" {
+		t.Fatalf("after the NACK, l1 = %q, %v; want a:y (version 1)", got, err)
+	}
+
+	// Version 3 points c at b: new connections reach b, the open one keeps
+	// its upstream.
+	cp.set(t, "3", []types.Resource{tcpListener(t, "l1", "127.0.0.1:0", "c")}, []types.Resource{staticCluster("c", b)})
+	waitFor(t, "version 3 ACKed", 5*time.Second, func() bool { return p.Status()[resource.ClusterType].Acked == "3" })
+	if p.ListenerAddrs()["l1"].String() != l1 {
+		t.Fatalf("l1 was rebound: %v, was %s", p.ListenerAddrs()["l1"], l1)
+	}
+	c, r = dial()
+	if got, err := roundTrip(c, r, "z"); err != nil || got != "b:z" {
+		t.Fatalf("after the swap = %q, %v; want b:z", got, err)
+	}
+	if got, err := roundTrip(old, oldR, "w"); err != nil || got != "a:w" {
+		t.Fatalf("the open connection = %q, %v; want a:w (its upstream kept)", got, err)
+	}
+
+	// Version 4 drops l1: it stops accepting at once; the open connection
+	// lives on until the drain timeout.
+	cp.set(t, "4", nil, []types.Resource{staticCluster("c", b)})
+	waitFor(t, "version 4 ACKed", 5*time.Second, func() bool { return p.Status()[resource.ListenerType].Acked == "4" })
+	if _, err := net.DialTimeout("tcp", l1, time.Second); err == nil {
+		t.Error("a removed listener still accepts")
+	}
+	if got, err := roundTrip(old, oldR, "v"); err != nil || got != "a:v" {
+		t.Fatalf("a draining connection = %q, %v; want a:v", got, err)
+	}
+	start := time.Now()
+	old.SetDeadline(time.Now().Add(3 * time.Second))
+	if _, err := oldR.ReadString('\n'); err == nil {
+		t.Fatal("read on a drained connection succeeded")
+	}
+	if d := time.Since(start); d > 2*time.Second {
+		t.Errorf("the drain timeout (300 ms) closed the connection after %s", d)
+	}
+}

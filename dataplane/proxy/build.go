@@ -1,0 +1,365 @@
+package proxy
+
+import (
+	"crypto/tls"
+	"crypto/x509"
+	"errors"
+	"fmt"
+	"math/rand/v2"
+	"net/netip"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	cluster "github.com/envoyproxy/go-control-plane/envoy/config/cluster/v3"
+	core "github.com/envoyproxy/go-control-plane/envoy/config/core/v3"
+	"google.golang.org/protobuf/proto"
+	"google.golang.org/protobuf/types/known/structpb"
+)
+
+// state is what the client has accepted of each resource type, parsed.
+type state struct {
+	listeners map[string]*listenerSpec
+	clusters  map[string]*clusterSpec
+	endpoints map[string]*endpointsSpec
+	secrets   map[string]*secretSpec
+}
+
+// clone is a shallow copy: a response replaces one type's map whole.
+func (s *state) clone() *state {
+	c := *s
+	return &c
+}
+
+// snapshot is one complete, resolved configuration. The proxy serves from
+// exactly one at a time (Proxy.cur); a new one replaces it in one atomic
+// store, so a connection never sees half of an update.
+type snapshot struct {
+	listeners map[string]*listenerRT
+	clusters  map[string]*clusterRT
+}
+
+type listenerRT struct {
+	spec *listenerSpec
+	// tls is the server config of each chain that terminates TLS.
+	tls map[*chainSpec]*tls.Config
+}
+
+// clusterRT is a cluster with its endpoints and TLS resolved.
+type clusterRT struct {
+	spec  *clusterSpec
+	hosts []*host
+	st    *clusterState
+	lb    *lbState
+}
+
+// clusterState outlives snapshots: counters that a new version of the
+// cluster keeps (active connections for the circuit breaker).
+type clusterState struct {
+	active atomic.Int64
+}
+
+type host struct {
+	addr    netip.AddrPort
+	weight  uint32
+	healthy bool
+	tls     *tls.Config // nil: plaintext
+	st      *hostState
+}
+
+// hostState outlives snapshots too, keyed by address: outlier ejection
+// and the active count survive an endpoints update.
+type hostState struct {
+	active atomic.Int64
+
+	mu           sync.Mutex
+	fails        uint32
+	ejections    int
+	ejectedUntil time.Time
+}
+
+// lbState is a cluster version's smooth weighted round robin (nginx's).
+type lbState struct {
+	mu  sync.Mutex
+	cur []int64
+}
+
+// errWarming marks a resource whose dependencies (endpoints, secrets) have
+// not arrived yet.
+var errWarming = errors.New("warming")
+
+// build resolves st into a snapshot. A listener or cluster whose
+// secrets or endpoints are missing keeps its previous version (Envoy's
+// warming); without one it is left out until they arrive.
+func build(st *state, prev *snapshot) *snapshot {
+	if prev == nil {
+		prev = &snapshot{}
+	}
+	next := &snapshot{listeners: map[string]*listenerRT{}, clusters: map[string]*clusterRT{}}
+	for name, cs := range st.clusters {
+		rt, err := buildCluster(cs, st, prev.clusters[name])
+		if err != nil {
+			if old := prev.clusters[name]; old != nil {
+				next.clusters[name] = old
+			}
+			continue
+		}
+		next.clusters[name] = rt
+	}
+	for name, ls := range st.listeners {
+		rt, err := buildListener(ls, st)
+		if err != nil {
+			if old := prev.listeners[name]; old != nil {
+				next.listeners[name] = old
+			}
+			continue
+		}
+		next.listeners[name] = rt
+	}
+	return next
+}
+
+func buildListener(ls *listenerSpec, st *state) (*listenerRT, error) {
+	rt := &listenerRT{spec: ls, tls: map[*chainSpec]*tls.Config{}}
+	chains := ls.chains
+	if ls.def != nil {
+		chains = append(chains[:len(chains):len(chains)], ls.def)
+	}
+	for _, c := range chains {
+		if c.tls == nil {
+			continue
+		}
+		cfg, err := serverTLS(c.tls, st)
+		if err != nil {
+			return nil, err
+		}
+		rt.tls[c] = cfg
+	}
+	return rt, nil
+}
+
+func buildCluster(cs *clusterSpec, st *state, prev *clusterRT) (*clusterRT, error) {
+	rt := &clusterRT{spec: cs, st: &clusterState{}, lb: &lbState{}}
+	oldHosts := map[netip.AddrPort]*hostState{}
+	if prev != nil {
+		rt.st = prev.st
+		for _, h := range prev.hosts {
+			oldHosts[h.addr] = h.st
+		}
+	}
+	var eps *endpointsSpec
+	switch cs.kind {
+	case kindOriginalDst:
+		return rt, nil
+	case kindStatic:
+		eps = cs.static
+	case kindEDS:
+		eps = st.endpoints[cs.edsName]
+		if eps == nil {
+			return nil, errWarming
+		}
+	}
+	for _, e := range eps.eps {
+		h := &host{addr: e.addr, weight: e.weight, st: oldHosts[e.addr]}
+		switch e.health {
+		case core.HealthStatus_UNKNOWN, core.HealthStatus_HEALTHY:
+			h.healthy = true
+		case core.HealthStatus_DEGRADED:
+		default:
+			continue // unhealthy, draining, timeout: never used
+		}
+		if h.st == nil {
+			h.st = &hostState{}
+		}
+		if u := cs.socketFor(e.match); u != nil {
+			cfg, err := clientTLS(u, st)
+			if err != nil {
+				return nil, err
+			}
+			h.tls = cfg
+		}
+		rt.hosts = append(rt.hosts, h)
+	}
+	rt.lb.cur = make([]int64, len(rt.hosts))
+	return rt, nil
+}
+
+// socketFor is the transport socket for an endpoint with metadata md: the
+// first transport_socket_match whose criteria md holds, else the
+// cluster's own.
+func (cs *clusterSpec) socketFor(md *structpb.Struct) *upstreamTLS {
+	for _, m := range cs.tlsMatches {
+		ok := true
+		for k, v := range m.match.GetFields() {
+			if got, has := md.GetFields()[k]; !has || !proto.Equal(got, v) {
+				ok = false
+				break
+			}
+		}
+		if ok {
+			return m.tls
+		}
+	}
+	return cs.tls
+}
+
+func secretPair(st *state, certName, rootsName string) (*tls.Certificate, *x509.CertPool, error) {
+	var cert *tls.Certificate
+	var roots *x509.CertPool
+	if certName != "" {
+		s := st.secrets[certName]
+		if s == nil || s.cert == nil {
+			return nil, nil, fmt.Errorf("%w: secret %s", errWarming, certName)
+		}
+		cert = s.cert
+	}
+	if rootsName != "" {
+		s := st.secrets[rootsName]
+		if s == nil || s.roots == nil {
+			return nil, nil, fmt.Errorf("%w: secret %s", errWarming, rootsName)
+		}
+		roots = s.roots
+	}
+	return cert, roots, nil
+}
+
+// verifyPeer checks a peer's chain against roots, as Envoy's validation
+// context with trusted_ca only does: the chain, not a host name (mesh
+// certificates name SPIFFE IDs) nor an extended key usage.
+func verifyPeer(certs []*x509.Certificate, roots *x509.CertPool) error {
+	if len(certs) == 0 {
+		return errors.New("proxy: the peer sent no certificate")
+	}
+	inter := x509.NewCertPool()
+	for _, c := range certs[1:] {
+		inter.AddCert(c)
+	}
+	_, err := certs[0].Verify(x509.VerifyOptions{Roots: roots, Intermediates: inter, KeyUsages: []x509.ExtKeyUsage{x509.ExtKeyUsageAny}})
+	return err
+}
+
+func clientTLS(u *upstreamTLS, st *state) (*tls.Config, error) {
+	cert, roots, err := secretPair(st, u.certSecret, u.rootsSecret)
+	if err != nil {
+		return nil, err
+	}
+	cfg := &tls.Config{
+		ServerName: u.sni,
+		NextProtos: u.alpn,
+		MinVersion: tls.VersionTLS12,
+		// The chain is checked in VerifyConnection against the mesh
+		// roots; Go's host name check does not apply to SPIFFE leaves.
+		InsecureSkipVerify: true,
+		VerifyConnection: func(cs tls.ConnectionState) error {
+			return verifyPeer(cs.PeerCertificates, roots)
+		},
+	}
+	if cert != nil {
+		cfg.Certificates = []tls.Certificate{*cert}
+	}
+	return cfg, nil
+}
+
+func serverTLS(d *downstreamTLS, st *state) (*tls.Config, error) {
+	cert, roots, err := secretPair(st, d.certSecret, d.rootsSecret)
+	if err != nil {
+		return nil, err
+	}
+	cfg := &tls.Config{Certificates: []tls.Certificate{*cert}, NextProtos: d.alpn, MinVersion: tls.VersionTLS12}
+	if roots != nil {
+		cfg.ClientAuth = tls.RequestClientCert
+		if d.requireClient {
+			cfg.ClientAuth = tls.RequireAnyClientCert
+		}
+		cfg.VerifyConnection = func(cs tls.ConnectionState) error {
+			if len(cs.PeerCertificates) == 0 {
+				return nil // only when not required
+			}
+			return verifyPeer(cs.PeerCertificates, roots)
+		}
+	}
+	return cfg, nil
+}
+
+// pick chooses an endpoint: smooth weighted round robin (or random, or
+// the less loaded of two) over the healthy hosts that are not ejected;
+// the degraded ones only when no healthy one is left.
+func (c *clusterRT) pick(now time.Time) *host {
+	cands := make([]int, 0, len(c.hosts))
+	for _, want := range []bool{true, false} {
+		for i, h := range c.hosts {
+			if h.healthy == want && !h.st.ejected(now) {
+				cands = append(cands, i)
+			}
+		}
+		if len(cands) > 0 {
+			break
+		}
+	}
+	if len(cands) == 0 {
+		return nil
+	}
+	switch c.spec.lb {
+	case cluster.Cluster_RANDOM:
+		return c.hosts[cands[rand.IntN(len(cands))]]
+	case cluster.Cluster_LEAST_REQUEST:
+		a, b := c.hosts[cands[rand.IntN(len(cands))]], c.hosts[cands[rand.IntN(len(cands))]]
+		if b.st.active.Load() < a.st.active.Load() {
+			return b
+		}
+		return a
+	}
+	c.lb.mu.Lock()
+	defer c.lb.mu.Unlock()
+	var total int64
+	best := -1
+	for _, i := range cands {
+		w := int64(c.hosts[i].weight)
+		c.lb.cur[i] += w
+		total += w
+		if best < 0 || c.lb.cur[i] > c.lb.cur[best] {
+			best = i
+		}
+	}
+	c.lb.cur[best] -= total
+	return c.hosts[best]
+}
+
+func (h *hostState) ejected(now time.Time) bool {
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	return now.Before(h.ejectedUntil)
+}
+
+// result records a connect attempt for outlier detection: consecutive
+// failures eject the host for base_ejection_time times its ejections,
+// unless max_ejection_percent of the cluster is out already.
+func (c *clusterRT) result(h *host, ok bool, now time.Time) {
+	od := c.spec.outlier
+	h.st.mu.Lock()
+	if ok {
+		h.st.fails = 0
+		h.st.mu.Unlock()
+		return
+	}
+	h.st.fails++
+	trip := od != nil && od.consecutive > 0 && h.st.fails >= od.consecutive
+	h.st.mu.Unlock()
+	if !trip {
+		return
+	}
+	out := 0
+	for _, o := range c.hosts {
+		if o != h && o.st.ejected(now) {
+			out++
+		}
+	}
+	if (out+1)*100 > int(od.maxEjectedPct)*len(c.hosts) {
+		return
+	}
+	h.st.mu.Lock()
+	h.st.ejections++
+	h.st.fails = 0
+	h.st.ejectedUntil = now.Add(od.baseEjection * time.Duration(h.st.ejections))
+	h.st.mu.Unlock()
+}

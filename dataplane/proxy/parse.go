@@ -1,0 +1,684 @@
+package proxy
+
+import (
+	"crypto/tls"
+	"crypto/x509"
+	"fmt"
+	"net/netip"
+	"strings"
+	"time"
+
+	cluster "github.com/envoyproxy/go-control-plane/envoy/config/cluster/v3"
+	core "github.com/envoyproxy/go-control-plane/envoy/config/core/v3"
+	endpoint "github.com/envoyproxy/go-control-plane/envoy/config/endpoint/v3"
+	listener "github.com/envoyproxy/go-control-plane/envoy/config/listener/v3"
+	origdst "github.com/envoyproxy/go-control-plane/envoy/extensions/filters/listener/original_dst/v3"
+	tlsinspector "github.com/envoyproxy/go-control-plane/envoy/extensions/filters/listener/tls_inspector/v3"
+	hcm "github.com/envoyproxy/go-control-plane/envoy/extensions/filters/network/http_connection_manager/v3"
+	netrbac "github.com/envoyproxy/go-control-plane/envoy/extensions/filters/network/rbac/v3"
+	tcp "github.com/envoyproxy/go-control-plane/envoy/extensions/filters/network/tcp_proxy/v3"
+	tlsv3 "github.com/envoyproxy/go-control-plane/envoy/extensions/transport_sockets/tls/v3"
+	httpopts "github.com/envoyproxy/go-control-plane/envoy/extensions/upstreams/http/v3"
+	"google.golang.org/protobuf/proto"
+	"google.golang.org/protobuf/types/known/anypb"
+	"google.golang.org/protobuf/types/known/structpb"
+)
+
+// The parse step turns each xDS resource into a spec, on its own: every
+// field is either honoured or refused (onlyFields), so a NACK names the
+// resource and the field. Specs refer to each other by name; build.go
+// resolves the references.
+
+// defaultConnectTimeout is Envoy's default for a cluster without one.
+const defaultConnectTimeout = 5 * time.Second
+
+// defaultMaxConnections is Envoy's default circuit-breaker threshold.
+const defaultMaxConnections = 1024
+
+type listenerSpec struct {
+	name         string
+	addr         netip.AddrPort
+	origDst      bool
+	tlsInspector bool
+	chains       []*chainSpec
+	def          *chainSpec
+	src          *listener.Listener
+}
+
+type chainSpec struct {
+	name        string
+	prefixes    []netip.Prefix
+	port        uint32
+	serverNames []string
+	transport   string
+	tls         *downstreamTLS
+	rbac        *rbacSpec
+	proxy       *tcpProxySpec
+}
+
+type downstreamTLS struct {
+	certSecret, rootsSecret string
+	requireClient           bool
+	alpn                    []string
+}
+
+type tcpProxySpec struct {
+	clusters []weightedCluster
+	total    uint64
+}
+
+type weightedCluster struct {
+	name   string
+	weight uint32
+}
+
+type clusterKind int
+
+const (
+	kindEDS clusterKind = iota
+	kindStatic
+	kindOriginalDst
+)
+
+type clusterSpec struct {
+	name           string
+	kind           clusterKind
+	edsName        string
+	static         *endpointsSpec
+	connectTimeout time.Duration
+	lb             cluster.Cluster_LbPolicy
+	maxConns       uint32
+	outlier        *outlierSpec
+	tls            *upstreamTLS
+	tlsMatches     []tlsMatch
+}
+
+type tlsMatch struct {
+	match *structpb.Struct
+	tls   *upstreamTLS // nil: plaintext
+}
+
+type upstreamTLS struct {
+	sni                     string
+	certSecret, rootsSecret string
+	alpn                    []string
+}
+
+type outlierSpec struct {
+	consecutive   uint32
+	baseEjection  time.Duration
+	maxEjectedPct uint32
+}
+
+type endpointsSpec struct {
+	eps []endpointSpec
+}
+
+type endpointSpec struct {
+	addr   netip.AddrPort
+	weight uint32
+	health core.HealthStatus
+	// match is the endpoint's envoy.transport_socket_match metadata.
+	match *structpb.Struct
+}
+
+type secretSpec struct {
+	cert  *tls.Certificate
+	roots *x509.CertPool
+}
+
+func unpack(a *anypb.Any, m proto.Message, path string) error {
+	if a == nil {
+		return fmt.Errorf("%w: %s: typed_config is missing", ErrInvalid, path)
+	}
+	if err := a.UnmarshalTo(m); err != nil {
+		return fmt.Errorf("%w: %s: %s is not supported here", ErrUnsupported, path, strings.TrimPrefix(a.GetTypeUrl(), "type.googleapis.com/"))
+	}
+	return nil
+}
+
+func parseAddr(a *core.Address, path string) (netip.AddrPort, error) {
+	if err := onlyFields(a, path, "socket_address"); err != nil {
+		return netip.AddrPort{}, err
+	}
+	sa := a.GetSocketAddress()
+	if sa == nil {
+		return netip.AddrPort{}, fmt.Errorf("%w: %s.socket_address is missing", ErrInvalid, path)
+	}
+	if err := onlyFields(sa, path+".socket_address", "protocol", "address", "port_value"); err != nil {
+		return netip.AddrPort{}, err
+	}
+	if sa.GetProtocol() != core.SocketAddress_TCP {
+		return netip.AddrPort{}, fmt.Errorf("%w: %s.socket_address.protocol %s: UDP is not supported yet", ErrUnsupported, path, sa.GetProtocol())
+	}
+	ip, err := netip.ParseAddr(sa.GetAddress())
+	if err != nil || ip.Zone() != "" {
+		return netip.AddrPort{}, fmt.Errorf("%w: %s.socket_address.address %q is not an IP address", ErrInvalid, path, sa.GetAddress())
+	}
+	if sa.GetPortValue() > 65535 {
+		return netip.AddrPort{}, fmt.Errorf("%w: %s.socket_address.port_value %d", ErrInvalid, path, sa.GetPortValue())
+	}
+	return netip.AddrPortFrom(ip.Unmap(), uint16(sa.GetPortValue())), nil
+}
+
+func parseListener(l *listener.Listener) (*listenerSpec, error) {
+	path := "listener " + l.GetName()
+	if l.GetApiListener() != nil {
+		return nil, fmt.Errorf("%w: %s.api_listener: API listeners are for proxyless clients", ErrUnsupported, path)
+	}
+	if l.GetUdpListenerConfig() != nil {
+		return nil, fmt.Errorf("%w: %s.udp_listener_config: UDP listeners are not supported yet", ErrUnsupported, path)
+	}
+	if err := onlyFields(l, path, "name", "address", "filter_chains", "default_filter_chain", "listener_filters", "traffic_direction", "stat_prefix"); err != nil {
+		return nil, err
+	}
+	addr, err := parseAddr(l.GetAddress(), path+".address")
+	if err != nil {
+		return nil, err
+	}
+	s := &listenerSpec{name: l.GetName(), addr: addr, src: l}
+	for i, f := range l.GetListenerFilters() {
+		fp := fmt.Sprintf("%s.listener_filters[%d]", path, i)
+		if err := onlyFields(f, fp, "name", "typed_config"); err != nil {
+			return nil, err
+		}
+		switch f.GetTypedConfig().GetTypeUrl() {
+		case "type.googleapis.com/envoy.extensions.filters.listener.original_dst.v3.OriginalDst":
+			var od origdst.OriginalDst
+			if err := unpack(f.GetTypedConfig(), &od, fp); err != nil {
+				return nil, err
+			}
+			if err := onlyFields(&od, fp+" original_dst"); err != nil {
+				return nil, err
+			}
+			s.origDst = true
+		case "type.googleapis.com/envoy.extensions.filters.listener.tls_inspector.v3.TlsInspector":
+			var ti tlsinspector.TlsInspector
+			if err := unpack(f.GetTypedConfig(), &ti, fp); err != nil {
+				return nil, err
+			}
+			if err := onlyFields(&ti, fp+" tls_inspector"); err != nil {
+				return nil, err
+			}
+			s.tlsInspector = true
+		default:
+			return nil, fmt.Errorf("%w: %s: listener filter %q (%s)", ErrUnsupported, fp, f.GetName(), f.GetTypedConfig().GetTypeUrl())
+		}
+	}
+	for i, fc := range l.GetFilterChains() {
+		c, err := parseChain(fc, fmt.Sprintf("%s.filter_chains[%d]", path, i), s.tlsInspector)
+		if err != nil {
+			return nil, err
+		}
+		s.chains = append(s.chains, c)
+	}
+	if fc := l.GetDefaultFilterChain(); fc != nil {
+		c, err := parseChain(fc, path+".default_filter_chain", s.tlsInspector)
+		if err != nil {
+			return nil, err
+		}
+		s.def = c
+	}
+	if len(s.chains) == 0 && s.def == nil {
+		return nil, fmt.Errorf("%w: %s has no filter chain", ErrInvalid, path)
+	}
+	return s, nil
+}
+
+func parseChain(fc *listener.FilterChain, path string, inspector bool) (*chainSpec, error) {
+	if err := onlyFields(fc, path, "name", "filter_chain_match", "filters", "transport_socket"); err != nil {
+		return nil, err
+	}
+	c := &chainSpec{name: fc.GetName()}
+	if m := fc.GetFilterChainMatch(); m != nil {
+		mp := path + ".filter_chain_match"
+		if err := onlyFields(m, mp, "server_names", "transport_protocol", "prefix_ranges", "destination_port"); err != nil {
+			return nil, err
+		}
+		for i, r := range m.GetPrefixRanges() {
+			if err := onlyFields(r, fmt.Sprintf("%s.prefix_ranges[%d]", mp, i), "address_prefix", "prefix_len"); err != nil {
+				return nil, err
+			}
+			ip, err := netip.ParseAddr(r.GetAddressPrefix())
+			if err != nil {
+				return nil, fmt.Errorf("%w: %s.prefix_ranges[%d]: %v", ErrInvalid, mp, i, err)
+			}
+			ip = ip.Unmap()
+			bits := ip.BitLen()
+			if r.GetPrefixLen() != nil {
+				bits = int(r.GetPrefixLen().GetValue())
+			}
+			p, err := ip.Prefix(bits)
+			if err != nil {
+				return nil, fmt.Errorf("%w: %s.prefix_ranges[%d]: %v", ErrInvalid, mp, i, err)
+			}
+			c.prefixes = append(c.prefixes, p)
+		}
+		c.port = m.GetDestinationPort().GetValue()
+		for _, n := range m.GetServerNames() {
+			if strings.HasPrefix(n, "*") {
+				return nil, fmt.Errorf("%w: %s.server_names: wildcard %q", ErrUnsupported, mp, n)
+			}
+			c.serverNames = append(c.serverNames, strings.ToLower(n))
+		}
+		c.transport = m.GetTransportProtocol()
+		switch c.transport {
+		case "", "raw_buffer", "tls":
+		default:
+			return nil, fmt.Errorf("%w: %s.transport_protocol %q", ErrUnsupported, mp, c.transport)
+		}
+		if (len(c.serverNames) > 0 || c.transport != "") && !inspector {
+			return nil, fmt.Errorf("%w: %s matches on TLS without a tls_inspector listener filter", ErrInvalid, mp)
+		}
+	}
+	if ts := fc.GetTransportSocket(); ts != nil {
+		var d tlsv3.DownstreamTlsContext
+		tp := path + ".transport_socket"
+		if err := onlyFields(ts, tp, "name", "typed_config"); err != nil {
+			return nil, err
+		}
+		if err := unpack(ts.GetTypedConfig(), &d, tp); err != nil {
+			return nil, err
+		}
+		if err := onlyFields(&d, tp+" DownstreamTlsContext", "require_client_certificate", "common_tls_context"); err != nil {
+			return nil, err
+		}
+		cert, roots, alpn, err := parseCommonTLS(d.GetCommonTlsContext(), tp+" DownstreamTlsContext.common_tls_context")
+		if err != nil {
+			return nil, err
+		}
+		if cert == "" {
+			return nil, fmt.Errorf("%w: %s: a server needs a certificate (tls_certificate_sds_secret_configs)", ErrInvalid, tp)
+		}
+		c.tls = &downstreamTLS{certSecret: cert, rootsSecret: roots, requireClient: d.GetRequireClientCertificate().GetValue(), alpn: alpn}
+		if c.tls.requireClient && roots == "" {
+			return nil, fmt.Errorf("%w: %s: require_client_certificate without a validation context", ErrInvalid, tp)
+		}
+	}
+	filters := fc.GetFilters()
+	for i, f := range filters {
+		fp := fmt.Sprintf("%s.filters[%d]", path, i)
+		if err := onlyFields(f, fp, "name", "typed_config"); err != nil {
+			return nil, err
+		}
+		last := i == len(filters)-1
+		switch f.GetTypedConfig().GetTypeUrl() {
+		case "type.googleapis.com/envoy.extensions.filters.network.http_connection_manager.v3.HttpConnectionManager":
+			var h hcm.HttpConnectionManager
+			if err := unpack(f.GetTypedConfig(), &h, fp); err != nil {
+				return nil, err
+			}
+			return nil, fmt.Errorf("%w: %s: http_connection_manager: L7 listeners are not supported yet", ErrUnsupported, fp)
+		case "type.googleapis.com/envoy.extensions.filters.network.rbac.v3.RBAC":
+			if last || c.rbac != nil {
+				return nil, fmt.Errorf("%w: %s: rbac must come once, before the terminal filter", ErrInvalid, fp)
+			}
+			var r netrbac.RBAC
+			if err := unpack(f.GetTypedConfig(), &r, fp); err != nil {
+				return nil, err
+			}
+			rs, err := parseNetworkRBAC(&r, fp+" rbac")
+			if err != nil {
+				return nil, err
+			}
+			c.rbac = rs
+		case "type.googleapis.com/envoy.extensions.filters.network.tcp_proxy.v3.TcpProxy":
+			if !last {
+				return nil, fmt.Errorf("%w: %s: tcp_proxy is a terminal filter and must come last", ErrInvalid, fp)
+			}
+			var t tcp.TcpProxy
+			if err := unpack(f.GetTypedConfig(), &t, fp); err != nil {
+				return nil, err
+			}
+			p, err := parseTCPProxy(&t, fp+" tcp_proxy")
+			if err != nil {
+				return nil, err
+			}
+			c.proxy = p
+		default:
+			return nil, fmt.Errorf("%w: %s: network filter %q (%s)", ErrUnsupported, fp, f.GetName(), f.GetTypedConfig().GetTypeUrl())
+		}
+	}
+	if c.proxy == nil {
+		return nil, fmt.Errorf("%w: %s has no terminal filter (tcp_proxy)", ErrInvalid, path)
+	}
+	return c, nil
+}
+
+// parseCommonTLS reads the SDS secret names of a TLS context.
+func parseCommonTLS(ctc *tlsv3.CommonTlsContext, path string) (cert, roots string, alpn []string, err error) {
+	if ctc == nil {
+		return "", "", nil, fmt.Errorf("%w: %s is missing", ErrInvalid, path)
+	}
+	if err := onlyFields(ctc, path, "alpn_protocols", "tls_certificate_sds_secret_configs", "validation_context_sds_secret_config"); err != nil {
+		return "", "", nil, err
+	}
+	sds := ctc.GetTlsCertificateSdsSecretConfigs()
+	if len(sds) > 1 {
+		return "", "", nil, fmt.Errorf("%w: %s.tls_certificate_sds_secret_configs: more than one certificate", ErrUnsupported, path)
+	}
+	check := func(s *tlsv3.SdsSecretConfig, p string) (string, error) {
+		if err := onlyFields(s, p, "name", "sds_config"); err != nil {
+			return "", err
+		}
+		if src := s.GetSdsConfig(); src != nil && src.GetAds() == nil {
+			return "", fmt.Errorf("%w: %s.sds_config: secrets come over ADS only", ErrUnsupported, p)
+		}
+		if s.GetName() == "" {
+			return "", fmt.Errorf("%w: %s.name is empty", ErrInvalid, p)
+		}
+		return s.GetName(), nil
+	}
+	if len(sds) == 1 {
+		if cert, err = check(sds[0], path+".tls_certificate_sds_secret_configs[0]"); err != nil {
+			return "", "", nil, err
+		}
+	}
+	if v := ctc.GetValidationContextSdsSecretConfig(); v != nil {
+		if roots, err = check(v, path+".validation_context_sds_secret_config"); err != nil {
+			return "", "", nil, err
+		}
+	}
+	for _, p := range ctc.GetAlpnProtocols() {
+		if p != "h2" && p != "http/1.1" {
+			return "", "", nil, fmt.Errorf("%w: %s.alpn_protocols %q", ErrUnsupported, path, p)
+		}
+	}
+	return cert, roots, ctc.GetAlpnProtocols(), nil
+}
+
+func parseTCPProxy(t *tcp.TcpProxy, path string) (*tcpProxySpec, error) {
+	if err := onlyFields(t, path, "stat_prefix", "cluster", "weighted_clusters"); err != nil {
+		return nil, err
+	}
+	p := &tcpProxySpec{}
+	if c := t.GetCluster(); c != "" {
+		p.clusters = []weightedCluster{{name: c, weight: 1}}
+	}
+	if wc := t.GetWeightedClusters(); wc != nil {
+		if err := onlyFields(wc, path+".weighted_clusters", "clusters"); err != nil {
+			return nil, err
+		}
+		for i, w := range wc.GetClusters() {
+			if err := onlyFields(w, fmt.Sprintf("%s.weighted_clusters.clusters[%d]", path, i), "name", "weight"); err != nil {
+				return nil, err
+			}
+			if w.GetWeight() > 0 {
+				p.clusters = append(p.clusters, weightedCluster{name: w.GetName(), weight: w.GetWeight()})
+			}
+		}
+	}
+	if len(p.clusters) == 0 {
+		return nil, fmt.Errorf("%w: %s names no cluster", ErrInvalid, path)
+	}
+	for _, c := range p.clusters {
+		p.total += uint64(c.weight)
+	}
+	return p, nil
+}
+
+func parseCluster(c *cluster.Cluster) (*clusterSpec, error) {
+	path := "cluster " + c.GetName()
+	if err := onlyFields(c, path, "name", "type", "eds_cluster_config", "connect_timeout", "lb_policy", "lb_config",
+		"ring_hash_lb_config", "least_request_lb_config", "circuit_breakers", "outlier_detection", "transport_socket",
+		"transport_socket_matches", "load_assignment", "typed_extension_protocol_options"); err != nil {
+		return nil, err
+	}
+	s := &clusterSpec{name: c.GetName(), connectTimeout: defaultConnectTimeout, lb: c.GetLbPolicy(), maxConns: defaultMaxConnections}
+	if d := c.GetConnectTimeout(); d != nil {
+		s.connectTimeout = d.AsDuration()
+		if s.connectTimeout <= 0 {
+			return nil, fmt.Errorf("%w: %s.connect_timeout must be positive", ErrInvalid, path)
+		}
+	}
+	switch c.GetType() {
+	case cluster.Cluster_EDS:
+		s.kind = kindEDS
+		ec := c.GetEdsClusterConfig()
+		if err := onlyFields(ec, path+".eds_cluster_config", "eds_config", "service_name"); err != nil {
+			return nil, err
+		}
+		if ec.GetEdsConfig().GetAds() == nil {
+			return nil, fmt.Errorf("%w: %s.eds_cluster_config.eds_config: endpoints come over ADS only", ErrUnsupported, path)
+		}
+		s.edsName = ec.GetServiceName()
+		if s.edsName == "" {
+			s.edsName = s.name
+		}
+	case cluster.Cluster_STATIC:
+		s.kind = kindStatic
+		eps, err := parseCLA(c.GetLoadAssignment(), path+".load_assignment")
+		if err != nil {
+			return nil, err
+		}
+		s.static = eps
+	case cluster.Cluster_ORIGINAL_DST:
+		s.kind = kindOriginalDst
+		if c.GetLbPolicy() != cluster.Cluster_CLUSTER_PROVIDED {
+			return nil, fmt.Errorf("%w: %s: an ORIGINAL_DST cluster needs lb_policy CLUSTER_PROVIDED", ErrInvalid, path)
+		}
+	default:
+		return nil, fmt.Errorf("%w: %s.type %s", ErrUnsupported, path, c.GetType())
+	}
+	if s.kind != kindStatic && c.GetLoadAssignment() != nil {
+		return nil, fmt.Errorf("%w: %s.load_assignment on a %s cluster", ErrUnsupported, path, c.GetType())
+	}
+	switch c.GetLbPolicy() {
+	case cluster.Cluster_ROUND_ROBIN, cluster.Cluster_RANDOM, cluster.Cluster_LEAST_REQUEST:
+	case cluster.Cluster_CLUSTER_PROVIDED:
+		if s.kind != kindOriginalDst {
+			return nil, fmt.Errorf("%w: %s.lb_policy CLUSTER_PROVIDED", ErrUnsupported, path)
+		}
+	default:
+		return nil, fmt.Errorf("%w: %s.lb_policy %s is not supported yet", ErrUnsupported, path, c.GetLbPolicy())
+	}
+	if lc := c.GetLeastRequestLbConfig(); lc != nil {
+		if err := onlyFields(lc, path+".least_request_lb_config", "choice_count"); err != nil {
+			return nil, err
+		}
+		if n := lc.GetChoiceCount(); n != nil && n.GetValue() != 2 {
+			return nil, fmt.Errorf("%w: %s.least_request_lb_config.choice_count %d (only 2)", ErrUnsupported, path, n.GetValue())
+		}
+	}
+	if c.GetRingHashLbConfig() != nil {
+		return nil, fmt.Errorf("%w: %s.ring_hash_lb_config", ErrUnsupported, path)
+	}
+	if cb := c.GetCircuitBreakers(); cb != nil {
+		if err := onlyFields(cb, path+".circuit_breakers", "thresholds"); err != nil {
+			return nil, err
+		}
+		for i, th := range cb.GetThresholds() {
+			tp := fmt.Sprintf("%s.circuit_breakers.thresholds[%d]", path, i)
+			// Pending requests, requests and retries are L7 limits: a TCP
+			// proxy has none of them, so they cannot change what it does.
+			if err := onlyFields(th, tp, "priority", "max_connections", "max_pending_requests", "max_requests", "max_retries"); err != nil {
+				return nil, err
+			}
+			if th.GetPriority() != core.RoutingPriority_DEFAULT {
+				continue
+			}
+			if m := th.GetMaxConnections(); m != nil {
+				s.maxConns = m.GetValue()
+			}
+		}
+	}
+	if od := c.GetOutlierDetection(); od != nil {
+		op := path + ".outlier_detection"
+		if err := onlyFields(od, op, "consecutive_5xx", "interval", "base_ejection_time", "max_ejection_percent"); err != nil {
+			return nil, err
+		}
+		s.outlier = &outlierSpec{consecutive: 5, baseEjection: 30 * time.Second, maxEjectedPct: 10}
+		if v := od.GetConsecutive_5Xx(); v != nil {
+			s.outlier.consecutive = v.GetValue()
+		}
+		if v := od.GetBaseEjectionTime(); v != nil {
+			s.outlier.baseEjection = v.AsDuration()
+		}
+		if v := od.GetMaxEjectionPercent(); v != nil {
+			s.outlier.maxEjectedPct = min(v.GetValue(), 100)
+		}
+	}
+	for k, v := range c.GetTypedExtensionProtocolOptions() {
+		if k != "envoy.extensions.upstreams.http.v3.HttpProtocolOptions" {
+			return nil, fmt.Errorf("%w: %s.typed_extension_protocol_options[%q]", ErrUnsupported, path, k)
+		}
+		// HTTP protocol options shape HTTP connections only, which no
+		// accepted listener makes (L7 listeners are refused).
+		var o httpopts.HttpProtocolOptions
+		if err := unpack(v, &o, fmt.Sprintf("%s.typed_extension_protocol_options[%q]", path, k)); err != nil {
+			return nil, err
+		}
+	}
+	if ts := c.GetTransportSocket(); ts != nil {
+		t, err := parseUpstreamTLS(ts, path+".transport_socket")
+		if err != nil {
+			return nil, err
+		}
+		s.tls = t
+	}
+	for i, m := range c.GetTransportSocketMatches() {
+		mp := fmt.Sprintf("%s.transport_socket_matches[%d]", path, i)
+		if err := onlyFields(m, mp, "name", "match", "transport_socket"); err != nil {
+			return nil, err
+		}
+		tm := tlsMatch{match: m.GetMatch()}
+		if ts := m.GetTransportSocket(); ts != nil {
+			t, err := parseUpstreamTLS(ts, mp+".transport_socket")
+			if err != nil {
+				return nil, err
+			}
+			tm.tls = t
+		}
+		s.tlsMatches = append(s.tlsMatches, tm)
+	}
+	if s.kind == kindOriginalDst && (s.tls != nil || len(s.tlsMatches) > 0) {
+		return nil, fmt.Errorf("%w: %s: TLS to an original destination", ErrUnsupported, path)
+	}
+	return s, nil
+}
+
+func parseUpstreamTLS(ts *core.TransportSocket, path string) (*upstreamTLS, error) {
+	if err := onlyFields(ts, path, "name", "typed_config"); err != nil {
+		return nil, err
+	}
+	var u tlsv3.UpstreamTlsContext
+	if err := unpack(ts.GetTypedConfig(), &u, path); err != nil {
+		return nil, err
+	}
+	if err := onlyFields(&u, path+" UpstreamTlsContext", "sni", "common_tls_context"); err != nil {
+		return nil, err
+	}
+	cert, roots, alpn, err := parseCommonTLS(u.GetCommonTlsContext(), path+" UpstreamTlsContext.common_tls_context")
+	if err != nil {
+		return nil, err
+	}
+	if roots == "" {
+		// Envoy would connect without verifying the peer; a mesh proxy
+		// must not.
+		return nil, fmt.Errorf("%w: %s: upstream TLS without a validation context", ErrUnsupported, path)
+	}
+	return &upstreamTLS{sni: u.GetSni(), certSecret: cert, rootsSecret: roots, alpn: alpn}, nil
+}
+
+func parseCLA(cla *endpoint.ClusterLoadAssignment, path string) (*endpointsSpec, error) {
+	if cla == nil {
+		return &endpointsSpec{}, nil
+	}
+	if err := onlyFields(cla, path, "cluster_name", "endpoints"); err != nil {
+		return nil, err
+	}
+	out := &endpointsSpec{}
+	for i, loc := range cla.GetEndpoints() {
+		lp := fmt.Sprintf("%s.endpoints[%d]", path, i)
+		if err := onlyFields(loc, lp, "locality", "lb_endpoints", "load_balancing_weight"); err != nil {
+			return nil, err
+		}
+		// One locality is all the xDS server sends; with several, their
+		// weights would matter.
+		if len(cla.GetEndpoints()) > 1 {
+			return nil, fmt.Errorf("%w: %s: more than one locality", ErrUnsupported, path)
+		}
+		for j, lb := range loc.GetLbEndpoints() {
+			ep := fmt.Sprintf("%s.lb_endpoints[%d]", lp, j)
+			if err := onlyFields(lb, ep, "endpoint", "health_status", "load_balancing_weight", "metadata"); err != nil {
+				return nil, err
+			}
+			if err := onlyFields(lb.GetEndpoint(), ep+".endpoint", "address"); err != nil {
+				return nil, err
+			}
+			addr, err := parseAddr(lb.GetEndpoint().GetAddress(), ep+".endpoint.address")
+			if err != nil {
+				return nil, err
+			}
+			e := endpointSpec{addr: addr, weight: 1, health: lb.GetHealthStatus()}
+			if w := lb.GetLoadBalancingWeight(); w != nil {
+				e.weight = max(w.GetValue(), 1)
+			}
+			if md := lb.GetMetadata(); md != nil {
+				if err := onlyFields(md, ep+".metadata", "filter_metadata"); err != nil {
+					return nil, err
+				}
+				for k, v := range md.GetFilterMetadata() {
+					if k != "envoy.transport_socket_match" {
+						return nil, fmt.Errorf("%w: %s.metadata.filter_metadata[%q]", ErrUnsupported, ep, k)
+					}
+					e.match = v
+				}
+			}
+			out.eps = append(out.eps, e)
+		}
+	}
+	return out, nil
+}
+
+func parseSecret(s *tlsv3.Secret) (*secretSpec, error) {
+	path := "secret " + s.GetName()
+	if err := onlyFields(s, path, "name", "tls_certificate", "validation_context"); err != nil {
+		return nil, err
+	}
+	inline := func(d *core.DataSource, p string) ([]byte, error) {
+		switch {
+		case d.GetInlineBytes() != nil:
+			return d.GetInlineBytes(), nil
+		case d.GetInlineString() != "":
+			return []byte(d.GetInlineString()), nil
+		}
+		return nil, fmt.Errorf("%w: %s: only inline_bytes and inline_string", ErrUnsupported, p)
+	}
+	out := &secretSpec{}
+	if tc := s.GetTlsCertificate(); tc != nil {
+		if err := onlyFields(tc, path+".tls_certificate", "certificate_chain", "private_key"); err != nil {
+			return nil, err
+		}
+		certPEM, err := inline(tc.GetCertificateChain(), path+".tls_certificate.certificate_chain")
+		if err != nil {
+			return nil, err
+		}
+		keyPEM, err := inline(tc.GetPrivateKey(), path+".tls_certificate.private_key")
+		if err != nil {
+			return nil, err
+		}
+		pair, err := tls.X509KeyPair(certPEM, keyPEM)
+		if err != nil {
+			return nil, fmt.Errorf("%w: %s.tls_certificate: %v", ErrInvalid, path, err)
+		}
+		out.cert = &pair
+	}
+	if vc := s.GetValidationContext(); vc != nil {
+		if err := onlyFields(vc, path+".validation_context", "trusted_ca"); err != nil {
+			return nil, err
+		}
+		pem, err := inline(vc.GetTrustedCa(), path+".validation_context.trusted_ca")
+		if err != nil {
+			return nil, err
+		}
+		out.roots = x509.NewCertPool()
+		if !out.roots.AppendCertsFromPEM(pem) {
+			return nil, fmt.Errorf("%w: %s.validation_context.trusted_ca holds no certificate", ErrInvalid, path)
+		}
+	}
+	if out.cert == nil && out.roots == nil {
+		return nil, fmt.Errorf("%w: %s is empty", ErrInvalid, path)
+	}
+	return out, nil
+}
