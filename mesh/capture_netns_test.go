@@ -71,33 +71,11 @@ func (ns *captureNS) vmesh0() (addrs string, ok bool) {
 }
 
 // agent starts `vmesh agent args...` inside the namespace (ip netns exec
-// execs it, so signals reach the agent itself) and waits for its banner,
-// which Start prints after it applied capture.
+// execs it, so signals reach the agent itself); its banner, which callers
+// wait for, comes after Start applied capture.
 func (ns *captureNS) agent(args ...string) *proc {
 	ns.t.Helper()
-	t := ns.t
-	p := &proc{t: t, stdout: &syncBuffer{}, stderr: &syncBuffer{}, done: make(chan struct{})}
-	p.cmd = exec.Command("ip", append([]string{"netns", "exec", ns.name, vmeshBin, "agent"}, args...)...)
-	p.cmd.Stdout, p.cmd.Stderr = p.stdout, p.stderr
-	if err := p.cmd.Start(); err != nil {
-		t.Fatal(err)
-	}
-	go func() {
-		p.cmd.Wait()
-		close(p.done)
-	}()
-	t.Cleanup(func() {
-		select {
-		case <-p.done:
-		default:
-			p.cmd.Process.Kill()
-			<-p.done
-		}
-		if t.Failed() {
-			t.Logf("vmesh agent %s\nstdout:\n%s\nstderr:\n%s", strings.Join(args, " "), p.stdout, p.stderr)
-		}
-	})
-	return p
+	return runProc(ns.t, exec.Command("ip", append([]string{"netns", "exec", ns.name, vmeshBin, "agent"}, args...)...))
 }
 
 func poll(t *testing.T, d time.Duration, what string, cond func() bool) {

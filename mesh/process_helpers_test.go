@@ -69,14 +69,21 @@ type proc struct {
 
 var bannerHTTP = regexp.MustCompile(`HTTP API: http://(\S+)`)
 
-// startProc runs `vmesh args...` and, for an agent, waits for its banner.
+// startProc runs `vmesh args...`; waitHTTP waits for an agent's banner.
 func startProc(t testing.TB, args ...string) *proc {
 	t.Helper()
-	p := &proc{t: t, stdout: &syncBuffer{}, stderr: &syncBuffer{}, done: make(chan struct{})}
-	p.cmd = exec.Command(vmeshBin, args...)
+	return runProc(t, exec.Command(vmeshBin, args...))
+}
+
+// runProc starts cmd (vmesh itself, or vmesh behind a wrapper such as
+// `ip netns exec`) and kills it when the test ends, logging its output if
+// the test failed.
+func runProc(t testing.TB, cmd *exec.Cmd) *proc {
+	t.Helper()
+	p := &proc{t: t, cmd: cmd, stdout: &syncBuffer{}, stderr: &syncBuffer{}, done: make(chan struct{})}
 	p.cmd.Stdout, p.cmd.Stderr = p.stdout, p.stderr
 	if err := p.cmd.Start(); err != nil {
-		t.Fatalf("starting vmesh: %v", err)
+		t.Fatalf("starting %s: %v", cmd.Path, err)
 	}
 	go func() {
 		p.cmd.Wait()
@@ -90,7 +97,7 @@ func startProc(t testing.TB, args ...string) *proc {
 			<-p.done
 		}
 		if t.Failed() {
-			t.Logf("vmesh %s\nstdout:\n%s\nstderr:\n%s", strings.Join(args, " "), p.stdout, p.stderr)
+			t.Logf("%s\nstdout:\n%s\nstderr:\n%s", strings.Join(cmd.Args, " "), p.stdout, p.stderr)
 		}
 	})
 	return p
