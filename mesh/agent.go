@@ -147,6 +147,9 @@ func (a *Agent) Start(ctx context.Context) (err error) {
 		}
 	})
 	a.goLoop(func() { a.runLocalState(runCtx) })
+	if err := a.startProxy(runCtx); err != nil {
+		return err
+	}
 	if a.xds.leaves != nil {
 		a.goLoop(func() { a.xds.leaves.Run(runCtx) })
 	}

@@ -31,6 +31,7 @@ type Config struct {
 	Cluster     Cluster   `hcl:"cluster"`
 	// Capture is traffic capture (iptables, vmesh0): capture_config.go.
 	Capture CaptureConfig `hcl:"capture"`
+	Proxy   ProxyConfig   `hcl:"proxy"`
 	// DNS is the DNS server's `dns { ... }` block: dns.go.
 	DNS DNSOptions `hcl:"dns"`
 	// Join is a member's cluster address to join at start (with Token)

@@ -138,6 +138,7 @@ type agentFlags struct {
 	xds                            xdsFlags     // xds.go
 	dns                            dnsFlags     // dns.go
 	capture                        captureFlags // capture.go
+	proxy                          proxyFlags   // proxy.go
 }
 
 func (f *agentFlags) register(fs *flag.FlagSet) {
@@ -159,6 +160,7 @@ func (f *agentFlags) register(fs *flag.FlagSet) {
 	f.xds.register(fs)
 	f.dns.register(fs)
 	f.capture.register(fs)
+	f.proxy.register(fs)
 }
 
 // buildConfig applies defaults, files and set flags, then validates. Every
@@ -232,6 +234,7 @@ func (f *agentFlags) buildConfig(fs *flag.FlagSet) (Config, error) {
 	f.xds.apply(set, &cfg)
 	f.dns.apply(set, &cfg)
 	f.capture.apply(set, &cfg)
+	f.proxy.apply(set, &cfg)
 	if err := cfg.Validate(); err != nil {
 		return cfg, fmt.Errorf("invalid configuration:\n%w", err)
 	}

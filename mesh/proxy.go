@@ -1,0 +1,56 @@
+package mesh
+
+import (
+	"context"
+	"flag"
+	"fmt"
+
+	"github.com/vmesh/vmesh/dataplane/proxy"
+)
+
+// ProxyConfig turns on the in-process proxy. It is off by default while
+// the proxy handles L4 only (HTTP and gRPC listeners are NACKed and keep
+// their previous config, see docs/proxy.md); Envoy from `vmesh envoy
+// bootstrap` is the full data plane until then.
+type ProxyConfig struct {
+	Enabled bool `hcl:"enabled"`
+}
+
+// proxyFlags is the agent's -proxy flag.
+type proxyFlags struct{ enabled bool }
+
+func (f *proxyFlags) register(fs *flag.FlagSet) {
+	fs.BoolVar(&f.enabled, "proxy", false, "run the in-process proxy, fed by this agent's xDS over its unix socket (docs/proxy.md)")
+}
+
+func (f *proxyFlags) apply(set map[string]bool, cfg *Config) {
+	if set["proxy"] {
+		cfg.Proxy.Enabled = f.enabled
+	}
+}
+
+// startProxy runs the in-process proxy under ctx: the same code as `vmesh
+// proxy`, reading its whole config from this agent's xDS socket as this
+// host's mesh proxy. It stops when ctx ends (Close cancels it).
+func (a *Agent) startProxy(ctx context.Context) error {
+	if !a.cfg.Proxy.Enabled {
+		return nil
+	}
+	if a.xds.socket == "" {
+		return fmt.Errorf("the in-process proxy needs the xDS socket, which is not set up")
+	}
+	p, err := proxy.New(proxy.Config{
+		XDSAddr: "unix://" + a.xds.socket,
+		Node:    a.cfg.NodeName,
+		Logger:  a.logger.With("component", "proxy"),
+	})
+	if err != nil {
+		return err
+	}
+	a.goLoop(func() {
+		if err := p.Run(ctx); err != nil && ctx.Err() == nil {
+			a.logger.Error("in-process proxy stopped", "err", err)
+		}
+	})
+	return nil
+}
