@@ -46,8 +46,11 @@ func configCatalog(t testing.TB) *discovery.Store {
 	return s
 }
 
-func TestFSMConfigEntriesSnapshotRoundTrip(t *testing.T) {
-	src := configCatalog(t)
+// restoreRoundTrip persists src, restores it into a fresh FSM and checks
+// that every record came back, and that src held wantN records of type rt
+// (so the test exercises what it means to).
+func restoreRoundTrip(t *testing.T, src *discovery.Store, rt discovery.RecordType, wantN int) *fsm {
+	t.Helper()
 	dst := &fsm{store: discovery.NewStore(), logger: testLogger(t)}
 	if err := dst.Restore(io.NopCloser(bytes.NewReader(persist(t, src)))); err != nil {
 		t.Fatal(err)
@@ -55,16 +58,22 @@ func TestFSMConfigEntriesSnapshotRoundTrip(t *testing.T) {
 	want, got := records(t, src), records(t, dst.store)
 	n := 0
 	for _, r := range want {
-		if r.Type == discovery.RecordConfig {
+		if r.Type == rt {
 			n++
 		}
 	}
-	if n != 4 {
-		t.Fatalf("source catalog has %d config entry records, want 4", n)
+	if n != wantN {
+		t.Fatalf("source catalog has %d records of type %d, want %d", n, rt, wantN)
 	}
 	if !reflect.DeepEqual(got, want) {
 		t.Errorf("restored records differ:\n got %+v\nwant %+v", got, want)
 	}
+	return dst
+}
+
+func TestFSMConfigEntriesSnapshotRoundTrip(t *testing.T) {
+	src := configCatalog(t)
+	dst := restoreRoundTrip(t, src, discovery.RecordConfig, 4)
 	for _, kind := range discovery.ConfigEntryKinds {
 		gi, ge, _ := dst.store.ConfigEntries(nil, kind)
 		wi, we, _ := src.ConfigEntries(nil, kind)
@@ -84,7 +93,7 @@ func TestFSMConfigEntriesSnapshotRoundTrip(t *testing.T) {
 	if err, _ := resp.(error); !errors.Is(err, discovery.ErrCASConflict) {
 		t.Errorf("stale CAS = %v, want ErrCASConflict", resp)
 	}
-	if got := records(t, dst.store); !reflect.DeepEqual(got, want) {
+	if got := records(t, dst.store); !reflect.DeepEqual(got, records(t, src)) {
 		t.Error("a failed CAS changed the catalog")
 	}
 }

@@ -1,9 +1,7 @@
 package raft
 
 import (
-	"bytes"
 	"errors"
-	"io"
 	"reflect"
 	"testing"
 
@@ -36,23 +34,7 @@ func intentionCatalog(t testing.TB) *discovery.Store {
 
 func TestFSMIntentionsSnapshotRoundTrip(t *testing.T) {
 	src := intentionCatalog(t)
-	dst := &fsm{store: discovery.NewStore(), logger: testLogger(t)}
-	if err := dst.Restore(io.NopCloser(bytes.NewReader(persist(t, src)))); err != nil {
-		t.Fatal(err)
-	}
-	want, got := records(t, src), records(t, dst.store)
-	n := 0
-	for _, r := range want {
-		if r.Type == discovery.RecordIntention {
-			n++
-		}
-	}
-	if n != 4 {
-		t.Fatalf("source catalog has %d intention records, want 4", n)
-	}
-	if !reflect.DeepEqual(got, want) {
-		t.Errorf("restored records differ:\n got %+v\nwant %+v", got, want)
-	}
+	dst := restoreRoundTrip(t, src, discovery.RecordIntention, 4)
 	gi, gl, _ := dst.store.Intentions(nil)
 	wi, wl, _ := src.Intentions(nil)
 	if gi != 7 || gi != wi || !reflect.DeepEqual(gl, wl) {
