@@ -116,7 +116,7 @@ func (a *Agent) startXDS(ctx context.Context, mux *http.ServeMux) error {
 	a.xds.leaves = raft.NewLeafIssuer(a.store, a.cfg.NodeName, 0, a.logger.With("component", "leaf"))
 	srv, err := xds.NewServer(xds.Config{
 		Store:      a.store,
-		Secrets:    leafSecrets{leaves: a.xds.leaves, node: a.cfg.NodeName},
+		Secrets:    NewLeafSecrets(a.xds.leaves, a.cfg.NodeName),
 		Options:    xds.Options{OutboundAddr: a.cfg.ClientAddr, IntentionsDefaultAllow: a.cfg.intentionsDefaultAllow()},
 		UnixSocket: sock,
 		TCPAddr:    a.cfg.Addresses.XDS,
@@ -157,8 +157,13 @@ func (a *Agent) startXDS(ctx context.Context, mux *http.ServeMux) error {
 	return nil
 }
 
-// leafSecrets serves this node's leaf certificates and the CA roots to its
-// own proxy over SDS; other nodes' proxies get none from this agent.
+// NewLeafSecrets serves node's leaf certificates and the CA roots to that
+// node's proxy over SDS; other nodes' proxies get none. The agent uses it
+// for its own node; tests that run a proxy beside an xDS server use it too.
+func NewLeafSecrets(leaves *raft.LeafIssuer, node string) xds.SecretSource {
+	return leafSecrets{leaves: leaves, node: node}
+}
+
 type leafSecrets struct {
 	leaves *raft.LeafIssuer
 	node   string

@@ -31,6 +31,22 @@ import (
 // namedServer answers each line with "name:line".
 func namedServer(t *testing.T, name string) string {
 	t.Helper()
+	return serveTCP(t, func(c net.Conn) {
+		r := bufio.NewReader(c)
+		for {
+			line, err := r.ReadString('\n')
+			if err != nil {
+				return
+			}
+			fmt.Fprintf(c, "%s:%s", name, line)
+		}
+	}).String()
+}
+
+// serveTCP accepts on a loopback port until the test ends and runs handle
+// on each connection, closing it afterwards.
+func serveTCP(t *testing.T, handle func(net.Conn)) *net.TCPAddr {
+	t.Helper()
 	ln, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
 		t.Fatal(err)
@@ -44,18 +60,11 @@ func namedServer(t *testing.T, name string) string {
 			}
 			go func() {
 				defer c.Close()
-				r := bufio.NewReader(c)
-				for {
-					line, err := r.ReadString('\n')
-					if err != nil {
-						return
-					}
-					fmt.Fprintf(c, "%s:%s", name, line)
-				}
+				handle(c)
 			}()
 		}
 	}()
-	return ln.Addr().String()
+	return ln.Addr().(*net.TCPAddr)
 }
 
 func mustAny(t *testing.T, m proto.Message) *anypb.Any {

@@ -20,10 +20,10 @@ import (
 	"testing"
 	"time"
 
-	tlsv3 "github.com/envoyproxy/go-control-plane/envoy/extensions/transport_sockets/tls/v3"
 	"github.com/vmesh/vmesh/dataplane/proxy"
 	"github.com/vmesh/vmesh/dataplane/xds"
 	"github.com/vmesh/vmesh/discovery"
+	"github.com/vmesh/vmesh/mesh"
 	"github.com/vmesh/vmesh/raft"
 )
 
@@ -76,30 +76,6 @@ func apply(t *testing.T, r *raft.Server, cmd discovery.Command) {
 	}
 }
 
-// nodeSecrets serves one node's leaves, as the agent does for its own
-// proxy.
-type nodeSecrets struct {
-	node   string
-	leaves *raft.LeafIssuer
-}
-
-func (s nodeSecrets) Secrets(node string) []*tlsv3.Secret {
-	lv := s.leaves.Leaves()
-	if node != s.node || lv.RootsPEM == nil {
-		return nil
-	}
-	out := []*tlsv3.Secret{xds.RootsSecret(lv.RootsPEM)}
-	if lv.Node != nil {
-		out = append(out, xds.CertSecret(xds.SecretNodeCert, lv.Node.CertPEM, lv.Node.KeyPEM))
-	}
-	for _, l := range lv.Services {
-		out = append(out, xds.CertSecret(xds.ServiceSecret(l.Name), l.CertPEM, l.KeyPEM))
-	}
-	return out
-}
-
-func (s nodeSecrets) Changed() <-chan struct{} { return s.leaves.Changed() }
-
 // freePort finds a port free on every ip.
 func freePort(t *testing.T, ips ...string) int {
 	t.Helper()
@@ -130,24 +106,7 @@ func freePort(t *testing.T, ips ...string) int {
 // echoServer answers every line with itself.
 func echoServer(t *testing.T) int {
 	t.Helper()
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { ln.Close() })
-	go func() {
-		for {
-			c, err := ln.Accept()
-			if err != nil {
-				return
-			}
-			go func() {
-				defer c.Close()
-				io.Copy(c, c)
-			}()
-		}
-	}()
-	return ln.Addr().(*net.TCPAddr).Port
+	return serveTCP(t, func(c net.Conn) { io.Copy(c, c) }).Port
 }
 
 // startProxy runs a proxy until the test ends.
@@ -246,7 +205,7 @@ func TestMeshTCP(t *testing.T) {
 		leaves := raft.NewLeafIssuer(store, n.node, 0, quiet())
 		go leaves.Run(ctx)
 		addr := startXDS(t, store, xds.Options{OutboundAddr: n.ip, OutboundPort: outPort, MeshPort: meshPort, IntentionsDefaultAllow: true},
-			nodeSecrets{node: n.node, leaves: leaves})
+			mesh.NewLeafSecrets(leaves, n.node))
 		proxies = append(proxies, startProxy(t, proxy.Config{XDSAddr: addr, Node: n.node, DrainTimeout: time.Second, MinBackoff: 50 * time.Millisecond, Logger: testLogger(t)}))
 	}
 	upstream := net.JoinHostPort("127.0.0.2", strconv.Itoa(upPort))
