@@ -255,6 +255,7 @@ func (p *Proxy) handle(resp *discoverygrpc.DiscoveryResponse) *discoverygrpc.Dis
 	ts.nonce = resp.GetNonce()
 	err := p.accept(typ, resp)
 	if err != nil {
+		p.cfg.Metrics.XDSNack(typ)
 		p.status[typ].Nacks++
 		p.status[typ].LastNack = err.Error()
 		p.log.Warn("rejecting xDS update; the previous config keeps serving", "type", typ, "version", resp.GetVersionInfo(), "err", err)
@@ -263,6 +264,7 @@ func (p *Proxy) handle(resp *discoverygrpc.DiscoveryResponse) *discoverygrpc.Dis
 		return req
 	}
 	ts.version = resp.GetVersionInfo()
+	p.cfg.Metrics.XDSUpdate(typ)
 	p.status[typ].Acked = ts.version
 	p.log.Debug("xDS update applied", "type", typ, "version", ts.version, "resources", len(resp.GetResources()))
 	return p.request(typ)

@@ -5,13 +5,8 @@ import (
 	"crypto/x509"
 	"errors"
 	"fmt"
-	"math/rand/v2"
 	"net/netip"
-	"sync"
-	"sync/atomic"
-	"time"
 
-	cluster "github.com/envoyproxy/go-control-plane/envoy/config/cluster/v3"
 	core "github.com/envoyproxy/go-control-plane/envoy/config/core/v3"
 	"google.golang.org/protobuf/proto"
 	"google.golang.org/protobuf/types/known/structpb"
@@ -53,35 +48,12 @@ type clusterRT struct {
 	lb    *lbState
 }
 
-// clusterState outlives snapshots: counters that a new version of the
-// cluster keeps (active connections for the circuit breaker).
-type clusterState struct {
-	active atomic.Int64
-}
-
 type host struct {
 	addr    netip.AddrPort
 	weight  uint32
 	healthy bool
 	tls     *tls.Config // nil: plaintext
 	st      *hostState
-}
-
-// hostState outlives snapshots too, keyed by address: outlier ejection
-// and the active count survive an endpoints update.
-type hostState struct {
-	active atomic.Int64
-
-	mu           sync.Mutex
-	fails        uint32
-	ejections    int
-	ejectedUntil time.Time
-}
-
-// lbState is a cluster version's smooth weighted round robin (nginx's).
-type lbState struct {
-	mu  sync.Mutex
-	cur []int64
 }
 
 // errWarming marks a resource whose dependencies (endpoints, secrets) have
@@ -279,87 +251,4 @@ func serverTLS(d *downstreamTLS, st *state) (*tls.Config, error) {
 		}
 	}
 	return cfg, nil
-}
-
-// pick chooses an endpoint: smooth weighted round robin (or random, or
-// the less loaded of two) over the healthy hosts that are not ejected;
-// the degraded ones only when no healthy one is left.
-func (c *clusterRT) pick(now time.Time) *host {
-	cands := make([]int, 0, len(c.hosts))
-	for _, want := range []bool{true, false} {
-		for i, h := range c.hosts {
-			if h.healthy == want && !h.st.ejected(now) {
-				cands = append(cands, i)
-			}
-		}
-		if len(cands) > 0 {
-			break
-		}
-	}
-	if len(cands) == 0 {
-		return nil
-	}
-	switch c.spec.lb {
-	case cluster.Cluster_RANDOM:
-		return c.hosts[cands[rand.IntN(len(cands))]]
-	case cluster.Cluster_LEAST_REQUEST:
-		a, b := c.hosts[cands[rand.IntN(len(cands))]], c.hosts[cands[rand.IntN(len(cands))]]
-		if b.st.active.Load() < a.st.active.Load() {
-			return b
-		}
-		return a
-	}
-	c.lb.mu.Lock()
-	defer c.lb.mu.Unlock()
-	var total int64
-	best := -1
-	for _, i := range cands {
-		w := int64(c.hosts[i].weight)
-		c.lb.cur[i] += w
-		total += w
-		if best < 0 || c.lb.cur[i] > c.lb.cur[best] {
-			best = i
-		}
-	}
-	c.lb.cur[best] -= total
-	return c.hosts[best]
-}
-
-func (h *hostState) ejected(now time.Time) bool {
-	h.mu.Lock()
-	defer h.mu.Unlock()
-	return now.Before(h.ejectedUntil)
-}
-
-// result records a connect attempt for outlier detection: consecutive
-// failures eject the host for base_ejection_time times its ejections,
-// unless max_ejection_percent of the cluster is out already.
-func (c *clusterRT) result(h *host, ok bool, now time.Time) {
-	od := c.spec.outlier
-	h.st.mu.Lock()
-	if ok {
-		h.st.fails = 0
-		h.st.mu.Unlock()
-		return
-	}
-	h.st.fails++
-	trip := od != nil && od.consecutive > 0 && h.st.fails >= od.consecutive
-	h.st.mu.Unlock()
-	if !trip {
-		return
-	}
-	out := 0
-	for _, o := range c.hosts {
-		if o != h && o.st.ejected(now) {
-			out++
-		}
-	}
-	if (out+1)*100 > int(od.maxEjectedPct)*len(c.hosts) {
-		return
-	}
-	h.st.mu.Lock()
-	h.st.ejections++
-	h.st.fails = 0
-	h.st.ejectedUntil = now.Add(od.baseEjection * time.Duration(h.st.ejections))
-	h.st.mu.Unlock()
 }

@@ -190,6 +190,7 @@ func (p *Proxy) serve(rl *runningListener, pc *proxyConn) {
 		cancel()
 		if err != nil {
 			p.log.Debug("TLS handshake failed", "listener", rl.name, "chain", chain.name, "remote", raw.RemoteAddr(), "err", err)
+			p.cfg.Metrics.TLSHandshakeFailed(rl.name, "downstream")
 			reset(raw)
 			return
 		}
@@ -246,7 +247,7 @@ func (p *Proxy) tcpProxy(tp *tcpProxySpec, pc *proxyConn, down net.Conn, dst net
 			reset(pc.down)
 			return
 		}
-		up, err := net.DialTimeout("tcp", dst.String(), c.spec.connectTimeout)
+		up, err := p.dialAddr(c, dst)
 		if err != nil {
 			reset(pc.down)
 			return
@@ -255,14 +256,14 @@ func (p *Proxy) tcpProxy(tp *tcpProxySpec, pc *proxyConn, down net.Conn, dst net
 		splice(down, up)
 		return
 	}
-	if n := c.st.active.Add(1); n > int64(c.spec.maxConns) {
-		c.st.active.Add(-1)
+	release, ok := c.admit(breakerConnections)
+	if !ok {
 		p.log.Debug("circuit breaker open: max_connections", "cluster", name)
 		reset(pc.down)
 		return
 	}
-	defer c.st.active.Add(-1)
-	h := c.pick(time.Now())
+	defer release()
+	h := c.choose(time.Now(), lbContext{})
 	if h == nil {
 		p.log.Debug("no healthy endpoint", "cluster", name)
 		reset(pc.down)
@@ -271,7 +272,11 @@ func (p *Proxy) tcpProxy(tp *tcpProxySpec, pc *proxyConn, down net.Conn, dst net
 	h.st.active.Add(1)
 	defer h.st.active.Add(-1)
 	up, err := p.dial(c, h)
-	c.result(h, err == nil, time.Now())
+	o := outcomeSuccess
+	if err != nil {
+		o = outcomeConnectFailure
+	}
+	c.record(h, o, 0, time.Now())
 	if err != nil {
 		p.log.Debug("connecting upstream", "cluster", name, "endpoint", h.addr, "err", err)
 		reset(pc.down)
@@ -279,22 +284,6 @@ func (p *Proxy) tcpProxy(tp *tcpProxySpec, pc *proxyConn, down net.Conn, dst net
 	}
 	pc.setUp(up)
 	splice(down, up)
-}
-
-func (p *Proxy) dial(c *clusterRT, h *host) (net.Conn, error) {
-	ctx, cancel := context.WithTimeout(p.ctx, c.spec.connectTimeout)
-	defer cancel()
-	var d net.Dialer
-	up, err := d.DialContext(ctx, "tcp", h.addr.String())
-	if err != nil || h.tls == nil {
-		return up, err
-	}
-	tc := tls.Client(up, h.tls)
-	if err := tc.HandshakeContext(ctx); err != nil {
-		up.Close()
-		return nil, err
-	}
-	return tc, nil
 }
 
 // splice copies both ways. A clean end of stream on one side is passed on

@@ -30,6 +30,11 @@ type Config struct {
 	// MinBackoff and MaxBackoff bound the reconnect delay (default 1 s, 30 s).
 	MinBackoff, MaxBackoff time.Duration
 	Logger                 *slog.Logger
+	// Metrics receives the proxy's measurements (nil: none are kept).
+	Metrics *Metrics
+	// Mark, when not zero, is set as SO_MARK on every socket the proxy
+	// dials, so traffic capture can exclude the proxy's own traffic.
+	Mark int
 }
 
 // Proxy is the data plane: an ADS client and the listeners it configures.
@@ -279,9 +284,11 @@ func (p *Proxy) acceptLoop(rl *runningListener) {
 		pc := &proxyConn{down: c}
 		rl.conns[pc] = struct{}{}
 		rl.mu.Unlock()
+		p.cfg.Metrics.ConnOpened(rl.name)
 		p.wg.Add(1)
 		go func() {
 			defer p.wg.Done()
+			defer p.cfg.Metrics.ConnClosed(rl.name)
 			defer func() {
 				rl.mu.Lock()
 				delete(rl.conns, pc)
