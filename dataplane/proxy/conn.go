@@ -190,7 +190,7 @@ func (p *Proxy) serve(rl *runningListener, pc *proxyConn) {
 		cancel()
 		if err != nil {
 			p.log.Debug("TLS handshake failed", "listener", rl.name, "chain", chain.name, "remote", raw.RemoteAddr(), "err", err)
-			p.cfg.Metrics.TLSHandshakeFailed(rl.name, "downstream")
+			p.cfg.Metrics.TLSHandshakeFailed("downstream", rl.name)
 			reset(raw)
 			return
 		}

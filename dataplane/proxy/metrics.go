@@ -31,8 +31,9 @@ func (m *Metrics) ConnClosed(listener string) {}
 func (m *Metrics) Bytes(listener, stat, upstream string, in, out int64) {}
 
 // TLSHandshakeFailed counts a failed TLS handshake: side "downstream"
-// (a client of a listener) or "upstream" (the proxy dialing an endpoint).
-func (m *Metrics) TLSHandshakeFailed(listener, side string) {}
+// (a client of listener name) or "upstream" (the proxy dialing an
+// endpoint of cluster name).
+func (m *Metrics) TLSHandshakeFailed(side, name string) {}
 
 // XDSUpdate counts an accepted xDS response of type typeURL; XDSNack a
 // rejected one.
