@@ -233,6 +233,7 @@ func (c *Config) Validate() error {
 	}
 	errs = append(errs, c.validateXDS()...)
 	errs = append(errs, c.validateIntentions()...)
+	errs = append(errs, c.validateProxy()...)
 	errs = append(errs, c.validateDNS()...)
 	errs = append(errs, c.validateCapture()...)
 	return errors.Join(errs...)

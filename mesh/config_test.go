@@ -118,3 +118,20 @@ func TestConfigValidateReportsEverything(t *testing.T) {
 		t.Fatalf("DefaultConfig does not validate: %v", d.Validate())
 	}
 }
+
+func TestProxyLeafCertTTL(t *testing.T) {
+	dir := t.TempDir()
+	good := writeFile(t, dir, "good.hcl", "proxy {\n  leaf_cert_ttl = \"60s\"\n}\n")
+	cfg, err := parseAgentFlags(t, "-dev", "-config", good)
+	if err != nil {
+		t.Fatalf("loading %s: %v", good, err)
+	}
+	if cfg.Proxy.LeafCertTTL != time.Minute {
+		t.Fatalf("proxy.leaf_cert_ttl = %s, want 1m", cfg.Proxy.LeafCertTTL)
+	}
+	bad := writeFile(t, dir, "bad.hcl", "proxy {\n  leaf_cert_ttl = \"5s\"\n}\n")
+	_, err = parseAgentFlags(t, "-dev", "-config", bad)
+	if err == nil || !strings.Contains(err.Error(), "proxy.leaf_cert_ttl") {
+		t.Fatalf("a 5s leaf_cert_ttl: got %v, want an error naming proxy.leaf_cert_ttl", err)
+	}
+}

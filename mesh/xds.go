@@ -113,7 +113,7 @@ func (a *Agent) startXDS(ctx context.Context, mux *http.ServeMux) error {
 		return err
 	}
 	a.xds.socket, a.xds.socketCleanup = sock, cleanup
-	a.xds.leaves = raft.NewLeafIssuer(a.store, a.cfg.NodeName, 0, a.logger.With("component", "leaf"))
+	a.xds.leaves = raft.NewLeafIssuer(a.store, a.cfg.NodeName, a.cfg.Proxy.LeafCertTTL, a.logger.With("component", "leaf"))
 	srv, err := xds.NewServer(xds.Config{
 		Store:      a.store,
 		Secrets:    NewLeafSecrets(a.xds.leaves, a.cfg.NodeName),
