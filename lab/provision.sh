@@ -1,0 +1,323 @@
+#!/usr/bin/env bash
+# lab/provision.sh: sets up vmesh on one lab VM. Both labs use it: the
+# netns lab (lab/netns.sh) for each namespace "VM", under a root dir of its
+# own, and the Vagrant lab (lab/Vagrantfile) on each real VM, under /.
+#
+#   provision.sh config --root DIR --node NAME --ip IP --vms N [--bootstrap] [--recursor IP]...
+#       write ROOT/etc/vmesh/vmesh.hcl and ROOT/etc/vmesh/services.d/<app>.hcl
+#       for the demo apps this VM runs (lab/common.sh places them)
+#   provision.sh intentions [--vmesh BIN]
+#       allow every mesh host to call each demo service ('*' => app); run
+#       once, on any member
+#   provision.sh join ADDR (--token T | --token-file F) [--vmesh BIN]
+#       join the local agent to the cluster at ADDR, unless it is in one
+#   provision.sh wait-leader [--vmesh BIN]
+#       wait until the local agent knows a raft leader
+#   provision.sh vagrant --node NAME --ip IP --vms N [--bootstrap]
+#       a whole Vagrant VM, as root: packages, the binaries from
+#       /vagrant/lab/.work/bin, 'vmesh install', the config, the resolver,
+#       the demo apps' units; starts vmesh and the apps. The bootstrap VM
+#       also waits for its leader and writes the intentions.
+#
+# The layout is vmesh's own (docs/systemd.md): ROOT/etc/vmesh/vmesh.hcl,
+# ROOT/etc/vmesh/services.d/, data in ROOT/var/lib/vmesh.
+set -euo pipefail
+
+LAB_DIR=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
+# shellcheck source-path=SCRIPTDIR source=common.sh
+. "$LAB_DIR/common.sh"
+
+VMESH=${VMESH:-vmesh}
+HTTP_ADDR=127.0.0.1:8500
+
+# config_file ROOT NODE IP BOOTSTRAP RECURSORS...: the agent's vmesh.hcl.
+config_file() {
+	local root=$1 node=$2 ip=$3 bootstrap=$4
+	shift 4
+	cat <<EOF
+# The vmesh lab's agent on $node. Written by lab/provision.sh, which
+# rewrites it; see docs/lab.md and docs/configuration.md.
+node_name    = "$node"
+data_dir     = "$root/var/lib/vmesh"
+services_dir = "$root/etc/vmesh/services.d"
+# The cluster port (7400) and the mesh port (15443) listen here; the HTTP
+# API (8500) and the proxy's outbound listener (15001) on loopback.
+bind_addr    = "$ip"
+client_addr  = "127.0.0.1"
+EOF
+	if [ "$bootstrap" = 1 ]; then
+		cat <<EOF
+# This VM starts the cluster; the others join it with a token.
+bootstrap    = true
+EOF
+	fi
+	cat <<EOF
+
+# The VM's resolver points at 127.0.0.1, so apps resolve <svc>.mesh to
+# the service's virtual IP with no change (docs/dns.md).
+addresses {
+  dns = "127.0.0.1:53"
+}
+EOF
+	if [ $# -gt 0 ]; then
+		local list="" r
+		for r in "$@"; do list="$list, \"$r\""; done
+		cat <<EOF
+# Other names go to the VM's resolvers from before the lab.
+dns {
+  recursors = [${list#, }]
+}
+EOF
+	fi
+	cat <<EOF
+
+# Connections to a VIP go into the in-process proxy, which carries them
+# over mTLS to the proxy of the host that runs the service.
+capture {
+  enabled = true
+}
+proxy {
+  enabled = true
+}
+
+# Nothing is allowed unless an intention says so; the lab allows
+# '*' => each demo service (lab/provision.sh intentions).
+intentions_default = "deny"
+EOF
+}
+
+# service_file APP NODE: the demo app's service definition.
+service_file() {
+	local app=$1 node=$2 port
+	port=$(app_port "$app")
+	cat <<EOF
+# The lab's $app demo app (lab/demoapp) on $node. Written by
+# lab/provision.sh; protocol from LAB_PROTOCOL in lab/common.sh.
+service {
+  name     = "$app"
+  id       = "$app-$node"
+  port     = $port
+  protocol = "$LAB_PROTOCOL"
+  tags     = ["lab"]
+  check {
+    http     = "http://127.0.0.1:$port/health"
+    interval = "2s"
+    timeout  = "1s"
+  }
+}
+EOF
+}
+
+cmd_config() {
+	local root="" node="" ip="" vms="" bootstrap=0 recursors=()
+	while [ $# -gt 0 ]; do
+		case $1 in
+		--root) root=${2%/}; shift 2 ;;
+		--node) node=$2; shift 2 ;;
+		--ip) ip=$2; shift 2 ;;
+		--vms) vms=$2; shift 2 ;;
+		--bootstrap) bootstrap=1; shift ;;
+		--recursor) recursors+=("$2"); shift 2 ;;
+		*) die "config: unknown argument $1" ;;
+		esac
+	done
+	[ -n "$node" ] || die "config: --node is required"
+	[ -n "$ip" ] || die "config: --ip is required"
+	[[ $vms =~ ^[0-9]+$ ]] || die "config: --vms N is required (a number), got '$vms'"
+	[[ $node =~ ^vm([0-9]+)$ ]] || die "config: --node must be vm<N> (the labs name VMs so), got '$node'"
+	local i=${BASH_REMATCH[1]}
+
+	local etc=$root/etc/vmesh
+	mkdir -p "$etc/services.d"
+	install -d -m 0700 "$root/var/lib/vmesh"
+	config_file "$root" "$node" "$ip" "$bootstrap" "${recursors[@]}" >"$etc/vmesh.hcl.new"
+	mv "$etc/vmesh.hcl.new" "$etc/vmesh.hcl"
+	local app mine
+	mine=" $(apps_on "$i" "$vms") "
+	for app in $LAB_APPS; do
+		if [[ $mine == *" $app "* ]]; then
+			service_file "$app" "$node" >"$etc/services.d/$app.hcl"
+		else
+			rm -f "$etc/services.d/$app.hcl"
+		fi
+	done
+}
+
+# leader prints the local agent's raft leader, "" when it has none or does
+# not answer.
+leader() {
+	curl -sf -m 2 "http://$HTTP_ADDR/v1/status/leader" 2>/dev/null | tr -d '"' || true
+}
+
+cmd_wait_leader() {
+	local deadline=$((SECONDS + ${WAIT:-60}))
+	until [ -n "$(leader)" ]; do
+		[ $SECONDS -lt $deadline ] || die "no raft leader at http://$HTTP_ADDR after ${WAIT:-60}s"
+		sleep 0.5
+	done
+}
+
+cmd_intentions() {
+	local app
+	for app in $LAB_APPS; do
+		"$VMESH" intention create -allow -description "lab: any mesh host may call $app" '*' "$app" -http-addr "$HTTP_ADDR" >/dev/null
+	done
+	echo "intentions: '*' => $LAB_APPS allowed"
+}
+
+cmd_join() {
+	local addr="" token=""
+	while [ $# -gt 0 ]; do
+		case $1 in
+		--token) token=$2; shift 2 ;;
+		--token-file) token=$(cat "$2"); shift 2 ;;
+		-*) die "join: unknown flag $1" ;;
+		*) [ -z "$addr" ] || die "join: one address only"; addr=$1; shift ;;
+		esac
+	done
+	[ -n "$addr" ] || die "join: ADDR (a member's cluster address, IP:7400) is required"
+	if [ -n "$(leader)" ]; then
+		echo "already in a cluster (leader $(leader)); not joining"
+		return
+	fi
+	[ -n "$token" ] || die "join: --token or --token-file is required"
+	"$VMESH" join "$addr" -token "$token" -http-addr "$HTTP_ADDR"
+	cmd_wait_leader
+}
+
+# ---- the Vagrant VM ------------------------------------------------------
+
+# original_resolvers: the VM's resolvers before the lab pointed it at the
+# agent; remembered in /etc/vmesh/lab-recursors at the first provisioning.
+original_resolvers() {
+	local saved=/etc/vmesh/lab-recursors
+	if [ ! -f "$saved" ]; then
+		awk '$1 == "nameserver" && $2 !~ /^127\./ && $2 != "::1" { print $2 }' /etc/resolv.conf >"$saved"
+	fi
+	cat "$saved"
+}
+
+# point_resolver: send the VM's lookups to the agent's DNS (127.0.0.1:53).
+# With systemd-resolved, only the mesh zones go there; otherwise
+# resolv.conf names the agent, which forwards other names to the original
+# resolvers, and dhclient is kept from rewriting it.
+point_resolver() {
+	if systemctl is-active --quiet systemd-resolved; then
+		mkdir -p /etc/systemd/resolved.conf.d
+		printf '[Resolve]\nDNS=127.0.0.1\nDomains=~mesh ~consul\n' >/etc/systemd/resolved.conf.d/vmesh-lab.conf
+		systemctl restart systemd-resolved
+		return
+	fi
+	mkdir -p /etc/dhcp/dhclient-enter-hooks.d
+	printf '# vmesh lab: the agent (127.0.0.1:53) is the resolver; keep it.\nmake_resolv_conf() { :; }\n' \
+		>/etc/dhcp/dhclient-enter-hooks.d/vmesh-lab
+	rm -f /etc/resolv.conf # may be a symlink
+	printf '# vmesh lab: the agent answers *.mesh and forwards the rest\nnameserver 127.0.0.1\n' >/etc/resolv.conf
+}
+
+cmd_vagrant() {
+	local node="" ip="" vms="" bootstrap=0
+	while [ $# -gt 0 ]; do
+		case $1 in
+		--node) node=$2; shift 2 ;;
+		--ip) ip=$2; shift 2 ;;
+		--vms) vms=$2; shift 2 ;;
+		--bootstrap) bootstrap=1; shift ;;
+		*) die "vagrant: unknown argument $1" ;;
+		esac
+	done
+	[ "$(id -u)" = 0 ] || die "vagrant: run as root"
+	local bin=$LAB_DIR/.work/bin
+	for b in vmesh demoapp; do
+		[ -x "$bin/$b" ] || die "$bin/$b is missing: build it on the host first (docs/lab.md):
+  GOOS=linux go build -o lab/.work/bin/vmesh . && GOOS=linux go build -o lab/.work/bin/demoapp ./lab/demoapp
+then 'vagrant reload --provision' (or 'vagrant rsync' and 'vagrant provision')"
+	done
+
+	local missing=()
+	command -v iptables >/dev/null || missing+=(iptables)
+	command -v curl >/dev/null || missing+=(curl)
+	if [ ${#missing[@]} -gt 0 ]; then
+		DEBIAN_FRONTEND=noninteractive apt-get update -qq
+		DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
+	fi
+
+	# The binaries; then vmesh install: user, /etc/vmesh, the unit.
+	install -m 0755 "$bin/vmesh" /usr/local/bin/vmesh
+	install -m 0755 "$bin/demoapp" /usr/local/bin/vmesh-demoapp
+	VMESH=/usr/local/bin/vmesh
+	"$VMESH" install
+
+	# Capture under the unit: on Debian 12 both iptables backends are
+	# installed, and the unit's ExecStopPost (as root) loads the legacy
+	# ip_tables module; the unprivileged agent then cannot clear the legacy
+	# backend. docs/capture.md's drop-in for such hosts: root, bounded.
+	mkdir -p /etc/systemd/system/vmesh.service.d
+	cat >/etc/systemd/system/vmesh.service.d/lab-capture.conf <<'EOF'
+# vmesh lab (lab/provision.sh): the agent applies capture as root, bounded
+# to these capabilities; see docs/capture.md, "Privileges".
+[Service]
+User=root
+Group=root
+AmbientCapabilities=CAP_NET_ADMIN CAP_NET_BIND_SERVICE CAP_NET_RAW
+CapabilityBoundingSet=CAP_NET_ADMIN CAP_NET_BIND_SERVICE CAP_NET_RAW
+ReadWritePaths=-/run/xtables.lock
+EOF
+
+	local recursors=() r
+	for r in $(original_resolvers); do recursors+=(--recursor "$r"); done
+	local boot=()
+	[ "$bootstrap" = 1 ] && boot=(--bootstrap)
+	cmd_config --root "" --node "$node" --ip "$ip" --vms "$vms" "${boot[@]}" "${recursors[@]}"
+	chown root:vmesh /etc/vmesh/vmesh.hcl /etc/vmesh/services.d/*.hcl 2>/dev/null || true
+	chmod 0640 /etc/vmesh/vmesh.hcl
+	point_resolver
+
+	# The demo apps, one instance of the template unit each.
+	install -m 0644 "$LAB_DIR/units/vmesh-demo@.service" /etc/systemd/system/vmesh-demo@.service
+	mkdir -p /etc/vmesh-lab
+	local i=${node#vm} app
+	for app in $LAB_APPS; do
+		systemctl disable --now "vmesh-demo@$app.service" >/dev/null 2>&1 || true
+	done
+	for app in $(apps_on "$i" "$vms"); do
+		printf 'LISTEN=127.0.0.1:%s\nUPSTREAMS=%s\n' "$(app_port "$app")" "$(app_upstream_flags "$app")" >"/etc/vmesh-lab/demo-$app.env"
+	done
+	systemctl daemon-reload
+	for app in $(apps_on "$i" "$vms"); do
+		systemctl enable --now "vmesh-demo@$app.service"
+	done
+
+	systemctl enable vmesh.service
+	systemctl restart vmesh.service
+	if [ "$bootstrap" = 1 ]; then
+		cmd_wait_leader
+		cmd_intentions
+	fi
+	echo "$node: vmesh and the demo apps ($(apps_on "$i" "$vms")) are running"
+}
+
+main() {
+	[ $# -gt 0 ] || die "usage: provision.sh config|intentions|join|wait-leader|vagrant ... (see the top of the file)"
+	local cmd=$1
+	shift
+	# --vmesh BIN anywhere: the vmesh binary to run.
+	local args=()
+	while [ $# -gt 0 ]; do
+		case $1 in
+		--vmesh) VMESH=$2; shift 2 ;;
+		*) args+=("$1"); shift ;;
+		esac
+	done
+	set -- "${args[@]}"
+	case $cmd in
+	config) cmd_config "$@" ;;
+	intentions) cmd_intentions "$@" ;;
+	join) cmd_join "$@" ;;
+	wait-leader) cmd_wait_leader "$@" ;;
+	vagrant) cmd_vagrant "$@" ;;
+	*) die "unknown command $cmd (config, intentions, join, wait-leader, vagrant)" ;;
+	esac
+}
+
+main "$@"
