@@ -13,6 +13,7 @@ import (
 	core "github.com/envoyproxy/go-control-plane/envoy/config/core/v3"
 	endpoint "github.com/envoyproxy/go-control-plane/envoy/config/endpoint/v3"
 	listener "github.com/envoyproxy/go-control-plane/envoy/config/listener/v3"
+	route "github.com/envoyproxy/go-control-plane/envoy/config/route/v3"
 	tlsv3 "github.com/envoyproxy/go-control-plane/envoy/extensions/transport_sockets/tls/v3"
 	discoverygrpc "github.com/envoyproxy/go-control-plane/envoy/service/discovery/v3"
 	"github.com/envoyproxy/go-control-plane/pkg/resource/v3"
@@ -20,18 +21,21 @@ import (
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/credentials/insecure"
+	"google.golang.org/protobuf/proto"
+	"google.golang.org/protobuf/types/known/anypb"
 )
 
 // The ADS client: one SotW stream carries every type. Listeners and
-// clusters are wildcard subscriptions; endpoints and secrets are asked for
-// by the names the accepted clusters and listeners reference. Each
+// clusters are wildcard subscriptions; endpoints, secrets and route
+// configurations are asked for by the names the accepted clusters and
+// listeners reference. Each
 // response is parsed, resolved together with everything else accepted so
 // far and, only if all of that succeeds (binding new listeners included),
 // swapped in and ACKed; otherwise it is NACKed with the error naming the
 // resource and field, and the previous config keeps serving.
 
 // typeOrder is the order of the initial subscriptions.
-var typeOrder = []string{resource.ListenerType, resource.ClusterType, resource.EndpointType, resource.SecretType}
+var typeOrder = []string{resource.ListenerType, resource.ClusterType, resource.EndpointType, resource.SecretType, resource.RouteType}
 
 // typeState is the client's side of one type on the stream.
 type typeState struct {
@@ -172,13 +176,13 @@ func (p *Proxy) request(typ string) *discoverygrpc.DiscoveryRequest {
 	return &discoverygrpc.DiscoveryRequest{TypeUrl: typ, VersionInfo: ts.version, ResponseNonce: ts.nonce, ResourceNames: ts.names}
 }
 
-// sendSubscriptions asks for the endpoints and secrets the accepted
-// config references, when that set changed.
+// sendSubscriptions asks for the endpoints, secrets and route
+// configurations the accepted config references, when that set changed.
 func (p *Proxy) sendSubscriptions(send func(*discoverygrpc.DiscoveryRequest) error) error {
 	p.mu.Lock()
-	eds, sds := referenced(p.st)
+	eds, sds, rds := referenced(p.st)
 	var reqs []*discoverygrpc.DiscoveryRequest
-	for typ, names := range map[string][]string{resource.EndpointType: eds, resource.SecretType: sds} {
+	for typ, names := range map[string][]string{resource.EndpointType: eds, resource.SecretType: sds, resource.RouteType: rds} {
 		ts := p.types[typ]
 		if len(names) == 0 && !ts.asked {
 			continue
@@ -199,10 +203,11 @@ func (p *Proxy) sendSubscriptions(send func(*discoverygrpc.DiscoveryRequest) err
 	return nil
 }
 
-// referenced lists the EDS names of the accepted clusters and the secrets
-// of the accepted clusters and listeners, sorted.
-func referenced(st *state) (eds, sds []string) {
-	e, s := map[string]bool{}, map[string]bool{}
+// referenced lists the EDS names of the accepted clusters, the secrets
+// of the accepted clusters and listeners, and the RDS names of the
+// accepted listeners, sorted.
+func referenced(st *state) (eds, sds, rds []string) {
+	e, s, r := map[string]bool{}, map[string]bool{}, map[string]bool{}
 	addTLS := func(cert, roots string) {
 		if cert != "" {
 			s[cert] = true
@@ -229,6 +234,9 @@ func referenced(st *state) (eds, sds []string) {
 			if c != nil && c.tls != nil {
 				addTLS(c.tls.certSecret, c.tls.rootsSecret)
 			}
+			if c != nil && c.http != nil && c.http.rds != "" {
+				r[c.http.rds] = true
+			}
 		}
 	}
 	for k := range e {
@@ -237,9 +245,13 @@ func referenced(st *state) (eds, sds []string) {
 	for k := range s {
 		sds = append(sds, k)
 	}
+	for k := range r {
+		rds = append(rds, k)
+	}
 	sort.Strings(eds)
 	sort.Strings(sds)
-	return eds, sds
+	sort.Strings(rds)
+	return eds, sds, rds
 }
 
 // handle takes one response and returns its ACK or NACK.
@@ -258,7 +270,7 @@ func (p *Proxy) handle(resp *discoverygrpc.DiscoveryResponse) *discoverygrpc.Dis
 		p.cfg.Metrics.XDSNack(typ)
 		p.status[typ].Nacks++
 		p.status[typ].LastNack = err.Error()
-		p.log.Warn("rejecting xDS update; the previous config keeps serving", "type", typ, "version", resp.GetVersionInfo(), "err", err)
+		p.log.Warn("rejecting resources of an xDS update; they keep their previous version, the rest is applied", "type", typ, "version", resp.GetVersionInfo(), "err", err)
 		req := p.request(typ)
 		req.ErrorDetail = &status.Status{Code: int32(codes.InvalidArgument), Message: err.Error()}
 		return req
@@ -271,105 +283,82 @@ func (p *Proxy) handle(resp *discoverygrpc.DiscoveryResponse) *discoverygrpc.Dis
 }
 
 // accept parses a response, resolves it with the rest of the accepted
-// config and swaps the result in (p.mu held).
+// config and swaps the result in (p.mu held). As Envoy does, one bad
+// resource does not hold back the others: each resource is parsed on its
+// own, a refused one keeps its previously accepted version (or stays
+// absent), the rest are applied, and the refusals come back as the
+// error that NACKs the response. Only a failure to apply the result as a
+// whole (a listener that cannot bind) changes nothing.
 func (p *Proxy) accept(typ string, resp *discoverygrpc.DiscoveryResponse) error {
 	next := p.st.clone()
-	seen := map[string]bool{}
-	dup := func(name string) error {
-		if seen[name] {
-			return fmt.Errorf("%w: %s named twice in one response", ErrInvalid, name)
-		}
-		seen[name] = true
-		return nil
-	}
 	var errs []error
+	res := resp.GetResources()
 	switch typ {
 	case resource.ListenerType:
-		next.listeners = map[string]*listenerSpec{}
-		for _, a := range resp.GetResources() {
-			var l listener.Listener
-			if err := a.UnmarshalTo(&l); err != nil {
-				errs = append(errs, fmt.Errorf("%w: decoding a listener: %v", ErrInvalid, err))
-				continue
-			}
-			if err := dup(l.GetName()); err != nil {
-				errs = append(errs, err)
-				continue
-			}
-			s, err := parseListener(&l)
-			if err != nil {
-				errs = append(errs, err)
-				continue
-			}
-			next.listeners[l.GetName()] = s
-		}
+		next.listeners, errs = acceptEach(res, "a listener", p.st.listeners,
+			func(l *listener.Listener) string { return l.GetName() }, parseListener)
 	case resource.ClusterType:
-		next.clusters = map[string]*clusterSpec{}
-		for _, a := range resp.GetResources() {
-			var c cluster.Cluster
-			if err := a.UnmarshalTo(&c); err != nil {
-				errs = append(errs, fmt.Errorf("%w: decoding a cluster: %v", ErrInvalid, err))
-				continue
-			}
-			if err := dup(c.GetName()); err != nil {
-				errs = append(errs, err)
-				continue
-			}
-			s, err := parseCluster(&c)
-			if err != nil {
-				errs = append(errs, err)
-				continue
-			}
-			next.clusters[c.GetName()] = s
-		}
+		next.clusters, errs = acceptEach(res, "a cluster", p.st.clusters,
+			func(c *cluster.Cluster) string { return c.GetName() }, parseCluster)
 	case resource.EndpointType:
-		next.endpoints = map[string]*endpointsSpec{}
-		for _, a := range resp.GetResources() {
-			var cla endpoint.ClusterLoadAssignment
-			if err := a.UnmarshalTo(&cla); err != nil {
-				errs = append(errs, fmt.Errorf("%w: decoding endpoints: %v", ErrInvalid, err))
-				continue
-			}
-			if err := dup(cla.GetClusterName()); err != nil {
-				errs = append(errs, err)
-				continue
-			}
-			s, err := parseCLA(&cla, "endpoints "+cla.GetClusterName())
-			if err != nil {
-				errs = append(errs, err)
-				continue
-			}
-			next.endpoints[cla.GetClusterName()] = s
-		}
+		next.endpoints, errs = acceptEach(res, "endpoints", p.st.endpoints,
+			func(c *endpoint.ClusterLoadAssignment) string { return c.GetClusterName() },
+			func(c *endpoint.ClusterLoadAssignment) (*endpointsSpec, error) {
+				return parseCLA(c, "endpoints "+c.GetClusterName())
+			})
 	case resource.SecretType:
-		next.secrets = map[string]*secretSpec{}
-		for _, a := range resp.GetResources() {
-			var sec tlsv3.Secret
-			if err := a.UnmarshalTo(&sec); err != nil {
-				errs = append(errs, fmt.Errorf("%w: decoding a secret: %v", ErrInvalid, err))
-				continue
-			}
-			if err := dup(sec.GetName()); err != nil {
-				errs = append(errs, err)
-				continue
-			}
-			s, err := parseSecret(&sec)
-			if err != nil {
-				errs = append(errs, err)
-				continue
-			}
-			next.secrets[sec.GetName()] = s
-		}
+		next.secrets, errs = acceptEach(res, "a secret", p.st.secrets,
+			func(s *tlsv3.Secret) string { return s.GetName() }, parseSecret)
+	case resource.RouteType:
+		next.routes, errs = acceptEach(res, "a route configuration", p.st.routes,
+			func(r *route.RouteConfiguration) string { return r.GetName() },
+			func(r *route.RouteConfiguration) (*routeConfigSpec, error) {
+				return parseRouteConfig(r, "route_configuration "+r.GetName())
+			})
 	}
-	if err := errors.Join(errs...); err != nil {
-		return err
-	}
-	snap := build(next, p.cur.Load())
+	old := p.cur.Load()
+	snap := build(next, old)
 	if err := p.apply(snap); err != nil {
-		return err
+		return errors.Join(append(errs, err)...)
 	}
 	p.st = next
-	return nil
+	p.retire(old, snap)
+	return errors.Join(errs...)
+}
+
+// acceptEach parses the resources of one SotW response into the type's
+// new map: every resource by itself; one that cannot be decoded, is named
+// twice or is refused keeps prev's spec of its name, if any.
+func acceptEach[M interface {
+	*T
+	proto.Message
+}, T any, S any](res []*anypb.Any, what string, prev map[string]S, name func(M) string, parse func(M) (S, error)) (map[string]S, []error) {
+	out := make(map[string]S, len(res))
+	seen := map[string]bool{}
+	var errs []error
+	for _, a := range res {
+		m := M(new(T))
+		if err := a.UnmarshalTo(m); err != nil {
+			errs = append(errs, fmt.Errorf("%w: decoding %s: %v", ErrInvalid, what, err))
+			continue
+		}
+		n := name(m)
+		if seen[n] {
+			errs = append(errs, fmt.Errorf("%w: %s named twice in one response", ErrInvalid, n))
+			continue
+		}
+		seen[n] = true
+		s, err := parse(m)
+		if err != nil {
+			errs = append(errs, err)
+			if old, ok := prev[n]; ok {
+				out[n] = old
+			}
+			continue
+		}
+		out[n] = s
+	}
+	return out, errs
 }
 
 func newTypes() map[string]*typeState {

@@ -26,6 +26,7 @@ import (
 	"google.golang.org/protobuf/proto"
 	"google.golang.org/protobuf/types/known/anypb"
 	"google.golang.org/protobuf/types/known/durationpb"
+	"google.golang.org/protobuf/types/known/wrapperspb"
 )
 
 // namedServer answers each line with "name:line".
@@ -167,8 +168,8 @@ func roundTrip(c net.Conn, r *bufio.Reader, line string) (string, error) {
 }
 
 // TestADSAckNackSwap: the proxy ACKs a config it serves; NACKs one it
-// cannot honour (an HTTP connection manager) with an error detail naming
-// the listener and the field, while the previous config keeps serving;
+// cannot honour (an HTTP connection manager with a field it does not
+// implement) with an error detail naming the listener and the field, while the previous config keeps serving;
 // swaps a new cluster in for new connections while an open one keeps its
 // upstream; and drains a listener that disappears.
 func TestADSAckNackSwap(t *testing.T) {
@@ -195,16 +196,21 @@ func TestADSAckNackSwap(t *testing.T) {
 		t.Fatalf("through l1 = %q, %v; want a:x", got, err)
 	}
 
-	// Version 2 adds an HTTP listener: NACKed, with the reason, and l1
-	// keeps serving version 1.
-	httpL := &listener.Listener{Name: "l2", Address: sockAddr("127.0.0.1:0"), FilterChains: []*listener.FilterChain{{
-		Filters: []*listener.Filter{{Name: "envoy.filters.network.http_connection_manager", ConfigType: &listener.Filter_TypedConfig{
-			TypedConfig: mustAny(t, &hcm.HttpConnectionManager{StatPrefix: "l2"})}}},
-	}}}
-	cp.set(t, "2", []types.Resource{tcpListener(t, "l1", "127.0.0.1:0", "c"), httpL}, []types.Resource{staticCluster("c", a)})
+	// Version 2 adds an HTTP listener asking for request IDs and a plain
+	// TCP listener l3: the response is NACKed, with the reason, the bad
+	// listener stays out, and — as Envoy does — the good new one is
+	// applied while l1 keeps serving.
+	badHTTP := func(name string) *listener.Listener {
+		return &listener.Listener{Name: name, Address: sockAddr("127.0.0.1:0"), FilterChains: []*listener.FilterChain{{
+			Filters: []*listener.Filter{{Name: "envoy.filters.network.http_connection_manager", ConfigType: &listener.Filter_TypedConfig{
+				TypedConfig: mustAny(t, &hcm.HttpConnectionManager{StatPrefix: name, GenerateRequestId: wrapperspb.Bool(true)})}}},
+		}}}
+	}
+	cp.set(t, "2", []types.Resource{tcpListener(t, "l1", "127.0.0.1:0", "c"), badHTTP("l2"), tcpListener(t, "l3", "127.0.0.1:0", "c")},
+		[]types.Resource{staticCluster("c", a)})
 	waitFor(t, "version 2 NACKed", 5*time.Second, func() bool { return p.Status()[resource.ListenerType].Nacks > 0 })
 	st := p.Status()[resource.ListenerType]
-	want := "listener l2.filter_chains[0].filters[0]: http_connection_manager: L7 listeners are not supported yet"
+	want := "listener l2.filter_chains[0].filters[0] http_connection_manager.generate_request_id is not supported"
 	if !strings.Contains(st.LastNack, want) || st.Acked != "1" {
 		t.Errorf("listeners: %+v; want version 1 kept and a NACK naming %q", st, want)
 	}
@@ -219,6 +225,34 @@ func TestADSAckNackSwap(t *testing.T) {
 	c, r := dial()
 	if got, err := roundTrip(c, r, "y"); err != nil || got != "a:y" {
 		t.Fatalf("after the NACK, l1 = %q, %v; want a:y (version 1)", got, err)
+	}
+	l3, ok := p.ListenerAddrs()["l3"]
+	if !ok {
+		t.Fatal("l3, valid, was held back by l2's refusal")
+	}
+	c3, err := net.DialTimeout("tcp", l3.String(), time.Second)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c3.Close()
+	if got, err := roundTrip(c3, bufio.NewReader(c3), "y3"); err != nil || got != "a:y3" {
+		t.Fatalf("through l3 = %q, %v; want a:y3", got, err)
+	}
+
+	// Version 2b turns l1 itself into something unsupported: l1 keeps its
+	// accepted version (and address) and serves on.
+	nacks := p.Status()[resource.ListenerType].Nacks
+	cp.set(t, "2b", []types.Resource{badHTTP("l1"), tcpListener(t, "l3", "127.0.0.1:0", "c")}, []types.Resource{staticCluster("c", a)})
+	waitFor(t, "version 2b NACKed", 5*time.Second, func() bool { return p.Status()[resource.ListenerType].Nacks > nacks })
+	if st := p.Status()[resource.ListenerType]; !strings.Contains(st.LastNack, "listener l1.filter_chains[0]") || st.Acked != "1" {
+		t.Errorf("listeners after 2b: %+v; want a NACK naming l1 and version 1 still the ACKed one", st)
+	}
+	if got := p.ListenerAddrs()["l1"]; got == nil || got.String() != l1 {
+		t.Fatalf("l1 after its refused update: %v, want still on %s", got, l1)
+	}
+	c, r = dial()
+	if got, err := roundTrip(c, r, "y2"); err != nil || got != "a:y2" {
+		t.Fatalf("l1 after its refused update = %q, %v; want a:y2 (its accepted version)", got, err)
 	}
 
 	// Version 3 points c at b: new connections reach b, the open one keeps

@@ -18,6 +18,7 @@ type state struct {
 	clusters  map[string]*clusterSpec
 	endpoints map[string]*endpointsSpec
 	secrets   map[string]*secretSpec
+	routes    map[string]*routeConfigSpec
 }
 
 // clone is a shallow copy: a response replaces one type's map whole.
@@ -32,28 +33,40 @@ func (s *state) clone() *state {
 type snapshot struct {
 	listeners map[string]*listenerRT
 	clusters  map[string]*clusterRT
+	// pool holds the upstream HTTP transports; every snapshot shares it
+	// with the one it replaces.
+	pool *transportPool
 }
 
 type listenerRT struct {
 	spec *listenerSpec
 	// tls is the server config of each chain that terminates TLS.
 	tls map[*chainSpec]*tls.Config
+	// routes is the route configuration of each HTTP chain (inline, or
+	// its RDS resource).
+	routes map[*chainSpec]*routeConfigSpec
+	// life is shared by the versions of the listener while it stays
+	// bound to its address; HTTP connections drain when it ends.
+	life *listenerLife
 }
 
 // clusterRT is a cluster with its endpoints and TLS resolved.
 type clusterRT struct {
 	spec  *clusterSpec
-	hosts []*host
-	st    *clusterState
-	lb    *lbState
+	hosts []*host       // healthy and degraded endpoints (never unhealthy ones)
+	st    *clusterState // shared with the cluster's earlier versions (policy.go)
+	lb    *lbState      // this version's: round robin weights, rings, tables
 }
 
 type host struct {
 	addr    netip.AddrPort
 	weight  uint32
-	healthy bool
+	healthy bool        // false: degraded
 	tls     *tls.Config // nil: plaintext
-	st      *hostState
+	st      *hostState  // shared with earlier versions at this address
+	// tlsKey identifies tls by what it is built from (spec and secret
+	// contents), so a new version keeps an unchanged config.
+	tlsKey string
 }
 
 // errWarming marks a resource whose dependencies (endpoints, secrets) have
@@ -67,7 +80,10 @@ func build(st *state, prev *snapshot) *snapshot {
 	if prev == nil {
 		prev = &snapshot{}
 	}
-	next := &snapshot{listeners: map[string]*listenerRT{}, clusters: map[string]*clusterRT{}}
+	next := &snapshot{listeners: map[string]*listenerRT{}, clusters: map[string]*clusterRT{}, pool: prev.pool}
+	if next.pool == nil {
+		next.pool = newTransportPool()
+	}
 	for name, cs := range st.clusters {
 		rt, err := buildCluster(cs, st, prev.clusters[name])
 		if err != nil {
@@ -79,12 +95,20 @@ func build(st *state, prev *snapshot) *snapshot {
 		next.clusters[name] = rt
 	}
 	for name, ls := range st.listeners {
+		old := prev.listeners[name]
 		rt, err := buildListener(ls, st)
 		if err != nil {
-			if old := prev.listeners[name]; old != nil {
+			if old != nil {
 				next.listeners[name] = old
 			}
 			continue
+		}
+		// Still bound to the same address: the same life (apply keeps
+		// the socket).
+		if old != nil && old.spec.addr == ls.addr {
+			rt.life = old.life
+		} else {
+			rt.life = newListenerLife()
 		}
 		next.listeners[name] = rt
 	}
@@ -92,12 +116,21 @@ func build(st *state, prev *snapshot) *snapshot {
 }
 
 func buildListener(ls *listenerSpec, st *state) (*listenerRT, error) {
-	rt := &listenerRT{spec: ls, tls: map[*chainSpec]*tls.Config{}}
+	rt := &listenerRT{spec: ls, tls: map[*chainSpec]*tls.Config{}, routes: map[*chainSpec]*routeConfigSpec{}}
 	chains := ls.chains
 	if ls.def != nil {
 		chains = append(chains[:len(chains):len(chains)], ls.def)
 	}
 	for _, c := range chains {
+		if c.http != nil {
+			rc := c.http.inline
+			if rc == nil {
+				if rc = st.routes[c.http.rds]; rc == nil {
+					return nil, fmt.Errorf("%w: route configuration %s", errWarming, c.http.rds)
+				}
+			}
+			rt.routes[c] = rc
+		}
 		if c.tls == nil {
 			continue
 		}
@@ -111,17 +144,22 @@ func buildListener(ls *listenerSpec, st *state) (*listenerRT, error) {
 }
 
 func buildCluster(cs *clusterSpec, st *state, prev *clusterRT) (*clusterRT, error) {
-	rt := &clusterRT{spec: cs, st: &clusterState{}, lb: &lbState{}}
+	rt := &clusterRT{spec: cs, st: &clusterState{}}
 	oldHosts := map[netip.AddrPort]*hostState{}
+	oldTLS := map[string]*tls.Config{}
 	if prev != nil {
 		rt.st = prev.st
 		for _, h := range prev.hosts {
 			oldHosts[h.addr] = h.st
+			if h.tls != nil {
+				oldTLS[h.tlsKey] = h.tls
+			}
 		}
 	}
 	var eps *endpointsSpec
 	switch cs.kind {
 	case kindOriginalDst:
+		rt.buildLB()
 		return rt, nil
 	case kindStatic:
 		eps = cs.static
@@ -144,16 +182,35 @@ func buildCluster(cs *clusterSpec, st *state, prev *clusterRT) (*clusterRT, erro
 			h.st = &hostState{}
 		}
 		if u := cs.socketFor(e.match); u != nil {
-			cfg, err := clientTLS(u, st)
-			if err != nil {
-				return nil, err
+			h.tlsKey = tlsKey(u, st)
+			cfg := oldTLS[h.tlsKey]
+			if cfg == nil {
+				var err error
+				if cfg, err = clientTLS(u, st); err != nil {
+					return nil, err
+				}
+				// One config for the cluster's endpoints alike, so the
+				// upstream transports key on it (http_upstream.go).
+				oldTLS[h.tlsKey] = cfg
 			}
 			h.tls = cfg
 		}
 		rt.hosts = append(rt.hosts, h)
 	}
-	rt.lb.cur = make([]int64, len(rt.hosts))
+	rt.buildLB()
 	return rt, nil
+}
+
+// tlsKey names what an upstream TLS config is built from: the transport
+// socket and the contents of its secrets.
+func tlsKey(u *upstreamTLS, st *state) string {
+	digest := func(name string) string {
+		if s := st.secrets[name]; s != nil {
+			return fmt.Sprintf("%x", s.digest)
+		}
+		return "-"
+	}
+	return fmt.Sprintf("%q %q %q %s %q %s", u.sni, u.alpn, u.certSecret, digest(u.certSecret), u.rootsSecret, digest(u.rootsSecret))
 }
 
 // socketFor is the transport socket for an endpoint with metadata md: the

@@ -183,6 +183,7 @@ func (p *Proxy) serve(rl *runningListener, pc *proxyConn) {
 		return
 	}
 	var ids []string
+	var cs *tls.ConnectionState
 	if cfg := lrt.tls[chain]; cfg != nil {
 		tc := tls.Server(conn, cfg)
 		ctx, cancel := context.WithTimeout(p.ctx, inspectTimeout)
@@ -194,12 +195,18 @@ func (p *Proxy) serve(rl *runningListener, pc *proxyConn) {
 			reset(raw)
 			return
 		}
-		ids = peerIDs(tc.ConnectionState())
+		state := tc.ConnectionState()
+		cs = &state
+		ids = peerIDs(state)
 		conn = tc
 	}
 	if !chain.rbac.allowed(ids) {
 		p.log.Debug("connection denied by rbac", "listener", rl.name, "chain", chain.name, "peer", ids)
 		reset(raw)
+		return
+	}
+	if chain.http != nil {
+		p.serveHTTP(rl, lrt, chain, conn, dst, cs, ids)
 		return
 	}
 	p.tcpProxy(chain.proxy, pc, conn, dst, rl)
@@ -253,7 +260,8 @@ func (p *Proxy) tcpProxy(tp *tcpProxySpec, pc *proxyConn, down net.Conn, dst net
 			return
 		}
 		pc.setUp(up)
-		splice(down, up)
+		in, out := splice(down, up)
+		p.cfg.Metrics.Bytes(rl.name, tp.stat, name, in, out)
 		return
 	}
 	release, ok := c.admit(breakerConnections)
@@ -283,30 +291,35 @@ func (p *Proxy) tcpProxy(tp *tcpProxySpec, pc *proxyConn, down net.Conn, dst net
 		return
 	}
 	pc.setUp(up)
-	splice(down, up)
+	in, out := splice(down, up)
+	p.cfg.Metrics.Bytes(rl.name, tp.stat, name, in, out)
 }
 
-// splice copies both ways. A clean end of stream on one side is passed on
-// as a half-close; an error on either ends both.
-func splice(a, b net.Conn) {
+// splice copies both ways and returns the bytes copied from a to b and
+// from b to a. A clean end of stream on one side is passed on as a
+// half-close; an error on either ends both.
+func splice(a, b net.Conn) (aToB, bToA int64) {
 	var wg sync.WaitGroup
 	wg.Add(1)
-	cp := func(dst, src net.Conn) {
-		if _, err := io.Copy(dst, src); err != nil {
+	cp := func(dst, src net.Conn) int64 {
+		n, err := io.Copy(dst, src)
+		if err != nil {
 			a.Close()
 			b.Close()
-			return
+			return n
 		}
 		closeWrite(dst)
+		return n
 	}
 	go func() {
 		defer wg.Done()
-		cp(b, a)
+		aToB = cp(b, a)
 	}()
-	cp(a, b)
+	bToA = cp(a, b)
 	wg.Wait()
 	a.Close()
 	b.Close()
+	return aToB, bToA
 }
 
 func closeWrite(c net.Conn) {

@@ -3,20 +3,35 @@
 // vmesh but xDS types, so Envoy can replace it and `vmesh proxy` can run it
 // as its own process.
 //
-// Data in: listeners and clusters (wildcard), then the endpoints and SDS
-// secrets they name. Each response is parsed field by field — a field the
-// proxy does not honour is refused, never ignored — then resolved with
-// everything accepted so far into one snapshot, which replaces the served
-// one in a single atomic store and is ACKed; anything it cannot honour is
-// NACKed with an error naming the resource and the field, and the previous
-// snapshot keeps serving. A listener or cluster whose secrets or endpoints
+// Data in: listeners and clusters (wildcard), then the endpoints, SDS
+// secrets and route configurations (RDS) they name. Each response is
+// parsed field by field — a field the proxy does not honour is refused,
+// never ignored — then resolved with everything accepted so far into one
+// snapshot, which replaces the served one in a single atomic store and is
+// ACKed. A resource it cannot honour is NACKed with an error naming the
+// resource and the field and keeps its previously accepted version, while
+// the valid resources of the same response are applied, as Envoy does. A
+// listener or cluster whose secrets, endpoints or route configuration
 // have not arrived keeps its previous version (Envoy's warming).
 //
-// Data out: TCP connections. Listeners whose filter chains end in a
-// tcp_proxy are served: filter chains chosen by destination (original_dst),
-// SNI and transport (tls_inspector), TLS terminated with a client
-// certificate checked against the mesh roots, network RBAC on the peer's
-// SPIFFE ID, and the cluster's endpoints reached by round robin, over mTLS
-// when the endpoint is a peer's mesh port. L7 (HTTP connection managers),
-// UDP and API listeners are refused for now; see docs/proxy.md.
+// Data out: connections. Filter chains are chosen by destination
+// (original_dst), SNI and transport (tls_inspector); TLS is terminated
+// with a client certificate checked against the mesh roots, and network
+// RBAC decides on the peer's SPIFFE ID. A chain ending in a tcp_proxy
+// splices the connection to an endpoint of its cluster (conn.go); one
+// ending in an http_connection_manager serves HTTP/1.1 or HTTP/2 on it
+// (http_serve.go) and routes every request on its own with the snapshot
+// current when it arrives: HTTP RBAC, virtual hosts and routes (route.go),
+// then retries, timeouts and circuit breakers toward the endpoints over
+// pooled HTTP/1.1 or HTTP/2 transports (http_stream.go, http_upstream.go),
+// gRPC and WebSocket included. Endpoints are picked and ejected by the
+// traffic policy (policy.go) and dialed over mTLS when the endpoint is a
+// peer's mesh port (dial.go).
+//
+// It must not look at the catalog, nor keep state that a snapshot swap
+// would leave stale: per-request decisions read the current snapshot;
+// what outlives snapshots (breaker counts, outlier state, pooled upstream
+// connections, a listener's life for draining) is keyed by name or
+// address and carried from one snapshot to the next. UDP and API
+// listeners are refused; see docs/proxy.md.
 package proxy

@@ -1,43 +1,202 @@
 package proxy
 
-import "time"
+import (
+	"errors"
+	"fmt"
+	"strconv"
+	"strings"
+	"time"
+
+	"github.com/prometheus/client_golang/prometheus"
+)
 
 // Metrics receives the proxy's measurements. A nil *Metrics records
 // nothing, so every call site may use it unconditionally.
 //
-// Labels (Prometheus names in the style of Istio/Linkerd, docs/proxy.md):
+// Labels (Prometheus names in the style of Istio/Linkerd, docs/metrics.md):
 // listener is the xDS listener's name; stat is the stat_prefix of the
 // filter that served the traffic ("inbound_orders", "outbound_orders",
 // "upstream_orders"), from which the direction and the service are read;
 // upstream is the cluster the traffic went to ("" when none was picked).
-//
-// TODO(metrics helper): back these with prometheus/client_golang.
-type Metrics struct{}
+// Every label value comes from the xDS config, never from request data, so
+// the number of series is bounded by the config.
+type Metrics struct {
+	requests    *prometheus.CounterVec
+	duration    *prometheus.HistogramVec
+	active      *prometheus.GaugeVec
+	conns       *prometheus.CounterVec
+	received    *prometheus.CounterVec
+	sent        *prometheus.CounterVec
+	tlsFailures *prometheus.CounterVec
+	xdsUpdates  *prometheus.CounterVec
+	xdsNacks    *prometheus.CounterVec
+}
+
+// LatencyBuckets are the request duration histogram's upper bounds, in
+// seconds: from half a millisecond (a local reply, a hop on one host) to
+// 30 s (the longest default timeouts).
+var LatencyBuckets = []float64{.0005, .001, .0025, .005, .01, .025, .05, .1, .25, .5, 1, 2.5, 5, 10, 30}
+
+// trafficLabels are the labels of request and byte series.
+var trafficLabels = []string{"direction", "service", "listener", "upstream"}
+
+// NewMetrics creates the proxy's metrics and registers them with reg (none
+// when reg is nil). Registering a second Metrics with the same reg shares
+// the first one's series instead of failing, so a proxy restarted in one
+// process keeps counting where it was.
+func NewMetrics(reg prometheus.Registerer) *Metrics {
+	m := &Metrics{
+		requests: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "vmesh_requests_total",
+			Help: "HTTP requests (gRPC calls included) the proxy answered, by the HTTP status sent downstream.",
+		}, []string{"direction", "service", "listener", "upstream", "code"}),
+		duration: prometheus.NewHistogramVec(prometheus.HistogramOpts{
+			Name:    "vmesh_request_duration_seconds",
+			Help:    "HTTP request latency from the request's arrival to the end of the response.",
+			Buckets: LatencyBuckets,
+		}, trafficLabels),
+		active: prometheus.NewGaugeVec(prometheus.GaugeOpts{
+			Name: "vmesh_active_connections",
+			Help: "Downstream connections a listener holds open.",
+		}, []string{"listener"}),
+		conns: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "vmesh_connections_total",
+			Help: "Downstream connections a listener accepted.",
+		}, []string{"listener"}),
+		received: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "vmesh_received_bytes_total",
+			Help: "Bytes received from the downstream (the client side of the proxy).",
+		}, trafficLabels),
+		sent: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "vmesh_sent_bytes_total",
+			Help: "Bytes sent to the downstream (the client side of the proxy).",
+		}, trafficLabels),
+		tlsFailures: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "vmesh_tls_handshake_failures_total",
+			Help: `Failed TLS handshakes: side "downstream" names the listener, "upstream" the cluster dialed.`,
+		}, []string{"side", "name"}),
+		xdsUpdates: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "vmesh_xds_updates_total",
+			Help: "xDS responses the proxy accepted (ACKed), by resource type.",
+		}, []string{"type"}),
+		xdsNacks: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "vmesh_xds_nacks_total",
+			Help: "xDS responses the proxy rejected (NACKed) and kept its previous config, by resource type.",
+		}, []string{"type"}),
+	}
+	if reg != nil {
+		m.requests = registerMetric(reg, m.requests)
+		m.duration = registerMetric(reg, m.duration)
+		m.active = registerMetric(reg, m.active)
+		m.conns = registerMetric(reg, m.conns)
+		m.received = registerMetric(reg, m.received)
+		m.sent = registerMetric(reg, m.sent)
+		m.tlsFailures = registerMetric(reg, m.tlsFailures)
+		m.xdsUpdates = registerMetric(reg, m.xdsUpdates)
+		m.xdsNacks = registerMetric(reg, m.xdsNacks)
+	}
+	return m
+}
+
+// registerMetric registers c with reg, or returns the collector already
+// registered there under the same name and labels. Any other failure is a
+// programming error (two different metrics under one name).
+func registerMetric[C prometheus.Collector](reg prometheus.Registerer, c C) C {
+	err := reg.Register(c)
+	if err == nil {
+		return c
+	}
+	var are prometheus.AlreadyRegisteredError
+	if errors.As(err, &are) {
+		if existing, ok := are.ExistingCollector.(C); ok {
+			return existing
+		}
+	}
+	panic(fmt.Sprintf("proxy: registering metrics: %v", err))
+}
+
+// splitStatPrefix reads the direction and the service from a stat prefix:
+// "inbound_orders" is inbound traffic to orders. Any other prefix is a
+// service of no known direction.
+func splitStatPrefix(stat string) (direction, service string) {
+	for _, d := range []string{"inbound", "outbound", "upstream"} {
+		if s, ok := strings.CutPrefix(stat, d+"_"); ok {
+			return d, s
+		}
+	}
+	return "", stat
+}
+
+// metricType is the resource type's message name:
+// "type.googleapis.com/envoy.config.listener.v3.Listener" is "Listener".
+func metricType(typeURL string) string {
+	return typeURL[strings.LastIndexAny(typeURL, "./")+1:]
+}
 
 // RequestDone counts one HTTP request (gRPC calls included) and observes
 // its latency, from the request's arrival to the end of the response.
 // code is the HTTP status sent downstream (a local reply's too).
-func (m *Metrics) RequestDone(listener, stat, upstream string, code int, d time.Duration) {}
+func (m *Metrics) RequestDone(listener, stat, upstream string, code int, d time.Duration) {
+	if m == nil {
+		return
+	}
+	dir, svc := splitStatPrefix(stat)
+	m.requests.WithLabelValues(dir, svc, listener, upstream, strconv.Itoa(code)).Inc()
+	m.duration.WithLabelValues(dir, svc, listener, upstream).Observe(d.Seconds())
+}
 
 // ConnOpened and ConnClosed track a listener's active downstream
 // connections.
-func (m *Metrics) ConnOpened(listener string) {}
+func (m *Metrics) ConnOpened(listener string) {
+	if m == nil {
+		return
+	}
+	m.conns.WithLabelValues(listener).Inc()
+	m.active.WithLabelValues(listener).Inc()
+}
 
 // ConnClosed: see ConnOpened.
-func (m *Metrics) ConnClosed(listener string) {}
+func (m *Metrics) ConnClosed(listener string) {
+	if m == nil {
+		return
+	}
+	m.active.WithLabelValues(listener).Dec()
+}
 
 // Bytes adds the bytes received from (in) and sent to (out) the
 // downstream of a connection or request.
-func (m *Metrics) Bytes(listener, stat, upstream string, in, out int64) {}
+func (m *Metrics) Bytes(listener, stat, upstream string, in, out int64) {
+	if m == nil {
+		return
+	}
+	dir, svc := splitStatPrefix(stat)
+	m.received.WithLabelValues(dir, svc, listener, upstream).Add(float64(max(in, 0)))
+	m.sent.WithLabelValues(dir, svc, listener, upstream).Add(float64(max(out, 0)))
+}
 
 // TLSHandshakeFailed counts a failed TLS handshake: side "downstream"
 // (a client of listener name) or "upstream" (the proxy dialing an
 // endpoint of cluster name).
-func (m *Metrics) TLSHandshakeFailed(side, name string) {}
+func (m *Metrics) TLSHandshakeFailed(side, name string) {
+	if m == nil {
+		return
+	}
+	m.tlsFailures.WithLabelValues(side, name).Inc()
+}
 
 // XDSUpdate counts an accepted xDS response of type typeURL; XDSNack a
 // rejected one.
-func (m *Metrics) XDSUpdate(typeURL string) {}
+func (m *Metrics) XDSUpdate(typeURL string) {
+	if m == nil {
+		return
+	}
+	m.xdsUpdates.WithLabelValues(metricType(typeURL)).Inc()
+}
 
 // XDSNack: see XDSUpdate.
-func (m *Metrics) XDSNack(typeURL string) {}
+func (m *Metrics) XDSNack(typeURL string) {
+	if m == nil {
+		return
+	}
+	m.xdsNacks.WithLabelValues(metricType(typeURL)).Inc()
+}

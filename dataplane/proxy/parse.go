@@ -1,6 +1,7 @@
 package proxy
 
 import (
+	"crypto/sha256"
 	"crypto/tls"
 	"crypto/x509"
 	"fmt"
@@ -39,18 +40,24 @@ type listenerSpec struct {
 	tlsInspector bool
 	chains       []*chainSpec
 	def          *chainSpec
+	byKey        map[string]*chainSpec // chains and def by key
 	src          *listener.Listener
 }
 
 type chainSpec struct {
-	name        string
+	name string
+	// key finds the chain in a later version of its listener: its name,
+	// else its place ("filter_chains[2]", "default_filter_chain").
+	key         string
 	prefixes    []netip.Prefix
 	port        uint32
 	serverNames []string
 	transport   string
 	tls         *downstreamTLS
 	rbac        *rbacSpec
-	proxy       *tcpProxySpec
+	// The terminal filter: a TCP proxy or an HTTP connection manager.
+	proxy *tcpProxySpec
+	http  *hcmSpec
 }
 
 type downstreamTLS struct {
@@ -60,6 +67,7 @@ type downstreamTLS struct {
 }
 
 type tcpProxySpec struct {
+	stat     string
 	clusters []weightedCluster
 	total    uint64
 }
@@ -84,6 +92,10 @@ type endpointSpec struct {
 type secretSpec struct {
 	cert  *tls.Certificate
 	roots *x509.CertPool
+	// digest identifies the content: an unchanged secret in a new SDS
+	// response keeps the TLS configs built from it (and so the pooled
+	// upstream connections).
+	digest [sha256.Size]byte
 }
 
 func unpack(a *anypb.Any, m proto.Message, path string) error {
@@ -164,9 +176,25 @@ func parseListener(l *listener.Listener) (*listenerSpec, error) {
 			return nil, fmt.Errorf("%w: %s: listener filter %q (%s)", ErrUnsupported, fp, f.GetName(), f.GetTypedConfig().GetTypeUrl())
 		}
 	}
+	s.byKey = map[string]*chainSpec{}
+	key := func(c *chainSpec, place, cp string) error {
+		c.key = place
+		if c.name != "" {
+			c.key = "name:" + c.name
+		}
+		if s.byKey[c.key] != nil {
+			return fmt.Errorf("%w: %s.name %q is used by another filter chain", ErrInvalid, cp, c.name)
+		}
+		s.byKey[c.key] = c
+		return nil
+	}
 	for i, fc := range l.GetFilterChains() {
-		c, err := parseChain(fc, fmt.Sprintf("%s.filter_chains[%d]", path, i), s.tlsInspector)
+		cp := fmt.Sprintf("%s.filter_chains[%d]", path, i)
+		c, err := parseChain(fc, cp, s.tlsInspector)
 		if err != nil {
+			return nil, err
+		}
+		if err := key(c, fmt.Sprintf("filter_chains[%d]", i), cp); err != nil {
 			return nil, err
 		}
 		s.chains = append(s.chains, c)
@@ -176,6 +204,9 @@ func parseListener(l *listener.Listener) (*listenerSpec, error) {
 		if err != nil {
 			return nil, err
 		}
+		if err := key(c, "default_filter_chain", path+".default_filter_chain"); err != nil {
+			return nil, err
+		}
 		s.def = c
 	}
 	if len(s.chains) == 0 && s.def == nil {
@@ -183,6 +214,9 @@ func parseListener(l *listener.Listener) (*listenerSpec, error) {
 	}
 	return s, nil
 }
+
+// chain finds a filter chain by its key (nil: none).
+func (l *listenerSpec) chain(key string) *chainSpec { return l.byKey[key] }
 
 func parseChain(fc *listener.FilterChain, path string, inspector bool) (*chainSpec, error) {
 	if err := onlyFields(fc, path, "name", "filter_chain_match", "filters", "transport_socket"); err != nil {
@@ -263,11 +297,18 @@ func parseChain(fc *listener.FilterChain, path string, inspector bool) (*chainSp
 		last := i == len(filters)-1
 		switch f.GetTypedConfig().GetTypeUrl() {
 		case "type.googleapis.com/envoy.extensions.filters.network.http_connection_manager.v3.HttpConnectionManager":
+			if !last {
+				return nil, fmt.Errorf("%w: %s: http_connection_manager is a terminal filter and must come last", ErrInvalid, fp)
+			}
 			var h hcm.HttpConnectionManager
 			if err := unpack(f.GetTypedConfig(), &h, fp); err != nil {
 				return nil, err
 			}
-			return nil, fmt.Errorf("%w: %s: http_connection_manager: L7 listeners are not supported yet", ErrUnsupported, fp)
+			hs, err := parseHCM(&h, fp+" http_connection_manager")
+			if err != nil {
+				return nil, err
+			}
+			c.http = hs
 		case "type.googleapis.com/envoy.extensions.filters.network.rbac.v3.RBAC":
 			if last || c.rbac != nil {
 				return nil, fmt.Errorf("%w: %s: rbac must come once, before the terminal filter", ErrInvalid, fp)
@@ -298,8 +339,8 @@ func parseChain(fc *listener.FilterChain, path string, inspector bool) (*chainSp
 			return nil, fmt.Errorf("%w: %s: network filter %q (%s)", ErrUnsupported, fp, f.GetName(), f.GetTypedConfig().GetTypeUrl())
 		}
 	}
-	if c.proxy == nil {
-		return nil, fmt.Errorf("%w: %s has no terminal filter (tcp_proxy)", ErrInvalid, path)
+	if c.proxy == nil && c.http == nil {
+		return nil, fmt.Errorf("%w: %s has no terminal filter (tcp_proxy or http_connection_manager)", ErrInvalid, path)
 	}
 	return c, nil
 }
@@ -350,7 +391,7 @@ func parseTCPProxy(t *tcp.TcpProxy, path string) (*tcpProxySpec, error) {
 	if err := onlyFields(t, path, "stat_prefix", "cluster", "weighted_clusters"); err != nil {
 		return nil, err
 	}
-	p := &tcpProxySpec{}
+	p := &tcpProxySpec{stat: t.GetStatPrefix()}
 	if c := t.GetCluster(); c != "" {
 		p.clusters = []weightedCluster{{name: c, weight: 1}}
 	}
@@ -391,6 +432,7 @@ func parseSecret(s *tlsv3.Secret) (*secretSpec, error) {
 		return nil, fmt.Errorf("%w: %s: only inline_bytes and inline_string", ErrUnsupported, p)
 	}
 	out := &secretSpec{}
+	digest := sha256.New()
 	if tc := s.GetTlsCertificate(); tc != nil {
 		if err := onlyFields(tc, path+".tls_certificate", "certificate_chain", "private_key"); err != nil {
 			return nil, err
@@ -408,6 +450,7 @@ func parseSecret(s *tlsv3.Secret) (*secretSpec, error) {
 			return nil, fmt.Errorf("%w: %s.tls_certificate: %v", ErrInvalid, path, err)
 		}
 		out.cert = &pair
+		fmt.Fprintf(digest, "cert %d %s key %d %s ", len(certPEM), certPEM, len(keyPEM), keyPEM)
 	}
 	if vc := s.GetValidationContext(); vc != nil {
 		if err := onlyFields(vc, path+".validation_context", "trusted_ca"); err != nil {
@@ -421,7 +464,9 @@ func parseSecret(s *tlsv3.Secret) (*secretSpec, error) {
 		if !out.roots.AppendCertsFromPEM(pem) {
 			return nil, fmt.Errorf("%w: %s.validation_context.trusted_ca holds no certificate", ErrInvalid, path)
 		}
+		fmt.Fprintf(digest, "roots %d %s", len(pem), pem)
 	}
+	digest.Sum(out.digest[:0])
 	if out.cert == nil && out.roots == nil {
 		return nil, fmt.Errorf("%w: %s is empty", ErrInvalid, path)
 	}

@@ -2,16 +2,18 @@ package proxy
 
 import (
 	"fmt"
+	"regexp"
 	"sort"
 	"strings"
 
 	rbacconfig "github.com/envoyproxy/go-control-plane/envoy/config/rbac/v3"
+	httprbac "github.com/envoyproxy/go-control-plane/envoy/extensions/filters/http/rbac/v3"
 	netrbac "github.com/envoyproxy/go-control-plane/envoy/extensions/filters/network/rbac/v3"
 	matcher "github.com/envoyproxy/go-control-plane/envoy/type/matcher/v3"
 )
 
-// rbacSpec is Envoy's network RBAC filter, in the subset the xDS server
-// emits for intentions: policies whose permission is any and whose
+// rbacSpec is Envoy's network or HTTP RBAC filter, in the subset the xDS
+// server emits for intentions: policies whose permission is any and whose
 // principals match the peer's authenticated identity (its SPIFFE ID).
 type rbacSpec struct {
 	// none: no rules at all, which Envoy reads as allow everything.
@@ -58,11 +60,26 @@ func parseNetworkRBAC(r *netrbac.RBAC, path string) (*rbacSpec, error) {
 	if err := onlyFields(r, path, "stat_prefix", "rules"); err != nil {
 		return nil, err
 	}
-	rules := r.GetRules()
+	return parseRBACRules(r.GetRules(), path+".rules")
+}
+
+// parseHTTPRBAC is the HTTP RBAC filter: the same rules, decided per
+// request (an allowed connection may carry a denied request after the
+// intentions change).
+func parseHTTPRBAC(r *httprbac.RBAC, path string) (*rbacSpec, error) {
+	if err := onlyFields(r, path, "rules"); err != nil {
+		return nil, err
+	}
+	return parseRBACRules(r.GetRules(), path+".rules")
+}
+
+// parseRBACRules reads the rules of a network or HTTP RBAC filter; path
+// names the rules.
+func parseRBACRules(rules *rbacconfig.RBAC, path string) (*rbacSpec, error) {
 	if rules == nil {
 		return &rbacSpec{none: true}, nil
 	}
-	if err := onlyFields(rules, path+".rules", "action", "policies"); err != nil {
+	if err := onlyFields(rules, path, "action", "policies"); err != nil {
 		return nil, err
 	}
 	s := &rbacSpec{}
@@ -71,7 +88,7 @@ func parseNetworkRBAC(r *netrbac.RBAC, path string) (*rbacSpec, error) {
 		s.allow = true
 	case rbacconfig.RBAC_DENY:
 	default:
-		return nil, fmt.Errorf("%w: %s.rules.action %s", ErrUnsupported, path, rules.GetAction())
+		return nil, fmt.Errorf("%w: %s.action %s", ErrUnsupported, path, rules.GetAction())
 	}
 	names := make([]string, 0, len(rules.GetPolicies()))
 	for n := range rules.GetPolicies() {
@@ -80,7 +97,7 @@ func parseNetworkRBAC(r *netrbac.RBAC, path string) (*rbacSpec, error) {
 	sort.Strings(names)
 	for _, n := range names {
 		p := rules.GetPolicies()[n]
-		pp := fmt.Sprintf("%s.rules.policies[%q]", path, n)
+		pp := fmt.Sprintf("%s.policies[%q]", path, n)
 		if err := onlyFields(p, pp, "permissions", "principals"); err != nil {
 			return nil, err
 		}
@@ -188,7 +205,7 @@ func parsePrincipal(p *rbacconfig.Principal, path string) (principal, error) {
 }
 
 func parseStringMatcher(m *matcher.StringMatcher, path string) (func(string) bool, error) {
-	if err := onlyFields(m, path, "exact", "prefix", "suffix", "contains", "ignore_case"); err != nil {
+	if err := onlyFields(m, path, "exact", "prefix", "suffix", "contains", "safe_regex", "ignore_case"); err != nil {
 		return nil, err
 	}
 	fold := m.GetIgnoreCase()
@@ -211,6 +228,26 @@ func parseStringMatcher(m *matcher.StringMatcher, path string) (func(string) boo
 	case *matcher.StringMatcher_Contains:
 		want := norm(p.Contains)
 		return func(s string) bool { return strings.Contains(norm(s), want) }, nil
+	case *matcher.StringMatcher_SafeRegex:
+		// ignore_case does not apply to a regex (as in Envoy).
+		re, err := parseRegex(p.SafeRegex, path+".safe_regex")
+		if err != nil {
+			return nil, err
+		}
+		return re.MatchString, nil
 	}
 	return nil, fmt.Errorf("%w: %s: empty matcher", ErrInvalid, path)
+}
+
+// parseRegex compiles an RE2 regex for a full match, as Envoy's
+// safe_regex matches the whole value. Go's regexp is RE2.
+func parseRegex(m *matcher.RegexMatcher, path string) (*regexp.Regexp, error) {
+	if err := onlyFields(m, path, "regex"); err != nil {
+		return nil, err
+	}
+	re, err := regexp.Compile(`^(?:` + m.GetRegex() + `)$`)
+	if err != nil {
+		return nil, fmt.Errorf("%w: %s.regex %q: %v", ErrInvalid, path, m.GetRegex(), err)
+	}
+	return re, nil
 }
