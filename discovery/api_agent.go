@@ -24,6 +24,10 @@ func (a *API) serviceRegister(w http.ResponseWriter, r *http.Request) {
 		a.writeError(w, r, err)
 		return
 	}
+	if err := a.checkUser(req); err != nil {
+		a.writeError(w, r, err)
+		return
+	}
 	if _, err := a.apply(r, req); err != nil {
 		a.writeError(w, r, err)
 		return
@@ -220,6 +224,13 @@ type wireMember struct {
 	DelegateCur uint8
 }
 
+// members is the cluster's members in Consul's shape, each with its own
+// Serf-style tags. Of itself this agent knows its node ID and build; of
+// another member, what the catalog holds: its node ID once it registered
+// ("id" is left out before that). The catalog does not record an agent's
+// build, so another member has no "build" tag: consul/api decodes Tags as
+// a map, where a missing key reads as "", and an absent tag says
+// "unknown" where a copy of ours would be wrong.
 func (a *API) members() []wireMember {
 	var ms []Member
 	if a.Members != nil {
@@ -229,15 +240,32 @@ func (a *API) members() []wireMember {
 		ms = []Member{{Name: a.NodeName, Status: 1, Role: "node"}}
 	}
 	sort.Slice(ms, func(i, j int) bool { return ms[i].Name < ms[j].Name })
+	ids := a.nodeIDs()
 	out := make([]wireMember, 0, len(ms))
 	for _, m := range ms {
+		tags := map[string]string{"role": m.Role, "dc": a.Datacenter}
+		switch {
+		case m.Name == a.NodeName:
+			tags["id"], tags["build"] = a.NodeID, a.Version
+		case ids[m.Name] != "":
+			tags["id"] = ids[m.Name]
+		}
 		out = append(out, wireMember{
-			Name: m.Name, Addr: m.Addr, Port: uint16(m.Port), Status: m.Status,
-			Tags:        map[string]string{"role": m.Role, "dc": a.Datacenter, "id": a.NodeID, "build": a.Version},
+			Name: m.Name, Addr: m.Addr, Port: uint16(m.Port), Status: m.Status, Tags: tags,
 			ProtocolMin: 1, ProtocolMax: 5, ProtocolCur: 2, DelegateMin: 2, DelegateMax: 5, DelegateCur: 4,
 		})
 	}
 	return out
+}
+
+// nodeIDs maps the catalog's node names to their node IDs.
+func (a *API) nodeIDs() map[string]string {
+	ids := map[string]string{}
+	_, nodes, _ := a.Store.Nodes(nil) // memdb errors only on a bad index name
+	for _, n := range nodes {
+		ids[n.Name] = n.ID
+	}
+	return ids
 }
 
 // selfMember is this agent's own entry of the member list.

@@ -38,15 +38,14 @@ const MetaProtocol = "protocol"
 
 // Upstream is an explicit upstream of an instance: the local proxy listens
 // on LocalBindAddress:LocalBindPort and forwards to DestinationName.
+// LocalBindAddress is empty when the registration named none: the host's
+// proxy then listens on its agent's client address (-client), which only
+// that agent knows, so the catalog keeps it empty rather than a guess.
 type Upstream struct {
 	DestinationName  string
 	LocalBindAddress string
 	LocalBindPort    int
 }
-
-// DefaultBindAddress is where an upstream listens when its registration
-// names no address, as in Consul.
-const DefaultBindAddress = "127.0.0.1"
 
 // The wire shapes below are the subset of Consul's Connect registration that
 // vmesh reads: connect { sidecar_service { proxy { upstreams = [...] } } }.
@@ -151,7 +150,14 @@ func buildConnect(c *ServiceConnect, bad func(field, format string, args ...any)
 		bad(f, "not supported; only Upstreams is")
 	}
 	var out []Upstream
-	binds := map[netip.AddrPort]int{}
+	// Keyed by the address as written: "" (the agent's client address)
+	// collides with "" only; whether it is also an explicit address is
+	// known on the host, where the first upstream keeps the port.
+	type bind struct {
+		addr string
+		port int
+	}
+	binds := map[bind]int{}
 	for i, u := range sc.Proxy.Upstreams {
 		field := fmt.Sprintf("Connect.SidecarService.Proxy.Upstreams[%d].", i)
 		for _, f := range setFields(field, &u, "DestinationType", "DestinationName", "DestinationNamespace",
@@ -176,20 +182,24 @@ func buildConnect(c *ServiceConnect, bad func(field, format string, args ...any)
 			bad(field+"LocalBindPort", "must be between 1 and 65535, got %d", u.LocalBindPort)
 		}
 		addr := u.LocalBindAddress
-		if addr == "" {
-			addr = DefaultBindAddress
-		}
-		ip, err := netip.ParseAddr(addr)
-		if err != nil {
-			bad(field+"LocalBindAddress", "%q is not an IP address", u.LocalBindAddress)
-			continue
+		if addr != "" {
+			ip, err := netip.ParseAddr(addr)
+			if err != nil {
+				bad(field+"LocalBindAddress", "%q is not an IP address", u.LocalBindAddress)
+				continue
+			}
+			addr = ip.String()
 		}
 		if u.LocalBindPort >= 1 && u.LocalBindPort <= 65535 {
-			ap := netip.AddrPortFrom(ip, uint16(u.LocalBindPort))
-			if prev, dup := binds[ap]; dup {
-				bad(field+"LocalBindPort", "%s is already bound by Upstreams[%d]", ap, prev)
+			k := bind{addr, u.LocalBindPort}
+			if prev, dup := binds[k]; dup {
+				where := "the client address"
+				if addr != "" {
+					where = addr
+				}
+				bad(field+"LocalBindPort", "%d on %s is already bound by Upstreams[%d]", u.LocalBindPort, where, prev)
 			}
-			binds[ap] = i
+			binds[k] = i
 		}
 		out = append(out, Upstream{DestinationName: u.DestinationName, LocalBindAddress: addr, LocalBindPort: u.LocalBindPort})
 	}

@@ -50,6 +50,12 @@ func (reg *ServiceRegistration) Build(node, source string) (*RegisterServiceRequ
 	if protocol != "" && !ValidProtocol(protocol) {
 		bad("Meta."+MetaProtocol, "%q is not one of %s", protocol, strings.Join(Protocols, ", "))
 	}
+	user := reg.Meta[MetaUser]
+	if _, ok := reg.Meta[MetaUser]; ok {
+		if err := validUserSpelling(user); err != nil {
+			bad("Meta."+MetaUser, "%v", err)
+		}
+	}
 	if reg.SocketPath != "" {
 		bad("SocketPath", "is not supported yet")
 	}
@@ -75,7 +81,7 @@ func (reg *ServiceRegistration) Build(node, source string) (*RegisterServiceRequ
 	inst := Instance{
 		Node: node, ID: id, Service: reg.Name, Tags: reg.Tags, Address: reg.Address, Port: reg.Port,
 		Meta: reg.Meta, Weights: weights, EnableTagOverride: reg.EnableTagOverride, Source: source,
-		Protocol: protocol, Upstreams: upstreams,
+		Protocol: protocol, Upstreams: upstreams, User: user,
 	}
 
 	var defs []*CheckType

@@ -42,9 +42,17 @@ func TestBuildProtocolAndUpstreams(t *testing.T) {
 				{"DestinationName":"orders","LocalBindPort":19001},
 				{"DestinationName":"db","LocalBindAddress":"127.0.0.2","LocalBindPort":19002}]}}}}`,
 			upstreams: []Upstream{
-				{DestinationName: "orders", LocalBindAddress: "127.0.0.1", LocalBindPort: 19001},
+				// No address: the agent's client address, which the host's
+				// proxy fills in; the catalog keeps it empty.
+				{DestinationName: "orders", LocalBindAddress: "", LocalBindPort: 19001},
 				{DestinationName: "db", LocalBindAddress: "127.0.0.2", LocalBindPort: 19002},
 			},
+		},
+		{
+			name: "upstream address normalised",
+			body: `{"Name":"web","Connect":{"SidecarService":{"Proxy":{"Upstreams":[
+				{"DestinationName":"db","LocalBindAddress":"0:0::1","LocalBindPort":19002}]}}}}`,
+			upstreams: []Upstream{{DestinationName: "db", LocalBindAddress: "::1", LocalBindPort: 19002}},
 		},
 		{name: "empty connect", body: `{"Name":"web","Connect":{}}`},
 		{name: "empty sidecar", body: `{"Name":"web","Connect":{"SidecarService":{}}}`},
@@ -62,8 +70,25 @@ func TestBuildProtocolAndUpstreams(t *testing.T) {
 		{
 			name: "upstreams on one port",
 			body: `{"Name":"web","Connect":{"SidecarService":{"Proxy":{"Upstreams":[
-				{"DestinationName":"a","LocalBindPort":19001},{"DestinationName":"b","LocalBindAddress":"127.0.0.1","LocalBindPort":19001}]}}}}`,
-			errs: []string{"Upstreams[1].LocalBindPort", "already bound by Upstreams[0]"},
+				{"DestinationName":"a","LocalBindPort":19001},{"DestinationName":"b","LocalBindPort":19001}]}}}}`,
+			errs: []string{"Upstreams[1].LocalBindPort", "19001 on the client address is already bound by Upstreams[0]"},
+		},
+		{
+			name: "upstreams on one address and port",
+			body: `{"Name":"web","Connect":{"SidecarService":{"Proxy":{"Upstreams":[
+				{"DestinationName":"a","LocalBindAddress":"::1","LocalBindPort":19001},{"DestinationName":"b","LocalBindAddress":"0::1","LocalBindPort":19001}]}}}}`,
+			errs: []string{"Upstreams[1].LocalBindPort", "19001 on ::1 is already bound by Upstreams[0]"},
+		},
+		{
+			// Whether the client address is 127.0.0.2 is known on the
+			// host only; its proxy gives the port to the first upstream.
+			name: "one port on the client address and on an explicit one",
+			body: `{"Name":"web","Connect":{"SidecarService":{"Proxy":{"Upstreams":[
+				{"DestinationName":"a","LocalBindPort":19001},{"DestinationName":"b","LocalBindAddress":"127.0.0.2","LocalBindPort":19001}]}}}}`,
+			upstreams: []Upstream{
+				{DestinationName: "a", LocalBindPort: 19001},
+				{DestinationName: "b", LocalBindAddress: "127.0.0.2", LocalBindPort: 19001},
+			},
 		},
 		{name: "unknown connect field", body: `{"Name":"web","Connect":{"Bogus":1}}`, errs: []string{`"Bogus"`}},
 	}
@@ -118,7 +143,7 @@ func TestBuildConsulAPIRegistration(t *testing.T) {
 	if err != nil {
 		t.Fatalf("building %s: %v", body, err)
 	}
-	want := []Upstream{{DestinationName: "orders", LocalBindAddress: "127.0.0.1", LocalBindPort: 19001}}
+	want := []Upstream{{DestinationName: "orders", LocalBindPort: 19001}}
 	if req.Instance.Protocol != "http" || !reflect.DeepEqual(req.Instance.Upstreams, want) {
 		t.Fatalf("instance = %+v, want protocol http and upstreams %+v", req.Instance, want)
 	}

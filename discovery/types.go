@@ -57,7 +57,14 @@ type Instance struct {
 	// Upstreams are the explicit upstreams of the instance's sidecar
 	// (Connect.SidecarService.Proxy.Upstreams); the host's proxy listens for
 	// each. Nil when there are none.
-	Upstreams   []Upstream
+	Upstreams []Upstream
+	// User is the Unix user (name or UID) the instance's app runs as on its
+	// node, from Meta["vmesh-user"] (a definition file's user lands there
+	// too). Captured connections of that user leave with the service's
+	// identity (docs/capture.md). Empty: the app's connections carry the
+	// host proxy's identity. Added with per-user capture; entries written
+	// before decode with it empty.
+	User        string
 	CreateIndex uint64
 	ModifyIndex uint64
 }

@@ -311,13 +311,16 @@ func (b *builder) serviceCluster(s *service) *cluster.Cluster {
 			MaxRetries:         wrapperspb.UInt32(defaultMaxRetries),
 		}}},
 		// Eject an instance after 5 consecutive 5xx (or connect failures)
-		// for 30 s, at most 10% of the instances at once, so a dead
-		// instance stops getting traffic before its health check notices.
+		// for 30 s, at most 10% of the instances at once but always at
+		// least one (without always_eject_one_host Envoy would eject none
+		// from a service of fewer than 10), so a dead instance stops
+		// getting traffic before its health check notices.
 		OutlierDetection: &cluster.OutlierDetection{
 			Consecutive_5Xx:    wrapperspb.UInt32(5),
 			Interval:           durationpb.New(10 * time.Second),
 			BaseEjectionTime:   durationpb.New(30 * time.Second),
 			MaxEjectionPercent: wrapperspb.UInt32(10),
+			AlwaysEjectOneHost: wrapperspb.Bool(true),
 		},
 	}
 	if r := s.resolver; r != nil {

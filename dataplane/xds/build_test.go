@@ -292,7 +292,7 @@ func fixtures() []fixture {
 }
 
 func TestBuildGolden(t *testing.T) {
-	for _, fx := range append(fixtures(), intentionFixtures()...) { // intentions_test.go
+	for _, fx := range slices.Concat(fixtures(), intentionFixtures(), userFixtures()) { // intentions_test.go, sourced_test.go
 		t.Run(fx.name, func(t *testing.T) {
 			v := NewView(fx.state, fx.opts)
 			snaps := map[string]*cache.Snapshot{}

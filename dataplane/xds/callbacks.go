@@ -78,6 +78,7 @@ func (s *Server) streamRequest(k streamKey, n *core.Node) (string, error) {
 		s.logger.Info("xDS client connected", "node", id, "user_agent", c.userAgent)
 	}
 	c.streams++
+	s.cfg.Metrics.connected(len(s.clients), len(s.streams))
 	needSnap := c.snap == nil
 	s.mu.Unlock()
 	if needSnap {
@@ -100,6 +101,7 @@ func (c *client) typeStatus(typeURL string) *TypeStatus {
 }
 
 func (s *Server) sent(k streamKey, typeURL, version, nonce string) {
+	s.cfg.Metrics.response(typeURL)
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	c := s.clients[s.streams[k]]
@@ -115,6 +117,7 @@ func (s *Server) answer(nodeID, typeURL, nonce, version string, nack *rpcstatus.
 	if nonce == "" && nack == nil {
 		return "" // a first request, or a new subscription: no answer to anything
 	}
+	s.cfg.Metrics.answer(typeURL, nack != nil)
 	s.mu.Lock()
 	c := s.clients[nodeID]
 	if c == nil {
@@ -164,6 +167,7 @@ func (s *Server) streamClosed(k streamKey) {
 	if gone {
 		delete(s.clients, id)
 	}
+	s.cfg.Metrics.connected(len(s.clients), len(s.streams))
 	s.mu.Unlock()
 	if gone {
 		// Under buildMu, so an update in progress does not set it again.

@@ -75,18 +75,37 @@ func (b *builder) tcpProxy(statPrefix, key string) *tcp.TcpProxy {
 // protocols, a TCP proxy otherwise.
 func (b *builder) serviceFilters(statPrefix string, s *service) []*listener.Filter {
 	if discovery.IsL7Protocol(s.protocol) {
-		return []*listener.Filter{b.filter(wellknown.HTTPConnectionManager, b.hcmRDS(statPrefix, b.routeRef(s.key)))}
+		h := b.hcmRDS(statPrefix, b.routeRef(s.key))
+		h.UpgradeConfigs = websocketUpgrade(s)
+		return []*listener.Filter{b.filter(wellknown.HTTPConnectionManager, h)}
 	}
 	return []*listener.Filter{b.filter(wellknown.TCPProxy, b.tcpProxy(statPrefix, s.key))}
 }
 
 // outboundListener is the transparent listener capture redirects to: a
 // filter chain per service VIP (per port when the VIP lists ports), and
-// everything else passed through to where it was going.
+// everything else passed through to where it was going. Each Unix user of
+// a local service gets a copy on its own port whose clusters present that
+// service's certificate (sourced.go).
 func (b *builder) outboundListener() {
+	b.transparentListener(OutboundListener, b.v.opts.OutboundPort)
+	var local []*discovery.Instance
+	for _, in := range b.v.byNode[b.node.Node] {
+		local = append(local, in.Instance)
+	}
+	for _, u := range b.v.opts.UserPorts(b.node.Node, local) {
+		b.from = u.Service
+		b.transparentListener(UserListenerPrefix+u.User, u.Port)
+		b.from = ""
+	}
+}
+
+// transparentListener builds one transparent outbound listener on the
+// outbound address and port, for b.from's identity ("" for the host's).
+func (b *builder) transparentListener(name string, port int) {
 	l := &listener.Listener{
-		Name:             OutboundListener,
-		Address:          socketAddr(b.v.opts.OutboundAddr, b.v.opts.OutboundPort, core.SocketAddress_TCP),
+		Name:             name,
+		Address:          socketAddr(b.v.opts.OutboundAddr, port, core.SocketAddress_TCP),
 		TrafficDirection: core.TrafficDirection_OUTBOUND,
 		ListenerFilters:  []*listener.ListenerFilter{b.listenerFilter(wellknown.OriginalDestination, &origdst.OriginalDst{})},
 		DefaultFilterChain: &listener.FilterChain{
@@ -139,10 +158,11 @@ func (b *builder) outboundListener() {
 }
 
 // upstreamListeners are the explicit upstreams of the host's instances:
-// LocalBindAddress:LocalBindPort -> the destination. Two instances that
-// bind one address: the first by instance ID gets it (registration refuses
-// that within one instance), and an upstream never takes a port of the
-// proxy's own listeners.
+// LocalBindAddress:LocalBindPort -> the destination; an upstream that names
+// no address listens on the agent's client address (OutboundAddr), as the
+// proxy's other local listeners do. Two upstreams that bind one address:
+// the first (instances by ID, then in registration order) gets it, and an
+// upstream never takes a port of the proxy's own listeners.
 func (b *builder) upstreamListeners() {
 	taken := map[string]bool{hostPort(b.v.opts.OutboundAddr, b.v.opts.OutboundPort): true}
 	if ip, ok := b.localAddr(); ok {
@@ -150,7 +170,11 @@ func (b *builder) upstreamListeners() {
 	}
 	for _, in := range b.v.byNode[b.node.Node] {
 		for _, u := range in.Upstreams {
-			ip, ok := ipAddr(u.LocalBindAddress)
+			bindAddr := u.LocalBindAddress
+			if bindAddr == "" {
+				bindAddr = b.v.opts.OutboundAddr
+			}
+			ip, ok := ipAddr(bindAddr)
 			if !ok || u.LocalBindPort <= 0 || u.LocalBindPort > 65535 {
 				continue
 			}
@@ -283,9 +307,17 @@ func (b *builder) inboundListener() {
 }
 
 // inboundHCM routes everything to the local instances, with the
-// service-defaults' local request timeout.
+// service-defaults' local request timeout. A request that could not
+// connect to an instance (a crashed or restarting app) is retried on
+// another, up to twice: nothing reached the app, so this is safe for any
+// method. Envoy and Consul do not do this by default; without it a caller
+// would see every connect failure until outlier detection ejects the
+// instance (localCluster).
 func (b *builder) inboundHCM(stat, clusterName string, s *service) *hcm.HttpConnectionManager {
-	a := &route.RouteAction{ClusterSpecifier: &route.RouteAction_Cluster{Cluster: clusterName}}
+	a := &route.RouteAction{
+		ClusterSpecifier: &route.RouteAction_Cluster{Cluster: clusterName},
+		RetryPolicy:      &route.RetryPolicy{RetryOn: "connect-failure", NumRetries: wrapperspb.UInt32(localConnectRetries)},
+	}
 	switch {
 	case s.defaults != nil && s.defaults.LocalRequestTimeoutMs > 0:
 		a.Timeout = durationpb.New(time.Duration(s.defaults.LocalRequestTimeoutMs) * time.Millisecond)
@@ -304,12 +336,35 @@ func (b *builder) inboundHCM(stat, clusterName string, s *service) *hcm.HttpConn
 				}},
 			}},
 		}},
-		HttpFilters: []*hcm.HttpFilter{b.httpRBACFilter(s.key), b.routerFilter()},
+		HttpFilters:    []*hcm.HttpFilter{b.httpRBACFilter(s.key), b.routerFilter()},
+		UpgradeConfigs: websocketUpgrade(s),
+		// The local app learns who called it, as behind Consul's Envoy:
+		// x-forwarded-client-cert with the peer's SPIFFE ID, any such
+		// header from the client replaced.
+		ForwardClientCertDetails:    hcm.HttpConnectionManager_SANITIZE_SET,
+		SetCurrentClientCertDetails: &hcm.HttpConnectionManager_SetCurrentClientCertDetails{Uri: true},
 	}
 }
 
+// websocketUpgrade lets HTTP/1.1 services switch to WebSocket (HTTP/2 and
+// gRPC ones have no such upgrade).
+func websocketUpgrade(s *service) []*hcm.HttpConnectionManager_UpgradeConfig {
+	if s.protocol != discovery.ProtocolHTTP {
+		return nil
+	}
+	return []*hcm.HttpConnectionManager_UpgradeConfig{{UpgradeType: "websocket"}}
+}
+
+// localConnectRetries is how often the inbound route retries a connect
+// failure; each retry prefers an instance not tried yet.
+const localConnectRetries = 2
+
 // localCluster reaches the host's own instances of a service in
 // plaintext: on their address, or loopback when they registered none.
+// Peers see the host as one endpoint, so it is here that a dead instance
+// is ejected, with the outlier detection of the service clusters (5
+// consecutive 5xx or connect failures, at most 10% of the instances out at
+// once) and always_eject_one_host.
 func (b *builder) localCluster(name string, s *service, insts []*instance) *cluster.Cluster {
 	var lbs []*endpoint.LbEndpoint
 	for _, in := range insts {
@@ -337,6 +392,15 @@ func (b *builder) localCluster(name string, s *service, insts []*instance) *clus
 		ClusterDiscoveryType: &cluster.Cluster_Type{Type: cluster.Cluster_STATIC},
 		ConnectTimeout:       durationpb.New(defaultConnectTimeout),
 		LoadAssignment:       cla,
+		OutlierDetection: &cluster.OutlierDetection{
+			Consecutive_5Xx:    wrapperspb.UInt32(5),
+			Interval:           durationpb.New(10 * time.Second),
+			BaseEjectionTime:   durationpb.New(30 * time.Second),
+			MaxEjectionPercent: wrapperspb.UInt32(10),
+			// A host has few instances of a service: without this, Envoy
+			// (default false) would never eject one of fewer than 10.
+			AlwaysEjectOneHost: wrapperspb.Bool(true),
+		},
 	}
 	if d := s.defaults; d != nil {
 		if d.LocalConnectTimeoutMs > 0 {

@@ -51,6 +51,8 @@ type Config struct {
 	// Debounce defaults to DefaultDebounce.
 	Debounce time.Duration
 	Logger   *slog.Logger
+	// Metrics receives the server's measurements (nil: none are kept).
+	Metrics *Metrics
 }
 
 // Server serves the catalog as xDS (SotW and delta ADS, and the per-type
@@ -368,6 +370,7 @@ func (s *Server) refresh(id string) string {
 		if err != nil {
 			// A translation bug must not take the fleet down with it:
 			// clients keep what they have.
+			s.cfg.Metrics.buildFailed()
 			s.logger.Error("building xDS snapshot; clients keep their current one", "node", id, "index", s.view.Index, "err", err)
 			return key
 		}

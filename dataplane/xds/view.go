@@ -30,6 +30,13 @@ type Options struct {
 	// IntentionsDefaultAllow is the agent's intentions_default: whether a
 	// connection no intention matches is allowed (intentions.go).
 	IntentionsDefaultAllow bool
+	// UserPortBase is the first per-user outbound port (sourced.go,
+	// UserPorts): capture sends the connections of a service's user there,
+	// and they leave with that service's identity. Default 15100.
+	UserPortBase int
+	// ReservedPorts are never given to a user (the agent's own ports),
+	// besides OutboundPort, MeshPort and the node's upstream ports.
+	ReservedPorts []int
 }
 
 // VIP is a service's virtual IP and, optionally, the ports it answers on
@@ -48,6 +55,9 @@ func (o Options) withDefaults() Options {
 	}
 	if o.MeshPort == 0 {
 		o.MeshPort = DefaultMeshPort
+	}
+	if o.UserPortBase == 0 {
+		o.UserPortBase = DefaultUserPortBase
 	}
 	return o
 }
