@@ -18,6 +18,7 @@ import (
 	"time"
 
 	"github.com/hashicorp/go-memdb"
+	"github.com/prometheus/client_golang/prometheus"
 	"github.com/vmesh/vmesh/discovery"
 	"github.com/vmesh/vmesh/iptables"
 )
@@ -37,6 +38,7 @@ type Agent struct {
 	store  *discovery.Store
 	joinState
 	xds     xdsState             // xds.go
+	metrics *prometheus.Registry // metrics.go: served on /metrics
 	dnsSrv  *discovery.DNSServer // dns.go
 	checks  *discovery.CheckRunner
 	httpLn  net.Listener
@@ -62,6 +64,8 @@ type Agent struct {
 func NewAgent(cfg Config, logger *slog.Logger, out io.Writer) *Agent {
 	a := &Agent{cfg: cfg, logger: logger, out: out, ready: make(chan struct{})}
 	a.joined, a.left = make(chan struct{}), make(chan struct{})
+	// Before raft opens, so its first metrics (the election) are kept.
+	a.metrics = newAgentRegistry(a)
 	return a
 }
 

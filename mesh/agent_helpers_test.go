@@ -33,6 +33,9 @@ func testConfig(t testing.TB) Config {
 	cfg.Ports.Cluster = 0 // an ephemeral cluster port: tests run side by side
 	cfg.ServicesDir = ""
 	cfg.LogLevel = "warn"
+	// In-process test agents share 127.0.0.1: only a test that needs the
+	// proxy turns it on (its listeners would collide otherwise).
+	cfg.Proxy.Enabled = false
 	return cfg
 }
 

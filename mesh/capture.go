@@ -13,6 +13,7 @@ import (
 	"time"
 
 	"github.com/hashicorp/go-memdb"
+	"github.com/vmesh/vmesh/dataplane/xds"
 	"github.com/vmesh/vmesh/discovery"
 	"github.com/vmesh/vmesh/iptables"
 )
@@ -46,22 +47,33 @@ func (f *captureFlags) apply(set map[string]bool, cfg *Config) {
 }
 
 // captureRunner keeps the kernel's capture state (our iptables rules and
-// vmesh0's addresses) equal to the configuration and the catalog's VIPs.
+// vmesh0's addresses) equal to the configuration and the catalog's VIPs
+// and service users.
 type captureRunner struct {
-	c        *iptables.Capture
-	links    iptables.Links
+	c     *iptables.Capture
+	links iptables.Links
+	// desired is the configuration's; Users come from the catalog on each
+	// reconcile (userRedirects).
 	desired  iptables.Desired
 	store    *discovery.Store
 	interval time.Duration
 	minGap   time.Duration
 	logger   *slog.Logger
+	// node, ports and lookup decide the per-user redirects: the users that
+	// node's instances name, on the ports the agent's xDS server gives
+	// them (the same xds.Options), as UIDs (lookup: discovery.LookupUser).
+	node   string
+	ports  xds.Options
+	lookup func(string) (uint32, error)
 
 	mu      sync.Mutex
-	applied bool         // we touched the kernel: Close and leave must remove
-	stopped bool         // removed (stop or leave): never apply again
-	rules   string       // Show() right after our last apply
-	vips    []netip.Addr // what we last set on vmesh0
-	applies int          // how many times we applied (tests)
+	applied bool                    // we touched the kernel: Close and leave must remove
+	stopped bool                    // removed (stop or leave): never apply again
+	rules   string                  // Show() right after our last apply
+	vips    []netip.Addr            // what we last set on vmesh0
+	users   []iptables.UserRedirect // the Users we last applied
+	skipped map[string]string       // user -> why it has no redirect (logged once)
+	applies int                     // how many times we applied (tests)
 }
 
 func newCaptureRunner(d iptables.Desired, r iptables.Runner, links iptables.Links, backend string, store *discovery.Store, interval time.Duration, logger *slog.Logger) *captureRunner {
@@ -72,6 +84,7 @@ func newCaptureRunner(d iptables.Desired, r iptables.Runner, links iptables.Link
 		c:       iptables.New(r, iptables.Options{Links: links, Backend: backend, Logger: logger}),
 		links:   links,
 		desired: d, store: store, interval: interval, minGap: captureMinGap, logger: logger,
+		lookup: discovery.LookupUser, skipped: map[string]string{},
 	}
 }
 
@@ -90,8 +103,13 @@ func (a *Agent) prepareCapture() error {
 	if err != nil {
 		return fmt.Errorf("capture: %w", err)
 	}
+	if err := a.checkFileUsers(d); err != nil {
+		nl.Close()
+		return &ConfigError{Err: err}
+	}
 	r := newCaptureRunner(d, iptables.ExecRunner{}, nl, a.cfg.Capture.Backend, a.store, a.cfg.Capture.ReconcileInterval,
 		a.logger.With("component", "capture"))
+	r.node, r.ports = a.cfg.NodeName, a.xdsOptions()
 	if err := r.c.Check(d); err != nil {
 		nl.Close()
 		if errors.Is(err, iptables.ErrInvalid) {
@@ -146,9 +164,91 @@ func (a *Agent) captureBanner() {
 		return
 	}
 	a.capture.mu.Lock()
-	n := len(a.capture.vips)
+	n, users := len(a.capture.vips), len(a.capture.users)
 	a.capture.mu.Unlock()
-	fmt.Fprintf(a.out, "        Capture: on (%s, %d VIPs on %s)\n", a.capture.desired.VIPRanges, n, iptables.VIPLink)
+	fmt.Fprintf(a.out, "        Capture: on (%s, %d VIPs on %s, %d service users)\n", a.capture.desired.VIPRanges, n, iptables.VIPLink, users)
+}
+
+// checkFileUsers refuses, before anything touches the kernel, a service
+// file whose user capture could not redirect: one in exclude_uids (whose
+// traffic is never captured), or whose port would clash. The files' own
+// checks (the user exists, one service per user) ran when they were read.
+func (a *Agent) checkFileUsers(d iptables.Desired) error {
+	reqs, err := a.desiredServices()
+	if err != nil {
+		return err
+	}
+	var insts []*discovery.Instance
+	where := map[string]string{}
+	for _, req := range reqs {
+		if req.Instance.User != "" {
+			in := req.Instance
+			insts = append(insts, &in)
+			if _, ok := where[in.User]; !ok {
+				where[in.User] = strings.TrimPrefix(in.Source, "file:")
+			}
+		}
+	}
+	var errs []error
+	for _, u := range a.xdsOptions().UserPorts(a.cfg.NodeName, insts) {
+		uid, err := discovery.LookupUser(u.User)
+		if err != nil {
+			errs = append(errs, fmt.Errorf("%s: service %q: user: %w", where[u.User], u.Service, err))
+			continue
+		}
+		if slices.Contains(d.ExcludeUIDs, uid) {
+			errs = append(errs, fmt.Errorf("%s: service %q: user: %q (UID %d) is also in capture.exclude_uids, whose traffic is never captured",
+				where[u.User], u.Service, u.User, uid))
+			continue
+		}
+		d.Users = append(d.Users, iptables.UserRedirect{UID: uid, Port: u.Port, Service: u.Service})
+	}
+	if len(errs) > 0 {
+		return errors.Join(errs...)
+	}
+	return d.Validate()
+}
+
+// userRedirects are the per-user rules for the users this node's
+// instances name: each user's UID and its port (xds.Options.UserPorts, as
+// the xDS server computes them). A user this host does not know, a second
+// name for a UID already redirected, or a UID in exclude_uids gets no rule
+// (its traffic keeps the host proxy's identity); each is logged once.
+// ws, when not nil, watches the node's instances.
+func (r *captureRunner) userRedirects(ws memdb.WatchSet) ([]iptables.UserRedirect, error) {
+	if r.node == "" {
+		return nil, nil
+	}
+	_, insts, err := r.store.NodeInstances(ws, r.node)
+	if err != nil {
+		return nil, fmt.Errorf("reading this node's instances: %w", err)
+	}
+	var out []iptables.UserRedirect
+	seen := map[uint32]string{}
+	skipped := map[string]string{}
+	for _, u := range r.ports.UserPorts(r.node, insts) {
+		uid, err := r.lookup(u.User)
+		switch {
+		case err != nil:
+			skipped[u.User] = fmt.Sprintf("service %q: %v", u.Service, err)
+		case seen[uid] != "":
+			skipped[u.User] = fmt.Sprintf("service %q: UID %d already belongs to user %q", u.Service, uid, seen[uid])
+		case slices.Contains(r.desired.ExcludeUIDs, uid):
+			skipped[u.User] = fmt.Sprintf("service %q: UID %d is in capture.exclude_uids", u.Service, uid)
+		default:
+			seen[uid] = u.User
+			out = append(out, iptables.UserRedirect{UID: uid, Port: u.Port, Service: u.Service})
+		}
+	}
+	r.mu.Lock()
+	for u, why := range skipped {
+		if r.skipped[u] != why {
+			r.logger.Warn("no per-user capture for this user; its connections keep the host's identity", "user", u, "why", why)
+		}
+	}
+	r.skipped = skipped
+	r.mu.Unlock()
+	return out, nil
 }
 
 // wantVIPs is the catalog's VIPs inside the configured range, sorted. A
@@ -183,6 +283,15 @@ func (r *captureRunner) reconcile(ctx context.Context, ws memdb.WatchSet) (bool,
 	if err != nil {
 		return false, err
 	}
+	users, err := r.userRedirects(ws)
+	if err != nil {
+		return false, err
+	}
+	d := r.desired
+	d.Users = users
+	if err := d.Validate(); err != nil {
+		return false, err
+	}
 	r.mu.Lock()
 	defer r.mu.Unlock()
 	if r.stopped {
@@ -198,7 +307,8 @@ func (r *captureRunner) reconcile(ctx context.Context, ws memdb.WatchSet) (bool,
 			return false, err
 		}
 		rulesOK, linkOK := rules == r.rules, slices.Equal(have, r.vips)
-		if rulesOK && linkOK && slices.Equal(want, r.vips) {
+		usersOK := slices.Equal(users, r.users)
+		if rulesOK && linkOK && usersOK && slices.Equal(want, r.vips) {
 			return false, nil
 		}
 		switch {
@@ -207,15 +317,18 @@ func (r *captureRunner) reconcile(ctx context.Context, ws memdb.WatchSet) (bool,
 				"rules_expected", lineCount(r.rules), "rules_found", lineCount(rules))
 		case !linkOK:
 			r.logger.Warn(iptables.VIPLink+" changed behind our back; repairing", "expected", r.vips, "found", have)
+		case !usersOK:
+			r.logger.Info("service users changed", "users", userList(users))
 		default:
 			r.logger.Info("VIPs changed", "vips", len(want))
 		}
 	}
 	// From here the kernel may hold something of ours: Close must remove.
 	r.applied = true
-	if err := r.c.Apply(ctx, r.desired); err != nil {
+	if err := r.c.Apply(ctx, d); err != nil {
 		return true, err
 	}
+	r.users = users
 	if err := r.links.SetVIPs(want); err != nil {
 		return true, err
 	}
@@ -274,6 +387,31 @@ func (r *captureRunner) remove(ctx context.Context) error {
 	return err
 }
 
+// userList renders redirects for the log: "orders=1001:15100".
+func userList(us []iptables.UserRedirect) string {
+	var b strings.Builder
+	for i, u := range us {
+		if i > 0 {
+			b.WriteByte(' ')
+		}
+		fmt.Fprintf(&b, "%s=%d:%d", u.Service, u.UID, u.Port)
+	}
+	return b.String()
+}
+
 func lineCount(s string) int {
 	return strings.Count(s, "\n")
+}
+
+// proxyMark is the SO_MARK the in-process proxy sets on the sockets it
+// dials when this agent applies capture: the rules return marked traffic
+// first, which keeps the proxy's own connections (to peers, to local
+// apps, passed-through original destinations) out of capture without a
+// special UID. 0 (no mark) without capture: setting one needs
+// CAP_NET_ADMIN, which an agent without capture may lack.
+func (a *Agent) proxyMark() int {
+	if a.capture == nil {
+		return 0
+	}
+	return int(a.capture.desired.ProxyMark)
 }

@@ -5,9 +5,11 @@ import (
 	"fmt"
 	"net"
 	"net/netip"
+	"slices"
 	"strconv"
 	"time"
 
+	"github.com/vmesh/vmesh/dataplane/xds"
 	"github.com/vmesh/vmesh/iptables"
 )
 
@@ -39,6 +41,11 @@ type CaptureConfig struct {
 	DNSPort int `hcl:"dns_port"`
 	// Backend forces "nft" or "legacy"; default: what `iptables` is.
 	Backend string `hcl:"backend"`
+	// UserPortBase is the first per-user outbound port (default 15100):
+	// each Unix user a local service names (`user` in its definition)
+	// gets the next free one, and its captured connections leave with
+	// that service's identity (capture.go, xds.Options.UserPorts).
+	UserPortBase int `hcl:"user_port_base"`
 }
 
 // validateCapture checks the capture block when capture is on; `vmesh
@@ -47,6 +54,10 @@ func (c *Config) validateCapture() []error {
 	var errs []error
 	if c.Capture.ReconcileInterval < 0 {
 		errs = append(errs, fmt.Errorf("capture.reconcile_interval: must not be negative, got %s", c.Capture.ReconcileInterval))
+	}
+	// The xDS server uses it whether capture is on or not.
+	if b := c.Capture.UserPortBase; b < 0 || b > 65535 {
+		errs = append(errs, fmt.Errorf("capture.user_port_base: port must be between 1 and 65535, got %d", b))
 	}
 	if !c.Capture.Enabled {
 		return errs
@@ -97,14 +108,31 @@ func (c *Config) captureDesired() (iptables.Desired, error) {
 	default:
 		errs = append(errs, fmt.Errorf("capture.backend: %q is not nft or legacy", cc.Backend))
 	}
-	// This agent's ports, as configured, besides the defaults.
-	for _, p := range []int{c.Ports.HTTP, c.Ports.Cluster, d.DNSPort, portOf(c.Addresses.HTTP), portOf(c.Addresses.XDS), portOf(c.AdminAddr())} {
-		if p > 0 {
-			d.AgentPorts = append(d.AgentPorts, p)
-		}
-	}
+	d.AgentPorts = append(d.AgentPorts, c.agentPorts()...)
 	// Parse errors and Validate's, all at once.
 	return d, errors.Join(append(errs, d.Validate())...)
+}
+
+// agentPorts are this agent's ports as configured, besides the defaults
+// (iptables.DefaultAgentPorts): never captured, never a user's port.
+func (c *Config) agentPorts() []int {
+	var out []int
+	for _, p := range []int{c.Ports.HTTP, c.Ports.Cluster, portOf(c.DNSAddr()), c.Capture.DNSPort,
+		portOf(c.Addresses.HTTP), portOf(c.Addresses.XDS), portOf(c.AdminAddr())} {
+		if p > 0 {
+			out = append(out, p)
+		}
+	}
+	return out
+}
+
+// userPortOptions are the xDS options that decide the per-user ports:
+// the agent's xDS server builds the per-user listeners with them, and
+// capture computes its owner-match rules with the same, so the two agree.
+func (c *Config) userPortOptions(o xds.Options) xds.Options {
+	o.UserPortBase = c.Capture.UserPortBase
+	o.ReservedPorts = append(slices.Clone(iptables.DefaultAgentPorts), c.agentPorts()...)
+	return o
 }
 
 func portOf(addr string) int {

@@ -261,4 +261,29 @@ func TestCaptureAgentBadConfigNetns(t *testing.T) {
 			t.Errorf("%s: vmesh0 created", name)
 		}
 	}
+	// Service users capture could not honour, refused the same way, naming
+	// the file and the key.
+	cfgFile := writeFile(t, dir, "c.hcl", "capture {\n  enabled = true\n  exclude_uids = [\"nobody\"]\n}\n")
+	for name, c := range map[string]struct{ files, want string }{
+		"unknown user":        {`service { name = "a"  user = "no-such-user-vmesh" }`, `a.hcl:1: service "a": user: "no-such-user-vmesh" is not a user on this host`},
+		"one user, two names": {`services = [{ name = "a", user = "daemon" }, { name = "b", user = "1" }]`, `service "b": user: "1" already runs service "a"`},
+		"excluded user":       {`service { name = "a"  user = "nobody" }`, `a.hcl: service "a": user: "nobody" (UID 65534) is also in capture.exclude_uids`},
+	} {
+		svcDir := t.TempDir()
+		writeFile(t, svcDir, "a.hcl", c.files)
+		p := ns.agent("-bootstrap", "-data-dir", filepath.Join(dir, "data"), "-node", "n1", "-bind", "127.0.0.1",
+			"-client", "127.0.0.1", "-services-dir", svcDir, "-config", cfgFile)
+		if code := p.wait(30 * time.Second); code != exitUsage {
+			t.Errorf("%s: exit %d, want %d\n%s", name, code, exitUsage, p.stderr)
+		}
+		if !strings.Contains(p.stderr.String(), c.want) {
+			t.Errorf("%s: the error does not say %q:\n%s", name, c.want, p.stderr)
+		}
+		if got := ns.saves(); got != base {
+			t.Errorf("%s: rules changed:\n%s", name, got)
+		}
+		if _, ok := ns.vmesh0(); ok {
+			t.Errorf("%s: vmesh0 created", name)
+		}
+	}
 }

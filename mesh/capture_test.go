@@ -3,12 +3,16 @@ package mesh
 import (
 	"context"
 	"flag"
+	"fmt"
 	"io"
 	"log/slog"
+	"path/filepath"
+	"slices"
 	"strings"
 	"testing"
 	"time"
 
+	"github.com/vmesh/vmesh/dataplane/xds"
 	"github.com/vmesh/vmesh/discovery"
 	"github.com/vmesh/vmesh/iptables"
 )
@@ -158,10 +162,139 @@ func TestCaptureConfig(t *testing.T) {
 	}
 	cfg.Capture.ReconcileInterval = -time.Second
 	cfg.Capture.ExcludePorts = []int{0}
+	cfg.Capture.UserPortBase = 70000
 	err = cfg.Validate()
-	for _, want := range []string{"capture.reconcile_interval: must not be negative", "capture.exclude_ports[0]"} {
+	for _, want := range []string{"capture.reconcile_interval: must not be negative", "capture.exclude_ports[0]", "capture.user_port_base: port must be between 1 and 65535, got 70000"} {
 		if err == nil || !strings.Contains(err.Error(), want) {
 			t.Errorf("Validate = %v, want %q", err, want)
+		}
+	}
+}
+
+// Per-user redirects follow the node's instances: a user a local service
+// names gets an owner-match rule to its port (the port the xDS server
+// gives it), applied when it appears and removed when it goes; a user the
+// host does not know, or one in exclude_uids, gets none.
+func TestCaptureUsers(t *testing.T) {
+	ctx := context.Background()
+	r, f, _, store := newTestCapture(t)
+	r.node = "n1"
+	cfg := DefaultConfig()
+	r.ports = cfg.userPortOptions(xds.Options{})
+	uids := map[string]uint32{"alice": 2001, "bob": 2002, "backup": 34}
+	r.lookup = func(u string) (uint32, error) {
+		if uid, ok := uids[u]; ok {
+			return uid, nil
+		}
+		return 0, fmt.Errorf("%q is not a user on this host", u)
+	}
+	r.desired.ExcludeUIDs = []uint32{34}
+	if err := store.EnsureNode(1, &discovery.Node{Name: "n1", Address: "10.0.0.1"}); err != nil {
+		t.Fatal(err)
+	}
+	idx := uint64(1)
+	register := func(node, id, svc, user string) {
+		t.Helper()
+		idx++
+		if node != "n1" {
+			store.EnsureNode(idx, &discovery.Node{Name: node, Address: "10.0.0.2"})
+		}
+		if err := store.EnsureService(idx, &discovery.Instance{Node: node, ID: id, Service: svc, Port: 80, User: user}, nil); err != nil {
+			t.Fatal(err)
+		}
+	}
+	step := func(what string, wantApply bool, wantRules ...string) {
+		t.Helper()
+		applied, err := r.reconcile(ctx, nil)
+		if err != nil {
+			t.Fatalf("%s: %v", what, err)
+		}
+		if applied != wantApply {
+			t.Fatalf("%s: applied = %v, want %v", what, applied, wantApply)
+		}
+		var got []string
+		for _, l := range strings.Split(f.State(), "\n") {
+			if strings.Contains(l, "--uid-owner") && strings.Contains(l, "VMESH_REDIRECT") {
+				got = append(got, l)
+			}
+		}
+		if strings.Join(got, "\n") != strings.Join(wantRules, "\n") {
+			t.Fatalf("%s: user rules\n%s\nwant\n%s", what, strings.Join(got, "\n"), strings.Join(wantRules, "\n"))
+		}
+	}
+	rule := func(uid, port int, svc string) string {
+		return fmt.Sprintf(`-A VMESH_REDIRECT -p tcp -m owner --uid-owner %d -m comment --comment "vmesh: user of %s" -j REDIRECT --to-ports %d`, uid, svc, port)
+	}
+	step("no users", true)
+	register("n1", "web-1", "web", "")
+	register("n2", "far-1", "far", "alice") // another node's user: not ours
+	step("no users of ours", false)
+	register("n1", "billing-1", "Billing", "alice")
+	step("alice", true, rule(2001, 15100, "billing"))
+	register("n1", "orders-1", "orders", "bob")
+	register("n1", "orders-2", "orders", "bob")
+	step("bob after alice", true, rule(2001, 15100, "billing"), rule(2002, 15101, "orders"))
+	register("n1", "ghost-1", "ghost", "ghost")     // not on this host
+	register("n1", "backup-1", "backups", "backup") // in exclude_uids
+	step("unknown and excluded users get no rule", false, rule(2001, 15100, "billing"), rule(2002, 15101, "orders"))
+	idx++
+	if err := store.DeleteService(idx, "n1", "billing-1"); err != nil {
+		t.Fatal(err)
+	}
+	// bob moves down to 15100 (ports follow registration order, and a
+	// removal closes the gap); the xDS server computes the same from the
+	// same catalog, so its listener moves with the rule.
+	step("alice gone", true, rule(2002, 15100, "orders"))
+	_, insts, _ := store.NodeInstances(nil, "n1")
+	if got := r.ports.UserPorts("n1", insts); len(got) != 3 || got[0] != (xds.UserPort{User: "bob", Service: "orders", Port: 15100}) {
+		t.Errorf("the xDS side's ports: %v", got)
+	}
+}
+
+// capture.user_port_base reaches the xDS options the agent serves with.
+func TestCaptureUserPortBaseFile(t *testing.T) {
+	cfg := DefaultConfig()
+	f := writeFile(t, t.TempDir(), "c.hcl", "capture {\n  user_port_base = 16000\n}\n")
+	if err := loadConfigFiles(&cfg, []string{f}); err != nil {
+		t.Fatal(err)
+	}
+	o := cfg.userPortOptions(xds.Options{})
+	if o.UserPortBase != 16000 {
+		t.Errorf("UserPortBase %d, want 16000", o.UserPortBase)
+	}
+	for _, p := range []int{7400, 8500, 8600, 15000, 15001, 15006, 15443} {
+		if !slices.Contains(o.ReservedPorts, p) {
+			t.Errorf("port %d is not reserved from users: %v", p, o.ReservedPorts)
+		}
+	}
+}
+
+// A service file whose user is in exclude_uids is refused before capture
+// touches anything, naming the file.
+func TestCaptureFileUsers(t *testing.T) {
+	dir := t.TempDir()
+	writeFile(t, dir, "a.hcl", `service { name = "billing"  user = "nobody"  port = 80 }`)
+	cfg := DefaultConfig()
+	cfg.NodeName, cfg.ServicesDir = "n1", dir
+	cfg.Capture.Enabled = true
+	d, err := cfg.captureDesired()
+	if err != nil {
+		t.Fatal(err)
+	}
+	a := &Agent{cfg: cfg}
+	if err := a.checkFileUsers(d); err != nil {
+		t.Fatalf("a valid user: %v", err)
+	}
+	cfg.Capture.ExcludeUIDs = []string{"nobody"}
+	a = &Agent{cfg: cfg}
+	d, err = cfg.captureDesired()
+	if err != nil {
+		t.Fatal(err)
+	}
+	err = a.checkFileUsers(d)
+	for _, want := range []string{filepath.Join(dir, "a.hcl"), `service "billing": user: "nobody" (UID 65534) is also in capture.exclude_uids`} {
+		if err == nil || !strings.Contains(err.Error(), want) {
+			t.Errorf("error %v, want one containing %q", err, want)
 		}
 	}
 }

@@ -118,6 +118,7 @@ func DefaultConfig() Config {
 		LogLevel:   "info",
 		Ports:      Ports{HTTP: DefaultHTTPPort, Cluster: DefaultClusterPort, DNS: DefaultDNSPort},
 		DNS:        defaultDNSOptions(),
+		Proxy:      ProxyConfig{Enabled: true},
 		Cluster: Cluster{
 			Voters: 3, TrustDomain: "vmesh.local",
 			NodeTTL: 10 * time.Second, ReapAfter: 72 * time.Hour, HeartbeatInterval: time.Second,

@@ -9,6 +9,7 @@ import (
 	"strconv"
 	"time"
 
+	"github.com/vmesh/vmesh/dataplane/proxy"
 	"github.com/vmesh/vmesh/discovery"
 	"github.com/vmesh/vmesh/raft"
 )
@@ -138,10 +139,14 @@ func (a *Agent) startDNS(ctx context.Context) error {
 			a.logger.Warn("DNS: no recursors; names outside .mesh and .consul will fail", "err", err)
 		}
 	}
+	dialer, err := a.cfg.recursorDialer()
+	if err != nil {
+		return &ConfigError{Err: err}
+	}
 	srv := discovery.NewDNSServer(a.store, discovery.DNSConfig{
 		Addr: addr, Datacenter: a.cfg.Datacenter, Recursors: recursors,
 		ServiceTTL: a.cfg.DNS.ServiceTTL, NodeTTL: a.cfg.DNS.NodeTTL, VIPTTL: a.cfg.DNS.VIPTTL,
-		OnlyPassing: a.cfg.DNS.OnlyPassing, Logger: a.logger.With("component", "dns"),
+		OnlyPassing: a.cfg.DNS.OnlyPassing, Dialer: dialer, Logger: a.logger.With("component", "dns"),
 	})
 	if err := srv.Start(ctx); err != nil {
 		if a.cfg.Addresses.DNS != "" {
@@ -152,6 +157,30 @@ func (a *Agent) startDNS(ctx context.Context) error {
 	}
 	a.dnsSrv = srv
 	return nil
+}
+
+// recursorTimeout is discovery's bound on one exchange with one
+// recursor; miekg/dns takes a Dialer's Timeout as its dial timeout, so a
+// dialer of ours carries it (a TCP recursor that never answers the SYN
+// would otherwise hold a query for the kernel's connect timeout).
+const recursorTimeout = 2 * time.Second
+
+// recursorDialer is the dialer of the DNS server's queries to its
+// recursors: nil (miekg/dns's own) without capture. With capture the
+// sockets carry the capture's proxy mark, which the rules return first:
+// with capture_dns a query to a recursor on port 53 would otherwise be
+// redirected to this agent's own DNS, and with capture_all a TCP query
+// to the proxy. The mark comes from the configuration, not from the
+// capture runner, so it does not matter which of the two starts first.
+func (c *Config) recursorDialer() (*net.Dialer, error) {
+	if !c.Capture.Enabled {
+		return nil, nil
+	}
+	d, err := c.captureDesired()
+	if err != nil {
+		return nil, err
+	}
+	return &net.Dialer{Timeout: recursorTimeout, Control: proxy.MarkSocket(int(d.ProxyMark))}, nil
 }
 
 // DNSAddr is the DNS server's address (UDP and TCP), or "" when it does

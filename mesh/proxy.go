@@ -9,10 +9,10 @@ import (
 	"github.com/vmesh/vmesh/dataplane/proxy"
 )
 
-// ProxyConfig turns on the in-process proxy. It is off by default while
-// the proxy handles L4 only (HTTP and gRPC listeners are NACKed and keep
-// their previous config, see docs/proxy.md); Envoy from `vmesh envoy
-// bootstrap` is the full data plane until then.
+// ProxyConfig is the in-process proxy. It is on by default: the agent is
+// its host's data plane (TCP, HTTP/1.1, HTTP/2, gRPC, WebSocket over
+// mTLS; docs/proxy.md). Turn it off (`-proxy=false`) to run Envoy from
+// `vmesh envoy bootstrap` instead.
 type ProxyConfig struct {
 	Enabled bool `hcl:"enabled"`
 	// LeafCertTTL is how long this host's service certificates are valid
@@ -35,7 +35,7 @@ func (c *Config) validateProxy() []error {
 type proxyFlags struct{ enabled bool }
 
 func (f *proxyFlags) register(fs *flag.FlagSet) {
-	fs.BoolVar(&f.enabled, "proxy", false, "run the in-process proxy, fed by this agent's xDS over its unix socket (docs/proxy.md)")
+	fs.BoolVar(&f.enabled, "proxy", true, "run the in-process proxy, fed by this agent's xDS over its unix socket; -proxy=false to bring your own Envoy (docs/proxy.md)")
 }
 
 func (f *proxyFlags) apply(set map[string]bool, cfg *Config) {
@@ -58,6 +58,8 @@ func (a *Agent) startProxy(ctx context.Context) error {
 		XDSAddr: "unix://" + a.xds.socket,
 		Node:    a.cfg.NodeName,
 		Logger:  a.logger.With("component", "proxy"),
+		Metrics: proxy.NewMetrics(a.metrics),
+		Mark:    a.proxyMark(),
 	})
 	if err != nil {
 		return err

@@ -43,13 +43,15 @@ func TestAgentInProcessProxyTCP(t *testing.T) {
 		fmt.Sprintf(`{"Name":"echo","Address":%q,"Port":%d}`, b.ip, port)); code != 200 {
 		t.Fatalf("register echo on B: %d %s", code, body)
 	}
+	// No LocalBindAddress: A's proxy listens on A's client address.
 	upstream := 20000 + port%10000
+	upAddr := net.JoinHostPort(a.ip, fmt.Sprint(upstream))
 	if code, body := httpDo(t, http.MethodPut, "http://"+a.httpAddr()+"/v1/agent/service/register",
 		fmt.Sprintf(`{"Name":"web","Port":1,"Connect":{"SidecarService":{"Proxy":{"Upstreams":[{"DestinationName":"echo","LocalBindPort":%d}]}}}}`, upstream)); code != 200 {
 		t.Fatalf("register web on A: %d %s", code, body)
 	}
 	echo := func() (string, error) {
-		c, err := net.DialTimeout("tcp", fmt.Sprintf("127.0.0.1:%d", upstream), time.Second)
+		c, err := net.DialTimeout("tcp", upAddr, time.Second)
 		if err != nil {
 			return "", err
 		}
@@ -64,7 +66,7 @@ func TestAgentInProcessProxyTCP(t *testing.T) {
 	// Production default: deny. Once A's upstream listener is up, the
 	// connection is accepted there and refused at B: the app never sees it.
 	waitFor(t, 10*time.Second, "A's upstream listener", func() bool {
-		c, err := net.DialTimeout("tcp", fmt.Sprintf("127.0.0.1:%d", upstream), time.Second)
+		c, err := net.DialTimeout("tcp", upAddr, time.Second)
 		if err == nil {
 			c.Close()
 		}

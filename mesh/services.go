@@ -36,8 +36,12 @@ type ServiceDef struct {
 	Token             string            `hcl:"token"`
 	// Protocol is tcp (default), http, http2, grpc or udp; it is stored as
 	// Meta.protocol, where the Consul API carries it.
-	Protocol string      `hcl:"protocol"`
-	Connect  *ConnectDef `hcl:"connect"`
+	Protocol string `hcl:"protocol"`
+	// User is the Unix user (name or UID) the service's app runs as on
+	// this host: its captured outbound connections leave with the
+	// service's identity (docs/capture.md). Stored as Meta["vmesh-user"].
+	User    string      `hcl:"user"`
+	Connect *ConnectDef `hcl:"connect"`
 }
 
 // ConnectDef is the part of Consul's connect block that vmesh reads:
@@ -160,14 +164,21 @@ func (d *ServiceDef) registration() *discovery.ServiceRegistration {
 		Kind: d.Kind, ID: d.ID, Name: d.Name, Tags: d.Tags, Address: d.Address, Port: d.Port,
 		Meta: d.Meta, EnableTagOverride: d.EnableTagOverride,
 	}
-	if d.Protocol != "" && d.Meta[discovery.MetaProtocol] == "" {
-		// A copy: the definition's own map stays as the file wrote it.
-		reg.Meta = map[string]string{discovery.MetaProtocol: d.Protocol}
-		for k, v := range d.Meta {
-			if k != discovery.MetaProtocol {
+	// protocol and user travel in Meta, where the Consul API carries them.
+	// A copy: the definition's own map stays as the file wrote it.
+	copied := false
+	for _, kv := range [][2]string{{discovery.MetaProtocol, d.Protocol}, {discovery.MetaUser, d.User}} {
+		if kv[1] == "" || d.Meta[kv[0]] != "" {
+			continue
+		}
+		if !copied {
+			copied = true
+			reg.Meta = make(map[string]string, len(d.Meta)+2)
+			for k, v := range d.Meta {
 				reg.Meta[k] = v
 			}
 		}
+		reg.Meta[kv[0]] = kv[1]
 	}
 	if d.Connect != nil {
 		reg.Connect = &discovery.ServiceConnect{}
@@ -218,6 +229,7 @@ func buildFileServices(node string, defs []fileService) ([]*discovery.RegisterSe
 	var out []*discovery.RegisterServiceRequest
 	var errs []error
 	seen := map[string]string{}
+	users := fileUsers{}
 	for _, fs := range defs {
 		where := fmt.Sprintf("%s:%d", fs.File, fs.Def.Line)
 		// The protocol travels as Meta.protocol, but a file says protocol:
@@ -232,6 +244,16 @@ func buildFileServices(node string, defs []fileService) ([]*discovery.RegisterSe
 				continue
 			}
 		}
+		if u := fs.Def.User; u != "" {
+			if m := fs.Def.Meta[discovery.MetaUser]; m != "" && m != u {
+				errs = append(errs, fmt.Errorf("%s: service %q: user: %q conflicts with meta.%s %q", where, fs.Def.Name, u, discovery.MetaUser, m))
+				continue
+			}
+			if _, err := discovery.LookupUser(u); err != nil {
+				errs = append(errs, fmt.Errorf("%s: service %q: user: %w", where, fs.Def.Name, err))
+				continue
+			}
+		}
 		req, err := fs.Def.registration().Build(node, "file:"+filepath.Clean(fs.File))
 		if err != nil {
 			msg := strings.TrimPrefix(err.Error(), discovery.ErrInvalid.Error()+": ")
@@ -243,8 +265,48 @@ func buildFileServices(node string, defs []fileService) ([]*discovery.RegisterSe
 			errs = append(errs, fmt.Errorf("%s: service %q: id: duplicate ID %q (also defined at %s)", where, fs.Def.Name, id, prev))
 			continue
 		}
+		if err := users.add(req.Instance, where); err != nil {
+			errs = append(errs, fmt.Errorf("%s: service %q: %s: %w", where, fs.Def.Name, userKey(fs.Def), err))
+			continue
+		}
 		seen[id] = where
 		out = append(out, req)
 	}
 	return out, errors.Join(errs...)
+}
+
+// userKey is the key a file used to name the user.
+func userKey(d ServiceDef) string {
+	if d.User != "" {
+		return "user"
+	}
+	return "meta." + discovery.MetaUser
+}
+
+// fileUsers checks the users of file definitions: each exists on this
+// host, and runs one service (its captured connections can carry only one
+// identity). Instances of one service may share their user.
+type fileUsers map[uint32]fileUser
+
+type fileUser struct{ service, user, where string }
+
+func (fu fileUsers) add(in discovery.Instance, where string) error {
+	if in.User == "" {
+		return nil
+	}
+	uid, err := discovery.LookupUser(in.User)
+	if err != nil {
+		return err
+	}
+	if prev, ok := fu[uid]; ok && !strings.EqualFold(prev.service, in.Service) {
+		same := ""
+		if prev.user != in.User {
+			same = fmt.Sprintf(" (as %q, the same UID %d)", prev.user, uid)
+		}
+		return fmt.Errorf("%q already runs service %q%s, defined at %s; one service per user", in.User, prev.service, same, prev.where)
+	}
+	if _, ok := fu[uid]; !ok {
+		fu[uid] = fileUser{service: in.Service, user: in.User, where: where}
+	}
+	return nil
 }

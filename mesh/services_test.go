@@ -16,7 +16,7 @@ import (
 // key.
 func TestServiceFileProtocolAndUpstreams(t *testing.T) {
 	wantUp := []discovery.Upstream{
-		{DestinationName: "orders", LocalBindAddress: "127.0.0.1", LocalBindPort: 19001},
+		{DestinationName: "orders", LocalBindPort: 19001}, // the agent's client address
 		{DestinationName: "db", LocalBindAddress: "127.0.0.2", LocalBindPort: 19002},
 	}
 	cases := []struct {
@@ -137,6 +137,110 @@ func TestServiceFileProtocolAndUpstreams(t *testing.T) {
 			// The definition's own Meta is untouched (reload compares it).
 			if defs[0].Def.Meta["protocol"] == "grpc" {
 				t.Errorf("definition's meta was changed: %v", defs[0].Def.Meta)
+			}
+		})
+	}
+}
+
+// TestServiceFileUser: `user` in a definition file reaches the instance
+// (as Meta["vmesh-user"], where the Consul API carries it); a user this
+// host does not have, and one user for two services, are refused naming
+// the file, the line and the key.
+func TestServiceFileUser(t *testing.T) {
+	cases := []struct {
+		name  string
+		files map[string]string
+		users map[string]string // instance ID -> User
+		errs  []string
+	}{
+		{
+			name:  "hcl",
+			files: map[string]string{"a.hcl": `service { name = "billing"  user = "nobody"  port = 80 }`},
+			users: map[string]string{"billing": "nobody"},
+		},
+		{
+			name:  "json, by UID",
+			files: map[string]string{"a.json": `{"service": {"name": "billing", "user": "65534", "port": 80}}`},
+			users: map[string]string{"billing": "65534"},
+		},
+		{
+			name:  "meta spelling",
+			files: map[string]string{"a.hcl": `service { name = "billing"  meta = { vmesh-user = "nobody" } }`},
+			users: map[string]string{"billing": "nobody"},
+		},
+		{
+			name: "two instances of one service share a user",
+			files: map[string]string{"a.hcl": `services = [
+  { id = "web-1", name = "web", user = "nobody", port = 80 },
+  { id = "web-2", name = "WEB", user = "nobody", port = 81 },
+]`},
+			users: map[string]string{"web-1": "nobody", "web-2": "nobody"},
+		},
+		{
+			name:  "unknown user",
+			files: map[string]string{"a.hcl": "service {\n  name = \"billing\"\n  user = \"no-such-user-vmesh\"\n}"},
+			errs:  []string{"a.hcl:1", `service "billing": user: "no-such-user-vmesh" is not a user on this host`},
+		},
+		{
+			name:  "not a user name",
+			files: map[string]string{"a.hcl": `service { name = "billing"  user = "al ice" }`},
+			errs:  []string{"a.hcl:1", `service "billing": user: "al ice" is not a user on this host`},
+		},
+		{
+			name:  "not a user name, in meta",
+			files: map[string]string{"a.hcl": `service { name = "billing"  meta = { vmesh-user = "al ice" } }`},
+			errs:  []string{"a.hcl:1", `Meta.vmesh-user: "al ice" is not a user name or UID`},
+		},
+		{
+			name: "one user, two services",
+			files: map[string]string{
+				"a.hcl": `service { name = "billing"  user = "nobody" }`,
+				"b.hcl": "\n\nservice {\n  name = \"orders\"\n  user = \"65534\"\n}",
+			},
+			errs: []string{"b.hcl:3", `service "orders": user: "65534" already runs service "billing" (as "nobody", the same UID 65534), defined at `, "a.hcl:1; one service per user"},
+		},
+		{
+			name:  "user conflicts with meta",
+			files: map[string]string{"a.hcl": `service { name = "billing"  user = "nobody"  meta = { vmesh-user = "root" } }`},
+			errs:  []string{`user: "nobody" conflicts with meta.vmesh-user "root"`},
+		},
+	}
+	for _, tc := range cases {
+		t.Run(tc.name, func(t *testing.T) {
+			dir := t.TempDir()
+			for name, src := range tc.files {
+				writeFile(t, dir, name, src)
+			}
+			defs, err := loadServiceFiles(dir)
+			var reqs []*discovery.RegisterServiceRequest
+			if err == nil {
+				reqs, err = buildFileServices("n1", defs)
+			}
+			if len(tc.errs) > 0 {
+				for _, w := range tc.errs {
+					if err == nil || !strings.Contains(err.Error(), w) {
+						t.Errorf("error %v does not mention %q", err, w)
+					}
+				}
+				return
+			}
+			if err != nil {
+				t.Fatal(err)
+			}
+			got := map[string]string{}
+			for _, r := range reqs {
+				got[r.Instance.ID] = r.Instance.User
+				if r.Instance.Meta[discovery.MetaUser] != r.Instance.User {
+					t.Errorf("%s: Meta %v, User %q", r.Instance.ID, r.Instance.Meta, r.Instance.User)
+				}
+			}
+			if !reflect.DeepEqual(got, tc.users) {
+				t.Errorf("users %v, want %v", got, tc.users)
+			}
+			for _, d := range defs {
+				if d.Def.User != "" && d.Def.Meta[discovery.MetaUser] != "" {
+					t.Errorf("definition's meta was changed: %v", d.Def.Meta)
+				}
 			}
 		})
 	}

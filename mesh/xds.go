@@ -20,7 +20,7 @@ import (
 )
 
 // DefaultAdminPort is the admin listener's port (DESIGN.md: the proxy's
-// admin, today /config_dump).
+// admin: /config_dump and /metrics).
 const DefaultAdminPort = 15000
 
 // xdsSocketName is the xDS unix socket's file name in the runtime dir.
@@ -82,7 +82,7 @@ type xdsFlags struct{ addr, admin string }
 
 func (f *xdsFlags) register(fs *flag.FlagSet) {
 	fs.StringVar(&f.addr, "xds-addr", "", "also serve xDS over TCP on this `address` (default: only the unix socket in the runtime dir)")
-	fs.StringVar(&f.admin, "admin-addr", "", "admin `address`, serving /config_dump (default CLIENT:15000)")
+	fs.StringVar(&f.admin, "admin-addr", "", "admin `address`, serving /config_dump and /metrics (default CLIENT:15000)")
 }
 
 func (f *xdsFlags) apply(set map[string]bool, cfg *Config) {
@@ -117,10 +117,11 @@ func (a *Agent) startXDS(ctx context.Context, mux *http.ServeMux) error {
 	srv, err := xds.NewServer(xds.Config{
 		Store:      a.store,
 		Secrets:    NewLeafSecrets(a.xds.leaves, a.cfg.NodeName),
-		Options:    xds.Options{OutboundAddr: a.cfg.ClientAddr, IntentionsDefaultAllow: a.cfg.intentionsDefaultAllow()},
+		Options:    a.xdsOptions(),
 		UnixSocket: sock,
 		TCPAddr:    a.cfg.Addresses.XDS,
 		Logger:     a.logger.With("component", "xds"),
+		Metrics:    xds.NewMetrics(a.metrics),
 	})
 	if err != nil {
 		return err
@@ -133,17 +134,21 @@ func (a *Agent) startXDS(ctx context.Context, mux *http.ServeMux) error {
 	// Also on the API: the admin listener may not be there (see below).
 	mux.Handle("GET /v1/vmesh/xds/config_dump", srv.ConfigDumpHandler())
 	mux.HandleFunc("GET /v1/vmesh/envoy/bootstrap", a.handleEnvoyBootstrap)
+	metrics := metricsHandler(a.metrics, a.logger.With("component", "metrics"))
+	mux.Handle("GET /v1/vmesh/metrics", metrics)
 
 	admin := http.NewServeMux()
 	admin.Handle("GET /config_dump", srv.ConfigDumpHandler())
+	admin.Handle("GET /metrics", metrics)
 	admin.Handle("GET /v1/vmesh/xds/clients", srv.ClientsHandler())
 	ln, err := net.Listen("tcp", a.cfg.AdminAddr())
 	if err != nil {
 		// The admin listener is diagnostics only; its port is the
 		// proxy's well-known one and may be taken (a second agent on one
 		// address, an Envoy). Say so and run without it rather than not
-		// run at all: /v1/vmesh/xds/config_dump serves the same.
-		a.logger.Warn("admin listener not started; /config_dump is on the HTTP API at /v1/vmesh/xds/config_dump",
+		// run at all: /v1/vmesh/xds/config_dump and /v1/vmesh/metrics
+		// serve the same.
+		a.logger.Warn("admin listener not started; /config_dump and /metrics are on the HTTP API at /v1/vmesh/xds/config_dump and /v1/vmesh/metrics",
 			"addr", a.cfg.AdminAddr(), "err", err)
 		return nil
 	}
@@ -155,6 +160,12 @@ func (a *Agent) startXDS(ctx context.Context, mux *http.ServeMux) error {
 		}
 	})
 	return nil
+}
+
+// xdsOptions are the translation settings of this agent's xDS server; the
+// capture runner computes the per-user ports with the same (capture.go).
+func (a *Agent) xdsOptions() xds.Options {
+	return a.cfg.userPortOptions(xds.Options{OutboundAddr: a.cfg.ClientAddr, IntentionsDefaultAllow: a.cfg.intentionsDefaultAllow()})
 }
 
 // NewLeafSecrets serves node's leaf certificates and the CA roots to that
