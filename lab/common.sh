@@ -2,10 +2,10 @@
 # lab/common.sh: what the netns lab, the Vagrant lab and their scripts
 # share. Sourced by netns.sh, provision.sh and traffic.sh; not run.
 
-# The demo services' protocol (service definitions' `protocol`). tcp
-# until the in-process proxy serves HTTP; then http, and every demo URL
-# drops its port (an http service's VIP also answers on 80).
-LAB_PROTOCOL=${LAB_PROTOCOL:-tcp}
+# The demo services' protocol (service definitions' `protocol`): http (the
+# proxies route each request; every demo URL drops its port, since an http
+# service's VIP also answers on 80), or tcp to show the same path at L4.
+LAB_PROTOCOL=${LAB_PROTOCOL:-http}
 case $LAB_PROTOCOL in
 tcp | http) ;;
 *)

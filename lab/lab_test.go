@@ -491,16 +491,16 @@ func TestProvisionConfig(t *testing.T) {
 		want     []string // in vmesh.hcl or a service file
 	}{
 		{"netns vm1 bootstraps", false, nil, []string{"--node", "vm1", "--ip", "10.201.0.11", "--vms", "3", "--bootstrap"},
-			[]string{"monolith.hcl"}, []string{`bootstrap    = true`, `bind_addr    = "10.201.0.11"`, `protocol = "tcp"`, `port     = 9080`}},
+			[]string{"monolith.hcl"}, []string{`bootstrap    = true`, `bind_addr    = "10.201.0.11"`, `protocol = "http"`, `port     = 9080`}},
 		{"two VMs: vm2 runs both microservices", false, nil, []string{"--node", "vm2", "--ip", "10.201.0.12", "--vms", "2"},
 			[]string{"orders.hcl", "users.hcl"}, []string{`node_name    = "vm2"`}},
 		{"three VMs: users moves to vm3", true, nil, []string{"--node", "vm2", "--ip", "10.201.0.12", "--vms", "3"},
 			[]string{"orders.hcl"}, nil},
 		{"a fourth VM runs no app", false, nil, []string{"--node", "vm4", "--ip", "10.201.0.14", "--vms", "4"},
 			nil, nil},
-		{"vagrant vm3 with resolvers, http", false, []string{"LAB_PROTOCOL=http"},
+		{"vagrant vm3 with resolvers, tcp", false, []string{"LAB_PROTOCOL=tcp"},
 			[]string{"--node", "vm3", "--ip", "192.168.56.13", "--vms", "3", "--recursor", "10.0.2.3", "--recursor", "1.1.1.1"},
-			[]string{"users.hcl"}, []string{`recursors = ["10.0.2.3", "1.1.1.1"]`, `protocol = "http"`}},
+			[]string{"users.hcl"}, []string{`recursors = ["10.0.2.3", "1.1.1.1"]`, `protocol = "tcp"`}},
 	} {
 		if !c.keep {
 			os.RemoveAll(root)
