@@ -3,7 +3,7 @@ export GOTOOLCHAIN := local
 GO ?= go
 STATICCHECK_VERSION ?= v0.8.2
 
-.PHONY: build test lint bench
+.PHONY: build test lint bench bench-proxy
 
 build:
 	$(GO) build -o vmesh .
@@ -21,3 +21,5 @@ lint:
 # Benchmarks are not tests: they print numbers, they assert nothing.
 bench:
 	bash bench/run.sh
+bench-proxy:
+	bash bench/proxy.sh

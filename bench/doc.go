@@ -40,6 +40,17 @@
 //	go test -run '^$' -bench '^BenchmarkClusterPropagation$' -benchtime=100x ./bench/
 //	go test -run '^$' -bench '^BenchmarkXDS' ./bench/
 //
+// The proxy benchmark (the data plane against a direct connection, nginx
+// and HAProxy) is not a Go benchmark: it runs vmesh agents, nginx and
+// HAProxy as processes and measures them from outside, so it is a script,
+//
+//	bench/proxy.sh    # or: make bench-proxy
+//
+// with its Go helpers in bench/proxybench (a minimal xDS server for a
+// standalone `vmesh proxy`, the nginx/HAProxy certificates, the report)
+// and bench/proxybench/loadgen (the backend and the load, on fortio's
+// packages; a module of its own, so fortio is not a dependency of vmesh).
+//
 // docs/BENCHMARKS.md records measured results and the machine they came
 // from.
 package bench
