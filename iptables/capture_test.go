@@ -3,6 +3,7 @@ package iptables
 import (
 	"context"
 	"errors"
+	"fmt"
 	"net/netip"
 	"strings"
 	"testing"
@@ -204,10 +205,19 @@ func TestParse(t *testing.T) {
 	if _, err := ParseCIDRs("exclude_cidrs", []string{"10.0.0.1/8", "nope"}); err == nil || !strings.Contains(err.Error(), "did you mean 10.0.0.0/8") || !strings.Contains(err.Error(), `"nope" is not a CIDR`) {
 		t.Errorf("ParseCIDRs bad = %v", err)
 	}
-	if u, err := ParseUIDs("exclude_uids", []string{"0,1000", "root"}); err != nil || len(u) != 3 || u[2] != 0 {
+	lookup := func(s string) (uint32, error) {
+		switch s {
+		case "root", "0":
+			return 0, nil
+		case "1000":
+			return 1000, nil
+		}
+		return 0, fmt.Errorf("%q is not a user on this host", s)
+	}
+	if u, err := ParseUIDs("exclude_uids", []string{"0,1000", "root"}, lookup); err != nil || len(u) != 3 || u[1] != 1000 || u[2] != 0 {
 		t.Errorf("ParseUIDs = %v, %v", u, err)
 	}
-	if _, err := ParseUIDs("exclude_uids", []string{"no-such-user-vmesh"}); err == nil || !strings.Contains(err.Error(), "exclude_uids:") {
+	if _, err := ParseUIDs("exclude_uids", []string{"root", "no-such-user-vmesh"}, lookup); err == nil || !strings.Contains(err.Error(), `exclude_uids: "no-such-user-vmesh"`) {
 		t.Errorf("ParseUIDs bad = %v", err)
 	}
 }

@@ -4,7 +4,6 @@ import (
 	"errors"
 	"fmt"
 	"net/netip"
-	"os/user"
 	"slices"
 	"strconv"
 	"strings"
@@ -241,13 +240,14 @@ func ParseCIDRs(field string, in []string) ([]netip.Prefix, error) {
 	return out, errors.Join(errs...)
 }
 
-// ParseUIDs parses numeric UIDs or user names (looked up in the passwd
-// database now, so the rules carry numbers).
-func ParseUIDs(field string, in []string) ([]uint32, error) {
+// ParseUIDs parses a list of numeric UIDs or user names (comma-separated
+// or repeated) with lookup, which resolves one (discovery.LookupUser asks
+// the passwd database now, so the rules carry numbers).
+func ParseUIDs(field string, in []string, lookup func(string) (uint32, error)) ([]uint32, error) {
 	var out []uint32
 	var errs []error
 	for _, s := range splitList(in) {
-		uid, err := ParseUID(s)
+		uid, err := lookup(s)
 		if err != nil {
 			errs = append(errs, fmt.Errorf("%s: %w", field, err))
 			continue
@@ -255,25 +255,6 @@ func ParseUIDs(field string, in []string) ([]uint32, error) {
 		out = append(out, uid)
 	}
 	return out, errors.Join(errs...)
-}
-
-// ParseUID parses one numeric UID or user name.
-func ParseUID(s string) (uint32, error) {
-	if n, err := strconv.ParseUint(s, 10, 32); err == nil {
-		if n == 0xFFFFFFFF {
-			return 0, fmt.Errorf("%q is not a user ID", s)
-		}
-		return uint32(n), nil
-	}
-	u, err := user.Lookup(s)
-	if err != nil {
-		return 0, fmt.Errorf("%q is neither a UID nor a known user", s)
-	}
-	n, err := strconv.ParseUint(u.Uid, 10, 32)
-	if err != nil {
-		return 0, fmt.Errorf("user %q has UID %q, not a number", s, u.Uid)
-	}
-	return uint32(n), nil
 }
 
 // splitList takes repeated flags and comma-separated values alike.

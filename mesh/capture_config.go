@@ -10,6 +10,7 @@ import (
 	"time"
 
 	"github.com/vmesh/vmesh/dataplane/xds"
+	"github.com/vmesh/vmesh/discovery"
 	"github.com/vmesh/vmesh/iptables"
 )
 
@@ -89,7 +90,7 @@ func (c *Config) captureDesired() (iptables.Desired, error) {
 	cidrs, err := iptables.ParseCIDRs("capture.exclude_cidrs", cc.ExcludeCIDRs)
 	errs = append(errs, err)
 	d.ExcludeCIDRs = cidrs
-	uids, err := iptables.ParseUIDs("capture.exclude_uids", cc.ExcludeUIDs)
+	uids, err := iptables.ParseUIDs("capture.exclude_uids", cc.ExcludeUIDs, discovery.LookupUser)
 	errs = append(errs, err)
 	d.ExcludeUIDs = uids
 	if cc.ProxyMark < 0 || cc.ProxyMark > 0xFFFFFFFF {

@@ -206,27 +206,9 @@ func report(w io.Writer, r results, meta *runMeta, warnings []string) {
 	}
 	fmt.Fprintln(w, "\nMedian of the runs, (min–max) over the runs. Latency in µs.")
 	fmt.Fprintln(w, "\nHTTP/1.1, 1 KB responses, 1,000 req/s over 16 connections; gRPC unary (1 KB ping), same rate:")
-	fmt.Fprintln(w, "\n| path | HTTP p50 | HTTP p90 | HTTP p99 | gRPC p50 | gRPC p99 |")
-	fmt.Fprintln(w, "|---|---:|---:|---:|---:|---:|")
-	for _, p := range paths {
-		if len(r[p.key]) == 0 {
-			continue
-		}
-		fmt.Fprintf(w, "| %s | %s | %s | %s | %s | %s |\n", p.label,
-			cell(r, p.key, "http-p50", "%.0f"), cell(r, p.key, "http-p90", "%.0f"), cell(r, p.key, "http-p99", "%.0f"),
-			cell(r, p.key, "grpc-p50", "%.0f"), cell(r, p.key, "grpc-p99", "%.0f"))
-	}
+	latencyTable(w, r, "", false)
 	fmt.Fprintln(w, "\nAdded over direct (each run minus the direct run of the same round), µs:")
-	fmt.Fprintln(w, "\n| path | HTTP p50 | HTTP p90 | HTTP p99 | gRPC p50 | gRPC p99 |")
-	fmt.Fprintln(w, "|---|---:|---:|---:|---:|---:|")
-	for _, p := range paths {
-		if p.key == "direct" || len(r[p.key]) == 0 {
-			continue
-		}
-		fmt.Fprintf(w, "| %s | %s | %s | %s | %s | %s |\n", p.label,
-			cell(r, p.key, "http-p50-added", "%.0f"), cell(r, p.key, "http-p90-added", "%.0f"), cell(r, p.key, "http-p99-added", "%.0f"),
-			cell(r, p.key, "grpc-p50-added", "%.0f"), cell(r, p.key, "grpc-p99-added", "%.0f"))
-	}
+	latencyTable(w, r, "-added", true)
 	fmt.Fprintln(w, "\nClosed loop (16 connections, as fast as they go) and one TCP stream; CPU and RSS are the proxies' (both hops):")
 	fmt.Fprintln(w, "\n| path | max req/s | req per proxy CPU-s | proxy CPU µs per req | TCP MB/s | RSS MiB | peak RSS MiB |")
 	fmt.Fprintln(w, "|---|---:|---:|---:|---:|---:|---:|")
@@ -289,5 +271,23 @@ func ratios(w io.Writer, r results) {
 			}
 		}
 		fmt.Fprintln(w, row)
+	}
+}
+
+// latencyTable prints the HTTP and gRPC percentiles of every path with
+// results: the measured ones (suffix "") or those added over direct
+// ("-added", where direct itself has no row).
+func latencyTable(w io.Writer, r results, suffix string, skipDirect bool) {
+	fmt.Fprintln(w, "\n| path | HTTP p50 | HTTP p90 | HTTP p99 | gRPC p50 | gRPC p99 |")
+	fmt.Fprintln(w, "|---|---:|---:|---:|---:|---:|")
+	for _, p := range paths {
+		if (skipDirect && p.key == "direct") || len(r[p.key]) == 0 {
+			continue
+		}
+		fmt.Fprintf(w, "| %s |", p.label)
+		for _, m := range []string{"http-p50", "http-p90", "http-p99", "grpc-p50", "grpc-p99"} {
+			fmt.Fprintf(w, " %s |", cell(r, p.key, m+suffix, "%.0f"))
+		}
+		fmt.Fprintln(w)
 	}
 }

@@ -310,18 +310,7 @@ func (b *builder) serviceCluster(s *service) *cluster.Cluster {
 			MaxRequests:        wrapperspb.UInt32(defaultMaxRequests),
 			MaxRetries:         wrapperspb.UInt32(defaultMaxRetries),
 		}}},
-		// Eject an instance after 5 consecutive 5xx (or connect failures)
-		// for 30 s, at most 10% of the instances at once but always at
-		// least one (without always_eject_one_host Envoy would eject none
-		// from a service of fewer than 10), so a dead instance stops
-		// getting traffic before its health check notices.
-		OutlierDetection: &cluster.OutlierDetection{
-			Consecutive_5Xx:    wrapperspb.UInt32(5),
-			Interval:           durationpb.New(10 * time.Second),
-			BaseEjectionTime:   durationpb.New(30 * time.Second),
-			MaxEjectionPercent: wrapperspb.UInt32(10),
-			AlwaysEjectOneHost: wrapperspb.Bool(true),
-		},
+		OutlierDetection: outlierDetection(),
 	}
 	if r := s.resolver; r != nil {
 		if r.ConnectTimeout > 0 {
@@ -367,6 +356,22 @@ func (b *builder) serviceCluster(s *service) *cluster.Cluster {
 		}}
 	}
 	return c
+}
+
+// outlierDetection is every mesh cluster's (service and local): eject an
+// instance after 5 consecutive 5xx (or connect failures) for 30 s, at
+// most 10% of the instances at once but always at least one (without
+// always_eject_one_host Envoy would eject none from a service of fewer
+// than 10 — and a host runs few instances of a service), so a dead
+// instance stops getting traffic before its health check notices.
+func outlierDetection() *cluster.OutlierDetection {
+	return &cluster.OutlierDetection{
+		Consecutive_5Xx:    wrapperspb.UInt32(5),
+		Interval:           durationpb.New(10 * time.Second),
+		BaseEjectionTime:   durationpb.New(30 * time.Second),
+		MaxEjectionPercent: wrapperspb.UInt32(10),
+		AlwaysEjectOneHost: wrapperspb.Bool(true),
+	}
 }
 
 func http2Options() *httpopts.HttpProtocolOptions {

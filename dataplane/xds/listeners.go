@@ -392,15 +392,7 @@ func (b *builder) localCluster(name string, s *service, insts []*instance) *clus
 		ClusterDiscoveryType: &cluster.Cluster_Type{Type: cluster.Cluster_STATIC},
 		ConnectTimeout:       durationpb.New(defaultConnectTimeout),
 		LoadAssignment:       cla,
-		OutlierDetection: &cluster.OutlierDetection{
-			Consecutive_5Xx:    wrapperspb.UInt32(5),
-			Interval:           durationpb.New(10 * time.Second),
-			BaseEjectionTime:   durationpb.New(30 * time.Second),
-			MaxEjectionPercent: wrapperspb.UInt32(10),
-			// A host has few instances of a service: without this, Envoy
-			// (default false) would never eject one of fewer than 10.
-			AlwaysEjectOneHost: wrapperspb.Bool(true),
-		},
+		OutlierDetection:     outlierDetection(),
 	}
 	if d := s.defaults; d != nil {
 		if d.LocalConnectTimeoutMs > 0 {
