@@ -229,9 +229,15 @@ func (a *Agent) xdsBanner() {
 	if admin == "" {
 		admin = "not listening (" + a.cfg.AdminAddr() + " is taken)"
 	} else {
-		admin = "http://" + admin + "/config_dump"
+		admin = "http://" + admin + " (/metrics, /config_dump)"
 	}
 	fmt.Fprintf(a.out, "          Admin: %s\n", admin)
+	if a.cfg.Proxy.Enabled {
+		fmt.Fprintf(a.out, "          Proxy: in-process (outbound %s, mesh port %d)\n",
+			net.JoinHostPort(a.cfg.ClientAddr, strconv.Itoa(xds.DefaultOutboundPort)), xds.DefaultMeshPort)
+	} else {
+		fmt.Fprintf(a.out, "          Proxy: off (-proxy=false: bring your own, see vmesh envoy bootstrap)\n")
+	}
 }
 
 // closeXDS stops the admin listener and the xDS server; streams end, so
