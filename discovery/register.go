@@ -50,8 +50,8 @@ func (reg *ServiceRegistration) Build(node, source string) (*RegisterServiceRequ
 	if protocol != "" && !ValidProtocol(protocol) {
 		bad("Meta."+MetaProtocol, "%q is not one of %s", protocol, strings.Join(Protocols, ", "))
 	}
-	user := reg.Meta[MetaUser]
-	if _, ok := reg.Meta[MetaUser]; ok {
+	user, named := reg.Meta[MetaUser]
+	if named {
 		if err := validUserSpelling(user); err != nil {
 			bad("Meta."+MetaUser, "%v", err)
 		}

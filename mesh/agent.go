@@ -101,14 +101,15 @@ func (a *Agent) Start(ctx context.Context) (err error) {
 	}
 	// Services files are checked before anything starts, so a bad file
 	// fails the start instead of deregistering what it used to define.
-	if _, err := a.desiredServices(); err != nil {
+	files, err := a.desiredServices()
+	if err != nil {
 		return &ConfigError{Err: err}
 	}
 
 	a.store = discovery.NewStore()
-	// Capture is checked (with the host's routes) before anything starts,
-	// and applied last, below.
-	if err := a.prepareCapture(); err != nil {
+	// Capture is checked (with the host's routes and the files' users)
+	// before anything starts, and applied last, below.
+	if err := a.prepareCapture(files); err != nil {
 		return err
 	}
 	if err := a.startCluster(ctx); err != nil {

@@ -90,8 +90,9 @@ func newCaptureRunner(d iptables.Desired, r iptables.Runner, links iptables.Link
 
 // prepareCapture builds the desired state and checks it against the
 // host's routes. It changes nothing: a bad capture block fails the start
-// as a configuration error before the kernel is touched.
-func (a *Agent) prepareCapture() error {
+// as a configuration error before the kernel is touched. files are the
+// service definitions Start read (desiredServices).
+func (a *Agent) prepareCapture(files []*discovery.RegisterServiceRequest) error {
 	if !a.cfg.Capture.Enabled {
 		return nil
 	}
@@ -103,7 +104,7 @@ func (a *Agent) prepareCapture() error {
 	if err != nil {
 		return fmt.Errorf("capture: %w", err)
 	}
-	if err := a.checkFileUsers(d); err != nil {
+	if err := a.checkFileUsers(d, files); err != nil {
 		nl.Close()
 		return &ConfigError{Err: err}
 	}
@@ -173,11 +174,7 @@ func (a *Agent) captureBanner() {
 // file whose user capture could not redirect: one in exclude_uids (whose
 // traffic is never captured), or whose port would clash. The files' own
 // checks (the user exists, one service per user) ran when they were read.
-func (a *Agent) checkFileUsers(d iptables.Desired) error {
-	reqs, err := a.desiredServices()
-	if err != nil {
-		return err
-	}
+func (a *Agent) checkFileUsers(d iptables.Desired, reqs []*discovery.RegisterServiceRequest) error {
 	var insts []*discovery.Instance
 	where := map[string]string{}
 	for _, req := range reqs {

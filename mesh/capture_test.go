@@ -282,7 +282,11 @@ func TestCaptureFileUsers(t *testing.T) {
 		t.Fatal(err)
 	}
 	a := &Agent{cfg: cfg}
-	if err := a.checkFileUsers(d); err != nil {
+	files, err := a.desiredServices()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := a.checkFileUsers(d, files); err != nil {
 		t.Fatalf("a valid user: %v", err)
 	}
 	cfg.Capture.ExcludeUIDs = []string{"nobody"}
@@ -291,7 +295,7 @@ func TestCaptureFileUsers(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	err = a.checkFileUsers(d)
+	err = a.checkFileUsers(d, files)
 	for _, want := range []string{filepath.Join(dir, "a.hcl"), `service "billing": user: "nobody" (UID 65534) is also in capture.exclude_uids`} {
 		if err == nil || !strings.Contains(err.Error(), want) {
 			t.Errorf("error %v, want one containing %q", err, want)

@@ -139,14 +139,10 @@ func (a *Agent) startDNS(ctx context.Context) error {
 			a.logger.Warn("DNS: no recursors; names outside .mesh and .consul will fail", "err", err)
 		}
 	}
-	dialer, err := a.cfg.recursorDialer()
-	if err != nil {
-		return &ConfigError{Err: err}
-	}
 	srv := discovery.NewDNSServer(a.store, discovery.DNSConfig{
 		Addr: addr, Datacenter: a.cfg.Datacenter, Recursors: recursors,
 		ServiceTTL: a.cfg.DNS.ServiceTTL, NodeTTL: a.cfg.DNS.NodeTTL, VIPTTL: a.cfg.DNS.VIPTTL,
-		OnlyPassing: a.cfg.DNS.OnlyPassing, Dialer: dialer, Logger: a.logger.With("component", "dns"),
+		OnlyPassing: a.cfg.DNS.OnlyPassing, Dialer: recursorDialer(a.proxyMark()), Logger: a.logger.With("component", "dns"),
 	})
 	if err := srv.Start(ctx); err != nil {
 		if a.cfg.Addresses.DNS != "" {
@@ -166,21 +162,17 @@ func (a *Agent) startDNS(ctx context.Context) error {
 const recursorTimeout = 2 * time.Second
 
 // recursorDialer is the dialer of the DNS server's queries to its
-// recursors: nil (miekg/dns's own) without capture. With capture the
-// sockets carry the capture's proxy mark, which the rules return first:
-// with capture_dns a query to a recursor on port 53 would otherwise be
-// redirected to this agent's own DNS, and with capture_all a TCP query
-// to the proxy. The mark comes from the configuration, not from the
-// capture runner, so it does not matter which of the two starts first.
-func (c *Config) recursorDialer() (*net.Dialer, error) {
-	if !c.Capture.Enabled {
-		return nil, nil
+// recursors: nil (miekg/dns's own) without capture (mark 0). With capture
+// the sockets carry the capture's proxy mark (Agent.proxyMark), which the
+// rules return first: with capture_dns a query to a recursor on port 53
+// would otherwise be redirected to this agent's own DNS, and with
+// capture_all a TCP query to the proxy. Start prepares capture before it
+// starts DNS, so the mark is known by then.
+func recursorDialer(mark int) *net.Dialer {
+	if mark == 0 {
+		return nil
 	}
-	d, err := c.captureDesired()
-	if err != nil {
-		return nil, err
-	}
-	return &net.Dialer{Timeout: recursorTimeout, Control: proxy.MarkSocket(int(d.ProxyMark))}, nil
+	return &net.Dialer{Timeout: recursorTimeout, Control: proxy.MarkSocket(mark)}
 }
 
 // DNSAddr is the DNS server's address (UDP and TCP), or "" when it does

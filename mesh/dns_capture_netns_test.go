@@ -164,17 +164,23 @@ dns { recursors = ["`+recursorAddr+`"] }
 // TestRecursorDialer: no dialer of ours without capture; with capture,
 // the recursor sockets carry capture.proxy_mark as configured.
 func TestRecursorDialer(t *testing.T) {
-	cfg := DefaultConfig()
-	if d, err := cfg.recursorDialer(); d != nil || err != nil {
-		t.Fatalf("capture off: dialer %v, %v; want none", d, err)
+	if d := recursorDialer((&Agent{cfg: DefaultConfig()}).proxyMark()); d != nil {
+		t.Fatalf("capture off: dialer %v; want none", d)
 	}
 	if os.Geteuid() != 0 {
 		t.Skip("needs root (SO_MARK needs CAP_NET_ADMIN); CI runs it as root")
 	}
+	cfg := DefaultConfig()
 	cfg.Capture.Enabled, cfg.Capture.ProxyMark = true, 0x1234
-	d, err := cfg.recursorDialer()
-	if err != nil || d == nil {
-		t.Fatalf("capture on: dialer %v, %v", d, err)
+	desired, err := cfg.captureDesired()
+	if err != nil {
+		t.Fatal(err)
+	}
+	// As prepareCapture leaves it, before startDNS.
+	a := &Agent{cfg: cfg, capture: &captureRunner{desired: desired}}
+	d := recursorDialer(a.proxyMark())
+	if d == nil {
+		t.Fatal("capture on: no dialer")
 	}
 	c, err := d.Dial("udp", "127.0.0.1:53") // UDP: nothing needs to listen
 	if err != nil {

@@ -100,7 +100,7 @@ func freePort(t *testing.T, ip string) int {
 // that listener's connection counters.
 func TestAgentMetrics(t *testing.T) {
 	// Alone on its loopback IP: the proxy binds the default mesh ports.
-	const ip = "127.0.41.1"
+	const ip = "127.0.45.1"
 	cfg := testConfig(t)
 	cfg.BindAddr, cfg.ClientAddr = ip, ip
 	cfg.Addresses.HTTP, cfg.Addresses.DNS, cfg.Addresses.Admin = ip+":0", ip+":0", ip+":0"
@@ -254,7 +254,7 @@ var proxyMetricsLine = regexp.MustCompile(`metrics=http://(\S+)/metrics`)
 // TestProxyCommandMetrics: `vmesh proxy --admin-addr` serves its own
 // /metrics, showing what it got from the agent's xDS, and nothing else.
 func TestProxyCommandMetrics(t *testing.T) {
-	const ip = "127.0.41.2"
+	const ip = "127.0.45.2"
 	cfg := testConfig(t)
 	cfg.BindAddr, cfg.ClientAddr = ip, ip
 	cfg.Addresses.HTTP, cfg.Addresses.DNS, cfg.Addresses.Admin = ip+":0", ip+":0", ip+":0"

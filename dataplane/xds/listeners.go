@@ -88,31 +88,6 @@ func (b *builder) serviceFilters(statPrefix string, s *service) []*listener.Filt
 // a local service gets a copy on its own port whose clusters present that
 // service's certificate (sourced.go).
 func (b *builder) outboundListener() {
-	b.transparentListener(OutboundListener, b.v.opts.OutboundPort)
-	var local []*discovery.Instance
-	for _, in := range b.v.byNode[b.node.Node] {
-		local = append(local, in.Instance)
-	}
-	for _, u := range b.v.opts.UserPorts(b.node.Node, local) {
-		b.from = u.Service
-		b.transparentListener(UserListenerPrefix+u.User, u.Port)
-		b.from = ""
-	}
-}
-
-// transparentListener builds one transparent outbound listener on the
-// outbound address and port, for b.from's identity ("" for the host's).
-func (b *builder) transparentListener(name string, port int) {
-	l := &listener.Listener{
-		Name:             name,
-		Address:          socketAddr(b.v.opts.OutboundAddr, port, core.SocketAddress_TCP),
-		TrafficDirection: core.TrafficDirection_OUTBOUND,
-		ListenerFilters:  []*listener.ListenerFilter{b.listenerFilter(wellknown.OriginalDestination, &origdst.OriginalDst{})},
-		DefaultFilterChain: &listener.FilterChain{
-			Name:    "passthrough",
-			Filters: []*listener.Filter{b.filter(wellknown.TCPProxy, &tcp.TcpProxy{StatPrefix: "passthrough", ClusterSpecifier: &tcp.TcpProxy_Cluster{Cluster: PassthroughCluster}})},
-		},
-	}
 	// Names differing in case are one service: the first in sort order
 	// keeps the VIP, whatever the map's order.
 	vipNames := make([]string, 0, len(b.v.opts.VIPs))
@@ -125,6 +100,32 @@ func (b *builder) transparentListener(name string, port int) {
 		if _, dup := vips[serviceKey(name)]; !dup {
 			vips[serviceKey(name)] = b.v.opts.VIPs[name]
 		}
+	}
+	b.transparentListener(OutboundListener, b.v.opts.OutboundPort, vips)
+	var local []*discovery.Instance
+	for _, in := range b.v.byNode[b.node.Node] {
+		local = append(local, in.Instance)
+	}
+	for _, u := range b.v.opts.UserPorts(b.node.Node, local) {
+		b.from = u.Service
+		b.transparentListener(UserListenerPrefix+u.User, u.Port, vips)
+		b.from = ""
+	}
+}
+
+// transparentListener builds one transparent outbound listener on the
+// outbound address and port, for b.from's identity ("" for the host's),
+// with a filter chain per VIP of vips (by service key).
+func (b *builder) transparentListener(name string, port int, vips map[string]VIP) {
+	l := &listener.Listener{
+		Name:             name,
+		Address:          socketAddr(b.v.opts.OutboundAddr, port, core.SocketAddress_TCP),
+		TrafficDirection: core.TrafficDirection_OUTBOUND,
+		ListenerFilters:  []*listener.ListenerFilter{b.listenerFilter(wellknown.OriginalDestination, &origdst.OriginalDst{})},
+		DefaultFilterChain: &listener.FilterChain{
+			Name:    "passthrough",
+			Filters: []*listener.Filter{b.filter(wellknown.TCPProxy, &tcp.TcpProxy{StatPrefix: "passthrough", ClusterSpecifier: &tcp.TcpProxy_Cluster{Cluster: PassthroughCluster}})},
+		},
 	}
 	for _, k := range b.v.keys {
 		vip, ok := vips[k]
