@@ -163,7 +163,9 @@ func TestProxyRoundRobinFailoverRetry(t *testing.T) {
 			}
 		}
 		t.Logf("%d requests, %d failed; answered from 5 s after the kill: %v", len(results), len(failed), after)
-		if len(results) < 1500 {
+		// ~2,200 at the nominal rate; a loaded CI machine drops ticks,
+		// and this only checks that the load really ran.
+		if len(results) < 1000 {
 			t.Fatalf("only %d requests in 11 s: the load did not run", len(results))
 		}
 		if len(failed)*100 >= len(results) {
