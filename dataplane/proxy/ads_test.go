@@ -68,7 +68,7 @@ func serveTCP(t *testing.T, handle func(net.Conn)) *net.TCPAddr {
 	return ln.Addr().(*net.TCPAddr)
 }
 
-func mustAny(t *testing.T, m proto.Message) *anypb.Any {
+func mustAny(t testing.TB, m proto.Message) *anypb.Any {
 	a, err := anypb.New(m)
 	if err != nil {
 		t.Fatal(err)
@@ -110,7 +110,7 @@ type controlPlane struct {
 	nacks []string
 }
 
-func startControlPlane(t *testing.T) *controlPlane {
+func startControlPlane(t testing.TB) *controlPlane {
 	t.Helper()
 	cp := &controlPlane{cache: cache.NewSnapshotCache(false, cache.IDHash{}, nil)}
 	cb := serverv3.CallbackFuncs{StreamRequestFunc: func(_ int64, req *discoverygrpc.DiscoveryRequest) error {
@@ -133,7 +133,7 @@ func startControlPlane(t *testing.T) *controlPlane {
 	return cp
 }
 
-func (cp *controlPlane) set(t *testing.T, version string, listeners []types.Resource, clusters []types.Resource) {
+func (cp *controlPlane) set(t testing.TB, version string, listeners []types.Resource, clusters []types.Resource) {
 	t.Helper()
 	snap, err := cache.NewSnapshot(version, map[resource.Type][]types.Resource{
 		resource.ListenerType: listeners, resource.ClusterType: clusters,
@@ -146,7 +146,7 @@ func (cp *controlPlane) set(t *testing.T, version string, listeners []types.Reso
 	}
 }
 
-func waitFor(t *testing.T, what string, d time.Duration, cond func() bool) {
+func waitFor(t testing.TB, what string, d time.Duration, cond func() bool) {
 	t.Helper()
 	deadline := time.Now().Add(d)
 	for !cond() {

@@ -6,6 +6,7 @@ import (
 	"errors"
 	"fmt"
 	"net/netip"
+	"sync/atomic"
 
 	core "github.com/envoyproxy/go-control-plane/envoy/config/core/v3"
 	"google.golang.org/protobuf/proto"
@@ -67,6 +68,10 @@ type host struct {
 	// tlsKey identifies tls by what it is built from (spec and secret
 	// contents), so a new version keeps an unchanged config.
 	tlsKey string
+	// transport caches the pool's transport for this host (the pool's
+	// lock and key hashing are per request otherwise); used while the
+	// pool still holds it.
+	transport atomic.Pointer[upstreamTransport]
 }
 
 // errWarming marks a resource whose dependencies (endpoints, secrets) have

@@ -41,7 +41,7 @@ func (w tWriter) Write(b []byte) (int, error) { w.t.Log(string(b)); return len(b
 
 // catalog is a single-node raft applying to a catalog, with a cluster CA
 // and the two hosts of the test.
-func catalog(t *testing.T) (*raft.Server, *discovery.Store) {
+func catalog(t testing.TB) (*raft.Server, *discovery.Store) {
 	t.Helper()
 	store := discovery.NewStore()
 	srv, err := raft.Open(raft.Config{
@@ -70,7 +70,7 @@ func catalog(t *testing.T) (*raft.Server, *discovery.Store) {
 	return srv, store
 }
 
-func apply(t *testing.T, r *raft.Server, cmd discovery.Command) {
+func apply(t testing.TB, r *raft.Server, cmd discovery.Command) {
 	t.Helper()
 	if _, err := r.Apply(context.Background(), cmd); err != nil {
 		t.Fatalf("applying %T: %v", cmd, err)
@@ -78,7 +78,7 @@ func apply(t *testing.T, r *raft.Server, cmd discovery.Command) {
 }
 
 // freePort finds a port free on every ip.
-func freePort(t *testing.T, ips ...string) int {
+func freePort(t testing.TB, ips ...string) int {
 	t.Helper()
 	for range 50 {
 		ln, err := net.Listen("tcp", ips[0]+":0")
@@ -111,7 +111,7 @@ func echoServer(t *testing.T) int {
 }
 
 // startProxy runs a proxy until the test ends.
-func startProxy(t *testing.T, cfg proxy.Config) *proxy.Proxy {
+func startProxy(t testing.TB, cfg proxy.Config) *proxy.Proxy {
 	t.Helper()
 	p, err := proxy.New(cfg)
 	if err != nil {
@@ -133,7 +133,7 @@ func startProxy(t *testing.T, cfg proxy.Config) *proxy.Proxy {
 	return p
 }
 
-func startXDS(t *testing.T, store *discovery.Store, opts xds.Options, secrets xds.SecretSource) string {
+func startXDS(t testing.TB, store *discovery.Store, opts xds.Options, secrets xds.SecretSource) string {
 	t.Helper()
 	srv, err := xds.NewServer(xds.Config{Store: store, TCPAddr: "127.0.0.1:0", Options: opts, Secrets: secrets, Logger: quiet(), Debounce: 5 * time.Millisecond})
 	if err != nil {

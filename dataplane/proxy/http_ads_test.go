@@ -29,7 +29,7 @@ import (
 
 // httpListener is a plaintext listener whose HTTP connection manager
 // takes route configuration rds over ADS.
-func httpListener(t *testing.T, name, rds string, mutate func(*hcm.HttpConnectionManager)) *listener.Listener {
+func httpListener(t testing.TB, name, rds string, mutate func(*hcm.HttpConnectionManager)) *listener.Listener {
 	h := &hcm.HttpConnectionManager{
 		StatPrefix: name,
 		RouteSpecifier: &hcm.HttpConnectionManager_Rds{Rds: &hcm.Rds{RouteConfigName: rds, ConfigSource: &core.ConfigSource{
@@ -52,7 +52,7 @@ func prefixRoute(prefix, cluster string) *route.Route {
 	}
 }
 
-func (cp *controlPlane) setAll(t *testing.T, version string, listeners, clusters, routes []types.Resource) {
+func (cp *controlPlane) setAll(t testing.TB, version string, listeners, clusters, routes []types.Resource) {
 	t.Helper()
 	snap, err := cache.NewSnapshot(version, map[resource.Type][]types.Resource{
 		resource.ListenerType: listeners, resource.ClusterType: clusters, resource.RouteType: routes,
@@ -314,5 +314,39 @@ func TestHTTPPerTryTimeoutAndHashADS(t *testing.T) {
 	}
 	if len(spread) < 2 {
 		t.Errorf("10 keys all hashed to %v", spread)
+	}
+}
+
+// TestHTTPStreamIdleADS: the connection manager's stream_idle_timeout
+// ends a request the app does not answer with 408 "stream timeout" (no
+// route timeout here), and a route's idle_timeout replaces it.
+func TestHTTPStreamIdleADS(t *testing.T) {
+	slow := startHTTPApp(t, "slow", false)
+	slow.delay = 1500 * time.Millisecond
+	cp := startControlPlane(t)
+	noTimeout := func(prefix string, idle time.Duration) *route.Route {
+		a := &route.RouteAction{ClusterSpecifier: &route.RouteAction_Cluster{Cluster: "slow"}, Timeout: durationpb.New(0)}
+		if idle > 0 {
+			a.IdleTimeout = durationpb.New(idle)
+		}
+		return &route.Route{Match: &route.RouteMatch{PathSpecifier: &route.RouteMatch_Prefix{Prefix: prefix}}, Action: &route.Route_Route{Route: a}}
+	}
+	rc := &route.RouteConfiguration{Name: "r", VirtualHosts: []*route.VirtualHost{{Name: "v", Domains: []string{"*"}, Routes: []*route.Route{
+		noTimeout("/patient", 5*time.Second), noTimeout("/", 0),
+	}}}}
+	l := httpListener(t, "web", "r", func(h *hcm.HttpConnectionManager) { h.StreamIdleTimeout = durationpb.New(200 * time.Millisecond) })
+	cp.setAll(t, "1", []types.Resource{l}, []types.Resource{staticCluster("slow", net.JoinHostPort("127.0.0.1", strconv.Itoa(slow.port)))}, []types.Resource{rc})
+	p := startProxy(t, proxy.Config{XDSAddr: cp.addr, Node: "node-x", DrainTimeout: time.Second, MinBackoff: 50 * time.Millisecond, Logger: quiet()})
+	waitFor(t, "the listener bound", 5*time.Second, func() bool { _, ok := p.ListenerAddrs()["web"]; return ok })
+	base := "http://" + p.ListenerAddrs()["web"].String()
+	c := &http.Client{Timeout: 5 * time.Second}
+
+	start := time.Now()
+	resp, _, body := do(t, c, newReq(t, "GET", base+"/", nil))
+	if took := time.Since(start); resp.StatusCode != http.StatusRequestTimeout || body != "stream timeout" || took < 200*time.Millisecond || took >= slow.delay {
+		t.Errorf("a stream idle for 200 ms = %d %q after %s; want 408 \"stream timeout\" after 200 ms, before the app's answer", resp.StatusCode, body, took)
+	}
+	if resp, s, _ := do(t, c, newReq(t, "GET", base+"/patient", nil)); resp.StatusCode != 200 || s.App != "slow" {
+		t.Errorf("a route with a 5 s idle timeout = %d from %q; want the app's answer after 1.5 s", resp.StatusCode, s.App)
 	}
 }

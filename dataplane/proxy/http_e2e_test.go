@@ -35,7 +35,7 @@ import (
 // explicit upstreams are the proxy's outbound side; node-b (127.0.0.3)
 // runs the apps behind its mesh port.
 type meshFixture struct {
-	t        *testing.T
+	t        testing.TB
 	r        *raft.Server
 	meshPort int
 	proxies  []*proxy.Proxy
@@ -43,7 +43,7 @@ type meshFixture struct {
 	upstreams map[string]int
 }
 
-func newMeshFixture(t *testing.T) *meshFixture {
+func newMeshFixture(t testing.TB) *meshFixture {
 	t.Helper()
 	r, store := catalog(t)
 	fx := &meshFixture{t: t, r: r, meshPort: freePort(t, "127.0.0.2", "127.0.0.3"), upstreams: map[string]int{}}
@@ -55,7 +55,9 @@ func newMeshFixture(t *testing.T) *meshFixture {
 		go leaves.Run(ctx)
 		addr := startXDS(t, store, xds.Options{OutboundAddr: n.ip, OutboundPort: outPort, MeshPort: fx.meshPort, IntentionsDefaultAllow: true},
 			mesh.NewLeafSecrets(leaves, n.node))
-		fx.proxies = append(fx.proxies, startProxy(t, proxy.Config{XDSAddr: addr, Node: n.node, DrainTimeout: time.Second, MinBackoff: 50 * time.Millisecond, Logger: quiet()}))
+		// With metrics, as the agent runs its proxy.
+		fx.proxies = append(fx.proxies, startProxy(t, proxy.Config{XDSAddr: addr, Node: n.node, DrainTimeout: time.Second, MinBackoff: 50 * time.Millisecond, Logger: quiet(),
+			Metrics: proxy.NewMetrics(nil)}))
 	}
 	return fx
 }
@@ -157,7 +159,7 @@ type httpApp struct {
 	status  atomic.Int64 // every request's status when set
 }
 
-func startHTTPApp(t *testing.T, name string, h2c bool) *httpApp {
+func startHTTPApp(t testing.TB, name string, h2c bool) *httpApp {
 	t.Helper()
 	a := &httpApp{name: name, release: make(chan struct{}, 16)}
 	mux := http.NewServeMux()

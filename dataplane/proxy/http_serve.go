@@ -96,6 +96,13 @@ type httpConn struct {
 	peer     *x509.Certificate
 	localURI string
 	errLog   *log.Logger
+	// xfcc caches this hop's x-forwarded-client-cert element, without
+	// and with the peer's URI: the peer and our certificate are the
+	// connection's.
+	xfcc [2]struct {
+		once sync.Once
+		v    string
+	}
 
 	drainOnce sync.Once
 	drainCh   chan struct{}
@@ -232,6 +239,16 @@ func localURI(cfg *tls.Config) string {
 // Envoy's format: By (our URI SAN), Hash (of the peer's certificate) and,
 // when asked, URI (the peer's).
 func (hc *httpConn) clientCertDetails(withURI bool) string {
+	i := 0
+	if withURI {
+		i = 1
+	}
+	c := &hc.xfcc[i]
+	c.once.Do(func() { c.v = hc.makeClientCertDetails(withURI) })
+	return c.v
+}
+
+func (hc *httpConn) makeClientCertDetails(withURI bool) string {
 	var parts []string
 	if hc.localURI != "" {
 		parts = append(parts, "By="+hc.localURI)
@@ -392,7 +409,17 @@ func (w *respWriter) Write(b []byte) (int, error) {
 	return n, err
 }
 
-func (w *respWriter) FlushError() error { return http.NewResponseController(w.ResponseWriter).Flush() }
+func (w *respWriter) FlushError() error {
+	// What http.ResponseController does, without its allocation.
+	switch f := w.ResponseWriter.(type) {
+	case interface{ FlushError() error }:
+		return f.FlushError()
+	case http.Flusher:
+		f.Flush()
+		return nil
+	}
+	return http.NewResponseController(w.ResponseWriter).Flush()
+}
 
 // Hijack hands over the connection for a protocol switch (WebSocket): the
 // 101 is sent on it, and what it carries is counted and keeps the stream

@@ -38,7 +38,7 @@ type stream struct {
 	lrt   *listenerRT
 	hcm   *hcmSpec
 	r     *http.Request // as received
-	w     *respWriter
+	w     respWriter
 	start time.Time
 	grpc  bool
 	// upgrade is the protocol the request switches to ("" for none).
@@ -57,15 +57,24 @@ type stream struct {
 
 	body     *streamBody // nil: no request body
 	bodyDone atomic.Bool
-	timeout  *lazyTimer // the route timeout, armed once the request is complete
-	perTry   atomic.Pointer[lazyTimer]
-	idle     *idleTimer
-	upIn     atomic.Int64 // bytes read from an upgraded downstream connection
+	// timer is the route timeout (armed once the request is complete)
+	// and the idle timeout.
+	timer  streamTimer
+	perTry atomic.Pointer[lazyTimer]
+	upIn   atomic.Int64 // bytes read from an upgraded downstream connection
 
-	// release frees what the last attempt holds (breakers, the host's
-	// active count, its context) once the response is done.
-	mu      sync.Mutex
-	release []func()
+	// held is the last attempt, whose breaker slots, host's active count
+	// and context are freed once the response is done.
+	mu   sync.Mutex
+	held *upstreamAttempt
+
+	// Kept in the stream rather than allocated on their own.
+	view    reqView
+	resBody activityBody
+
+	// rp does the upstream exchange (kept here: one allocation less per
+	// request).
+	rp httputil.ReverseProxy
 }
 
 // ServeHTTP serves one request with the current configuration.
@@ -73,13 +82,18 @@ func (hc *httpConn) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	snap := hc.p.cur.Load()
 	lrt, chain := hc.current(snap)
 	s := &stream{hc: hc, snap: snap, lrt: lrt, hcm: chain.http, r: r, start: time.Now(), grpc: isGRPC(r.Header)}
-	s.w = &respWriter{ResponseWriter: w, s: s}
+	s.w = respWriter{ResponseWriter: w, s: s}
 	defer s.finish()
 	if r.ProtoMajor == 1 {
 		// Stream the request body while the response streams (gRPC-style
 		// bidirectional traffic over HTTP/1.1); an error only means the
-		// server cannot, and then it does not matter.
-		http.NewResponseController(w).EnableFullDuplex()
+		// server cannot, and then it does not matter. (What
+		// http.ResponseController does, without its allocation.)
+		if fd, ok := w.(interface{ EnableFullDuplex() error }); ok {
+			fd.EnableFullDuplex()
+		} else {
+			http.NewResponseController(w).EnableFullDuplex()
+		}
 	}
 	s.serve(lrt.routes[chain])
 }
@@ -103,7 +117,8 @@ func (s *stream) serve(routes *routeConfigSpec) {
 		s.localReply(reply(http.StatusForbidden, bodyRBACDenied))
 		return
 	}
-	v := newReqView(r, s.hc.tls)
+	v := &s.view
+	v.init(r, s.hc.tls)
 	rt := routes.route(v)
 	if rt == nil {
 		s.localReply(reply(http.StatusNotFound, ""))
@@ -119,18 +134,20 @@ func (s *stream) serve(routes *routeConfigSpec) {
 	if rt.action.hasIdle {
 		idle = rt.action.idle
 	}
-	s.idle = startIdleTimer(idle, func() { s.cancel(errStreamIdle) })
-	s.timeout = newLazyTimer(rt.action.timeout, func() { s.cancel(errRouteTimeout) })
 	if r.Body != nil && r.Body != http.NoBody && r.ContentLength != 0 {
 		limit := 0
 		if rt.action.retry != nil && s.upgrade == "" {
 			limit = retryBufferLimit
 		}
 		s.body = &streamBody{s: s, src: r.Body, limit: limit}
+		s.timer.start(idle, rt.action.timeout, s.cancel, false)
 	} else {
-		s.requestComplete()
+		// The request is complete: the route timeout starts now (no
+		// attempt, so no per-try timeout, has started yet).
+		s.bodyDone.Store(true)
+		s.timer.start(idle, rt.action.timeout, s.cancel, true)
 	}
-	rp := &httputil.ReverseProxy{
+	s.rp = httputil.ReverseProxy{
 		Rewrite:        s.rewrite,
 		Transport:      s,
 		ModifyResponse: s.modifyResponse,
@@ -138,7 +155,7 @@ func (s *stream) serve(routes *routeConfigSpec) {
 		ErrorLog:       s.hc.errLog,
 		BufferPool:     copyBuffers,
 	}
-	rp.ServeHTTP(s.w, r.WithContext(s.ctx))
+	s.rp.ServeHTTP(&s.w, r.WithContext(s.ctx))
 }
 
 // dropH2CUpgrade removes an h2c upgrade offer from a request's headers.
@@ -162,31 +179,25 @@ func dropH2CUpgrade(h http.Header) {
 
 // finish ends the stream's timers, frees what it holds and reports it.
 func (s *stream) finish() {
-	if s.timeout != nil {
-		s.timeout.stop()
-	}
+	s.timer.stop()
 	if t := s.perTry.Load(); t != nil {
 		t.stop()
 	}
-	s.idle.stop()
 	if s.cancel != nil {
 		s.cancel(nil)
 	}
 	s.mu.Lock()
-	rel := s.release
-	s.release = nil
+	held := s.held
+	s.held = nil
 	s.mu.Unlock()
-	for _, f := range rel {
-		f()
+	if held != nil {
+		held.done()
 	}
 	in := s.upIn.Load()
 	if s.body != nil {
 		in += s.body.total.Load()
 	}
-	m := s.hc.p.cfg.Metrics
-	name := s.hc.rl.name
-	m.RequestDone(name, s.hcm.stat, s.upstream, s.w.code, time.Since(s.start))
-	m.Bytes(name, s.hcm.stat, s.upstream, in, s.w.bytes.Load())
+	s.hc.p.cfg.Metrics.streamDone(s.hc.rl.name, s.hcm.stat, s.upstream, s.w.code, time.Since(s.start), in, s.w.bytes.Load())
 }
 
 // requestComplete is called once the downstream request has ended: the
@@ -196,13 +207,13 @@ func (s *stream) requestComplete() {
 	if !s.bodyDone.CompareAndSwap(false, true) {
 		return
 	}
-	s.timeout.arm()
+	s.timer.armRoute()
 	if t := s.perTry.Load(); t != nil {
 		t.arm()
 	}
 }
 
-func (s *stream) touch() { s.idle.touch() }
+func (s *stream) touch() { s.timer.touch() }
 
 // rewrite builds the upstream request (ReverseProxy has removed the
 // hop-by-hop and forwarding headers from it already).
@@ -274,7 +285,7 @@ func (s *stream) modifyResponse(res *http.Response) error {
 	}
 	if res.StatusCode == http.StatusSwitchingProtocols {
 		// An upgraded stream lives on its idle timeout, not the route's.
-		s.timeout.stop()
+		s.timer.stopRoute()
 	}
 	return nil
 }
@@ -326,14 +337,14 @@ func (s *stream) localReply(l *localReply) {
 	}
 	s.w.WriteHeader(l.code)
 	if s.r.Method != http.MethodHead && l.body != "" {
-		io.WriteString(s.w, l.body)
+		io.WriteString(&s.w, l.body)
 	}
 }
 
-// hold keeps f to run when the stream ends.
-func (s *stream) hold(f func()) {
+// hold keeps the final attempt, to free when the stream ends.
+func (s *stream) hold(a *upstreamAttempt) {
 	s.mu.Lock()
-	s.release = append(s.release, f)
+	s.held = a
 	s.mu.Unlock()
 }
 
@@ -348,17 +359,9 @@ type lazyTimer struct {
 	mu      sync.Mutex
 	t       *time.Timer
 	stopped bool
-	fired   atomic.Bool
 }
 
-func newLazyTimer(d time.Duration, f func()) *lazyTimer {
-	l := &lazyTimer{d: d}
-	l.f = func() {
-		l.fired.Store(true)
-		f()
-	}
-	return l
-}
+func newLazyTimer(d time.Duration, f func()) *lazyTimer { return &lazyTimer{d: d, f: f} }
 
 func (l *lazyTimer) arm() {
 	if l == nil || l.d <= 0 {
@@ -384,56 +387,133 @@ func (l *lazyTimer) stop() {
 	}
 }
 
-// idleTimer runs fire once the stream has been idle for d (d <= 0:
-// never). touch marks activity; the timer looks at it when it expires
-// instead of being reset on every read and write.
-type idleTimer struct {
-	d       time.Duration
-	fire    func()
-	last    atomic.Int64 // sinceEpoch of the last activity
-	t       *time.Timer
-	stopped atomic.Bool
+// streamTimer is a stream's route timeout (d after it is armed, once
+// the request is complete) and idle timeout (once the stream has been
+// idle for idle) on one runtime timer, set for the earlier of the two
+// and looking at both when it fires: one timer per request instead of
+// two. touch marks activity; the timer looks at it when it expires
+// instead of being reset on every read and write. Whichever expires
+// first cancels the stream with its cause; then the timer is done. The
+// zero value has neither.
+type streamTimer struct {
+	idle   time.Duration // <= 0: none
+	route  time.Duration // <= 0: none
+	cancel context.CancelCauseFunc
+	last   atomic.Int64 // sinceEpoch of the last activity
+
+	mu        sync.Mutex
+	t         *time.Timer
+	at        int64 // sinceEpoch t is set for (0: not set)
+	routeAt   int64 // sinceEpoch the route timeout expires (0: not armed)
+	routeDone bool  // armed once already, or stopped (an upgrade)
+	stopped   bool
 }
 
-func startIdleTimer(d time.Duration, fire func()) *idleTimer {
-	if d <= 0 {
-		return nil
+// start begins the idle timeout, and the route timeout when the request
+// is complete already (else armRoute does, later).
+func (st *streamTimer) start(idle, route time.Duration, cancel context.CancelCauseFunc, complete bool) {
+	st.idle, st.route, st.cancel = idle, route, cancel
+	now := sinceEpoch()
+	st.last.Store(now)
+	st.mu.Lock()
+	defer st.mu.Unlock()
+	if complete && route > 0 {
+		st.routeDone = true
+		st.routeAt = now + int64(route)
+		st.schedule(now, st.routeAt)
 	}
-	it := &idleTimer{d: d, fire: fire}
-	it.last.Store(sinceEpoch())
-	it.t = time.AfterFunc(d, it.check)
-	return it
+	if idle > 0 {
+		st.schedule(now, now+int64(idle))
+	}
 }
 
-// streamEpoch anchors the idle timers' monotonic clock.
+// armRoute starts the route timeout (the first call only).
+func (st *streamTimer) armRoute() {
+	if st.route <= 0 {
+		return
+	}
+	st.mu.Lock()
+	defer st.mu.Unlock()
+	if st.stopped || st.routeDone {
+		return
+	}
+	st.routeDone = true
+	now := sinceEpoch()
+	st.routeAt = now + int64(st.route)
+	st.schedule(now, st.routeAt)
+}
+
+// stopRoute ends the route timeout; the idle one goes on.
+func (st *streamTimer) stopRoute() {
+	st.mu.Lock()
+	st.routeAt, st.routeDone = 0, true
+	st.mu.Unlock()
+}
+
+func (st *streamTimer) touch() {
+	if st.idle > 0 {
+		st.last.Store(sinceEpoch())
+	}
+}
+
+func (st *streamTimer) stop() {
+	st.mu.Lock()
+	st.stopped = true
+	if st.t != nil {
+		st.t.Stop()
+	}
+	st.mu.Unlock()
+}
+
+// schedule makes the timer fire at at (sinceEpoch) unless it is set
+// for earlier already (st.mu held).
+func (st *streamTimer) schedule(now, at int64) {
+	if st.at != 0 && st.at <= at {
+		return
+	}
+	st.at = at
+	d := time.Duration(at - now)
+	if st.t == nil {
+		st.t = time.AfterFunc(d, st.fire)
+	} else {
+		st.t.Reset(d)
+	}
+}
+
+func (st *streamTimer) fire() {
+	st.mu.Lock()
+	if st.stopped {
+		st.mu.Unlock()
+		return
+	}
+	st.at = 0
+	now := sinceEpoch()
+	var cause error
+	switch {
+	case st.routeAt != 0 && now >= st.routeAt:
+		cause = errRouteTimeout
+	case st.idle > 0 && now-st.last.Load() >= int64(st.idle):
+		cause = errStreamIdle
+	}
+	if cause != nil {
+		st.stopped = true
+		st.mu.Unlock()
+		st.cancel(cause)
+		return
+	}
+	if st.routeAt != 0 {
+		st.schedule(now, st.routeAt)
+	}
+	if st.idle > 0 {
+		st.schedule(now, st.last.Load()+int64(st.idle))
+	}
+	st.mu.Unlock()
+}
+
+// streamEpoch anchors the stream timers' monotonic clock.
 var streamEpoch = time.Now()
 
 func sinceEpoch() int64 { return int64(time.Since(streamEpoch)) }
-
-func (it *idleTimer) touch() {
-	if it != nil {
-		it.last.Store(sinceEpoch())
-	}
-}
-
-func (it *idleTimer) check() {
-	if it.stopped.Load() {
-		return
-	}
-	quiet := time.Duration(sinceEpoch() - it.last.Load())
-	if quiet >= it.d {
-		it.fire()
-		return
-	}
-	it.t.Reset(it.d - quiet)
-}
-
-func (it *idleTimer) stop() {
-	if it != nil {
-		it.stopped.Store(true)
-		it.t.Stop()
-	}
-}
 
 // ---- The request body, replayable for retries.
 
@@ -529,9 +609,18 @@ func (a *attemptBody) Read(p []byte) (int, error) {
 func (a *attemptBody) Close() error { return nil }
 
 // copyBuffers are ReverseProxy's body copy buffers.
-var copyBuffers = &bufferPool{p: sync.Pool{New: func() any { b := make([]byte, 32<<10); return &b }}}
+var copyBuffers = &bufferPool{p: sync.Pool{New: func() any { return new([copyBufferSize]byte) }}}
+
+const copyBufferSize = 32 << 10
 
 type bufferPool struct{ p sync.Pool }
 
-func (b *bufferPool) Get() []byte  { return *b.p.Get().(*[]byte) }
-func (b *bufferPool) Put(x []byte) { b.p.Put(&x) }
+func (b *bufferPool) Get() []byte { return b.p.Get().(*[copyBufferSize]byte)[:] }
+
+// Put takes back a buffer of Get's (as an array pointer: putting a
+// slice would allocate its header every time).
+func (b *bufferPool) Put(x []byte) {
+	if len(x) == copyBufferSize {
+		b.p.Put((*[copyBufferSize]byte)(x))
+	}
+}

@@ -66,8 +66,15 @@ type attempt struct {
 	res  *http.Response
 	kind failKind
 	h    *host
-	// done frees what the attempt holds; it runs once.
-	done func()
+	// ua is what the attempt holds (nil: nothing).
+	ua *upstreamAttempt
+}
+
+// done frees what the attempt holds; it runs once.
+func (a *attempt) done() {
+	if a.ua != nil {
+		a.ua.done()
+	}
 }
 
 // discard drops a response that is being retried.
@@ -90,86 +97,89 @@ func (s *stream) RoundTrip(out *http.Request) (*http.Response, error) {
 	for n := 1; n < attempts && s.retryable(last); n++ {
 		tried = append(tried, last.h)
 		c := s.snap.clusters[s.cluster.name]
-		release, ok := c.admit(breakerRetries)
+		slot, ok := c.take(breakerRetries)
 		if !ok {
 			break // the retry budget is spent: the last result stands
 		}
 		last.discard()
 		if !sleepCtx(s.ctx, backoff(rp, n)) {
-			release()
-			last = attempt{kind: s.canceled(), done: func() {}}
+			slot.Add(-1)
+			last = attempt{kind: s.canceled()}
 			break
 		}
 		last = s.attempt(out, tried)
-		done := last.done
-		last.done = func() { done(); release() }
+		// The retry's slot is held as long as its attempt.
+		if last.ua != nil {
+			last.ua.retry = slot
+		} else {
+			slot.Add(-1) // (it took nothing and ends here)
+		}
 	}
 	if last.kind != failNone {
 		last.done()
 		return nil, s.failure(last.kind)
 	}
-	s.hold(last.done)
+	s.hold(last.ua)
 	res := last.res
 	if res.StatusCode != http.StatusSwitchingProtocols {
 		// (a 101's body is the upgraded connection, which must stay an
 		// io.ReadWriteCloser)
-		res.Body = &activityBody{ReadCloser: res.Body, s: s}
+		s.resBody = activityBody{ReadCloser: res.Body, s: s}
+		res.Body = &s.resBody
 	}
 	return res, nil
 }
 
 // attempt sends the request to one endpoint of the stream's cluster.
 func (s *stream) attempt(out *http.Request, tried []*host) attempt {
-	nop := func() {}
 	c := s.snap.clusters[s.cluster.name]
 	if c == nil {
-		return attempt{kind: failNoCluster, done: nop}
+		return attempt{kind: failNoCluster}
 	}
 	var h *host
 	if c.spec.kind == kindOriginalDst {
 		dst := s.hc.dst
 		if !dst.IsValid() || dst == s.hc.rl.addr || dst.Addr().IsUnspecified() {
-			return attempt{kind: failNoHost, done: nop} // not redirected here: it would dial us
+			return attempt{kind: failNoHost} // not redirected here: it would dial us
 		}
 		h = &host{addr: dst, weight: 1, healthy: true, st: &hostState{}}
 	} else if h = c.choose(time.Now(), lbContext{hash: s.hash, hasHash: s.hasHash, tried: tried}); h == nil {
-		return attempt{kind: failNoHost, done: nop}
+		return attempt{kind: failNoHost}
 	}
-	relReq, ok := c.admit(breakerRequests)
-	if !ok {
-		return attempt{kind: failOverflow, done: nop}
+	ua := &upstreamAttempt{h: h}
+	var ok bool
+	if ua.requests, ok = c.take(breakerRequests); !ok {
+		return attempt{kind: failOverflow}
 	}
-	relPend, ok := c.admit(breakerPending)
-	if !ok {
-		relReq()
-		return attempt{kind: failOverflow, done: nop}
+	if ua.pending, ok = c.take(breakerPending); !ok {
+		ua.requests.Add(-1)
+		return attempt{kind: failOverflow}
 	}
 	h.st.active.Add(1)
-	actx, acancel := context.WithCancelCause(out.Context())
-	var once sync.Once
-	done := func() {
-		once.Do(func() {
-			relPend()
-			relReq()
-			h.st.active.Add(-1)
-			acancel(nil)
-		})
+	// The attempt has a context of its own only when a per-try timeout
+	// may cancel it; otherwise the stream's serves (one allocation and
+	// one cancel propagation less per request).
+	actx := out.Context()
+	rp := s.route.action.retry
+	perTry := rp != nil && rp.perTry > 0
+	if perTry {
+		actx, ua.cancel = context.WithCancelCause(actx)
 	}
-	var gotConn atomic.Bool
-	trace := &httptrace.ClientTrace{GotConn: func(httptrace.GotConnInfo) {
-		gotConn.Store(true)
-		relPend() // no longer pending: it has a connection
-	}}
-	req := out.Clone(httptrace.WithClientTrace(actx, trace))
-	req.URL.Host = h.addr.String()
+	ua.trace.GotConn = ua.gotConnHook
+	// A shallow copy: the header is shared by the attempts (the
+	// transport only reads it), the URL is the attempt's own.
+	req := out.WithContext(httptrace.WithClientTrace(actx, &ua.trace))
+	u := *out.URL
+	u.Host = h.addr.String()
+	req.URL = &u
 	if out.Body != nil && s.body != nil {
 		req.Body = s.body.attempt()
 	} else {
 		req.Body, req.ContentLength = nil, 0
 	}
 	var pt *lazyTimer
-	if rp := s.route.action.retry; rp != nil && rp.perTry > 0 {
-		pt = newLazyTimer(rp.perTry, func() { acancel(errPerTryTimeout) })
+	if perTry {
+		pt = newLazyTimer(rp.perTry, func() { ua.cancel(errPerTryTimeout) })
 		s.perTry.Store(pt)
 		if s.bodyDone.Load() {
 			pt.arm()
@@ -181,7 +191,7 @@ func (s *stream) attempt(out *http.Request, tried []*host) attempt {
 		res.Body.Close()
 		res, err = nil, errPerTryTimeout
 	}
-	a := attempt{res: res, h: h, done: done}
+	a := attempt{res: res, h: h, ua: ua}
 	// Outlier detection looks at the cluster's own endpoints (an original
 	// destination is none of them).
 	record := func(o outcome, code int) {
@@ -190,7 +200,7 @@ func (s *stream) attempt(out *http.Request, tried []*host) attempt {
 		}
 	}
 	if err != nil {
-		a.kind = s.classify(err, actx, gotConn.Load())
+		a.kind = s.classify(err, actx, ua.gotConn.Load())
 		switch a.kind {
 		case failConnect, failRefused, failReset:
 			record(outcomeConnectFailure, 0)
@@ -209,6 +219,49 @@ func (s *stream) attempt(out *http.Request, tried []*host) attempt {
 		record(outcomeSuccess, res.StatusCode)
 	}
 	return a
+}
+
+// upstreamAttempt is what one attempt holds: its breaker slots, the
+// host's active count and, with a per-try timeout, its context. One
+// allocation for all of it, the trace included.
+type upstreamAttempt struct {
+	h                 *host
+	requests, pending *atomic.Int64
+	retry             *atomic.Int64 // the max_retries slot of a retry (nil: none)
+	pendingReleased   atomic.Bool
+	released          atomic.Bool
+	gotConn           atomic.Bool
+	cancel            context.CancelCauseFunc // nil: no context of its own
+	trace             httptrace.ClientTrace
+}
+
+// releasePending frees the pending slot: the attempt has a connection,
+// or is done.
+func (a *upstreamAttempt) releasePending() {
+	if a.pendingReleased.CompareAndSwap(false, true) {
+		a.pending.Add(-1)
+	}
+}
+
+func (a *upstreamAttempt) gotConnHook(httptrace.GotConnInfo) {
+	a.gotConn.Store(true)
+	a.releasePending() // no longer pending: it has a connection
+}
+
+// done frees what the attempt holds; it runs once.
+func (a *upstreamAttempt) done() {
+	if !a.released.CompareAndSwap(false, true) {
+		return
+	}
+	a.releasePending()
+	a.requests.Add(-1)
+	if a.retry != nil {
+		a.retry.Add(-1)
+	}
+	a.h.st.active.Add(-1)
+	if a.cancel != nil {
+		a.cancel(nil)
+	}
 }
 
 // classify says why an attempt failed.
@@ -383,14 +436,18 @@ func keyFor(c *clusterRT, h *host) transportKey {
 
 // get is the transport for an endpoint of a cluster version.
 func (tp *transportPool) get(p *Proxy, c *clusterRT, h *host) *upstreamTransport {
-	k := keyFor(c, h)
-	tp.mu.Lock()
-	t := tp.m[k]
-	if t == nil {
-		t = newUpstreamTransport(p, k)
-		tp.m[k] = t
+	t := h.transport.Load()
+	if t == nil || t.retired.Load() {
+		k := keyFor(c, h)
+		tp.mu.Lock()
+		t = tp.m[k]
+		if t == nil {
+			t = newUpstreamTransport(p, k)
+			tp.m[k] = t
+		}
+		tp.mu.Unlock()
+		h.transport.Store(t)
 	}
-	tp.mu.Unlock()
 	if cur := t.target.Load(); cur == nil || cur.c != c || cur.h != h {
 		t.target.Store(&dialTarget{c: c, h: h})
 	}
@@ -415,6 +472,7 @@ func (tp *transportPool) retain(snap *snapshot) {
 	for k, t := range tp.m {
 		if !live[k] {
 			delete(tp.m, k)
+			t.retired.Store(true)
 			gone = append(gone, t)
 		}
 	}
@@ -449,6 +507,9 @@ type upstreamTransport struct {
 	http.RoundTripper
 	closeIdle func()
 	target    atomic.Pointer[dialTarget]
+	// retired: the pool dropped it (hosts that cached it look it up
+	// again).
+	retired atomic.Bool
 }
 
 func newUpstreamTransport(p *Proxy, k transportKey) *upstreamTransport {

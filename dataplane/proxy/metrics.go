@@ -5,6 +5,8 @@ import (
 	"fmt"
 	"strconv"
 	"strings"
+	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
@@ -30,6 +32,29 @@ type Metrics struct {
 	tlsFailures *prometheus.CounterVec
 	xdsUpdates  *prometheus.CounterVec
 	xdsNacks    *prometheus.CounterVec
+
+	// traffic caches the request and byte series of each label tuple,
+	// so a request does not hash its labels into every vector again
+	// (copy on write: read without a lock on every request; the tuples
+	// are bounded by the config, as the series are).
+	trafficMu sync.Mutex
+	traffic   atomic.Pointer[map[trafficKey]*trafficSeries]
+}
+
+type trafficKey struct{ listener, stat, upstream string }
+
+// trafficSeries are the series of one label tuple, each made on first
+// use (a tuple that only counted requests has no byte series, as
+// before).
+type trafficSeries struct {
+	m                                    *Metrics
+	labels                               [4]string // direction, service, listener, upstream
+	durationOnce, receivedOnce, sentOnce sync.Once
+	duration                             prometheus.Observer
+	received, sent                       prometheus.Counter
+
+	codesMu sync.Mutex
+	codes   atomic.Pointer[map[int]prometheus.Counter]
 }
 
 // LatencyBuckets are the request duration histogram's upper bounds, in
@@ -140,9 +165,84 @@ func (m *Metrics) RequestDone(listener, stat, upstream string, code int, d time.
 	if m == nil {
 		return
 	}
+	m.series(listener, stat, upstream).requestDone(code, d)
+}
+
+// series is the cached series of a label tuple.
+func (m *Metrics) series(listener, stat, upstream string) *trafficSeries {
+	k := trafficKey{listener, stat, upstream}
+	if mp := m.traffic.Load(); mp != nil {
+		if ts := (*mp)[k]; ts != nil {
+			return ts
+		}
+	}
+	m.trafficMu.Lock()
+	defer m.trafficMu.Unlock()
+	var cur map[trafficKey]*trafficSeries
+	if mp := m.traffic.Load(); mp != nil {
+		if ts := (*mp)[k]; ts != nil {
+			return ts
+		}
+		cur = *mp
+	}
 	dir, svc := splitStatPrefix(stat)
-	m.requests.WithLabelValues(dir, svc, listener, upstream, strconv.Itoa(code)).Inc()
-	m.duration.WithLabelValues(dir, svc, listener, upstream).Observe(d.Seconds())
+	ts := &trafficSeries{m: m, labels: [4]string{dir, svc, listener, upstream}}
+	next := make(map[trafficKey]*trafficSeries, len(cur)+1)
+	for key, v := range cur {
+		next[key] = v
+	}
+	next[k] = ts
+	m.traffic.Store(&next)
+	return ts
+}
+
+func (ts *trafficSeries) requestDone(code int, d time.Duration) {
+	ts.code(code).Inc()
+	ts.durationOnce.Do(func() { ts.duration = ts.m.duration.WithLabelValues(ts.labels[:]...) })
+	ts.duration.Observe(d.Seconds())
+}
+
+func (ts *trafficSeries) code(code int) prometheus.Counter {
+	if mp := ts.codes.Load(); mp != nil {
+		if c := (*mp)[code]; c != nil {
+			return c
+		}
+	}
+	ts.codesMu.Lock()
+	defer ts.codesMu.Unlock()
+	var cur map[int]prometheus.Counter
+	if mp := ts.codes.Load(); mp != nil {
+		if c := (*mp)[code]; c != nil {
+			return c
+		}
+		cur = *mp
+	}
+	l := ts.labels
+	c := ts.m.requests.WithLabelValues(l[0], l[1], l[2], l[3], strconv.Itoa(code))
+	next := make(map[int]prometheus.Counter, len(cur)+1)
+	for k, v := range cur {
+		next[k] = v
+	}
+	next[code] = c
+	ts.codes.Store(&next)
+	return c
+}
+
+func (ts *trafficSeries) bytes(in, out int64) {
+	ts.receivedOnce.Do(func() { ts.received = ts.m.received.WithLabelValues(ts.labels[:]...) })
+	ts.sentOnce.Do(func() { ts.sent = ts.m.sent.WithLabelValues(ts.labels[:]...) })
+	ts.received.Add(float64(max(in, 0)))
+	ts.sent.Add(float64(max(out, 0)))
+}
+
+// streamDone is RequestDone and Bytes of one request, with one lookup.
+func (m *Metrics) streamDone(listener, stat, upstream string, code int, d time.Duration, in, out int64) {
+	if m == nil {
+		return
+	}
+	ts := m.series(listener, stat, upstream)
+	ts.requestDone(code, d)
+	ts.bytes(in, out)
 }
 
 // ConnOpened and ConnClosed track a listener's active downstream
@@ -169,9 +269,7 @@ func (m *Metrics) Bytes(listener, stat, upstream string, in, out int64) {
 	if m == nil {
 		return
 	}
-	dir, svc := splitStatPrefix(stat)
-	m.received.WithLabelValues(dir, svc, listener, upstream).Add(float64(max(in, 0)))
-	m.sent.WithLabelValues(dir, svc, listener, upstream).Add(float64(max(out, 0)))
+	m.series(listener, stat, upstream).bytes(in, out)
 }
 
 // TLSHandshakeFailed counts a failed TLS handshake: side "downstream"

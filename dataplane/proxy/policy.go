@@ -651,6 +651,21 @@ const (
 // again does nothing. The counts live in clusterState, so they span the
 // cluster's versions; the limits are the current version's.
 func (c *clusterRT) admit(b breaker) (release func(), ok bool) {
+	n, ok := c.take(b)
+	if !ok {
+		return nil, false
+	}
+	var done atomic.Bool
+	return func() {
+		if done.CompareAndSwap(false, true) {
+			n.Add(-1)
+		}
+	}, true
+}
+
+// take is admit for a caller that releases the slot itself: it
+// decrements the count returned, once.
+func (c *clusterRT) take(b breaker) (*atomic.Int64, bool) {
 	bs := &c.spec.breakers
 	var n *atomic.Int64
 	var limit int64
@@ -673,12 +688,7 @@ func (c *clusterRT) admit(b breaker) (release func(), ok bool) {
 		n.Add(-1)
 		return nil, false
 	}
-	var done atomic.Bool
-	return func() {
-		if done.CompareAndSwap(false, true) {
-			n.Add(-1)
-		}
-	}, true
+	return n, true
 }
 
 // limit is the retries a budget allows with active requests (in flight

@@ -30,7 +30,13 @@ type reqView struct {
 }
 
 func newReqView(r *http.Request, tls bool) *reqView {
-	v := &reqView{r: r, pathOnly: r.URL.EscapedPath(), scheme: "http"}
+	v := new(reqView)
+	v.init(r, tls)
+	return v
+}
+
+func (v *reqView) init(r *http.Request, tls bool) {
+	*v = reqView{r: r, pathOnly: r.URL.EscapedPath(), scheme: "http"}
 	if r.URL.Opaque != "" || v.pathOnly == "" {
 		v.pathOnly = r.URL.RequestURI()
 		if i := strings.IndexByte(v.pathOnly, '?'); i >= 0 {
@@ -44,7 +50,6 @@ func newReqView(r *http.Request, tls bool) *reqView {
 	if tls {
 		v.scheme = "https"
 	}
-	return v
 }
 
 // header returns a header's values joined with ",", as Envoy reads a
