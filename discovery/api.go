@@ -59,6 +59,19 @@ type API struct {
 	// IntentionsDefaultAllow is the agent's intentions_default: what
 	// /v1/connect/intentions/check answers when no intention matches.
 	IntentionsDefaultAllow bool
+	// UserPorts serializes this node's service registrations and gives
+	// each service user its port (userports.go). The agent shares it with
+	// its service-file sync. Nil: a private one with the default policy.
+	UserPorts *UserPortAllocator
+
+	ownPorts UserPortAllocator // UserPorts when that is nil
+}
+
+func (a *API) userPorts() *UserPortAllocator {
+	if a.UserPorts != nil {
+		return a.UserPorts
+	}
+	return &a.ownPorts
 }
 
 // Blocking query limits, as Consul's.

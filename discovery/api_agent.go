@@ -20,19 +20,37 @@ func (a *API) serviceRegister(w http.ResponseWriter, r *http.Request) {
 		a.writeError(w, r, err)
 		return
 	}
-	if err := a.checkIDFree(req); err != nil {
-		a.writeError(w, r, err)
-		return
-	}
-	if err := a.checkUser(req); err != nil {
-		a.writeError(w, r, err)
-		return
-	}
-	if _, err := a.apply(r, req); err != nil {
+	if err := a.registerService(r, req); err != nil {
 		a.writeError(w, r, err)
 		return
 	}
 	w.WriteHeader(http.StatusOK)
+}
+
+// registerService checks req against this node's other instances, gives
+// its user a port, and writes it. A registration that names a user or
+// binds upstream ports does all that under the node's registration lock
+// (UserPortAllocator), so two at once cannot both pass the checks, or take
+// one port, against a catalog that holds neither. Others neither take nor
+// bind a port and skip the lock: they do not queue behind a user's
+// registration waiting on raft (during a leader election, say).
+func (a *API) registerService(r *http.Request, req *RegisterServiceRequest) error {
+	ports := a.userPorts()
+	if req.Instance.User != "" || len(req.Instance.Upstreams) > 0 {
+		ports.Lock()
+		defer ports.Unlock()
+	}
+	if err := a.checkIDFree(req); err != nil {
+		return err
+	}
+	if err := a.checkUser(req); err != nil {
+		return err
+	}
+	if err := ports.Assign(a.Store, req); err != nil {
+		return err
+	}
+	_, err := a.apply(r, req)
+	return err
 }
 
 // checkIDFree refuses a registration whose ID already belongs to another

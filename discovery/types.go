@@ -64,7 +64,14 @@ type Instance struct {
 	// identity (docs/capture.md). Empty: the app's connections carry the
 	// host proxy's identity. Added with per-user capture; entries written
 	// before decode with it empty.
-	User        string
+	User string
+	// UserPort is User's per-user outbound port on the node, chosen by the
+	// node's agent when it registered the instance
+	// (UserPortAllocator.Assign) and kept while an instance of the user
+	// exists (userports.go). 0 without a User, and in entries written
+	// before ports were stored: UserPortPolicy.Ports computes one for
+	// those.
+	UserPort    int
 	CreateIndex uint64
 	ModifyIndex uint64
 }

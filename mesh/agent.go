@@ -46,6 +46,10 @@ type Agent struct {
 
 	// reloadMu serializes service file reconciliation (start and SIGHUP).
 	reloadMu sync.Mutex
+	// userPorts gives each service user of this node its port, one
+	// registration at a time (the API's that name a user or bind
+	// upstreams, and the files'; discovery/userports.go).
+	userPorts *discovery.UserPortAllocator
 
 	// ready is closed once this node is registered in the catalog.
 	ready chan struct{}
@@ -64,6 +68,7 @@ type Agent struct {
 func NewAgent(cfg Config, logger *slog.Logger, out io.Writer) *Agent {
 	a := &Agent{cfg: cfg, logger: logger, out: out, ready: make(chan struct{})}
 	a.joined, a.left = make(chan struct{}), make(chan struct{})
+	a.userPorts = &discovery.UserPortAllocator{Policy: a.xdsOptions().UserPortPolicy()}
 	// Before raft opens, so its first metrics (the election) are kept.
 	a.metrics = newAgentRegistry(a)
 	return a
@@ -122,7 +127,7 @@ func (a *Agent) Start(ctx context.Context) (err error) {
 		Store: a.store, Writer: &a.ref, Cluster: &a.ref, TTL: a.checks,
 		NodeName: a.cfg.NodeName, NodeID: a.nodeID, Datacenter: a.cfg.Datacenter, Version: Version,
 		Members: a.members, Logger: a.logger.With("component", "http"), WaitReady: a.waitReady,
-		IntentionsDefaultAllow: a.cfg.intentionsDefaultAllow(),
+		IntentionsDefaultAllow: a.cfg.intentionsDefaultAllow(), UserPorts: a.userPorts,
 	}
 	mux := http.NewServeMux()
 	api.Register(mux)
@@ -313,13 +318,24 @@ func (a *Agent) syncServiceFiles(ctx context.Context) error {
 	if err != nil {
 		return err
 	}
+	a.userPorts.Lock()
+	defer a.userPorts.Unlock()
 	_, have, err := a.store.NodeInstances(nil, a.cfg.NodeName)
 	if err != nil {
 		return err
 	}
 	wanted := map[string]bool{}
+	avoid := fileUpstreamPorts(want)
 	for _, req := range want {
 		wanted[req.Instance.ID] = true
+		// The user's port (kept from the catalog, or a new one) is part
+		// of what must be up to date.
+		if skip, err := a.assignUserPort(req, avoid); skip || err != nil {
+			if err != nil {
+				return err
+			}
+			continue
+		}
 		if a.serviceUpToDate(req) {
 			continue
 		}

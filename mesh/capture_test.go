@@ -181,7 +181,7 @@ func TestCaptureUsers(t *testing.T) {
 	r.node = "n1"
 	cfg := DefaultConfig()
 	r.ports = cfg.userPortOptions(xds.Options{})
-	uids := map[string]uint32{"alice": 2001, "bob": 2002, "backup": 34}
+	uids := map[string]uint32{"alice": 2001, "bob": 2002, "carol": 2003, "backup": 34}
 	r.lookup = func(u string) (uint32, error) {
 		if uid, ok := uids[u]; ok {
 			return uid, nil
@@ -193,13 +193,22 @@ func TestCaptureUsers(t *testing.T) {
 		t.Fatal(err)
 	}
 	idx := uint64(1)
+	// Registered as the agent registers: the user's port is chosen then
+	// (with the policy of the same options) and stored on the instance.
+	ports := &discovery.UserPortAllocator{Policy: r.ports.UserPortPolicy()}
 	register := func(node, id, svc, user string) {
 		t.Helper()
 		idx++
 		if node != "n1" {
 			store.EnsureNode(idx, &discovery.Node{Name: node, Address: "10.0.0.2"})
 		}
-		if err := store.EnsureService(idx, &discovery.Instance{Node: node, ID: id, Service: svc, Port: 80, User: user}, nil); err != nil {
+		req := &discovery.RegisterServiceRequest{Instance: discovery.Instance{Node: node, ID: id, Service: svc, Port: 80, User: user}}
+		ports.Lock()
+		defer ports.Unlock()
+		if err := ports.Assign(store, req); err != nil {
+			t.Fatal(err)
+		}
+		if err := store.EnsureService(idx, &req.Instance, nil); err != nil {
 			t.Fatal(err)
 		}
 	}
@@ -241,14 +250,19 @@ func TestCaptureUsers(t *testing.T) {
 	if err := store.DeleteService(idx, "n1", "billing-1"); err != nil {
 		t.Fatal(err)
 	}
-	// bob moves down to 15100 (ports follow registration order, and a
-	// removal closes the gap); the xDS server computes the same from the
-	// same catalog, so its listener moves with the rule.
-	step("alice gone", true, rule(2002, 15100, "orders"))
+	// bob keeps 15101: a user's port is stored when its instance is
+	// registered and never passes to another user while it exists (until
+	// this change, bob moved down to 15100, where the proxy could still
+	// hold alice's listener when bob's new rule applied). The xDS server
+	// reads the same ports from the same catalog.
+	step("alice gone", true, rule(2002, 15101, "orders"))
 	_, insts, _ := store.NodeInstances(nil, "n1")
-	if got := r.ports.UserPorts("n1", insts); len(got) != 3 || got[0] != (xds.UserPort{User: "bob", Service: "orders", Port: 15100}) {
+	if got := r.ports.UserPorts("n1", insts); len(got) != 3 || got[0] != (xds.UserPort{User: "bob", Service: "orders", Port: 15101}) {
 		t.Errorf("the xDS side's ports: %v", got)
 	}
+	// A new user takes the lowest free port: alice's.
+	register("n1", "reports-1", "reports", "carol")
+	step("carol", true, rule(2002, 15101, "orders"), rule(2003, 15100, "reports"))
 }
 
 // capture.user_port_base reaches the xDS options the agent serves with.

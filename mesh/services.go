@@ -310,3 +310,35 @@ func (fu fileUsers) add(in discovery.Instance, where string) error {
 	}
 	return nil
 }
+
+// fileUpstreamPorts are the ports the upstreams of file definitions bind:
+// a user's new port avoids them, so that which of two files registers
+// first does not decide whether an upstream is refused.
+func fileUpstreamPorts(reqs []*discovery.RegisterServiceRequest) []int {
+	var out []int
+	for _, req := range reqs {
+		for _, u := range req.Instance.Upstreams {
+			out = append(out, u.LocalBindPort)
+		}
+	}
+	return out
+}
+
+// assignUserPort gives a file service's user its port
+// (discovery.UserPortAllocator.Assign; the caller holds its lock). A
+// definition the catalog refuses (an upstream on a user's port) is logged
+// with its file and skipped: the catalog keeps what it has for it, and the
+// other files are still registered (a returned error would stop them, and
+// at start keep the agent retrying).
+func (a *Agent) assignUserPort(req *discovery.RegisterServiceRequest, avoid []int) (skip bool, err error) {
+	err = a.userPorts.Assign(a.store, req, avoid...)
+	if errors.Is(err, discovery.ErrInvalid) {
+		a.logger.Error("not registering service from file: "+strings.TrimPrefix(err.Error(), discovery.ErrInvalid.Error()+": "),
+			"id", req.Instance.ID, "file", strings.TrimPrefix(req.Instance.Source, "file:"))
+		return true, nil
+	}
+	if err != nil {
+		return false, fmt.Errorf("registering %s from %s: %w", req.Instance.ID, strings.TrimPrefix(req.Instance.Source, "file:"), err)
+	}
+	return false, nil
+}

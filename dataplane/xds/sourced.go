@@ -1,8 +1,6 @@
 package xds
 
 import (
-	"cmp"
-	"slices"
 	"sort"
 
 	"github.com/vmesh/vmesh/discovery"
@@ -24,12 +22,14 @@ import (
 //
 // Per-user capture does the same for transparent traffic: an instance
 // whose registration names the Unix user its app runs as (Instance.User)
-// gives that user a port of its own (UserPorts); capture redirects the
+// gives that user a port of its own (UserPorts), chosen once when the
+// instance is registered and kept while the user has an instance, so a
+// port never passes from one living user to another; capture redirects the
 // user's connections there instead of to the outbound port (the iptables
 // owner match), and the listener on that port — vmesh/outbound/user/<user>,
 // the transparent listener's filter chains built for the service — sends
-// them through sourced clusters. The agent computes the same ports from
-// the same catalog for its rules, so both sides agree without talking.
+// them through sourced clusters. The agent reads the same ports from the
+// same catalog for its rules, so both sides agree without talking.
 
 // sourcedPrefix starts the name of a sourced cluster or route.
 const sourcedPrefix = "vmesh/from/"
@@ -101,72 +101,37 @@ func (b *builder) sourcedResources() {
 }
 
 // DefaultUserPortBase is the first per-user outbound port.
-const DefaultUserPortBase = 15100
+const DefaultUserPortBase = discovery.DefaultUserPortBase
 
 // UserListenerPrefix + user names a per-user outbound listener.
 const UserListenerPrefix = "vmesh/outbound/user/"
 
 // UserPort is the outbound port of one Unix user of a node: its captured
 // connections leave with Service's identity.
-type UserPort struct {
-	User    string // as the registration spells it (a name or a UID)
-	Service string // the service key
-	Port    int
+type UserPort = discovery.UserPort
+
+// UserPortPolicy is where the per-user ports of o's node come from: from
+// UserPortBase up, never OutboundPort, MeshPort or ReservedPorts (nor,
+// discovery adds, a port an upstream of the node binds). The agent's
+// registrations choose ports with it (discovery.UserPortAllocator), and
+// UserPorts reads them back with it.
+func (o Options) UserPortPolicy() discovery.UserPortPolicy {
+	o = o.withDefaults()
+	return discovery.UserPortPolicy{
+		Base:     o.UserPortBase,
+		Reserved: append([]int{o.OutboundPort, o.MeshPort}, o.ReservedPorts...),
+	}
 }
 
-// UserPorts gives every user named by node's instances a port, from
-// UserPortBase up, skipping OutboundPort, MeshPort, ReservedPorts and every
-// port an upstream of the node binds. Users are taken in the order their
-// first instance was registered (CreateIndex, then user name), so a user
-// added later never moves the ports of those before it. A user named by
-// instances of two services (registration refuses that, but a catalog may
-// hold it) belongs to the first registered. The xDS builder (the per-user
+// UserPorts gives every user named by node's instances its port: the one
+// its registration stored (Instance.UserPort), which stays the user's for
+// as long as an instance of it exists, or, for an instance stored before
+// ports were, one computed after the stored ones
+// (discovery.UserPortPolicy.Ports). The xDS builder (the per-user
 // listeners) and the agent (the iptables rules) both call it on the same
-// catalog, which is what keeps them in step.
+// catalog, which is what keeps them in step; since a port never passes
+// from one living user to another, the two updating at different moments
+// cannot send one user's connections to another user's listener.
 func (o Options) UserPorts(node string, insts []*discovery.Instance) []UserPort {
-	o = o.withDefaults()
-	type first struct {
-		idx     uint64
-		service string
-	}
-	byUser := map[string]first{}
-	reserved := map[int]bool{o.OutboundPort: true, o.MeshPort: true}
-	for _, p := range o.ReservedPorts {
-		reserved[p] = true
-	}
-	for _, in := range insts {
-		if in.Node != node {
-			continue
-		}
-		for _, u := range in.Upstreams {
-			reserved[u.LocalBindPort] = true
-		}
-		k := serviceKey(in.Service)
-		if in.User == "" || k == "" {
-			continue
-		}
-		if f, ok := byUser[in.User]; !ok || in.CreateIndex < f.idx || in.CreateIndex == f.idx && k < f.service {
-			byUser[in.User] = first{in.CreateIndex, k}
-		}
-	}
-	users := make([]string, 0, len(byUser))
-	for u := range byUser {
-		users = append(users, u)
-	}
-	slices.SortFunc(users, func(a, b string) int {
-		return cmp.Or(cmp.Compare(byUser[a].idx, byUser[b].idx), cmp.Compare(a, b))
-	})
-	var out []UserPort
-	port := o.UserPortBase
-	for _, u := range users {
-		for reserved[port] {
-			port++
-		}
-		if port > 65535 {
-			break
-		}
-		out = append(out, UserPort{User: u, Service: byUser[u].service, Port: port})
-		port++
-	}
-	return out
+	return o.UserPortPolicy().Ports(node, insts)
 }

@@ -111,6 +111,8 @@ func chainCluster(t *testing.T, fc *listener.FilterChain) string {
 	return ""
 }
 
+func up(user, svc string, port int) UserPort { return UserPort{User: user, Service: svc, Port: port} }
+
 func TestUserPorts(t *testing.T) {
 	in := func(node, id, svc, user string, idx uint64, ups ...int) *discovery.Instance {
 		i := &discovery.Instance{Node: node, ID: id, Service: svc, User: user, CreateIndex: idx}
@@ -119,6 +121,7 @@ func TestUserPorts(t *testing.T) {
 		}
 		return i
 	}
+	stored := func(i *discovery.Instance, port int) *discovery.Instance { i.UserPort = port; return i }
 	cases := []struct {
 		name  string
 		opts  Options
@@ -129,34 +132,65 @@ func TestUserPorts(t *testing.T) {
 		{
 			name:  "registration order, then name",
 			insts: []*discovery.Instance{in("n1", "b", "B-App", "bob", 7), in("n1", "a", "a-app", "alice", 9), in("n1", "c", "c-app", "carol", 7)},
-			want:  []UserPort{{"bob", "b-app", 15100}, {"carol", "c-app", 15101}, {"alice", "a-app", 15102}},
+			want:  []UserPort{up("bob", "b-app", 15100), up("carol", "c-app", 15101), up("alice", "a-app", 15102)},
 		},
 		{
 			name:  "other nodes are not ours",
 			insts: []*discovery.Instance{in("n2", "b", "b-app", "bob", 1), in("n1", "a", "a-app", "alice", 9)},
-			want:  []UserPort{{"alice", "a-app", 15100}},
+			want:  []UserPort{up("alice", "a-app", 15100)},
 		},
 		{
 			name:  "two instances, one user",
 			insts: []*discovery.Instance{in("n1", "w1", "web", "www", 5), in("n1", "w2", "web", "www", 2)},
-			want:  []UserPort{{"www", "web", 15100}},
+			want:  []UserPort{up("www", "web", 15100)},
 		},
 		{
 			name:  "a user claimed by two services belongs to the first registered",
 			insts: []*discovery.Instance{in("n1", "x", "xx", "u", 8), in("n1", "y", "yy", "u", 4)},
-			want:  []UserPort{{"u", "yy", 15100}},
+			want:  []UserPort{up("u", "yy", 15100)},
 		},
 		{
 			name:  "reserved, upstream and own ports are skipped",
 			opts:  Options{UserPortBase: 15440, ReservedPorts: []int{15441}},
 			insts: []*discovery.Instance{in("n1", "a", "a", "ua", 1, 15440), in("n1", "b", "b", "ub", 2), in("n1", "c", "c", "uc", 3)},
-			want:  []UserPort{{"ua", "a", 15442}, {"ub", "b", 15444}, {"uc", "c", 15445}}, // 15443: the mesh port
+			want:  []UserPort{up("ua", "a", 15442), up("ub", "b", 15444), up("uc", "c", 15445)}, // 15443: the mesh port
+		},
+		{
+			name:  "stored ports are kept, gaps and all",
+			insts: []*discovery.Instance{stored(in("n1", "a", "a", "ua", 1), 15101), stored(in("n1", "b", "b", "ub", 2), 15103)},
+			want:  []UserPort{up("ua", "a", 15101), up("ub", "b", 15103)},
+		},
+		{
+			name:  "users without a stored port come after the stored ones",
+			insts: []*discovery.Instance{in("n1", "a", "a", "ua", 1), stored(in("n1", "b", "b", "ub", 2), 15100), in("n1", "c", "c", "uc", 3)},
+			want:  []UserPort{up("ua", "a", 15101), up("ub", "b", 15100), up("uc", "c", 15102)},
+		},
+		{
+			name:  "of two users storing one port, the first registered keeps it",
+			insts: []*discovery.Instance{stored(in("n1", "b", "b", "ub", 2), 15100), stored(in("n1", "a", "a", "ua", 1), 15100)},
+			want:  []UserPort{up("ua", "a", 15100), up("ub", "b", 15101)},
+		},
+		{
+			name:  "a user's earliest stored port counts",
+			insts: []*discovery.Instance{stored(in("n1", "w2", "web", "www", 5), 15107), stored(in("n1", "w1", "web", "www", 2), 15105)},
+			want:  []UserPort{up("www", "web", 15105)},
+		},
+		{
+			name:  "a stored port now reserved or bound by an upstream is not used",
+			opts:  Options{ReservedPorts: []int{15100}},
+			insts: []*discovery.Instance{stored(in("n1", "a", "a", "ua", 1), 15100), stored(in("n1", "b", "b", "ub", 2), 15101), in("n1", "w", "w", "", 3, 15101)},
+			want:  []UserPort{up("ua", "a", 15102), up("ub", "b", 15103)},
+		},
+		{
+			name:  "a second service's stored port does not make it the user's",
+			insts: []*discovery.Instance{stored(in("n1", "x", "xx", "u", 8), 15104), in("n1", "y", "yy", "u", 4)},
+			want:  []UserPort{up("u", "yy", 15100)},
 		},
 		{
 			name:  "the port range ends",
 			opts:  Options{UserPortBase: 65535},
 			insts: []*discovery.Instance{in("n1", "a", "a", "ua", 1), in("n1", "b", "b", "ub", 2)},
-			want:  []UserPort{{"ua", "a", 65535}},
+			want:  []UserPort{up("ua", "a", 65535)},
 		},
 	}
 	for _, c := range cases {
@@ -181,5 +215,61 @@ func TestUserPorts(t *testing.T) {
 	after := Options{}.UserPorts("n1", append(base, in("n1", "c", "c", "aaa-first-by-name", 9)))
 	if !slices.Equal(after[:2], before) {
 		t.Errorf("adding a user moved the others: %v, then %v", before, after)
+	}
+}
+
+// TestUserPortsStable: ports assigned at registration stay put when a user
+// before them goes (the capture rules and the proxy's listeners update at
+// different moments, so a user moving onto a port another user's listener
+// still holds could leave with that user's identity), and a freed port is
+// given to the next new user.
+func TestUserPortsStable(t *testing.T) {
+	o := Options{ReservedPorts: []int{15101}}
+	ports := &discovery.UserPortAllocator{Policy: o.UserPortPolicy()}
+	st := discovery.NewStore()
+	if err := st.EnsureNode(1, &discovery.Node{Name: "n1", Address: "10.0.0.1"}); err != nil {
+		t.Fatal(err)
+	}
+	idx := uint64(1)
+	register := func(id, svc, user string) {
+		t.Helper()
+		idx++
+		req := &discovery.RegisterServiceRequest{Instance: discovery.Instance{Node: "n1", ID: id, Service: svc, Port: 80, User: user}}
+		ports.Lock()
+		defer ports.Unlock()
+		if err := ports.Assign(st, req); err != nil {
+			t.Fatal(err)
+		}
+		if err := st.EnsureService(idx, &req.Instance, nil); err != nil {
+			t.Fatal(err)
+		}
+	}
+	current := func() []UserPort {
+		_, insts, err := st.NodeInstances(nil, "n1")
+		if err != nil {
+			t.Fatal(err)
+		}
+		return o.UserPorts("n1", insts)
+	}
+	register("a-1", "a", "alice")
+	register("b-1", "b", "bob")
+	register("c-1", "c", "carol")
+	want := []UserPort{up("alice", "a", 15100), up("bob", "b", 15102), up("carol", "c", 15103)} // 15101 reserved
+	if got := current(); !slices.Equal(got, want) {
+		t.Fatalf("three users: %v, want %v", got, want)
+	}
+	idx++
+	if err := st.DeleteService(idx, "n1", "a-1"); err != nil {
+		t.Fatal(err)
+	}
+	if got := current(); !slices.Equal(got, want[1:]) {
+		t.Errorf("after alice left: %v, want bob and carol where they were: %v", got, want[1:])
+	}
+	// Re-registering keeps a port; a new user takes the lowest free one.
+	register("c-1", "c", "carol")
+	register("d-1", "d", "dave")
+	want = []UserPort{up("bob", "b", 15102), up("carol", "c", 15103), up("dave", "d", 15100)}
+	if got := current(); !slices.Equal(got, want) {
+		t.Errorf("carol re-registered, dave added: %v, want %v", got, want)
 	}
 }
