@@ -126,9 +126,9 @@ func TestCaptureAgentNetns(t *testing.T) {
 	if _, ok := ns.vmesh0(); !ok {
 		t.Fatal("no vmesh0 after start")
 	}
-	if !strings.Contains(p.stdout.String(), "Capture: on") {
-		t.Errorf("banner lacks the capture line:\n%s", p.stdout)
-	}
+	// The banner is printed once the listeners are up, which may be just
+	// after the HTTP API first answers.
+	poll(t, 5*time.Second, "the banner's capture line", func() bool { return strings.Contains(p.stdout.String(), "Capture: on") })
 
 	// A service registered through the API gets a VIP, which appears on
 	// vmesh0.
