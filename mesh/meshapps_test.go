@@ -8,11 +8,9 @@ import (
 	"crypto/rand"
 	"crypto/tls"
 	"crypto/x509"
-	"crypto/x509/pkix"
 	"errors"
 	"fmt"
 	"io"
-	"math/big"
 	"net"
 	"net/http"
 	"net/url"
@@ -27,6 +25,7 @@ import (
 	tlsv3 "github.com/envoyproxy/go-control-plane/envoy/extensions/transport_sockets/tls/v3"
 	discoverygrpc "github.com/envoyproxy/go-control-plane/envoy/service/discovery/v3"
 	"github.com/envoyproxy/go-control-plane/pkg/resource/v3"
+	"github.com/vmesh/vmesh/raft"
 	"golang.org/x/net/websocket"
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/credentials/insecure"
@@ -124,36 +123,25 @@ func (n *node) serviceCert(service string) (tls.Certificate, *x509.CertPool) {
 	return pair, pool
 }
 
-// foreignMeshCert is a certificate that looks like a mesh service's (a
-// SPIFFE URI of the cluster's trust domain, client and server auth) but
-// is signed by a CA of its own making.
-func foreignMeshCert(t *testing.T, spiffeID string) tls.Certificate {
+// foreignMeshCert is a certificate exactly like a mesh service's (the
+// cluster's trust domain, the service's SPIFFE ID, client and server
+// auth, issued by the same code) but from a CA of its own: another
+// cluster's.
+func foreignMeshCert(t *testing.T, trustDomain, service string) tls.Certificate {
 	t.Helper()
-	caKey, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
+	ca, err := raft.NewCA(trustDomain)
 	if err != nil {
 		t.Fatal(err)
 	}
-	caTmpl := &x509.Certificate{SerialNumber: big.NewInt(1), Subject: pkix.Name{CommonName: "not the mesh CA"},
-		NotBefore: time.Now().Add(-time.Hour), NotAfter: time.Now().Add(time.Hour),
-		IsCA: true, BasicConstraintsValid: true, KeyUsage: x509.KeyUsageCertSign}
-	caDER, err := x509.CreateCertificate(rand.Reader, caTmpl, caTmpl, &caKey.PublicKey, caKey)
-	if err != nil {
-		t.Fatal(err)
-	}
-	ca, _ := x509.ParseCertificate(caDER)
 	key, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
 	if err != nil {
 		t.Fatal(err)
 	}
-	uri, _ := url.Parse(spiffeID)
-	leafDER, err := x509.CreateCertificate(rand.Reader, &x509.Certificate{SerialNumber: big.NewInt(2),
-		NotBefore: time.Now().Add(-time.Hour), NotAfter: time.Now().Add(time.Hour), URIs: []*url.URL{uri},
-		KeyUsage:    x509.KeyUsageDigitalSignature,
-		ExtKeyUsage: []x509.ExtKeyUsage{x509.ExtKeyUsageClientAuth, x509.ExtKeyUsageServerAuth}}, ca, &key.PublicKey, caKey)
+	leaf, err := ca.SignService(&key.PublicKey, service, time.Hour)
 	if err != nil {
 		t.Fatal(err)
 	}
-	return tls.Certificate{Certificate: [][]byte{leafDER, caDER}, PrivateKey: key}
+	return tls.Certificate{Certificate: [][]byte{leaf.Raw, ca.Cert.Raw}, PrivateKey: key}
 }
 
 // httpApp is an HTTP service instance: HTTP/1.1 and h2c (prior knowledge)

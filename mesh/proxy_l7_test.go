@@ -259,7 +259,7 @@ func meshPortRefusesStrangers(t *testing.T, m *l7Mesh) {
 		_, err := cs.PeerCertificates[0].Verify(x509.VerifyOptions{Roots: roots, Intermediates: inter})
 		return err
 	}
-	foreign := foreignMeshCert(t, "spiffe://vmesh.local/svc/client")
+	foreign := foreignMeshCert(t, "vmesh.local", "client")
 	for _, target := range []struct {
 		sni, alpn, request, answer string
 	}{
