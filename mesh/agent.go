@@ -21,16 +21,15 @@ import (
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/vmesh/vmesh/discovery"
 	"github.com/vmesh/vmesh/iptables"
+	"github.com/vmesh/vmesh/mesh/cli"
+	"github.com/vmesh/vmesh/mesh/config"
 )
-
-// Version is the agent's version, set at build time with -ldflags.
-var Version = "0.1.0-dev"
 
 // Agent is one vmesh agent: raft, the catalog, the HTTP API, health checks
 // and service files. Start brings the parts up in order; Close takes them
 // down in reverse and tolerates a partial start.
 type Agent struct {
-	cfg    Config
+	cfg    config.Config
 	logger *slog.Logger
 	out    io.Writer // the banner
 
@@ -65,7 +64,7 @@ type Agent struct {
 }
 
 // NewAgent prepares an agent; nothing runs until Start.
-func NewAgent(cfg Config, logger *slog.Logger, out io.Writer) *Agent {
+func NewAgent(cfg config.Config, logger *slog.Logger, out io.Writer) *Agent {
 	a := &Agent{cfg: cfg, logger: logger, out: out, ready: make(chan struct{})}
 	a.joined, a.left = make(chan struct{}), make(chan struct{})
 	a.userPorts = &discovery.UserPortAllocator{Policy: a.xdsOptions().UserPortPolicy()}
@@ -108,7 +107,7 @@ func (a *Agent) Start(ctx context.Context) (err error) {
 	// fails the start instead of deregistering what it used to define.
 	files, err := a.desiredServices()
 	if err != nil {
-		return &ConfigError{Err: err}
+		return &config.Error{Err: err}
 	}
 
 	a.store = discovery.NewStore()
@@ -125,9 +124,9 @@ func (a *Agent) Start(ctx context.Context) (err error) {
 
 	api := &discovery.API{
 		Store: a.store, Writer: &a.ref, Cluster: &a.ref, TTL: a.checks,
-		NodeName: a.cfg.NodeName, NodeID: a.nodeID, Datacenter: a.cfg.Datacenter, Version: Version,
+		NodeName: a.cfg.NodeName, NodeID: a.nodeID, Datacenter: a.cfg.Datacenter, Version: cli.Version,
 		Members: a.members, Logger: a.logger.With("component", "http"), WaitReady: a.waitReady,
-		IntentionsDefaultAllow: a.cfg.intentionsDefaultAllow(), UserPorts: a.userPorts,
+		IntentionsDefaultAllow: a.cfg.IntentionsDefaultAllow(), UserPorts: a.userPorts,
 	}
 	mux := http.NewServeMux()
 	api.Register(mux)
@@ -298,8 +297,8 @@ func hostOf(addr string) string {
 // desiredServices reads every service definition: those in config files
 // and those in services_dir.
 func (a *Agent) desiredServices() ([]*discovery.RegisterServiceRequest, error) {
-	defs := append([]fileService(nil), a.cfg.services...)
-	fromDir, err := loadServiceFiles(a.cfg.ServicesDir)
+	defs := a.cfg.ServiceFiles()
+	fromDir, err := config.LoadServiceFiles(a.cfg.ServicesDir)
 	if err != nil {
 		return nil, err
 	}
@@ -390,9 +389,9 @@ func (a *Agent) serviceUpToDate(req *discovery.RegisterServiceRequest) bool {
 }
 
 // Reload re-reads the configuration's service definitions (SIGHUP).
-func (a *Agent) Reload(ctx context.Context, cfg Config) error {
+func (a *Agent) Reload(ctx context.Context, cfg config.Config) error {
 	a.reloadMu.Lock()
-	a.cfg.services = cfg.services
+	a.cfg.SetServiceFiles(cfg.ServiceFiles())
 	a.cfg.ServicesDir = cfg.ServicesDir
 	a.reloadMu.Unlock()
 	return a.syncServiceFiles(ctx)
@@ -486,9 +485,3 @@ func loadNodeID(dir string) (string, error) {
 	}
 	return id, nil
 }
-
-// ConfigError marks a configuration problem: the agent exits with status 2.
-type ConfigError struct{ Err error }
-
-func (e *ConfigError) Error() string { return e.Err.Error() }
-func (e *ConfigError) Unwrap() error { return e.Err }

@@ -8,6 +8,8 @@ import (
 	"strings"
 	"testing"
 	"time"
+
+	"github.com/vmesh/vmesh/mesh/config"
 )
 
 // testWriter sends log lines to t.Log.
@@ -20,8 +22,8 @@ func (w testWriter) Write(p []byte) (int, error) {
 
 // testConfig is a single-node bootstrap config on loopback with an
 // ephemeral HTTP port and a data dir that the test owns.
-func testConfig(t testing.TB) Config {
-	cfg := DefaultConfig()
+func testConfig(t testing.TB) config.Config {
+	cfg := config.DefaultConfig()
 	cfg.NodeName = "node-a"
 	cfg.DataDir = t.TempDir()
 	cfg.Bootstrap = true
@@ -41,7 +43,7 @@ func testConfig(t testing.TB) Config {
 
 // startAgent starts an in-process agent and waits until it has a leader
 // and has registered its node.
-func startAgent(t testing.TB, cfg Config) *Agent {
+func startAgent(t testing.TB, cfg config.Config) *Agent {
 	t.Helper()
 	if err := cfg.Validate(); err != nil {
 		t.Fatalf("test config: %v", err)

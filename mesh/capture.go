@@ -3,7 +3,6 @@ package mesh
 import (
 	"context"
 	"errors"
-	"flag"
 	"fmt"
 	"log/slog"
 	"net/netip"
@@ -16,6 +15,7 @@ import (
 	"github.com/vmesh/vmesh/dataplane/xds"
 	"github.com/vmesh/vmesh/discovery"
 	"github.com/vmesh/vmesh/iptables"
+	"github.com/vmesh/vmesh/mesh/config"
 )
 
 // Capture in the agent (`capture { enabled = true }` or -capture): Start
@@ -23,7 +23,7 @@ import (
 // (so before READY=1); a loop re-applies when the VIP set changes and
 // repairs drift every reconcile_interval; Close and leave remove both.
 // The rules come from the same builder as `vmesh redirect apply -config`
-// (Config.captureDesired).
+// (config.Config.CaptureDesired).
 
 // DefaultCaptureReconcile is how often the agent checks that its rules and
 // vmesh0 are still what it applied.
@@ -32,19 +32,6 @@ const DefaultCaptureReconcile = 30 * time.Second
 // captureMinGap rate-limits applies: VIP changes that come in a burst are
 // applied together, at most once per gap.
 const captureMinGap = time.Second
-
-// captureFlags are the agent's capture flags.
-type captureFlags struct{ enabled bool }
-
-func (f *captureFlags) register(fs *flag.FlagSet) {
-	fs.BoolVar(&f.enabled, "capture", false, "apply traffic capture (iptables, vmesh0) on start, remove it on stop; needs CAP_NET_ADMIN (docs/capture.md)")
-}
-
-func (f *captureFlags) apply(set map[string]bool, cfg *Config) {
-	if set["capture"] {
-		cfg.Capture.Enabled = f.enabled
-	}
-}
 
 // captureRunner keeps the kernel's capture state (our iptables rules and
 // vmesh0's addresses) equal to the configuration and the catalog's VIPs
@@ -96,9 +83,9 @@ func (a *Agent) prepareCapture(files []*discovery.RegisterServiceRequest) error 
 	if !a.cfg.Capture.Enabled {
 		return nil
 	}
-	d, err := a.cfg.captureDesired()
+	d, err := a.cfg.CaptureDesired()
 	if err != nil {
-		return &ConfigError{Err: err}
+		return &config.Error{Err: err}
 	}
 	nl, err := iptables.NewNetlink()
 	if err != nil {
@@ -106,7 +93,7 @@ func (a *Agent) prepareCapture(files []*discovery.RegisterServiceRequest) error 
 	}
 	if err := a.checkFileUsers(d, files); err != nil {
 		nl.Close()
-		return &ConfigError{Err: err}
+		return &config.Error{Err: err}
 	}
 	r := newCaptureRunner(d, iptables.ExecRunner{}, nl, a.cfg.Capture.Backend, a.store, a.cfg.Capture.ReconcileInterval,
 		a.logger.With("component", "capture"))
@@ -114,7 +101,7 @@ func (a *Agent) prepareCapture(files []*discovery.RegisterServiceRequest) error 
 	if err := r.c.Check(d); err != nil {
 		nl.Close()
 		if errors.Is(err, iptables.ErrInvalid) {
-			return &ConfigError{Err: err}
+			return &config.Error{Err: err}
 		}
 		return fmt.Errorf("capture: %w", err)
 	}

@@ -12,6 +12,7 @@ import (
 	"time"
 
 	"github.com/vmesh/vmesh/iptables"
+	"github.com/vmesh/vmesh/mesh/cli"
 )
 
 // captureNS is a fresh network namespace for an agent with capture on.
@@ -248,8 +249,8 @@ func TestCaptureAgentBadConfigNetns(t *testing.T) {
 		cfgFile := writeFile(t, dir, "c.hcl", block)
 		p := ns.agent("-bootstrap", "-data-dir", filepath.Join(dir, "data"), "-node", "n1", "-bind", "127.0.0.1",
 			"-client", "127.0.0.1", "-services-dir", svcDir, "-config", cfgFile)
-		if code := p.wait(30 * time.Second); code != exitUsage {
-			t.Errorf("%s: exit %d, want %d\n%s", name, code, exitUsage, p.stderr)
+		if code := p.wait(30 * time.Second); code != cli.ExitUsage {
+			t.Errorf("%s: exit %d, want %d\n%s", name, code, cli.ExitUsage, p.stderr)
 		}
 		if !strings.Contains(p.stderr.String(), "capture.") {
 			t.Errorf("%s: the error does not name the key:\n%s", name, p.stderr)
@@ -273,8 +274,8 @@ func TestCaptureAgentBadConfigNetns(t *testing.T) {
 		writeFile(t, svcDir, "a.hcl", c.files)
 		p := ns.agent("-bootstrap", "-data-dir", filepath.Join(dir, "data"), "-node", "n1", "-bind", "127.0.0.1",
 			"-client", "127.0.0.1", "-services-dir", svcDir, "-config", cfgFile)
-		if code := p.wait(30 * time.Second); code != exitUsage {
-			t.Errorf("%s: exit %d, want %d\n%s", name, code, exitUsage, p.stderr)
+		if code := p.wait(30 * time.Second); code != cli.ExitUsage {
+			t.Errorf("%s: exit %d, want %d\n%s", name, code, cli.ExitUsage, p.stderr)
 		}
 		if !strings.Contains(p.stderr.String(), c.want) {
 			t.Errorf("%s: the error does not say %q:\n%s", name, c.want, p.stderr)

@@ -2,12 +2,9 @@ package mesh
 
 import (
 	"context"
-	"flag"
 	"fmt"
-	"io"
 	"log/slog"
 	"path/filepath"
-	"slices"
 	"strings"
 	"testing"
 	"time"
@@ -15,13 +12,14 @@ import (
 	"github.com/vmesh/vmesh/dataplane/xds"
 	"github.com/vmesh/vmesh/discovery"
 	"github.com/vmesh/vmesh/iptables"
+	"github.com/vmesh/vmesh/mesh/config"
 )
 
 func newTestCapture(t *testing.T) (*captureRunner, *iptables.Fake, *iptables.FakeLinks, *discovery.Store) {
 	t.Helper()
-	cfg := DefaultConfig()
+	cfg := config.DefaultConfig()
 	cfg.Capture.Enabled = true
-	d, err := cfg.captureDesired()
+	d, err := cfg.CaptureDesired()
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -148,29 +146,6 @@ func TestCaptureRunWatchesVIPs(t *testing.T) {
 	}
 }
 
-func TestCaptureConfig(t *testing.T) {
-	var f agentFlags
-	fs := flag.NewFlagSet("agent", flag.ContinueOnError)
-	fs.SetOutput(io.Discard)
-	f.register(fs)
-	if err := fs.Parse([]string{"-dev", "-capture"}); err != nil {
-		t.Fatal(err)
-	}
-	cfg, err := f.buildConfig(fs)
-	if err != nil || !cfg.Capture.Enabled {
-		t.Fatalf("-capture: enabled=%v, %v", cfg.Capture.Enabled, err)
-	}
-	cfg.Capture.ReconcileInterval = -time.Second
-	cfg.Capture.ExcludePorts = []int{0}
-	cfg.Capture.UserPortBase = 70000
-	err = cfg.Validate()
-	for _, want := range []string{"capture.reconcile_interval: must not be negative", "capture.exclude_ports[0]", "capture.user_port_base: port must be between 1 and 65535, got 70000"} {
-		if err == nil || !strings.Contains(err.Error(), want) {
-			t.Errorf("Validate = %v, want %q", err, want)
-		}
-	}
-}
-
 // Per-user redirects follow the node's instances: a user a local service
 // names gets an owner-match rule to its port (the port the xDS server
 // gives it), applied when it appears and removed when it goes; a user the
@@ -179,8 +154,8 @@ func TestCaptureUsers(t *testing.T) {
 	ctx := context.Background()
 	r, f, _, store := newTestCapture(t)
 	r.node = "n1"
-	cfg := DefaultConfig()
-	r.ports = cfg.userPortOptions(xds.Options{})
+	cfg := config.DefaultConfig()
+	r.ports = cfg.UserPortOptions(xds.Options{})
 	uids := map[string]uint32{"alice": 2001, "bob": 2002, "carol": 2003, "backup": 34}
 	r.lookup = func(u string) (uint32, error) {
 		if uid, ok := uids[u]; ok {
@@ -265,33 +240,15 @@ func TestCaptureUsers(t *testing.T) {
 	step("carol", true, rule(2002, 15101, "orders"), rule(2003, 15100, "reports"))
 }
 
-// capture.user_port_base reaches the xDS options the agent serves with.
-func TestCaptureUserPortBaseFile(t *testing.T) {
-	cfg := DefaultConfig()
-	f := writeFile(t, t.TempDir(), "c.hcl", "capture {\n  user_port_base = 16000\n}\n")
-	if err := loadConfigFiles(&cfg, []string{f}); err != nil {
-		t.Fatal(err)
-	}
-	o := cfg.userPortOptions(xds.Options{})
-	if o.UserPortBase != 16000 {
-		t.Errorf("UserPortBase %d, want 16000", o.UserPortBase)
-	}
-	for _, p := range []int{7400, 8500, 8600, 15000, 15001, 15006, 15443} {
-		if !slices.Contains(o.ReservedPorts, p) {
-			t.Errorf("port %d is not reserved from users: %v", p, o.ReservedPorts)
-		}
-	}
-}
-
 // A service file whose user is in exclude_uids is refused before capture
 // touches anything, naming the file.
 func TestCaptureFileUsers(t *testing.T) {
 	dir := t.TempDir()
 	writeFile(t, dir, "a.hcl", `service { name = "billing"  user = "nobody"  port = 80 }`)
-	cfg := DefaultConfig()
+	cfg := config.DefaultConfig()
 	cfg.NodeName, cfg.ServicesDir = "n1", dir
 	cfg.Capture.Enabled = true
-	d, err := cfg.captureDesired()
+	d, err := cfg.CaptureDesired()
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -305,7 +262,7 @@ func TestCaptureFileUsers(t *testing.T) {
 	}
 	cfg.Capture.ExcludeUIDs = []string{"nobody"}
 	a = &Agent{cfg: cfg}
-	d, err = cfg.captureDesired()
+	d, err = cfg.CaptureDesired()
 	if err != nil {
 		t.Fatal(err)
 	}

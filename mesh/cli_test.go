@@ -5,12 +5,14 @@ import (
 	"context"
 	"strings"
 	"testing"
+
+	"github.com/vmesh/vmesh/mesh/cli"
 )
 
 func runCLI(t *testing.T, args ...string) (int, string, string) {
 	t.Helper()
 	var out, errb bytes.Buffer
-	code := run(context.Background(), append([]string{"vmesh"}, args...), &cliEnv{stdout: &out, stderr: &errb})
+	code := run(context.Background(), append([]string{"vmesh"}, args...), &cli.Env{Stdout: &out, Stderr: &errb})
 	return code, out.String(), errb.String()
 }
 
@@ -39,14 +41,14 @@ services = [
 	if _, out, _ := runCLI(t, "services", "list"); strings.Contains(out, "orders-1") {
 		t.Fatalf("orders-1 still listed after deregister:\n%s", out)
 	}
-	if code, _, errs := runCLI(t, "services", "deregister", "orders-1"); code != exitFailed || !strings.Contains(errs, "404") {
+	if code, _, errs := runCLI(t, "services", "deregister", "orders-1"); code != cli.ExitFailed || !strings.Contains(errs, "404") {
 		t.Fatalf("deregister of an unknown ID = %d %s; want a failure naming 404", code, errs)
 	}
 
 	// A bad file registers nothing and names the file and line.
 	bad := writeFile(t, dir, "bad.hcl", "service {\n  name = \"ok\"\n  port = 1\n}\nservices = [\n  { name = \"\", port = 2 }\n]\n")
 	code, _, errs = runCLI(t, "services", "register", bad)
-	if code != exitUsage || !strings.Contains(errs, "bad.hcl:6") || !strings.Contains(errs, "missing service name") {
+	if code != cli.ExitUsage || !strings.Contains(errs, "bad.hcl:6") || !strings.Contains(errs, "missing service name") {
 		t.Fatalf("register bad file = %d %q; want exit 2 naming bad.hcl:6", code, errs)
 	}
 	if _, out, _ := runCLI(t, "services", "list"); strings.Contains(out, "ok ") {
@@ -60,14 +62,14 @@ services = [
 	if code, out, _ := runCLI(t, "version"); code != 0 || !strings.HasPrefix(out, "vmesh ") {
 		t.Fatalf("version = %d %q", code, out)
 	}
-	if code, _, errs := runCLI(t, "frobnicate"); code != exitUsage || !strings.Contains(errs, "frobnicate") {
+	if code, _, errs := runCLI(t, "frobnicate"); code != cli.ExitUsage || !strings.Contains(errs, "frobnicate") {
 		t.Fatalf("unknown command = %d %q", code, errs)
 	}
 }
 
 func TestCLIUnreachableAgent(t *testing.T) {
 	code, _, errs := runCLI(t, "services", "list", "-http-addr", "127.0.0.1:1")
-	if code != exitFailed || !strings.Contains(errs, "VMESH_HTTP_ADDR") {
+	if code != cli.ExitFailed || !strings.Contains(errs, "VMESH_HTTP_ADDR") {
 		t.Fatalf("unreachable agent = %d %q; want a failure that says how to point at the agent", code, errs)
 	}
 }

@@ -15,6 +15,7 @@ import (
 	"time"
 
 	"github.com/vmesh/vmesh/discovery"
+	"github.com/vmesh/vmesh/mesh/config"
 	"github.com/vmesh/vmesh/raft"
 )
 
@@ -108,7 +109,7 @@ func (a *Agent) startCluster(ctx context.Context) error {
 
 func (a *Agent) openRaft(id *raft.Identity, localCA *raft.CA, bootstrap bool) error {
 	if id.Name != a.cfg.NodeName {
-		return &ConfigError{Err: fmt.Errorf("node_name: %q, but the node certificate in %s names %q; keep the name or start from an empty data dir",
+		return &config.Error{Err: fmt.Errorf("node_name: %q, but the node certificate in %s names %q; keep the name or start from an empty data dir",
 			a.cfg.NodeName, a.cfg.DataDir, id.Name)}
 	}
 	srv, err := raft.Open(raft.Config{
@@ -123,7 +124,7 @@ func (a *Agent) openRaft(id *raft.Identity, localCA *raft.CA, bootstrap bool) er
 		Cluster: &raft.ClusterConfig{
 			Identity: id, Bind: a.cfg.ClusterBind(), Voters: a.cfg.Cluster.Voters, LocalCA: localCA,
 			HeartbeatInterval: a.cfg.Cluster.HeartbeatInterval, NodeTTL: a.cfg.Cluster.NodeTTL, ReapAfter: a.cfg.Cluster.ReapAfter,
-			VIPRange: a.cfg.vipRange(), // dns.go
+			VIPRange: a.cfg.VIPRange(),
 		},
 	}, a.store)
 	if err != nil {

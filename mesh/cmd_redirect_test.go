@@ -10,14 +10,15 @@ import (
 	"testing"
 
 	"github.com/vmesh/vmesh/iptables"
+	"github.com/vmesh/vmesh/mesh/cli"
 )
 
 // Bad input is refused with the flag or key named, before anything runs.
 func TestRedirectBadInput(t *testing.T) {
 	code, _, stderr := runCLI(t, "redirect", "apply", "-exclude-port", "70000", "-exclude-cidr", "10.1.1.1/8,nope",
 		"-inbound-port", "22", "-vip", "10.9.9.9", "-dry-run")
-	if code != exitUsage {
-		t.Fatalf("exit %d, want %d; stderr:\n%s", code, exitUsage, stderr)
+	if code != cli.ExitUsage {
+		t.Fatalf("exit %d, want %d; stderr:\n%s", code, cli.ExitUsage, stderr)
 	}
 	for _, want := range []string{
 		`-exclude-port: "70000" is not a port`,
@@ -30,14 +31,14 @@ func TestRedirectBadInput(t *testing.T) {
 			t.Errorf("stderr lacks %q:\n%s", want, stderr)
 		}
 	}
-	if code, _, _ := runCLI(t, "redirect", "frobnicate"); code != exitUsage {
+	if code, _, _ := runCLI(t, "redirect", "frobnicate"); code != cli.ExitUsage {
 		t.Errorf("unknown subcommand: exit %d", code)
 	}
 	dir := t.TempDir()
 	bad := filepath.Join(dir, "c.hcl")
 	os.WriteFile(bad, []byte("capture {\n  vip_range = \"127.0.0.0/8\"\n  backend = \"iptables-ng\"\n}\n"), 0o600)
 	code, _, stderr = runCLI(t, "redirect", "apply", "-config", bad, "-dry-run")
-	if code != exitUsage || !strings.Contains(stderr, "capture.backend") || !strings.Contains(stderr, "capture.vip_range[0]: 127.0.0.0/8 overlaps loopback") {
+	if code != cli.ExitUsage || !strings.Contains(stderr, "capture.backend") || !strings.Contains(stderr, "capture.vip_range[0]: 127.0.0.0/8 overlaps loopback") {
 		t.Errorf("bad config: exit %d\n%s", code, stderr)
 	}
 }
@@ -52,7 +53,7 @@ func TestRedirectDryRunConfig(t *testing.T) {
 	f := filepath.Join(dir, "c.hcl")
 	os.WriteFile(f, []byte("ports { http = 8501 }\ncapture {\n  capture_all = true\n  exclude_cidrs = [\"10.0.0.0/8\"]\n  exclude_uids = [\"0\"]\n}\n"), 0o600)
 	code, stdout, stderr := runCLI(t, "redirect", "apply", "-config", f, "-capture-dns", "--dry-run")
-	if code != exitOK {
+	if code != cli.ExitOK {
 		t.Fatalf("exit %d: %s", code, stderr)
 	}
 	for _, want := range []string{"vmesh: capture_all", "-d 10.0.0.0/8", "--uid-owner 0", "--dport 8501 ", "vmesh: dns"} {

@@ -2,123 +2,16 @@ package mesh
 
 import (
 	"context"
-	"flag"
 	"fmt"
 	"net"
-	"net/netip"
-	"strconv"
 	"time"
 
 	"github.com/vmesh/vmesh/dataplane/proxy"
 	"github.com/vmesh/vmesh/discovery"
-	"github.com/vmesh/vmesh/raft"
 )
-
-// DefaultDNSPort is the DNS server's port (Consul's).
-const DefaultDNSPort = 8600
 
 // resolvConf is where the host's own resolvers are read from.
 var resolvConf = "/etc/resolv.conf"
-
-// DNSOptions is the `dns { ... }` block.
-type DNSOptions struct {
-	// Recursors get every name outside .mesh and .consul (IP or IP:port).
-	// Empty: the name servers of /etc/resolv.conf, read at start.
-	Recursors []string `hcl:"recursors"`
-	// TTLs of instance, node and VIP answers (Consul's are 0; a VIP never
-	// moves while its service exists, so it may be cached).
-	ServiceTTL time.Duration `hcl:"service_ttl"`
-	NodeTTL    time.Duration `hcl:"node_ttl"`
-	VIPTTL     time.Duration `hcl:"vip_ttl"`
-	// OnlyPassing: answer passing instances only (default); false adds
-	// warning ones, as Consul's DNS does by default.
-	OnlyPassing bool `hcl:"only_passing"`
-}
-
-func defaultDNSOptions() DNSOptions {
-	return DNSOptions{VIPTTL: discovery.DefaultVIPTTL, OnlyPassing: true}
-}
-
-// DNSAddr is where the DNS server listens, or "" when it is off
-// (ports { dns = -1 } and no addresses.dns).
-func (c *Config) DNSAddr() string {
-	if c.Addresses.DNS != "" {
-		return c.Addresses.DNS
-	}
-	if c.Ports.DNS < 0 {
-		return ""
-	}
-	return net.JoinHostPort(c.ClientAddr, strconv.Itoa(c.Ports.DNS))
-}
-
-// vipRange is where the leader allocates service VIPs.
-func (c *Config) vipRange() netip.Prefix {
-	if p, err := netip.ParsePrefix(c.Capture.VIPRange); err == nil {
-		return p.Masked()
-	}
-	return raft.DefaultVIPRange
-}
-
-var loopback4 = netip.MustParsePrefix("127.0.0.0/8")
-
-// validateDNS reports problems with the DNS settings and the VIP range
-// (which DNS answers and which is allocated whether capture is on or not).
-func (c *Config) validateDNS() []error {
-	var errs []error
-	bad := func(key, format string, args ...any) {
-		errs = append(errs, fmt.Errorf("%s: %s", key, fmt.Sprintf(format, args...)))
-	}
-	if c.Ports.DNS < -1 || c.Ports.DNS > 65535 {
-		bad("ports.dns", "must be between 0 and 65535 (or -1: off), got %d", c.Ports.DNS)
-	}
-	if c.Addresses.DNS != "" {
-		if _, err := netip.ParseAddrPort(c.Addresses.DNS); err != nil {
-			bad("addresses.dns", "%q is not IP:port", c.Addresses.DNS)
-		}
-	}
-	for i, r := range c.DNS.Recursors {
-		if _, err := discovery.RecursorAddr(r); err != nil {
-			bad(fmt.Sprintf("dns.recursors[%d]", i), "%q is not an IP or IP:port", r)
-		}
-	}
-	for _, d := range []struct {
-		key string
-		v   time.Duration
-	}{{"dns.service_ttl", c.DNS.ServiceTTL}, {"dns.node_ttl", c.DNS.NodeTTL}, {"dns.vip_ttl", c.DNS.VIPTTL}} {
-		if d.v < 0 {
-			bad(d.key, "must not be negative, got %s", d.v)
-		}
-	}
-	if r := c.Capture.VIPRange; r != "" {
-		p, err := netip.ParsePrefix(r)
-		switch {
-		case err != nil:
-			if !c.Capture.Enabled { // else validateCapture says so
-				bad("capture.vip_range", "%q is not a CIDR", r)
-			}
-		case !p.Addr().Is4():
-			bad("capture.vip_range", "%q: VIPs are IPv4; give an IPv4 CIDR", r)
-		case p.Overlaps(loopback4):
-			bad("capture.vip_range", "%q overlaps loopback 127.0.0.0/8", r)
-		case p.Bits() == 0:
-			bad("capture.vip_range", "%q would take over every address", r)
-		}
-	}
-	return errs
-}
-
-// dnsFlags are the agent's DNS flags.
-type dnsFlags struct{ addr string }
-
-func (f *dnsFlags) register(fs *flag.FlagSet) {
-	fs.StringVar(&f.addr, "dns-addr", "", "DNS `address`, UDP and TCP (default CLIENT:8600)")
-}
-
-func (f *dnsFlags) apply(set map[string]bool, cfg *Config) {
-	if set["dns-addr"] {
-		cfg.Addresses.DNS = f.addr
-	}
-}
 
 // startDNS serves the catalog over DNS. The default address may be taken
 // (a Consul agent on the host, a second dev agent): the agent then warns

@@ -15,6 +15,7 @@ import (
 	"time"
 
 	"github.com/miekg/dns"
+	"github.com/vmesh/vmesh/mesh/config"
 	"golang.org/x/sys/unix"
 )
 
@@ -164,15 +165,15 @@ dns { recursors = ["`+recursorAddr+`"] }
 // TestRecursorDialer: no dialer of ours without capture; with capture,
 // the recursor sockets carry capture.proxy_mark as configured.
 func TestRecursorDialer(t *testing.T) {
-	if d := recursorDialer((&Agent{cfg: DefaultConfig()}).proxyMark()); d != nil {
+	if d := recursorDialer((&Agent{cfg: config.DefaultConfig()}).proxyMark()); d != nil {
 		t.Fatalf("capture off: dialer %v; want none", d)
 	}
 	if os.Geteuid() != 0 {
 		t.Skip("needs root (SO_MARK needs CAP_NET_ADMIN); CI runs it as root")
 	}
-	cfg := DefaultConfig()
+	cfg := config.DefaultConfig()
 	cfg.Capture.Enabled, cfg.Capture.ProxyMark = true, 0x1234
-	desired, err := cfg.captureDesired()
+	desired, err := cfg.CaptureDesired()
 	if err != nil {
 		t.Fatal(err)
 	}

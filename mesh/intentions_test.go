@@ -13,36 +13,9 @@ import (
 	discoverygrpc "github.com/envoyproxy/go-control-plane/envoy/service/discovery/v3"
 	"github.com/envoyproxy/go-control-plane/pkg/resource/v3"
 	"github.com/hashicorp/consul/api"
+	"github.com/vmesh/vmesh/mesh/cli"
+	"github.com/vmesh/vmesh/mesh/config"
 )
-
-func TestConfigIntentionsDefault(t *testing.T) {
-	dir := t.TempDir()
-	deny := writeFile(t, dir, "deny.hcl", "intentions_default = \"deny\"\n")
-	allow := writeFile(t, dir, "allow.hcl", "intentions_default = \"allow\"\n")
-	bad := writeFile(t, dir, "bad.hcl", "intentions_default = \"maybe\"\n")
-	for _, tc := range []struct {
-		name      string
-		args      []string
-		wantAllow bool
-	}{
-		{"production default", []string{"-data-dir", dir}, false},
-		{"dev default", []string{"-dev"}, true},
-		{"dev, a file says deny", []string{"-dev", "-config", deny}, false},
-		{"production, a file says allow", []string{"-data-dir", dir, "-config", allow}, true},
-	} {
-		cfg, err := parseAgentFlags(t, tc.args...)
-		if err != nil {
-			t.Fatalf("%s: %v", tc.name, err)
-		}
-		if got := cfg.intentionsDefaultAllow(); got != tc.wantAllow {
-			t.Errorf("%s: default allow = %v (%q), want %v", tc.name, got, cfg.IntentionsDefault, tc.wantAllow)
-		}
-	}
-	_, err := parseAgentFlags(t, "-dev", "-config", bad)
-	if err == nil || !strings.Contains(err.Error(), "intentions_default") || !strings.Contains(err.Error(), `"maybe"`) {
-		t.Errorf("bad intentions_default: %v, want an error naming the key", err)
-	}
-}
 
 // inboundRBAC waits on an ADS stream (node-a's proxy) for an inbound
 // listener whose chain for service satisfies ok, ACKing what comes before.
@@ -223,7 +196,7 @@ func TestCLIIntention(t *testing.T) {
 	if code, out, errs := runCLI(t, "intention", "delete", "web", "cache"); code != 0 || !strings.Contains(out, "Intention deleted: web => cache") {
 		t.Errorf("delete = %d\n%s%s", code, out, errs)
 	}
-	if code, _, errs := runCLI(t, "intention", "delete", "web", "cache"); code != exitFailed || !strings.Contains(errs, "no intention web => cache") {
+	if code, _, errs := runCLI(t, "intention", "delete", "web", "cache"); code != cli.ExitFailed || !strings.Contains(errs, "no intention web => cache") {
 		t.Errorf("delete of a missing intention = %d %q", code, errs)
 	}
 	for _, args := range [][]string{
@@ -234,14 +207,14 @@ func TestCLIIntention(t *testing.T) {
 		{"list", "extra"},
 		{"frob"},
 	} {
-		if code, _, errs := runCLI(t, append([]string{"intention"}, args...)...); code != exitUsage || errs == "" {
+		if code, _, errs := runCLI(t, append([]string{"intention"}, args...)...); code != cli.ExitUsage || errs == "" {
 			t.Errorf("intention %v = %d %q, want a usage error", args, code, errs)
 		}
 	}
 
 	// An agent whose default is allow: what no intention matches passes.
 	cfg := testConfig(t)
-	cfg.NodeName, cfg.IntentionsDefault = "node-b", IntentionsAllow
+	cfg.NodeName, cfg.IntentionsDefault = "node-b", config.IntentionsAllow
 	b := startAgent(t, cfg)
 	if code, out, errs := runCLI(t, "intention", "check", "--http-addr", b.HTTPAddr(), "api", "cache"); code != 0 || strings.TrimSpace(out) != "Allowed" {
 		t.Errorf("check on a default-allow agent = %d %q %q", code, out, errs)

@@ -25,6 +25,7 @@ import (
 	tlsv3 "github.com/envoyproxy/go-control-plane/envoy/extensions/transport_sockets/tls/v3"
 	discoverygrpc "github.com/envoyproxy/go-control-plane/envoy/service/discovery/v3"
 	"github.com/envoyproxy/go-control-plane/pkg/resource/v3"
+	"github.com/vmesh/vmesh/mesh/config"
 	"github.com/vmesh/vmesh/raft"
 	"golang.org/x/net/websocket"
 	"google.golang.org/grpc"
@@ -69,7 +70,7 @@ func (n *node) deleteIntention(source, destination string) {
 // xdsSocket is where the node's agent serves xDS (as the agent computes it).
 func (n *node) xdsSocket() string {
 	n.t.Helper()
-	p, _, err := (&Config{DataDir: n.dataDir}).xdsSocketPath()
+	p, _, err := (&config.Config{DataDir: n.dataDir}).XDSSocketPath()
 	if err != nil {
 		n.t.Fatal(err)
 	}

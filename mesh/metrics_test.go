@@ -15,6 +15,7 @@ import (
 	dto "github.com/prometheus/client_model/go"
 	"github.com/prometheus/common/expfmt"
 	"github.com/prometheus/common/model"
+	"github.com/vmesh/vmesh/mesh/cli"
 )
 
 // scrape GETs a /metrics URL and parses the text exposition.
@@ -266,7 +267,7 @@ func TestProxyCommandMetrics(t *testing.T) {
 	exited := make(chan int, 1)
 	go func() {
 		exited <- run(ctx, []string{"vmesh", "proxy", "--xds", a.XDSAddrs()[0].String(), "--node", cfg.NodeName,
-			"--admin-addr", ip + ":0"}, &cliEnv{stdout: io.Discard, stderr: stderr})
+			"--admin-addr", ip + ":0"}, &cli.Env{Stdout: io.Discard, Stderr: stderr})
 	}()
 	var addr string
 	waitFor(t, 10*time.Second, "the proxy's metrics address in its log", func() bool {
@@ -291,7 +292,7 @@ func TestProxyCommandMetrics(t *testing.T) {
 	cancel()
 	select {
 	case code := <-exited:
-		if code != exitOK {
+		if code != cli.ExitOK {
 			t.Errorf("vmesh proxy exited %d, want 0; stderr:\n%s", code, stderr)
 		}
 	case <-time.After(40 * time.Second):
@@ -309,13 +310,13 @@ func TestProxyCommandBadAdminAddr(t *testing.T) {
 		addr string
 		code int
 	}{
-		{"nope", exitUsage},
-		{"192.0.2.1:1", exitFailed}, // well-formed, not an address of this host
+		{"nope", cli.ExitUsage},
+		{"192.0.2.1:1", cli.ExitFailed}, // well-formed, not an address of this host
 	} {
 		stderr := &syncBuffer{}
 		ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 		code := run(ctx, []string{"vmesh", "proxy", "--xds", "127.0.0.1:1", "--node", "n", "--admin-addr", tc.addr},
-			&cliEnv{stdout: io.Discard, stderr: stderr})
+			&cli.Env{Stdout: io.Discard, Stderr: stderr})
 		cancel()
 		if code != tc.code || !strings.Contains(stderr.String(), "--admin-addr") {
 			t.Errorf("--admin-addr %s: exit %d, want %d, with a message naming the flag; stderr: %s", tc.addr, code, tc.code, stderr)

@@ -12,6 +12,7 @@ import (
 	"time"
 
 	"github.com/vmesh/vmesh/discovery"
+	"github.com/vmesh/vmesh/mesh/config"
 )
 
 // TestServiceFileProtocolAndUpstreams: protocol and Consul's
@@ -111,7 +112,7 @@ func TestServiceFileProtocolAndUpstreams(t *testing.T) {
 			if err := os.WriteFile(filepath.Join(dir, tc.file), []byte(tc.src), 0o644); err != nil {
 				t.Fatal(err)
 			}
-			defs, err := loadServiceFiles(dir)
+			defs, err := config.LoadServiceFiles(dir)
 			var reqs []*discovery.RegisterServiceRequest
 			if err == nil {
 				reqs, err = buildFileServices("n1", defs)
@@ -215,7 +216,7 @@ func TestServiceFileUser(t *testing.T) {
 			for name, src := range tc.files {
 				writeFile(t, dir, name, src)
 			}
-			defs, err := loadServiceFiles(dir)
+			defs, err := config.LoadServiceFiles(dir)
 			var reqs []*discovery.RegisterServiceRequest
 			if err == nil {
 				reqs, err = buildFileServices("n1", defs)

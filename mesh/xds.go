@@ -2,15 +2,11 @@ package mesh
 
 import (
 	"context"
-	"crypto/sha256"
 	"errors"
-	"flag"
 	"fmt"
 	"net"
 	"net/http"
-	"net/netip"
 	"os"
-	"path/filepath"
 	"strconv"
 	"time"
 
@@ -18,81 +14,6 @@ import (
 	"github.com/vmesh/vmesh/dataplane/xds"
 	"github.com/vmesh/vmesh/raft"
 )
-
-// DefaultAdminPort is the admin listener's port (DESIGN.md: the proxy's
-// admin: /config_dump and /metrics).
-const DefaultAdminPort = 15000
-
-// xdsSocketName is the xDS unix socket's file name in the runtime dir.
-const xdsSocketName = "xds.sock"
-
-// maxSocketPath leaves room under the kernel's 108-byte sun_path limit.
-const maxSocketPath = 100
-
-// AdminAddr is where the admin listener listens.
-func (c *Config) AdminAddr() string {
-	if c.Addresses.Admin != "" {
-		return c.Addresses.Admin
-	}
-	return net.JoinHostPort(c.ClientAddr, strconv.Itoa(DefaultAdminPort))
-}
-
-// runtimeDir is where the xDS socket lives: systemd's RuntimeDirectory
-// (/run/vmesh, the unit sets it) when there is one, else the data dir.
-func (c *Config) runtimeDir() string {
-	if d := os.Getenv("RUNTIME_DIRECTORY"); d != "" {
-		return filepath.SplitList(d)[0]
-	}
-	return c.DataDir
-}
-
-// xdsSocketPath returns the xDS socket path and creates its directory. A
-// path too long for a unix socket (a deep data dir) moves to a directory
-// in the temp dir named after the data dir, so it is stable across
-// restarts; cleanup is that directory, or "" when there is none to remove.
-func (c *Config) xdsSocketPath() (path, cleanup string, err error) {
-	path = filepath.Join(c.runtimeDir(), xdsSocketName)
-	if len(path) <= maxSocketPath {
-		return path, "", os.MkdirAll(filepath.Dir(path), 0o750)
-	}
-	sum := sha256.Sum256([]byte(c.DataDir))
-	dir := filepath.Join(os.TempDir(), fmt.Sprintf("vmesh-%x", sum[:6]))
-	if err := os.MkdirAll(dir, 0o700); err != nil {
-		return "", "", fmt.Errorf("creating the xDS socket dir: %w", err)
-	}
-	return filepath.Join(dir, xdsSocketName), dir, nil
-}
-
-// validateXDS reports problems with the xDS and admin addresses.
-func (c *Config) validateXDS() []error {
-	var errs []error
-	for _, a := range []struct{ key, v string }{{"addresses.xds", c.Addresses.XDS}, {"addresses.admin", c.Addresses.Admin}} {
-		if a.v == "" {
-			continue
-		}
-		if _, err := netip.ParseAddrPort(a.v); err != nil {
-			errs = append(errs, fmt.Errorf("%s: %q is not IP:port", a.key, a.v))
-		}
-	}
-	return errs
-}
-
-// xdsFlags are the agent's xDS flags.
-type xdsFlags struct{ addr, admin string }
-
-func (f *xdsFlags) register(fs *flag.FlagSet) {
-	fs.StringVar(&f.addr, "xds-addr", "", "also serve xDS over TCP on this `address` (default: only the unix socket in the runtime dir)")
-	fs.StringVar(&f.admin, "admin-addr", "", "admin `address`, serving /config_dump and /metrics (default CLIENT:15000)")
-}
-
-func (f *xdsFlags) apply(set map[string]bool, cfg *Config) {
-	if set["xds-addr"] {
-		cfg.Addresses.XDS = f.addr
-	}
-	if set["admin-addr"] {
-		cfg.Addresses.Admin = f.admin
-	}
-}
 
 // xdsState is the agent's xDS server and admin listener.
 type xdsState struct {
@@ -108,7 +29,7 @@ type xdsState struct {
 // configured), adds /v1/vmesh/xds/... and /v1/vmesh/envoy/bootstrap to the
 // HTTP API, and opens the admin listener.
 func (a *Agent) startXDS(ctx context.Context, mux *http.ServeMux) error {
-	sock, cleanup, err := a.cfg.xdsSocketPath()
+	sock, cleanup, err := a.cfg.XDSSocketPath()
 	if err != nil {
 		return err
 	}
@@ -165,7 +86,7 @@ func (a *Agent) startXDS(ctx context.Context, mux *http.ServeMux) error {
 // xdsOptions are the translation settings of this agent's xDS server; the
 // capture runner computes the per-user ports with the same (capture.go).
 func (a *Agent) xdsOptions() xds.Options {
-	return a.cfg.userPortOptions(xds.Options{OutboundAddr: a.cfg.ClientAddr, IntentionsDefaultAllow: a.cfg.intentionsDefaultAllow()})
+	return a.cfg.UserPortOptions(xds.Options{OutboundAddr: a.cfg.ClientAddr, IntentionsDefaultAllow: a.cfg.IntentionsDefaultAllow()})
 }
 
 // NewLeafSecrets serves node's leaf certificates and the CA roots to that
@@ -254,4 +175,39 @@ func (a *Agent) closeXDS() {
 	if a.xds.socketCleanup != "" {
 		os.RemoveAll(a.xds.socketCleanup)
 	}
+}
+
+// handleEnvoyBootstrap serves GET /v1/vmesh/envoy/bootstrap?node=&admin=:
+// the agent knows where its xDS server listens, the CLI does not.
+func (a *Agent) handleEnvoyBootstrap(w http.ResponseWriter, r *http.Request) {
+	q := r.URL.Query()
+	o := xds.BootstrapOptions{Node: q.Get("node"), Admin: q.Get("admin")}
+	if o.Node == "" {
+		o.Node = a.cfg.NodeName
+	}
+	if o.Admin == "" {
+		o.Admin = xds.DefaultEnvoyAdmin
+	}
+	for _, addr := range a.XDSAddrs() {
+		switch addr.Network() {
+		case "unix":
+			o.Socket = addr.String()
+		case "tcp":
+			o.TCP = addr.String()
+		}
+	}
+	if q.Has("tcp") {
+		if o.TCP == "" {
+			http.Error(w, "the agent serves xDS on its unix socket only (start it with --xds-addr)", http.StatusBadRequest)
+			return
+		}
+		o.Socket = ""
+	}
+	out, err := xds.EnvoyBootstrap(o)
+	if err != nil {
+		http.Error(w, err.Error(), http.StatusBadRequest)
+		return
+	}
+	w.Header().Set("Content-Type", "application/json")
+	w.Write(out)
 }

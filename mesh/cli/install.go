@@ -1,4 +1,4 @@
-package mesh
+package cli
 
 import (
 	"context"
@@ -7,6 +7,7 @@ import (
 	"fmt"
 	"os"
 
+	"github.com/vmesh/vmesh/mesh/config"
 	"github.com/vmesh/vmesh/systemd"
 )
 
@@ -17,8 +18,8 @@ const defaultAgentConfig = `# The vmesh agent's configuration; see docs/configur
 # After a change: 'systemctl reload vmesh' re-reads service definitions;
 # 'systemctl restart vmesh' applies everything else.
 
-data_dir     = "` + DefaultDataDir + `"
-services_dir = "` + DefaultServicesDir + `"   # *.hcl / *.json service files
+data_dir     = "` + config.DefaultDataDir + `"
+services_dir = "` + config.DefaultServicesDir + `"   # *.hcl / *.json service files
 
 # node_name   = "web-01"       # default: the host name
 # datacenter  = "dc1"
@@ -56,76 +57,69 @@ func (f *installFlags) register(fs *flag.FlagSet) {
 	fs.StringVar(&f.bin, "bin", systemd.DefaultExecPath, "`path` of the vmesh binary the unit runs")
 }
 
-func (f *installFlags) installer(env *cliEnv) *systemd.Installer {
-	return systemd.NewInstaller(f.prefix, f.dryRun, env.stdout)
+func (f *installFlags) installer(env *Env) *systemd.Installer {
+	return systemd.NewInstaller(f.prefix, f.dryRun, env.Stdout)
 }
 
 func (f *installFlags) layout() systemd.Layout {
 	return systemd.Layout{
-		Unit:        systemd.UnitOptions{ExecPath: f.bin, ConfigPath: DefaultConfigFile},
-		ServicesDir: DefaultServicesDir,
-		DataDir:     DefaultDataDir,
+		Unit:        systemd.UnitOptions{ExecPath: f.bin, ConfigPath: config.DefaultConfigFile},
+		ServicesDir: config.DefaultServicesDir,
+		DataDir:     config.DefaultDataDir,
 		Config:      []byte(defaultAgentConfig),
 	}
 }
 
 // needsRoot refuses a real install or uninstall by another user before it
 // changes anything; --dry-run and --prefix need no root.
-func (f *installFlags) needsRoot(env *cliEnv, name string) bool {
+func (f *installFlags) needsRoot(env *Env, name string) bool {
 	if f.dryRun || f.prefix != "" || os.Geteuid() == 0 {
 		return false
 	}
-	fmt.Fprintf(env.stderr, "vmesh %s: run it as root (or try --dry-run, or --prefix DIR)\n", name)
+	fmt.Fprintf(env.Stderr, "vmesh %s: run it as root (or try --dry-run, or --prefix DIR)\n", name)
 	return true
 }
 
-func runInstall(ctx context.Context, env *cliEnv, args []string) int {
-	fs := newFlagSet("install", env)
-	var f installFlags
-	f.register(fs)
-	pos, err := parseArgs(fs, args)
-	if err != nil {
-		return exitUsage
-	}
-	if len(pos) > 0 {
-		fmt.Fprintf(env.stderr, "vmesh install: unexpected argument %q\n", pos[0])
-		return exitUsage
-	}
-	if f.needsRoot(env, "install") {
-		return exitFailed
-	}
-	if err := f.installer(env).Install(ctx, f.layout()); err != nil {
-		return installFailed(env, "install", err)
-	}
-	return exitOK
+// installCommand is `vmesh install`.
+type installCommand struct {
+	*Flags
+	f installFlags
 }
 
-func runUninstall(ctx context.Context, env *cliEnv, args []string) int {
-	fs := newFlagSet("uninstall", env)
-	var f installFlags
-	f.register(fs)
-	purge := fs.Bool("purge", false, "also remove "+DefaultServicesDir+", the config dir, "+DefaultDataDir+" (this node's raft data) and the vmesh user")
-	pos, err := parseArgs(fs, args)
-	if err != nil {
-		return exitUsage
-	}
-	if len(pos) > 0 {
-		fmt.Fprintf(env.stderr, "vmesh uninstall: unexpected argument %q\n", pos[0])
-		return exitUsage
-	}
-	if f.needsRoot(env, "uninstall") {
-		return exitFailed
-	}
-	if err := f.installer(env).Uninstall(ctx, f.layout(), *purge); err != nil {
-		return installFailed(env, "uninstall", err)
-	}
-	return exitOK
+func newInstall(env *Env) Command {
+	c := &installCommand{Flags: NewFlags(env, "install", "vmesh install [flags]",
+		`Installs vmesh.service, `+config.DefaultConfigFile+` (never overwritten),
+`+config.DefaultServicesDir+`, `+config.DefaultDataDir+` and the vmesh system user. Needs root
+unless --dry-run or --prefix. See docs/systemd.md.`)}
+	c.f.register(c.FS)
+	return c
 }
 
-func installFailed(env *cliEnv, name string, err error) int {
-	fmt.Fprintf(env.stderr, "vmesh %s: %v\n", name, err)
+func (c *installCommand) Synopsis() string {
+	return "install vmesh.service, /etc/vmesh and the vmesh user (systemd)"
+}
+
+func (c *installCommand) Run(ctx context.Context, args []string) int {
+	pos, code, done := c.Parse(args)
+	if done {
+		return code
+	}
+	if len(pos) > 0 {
+		return c.UsageError("unexpected argument %q", pos[0])
+	}
+	if c.f.needsRoot(c.env, "install") {
+		return ExitFailed
+	}
+	if err := c.f.installer(c.env).Install(ctx, c.f.layout()); err != nil {
+		return installFailed(c.env, "install", err)
+	}
+	return ExitOK
+}
+
+func installFailed(env *Env, name string, err error) int {
+	fmt.Fprintf(env.Stderr, "vmesh %s: %v\n", name, err)
 	if errors.Is(err, systemd.ErrUnsupported) || errors.Is(err, systemd.ErrUnitOptions) {
-		return exitUsage
+		return ExitUsage
 	}
-	return exitFailed
+	return ExitFailed
 }

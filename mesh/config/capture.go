@@ -1,4 +1,4 @@
-package mesh
+package config
 
 import (
 	"errors"
@@ -18,7 +18,7 @@ import (
 // into the local proxy (iptables/). VIP allocation reads VIPRange too.
 type CaptureConfig struct {
 	// Enabled: the agent applies capture on start, keeps it in step with
-	// the VIPs, and removes it on stop and leave (capture.go).
+	// the VIPs, and removes it on stop and leave.
 	Enabled bool `hcl:"enabled"`
 	// ReconcileInterval is how often the agent repairs drift (someone
 	// flushed our chains or deleted vmesh0); default 30s.
@@ -45,12 +45,12 @@ type CaptureConfig struct {
 	// UserPortBase is the first per-user outbound port (default 15100):
 	// each Unix user a local service names (`user` in its definition)
 	// gets the next free one, and its captured connections leave with
-	// that service's identity (capture.go, xds.Options.UserPorts).
+	// that service's identity (xds.Options.UserPorts).
 	UserPortBase int `hcl:"user_port_base"`
 }
 
 // validateCapture checks the capture block when capture is on; `vmesh
-// redirect` checks it always (captureDesired).
+// redirect` checks it always (CaptureDesired).
 func (c *Config) validateCapture() []error {
 	var errs []error
 	if c.Capture.ReconcileInterval < 0 {
@@ -63,16 +63,16 @@ func (c *Config) validateCapture() []error {
 	if !c.Capture.Enabled {
 		return errs
 	}
-	if _, err := c.captureDesired(); err != nil {
+	if _, err := c.CaptureDesired(); err != nil {
 		errs = append(errs, err)
 	}
 	return errs
 }
 
-// captureDesired turns the configuration into the iptables package's
+// CaptureDesired turns the configuration into the iptables package's
 // Desired: the capture block, plus this agent's own ports, which are never
 // captured. Errors name the key.
-func (c *Config) captureDesired() (iptables.Desired, error) {
+func (c *Config) CaptureDesired() (iptables.Desired, error) {
 	d := iptables.DefaultDesired()
 	cc := c.Capture
 	var errs []error
@@ -102,21 +102,21 @@ func (c *Config) captureDesired() (iptables.Desired, error) {
 	case cc.DNSPort != 0:
 		d.DNSPort = cc.DNSPort
 	case portOf(c.DNSAddr()) > 0:
-		d.DNSPort = portOf(c.DNSAddr()) // the agent's own DNS (dns.go)
+		d.DNSPort = portOf(c.DNSAddr()) // the agent's own DNS
 	}
 	switch cc.Backend {
 	case "", "nft", "legacy":
 	default:
 		errs = append(errs, fmt.Errorf("capture.backend: %q is not nft or legacy", cc.Backend))
 	}
-	d.AgentPorts = append(d.AgentPorts, c.agentPorts()...)
+	d.AgentPorts = append(d.AgentPorts, c.AgentPorts()...)
 	// Parse errors and Validate's, all at once.
 	return d, errors.Join(append(errs, d.Validate())...)
 }
 
-// agentPorts are this agent's ports as configured, besides the defaults
+// AgentPorts are this agent's ports as configured, besides the defaults
 // (iptables.DefaultAgentPorts): never captured, never a user's port.
-func (c *Config) agentPorts() []int {
+func (c *Config) AgentPorts() []int {
 	var out []int
 	for _, p := range []int{c.Ports.HTTP, c.Ports.Cluster, portOf(c.DNSAddr()), c.Capture.DNSPort,
 		portOf(c.Addresses.HTTP), portOf(c.Addresses.XDS), portOf(c.AdminAddr())} {
@@ -127,12 +127,12 @@ func (c *Config) agentPorts() []int {
 	return out
 }
 
-// userPortOptions are the xDS options that decide the per-user ports:
+// UserPortOptions are the xDS options that decide the per-user ports:
 // the agent's xDS server builds the per-user listeners with them, and
 // capture computes its owner-match rules with the same, so the two agree.
-func (c *Config) userPortOptions(o xds.Options) xds.Options {
+func (c *Config) UserPortOptions(o xds.Options) xds.Options {
 	o.UserPortBase = c.Capture.UserPortBase
-	o.ReservedPorts = append(slices.Clone(iptables.DefaultAgentPorts), c.agentPorts()...)
+	o.ReservedPorts = append(slices.Clone(iptables.DefaultAgentPorts), c.AgentPorts()...)
 	return o
 }
 

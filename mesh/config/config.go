@@ -1,4 +1,4 @@
-package mesh
+package config
 
 import (
 	"errors"
@@ -16,50 +16,49 @@ import (
 // Config is the agent's configuration: DefaultConfig, then config files in
 // the order given, then flags. Validate reports every problem at once.
 type Config struct {
-	NodeName    string    `hcl:"node_name"`
-	Datacenter  string    `hcl:"datacenter"`
-	DataDir     string    `hcl:"data_dir"`
-	BindAddr    string    `hcl:"bind_addr"`
-	ClientAddr  string    `hcl:"client_addr"`
-	Bootstrap   bool      `hcl:"bootstrap"`
-	LogLevel    string    `hcl:"log_level"`
-	LogJSON     bool      `hcl:"log_json"`
-	ServicesDir string    `hcl:"services_dir"`
-	Ports       Ports     `hcl:"ports"`
-	Addresses   Addresses `hcl:"addresses"`
-	Raft        RaftTune  `hcl:"raft"`
-	Cluster     Cluster   `hcl:"cluster"`
-	// Capture is traffic capture (iptables, vmesh0): capture_config.go.
-	Capture CaptureConfig `hcl:"capture"`
-	Proxy   ProxyConfig   `hcl:"proxy"`
-	// DNS is the DNS server's `dns { ... }` block: dns.go.
-	DNS DNSOptions `hcl:"dns"`
+	NodeName    string        `hcl:"node_name"`
+	Datacenter  string        `hcl:"datacenter"`
+	DataDir     string        `hcl:"data_dir"`
+	BindAddr    string        `hcl:"bind_addr"`
+	ClientAddr  string        `hcl:"client_addr"`
+	Bootstrap   bool          `hcl:"bootstrap"`
+	LogLevel    string        `hcl:"log_level"`
+	LogJSON     bool          `hcl:"log_json"`
+	ServicesDir string        `hcl:"services_dir"`
+	Ports       Ports         `hcl:"ports"`
+	Addresses   Addresses     `hcl:"addresses"`
+	Raft        RaftTune      `hcl:"raft"`
+	Cluster     Cluster       `hcl:"cluster"`
+	Capture     CaptureConfig `hcl:"capture"`
+	Proxy       ProxyConfig   `hcl:"proxy"`
+	DNS         DNSOptions    `hcl:"dns"`
 	// Join is a member's cluster address to join at start (with Token)
 	// when this node has no cluster state yet.
 	Join  string `hcl:"join"`
 	Token string `hcl:"token"`
 
 	// IntentionsDefault is "allow" or "deny" (unset: deny; -dev: allow):
-	// what a connection that no intention matches gets (intentions.go).
+	// what a connection that no intention matches gets.
 	IntentionsDefault string `hcl:"intentions_default"`
 
 	// Service and Services hold the service definitions of the file being
-	// decoded; loadConfigFiles moves them into services with their file.
+	// decoded; LoadFiles moves them, with their file, to ServiceFiles.
 	Service  *ServiceDef  `hcl:"service"`
 	Services []ServiceDef `hcl:"services"`
 
-	// Dev is the --dev flag: see DESIGN.md.
+	// Dev is the --dev flag (ARCHITECTURE.md): it relaxes data_dir and
+	// changes defaults, so Validate must know it.
 	Dev bool
 
 	// services are the definitions found in config files, by file.
-	services []fileService
+	services []FileService
 }
 
 // Ports are the agent's listening ports.
 type Ports struct {
 	HTTP    int `hcl:"http"`
 	Cluster int `hcl:"cluster"`
-	// DNS: -1 turns the DNS server off (dns.go).
+	// DNS: -1 turns the DNS server off.
 	DNS int `hcl:"dns"`
 }
 
@@ -67,10 +66,10 @@ type Ports struct {
 type Addresses struct {
 	HTTP string `hcl:"http"`
 	// XDS is an optional TCP address for xDS (the unix socket is always
-	// there); Admin overrides CLIENT:15000. See xds.go.
+	// there); Admin overrides CLIENT:15000.
 	XDS   string `hcl:"xds"`
 	Admin string `hcl:"admin"`
-	// DNS overrides CLIENT:8600 (dns.go).
+	// DNS overrides CLIENT:8600.
 	DNS string `hcl:"dns"`
 }
 
@@ -94,7 +93,7 @@ type Cluster struct {
 	HeartbeatInterval time.Duration `hcl:"heartbeat_interval"`
 }
 
-// Defaults, as DESIGN.md lists them.
+// Defaults, as ARCHITECTURE.md lists them.
 const (
 	DefaultHTTPPort    = 8500
 	DefaultClusterPort = 7400
@@ -143,14 +142,14 @@ func (c *Config) ClusterBind() string {
 func (c *Config) ClusterAddr() string {
 	host := c.BindAddr
 	if ip, err := netip.ParseAddr(host); err == nil && ip.IsUnspecified() {
-		host = advertiseIP()
+		host = AdvertiseIP()
 	}
 	return net.JoinHostPort(host, strconv.Itoa(c.Ports.Cluster))
 }
 
-// advertiseIP picks the host's first private IPv4 address, as Consul does
+// AdvertiseIP picks the host's first private IPv4 address, as Consul does
 // for a bind address of 0.0.0.0, or loopback when there is none.
-func advertiseIP() string {
+func AdvertiseIP() string {
 	addrs, err := net.InterfaceAddrs()
 	if err == nil {
 		for _, a := range addrs {
@@ -240,9 +239,28 @@ func (c *Config) Validate() error {
 	return errors.Join(errs...)
 }
 
-// configFiles expands paths: a file is itself; a directory gives its *.hcl
-// and *.json files in name order.
-func configFiles(paths []string) ([]string, error) {
+// ServiceFiles are the service definitions found in the config files,
+// each with the file it came from.
+func (c *Config) ServiceFiles() []FileService {
+	return append([]FileService(nil), c.services...)
+}
+
+// SetServiceFiles replaces the definitions from config files: a reload
+// takes them from a freshly loaded Config.
+func (c *Config) SetServiceFiles(defs []FileService) {
+	c.services = append([]FileService(nil), defs...)
+}
+
+// Error marks a configuration problem, whether found while loading or by
+// a subsystem at start: the agent exits with status 2 for it, not 1.
+type Error struct{ Err error }
+
+func (e *Error) Error() string { return e.Err.Error() }
+func (e *Error) Unwrap() error { return e.Err }
+
+// Files expands paths: a file is itself; a directory gives its *.hcl and
+// *.json files in name order, so operators order them with a prefix.
+func Files(paths []string) ([]string, error) {
 	var out []string
 	for _, p := range paths {
 		fi, err := os.Stat(p)
@@ -270,22 +288,23 @@ func configFiles(paths []string) ([]string, error) {
 	return out, nil
 }
 
-// loadConfigFiles decodes each file into cfg in order; service definitions
-// are collected with the file they came from.
-func loadConfigFiles(cfg *Config, paths []string) error {
-	files, err := configFiles(paths)
+// LoadFiles decodes each file of paths (see Files) into c in order, so
+// later files win; service definitions are kept with the file they came
+// from. It reports the problems of every file, not only the first.
+func (c *Config) LoadFiles(paths []string) error {
+	files, err := Files(paths)
 	if err != nil {
 		return err
 	}
 	var errs []error
 	for _, f := range files {
-		cfg.Service, cfg.Services = nil, nil
-		if err := decodeConfigFile(f, cfg); err != nil {
+		c.Service, c.Services = nil, nil
+		if err := DecodeFile(f, c); err != nil {
 			errs = append(errs, err)
 			continue
 		}
-		cfg.services = append(cfg.services, collectServices(f, cfg.Service, cfg.Services)...)
+		c.services = append(c.services, collectServices(f, c.Service, c.Services)...)
 	}
-	cfg.Service, cfg.Services = nil, nil
+	c.Service, c.Services = nil, nil
 	return errors.Join(errs...)
 }

@@ -1,4 +1,4 @@
-package mesh
+package cli
 
 import (
 	"os"
@@ -6,6 +6,7 @@ import (
 	"strings"
 	"testing"
 
+	"github.com/vmesh/vmesh/mesh/config"
 	"github.com/vmesh/vmesh/systemd"
 )
 
@@ -13,20 +14,20 @@ import (
 // as it is, and points at the installed layout.
 func TestDefaultAgentConfig(t *testing.T) {
 	path := writeFile(t, t.TempDir(), "vmesh.hcl", defaultAgentConfig)
-	cfg := DefaultConfig()
-	if err := loadConfigFiles(&cfg, []string{path}); err != nil {
+	cfg := config.DefaultConfig()
+	if err := cfg.LoadFiles([]string{path}); err != nil {
 		t.Fatalf("the default config does not load: %v", err)
 	}
 	if err := cfg.Validate(); err != nil {
 		t.Fatalf("the default config is invalid: %v", err)
 	}
-	if cfg.DataDir != DefaultDataDir || cfg.ServicesDir != DefaultServicesDir || cfg.Bootstrap || cfg.Join != "" {
+	if cfg.DataDir != config.DefaultDataDir || cfg.ServicesDir != config.DefaultServicesDir || cfg.Bootstrap || cfg.Join != "" {
 		t.Errorf("default config: data_dir %q, services_dir %q, bootstrap %v, join %q", cfg.DataDir, cfg.ServicesDir, cfg.Bootstrap, cfg.Join)
 	}
 	// Uncommenting the bootstrap line must give a valid bootstrap config.
 	path = writeFile(t, t.TempDir(), "vmesh.hcl", strings.Replace(defaultAgentConfig, "# bootstrap = true", "bootstrap = true", 1))
-	cfg = DefaultConfig()
-	if err := loadConfigFiles(&cfg, []string{path}); err != nil || !cfg.Bootstrap {
+	cfg = config.DefaultConfig()
+	if err := cfg.LoadFiles([]string{path}); err != nil || !cfg.Bootstrap {
 		t.Errorf("with bootstrap uncommented: %v, bootstrap %v", err, cfg.Bootstrap)
 	}
 }
@@ -38,7 +39,7 @@ func TestInstallCommand(t *testing.T) {
 
 	// --dry-run --prefix: prints everything, writes nothing.
 	code, out, errs := runCLI(t, "install", "--dry-run", "--prefix", prefix)
-	if code != exitOK {
+	if code != ExitOK {
 		t.Fatalf("install --dry-run = %d\n%s%s", code, out, errs)
 	}
 	unit, err := systemd.Unit(systemd.UnitOptions{})
@@ -56,31 +57,31 @@ func TestInstallCommand(t *testing.T) {
 
 	// Flags after an argument are still flags (parseArgs); a stray
 	// argument is a usage error.
-	if code, _, errs := runCLI(t, "install", "now", "--prefix", prefix); code != exitUsage || !strings.Contains(errs, `unexpected argument "now"`) {
+	if code, _, errs := runCLI(t, "install", "now", "--prefix", prefix); code != ExitUsage || !strings.Contains(errs, `unexpected argument "now"`) {
 		t.Errorf("install now = %d %q; want a usage error", code, errs)
 	}
-	if code, _, errs := runCLI(t, "install", "--prefix", prefix, "--bin", "vmesh"); code != exitUsage || !strings.Contains(errs, "must be absolute") {
+	if code, _, errs := runCLI(t, "install", "--prefix", prefix, "--bin", "vmesh"); code != ExitUsage || !strings.Contains(errs, "must be absolute") {
 		t.Errorf("install --bin vmesh = %d %q; want a usage error", code, errs)
 	}
 
 	code, out, errs = runCLI(t, "install", "--prefix", prefix)
-	if code != exitOK {
+	if code != ExitOK {
 		t.Fatalf("install --prefix = %d\n%s%s", code, out, errs)
 	}
 	if b, err := os.ReadFile(filepath.Join(prefix, systemd.UnitPath)); err != nil || string(b) != unit {
 		t.Errorf("installed unit: %v\n%s", err, b)
 	}
-	conf := filepath.Join(prefix, DefaultConfigFile)
+	conf := filepath.Join(prefix, config.DefaultConfigFile)
 	if b, err := os.ReadFile(conf); err != nil || string(b) != defaultAgentConfig {
 		t.Errorf("installed config: %v\n%s", err, b)
 	}
-	if fi, err := os.Stat(filepath.Join(prefix, DefaultServicesDir)); err != nil || !fi.IsDir() {
+	if fi, err := os.Stat(filepath.Join(prefix, config.DefaultServicesDir)); err != nil || !fi.IsDir() {
 		t.Errorf("services dir: %v", err)
 	}
 
 	// The operator's config survives a second install.
 	os.WriteFile(conf, []byte("bootstrap = true\n"), 0o640)
-	if code, out, _ := runCLI(t, "install", "--prefix", prefix); code != exitOK || !strings.Contains(out, "exists: not overwriting it") {
+	if code, out, _ := runCLI(t, "install", "--prefix", prefix); code != ExitOK || !strings.Contains(out, "exists: not overwriting it") {
 		t.Errorf("second install = %d\n%s", code, out)
 	}
 	if b, _ := os.ReadFile(conf); string(b) != "bootstrap = true\n" {
@@ -88,7 +89,7 @@ func TestInstallCommand(t *testing.T) {
 	}
 
 	// uninstall keeps config; --purge removes it.
-	if code, out, errs := runCLI(t, "uninstall", "--prefix", prefix); code != exitOK || !strings.Contains(out, "--purge removes them") {
+	if code, out, errs := runCLI(t, "uninstall", "--prefix", prefix); code != ExitOK || !strings.Contains(out, "--purge removes them") {
 		t.Errorf("uninstall = %d\n%s%s", code, out, errs)
 	}
 	if _, err := os.Stat(conf); err != nil {
@@ -97,7 +98,7 @@ func TestInstallCommand(t *testing.T) {
 	if _, err := os.Stat(filepath.Join(prefix, systemd.UnitPath)); err == nil {
 		t.Error("uninstall left the unit")
 	}
-	if code, out, errs := runCLI(t, "uninstall", "--purge", "--prefix", prefix); code != exitOK {
+	if code, out, errs := runCLI(t, "uninstall", "--purge", "--prefix", prefix); code != ExitOK {
 		t.Errorf("uninstall --purge = %d\n%s%s", code, out, errs)
 	}
 	if _, err := os.Stat(filepath.Join(prefix, "etc/vmesh")); err == nil {

@@ -1,4 +1,4 @@
-package mesh
+package config
 
 import (
 	"errors"
@@ -107,7 +107,7 @@ func TestDecodeHCLExampleHCLAndJSON(t *testing.T) {
 	for _, tc := range []struct{ syntax, src string }{{"hcl", exampleHCL}, {"json", exampleJSON}} {
 		t.Run(tc.syntax, func(t *testing.T) {
 			var got testFile
-			if err := decodeConfig("svc."+tc.syntax, []byte(tc.src), tc.syntax, &got); err != nil {
+			if err := Decode("svc."+tc.syntax, []byte(tc.src), tc.syntax, &got); err != nil {
 				t.Fatal(err)
 			}
 			if !reflect.DeepEqual(got, want) {
@@ -124,7 +124,7 @@ func TestDecodeHCLJSONNestedObjects(t *testing.T) {
 	         "services": [{"check": {"ttl": "1s"}}, {"check": {"ttl": "2s"}}],
 	         "ptrs": [{"tcp": "a"}, {"tcp": "b"}], "weights": [1, 2e1], "ratio": 0.5, "debug": true}`
 	var got testFile
-	if err := decodeConfig("f.json", []byte(src), "json", &got); err != nil {
+	if err := Decode("f.json", []byte(src), "json", &got); err != nil {
 		t.Fatal(err)
 	}
 	if got.Service.Check.HTTP != "x" || got.Service.Meta["a"] != "b" {
@@ -144,7 +144,7 @@ func TestDecodeHCLJSONNestedObjects(t *testing.T) {
 func TestDecodeHCLKeyStyles(t *testing.T) {
 	for _, key := range []string{"node_name", "NodeName", "nodename", "NODE_NAME", `"node_name"`} {
 		var got testFile
-		if err := decodeConfig("k.hcl", []byte(key+` = "x"`), "hcl", &got); err != nil || got.NodeName != "x" {
+		if err := Decode("k.hcl", []byte(key+` = "x"`), "hcl", &got); err != nil || got.NodeName != "x" {
 			t.Errorf("%s: got %q, err %v", key, got.NodeName, err)
 		}
 	}
@@ -205,7 +205,7 @@ func TestDecodeHCLErrors(t *testing.T) {
 	for _, tc := range tests {
 		t.Run(tc.name, func(t *testing.T) {
 			var out testFile
-			err := decodeConfig(tc.file, []byte(tc.src), strings.TrimPrefix(filepath.Ext(tc.file), "."), &out)
+			err := Decode(tc.file, []byte(tc.src), strings.TrimPrefix(filepath.Ext(tc.file), "."), &out)
 			if err == nil {
 				t.Fatal("expected an error")
 			}
@@ -223,7 +223,7 @@ func TestDecodeHCLErrors(t *testing.T) {
 
 func TestDecodeHCLReportsAllProblems(t *testing.T) {
 	src := "a = 1\nservice {\n  port = \"x\"\n  b = 2\n}\nports { http = 1e9 }\n"
-	err := decodeConfig("many.hcl", []byte(src), "hcl", &testFile{})
+	err := Decode("many.hcl", []byte(src), "hcl", &testFile{})
 	var joined interface{ Unwrap() []error }
 	if !errors.As(err, &joined) || len(joined.Unwrap()) != 4 {
 		t.Fatalf("want 4 joined errors, got %v", err)
@@ -263,7 +263,7 @@ services { name = "s1" }
 }`)
 	var got testFile
 	for _, p := range []string{first, second} {
-		if err := decodeConfigFile(p, &got); err != nil {
+		if err := DecodeFile(p, &got); err != nil {
 			t.Fatal(err)
 		}
 	}
@@ -288,18 +288,18 @@ func TestDecodeHCLFileErrors(t *testing.T) {
 	if err := os.WriteFile(yaml, []byte("a: 1"), 0o644); err != nil {
 		t.Fatal(err)
 	}
-	if err := decodeConfigFile(yaml, &testFile{}); err == nil || !strings.Contains(err.Error(), yaml) {
+	if err := DecodeFile(yaml, &testFile{}); err == nil || !strings.Contains(err.Error(), yaml) {
 		t.Errorf("yaml: got %v, want an error naming %s", err, yaml)
 	}
 	missing := filepath.Join(dir, "missing.hcl")
-	if err := decodeConfigFile(missing, &testFile{}); err == nil || !strings.Contains(err.Error(), missing) {
+	if err := DecodeFile(missing, &testFile{}); err == nil || !strings.Contains(err.Error(), missing) {
 		t.Errorf("missing: got %v", err)
 	}
 	var notPtr testFile
-	if err := decodeConfig("x.hcl", nil, "hcl", notPtr); err == nil {
+	if err := Decode("x.hcl", nil, "hcl", notPtr); err == nil {
 		t.Error("non-pointer out: want an error")
 	}
-	if err := decodeConfig("x.toml", nil, "toml", &notPtr); err == nil {
+	if err := Decode("x.toml", nil, "toml", &notPtr); err == nil {
 		t.Error("unknown syntax: want an error")
 	}
 }

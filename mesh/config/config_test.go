@@ -1,21 +1,26 @@
-package mesh
+package config
 
 import (
-	"bytes"
+	"flag"
+	"os"
+	"path/filepath"
 	"strings"
 	"testing"
 	"time"
+
+	"github.com/vmesh/vmesh/lab/testkit"
 )
 
 func parseAgentFlags(t *testing.T, args ...string) (Config, error) {
 	t.Helper()
-	fs := newFlagSet("agent", &cliEnv{stdout: &bytes.Buffer{}, stderr: &bytes.Buffer{}})
-	var f agentFlags
-	f.register(fs)
+	fs := flag.NewFlagSet("agent", flag.ContinueOnError)
+	fs.SetOutput(testkit.Writer(t))
+	var f AgentFlags
+	f.Register(fs)
 	if err := fs.Parse(args); err != nil {
 		t.Fatalf("parsing %v: %v", args, err)
 	}
-	return f.buildConfig(fs)
+	return f.Build(fs)
 }
 
 func TestConfigFilesAndFlags(t *testing.T) {
@@ -54,7 +59,7 @@ service {
 		{"http addr (client flag + file port)", cfg.HTTPAddr(), "127.0.0.5:8501"},
 		{"trailing logs", cfg.Raft.TrailingLogs, uint64(99)},
 		{"snapshot interval", cfg.Raft.SnapshotInterval, 30 * time.Second},
-		{"services from both files", len(cfg.services), 2},
+		{"services from both files", len(cfg.ServiceFiles()), 2},
 		{"not bootstrapping by default", cfg.Bootstrap, false},
 		{"services dir default", cfg.ServicesDir, DefaultServicesDir},
 	}
@@ -63,8 +68,8 @@ service {
 			t.Errorf("%s = %v, want %v", c.name, c.got, c.want)
 		}
 	}
-	if cfg.services[0].Def.Name != "a" || !strings.HasSuffix(cfg.services[0].File, "10-base.hcl") || cfg.services[0].Def.Line != 12 {
-		t.Errorf("first service = %+v, want a from 10-base.hcl:12", cfg.services[0])
+	if cfg.ServiceFiles()[0].Def.Name != "a" || !strings.HasSuffix(cfg.ServiceFiles()[0].File, "10-base.hcl") || cfg.ServiceFiles()[0].Def.Line != 12 {
+		t.Errorf("first service = %+v, want a from 10-base.hcl:12", cfg.ServiceFiles()[0])
 	}
 }
 
@@ -134,4 +139,14 @@ func TestProxyLeafCertTTL(t *testing.T) {
 	if err == nil || !strings.Contains(err.Error(), "proxy.leaf_cert_ttl") {
 		t.Fatalf("a 5s leaf_cert_ttl: got %v, want an error naming proxy.leaf_cert_ttl", err)
 	}
+}
+
+// writeFile writes content to dir/name and returns the path.
+func writeFile(t testing.TB, dir, name, content string) string {
+	t.Helper()
+	p := filepath.Join(dir, name)
+	if err := os.WriteFile(p, []byte(content), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	return p
 }

@@ -1,4 +1,4 @@
-package mesh
+package config
 
 import (
 	"fmt"
@@ -7,19 +7,19 @@ import (
 )
 
 // intentions_default values. Unset means deny (the production default);
-// -dev makes it allow unless a config file says otherwise (DESIGN.md).
+// -dev makes it allow unless a config file says otherwise.
 const (
 	IntentionsAllow = discovery.IntentionActionAllow
 	IntentionsDeny  = discovery.IntentionActionDeny
 )
 
-// intentionsDefaultAllow reports whether a connection that no intention
+// IntentionsDefaultAllow reports whether a connection that no intention
 // matches is allowed. Consul keeps this default in its ACL config; vmesh
 // keeps it in each agent's config, which decides for the proxy it feeds
 // (the inbound RBAC) and for /v1/connect/intentions/check. Every agent
 // should have the same value, or a connection's fate depends on which
 // host it enters.
-func (c *Config) intentionsDefaultAllow() bool {
+func (c *Config) IntentionsDefaultAllow() bool {
 	return c.IntentionsDefault == IntentionsAllow
 }
 

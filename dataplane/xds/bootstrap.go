@@ -1,14 +1,8 @@
-package mesh
+package xds
 
 import (
-	"context"
-	"encoding/json"
 	"fmt"
-	"net"
-	"net/http"
 	"net/netip"
-	"net/url"
-	"strconv"
 	"time"
 
 	bootstrap "github.com/envoyproxy/go-control-plane/envoy/config/bootstrap/v3"
@@ -24,12 +18,12 @@ import (
 // xdsClusterName is the bootstrap's static cluster that reaches the agent.
 const xdsClusterName = "vmesh_xds"
 
-// defaultEnvoyAdmin is a user Envoy's admin address: not 15000, which is
+// DefaultEnvoyAdmin is a user Envoy's admin address: not 15000, which is
 // the agent's own.
-const defaultEnvoyAdmin = "127.0.0.1:19000"
+const DefaultEnvoyAdmin = "127.0.0.1:19000"
 
-// envoyBootstrapOptions say what a bootstrap points at.
-type envoyBootstrapOptions struct {
+// BootstrapOptions say what a bootstrap points at.
+type BootstrapOptions struct {
 	// Node is the Envoy's xDS node ID: this agent's node name makes it the
 	// host's mesh proxy; any other name makes it a plain xDS client.
 	Node string
@@ -40,9 +34,9 @@ type envoyBootstrapOptions struct {
 	Admin string
 }
 
-// envoyBootstrap renders an Envoy v3 bootstrap that takes everything over
+// EnvoyBootstrap renders an Envoy v3 bootstrap that takes everything over
 // ADS from the agent, as JSON.
-func envoyBootstrap(o envoyBootstrapOptions) ([]byte, error) {
+func EnvoyBootstrap(o BootstrapOptions) ([]byte, error) {
 	adminHost, adminPort, err := splitAddrPort(o.Admin)
 	if err != nil {
 		return nil, fmt.Errorf("admin address: %w", err)
@@ -122,76 +116,4 @@ func socketAddress(host string, port uint32) *core.Address {
 	return &core.Address{Address: &core.Address_SocketAddress{SocketAddress: &core.SocketAddress{
 		Address: host, PortSpecifier: &core.SocketAddress_PortValue{PortValue: port},
 	}}}
-}
-
-// handleEnvoyBootstrap serves GET /v1/vmesh/envoy/bootstrap?node=&admin=:
-// the agent knows where its xDS server listens, the CLI does not.
-func (a *Agent) handleEnvoyBootstrap(w http.ResponseWriter, r *http.Request) {
-	q := r.URL.Query()
-	o := envoyBootstrapOptions{Node: q.Get("node"), Admin: q.Get("admin")}
-	if o.Node == "" {
-		o.Node = a.cfg.NodeName
-	}
-	if o.Admin == "" {
-		o.Admin = defaultEnvoyAdmin
-	}
-	for _, addr := range a.XDSAddrs() {
-		switch addr.Network() {
-		case "unix":
-			o.Socket = addr.String()
-		case "tcp":
-			o.TCP = addr.String()
-		}
-	}
-	if q.Has("tcp") {
-		if o.TCP == "" {
-			http.Error(w, "the agent serves xDS on its unix socket only (start it with --xds-addr)", http.StatusBadRequest)
-			return
-		}
-		o.Socket = ""
-	}
-	out, err := envoyBootstrap(o)
-	if err != nil {
-		http.Error(w, err.Error(), http.StatusBadRequest)
-		return
-	}
-	w.Header().Set("Content-Type", "application/json")
-	w.Write(out)
-}
-
-func runEnvoy(ctx context.Context, env *cliEnv, args []string) int {
-	if len(args) == 0 || args[0] != "bootstrap" {
-		fmt.Fprintln(env.stderr, "usage: vmesh envoy bootstrap [--node NAME] [--admin-bind ADDR] [--tcp] [--http-addr ADDR]")
-		return exitUsage
-	}
-	fs := newFlagSet("envoy bootstrap", env)
-	addr := clientFlags(fs)
-	node := fs.String("node", "", "the Envoy's xDS node `name`: this agent's node name (the default) makes it the host's mesh proxy")
-	admin := fs.String("admin-bind", defaultEnvoyAdmin, "the Envoy's admin `address`")
-	tcp := fs.Bool("tcp", false, "reach the agent over its TCP xDS address (--xds-addr) instead of its unix socket")
-	if err := fs.Parse(args[1:]); err != nil {
-		return exitUsage
-	}
-	if fs.NArg() > 0 {
-		fmt.Fprintf(env.stderr, "vmesh envoy bootstrap: unexpected argument %q\n", fs.Arg(0))
-		return exitUsage
-	}
-	if _, _, err := net.SplitHostPort(*admin); err != nil {
-		fmt.Fprintf(env.stderr, "vmesh envoy bootstrap: --admin-bind: %q is not host:port\n", *admin)
-		return exitUsage
-	}
-	q := url.Values{"admin": {*admin}}
-	if *node != "" {
-		q.Set("node", *node)
-	}
-	if *tcp {
-		q.Set("tcp", strconv.FormatBool(true))
-	}
-	var body json.RawMessage // printed as the agent rendered it
-	if err := newAPIClient(*addr).do(ctx, http.MethodGet, "/v1/vmesh/envoy/bootstrap?"+q.Encode(), nil, &body); err != nil {
-		fmt.Fprintf(env.stderr, "vmesh envoy bootstrap: %v\n", err)
-		return exitFailed
-	}
-	env.stdout.Write(append(body, '\n'))
-	return exitOK
 }

@@ -1,4 +1,4 @@
-package mesh
+package config
 
 import (
 	"bytes"
@@ -25,7 +25,7 @@ import (
 	"github.com/hashicorp/hcl/hcl/token"
 )
 
-// decodeConfigFile reads path, picks the syntax by extension (".hcl" or
+// DecodeFile reads path, picks the syntax by extension (".hcl" or
 // ".json") and decodes strictly into out, a non-nil pointer to struct.
 // Fields the file does not mention are left as they are, so decoding several
 // files in order merges them: later files override scalar fields, slices are
@@ -41,7 +41,7 @@ import (
 // HCL's json/parser, because that parser drops token positions, flattens
 // nested objects and lists of objects (losing where an element ends) and
 // silently accepts malformed input such as a missing comma.
-func decodeConfigFile(path string, out any) error {
+func DecodeFile(path string, out any) error {
 	syntax := strings.TrimPrefix(strings.ToLower(filepath.Ext(path)), ".")
 	if syntax != "hcl" && syntax != "json" {
 		return fmt.Errorf("%s: unsupported config file extension (want .hcl or .json)", path)
@@ -50,12 +50,12 @@ func decodeConfigFile(path string, out any) error {
 	if err != nil {
 		return err
 	}
-	return decodeConfig(path, src, syntax, out)
+	return Decode(path, src, syntax, out)
 }
 
-// decodeConfig is decodeConfigFile on bytes; filename is used in messages
+// Decode is DecodeFile on bytes; filename is used in messages
 // only and syntax is "hcl" or "json".
-func decodeConfig(filename string, src []byte, syntax string, out any) error {
+func Decode(filename string, src []byte, syntax string, out any) error {
 	rv := reflect.ValueOf(out)
 	if rv.Kind() != reflect.Pointer || rv.IsNil() || rv.Elem().Kind() != reflect.Struct {
 		return fmt.Errorf("%s: decode target must be a non-nil pointer to a struct, got %T", filename, out)

@@ -1,0 +1,57 @@
+package cli
+
+import (
+	"context"
+	"fmt"
+	"net/http"
+	"text/tabwriter"
+	"time"
+)
+
+// member is a node as GET /v1/vmesh/members answers it.
+type member struct {
+	Name, ID, Addr, Role, Status string
+	LastContactMs                int64
+}
+
+// membersCommand is `vmesh members`.
+type membersCommand struct {
+	*Flags
+	addr *string
+}
+
+func newMembers(env *Env) Command {
+	c := &membersCommand{Flags: NewFlags(env, "members", "vmesh members [flags]",
+		`Lists the cluster's nodes as the local agent sees them: address, raft role
+(leader, voter, nonvoter), health and the leader's last contact.`)}
+	c.addr = clientFlags(c.FS)
+	return c
+}
+
+func (c *membersCommand) Synopsis() string { return "list the cluster's nodes" }
+
+func (c *membersCommand) Run(ctx context.Context, args []string) int {
+	pos, code, done := c.Parse(args)
+	if done {
+		return code
+	}
+	if len(pos) > 0 {
+		return c.UsageError("unexpected argument %q", pos[0])
+	}
+	var members []member
+	if err := newAPIClient(*c.addr).do(ctx, http.MethodGet, "/v1/vmesh/members", nil, &members); err != nil {
+		fmt.Fprintf(c.env.Stderr, "vmesh members: %v\n", err)
+		return ExitFailed
+	}
+	tw := tabwriter.NewWriter(c.env.Stdout, 0, 4, 2, ' ', 0)
+	fmt.Fprintln(tw, "Node\tAddress\tRole\tHealth\tLast contact")
+	for _, m := range members {
+		last := "-"
+		if m.LastContactMs > 0 || m.Role == "leader" {
+			last = (time.Duration(m.LastContactMs) * time.Millisecond).String()
+		}
+		fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\n", m.Name, m.Addr, m.Role, m.Status, last)
+	}
+	tw.Flush()
+	return ExitOK
+}

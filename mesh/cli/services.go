@@ -1,0 +1,104 @@
+package cli
+
+import (
+	"context"
+	"fmt"
+	"net/http"
+	"sort"
+	"strings"
+	"text/tabwriter"
+
+	"github.com/vmesh/vmesh/mesh/config"
+)
+
+// servicesCommand is `vmesh services register FILE | deregister ID | list`.
+type servicesCommand struct {
+	*Flags
+	addr *string
+}
+
+func newServices(env *Env) Command {
+	c := &servicesCommand{Flags: NewFlags(env, "services",
+		"vmesh services register FILE | deregister ID | list [flags]",
+		`Registers the services of a service file (the format of services.d:
+service { ... } or services = [ ... ]) with the local agent, deregisters
+one by ID, or lists the agent's services. A file is checked whole before
+anything is registered, so a bad file registers nothing.`)}
+	c.addr = clientFlags(c.FS)
+	return c
+}
+
+func (c *servicesCommand) Synopsis() string { return "register, deregister and list services" }
+
+func (c *servicesCommand) Run(ctx context.Context, args []string) int {
+	sub := ""
+	if len(args) > 0 {
+		sub, args = args[0], args[1:]
+	}
+	pos, code, done := c.Parse(args)
+	if done {
+		return code
+	}
+	api := newAPIClient(*c.addr)
+	env := c.env
+	switch {
+	case sub == "register" && len(pos) == 1:
+		defs, err := config.ReadServiceFile(pos[0])
+		if err != nil {
+			fmt.Fprintf(env.Stderr, "vmesh services register: %v\n", err)
+			return ExitUsage
+		}
+		if len(defs) == 0 {
+			fmt.Fprintf(env.Stderr, "vmesh services register: %s defines no service\n", pos[0])
+			return ExitUsage
+		}
+		// Validate all before registering any, so a bad file registers nothing.
+		if err := env.CheckServices(defs); err != nil {
+			fmt.Fprintf(env.Stderr, "vmesh services register: %v\n", err)
+			return ExitUsage
+		}
+		for _, d := range defs {
+			if err := api.do(ctx, http.MethodPut, "/v1/agent/service/register", d.Def.Registration(), nil); err != nil {
+				fmt.Fprintf(env.Stderr, "vmesh services register: %s: %v\n", d.Def.Name, err)
+				return ExitFailed
+			}
+			id := d.Def.ID
+			if id == "" {
+				id = d.Def.Name
+			}
+			fmt.Fprintf(env.Stdout, "Registered service: %s\n", id)
+		}
+		return ExitOK
+	case sub == "deregister" && len(pos) == 1:
+		if err := api.do(ctx, http.MethodPut, "/v1/agent/service/deregister/"+pos[0], nil, nil); err != nil {
+			fmt.Fprintf(env.Stderr, "vmesh services deregister: %v\n", err)
+			return ExitFailed
+		}
+		fmt.Fprintf(env.Stdout, "Deregistered service: %s\n", pos[0])
+		return ExitOK
+	case sub == "list" && len(pos) == 0:
+		var svcs map[string]struct {
+			ID, Service, Address string
+			Port                 int
+			Tags                 []string
+		}
+		if err := api.do(ctx, http.MethodGet, "/v1/agent/services", nil, &svcs); err != nil {
+			fmt.Fprintf(env.Stderr, "vmesh services list: %v\n", err)
+			return ExitFailed
+		}
+		ids := make([]string, 0, len(svcs))
+		for id := range svcs {
+			ids = append(ids, id)
+		}
+		sort.Strings(ids)
+		tw := tabwriter.NewWriter(env.Stdout, 0, 4, 2, ' ', 0)
+		fmt.Fprintln(tw, "ID\tService\tAddress\tPort\tTags")
+		for _, id := range ids {
+			s := svcs[id]
+			fmt.Fprintf(tw, "%s\t%s\t%s\t%d\t%s\n", s.ID, s.Service, s.Address, s.Port, strings.Join(s.Tags, ","))
+		}
+		tw.Flush()
+		return ExitOK
+	}
+	return c.UsageError("want register FILE, deregister ID or list")
+}
