@@ -20,6 +20,7 @@ import (
 	"github.com/hashicorp/go-memdb"
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/vmesh/vmesh/discovery"
+	discdns "github.com/vmesh/vmesh/discovery/dns"
 	"github.com/vmesh/vmesh/iptables"
 )
 
@@ -39,7 +40,7 @@ type Agent struct {
 	joinState
 	xds     xdsState             // xds.go
 	metrics *prometheus.Registry // metrics.go: served on /metrics
-	dnsSrv  *discovery.DNSServer // dns.go
+	dnsSrv  *discdns.Server      // dns.go
 	checks  *discovery.CheckRunner
 	httpLn  net.Listener
 	httpSrv *http.Server

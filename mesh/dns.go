@@ -10,7 +10,7 @@ import (
 	"time"
 
 	"github.com/vmesh/vmesh/dataplane/proxy"
-	"github.com/vmesh/vmesh/discovery"
+	discdns "github.com/vmesh/vmesh/discovery/dns"
 	"github.com/vmesh/vmesh/raft"
 )
 
@@ -36,7 +36,7 @@ type DNSOptions struct {
 }
 
 func defaultDNSOptions() DNSOptions {
-	return DNSOptions{VIPTTL: discovery.DefaultVIPTTL, OnlyPassing: true}
+	return DNSOptions{VIPTTL: discdns.DefaultVIPTTL, OnlyPassing: true}
 }
 
 // DNSAddr is where the DNS server listens, or "" when it is off
@@ -77,7 +77,7 @@ func (c *Config) validateDNS() []error {
 		}
 	}
 	for i, r := range c.DNS.Recursors {
-		if _, err := discovery.RecursorAddr(r); err != nil {
+		if _, err := discdns.RecursorAddr(r); err != nil {
 			bad(fmt.Sprintf("dns.recursors[%d]", i), "%q is not an IP or IP:port", r)
 		}
 	}
@@ -130,16 +130,16 @@ func (a *Agent) startDNS(ctx context.Context) error {
 	}
 	recursors := make([]string, 0, len(a.cfg.DNS.Recursors))
 	for _, r := range a.cfg.DNS.Recursors {
-		n, _ := discovery.RecursorAddr(r) // Validate checked it
+		n, _ := discdns.RecursorAddr(r) // Validate checked it
 		recursors = append(recursors, n)
 	}
 	if len(recursors) == 0 {
 		var err error
-		if recursors, err = discovery.ResolvConfRecursors(resolvConf); err != nil {
+		if recursors, err = discdns.ResolvConfRecursors(resolvConf); err != nil {
 			a.logger.Warn("DNS: no recursors; names outside .mesh and .consul will fail", "err", err)
 		}
 	}
-	srv := discovery.NewDNSServer(a.store, discovery.DNSConfig{
+	srv := discdns.NewServer(a.store, discdns.Config{
 		Addr: addr, Datacenter: a.cfg.Datacenter, Recursors: recursors,
 		ServiceTTL: a.cfg.DNS.ServiceTTL, NodeTTL: a.cfg.DNS.NodeTTL, VIPTTL: a.cfg.DNS.VIPTTL,
 		OnlyPassing: a.cfg.DNS.OnlyPassing, Dialer: recursorDialer(a.proxyMark()), Logger: a.logger.With("component", "dns"),
