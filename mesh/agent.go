@@ -20,6 +20,7 @@ import (
 	"github.com/hashicorp/go-memdb"
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/vmesh/vmesh/discovery"
+	"github.com/vmesh/vmesh/discovery/checks"
 	discdns "github.com/vmesh/vmesh/discovery/dns"
 	"github.com/vmesh/vmesh/iptables"
 )
@@ -41,7 +42,7 @@ type Agent struct {
 	xds     xdsState             // xds.go
 	metrics *prometheus.Registry // metrics.go: served on /metrics
 	dnsSrv  *discdns.Server      // dns.go
-	checks  *discovery.CheckRunner
+	checks  *checks.Runner
 	httpLn  net.Listener
 	httpSrv *http.Server
 
@@ -122,7 +123,7 @@ func (a *Agent) Start(ctx context.Context) (err error) {
 		return err
 	}
 
-	a.checks = discovery.NewCheckRunner(a.logger.With("component", "checks"), checkSink{a})
+	a.checks = checks.New(a.logger.With("component", "checks"), checkSink{a})
 
 	api := &discovery.API{
 		Store: a.store, Writer: &a.ref, Cluster: &a.ref, TTL: a.checks,
