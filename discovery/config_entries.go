@@ -277,7 +277,7 @@ type serviceResolverWire struct {
 func DecodeConfigEntry(body []byte) (*ConfigEntry, error) {
 	var head struct{ Kind string }
 	if err := json.Unmarshal(body, &head); err != nil {
-		return nil, fmt.Errorf("%w: %w", ErrInvalid, decodeError(err))
+		return nil, fmt.Errorf("%w: %w", ErrInvalid, DecodeError(err))
 	}
 	var (
 		hdr  *configEntryHeader
@@ -305,7 +305,7 @@ func DecodeConfigEntry(body []byte) (*ConfigEntry, error) {
 	dec := json.NewDecoder(bytes.NewReader(body))
 	dec.DisallowUnknownFields()
 	if err := dec.Decode(wire); err != nil {
-		return nil, fmt.Errorf("%w: %w", ErrInvalid, decodeError(err))
+		return nil, fmt.Errorf("%w: %w", ErrInvalid, DecodeError(err))
 	}
 	var errs []error
 	bad := func(field, format string, args ...any) {

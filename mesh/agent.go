@@ -22,6 +22,7 @@ import (
 	"github.com/vmesh/vmesh/discovery"
 	"github.com/vmesh/vmesh/discovery/checks"
 	discdns "github.com/vmesh/vmesh/discovery/dns"
+	"github.com/vmesh/vmesh/discovery/httpapi"
 	"github.com/vmesh/vmesh/iptables"
 )
 
@@ -125,7 +126,7 @@ func (a *Agent) Start(ctx context.Context) (err error) {
 
 	a.checks = checks.New(a.logger.With("component", "checks"), checkSink{a})
 
-	api := &discovery.API{
+	api := &httpapi.API{
 		Store: a.store, Writer: &a.ref, Cluster: &a.ref, TTL: a.checks,
 		NodeName: a.cfg.NodeName, NodeID: a.nodeID, Datacenter: a.cfg.Datacenter, Version: Version,
 		Members: a.members, Logger: a.logger.With("component", "http"), WaitReady: a.waitReady,

@@ -1,4 +1,4 @@
-package discovery
+package httpapi
 
 import (
 	"errors"
@@ -9,6 +9,7 @@ import (
 	"strings"
 
 	"github.com/hashicorp/go-memdb"
+	"github.com/vmesh/vmesh/discovery"
 )
 
 // registerConfig adds Consul's /v1/config endpoints.
@@ -33,8 +34,8 @@ func casParam(r *http.Request) (idx uint64, ok bool, err error) {
 }
 
 func validKind(kind string) error {
-	if !slices.Contains(ConfigEntryKinds, kind) {
-		return badRequest("Kind: %q is not supported; one of %s", kind, strings.Join(ConfigEntryKinds, ", "))
+	if !slices.Contains(discovery.ConfigEntryKinds, kind) {
+		return badRequest("Kind: %q is not supported; one of %s", kind, strings.Join(discovery.ConfigEntryKinds, ", "))
 	}
 	return nil
 }
@@ -42,7 +43,7 @@ func validKind(kind string) error {
 // writeBool answers a write as Consul does: true, or false when a
 // check-and-set did not match.
 func (a *API) writeBool(w http.ResponseWriter, r *http.Request, err error) {
-	if errors.Is(err, ErrCASConflict) {
+	if errors.Is(err, discovery.ErrCASConflict) {
 		writeJSON(w, false)
 		return
 	}
@@ -63,19 +64,19 @@ func (a *API) configApply(w http.ResponseWriter, r *http.Request) {
 		a.writeError(w, r, badRequest("Request decode failed: empty body"))
 		return
 	}
-	e, err := DecodeConfigEntry(body)
+	e, err := discovery.DecodeConfigEntry(body)
 	if err != nil {
 		a.writeError(w, r, err)
 		return
 	}
-	req := ConfigEntryRequest{Op: ConfigEntryUpsert, Entry: *e}
+	req := discovery.ConfigEntryRequest{Op: discovery.ConfigEntryUpsert, Entry: *e}
 	cas, isCAS, err := casParam(r)
 	if err != nil {
 		a.writeError(w, r, err)
 		return
 	}
 	if isCAS {
-		req.Op, req.Entry.ModifyIndex = ConfigEntryUpsertCAS, cas
+		req.Op, req.Entry.ModifyIndex = discovery.ConfigEntryUpsertCAS, cas
 	}
 	_, err = a.apply(r, req)
 	a.writeBool(w, r, err)
@@ -87,7 +88,7 @@ func (a *API) configGet(w http.ResponseWriter, r *http.Request) {
 		a.writeError(w, r, err)
 		return
 	}
-	readOne(a, w, r, func(ws memdb.WatchSet) (uint64, *ConfigEntry, error) {
+	readOne(a, w, r, func(ws memdb.WatchSet) (uint64, *discovery.ConfigEntry, error) {
 		return a.Store.ConfigEntry(ws, kind, name)
 	}, func() error { return notFound("Config entry not found for %q / %q", kind, name) })
 }
@@ -98,7 +99,7 @@ func (a *API) configList(w http.ResponseWriter, r *http.Request) {
 		a.writeError(w, r, err)
 		return
 	}
-	var out []*ConfigEntry
+	var out []*discovery.ConfigEntry
 	if !a.read(w, r, func(ws memdb.WatchSet) (uint64, error) {
 		idx, entries, err := a.Store.ConfigEntries(ws, kind)
 		out = entries
@@ -115,14 +116,14 @@ func (a *API) configDelete(w http.ResponseWriter, r *http.Request) {
 		a.writeError(w, r, err)
 		return
 	}
-	req := ConfigEntryRequest{Op: ConfigEntryDelete, Entry: ConfigEntry{Kind: kind, Name: name}}
+	req := discovery.ConfigEntryRequest{Op: discovery.ConfigEntryDelete, Entry: discovery.ConfigEntry{Kind: kind, Name: name}}
 	cas, isCAS, err := casParam(r)
 	if err != nil {
 		a.writeError(w, r, err)
 		return
 	}
 	if isCAS {
-		req.Op, req.Entry.ModifyIndex = ConfigEntryDeleteCAS, cas
+		req.Op, req.Entry.ModifyIndex = discovery.ConfigEntryDeleteCAS, cas
 	}
 	_, err = a.apply(r, req)
 	a.writeBool(w, r, err)
