@@ -1,4 +1,5 @@
-// Package discovery owns the service catalog and the ways into it.
+// Package discovery owns the service catalog: what the mesh knows about
+// nodes, services, checks, intentions, config entries, VIPs and KV.
 //
 // The catalog (Store) is a go-memdb database of nodes, service instances,
 // health checks and KV entries. Only the raft FSM writes it, each write at a

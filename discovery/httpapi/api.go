@@ -77,12 +77,8 @@ func (a *API) userPorts() *discovery.UserPortAllocator {
 const (
 	defaultWait = 5 * time.Minute
 	maxWait     = 10 * time.Minute
-	// maxKVSize is Consul's default limit on a KV value.
-	maxKVSize = 512 * 1024
 	// readyTimeout bounds how long a write waits for the agent to be ready.
 	readyTimeout = 15 * time.Second
-	// maxBody bounds any other request body.
-	maxBody = 1 << 20
 )
 
 // Register adds the API's routes to mux.
@@ -142,7 +138,10 @@ func notFound(format string, args ...any) error {
 	return &HTTPError{Code: http.StatusNotFound, Msg: fmt.Sprintf(format, args...)}
 }
 
-// writeError answers err with Consul's status code and a plain-text body.
+// writeError is the one way a handler answers an error: Consul's status
+// code (from an HTTPError, or the catalog's sentinel errors) and the message
+// as a plain-text body, as Consul does, so that consul/api shows it as is.
+// A 500 is logged: it is our fault, not the client's.
 func (a *API) writeError(w http.ResponseWriter, r *http.Request, err error) {
 	code := http.StatusInternalServerError
 	msg := err.Error()
@@ -174,8 +173,8 @@ func writeJSON(w http.ResponseWriter, v any) {
 
 // decodeBody decodes a JSON request body strictly: an unknown field or a
 // value of the wrong type is a 400 that names the field.
-func decodeBody(r *http.Request, out any) error {
-	dec := json.NewDecoder(http.MaxBytesReader(nil, r.Body, maxBody))
+func decodeBody(w http.ResponseWriter, r *http.Request, out any) error {
+	dec := json.NewDecoder(limitBody(w, r, maxBody))
 	dec.DisallowUnknownFields()
 	if err := dec.Decode(out); err != nil {
 		return decodeError(err)
@@ -332,4 +331,9 @@ type TTLUpdater interface {
 }
 
 // decodeError answers a JSON decoding error with a 400 that names the field.
-func decodeError(err error) error { return badRequest("%s", discovery.DecodeError(err)) }
+func decodeError(err error) error {
+	if _, ok := errors.AsType[*http.MaxBytesError](err); ok {
+		return bodyError(err)
+	}
+	return badRequest("%s", discovery.DecodeError(err))
+}

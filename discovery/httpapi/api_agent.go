@@ -12,7 +12,7 @@ import (
 
 func (a *API) serviceRegister(w http.ResponseWriter, r *http.Request) {
 	var reg discovery.ServiceRegistration
-	if err := decodeBody(r, &reg); err != nil {
+	if err := decodeBody(w, r, &reg); err != nil {
 		a.writeError(w, r, err)
 		return
 	}
@@ -137,7 +137,7 @@ func (a *API) agentChecks(w http.ResponseWriter, r *http.Request) {
 
 func (a *API) checkRegister(w http.ResponseWriter, r *http.Request) {
 	var ct discovery.CheckType
-	if err := decodeBody(r, &ct); err != nil {
+	if err := decodeBody(w, r, &ct); err != nil {
 		a.writeError(w, r, err)
 		return
 	}
@@ -182,7 +182,7 @@ func (a *API) checkTTL(status string) http.HandlerFunc {
 		st := status
 		if st == "" {
 			var body struct{ Status, Output string }
-			if err := decodeBody(r, &body); err != nil {
+			if err := decodeBody(w, r, &body); err != nil {
 				a.writeError(w, r, err)
 				return
 			}

@@ -2,7 +2,6 @@ package httpapi
 
 import (
 	"errors"
-	"io"
 	"net/http"
 	"slices"
 	"strconv"
@@ -55,9 +54,9 @@ func (a *API) writeBool(w http.ResponseWriter, r *http.Request, err error) {
 }
 
 func (a *API) configApply(w http.ResponseWriter, r *http.Request) {
-	body, err := io.ReadAll(http.MaxBytesReader(nil, r.Body, maxBody))
+	body, err := readBody(w, r)
 	if err != nil {
-		a.writeError(w, r, badRequest("Request decode failed: %v", err))
+		a.writeError(w, r, err)
 		return
 	}
 	if len(strings.TrimSpace(string(body))) == 0 {

@@ -3,7 +3,6 @@ package httpapi
 import (
 	"crypto/rand"
 	"fmt"
-	"io"
 	"net/http"
 	"time"
 
@@ -63,9 +62,9 @@ func (a *API) intentionPutExact(w http.ResponseWriter, r *http.Request) {
 		a.writeError(w, r, err)
 		return
 	}
-	body, err := io.ReadAll(http.MaxBytesReader(nil, r.Body, maxBody))
+	body, err := readBody(w, r)
 	if err != nil {
-		a.writeError(w, r, badRequest("Request decode failed: %v", err))
+		a.writeError(w, r, err)
 		return
 	}
 	ixn, err := discovery.DecodeIntention(body, src, dst)

@@ -17,7 +17,7 @@ import (
 func buildBody(t *testing.T, body string) (*discovery.RegisterServiceRequest, error) {
 	t.Helper()
 	var reg discovery.ServiceRegistration
-	if err := decodeBody(httptest.NewRequest("PUT", "/", strings.NewReader(body)), &reg); err != nil {
+	if err := decodeBody(httptest.NewRecorder(), httptest.NewRequest("PUT", "/", strings.NewReader(body)), &reg); err != nil {
 		return nil, err
 	}
 	return reg.Build("n1", "api")
