@@ -19,6 +19,7 @@ import (
 	"time"
 
 	"github.com/vmesh/vmesh/mesh"
+	"github.com/vmesh/vmesh/mesh/config"
 )
 
 // propAgents are the cluster sizes BenchmarkClusterPropagation runs. With
@@ -245,7 +246,7 @@ func startCluster(b *testing.B, n int) *benchCluster {
 func (c *benchCluster) startAgent(b *testing.B, logger *slog.Logger, root string, k int, join, token string) {
 	b.Helper()
 	name := fmt.Sprintf("n%d", k+1)
-	cfg := mesh.DefaultConfig()
+	cfg := config.DefaultConfig()
 	cfg.NodeName = name
 	cfg.DataDir = filepath.Join(root, name)
 	cfg.Bootstrap = join == ""

@@ -12,13 +12,14 @@ import (
 	"time"
 
 	"github.com/vmesh/vmesh/mesh"
+	"github.com/vmesh/vmesh/mesh/config"
 )
 
 // startAgent starts an in-process single-node agent and waits until it
 // leads and has registered its own node, as a client would see it.
 func startAgent(b *testing.B, client *http.Client) *mesh.Agent {
 	b.Helper()
-	cfg := mesh.DefaultConfig()
+	cfg := config.DefaultConfig()
 	cfg.NodeName = benchNode
 	cfg.DataDir = b.TempDir()
 	cfg.Bootstrap = true

@@ -1,4 +1,5 @@
-// Package discovery owns the service catalog and the ways into it.
+// Package discovery owns the service catalog: what the mesh knows about
+// nodes, services, checks, intentions, config entries, VIPs and KV.
 //
 // The catalog (Store) is a go-memdb database of nodes, service instances,
 // health checks and KV entries. Only the raft FSM writes it, each write at a
@@ -9,17 +10,15 @@
 // catalog table too; IntentionDecision is the one definition of what they
 // decide, which the data plane's RBAC must match.
 //
-// The HTTP API (API) speaks Consul's agent, catalog, health, KV, status,
-// config and intention endpoints so that consul/api, Prometheus consul_sd and consul-template
-// work unchanged. It reads the local Store and writes through the Writer
-// interface, which package raft implements and package mesh wires in:
-// discovery imports no other vmesh package.
+// ServiceRegistration and CheckType are the one input shape of a service
+// and its checks, whether it comes from the HTTP API or a service file;
+// Build validates one into the RegisterServiceRequest the catalog stores,
+// and FileServices keeps the catalog equal to the node's file definitions.
 //
-// DNSServer answers `<svc>.mesh`, `<svc>.virtual.consul` (VIPs, which the
-// raft leader allocates into the VIP table), `<svc>.service.consul` and
-// `<node>.node.consul` from the local Store, and forwards other names to
-// recursors.
-//
-// CheckRunner runs the local node's health checks (HTTP, TCP, gRPC, TTL) and
-// writes a result through raft only when a status changes.
+// The root holds the catalog only and imports no other vmesh package, nor
+// miekg/dns or net/http: its consumers (raft, the xDS builder) link just
+// the store. The ways into it are sub-packages that import the root:
+// discovery/httpapi (Consul's HTTP API), discovery/dns (the DNS server) and
+// discovery/checks (the health-check runner). Writes come in only as
+// Commands applied by the raft FSM.
 package discovery

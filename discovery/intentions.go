@@ -236,7 +236,7 @@ func DecodeIntention(body []byte, source, destination string) (*Intention, error
 		dec := json.NewDecoder(bytes.NewReader(body))
 		dec.DisallowUnknownFields()
 		if err := dec.Decode(&w); err != nil {
-			return nil, fmt.Errorf("%w: %w", ErrInvalid, decodeError(err))
+			return nil, fmt.Errorf("%w: %w", ErrInvalid, DecodeError(err))
 		}
 		if dec.More() {
 			return nil, fmt.Errorf("%w: Request decode failed: trailing data after the JSON object", ErrInvalid)

@@ -1,6 +1,9 @@
 package discovery
 
-import "time"
+import (
+	"errors"
+	"time"
+)
 
 // Health states, as Consul spells them.
 const (
@@ -172,3 +175,15 @@ func AggregatedStatus(checks []*Check) string {
 	}
 	return status
 }
+
+// The errors of updating a TTL check through the agent that runs it:
+// part of the catalog's vocabulary so that the HTTP API can answer them
+// without linking the check runner.
+var (
+	// ErrCheckNotFound is returned by UpdateTTL for a check that the runner
+	// does not run.
+	ErrCheckNotFound = errors.New("discovery: check not found")
+	// ErrNotTTLCheck is returned by UpdateTTL for a check that is not a TTL
+	// check.
+	ErrNotTTLCheck = errors.New("discovery: check is not a TTL check")
+)

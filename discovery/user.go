@@ -4,7 +4,6 @@ import (
 	"fmt"
 	"os/user"
 	"strconv"
-	"strings"
 )
 
 // MetaUser is the Meta key that names the Unix user an instance's app runs
@@ -47,35 +46,4 @@ func LookupUser(u string) (uint32, error) {
 		return 0, fmt.Errorf("user %q has UID %q, not a number", u, pw.Uid)
 	}
 	return uint32(n), nil
-}
-
-// checkUser refuses an agent registration whose user does not exist on
-// this host, or which another service of this node already runs as: a
-// user's captured connections can carry only one service's identity.
-func (a *API) checkUser(req *RegisterServiceRequest) error {
-	in := &req.Instance
-	if in.User == "" {
-		return nil
-	}
-	uid, err := LookupUser(in.User)
-	if err != nil {
-		return badRequest("Meta.%s: %v", MetaUser, err)
-	}
-	_, insts, err := a.Store.NodeInstances(nil, in.Node)
-	if err != nil {
-		return err
-	}
-	for _, o := range insts {
-		if o.User == "" || o.ID == in.ID || strings.EqualFold(o.Service, in.Service) {
-			continue
-		}
-		if o.User == in.User {
-			return badRequest("Meta.%s: user %q already runs service %q (instance %q) on this node; one service per user", MetaUser, in.User, o.Service, o.ID)
-		}
-		if ouid, err := LookupUser(o.User); err == nil && ouid == uid {
-			return badRequest("Meta.%s: user %q is UID %d, which already runs service %q (instance %q, user %q) on this node; one service per user",
-				MetaUser, in.User, uid, o.Service, o.ID, o.User)
-		}
-	}
-	return nil
 }

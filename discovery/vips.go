@@ -3,7 +3,6 @@ package discovery
 import (
 	"errors"
 	"fmt"
-	"net/http"
 	"net/netip"
 	"slices"
 	"strings"
@@ -155,17 +154,4 @@ func (s *Store) ServiceNames(ws memdb.WatchSet) (uint64, []string, error) {
 	}
 	slices.SortFunc(out, func(a, b string) int { return strings.Compare(strings.ToLower(a), strings.ToLower(b)) })
 	return maxIndex(tx, tableInstances), out, nil
-}
-
-// vipsList serves GET /v1/vmesh/vips: every allocation, by service.
-func (a *API) vipsList(w http.ResponseWriter, r *http.Request) {
-	var out []*VIP
-	if !a.read(w, r, func(ws memdb.WatchSet) (uint64, error) {
-		idx, vips, err := a.Store.VIPs(ws)
-		out = vips
-		return idx, err
-	}) {
-		return
-	}
-	writeJSON(w, nonNil(out))
 }

@@ -20,6 +20,9 @@ import (
 	"github.com/hashicorp/go-memdb"
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/vmesh/vmesh/discovery"
+	"github.com/vmesh/vmesh/discovery/checks"
+	discdns "github.com/vmesh/vmesh/discovery/dns"
+	"github.com/vmesh/vmesh/discovery/httpapi"
 	"github.com/vmesh/vmesh/iptables"
 	"github.com/vmesh/vmesh/mesh/cli"
 	"github.com/vmesh/vmesh/mesh/config"
@@ -38,8 +41,8 @@ type Agent struct {
 	joinState
 	xds     xdsState             // xds.go
 	metrics *prometheus.Registry // metrics.go: served on /metrics
-	dnsSrv  *discovery.DNSServer // dns.go
-	checks  *discovery.CheckRunner
+	dnsSrv  *discdns.Server      // dns.go
+	checks  *checks.Runner
 	httpLn  net.Listener
 	httpSrv *http.Server
 
@@ -120,9 +123,9 @@ func (a *Agent) Start(ctx context.Context) (err error) {
 		return err
 	}
 
-	a.checks = discovery.NewCheckRunner(a.logger.With("component", "checks"), checkSink{a})
+	a.checks = checks.New(a.logger.With("component", "checks"), checkSink{a})
 
-	api := &discovery.API{
+	api := &httpapi.API{
 		Store: a.store, Writer: &a.ref, Cluster: &a.ref, TTL: a.checks,
 		NodeName: a.cfg.NodeName, NodeID: a.nodeID, Datacenter: a.cfg.Datacenter, Version: cli.Version,
 		Members: a.members, Logger: a.logger.With("component", "http"), WaitReady: a.waitReady,

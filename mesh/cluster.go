@@ -15,6 +15,7 @@ import (
 	"time"
 
 	"github.com/vmesh/vmesh/discovery"
+	"github.com/vmesh/vmesh/discovery/httpapi"
 	"github.com/vmesh/vmesh/mesh/config"
 	"github.com/vmesh/vmesh/raft"
 )
@@ -23,7 +24,7 @@ import (
 var errNotJoined = errors.New("this agent is not in a cluster yet: run 'vmesh join ADDR -token T' (or start it with -bootstrap)")
 
 // raftRef is the agent's raft server, which exists only once the agent is
-// in a cluster. It implements discovery.Writer and discovery.Cluster so the
+// in a cluster. It implements discovery.Writer and httpapi.Cluster so the
 // HTTP API can serve (reads with no leader, writes refused) before that.
 type raftRef struct{ p atomic.Pointer[raft.Server] }
 
@@ -310,12 +311,12 @@ func (a *Agent) handleMembers(w http.ResponseWriter, r *http.Request) {
 }
 
 // members feeds /v1/agent/members (Consul's shape).
-func (a *Agent) members() []discovery.Member {
+func (a *Agent) members() []httpapi.Member {
 	ms, err := a.clusterMembers(context.Background())
 	if err != nil {
 		return nil
 	}
-	var out []discovery.Member
+	var out []httpapi.Member
 	for _, m := range ms {
 		status := 1
 		if m.Status == "failed" {
@@ -323,7 +324,7 @@ func (a *Agent) members() []discovery.Member {
 		}
 		host, port, _ := net.SplitHostPort(m.Addr)
 		p, _ := strconv.Atoi(port)
-		out = append(out, discovery.Member{Name: m.Name, Addr: host, Port: p, Role: m.Role, Status: status})
+		out = append(out, httpapi.Member{Name: m.Name, Addr: host, Port: p, Role: m.Role, Status: status})
 	}
 	return out
 }

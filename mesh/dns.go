@@ -7,7 +7,7 @@ import (
 	"time"
 
 	"github.com/vmesh/vmesh/dataplane/proxy"
-	"github.com/vmesh/vmesh/discovery"
+	discdns "github.com/vmesh/vmesh/discovery/dns"
 )
 
 // resolvConf is where the host's own resolvers are read from.
@@ -23,16 +23,16 @@ func (a *Agent) startDNS(ctx context.Context) error {
 	}
 	recursors := make([]string, 0, len(a.cfg.DNS.Recursors))
 	for _, r := range a.cfg.DNS.Recursors {
-		n, _ := discovery.RecursorAddr(r) // Validate checked it
+		n, _ := discdns.RecursorAddr(r) // Validate checked it
 		recursors = append(recursors, n)
 	}
 	if len(recursors) == 0 {
 		var err error
-		if recursors, err = discovery.ResolvConfRecursors(resolvConf); err != nil {
+		if recursors, err = discdns.ResolvConfRecursors(resolvConf); err != nil {
 			a.logger.Warn("DNS: no recursors; names outside .mesh and .consul will fail", "err", err)
 		}
 	}
-	srv := discovery.NewDNSServer(a.store, discovery.DNSConfig{
+	srv := discdns.NewServer(a.store, discdns.Config{
 		Addr: addr, Datacenter: a.cfg.Datacenter, Recursors: recursors,
 		ServiceTTL: a.cfg.DNS.ServiceTTL, NodeTTL: a.cfg.DNS.NodeTTL, VIPTTL: a.cfg.DNS.VIPTTL,
 		OnlyPassing: a.cfg.DNS.OnlyPassing, Dialer: recursorDialer(a.proxyMark()), Logger: a.logger.With("component", "dns"),

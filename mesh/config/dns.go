@@ -7,7 +7,7 @@ import (
 	"strconv"
 	"time"
 
-	"github.com/vmesh/vmesh/discovery"
+	discdns "github.com/vmesh/vmesh/discovery/dns"
 	"github.com/vmesh/vmesh/iptables"
 )
 
@@ -30,7 +30,7 @@ type DNSOptions struct {
 }
 
 func defaultDNSOptions() DNSOptions {
-	return DNSOptions{VIPTTL: discovery.DefaultVIPTTL, OnlyPassing: true}
+	return DNSOptions{VIPTTL: discdns.DefaultVIPTTL, OnlyPassing: true}
 }
 
 // DNSAddr is where the DNS server listens, or "" when it is off
@@ -72,7 +72,7 @@ func (c *Config) validateDNS() []error {
 		}
 	}
 	for i, r := range c.DNS.Recursors {
-		if _, err := discovery.RecursorAddr(r); err != nil {
+		if _, err := discdns.RecursorAddr(r); err != nil {
 			bad(fmt.Sprintf("dns.recursors[%d]", i), "%q is not an IP or IP:port", r)
 		}
 	}

@@ -1,4 +1,4 @@
-package discovery
+package dns
 
 import (
 	"context"
@@ -14,7 +14,8 @@ import (
 	"sync"
 	"time"
 
-	"github.com/miekg/dns"
+	mdns "github.com/miekg/dns"
+	"github.com/vmesh/vmesh/discovery"
 )
 
 // The DNS server answers the mesh's names from the local catalog, as
@@ -42,10 +43,10 @@ const (
 	maxUDPSize      = 4096
 )
 
-// DNSConfig configures a DNSServer.
-type DNSConfig struct {
+// Config configures a Server.
+type Config struct {
 	// Addr is the IP:port to serve on, UDP and TCP (port 0: any free one,
-	// the same for both; see DNSServer.Addr).
+	// the same for both; see Server.Addr).
 	Addr       string
 	Datacenter string
 	// Recursors are IP:port addresses that names outside our zones are
@@ -62,25 +63,25 @@ type DNSConfig struct {
 	Logger *slog.Logger
 }
 
-// DNSServer serves the catalog over DNS.
-type DNSServer struct {
-	cfg    DNSConfig
-	store  *Store
+// Server serves the catalog over DNS.
+type Server struct {
+	cfg    Config
+	store  *discovery.Store
 	logger *slog.Logger
 
-	udp, tcp *dns.Server
+	udp, tcp *mdns.Server
 	addr     string
 	wg       sync.WaitGroup
 	once     sync.Once
 }
 
-// NewDNSServer returns a server over store; nothing listens until Start.
-func NewDNSServer(store *Store, cfg DNSConfig) *DNSServer {
+// NewServer returns a server over store; nothing listens until Start.
+func NewServer(store *discovery.Store, cfg Config) *Server {
 	if cfg.Logger == nil {
 		cfg.Logger = slog.Default()
 	}
 	cfg.Datacenter = strings.ToLower(cfg.Datacenter)
-	return &DNSServer{cfg: cfg, store: store, logger: cfg.Logger}
+	return &Server{cfg: cfg, store: store, logger: cfg.Logger}
 }
 
 // RecursorAddr normalizes a recursor: an IP gets port 53.
@@ -97,7 +98,7 @@ func RecursorAddr(s string) (string, error) {
 // ResolvConfRecursors reads the name servers of a resolv.conf (the
 // host's resolvers, read once at start).
 func ResolvConfRecursors(path string) ([]string, error) {
-	cc, err := dns.ClientConfigFromFile(path)
+	cc, err := mdns.ClientConfigFromFile(path)
 	if err != nil {
 		return nil, fmt.Errorf("%w: reading %s: %w", ErrDNS, path, err)
 	}
@@ -111,7 +112,7 @@ func ResolvConfRecursors(path string) ([]string, error) {
 }
 
 // Start listens on UDP and TCP and serves until Close.
-func (s *DNSServer) Start(_ context.Context) (err error) {
+func (s *Server) Start(_ context.Context) (err error) {
 	defer func() {
 		if err != nil {
 			s.Close()
@@ -133,9 +134,9 @@ func (s *DNSServer) Start(_ context.Context) (err error) {
 	s.cfg.Recursors = recs
 	started := make(chan struct{}, 2)
 	notify := func() { started <- struct{}{} }
-	s.udp = &dns.Server{PacketConn: pc, Net: "udp", Handler: s, NotifyStartedFunc: notify, UDPSize: maxUDPSize}
-	s.tcp = &dns.Server{Listener: ln, Net: "tcp", Handler: s, NotifyStartedFunc: notify}
-	for _, srv := range []*dns.Server{s.udp, s.tcp} {
+	s.udp = &mdns.Server{PacketConn: pc, Net: "udp", Handler: s, NotifyStartedFunc: notify, UDPSize: maxUDPSize}
+	s.tcp = &mdns.Server{Listener: ln, Net: "tcp", Handler: s, NotifyStartedFunc: notify}
+	for _, srv := range []*mdns.Server{s.udp, s.tcp} {
 		s.wg.Add(1)
 		go func() {
 			defer s.wg.Done()
@@ -173,14 +174,14 @@ func listenUDPTCP(addr string) (net.PacketConn, net.Listener, error) {
 }
 
 // Addr is the address the server listens on (UDP and TCP), once started.
-func (s *DNSServer) Addr() string { return s.addr }
+func (s *Server) Addr() string { return s.addr }
 
 // Close stops serving. It tolerates a partial Start.
-func (s *DNSServer) Close() error {
+func (s *Server) Close() error {
 	s.once.Do(func() {
 		ctx, cancel := context.WithTimeout(context.Background(), 2*time.Second)
 		defer cancel()
-		for _, srv := range []*dns.Server{s.udp, s.tcp} {
+		for _, srv := range []*mdns.Server{s.udp, s.tcp} {
 			if srv == nil {
 				continue
 			}
@@ -200,16 +201,16 @@ func (s *DNSServer) Close() error {
 }
 
 // ServeDNS answers one query.
-func (s *DNSServer) ServeDNS(w dns.ResponseWriter, req *dns.Msg) {
+func (s *Server) ServeDNS(w mdns.ResponseWriter, req *mdns.Msg) {
 	tcp := isTCP(w.RemoteAddr())
 	resp := s.answer(req)
 	if resp == nil {
 		resp = s.forward(req)
 	}
 	if !tcp {
-		size := dns.MinMsgSize
+		size := mdns.MinMsgSize
 		if o := req.IsEdns0(); o != nil {
-			size = min(max(int(o.UDPSize()), dns.MinMsgSize), maxUDPSize)
+			size = min(max(int(o.UDPSize()), mdns.MinMsgSize), maxUDPSize)
 		}
 		resp.Truncate(size)
 	}
@@ -236,30 +237,30 @@ func zoneOf(name string) string {
 }
 
 // answer answers a query in our zones, or returns nil to forward it.
-func (s *DNSServer) answer(req *dns.Msg) *dns.Msg {
-	m := new(dns.Msg)
+func (s *Server) answer(req *mdns.Msg) *mdns.Msg {
+	m := new(mdns.Msg)
 	m.SetReply(req)
 	m.Compress = true
 	m.RecursionAvailable = len(s.cfg.Recursors) > 0
 	if o := req.IsEdns0(); o != nil {
-		m.SetEdns0(min(max(o.UDPSize(), dns.MinMsgSize), maxUDPSize), false)
+		m.SetEdns0(min(max(o.UDPSize(), mdns.MinMsgSize), maxUDPSize), false)
 	}
-	if req.Opcode != dns.OpcodeQuery || len(req.Question) != 1 {
-		m.SetRcode(req, dns.RcodeNotImplemented)
+	if req.Opcode != mdns.OpcodeQuery || len(req.Question) != 1 {
+		m.SetRcode(req, mdns.RcodeNotImplemented)
 		return m
 	}
 	q := req.Question[0]
-	name := strings.ToLower(dns.Fqdn(q.Name))
+	name := strings.ToLower(mdns.Fqdn(q.Name))
 	zone := zoneOf(name)
 	if zone == "" {
 		return nil
 	}
-	if q.Qclass != dns.ClassINET && q.Qclass != dns.ClassANY {
-		m.SetRcode(req, dns.RcodeNameError)
+	if q.Qclass != mdns.ClassINET && q.Qclass != mdns.ClassANY {
+		m.SetRcode(req, mdns.RcodeNameError)
 		return m
 	}
 	m.Authoritative = true
-	labels := dns.SplitDomainName(strings.TrimSuffix(name, zone))
+	labels := mdns.SplitDomainName(strings.TrimSuffix(name, zone))
 	found := false
 	if zone == "mesh." {
 		found = len(labels) == 1 && s.vipAnswer(m, q, labels[0])
@@ -267,24 +268,24 @@ func (s *DNSServer) answer(req *dns.Msg) *dns.Msg {
 		found = s.consulAnswer(m, q, labels)
 	}
 	switch {
-	case len(labels) == 0 && (q.Qtype == dns.TypeSOA || q.Qtype == dns.TypeANY):
-		m.Answer = []dns.RR{soa(zone)}
+	case len(labels) == 0 && (q.Qtype == mdns.TypeSOA || q.Qtype == mdns.TypeANY):
+		m.Answer = []mdns.RR{soa(zone)}
 	case !found && len(labels) > 0:
-		m.SetRcode(req, dns.RcodeNameError)
-		m.Ns = []dns.RR{soa(zone)}
+		m.SetRcode(req, mdns.RcodeNameError)
+		m.Ns = []mdns.RR{soa(zone)}
 	case len(m.Answer) == 0:
 		// The name exists (or is the zone itself) but has no records of
 		// this type: NODATA.
-		m.Ns = []dns.RR{soa(zone)}
+		m.Ns = []mdns.RR{soa(zone)}
 	}
 	return m
 }
 
 // soa is the zone's SOA, sent with negative answers; its minimum TTL of
 // 0 keeps resolvers from caching a name that is about to appear.
-func soa(zone string) dns.RR {
-	return &dns.SOA{
-		Hdr: dns.RR_Header{Name: zone, Rrtype: dns.TypeSOA, Class: dns.ClassINET, Ttl: 0},
+func soa(zone string) mdns.RR {
+	return &mdns.SOA{
+		Hdr: mdns.RR_Header{Name: zone, Rrtype: mdns.TypeSOA, Class: mdns.ClassINET, Ttl: 0},
 		Ns:  "ns." + zone, Mbox: "hostmaster." + zone,
 		Serial: uint32(time.Now().Unix()), Refresh: 3600, Retry: 600, Expire: 86400, Minttl: 0,
 	}
@@ -293,21 +294,21 @@ func soa(zone string) dns.RR {
 func ttl(d time.Duration) uint32 { return uint32(max(d, 0) / time.Second) }
 
 // addrRR returns an A or AAAA record for ip if qtype asks for it.
-func addrRR(name string, qtype uint16, ip netip.Addr, t uint32) dns.RR {
+func addrRR(name string, qtype uint16, ip netip.Addr, t uint32) mdns.RR {
 	ip = ip.Unmap()
-	hdr := dns.RR_Header{Name: name, Class: dns.ClassINET, Ttl: t}
+	hdr := mdns.RR_Header{Name: name, Class: mdns.ClassINET, Ttl: t}
 	switch {
-	case ip.Is4() && (qtype == dns.TypeA || qtype == dns.TypeANY):
-		hdr.Rrtype = dns.TypeA
-		return &dns.A{Hdr: hdr, A: ip.AsSlice()}
-	case ip.Is6() && (qtype == dns.TypeAAAA || qtype == dns.TypeANY):
-		hdr.Rrtype = dns.TypeAAAA
-		return &dns.AAAA{Hdr: hdr, AAAA: ip.AsSlice()}
+	case ip.Is4() && (qtype == mdns.TypeA || qtype == mdns.TypeANY):
+		hdr.Rrtype = mdns.TypeA
+		return &mdns.A{Hdr: hdr, A: ip.AsSlice()}
+	case ip.Is6() && (qtype == mdns.TypeAAAA || qtype == mdns.TypeANY):
+		hdr.Rrtype = mdns.TypeAAAA
+		return &mdns.AAAA{Hdr: hdr, AAAA: ip.AsSlice()}
 	}
 	return nil
 }
 
-func (s *DNSServer) vipAnswer(m *dns.Msg, q dns.Question, service string) bool {
+func (s *Server) vipAnswer(m *mdns.Msg, q mdns.Question, service string) bool {
 	_, v, err := s.store.ServiceVIP(nil, service)
 	if err != nil || v == nil {
 		return false
@@ -321,7 +322,7 @@ func (s *DNSServer) vipAnswer(m *dns.Msg, q dns.Question, service string) bool {
 }
 
 // consulAnswer answers a name under consul.; labels exclude "consul".
-func (s *DNSServer) consulAnswer(m *dns.Msg, q dns.Question, labels []string) bool {
+func (s *Server) consulAnswer(m *mdns.Msg, q mdns.Question, labels []string) bool {
 	n := len(labels)
 	if n == 0 {
 		return true // the zone apex: NODATA
@@ -364,7 +365,7 @@ func (s *DNSServer) consulAnswer(m *dns.Msg, q dns.Question, labels []string) bo
 }
 
 // findNode looks a node up by name, ignoring case as DNS does.
-func (s *DNSServer) findNode(name string) *Node {
+func (s *Server) findNode(name string) *discovery.Node {
 	if _, n, _, err := s.store.Node(nil, name); err == nil && n != nil {
 		return n
 	}
@@ -380,7 +381,7 @@ func (s *DNSServer) findNode(name string) *Node {
 	return nil
 }
 
-func (s *DNSServer) nodeAnswer(m *dns.Msg, q dns.Question, name string) bool {
+func (s *Server) nodeAnswer(m *mdns.Msg, q mdns.Question, name string) bool {
 	n := s.findNode(name)
 	if n == nil {
 		return false
@@ -395,7 +396,7 @@ func (s *DNSServer) nodeAnswer(m *dns.Msg, q dns.Question, name string) bool {
 
 // serviceAnswer answers a service lookup with the instances that are
 // passing (or, without OnlyPassing, not critical), shuffled.
-func (s *DNSServer) serviceAnswer(m *dns.Msg, q dns.Question, service, tag string) bool {
+func (s *Server) serviceAnswer(m *mdns.Msg, q mdns.Question, service, tag string) bool {
 	var tags []string
 	if tag != "" {
 		tags = []string{tag}
@@ -415,7 +416,7 @@ func (s *DNSServer) serviceAnswer(m *dns.Msg, q dns.Question, service, tag strin
 	t := ttl(s.cfg.ServiceTTL)
 	seenExtra := map[string]bool{}
 	for _, e := range entries {
-		if !s.cfg.OnlyPassing && AggregatedStatus(e.Checks) == HealthCritical {
+		if !s.cfg.OnlyPassing && discovery.AggregatedStatus(e.Checks) == discovery.HealthCritical {
 			continue
 		}
 		addr := e.Instance.Address
@@ -430,7 +431,7 @@ func (s *DNSServer) serviceAnswer(m *dns.Msg, q dns.Question, service, tag strin
 		if err != nil {
 			continue // a host name: no address record to give
 		}
-		if q.Qtype != dns.TypeSRV {
+		if q.Qtype != mdns.TypeSRV {
 			if rr := addrRR(q.Name, q.Qtype, ip, t); rr != nil {
 				m.Answer = append(m.Answer, rr)
 			}
@@ -447,16 +448,16 @@ func (s *DNSServer) serviceAnswer(m *dns.Msg, q dns.Question, service, tag strin
 			target = encodeAddrLabel(ip) + ".addr." + s.cfg.Datacenter + ".consul."
 		}
 		weight := e.Instance.Weights.Passing
-		if AggregatedStatus(e.Checks) == HealthWarning {
+		if discovery.AggregatedStatus(e.Checks) == discovery.HealthWarning {
 			weight = e.Instance.Weights.Warning
 		}
-		m.Answer = append(m.Answer, &dns.SRV{
-			Hdr:      dns.RR_Header{Name: q.Name, Rrtype: dns.TypeSRV, Class: dns.ClassINET, Ttl: t},
+		m.Answer = append(m.Answer, &mdns.SRV{
+			Hdr:      mdns.RR_Header{Name: q.Name, Rrtype: mdns.TypeSRV, Class: mdns.ClassINET, Ttl: t},
 			Priority: 1, Weight: uint16(min(max(weight, 1), 65535)), Port: uint16(e.Instance.Port), Target: target,
 		})
 		if !seenExtra[target] {
 			seenExtra[target] = true
-			if rr := addrRR(target, dns.TypeANY, ip, t); rr != nil {
+			if rr := addrRR(target, mdns.TypeANY, ip, t); rr != nil {
 				m.Extra = append(m.Extra, rr)
 			}
 		}
@@ -483,40 +484,40 @@ func decodeAddrLabel(s string) (netip.Addr, bool) {
 // first answer wins. It asks over UDP and again over TCP when the answer
 // was truncated (the client's own transport then decides whether it gets
 // all of it). No recursor, or none answering: SERVFAIL.
-func (s *DNSServer) forward(req *dns.Msg) *dns.Msg {
-	udp := &dns.Client{Net: "udp", Timeout: recursorTimeout, UDPSize: maxUDPSize, Dialer: s.cfg.Dialer}
-	tcp := &dns.Client{Net: "tcp", Timeout: recursorTimeout, Dialer: s.cfg.Dialer}
+func (s *Server) forward(req *mdns.Msg) *mdns.Msg {
+	udp := &mdns.Client{Net: "udp", Timeout: recursorTimeout, UDPSize: maxUDPSize, Dialer: s.cfg.Dialer}
+	tcp := &mdns.Client{Net: "tcp", Timeout: recursorTimeout, Dialer: s.cfg.Dialer}
 	for _, r := range s.cfg.Recursors {
 		resp, _, err := udp.Exchange(req, r)
 		if err == nil && resp != nil && resp.Truncated {
 			resp, _, err = tcp.Exchange(req, r)
 		}
-		if err == nil && resp != nil && resp.Rcode != dns.RcodeServerFailure && resp.Rcode != dns.RcodeRefused {
+		if err == nil && resp != nil && resp.Rcode != mdns.RcodeServerFailure && resp.Rcode != mdns.RcodeRefused {
 			resp.Id = req.Id
 			resp.Compress = true
 			return resp
 		}
 		s.logger.Debug("DNS recursor failed", "recursor", r, "name", qname(req), "err", errOrRcode(err, resp))
 	}
-	m := new(dns.Msg)
-	m.SetRcode(req, dns.RcodeServerFailure)
+	m := new(mdns.Msg)
+	m.SetRcode(req, mdns.RcodeServerFailure)
 	m.RecursionAvailable = len(s.cfg.Recursors) > 0
 	return m
 }
 
-func qname(req *dns.Msg) string {
+func qname(req *mdns.Msg) string {
 	if len(req.Question) == 0 {
 		return ""
 	}
 	return req.Question[0].Name
 }
 
-func errOrRcode(err error, resp *dns.Msg) string {
+func errOrRcode(err error, resp *mdns.Msg) string {
 	if err != nil {
 		return err.Error()
 	}
 	if resp == nil {
 		return "no answer"
 	}
-	return "rcode " + strconv.Itoa(resp.Rcode) + " " + dns.RcodeToString[resp.Rcode]
+	return "rcode " + strconv.Itoa(resp.Rcode) + " " + mdns.RcodeToString[resp.Rcode]
 }

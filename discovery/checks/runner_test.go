@@ -1,10 +1,11 @@
-package discovery
+package checks
 
 import (
 	"context"
 	"errors"
+	"github.com/vmesh/vmesh/discovery"
+	"github.com/vmesh/vmesh/lab/testkit"
 	"io"
-	"log/slog"
 	"net"
 	"net/http"
 	"net/http/httptest"
@@ -120,33 +121,15 @@ func (s *fakeCheckSink) deregistrations() []checkSinkCall {
 // waitStatus waits until the last status written for checkID is want.
 func (s *fakeCheckSink) waitStatus(t *testing.T, checkID, want string) checkSinkCall {
 	t.Helper()
-	waitForCheck(t, s.changed, time.Second, "check "+checkID+" to be "+want, func() bool {
+	testkit.WaitFor(t, time.Second, "check "+checkID+" to be "+want, func() bool {
 		return s.status(checkID) == want
 	})
 	return s.last(checkID)
 }
 
-// waitForCheck polls cond until it holds, waking up on notify or every few
-// milliseconds, and fails the test after d.
-func waitForCheck(t *testing.T, notify <-chan struct{}, d time.Duration, what string, cond func() bool) {
+func newTestCheckRunner(t *testing.T, sink Sink) *Runner {
 	t.Helper()
-	timeout := time.NewTimer(d)
-	defer timeout.Stop()
-	tick := time.NewTicker(5 * time.Millisecond)
-	defer tick.Stop()
-	for !cond() {
-		select {
-		case <-notify:
-		case <-tick.C:
-		case <-timeout.C:
-			t.Fatalf("timed out after %v waiting for %s", d, what)
-		}
-	}
-}
-
-func newTestCheckRunner(t *testing.T, sink CheckSink) *CheckRunner {
-	t.Helper()
-	r := NewCheckRunner(slog.New(slog.DiscardHandler), sink)
+	r := New(testkit.Discard(), sink)
 	r.maxJitter = 0
 	t.Cleanup(r.Close)
 	return r
@@ -173,10 +156,10 @@ func newCountingServer(t *testing.T, code int) *countingServer {
 	return s
 }
 
-func httpCheck(id, url string, interval time.Duration, status string) *Check {
-	return &Check{
+func httpCheck(id, url string, interval time.Duration, status string) *discovery.Check {
+	return &discovery.Check{
 		CheckID: id, Name: id, Status: status, ServiceID: "svc-" + id,
-		Definition: CheckDefinition{HTTP: url, Interval: interval},
+		Definition: discovery.CheckDefinition{HTTP: url, Interval: interval},
 	}
 }
 
@@ -204,14 +187,14 @@ func TestCheckRunnerHTTPStatuses(t *testing.T) {
 	cases := []struct {
 		id, path, want, output string
 	}{
-		{"ok", "/200", HealthPassing, "200 OK Output: reply OK"},
-		{"nocontent", "/204", HealthPassing, "204 No Content Output: "},
-		{"toomany", "/429", HealthWarning, "429 Too Many Requests Output: reply Too Many Requests"},
-		{"error", "/500", HealthCritical, "500 Internal Server Error Output: reply Internal Server Error"},
-		{"notfound", "/404", HealthCritical, "404 Not Found Output: reply Not Found"},
-		{"redirect", "/redirect", HealthCritical, "302 Found Output: "},
+		{"ok", "/200", discovery.HealthPassing, "200 OK Output: reply OK"},
+		{"nocontent", "/204", discovery.HealthPassing, "204 No Content Output: "},
+		{"toomany", "/429", discovery.HealthWarning, "429 Too Many Requests Output: reply Too Many Requests"},
+		{"error", "/500", discovery.HealthCritical, "500 Internal Server Error Output: reply Internal Server Error"},
+		{"notfound", "/404", discovery.HealthCritical, "404 Not Found Output: reply Not Found"},
+		{"redirect", "/redirect", discovery.HealthCritical, "302 Found Output: "},
 	}
-	var checks []*Check
+	var checks []*discovery.Check
 	for _, c := range cases {
 		checks = append(checks, httpCheck(c.id, srv.URL+c.path, 20*time.Millisecond, ""))
 	}
@@ -248,7 +231,7 @@ func TestCheckRunnerHTTPRequest(t *testing.T) {
 	r := newTestCheckRunner(t, sink)
 
 	// Defaults.
-	r.Sync([]*Check{httpCheck("get", srv.URL+"/health", time.Hour, "")})
+	r.Sync([]*discovery.Check{httpCheck("get", srv.URL+"/health", time.Hour, "")})
 	got := <-reqs
 	if got.method != http.MethodGet || got.body != "" {
 		t.Errorf("default request: %s with body %q", got.method, got.body)
@@ -259,7 +242,7 @@ func TestCheckRunnerHTTPRequest(t *testing.T) {
 	if a := got.header.Get("Accept"); a != "text/plain, text/*, */*" {
 		t.Errorf("Accept %q", a)
 	}
-	out := sink.waitStatus(t, "get", HealthPassing).output
+	out := sink.waitStatus(t, "get", discovery.HealthPassing).output
 	if want := "HTTP GET " + srv.URL + "/health: 200 OK Output: " + strings.Repeat("x", 4096); out != want {
 		t.Errorf("output is %d bytes, want the first 4 KiB of the body (%d bytes)", len(out), len(want))
 	}
@@ -274,7 +257,7 @@ func TestCheckRunnerHTTPRequest(t *testing.T) {
 		"User-Agent": {"custom"},
 		"Host":       {"example.test"},
 	}
-	r.Sync([]*Check{post})
+	r.Sync([]*discovery.Check{post})
 	got = <-reqs
 	if got.method != http.MethodPost || got.body != `{"ping":true}` {
 		t.Errorf("request: %s with body %q", got.method, got.body)
@@ -291,7 +274,7 @@ func TestCheckRunnerHTTPRequest(t *testing.T) {
 	if got.host != "example.test" {
 		t.Errorf("Host %q", got.host)
 	}
-	if out := sink.waitStatus(t, "post", HealthPassing).output; !strings.HasPrefix(out, "HTTP POST ") {
+	if out := sink.waitStatus(t, "post", discovery.HealthPassing).output; !strings.HasPrefix(out, "HTTP POST ") {
 		t.Errorf("output %q", out)
 	}
 }
@@ -312,18 +295,18 @@ func TestCheckRunnerHTTPTimeoutAndTransportError(t *testing.T) {
 
 	sink := newFakeCheckSink()
 	r := newTestCheckRunner(t, sink)
-	timeout := httpCheck("slow", slow.URL, time.Hour, HealthPassing)
+	timeout := httpCheck("slow", slow.URL, time.Hour, discovery.HealthPassing)
 	timeout.Definition.Timeout = 50 * time.Millisecond
 	start := time.Now()
-	r.Sync([]*Check{timeout, httpCheck("dead", deadURL, time.Hour, HealthPassing)})
-	if out := sink.waitStatus(t, "slow", HealthCritical).output; !strings.Contains(out, "deadline exceeded") &&
+	r.Sync([]*discovery.Check{timeout, httpCheck("dead", deadURL, time.Hour, discovery.HealthPassing)})
+	if out := sink.waitStatus(t, "slow", discovery.HealthCritical).output; !strings.Contains(out, "deadline exceeded") &&
 		!strings.Contains(out, "Timeout") {
 		t.Errorf("timeout output %q", out)
 	}
 	if d := time.Since(start); d > 500*time.Millisecond {
 		t.Errorf("timed out after %v, want about 50ms", d)
 	}
-	if out := sink.waitStatus(t, "dead", HealthCritical).output; !strings.Contains(out, "refused") {
+	if out := sink.waitStatus(t, "dead", discovery.HealthCritical).output; !strings.Contains(out, "refused") {
 		t.Errorf("transport error output %q", out)
 	}
 }
@@ -333,11 +316,11 @@ func TestCheckRunnerHTTPTLS(t *testing.T) {
 	t.Cleanup(srv.Close)
 	sink := newFakeCheckSink()
 	r := newTestCheckRunner(t, sink)
-	skip := httpCheck("skip", srv.URL, time.Hour, HealthCritical)
+	skip := httpCheck("skip", srv.URL, time.Hour, discovery.HealthCritical)
 	skip.Definition.TLSSkipVerify = true
-	r.Sync([]*Check{skip, httpCheck("verify", srv.URL, time.Hour, HealthPassing)})
-	sink.waitStatus(t, "skip", HealthPassing)
-	if out := sink.waitStatus(t, "verify", HealthCritical).output; !strings.Contains(out, "certificate") {
+	r.Sync([]*discovery.Check{skip, httpCheck("verify", srv.URL, time.Hour, discovery.HealthPassing)})
+	sink.waitStatus(t, "skip", discovery.HealthPassing)
+	if out := sink.waitStatus(t, "verify", discovery.HealthCritical).output; !strings.Contains(out, "certificate") {
 		t.Errorf("output %q", out)
 	}
 }
@@ -378,14 +361,14 @@ func TestCheckRunnerTCP(t *testing.T) {
 
 	sink := newFakeCheckSink()
 	r := newTestCheckRunner(t, sink)
-	r.Sync([]*Check{
-		{CheckID: "open", Status: HealthCritical, Definition: CheckDefinition{TCP: ln.Addr().String(), Interval: 20 * time.Millisecond}},
-		{CheckID: "closed", Status: HealthPassing, Definition: CheckDefinition{TCP: closedAddr, Interval: 20 * time.Millisecond}},
+	r.Sync([]*discovery.Check{
+		{CheckID: "open", Status: discovery.HealthCritical, Definition: discovery.CheckDefinition{TCP: ln.Addr().String(), Interval: 20 * time.Millisecond}},
+		{CheckID: "closed", Status: discovery.HealthPassing, Definition: discovery.CheckDefinition{TCP: closedAddr, Interval: 20 * time.Millisecond}},
 	})
-	if out := sink.waitStatus(t, "open", HealthPassing).output; out != "TCP connect "+ln.Addr().String()+": Success" {
+	if out := sink.waitStatus(t, "open", discovery.HealthPassing).output; out != "TCP connect "+ln.Addr().String()+": Success" {
 		t.Errorf("open output %q", out)
 	}
-	if out := sink.waitStatus(t, "closed", HealthCritical).output; !strings.Contains(out, "refused") {
+	if out := sink.waitStatus(t, "closed", discovery.HealthCritical).output; !strings.Contains(out, "refused") {
 		t.Errorf("closed output %q", out)
 	}
 }
@@ -407,25 +390,25 @@ func TestCheckRunnerGRPC(t *testing.T) {
 	sink := newFakeCheckSink()
 	r := newTestCheckRunner(t, sink)
 	interval := 20 * time.Millisecond
-	r.Sync([]*Check{
-		{CheckID: "server", Definition: CheckDefinition{GRPC: addr, Interval: interval}},
-		{CheckID: "db", Definition: CheckDefinition{GRPC: addr + "/db", Interval: interval}},
-		{CheckID: "unknown", Definition: CheckDefinition{GRPC: addr + "/nope", Interval: interval}},
+	r.Sync([]*discovery.Check{
+		{CheckID: "server", Definition: discovery.CheckDefinition{GRPC: addr, Interval: interval}},
+		{CheckID: "db", Definition: discovery.CheckDefinition{GRPC: addr + "/db", Interval: interval}},
+		{CheckID: "unknown", Definition: discovery.CheckDefinition{GRPC: addr + "/nope", Interval: interval}},
 	})
-	if out := sink.waitStatus(t, "server", HealthPassing).output; out != "gRPC check "+addr+": success" {
+	if out := sink.waitStatus(t, "server", discovery.HealthPassing).output; out != "gRPC check "+addr+": success" {
 		t.Errorf("output %q", out)
 	}
-	sink.waitStatus(t, "db", HealthPassing)
-	if out := sink.waitStatus(t, "unknown", HealthCritical).output; !strings.Contains(out, "NotFound") {
+	sink.waitStatus(t, "db", discovery.HealthPassing)
+	if out := sink.waitStatus(t, "unknown", discovery.HealthCritical).output; !strings.Contains(out, "NotFound") {
 		t.Errorf("unknown service output %q", out)
 	}
 
 	hs.SetServingStatus("db", healthpb.HealthCheckResponse_NOT_SERVING)
-	if out := sink.waitStatus(t, "db", HealthCritical).output; !strings.Contains(out, "NOT_SERVING") {
+	if out := sink.waitStatus(t, "db", discovery.HealthCritical).output; !strings.Contains(out, "NOT_SERVING") {
 		t.Errorf("not serving output %q", out)
 	}
 	hs.SetServingStatus("db", healthpb.HealthCheckResponse_SERVING)
-	sink.waitStatus(t, "db", HealthPassing)
+	sink.waitStatus(t, "db", discovery.HealthPassing)
 	if n := len(sink.updatesFor("db")); n != 3 {
 		t.Errorf("db: %d writes, want 3 (passing, critical, passing)", n)
 	}
@@ -444,9 +427,9 @@ func TestCheckRunnerGRPCServerDown(t *testing.T) {
 
 	sink := newFakeCheckSink()
 	r := newTestCheckRunner(t, sink)
-	r.Sync([]*Check{{CheckID: "down", Status: HealthPassing,
-		Definition: CheckDefinition{GRPC: addr, Interval: 20 * time.Millisecond}}})
-	if out := sink.waitStatus(t, "down", HealthCritical).output; !strings.Contains(out, "Unavailable") {
+	r.Sync([]*discovery.Check{{CheckID: "down", Status: discovery.HealthPassing,
+		Definition: discovery.CheckDefinition{GRPC: addr, Interval: 20 * time.Millisecond}}})
+	if out := sink.waitStatus(t, "down", discovery.HealthCritical).output; !strings.Contains(out, "Unavailable") {
 		t.Errorf("output %q", out)
 	}
 }
@@ -456,9 +439,9 @@ func TestCheckRunnerTTL(t *testing.T) {
 	r := newTestCheckRunner(t, sink)
 	ttl := 200 * time.Millisecond
 	start := time.Now()
-	r.Sync([]*Check{
-		{CheckID: "kept", Status: HealthPassing, Definition: CheckDefinition{TTL: ttl}},
-		{CheckID: "lapsed", Status: HealthPassing, Definition: CheckDefinition{TTL: ttl}},
+	r.Sync([]*discovery.Check{
+		{CheckID: "kept", Status: discovery.HealthPassing, Definition: discovery.CheckDefinition{TTL: ttl}},
+		{CheckID: "lapsed", Status: discovery.HealthPassing, Definition: discovery.CheckDefinition{TTL: ttl}},
 	})
 	ctx := context.Background()
 
@@ -471,13 +454,13 @@ func TestCheckRunnerTTL(t *testing.T) {
 			output = "fine"
 		}
 		last = time.Now()
-		if err := r.UpdateTTL(ctx, "kept", HealthPassing, output); err != nil {
+		if err := r.UpdateTTL(ctx, "kept", discovery.HealthPassing, output); err != nil {
 			t.Fatal(err)
 		}
 		time.Sleep(ttl / 4)
 	}
 	// Meanwhile "lapsed" got no update: it expired TTL after the start.
-	got := sink.waitStatus(t, "lapsed", HealthCritical)
+	got := sink.waitStatus(t, "lapsed", discovery.HealthCritical)
 	if got.output != "TTL expired" {
 		t.Errorf("output %q", got.output)
 	}
@@ -486,20 +469,20 @@ func TestCheckRunnerTTL(t *testing.T) {
 	}
 
 	u := sink.updatesFor("kept")
-	if len(u) != 1 || u[0].status != HealthPassing || u[0].output != "fine" {
+	if len(u) != 1 || u[0].status != discovery.HealthPassing || u[0].output != "fine" {
 		t.Fatalf("kept alive: writes %+v, want one (passing, fine)", u)
 	}
 
 	// Left alone, it expires TTL after the last update.
-	got = sink.waitStatus(t, "kept", HealthCritical)
+	got = sink.waitStatus(t, "kept", discovery.HealthCritical)
 	if got.output != "TTL expired" || got.at.Sub(last) < ttl {
 		t.Errorf("expired with %q after %v", got.output, got.at.Sub(last))
 	}
 	// And comes back with the next update.
-	if err := r.UpdateTTL(ctx, "kept", HealthWarning, "slow"); err != nil {
+	if err := r.UpdateTTL(ctx, "kept", discovery.HealthWarning, "slow"); err != nil {
 		t.Fatal(err)
 	}
-	if got := sink.last("kept"); got.status != HealthWarning || got.output != "slow" {
+	if got := sink.last("kept"); got.status != discovery.HealthWarning || got.output != "slow" {
 		t.Errorf("after update: %+v", got)
 	}
 }
@@ -509,15 +492,15 @@ func TestCheckRunnerWritesOnlyOnChange(t *testing.T) {
 		catalog string
 		writes  int
 	}{
-		{HealthCritical, 1},
-		{HealthPassing, 0},
+		{discovery.HealthCritical, 1},
+		{discovery.HealthPassing, 0},
 	} {
 		t.Run("from "+tc.catalog, func(t *testing.T) {
 			srv := newCountingServer(t, http.StatusOK)
 			sink := newFakeCheckSink()
 			r := newTestCheckRunner(t, sink)
-			r.Sync([]*Check{httpCheck("web", srv.URL, 50*time.Millisecond, tc.catalog)})
-			waitForCheck(t, nil, time.Second, "6 probes", func() bool { return srv.hits.Load() >= 6 })
+			r.Sync([]*discovery.Check{httpCheck("web", srv.URL, 50*time.Millisecond, tc.catalog)})
+			testkit.WaitFor(t, time.Second, "6 probes", func() bool { return srv.hits.Load() >= 6 })
 			if got := sink.attemptsFor("web"); len(got) != tc.writes {
 				t.Errorf("%d writes %+v, want %d", len(got), got, tc.writes)
 			}
@@ -530,12 +513,12 @@ func TestCheckRunnerSinkErrorRetried(t *testing.T) {
 	sink := newFakeCheckSink()
 	sink.failNext = 2
 	r := newTestCheckRunner(t, sink)
-	r.Sync([]*Check{httpCheck("web", srv.URL, 20*time.Millisecond, HealthCritical)})
-	sink.waitStatus(t, "web", HealthPassing)
+	r.Sync([]*discovery.Check{httpCheck("web", srv.URL, 20*time.Millisecond, discovery.HealthCritical)})
+	sink.waitStatus(t, "web", discovery.HealthPassing)
 	hits := srv.hits.Load()
-	waitForCheck(t, nil, time.Second, "more probes", func() bool { return srv.hits.Load() >= hits+4 })
+	testkit.WaitFor(t, time.Second, "more probes", func() bool { return srv.hits.Load() >= hits+4 })
 	got := sink.attemptsFor("web")
-	if len(got) != 3 || got[0].status != "error:passing" || got[1].status != "error:passing" || got[2].status != HealthPassing {
+	if len(got) != 3 || got[0].status != "error:passing" || got[1].status != "error:passing" || got[2].status != discovery.HealthPassing {
 		t.Errorf("attempts %+v, want two failed writes then one", got)
 	}
 }
@@ -545,13 +528,13 @@ func TestCheckRunnerTTLSinkErrorRetried(t *testing.T) {
 	sink.failNext = 1
 	r := newTestCheckRunner(t, sink)
 	// TTL 100ms: the runner retries at least every 100ms.
-	r.Sync([]*Check{{CheckID: "ttl", Status: HealthCritical, Definition: CheckDefinition{TTL: 100 * time.Millisecond}}})
-	if err := r.UpdateTTL(context.Background(), "ttl", HealthPassing, "ok"); err == nil {
+	r.Sync([]*discovery.Check{{CheckID: "ttl", Status: discovery.HealthCritical, Definition: discovery.CheckDefinition{TTL: 100 * time.Millisecond}}})
+	if err := r.UpdateTTL(context.Background(), "ttl", discovery.HealthPassing, "ok"); err == nil {
 		t.Fatal("UpdateTTL did not return the sink's error")
 	}
 	// Retried by the runner until it expires again or is written.
-	waitForCheck(t, sink.changed, time.Second, "a retry", func() bool { return len(sink.attemptsFor("ttl")) >= 2 })
-	if got := sink.attemptsFor("ttl")[1]; got.status != HealthPassing && got.status != HealthCritical {
+	testkit.WaitFor(t, time.Second, "a retry", func() bool { return len(sink.attemptsFor("ttl")) >= 2 })
+	if got := sink.attemptsFor("ttl")[1]; got.status != discovery.HealthPassing && got.status != discovery.HealthCritical {
 		t.Errorf("retry wrote %+v", got)
 	}
 }
@@ -568,20 +551,20 @@ func TestCheckRunnerDeregisterCriticalAfter(t *testing.T) {
 	r := newTestCheckRunner(t, sink)
 	limit := 150 * time.Millisecond
 	start := time.Now()
-	r.Sync([]*Check{
-		{CheckID: "tcp", ServiceID: "web-1", Status: HealthPassing, Definition: CheckDefinition{
+	r.Sync([]*discovery.Check{
+		{CheckID: "tcp", ServiceID: "web-1", Status: discovery.HealthPassing, Definition: discovery.CheckDefinition{
 			TCP: addr, Interval: 20 * time.Millisecond, DeregisterCriticalServiceAfter: limit}},
 		// Critical from the catalog; its TTL keeps it critical.
-		{CheckID: "ttl", ServiceID: "worker-1", Status: HealthCritical, Definition: CheckDefinition{
+		{CheckID: "ttl", ServiceID: "worker-1", Status: discovery.HealthCritical, Definition: discovery.CheckDefinition{
 			TTL: 100 * time.Millisecond, DeregisterCriticalServiceAfter: limit}},
 		// No service: nothing to deregister.
-		{CheckID: "node", Status: HealthPassing, Definition: CheckDefinition{
+		{CheckID: "node", Status: discovery.HealthPassing, Definition: discovery.CheckDefinition{
 			TCP: addr, Interval: 20 * time.Millisecond, DeregisterCriticalServiceAfter: limit}},
 		// Not critical.
-		{CheckID: "alive", ServiceID: "alive-1", Status: HealthPassing, Definition: CheckDefinition{
+		{CheckID: "alive", ServiceID: "alive-1", Status: discovery.HealthPassing, Definition: discovery.CheckDefinition{
 			TTL: time.Hour, DeregisterCriticalServiceAfter: time.Millisecond}},
 	})
-	waitForCheck(t, sink.changed, 1500*time.Millisecond, "two deregistrations", func() bool {
+	testkit.WaitFor(t, 1500*time.Millisecond, "two deregistrations", func() bool {
 		return len(sink.deregistrations()) >= 2
 	})
 	time.Sleep(200 * time.Millisecond) // several more runs and ticks
@@ -605,11 +588,11 @@ func TestCheckRunnerSyncRemoveStops(t *testing.T) {
 	srv := newCountingServer(t, http.StatusOK)
 	sink := newFakeCheckSink()
 	r := newTestCheckRunner(t, sink)
-	r.Sync([]*Check{
-		httpCheck("web", srv.URL, 10*time.Millisecond, HealthPassing),
-		{CheckID: "ttl", Definition: CheckDefinition{TTL: time.Hour}},
+	r.Sync([]*discovery.Check{
+		httpCheck("web", srv.URL, 10*time.Millisecond, discovery.HealthPassing),
+		{CheckID: "ttl", Definition: discovery.CheckDefinition{TTL: time.Hour}},
 	})
-	waitForCheck(t, nil, time.Second, "probes", func() bool { return srv.hits.Load() >= 3 })
+	testkit.WaitFor(t, time.Second, "probes", func() bool { return srv.hits.Load() >= 3 })
 	r.Sync(nil)
 	time.Sleep(30 * time.Millisecond) // let a probe in flight finish
 	hits := srv.hits.Load()
@@ -617,7 +600,7 @@ func TestCheckRunnerSyncRemoveStops(t *testing.T) {
 	if n := srv.hits.Load(); n != hits {
 		t.Errorf("%d requests after the check was removed", n-hits)
 	}
-	if err := r.UpdateTTL(context.Background(), "ttl", HealthPassing, ""); !errors.Is(err, ErrCheckNotFound) {
+	if err := r.UpdateTTL(context.Background(), "ttl", discovery.HealthPassing, ""); !errors.Is(err, discovery.ErrCheckNotFound) {
 		t.Errorf("UpdateTTL on a removed check: %v", err)
 	}
 }
@@ -628,12 +611,12 @@ func TestCheckRunnerSyncUnchangedKeepsRunning(t *testing.T) {
 	r := newTestCheckRunner(t, sink)
 	interval := 150 * time.Millisecond
 	ttl := 200 * time.Millisecond
-	set := func(i int, header string) []*Check {
-		web := httpCheck("web", srv.URL, interval, HealthPassing)
+	set := func(i int, header string) []*discovery.Check {
+		web := httpCheck("web", srv.URL, interval, discovery.HealthPassing)
 		web.Definition.Header = map[string][]string{"X-Test": {header}}
 		web.ModifyIndex = uint64(i)
-		return []*Check{web, {CheckID: "ttl", Status: HealthPassing, ModifyIndex: uint64(i),
-			Definition: CheckDefinition{TTL: ttl}}}
+		return []*discovery.Check{web, {CheckID: "ttl", Status: discovery.HealthPassing, ModifyIndex: uint64(i),
+			Definition: discovery.CheckDefinition{TTL: ttl}}}
 	}
 	start := time.Now()
 	r.Sync(set(0, "a"))
@@ -648,7 +631,7 @@ func TestCheckRunnerSyncUnchangedKeepsRunning(t *testing.T) {
 	}
 	// The TTL timer was not reset.
 	got := sink.last("ttl")
-	if got.status != HealthCritical || got.at.Sub(start) > ttl+150*time.Millisecond {
+	if got.status != discovery.HealthCritical || got.at.Sub(start) > ttl+150*time.Millisecond {
 		t.Errorf("TTL check: %+v after %v, want critical about %v after the start", got, got.at.Sub(start), ttl)
 	}
 	if n := len(sink.attemptsFor("web")); n != 0 {
@@ -658,7 +641,7 @@ func TestCheckRunnerSyncUnchangedKeepsRunning(t *testing.T) {
 	// A changed definition restarts the check: it runs again at once.
 	hits := srv.hits.Load()
 	r.Sync(set(1000, "b"))
-	waitForCheck(t, nil, 100*time.Millisecond, "a run of the restarted check", func() bool {
+	testkit.WaitFor(t, 100*time.Millisecond, "a run of the restarted check", func() bool {
 		return srv.hits.Load() > hits
 	})
 }
@@ -667,34 +650,34 @@ func TestCheckRunnerUpdateTTLErrors(t *testing.T) {
 	srv := newCountingServer(t, http.StatusOK)
 	sink := newFakeCheckSink()
 	r := newTestCheckRunner(t, sink)
-	r.Sync([]*Check{
-		httpCheck("web", srv.URL, time.Hour, HealthPassing),
-		{CheckID: "ttl", Definition: CheckDefinition{TTL: time.Hour}},
+	r.Sync([]*discovery.Check{
+		httpCheck("web", srv.URL, time.Hour, discovery.HealthPassing),
+		{CheckID: "ttl", Definition: discovery.CheckDefinition{TTL: time.Hour}},
 		{CheckID: "nothing"}, // no definition: not run
 	})
 	ctx := context.Background()
-	if err := r.UpdateTTL(ctx, "missing", HealthPassing, ""); !errors.Is(err, ErrCheckNotFound) {
+	if err := r.UpdateTTL(ctx, "missing", discovery.HealthPassing, ""); !errors.Is(err, discovery.ErrCheckNotFound) {
 		t.Errorf("unknown check: %v", err)
 	}
-	if err := r.UpdateTTL(ctx, "nothing", HealthPassing, ""); !errors.Is(err, ErrCheckNotFound) {
+	if err := r.UpdateTTL(ctx, "nothing", discovery.HealthPassing, ""); !errors.Is(err, discovery.ErrCheckNotFound) {
 		t.Errorf("check without a definition: %v", err)
 	}
-	if err := r.UpdateTTL(ctx, "web", HealthPassing, ""); !errors.Is(err, ErrNotTTLCheck) {
+	if err := r.UpdateTTL(ctx, "web", discovery.HealthPassing, ""); !errors.Is(err, discovery.ErrNotTTLCheck) {
 		t.Errorf("HTTP check: %v", err)
 	}
 	if err := r.UpdateTTL(ctx, "ttl", "bogus", ""); err == nil ||
-		errors.Is(err, ErrCheckNotFound) || errors.Is(err, ErrNotTTLCheck) {
+		errors.Is(err, discovery.ErrCheckNotFound) || errors.Is(err, discovery.ErrNotTTLCheck) {
 		t.Errorf("invalid status: %v", err)
 	}
-	if err := r.UpdateTTL(ctx, "ttl", HealthWarning, "hm"); err != nil {
+	if err := r.UpdateTTL(ctx, "ttl", discovery.HealthWarning, "hm"); err != nil {
 		t.Errorf("TTL check: %v", err)
 	}
 	r.Close()
-	if err := r.UpdateTTL(ctx, "ttl", HealthPassing, ""); !errors.Is(err, ErrCheckNotFound) {
+	if err := r.UpdateTTL(ctx, "ttl", discovery.HealthPassing, ""); !errors.Is(err, discovery.ErrCheckNotFound) {
 		t.Errorf("after Close: %v", err)
 	}
-	r.Sync([]*Check{{CheckID: "late", Definition: CheckDefinition{TTL: time.Hour}}}) // no-op
-	if err := r.UpdateTTL(ctx, "late", HealthPassing, ""); !errors.Is(err, ErrCheckNotFound) {
+	r.Sync([]*discovery.Check{{CheckID: "late", Definition: discovery.CheckDefinition{TTL: time.Hour}}}) // no-op
+	if err := r.UpdateTTL(ctx, "late", discovery.HealthPassing, ""); !errors.Is(err, discovery.ErrCheckNotFound) {
 		t.Errorf("Sync after Close started a check: %v", err)
 	}
 }
@@ -704,21 +687,21 @@ func TestCheckRunnerUpdateTTLErrors(t *testing.T) {
 // late, and with the view from before the write delivered after the write
 // returned (a replica that is behind).
 type feedbackCatalog struct {
-	r         *CheckRunner
+	r         *Runner
 	mu        sync.Mutex
-	checks    map[string]*Check
+	checks    map[string]*discovery.Check
 	writes    map[string]int
-	deliver   chan []*Check
+	deliver   chan []*discovery.Check
 	delivered atomic.Int64
 	queued    atomic.Int64
 	changed   chan struct{}
 }
 
-func newFeedbackCatalog(t *testing.T, checks ...*Check) *feedbackCatalog {
+func newFeedbackCatalog(t *testing.T, checks ...*discovery.Check) *feedbackCatalog {
 	c := &feedbackCatalog{
-		checks:  make(map[string]*Check),
+		checks:  make(map[string]*discovery.Check),
 		writes:  make(map[string]int),
-		deliver: make(chan []*Check, 1000),
+		deliver: make(chan []*discovery.Check, 1000),
 		changed: make(chan struct{}, 1),
 	}
 	for _, ch := range checks {
@@ -743,8 +726,8 @@ func newFeedbackCatalog(t *testing.T, checks ...*Check) *feedbackCatalog {
 	return c
 }
 
-func (c *feedbackCatalog) snapshotLocked() []*Check {
-	var out []*Check
+func (c *feedbackCatalog) snapshotLocked() []*discovery.Check {
+	var out []*discovery.Check
 	for _, ch := range c.checks {
 		cp := *ch
 		out = append(out, &cp)
@@ -752,7 +735,7 @@ func (c *feedbackCatalog) snapshotLocked() []*Check {
 	return out
 }
 
-func (c *feedbackCatalog) publishLocked(snaps ...[]*Check) {
+func (c *feedbackCatalog) publishLocked(snaps ...[]*discovery.Check) {
 	for _, s := range snaps {
 		c.queued.Add(1)
 		c.deliver <- s
@@ -799,14 +782,14 @@ func (c *feedbackCatalog) get(checkID string) (status, output string, writes int
 
 func (c *feedbackCatalog) waitDelivered(t *testing.T) {
 	t.Helper()
-	waitForCheck(t, nil, time.Second, "catalog deliveries", func() bool {
+	testkit.WaitFor(t, time.Second, "catalog deliveries", func() bool {
 		return c.delivered.Load() == c.queued.Load()
 	})
 }
 
 func (c *feedbackCatalog) waitStatus(t *testing.T, checkID, want string) {
 	t.Helper()
-	waitForCheck(t, c.changed, time.Second, checkID+" "+want+" in the catalog", func() bool {
+	testkit.WaitFor(t, time.Second, checkID+" "+want+" in the catalog", func() bool {
 		s, _, _ := c.get(checkID)
 		return s == want
 	})
@@ -815,8 +798,8 @@ func (c *feedbackCatalog) waitStatus(t *testing.T, checkID, want string) {
 func TestCheckRunnerCatalogFeedback(t *testing.T) {
 	srv := newCountingServer(t, http.StatusOK)
 	c := newFeedbackCatalog(t,
-		httpCheck("web", srv.URL, 10*time.Millisecond, HealthCritical),
-		&Check{CheckID: "ttl", Status: HealthCritical, Definition: CheckDefinition{TTL: time.Hour}},
+		httpCheck("web", srv.URL, 10*time.Millisecond, discovery.HealthCritical),
+		&discovery.Check{CheckID: "ttl", Status: discovery.HealthCritical, Definition: discovery.CheckDefinition{TTL: time.Hour}},
 	)
 	c.mu.Lock()
 	snap := c.snapshotLocked()
@@ -829,18 +812,18 @@ func TestCheckRunnerCatalogFeedback(t *testing.T) {
 	want := 0
 	for _, code := range []int{200, 500, 200, 429, 200} {
 		srv.code.Store(int64(code))
-		status := map[int]string{200: HealthPassing, 500: HealthCritical, 429: HealthWarning}[code]
+		status := map[int]string{200: discovery.HealthPassing, 500: discovery.HealthCritical, 429: discovery.HealthWarning}[code]
 		c.waitStatus(t, "web", status)
 		want++
 		hits := srv.hits.Load()
-		waitForCheck(t, nil, time.Second, "more probes", func() bool { return srv.hits.Load() >= hits+5 })
+		testkit.WaitFor(t, time.Second, "more probes", func() bool { return srv.hits.Load() >= hits+5 })
 		if _, _, n := c.get("web"); n != want {
 			t.Fatalf("after %d changes: %d writes", want, n)
 		}
 	}
 
 	for i, u := range []struct{ status, output string }{
-		{HealthPassing, ""}, {HealthPassing, ""}, {HealthWarning, "slow"}, {HealthWarning, "slow"}, {HealthPassing, ""},
+		{discovery.HealthPassing, ""}, {discovery.HealthPassing, ""}, {discovery.HealthWarning, "slow"}, {discovery.HealthWarning, "slow"}, {discovery.HealthPassing, ""},
 	} {
 		if err := c.r.UpdateTTL(ctx, "ttl", u.status, u.output); err != nil {
 			t.Fatal(err)
@@ -850,29 +833,29 @@ func TestCheckRunnerCatalogFeedback(t *testing.T) {
 		}
 	}
 	c.waitDelivered(t)
-	if s, _, n := c.get("ttl"); s != HealthPassing || n != 3 {
+	if s, _, n := c.get("ttl"); s != discovery.HealthPassing || n != 3 {
 		t.Errorf("ttl: %s after %d writes, want passing after 3", s, n)
 	}
 
 	// Someone else rewrites the statuses. The probe check writes its own
 	// result back, once; the TTL check takes the catalog's.
 	_, _, webWrites := c.get("web")
-	c.set("web", HealthCritical, "re-registered")
-	c.set("ttl", HealthCritical, "re-registered")
-	c.waitStatus(t, "web", HealthPassing)
+	c.set("web", discovery.HealthCritical, "re-registered")
+	c.set("ttl", discovery.HealthCritical, "re-registered")
+	c.waitStatus(t, "web", discovery.HealthPassing)
 	c.waitDelivered(t)
 	hits := srv.hits.Load()
-	waitForCheck(t, nil, time.Second, "more probes", func() bool { return srv.hits.Load() >= hits+5 })
+	testkit.WaitFor(t, time.Second, "more probes", func() bool { return srv.hits.Load() >= hits+5 })
 	if _, _, n := c.get("web"); n != webWrites+1 {
 		t.Errorf("web: %d writes after the catalog changed, want 1", n-webWrites)
 	}
-	if s, _, n := c.get("ttl"); s != HealthCritical || n != 3 {
+	if s, _, n := c.get("ttl"); s != discovery.HealthCritical || n != 3 {
 		t.Errorf("ttl: %s after %d writes, want critical after 3", s, n)
 	}
-	if err := c.r.UpdateTTL(ctx, "ttl", HealthPassing, ""); err != nil {
+	if err := c.r.UpdateTTL(ctx, "ttl", discovery.HealthPassing, ""); err != nil {
 		t.Fatal(err)
 	}
-	if s, _, n := c.get("ttl"); s != HealthPassing || n != 4 {
+	if s, _, n := c.get("ttl"); s != discovery.HealthPassing || n != 4 {
 		t.Errorf("ttl: %s after %d writes, want passing after 4", s, n)
 	}
 }
@@ -881,8 +864,8 @@ func TestCheckRunnerCatalogFeedback(t *testing.T) {
 // the write locally and notifies watchers synchronously would.
 type reentrantSink struct {
 	*fakeCheckSink
-	r     *CheckRunner
-	check *Check
+	r     *Runner
+	check *discovery.Check
 }
 
 func (s *reentrantSink) UpdateCheck(ctx context.Context, checkID, status, output string) error {
@@ -893,21 +876,21 @@ func (s *reentrantSink) UpdateCheck(ctx context.Context, checkID, status, output
 	c := *s.check
 	c.Status, c.Output = status, output
 	s.fakeCheckSink.mu.Unlock()
-	s.r.Sync([]*Check{&c})
+	s.r.Sync([]*discovery.Check{&c})
 	return nil
 }
 
 func TestCheckRunnerReentrantSync(t *testing.T) {
 	srv := newCountingServer(t, http.StatusOK)
 	sink := &reentrantSink{fakeCheckSink: newFakeCheckSink(),
-		check: httpCheck("web", srv.URL, 10*time.Millisecond, HealthCritical)}
+		check: httpCheck("web", srv.URL, 10*time.Millisecond, discovery.HealthCritical)}
 	sink.r = newTestCheckRunner(t, sink)
-	sink.r.Sync([]*Check{sink.check})
-	sink.waitStatus(t, "web", HealthPassing)
+	sink.r.Sync([]*discovery.Check{sink.check})
+	sink.waitStatus(t, "web", discovery.HealthPassing)
 	srv.code.Store(500)
-	sink.waitStatus(t, "web", HealthCritical)
+	sink.waitStatus(t, "web", discovery.HealthCritical)
 	hits := srv.hits.Load()
-	waitForCheck(t, nil, time.Second, "more probes", func() bool { return srv.hits.Load() >= hits+5 })
+	testkit.WaitFor(t, time.Second, "more probes", func() bool { return srv.hits.Load() >= hits+5 })
 	if n := len(sink.updatesFor("web")); n != 2 {
 		t.Errorf("%d writes, want 2", n)
 	}
@@ -927,16 +910,16 @@ func TestCheckRunnerCloseStopsGoroutines(t *testing.T) {
 
 	before := runtime.NumGoroutine()
 	sink := newFakeCheckSink()
-	r := NewCheckRunner(slog.New(slog.DiscardHandler), sink)
+	r := New(testkit.Discard(), sink)
 	r.maxJitter = 0
-	r.Sync([]*Check{
+	r.Sync([]*discovery.Check{
 		httpCheck("http", srv.URL, 10*time.Millisecond, ""),
-		{CheckID: "tcp", Definition: CheckDefinition{TCP: ln.Addr().String(), Interval: 10 * time.Millisecond}},
-		{CheckID: "grpc", Definition: CheckDefinition{GRPC: ln.Addr().String(), Interval: 10 * time.Millisecond}},
-		{CheckID: "ttl", Definition: CheckDefinition{TTL: time.Hour}},
+		{CheckID: "tcp", Definition: discovery.CheckDefinition{TCP: ln.Addr().String(), Interval: 10 * time.Millisecond}},
+		{CheckID: "grpc", Definition: discovery.CheckDefinition{GRPC: ln.Addr().String(), Interval: 10 * time.Millisecond}},
+		{CheckID: "ttl", Definition: discovery.CheckDefinition{TTL: time.Hour}},
 	})
 	for _, id := range []string{"http", "tcp", "grpc"} {
-		sink.waitStatus(t, id, HealthPassing)
+		sink.waitStatus(t, id, discovery.HealthPassing)
 	}
 	done := make(chan struct{})
 	go func() {
@@ -950,7 +933,7 @@ func TestCheckRunnerCloseStopsGoroutines(t *testing.T) {
 	}
 	r.Close() // idempotent
 	// The servers' goroutines for the runner's connections go away too.
-	waitForCheck(t, nil, time.Second, "goroutines to exit", func() bool {
+	testkit.WaitFor(t, time.Second, "goroutines to exit", func() bool {
 		return runtime.NumGoroutine() <= before
 	})
 }

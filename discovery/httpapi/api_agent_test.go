@@ -1,4 +1,4 @@
-package discovery
+package httpapi
 
 import (
 	"net/http"
@@ -8,6 +8,7 @@ import (
 	"testing"
 
 	"github.com/hashicorp/consul/api"
+	"github.com/vmesh/vmesh/discovery"
 )
 
 // TestAgentMembersTags: every member of /v1/agent/members carries its own
@@ -15,8 +16,8 @@ import (
 // a build tag, since the catalog records no other agent's. Read through
 // consul/api, as Consul tools read it.
 func TestAgentMembersTags(t *testing.T) {
-	s := NewStore()
-	for i, n := range []*Node{
+	s := discovery.NewStore()
+	for i, n := range []*discovery.Node{
 		{ID: "11111111-1111-1111-1111-111111111111", Name: "n1", Address: "10.0.0.1", Datacenter: "dc1"},
 		{ID: "22222222-2222-2222-2222-222222222222", Name: "n2", Address: "10.0.0.2", Datacenter: "dc1"},
 	} {

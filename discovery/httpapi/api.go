@@ -1,4 +1,4 @@
-package discovery
+package httpapi
 
 import (
 	"context"
@@ -9,12 +9,11 @@ import (
 	"log/slog"
 	"math/rand/v2"
 	"net/http"
-	"reflect"
 	"strconv"
-	"strings"
 	"time"
 
 	"github.com/hashicorp/go-memdb"
+	"github.com/vmesh/vmesh/discovery"
 )
 
 // Cluster is what the API needs to know about consensus; raft.Server is
@@ -41,8 +40,8 @@ type Member struct {
 // raft directly, so the cluster layer can forward writes to a leader
 // without this code knowing.
 type API struct {
-	Store      *Store
-	Writer     Writer
+	Store      *discovery.Store
+	Writer     discovery.Writer
 	Cluster    Cluster
 	TTL        TTLUpdater
 	NodeName   string
@@ -62,12 +61,12 @@ type API struct {
 	// UserPorts serializes this node's service registrations and gives
 	// each service user its port (userports.go). The agent shares it with
 	// its service-file sync. Nil: a private one with the default policy.
-	UserPorts *UserPortAllocator
+	UserPorts *discovery.UserPortAllocator
 
-	ownPorts UserPortAllocator // UserPorts when that is nil
+	ownPorts discovery.UserPortAllocator // UserPorts when that is nil
 }
 
-func (a *API) userPorts() *UserPortAllocator {
+func (a *API) userPorts() *discovery.UserPortAllocator {
 	if a.UserPorts != nil {
 		return a.UserPorts
 	}
@@ -78,12 +77,8 @@ func (a *API) userPorts() *UserPortAllocator {
 const (
 	defaultWait = 5 * time.Minute
 	maxWait     = 10 * time.Minute
-	// maxKVSize is Consul's default limit on a KV value.
-	maxKVSize = 512 * 1024
 	// readyTimeout bounds how long a write waits for the agent to be ready.
 	readyTimeout = 15 * time.Second
-	// maxBody bounds any other request body.
-	maxBody = 1 << 20
 )
 
 // Register adds the API's routes to mux.
@@ -96,9 +91,9 @@ func (a *API) Register(mux *http.ServeMux) {
 	mux.HandleFunc("GET /v1/agent/checks", a.agentChecks)
 	mux.HandleFunc("PUT /v1/agent/check/register", a.checkRegister)
 	mux.HandleFunc("PUT /v1/agent/check/deregister/{id}", a.checkDeregister)
-	mux.HandleFunc("PUT /v1/agent/check/pass/{id}", a.checkTTL(HealthPassing))
-	mux.HandleFunc("PUT /v1/agent/check/warn/{id}", a.checkTTL(HealthWarning))
-	mux.HandleFunc("PUT /v1/agent/check/fail/{id}", a.checkTTL(HealthCritical))
+	mux.HandleFunc("PUT /v1/agent/check/pass/{id}", a.checkTTL(discovery.HealthPassing))
+	mux.HandleFunc("PUT /v1/agent/check/warn/{id}", a.checkTTL(discovery.HealthWarning))
+	mux.HandleFunc("PUT /v1/agent/check/fail/{id}", a.checkTTL(discovery.HealthCritical))
 	mux.HandleFunc("PUT /v1/agent/check/update/{id}", a.checkTTL(""))
 	mux.HandleFunc("GET /v1/agent/self", a.agentSelf)
 	mux.HandleFunc("GET /v1/agent/members", a.agentMembers)
@@ -143,7 +138,10 @@ func notFound(format string, args ...any) error {
 	return &HTTPError{Code: http.StatusNotFound, Msg: fmt.Sprintf(format, args...)}
 }
 
-// writeError answers err with Consul's status code and a plain-text body.
+// writeError is the one way a handler answers an error: Consul's status
+// code (from an HTTPError, or the catalog's sentinel errors) and the message
+// as a plain-text body, as Consul does, so that consul/api shows it as is.
+// A 500 is logged: it is our fault, not the client's.
 func (a *API) writeError(w http.ResponseWriter, r *http.Request, err error) {
 	code := http.StatusInternalServerError
 	msg := err.Error()
@@ -151,9 +149,9 @@ func (a *API) writeError(w http.ResponseWriter, r *http.Request, err error) {
 	switch {
 	case errors.As(err, &he):
 		code = he.Code
-	case errors.Is(err, ErrInvalid):
+	case errors.Is(err, discovery.ErrInvalid):
 		code = http.StatusBadRequest
-	case errors.Is(err, ErrNotFound):
+	case errors.Is(err, discovery.ErrNotFound):
 		code = http.StatusNotFound
 	case errors.Is(err, context.DeadlineExceeded), errors.Is(err, context.Canceled):
 		code = http.StatusServiceUnavailable
@@ -175,8 +173,8 @@ func writeJSON(w http.ResponseWriter, v any) {
 
 // decodeBody decodes a JSON request body strictly: an unknown field or a
 // value of the wrong type is a 400 that names the field.
-func decodeBody(r *http.Request, out any) error {
-	dec := json.NewDecoder(http.MaxBytesReader(nil, r.Body, maxBody))
+func decodeBody(w http.ResponseWriter, r *http.Request, out any) error {
+	dec := json.NewDecoder(limitBody(w, r, maxBody))
 	dec.DisallowUnknownFields()
 	if err := dec.Decode(out); err != nil {
 		return decodeError(err)
@@ -185,27 +183,6 @@ func decodeBody(r *http.Request, out any) error {
 		return badRequest("Request decode failed: trailing data after the JSON object")
 	}
 	return nil
-}
-
-// decodeError turns an encoding/json error into a 400 that names the field.
-func decodeError(err error) error {
-	var te *json.UnmarshalTypeError
-	if errors.As(err, &te) {
-		want := te.Type.String()
-		switch te.Type {
-		case reflect.TypeFor[Duration]():
-			want = `a duration such as "10s"`
-		case reflect.TypeFor[int](), reflect.TypeFor[uint64](), reflect.TypeFor[uint32](), reflect.TypeFor[float32]():
-			want = "a number"
-		case reflect.TypeFor[string]():
-			want = "a string"
-		}
-		return badRequest("Request decode failed: field %s: expected %s, got %s", te.Field, want, te.Value)
-	}
-	if errors.Is(err, io.EOF) {
-		return badRequest("Request decode failed: empty body")
-	}
-	return badRequest("Request decode failed: %v", strings.TrimPrefix(err.Error(), "json: "))
 }
 
 // queryOptions are the parameters every read accepts.
@@ -319,7 +296,7 @@ func readOne[T any](a *API, w http.ResponseWriter, r *http.Request, query func(w
 }
 
 // apply sends a write through raft.
-func (a *API) apply(r *http.Request, cmd Command) (uint64, error) {
+func (a *API) apply(r *http.Request, cmd discovery.Command) (uint64, error) {
 	if a.WaitReady != nil {
 		ctx, cancel := context.WithTimeout(r.Context(), readyTimeout)
 		err := a.WaitReady(ctx)
@@ -351,4 +328,12 @@ func (a *API) statusPeers(w http.ResponseWriter, r *http.Request) {
 // TTLUpdater records TTL check results; the agent's CheckRunner is one.
 type TTLUpdater interface {
 	UpdateTTL(ctx context.Context, checkID, status, output string) error
+}
+
+// decodeError answers a JSON decoding error with a 400 that names the field.
+func decodeError(err error) error {
+	if _, ok := errors.AsType[*http.MaxBytesError](err); ok {
+		return bodyError(err)
+	}
+	return badRequest("%s", discovery.DecodeError(err))
 }

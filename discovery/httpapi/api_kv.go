@@ -1,4 +1,4 @@
-package discovery
+package httpapi
 
 import (
 	"io"
@@ -6,6 +6,7 @@ import (
 	"strconv"
 
 	"github.com/hashicorp/go-memdb"
+	"github.com/vmesh/vmesh/discovery"
 )
 
 func (a *API) kvGet(w http.ResponseWriter, r *http.Request) {
@@ -30,7 +31,7 @@ func (a *API) kvGet(w http.ResponseWriter, r *http.Request) {
 		}
 		writeJSON(w, out)
 	case recurse:
-		var out []*KVEntry
+		var out []*discovery.KVEntry
 		if !a.read(w, r, func(ws memdb.WatchSet) (uint64, error) {
 			idx, es, err := a.Store.KVList(ws, key)
 			out = es
@@ -44,7 +45,7 @@ func (a *API) kvGet(w http.ResponseWriter, r *http.Request) {
 		}
 		writeJSON(w, toKVPairs(out))
 	default:
-		var e *KVEntry
+		var e *discovery.KVEntry
 		if !a.read(w, r, func(ws memdb.WatchSet) (uint64, error) {
 			idx, got, err := a.Store.KVGet(ws, key)
 			e = got
@@ -61,11 +62,11 @@ func (a *API) kvGet(w http.ResponseWriter, r *http.Request) {
 			w.Write(e.Value)
 			return
 		}
-		writeJSON(w, toKVPairs([]*KVEntry{e}))
+		writeJSON(w, toKVPairs([]*discovery.KVEntry{e}))
 	}
 }
 
-func toKVPairs(es []*KVEntry) []*kvPair {
+func toKVPairs(es []*discovery.KVEntry) []*kvPair {
 	out := make([]*kvPair, 0, len(es))
 	for _, e := range es {
 		out = append(out, &kvPair{
@@ -125,11 +126,11 @@ func (a *API) kvPut(w http.ResponseWriter, r *http.Request) {
 		a.writeError(w, r, &HTTPError{Code: http.StatusRequestEntityTooLarge, Msg: "Value exceeds 524288 byte limit"})
 		return
 	}
-	op := KVSet
+	op := discovery.KVSet
 	if hasCAS {
-		op = KVCAS
+		op = discovery.KVCAS
 	}
-	a.kvWrite(w, r, KVRequest{Op: op, Entry: KVEntry{Key: key, Flags: flags, Value: val, ModifyIndex: cas}})
+	a.kvWrite(w, r, discovery.KVRequest{Op: op, Entry: discovery.KVEntry{Key: key, Flags: flags, Value: val, ModifyIndex: cas}})
 }
 
 func (a *API) kvDelete(w http.ResponseWriter, r *http.Request) {
@@ -140,25 +141,25 @@ func (a *API) kvDelete(w http.ResponseWriter, r *http.Request) {
 		a.writeError(w, r, err)
 		return
 	}
-	op := KVDelete
+	op := discovery.KVDelete
 	switch {
 	case recurse && hasCAS:
 		a.writeError(w, r, badRequest("Conflicting flags: ?recurse and ?cas"))
 		return
 	case recurse:
-		op = KVDeleteTree
+		op = discovery.KVDeleteTree
 	case hasCAS:
-		op = KVDeleteCAS
+		op = discovery.KVDeleteCAS
 	case key == "":
 		a.writeError(w, r, badRequest("Missing key name"))
 		return
 	}
-	a.kvWrite(w, r, KVRequest{Op: op, Entry: KVEntry{Key: key, ModifyIndex: cas}})
+	a.kvWrite(w, r, discovery.KVRequest{Op: op, Entry: discovery.KVEntry{Key: key, ModifyIndex: cas}})
 }
 
 // kvWrite applies a KV request and answers true or false, as Consul does: a
 // failed check-and-set is false with status 200.
-func (a *API) kvWrite(w http.ResponseWriter, r *http.Request, req KVRequest) {
+func (a *API) kvWrite(w http.ResponseWriter, r *http.Request, req discovery.KVRequest) {
 	_, err := a.apply(r, req)
 	a.writeBool(w, r, err)
 }

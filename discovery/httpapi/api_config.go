@@ -1,14 +1,14 @@
-package discovery
+package httpapi
 
 import (
 	"errors"
-	"io"
 	"net/http"
 	"slices"
 	"strconv"
 	"strings"
 
 	"github.com/hashicorp/go-memdb"
+	"github.com/vmesh/vmesh/discovery"
 )
 
 // registerConfig adds Consul's /v1/config endpoints.
@@ -33,8 +33,8 @@ func casParam(r *http.Request) (idx uint64, ok bool, err error) {
 }
 
 func validKind(kind string) error {
-	if !slices.Contains(ConfigEntryKinds, kind) {
-		return badRequest("Kind: %q is not supported; one of %s", kind, strings.Join(ConfigEntryKinds, ", "))
+	if !slices.Contains(discovery.ConfigEntryKinds, kind) {
+		return badRequest("Kind: %q is not supported; one of %s", kind, strings.Join(discovery.ConfigEntryKinds, ", "))
 	}
 	return nil
 }
@@ -42,7 +42,7 @@ func validKind(kind string) error {
 // writeBool answers a write as Consul does: true, or false when a
 // check-and-set did not match.
 func (a *API) writeBool(w http.ResponseWriter, r *http.Request, err error) {
-	if errors.Is(err, ErrCASConflict) {
+	if errors.Is(err, discovery.ErrCASConflict) {
 		writeJSON(w, false)
 		return
 	}
@@ -54,28 +54,28 @@ func (a *API) writeBool(w http.ResponseWriter, r *http.Request, err error) {
 }
 
 func (a *API) configApply(w http.ResponseWriter, r *http.Request) {
-	body, err := io.ReadAll(http.MaxBytesReader(nil, r.Body, maxBody))
+	body, err := readBody(w, r)
 	if err != nil {
-		a.writeError(w, r, badRequest("Request decode failed: %v", err))
+		a.writeError(w, r, err)
 		return
 	}
 	if len(strings.TrimSpace(string(body))) == 0 {
 		a.writeError(w, r, badRequest("Request decode failed: empty body"))
 		return
 	}
-	e, err := DecodeConfigEntry(body)
+	e, err := discovery.DecodeConfigEntry(body)
 	if err != nil {
 		a.writeError(w, r, err)
 		return
 	}
-	req := ConfigEntryRequest{Op: ConfigEntryUpsert, Entry: *e}
+	req := discovery.ConfigEntryRequest{Op: discovery.ConfigEntryUpsert, Entry: *e}
 	cas, isCAS, err := casParam(r)
 	if err != nil {
 		a.writeError(w, r, err)
 		return
 	}
 	if isCAS {
-		req.Op, req.Entry.ModifyIndex = ConfigEntryUpsertCAS, cas
+		req.Op, req.Entry.ModifyIndex = discovery.ConfigEntryUpsertCAS, cas
 	}
 	_, err = a.apply(r, req)
 	a.writeBool(w, r, err)
@@ -87,7 +87,7 @@ func (a *API) configGet(w http.ResponseWriter, r *http.Request) {
 		a.writeError(w, r, err)
 		return
 	}
-	readOne(a, w, r, func(ws memdb.WatchSet) (uint64, *ConfigEntry, error) {
+	readOne(a, w, r, func(ws memdb.WatchSet) (uint64, *discovery.ConfigEntry, error) {
 		return a.Store.ConfigEntry(ws, kind, name)
 	}, func() error { return notFound("Config entry not found for %q / %q", kind, name) })
 }
@@ -98,7 +98,7 @@ func (a *API) configList(w http.ResponseWriter, r *http.Request) {
 		a.writeError(w, r, err)
 		return
 	}
-	var out []*ConfigEntry
+	var out []*discovery.ConfigEntry
 	if !a.read(w, r, func(ws memdb.WatchSet) (uint64, error) {
 		idx, entries, err := a.Store.ConfigEntries(ws, kind)
 		out = entries
@@ -115,14 +115,14 @@ func (a *API) configDelete(w http.ResponseWriter, r *http.Request) {
 		a.writeError(w, r, err)
 		return
 	}
-	req := ConfigEntryRequest{Op: ConfigEntryDelete, Entry: ConfigEntry{Kind: kind, Name: name}}
+	req := discovery.ConfigEntryRequest{Op: discovery.ConfigEntryDelete, Entry: discovery.ConfigEntry{Kind: kind, Name: name}}
 	cas, isCAS, err := casParam(r)
 	if err != nil {
 		a.writeError(w, r, err)
 		return
 	}
 	if isCAS {
-		req.Op, req.Entry.ModifyIndex = ConfigEntryDeleteCAS, cas
+		req.Op, req.Entry.ModifyIndex = discovery.ConfigEntryDeleteCAS, cas
 	}
 	_, err = a.apply(r, req)
 	a.writeBool(w, r, err)

@@ -1,4 +1,4 @@
-package discovery
+package httpapi
 
 import (
 	"fmt"
@@ -9,20 +9,22 @@ import (
 	"sync"
 	"testing"
 	"time"
+
+	"github.com/vmesh/vmesh/discovery"
 )
 
 // userPortsAPI is an agent API for node n1 over a store that registrations
 // are applied to directly, with the given per-user port policy.
-func userPortsAPI(t *testing.T, p UserPortPolicy) (*Store, func(method, path, body string) (int, string)) {
+func userPortsAPI(t *testing.T, p discovery.UserPortPolicy) (*discovery.Store, func(method, path, body string) (int, string)) {
 	t.Helper()
-	s := NewStore()
-	if err := s.EnsureNode(1, &Node{Name: "n1", Address: "10.0.0.1"}); err != nil {
+	s := discovery.NewStore()
+	if err := s.EnsureNode(1, &discovery.Node{Name: "n1", Address: "10.0.0.1"}); err != nil {
 		t.Fatal(err)
 	}
 	// A millisecond per write, as raft takes: time enough for a second
 	// registration to read the catalog before the first one lands.
 	a := &API{Store: s, Writer: &storeWriter{s: s, idx: 1, latency: time.Millisecond}, Cluster: fakeCluster{}, NodeName: "n1", Datacenter: "dc1",
-		UserPorts: &UserPortAllocator{Policy: p}}
+		UserPorts: &discovery.UserPortAllocator{Policy: p}}
 	mux := http.NewServeMux()
 	a.Register(mux)
 	srv := httptest.NewServer(mux)
@@ -63,7 +65,7 @@ func userReg(id, svc, u string, upstreams ...int) string {
 	return fmt.Sprintf(`{"ID":%q,"Name":%q,"Port":80%s%s}`, id, svc, meta, conn)
 }
 
-func storedPorts(t *testing.T, s *Store) map[string]int {
+func storedPorts(t *testing.T, s *discovery.Store) map[string]int {
 	t.Helper()
 	_, insts, err := s.NodeInstances(nil, "n1")
 	if err != nil {
@@ -80,7 +82,7 @@ func storedPorts(t *testing.T, s *Store) map[string]int {
 // get a port of their own (the agent's registration lock), and
 // re-registering them all at once moves none.
 func TestUserPortRegistrationRace(t *testing.T) {
-	p := UserPortPolicy{Base: 15100, Reserved: []int{15103}}
+	p := discovery.UserPortPolicy{Base: 15100, Reserved: []int{15103}}
 	s, do := userPortsAPI(t, p)
 	const n = 40
 	register := func() {
@@ -129,7 +131,7 @@ func TestUserPortRegistrationRace(t *testing.T) {
 // upstream may not take it, and an instance stored before ports were kept
 // gets its current port stored on its next registration.
 func TestUserPortRegistration(t *testing.T) {
-	s, do := userPortsAPI(t, UserPortPolicy{Base: 15100})
+	s, do := userPortsAPI(t, discovery.UserPortPolicy{Base: 15100})
 	put := func(body string) (int, string) { return do(http.MethodPut, "/v1/agent/service/register", body) }
 	mustPut := func(body string) {
 		t.Helper()
@@ -145,7 +147,7 @@ func TestUserPortRegistration(t *testing.T) {
 	}
 	// An instance stored before ports were (as raft replays an old
 	// entry): it has 15100 now, computed.
-	if err := s.EnsureService(2, &Instance{Node: "n1", ID: "old-1", Service: "old", Port: 80, User: "30009"}, nil); err != nil {
+	if err := s.EnsureService(2, &discovery.Instance{Node: "n1", ID: "old-1", Service: "old", Port: 80, User: "30009"}, nil); err != nil {
 		t.Fatal(err)
 	}
 	mustPut(userReg("a-1", "a", "30001"))

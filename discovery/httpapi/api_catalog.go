@@ -1,9 +1,10 @@
-package discovery
+package httpapi
 
 import (
 	"net/http"
 
 	"github.com/hashicorp/go-memdb"
+	"github.com/vmesh/vmesh/discovery"
 )
 
 func (a *API) catalogServices(w http.ResponseWriter, r *http.Request) {
@@ -34,7 +35,7 @@ func (a *API) catalogService(w http.ResponseWriter, r *http.Request) {
 	writeJSON(w, out)
 }
 
-func toCatalogService(e ServiceEntry, dc string) *catalogService {
+func toCatalogService(e discovery.ServiceEntry, dc string) *catalogService {
 	in := e.Instance
 	cs := &catalogService{
 		Node: in.Node, Datacenter: dc,
@@ -112,7 +113,7 @@ func (a *API) healthService(w http.ResponseWriter, r *http.Request) {
 	writeJSON(w, out)
 }
 
-func (a *API) checksReply(w http.ResponseWriter, r *http.Request, query func(ws memdb.WatchSet) (uint64, []*Check, error)) {
+func (a *API) checksReply(w http.ResponseWriter, r *http.Request, query func(ws memdb.WatchSet) (uint64, []*discovery.Check, error)) {
 	var out []*healthCheck
 	if !a.read(w, r, func(ws memdb.WatchSet) (uint64, error) {
 		idx, checks, err := query(ws)
@@ -125,24 +126,24 @@ func (a *API) checksReply(w http.ResponseWriter, r *http.Request, query func(ws 
 }
 
 func (a *API) healthChecks(w http.ResponseWriter, r *http.Request) {
-	a.checksReply(w, r, func(ws memdb.WatchSet) (uint64, []*Check, error) {
+	a.checksReply(w, r, func(ws memdb.WatchSet) (uint64, []*discovery.Check, error) {
 		return a.Store.ServiceChecks(ws, r.PathValue("name"))
 	})
 }
 
 func (a *API) healthState(w http.ResponseWriter, r *http.Request) {
 	state := r.PathValue("state")
-	if state != HealthAny && !ValidHealthState(state) {
+	if state != discovery.HealthAny && !discovery.ValidHealthState(state) {
 		a.writeError(w, r, badRequest("Invalid check state %q: one of any, passing, warning, critical", state))
 		return
 	}
-	a.checksReply(w, r, func(ws memdb.WatchSet) (uint64, []*Check, error) {
+	a.checksReply(w, r, func(ws memdb.WatchSet) (uint64, []*discovery.Check, error) {
 		return a.Store.ChecksInState(ws, state)
 	})
 }
 
 func (a *API) healthNode(w http.ResponseWriter, r *http.Request) {
-	a.checksReply(w, r, func(ws memdb.WatchSet) (uint64, []*Check, error) {
+	a.checksReply(w, r, func(ws memdb.WatchSet) (uint64, []*discovery.Check, error) {
 		return a.Store.NodeChecks(ws, r.PathValue("node"))
 	})
 }

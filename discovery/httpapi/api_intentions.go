@@ -1,13 +1,13 @@
-package discovery
+package httpapi
 
 import (
 	"crypto/rand"
 	"fmt"
-	"io"
 	"net/http"
 	"time"
 
 	"github.com/hashicorp/go-memdb"
+	"github.com/vmesh/vmesh/discovery"
 )
 
 // registerIntentions adds Consul's /v1/connect/intentions endpoints: the
@@ -40,7 +40,7 @@ func intentionPair(r *http.Request) (source, destination string, err error) {
 		if !ok || v[0] == "" {
 			return "", "", badRequest("required query parameter '%s' not set", p.param)
 		}
-		if *p.out, err = ParseIntentionName(p.param, v[0]); err != nil {
+		if *p.out, err = discovery.ParseIntentionName(p.param, v[0]); err != nil {
 			return "", "", err
 		}
 	}
@@ -62,12 +62,12 @@ func (a *API) intentionPutExact(w http.ResponseWriter, r *http.Request) {
 		a.writeError(w, r, err)
 		return
 	}
-	body, err := io.ReadAll(http.MaxBytesReader(nil, r.Body, maxBody))
+	body, err := readBody(w, r)
 	if err != nil {
-		a.writeError(w, r, badRequest("Request decode failed: %v", err))
+		a.writeError(w, r, err)
 		return
 	}
-	ixn, err := DecodeIntention(body, src, dst)
+	ixn, err := discovery.DecodeIntention(body, src, dst)
 	if err != nil {
 		a.writeError(w, r, err)
 		return
@@ -77,7 +77,7 @@ func (a *API) intentionPutExact(w http.ResponseWriter, r *http.Request) {
 	// the pair already exists.
 	now := time.Now().UnixNano()
 	ixn.ID, ixn.CreatedAt, ixn.UpdatedAt = newIntentionID(), now, now
-	if _, err := a.apply(r, IntentionRequest{Op: IntentionUpsert, Intention: *ixn}); err != nil {
+	if _, err := a.apply(r, discovery.IntentionRequest{Op: discovery.IntentionUpsert, Intention: *ixn}); err != nil {
 		a.writeError(w, r, err)
 		return
 	}
@@ -90,7 +90,7 @@ func (a *API) intentionGetExact(w http.ResponseWriter, r *http.Request) {
 		a.writeError(w, r, err)
 		return
 	}
-	readOne(a, w, r, func(ws memdb.WatchSet) (uint64, *Intention, error) {
+	readOne(a, w, r, func(ws memdb.WatchSet) (uint64, *discovery.Intention, error) {
 		return a.Store.IntentionExact(ws, src, dst)
 	}, func() error { return notFound("Intention not found: %s => %s", src, dst) })
 }
@@ -105,7 +105,7 @@ func (a *API) intentionDeleteExact(w http.ResponseWriter, r *http.Request) {
 }
 
 func (a *API) intentionDelete(w http.ResponseWriter, r *http.Request, src, dst string) {
-	req := IntentionRequest{Op: IntentionDelete, Intention: Intention{SourceName: src, DestinationName: dst}}
+	req := discovery.IntentionRequest{Op: discovery.IntentionDelete, Intention: discovery.Intention{SourceName: src, DestinationName: dst}}
 	if _, err := a.apply(r, req); err != nil {
 		a.writeError(w, r, err)
 		return
@@ -114,7 +114,7 @@ func (a *API) intentionDelete(w http.ResponseWriter, r *http.Request, src, dst s
 }
 
 func (a *API) intentionList(w http.ResponseWriter, r *http.Request) {
-	var out []*Intention
+	var out []*discovery.Intention
 	if !a.read(w, r, func(ws memdb.WatchSet) (uint64, error) {
 		idx, ixns, err := a.Store.Intentions(ws)
 		out = ixns
@@ -134,7 +134,7 @@ func (a *API) intentionCheck(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	for _, p := range []struct{ param, v string }{{"source", src}, {"destination", dst}} {
-		if p.v == IntentionWildcard {
+		if p.v == discovery.IntentionWildcard {
 			a.writeError(w, r, badRequest("%s: must name a service, not the wildcard", p.param))
 			return
 		}
@@ -146,7 +146,7 @@ func (a *API) intentionCheck(w http.ResponseWriter, r *http.Request) {
 	var allowed bool
 	if !a.read(w, r, func(ws memdb.WatchSet) (uint64, error) {
 		idx, ixns, err := a.Store.IntentionMatch(ws, "destination", dst)
-		allowed, _ = IntentionDecision(ixns, src, dst, a.IntentionsDefaultAllow)
+		allowed, _ = discovery.IntentionDecision(ixns, src, dst, a.IntentionsDefaultAllow)
 		return idx, err
 	}) {
 		return
@@ -169,16 +169,16 @@ func (a *API) intentionMatch(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	for _, n := range names {
-		if _, err := ParseIntentionName("name", n); err != nil {
+		if _, err := discovery.ParseIntentionName("name", n); err != nil {
 			a.writeError(w, r, err)
 			return
 		}
 	}
-	out := map[string][]*Intention{}
+	out := map[string][]*discovery.Intention{}
 	if !a.read(w, r, func(ws memdb.WatchSet) (uint64, error) {
 		var idx uint64
 		for _, n := range names {
-			name, _ := ParseIntentionName("name", n)
+			name, _ := discovery.ParseIntentionName("name", n)
 			i, ixns, err := a.Store.IntentionMatch(ws, by, name)
 			if err != nil {
 				return i, err
@@ -196,7 +196,7 @@ func (a *API) intentionMatch(w http.ResponseWriter, r *http.Request) {
 
 func (a *API) intentionGetByID(w http.ResponseWriter, r *http.Request) {
 	id := r.PathValue("id")
-	var out *Intention
+	var out *discovery.Intention
 	if !a.read(w, r, func(ws memdb.WatchSet) (uint64, error) {
 		idx, ixn, err := a.Store.IntentionByID(ws, id)
 		out = ixn

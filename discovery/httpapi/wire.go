@@ -1,10 +1,9 @@
-package discovery
+package httpapi
 
 import (
-	"encoding/json"
-	"reflect"
-	"strconv"
 	"time"
+
+	"github.com/vmesh/vmesh/discovery"
 )
 
 // The types in this file are the JSON shapes of Consul's HTTP API, so that
@@ -12,120 +11,6 @@ import (
 // send and what they send decodes here. Fields that Consul accepts and we do
 // not support yet are decoded (so strict decoding does not reject a stock
 // client) and refused when set.
-
-// ServiceRegistration is the body of PUT /v1/agent/service/register and
-// the shape of a service in a service definition file.
-type ServiceRegistration struct {
-	Kind              string
-	ID                string
-	Name              string
-	Tags              []string
-	Port              int
-	Ports             json.RawMessage
-	Address           string
-	SocketPath        string
-	TaggedAddresses   json.RawMessage
-	EnableTagOverride bool
-	Meta              map[string]string
-	Weights           *Weights
-	Check             *CheckType
-	Checks            []*CheckType
-	Proxy             *ConnectProxyConfig
-	Connect           *ServiceConnect
-	AI                json.RawMessage
-	Namespace         string
-	Partition         string
-	Locality          json.RawMessage
-}
-
-// CheckType is a check as a registration carries it (Consul's
-// AgentServiceCheck, plus the fields of AgentCheckRegistration).
-type CheckType struct {
-	CheckID                        string
-	ID                             string
-	Name                           string
-	Notes                          string
-	ServiceID                      string
-	ScriptArgs                     []string
-	Args                           []string
-	DockerContainerID              string
-	Shell                          string
-	Interval                       Duration
-	Timeout                        Duration
-	TTL                            Duration
-	HTTP                           string
-	Header                         map[string][]string
-	Method                         string
-	Body                           string
-	TCP                            string
-	TCPUseTLS                      bool
-	UDP                            string
-	Status                         string
-	TLSServerName                  string
-	TLSSkipVerify                  bool
-	GRPC                           string
-	GRPCUseTLS                     bool
-	H2PING                         string
-	H2PingUseTLS                   bool
-	AliasNode                      string
-	AliasService                   string
-	SuccessBeforePassing           int
-	FailuresBeforeWarning          int
-	FailuresBeforeCritical         int
-	DeregisterCriticalServiceAfter Duration
-	Namespace                      string
-	Partition                      string
-}
-
-// Duration decodes Consul's durations: a Go duration string ("10s") or a
-// number of nanoseconds.
-type Duration time.Duration
-
-func (d *Duration) UnmarshalJSON(b []byte) error {
-	if string(b) == "null" {
-		return nil
-	}
-	if len(b) > 0 && b[0] == '"' {
-		s, err := strconv.Unquote(string(b))
-		if err != nil {
-			return err
-		}
-		if s == "" {
-			*d = 0
-			return nil
-		}
-		v, err := time.ParseDuration(s)
-		if err != nil {
-			// A type error gets the field's name filled in by encoding/json.
-			return &json.UnmarshalTypeError{Value: strconv.Quote(s), Type: reflect.TypeFor[Duration]()}
-		}
-		*d = Duration(v)
-		return nil
-	}
-	v, err := strconv.ParseInt(string(b), 10, 64)
-	if err != nil {
-		return &json.UnmarshalTypeError{Value: string(b), Type: reflect.TypeFor[Duration]()}
-	}
-	*d = Duration(v)
-	return nil
-}
-
-// UnmarshalText takes a Go duration string, so that config file decoders
-// that know encoding.TextUnmarshaler read "10s".
-func (d *Duration) UnmarshalText(b []byte) error {
-	v, err := time.ParseDuration(string(b))
-	if err != nil {
-		return err
-	}
-	*d = Duration(v)
-	return nil
-}
-
-func (d Duration) MarshalJSON() ([]byte, error) {
-	return json.Marshal(time.Duration(d).String())
-}
-
-// Output shapes.
 
 type wireWeights struct {
 	Passing int
@@ -235,7 +120,7 @@ func nonNil[T any](s []T) []T {
 	return s
 }
 
-func toAgentService(in *Instance, dc string) *agentService {
+func toAgentService(in *discovery.Instance, dc string) *agentService {
 	return &agentService{
 		ID: in.ID, Service: in.Service, Tags: nonNil(in.Tags), Meta: nonNilMap(in.Meta),
 		Port: in.Port, Address: in.Address,
@@ -252,7 +137,7 @@ func nonNilMap(m map[string]string) map[string]string {
 	return m
 }
 
-func toHealthCheck(c *Check) *healthCheck {
+func toHealthCheck(c *discovery.Check) *healthCheck {
 	d := c.Definition
 	def := healthCheckDefinition{
 		HTTP: d.HTTP, Header: d.Header, Method: d.Method, Body: d.Body, TLSServerName: d.TLSServerName,
@@ -276,7 +161,7 @@ func toHealthCheck(c *Check) *healthCheck {
 	}
 }
 
-func toHealthChecks(cs []*Check) []*healthCheck {
+func toHealthChecks(cs []*discovery.Check) []*healthCheck {
 	out := make([]*healthCheck, 0, len(cs))
 	for _, c := range cs {
 		out = append(out, toHealthCheck(c))
@@ -284,7 +169,7 @@ func toHealthChecks(cs []*Check) []*healthCheck {
 	return out
 }
 
-func toWireNode(n *Node) *wireNode {
+func toWireNode(n *discovery.Node) *wireNode {
 	if n == nil {
 		return nil
 	}

@@ -1,4 +1,4 @@
-package discovery
+package httpapi
 
 import (
 	"encoding/json"
@@ -9,14 +9,15 @@ import (
 	"testing"
 
 	"github.com/hashicorp/consul/api"
+	"github.com/vmesh/vmesh/discovery"
 )
 
 // buildBody decodes body as PUT /v1/agent/service/register does and builds
 // it.
-func buildBody(t *testing.T, body string) (*RegisterServiceRequest, error) {
+func buildBody(t *testing.T, body string) (*discovery.RegisterServiceRequest, error) {
 	t.Helper()
-	var reg ServiceRegistration
-	if err := decodeBody(httptest.NewRequest("PUT", "/", strings.NewReader(body)), &reg); err != nil {
+	var reg discovery.ServiceRegistration
+	if err := decodeBody(httptest.NewRecorder(), httptest.NewRequest("PUT", "/", strings.NewReader(body)), &reg); err != nil {
 		return nil, err
 	}
 	return reg.Build("n1", "api")
@@ -27,7 +28,7 @@ func TestBuildProtocolAndUpstreams(t *testing.T) {
 		name      string
 		body      string
 		protocol  string
-		upstreams []Upstream
+		upstreams []discovery.Upstream
 		errs      []string // substrings of the error; none means success
 	}{
 		{name: "no protocol", body: `{"Name":"web"}`},
@@ -41,7 +42,7 @@ func TestBuildProtocolAndUpstreams(t *testing.T) {
 			body: `{"Name":"web","Connect":{"SidecarService":{"Proxy":{"Upstreams":[
 				{"DestinationName":"orders","LocalBindPort":19001},
 				{"DestinationName":"db","LocalBindAddress":"127.0.0.2","LocalBindPort":19002}]}}}}`,
-			upstreams: []Upstream{
+			upstreams: []discovery.Upstream{
 				// No address: the agent's client address, which the host's
 				// proxy fills in; the catalog keeps it empty.
 				{DestinationName: "orders", LocalBindAddress: "", LocalBindPort: 19001},
@@ -52,7 +53,7 @@ func TestBuildProtocolAndUpstreams(t *testing.T) {
 			name: "upstream address normalised",
 			body: `{"Name":"web","Connect":{"SidecarService":{"Proxy":{"Upstreams":[
 				{"DestinationName":"db","LocalBindAddress":"0:0::1","LocalBindPort":19002}]}}}}`,
-			upstreams: []Upstream{{DestinationName: "db", LocalBindAddress: "::1", LocalBindPort: 19002}},
+			upstreams: []discovery.Upstream{{DestinationName: "db", LocalBindAddress: "::1", LocalBindPort: 19002}},
 		},
 		{name: "empty connect", body: `{"Name":"web","Connect":{}}`},
 		{name: "empty sidecar", body: `{"Name":"web","Connect":{"SidecarService":{}}}`},
@@ -85,7 +86,7 @@ func TestBuildProtocolAndUpstreams(t *testing.T) {
 			name: "one port on the client address and on an explicit one",
 			body: `{"Name":"web","Connect":{"SidecarService":{"Proxy":{"Upstreams":[
 				{"DestinationName":"a","LocalBindPort":19001},{"DestinationName":"b","LocalBindAddress":"127.0.0.2","LocalBindPort":19001}]}}}}`,
-			upstreams: []Upstream{
+			upstreams: []discovery.Upstream{
 				{DestinationName: "a", LocalBindPort: 19001},
 				{DestinationName: "b", LocalBindAddress: "127.0.0.2", LocalBindPort: 19001},
 			},
@@ -105,7 +106,7 @@ func TestBuildProtocolAndUpstreams(t *testing.T) {
 					}
 				}
 				var he *HTTPError
-				if !errors.Is(err, ErrInvalid) && !(errors.As(err, &he) && he.Code == 400) {
+				if !errors.Is(err, discovery.ErrInvalid) && !(errors.As(err, &he) && he.Code == 400) {
 					t.Errorf("error %v is not a 400", err)
 				}
 				return
@@ -143,7 +144,7 @@ func TestBuildConsulAPIRegistration(t *testing.T) {
 	if err != nil {
 		t.Fatalf("building %s: %v", body, err)
 	}
-	want := []Upstream{{DestinationName: "orders", LocalBindPort: 19001}}
+	want := []discovery.Upstream{{DestinationName: "orders", LocalBindPort: 19001}}
 	if req.Instance.Protocol != "http" || !reflect.DeepEqual(req.Instance.Upstreams, want) {
 		t.Fatalf("instance = %+v, want protocol http and upstreams %+v", req.Instance, want)
 	}

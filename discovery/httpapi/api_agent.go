@@ -1,4 +1,4 @@
-package discovery
+package httpapi
 
 import (
 	"errors"
@@ -7,11 +7,12 @@ import (
 	"strconv"
 
 	"github.com/hashicorp/go-memdb"
+	"github.com/vmesh/vmesh/discovery"
 )
 
 func (a *API) serviceRegister(w http.ResponseWriter, r *http.Request) {
-	var reg ServiceRegistration
-	if err := decodeBody(r, &reg); err != nil {
+	var reg discovery.ServiceRegistration
+	if err := decodeBody(w, r, &reg); err != nil {
 		a.writeError(w, r, err)
 		return
 	}
@@ -34,7 +35,7 @@ func (a *API) serviceRegister(w http.ResponseWriter, r *http.Request) {
 // one port, against a catalog that holds neither. Others neither take nor
 // bind a port and skip the lock: they do not queue behind a user's
 // registration waiting on raft (during a leader election, say).
-func (a *API) registerService(r *http.Request, req *RegisterServiceRequest) error {
+func (a *API) registerService(r *http.Request, req *discovery.RegisterServiceRequest) error {
 	ports := a.userPorts()
 	if req.Instance.User != "" || len(req.Instance.Upstreams) > 0 {
 		ports.Lock()
@@ -57,7 +58,7 @@ func (a *API) registerService(r *http.Request, req *RegisterServiceRequest) erro
 // service on this node: re-registering the same service updates it, as in
 // Consul, but silently turning "web-1" into a "db" would surprise everyone
 // watching "web".
-func (a *API) checkIDFree(req *RegisterServiceRequest) error {
+func (a *API) checkIDFree(req *discovery.RegisterServiceRequest) error {
 	_, cur, err := a.Store.Instance(nil, req.Instance.Node, req.Instance.ID)
 	if err != nil {
 		return err
@@ -79,7 +80,7 @@ func (a *API) serviceDeregister(w http.ResponseWriter, r *http.Request) {
 		a.writeError(w, r, notFound("Unknown service ID %q. Ensure that the service ID is passed, not the service name.", id))
 		return
 	}
-	if _, err := a.apply(r, DeregisterServiceRequest{Node: a.NodeName, ServiceID: id}); err != nil {
+	if _, err := a.apply(r, discovery.DeregisterServiceRequest{Node: a.NodeName, ServiceID: id}); err != nil {
 		a.writeError(w, r, err)
 		return
 	}
@@ -102,7 +103,7 @@ func (a *API) agentServices(w http.ResponseWriter, r *http.Request) {
 }
 
 func (a *API) agentService(w http.ResponseWriter, r *http.Request) {
-	var svc *Instance
+	var svc *discovery.Instance
 	if !a.read(w, r, func(ws memdb.WatchSet) (uint64, error) {
 		idx, in, err := a.Store.Instance(ws, a.NodeName, r.PathValue("id"))
 		svc = in
@@ -123,7 +124,7 @@ func (a *API) agentChecks(w http.ResponseWriter, r *http.Request) {
 		idx, checks, err := a.Store.NodeChecks(ws, a.NodeName)
 		clear(out)
 		for _, c := range checks {
-			if c.CheckID != NodeLivenessCheckID {
+			if c.CheckID != discovery.NodeLivenessCheckID {
 				out[c.CheckID] = toHealthCheck(c)
 			}
 		}
@@ -135,8 +136,8 @@ func (a *API) agentChecks(w http.ResponseWriter, r *http.Request) {
 }
 
 func (a *API) checkRegister(w http.ResponseWriter, r *http.Request) {
-	var ct CheckType
-	if err := decodeBody(r, &ct); err != nil {
+	var ct discovery.CheckType
+	if err := decodeBody(w, r, &ct); err != nil {
 		a.writeError(w, r, err)
 		return
 	}
@@ -145,8 +146,8 @@ func (a *API) checkRegister(w http.ResponseWriter, r *http.Request) {
 		a.writeError(w, r, err)
 		return
 	}
-	if _, err := a.apply(r, RegisterCheckRequest{Check: *chk}); err != nil {
-		if errors.Is(err, ErrNotFound) {
+	if _, err := a.apply(r, discovery.RegisterCheckRequest{Check: *chk}); err != nil {
+		if errors.Is(err, discovery.ErrNotFound) {
 			err = badRequest("ServiceID: %v", err)
 		}
 		a.writeError(w, r, err)
@@ -166,7 +167,7 @@ func (a *API) checkDeregister(w http.ResponseWriter, r *http.Request) {
 		a.writeError(w, r, notFound("Unknown check ID %q", id))
 		return
 	}
-	if _, err := a.apply(r, DeregisterCheckRequest{Node: a.NodeName, CheckID: id}); err != nil {
+	if _, err := a.apply(r, discovery.DeregisterCheckRequest{Node: a.NodeName, CheckID: id}); err != nil {
 		a.writeError(w, r, err)
 		return
 	}
@@ -181,11 +182,11 @@ func (a *API) checkTTL(status string) http.HandlerFunc {
 		st := status
 		if st == "" {
 			var body struct{ Status, Output string }
-			if err := decodeBody(r, &body); err != nil {
+			if err := decodeBody(w, r, &body); err != nil {
 				a.writeError(w, r, err)
 				return
 			}
-			if !ValidHealthState(body.Status) {
+			if !discovery.ValidHealthState(body.Status) {
 				a.writeError(w, r, badRequest("Status: %q is not one of passing, warning, critical", body.Status))
 				return
 			}
@@ -196,9 +197,9 @@ func (a *API) checkTTL(status string) http.HandlerFunc {
 		}
 		err := a.TTL.UpdateTTL(r.Context(), r.PathValue("id"), st, output)
 		switch {
-		case errors.Is(err, ErrCheckNotFound):
+		case errors.Is(err, discovery.ErrCheckNotFound):
 			err = notFound("Unknown check ID %q", r.PathValue("id"))
-		case errors.Is(err, ErrNotTTLCheck):
+		case errors.Is(err, discovery.ErrNotTTLCheck):
 			err = badRequest("CheckID %q does not have an associated TTL", r.PathValue("id"))
 		}
 		if err != nil {

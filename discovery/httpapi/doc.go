@@ -1,0 +1,19 @@
+// Package httpapi serves Consul's HTTP API (agent, catalog, health, KV,
+// status, config and intention endpoints) over the catalog, so that
+// consul/api, Prometheus consul_sd and consul-template work unchanged.
+//
+// Data enters as HTTP requests; reads come from the local *discovery.Store
+// (blocking queries wait on its watch channels), writes leave as
+// discovery.Command values through the discovery.Writer that package mesh
+// wires in (raft, which forwards to the leader). The package never touches
+// raft, the DNS server or the check runner directly: TTL updates go
+// through TTLUpdater, cluster facts through Cluster.
+//
+// The Consul wire shapes of what it answers live in wire.go; what a
+// client sends (ServiceRegistration, CheckType) is the catalog's own input
+// shape and lives in package discovery, shared with service files.
+//
+// Every error answer is written by one helper (writeError): a plain-text
+// body and Consul's status code; bodies are read under a size limit
+// (limits.go) and an oversized one is a 413 naming the limit.
+package httpapi
