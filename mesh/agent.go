@@ -3,7 +3,6 @@ package mesh
 import (
 	"context"
 	"crypto/rand"
-	"encoding/json"
 	"errors"
 	"fmt"
 	"io"
@@ -56,14 +55,18 @@ type Agent struct {
 	// ready is closed once this node is registered in the catalog.
 	ready chan struct{}
 
-	cancel context.CancelFunc
-	wg     sync.WaitGroup
+	// life runs parts() and the background loops (lifecycle.go).
+	life *lifecycle
+	// startFiles are the service definitions read at start (checked
+	// before anything runs; capture checks their users).
+	startFiles []*discovery.RegisterServiceRequest
 	// removeDataDir is set for -dev, whose data dir is a temp dir.
 	removeDataDir bool
 
 	// capture is traffic capture (capture.go); nil when off.
-	capture      *captureRunner
-	captureLinks *iptables.Netlink
+	capture         *captureRunner
+	captureLinks    *iptables.Netlink
+	stopCaptureLoop func()
 }
 
 // NewAgent prepares an agent; nothing runs until Start.
@@ -84,15 +87,43 @@ func (a *Agent) HTTPAddr() string {
 	return a.httpLn.Addr().String()
 }
 
-// Start opens raft, starts the HTTP API and the background loops. It
-// returns once the API listens; the node registers itself and its service
-// files as soon as raft has a leader.
-func (a *Agent) Start(ctx context.Context) (err error) {
-	defer func() {
-		if err != nil {
-			a.Close()
-		}
-	}()
+// Start brings the agent's parts up in order (parts) and returns once the
+// HTTP API listens; the node registers itself and its service files as
+// soon as raft has a leader. A failed start stops what had started.
+func (a *Agent) Start(ctx context.Context) error {
+	a.life = newLifecycle(ctx, a.logger)
+	if err := a.life.start(ctx, a.parts()); err != nil {
+		return err
+	}
+	a.banner()
+	return nil
+}
+
+// parts are the agent's subsystems in start order; Close stops them in
+// reverse. Capture goes last, once the proxy it steers traffic to runs,
+// and so comes off first.
+func (a *Agent) parts() []part {
+	return []part{
+		{name: "data dir", start: a.openDataDir, stop: a.removeDevDataDir},
+		// Service files and capture are checked before anything runs, so
+		// a bad file fails the start instead of deregistering what it
+		// used to define, and nothing touches the kernel.
+		{name: "service files", start: a.checkServiceFiles},
+		{name: "capture check", start: a.prepareCapture, stop: a.closeCaptureLinks},
+		{name: "raft", start: a.startCluster, stop: a.closeRaft},
+		{name: "health checks", start: a.startChecks, stop: a.closeChecks},
+		{name: "xDS", start: a.startXDS, stop: a.closeXDS},
+		{name: "DNS", start: a.startDNS, stop: a.closeDNS},
+		{name: "HTTP API", start: a.startHTTP, stop: a.closeHTTP},
+		{name: "local state", start: a.startLocalState},
+		{name: "proxy", start: a.startProxy},
+		{name: "capture", start: a.startCapture, stop: a.stopCapture},
+	}
+}
+
+// openDataDir makes the data dir (a temp dir for -dev), the catalog, and
+// reads or creates the node's ID.
+func (a *Agent) openDataDir(context.Context) error {
 	if a.cfg.Dev && a.cfg.DataDir == "" {
 		dir, err := os.MkdirTemp("", "vmesh-dev-")
 		if err != nil {
@@ -103,81 +134,99 @@ func (a *Agent) Start(ctx context.Context) (err error) {
 	if err := os.MkdirAll(a.cfg.DataDir, 0o700); err != nil {
 		return fmt.Errorf("creating data dir: %w", err)
 	}
+	var err error
 	if a.nodeID, err = loadNodeID(a.cfg.DataDir); err != nil {
 		return err
 	}
-	// Services files are checked before anything starts, so a bad file
-	// fails the start instead of deregistering what it used to define.
+	a.store = discovery.NewStore()
+	return nil
+}
+
+func (a *Agent) removeDevDataDir() error {
+	if a.removeDataDir {
+		return os.RemoveAll(a.cfg.DataDir)
+	}
+	return nil
+}
+
+// checkServiceFiles reads every service definition once, so a bad file
+// is a configuration error before anything starts.
+func (a *Agent) checkServiceFiles(context.Context) error {
 	files, err := a.desiredServices()
 	if err != nil {
 		return &config.Error{Err: err}
 	}
+	a.startFiles = files
+	return nil
+}
 
-	a.store = discovery.NewStore()
-	// Capture is checked (with the host's routes and the files' users)
-	// before anything starts, and applied last, below.
-	if err := a.prepareCapture(files); err != nil {
-		return err
+func (a *Agent) closeRaft() error {
+	if srv := a.ref.get(); srv != nil {
+		return srv.Close()
 	}
-	if err := a.startCluster(ctx); err != nil {
-		return err
-	}
+	return nil
+}
 
+func (a *Agent) startChecks(context.Context) error {
 	a.checks = checks.New(a.logger.With("component", "checks"), checkSink{a})
+	return nil
+}
 
+func (a *Agent) closeChecks() error {
+	if a.checks != nil {
+		a.checks.Close()
+	}
+	return nil
+}
+
+// startHTTP serves the HTTP API: Consul's endpoints and vmesh's own, with
+// the xDS server's diagnostics when it runs.
+func (a *Agent) startHTTP(context.Context) error {
 	api := &httpapi.API{
 		Store: a.store, Writer: &a.ref, Cluster: &a.ref, TTL: a.checks,
 		NodeName: a.cfg.NodeName, NodeID: a.nodeID, Datacenter: a.cfg.Datacenter, Version: cli.Version,
 		Members: a.members, Logger: a.logger.With("component", "http"), WaitReady: a.waitReady,
 		IntentionsDefaultAllow: a.cfg.IntentionsDefaultAllow(), UserPorts: a.userPorts,
+		Operator: operator{a}, Diagnostics: a.diagnostics(),
 	}
 	mux := http.NewServeMux()
 	api.Register(mux)
-	mux.HandleFunc("PUT /v1/vmesh/raft/snapshot", a.handleSnapshot)
-	a.registerClusterAPI(mux)
-	if err := a.startXDS(ctx, mux); err != nil {
-		return err
-	}
-	if err := a.startDNS(ctx); err != nil {
-		return err
-	}
-
-	a.httpLn, err = net.Listen("tcp", a.cfg.HTTPAddr())
+	ln, err := net.Listen("tcp", a.cfg.HTTPAddr())
 	if err != nil {
 		return fmt.Errorf("listening for the HTTP API on %s: %w", a.cfg.HTTPAddr(), err)
 	}
+	a.httpLn = ln
 	a.httpSrv = &http.Server{Handler: mux, ReadHeaderTimeout: 10 * time.Second}
-	if err := a.applyCapture(ctx); err != nil {
-		return err
-	}
-
-	runCtx, cancel := context.WithCancel(context.WithoutCancel(ctx))
-	a.cancel = cancel
-	a.goLoop(func() {
-		if err := a.httpSrv.Serve(a.httpLn); err != nil && !errors.Is(err, http.ErrServerClosed) {
-			a.logger.Error("HTTP API stopped", "err", err)
+	a.life.goLoop("HTTP API", func(context.Context) error {
+		if err := a.httpSrv.Serve(ln); !errors.Is(err, http.ErrServerClosed) {
+			return err
 		}
+		return nil
 	})
-	a.goLoop(func() { a.runLocalState(runCtx) })
-	if err := a.startProxy(runCtx); err != nil {
-		return err
-	}
-	if a.xds.leaves != nil {
-		a.goLoop(func() { a.xds.leaves.Run(runCtx) })
-	}
-	if a.capture != nil {
-		a.goLoop(func() { a.capture.run(runCtx) })
-	}
-	a.banner()
 	return nil
 }
 
-func (a *Agent) goLoop(fn func()) {
-	a.wg.Add(1)
-	go func() {
-		defer a.wg.Done()
-		fn()
-	}()
+// closeHTTP lets requests in flight finish, then cuts what is left
+// (blocking queries, and connections that never sent a request, which
+// net/http treats as busy for their first 5 s).
+func (a *Agent) closeHTTP() error {
+	if a.httpSrv == nil {
+		return nil
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Second)
+	defer cancel()
+	if err := a.httpSrv.Shutdown(ctx); err != nil {
+		a.httpSrv.Close()
+	}
+	return nil
+}
+
+func (a *Agent) startLocalState(context.Context) error {
+	a.life.goLoop("local state", func(ctx context.Context) error {
+		a.runLocalState(ctx)
+		return nil
+	})
+	return nil
 }
 
 func (a *Agent) banner() {
@@ -400,56 +449,14 @@ func (a *Agent) Reload(ctx context.Context, cfg config.Config) error {
 	return a.syncServiceFiles(ctx)
 }
 
-func (a *Agent) handleSnapshot(w http.ResponseWriter, r *http.Request) {
-	srv := a.ref.get()
-	if srv == nil {
-		http.Error(w, errNotJoined.Error(), http.StatusConflict)
-		return
-	}
-	idx, err := srv.Snapshot()
-	if err != nil {
-		http.Error(w, err.Error(), http.StatusInternalServerError)
-		return
-	}
-	w.Header().Set("Content-Type", "application/json")
-	json.NewEncoder(w).Encode(map[string]uint64{"Index": idx})
-}
 
-// Close stops everything Start started, in reverse order.
+// Close stops everything Start started, in reverse order. It is safe
+// after a failed or partial Start.
 func (a *Agent) Close() error {
-	var errs []error
-	// Capture went up last; stop steering traffic before the rest goes.
-	a.closeCapture()
-	if a.httpSrv != nil {
-		// Let requests in flight finish; then cut what is left (blocking
-		// queries, and connections that never sent a request, which
-		// net/http treats as busy for their first 5 s).
-		ctx, cancel := context.WithTimeout(context.Background(), 2*time.Second)
-		if err := a.httpSrv.Shutdown(ctx); err != nil {
-			a.httpSrv.Close()
-		}
-		cancel()
-	} else if a.httpLn != nil {
-		a.httpLn.Close()
+	if a.life == nil {
+		return nil
 	}
-	a.closeXDS()
-	a.closeDNS()
-	if a.cancel != nil {
-		a.cancel()
-	}
-	a.wg.Wait()
-	if a.checks != nil {
-		a.checks.Close()
-	}
-	if srv := a.ref.get(); srv != nil {
-		if err := srv.Close(); err != nil {
-			errs = append(errs, fmt.Errorf("stopping raft: %w", err))
-		}
-	}
-	if a.removeDataDir {
-		os.RemoveAll(a.cfg.DataDir)
-	}
-	return errors.Join(errs...)
+	return a.life.stop()
 }
 
 // checkSink writes check results through raft for the check runner.

@@ -77,9 +77,10 @@ func newCaptureRunner(d iptables.Desired, r iptables.Runner, links iptables.Link
 
 // prepareCapture builds the desired state and checks it against the
 // host's routes. It changes nothing: a bad capture block fails the start
-// as a configuration error before the kernel is touched. files are the
-// service definitions Start read (desiredServices).
-func (a *Agent) prepareCapture(files []*discovery.RegisterServiceRequest) error {
+// as a configuration error before the kernel is touched. The service
+// files' users are checked too (checkServiceFiles read them).
+func (a *Agent) prepareCapture(context.Context) error {
+	files := a.startFiles
 	if !a.cfg.Capture.Enabled {
 		return nil
 	}
@@ -109,15 +110,20 @@ func (a *Agent) prepareCapture(files []*discovery.RegisterServiceRequest) error 
 	return nil
 }
 
-// applyCapture applies the rules and the current VIPs once; Start calls
-// it last, so READY=1 (sent after Start) comes after capture.
-func (a *Agent) applyCapture(ctx context.Context) error {
+// startCapture applies the rules and the current VIPs once, then keeps
+// them in step; it is the last part to start, so READY=1 (sent after
+// Start) comes after capture, and the proxy it steers traffic to runs.
+func (a *Agent) startCapture(ctx context.Context) error {
 	if a.capture == nil {
 		return nil
 	}
 	if _, err := a.capture.reconcile(ctx, nil); err != nil {
 		return fmt.Errorf("applying capture: %w", err)
 	}
+	a.stopCaptureLoop = a.life.goLoop("capture", func(ctx context.Context) error {
+		a.capture.run(ctx)
+		return nil
+	})
 	return nil
 }
 
@@ -131,16 +137,28 @@ func (a *Agent) removeCapture(ctx context.Context) {
 	}
 }
 
-func (a *Agent) closeCapture() {
+// stopCapture ends the reconcile loop and removes the rules and VIPs:
+// the first thing a stop does, so no traffic is steered into a proxy
+// that is going away.
+func (a *Agent) stopCapture() error {
 	if a.capture == nil {
-		return
+		return nil
+	}
+	if a.stopCaptureLoop != nil {
+		a.stopCaptureLoop()
 	}
 	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 	defer cancel()
 	a.removeCapture(ctx)
+	return nil
+}
+
+// closeCaptureLinks closes the netlink handle prepareCapture opened.
+func (a *Agent) closeCaptureLinks() error {
 	if a.captureLinks != nil {
 		a.captureLinks.Close()
 	}
+	return nil
 }
 
 func (a *Agent) captureBanner() {

@@ -2,7 +2,6 @@ package mesh
 
 import (
 	"context"
-	"encoding/json"
 	"errors"
 	"fmt"
 	"net"
@@ -191,128 +190,66 @@ func (a *Agent) leave(ctx context.Context, force bool) error {
 	return nil
 }
 
-// ---- HTTP ----
+// operator is the agent as the HTTP API's /v1/vmesh/* endpoints see it
+// (httpapi.Operator). It maps raft's errors to the statuses the API
+// answers: a refused join is a 403, a leave that would break quorum a 409.
+type operator struct{ a *Agent }
 
-func (a *Agent) registerClusterAPI(mux *http.ServeMux) {
-	mux.HandleFunc("PUT /v1/vmesh/join", a.handleJoin)
-	mux.HandleFunc("PUT /v1/vmesh/leave", a.handleLeave)
-	mux.HandleFunc("PUT /v1/vmesh/token", a.handleToken)
-	mux.HandleFunc("GET /v1/vmesh/members", a.handleMembers)
+func (o operator) Join(ctx context.Context, addr, token string) error {
+	if _, err := raft.ParseToken(token); err != nil {
+		return httpapi.WithStatus(http.StatusBadRequest, fmt.Errorf("field Token: %v", err))
+	}
+	err := o.a.join(ctx, addr, token)
+	if errors.Is(err, raft.ErrJoinRefused) || errors.Is(err, raft.ErrCAFingerprint) || errors.Is(err, raft.ErrInvalidToken) {
+		return httpapi.WithStatus(http.StatusForbidden, err)
+	}
+	return err
 }
 
-func httpError(w http.ResponseWriter, code int, err error) {
-	w.Header().Set("Content-Type", "text/plain; charset=utf-8")
-	w.WriteHeader(code)
-	fmt.Fprint(w, err.Error())
+func (o operator) Leave(ctx context.Context, force bool) error {
+	err := o.a.leave(ctx, force)
+	if errors.Is(err, raft.ErrQuorum) || errors.Is(err, errNotJoined) {
+		return httpapi.WithStatus(http.StatusConflict, err)
+	}
+	return err
 }
 
-func (a *Agent) handleJoin(w http.ResponseWriter, r *http.Request) {
-	var body struct{ Addr, Token string }
-	dec := json.NewDecoder(r.Body)
-	dec.DisallowUnknownFields()
-	if err := dec.Decode(&body); err != nil {
-		httpError(w, http.StatusBadRequest, fmt.Errorf("request decode failed: %v", err))
-		return
+func (o operator) CreateJoinToken(ctx context.Context, ttl time.Duration) (string, time.Time, error) {
+	srv := o.a.ref.get()
+	if srv == nil {
+		return "", time.Time{}, httpapi.WithStatus(http.StatusConflict, errNotJoined)
 	}
-	if _, _, err := net.SplitHostPort(body.Addr); err != nil {
-		httpError(w, http.StatusBadRequest, fmt.Errorf("field Addr: %q is not host:port", body.Addr))
-		return
-	}
-	if _, err := raft.ParseToken(body.Token); err != nil {
-		httpError(w, http.StatusBadRequest, fmt.Errorf("field Token: %v", err))
-		return
-	}
-	if err := a.join(r.Context(), body.Addr, body.Token); err != nil {
-		code := http.StatusInternalServerError
-		if errors.Is(err, raft.ErrJoinRefused) || errors.Is(err, raft.ErrCAFingerprint) || errors.Is(err, raft.ErrInvalidToken) {
-			code = http.StatusForbidden
-		}
-		httpError(w, code, err)
-		return
-	}
-	w.WriteHeader(http.StatusOK)
+	return srv.CreateToken(ctx, ttl)
 }
 
-func (a *Agent) handleLeave(w http.ResponseWriter, r *http.Request) {
-	_, force := r.URL.Query()["force"]
-	if err := a.leave(r.Context(), force); err != nil {
-		code := http.StatusInternalServerError
-		if errors.Is(err, raft.ErrQuorum) || errors.Is(err, errNotJoined) {
-			code = http.StatusConflict
-		}
-		httpError(w, code, err)
-		return
+func (o operator) Snapshot() (uint64, error) {
+	srv := o.a.ref.get()
+	if srv == nil {
+		return 0, httpapi.WithStatus(http.StatusConflict, errNotJoined)
 	}
-	w.WriteHeader(http.StatusOK)
+	return srv.Snapshot()
 }
 
-func (a *Agent) handleToken(w http.ResponseWriter, r *http.Request) {
-	ttl := 24 * time.Hour
-	if s := r.URL.Query().Get("ttl"); s != "" {
-		d, err := time.ParseDuration(s)
-		if err != nil || d < 0 {
-			httpError(w, http.StatusBadRequest, fmt.Errorf("ttl: %q is not a duration such as 24h", s))
-			return
-		}
-		ttl = d
-	}
+func (o operator) ClusterMembers(ctx context.Context) ([]httpapi.ClusterMember, error) {
+	a := o.a
 	srv := a.ref.get()
 	if srv == nil {
-		httpError(w, http.StatusConflict, errNotJoined)
-		return
-	}
-	tok, exp, err := srv.CreateToken(r.Context(), ttl)
-	if err != nil {
-		httpError(w, http.StatusInternalServerError, err)
-		return
-	}
-	out := map[string]string{"Token": tok}
-	if !exp.IsZero() {
-		out["ExpiresAt"] = exp.UTC().Format(time.RFC3339)
-	}
-	w.Header().Set("Content-Type", "application/json")
-	json.NewEncoder(w).Encode(out)
-}
-
-// memberInfo is a node as /v1/vmesh/members shows it.
-type memberInfo struct {
-	Name          string
-	ID            string
-	Addr          string
-	Role          string
-	Status        string
-	LastContactMs int64
-}
-
-func (a *Agent) clusterMembers(ctx context.Context) ([]memberInfo, error) {
-	srv := a.ref.get()
-	if srv == nil {
-		return []memberInfo{{Name: a.cfg.NodeName, ID: a.nodeID, Role: "none", Status: "not joined"}}, nil
+		return []httpapi.ClusterMember{{Name: a.cfg.NodeName, ID: a.nodeID, Role: "none", Status: "not joined"}}, nil
 	}
 	ms, err := srv.Members(ctx)
 	if err != nil {
 		return nil, err
 	}
-	out := make([]memberInfo, 0, len(ms))
+	out := make([]httpapi.ClusterMember, 0, len(ms))
 	for _, m := range ms {
-		out = append(out, memberInfo{Name: m.Name, ID: m.ID, Addr: m.Addr, Role: m.Role, Status: m.Status, LastContactMs: m.LastContact.Milliseconds()})
+		out = append(out, httpapi.ClusterMember{Name: m.Name, ID: m.ID, Addr: m.Addr, Role: m.Role, Status: m.Status, LastContactMs: m.LastContact.Milliseconds()})
 	}
 	return out, nil
 }
 
-func (a *Agent) handleMembers(w http.ResponseWriter, r *http.Request) {
-	ms, err := a.clusterMembers(r.Context())
-	if err != nil {
-		httpError(w, http.StatusInternalServerError, err)
-		return
-	}
-	w.Header().Set("Content-Type", "application/json")
-	json.NewEncoder(w).Encode(ms)
-}
-
 // members feeds /v1/agent/members (Consul's shape).
 func (a *Agent) members() []httpapi.Member {
-	ms, err := a.clusterMembers(context.Background())
+	ms, err := operator{a}.ClusterMembers(context.Background())
 	if err != nil {
 		return nil
 	}

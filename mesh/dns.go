@@ -16,7 +16,7 @@ var resolvConf = "/etc/resolv.conf"
 // startDNS serves the catalog over DNS. The default address may be taken
 // (a Consul agent on the host, a second dev agent): the agent then warns
 // and runs without DNS. An address set explicitly must work.
-func (a *Agent) startDNS(ctx context.Context) error {
+func (a *Agent) startDNS(context.Context) error {
 	addr := a.cfg.DNSAddr()
 	if addr == "" {
 		return nil
@@ -37,7 +37,7 @@ func (a *Agent) startDNS(ctx context.Context) error {
 		ServiceTTL: a.cfg.DNS.ServiceTTL, NodeTTL: a.cfg.DNS.NodeTTL, VIPTTL: a.cfg.DNS.VIPTTL,
 		OnlyPassing: a.cfg.DNS.OnlyPassing, Dialer: recursorDialer(a.proxyMark()), Logger: a.logger.With("component", "dns"),
 	})
-	if err := srv.Start(ctx); err != nil {
+	if err := srv.Start(a.life.ctx); err != nil {
 		if a.cfg.Addresses.DNS != "" {
 			return err
 		}
@@ -91,8 +91,9 @@ func (a *Agent) dnsBanner() {
 	}
 }
 
-func (a *Agent) closeDNS() {
+func (a *Agent) closeDNS() error {
 	if a.dnsSrv != nil {
 		a.dnsSrv.Close()
 	}
+	return nil
 }

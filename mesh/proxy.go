@@ -7,10 +7,10 @@ import (
 	"github.com/vmesh/vmesh/dataplane/proxy"
 )
 
-// startProxy runs the in-process proxy under ctx: the same code as `vmesh
-// proxy`, reading its whole config from this agent's xDS socket as this
-// host's mesh proxy. It stops when ctx ends (Close cancels it).
-func (a *Agent) startProxy(ctx context.Context) error {
+// startProxy runs the in-process proxy as a background loop: the same
+// code as `vmesh proxy`, reading its whole config from this agent's xDS
+// socket as this host's mesh proxy. Close ends it.
+func (a *Agent) startProxy(context.Context) error {
 	if !a.cfg.Proxy.Enabled {
 		return nil
 	}
@@ -27,10 +27,6 @@ func (a *Agent) startProxy(ctx context.Context) error {
 	if err != nil {
 		return err
 	}
-	a.goLoop(func() {
-		if err := p.Run(ctx); err != nil && ctx.Err() == nil {
-			a.logger.Error("in-process proxy stopped", "err", err)
-		}
-	})
+	a.life.goLoop("proxy", p.Run)
 	return nil
 }

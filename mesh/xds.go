@@ -12,6 +12,7 @@ import (
 
 	tlsv3 "github.com/envoyproxy/go-control-plane/envoy/extensions/transport_sockets/tls/v3"
 	"github.com/vmesh/vmesh/dataplane/xds"
+	"github.com/vmesh/vmesh/discovery/httpapi"
 	"github.com/vmesh/vmesh/raft"
 )
 
@@ -26,9 +27,10 @@ type xdsState struct {
 }
 
 // startXDS serves the catalog as xDS on the unix socket (and TCP if
-// configured), adds /v1/vmesh/xds/... and /v1/vmesh/envoy/bootstrap to the
-// HTTP API, and opens the admin listener.
-func (a *Agent) startXDS(ctx context.Context, mux *http.ServeMux) error {
+// configured), runs the leaf certificate issuer, and opens the admin
+// listener.
+func (a *Agent) startXDS(context.Context) error {
+	ctx := a.life.ctx // the server outlives Start's context
 	sock, cleanup, err := a.cfg.XDSSocketPath()
 	if err != nil {
 		return err
@@ -51,12 +53,11 @@ func (a *Agent) startXDS(ctx context.Context, mux *http.ServeMux) error {
 		return err
 	}
 	a.xds.server = srv
-	mux.Handle("GET /v1/vmesh/xds/clients", srv.ClientsHandler())
-	// Also on the API: the admin listener may not be there (see below).
-	mux.Handle("GET /v1/vmesh/xds/config_dump", srv.ConfigDumpHandler())
-	mux.HandleFunc("GET /v1/vmesh/envoy/bootstrap", a.handleEnvoyBootstrap)
-	metrics := metricsHandler(a.metrics, a.logger.With("component", "metrics"))
-	mux.Handle("GET /v1/vmesh/metrics", metrics)
+	a.life.goLoop("leaf certificates", func(ctx context.Context) error {
+		a.xds.leaves.Run(ctx)
+		return nil
+	})
+	metrics := a.metricsHandler()
 
 	admin := http.NewServeMux()
 	admin.Handle("GET /config_dump", srv.ConfigDumpHandler())
@@ -75,12 +76,27 @@ func (a *Agent) startXDS(ctx context.Context, mux *http.ServeMux) error {
 	}
 	a.xds.adminLn = ln
 	a.xds.adminSrv = &http.Server{Handler: admin, ReadHeaderTimeout: 10 * time.Second}
-	a.goLoop(func() {
-		if err := a.xds.adminSrv.Serve(ln); err != nil && !errors.Is(err, http.ErrServerClosed) {
-			a.logger.Error("admin listener stopped", "err", err)
+	a.life.goLoop("admin listener", func(context.Context) error {
+		if err := a.xds.adminSrv.Serve(ln); !errors.Is(err, http.ErrServerClosed) {
+			return err
 		}
+		return nil
 	})
 	return nil
+}
+
+// diagnostics are the xDS server's and Prometheus' handlers that the HTTP
+// API serves too: the admin listener may not be there (its port taken).
+func (a *Agent) diagnostics() httpapi.Diagnostics {
+	d := httpapi.Diagnostics{Metrics: a.metricsHandler()}
+	if srv := a.xds.server; srv != nil {
+		d.XDSClients, d.XDSConfigDump = srv.ClientsHandler(), srv.ConfigDumpHandler()
+	}
+	return d
+}
+
+func (a *Agent) metricsHandler() http.Handler {
+	return metricsHandler(a.metrics, a.logger.With("component", "metrics"))
 }
 
 // xdsOptions are the translation settings of this agent's xDS server; the
@@ -163,7 +179,7 @@ func (a *Agent) xdsBanner() {
 
 // closeXDS stops the admin listener and the xDS server; streams end, so
 // clients reconnect to the next agent start.
-func (a *Agent) closeXDS() {
+func (a *Agent) closeXDS() error {
 	if a.xds.adminSrv != nil {
 		a.xds.adminSrv.Close()
 	} else if a.xds.adminLn != nil {
@@ -175,39 +191,34 @@ func (a *Agent) closeXDS() {
 	if a.xds.socketCleanup != "" {
 		os.RemoveAll(a.xds.socketCleanup)
 	}
+	return nil
 }
 
-// handleEnvoyBootstrap serves GET /v1/vmesh/envoy/bootstrap?node=&admin=:
-// the agent knows where its xDS server listens, the CLI does not.
-func (a *Agent) handleEnvoyBootstrap(w http.ResponseWriter, r *http.Request) {
-	q := r.URL.Query()
-	o := xds.BootstrapOptions{Node: q.Get("node"), Admin: q.Get("admin")}
-	if o.Node == "" {
-		o.Node = a.cfg.NodeName
+// EnvoyBootstrap renders an Envoy bootstrap pointing at this agent's xDS
+// server (GET /v1/vmesh/envoy/bootstrap): the agent knows where that
+// listens, the CLI does not.
+func (o operator) EnvoyBootstrap(node, admin string, tcp bool) ([]byte, error) {
+	a := o.a
+	opts := xds.BootstrapOptions{Node: node, Admin: admin}
+	if opts.Node == "" {
+		opts.Node = a.cfg.NodeName
 	}
-	if o.Admin == "" {
-		o.Admin = xds.DefaultEnvoyAdmin
+	if opts.Admin == "" {
+		opts.Admin = xds.DefaultEnvoyAdmin
 	}
 	for _, addr := range a.XDSAddrs() {
 		switch addr.Network() {
 		case "unix":
-			o.Socket = addr.String()
+			opts.Socket = addr.String()
 		case "tcp":
-			o.TCP = addr.String()
+			opts.TCP = addr.String()
 		}
 	}
-	if q.Has("tcp") {
-		if o.TCP == "" {
-			http.Error(w, "the agent serves xDS on its unix socket only (start it with --xds-addr)", http.StatusBadRequest)
-			return
+	if tcp {
+		if opts.TCP == "" {
+			return nil, errors.New("the agent serves xDS on its unix socket only (start it with --xds-addr)")
 		}
-		o.Socket = ""
+		opts.Socket = ""
 	}
-	out, err := xds.EnvoyBootstrap(o)
-	if err != nil {
-		http.Error(w, err.Error(), http.StatusBadRequest)
-		return
-	}
-	w.Header().Set("Content-Type", "application/json")
-	w.Write(out)
+	return xds.EnvoyBootstrap(opts)
 }

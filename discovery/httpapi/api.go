@@ -63,6 +63,12 @@ type API struct {
 	// its service-file sync. Nil: a private one with the default policy.
 	UserPorts *discovery.UserPortAllocator
 
+	// Operator serves vmesh's own cluster endpoints (/v1/vmesh/join,
+	// leave, token, members, raft/snapshot, envoy/bootstrap); nil leaves
+	// them out. Diagnostics mounts other packages' read-only handlers.
+	Operator    Operator
+	Diagnostics Diagnostics
+
 	ownPorts discovery.UserPortAllocator // UserPorts when that is nil
 }
 
@@ -118,17 +124,19 @@ func (a *API) Register(mux *http.ServeMux) {
 	a.registerConfig(mux)
 	// intentions (api_intentions.go)
 	a.registerIntentions(mux)
-	// virtual IPs (vips.go)
-	mux.HandleFunc("GET /v1/vmesh/vips", a.vipsList)
+	// vmesh's own: VIPs, cluster membership, diagnostics (vmesh.go)
+	a.registerVmesh(mux)
 }
 
 // HTTPError is an error with the status code the API answers it with.
 type HTTPError struct {
 	Code int
 	Msg  string
+	Err  error // the cause, when there is one (WithStatus)
 }
 
 func (e *HTTPError) Error() string { return e.Msg }
+func (e *HTTPError) Unwrap() error { return e.Err }
 
 func badRequest(format string, args ...any) error {
 	return &HTTPError{Code: http.StatusBadRequest, Msg: fmt.Sprintf(format, args...)}
