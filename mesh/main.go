@@ -88,7 +88,7 @@ func usage(w io.Writer) {
 }
 
 // newFlagSet returns a flag set that reports errors to env. Go's flag
-// package takes -flag and --flag alike, as DESIGN.md asks.
+// package takes -flag and --flag alike, so both spellings work.
 func newFlagSet(name string, env *cliEnv) *flag.FlagSet {
 	fs := flag.NewFlagSet("vmesh "+name, flag.ContinueOnError)
 	fs.SetOutput(env.stderr)
@@ -97,7 +97,7 @@ func newFlagSet(name string, env *cliEnv) *flag.FlagSet {
 
 // parseArgs parses flags anywhere among the arguments (Go's flag package
 // stops at the first positional one), so `vmesh join ADDR -token T` works
-// as DESIGN.md writes it. It returns the positional arguments.
+// as the docs write it. It returns the positional arguments.
 func parseArgs(fs *flag.FlagSet, args []string) ([]string, error) {
 	var pos []string
 	for {
@@ -180,7 +180,7 @@ func (f *agentFlags) buildConfig(fs *flag.FlagSet) (Config, error) {
 		return cfg, err
 	}
 	if f.dev && cfg.IntentionsDefault == "" {
-		cfg.IntentionsDefault = IntentionsAllow // DESIGN.md: -dev allows unless a file says deny
+		cfg.IntentionsDefault = IntentionsAllow // -dev allows unless a file says deny
 	}
 	if set["data-dir"] {
 		cfg.DataDir = f.dataDir

@@ -19,8 +19,8 @@ import (
 	"github.com/vmesh/vmesh/raft"
 )
 
-// DefaultAdminPort is the admin listener's port (DESIGN.md: the proxy's
-// admin: /config_dump and /metrics).
+// DefaultAdminPort is the admin listener's port (the proxy's admin:
+// /config_dump and /metrics), the port Istio gives Envoy's admin.
 const DefaultAdminPort = 15000
 
 // xdsSocketName is the xDS unix socket's file name in the runtime dir.
