@@ -1,5 +1,3 @@
-// Command vmesh is the vmesh service mesh agent and CLI. All of it lives in
-// package mesh; main only wires process signals.
 package main
 
 import (

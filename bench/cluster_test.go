@@ -18,6 +18,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/vmesh/vmesh/lab/testkit"
 	"github.com/vmesh/vmesh/mesh"
 	"github.com/vmesh/vmesh/mesh/config"
 )
@@ -516,18 +517,11 @@ func put(client *http.Client, url string, body []byte) ([]byte, error) {
 }
 
 // waitUntil polls cond until it returns nil, failing the benchmark with the
-// last error after d.
+// last error after d (which testkit.WaitFor, on a bool, could not say).
 func waitUntil(b *testing.B, d time.Duration, what string, cond func() error) {
 	b.Helper()
-	deadline := time.Now().Add(d)
-	for {
-		err := cond()
-		if err == nil {
-			return
-		}
-		if time.Now().After(deadline) {
-			b.Fatalf("waiting %s for %s: %v", d, what, err)
-		}
-		time.Sleep(20 * time.Millisecond)
+	var err error
+	if !testkit.Eventually(d, func() bool { err = cond(); return err == nil }) {
+		b.Fatalf("waiting %s for %s: %v", d, what, err)
 	}
 }

@@ -6,11 +6,13 @@ import (
 	"encoding/json"
 	"fmt"
 	"io"
+	"log/slog"
 	"net/http"
 	"slices"
 	"testing"
 	"time"
 
+	"github.com/vmesh/vmesh/lab/testkit"
 	"github.com/vmesh/vmesh/mesh"
 	"github.com/vmesh/vmesh/mesh/config"
 )
@@ -32,26 +34,23 @@ func startAgent(b *testing.B, client *http.Client) *mesh.Agent {
 	if err := cfg.Validate(); err != nil {
 		b.Fatalf("agent config: %v", err)
 	}
-	a := mesh.NewAgent(cfg, quietLogger(), io.Discard)
+	a := mesh.NewAgent(cfg, testkit.Logger(b, slog.LevelError), io.Discard)
 	if err := a.Start(context.Background()); err != nil {
 		b.Fatalf("starting agent: %v", err)
 	}
 	base := "http://" + a.HTTPAddr()
-	deadline := time.Now().Add(30 * time.Second)
-	for {
+	ready := func() bool {
 		var leader string
 		var nodes []struct{ Node string }
-		if getJSON(client, base+"/v1/status/leader", &leader) == nil && leader != "" &&
+		return getJSON(client, base+"/v1/status/leader", &leader) == nil && leader != "" &&
 			getJSON(client, base+"/v1/catalog/nodes", &nodes) == nil &&
-			slices.ContainsFunc(nodes, func(n struct{ Node string }) bool { return n.Node == benchNode }) {
-			return a
-		}
-		if time.Now().After(deadline) {
-			a.Close()
-			b.Fatalf("agent at %s: no leader or node %s registered after 30s", base, benchNode)
-		}
-		time.Sleep(20 * time.Millisecond)
+			slices.ContainsFunc(nodes, func(n struct{ Node string }) bool { return n.Node == benchNode })
 	}
+	if !testkit.Eventually(30*time.Second, ready) {
+		a.Close()
+		b.Fatalf("agent at %s: no leader or node %s registered after 30s", base, benchNode)
+	}
+	return a
 }
 
 func getJSON(client *http.Client, url string, out any) error {

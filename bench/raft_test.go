@@ -5,7 +5,6 @@ import (
 	"encoding/binary"
 	"fmt"
 	"log/slog"
-	"os"
 	"path/filepath"
 	"sync/atomic"
 	"testing"
@@ -13,18 +12,13 @@ import (
 
 	metrics "github.com/armon/go-metrics"
 	"github.com/vmesh/vmesh/discovery"
+	"github.com/vmesh/vmesh/lab/testkit"
 	"github.com/vmesh/vmesh/raft"
 	bolt "go.etcd.io/bbolt"
 )
 
 // benchNode is the node every registered instance lives on.
 const benchNode = "bench-node"
-
-// quietLogger passes only errors, to stderr: benchmark output stays
-// parseable, and a failure still says why.
-func quietLogger() *slog.Logger {
-	return slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: slog.LevelError}))
-}
 
 // registerCmd is instance i as PUT /v1/agent/service/register with
 // {"ID":"svc-<i>","Name":"svc","Port":8080,"Tags":["a"]} builds it, so that
@@ -42,7 +36,7 @@ func openRaft(b *testing.B) *raft.Server {
 	b.Helper()
 	srv, err := raft.Open(raft.Config{
 		NodeID: "bench-node-id", Addr: "127.0.0.1:7400", DataDir: b.TempDir(),
-		Bootstrap: true, Logger: quietLogger(),
+		Bootstrap: true, Logger: testkit.Logger(b, slog.LevelError),
 	}, discovery.NewStore())
 	if err != nil {
 		b.Fatalf("opening raft: %v", err)

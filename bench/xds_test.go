@@ -3,6 +3,7 @@ package bench
 import (
 	"context"
 	"fmt"
+	"log/slog"
 	"strconv"
 	"sync"
 	"testing"
@@ -14,6 +15,7 @@ import (
 	"github.com/envoyproxy/go-control-plane/pkg/resource/v3"
 	"github.com/vmesh/vmesh/dataplane/xds"
 	"github.com/vmesh/vmesh/discovery"
+	"github.com/vmesh/vmesh/lab/testkit"
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/credentials/insecure"
 )
@@ -111,7 +113,7 @@ func BenchmarkXDSPropagation(b *testing.B) {
 	for _, clients := range []int{1, 100} {
 		b.Run(fmt.Sprintf("clients=%d", clients), func(b *testing.B) {
 			store, idx := xdsCatalog(b, 1000)
-			srv, err := xds.NewServer(xds.Config{Store: store, TCPAddr: "127.0.0.1:0", Logger: quietLogger()})
+			srv, err := xds.NewServer(xds.Config{Store: store, TCPAddr: "127.0.0.1:0", Logger: testkit.Logger(b, slog.LevelError)})
 			if err != nil {
 				b.Fatal(err)
 			}

@@ -1,4 +1,4 @@
 // Package dataplane groups the data plane: xds (catalog view to Envoy xDS
-// resources, and the xDS server) and proxy (the in-process proxy, fed only
-// by xDS; not built yet, see the open issues).
+// resources, and the xDS server), proxy (the in-process proxy, fed only by
+// xDS) and metrics (the Prometheus registration both share, a leaf).
 package dataplane

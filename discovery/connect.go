@@ -33,7 +33,8 @@ func IsL7Protocol(p string) bool {
 }
 
 // MetaProtocol is the Meta key that carries an instance's protocol through
-// the Consul API, as DESIGN.md specifies.
+// the Consul API, which has no protocol field of its own (Consul's
+// proxy-defaults read the same key).
 const MetaProtocol = "protocol"
 
 // Upstream is an explicit upstream of an instance: the local proxy listens

@@ -9,7 +9,8 @@ import (
 	"strings"
 )
 
-// Defaults for Desired. The ports are DESIGN.md's.
+// Defaults for Desired. The ports are the proxy's default listeners
+// (ARCHITECTURE.md), which capture must send traffic to.
 const (
 	DefaultProxyMark    = 0x539 // SO_MARK of the proxy's own sockets
 	DefaultOutboundPort = 15001 // transparent outbound listener

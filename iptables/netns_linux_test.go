@@ -8,7 +8,6 @@ import (
 	"fmt"
 	"net"
 	"net/netip"
-	"os"
 	"os/exec"
 	"runtime"
 	"strings"
@@ -18,6 +17,7 @@ import (
 	"time"
 
 	"github.com/vishvananda/netns"
+	"github.com/vmesh/vmesh/lab/testkit"
 	"golang.org/x/sys/unix"
 )
 
@@ -27,33 +27,13 @@ import (
 // `ip netns exec`, netlink through a handle opened in the namespace, and
 // sockets are made by a thread that entered it.
 
-func needRoot(t *testing.T) {
-	t.Helper()
-	if os.Geteuid() != 0 {
-		t.Skip("needs root (network namespaces and iptables); CI runs it as root")
-	}
-	if _, err := exec.LookPath("ip"); err != nil {
-		t.Skip("needs ip (iproute2); CI installs it")
-	}
-}
-
 // newNetns makes a namespace with lo up, deleted when the test ends.
 func newNetns(t *testing.T) string {
 	t.Helper()
-	needRoot(t)
+	testkit.RequireRoot(t, "network namespaces and iptables")
 	b := make([]byte, 4)
 	rand.Read(b)
-	name := "vmesh-test-" + hex.EncodeToString(b)
-	if out, err := exec.Command("ip", "netns", "add", name).CombinedOutput(); err != nil {
-		t.Fatalf("ip netns add: %v: %s", err, out)
-	}
-	t.Cleanup(func() {
-		if out, err := exec.Command("ip", "netns", "del", name).CombinedOutput(); err != nil {
-			t.Errorf("ip netns del %s: %v: %s", name, err, out)
-		}
-	})
-	nsRun(t, name, "ip", "link", "set", "lo", "up")
-	return name
+	return testkit.NetNS(t, "vmesh-test-"+hex.EncodeToString(b))
 }
 
 func nsRun(t *testing.T, ns string, argv ...string) string {
@@ -69,7 +49,7 @@ func nsRun(t *testing.T, ns string, argv ...string) string {
 func forBackends(t *testing.T, fn func(t *testing.T, mode string)) {
 	for _, mode := range []string{"nft", "legacy"} {
 		t.Run(mode, func(t *testing.T) {
-			needRoot(t)
+			testkit.RequireRoot(t, "network namespaces and iptables")
 			for _, bin := range []string{"iptables-" + mode + "-restore", "ip6tables-" + mode + "-restore"} {
 				if _, err := exec.LookPath(bin); err != nil {
 					t.Skipf("%s is not installed (CI installs the iptables package, which has both backends)", bin)

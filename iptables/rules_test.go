@@ -90,8 +90,9 @@ func TestRulesGolden(t *testing.T) {
 	}
 }
 
-// checkScript holds every script to the rules of DESIGN.md: only our
-// chains, every rule commented, jumps inserted first.
+// checkScript holds every script to the capture rules: only our chains,
+// every rule commented, jumps inserted first, so cleanup can remove
+// exactly what we added and nothing of the host's.
 func checkScript(t *testing.T, s string) {
 	t.Helper()
 	for _, line := range strings.Split(strings.TrimSpace(s), "\n") {

@@ -449,7 +449,6 @@ func (a *Agent) Reload(ctx context.Context, cfg config.Config) error {
 	return a.syncServiceFiles(ctx)
 }
 
-
 // Close stops everything Start started, in reverse order. It is safe
 // after a failed or partial Start.
 func (a *Agent) Close() error {

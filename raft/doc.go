@@ -9,6 +9,10 @@
 // the ignorable bit (rolling upgrades). Snapshots stream the catalog's
 // records; Restore swaps in a new catalog and wakes blocked readers.
 //
+// Metrics leave through NewCollector (this node's raft state, read at
+// scrape time) and MetricsSink (raft's own go-metrics series); the agent
+// registers both.
+//
 // It must not serve HTTP or know about the data plane. A single node runs
 // on an in-memory transport; the cluster transport plugs in via Config.
 package raft

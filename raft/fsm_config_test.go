@@ -9,6 +9,7 @@ import (
 	"time"
 
 	"github.com/vmesh/vmesh/discovery"
+	"github.com/vmesh/vmesh/lab/testkit"
 )
 
 // configCatalog holds one entry of every kind, with every field kind a
@@ -19,7 +20,7 @@ func configCatalog(t testing.TB) *discovery.Store {
 	s := discovery.NewStore()
 	apply := func(idx uint64, op discovery.ConfigEntryOp, e discovery.ConfigEntry) {
 		t.Helper()
-		f := &fsm{store: s, logger: testLogger(t)}
+		f := &fsm{store: s, logger: testkit.Logger(t)}
 		if resp := f.Apply(commandLog(t, idx, discovery.ConfigEntryRequest{Op: op, Entry: e})); resp != nil {
 			t.Fatalf("applying %s %s: %v", e.Kind, e.Name, resp)
 		}
@@ -51,7 +52,7 @@ func configCatalog(t testing.TB) *discovery.Store {
 // (so the test exercises what it means to).
 func restoreRoundTrip(t *testing.T, src *discovery.Store, rt discovery.RecordType, wantN int) *fsm {
 	t.Helper()
-	dst := &fsm{store: discovery.NewStore(), logger: testLogger(t)}
+	dst := &fsm{store: discovery.NewStore(), logger: testkit.Logger(t)}
 	if err := dst.Restore(io.NopCloser(bytes.NewReader(persist(t, src)))); err != nil {
 		t.Fatal(err)
 	}
@@ -87,7 +88,7 @@ func TestFSMConfigEntriesSnapshotRoundTrip(t *testing.T) {
 	}
 
 	// A failed CAS is the FSM's answer to the caller, and changes nothing.
-	f := &fsm{store: dst.store, logger: testLogger(t)}
+	f := &fsm{store: dst.store, logger: testkit.Logger(t)}
 	resp := f.Apply(commandLog(t, 8, discovery.ConfigEntryRequest{Op: discovery.ConfigEntryUpsertCAS,
 		Entry: discovery.ConfigEntry{Kind: discovery.KindServiceDefaults, Name: "web", ModifyIndex: 1, Defaults: &discovery.ServiceDefaults{}}}))
 	if err, _ := resp.(error); !errors.Is(err, discovery.ErrCASConflict) {

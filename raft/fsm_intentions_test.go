@@ -6,6 +6,7 @@ import (
 	"testing"
 
 	"github.com/vmesh/vmesh/discovery"
+	"github.com/vmesh/vmesh/lab/testkit"
 )
 
 // intentionCatalog holds intentions at every precedence level, with Meta,
@@ -13,7 +14,7 @@ import (
 func intentionCatalog(t testing.TB) *discovery.Store {
 	t.Helper()
 	s := discovery.NewStore()
-	f := &fsm{store: s, logger: testLogger(t)}
+	f := &fsm{store: s, logger: testkit.Logger(t)}
 	apply := func(idx uint64, op discovery.IntentionOp, x discovery.Intention) {
 		t.Helper()
 		if resp := f.Apply(commandLog(t, idx, discovery.IntentionRequest{Op: op, Intention: x})); resp != nil {
@@ -63,7 +64,7 @@ func TestFSMIntentionsSnapshotRoundTrip(t *testing.T) {
 // every node, and changes nothing.
 func TestFSMIntentionErrors(t *testing.T) {
 	s := intentionCatalog(t)
-	f := &fsm{store: s, logger: testLogger(t)}
+	f := &fsm{store: s, logger: testkit.Logger(t)}
 	before := records(t, s)
 	for i, x := range []discovery.Intention{
 		{ID: "z", SourceName: "a", DestinationName: "b", Action: "perhaps"},

@@ -6,47 +6,19 @@ import (
 	"errors"
 	"fmt"
 	"io"
-	"log/slog"
 	"reflect"
 	"strings"
-	"sync"
 	"testing"
 	"time"
 
 	"github.com/hashicorp/go-memdb"
 	hraft "github.com/hashicorp/raft"
 	"github.com/vmesh/vmesh/discovery"
+	"github.com/vmesh/vmesh/lab/testkit"
 )
 
-// testLogWriter sends log lines to t.Log until the test ends; raft
-// goroutines that log after that are dropped instead of panicking.
-type testLogWriter struct {
-	mu   sync.Mutex
-	t    testing.TB
-	done bool
-}
-
-func (w *testLogWriter) Write(p []byte) (int, error) {
-	w.mu.Lock()
-	defer w.mu.Unlock()
-	if !w.done {
-		w.t.Log(strings.TrimRight(string(p), "\n"))
-	}
-	return len(p), nil
-}
-
-func testLogger(t testing.TB) *slog.Logger {
-	w := &testLogWriter{t: t}
-	t.Cleanup(func() {
-		w.mu.Lock()
-		w.done = true
-		w.mu.Unlock()
-	})
-	return slog.New(slog.NewTextHandler(w, &slog.HandlerOptions{Level: slog.LevelInfo}))
-}
-
 func newTestFSM(t testing.TB) *fsm {
-	return &fsm{store: discovery.NewStore(), logger: testLogger(t)}
+	return &fsm{store: discovery.NewStore(), logger: testkit.Logger(t)}
 }
 
 func commandLog(t testing.TB, idx uint64, cmd discovery.Command) *hraft.Log {
@@ -472,7 +444,7 @@ func richCatalog(t testing.TB) *discovery.Store {
 
 func persist(t testing.TB, s *discovery.Store) []byte {
 	t.Helper()
-	f := &fsm{store: s, logger: testLogger(t)}
+	f := &fsm{store: s, logger: testkit.Logger(t)}
 	snap, err := f.Snapshot()
 	if err != nil {
 		t.Fatal(err)
@@ -510,7 +482,7 @@ func TestFSMSnapshotRoundTrip(t *testing.T) {
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
-			dst := &fsm{store: tt.dst(t), logger: testLogger(t)}
+			dst := &fsm{store: tt.dst(t), logger: testkit.Logger(t)}
 			if err := dst.Restore(io.NopCloser(bytes.NewReader(data))); err != nil {
 				t.Fatal(err)
 			}
@@ -568,7 +540,7 @@ func TestFSMSnapshotRoundTrip(t *testing.T) {
 
 func TestFSMSnapshotIsPointInTime(t *testing.T) {
 	src := richCatalog(t)
-	f := &fsm{store: src, logger: testLogger(t)}
+	f := &fsm{store: src, logger: testkit.Logger(t)}
 	snap, err := f.Snapshot()
 	if err != nil {
 		t.Fatal(err)
@@ -595,7 +567,7 @@ func TestFSMSnapshotIsPointInTime(t *testing.T) {
 }
 
 func TestFSMSnapshotPersistSinkError(t *testing.T) {
-	f := &fsm{store: richCatalog(t), logger: testLogger(t)}
+	f := &fsm{store: richCatalog(t), logger: testkit.Logger(t)}
 	snap, err := f.Snapshot()
 	if err != nil {
 		t.Fatal(err)

@@ -14,6 +14,7 @@ import (
 
 	hraft "github.com/hashicorp/raft"
 	"github.com/vmesh/vmesh/discovery"
+	"github.com/vmesh/vmesh/lab/testkit"
 )
 
 // TestMain fails the package if raft or Server goroutines outlive the tests:
@@ -62,7 +63,7 @@ func openServer(t *testing.T, dir string, store *discovery.Store, o serverOpts) 
 		DataDir:      dir,
 		Bootstrap:    true,
 		TrailingLogs: o.trailingLogs,
-		Logger:       testLogger(t).With("component", "raft"),
+		Logger:       testkit.Logger(t).With("component", "raft"),
 	}, store)
 	if err != nil {
 		t.Fatal(err)
@@ -318,7 +319,7 @@ func TestServerApplyErrors(t *testing.T) {
 // Without Bootstrap a server with no state has no configuration: it never
 // elects itself and never reports a leader.
 func TestServerWithoutBootstrapHasNoLeader(t *testing.T) {
-	s, err := Open(Config{NodeID: "n", Addr: "127.0.0.1:8301", DataDir: t.TempDir(), Logger: testLogger(t)}, discovery.NewStore())
+	s, err := Open(Config{NodeID: "n", Addr: "127.0.0.1:8301", DataDir: t.TempDir(), Logger: testkit.Logger(t)}, discovery.NewStore())
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -12,6 +12,7 @@ import (
 	"time"
 
 	"github.com/vmesh/vmesh/discovery"
+	"github.com/vmesh/vmesh/lab/testkit"
 )
 
 func TestNextVIP(t *testing.T) {
@@ -221,7 +222,7 @@ func TestVIPLoop(t *testing.T) {
 
 func TestFSMVIPSnapshotRoundTrip(t *testing.T) {
 	src := discovery.NewStore()
-	f := &fsm{store: src, logger: testLogger(t)}
+	f := &fsm{store: src, logger: testkit.Logger(t)}
 	for i, req := range []discovery.VIPRequest{
 		{Op: discovery.VIPAllocate, Service: "web", IP: "240.0.0.1"},
 		{Op: discovery.VIPAllocate, Service: "db", IP: "240.0.0.2"},
@@ -232,7 +233,7 @@ func TestFSMVIPSnapshotRoundTrip(t *testing.T) {
 			t.Fatalf("Apply(%+v) = %v", req, resp)
 		}
 	}
-	dst := &fsm{store: discovery.NewStore(), logger: testLogger(t)}
+	dst := &fsm{store: discovery.NewStore(), logger: testkit.Logger(t)}
 	if err := dst.Restore(io.NopCloser(bytes.NewReader(persist(t, src)))); err != nil {
 		t.Fatal(err)
 	}

@@ -7,7 +7,8 @@ import (
 	"time"
 )
 
-// Defaults of the installed layout, as DESIGN.md lists them.
+// Defaults of the installed layout, the paths operators of Consul-like
+// agents expect (docs/systemd.md lists them).
 const (
 	DefaultExecPath   = "/usr/local/bin/vmesh"
 	DefaultConfigPath = "/etc/vmesh/vmesh.hcl"

@@ -3,7 +3,7 @@ package systemd
 import (
 	"context"
 	"errors"
-	"log/slog"
+	"github.com/vmesh/vmesh/lab/testkit"
 	"os"
 	"strconv"
 	"sync/atomic"
@@ -50,7 +50,7 @@ func TestRunWatchdog(t *testing.T) {
 	ctx, cancel := context.WithCancel(context.Background())
 	done := make(chan struct{})
 	go func() {
-		RunWatchdog(ctx, r, 100*time.Millisecond, healthy, slog.New(slog.DiscardHandler))
+		RunWatchdog(ctx, r, 100*time.Millisecond, healthy, testkit.Discard())
 		close(done)
 	}()
 
@@ -81,7 +81,7 @@ func TestRunWatchdog(t *testing.T) {
 
 func TestRunWatchdogDisabled(t *testing.T) {
 	r := &Recorder{}
-	RunWatchdog(context.Background(), r, 0, func(context.Context) error { return nil }, slog.New(slog.DiscardHandler))
+	RunWatchdog(context.Background(), r, 0, func(context.Context) error { return nil }, testkit.Discard())
 	if len(r.Lines()) != 0 {
 		t.Errorf("pings with no watchdog: %q", r.Lines())
 	}

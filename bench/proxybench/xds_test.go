@@ -4,7 +4,6 @@ import (
 	"context"
 	"fmt"
 	"io"
-	"log/slog"
 	"net"
 	"net/http"
 	"net/netip"
@@ -14,6 +13,7 @@ import (
 	"time"
 
 	"github.com/vmesh/vmesh/dataplane/proxy"
+	"github.com/vmesh/vmesh/lab/testkit"
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/credentials/insecure"
 	"google.golang.org/grpc/health"
@@ -45,16 +45,6 @@ func TestParseRoute(t *testing.T) {
 			t.Errorf("parseRoute(%q) = %+v, %v; want %+v", tc.in, got, err, tc.want)
 		}
 	}
-}
-
-func freePort(t *testing.T) int {
-	t.Helper()
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer ln.Close()
-	return ln.Addr().(*net.TCPAddr).Port
 }
 
 // backend starts a server of the route's protocol and returns its
@@ -144,7 +134,7 @@ func TestOneHopThroughTheProxy(t *testing.T) {
 	for _, protocol := range []string{"tcp", "http", "grpc"} {
 		t.Run(protocol, func(t *testing.T) {
 			be, request := backend(t, protocol)
-			listen := fmt.Sprintf("127.0.0.1:%d", freePort(t))
+			listen := fmt.Sprintf("127.0.0.1:%d", testkit.FreePort(t))
 			r, err := parseRoute(listen + "=" + be + "/" + protocol)
 			if err != nil {
 				t.Fatal(err)
@@ -159,7 +149,7 @@ func TestOneHopThroughTheProxy(t *testing.T) {
 			ctx, cancel := context.WithCancel(context.Background())
 			var wg sync.WaitGroup
 			t.Cleanup(func() { cancel(); wg.Wait() })
-			logger := slog.New(slog.NewTextHandler(io.Discard, nil))
+			logger := testkit.Discard()
 			xs, err := newXDSServer(ctx, "bench", snap, logger)
 			if err != nil {
 				t.Fatal(err)

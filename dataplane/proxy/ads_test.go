@@ -22,6 +22,7 @@ import (
 	"github.com/envoyproxy/go-control-plane/pkg/resource/v3"
 	serverv3 "github.com/envoyproxy/go-control-plane/pkg/server/v3"
 	"github.com/vmesh/vmesh/dataplane/proxy"
+	"github.com/vmesh/vmesh/lab/testkit"
 	"google.golang.org/grpc"
 	"google.golang.org/protobuf/proto"
 	"google.golang.org/protobuf/types/known/anypb"
@@ -146,17 +147,6 @@ func (cp *controlPlane) set(t testing.TB, version string, listeners []types.Reso
 	}
 }
 
-func waitFor(t testing.TB, what string, d time.Duration, cond func() bool) {
-	t.Helper()
-	deadline := time.Now().Add(d)
-	for !cond() {
-		if time.Now().After(deadline) {
-			t.Fatalf("timed out waiting for %s", what)
-		}
-		time.Sleep(5 * time.Millisecond)
-	}
-}
-
 // roundTrip writes a line on c and reads the answer.
 func roundTrip(c net.Conn, r *bufio.Reader, line string) (string, error) {
 	c.SetDeadline(time.Now().Add(2 * time.Second))
@@ -176,9 +166,9 @@ func TestADSAckNackSwap(t *testing.T) {
 	a, b := namedServer(t, "a"), namedServer(t, "b")
 	cp := startControlPlane(t)
 	cp.set(t, "1", []types.Resource{tcpListener(t, "l1", "127.0.0.1:0", "c")}, []types.Resource{staticCluster("c", a)})
-	p := startProxy(t, proxy.Config{XDSAddr: cp.addr, Node: "node-x", DrainTimeout: 300 * time.Millisecond, MinBackoff: 50 * time.Millisecond, Logger: quiet()})
+	p := startProxy(t, proxy.Config{XDSAddr: cp.addr, Node: "node-x", DrainTimeout: 300 * time.Millisecond, MinBackoff: 50 * time.Millisecond, Logger: testkit.Discard()})
 
-	waitFor(t, "version 1 ACKed", 5*time.Second, func() bool {
+	testkit.WaitFor(t, 5*time.Second, "version 1 ACKed", func() bool {
 		st := p.Status()
 		return st[resource.ListenerType].Acked == "1" && st[resource.ClusterType].Acked == "1"
 	})
@@ -208,13 +198,13 @@ func TestADSAckNackSwap(t *testing.T) {
 	}
 	cp.set(t, "2", []types.Resource{tcpListener(t, "l1", "127.0.0.1:0", "c"), badHTTP("l2"), tcpListener(t, "l3", "127.0.0.1:0", "c")},
 		[]types.Resource{staticCluster("c", a)})
-	waitFor(t, "version 2 NACKed", 5*time.Second, func() bool { return p.Status()[resource.ListenerType].Nacks > 0 })
+	testkit.WaitFor(t, 5*time.Second, "version 2 NACKed", func() bool { return p.Status()[resource.ListenerType].Nacks > 0 })
 	st := p.Status()[resource.ListenerType]
 	want := "listener l2.filter_chains[0].filters[0] http_connection_manager.generate_request_id is not supported"
 	if !strings.Contains(st.LastNack, want) || st.Acked != "1" {
 		t.Errorf("listeners: %+v; want version 1 kept and a NACK naming %q", st, want)
 	}
-	waitFor(t, "the server to see the error detail", 2*time.Second, func() bool {
+	testkit.WaitFor(t, 2*time.Second, "the server to see the error detail", func() bool {
 		cp.mu.Lock()
 		defer cp.mu.Unlock()
 		return len(cp.nacks) > 0 && strings.Contains(cp.nacks[0], want) && strings.HasPrefix(cp.nacks[0], "1 ")
@@ -243,7 +233,7 @@ func TestADSAckNackSwap(t *testing.T) {
 	// accepted version (and address) and serves on.
 	nacks := p.Status()[resource.ListenerType].Nacks
 	cp.set(t, "2b", []types.Resource{badHTTP("l1"), tcpListener(t, "l3", "127.0.0.1:0", "c")}, []types.Resource{staticCluster("c", a)})
-	waitFor(t, "version 2b NACKed", 5*time.Second, func() bool { return p.Status()[resource.ListenerType].Nacks > nacks })
+	testkit.WaitFor(t, 5*time.Second, "version 2b NACKed", func() bool { return p.Status()[resource.ListenerType].Nacks > nacks })
 	if st := p.Status()[resource.ListenerType]; !strings.Contains(st.LastNack, "listener l1.filter_chains[0]") || st.Acked != "1" {
 		t.Errorf("listeners after 2b: %+v; want a NACK naming l1 and version 1 still the ACKed one", st)
 	}
@@ -258,7 +248,7 @@ func TestADSAckNackSwap(t *testing.T) {
 	// Version 3 points c at b: new connections reach b, the open one keeps
 	// its upstream.
 	cp.set(t, "3", []types.Resource{tcpListener(t, "l1", "127.0.0.1:0", "c")}, []types.Resource{staticCluster("c", b)})
-	waitFor(t, "version 3 ACKed", 5*time.Second, func() bool { return p.Status()[resource.ClusterType].Acked == "3" })
+	testkit.WaitFor(t, 5*time.Second, "version 3 ACKed", func() bool { return p.Status()[resource.ClusterType].Acked == "3" })
 	if p.ListenerAddrs()["l1"].String() != l1 {
 		t.Fatalf("l1 was rebound: %v, was %s", p.ListenerAddrs()["l1"], l1)
 	}
@@ -273,7 +263,7 @@ func TestADSAckNackSwap(t *testing.T) {
 	// Version 4 drops l1: it stops accepting at once; the open connection
 	// lives on until the drain timeout.
 	cp.set(t, "4", nil, []types.Resource{staticCluster("c", b)})
-	waitFor(t, "version 4 ACKed", 5*time.Second, func() bool { return p.Status()[resource.ListenerType].Acked == "4" })
+	testkit.WaitFor(t, 5*time.Second, "version 4 ACKed", func() bool { return p.Status()[resource.ListenerType].Acked == "4" })
 	if _, err := net.DialTimeout("tcp", l1, time.Second); err == nil {
 		t.Error("a removed listener still accepts")
 	}

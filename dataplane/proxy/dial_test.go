@@ -5,7 +5,6 @@ import (
 	"crypto/tls"
 	"errors"
 	"io"
-	"log/slog"
 	"net"
 	"net/netip"
 	"testing"
@@ -15,6 +14,7 @@ import (
 	core "github.com/envoyproxy/go-control-plane/envoy/config/core/v3"
 	endpoint "github.com/envoyproxy/go-control-plane/envoy/config/endpoint/v3"
 	"github.com/prometheus/client_golang/prometheus"
+	"github.com/vmesh/vmesh/lab/testkit"
 	"google.golang.org/protobuf/types/known/durationpb"
 	"google.golang.org/protobuf/types/known/wrapperspb"
 )
@@ -23,7 +23,7 @@ import (
 func testProxy(t *testing.T, cfg Config) *Proxy {
 	t.Helper()
 	cfg.XDSAddr, cfg.Node = "127.0.0.1:1", "node-x"
-	cfg.Logger = slog.New(slog.NewTextHandler(io.Discard, nil))
+	cfg.Logger = testkit.Discard()
 	p, err := New(cfg)
 	if err != nil {
 		t.Fatal(err)

@@ -24,20 +24,10 @@ import (
 	"github.com/vmesh/vmesh/dataplane/proxy"
 	"github.com/vmesh/vmesh/dataplane/xds"
 	"github.com/vmesh/vmesh/discovery"
+	"github.com/vmesh/vmesh/lab/testkit"
 	"github.com/vmesh/vmesh/mesh"
 	"github.com/vmesh/vmesh/raft"
 )
-
-func quiet() *slog.Logger { return slog.New(slog.NewTextHandler(io.Discard, nil)) }
-
-// testLogger logs through t, for failures worth reading.
-func testLogger(t *testing.T) *slog.Logger {
-	return slog.New(slog.NewTextHandler(tWriter{t}, &slog.HandlerOptions{Level: slog.LevelDebug}))
-}
-
-type tWriter struct{ t *testing.T }
-
-func (w tWriter) Write(b []byte) (int, error) { w.t.Log(string(b)); return len(b), nil }
 
 // catalog is a single-node raft applying to a catalog, with a cluster CA
 // and the two hosts of the test.
@@ -45,7 +35,7 @@ func catalog(t testing.TB) (*raft.Server, *discovery.Store) {
 	t.Helper()
 	store := discovery.NewStore()
 	srv, err := raft.Open(raft.Config{
-		NodeID: "raft-1", Addr: "127.0.0.1:7400", DataDir: t.TempDir(), Bootstrap: true, Logger: quiet(),
+		NodeID: "raft-1", Addr: "127.0.0.1:7400", DataDir: t.TempDir(), Bootstrap: true, Logger: testkit.Discard(),
 	}, store)
 	if err != nil {
 		t.Fatal(err)
@@ -75,33 +65,6 @@ func apply(t testing.TB, r *raft.Server, cmd discovery.Command) {
 	if _, err := r.Apply(context.Background(), cmd); err != nil {
 		t.Fatalf("applying %T: %v", cmd, err)
 	}
-}
-
-// freePort finds a port free on every ip.
-func freePort(t testing.TB, ips ...string) int {
-	t.Helper()
-	for range 50 {
-		ln, err := net.Listen("tcp", ips[0]+":0")
-		if err != nil {
-			t.Fatal(err)
-		}
-		port := ln.Addr().(*net.TCPAddr).Port
-		ln.Close()
-		ok := true
-		for _, ip := range ips[1:] {
-			l, err := net.Listen("tcp", net.JoinHostPort(ip, strconv.Itoa(port)))
-			if err != nil {
-				ok = false
-				break
-			}
-			l.Close()
-		}
-		if ok {
-			return port
-		}
-	}
-	t.Fatal("no port free on every address")
-	return 0
 }
 
 // echoServer answers every line with itself.
@@ -135,7 +98,7 @@ func startProxy(t testing.TB, cfg proxy.Config) *proxy.Proxy {
 
 func startXDS(t testing.TB, store *discovery.Store, opts xds.Options, secrets xds.SecretSource) string {
 	t.Helper()
-	srv, err := xds.NewServer(xds.Config{Store: store, TCPAddr: "127.0.0.1:0", Options: opts, Secrets: secrets, Logger: quiet(), Debounce: 5 * time.Millisecond})
+	srv, err := xds.NewServer(xds.Config{Store: store, TCPAddr: "127.0.0.1:0", Options: opts, Secrets: secrets, Logger: testkit.Discard(), Debounce: 5 * time.Millisecond})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -177,9 +140,9 @@ func echoOnce(dial func() (net.Conn, error), line string) error {
 func TestMeshTCP(t *testing.T) {
 	r, store := catalog(t)
 	echoPort := echoServer(t)
-	meshPort := freePort(t, "127.0.0.2", "127.0.0.3")
-	outPort := freePort(t, "127.0.0.2", "127.0.0.3")
-	upPort := freePort(t, "127.0.0.2")
+	meshPort := testkit.FreePort(t, "127.0.0.2", "127.0.0.3")
+	outPort := testkit.FreePort(t, "127.0.0.2", "127.0.0.3")
+	upPort := testkit.FreePort(t, "127.0.0.2")
 
 	regs := []struct {
 		node string
@@ -203,11 +166,11 @@ func TestMeshTCP(t *testing.T) {
 	defer cancel()
 	var proxies []*proxy.Proxy
 	for _, n := range []struct{ node, ip string }{{"node-a", "127.0.0.2"}, {"node-b", "127.0.0.3"}} {
-		leaves := raft.NewLeafIssuer(store, n.node, 0, quiet())
+		leaves := raft.NewLeafIssuer(store, n.node, 0, testkit.Discard())
 		go leaves.Run(ctx)
 		addr := startXDS(t, store, xds.Options{OutboundAddr: n.ip, OutboundPort: outPort, MeshPort: meshPort, IntentionsDefaultAllow: true},
 			mesh.NewLeafSecrets(leaves, n.node))
-		proxies = append(proxies, startProxy(t, proxy.Config{XDSAddr: addr, Node: n.node, DrainTimeout: time.Second, MinBackoff: 50 * time.Millisecond, Logger: testLogger(t)}))
+		proxies = append(proxies, startProxy(t, proxy.Config{XDSAddr: addr, Node: n.node, DrainTimeout: time.Second, MinBackoff: 50 * time.Millisecond, Logger: testkit.Logger(t, slog.LevelDebug)}))
 	}
 	upstream := net.JoinHostPort("127.0.0.2", strconv.Itoa(upPort))
 	mesh := net.JoinHostPort("127.0.0.3", strconv.Itoa(meshPort))

@@ -23,6 +23,7 @@ import (
 	"github.com/envoyproxy/go-control-plane/pkg/cache/v3"
 	"github.com/envoyproxy/go-control-plane/pkg/resource/v3"
 	"github.com/vmesh/vmesh/dataplane/proxy"
+	"github.com/vmesh/vmesh/lab/testkit"
 	"google.golang.org/protobuf/types/known/durationpb"
 	"google.golang.org/protobuf/types/known/wrapperspb"
 )
@@ -93,13 +94,13 @@ func TestHTTPRoutesADS(t *testing.T) {
 	}}
 	// Version 1: the listener without its routes: not bound yet.
 	cp.setAll(t, "1", []types.Resource{httpListener(t, "web", "r1", nil)}, clusters, nil)
-	p := startProxy(t, proxy.Config{XDSAddr: cp.addr, Node: "node-x", DrainTimeout: 5 * time.Second, MinBackoff: 50 * time.Millisecond, Logger: quiet()})
-	waitFor(t, "version 1 ACKed", 5*time.Second, func() bool { return p.Status()[resource.ListenerType].Acked == "1" })
+	p := startProxy(t, proxy.Config{XDSAddr: cp.addr, Node: "node-x", DrainTimeout: 5 * time.Second, MinBackoff: 50 * time.Millisecond, Logger: testkit.Discard()})
+	testkit.WaitFor(t, 5*time.Second, "version 1 ACKed", func() bool { return p.Status()[resource.ListenerType].Acked == "1" })
 	if _, ok := p.ListenerAddrs()["web"]; ok {
 		t.Fatal("the listener was bound before its route configuration arrived")
 	}
 	cp.setAll(t, "2", []types.Resource{httpListener(t, "web", "r1", nil)}, clusters, []types.Resource{rc})
-	waitFor(t, "the listener bound", 5*time.Second, func() bool { _, ok := p.ListenerAddrs()["web"]; return ok })
+	testkit.WaitFor(t, 5*time.Second, "the listener bound", func() bool { _, ok := p.ListenerAddrs()["web"]; return ok })
 	base := "http://" + p.ListenerAddrs()["web"].String()
 
 	c := &http.Client{Timeout: 5 * time.Second}
@@ -151,7 +152,7 @@ func TestHTTPRoutesADS(t *testing.T) {
 	}
 	rc2 := &route.RouteConfiguration{Name: "r1", VirtualHosts: []*route.VirtualHost{{Name: "main", Domains: []string{"*"}, Routes: []*route.Route{prefixRoute("/", "cb")}}}}
 	cp.setAll(t, "3", []types.Resource{httpListener(t, "web", "r1", nil)}, clusters, []types.Resource{rc2})
-	waitFor(t, "version 3 ACKed", 5*time.Second, func() bool { return p.Status()[resource.RouteType].Acked == "3" })
+	testkit.WaitFor(t, 5*time.Second, "version 3 ACKed", func() bool { return p.Status()[resource.RouteType].Acked == "3" })
 	if resp, s, _ := do(t, keep, newReq(t, "GET", base+"/a", nil)); resp.StatusCode != 200 || s.App != "b" {
 		t.Fatalf("after the route changed, GET /a on the open connection = %d from %q; want b", resp.StatusCode, s.App)
 	}
@@ -164,7 +165,7 @@ func TestHTTPRoutesADS(t *testing.T) {
 			HostRewriteSpecifier: &route.RouteAction_HostRewriteLiteral{HostRewriteLiteral: "elsewhere"}}},
 	}}}}}
 	cp.setAll(t, "4", []types.Resource{httpListener(t, "web", "r1", nil)}, clusters, []types.Resource{bad})
-	waitFor(t, "version 4 NACKed", 5*time.Second, func() bool { return p.Status()[resource.RouteType].Nacks > 0 })
+	testkit.WaitFor(t, 5*time.Second, "version 4 NACKed", func() bool { return p.Status()[resource.RouteType].Nacks > 0 })
 	want := "route_configuration r1.virtual_hosts[0].routes[0].route.host_rewrite_literal is not supported"
 	if st := p.Status()[resource.RouteType]; !strings.Contains(st.LastNack, want) || st.Acked != "3" {
 		t.Errorf("routes: %+v; want version 3 kept and a NACK naming %q", st, want)
@@ -177,7 +178,7 @@ func TestHTTPRoutesADS(t *testing.T) {
 	// implement, in the listener: NACKed too.
 	badL := httpListener(t, "web", "r1", func(h *hcm.HttpConnectionManager) { h.ServerName = "mine" })
 	cp.setAll(t, "5", []types.Resource{badL}, clusters, []types.Resource{rc2})
-	waitFor(t, "version 5 NACKed", 5*time.Second, func() bool { return p.Status()[resource.ListenerType].Nacks > 0 })
+	testkit.WaitFor(t, 5*time.Second, "version 5 NACKed", func() bool { return p.Status()[resource.ListenerType].Nacks > 0 })
 	want = "listener web.filter_chains[0].filters[0] http_connection_manager.server_name is not supported"
 	if st := p.Status()[resource.ListenerType]; !strings.Contains(st.LastNack, want) || st.Acked != "4" {
 		t.Errorf("listeners: %+v; want version 4 kept and a NACK naming %q", st, want)
@@ -221,8 +222,8 @@ func TestHTTPRoutesADS(t *testing.T) {
 		t.Fatal("the HTTP/2 connection takes no new stream before the drain")
 	}
 	cp.setAll(t, "6", nil, clusters, nil)
-	waitFor(t, "version 6 ACKed", 5*time.Second, func() bool { return p.Status()[resource.ListenerType].Acked == "6" })
-	waitFor(t, "GOAWAY on the HTTP/2 connection", 5*time.Second, func() bool { return cc.Available() == 0 })
+	testkit.WaitFor(t, 5*time.Second, "version 6 ACKed", func() bool { return p.Status()[resource.ListenerType].Acked == "6" })
+	testkit.WaitFor(t, 5*time.Second, "GOAWAY on the HTTP/2 connection", func() bool { return cc.Available() == 0 })
 	b.release <- struct{}{}
 	b.release <- struct{}{}
 	rest, err := io.ReadAll(resp.Body)
@@ -279,8 +280,8 @@ func TestHTTPPerTryTimeoutAndHashADS(t *testing.T) {
 	cp.setAll(t, "1", []types.Resource{httpListener(t, "web", "r", nil)},
 		[]types.Resource{multiCluster("pair", cluster.Cluster_ROUND_ROBIN, addr(slow), addr(fast)), multiCluster("ring", cluster.Cluster_RING_HASH, ring...)},
 		[]types.Resource{rc})
-	p := startProxy(t, proxy.Config{XDSAddr: cp.addr, Node: "node-x", DrainTimeout: time.Second, MinBackoff: 50 * time.Millisecond, Logger: quiet()})
-	waitFor(t, "the listener bound", 5*time.Second, func() bool { _, ok := p.ListenerAddrs()["web"]; return ok })
+	p := startProxy(t, proxy.Config{XDSAddr: cp.addr, Node: "node-x", DrainTimeout: time.Second, MinBackoff: 50 * time.Millisecond, Logger: testkit.Discard()})
+	testkit.WaitFor(t, 5*time.Second, "the listener bound", func() bool { _, ok := p.ListenerAddrs()["web"]; return ok })
 	base := "http://" + p.ListenerAddrs()["web"].String()
 	c := &http.Client{Timeout: 5 * time.Second}
 
@@ -336,8 +337,8 @@ func TestHTTPStreamIdleADS(t *testing.T) {
 	}}}}
 	l := httpListener(t, "web", "r", func(h *hcm.HttpConnectionManager) { h.StreamIdleTimeout = durationpb.New(200 * time.Millisecond) })
 	cp.setAll(t, "1", []types.Resource{l}, []types.Resource{staticCluster("slow", net.JoinHostPort("127.0.0.1", strconv.Itoa(slow.port)))}, []types.Resource{rc})
-	p := startProxy(t, proxy.Config{XDSAddr: cp.addr, Node: "node-x", DrainTimeout: time.Second, MinBackoff: 50 * time.Millisecond, Logger: quiet()})
-	waitFor(t, "the listener bound", 5*time.Second, func() bool { _, ok := p.ListenerAddrs()["web"]; return ok })
+	p := startProxy(t, proxy.Config{XDSAddr: cp.addr, Node: "node-x", DrainTimeout: time.Second, MinBackoff: 50 * time.Millisecond, Logger: testkit.Discard()})
+	testkit.WaitFor(t, 5*time.Second, "the listener bound", func() bool { _, ok := p.ListenerAddrs()["web"]; return ok })
 	base := "http://" + p.ListenerAddrs()["web"].String()
 	c := &http.Client{Timeout: 5 * time.Second}
 

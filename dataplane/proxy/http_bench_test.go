@@ -30,6 +30,7 @@ import (
 	httpopts "github.com/envoyproxy/go-control-plane/envoy/extensions/upstreams/http/v3"
 	"github.com/envoyproxy/go-control-plane/pkg/cache/types"
 	"github.com/vmesh/vmesh/dataplane/proxy"
+	"github.com/vmesh/vmesh/lab/testkit"
 	"google.golang.org/protobuf/types/known/anypb"
 )
 
@@ -207,8 +208,8 @@ func benchHop(b *testing.B, backend string, h2 bool) string {
 	rc := &route.RouteConfiguration{Name: "r", VirtualHosts: []*route.VirtualHost{{Name: "all", Domains: []string{"*"}, Routes: []*route.Route{prefixRoute("/", "backend")}}}}
 	cp.setAll(b, "1", []types.Resource{httpListener(b, "web", "r", func(h *hcm.HttpConnectionManager) { h.StatPrefix = "outbound_web" })},
 		[]types.Resource{c}, []types.Resource{rc})
-	p := startProxy(b, proxy.Config{XDSAddr: cp.addr, Node: "node-x", DrainTimeout: time.Second, Logger: quiet(), Metrics: proxy.NewMetrics(nil)})
-	waitFor(b, "the listener bound", 10*time.Second, func() bool { _, ok := p.ListenerAddrs()["web"]; return ok })
+	p := startProxy(b, proxy.Config{XDSAddr: cp.addr, Node: "node-x", DrainTimeout: time.Second, Logger: testkit.Discard(), Metrics: proxy.NewMetrics(nil)})
+	testkit.WaitFor(b, 10*time.Second, "the listener bound", func() bool { _, ok := p.ListenerAddrs()["web"]; return ok })
 	return p.ListenerAddrs()["web"].String()
 }
 

@@ -19,6 +19,7 @@ import (
 	"github.com/vmesh/vmesh/dataplane/proxy"
 	"github.com/vmesh/vmesh/dataplane/xds"
 	"github.com/vmesh/vmesh/discovery"
+	"github.com/vmesh/vmesh/lab/testkit"
 	"github.com/vmesh/vmesh/mesh"
 	"github.com/vmesh/vmesh/raft"
 	"golang.org/x/net/websocket"
@@ -46,17 +47,17 @@ type meshFixture struct {
 func newMeshFixture(t testing.TB) *meshFixture {
 	t.Helper()
 	r, store := catalog(t)
-	fx := &meshFixture{t: t, r: r, meshPort: freePort(t, "127.0.0.2", "127.0.0.3"), upstreams: map[string]int{}}
-	outPort := freePort(t, "127.0.0.2", "127.0.0.3")
+	fx := &meshFixture{t: t, r: r, meshPort: testkit.FreePort(t, "127.0.0.2", "127.0.0.3"), upstreams: map[string]int{}}
+	outPort := testkit.FreePort(t, "127.0.0.2", "127.0.0.3")
 	ctx, cancel := context.WithCancel(context.Background())
 	t.Cleanup(cancel)
 	for _, n := range []struct{ node, ip string }{{"node-a", "127.0.0.2"}, {"node-b", "127.0.0.3"}} {
-		leaves := raft.NewLeafIssuer(store, n.node, 0, quiet())
+		leaves := raft.NewLeafIssuer(store, n.node, 0, testkit.Discard())
 		go leaves.Run(ctx)
 		addr := startXDS(t, store, xds.Options{OutboundAddr: n.ip, OutboundPort: outPort, MeshPort: fx.meshPort, IntentionsDefaultAllow: true},
 			mesh.NewLeafSecrets(leaves, n.node))
 		// With metrics, as the agent runs its proxy.
-		fx.proxies = append(fx.proxies, startProxy(t, proxy.Config{XDSAddr: addr, Node: n.node, DrainTimeout: time.Second, MinBackoff: 50 * time.Millisecond, Logger: quiet(),
+		fx.proxies = append(fx.proxies, startProxy(t, proxy.Config{XDSAddr: addr, Node: n.node, DrainTimeout: time.Second, MinBackoff: 50 * time.Millisecond, Logger: testkit.Discard(),
 			Metrics: proxy.NewMetrics(nil)}))
 	}
 	return fx
@@ -80,7 +81,7 @@ func (fx *meshFixture) client(dests ...string) {
 	var ups []discovery.ConnectUpstream
 	for _, d := range dests {
 		if fx.upstreams[d] == 0 {
-			fx.upstreams[d] = freePort(fx.t, "127.0.0.2")
+			fx.upstreams[d] = testkit.FreePort(fx.t, "127.0.0.2")
 		}
 	}
 	for d, port := range fx.upstreams {
@@ -748,7 +749,7 @@ func TestMeshRetries(t *testing.T) {
 	fx := newMeshFixture(t)
 	good, bad, slow := startHTTPApp(t, "good", false), startHTTPApp(t, "bad", false), startHTTPApp(t, "slow", false)
 	slow.delay = 3 * time.Second
-	deadPort := freePort(t, "127.0.0.1")
+	deadPort := testkit.FreePort(t, "127.0.0.1")
 	fx.service("flaky", "flaky-good", "http", good.port, true)
 	fx.service("flaky", "flaky-bad", "http", bad.port, true)
 	fx.service("half", "half-good", "http", good.port, true)

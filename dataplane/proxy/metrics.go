@@ -1,8 +1,6 @@
 package proxy
 
 import (
-	"errors"
-	"fmt"
 	"strconv"
 	"strings"
 	"sync"
@@ -10,6 +8,7 @@ import (
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
+	"github.com/vmesh/vmesh/dataplane/metrics"
 )
 
 // Metrics receives the proxy's measurements. A nil *Metrics records
@@ -110,34 +109,17 @@ func NewMetrics(reg prometheus.Registerer) *Metrics {
 		}, []string{"type"}),
 	}
 	if reg != nil {
-		m.requests = registerMetric(reg, m.requests)
-		m.duration = registerMetric(reg, m.duration)
-		m.active = registerMetric(reg, m.active)
-		m.conns = registerMetric(reg, m.conns)
-		m.received = registerMetric(reg, m.received)
-		m.sent = registerMetric(reg, m.sent)
-		m.tlsFailures = registerMetric(reg, m.tlsFailures)
-		m.xdsUpdates = registerMetric(reg, m.xdsUpdates)
-		m.xdsNacks = registerMetric(reg, m.xdsNacks)
+		m.requests = metrics.Register("proxy", reg, m.requests)
+		m.duration = metrics.Register("proxy", reg, m.duration)
+		m.active = metrics.Register("proxy", reg, m.active)
+		m.conns = metrics.Register("proxy", reg, m.conns)
+		m.received = metrics.Register("proxy", reg, m.received)
+		m.sent = metrics.Register("proxy", reg, m.sent)
+		m.tlsFailures = metrics.Register("proxy", reg, m.tlsFailures)
+		m.xdsUpdates = metrics.Register("proxy", reg, m.xdsUpdates)
+		m.xdsNacks = metrics.Register("proxy", reg, m.xdsNacks)
 	}
 	return m
-}
-
-// registerMetric registers c with reg, or returns the collector already
-// registered there under the same name and labels. Any other failure is a
-// programming error (two different metrics under one name).
-func registerMetric[C prometheus.Collector](reg prometheus.Registerer, c C) C {
-	err := reg.Register(c)
-	if err == nil {
-		return c
-	}
-	var are prometheus.AlreadyRegisteredError
-	if errors.As(err, &are) {
-		if existing, ok := are.ExistingCollector.(C); ok {
-			return existing
-		}
-	}
-	panic(fmt.Sprintf("proxy: registering metrics: %v", err))
 }
 
 // splitStatPrefix reads the direction and the service from a stat prefix:

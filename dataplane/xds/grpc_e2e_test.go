@@ -3,8 +3,6 @@ package xds_test
 import (
 	"context"
 	"fmt"
-	"io"
-	"log/slog"
 	"net"
 	"strconv"
 	"testing"
@@ -12,6 +10,7 @@ import (
 
 	"github.com/vmesh/vmesh/dataplane/xds"
 	"github.com/vmesh/vmesh/discovery"
+	"github.com/vmesh/vmesh/lab/testkit"
 	"github.com/vmesh/vmesh/raft"
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/credentials/insecure"
@@ -52,7 +51,7 @@ func openCatalog(t *testing.T) (*raft.Server, *discovery.Store) {
 	store := discovery.NewStore()
 	srv, err := raft.Open(raft.Config{
 		NodeID: "e2e-node-id", Addr: "127.0.0.1:7400", DataDir: t.TempDir(), Bootstrap: true,
-		Logger: slog.New(slog.NewTextHandler(io.Discard, nil)),
+		Logger: testkit.Discard(),
 	}, store)
 	if err != nil {
 		t.Fatal(err)
@@ -98,7 +97,7 @@ func TestProxylessGRPC(t *testing.T) {
 	a, b := startBackend(t, "a"), startBackend(t, "b")
 	register(t, r, "orders-a", a)
 
-	srv, err := xds.NewServer(xds.Config{Store: store, TCPAddr: "127.0.0.1:0", Logger: slog.New(slog.NewTextHandler(io.Discard, nil))})
+	srv, err := xds.NewServer(xds.Config{Store: store, TCPAddr: "127.0.0.1:0", Logger: testkit.Discard()})
 	if err != nil {
 		t.Fatal(err)
 	}

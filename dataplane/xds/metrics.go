@@ -1,11 +1,9 @@
 package xds
 
 import (
-	"errors"
-	"fmt"
-
 	"github.com/envoyproxy/go-control-plane/pkg/resource/v3"
 	"github.com/prometheus/client_golang/prometheus"
+	"github.com/vmesh/vmesh/dataplane/metrics"
 )
 
 // Metrics are the xDS server's Prometheus series (docs/metrics.md). A nil
@@ -54,31 +52,14 @@ func NewMetrics(reg prometheus.Registerer) *Metrics {
 		}),
 	}
 	if reg != nil {
-		m.clients = registerMetric(reg, m.clients)
-		m.streams = registerMetric(reg, m.streams)
-		m.responses = registerMetric(reg, m.responses)
-		m.acks = registerMetric(reg, m.acks)
-		m.nacks = registerMetric(reg, m.nacks)
-		m.buildErrors = registerMetric(reg, m.buildErrors)
+		m.clients = metrics.Register("xds", reg, m.clients)
+		m.streams = metrics.Register("xds", reg, m.streams)
+		m.responses = metrics.Register("xds", reg, m.responses)
+		m.acks = metrics.Register("xds", reg, m.acks)
+		m.nacks = metrics.Register("xds", reg, m.nacks)
+		m.buildErrors = metrics.Register("xds", reg, m.buildErrors)
 	}
 	return m
-}
-
-// registerMetric registers c with reg, or returns the collector already
-// registered there under the same name and labels. Any other failure is a
-// programming error (two different metrics under one name).
-func registerMetric[C prometheus.Collector](reg prometheus.Registerer, c C) C {
-	err := reg.Register(c)
-	if err == nil {
-		return c
-	}
-	var are prometheus.AlreadyRegisteredError
-	if errors.As(err, &are) {
-		if existing, ok := are.ExistingCollector.(C); ok {
-			return existing
-		}
-	}
-	panic(fmt.Sprintf("xds: registering metrics: %v", err))
 }
 
 // metricTypes are the type label values of the types the server serves.

@@ -12,6 +12,7 @@ import (
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/testutil"
 	"github.com/vmesh/vmesh/discovery"
+	"github.com/vmesh/vmesh/lab/testkit"
 	rpcstatus "google.golang.org/genproto/googleapis/rpc/status"
 )
 
@@ -22,7 +23,7 @@ func TestServerMetrics(t *testing.T) {
 	st := newTestStore(t)
 	st.register(t, discovery.Instance{ID: "web-1", Service: "web", Port: 8080})
 	reg := prometheus.NewPedanticRegistry()
-	srv, err := NewServer(Config{Store: st.Store, TCPAddr: "127.0.0.1:0", Logger: testLogger(t), Metrics: NewMetrics(reg)})
+	srv, err := NewServer(Config{Store: st.Store, TCPAddr: "127.0.0.1:0", Logger: testkit.Logger(t), Metrics: NewMetrics(reg)})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -55,7 +56,7 @@ func TestServerMetrics(t *testing.T) {
 	if err := stream.Send(&discoverygrpc.DiscoveryRequest{TypeUrl: resource.ClusterType, VersionInfo: first.VersionInfo, ResponseNonce: first.Nonce}); err != nil {
 		t.Fatal(err)
 	}
-	waitFor(t, 2*time.Second, "the ACK to be counted", func() bool {
+	testkit.WaitFor(t, 2*time.Second, "the ACK to be counted", func() bool {
 		return testutil.ToFloat64(m.acks.WithLabelValues("Cluster")) == 1
 	})
 
@@ -67,7 +68,7 @@ func TestServerMetrics(t *testing.T) {
 	}); err != nil {
 		t.Fatal(err)
 	}
-	waitFor(t, 2*time.Second, "the NACK to be counted", func() bool {
+	testkit.WaitFor(t, 2*time.Second, "the NACK to be counted", func() bool {
 		return testutil.ToFloat64(m.nacks.WithLabelValues("Cluster")) == 1
 	})
 	// A type URL the server does not serve cannot add a series.
@@ -77,7 +78,7 @@ func TestServerMetrics(t *testing.T) {
 	}); err != nil {
 		t.Fatal(err)
 	}
-	waitFor(t, 2*time.Second, "the made-up NACK to be counted as other", func() bool {
+	testkit.WaitFor(t, 2*time.Second, "the made-up NACK to be counted as other", func() bool {
 		return testutil.ToFloat64(m.nacks.WithLabelValues("other")) == 1
 	})
 
@@ -105,7 +106,7 @@ vmesh_xds_server_build_errors_total 0
 	}
 
 	cancel()
-	waitFor(t, 2*time.Second, "the gauges to drop to zero", func() bool {
+	testkit.WaitFor(t, 2*time.Second, "the gauges to drop to zero", func() bool {
 		return testutil.ToFloat64(m.clients) == 0 && testutil.ToFloat64(m.streams) == 0
 	})
 }

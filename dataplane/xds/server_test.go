@@ -5,7 +5,6 @@ import (
 	"encoding/json"
 	"fmt"
 	"io"
-	"log/slog"
 	"net"
 	"net/http"
 	"net/http/httptest"
@@ -23,6 +22,7 @@ import (
 	discoverygrpc "github.com/envoyproxy/go-control-plane/envoy/service/discovery/v3"
 	"github.com/envoyproxy/go-control-plane/pkg/resource/v3"
 	"github.com/vmesh/vmesh/discovery"
+	"github.com/vmesh/vmesh/lab/testkit"
 	rpcstatus "google.golang.org/genproto/googleapis/rpc/status"
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/credentials/insecure"
@@ -60,32 +60,6 @@ func leakedGoroutines() string {
 		}
 	}
 	return strings.Join(leaked, "\n\n")
-}
-
-// testLogger sends log lines to t.Log until the test ends.
-type testLogWriter struct {
-	mu   sync.Mutex
-	t    testing.TB
-	done bool
-}
-
-func (w *testLogWriter) Write(p []byte) (int, error) {
-	w.mu.Lock()
-	defer w.mu.Unlock()
-	if !w.done {
-		w.t.Log(strings.TrimRight(string(p), "\n"))
-	}
-	return len(p), nil
-}
-
-func testLogger(t testing.TB) *slog.Logger {
-	w := &testLogWriter{t: t}
-	t.Cleanup(func() {
-		w.mu.Lock()
-		w.done = true
-		w.mu.Unlock()
-	})
-	return slog.New(slog.NewTextHandler(w, &slog.HandlerOptions{Level: slog.LevelInfo}))
 }
 
 // testStore is a catalog written the way the FSM writes it, one raft
@@ -130,7 +104,7 @@ func startServer(t *testing.T, st *discovery.Store) (*Server, string) {
 		t.Fatal(err)
 	}
 	t.Cleanup(func() { os.RemoveAll(dir) })
-	srv, err := NewServer(Config{Store: st, UnixSocket: filepath.Join(dir, "xds.sock"), TCPAddr: "127.0.0.1:0", Logger: testLogger(t)})
+	srv, err := NewServer(Config{Store: st, UnixSocket: filepath.Join(dir, "xds.sock"), TCPAddr: "127.0.0.1:0", Logger: testkit.Logger(t)})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -189,18 +163,6 @@ func recv[T any](t *testing.T, d time.Duration, fn func() (T, error)) T {
 	panic("unreachable")
 }
 
-// waitFor polls cond until it holds or d passes.
-func waitFor(t *testing.T, d time.Duration, what string, cond func() bool) {
-	t.Helper()
-	deadline := time.Now().Add(d)
-	for !cond() {
-		if time.Now().After(deadline) {
-			t.Fatalf("timed out after %s waiting for %s", d, what)
-		}
-		time.Sleep(5 * time.Millisecond)
-	}
-}
-
 func clientStatus(s *Server, node string) (ClientStatus, bool) {
 	for _, c := range s.Clients() {
 		if c.Node == node {
@@ -233,7 +195,7 @@ func TestServerSotW(t *testing.T) {
 	if err := stream.Send(&discoverygrpc.DiscoveryRequest{TypeUrl: resource.ClusterType, VersionInfo: first.VersionInfo, ResponseNonce: first.Nonce}); err != nil {
 		t.Fatal(err)
 	}
-	waitFor(t, time.Second, "the ACK to be recorded", func() bool {
+	testkit.WaitFor(t, time.Second, "the ACK to be recorded", func() bool {
 		c, _ := clientStatus(srv, "envoy-1")
 		return c.Types["cluster"].Acked == first.VersionInfo
 	})
@@ -256,7 +218,7 @@ func TestServerSotW(t *testing.T) {
 	}); err != nil {
 		t.Fatal(err)
 	}
-	waitFor(t, time.Second, "the NACK to be reported", func() bool {
+	testkit.WaitFor(t, time.Second, "the NACK to be reported", func() bool {
 		c, _ := clientStatus(srv, "envoy-1")
 		ts := c.Types["cluster"]
 		return ts.Nacks == 1 && ts.Rejected && ts.LastNack != nil && ts.LastNack.Error == "cluster api: bad config" &&
@@ -290,7 +252,7 @@ func TestServerSotW(t *testing.T) {
 
 	// The client leaves: it is forgotten.
 	cancel()
-	waitFor(t, 2*time.Second, "the client to be forgotten", func() bool {
+	testkit.WaitFor(t, 2*time.Second, "the client to be forgotten", func() bool {
 		_, ok := clientStatus(srv, "envoy-1")
 		return !ok
 	})
@@ -317,7 +279,7 @@ func TestServerDelta(t *testing.T) {
 	if err := stream.Send(&discoverygrpc.DeltaDiscoveryRequest{TypeUrl: resource.ClusterType, ResponseNonce: first.Nonce}); err != nil {
 		t.Fatal(err)
 	}
-	waitFor(t, time.Second, "the delta ACK to be recorded", func() bool {
+	testkit.WaitFor(t, time.Second, "the delta ACK to be recorded", func() bool {
 		c, _ := clientStatus(srv, "envoy-delta")
 		return c.Types["cluster"].Acked == first.SystemVersionInfo && c.Types["cluster"].Acked != ""
 	})
@@ -336,7 +298,7 @@ func TestServerDelta(t *testing.T) {
 	}); err != nil {
 		t.Fatal(err)
 	}
-	waitFor(t, time.Second, "the delta NACK to be reported", func() bool {
+	testkit.WaitFor(t, time.Second, "the delta NACK to be reported", func() bool {
 		c, _ := clientStatus(srv, "envoy-delta")
 		ts := c.Types["cluster"]
 		return ts.Nacks == 1 && ts.Rejected && ts.LastNack.Error == "api: unknown field" && ts.LastNack.Version == second.SystemVersionInfo
@@ -478,7 +440,7 @@ func TestServerStartErrors(t *testing.T) {
 	if err := os.WriteFile(notSocket, []byte("x"), 0o600); err != nil {
 		t.Fatal(err)
 	}
-	srv, _ := NewServer(Config{Store: discovery.NewStore(), UnixSocket: notSocket, Logger: testLogger(t)})
+	srv, _ := NewServer(Config{Store: discovery.NewStore(), UnixSocket: notSocket, Logger: testkit.Logger(t)})
 	if err := srv.Start(context.Background()); err == nil || !strings.Contains(err.Error(), "not a socket") {
 		t.Errorf("Start over a regular file: %v", err)
 	}
@@ -498,7 +460,7 @@ func TestServerStartErrors(t *testing.T) {
 	if _, err := os.Stat(sock); err != nil {
 		t.Fatalf("no stale socket to test with: %v", err)
 	}
-	srv, _ = NewServer(Config{Store: discovery.NewStore(), UnixSocket: sock, Logger: testLogger(t)})
+	srv, _ = NewServer(Config{Store: discovery.NewStore(), UnixSocket: sock, Logger: testkit.Logger(t)})
 	if err := srv.Start(context.Background()); err != nil {
 		t.Fatalf("Start over a stale socket: %v", err)
 	}

@@ -9,7 +9,9 @@ import (
 	"github.com/vmesh/vmesh/discovery"
 )
 
-// Default ports and addresses of a host's proxy (DESIGN.md).
+// Default ports and addresses of a host's proxy: every listener on
+// loopback, on the ports Envoy-based meshes use, so operators find them
+// where they expect.
 const (
 	DefaultOutboundAddr = "127.0.0.1"
 	DefaultOutboundPort = 15001

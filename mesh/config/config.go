@@ -46,8 +46,8 @@ type Config struct {
 	Service  *ServiceDef  `hcl:"service"`
 	Services []ServiceDef `hcl:"services"`
 
-	// Dev is the --dev flag (ARCHITECTURE.md): it relaxes data_dir and
-	// changes defaults, so Validate must know it.
+	// Dev is the --dev flag: one self-bootstrapping server, data in a
+	// temp dir, listeners on loopback, intentions default-allow.
 	Dev bool
 
 	// services are the definitions found in config files, by file.
@@ -93,7 +93,8 @@ type Cluster struct {
 	HeartbeatInterval time.Duration `hcl:"heartbeat_interval"`
 }
 
-// Defaults, as ARCHITECTURE.md lists them.
+// Defaults, as the operator docs list them (Consul's ports where Consul
+// has one, so its clients find the agent unconfigured).
 const (
 	DefaultHTTPPort    = 8500
 	DefaultClusterPort = 7400

@@ -7,7 +7,8 @@ import (
 )
 
 // intentions_default values. Unset means deny (the production default);
-// -dev makes it allow unless a config file says otherwise.
+// -dev makes it allow unless a config file says otherwise, so a laptop
+// works out of the box.
 const (
 	IntentionsAllow = discovery.IntentionActionAllow
 	IntentionsDeny  = discovery.IntentionActionDeny
