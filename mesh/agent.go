@@ -18,6 +18,7 @@ import (
 
 	"github.com/hashicorp/go-memdb"
 	"github.com/prometheus/client_golang/prometheus"
+	"github.com/vmesh/vmesh/dataplane/xds"
 	"github.com/vmesh/vmesh/discovery"
 	"github.com/vmesh/vmesh/discovery/checks"
 	discdns "github.com/vmesh/vmesh/discovery/dns"
@@ -47,6 +48,10 @@ type Agent struct {
 
 	// reloadMu serializes service file reconciliation (start and SIGHUP).
 	reloadMu sync.Mutex
+	// xdsOpts are the xDS translation options, per-user port policy
+	// included (xds.go): the API's allocator, the xDS server and capture
+	// (which follows the server's views) all use this one value.
+	xdsOpts xds.Options
 	// userPorts gives each service user of this node its port, one
 	// registration at a time (the API's that name a user or bind
 	// upstreams, and the files'; discovery/userports.go).
@@ -64,7 +69,7 @@ type Agent struct {
 	removeDataDir bool
 
 	// capture is traffic capture (capture.go); nil when off.
-	capture         *captureRunner
+	capture         *iptables.Reconciler
 	captureLinks    *iptables.Netlink
 	stopCaptureLoop func()
 }
@@ -73,7 +78,10 @@ type Agent struct {
 func NewAgent(cfg config.Config, logger *slog.Logger, out io.Writer) *Agent {
 	a := &Agent{cfg: cfg, logger: logger, out: out, ready: make(chan struct{})}
 	a.joined, a.left = make(chan struct{}), make(chan struct{})
-	a.userPorts = &discovery.UserPortAllocator{Policy: a.xdsOptions().UserPortPolicy()}
+	// One set of translation options, so the per-user port policy the API
+	// and service files allocate with is the one xDS and capture read.
+	a.xdsOpts = a.xdsOptions()
+	a.userPorts = &discovery.UserPortAllocator{Policy: a.xdsOpts.UserPortPolicy()}
 	// Before raft opens, so its first metrics (the election) are kept.
 	a.metrics = newAgentRegistry(a)
 	return a

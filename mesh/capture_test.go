@@ -12,10 +12,13 @@ import (
 	"github.com/vmesh/vmesh/dataplane/xds"
 	"github.com/vmesh/vmesh/discovery"
 	"github.com/vmesh/vmesh/iptables"
+	"github.com/vmesh/vmesh/lab/testkit"
 	"github.com/vmesh/vmesh/mesh/config"
 )
 
-func newTestCapture(t *testing.T) (*captureRunner, *iptables.Fake, *iptables.FakeLinks, *discovery.Store) {
+// newTestCapture is a reconciler of the default capture config over fake
+// iptables and links, with node n1's view of store as its input.
+func newTestCapture(t *testing.T, lookup func(string) (uint32, error)) (*iptables.Reconciler, *iptables.Fake, *iptables.FakeLinks, *discovery.Store) {
 	t.Helper()
 	cfg := config.DefaultConfig()
 	cfg.Capture.Enabled = true
@@ -24,125 +27,61 @@ func newTestCapture(t *testing.T) (*captureRunner, *iptables.Fake, *iptables.Fak
 		t.Fatal(err)
 	}
 	f, links, store := iptables.NewFake("nft"), iptables.NewFakeLinks(), discovery.NewStore()
-	logger := slog.New(slog.NewTextHandler(tWriter{t}, nil))
-	return newCaptureRunner(d, f, links, "", store, time.Hour, logger), f, links, store
+	c := iptables.New(f, iptables.Options{Links: links, Logger: testkit.Logger(t)})
+	r := iptables.NewReconciler(c, links, d, lookup, testkit.Logger(t))
+	r.Interval = time.Hour
+	return r, f, links, store
 }
 
-type tWriter struct{ t *testing.T }
-
-func (w tWriter) Write(p []byte) (int, error) {
-	w.t.Log(strings.TrimSpace(string(p)))
-	return len(p), nil
+// viewTargets is what capture steers for node in store's view, read the
+// way the agent's xDS server reads it.
+func viewTargets(t *testing.T, store *discovery.Store, opts xds.Options, node string) iptables.Targets {
+	t.Helper()
+	st, err := store.MeshState(nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return captureTargets(xds.NewView(st, opts), node)
 }
 
-// The reconcile step applies when nothing was applied, when the VIPs
-// change and when the kernel drifted, and otherwise only looks.
-func TestCaptureReconcile(t *testing.T) {
-	ctx := context.Background()
-	r, f, links, store := newTestCapture(t)
-	step := func(what string, wantApply bool) {
-		t.Helper()
-		applied, err := r.reconcile(ctx, nil)
-		if err != nil {
-			t.Fatalf("%s: %v", what, err)
-		}
-		if applied != wantApply {
-			t.Fatalf("%s: applied = %v, want %v", what, applied, wantApply)
-		}
-	}
-	step("first", true)
-	once := f.State()
-	if strings.Count(once, "-j VMESH_OUTPUT\n") != 1 || links.State() != "vmesh0 up" {
-		t.Fatalf("after first apply:\n%s\n%s", once, links.State())
-	}
-	step("nothing changed", false)
-
-	if err := store.VIPApply(10, discovery.VIPAllocate, "web", "240.0.0.7"); err != nil {
+// The capture loop follows the xDS server's views: a VIP the catalog
+// allocates reaches vmesh0 without waiting for the drift timer, a freed
+// one leaves it, and the loop stops with its context.
+func TestCaptureFollowsViews(t *testing.T) {
+	r, _, links, store := newTestCapture(t, discovery.LookupUser)
+	r.MinGap = 10 * time.Millisecond
+	srv, err := xds.NewServer(xds.Config{Store: store, TCPAddr: "127.0.0.1:0", Logger: testkit.Logger(t)})
+	if err != nil {
 		t.Fatal(err)
 	}
-	store.VIPApply(11, discovery.VIPAllocate, "outside", "10.9.9.9") // not in vip_range: not held
-	step("VIP added", true)
-	if links.State() != "vmesh0 up 240.0.0.7/32" {
-		t.Errorf("links: %s", links.State())
-	}
-	if f.State() != once {
-		t.Errorf("rules changed with the VIPs:\n%s", f.State())
-	}
-	step("nothing changed again", false)
-
-	// Drift: someone flushes our chain, then deletes vmesh0.
-	if err := f.Restore("nft", 4, "*nat\n-F VMESH_OUTPUT\nCOMMIT\n"); err != nil {
-		t.Fatal(err)
-	}
-	step("chain flushed", true)
-	if f.State() != once {
-		t.Errorf("not repaired:\n%s\nwant\n%s", f.State(), once)
-	}
-	links.Remove()
-	step("vmesh0 deleted", true)
-	if links.State() != "vmesh0 up 240.0.0.7/32" {
-		t.Errorf("links not repaired: %s", links.State())
-	}
-	step("converged", false)
-
-	if err := r.remove(ctx); err != nil {
-		t.Fatal(err)
-	}
-	ours := func() bool { return strings.Contains(strings.ToLower(f.State()), "vmesh") }
-	if ours() || links.State() != "no vmesh0" {
-		t.Errorf("after remove:\n%s\n%s", f.State(), links.State())
-	}
-	step("after remove", false) // stopped: never applies again
-	if ours() {
-		t.Errorf("re-applied after remove:\n%s", f.State())
-	}
-}
-
-// A runner that never applied removes nothing (someone else's rules, e.g.
-// from 'vmesh redirect apply', stay when an agent without capture stops).
-func TestCaptureRemoveOnlyWhatItApplied(t *testing.T) {
-	r, f, _, _ := newTestCapture(t)
-	d := iptables.DefaultDesired()
-	if err := iptables.New(f, iptables.Options{}).Apply(context.Background(), d); err != nil {
-		t.Fatal(err)
-	}
-	before := f.State()
-	if err := r.remove(context.Background()); err != nil {
-		t.Fatal(err)
-	}
-	if f.State() != before {
-		t.Errorf("remove touched rules it never applied:\n%s", f.State())
-	}
-}
-
-// The loop wakes on a VIP change (not only on its timer) and stops with
-// its context.
-func TestCaptureRunWatchesVIPs(t *testing.T) {
-	r, _, links, store := newTestCapture(t)
-	r.minGap = 10 * time.Millisecond
 	ctx, cancel := context.WithCancel(context.Background())
-	if _, err := r.reconcile(ctx, nil); err != nil {
+	defer cancel()
+	if err := srv.Start(ctx); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { srv.Close() })
+	views := srv.Watch()
+	first := captureTargets(<-views, "n1")
+	if _, err := r.Reconcile(ctx, first); err != nil {
 		t.Fatal(err)
 	}
 	done := make(chan struct{})
 	go func() {
 		defer close(done)
-		r.run(ctx)
+		followViews(ctx, r, first, views, "n1")
 	}()
 	store.VIPApply(5, discovery.VIPAllocate, "db", "240.0.0.9")
-	waitFor(t, 5*time.Second, "the VIP on vmesh0", func() bool { return links.State() == "vmesh0 up 240.0.0.9/32" })
+	testkit.WaitFor(t, 5*time.Second, "the VIP on vmesh0", func() bool { return links.State() == "vmesh0 up 240.0.0.9/32" })
 	store.VIPApply(6, discovery.VIPFree, "db", "")
-	waitFor(t, 5*time.Second, "the VIP gone from vmesh0", func() bool { return links.State() == "vmesh0 up" })
+	testkit.WaitFor(t, 5*time.Second, "the VIP gone from vmesh0", func() bool { return links.State() == "vmesh0 up" })
 	cancel()
 	select {
 	case <-done:
 	case <-time.After(5 * time.Second):
-		t.Fatal("run did not stop")
+		t.Fatal("the capture loop did not stop")
 	}
-	r.mu.Lock()
-	defer r.mu.Unlock()
-	if r.applies != 3 {
-		t.Errorf("%d applies, want 3 (start, add, free)", r.applies)
+	if n := r.Applies(); n != 3 {
+		t.Errorf("%d applies, want 3 (start, add, free)", n)
 	}
 }
 
@@ -152,25 +91,30 @@ func TestCaptureRunWatchesVIPs(t *testing.T) {
 // host does not know, or one in exclude_uids, gets none.
 func TestCaptureUsers(t *testing.T) {
 	ctx := context.Background()
-	r, f, _, store := newTestCapture(t)
-	r.node = "n1"
 	cfg := config.DefaultConfig()
-	r.ports = cfg.UserPortOptions(xds.Options{})
+	opts := cfg.UserPortOptions(xds.Options{})
 	uids := map[string]uint32{"alice": 2001, "bob": 2002, "carol": 2003, "backup": 34}
-	r.lookup = func(u string) (uint32, error) {
+	lookup := func(u string) (uint32, error) {
 		if uid, ok := uids[u]; ok {
 			return uid, nil
 		}
 		return 0, fmt.Errorf("%q is not a user on this host", u)
 	}
-	r.desired.ExcludeUIDs = []uint32{34}
+	cfg.Capture.Enabled = true
+	cfg.Capture.ExcludeUIDs = []string{"34"}
+	d, err := cfg.CaptureDesired()
+	if err != nil {
+		t.Fatal(err)
+	}
+	f, links, store := iptables.NewFake("nft"), iptables.NewFakeLinks(), discovery.NewStore()
+	r := iptables.NewReconciler(iptables.New(f, iptables.Options{Links: links}), links, d, lookup, testkit.Logger(t))
 	if err := store.EnsureNode(1, &discovery.Node{Name: "n1", Address: "10.0.0.1"}); err != nil {
 		t.Fatal(err)
 	}
 	idx := uint64(1)
 	// Registered as the agent registers: the user's port is chosen then
 	// (with the policy of the same options) and stored on the instance.
-	ports := &discovery.UserPortAllocator{Policy: r.ports.UserPortPolicy()}
+	ports := &discovery.UserPortAllocator{Policy: opts.UserPortPolicy()}
 	register := func(node, id, svc, user string) {
 		t.Helper()
 		idx++
@@ -189,7 +133,7 @@ func TestCaptureUsers(t *testing.T) {
 	}
 	step := func(what string, wantApply bool, wantRules ...string) {
 		t.Helper()
-		applied, err := r.reconcile(ctx, nil)
+		applied, err := r.Reconcile(ctx, viewTargets(t, store, opts, "n1"))
 		if err != nil {
 			t.Fatalf("%s: %v", what, err)
 		}
@@ -232,7 +176,7 @@ func TestCaptureUsers(t *testing.T) {
 	// reads the same ports from the same catalog.
 	step("alice gone", true, rule(2002, 15101, "orders"))
 	_, insts, _ := store.NodeInstances(nil, "n1")
-	if got := r.ports.UserPorts("n1", insts); len(got) != 3 || got[0] != (xds.UserPort{User: "bob", Service: "orders", Port: 15101}) {
+	if got := opts.UserPorts("n1", insts); len(got) != 3 || got[0] != (xds.UserPort{User: "bob", Service: "orders", Port: 15101}) {
 		t.Errorf("the xDS side's ports: %v", got)
 	}
 	// A new user takes the lowest free port: alice's.
@@ -253,6 +197,7 @@ func TestCaptureFileUsers(t *testing.T) {
 		t.Fatal(err)
 	}
 	a := &Agent{cfg: cfg}
+	a.xdsOpts = a.xdsOptions()
 	files, err := a.desiredServices()
 	if err != nil {
 		t.Fatal(err)
@@ -262,6 +207,7 @@ func TestCaptureFileUsers(t *testing.T) {
 	}
 	cfg.Capture.ExcludeUIDs = []string{"nobody"}
 	a = &Agent{cfg: cfg}
+	a.xdsOpts = a.xdsOptions()
 	d, err = cfg.CaptureDesired()
 	if err != nil {
 		t.Fatal(err)

@@ -40,7 +40,7 @@ func (a *Agent) startXDS(context.Context) error {
 	srv, err := xds.NewServer(xds.Config{
 		Store:      a.store,
 		Secrets:    NewLeafSecrets(a.xds.leaves, a.cfg.NodeName),
-		Options:    a.xdsOptions(),
+		Options:    a.xdsOpts,
 		UnixSocket: sock,
 		TCPAddr:    a.cfg.Addresses.XDS,
 		Logger:     a.logger.With("component", "xds"),

@@ -68,6 +68,8 @@ type Server struct {
 	// snapshot never goes back to an older view.
 	buildMu sync.Mutex
 	view    *View
+	// watchers get every new view (Watch), under buildMu.
+	watchers []chan *View
 	// built holds the latest snapshot per build key: clients that are not
 	// mesh proxies share one per kind, so 100 proxyless apps cost one build.
 	built map[string]*builtSnap
@@ -309,6 +311,22 @@ func (s *Server) watch(ctx context.Context) {
 	}
 }
 
+// Watch returns a channel that holds the newest view: the current one at
+// once, then each view the server builds after a catalog change. It has
+// one slot, drained and refilled, so a slow reader skips to the newest
+// view instead of queueing old ones. Capture follows the mesh through it,
+// so the kernel steers exactly what the proxies are configured for.
+func (s *Server) Watch() <-chan *View {
+	ch := make(chan *View, 1)
+	s.buildMu.Lock()
+	defer s.buildMu.Unlock()
+	s.watchers = append(s.watchers, ch)
+	if s.view != nil {
+		ch <- s.view
+	}
+	return ch
+}
+
 // buildKey groups clients that get the same snapshot.
 func buildKey(info NodeInfo) string {
 	switch {
@@ -329,6 +347,13 @@ func (s *Server) update(v *View) {
 	// Even an older index replaces the view: a snapshot restore can take
 	// the catalog back, and clients must follow it.
 	s.view = v
+	for _, ch := range s.watchers {
+		select { // drain a view the reader has not taken: it is stale
+		case <-ch:
+		default:
+		}
+		ch <- v
+	}
 	s.mu.Lock()
 	ids := make([]string, 0, len(s.clients))
 	for id := range s.clients {
