@@ -134,11 +134,15 @@ service {
 	writeFile(t, svcDir, "web.hcl", "service {\n  name = \"web\"\n  id = \"web-1\"\n  port = 8081\n  tags = [\"v2\"]\n}\n")
 	writeFile(t, svcDir, "new.hcl", "service {\n  name = \"new\"\n  port = 7\n}\n")
 	p.cmd.Process.Signal(syscall.SIGHUP)
+	// Applied means every change of the reload: a and b, both of
+	// multi.json, are deregistered one after the other, so waiting for a
+	// alone can see b still there.
 	testkit.WaitFor(t, 10*time.Second, "reload applied", func() bool {
 		got := services()
 		_, hasA := got["a"]
+		_, hasB := got["b"]
 		_, hasNew := got["new"]
-		return !hasA && hasNew && got["web-1"].Port == 8081
+		return !hasA && !hasB && hasNew && got["web-1"].Port == 8081
 	})
 	got := services()
 	for _, id := range []string{"web-1", "new", "from-config", "api-svc"} {
