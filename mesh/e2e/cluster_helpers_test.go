@@ -1,4 +1,4 @@
-package mesh
+package e2e
 
 import (
 	"encoding/json"
@@ -11,7 +11,19 @@ import (
 	"syscall"
 	"testing"
 	"time"
+
+	"github.com/vmesh/vmesh/lab/testkit"
 )
+
+// member is a node as /v1/vmesh/members shows it (the fields the tests
+// read).
+type member struct {
+	Name   string
+	ID     string
+	Addr   string
+	Role   string
+	Status string
+}
 
 // node is one agent process of a test cluster, alone on its loopback IP
 // with the default ports, as on a real VM.
@@ -53,11 +65,23 @@ func (n *node) cli(args ...string) (int, string, string) {
 
 func (n *node) token(ttl string) string {
 	n.t.Helper()
+	tok, _ := n.tokenExpiring(ttl)
+	return tok
+}
+
+// tokenExpiring is a join token and the expiry `vmesh token create`
+// prints for it.
+func (n *node) tokenExpiring(ttl string) (string, time.Time) {
+	n.t.Helper()
 	code, out, errs := n.cli("token", "create", "-ttl", ttl)
 	if code != 0 {
 		n.t.Fatalf("token create on %s: %d %s", n.name, code, errs)
 	}
-	return strings.TrimSpace(out)
+	var exp time.Time
+	if _, at, ok := strings.Cut(errs, "expires at "); ok {
+		exp, _ = time.Parse(time.RFC3339, strings.TrimSpace(at))
+	}
+	return strings.TrimSpace(out), exp
 }
 
 func (n *node) nodeID() string {
@@ -69,13 +93,13 @@ func (n *node) nodeID() string {
 }
 
 // members is /v1/vmesh/members on this node; nil when it does not answer.
-func (n *node) members() []memberInfo {
+func (n *node) members() []member {
 	resp, err := http.Get("http://" + n.httpAddr() + "/v1/vmesh/members")
 	if err != nil {
 		return nil
 	}
 	defer resp.Body.Close()
-	var ms []memberInfo
+	var ms []member
 	if resp.StatusCode != http.StatusOK || json.NewDecoder(resp.Body).Decode(&ms) != nil {
 		return nil
 	}
@@ -128,7 +152,7 @@ func (n *node) instances(name string) map[string]bool {
 }
 
 // roles counts the members by role.
-func roles(ms []memberInfo) map[string]int {
+func roles(ms []member) map[string]int {
 	out := map[string]int{}
 	for _, m := range ms {
 		out[m.Role]++
@@ -142,14 +166,14 @@ func bootCluster(t *testing.T, prefix string, count int, extra ...string) []*nod
 	t.Helper()
 	nodes := make([]*node, count)
 	nodes[0] = newNode(t, "n1", prefix+"1", extra...).start("-bootstrap")
-	waitFor(t, 15*time.Second, "n1 leads", func() bool { return nodes[0].leader() != "" })
+	testkit.WaitFor(t, 15*time.Second, "n1 leads", func() bool { return nodes[0].leader() != "" })
 	for i := 1; i < count; i++ {
 		tok := nodes[0].token("1h")
 		nodes[i] = newNode(t, fmt.Sprintf("n%d", i+1), fmt.Sprintf("%s%d", prefix, i+1), extra...).
 			start("-join", nodes[0].clusterAddr(), "-token", tok)
 	}
 	for _, n := range nodes {
-		waitFor(t, 20*time.Second, n.name+" knows the leader", func() bool { return n.leader() != "" })
+		testkit.WaitFor(t, 20*time.Second, n.name+" knows the leader", func() bool { return n.leader() != "" })
 	}
 	return nodes
 }

@@ -1,4 +1,4 @@
-package mesh
+package e2e
 
 import (
 	"bufio"
@@ -13,6 +13,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/vmesh/vmesh/lab/testkit"
 	"golang.org/x/net/websocket"
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/codes"
@@ -73,14 +74,15 @@ func startL7Mesh(t *testing.T, prefix string) *l7Mesh {
 // PERMISSION_DENIED and a reset within 1 s; deleting it restores them.
 func TestProxyL7EndToEnd(t *testing.T) {
 	skipShort(t)
-	m := startL7Mesh(t, "127.0.41.")
+	t.Parallel()
+	m := startL7Mesh(t, "127.41.0.")
 	a, b := m.a, m.b
 	keepAlive := &http.Client{Timeout: 5 * time.Second}
 	h2c := h2cClient()
 
 	// HTTP/1.1, keep-alive.
 	webURL := "http://" + m.up["web"]
-	waitFor(t, 30*time.Second, "HTTP/1.1 through A's web upstream", func() bool {
+	testkit.WaitFor(t, 30*time.Second, "HTTP/1.1 through A's web upstream", func() bool {
 		code, _, _, err := httpCall(keepAlive, http.MethodGet, webURL+"/ready", "")
 		return err == nil && code == 200
 	})
@@ -105,7 +107,7 @@ func TestProxyL7EndToEnd(t *testing.T) {
 	// An http2 service is HTTP/2 all the way: h2c to A, h2 over mTLS to B,
 	// h2c to the app.
 	h2URL := "http://" + m.up["h2"]
-	waitFor(t, 20*time.Second, "h2c through A's h2 upstream", func() bool {
+	testkit.WaitFor(t, 20*time.Second, "h2c through A's h2 upstream", func() bool {
 		resp, err := h2c.Get(h2URL + "/ready")
 		if err != nil {
 			return false
@@ -136,7 +138,7 @@ func TestProxyL7EndToEnd(t *testing.T) {
 		r, err := hc.Check(ctx, &healthpb.HealthCheckRequest{})
 		return r.GetStatus(), err
 	}
-	waitFor(t, 20*time.Second, "a gRPC call through A's greeter upstream", func() bool {
+	testkit.WaitFor(t, 20*time.Second, "a gRPC call through A's greeter upstream", func() bool {
 		st, err := check()
 		return err == nil && st == healthpb.HealthCheckResponse_SERVING
 	})
@@ -162,7 +164,7 @@ func TestProxyL7EndToEnd(t *testing.T) {
 	// WebSocket: an upgrade, then messages both ways on one connection.
 	chatAddr := m.up["chat"]
 	var ws *websocket.Conn
-	waitFor(t, 20*time.Second, "a WebSocket through A's chat upstream", func() bool {
+	testkit.WaitFor(t, 20*time.Second, "a WebSocket through A's chat upstream", func() bool {
 		ws, err = websocket.Dial("ws://"+chatAddr+"/ws", "", "http://"+chatAddr+"/")
 		return err == nil
 	})
@@ -181,7 +183,7 @@ func TestProxyL7EndToEnd(t *testing.T) {
 	// Raw TCP.
 	echoAddr := m.up["echo"]
 	echo := func(d time.Duration) (string, error) { return tcpEchoCall(echoAddr, "ping", d) }
-	waitFor(t, 20*time.Second, "a TCP echo through A's echo upstream", func() bool {
+	testkit.WaitFor(t, 20*time.Second, "a TCP echo through A's echo upstream", func() bool {
 		got, err := echo(2 * time.Second)
 		return err == nil && got == "echo-1: ping\n"
 	})
@@ -191,7 +193,7 @@ func TestProxyL7EndToEnd(t *testing.T) {
 	})
 
 	// A deny intention for client -> X overrides client -> *; it must bite
-	// within 1 s of the write returning (checked every 50 ms), on the
+	// within 1 s of the write returning, on the
 	// keep-alive connections and the gRPC channel already open.
 	denied := []struct {
 		dest   string
@@ -223,19 +225,17 @@ func TestProxyL7EndToEnd(t *testing.T) {
 	for _, d := range denied {
 		a.intention("client", d.dest, "deny")
 		start := time.Now()
-		for {
-			ok, last := d.denied()
-			if ok {
-				t.Logf("client -> %s denied %s after the write", d.dest, time.Since(start).Round(time.Millisecond))
-				break
-			}
-			if time.Since(start) > time.Second {
-				t.Fatalf("client -> %s still not denied 1 s after the deny intention was written; last call: %s", d.dest, last)
-			}
-			time.Sleep(50 * time.Millisecond)
+		var last string
+		if !testkit.Eventually(time.Second, func() bool {
+			var ok bool
+			ok, last = d.denied()
+			return ok
+		}) {
+			t.Fatalf("client -> %s still not denied 1 s after the deny intention was written; last call: %s", d.dest, last)
 		}
+		t.Logf("client -> %s denied %s after the write", d.dest, time.Since(start).Round(time.Millisecond))
 		b.deleteIntention("client", d.dest)
-		waitFor(t, 10*time.Second, "client -> "+d.dest+" allowed again once the deny is deleted", d.ok)
+		testkit.WaitFor(t, 10*time.Second, "client -> "+d.dest+" allowed again once the deny is deleted", d.ok)
 	}
 }
 
@@ -348,7 +348,8 @@ func (n *node) proxyStatus() map[string]proxyTypeStatus {
 // upstream is gone the NACK clears.
 func TestProxyNackKeepsServing(t *testing.T) {
 	skipShort(t)
-	nodes := bootCluster(t, "127.0.42.", 2, "-proxy")
+	t.Parallel()
+	nodes := bootCluster(t, "127.42.0.", 2, "-proxy")
 	a, b := nodes[0], nodes[1]
 	web := startHTTPApp(t, b.ip, "web-1")
 	echo := startTCPEcho(t, b.ip, "echo-1")
@@ -370,13 +371,13 @@ func TestProxyNackKeepsServing(t *testing.T) {
 		code, app, _, err := httpCall(hc, http.MethodGet, webURL+"/x", "")
 		return err == nil && code == 200 && app == "web-1"
 	}
-	waitFor(t, 30*time.Second, "HTTP through A's web upstream", webOK)
+	testkit.WaitFor(t, 30*time.Second, "HTTP through A's web upstream", webOK)
 
 	// A UDP service on B and an upstream to it on A.
 	b.registerJSON(fmt.Sprintf(`{"ID":"dns-1","Name":"dns","Address":%q,"Port":5353,"Meta":{"protocol":"udp"}}`, b.ip))
 	client(webUp, udpUp)
 	var nack string
-	waitFor(t, 20*time.Second, "A's proxy NACKing the UDP listener", func() bool {
+	testkit.WaitFor(t, 20*time.Second, "A's proxy NACKing the UDP listener", func() bool {
 		l := a.proxyStatus()["listener"]
 		if l.Rejected && l.LastNack != nil {
 			nack = l.LastNack.Error
@@ -403,7 +404,7 @@ func TestProxyNackKeepsServing(t *testing.T) {
 	lateUp := `{"DestinationName":"late","LocalBindPort":21106}`
 	lateAddr := hostPort(a.ip, 21106)
 	client(webUp, udpUp, echoUp, lateUp)
-	waitFor(t, 20*time.Second, "the upstreams added while the UDP one is refused", func() bool {
+	testkit.WaitFor(t, 20*time.Second, "the upstreams added while the UDP one is refused", func() bool {
 		e, err1 := tcpEchoCall(echoAddr, "ping", time.Second)
 		l, err2 := tcpEchoCall(lateAddr, "ping", time.Second)
 		return err1 == nil && e == "echo-1: ping\n" && err2 == nil && l == "late-1: ping\n"
@@ -417,7 +418,7 @@ func TestProxyNackKeepsServing(t *testing.T) {
 
 	// The UDP upstream goes: the next response is whole again.
 	client(webUp, echoUp)
-	waitFor(t, 20*time.Second, "A's proxy accepting every listener once the UDP upstream is gone", func() bool {
+	testkit.WaitFor(t, 20*time.Second, "A's proxy accepting every listener once the UDP upstream is gone", func() bool {
 		return !a.proxyStatus()["listener"].Rejected
 	})
 	if got, err := tcpEchoCall(echoAddr, "ping", time.Second); err != nil || got != "echo-1: ping\n" {

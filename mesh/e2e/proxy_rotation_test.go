@@ -1,4 +1,4 @@
-package mesh
+package e2e
 
 import (
 	"crypto/tls"
@@ -9,6 +9,8 @@ import (
 	"sync/atomic"
 	"testing"
 	"time"
+
+	"github.com/vmesh/vmesh/lab/testkit"
 )
 
 // TestProxyCertRotationUnderLoad: with 60 s service certificates (renewed
@@ -19,8 +21,9 @@ import (
 // caller). It runs for about 3.5 minutes; -short skips it.
 func TestProxyCertRotationUnderLoad(t *testing.T) {
 	skipShort(t)
+	t.Parallel()
 	cfg := writeFile(t, t.TempDir(), "rotation.hcl", "proxy {\n  leaf_cert_ttl = \"60s\"\n}\n")
-	nodes := bootCluster(t, "127.0.44.", 2, "-proxy", "-config", cfg)
+	nodes := bootCluster(t, "127.44.0.", 2, "-proxy", "-config", cfg)
 	a, b := nodes[0], nodes[1]
 	app := startHTTPApp(t, b.ip, "web-1")
 	b.registerJSON(fmt.Sprintf(`{"ID":"web-1","Name":"web","Address":%q,"Port":%d,"Meta":{"protocol":"http"}}`, b.ip, app.port()))
@@ -30,7 +33,7 @@ func TestProxyCertRotationUnderLoad(t *testing.T) {
 	url := "http://" + hostPort(a.ip, 21301)
 	keepAlive := &http.Client{Timeout: 5 * time.Second, Transport: &http.Transport{MaxIdleConnsPerHost: 8}}
 	fresh := &http.Client{Timeout: 5 * time.Second, Transport: &http.Transport{DisableKeepAlives: true}}
-	waitFor(t, 30*time.Second, "HTTP through A's upstream", func() bool {
+	testkit.WaitFor(t, 30*time.Second, "HTTP through A's upstream", func() bool {
 		code, _, _, err := httpCall(keepAlive, http.MethodGet, url+"/ready", "")
 		return err == nil && code == 200
 	})
@@ -92,6 +95,9 @@ func TestProxyCertRotationUnderLoad(t *testing.T) {
 	var order []string
 	clientSerials := map[string]bool{}
 	deadline := time.Now().Add(duration)
+	// A sample every 2 s: pacing the sampler, not waiting for anything.
+	sample := time.NewTicker(2 * time.Second)
+	defer sample.Stop()
 	for time.Now().Before(deadline) {
 		s, err := servedSerial()
 		if err != nil {
@@ -102,7 +108,7 @@ func TestProxyCertRotationUnderLoad(t *testing.T) {
 		}
 		cert, _ := a.serviceCert("client")
 		clientSerials[cert.Leaf.SerialNumber.String()] = true
-		time.Sleep(2 * time.Second)
+		<-sample.C
 	}
 	close(stop)
 	wg.Wait()

@@ -1,8 +1,6 @@
-package mesh
+package e2e
 
 import (
-	"crypto/rand"
-	"encoding/hex"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -12,7 +10,7 @@ import (
 	"time"
 
 	"github.com/vmesh/vmesh/iptables"
-	"github.com/vmesh/vmesh/mesh/cli"
+	"github.com/vmesh/vmesh/lab/testkit"
 )
 
 // captureNS is a fresh network namespace for an agent with capture on.
@@ -21,39 +19,25 @@ type captureNS struct {
 	name string
 }
 
-func newCaptureNS(t *testing.T) *captureNS {
+func newCaptureNS(t *testing.T, name string) *captureNS {
 	t.Helper()
-	if os.Geteuid() != 0 {
-		t.Skip("needs root (network namespaces, iptables); CI runs it as root")
-	}
-	for _, bin := range []string{"ip", "iptables", "iptables-save", "ip6tables-save", "curl"} {
+	testkit.RequireRoot(t, "network namespaces, iptables")
+	for _, bin := range []string{"iptables", "iptables-save", "ip6tables-save", "curl"} {
 		if _, err := exec.LookPath(bin); err != nil {
 			t.Skipf("needs %s (CI installs iptables, iproute2 and curl)", bin)
 		}
 	}
-	b := make([]byte, 4)
-	rand.Read(b)
-	ns := &captureNS{t: t, name: "vmesh-test-" + hex.EncodeToString(b)}
-	if out, err := exec.Command("ip", "netns", "add", ns.name).CombinedOutput(); err != nil {
-		t.Fatalf("ip netns add: %v: %s", err, out)
-	}
-	t.Cleanup(func() { exec.Command("ip", "netns", "del", ns.name).Run() })
-	ns.must("ip", "link", "set", "lo", "up")
-	return ns
+	return &captureNS{t: t, name: testkit.NetNS(t, name)}
 }
 
 func (ns *captureNS) run(argv ...string) (string, error) {
-	out, err := exec.Command("ip", append([]string{"netns", "exec", ns.name}, argv...)...).CombinedOutput()
+	out, err := testkit.NSCommand(ns.name, argv...).CombinedOutput()
 	return string(out), err
 }
 
 func (ns *captureNS) must(argv ...string) string {
 	ns.t.Helper()
-	out, err := ns.run(argv...)
-	if err != nil {
-		ns.t.Fatalf("%v: %v\n%s", argv, err, out)
-	}
-	return out
+	return testkit.NSRun(ns.t, ns.name, argv...)
 }
 
 // saves is the namespace's IPv4 and IPv6 rules, counters ignored.
@@ -76,18 +60,7 @@ func (ns *captureNS) vmesh0() (addrs string, ok bool) {
 // wait for, comes after Start applied capture.
 func (ns *captureNS) agent(args ...string) *proc {
 	ns.t.Helper()
-	return runProc(ns.t, exec.Command("ip", append([]string{"netns", "exec", ns.name, vmeshBin, "agent"}, args...)...))
-}
-
-func poll(t *testing.T, d time.Duration, what string, cond func() bool) {
-	t.Helper()
-	deadline := time.Now().Add(d)
-	for !cond() {
-		if time.Now().After(deadline) {
-			t.Fatalf("timed out after %s waiting for %s", d, what)
-		}
-		time.Sleep(200 * time.Millisecond)
-	}
+	return runProc(ns.t, testkit.NSCommand(ns.name, append([]string{vmeshBin(ns.t), "agent"}, args...)...))
 }
 
 // TestCaptureAgentNetns runs the real agent with capture on inside a fresh
@@ -96,7 +69,8 @@ func poll(t *testing.T, d time.Duration, what string, cond func() bool) {
 // leaves the baseline, SIGKILL then 'vmesh redirect remove' does too, and
 // ten kill/restart cycles leave one start's rules.
 func TestCaptureAgentNetns(t *testing.T) {
-	ns := newCaptureNS(t)
+	t.Parallel()
+	ns := newCaptureNS(t, "vmt-capture")
 	// Someone else's rule, which must survive everything.
 	ns.must("iptables", "-t", "nat", "-A", "OUTPUT", "-p", "tcp", "--dport", "9999", "-j", "RETURN")
 	base := ns.saves()
@@ -129,17 +103,17 @@ func TestCaptureAgentNetns(t *testing.T) {
 	}
 	// The banner is printed once the listeners are up, which may be just
 	// after the HTTP API first answers.
-	poll(t, 5*time.Second, "the banner's capture line", func() bool { return strings.Contains(p.stdout.String(), "Capture: on") })
+	testkit.WaitFor(t, 5*time.Second, "the banner's capture line", func() bool { return strings.Contains(p.stdout.String(), "Capture: on") })
 
 	// A service registered through the API gets a VIP, which appears on
 	// vmesh0.
-	poll(t, 30*time.Second, "a leader", func() bool {
+	testkit.WaitFor(t, 30*time.Second, "a leader", func() bool {
 		out, err := ns.run("curl", "-sf", "http://127.0.0.1:8500/v1/status/leader")
 		return err == nil && strings.Contains(out, "127.0.0.1")
 	})
 	ns.must("curl", "-sf", "-X", "PUT", "--data", `{"Name":"orders","Port":9090}`, "http://127.0.0.1:8500/v1/agent/service/register")
 	var vip string
-	poll(t, 15*time.Second, "the orders VIP on vmesh0", func() bool {
+	testkit.WaitFor(t, 15*time.Second, "the orders VIP on vmesh0", func() bool {
 		out, _ := ns.vmesh0()
 		if i := strings.Index(out, "inet 240."); i >= 0 {
 			vip = strings.Fields(out[i:])[1]
@@ -155,10 +129,10 @@ func TestCaptureAgentNetns(t *testing.T) {
 	// Drift: an admin flushes our chain, then deletes vmesh0.
 	ns.must("iptables", "-t", "nat", "-F", "VMESH_OUTPUT")
 	t0 := time.Now()
-	poll(t, 35*time.Second, "the flushed chain to be repaired", func() bool { return ns.saves() == once })
+	testkit.WaitFor(t, 35*time.Second, "the flushed chain to be repaired", func() bool { return ns.saves() == once })
 	t.Logf("flushed chain repaired in %s", time.Since(t0).Round(time.Millisecond))
 	ns.must("ip", "link", "del", "vmesh0")
-	poll(t, 35*time.Second, "vmesh0 to be repaired", func() bool {
+	testkit.WaitFor(t, 35*time.Second, "vmesh0 to be repaired", func() bool {
 		out, _ := ns.vmesh0()
 		return strings.Contains(out, "inet "+vip+" ")
 	})
@@ -182,7 +156,7 @@ func TestCaptureAgentNetns(t *testing.T) {
 	if got := ns.saves(); got != once {
 		t.Errorf("restart:\n%s\nwant\n%s", got, once)
 	}
-	poll(t, 15*time.Second, "the VIP back on vmesh0", func() bool {
+	testkit.WaitFor(t, 15*time.Second, "the VIP back on vmesh0", func() bool {
 		out, _ := ns.vmesh0()
 		return strings.Contains(out, "inet "+vip+" ")
 	})
@@ -190,7 +164,7 @@ func TestCaptureAgentNetns(t *testing.T) {
 	if got := ns.saves(); got != once {
 		t.Errorf("after SIGKILL the rules should still be there:\n%s", got)
 	}
-	ns.must(vmeshBin, "redirect", "remove")
+	ns.must(vmeshBin(t), "redirect", "remove")
 	if got := ns.saves(); got != base {
 		t.Fatalf("after SIGKILL and redirect remove:\n%s\nwant the baseline:\n%s", got, base)
 	}
@@ -217,11 +191,11 @@ func TestCaptureAgentNetns(t *testing.T) {
 
 	// Leave removes capture as part of leaving, before the agent stops.
 	p = start()
-	poll(t, 30*time.Second, "a leader", func() bool {
+	testkit.WaitFor(t, 30*time.Second, "a leader", func() bool {
 		out, err := ns.run("curl", "-sf", "http://127.0.0.1:8500/v1/status/leader")
 		return err == nil && strings.Contains(out, "127.0.0.1")
 	})
-	ns.must(vmeshBin, "leave", "-force", "-http-addr", "127.0.0.1:8500")
+	ns.must(vmeshBin(t), "leave", "-force", "-http-addr", "127.0.0.1:8500")
 	if got := ns.saves(); got != base {
 		t.Errorf("after leave:\n%s\nwant the baseline:\n%s", got, base)
 	}
@@ -236,7 +210,8 @@ func TestCaptureAgentNetns(t *testing.T) {
 // A capture block that cannot be applied is a configuration error (exit
 // 2), and nothing touches the kernel.
 func TestCaptureAgentBadConfigNetns(t *testing.T) {
-	ns := newCaptureNS(t)
+	t.Parallel()
+	ns := newCaptureNS(t, "vmt-capture-bad")
 	ns.must("ip", "link", "add", "v0", "type", "veth", "peer", "name", "v1")
 	ns.must("ip", "addr", "add", "10.77.0.1/16", "dev", "v0")
 	ns.must("ip", "link", "set", "v0", "up")
@@ -249,8 +224,8 @@ func TestCaptureAgentBadConfigNetns(t *testing.T) {
 		cfgFile := writeFile(t, dir, "c.hcl", block)
 		p := ns.agent("-bootstrap", "-data-dir", filepath.Join(dir, "data"), "-node", "n1", "-bind", "127.0.0.1",
 			"-client", "127.0.0.1", "-services-dir", svcDir, "-config", cfgFile)
-		if code := p.wait(30 * time.Second); code != cli.ExitUsage {
-			t.Errorf("%s: exit %d, want %d\n%s", name, code, cli.ExitUsage, p.stderr)
+		if code := p.wait(30 * time.Second); code != exitUsage {
+			t.Errorf("%s: exit %d, want %d\n%s", name, code, exitUsage, p.stderr)
 		}
 		if !strings.Contains(p.stderr.String(), "capture.") {
 			t.Errorf("%s: the error does not name the key:\n%s", name, p.stderr)
@@ -274,8 +249,8 @@ func TestCaptureAgentBadConfigNetns(t *testing.T) {
 		writeFile(t, svcDir, "a.hcl", c.files)
 		p := ns.agent("-bootstrap", "-data-dir", filepath.Join(dir, "data"), "-node", "n1", "-bind", "127.0.0.1",
 			"-client", "127.0.0.1", "-services-dir", svcDir, "-config", cfgFile)
-		if code := p.wait(30 * time.Second); code != cli.ExitUsage {
-			t.Errorf("%s: exit %d, want %d\n%s", name, code, cli.ExitUsage, p.stderr)
+		if code := p.wait(30 * time.Second); code != exitUsage {
+			t.Errorf("%s: exit %d, want %d\n%s", name, code, exitUsage, p.stderr)
 		}
 		if !strings.Contains(p.stderr.String(), c.want) {
 			t.Errorf("%s: the error does not say %q:\n%s", name, c.want, p.stderr)

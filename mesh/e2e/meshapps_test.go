@@ -1,4 +1,4 @@
-package mesh
+package e2e
 
 import (
 	"bufio"
@@ -14,6 +14,7 @@ import (
 	"net"
 	"net/http"
 	"net/url"
+	"regexp"
 	"strconv"
 	"strings"
 	"sync"
@@ -25,7 +26,7 @@ import (
 	tlsv3 "github.com/envoyproxy/go-control-plane/envoy/extensions/transport_sockets/tls/v3"
 	discoverygrpc "github.com/envoyproxy/go-control-plane/envoy/service/discovery/v3"
 	"github.com/envoyproxy/go-control-plane/pkg/resource/v3"
-	"github.com/vmesh/vmesh/mesh/config"
+	"github.com/vmesh/vmesh/lab/testkit"
 	"github.com/vmesh/vmesh/raft"
 	"golang.org/x/net/websocket"
 	"google.golang.org/grpc"
@@ -67,15 +68,18 @@ func (n *node) deleteIntention(source, destination string) {
 	n.mustAPI(http.MethodDelete, "/v1/connect/intentions/exact?source="+url.QueryEscape(source)+"&destination="+url.QueryEscape(destination), "")
 }
 
-// xdsSocket is where the node's agent serves xDS (as the agent computes it).
+// xdsSocket is where the node's agent serves xDS, as its banner says.
 func (n *node) xdsSocket() string {
 	n.t.Helper()
-	p, _, err := (&config.Config{DataDir: n.dataDir}).XDSSocketPath()
-	if err != nil {
-		n.t.Fatal(err)
-	}
-	return p
+	var m []string
+	testkit.WaitFor(n.t, 10*time.Second, n.name+"'s xDS socket in its banner", func() bool {
+		m = bannerXDS.FindStringSubmatch(n.p.stdout.String())
+		return m != nil
+	})
+	return m[1]
 }
+
+var bannerXDS = regexp.MustCompile(`xDS: unix://(\S+)`)
 
 // serviceCert fetches, over the node's xDS socket as its own proxy does,
 // the current certificate of a service registered on the node, with the

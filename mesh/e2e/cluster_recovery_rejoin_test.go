@@ -1,4 +1,4 @@
-package mesh
+package e2e
 
 import (
 	"encoding/json"
@@ -12,6 +12,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/vmesh/vmesh/lab/testkit"
 	"github.com/vmesh/vmesh/raft"
 )
 
@@ -48,10 +49,11 @@ func (n *node) lastLogIndex() uint64 {
 // taken.
 func TestClusterRecoveryRejoin(t *testing.T) {
 	skipShort(t)
+	t.Parallel()
 	// A short node_ttl, so the lost hosts turn failed within the test.
 	cfg := writeFile(t, t.TempDir(), "cluster.hcl", "cluster {\n  voters = 5\n  node_ttl = \"3s\"\n}\n")
-	nodes := bootCluster(t, "127.0.77.", 5, "-config", cfg)
-	waitFor(t, 20*time.Second, "five voters", func() bool {
+	nodes := bootCluster(t, "127.8.0.", 5, "-config", cfg)
+	testkit.WaitFor(t, 20*time.Second, "five voters", func() bool {
 		r := roles(nodes[0].members())
 		return r["leader"] == 1 && r["voter"] == 4
 	})
@@ -62,7 +64,7 @@ func TestClusterRecoveryRejoin(t *testing.T) {
 	}
 	survivors := []*node{nodes[0], nodes[1]}
 	for _, n := range survivors {
-		waitFor(t, 10*time.Second, n.name+" holds every instance", func() bool { return len(n.instances("rj")) == 10 })
+		testkit.WaitFor(t, 10*time.Second, n.name+" holds every instance", func() bool { return len(n.instances("rj")) == 10 })
 	}
 	// Step 1: which survivor has the newest log, read before stopping.
 	keep, other := survivors[0], survivors[1]
@@ -84,7 +86,7 @@ func TestClusterRecoveryRejoin(t *testing.T) {
 		t.Fatal(err)
 	}
 	keep.start()
-	waitFor(t, 20*time.Second, keep.name+" leads alone", func() bool { return keep.leader() == keep.clusterAddr() })
+	testkit.WaitFor(t, 20*time.Second, keep.name+" leads alone", func() bool { return keep.leader() == keep.clusterAddr() })
 
 	// The trap: raft/ deleted, tls/ and node-id kept. The agent opens an
 	// empty raft with its old identity and waits; join is refused.
@@ -99,7 +101,7 @@ func TestClusterRecoveryRejoin(t *testing.T) {
 	t.Logf("only raft/ deleted: %s", strings.TrimSpace(errs))
 	other.p.stop(syscall.SIGTERM)
 	// The other trap: an empty data dir under the same name.
-	wiped := newNode(t, other.name, "127.0.77.9").start()
+	wiped := newNode(t, other.name, "127.8.0.9").start()
 	code, _, errs = wiped.cli("join", keep.clusterAddr(), "-token", keep.token("1h"))
 	if want := "is taken by node " + other.nodeID(); code == 0 || !strings.Contains(errs, want) {
 		t.Fatalf("join from an empty data dir named %s: exit %d %q; want it refused, %q", other.name, code, errs, want)
@@ -112,14 +114,14 @@ func TestClusterRecoveryRejoin(t *testing.T) {
 		t.Fatal(err)
 	}
 	other.start()
-	waitFor(t, 5*time.Second, other.name+" to say it stays out", func() bool {
+	testkit.WaitFor(t, 5*time.Second, other.name+" to say it stays out", func() bool {
 		return strings.Contains(other.p.stderr.String(), "this node left its cluster")
 	})
 	if code, out, errs := other.cli("join", keep.clusterAddr(), "-token", keep.token("1h")); code != 0 {
 		t.Fatalf("vmesh join after touching left: exit %d\n%s%s", code, out, errs)
 	}
 	for _, n := range survivors {
-		waitFor(t, 20*time.Second, n.name+" follows "+keep.name, func() bool { return n.leader() == keep.clusterAddr() })
+		testkit.WaitFor(t, 20*time.Second, n.name+" follows "+keep.name, func() bool { return n.leader() == keep.clusterAddr() })
 	}
 	// The lost hosts stay in the catalog, out of raft, until they are
 	// reaped (docs/cluster.md says so).
@@ -129,12 +131,12 @@ func TestClusterRecoveryRejoin(t *testing.T) {
 	if _, err := os.Stat(filepath.Join(other.dataDir, "left")); !os.IsNotExist(err) {
 		t.Errorf("the left marker is still there after the join: %v", err)
 	}
-	waitFor(t, 10*time.Second, other.name+" holds every instance again", func() bool { return len(other.instances("rj")) == 10 })
+	testkit.WaitFor(t, 10*time.Second, other.name+" holds every instance again", func() bool { return len(other.instances("rj")) == 10 })
 	if err := other.register("after-rejoin", "rj"); err != nil {
 		t.Fatalf("write through the rejoined node: %v", err)
 	}
-	waitFor(t, 10*time.Second, "the write on "+keep.name, func() bool { return keep.instances("rj")["after-rejoin"] })
-	waitFor(t, 15*time.Second, "the lost hosts to turn failed", func() bool {
+	testkit.WaitFor(t, 10*time.Second, "the write on "+keep.name, func() bool { return keep.instances("rj")["after-rejoin"] })
+	testkit.WaitFor(t, 15*time.Second, "the lost hosts to turn failed", func() bool {
 		failed := 0
 		for _, m := range keep.members() {
 			if m.Role == "none" && m.Status == "failed" {

@@ -1,4 +1,4 @@
-package mesh
+package e2e
 
 import (
 	"crypto/ecdsa"

@@ -1,4 +1,4 @@
-package mesh
+package e2e
 
 import (
 	"crypto/tls"
@@ -10,30 +10,26 @@ import (
 	"testing"
 	"time"
 
+	"github.com/vmesh/vmesh/lab/testkit"
 	"github.com/vmesh/vmesh/raft"
 )
-
-func skipShort(t *testing.T) {
-	if testing.Short() {
-		t.Skip("runs a cluster of real agent processes; skipped with -short")
-	}
-}
 
 // TestClusterJoin: bootstrap one agent, join one at start and one through
 // `vmesh join`; a write on one follower is read on the other; wrong, expired
 // and foreign-CA tokens are refused, each saying which.
 func TestClusterJoin(t *testing.T) {
 	skipShort(t)
-	n1 := newNode(t, "n1", "127.0.1.1").start("-bootstrap")
-	waitFor(t, 15*time.Second, "n1 leads", func() bool { return n1.leader() != "" })
+	t.Parallel()
+	n1 := newNode(t, "n1", "127.1.0.1").start("-bootstrap")
+	testkit.WaitFor(t, 15*time.Second, "n1 leads", func() bool { return n1.leader() != "" })
 	tok := n1.token("1h")
-	n2 := newNode(t, "n2", "127.0.1.2").start("-join", n1.clusterAddr(), "-token", tok)
-	n3 := newNode(t, "n3", "127.0.1.3").start()
+	n2 := newNode(t, "n2", "127.1.0.2").start("-join", n1.clusterAddr(), "-token", tok)
+	n3 := newNode(t, "n3", "127.1.0.3").start()
 	if code, _, errs := n3.cli("join", n1.clusterAddr(), "-token", n1.token("1h")); code != 0 {
 		t.Fatalf("vmesh join: %d %s", code, errs)
 	}
 	for _, n := range []*node{n1, n2, n3} {
-		waitFor(t, 20*time.Second, n.name+" knows the leader", func() bool { return n.leader() == n1.clusterAddr() })
+		testkit.WaitFor(t, 20*time.Second, n.name+" knows the leader", func() bool { return n.leader() == n1.clusterAddr() })
 	}
 	ms := n2.members()
 	if r := roles(ms); len(ms) != 3 || r["leader"] != 1 || r["voter"] != 2 {
@@ -50,14 +46,19 @@ func TestClusterJoin(t *testing.T) {
 	if err := n2.register("web-on-n2", "web"); err != nil {
 		t.Fatalf("register on follower n2: %v", err)
 	}
-	waitFor(t, 5*time.Second, "n3 sees the registration", func() bool { return n3.instances("web")["web-on-n2"] })
+	testkit.WaitFor(t, 5*time.Second, "n3 sees the registration", func() bool { return n3.instances("web")["web-on-n2"] })
 	// Read-your-writes on the follower that forwarded.
 	if !n2.instances("web")["web-on-n2"] {
 		t.Fatal("n2 does not see its own acknowledged write")
 	}
 
-	// Refused joins, each saying why, against a fresh unjoined agent.
-	n4 := newNode(t, "n4", "127.0.1.4").start()
+	// Refused joins, each saying why, against a fresh unjoined agent. The
+	// 1 s token is made first so that it runs out while n4 starts.
+	expired, expiresAt := n1.tokenExpiring("1s")
+	if expiresAt.IsZero() {
+		t.Fatal("vmesh token create -ttl 1s printed no expiry")
+	}
+	n4 := newNode(t, "n4", "127.1.0.4").start()
 	good, err := raft.ParseToken(n1.token("1h"))
 	if err != nil {
 		t.Fatal(err)
@@ -68,8 +69,8 @@ func TestClusterJoin(t *testing.T) {
 		t.Fatal(err)
 	}
 	wrongCA := raft.Token{ID: good.ID, Secret: good.Secret, Fingerprint: raft.Fingerprint(otherCA.Cert)}.String()
-	expired := n1.token("1s")
-	time.Sleep(2100 * time.Millisecond)
+	// The leader refuses a token once the clock is past its expiry second.
+	testkit.WaitFor(t, 5*time.Second, "the 1 s token to expire", func() bool { return time.Now().Unix() > expiresAt.Unix() })
 	for _, tc := range []struct{ name, token, want string }{
 		{"wrong token", wrongSecret, "invalid join token"},
 		{"expired token", expired, "expired"},
@@ -90,15 +91,16 @@ func TestClusterJoin(t *testing.T) {
 	// A restart rejoins with the stored certificate, no token needed.
 	n2.kill()
 	n2.start()
-	waitFor(t, 20*time.Second, "restarted n2 back in the cluster", func() bool { return n2.leader() == n1.clusterAddr() })
+	testkit.WaitFor(t, 20*time.Second, "restarted n2 back in the cluster", func() bool { return n2.leader() == n1.clusterAddr() })
 }
 
 // TestClusterPortRefusesStrangers: plaintext and a certificate of another
 // CA are refused on the cluster port; raft needs a node certificate.
 func TestClusterPortRefusesStrangers(t *testing.T) {
 	skipShort(t)
-	n1 := newNode(t, "n1", "127.0.2.1").start("-bootstrap")
-	waitFor(t, 15*time.Second, "n1 leads", func() bool { return n1.leader() != "" })
+	t.Parallel()
+	n1 := newNode(t, "n1", "127.2.0.1").start("-bootstrap")
+	testkit.WaitFor(t, 15*time.Second, "n1 leads", func() bool { return n1.leader() != "" })
 
 	// Plaintext: the server wants a TLS ClientHello and hangs up.
 	c, err := net.DialTimeout("tcp", n1.clusterAddr(), 2*time.Second)
@@ -174,7 +176,8 @@ func foreignNodeCert(t *testing.T, ca *raft.CA, name string) tls.Certificate {
 // the killed node catches up after a restart.
 func TestClusterLeaderKill(t *testing.T) {
 	skipShort(t)
-	nodes := bootCluster(t, "127.0.3.", 3)
+	t.Parallel()
+	nodes := bootCluster(t, "127.3.0.", 3)
 	leaderAddr := nodes[0].leader()
 	var leader *node
 	var followers []*node
@@ -218,18 +221,22 @@ func TestClusterLeaderKill(t *testing.T) {
 			}()
 		}
 	}()
-	time.Sleep(2 * time.Second)
+	acks := func() int {
+		mu.Lock()
+		defer mu.Unlock()
+		return len(acked)
+	}
+	testkit.WaitFor(t, 20*time.Second, "the load acknowledged through both followers", func() bool { return acks() >= 200 })
 	killed := time.Now()
 	leader.kill()
-	waitFor(t, 5*time.Second, "a new leader", func() bool {
+	testkit.WaitFor(t, 5*time.Second, "a new leader", func() bool {
 		l := followers[0].leader()
 		return l != "" && l != leaderAddr && l == followers[1].leader()
 	})
 	t.Logf("new leader %s after %s", followers[0].leader(), time.Since(killed).Round(time.Millisecond))
-	mu.Lock()
-	before := len(acked)
-	mu.Unlock()
-	time.Sleep(3 * time.Second)
+	before := acks()
+	// Writes must resume within 3 s of the new leader.
+	testkit.Eventually(3*time.Second, func() bool { return acks() > before+100 })
 	close(stop)
 	wg.Wait()
 	mu.Lock()
@@ -242,8 +249,7 @@ func TestClusterLeaderKill(t *testing.T) {
 	// moment; a lost registration never shows up.
 	for _, n := range followers {
 		missing := ""
-		deadline := time.Now().Add(5 * time.Second)
-		for {
+		testkit.Eventually(5*time.Second, func() bool {
 			got := n.instances("load")
 			missing = ""
 			for id := range acked {
@@ -252,17 +258,14 @@ func TestClusterLeaderKill(t *testing.T) {
 					break
 				}
 			}
-			if missing == "" || time.Now().After(deadline) {
-				break
-			}
-			time.Sleep(50 * time.Millisecond)
-		}
+			return missing == ""
+		})
 		if missing != "" {
 			t.Fatalf("%s lost acknowledged registration %s", n.name, missing)
 		}
 	}
 	leader.start()
-	waitFor(t, 30*time.Second, "the restarted node catches up", func() bool {
+	testkit.WaitFor(t, 30*time.Second, "the restarted node catches up", func() bool {
 		got := leader.instances("load")
 		for id := range acked {
 			if !got[id] {
@@ -277,9 +280,10 @@ func TestClusterLeaderKill(t *testing.T) {
 // voter dies a nonvoter is promoted within 30 s.
 func TestClusterVotersCap(t *testing.T) {
 	skipShort(t)
-	nodes := bootCluster(t, "127.0.4.", 7, "-log-level", "info")
-	var ms []memberInfo
-	waitFor(t, 20*time.Second, "7 members: 3 voters and 4 nonvoters", func() bool {
+	t.Parallel()
+	nodes := bootCluster(t, "127.4.0.", 7, "-log-level", "info")
+	var ms []member
+	testkit.WaitFor(t, 20*time.Second, "7 members: 3 voters and 4 nonvoters", func() bool {
 		ms = nodes[0].members()
 		r := roles(ms)
 		return len(ms) == 7 && r["leader"]+r["voter"] == 3 && r["nonvoter"] == 4
@@ -297,7 +301,7 @@ func TestClusterVotersCap(t *testing.T) {
 	killed := time.Now()
 	victim.kill()
 	leader := nodes[0]
-	waitFor(t, 30*time.Second, "3 voters again without the dead one", func() bool {
+	testkit.WaitFor(t, 30*time.Second, "3 voters again without the dead one", func() bool {
 		ms = leader.members()
 		voters := 0
 		for _, m := range ms {
@@ -318,13 +322,14 @@ func TestClusterVotersCap(t *testing.T) {
 // -force; a left node does not rejoin on restart but can join again.
 func TestClusterLeave(t *testing.T) {
 	skipShort(t)
-	nodes := bootCluster(t, "127.0.5.", 4)
+	t.Parallel()
+	nodes := bootCluster(t, "127.5.0.", 4)
 	n1, n2, n3, n4 := nodes[0], nodes[1], nodes[2], nodes[3]
-	waitFor(t, 20*time.Second, "3 voters and a nonvoter", func() bool {
+	testkit.WaitFor(t, 20*time.Second, "3 voters and a nonvoter", func() bool {
 		r := roles(n1.members())
 		return r["leader"]+r["voter"] == 3 && r["nonvoter"] == 1
 	})
-	voterOf := func(ms []memberInfo, name string) bool {
+	voterOf := func(ms []member, name string) bool {
 		for _, m := range ms {
 			if m.Name == name {
 				return m.Role == "leader" || m.Role == "voter"
@@ -347,7 +352,7 @@ func TestClusterLeave(t *testing.T) {
 	if err := n1.register("after-follower-leave", "w"); err != nil {
 		t.Fatalf("cluster not writable after a follower left: %v", err)
 	}
-	waitFor(t, 30*time.Second, "the nonvoter promoted back to 3 voters", func() bool {
+	testkit.WaitFor(t, 30*time.Second, "the nonvoter promoted back to 3 voters", func() bool {
 		r := roles(n1.members())
 		return len(n1.members()) == 3 && r["leader"]+r["voter"] == 3
 	})
@@ -362,7 +367,7 @@ func TestClusterLeave(t *testing.T) {
 			rest = append(rest, n)
 		}
 	}
-	waitFor(t, 10*time.Second, "a new leader among the rest", func() bool {
+	testkit.WaitFor(t, 10*time.Second, "a new leader among the rest", func() bool {
 		l := rest[0].leader()
 		return l != "" && l != n1.clusterAddr()
 	})
@@ -381,7 +386,9 @@ func TestClusterLeave(t *testing.T) {
 
 	// The leader that left restarts: it stays out of the cluster...
 	n1.start()
-	time.Sleep(3 * time.Second)
+	testkit.WaitFor(t, 10*time.Second, "n1 to say it stays out", func() bool {
+		return strings.Contains(n1.p.stderr.String(), "this node left its cluster")
+	})
 	if l := n1.leader(); l != "" {
 		t.Fatalf("a left node rejoined on restart (leader %q)", l)
 	}
@@ -394,7 +401,7 @@ func TestClusterLeave(t *testing.T) {
 	if code, _, errs := n1.cli("join", rest[0].clusterAddr(), "-token", rest[0].token("1h")); code != 0 {
 		t.Fatalf("joining again: %d %s", code, errs)
 	}
-	waitFor(t, 20*time.Second, "n1 back as a member", func() bool {
+	testkit.WaitFor(t, 20*time.Second, "n1 back as a member", func() bool {
 		for _, m := range rest[0].members() {
 			if m.Name == n1.name {
 				return n1.leader() != ""
@@ -411,7 +418,8 @@ func TestClusterLeave(t *testing.T) {
 // on the other nodes within 15 s.
 func TestClusterNodeLiveness(t *testing.T) {
 	skipShort(t)
-	nodes := bootCluster(t, "127.0.6.", 3)
+	t.Parallel()
+	nodes := bootCluster(t, "127.6.0.", 3)
 	if err := nodes[2].register("api-3", "api"); err != nil {
 		t.Fatal(err)
 	}
@@ -430,11 +438,11 @@ func TestClusterNodeLiveness(t *testing.T) {
 		}
 		return out
 	}
-	waitFor(t, 15*time.Second, "both instances passing", func() bool { p := passing(nodes[0]); return p["api-2"] && p["api-3"] })
+	testkit.WaitFor(t, 15*time.Second, "both instances passing", func() bool { p := passing(nodes[0]); return p["api-2"] && p["api-3"] })
 	killed := time.Now()
 	nodes[2].kill()
 	for _, n := range nodes[:2] {
-		waitFor(t, 15*time.Second-time.Since(killed), n.name+" sees api-3 critical", func() bool {
+		testkit.WaitFor(t, 15*time.Second-time.Since(killed), n.name+" sees api-3 critical", func() bool {
 			p := passing(n)
 			return !p["api-3"] && p["api-2"]
 		})
@@ -462,7 +470,8 @@ func TestClusterNodeLiveness(t *testing.T) {
 // peers.json on the survivor, keeping every committed entry.
 func TestClusterRecovery(t *testing.T) {
 	skipShort(t)
-	nodes := bootCluster(t, "127.0.7.", 3)
+	t.Parallel()
+	nodes := bootCluster(t, "127.7.0.", 3)
 	for i := range 20 {
 		if err := nodes[i%3].register(fmt.Sprintf("rec-%d", i), "rec"); err != nil {
 			t.Fatal(err)
@@ -481,7 +490,7 @@ func TestClusterRecovery(t *testing.T) {
 		t.Fatal(err)
 	}
 	survivor.start()
-	waitFor(t, 20*time.Second, "the survivor leads alone", func() bool { return survivor.leader() == survivor.clusterAddr() })
+	testkit.WaitFor(t, 20*time.Second, "the survivor leads alone", func() bool { return survivor.leader() == survivor.clusterAddr() })
 	got := survivor.instances("rec")
 	for i := range 20 {
 		if !got[fmt.Sprintf("rec-%d", i)] {

@@ -1,4 +1,4 @@
-package mesh
+package e2e
 
 import (
 	"bufio"
@@ -9,6 +9,8 @@ import (
 	"strings"
 	"testing"
 	"time"
+
+	"github.com/vmesh/vmesh/lab/testkit"
 )
 
 // TestAgentInProcessProxyTCP: two agents running their in-process proxies
@@ -18,7 +20,8 @@ import (
 // intention is written, and again once it is deleted.
 func TestAgentInProcessProxyTCP(t *testing.T) {
 	skipShort(t)
-	nodes := bootCluster(t, "127.0.9.", 2, "-proxy")
+	t.Parallel()
+	nodes := bootCluster(t, "127.9.0.", 2, "-proxy")
 	a, b := nodes[0], nodes[1]
 
 	// A TCP echo app on B's address that tells who connected.
@@ -65,7 +68,7 @@ func TestAgentInProcessProxyTCP(t *testing.T) {
 
 	// Production default: deny. Once A's upstream listener is up, the
 	// connection is accepted there and refused at B: the app never sees it.
-	waitFor(t, 10*time.Second, "A's upstream listener", func() bool {
+	testkit.WaitFor(t, 10*time.Second, "A's upstream listener", func() bool {
 		c, err := net.DialTimeout("tcp", upAddr, time.Second)
 		if err == nil {
 			c.Close()
@@ -83,7 +86,7 @@ func TestAgentInProcessProxyTCP(t *testing.T) {
 		t.Fatalf("allow intention: %d %s", code, body)
 	}
 	var got string
-	waitFor(t, 10*time.Second, "an echo through both proxies", func() bool {
+	testkit.WaitFor(t, 10*time.Second, "an echo through both proxies", func() bool {
 		got, err = echo()
 		return err == nil && got == "hello through the mesh\n"
 	})
@@ -93,7 +96,7 @@ func TestAgentInProcessProxyTCP(t *testing.T) {
 	if code, body := httpDo(t, http.MethodDelete, "http://"+b.httpAddr()+"/v1/connect/intentions/exact?source=web&destination=echo", ""); code != 200 {
 		t.Fatalf("delete intention: %d %s", code, body)
 	}
-	waitFor(t, 10*time.Second, "the echo refused again without the intention", func() bool {
+	testkit.WaitFor(t, 10*time.Second, "the echo refused again without the intention", func() bool {
 		got, err := echo()
 		return err != nil || !strings.HasPrefix(got, "hello")
 	})

@@ -1,4 +1,4 @@
-package mesh
+package e2e
 
 import (
 	"bytes"
@@ -15,28 +15,53 @@ import (
 	"syscall"
 	"testing"
 	"time"
+
+	"github.com/vmesh/vmesh/lab/testkit"
 )
 
-// vmeshBin is the vmesh binary built once for tests that need a real
-// process (SIGKILL, exit codes, signals).
-var vmeshBin string
+// exitUsage is vmesh's exit status for bad flags and bad configuration.
+const exitUsage = 2
+
+var build struct {
+	once sync.Once
+	dir  string
+	bin  string
+	err  error
+}
 
 func TestMain(m *testing.M) {
-	dir, err := os.MkdirTemp("", "vmesh-bin-")
-	if err != nil {
-		fmt.Fprintln(os.Stderr, err)
-		os.Exit(1)
-	}
-	vmeshBin = filepath.Join(dir, "vmesh")
-	build := exec.Command("go", "build", "-o", vmeshBin, "github.com/vmesh/vmesh")
-	build.Stdout, build.Stderr = os.Stderr, os.Stderr
-	if err := build.Run(); err != nil {
-		fmt.Fprintln(os.Stderr, "building vmesh for process tests:", err)
-		os.Exit(1)
-	}
 	code := m.Run()
-	os.RemoveAll(dir)
+	if build.dir != "" {
+		os.RemoveAll(build.dir)
+	}
 	os.Exit(code)
+}
+
+// vmeshBin is the vmesh binary, built on first use and shared by every
+// test of the run, so `go test -run XXX` builds nothing.
+func vmeshBin(t testing.TB) string {
+	t.Helper()
+	build.once.Do(func() {
+		build.dir, build.err = os.MkdirTemp("", "vmesh-bin-")
+		if build.err != nil {
+			return
+		}
+		build.bin = filepath.Join(build.dir, "vmesh")
+		out, err := exec.Command("go", "build", "-o", build.bin, "github.com/vmesh/vmesh").CombinedOutput()
+		if err != nil {
+			build.err = fmt.Errorf("%v\n%s", err, out)
+		}
+	})
+	if build.err != nil {
+		t.Fatalf("building vmesh for process tests: %v", build.err)
+	}
+	return build.bin
+}
+
+func skipShort(t *testing.T) {
+	if testing.Short() {
+		t.Skip("runs real agent processes; skipped with -short")
+	}
 }
 
 // syncBuffer is a bytes.Buffer safe for a process writer and a test reader.
@@ -72,7 +97,7 @@ var bannerHTTP = regexp.MustCompile(`HTTP API: http://(\S+)`)
 // startProc runs `vmesh args...`; waitHTTP waits for an agent's banner.
 func startProc(t testing.TB, args ...string) *proc {
 	t.Helper()
-	return runProc(t, exec.Command(vmeshBin, args...))
+	return runProc(t, exec.Command(vmeshBin(t), args...))
 }
 
 // runProc starts cmd (vmesh itself, or vmesh behind a wrapper such as
@@ -103,31 +128,39 @@ func runProc(t testing.TB, cmd *exec.Cmd) *proc {
 	return p
 }
 
+func (p *proc) exited() bool {
+	select {
+	case <-p.done:
+		return true
+	default:
+		return false
+	}
+}
+
 // waitHTTP waits for the agent's banner and returns its HTTP address.
 func (p *proc) waitHTTP(d time.Duration) string {
 	p.t.Helper()
-	deadline := time.Now().Add(d)
-	for {
-		if m := bannerHTTP.FindStringSubmatch(p.stdout.String()); m != nil {
-			p.httpAddr = m[1]
-			return p.httpAddr
-		}
-		select {
-		case <-p.done:
-			p.t.Fatalf("agent exited before listening: %v\n%s", p.cmd.ProcessState, p.stderr)
-		default:
-		}
-		if time.Now().After(deadline) {
-			p.t.Fatalf("agent did not print its HTTP address within %s", d)
-		}
-		time.Sleep(10 * time.Millisecond)
+	var m []string
+	printed := testkit.Eventually(d, func() bool {
+		m = bannerHTTP.FindStringSubmatch(p.stdout.String())
+		return m != nil || p.exited()
+	})
+	switch {
+	case m != nil:
+		p.httpAddr = m[1]
+		return p.httpAddr
+	case printed:
+		p.t.Fatalf("agent exited before listening: %v\n%s", p.cmd.ProcessState, p.stderr)
+	default:
+		p.t.Fatalf("agent did not print its HTTP address within %s", d)
 	}
+	return ""
 }
 
 // waitLeader waits until /v1/status/leader names a leader.
 func (p *proc) waitLeader(d time.Duration) {
 	p.t.Helper()
-	waitFor(p.t, d, "a leader", func() bool {
+	testkit.WaitFor(p.t, d, "a leader", func() bool {
 		resp, err := http.Get("http://" + p.httpAddr + "/v1/status/leader")
 		if err != nil {
 			return false
@@ -138,8 +171,8 @@ func (p *proc) waitLeader(d time.Duration) {
 	})
 }
 
-// signal sends sig and, for SIGKILL/SIGTERM, waits for the exit; it returns
-// the exit code (-1 when killed by a signal).
+// stop sends sig and waits for the exit; it returns the exit code (-1 when
+// killed by a signal).
 func (p *proc) stop(sig syscall.Signal) int {
 	p.t.Helper()
 	p.cmd.Process.Signal(sig)
@@ -183,6 +216,22 @@ func getJSON(t testing.TB, addr, path string, out any) uint64 {
 	var idx uint64
 	fmt.Sscan(resp.Header.Get("X-Consul-Index"), &idx)
 	return idx
+}
+
+// httpDo sends a request to the agent and returns status and body.
+func httpDo(t testing.TB, method, url, body string) (int, string) {
+	t.Helper()
+	req, err := http.NewRequest(method, url, strings.NewReader(body))
+	if err != nil {
+		t.Fatal(err)
+	}
+	resp, err := http.DefaultClient.Do(req)
+	if err != nil {
+		t.Fatalf("%s %s: %v", method, url, err)
+	}
+	defer resp.Body.Close()
+	b, _ := io.ReadAll(resp.Body)
+	return resp.StatusCode, string(b)
 }
 
 // writeFile writes content to dir/name and returns the path.

@@ -1,4 +1,4 @@
-package mesh
+package e2e
 
 import (
 	"fmt"
@@ -8,6 +8,8 @@ import (
 	"sync"
 	"testing"
 	"time"
+
+	"github.com/vmesh/vmesh/lab/testkit"
 )
 
 // TestProxyRoundRobinFailoverRetry: three instances of one HTTP service on
@@ -20,7 +22,8 @@ import (
 // answers every request with 500 from GETs.
 func TestProxyRoundRobinFailoverRetry(t *testing.T) {
 	skipShort(t)
-	nodes := bootCluster(t, "127.0.43.", 2, "-proxy")
+	t.Parallel()
+	nodes := bootCluster(t, "127.43.0.", 2, "-proxy")
 	a, b := nodes[0], nodes[1]
 	lb := map[string]*httpApp{}
 	flaky := map[string]*httpApp{}
@@ -42,7 +45,7 @@ func TestProxyRoundRobinFailoverRetry(t *testing.T) {
 	flakyURL := "http://" + hostPort(a.ip, 21202)
 
 	client := &http.Client{Timeout: 5 * time.Second, Transport: &http.Transport{MaxIdleConnsPerHost: 16}}
-	waitFor(t, 30*time.Second, "all three lb instances answering through the mesh", func() bool {
+	testkit.WaitFor(t, 30*time.Second, "all three lb instances answering through the mesh", func() bool {
 		seen := map[string]bool{}
 		for range 6 {
 			if code, app, _, err := httpCall(client, http.MethodGet, lbURL+"/ready", ""); err == nil && code == 200 {
@@ -90,7 +93,7 @@ func TestProxyRoundRobinFailoverRetry(t *testing.T) {
 	})
 
 	t.Run("retry hides a failing instance", func(t *testing.T) {
-		waitFor(t, 20*time.Second, "flaky answering through the mesh", func() bool {
+		testkit.WaitFor(t, 20*time.Second, "flaky answering through the mesh", func() bool {
 			code, _, _, err := httpCall(client, http.MethodGet, flakyURL+"/ready", "")
 			return err == nil && code == 200
 		})
@@ -146,10 +149,25 @@ func TestProxyRoundRobinFailoverRetry(t *testing.T) {
 				}
 			}()
 		}
-		time.Sleep(3 * time.Second)
+		// The windows, 3 s of load before the kill and 8 s after it, are
+		// counted in requests at the nominal rate rather than slept: a
+		// ticker never runs ahead of its rate, so they last at least that
+		// long, and a loaded machine that drops ticks still gets them full.
+		since := func(from time.Time) int {
+			mu.Lock()
+			defer mu.Unlock()
+			n := 0
+			for _, r := range results {
+				if !r.at.Before(from) {
+					n++
+				}
+			}
+			return n
+		}
+		testkit.WaitFor(t, time.Minute, "3 s of load (600 requests) before the kill", func() bool { return since(time.Time{}) >= 600 })
 		killed := time.Now()
 		lb["lb-2"].kill()
-		time.Sleep(8 * time.Second)
+		testkit.WaitFor(t, 2*time.Minute, "8 s of load (1,600 requests) after the kill", func() bool { return since(killed) >= 1600 })
 		close(stop)
 		wg.Wait()
 

@@ -1,12 +1,11 @@
 //go:build linux
 
-package mesh
+package e2e
 
 import (
 	"net"
 	"net/http"
 	"net/netip"
-	"os"
 	"path/filepath"
 	"strings"
 	"sync/atomic"
@@ -15,8 +14,7 @@ import (
 	"time"
 
 	"github.com/miekg/dns"
-	"github.com/vmesh/vmesh/mesh/config"
-	"golang.org/x/sys/unix"
+	"github.com/vmesh/vmesh/lab/testkit"
 )
 
 // recursorAddr is where the test's upstream resolver listens in the
@@ -98,7 +96,8 @@ func lookupA(ns *labNode, network, addr, name string) (rcode int, ips []string, 
 // mesh comes back with the recursor's answer, and `orders.mesh` with the
 // VIP.
 func TestDNSCaptureForwardNetns(t *testing.T) {
-	ns := &labNode{captureNS: newCaptureNS(t)}
+	t.Parallel()
+	ns := &labNode{captureNS: newCaptureNS(t, "vmt-dns-capture")}
 	queries := testRecursor(t, ns)
 
 	dir := t.TempDir()
@@ -136,7 +135,7 @@ dns { recursors = ["`+recursorAddr+`"] }
 	}
 
 	// Mesh names still come from the agent itself.
-	waitFor(t, 30*time.Second, "a leader", func() bool {
+	testkit.WaitFor(t, 30*time.Second, "a leader", func() bool {
 		code, out := ns.api(http.MethodGet, "/v1/status/leader", "")
 		return code == http.StatusOK && strings.Contains(out, "127.0.0.1")
 	})
@@ -144,7 +143,7 @@ dns { recursors = ["`+recursorAddr+`"] }
 	vips := netip.MustParsePrefix("240.0.0.0/4")
 	before := queries.Load()
 	var ips []string
-	waitFor(t, 15*time.Second, "orders.mesh to answer its VIP", func() bool {
+	testkit.WaitFor(t, 15*time.Second, "orders.mesh to answer its VIP", func() bool {
 		rcode, got, err := lookupA(ns, "udp", client, "orders.mesh")
 		ips = got
 		return err == nil && rcode == dns.RcodeSuccess && len(got) == 1
@@ -159,43 +158,5 @@ dns { recursors = ["`+recursorAddr+`"] }
 
 	if code := p.stop(syscall.SIGTERM); code != 0 {
 		t.Errorf("SIGTERM: exit %d\n%s", code, p.stderr)
-	}
-}
-
-// TestRecursorDialer: no dialer of ours without capture; with capture,
-// the recursor sockets carry capture.proxy_mark as configured.
-func TestRecursorDialer(t *testing.T) {
-	if d := recursorDialer((&Agent{cfg: config.DefaultConfig()}).proxyMark()); d != nil {
-		t.Fatalf("capture off: dialer %v; want none", d)
-	}
-	if os.Geteuid() != 0 {
-		t.Skip("needs root (SO_MARK needs CAP_NET_ADMIN); CI runs it as root")
-	}
-	cfg := config.DefaultConfig()
-	cfg.Capture.Enabled, cfg.Capture.ProxyMark = true, 0x1234
-	desired, err := cfg.CaptureDesired()
-	if err != nil {
-		t.Fatal(err)
-	}
-	// As prepareCapture leaves it, before startDNS.
-	a := &Agent{cfg: cfg, capture: &captureRunner{desired: desired}}
-	d := recursorDialer(a.proxyMark())
-	if d == nil {
-		t.Fatal("capture on: no dialer")
-	}
-	c, err := d.Dial("udp", "127.0.0.1:53") // UDP: nothing needs to listen
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer c.Close()
-	rc, err := c.(*net.UDPConn).SyscallConn()
-	if err != nil {
-		t.Fatal(err)
-	}
-	var mark int
-	var serr error
-	rc.Control(func(fd uintptr) { mark, serr = unix.GetsockoptInt(int(fd), unix.SOL_SOCKET, unix.SO_MARK) })
-	if serr != nil || mark != 0x1234 {
-		t.Errorf("SO_MARK = %#x, %v; want capture.proxy_mark 0x1234", mark, serr)
 	}
 }

@@ -1,4 +1,4 @@
-package mesh
+package e2e
 
 import (
 	"fmt"
@@ -15,9 +15,8 @@ import (
 // back and the index must not go down — first replayed from the raft log,
 // then again after a snapshot has truncated the log.
 func TestDurabilitySIGKILL(t *testing.T) {
-	if testing.Short() {
-		t.Skip("starts real agent processes; skipped with -short")
-	}
+	skipShort(t)
+	t.Parallel()
 	dataDir := t.TempDir()
 	cfgDir := t.TempDir()
 	// Keep few trailing logs so a snapshot really truncates the log, and a
@@ -30,7 +29,7 @@ raft {
 }
 `)
 	args := []string{"agent", "-bootstrap", "-node", "dur-1", "-data-dir", dataDir, "-config", cfgFile,
-		"-bind", "127.0.0.1", "-client", "127.0.0.1", "-http-addr", "127.0.0.1:0", "-cluster-port", "0", "-services-dir", ""}
+		"-bind", "127.10.0.1", "-client", "127.10.0.1", "-http-addr", "127.10.0.1:0", "-cluster-port", "0", "-services-dir", ""}
 	start := func() *proc {
 		p := startProc(t, args...)
 		p.waitHTTP(10 * time.Second)

@@ -1,12 +1,10 @@
 //go:build linux
 
-package mesh
+package e2e
 
 import (
 	"bufio"
 	"context"
-	"crypto/rand"
-	"encoding/hex"
 	"encoding/json"
 	"fmt"
 	"io"
@@ -25,13 +23,14 @@ import (
 	"time"
 
 	"github.com/vishvananda/netns"
+	"github.com/vmesh/vmesh/lab/testkit"
 )
 
-// The netns lab of issue #6: three "VMs", each a network namespace with
+// The netns lab: three "VMs", each a network namespace with
 // its own agent (capture, the in-process proxy and DNS on), on a bridge
 // that lives in a fourth namespace, so nothing of the host's own network
-// is touched. Everything is named after a random prefix and deleted when
-// the test ends, whether it passed or not.
+// is touched. Everything is named after the test's prefix (namespaces,
+// veths, users) and deleted when the test ends, whether it passed or not.
 
 // meshProtocol is the protocol the test services are registered with: the
 // one place to change it. With "http", curl calls http://orders.mesh/
@@ -63,12 +62,10 @@ type labNode struct {
 	p    *proc
 }
 
-func newLab(t *testing.T, count int) *lab {
+func newLab(t *testing.T, prefix string, count int) *lab {
 	t.Helper()
-	if os.Geteuid() != 0 {
-		t.Skip("needs root (network namespaces, iptables, useradd); CI runs it as root")
-	}
-	for _, bin := range []string{"ip", "iptables", "iptables-save", "ip6tables-save", "curl", "setpriv", "useradd", "userdel"} {
+	testkit.RequireRoot(t, "network namespaces, iptables, useradd")
+	for _, bin := range []string{"iptables", "iptables-save", "ip6tables-save", "curl", "setpriv", "useradd", "userdel"} {
 		if _, err := exec.LookPath(bin); err != nil {
 			t.Skipf("needs %s (CI installs iptables, iproute2, curl, util-linux and passwd)", bin)
 		}
@@ -80,9 +77,7 @@ func newLab(t *testing.T, count int) *lab {
 	if _, err := os.Stat("/etc/netns"); os.IsNotExist(err) {
 		t.Cleanup(func() { os.Remove("/etc/netns") })
 	}
-	b := make([]byte, 3)
-	rand.Read(b)
-	l := &lab{t: t, prefix: "vml" + hex.EncodeToString(b)}
+	l := &lab{t: t, prefix: prefix}
 	l.bridge = l.prefix + "-br"
 	l.addNetns(l.bridge)
 	l.ip(l.bridge, "link", "add", "br0", "type", "bridge")
@@ -96,22 +91,18 @@ func newLab(t *testing.T, count int) *lab {
 		l.ip(l.bridge, "link", "set", veth, "master", "br0", "up")
 		l.ip(n.name, "addr", "add", n.ip+"/24", "dev", "eth0")
 		l.ip(n.name, "link", "set", "eth0", "up")
-		l.ip(n.name, "link", "set", "lo", "up")
 		os.MkdirAll(filepath.Join(n.dir, "services.d"), 0o755)
 		l.nodes = append(l.nodes, n)
 	}
 	return l
 }
 
+// addNetns creates a namespace (lo up) of the lab, removed with its
+// /etc/netns directory when the test ends.
 func (l *lab) addNetns(name string) {
 	l.t.Helper()
-	if out, err := exec.Command("ip", "netns", "add", name).CombinedOutput(); err != nil {
-		l.t.Fatalf("ip netns add %s: %v: %s", name, err, out)
-	}
-	l.t.Cleanup(func() {
-		exec.Command("ip", "netns", "del", name).Run()
-		os.RemoveAll(filepath.Join("/etc/netns", name))
-	})
+	testkit.NetNS(l.t, name)
+	l.t.Cleanup(func() { os.RemoveAll(filepath.Join("/etc/netns", name)) })
 }
 
 func (l *lab) ip(ns string, args ...string) {
@@ -320,9 +311,11 @@ func serveLabApp(n *labNode, name string, port int) *labApp {
 	return app
 }
 
-// testUser creates a system user for the test and deletes it afterwards.
+// testUser creates a system user for the test (names are the test's own:
+// /etc/passwd is the host's) and deletes it afterwards.
 func testUser(t *testing.T, name string) int {
 	t.Helper()
+	exec.Command("userdel", name).Run() // left by a run that was killed
 	if out, err := exec.Command("useradd", "--system", "--user-group", "--no-create-home", "--shell", "/usr/sbin/nologin", name).CombinedOutput(); err != nil {
 		t.Fatalf("useradd %s: %v: %s", name, err, out)
 	}
@@ -346,13 +339,16 @@ func raftHealthy(t *testing.T, nodes []*labNode, d time.Duration, what string) {
 	t.Helper()
 	// A node that just joined may not have the newest configuration yet.
 	for _, n := range nodes {
-		waitFor(t, 15*time.Second, n.name+" to list every peer", func() bool {
+		testkit.WaitFor(t, 15*time.Second, n.name+" to list every peer", func() bool {
 			var peers []string
 			code, out := n.api(http.MethodGet, "/v1/status/peers", "")
 			return code == http.StatusOK && json.Unmarshal([]byte(out), &peers) == nil && len(peers) == len(nodes)
 		})
 	}
 	deadline := time.Now().Add(d)
+	// A round a second for d: pacing the checks, not waiting for anything.
+	tick := time.NewTicker(time.Second)
+	defer tick.Stop()
 	for round := 0; ; round++ {
 		var leader string
 		var follower *labNode
@@ -374,7 +370,7 @@ func raftHealthy(t *testing.T, nodes []*labNode, d time.Duration, what string) {
 				t.Fatalf("%s: peers on %s: %v %v", what, n.name, peers, err)
 			}
 		}
-		var ms []memberInfo
+		var ms []member
 		if err := json.Unmarshal([]byte(nodes[0].mustAPI(http.MethodGet, "/v1/vmesh/members", "")), &ms); err != nil {
 			t.Fatal(err)
 		}
@@ -388,7 +384,7 @@ func raftHealthy(t *testing.T, nodes []*labNode, d time.Duration, what string) {
 		}
 		if round == 0 {
 			// What an operator sees.
-			out := nodes[len(nodes)-1].must(vmeshBin, "members", "-http-addr", "127.0.0.1:8500")
+			out := nodes[len(nodes)-1].must(vmeshBin(t), "members", "-http-addr", "127.0.0.1:8500")
 			if strings.Count(out, " alive ") != len(nodes) || strings.Count(out, " leader ") != 1 {
 				t.Fatalf("%s: vmesh members:\n%s", what, out)
 			}
@@ -398,7 +394,7 @@ func raftHealthy(t *testing.T, nodes []*labNode, d time.Duration, what string) {
 			t.Fatalf("%s: write through follower %s: %s", what, follower.name, out)
 		}
 		for _, n := range nodes {
-			waitFor(t, 5*time.Second, "the write on "+n.name, func() bool {
+			testkit.WaitFor(t, 5*time.Second, "the write on "+n.name, func() bool {
 				code, _ := n.api(http.MethodGet, key+"?stale", "")
 				return code == http.StatusOK
 			})
@@ -407,11 +403,11 @@ func raftHealthy(t *testing.T, nodes []*labNode, d time.Duration, what string) {
 			t.Logf("%s: raft healthy for %s (%d rounds; leader %s; writes through %s)", what, d, round+1, leader, follower.name)
 			return
 		}
-		time.Sleep(time.Second)
+		<-tick.C
 	}
 }
 
-// TestCaptureMeshNetns is issue #6 end to end. Three namespaces on a
+// TestCaptureMeshNetns is the capture lab end to end. Three namespaces on a
 // bridge, an agent in each (n1 bootstraps, n2 and n3 join with a token),
 // every one with capture, the in-process proxy and DNS; n2 and n3 capture
 // all outbound TCP. It checks:
@@ -430,7 +426,8 @@ func raftHealthy(t *testing.T, nodes []*labNode, d time.Duration, what string) {
 //     after SIGKILL, after `vmesh redirect remove`, and after a clean stop.
 func TestCaptureMeshNetns(t *testing.T) {
 	skipShort(t)
-	l := newLab(t, 3)
+	t.Parallel()
+	l := newLab(t, "vmtlab", 3)
 	n1, n2, n3 := l.nodes[0], l.nodes[1], l.nodes[2]
 	sshServer(n1)
 	sshReachable(t, n2, n1, "before any agent")
@@ -462,12 +459,12 @@ dns { recursors = ["192.0.2.53"] }
 	n1.resolvConf("nameserver 127.0.0.1\n") // port 53 -> the agent's DNS, by capture_dns
 	n1.args = append(n1.args, "-bootstrap")
 	n1.start()
-	waitFor(t, 20*time.Second, "n1 leads", func() bool {
+	testkit.WaitFor(t, 20*time.Second, "n1 leads", func() bool {
 		code, out := n1.api(http.MethodGet, "/v1/status/leader", "")
 		return code == http.StatusOK && strings.Contains(out, n1.ip)
 	})
 	var tok struct{ Token string }
-	waitFor(t, 20*time.Second, "a join token from n1", func() bool { // once the CA is in the catalog
+	testkit.WaitFor(t, 20*time.Second, "a join token from n1", func() bool { // once the CA is in the catalog
 		code, out := n1.api(http.MethodPut, "/v1/vmesh/token?ttl=1h", "")
 		return code == http.StatusOK && json.Unmarshal([]byte(out), &tok) == nil && tok.Token != ""
 	})
@@ -476,8 +473,8 @@ dns { recursors = ["192.0.2.53"] }
 		n.args = append(n.args, "-join", n1.ip+":7400", "-token", token)
 		n.start()
 	}
-	waitFor(t, 30*time.Second, "three alive members", func() bool {
-		var ms []memberInfo
+	testkit.WaitFor(t, 30*time.Second, "three alive members", func() bool {
+		var ms []member
 		code, out := n1.api(http.MethodGet, "/v1/vmesh/members", "")
 		if code != http.StatusOK || json.Unmarshal([]byte(out), &ms) != nil || len(ms) != 3 {
 			return false
@@ -492,7 +489,7 @@ dns { recursors = ["192.0.2.53"] }
 	t.Logf("cluster of three with capture up in %s", time.Since(t0).Round(time.Millisecond))
 	for _, n := range l.nodes {
 		// The banner is written a line at a time; waitHTTP saw its start.
-		waitFor(t, 5*time.Second, n.name+"'s capture banner line", func() bool { return strings.Contains(n.p.stdout.String(), "Capture: on") })
+		testkit.WaitFor(t, 5*time.Second, n.name+"'s capture banner line", func() bool { return strings.Contains(n.p.stdout.String(), "Capture: on") })
 	}
 	sshReachable(t, n2, n1, "capture applied")
 	if got := n2.natPackets("VMESH_OUTPUT", "dpt:22", "vmesh: ssh", "RETURN"); got == 0 {
@@ -516,7 +513,7 @@ dns { recursors = ["192.0.2.53"] }
 		outbound0 := n1.natPackets("VMESH_REDIRECT", "vmesh: outbound", "redir ports 15001")
 		conns0, haveMetrics := n1.metric("vmesh_connections_total", `listener="vmesh/outbound"`)
 		var out string
-		waitFor(t, 30*time.Second, "curl "+url+" in n1", func() bool {
+		testkit.WaitFor(t, 30*time.Second, "curl "+url+" in n1", func() bool {
 			var err error
 			out, err = n1.curl(-1, url)
 			return err == nil && strings.HasPrefix(out, "orders saw ")
@@ -575,7 +572,7 @@ dns { recursors = ["192.0.2.53"] }
 		}
 		bob0 := n1.natPackets(bobRule[0], bobRule[1:]...)
 		var out string
-		waitFor(t, 30*time.Second, "bob's curl of "+url, func() bool {
+		testkit.WaitFor(t, 30*time.Second, "bob's curl of "+url, func() bool {
 			var err error
 			out, err = n1.curl(bob, url)
 			return err == nil && strings.HasPrefix(out, "target saw ")
@@ -608,7 +605,7 @@ dns { recursors = ["192.0.2.53"] }
 		}
 		// The refusal is the intention's: without it alice gets through.
 		n1.mustAPI(http.MethodDelete, "/v1/connect/intentions/exact?source=alice-app&destination=target", "")
-		waitFor(t, 20*time.Second, "alice's call once the deny intention is gone", func() bool {
+		testkit.WaitFor(t, 20*time.Second, "alice's call once the deny intention is gone", func() bool {
 			var err error
 			out, err = n1.curl(alice, url)
 			return err == nil && strings.HasPrefix(out, "target saw ")
@@ -665,7 +662,7 @@ dns { recursors = ["192.0.2.53"] }
 		}
 		sshReachable(t, n2, n1, "after SIGKILL")
 		for _, n := range both {
-			n.must(vmeshBin, "redirect", "remove")
+			n.must(vmeshBin(t), "redirect", "remove")
 			if strings.Contains(n.saves(), "VMESH") {
 				t.Fatalf("%s: rules left after redirect remove:\n%s", n.name, n.saves())
 			}
