@@ -10,6 +10,7 @@ import (
 
 	"github.com/vmesh/vmesh/mesh/cli"
 	"github.com/vmesh/vmesh/mesh/config"
+	"github.com/vmesh/vmesh/systemd"
 )
 
 // Main runs the vmesh CLI with args (os.Args) and returns the exit code.
@@ -77,8 +78,8 @@ func (c *agentCommand) Run(ctx context.Context, args []string) int {
 		}
 		return cli.ExitFailed
 	}
-	sd := startNotify(agent, logger) // sd_notify: READY, STATUS, WATCHDOG (notify.go)
-	defer sd.stop()
+	sd := systemd.StartReporter(newSDService(agent), logger.With("component", "systemd")) // READY, STATUS, WATCHDOG
+	defer sd.Stop()
 
 	hup := make(chan os.Signal, 1)
 	signal.Notify(hup, syscall.SIGHUP)
@@ -87,7 +88,7 @@ func (c *agentCommand) Run(ctx context.Context, args []string) int {
 		select {
 		case <-agent.Left():
 			logger.Info("left the cluster; stopping")
-			sd.stop()
+			sd.Stop()
 			if err := agent.Close(); err != nil {
 				logger.Error("shutdown", "err", err)
 				return cli.ExitFailed
@@ -95,7 +96,7 @@ func (c *agentCommand) Run(ctx context.Context, args []string) int {
 			return cli.ExitOK
 		case <-ctx.Done():
 			logger.Info("shutting down")
-			sd.stop()
+			sd.Stop()
 			if err := agent.Close(); err != nil {
 				logger.Error("shutdown", "err", err)
 				return cli.ExitFailed
@@ -103,7 +104,7 @@ func (c *agentCommand) Run(ctx context.Context, args []string) int {
 			return cli.ExitOK
 		case <-hup:
 			logger.Info("reloading configuration (SIGHUP)")
-			sd.reloading()
+			sd.Reloading()
 			newCfg, err := c.flags.Build(c.FS)
 			if err == nil {
 				err = agent.Reload(ctx, newCfg)
@@ -112,7 +113,7 @@ func (c *agentCommand) Run(ctx context.Context, args []string) int {
 				// A bad file changes nothing: the running state stays.
 				logger.Error("reload failed; keeping the running configuration", "err", err)
 			}
-			sd.reloaded(err)
+			sd.Reloaded(err)
 		}
 	}
 }

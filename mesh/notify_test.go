@@ -26,10 +26,10 @@ func TestNotifierStates(t *testing.T) {
 		}
 		defer a.Close()
 		rec := &systemd.Recorder{}
-		sd := startNotifyWith(a, rec, 0, logger)
+		sd := systemd.StartReporterWith(newSDService(a), rec, 0, logger)
 		waitFor(t, 5*time.Second, "READY=1", func() bool { return rec.Count("READY=1") == 1 })
-		sd.stop()
-		sd.stop()
+		sd.Stop()
+		sd.Stop()
 		want := []string{"READY=1 STATUS=not in a cluster: waiting for 'vmesh join ADDR -token T'", "STOPPING=1"}
 		if got := rec.Lines(); strings.Join(got, "|") != strings.Join(want, "|") {
 			t.Errorf("notifications %q; want %q", got, want)
@@ -42,14 +42,14 @@ func TestNotifierStates(t *testing.T) {
 			t.Fatalf("register: %d %s", code, body)
 		}
 		rec := &systemd.Recorder{}
-		sd := startNotifyWith(a, rec, 200*time.Millisecond, logger)
+		sd := systemd.StartReporterWith(newSDService(a), rec, 200*time.Millisecond, logger)
 		waitFor(t, 5*time.Second, "READY=1", func() bool { return rec.Count("READY=1") == 1 })
 		waitFor(t, 5*time.Second, "WATCHDOG=1", func() bool { return rec.Count("WATCHDOG=1") >= 2 })
-		sd.reloading()
-		sd.reloaded(errors.New("bad.hcl:3: port: not a number"))
-		sd.reloading()
-		sd.reloaded(nil)
-		sd.stop()
+		sd.Reloading()
+		sd.Reloaded(errors.New("bad.hcl:3: port: not a number"))
+		sd.Reloading()
+		sd.Reloaded(nil)
+		sd.Stop()
 		var got []string
 		for _, l := range rec.Lines() {
 			if l != "WATCHDOG=1" {
@@ -81,12 +81,12 @@ func TestNotifierStates(t *testing.T) {
 		}
 		defer a.Close()
 		rec := &systemd.Recorder{}
-		sd := startNotifyWith(a, rec, 0, logger)
+		sd := systemd.StartReporterWith(newSDService(a), rec, 0, logger)
 		// Whatever the race with the leader election: RELOADING=1 only
 		// after a READY=1, and never a READY=1 after STOPPING=1.
-		sd.reloading()
-		sd.reloaded(nil)
-		sd.stop()
+		sd.Reloading()
+		sd.Reloaded(nil)
+		sd.Stop()
 		lines := rec.Lines()
 		if len(lines) > 0 && lines[0] == "RELOADING=1" {
 			t.Errorf("RELOADING=1 before READY=1: %q", lines)
