@@ -8,7 +8,6 @@ import (
 	"net"
 	"net/http"
 	"net/netip"
-
 )
 
 // sdService is the agent as systemd's reporter sees it (systemd.Service):
