@@ -54,9 +54,12 @@ type Upstream struct {
 
 // ServiceConnect is a registration's Connect block (Consul's
 // AgentServiceConnect).
+// In a file, only sidecar_service is a key, and inside it only proxy: the
+// host's proxy is not a service of its own, so its other keys are unknown
+// there, as they were before files shared this shape.
 type ServiceConnect struct {
 	Native         bool
-	SidecarService *ServiceRegistration
+	SidecarService *ServiceRegistration `hcl:"sidecar_service,only=proxy"`
 }
 
 // ConnectProxyConfig is a registration's Proxy block (Consul's
@@ -73,7 +76,7 @@ type ConnectProxyConfig struct {
 	Mode                   string
 	TransparentProxy       json.RawMessage
 	Config                 json.RawMessage
-	Upstreams              []ConnectUpstream
+	Upstreams              []ConnectUpstream `hcl:"upstreams"`
 	MeshGateway            json.RawMessage
 	Expose                 json.RawMessage
 	AccessLogs             json.RawMessage
@@ -85,11 +88,11 @@ type ConnectUpstream struct {
 	DestinationPartition string
 	DestinationNamespace string
 	DestinationPeer      string
-	DestinationName      string
+	DestinationName      string `hcl:"destination_name"`
 	DestinationPort      string
 	Datacenter           string
-	LocalBindAddress     string
-	LocalBindPort        int
+	LocalBindAddress     string `hcl:"local_bind_address"`
+	LocalBindPort        int    `hcl:"local_bind_port"`
 	LocalBindSocketPath  string
 	LocalBindSocketMode  string
 	Config               json.RawMessage
@@ -140,7 +143,8 @@ func buildConnect(c *ServiceConnect, bad func(field, format string, args ...any)
 	}
 	// vmesh runs one proxy per host, so a sidecar has no name, port or
 	// checks of its own: only what it forwards to is meaningful.
-	for _, f := range setFields("Connect.SidecarService.", sc, "Proxy") {
+	// Line is where a file's block starts, not a setting.
+	for _, f := range setFields("Connect.SidecarService.", sc, "Proxy", "Line") {
 		bad(f, "not supported: the host's proxy is not a service of its own; only Proxy.Upstreams is read")
 	}
 	if sc.Proxy == nil {
