@@ -54,9 +54,10 @@ type Upstream struct {
 
 // ServiceConnect is a registration's Connect block (Consul's
 // AgentServiceConnect).
+//
 // In a file, only sidecar_service is a key, and inside it only proxy: the
-// host's proxy is not a service of its own, so its other keys are unknown
-// there, as they were before files shared this shape.
+// host's proxy is not a service of its own, so a file saying port or
+// checks there gets an unknown key at its line rather than a refusal later.
 type ServiceConnect struct {
 	Native         bool
 	SidecarService *ServiceRegistration `hcl:"sidecar_service,only=proxy"`
