@@ -55,9 +55,13 @@ type Upstream struct {
 
 // ServiceConnect is a registration's Connect block (Consul's
 // AgentServiceConnect).
+//
+// In a file, only sidecar_service is a key, and inside it only proxy: the
+// host's proxy is not a service of its own, so a file saying port or
+// checks there gets an unknown key at its line rather than a refusal later.
 type ServiceConnect struct {
 	Native         bool
-	SidecarService *ServiceRegistration
+	SidecarService *ServiceRegistration `hcl:"sidecar_service,only=proxy"`
 }
 
 // ConnectProxyConfig is a registration's Proxy block (Consul's
@@ -74,7 +78,7 @@ type ConnectProxyConfig struct {
 	Mode                   string
 	TransparentProxy       json.RawMessage
 	Config                 json.RawMessage
-	Upstreams              []ConnectUpstream
+	Upstreams              []ConnectUpstream `hcl:"upstreams"`
 	MeshGateway            json.RawMessage
 	Expose                 json.RawMessage
 	AccessLogs             json.RawMessage
@@ -86,11 +90,11 @@ type ConnectUpstream struct {
 	DestinationPartition string
 	DestinationNamespace string
 	DestinationPeer      string
-	DestinationName      string
+	DestinationName      string `hcl:"destination_name"`
 	DestinationPort      string
 	Datacenter           string
-	LocalBindAddress     string
-	LocalBindPort        int
+	LocalBindAddress     string `hcl:"local_bind_address"`
+	LocalBindPort        int    `hcl:"local_bind_port"`
 	LocalBindSocketPath  string
 	LocalBindSocketMode  string
 	Config               json.RawMessage
@@ -141,7 +145,8 @@ func buildConnect(c *ServiceConnect, bad func(field, format string, args ...any)
 	}
 	// vmesh runs one proxy per host, so a sidecar has no name, port or
 	// checks of its own: only what it forwards to is meaningful.
-	for _, f := range setFields("Connect.SidecarService.", sc, "Proxy") {
+	// Line is where a file's block starts, not a setting.
+	for _, f := range setFields("Connect.SidecarService.", sc, "Proxy", "Line") {
 		bad(f, "not supported: the host's proxy is not a service of its own; only Proxy.Upstreams is read")
 	}
 	if sc.Proxy == nil {

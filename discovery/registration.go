@@ -12,57 +12,103 @@ import (
 )
 
 // ServiceRegistration is the body of PUT /v1/agent/service/register and
-// the shape of a service in a service definition file.
+// the shape of a service in a service definition file (Consul's
+// AgentServiceRegistration and its file format, one struct for both). The
+// hcl tags are the keys a file may use; a field without one is an unknown
+// key in a file, as the API's fields vmesh refuses anyway are.
 type ServiceRegistration struct {
-	Kind              string
-	ID                string
-	Name              string
-	Tags              []string
-	Port              int
+	Kind              string   `hcl:"kind"`
+	ID                string   `hcl:"id"`
+	Name              string   `hcl:"name"`
+	Tags              []string `hcl:"tags"`
+	Port              int      `hcl:"port"`
 	Ports             json.RawMessage
-	Address           string
+	Address           string `hcl:"address"`
 	SocketPath        string
 	TaggedAddresses   json.RawMessage
-	EnableTagOverride bool
-	Meta              map[string]string
-	Weights           *Weights
-	Check             *CheckType
-	Checks            []*CheckType
-	Proxy             *ConnectProxyConfig
-	Connect           *ServiceConnect
-	AI                json.RawMessage
-	Namespace         string
-	Partition         string
-	Locality          json.RawMessage
+	EnableTagOverride bool              `hcl:"enable_tag_override"`
+	Meta              map[string]string `hcl:"meta"`
+	Weights           *Weights          `hcl:"weights"`
+	Check             *CheckType        `hcl:"check"`
+	Checks            []*CheckType      `hcl:"checks"`
+	// Proxy has no file key: a file's proxy block lives in
+	// connect.sidecar_service, and a top-level one stays an unknown key.
+	Proxy     *ConnectProxyConfig
+	Connect   *ServiceConnect `hcl:"connect"`
+	AI        json.RawMessage
+	Namespace string
+	Partition string
+	Locality  json.RawMessage
+
+	// File-only keys: the API carries protocol and user in Meta, and a
+	// body naming these is refused as it always was.
+
+	// Line is where the definition starts in its file, for messages.
+	Line int `hcl:",line" json:"-"`
+	// Token is accepted for Consul's file format and not used.
+	Token string `hcl:"token" json:"-"`
+	// Protocol is tcp (default), http, http2, grpc or udp; ForAPI moves
+	// it to Meta.protocol.
+	Protocol string `hcl:"protocol" json:"-"`
+	// User is the Unix user (name or UID) the service's app runs as on
+	// this host: its captured outbound connections leave with the
+	// service's identity (docs/capture.md). ForAPI moves it to
+	// Meta["vmesh-user"].
+	User string `hcl:"user" json:"-"`
+}
+
+// ForAPI returns the registration as the HTTP API takes it: the file-only
+// protocol and user moved into Meta (unless Meta already names them), in a
+// copy of Meta, so the definition stays as its file wrote it (a reload
+// compares it).
+func (reg *ServiceRegistration) ForAPI() *ServiceRegistration {
+	out := *reg
+	out.Line, out.Token, out.Protocol, out.User = 0, "", "", ""
+	copied := false
+	for _, kv := range [][2]string{{MetaProtocol, reg.Protocol}, {MetaUser, reg.User}} {
+		if kv[1] == "" || reg.Meta[kv[0]] != "" {
+			continue
+		}
+		if !copied {
+			copied = true
+			out.Meta = make(map[string]string, len(reg.Meta)+2)
+			for k, v := range reg.Meta {
+				out.Meta[k] = v
+			}
+		}
+		out.Meta[kv[0]] = kv[1]
+	}
+	return &out
 }
 
 // CheckType is a check as a registration carries it (Consul's
-// AgentServiceCheck, plus the fields of AgentCheckRegistration).
+// AgentServiceCheck, plus the fields of AgentCheckRegistration), in the
+// API and in a file (the hcl tags are the keys a file may use).
 type CheckType struct {
-	CheckID                        string
-	ID                             string
-	Name                           string
-	Notes                          string
+	CheckID                        string `hcl:"check_id"`
+	ID                             string `hcl:"id"`
+	Name                           string `hcl:"name"`
+	Notes                          string `hcl:"notes"`
 	ServiceID                      string
-	ScriptArgs                     []string
-	Args                           []string
+	ScriptArgs                     []string `hcl:"script_args"`
+	Args                           []string `hcl:"args"`
 	DockerContainerID              string
 	Shell                          string
-	Interval                       Duration
-	Timeout                        Duration
-	TTL                            Duration
-	HTTP                           string
-	Header                         map[string][]string
-	Method                         string
-	Body                           string
-	TCP                            string
+	Interval                       Duration            `hcl:"interval"`
+	Timeout                        Duration            `hcl:"timeout"`
+	TTL                            Duration            `hcl:"ttl"`
+	HTTP                           string              `hcl:"http"`
+	Header                         map[string][]string `hcl:"header"`
+	Method                         string              `hcl:"method"`
+	Body                           string              `hcl:"body"`
+	TCP                            string              `hcl:"tcp"`
 	TCPUseTLS                      bool
 	UDP                            string
-	Status                         string
-	TLSServerName                  string
-	TLSSkipVerify                  bool
-	GRPC                           string
-	GRPCUseTLS                     bool
+	Status                         string `hcl:"status"`
+	TLSServerName                  string `hcl:"tls_server_name"`
+	TLSSkipVerify                  bool   `hcl:"tls_skip_verify"`
+	GRPC                           string `hcl:"grpc"`
+	GRPCUseTLS                     bool   `hcl:"grpc_use_tls"`
 	H2PING                         string
 	H2PingUseTLS                   bool
 	AliasNode                      string
@@ -70,7 +116,7 @@ type CheckType struct {
 	SuccessBeforePassing           int
 	FailuresBeforeWarning          int
 	FailuresBeforeCritical         int
-	DeregisterCriticalServiceAfter Duration
+	DeregisterCriticalServiceAfter Duration `hcl:"deregister_critical_service_after"`
 	Namespace                      string
 	Partition                      string
 }

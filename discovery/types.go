@@ -31,8 +31,8 @@ type Node struct {
 
 // Weights are DNS SRV weights for an instance, by health.
 type Weights struct {
-	Passing int
-	Warning int
+	Passing int `hcl:"passing"`
+	Warning int `hcl:"warning"`
 }
 
 // Instance is one registered instance of a service on a node (Consul's

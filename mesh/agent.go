@@ -11,7 +11,6 @@ import (
 	"net/http"
 	"os"
 	"path/filepath"
-	"reflect"
 	"strings"
 	"sync"
 	"time"
@@ -363,13 +362,11 @@ func (a *Agent) desiredServices() ([]*discovery.RegisterServiceRequest, error) {
 		return nil, err
 	}
 	defs = append(defs, fromDir...)
-	return buildFileServices(a.cfg.NodeName, defs)
+	return discovery.BuildFileServices(a.cfg.NodeName, defs)
 }
 
-// syncServiceFiles makes the catalog hold exactly the file-defined services:
-// new and changed definitions are registered, and services whose file (or
-// definition) is gone are deregistered. Services registered through the API
-// are left alone.
+// syncServiceFiles makes the catalog hold exactly the file-defined services
+// (discovery.FileServices), one reconciliation at a time.
 func (a *Agent) syncServiceFiles(ctx context.Context) error {
 	a.reloadMu.Lock()
 	defer a.reloadMu.Unlock()
@@ -377,75 +374,8 @@ func (a *Agent) syncServiceFiles(ctx context.Context) error {
 	if err != nil {
 		return err
 	}
-	a.userPorts.Lock()
-	defer a.userPorts.Unlock()
-	_, have, err := a.store.NodeInstances(nil, a.cfg.NodeName)
-	if err != nil {
-		return err
-	}
-	wanted := map[string]bool{}
-	avoid := fileUpstreamPorts(want)
-	for _, req := range want {
-		wanted[req.Instance.ID] = true
-		// The user's port (kept from the catalog, or a new one) is part
-		// of what must be up to date.
-		if skip, err := a.assignUserPort(req, avoid); skip || err != nil {
-			if err != nil {
-				return err
-			}
-			continue
-		}
-		if a.serviceUpToDate(req) {
-			continue
-		}
-		if _, err := a.ref.Apply(ctx, req); err != nil {
-			return fmt.Errorf("registering %s from %s: %w", req.Instance.ID, strings.TrimPrefix(req.Instance.Source, "file:"), err)
-		}
-		a.logger.Info("registered service from file", "id", req.Instance.ID, "source", req.Instance.Source)
-	}
-	for _, in := range have {
-		if strings.HasPrefix(in.Source, "file:") && !wanted[in.ID] {
-			if _, err := a.ref.Apply(ctx, discovery.DeregisterServiceRequest{Node: in.Node, ServiceID: in.ID}); err != nil {
-				return fmt.Errorf("deregistering %s: %w", in.ID, err)
-			}
-			a.logger.Info("deregistered service whose definition is gone", "id", in.ID, "source", in.Source)
-		}
-	}
-	return nil
-}
-
-// serviceUpToDate reports whether the catalog already holds req exactly, so
-// that a reload writes nothing for unchanged files.
-func (a *Agent) serviceUpToDate(req *discovery.RegisterServiceRequest) bool {
-	_, cur, err := a.store.Instance(nil, req.Instance.Node, req.Instance.ID)
-	if err != nil || cur == nil {
-		return false
-	}
-	c := *cur
-	c.CreateIndex, c.ModifyIndex = 0, 0
-	if !reflect.DeepEqual(&c, &req.Instance) {
-		return false
-	}
-	_, checks, err := a.store.NodeChecks(nil, req.Instance.Node)
-	if err != nil {
-		return false
-	}
-	have := map[string]*discovery.Check{}
-	for _, chk := range checks {
-		if chk.ServiceID == req.Instance.ID {
-			have[chk.CheckID] = chk
-		}
-	}
-	if len(have) != len(req.Checks) {
-		return false
-	}
-	for _, w := range req.Checks {
-		h := have[w.CheckID]
-		if h == nil || h.Name != w.Name || h.Notes != w.Notes || !reflect.DeepEqual(h.Definition, w.Definition) {
-			return false
-		}
-	}
-	return true
+	fs := &discovery.FileServices{Store: a.store, Writer: &a.ref, Node: a.cfg.NodeName, UserPorts: a.userPorts, Logger: a.logger}
+	return fs.Sync(ctx, want)
 }
 
 // Reload re-reads the configuration's service definitions (SIGHUP).

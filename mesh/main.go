@@ -22,16 +22,7 @@ func Main(ctx context.Context, args []string) int {
 // run is Main with the output tests give it. The agent command is added
 // here because only this package may build an Agent.
 func run(ctx context.Context, args []string, env *cli.Env) int {
-	env.CheckServices = checkServices
 	return cli.Run(ctx, args, env, map[string]cli.Factory{"agent": newAgentCommand})
-}
-
-// checkServices is the agent's validation of service files, lent to the
-// CLI's `services register` and `validate`; the node name does not matter
-// for validation.
-func checkServices(defs []config.FileService) error {
-	_, err := buildFileServices("local", defs)
-	return err
 }
 
 // agentCommand is `vmesh agent`: flags and files to a Config, an Agent,

@@ -6,8 +6,6 @@ import (
 	"io"
 	"sort"
 	"strings"
-
-	"github.com/vmesh/vmesh/mesh/config"
 )
 
 // Exit codes, the same for every command: scripts tell a refused request
@@ -36,16 +34,9 @@ type Command interface {
 // Factory makes a command that prints to env.
 type Factory func(env *Env) Command
 
-// Env is what commands print to and what the composition root lends
-// them; tests fill it with buffers and fakes.
+// Env is what commands print to; tests fill it with buffers.
 type Env struct {
 	Stdout, Stderr io.Writer
-	// CheckServices validates service definitions exactly as the agent
-	// will when it registers them (users, duplicate IDs, upstream
-	// ports), so `services register` and `validate` refuse what the
-	// agent would. The agent's package supplies it: the CLI does not
-	// import it.
-	CheckServices func(defs []config.FileService) error
 }
 
 // builtin are the commands the CLI has by itself; the agent command comes

@@ -3,29 +3,17 @@ package cli
 import (
 	"bytes"
 	"context"
-	"errors"
 	"os"
 	"path/filepath"
 	"strings"
 	"testing"
-
-	"github.com/vmesh/vmesh/mesh/config"
 )
 
-// runCLI runs the CLI as main would, without an agent command; service
-// definitions are "valid" unless a test's file names the service "bad".
+// runCLI runs the CLI as main would, without an agent command.
 func runCLI(t *testing.T, args ...string) (int, string, string) {
 	t.Helper()
 	var out, errb bytes.Buffer
-	env := &Env{Stdout: &out, Stderr: &errb, CheckServices: func(defs []config.FileService) error {
-		var errs []error
-		for _, d := range defs {
-			if d.Def.Name == "bad" {
-				errs = append(errs, errors.New(d.File+": service \"bad\": refused"))
-			}
-		}
-		return errors.Join(errs...)
-	}}
+	env := &Env{Stdout: &out, Stderr: &errb}
 	code := Run(context.Background(), append([]string{"vmesh"}, args...), env, nil)
 	return code, out.String(), errb.String()
 }
@@ -144,7 +132,7 @@ func TestValidate(t *testing.T) {
 	}
 	writeFile(t, bad, "a.hcl", "node_name = \"n1\"\nfrobnicate = 1\n")
 	writeFile(t, bad, "b.json", `{"log_level": "loud", "services_dir": "`+svcDir+`"}`)
-	writeFile(t, svcDir, "web.hcl", "service {\n  name = \"bad\"\n  port = 80\n}\n")
+	writeFile(t, svcDir, "web.hcl", "service {\n  name = \"bad\"\n  port = 70000\n}\n")
 	code, out, errs = runCLI(t, "validate", bad)
 	if code != ExitUsage || out != "" {
 		t.Fatalf("validate bad = %d %q; want exit 2", code, out)

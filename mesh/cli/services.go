@@ -8,6 +8,7 @@ import (
 	"strings"
 	"text/tabwriter"
 
+	"github.com/vmesh/vmesh/discovery"
 	"github.com/vmesh/vmesh/mesh/config"
 )
 
@@ -53,18 +54,18 @@ func (c *servicesCommand) Run(ctx context.Context, args []string) int {
 			return ExitUsage
 		}
 		// Validate all before registering any, so a bad file registers nothing.
-		if err := env.CheckServices(defs); err != nil {
+		if err := checkServices(defs); err != nil {
 			fmt.Fprintf(env.Stderr, "vmesh services register: %v\n", err)
 			return ExitUsage
 		}
 		for _, d := range defs {
-			if err := api.do(ctx, http.MethodPut, "/v1/agent/service/register", d.Def.Registration(), nil); err != nil {
-				fmt.Fprintf(env.Stderr, "vmesh services register: %s: %v\n", d.Def.Name, err)
+			if err := api.do(ctx, http.MethodPut, "/v1/agent/service/register", d.Service.ForAPI(), nil); err != nil {
+				fmt.Fprintf(env.Stderr, "vmesh services register: %s: %v\n", d.Service.Name, err)
 				return ExitFailed
 			}
-			id := d.Def.ID
+			id := d.Service.ID
 			if id == "" {
-				id = d.Def.Name
+				id = d.Service.Name
 			}
 			fmt.Fprintf(env.Stdout, "Registered service: %s\n", id)
 		}
@@ -101,4 +102,13 @@ func (c *servicesCommand) Run(ctx context.Context, args []string) int {
 		return ExitOK
 	}
 	return c.UsageError("want register FILE, deregister ID or list")
+}
+
+// checkServices validates service definitions exactly as the agent will
+// when it registers them (users, duplicate IDs, upstream ports), so
+// `services register` and `validate` refuse what the agent would. The node
+// name does not matter for validation.
+func checkServices(defs []discovery.FileDefinition) error {
+	_, err := discovery.BuildFileServices("local", defs)
+	return err
 }

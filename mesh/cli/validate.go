@@ -58,7 +58,7 @@ func (c *validateCommand) check(paths []string) error {
 	errs = append(errs, err)
 	defs = append(defs, fromDir...)
 	if len(defs) > 0 {
-		errs = append(errs, c.env.CheckServices(defs))
+		errs = append(errs, checkServices(defs))
 	}
 	return errors.Join(errs...)
 }

@@ -11,6 +11,8 @@ import (
 	"strconv"
 	"strings"
 	"time"
+
+	"github.com/vmesh/vmesh/discovery"
 )
 
 // Config is the agent's configuration: DefaultConfig, then config files in
@@ -43,15 +45,15 @@ type Config struct {
 
 	// Service and Services hold the service definitions of the file being
 	// decoded; LoadFiles moves them, with their file, to ServiceFiles.
-	Service  *ServiceDef  `hcl:"service"`
-	Services []ServiceDef `hcl:"services"`
+	Service  *discovery.ServiceRegistration  `hcl:"service"`
+	Services []discovery.ServiceRegistration `hcl:"services"`
 
 	// Dev is the --dev flag: one self-bootstrapping server, data in a
 	// temp dir, listeners on loopback, intentions default-allow.
 	Dev bool
 
 	// services are the definitions found in config files, by file.
-	services []FileService
+	services []discovery.FileDefinition
 }
 
 // Ports are the agent's listening ports.
@@ -242,14 +244,14 @@ func (c *Config) Validate() error {
 
 // ServiceFiles are the service definitions found in the config files,
 // each with the file it came from.
-func (c *Config) ServiceFiles() []FileService {
-	return append([]FileService(nil), c.services...)
+func (c *Config) ServiceFiles() []discovery.FileDefinition {
+	return append([]discovery.FileDefinition(nil), c.services...)
 }
 
 // SetServiceFiles replaces the definitions from config files: a reload
 // takes them from a freshly loaded Config.
-func (c *Config) SetServiceFiles(defs []FileService) {
-	c.services = append([]FileService(nil), defs...)
+func (c *Config) SetServiceFiles(defs []discovery.FileDefinition) {
+	c.services = append([]discovery.FileDefinition(nil), defs...)
 }
 
 // Error marks a configuration problem, whether found while loading or by

@@ -68,7 +68,7 @@ service {
 			t.Errorf("%s = %v, want %v", c.name, c.got, c.want)
 		}
 	}
-	if cfg.ServiceFiles()[0].Def.Name != "a" || !strings.HasSuffix(cfg.ServiceFiles()[0].File, "10-base.hcl") || cfg.ServiceFiles()[0].Def.Line != 12 {
+	if cfg.ServiceFiles()[0].Service.Name != "a" || !strings.HasSuffix(cfg.ServiceFiles()[0].File, "10-base.hcl") || cfg.ServiceFiles()[0].Service.Line != 12 {
 		t.Errorf("first service = %+v, want a from 10-base.hcl:12", cfg.ServiceFiles()[0])
 	}
 }

@@ -23,6 +23,8 @@ import (
 	"github.com/hashicorp/hcl/hcl/ast"
 	hclparser "github.com/hashicorp/hcl/hcl/parser"
 	"github.com/hashicorp/hcl/hcl/token"
+
+	"github.com/vmesh/vmesh/discovery"
 )
 
 // DecodeFile reads path, picks the syntax by extension (".hcl" or
@@ -83,7 +85,7 @@ func Decode(filename string, src []byte, syntax string, out any) error {
 	}
 	d := &decoder{file: filename}
 	if list != nil {
-		d.structure("", list, rv.Elem(), 1)
+		d.structure("", list, rv.Elem(), 1, nil)
 	}
 	return errors.Join(d.errs...)
 }
@@ -108,16 +110,32 @@ func (d *decoder) mismatch(path string, n ast.Node, want string) {
 // structure decodes the items of an object or block into the struct v. An
 // int field tagged `hcl:",line"` receives the line the object starts on, so
 // that checks made after decoding can still name file and line.
-func (d *decoder) structure(path string, list *ast.ObjectList, v reflect.Value, line int) {
+//
+// only, from the tag option `only=a|b` of the field that holds v, narrows
+// the keys to those listed, each naming a field by its Go name whatever its
+// own tag says: one struct can then serve as a whole block in one place and
+// as a block of a few keys in another (a service, and the sidecar_service
+// of its connect block).
+func (d *decoder) structure(path string, list *ast.ObjectList, v reflect.Value, line int, only []string) {
 	t, where := v.Type(), cmp.Or(path, "top level")
-	fields := map[string]int{}
+	fields, names := map[string]int{}, map[int]string{}
 	for i := range t.NumField() {
 		if t.Field(i).Tag.Get("hcl") == ",line" && v.Field(i).CanInt() {
 			v.Field(i).SetInt(int64(line))
 			continue
 		}
-		if name := tagName(t.Field(i)); name != "" {
+		name := tagName(t.Field(i))
+		if only != nil {
+			name = ""
+			for _, k := range only {
+				if t.Field(i).IsExported() && normalizeKey(k) == normalizeKey(t.Field(i).Name) {
+					name = k
+				}
+			}
+		}
+		if name != "" {
 			fields[normalizeKey(name)] = i
+			names[i] = name
 		}
 	}
 	seen := map[int]token.Pos{}
@@ -139,15 +157,15 @@ func (d *decoder) structure(path string, list *ast.ObjectList, v reflect.Value, 
 			}
 			seen[i] = item.Keys[0].Pos()
 		}
-		d.value(strings.TrimPrefix(path+"."+tagName(t.Field(i)), "."), item.Val, f)
+		d.value(strings.TrimPrefix(path+"."+names[i], "."), item.Val, f, tagOnly(t.Field(i)))
 	}
 }
 
-// value decodes node n into the settable value v.
-func (d *decoder) value(path string, n ast.Node, v reflect.Value) {
+// value decodes node n into the settable value v; only is structure's.
+func (d *decoder) value(path string, n ast.Node, v reflect.Value, only []string) {
 	t := v.Type()
 	switch {
-	case t == reflect.TypeFor[time.Duration]():
+	case t == reflect.TypeFor[time.Duration]() || t == reflect.TypeFor[discovery.Duration]():
 		if s, ok := d.str(path, n, `a duration string such as "10s"`); ok {
 			dur, err := time.ParseDuration(s)
 			if err != nil {
@@ -157,7 +175,7 @@ func (d *decoder) value(path string, n ast.Node, v reflect.Value) {
 			v.SetInt(int64(dur))
 		}
 	case reflect.PointerTo(t).Implements(textUnmarshalerType) && v.CanAddr():
-		// Types from other packages (discovery.Duration) parse themselves.
+		// Types from other packages parse themselves.
 		if s, ok := d.str(path, n, "a string"); ok {
 			if err := v.Addr().Interface().(encoding.TextUnmarshaler).UnmarshalText([]byte(s)); err != nil {
 				d.errorf(n.Pos(), "%s: %v", path, err)
@@ -175,17 +193,17 @@ func (d *decoder) value(path string, n ast.Node, v reflect.Value) {
 		d.number(path, n, v)
 	case t.Kind() == reflect.Struct:
 		if obj := d.object(path, n); obj != nil {
-			d.structure(path, obj.List, v, obj.Lbrace.Line)
+			d.structure(path, obj.List, v, obj.Lbrace.Line, only)
 		}
 	case t.Kind() == reflect.Pointer && t.Elem().Kind() == reflect.Struct:
 		if obj := d.object(path, n); obj != nil {
 			if v.IsNil() {
 				v.Set(reflect.New(t.Elem()))
 			}
-			d.structure(path, obj.List, v.Elem(), obj.Lbrace.Line)
+			d.structure(path, obj.List, v.Elem(), obj.Lbrace.Line, only)
 		}
 	case t.Kind() == reflect.Slice:
-		d.slice(path, n, v)
+		d.slice(path, n, v, only)
 	case t.Kind() == reflect.Map && t.Key().Kind() == reflect.String:
 		d.mapping(path, n, v)
 	default:
@@ -233,7 +251,7 @@ func (d *decoder) number(path string, n ast.Node, v reflect.Value) {
 
 // slice appends to v: each element of a list, or a single object when the
 // elements are structs (repeated blocks arrive as repeated keys).
-func (d *decoder) slice(path string, n ast.Node, v reflect.Value) {
+func (d *decoder) slice(path string, n ast.Node, v reflect.Value, only []string) {
 	et := v.Type().Elem()
 	elems := []ast.Node{n}
 	if list, ok := n.(*ast.ListType); ok {
@@ -246,7 +264,7 @@ func (d *decoder) slice(path string, n ast.Node, v reflect.Value) {
 	for _, e := range elems {
 		ev := reflect.New(et).Elem()
 		before := len(d.errs)
-		d.value(path, e, ev)
+		d.value(path, e, ev, only)
 		if len(d.errs) == before {
 			v.Set(reflect.Append(v, ev))
 		}
@@ -274,7 +292,7 @@ func (d *decoder) mapping(path string, n ast.Node, v reflect.Value) {
 		}
 		ev := reflect.New(v.Type().Elem()).Elem()
 		before := len(d.errs)
-		d.value(path+"."+key, val, ev)
+		d.value(path+"."+key, val, ev, nil)
 		if len(d.errs) == before {
 			v.SetMapIndex(reflect.ValueOf(key).Convert(v.Type().Key()), ev)
 		}
@@ -365,6 +383,17 @@ func tagName(f reflect.StructField) string {
 		return ""
 	}
 	return name
+}
+
+// tagOnly is the `only=a|b` option of f's hcl tag, or nil.
+func tagOnly(f reflect.StructField) []string {
+	_, opts, _ := strings.Cut(f.Tag.Get("hcl"), ",")
+	for _, o := range strings.Split(opts, ",") {
+		if keys, ok := strings.CutPrefix(o, "only="); ok {
+			return strings.Split(keys, "|")
+		}
+	}
+	return nil
 }
 
 // normalizeKey makes node_name, NodeName and nodename the same key.

@@ -2,7 +2,9 @@
 // DefaultConfig, one Validate that reports every problem, the strict
 // HCL/JSON decoder (unknown keys are errors, with file:line:col), the
 // loading of config files and directories, the agent's flags
-// (AgentFlags.Register and Build) and the reading of service files.
+// (AgentFlags.Register and Build) and the reading of service files, which
+// decode into discovery.ServiceRegistration, the API's own shape, so that
+// discovery.BuildFileServices validates files as the API validates bodies.
 //
 // It must not start anything, touch the kernel or talk to an agent: it
 // turns files and flags into values and says what is wrong with them.

@@ -1,0 +1,100 @@
+package discovery
+
+import (
+	"context"
+	"fmt"
+	"io"
+	"log/slog"
+	"testing"
+	"time"
+)
+
+// countingWriter applies service commands straight to a store, as raft
+// would, and counts them: an unchanged sync must write nothing.
+type countingWriter struct {
+	s      *Store
+	idx    uint64
+	writes int
+}
+
+func (w *countingWriter) Apply(_ context.Context, cmd Command) (uint64, error) {
+	w.idx++
+	w.writes++
+	switch c := cmd.(type) {
+	case *RegisterServiceRequest:
+		return w.idx, w.s.EnsureService(w.idx, &c.Instance, c.Checks)
+	case DeregisterServiceRequest:
+		return w.idx, w.s.DeleteService(w.idx, c.Node, c.ServiceID)
+	}
+	return 0, fmt.Errorf("countingWriter: unexpected %T", cmd)
+}
+
+// TestFileServicesSync: files' services are registered, a second sync of
+// the same definitions writes nothing, a changed one is rewritten, a gone
+// one is deregistered, and an instance the API registered is left alone.
+func TestFileServicesSync(t *testing.T) {
+	ctx := context.Background()
+	s := NewStore()
+	if err := s.EnsureNode(1, &Node{Name: "n1", Address: "10.0.0.1"}); err != nil {
+		t.Fatal(err)
+	}
+	w := &countingWriter{s: s, idx: 1}
+	if err := s.EnsureService(2, &Instance{Node: "n1", ID: "api-1", Service: "api", Source: "api"}, nil); err != nil {
+		t.Fatal(err)
+	}
+	fs := &FileServices{Store: s, Writer: w, Node: "n1", UserPorts: &UserPortAllocator{}, Logger: slog.New(slog.NewTextHandler(io.Discard, nil))}
+	build := func(defs ...ServiceRegistration) []*RegisterServiceRequest {
+		t.Helper()
+		var fds []FileDefinition
+		for i, d := range defs {
+			d.Line = i + 1
+			fds = append(fds, FileDefinition{File: "/etc/vmesh/services.d/a.hcl", Service: d})
+		}
+		reqs, err := BuildFileServices("n1", fds)
+		if err != nil {
+			t.Fatal(err)
+		}
+		return reqs
+	}
+	web := ServiceRegistration{Name: "web", Port: 80, Protocol: ProtocolHTTP,
+		Check: &CheckType{TCP: "127.0.0.1:80", Interval: Duration(10 * time.Second)}}
+	db := ServiceRegistration{Name: "db", Port: 5432}
+	ids := func() map[string]string {
+		_, insts, err := s.NodeInstances(nil, "n1")
+		if err != nil {
+			t.Fatal(err)
+		}
+		out := map[string]string{}
+		for _, in := range insts {
+			out[in.ID] = in.Source
+		}
+		return out
+	}
+
+	if err := fs.Sync(ctx, build(web, db)); err != nil {
+		t.Fatal(err)
+	}
+	if got := ids(); len(got) != 3 || got["web"] != "file:/etc/vmesh/services.d/a.hcl" || got["api-1"] != "api" {
+		t.Fatalf("after the first sync: %v", got)
+	}
+	if _, in, _ := s.Instance(nil, "n1", "web"); in.Protocol != ProtocolHTTP || in.Meta[MetaProtocol] != ProtocolHTTP {
+		t.Errorf("web's protocol %q meta %v; want http in both", in.Protocol, in.Meta)
+	}
+	before := w.writes
+	if err := fs.Sync(ctx, build(web, db)); err != nil {
+		t.Fatal(err)
+	}
+	if w.writes != before {
+		t.Errorf("an unchanged sync wrote %d times", w.writes-before)
+	}
+	web.Port = 81
+	if err := fs.Sync(ctx, build(web)); err != nil {
+		t.Fatal(err)
+	}
+	if got := ids(); len(got) != 2 || got["db"] != "" || got["api-1"] != "api" {
+		t.Errorf("after db's definition went: %v", got)
+	}
+	if _, in, _ := s.Instance(nil, "n1", "web"); in.Port != 81 {
+		t.Errorf("web's port %d after its change, want 81", in.Port)
+	}
+}
