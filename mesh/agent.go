@@ -15,7 +15,6 @@ import (
 	"sync"
 	"time"
 
-	"github.com/hashicorp/go-memdb"
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/vmesh/vmesh/dataplane/xds"
 	"github.com/vmesh/vmesh/discovery"
@@ -56,8 +55,9 @@ type Agent struct {
 	// upstreams, and the files'; discovery/userports.go).
 	userPorts *discovery.UserPortAllocator
 
-	// ready is closed once this node is registered in the catalog.
-	ready chan struct{}
+	// local registers this node and its file services and runs its
+	// checks (discovery.LocalState); Ready() is closed once registered.
+	local *discovery.LocalState
 
 	// life runs parts() and the background loops (lifecycle.go).
 	life *lifecycle
@@ -75,8 +75,12 @@ type Agent struct {
 
 // NewAgent prepares an agent; nothing runs until Start.
 func NewAgent(cfg config.Config, logger *slog.Logger, out io.Writer) *Agent {
-	a := &Agent{cfg: cfg, logger: logger, out: out, ready: make(chan struct{})}
+	a := &Agent{cfg: cfg, logger: logger, out: out}
 	a.joined, a.left = make(chan struct{}), make(chan struct{})
+	a.local = discovery.NewLocalState(discovery.LocalState{
+		Writer: &a.ref, SyncFiles: a.syncServiceFiles, Logger: a.logger.With("component", "local"),
+		WaitLeader: func(ctx context.Context) error { return a.ref.get().WaitLeader(ctx) },
+	})
 	// One set of translation options, so the per-user port policy the API
 	// and service files allocate with is the one xDS and capture read.
 	a.xdsOpts = a.xdsOptions()
@@ -192,7 +196,7 @@ func (a *Agent) startHTTP(context.Context) error {
 	api := &httpapi.API{
 		Store: a.store, Writer: &a.ref, Cluster: &a.ref, TTL: a.checks,
 		NodeName: a.cfg.NodeName, NodeID: a.nodeID, Datacenter: a.cfg.Datacenter, Version: cli.Version,
-		Members: a.members, Logger: a.logger.With("component", "http"), WaitReady: a.waitReady,
+		Members: a.members, Logger: a.logger.With("component", "http"), WaitReady: a.local.WaitReady,
 		IntentionsDefaultAllow: a.cfg.IntentionsDefaultAllow(), UserPorts: a.userPorts,
 		Operator: operator{a}, Diagnostics: a.diagnostics(),
 	}
@@ -228,9 +232,19 @@ func (a *Agent) closeHTTP() error {
 	return nil
 }
 
+// startLocalState registers this node and its file services once it is
+// in a cluster with a leader, and keeps its check runner in step
+// (discovery.LocalState).
 func (a *Agent) startLocalState(context.Context) error {
+	a.local.Store, a.local.Checks = a.store, a.checks
+	a.local.Node = discovery.Node{ID: a.nodeID, Name: a.cfg.NodeName, Address: hostOf(a.cfg.ClusterAddr()), Datacenter: a.cfg.Datacenter}
 	a.life.goLoop("local state", func(ctx context.Context) error {
-		a.runLocalState(ctx)
+		select {
+		case <-a.joined:
+		case <-ctx.Done():
+			return nil
+		}
+		a.local.Run(ctx)
 		return nil
 	})
 	return nil
@@ -258,99 +272,6 @@ func (a *Agent) banner() {
 	a.xdsBanner()
 	a.dnsBanner()
 	a.captureBanner()
-}
-
-// runLocalState waits for a leader, registers this node and the services
-// of its files, then keeps the check runner in step with the catalog.
-func (a *Agent) runLocalState(ctx context.Context) {
-	select {
-	case <-a.joined:
-	case <-ctx.Done():
-		return
-	}
-	for {
-		wctx, cancel := context.WithTimeout(ctx, 30*time.Second)
-		err := a.ref.get().WaitLeader(wctx)
-		cancel()
-		if ctx.Err() != nil {
-			return
-		}
-		if err == nil {
-			break
-		}
-		a.logger.Warn("no raft leader yet; still waiting", "bootstrap", a.cfg.Bootstrap)
-	}
-	if !retry(ctx, a.logger, "registering this node", a.registerNode) {
-		return
-	}
-	close(a.ready)
-	if !retry(ctx, a.logger, "registering services from files", a.syncServiceFiles) {
-		return
-	}
-	for {
-		ws := memdb.NewWatchSet()
-		_, checks, err := a.store.NodeChecks(ws, a.cfg.NodeName)
-		if err != nil {
-			a.logger.Error("reading local checks", "err", err)
-		} else {
-			a.checks.Sync(checks)
-		}
-		if ws.WatchCtx(ctx) != nil {
-			return
-		}
-	}
-}
-
-// retry runs fn until it succeeds, backing off up to 5 s; it returns false
-// when ctx ends first.
-func retry(ctx context.Context, logger *slog.Logger, what string, fn func(context.Context) error) bool {
-	backoff := 100 * time.Millisecond
-	for {
-		err := fn(ctx)
-		if err == nil {
-			return true
-		}
-		logger.Warn(what, "err", err, "retry_in", backoff)
-		select {
-		case <-ctx.Done():
-			return false
-		case <-time.After(backoff):
-		}
-		backoff = min(2*backoff, 5*time.Second)
-	}
-}
-
-// waitReady blocks until this node is registered in the catalog.
-func (a *Agent) waitReady(ctx context.Context) error {
-	select {
-	case <-a.ready:
-		return nil
-	case <-ctx.Done():
-		return errors.New("this node is not registered yet (no raft leader?)")
-	}
-}
-
-func (a *Agent) registerNode(ctx context.Context) error {
-	want := discovery.Node{
-		ID: a.nodeID, Name: a.cfg.NodeName, Address: hostOf(a.cfg.ClusterAddr()), Datacenter: a.cfg.Datacenter,
-	}
-	_, cur, _, err := a.store.Node(nil, a.cfg.NodeName)
-	if err != nil {
-		return err
-	}
-	if cur != nil && cur.ID == want.ID && cur.Address == want.Address && cur.Datacenter == want.Datacenter {
-		return nil
-	}
-	_, err = a.ref.Apply(ctx, discovery.RegisterNodeRequest{Node: want})
-	return err
-}
-
-func hostOf(addr string) string {
-	h, _, err := net.SplitHostPort(addr)
-	if err != nil {
-		return addr
-	}
-	return h
 }
 
 // desiredServices reads every service definition: those in config files
@@ -431,4 +352,12 @@ func loadNodeID(dir string) (string, error) {
 		return "", fmt.Errorf("writing node ID: %w", err)
 	}
 	return id, nil
+}
+
+func hostOf(addr string) string {
+	h, _, err := net.SplitHostPort(addr)
+	if err != nil {
+		return addr
+	}
+	return h
 }

@@ -31,7 +31,7 @@ func (s sdService) Ready() <-chan struct{} {
 	if s.a.ref.get() == nil {
 		return nil
 	}
-	return s.a.ready
+	return s.a.local.Ready()
 }
 
 // Status is the line `systemctl status vmesh` shows.

@@ -1,0 +1,121 @@
+package discovery
+
+import (
+	"context"
+	"errors"
+	"log/slog"
+	"time"
+
+	"github.com/hashicorp/go-memdb"
+)
+
+// LocalState keeps what this agent owns in the catalog in step with it,
+// as Consul's agent-local state does: once the cluster has a leader it
+// registers this node, then the services of its files, then keeps the
+// node's check runner in step with the checks the catalog holds for it.
+type LocalState struct {
+	Store  *Store
+	Writer Writer
+	// Node is this node as it registers itself.
+	Node Node
+	// WaitLeader blocks until the cluster has a leader (or ctx ends).
+	WaitLeader func(ctx context.Context) error
+	// SyncFiles registers the services of this node's files.
+	SyncFiles func(ctx context.Context) error
+	// Checks runs the node's health checks; it is handed every set of
+	// checks the catalog holds for the node.
+	Checks interface{ Sync(checks []*Check) }
+	Logger *slog.Logger
+
+	ready chan struct{}
+}
+
+// NewLocalState returns an idle LocalState; Run does the work.
+func NewLocalState(ls LocalState) *LocalState {
+	ls.ready = make(chan struct{})
+	return &ls
+}
+
+// Ready is closed once this node is registered in the catalog.
+func (l *LocalState) Ready() <-chan struct{} { return l.ready }
+
+// WaitReady blocks until this node is registered in the catalog, so that
+// a registration sent right after start is not refused for a node that
+// registers a moment later.
+func (l *LocalState) WaitReady(ctx context.Context) error {
+	select {
+	case <-l.ready:
+		return nil
+	case <-ctx.Done():
+		return errors.New("this node is not registered yet (no raft leader?)")
+	}
+}
+
+// Run waits for a leader, registers the node and its file services
+// (retrying with back-off), then follows the node's checks until ctx ends.
+func (l *LocalState) Run(ctx context.Context) {
+	for {
+		wctx, cancel := context.WithTimeout(ctx, 30*time.Second)
+		err := l.WaitLeader(wctx)
+		cancel()
+		if ctx.Err() != nil {
+			return
+		}
+		if err == nil {
+			break
+		}
+		l.Logger.Warn("no raft leader yet; still waiting")
+	}
+	if !retry(ctx, l.Logger, "registering this node", l.registerNode) {
+		return
+	}
+	close(l.ready)
+	if !retry(ctx, l.Logger, "registering services from files", l.SyncFiles) {
+		return
+	}
+	for {
+		ws := memdb.NewWatchSet()
+		_, checks, err := l.Store.NodeChecks(ws, l.Node.Name)
+		if err != nil {
+			l.Logger.Error("reading local checks", "err", err)
+		} else {
+			l.Checks.Sync(checks)
+		}
+		if ws.WatchCtx(ctx) != nil {
+			return
+		}
+	}
+}
+
+// registerNode writes the node unless the catalog already holds it as is.
+func (l *LocalState) registerNode(ctx context.Context) error {
+	_, cur, _, err := l.Store.Node(nil, l.Node.Name)
+	if err != nil {
+		return err
+	}
+	want := l.Node
+	if cur != nil && cur.ID == want.ID && cur.Address == want.Address && cur.Datacenter == want.Datacenter {
+		return nil
+	}
+	_, err = l.Writer.Apply(ctx, RegisterNodeRequest{Node: want})
+	return err
+}
+
+// retry runs fn until it succeeds, backing off up to 5 s; it returns false
+// when ctx ends first.
+func retry(ctx context.Context, logger *slog.Logger, what string, fn func(context.Context) error) bool {
+	backoff := 100 * time.Millisecond
+	for {
+		err := fn(ctx)
+		if err == nil {
+			return true
+		}
+		logger.Warn(what, "err", err, "retry_in", backoff)
+		select {
+		case <-ctx.Done():
+			return false
+		case <-time.After(backoff):
+		}
+		backoff = min(2*backoff, 5*time.Second)
+	}
+}
