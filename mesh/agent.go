@@ -2,7 +2,6 @@ package mesh
 
 import (
 	"context"
-	"crypto/rand"
 	"errors"
 	"fmt"
 	"io"
@@ -10,8 +9,6 @@ import (
 	"net"
 	"net/http"
 	"os"
-	"path/filepath"
-	"strings"
 	"sync"
 	"time"
 
@@ -24,6 +21,7 @@ import (
 	"github.com/vmesh/vmesh/iptables"
 	"github.com/vmesh/vmesh/mesh/cli"
 	"github.com/vmesh/vmesh/mesh/config"
+	"github.com/vmesh/vmesh/raft"
 )
 
 // Agent is one vmesh agent: raft, the catalog, the HTTP API, health checks
@@ -146,7 +144,7 @@ func (a *Agent) openDataDir(context.Context) error {
 		return fmt.Errorf("creating data dir: %w", err)
 	}
 	var err error
-	if a.nodeID, err = loadNodeID(a.cfg.DataDir); err != nil {
+	if a.nodeID, err = raft.LoadNodeID(a.cfg.DataDir); err != nil {
 		return err
 	}
 	a.store = discovery.NewStore()
@@ -333,26 +331,6 @@ func (s checkSink) DeregisterService(ctx context.Context, serviceID string) erro
 	return err
 }
 
-// loadNodeID reads the node's UUID from the data dir, creating it once.
-func loadNodeID(dir string) (string, error) {
-	p := filepath.Join(dir, "node-id")
-	b, err := os.ReadFile(p)
-	if err == nil {
-		return strings.TrimSpace(string(b)), nil
-	}
-	if !errors.Is(err, os.ErrNotExist) {
-		return "", fmt.Errorf("reading node ID: %w", err)
-	}
-	var u [16]byte
-	rand.Read(u[:])
-	u[6] = (u[6] & 0x0f) | 0x40
-	u[8] = (u[8] & 0x3f) | 0x80
-	id := fmt.Sprintf("%x-%x-%x-%x-%x", u[0:4], u[4:6], u[6:8], u[8:10], u[10:])
-	if err := os.WriteFile(p, []byte(id+"\n"), 0o600); err != nil {
-		return "", fmt.Errorf("writing node ID: %w", err)
-	}
-	return id, nil
-}
 
 func hostOf(addr string) string {
 	h, _, err := net.SplitHostPort(addr)

@@ -423,3 +423,25 @@ func (ca *CA) sign(pub any, cn string, uri *url.URL, lifetime time.Duration) (*x
 	}
 	return x509.ParseCertificate(der)
 }
+
+// LoadNodeID reads the node's UUID (raft's server ID) from the data
+// dir, creating it once.
+func LoadNodeID(dir string) (string, error) {
+	p := filepath.Join(dir, "node-id")
+	b, err := os.ReadFile(p)
+	if err == nil {
+		return strings.TrimSpace(string(b)), nil
+	}
+	if !errors.Is(err, os.ErrNotExist) {
+		return "", fmt.Errorf("reading node ID: %w", err)
+	}
+	var u [16]byte
+	rand.Read(u[:])
+	u[6] = (u[6] & 0x0f) | 0x40
+	u[8] = (u[8] & 0x3f) | 0x80
+	id := fmt.Sprintf("%x-%x-%x-%x-%x", u[0:4], u[4:6], u[6:8], u[8:10], u[10:])
+	if err := os.WriteFile(p, []byte(id+"\n"), 0o600); err != nil {
+		return "", fmt.Errorf("writing node ID: %w", err)
+	}
+	return id, nil
+}
