@@ -331,7 +331,6 @@ func (s checkSink) DeregisterService(ctx context.Context, serviceID string) erro
 	return err
 }
 
-
 func hostOf(addr string) string {
 	h, _, err := net.SplitHostPort(addr)
 	if err != nil {
