@@ -3,8 +3,7 @@ package discovery
 import (
 	"context"
 	"fmt"
-	"io"
-	"log/slog"
+	"github.com/vmesh/vmesh/lab/testkit"
 	"testing"
 	"time"
 )
@@ -42,7 +41,7 @@ func TestFileServicesSync(t *testing.T) {
 	if err := s.EnsureService(2, &Instance{Node: "n1", ID: "api-1", Service: "api", Source: "api"}, nil); err != nil {
 		t.Fatal(err)
 	}
-	fs := &FileServices{Store: s, Writer: w, Node: "n1", UserPorts: &UserPortAllocator{}, Logger: slog.New(slog.NewTextHandler(io.Discard, nil))}
+	fs := &FileServices{Store: s, Writer: w, Node: "n1", UserPorts: &UserPortAllocator{}, Logger: testkit.Discard()}
 	build := func(defs ...ServiceRegistration) []*RegisterServiceRequest {
 		t.Helper()
 		var fds []FileDefinition

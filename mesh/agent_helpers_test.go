@@ -5,6 +5,7 @@ import (
 	"context"
 	"encoding/json"
 	"fmt"
+	"github.com/vmesh/vmesh/lab/testkit"
 	"io"
 	"log/slog"
 	"net/http"
@@ -17,14 +18,6 @@ import (
 
 	"github.com/vmesh/vmesh/mesh/config"
 )
-
-// testWriter sends log lines to t.Log.
-type testWriter struct{ t testing.TB }
-
-func (w testWriter) Write(p []byte) (int, error) {
-	w.t.Log(strings.TrimRight(string(p), "\n"))
-	return len(p), nil
-}
 
 // testConfig is a single-node bootstrap config on loopback with an
 // ephemeral HTTP port and a data dir that the test owns.
@@ -56,7 +49,7 @@ func startAgent(t testing.TB, cfg config.Config) *Agent {
 	}
 	var lvl slog.Level
 	lvl.UnmarshalText([]byte(cfg.LogLevel))
-	logger := slog.New(slog.NewTextHandler(testWriter{t}, &slog.HandlerOptions{Level: lvl}))
+	logger := testkit.Logger(t, lvl)
 	a := NewAgent(cfg, logger, io.Discard)
 	if err := a.Start(context.Background()); err != nil {
 		t.Fatalf("starting agent: %v", err)
@@ -66,23 +59,11 @@ func startAgent(t testing.TB, cfg config.Config) *Agent {
 			t.Errorf("closing agent: %v", err)
 		}
 	})
-	waitFor(t, 10*time.Second, "node registered", func() bool {
+	testkit.WaitFor(t, 10*time.Second, "node registered", func() bool {
 		_, n, _, err := a.store.Node(nil, cfg.NodeName)
 		return err == nil && n != nil
 	})
 	return a
-}
-
-// waitFor polls cond until it holds or the deadline passes.
-func waitFor(t testing.TB, d time.Duration, what string, cond func() bool) {
-	t.Helper()
-	deadline := time.Now().Add(d)
-	for !cond() {
-		if time.Now().After(deadline) {
-			t.Fatalf("timed out after %s waiting for %s", d, what)
-		}
-		time.Sleep(10 * time.Millisecond)
-	}
 }
 
 // httpDo sends a request to the agent and returns status and body.

@@ -1,6 +1,7 @@
 package mesh
 
 import (
+	"github.com/vmesh/vmesh/lab/testkit"
 	"net/http"
 	"net/http/httptest"
 	"sort"
@@ -113,11 +114,11 @@ func TestConsulAPIClient(t *testing.T) {
 	if err := client.Agent().PassTTL("web-ttl", "all good"); err != nil {
 		t.Fatalf("PassTTL: %v", err)
 	}
-	waitFor(t, 5*time.Second, "web-1 passing", func() bool { return len(passingIDs()) == 2 })
+	testkit.WaitFor(t, 5*time.Second, "web-1 passing", func() bool { return len(passingIDs()) == 2 })
 
 	// The HTTP check follows the app.
 	healthy.Store(false)
-	waitFor(t, 5*time.Second, "web-1 critical by HTTP check", func() bool { return len(passingIDs()) == 1 })
+	testkit.WaitFor(t, 5*time.Second, "web-1 critical by HTTP check", func() bool { return len(passingIDs()) == 1 })
 	checks, _, err := client.Health().Checks("web", nil)
 	if err != nil {
 		t.Fatal(err)
@@ -130,11 +131,11 @@ func TestConsulAPIClient(t *testing.T) {
 		t.Fatalf("Health().Checks(web) = %+v", checks)
 	}
 	healthy.Store(true)
-	waitFor(t, 5*time.Second, "web-1 passing again", func() bool { return len(passingIDs()) == 2 })
+	testkit.WaitFor(t, 5*time.Second, "web-1 passing again", func() bool { return len(passingIDs()) == 2 })
 	if err := client.Agent().UpdateTTL("web-ttl", "degraded", api.HealthWarning); err != nil {
 		t.Fatalf("UpdateTTL: %v", err)
 	}
-	waitFor(t, 5*time.Second, "web-1 out of passing on warning", func() bool { return len(passingIDs()) == 1 })
+	testkit.WaitFor(t, 5*time.Second, "web-1 out of passing on warning", func() bool { return len(passingIDs()) == 1 })
 	warn, _, err := client.Health().State(api.HealthWarning, nil)
 	if err != nil || len(warn) != 1 || warn[0].CheckID != "web-ttl" || warn[0].Output != "degraded" {
 		t.Fatalf("Health().State(warning) = %+v, %v", warn, err)

@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"encoding/json"
 	"fmt"
+	"github.com/vmesh/vmesh/lab/testkit"
 	"net"
 	"os/exec"
 	"slices"
@@ -90,7 +91,7 @@ func TestAgentDNS(t *testing.T) {
 
 	// The leader allocates a VIP for the new service.
 	var vip string
-	waitFor(t, 10*time.Second, "a VIP for orders", func() bool {
+	testkit.WaitFor(t, 10*time.Second, "a VIP for orders", func() bool {
 		code, out := httpDo(t, "GET", base+"/v1/vmesh/vips", "")
 		var vips []discovery.VIP
 		if code != 200 || json.Unmarshal([]byte(out), &vips) != nil {
@@ -141,7 +142,7 @@ func TestAgentDNS(t *testing.T) {
 	if code, out := httpDo(t, "PUT", base+"/v1/agent/check/pass/orders-2-ttl", ""); code != 200 {
 		t.Fatalf("check pass: %d %s", code, out)
 	}
-	waitFor(t, 5*time.Second, "orders-2 in DNS", func() bool {
+	testkit.WaitFor(t, 5*time.Second, "orders-2 in DNS", func() bool {
 		return len(dnsQuery(t, addr, "udp", "orders.service.consul", dns.TypeA).Answer) == 2
 	})
 	r := dnsQuery(t, addr, "udp", "orders.service.consul", dns.TypeSRV)
@@ -181,7 +182,7 @@ func TestAgentDNSDig(t *testing.T) {
 		}
 	}
 	var vip string
-	waitFor(t, 10*time.Second, "a VIP for orders", func() bool {
+	testkit.WaitFor(t, 10*time.Second, "a VIP for orders", func() bool {
 		_, v, _ := a.store.ServiceVIP(nil, "orders")
 		if v != nil {
 			vip = v.IP

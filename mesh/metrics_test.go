@@ -4,6 +4,7 @@ import (
 	"bufio"
 	"context"
 	"fmt"
+	"github.com/vmesh/vmesh/lab/testkit"
 	"io"
 	"net"
 	"net/http"
@@ -83,17 +84,6 @@ func hasPrefix(mfs map[string]*dto.MetricFamily, prefix string) bool {
 	return false
 }
 
-// freePort is a TCP port free on ip right now.
-func freePort(t *testing.T, ip string) int {
-	t.Helper()
-	ln, err := net.Listen("tcp", ip+":0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer ln.Close()
-	return ln.Addr().(*net.TCPAddr).Port
-}
-
 // TestAgentMetrics: an agent running its in-process proxy serves /metrics
 // on the admin listener (and /v1/vmesh/metrics on the API): the proxy's
 // xDS updates, raft's own series and this node's raft state, the xDS
@@ -133,7 +123,7 @@ func TestAgentMetrics(t *testing.T) {
 		fmt.Sprintf(`{"Name":"echo","Address":%q,"Port":%d}`, ip, app.Addr().(*net.TCPAddr).Port)); code != 200 {
 		t.Fatalf("register echo: %d %s", code, body)
 	}
-	upstream := net.JoinHostPort(ip, fmt.Sprint(freePort(t, ip)))
+	upstream := net.JoinHostPort(ip, fmt.Sprint(testkit.FreePort(t, ip)))
 	_, port, _ := net.SplitHostPort(upstream)
 	if code, body := httpDo(t, http.MethodPut, api+"/v1/agent/service/register",
 		fmt.Sprintf(`{"Name":"web","Port":1,"Connect":{"SidecarService":{"Proxy":{"Upstreams":[{"DestinationName":"echo","LocalBindAddress":%q,"LocalBindPort":%s}]}}}}`, ip, port)); code != 200 {
@@ -161,7 +151,7 @@ func TestAgentMetrics(t *testing.T) {
 		}
 		return nil
 	}
-	waitFor(t, 15*time.Second, "an echo through the proxy", func() bool { return echo() == nil })
+	testkit.WaitFor(t, 15*time.Second, "an echo through the proxy", func() bool { return echo() == nil })
 
 	listener := "vmesh/upstream/" + upstream
 	before := scrape(t, metricsURL)
@@ -181,7 +171,7 @@ func TestAgentMetrics(t *testing.T) {
 	if in1, _ := sample(after, "vmesh_connections_total", map[string]string{"listener": "vmesh/inbound"}); in1 < in0+1 {
 		t.Errorf(`vmesh_connections_total{listener="vmesh/inbound"}: %v before, %v after; want it up`, in0, in1)
 	}
-	waitFor(t, 5*time.Second, "the upstream listener's connections to close", func() bool {
+	testkit.WaitFor(t, 5*time.Second, "the upstream listener's connections to close", func() bool {
 		v, ok := sample(scrape(t, metricsURL), "vmesh_active_connections", map[string]string{"listener": listener})
 		return ok && v == 0
 	})
@@ -270,13 +260,13 @@ func TestProxyCommandMetrics(t *testing.T) {
 			"--admin-addr", ip + ":0"}, &cli.Env{Stdout: io.Discard, Stderr: stderr})
 	}()
 	var addr string
-	waitFor(t, 10*time.Second, "the proxy's metrics address in its log", func() bool {
+	testkit.WaitFor(t, 10*time.Second, "the proxy's metrics address in its log", func() bool {
 		if m := proxyMetricsLine.FindStringSubmatch(stderr.String()); m != nil {
 			addr = m[1]
 		}
 		return addr != ""
 	})
-	waitFor(t, 10*time.Second, "the proxy's xDS updates on its /metrics", func() bool {
+	testkit.WaitFor(t, 10*time.Second, "the proxy's xDS updates on its /metrics", func() bool {
 		mfs := scrape(t, "http://"+addr+"/metrics")
 		l, _ := sample(mfs, "vmesh_xds_updates_total", map[string]string{"type": "Listener"})
 		c, _ := sample(mfs, "vmesh_xds_updates_total", map[string]string{"type": "Cluster"})

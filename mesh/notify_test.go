@@ -2,8 +2,8 @@ package mesh
 
 import (
 	"errors"
+	"github.com/vmesh/vmesh/lab/testkit"
 	"io"
-	"log/slog"
 	"net/http"
 	"strings"
 	"testing"
@@ -15,7 +15,7 @@ import (
 // TestNotifierStates drives the agent's notifier in process with a fake:
 // the order of READY, RELOADING and STOPPING, and what STATUS says.
 func TestNotifierStates(t *testing.T) {
-	logger := slog.New(slog.NewTextHandler(io.Discard, nil))
+	logger := testkit.Discard()
 
 	t.Run("not in a cluster", func(t *testing.T) {
 		cfg := testConfig(t)
@@ -27,7 +27,7 @@ func TestNotifierStates(t *testing.T) {
 		defer a.Close()
 		rec := &systemd.Recorder{}
 		sd := systemd.StartReporterWith(newSDService(a), rec, 0, logger)
-		waitFor(t, 5*time.Second, "READY=1", func() bool { return rec.Count("READY=1") == 1 })
+		testkit.WaitFor(t, 5*time.Second, "READY=1", func() bool { return rec.Count("READY=1") == 1 })
 		sd.Stop()
 		sd.Stop()
 		want := []string{"READY=1 STATUS=not in a cluster: waiting for 'vmesh join ADDR -token T'", "STOPPING=1"}
@@ -43,8 +43,8 @@ func TestNotifierStates(t *testing.T) {
 		}
 		rec := &systemd.Recorder{}
 		sd := systemd.StartReporterWith(newSDService(a), rec, 200*time.Millisecond, logger)
-		waitFor(t, 5*time.Second, "READY=1", func() bool { return rec.Count("READY=1") == 1 })
-		waitFor(t, 5*time.Second, "WATCHDOG=1", func() bool { return rec.Count("WATCHDOG=1") >= 2 })
+		testkit.WaitFor(t, 5*time.Second, "READY=1", func() bool { return rec.Count("READY=1") == 1 })
+		testkit.WaitFor(t, 5*time.Second, "WATCHDOG=1", func() bool { return rec.Count("WATCHDOG=1") >= 2 })
 		sd.Reloading()
 		sd.Reloaded(errors.New("bad.hcl:3: port: not a number"))
 		sd.Reloading()

@@ -3,6 +3,7 @@ package mesh
 import (
 	"context"
 	"fmt"
+	"github.com/vmesh/vmesh/lab/testkit"
 	"net/http"
 	"os"
 	"path/filepath"
@@ -35,7 +36,7 @@ func TestServiceFileUserPorts(t *testing.T) {
 		}
 		return in
 	}
-	waitFor(t, 10*time.Second, "file services registered", func() bool { return instance("alpha") != nil && instance("beta") != nil })
+	testkit.WaitFor(t, 10*time.Second, "file services registered", func() bool { return instance("alpha") != nil && instance("beta") != nil })
 	if p, q := instance("alpha").UserPort, instance("beta").UserPort; p != 16100 || q != 16101 {
 		t.Fatalf("file services' ports %d, %d; want 16100, 16101", p, q)
 	}

@@ -3,6 +3,7 @@ package mesh
 import (
 	"context"
 	"fmt"
+	"github.com/vmesh/vmesh/lab/testkit"
 	"net"
 	"testing"
 	"time"
@@ -82,14 +83,14 @@ func TestAgentProxylessGRPC(t *testing.T) {
 		resp, err := tc.UnaryCall(ctx, &testgrpc.SimpleRequest{})
 		return resp.GetServerId(), err
 	}
-	waitFor(t, 10*time.Second, "a call through xds:///payments", func() bool {
+	testkit.WaitFor(t, 10*time.Second, "a call through xds:///payments", func() bool {
 		got, err := call()
 		return err == nil && got == "p1"
 	})
 
 	reg("payments-2", b2)
 	seen := map[string]int{}
-	waitFor(t, 5*time.Second, "calls on both instances", func() bool {
+	testkit.WaitFor(t, 5*time.Second, "calls on both instances", func() bool {
 		got, err := call()
 		if err == nil {
 			seen[got]++
