@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"sync"
 
 	"golang.org/x/sync/errgroup"
 )
@@ -28,6 +29,9 @@ type lifecycle struct {
 	cancel  context.CancelFunc
 	loops   errgroup.Group
 	started []part
+
+	mu     sync.Mutex
+	failed []string // loops that ended before they were told to (tests)
 }
 
 func newLifecycle(ctx context.Context, logger *slog.Logger) *lifecycle {
@@ -68,6 +72,9 @@ func (l *lifecycle) goLoop(name string, fn func(ctx context.Context) error) (can
 			return nil // a loop that ends because it was told to is clean
 		}
 		l.logger.Error("background loop stopped", "loop", name, "err", err)
+		l.mu.Lock()
+		l.failed = append(l.failed, name)
+		l.mu.Unlock()
 		return fmt.Errorf("%s: %w", name, err)
 	})
 	return func() {

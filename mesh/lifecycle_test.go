@@ -86,6 +86,12 @@ func TestLifecycleLoopErrors(t *testing.T) {
 	if !stopped {
 		t.Error("cancel returned before its loop ended")
 	}
+	// The broken loop must have ended on its own before stop tells it to.
+	testkit.WaitFor(t, 5*time.Second, "the broken loop to end", func() bool {
+		l.mu.Lock()
+		defer l.mu.Unlock()
+		return len(l.failed) == 1
+	})
 	if err := l.stop(); err == nil || !strings.Contains(err.Error(), "broken: listener closed") {
 		t.Errorf("stop = %v, want the broken loop's error", err)
 	}
