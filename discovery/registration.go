@@ -187,10 +187,13 @@ func DecodeError(err error) error {
 		case reflect.TypeFor[string]():
 			want = "a string"
 		}
+		//lint:ignore ST1005 Consul's own wording, which its clients show as is
 		return fmt.Errorf("Request decode failed: field %s: expected %s, got %s", te.Field, want, te.Value)
 	}
 	if errors.Is(err, io.EOF) {
+		//lint:ignore ST1005 Consul's own wording
 		return errors.New("Request decode failed: empty body")
 	}
+	//lint:ignore ST1005 Consul's own wording
 	return fmt.Errorf("Request decode failed: %v", strings.TrimPrefix(err.Error(), "json: "))
 }

@@ -43,8 +43,8 @@ func TestServerWatch(t *testing.T) {
 	srv, _ := startServer(t, st.Store)
 	ch := srv.Watch()
 	first := <-ch
-	idx := st.write(t, func(idx uint64) error { return st.VIPApply(idx, discovery.VIPAllocate, "db", "240.0.0.5") })
-	idx = st.write(t, func(idx uint64) error { return st.VIPApply(idx, discovery.VIPAllocate, "db2", "240.0.0.6") })
+	st.write(t, func(idx uint64) error { return st.VIPApply(idx, discovery.VIPAllocate, "db", "240.0.0.5") })
+	idx := st.write(t, func(idx uint64) error { return st.VIPApply(idx, discovery.VIPAllocate, "db2", "240.0.0.6") })
 	deadline := time.After(10 * time.Second)
 	for {
 		select {
