@@ -1,6 +1,7 @@
 package mesh
 
 import (
+	"github.com/vmesh/vmesh/lab/testkit"
 	"net/http"
 	"strings"
 	"testing"
@@ -14,14 +15,14 @@ func TestAPIBadInput(t *testing.T) {
 	reg := base + "/v1/agent/service/register"
 
 	// Something stored that must survive every bad request.
-	if code, body := httpDo(t, http.MethodPut, reg, `{"ID":"keep-1","Name":"keep","Port":80,"Check":{"TTL":"1m"}}`); code != 200 {
+	if code, body := testkit.HTTPDo(t, http.MethodPut, reg, `{"ID":"keep-1","Name":"keep","Port":80,"Check":{"TTL":"1m"}}`); code != 200 {
 		t.Fatalf("good register: %d %s", code, body)
 	}
-	if code, body := httpDo(t, http.MethodPut, base+"/v1/kv/keep/me", "precious"); code != 200 {
+	if code, body := testkit.HTTPDo(t, http.MethodPut, base+"/v1/kv/keep/me", "precious"); code != 200 {
 		t.Fatalf("good KV put: %d %s", code, body)
 	}
 	var before []struct{ ServiceID string }
-	idxBefore := getJSON(t, a.HTTPAddr(), "/v1/catalog/service/keep", &before)
+	idxBefore := testkit.GetJSON(t, a.HTTPAddr(), "/v1/catalog/service/keep", &before)
 
 	cases := []struct {
 		name, method, path, body string
@@ -60,7 +61,7 @@ func TestAPIBadInput(t *testing.T) {
 	}
 	for _, tc := range cases {
 		t.Run(tc.name, func(t *testing.T) {
-			code, body := httpDo(t, tc.method, base+tc.path, tc.body)
+			code, body := testkit.HTTPDo(t, tc.method, base+tc.path, tc.body)
 			if code != tc.code {
 				t.Fatalf("%s %s: status %d (%s), want %d", tc.method, tc.path, code, body, tc.code)
 			}
@@ -74,14 +75,14 @@ func TestAPIBadInput(t *testing.T) {
 
 	// Still serving, nothing lost, and a good request still works.
 	var after []struct{ ServiceID string }
-	idxAfter := getJSON(t, a.HTTPAddr(), "/v1/catalog/service/keep", &after)
+	idxAfter := testkit.GetJSON(t, a.HTTPAddr(), "/v1/catalog/service/keep", &after)
 	if len(after) != 1 || after[0].ServiceID != "keep-1" || idxAfter != idxBefore {
 		t.Fatalf("after bad input: %+v at index %d; want keep-1 unchanged at %d", after, idxAfter, idxBefore)
 	}
-	if code, body := httpDo(t, http.MethodGet, base+"/v1/kv/keep/me?raw", ""); code != 200 || body != "precious" {
+	if code, body := testkit.HTTPDo(t, http.MethodGet, base+"/v1/kv/keep/me?raw", ""); code != 200 || body != "precious" {
 		t.Fatalf("KV after bad input: %d %q", code, body)
 	}
-	if code, body := httpDo(t, http.MethodPut, reg, `{"Name":"web","Port":8080}`); code != 200 {
+	if code, body := testkit.HTTPDo(t, http.MethodPut, reg, `{"Name":"web","Port":8080}`); code != 200 {
 		t.Fatalf("good register after bad input: %d %s", code, body)
 	}
 }

@@ -187,7 +187,7 @@ func TestCaptureUsers(t *testing.T) {
 // touches anything, naming the file.
 func TestCaptureFileUsers(t *testing.T) {
 	dir := t.TempDir()
-	writeFile(t, dir, "a.hcl", `service { name = "billing"  user = "nobody"  port = 80 }`)
+	testkit.WriteFile(t, dir, "a.hcl", `service { name = "billing"  user = "nobody"  port = 80 }`)
 	cfg := config.DefaultConfig()
 	cfg.NodeName, cfg.ServicesDir = "n1", dir
 	cfg.Capture.Enabled = true

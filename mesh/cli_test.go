@@ -3,6 +3,7 @@ package mesh
 import (
 	"bytes"
 	"context"
+	"github.com/vmesh/vmesh/lab/testkit"
 	"strings"
 	"testing"
 
@@ -20,7 +21,7 @@ func TestCLIServices(t *testing.T) {
 	a := startAgent(t, testConfig(t))
 	addr := a.HTTPAddr()
 	dir := t.TempDir()
-	file := writeFile(t, dir, "svc.hcl", `
+	file := testkit.WriteFile(t, dir, "svc.hcl", `
 services = [
   { name = "orders", id = "orders-1", port = 9000, tags = ["v1"], check = { ttl = "10s" } },
   { name = "users", port = 9001 },
@@ -46,7 +47,7 @@ services = [
 	}
 
 	// A bad file registers nothing and names the file and line.
-	bad := writeFile(t, dir, "bad.hcl", "service {\n  name = \"ok\"\n  port = 1\n}\nservices = [\n  { name = \"\", port = 2 }\n]\n")
+	bad := testkit.WriteFile(t, dir, "bad.hcl", "service {\n  name = \"ok\"\n  port = 1\n}\nservices = [\n  { name = \"\", port = 2 }\n]\n")
 	code, _, errs = runCLI(t, "services", "register", bad)
 	if code != cli.ExitUsage || !strings.Contains(errs, "bad.hcl:6") || !strings.Contains(errs, "missing service name") {
 		t.Fatalf("register bad file = %d %q; want exit 2 naming bad.hcl:6", code, errs)

@@ -2,6 +2,7 @@ package mesh
 
 import (
 	"encoding/json"
+	"github.com/vmesh/vmesh/lab/testkit"
 	"strings"
 	"testing"
 
@@ -14,7 +15,7 @@ func TestCLIConfig(t *testing.T) {
 	a := startAgent(t, testConfig(t))
 	t.Setenv("VMESH_HTTP_ADDR", a.HTTPAddr())
 	dir := t.TempDir()
-	file := writeFile(t, dir, "web.hcl", "kind = \"service-defaults\"\nname = \"web\"\nprotocol = \"http\"\n")
+	file := testkit.WriteFile(t, dir, "web.hcl", "kind = \"service-defaults\"\nname = \"web\"\nprotocol = \"http\"\n")
 	if code, out, errs := runCLI(t, "config", "write", file); code != 0 || !strings.Contains(out, "Config entry written: service-defaults/web") {
 		t.Fatalf("config write = %d\n%s%s", code, out, errs)
 	}
@@ -42,7 +43,7 @@ func TestCLIConfig(t *testing.T) {
 	if code, _, errs := runCLI(t, "config", "read", "service-defaults", "web"); code != cli.ExitFailed || !strings.Contains(errs, "404") {
 		t.Fatalf("config read after delete = %d %q; want a 404", code, errs)
 	}
-	bad := writeFile(t, dir, "bad.hcl", "kind = \"service-defaults\"\nname = \"web\"\nprotocol = \"smtp\"\n")
+	bad := testkit.WriteFile(t, dir, "bad.hcl", "kind = \"service-defaults\"\nname = \"web\"\nprotocol = \"smtp\"\n")
 	if code, _, errs := runCLI(t, "config", "write", bad); code != cli.ExitUsage || !strings.Contains(errs, "bad.hcl") || !strings.Contains(errs, "Protocol") {
 		t.Fatalf("config write of a bad file = %d %q", code, errs)
 	}

@@ -84,7 +84,7 @@ func TestAgentDNS(t *testing.T) {
 		`{"ID":"orders-1","Name":"orders","Port":8080,"Tags":["v1"],"Meta":{"protocol":"http"}}`,
 		`{"ID":"orders-2","Name":"orders","Port":8081,"Address":"127.0.0.9","Check":{"CheckID":"orders-2-ttl","TTL":"1h"}}`,
 	} {
-		if code, out := httpDo(t, "PUT", base+"/v1/agent/service/register", body); code != 200 {
+		if code, out := testkit.HTTPDo(t, "PUT", base+"/v1/agent/service/register", body); code != 200 {
 			t.Fatalf("register: %d %s", code, out)
 		}
 	}
@@ -92,7 +92,7 @@ func TestAgentDNS(t *testing.T) {
 	// The leader allocates a VIP for the new service.
 	var vip string
 	testkit.WaitFor(t, 10*time.Second, "a VIP for orders", func() bool {
-		code, out := httpDo(t, "GET", base+"/v1/vmesh/vips", "")
+		code, out := testkit.HTTPDo(t, "GET", base+"/v1/vmesh/vips", "")
 		var vips []discovery.VIP
 		if code != 200 || json.Unmarshal([]byte(out), &vips) != nil {
 			t.Fatalf("GET /v1/vmesh/vips: %d %s", code, out)
@@ -139,7 +139,7 @@ func TestAgentDNS(t *testing.T) {
 	}
 
 	// The check passes: orders-2 joins the answers, at its own address.
-	if code, out := httpDo(t, "PUT", base+"/v1/agent/check/pass/orders-2-ttl", ""); code != 200 {
+	if code, out := testkit.HTTPDo(t, "PUT", base+"/v1/agent/check/pass/orders-2-ttl", ""); code != 200 {
 		t.Fatalf("check pass: %d %s", code, out)
 	}
 	testkit.WaitFor(t, 5*time.Second, "orders-2 in DNS", func() bool {
@@ -177,7 +177,7 @@ func TestAgentDNSDig(t *testing.T) {
 		`{"ID":"orders-1","Name":"orders","Port":8080}`,
 		`{"ID":"orders-2","Name":"orders","Port":8081,"Address":"127.0.0.9"}`,
 	} {
-		if code, out := httpDo(t, "PUT", base+"/v1/agent/service/register", body); code != 200 {
+		if code, out := testkit.HTTPDo(t, "PUT", base+"/v1/agent/service/register", body); code != 200 {
 			t.Fatalf("register: %d %s", code, out)
 		}
 	}

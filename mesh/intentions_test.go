@@ -1,6 +1,7 @@
 package mesh
 
 import (
+	"github.com/vmesh/vmesh/lab/testkit"
 	"net/http"
 	"strings"
 	"testing"
@@ -146,7 +147,7 @@ func TestIntentionsAgent(t *testing.T) {
 	if missing, _, err := c.IntentionGetExact("web", "db", nil); err != nil || missing != nil {
 		t.Errorf("IntentionGetExact after delete = %+v, %v; want nil", missing, err)
 	}
-	if code, body := httpDo(t, http.MethodPut, "http://"+a.HTTPAddr()+"/v1/connect/intentions/exact?source=web&destination=db", `{"Action":"allow","Permissions":[{"Action":"deny"}]}`); code != 400 || !strings.Contains(body, "Permissions") {
+	if code, body := testkit.HTTPDo(t, http.MethodPut, "http://"+a.HTTPAddr()+"/v1/connect/intentions/exact?source=web&destination=db", `{"Action":"allow","Permissions":[{"Action":"deny"}]}`); code != 400 || !strings.Contains(body, "Permissions") {
 		t.Errorf("Permissions: %d %q, want a 400 naming it", code, body)
 	}
 }

@@ -119,17 +119,17 @@ func TestAgentMetrics(t *testing.T) {
 		}
 	}()
 	api := "http://" + a.HTTPAddr()
-	if code, body := httpDo(t, http.MethodPut, api+"/v1/agent/service/register",
+	if code, body := testkit.HTTPDo(t, http.MethodPut, api+"/v1/agent/service/register",
 		fmt.Sprintf(`{"Name":"echo","Address":%q,"Port":%d}`, ip, app.Addr().(*net.TCPAddr).Port)); code != 200 {
 		t.Fatalf("register echo: %d %s", code, body)
 	}
 	upstream := net.JoinHostPort(ip, fmt.Sprint(testkit.FreePort(t, ip)))
 	_, port, _ := net.SplitHostPort(upstream)
-	if code, body := httpDo(t, http.MethodPut, api+"/v1/agent/service/register",
+	if code, body := testkit.HTTPDo(t, http.MethodPut, api+"/v1/agent/service/register",
 		fmt.Sprintf(`{"Name":"web","Port":1,"Connect":{"SidecarService":{"Proxy":{"Upstreams":[{"DestinationName":"echo","LocalBindAddress":%q,"LocalBindPort":%s}]}}}}`, ip, port)); code != 200 {
 		t.Fatalf("register web: %d %s", code, body)
 	}
-	if code, body := httpDo(t, http.MethodPut, api+"/v1/connect/intentions/exact?source=web&destination=echo", `{"Action":"allow"}`); code != 200 {
+	if code, body := testkit.HTTPDo(t, http.MethodPut, api+"/v1/connect/intentions/exact?source=web&destination=echo", `{"Action":"allow"}`); code != 200 {
 		t.Fatalf("allow intention: %d %s", code, body)
 	}
 	echo := func() error {
@@ -276,7 +276,7 @@ func TestProxyCommandMetrics(t *testing.T) {
 	if hasPrefix(mfs, "raft_") || hasPrefix(mfs, "vmesh_raft_") {
 		t.Error("the standalone proxy exports raft series")
 	}
-	if code, _ := httpDo(t, http.MethodGet, "http://"+addr+"/config_dump", ""); code != http.StatusNotFound {
+	if code, _ := testkit.HTTPDo(t, http.MethodGet, "http://"+addr+"/config_dump", ""); code != http.StatusNotFound {
 		t.Errorf("GET /config_dump on the proxy's admin address: %d, want 404 (only /metrics)", code)
 	}
 	cancel()

@@ -38,7 +38,7 @@ func TestNotifierStates(t *testing.T) {
 
 	t.Run("bootstrap", func(t *testing.T) {
 		a := startAgent(t, testConfig(t))
-		if code, body := httpDo(t, http.MethodPut, "http://"+a.HTTPAddr()+"/v1/agent/service/register", `{"Name":"web","Port":80}`); code != http.StatusOK {
+		if code, body := testkit.HTTPDo(t, http.MethodPut, "http://"+a.HTTPAddr()+"/v1/agent/service/register", `{"Name":"web","Port":80}`); code != http.StatusOK {
 			t.Fatalf("register: %d %s", code, body)
 		}
 		rec := &systemd.Recorder{}

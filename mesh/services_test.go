@@ -25,8 +25,8 @@ func TestServiceFileUserPorts(t *testing.T) {
 	cfg.Capture.UserPortBase = 16100
 	dir := t.TempDir()
 	cfg.ServicesDir = dir
-	writeFile(t, dir, "a.hcl", `service { name = "alpha"  user = "40001"  port = 81 }`)
-	writeFile(t, dir, "b.hcl", `service { name = "beta"  user = "40002"  port = 82 }`)
+	testkit.WriteFile(t, dir, "a.hcl", `service { name = "alpha"  user = "40001"  port = 81 }`)
+	testkit.WriteFile(t, dir, "b.hcl", `service { name = "beta"  user = "40002"  port = 82 }`)
 	a := startAgent(t, cfg)
 	api := "http://" + a.HTTPAddr()
 	instance := func(id string) *discovery.Instance {
@@ -40,12 +40,12 @@ func TestServiceFileUserPorts(t *testing.T) {
 	if p, q := instance("alpha").UserPort, instance("beta").UserPort; p != 16100 || q != 16101 {
 		t.Fatalf("file services' ports %d, %d; want 16100, 16101", p, q)
 	}
-	if code, body := httpDo(t, http.MethodPut, api+"/v1/agent/service/register",
+	if code, body := testkit.HTTPDo(t, http.MethodPut, api+"/v1/agent/service/register",
 		`{"Name":"web","Port":80,"Connect":{"SidecarService":{"Proxy":{"Upstreams":[{"DestinationName":"db","LocalBindPort":16101}]}}}}`); code != http.StatusBadRequest ||
 		!strings.Contains(body, `Upstreams[0].LocalBindPort: port 16101 is the per-user outbound port of user "40002" (service "beta")`) {
 		t.Errorf("an upstream on beta's port: %d %s", code, body)
 	}
-	if code, body := httpDo(t, http.MethodPut, api+"/v1/agent/service/register", `{"Name":"gamma","Port":83,"Meta":{"vmesh-user":"40003"}}`); code != http.StatusOK {
+	if code, body := testkit.HTTPDo(t, http.MethodPut, api+"/v1/agent/service/register", `{"Name":"gamma","Port":83,"Meta":{"vmesh-user":"40003"}}`); code != http.StatusOK {
 		t.Fatalf("registering gamma: %d %s", code, body)
 	}
 	if p := instance("gamma").UserPort; p != 16102 {
@@ -90,11 +90,11 @@ func TestServiceFileUserPorts(t *testing.T) {
 	// A new file user avoids the ports the files' upstreams bind (16101
 	// here), whichever file comes first; a file whose upstream is on a
 	// user's port is skipped, and the others are registered.
-	writeFile(t, dir, "c.hcl", `service { name = "delta"  user = "40004"  port = 84 }`)
+	testkit.WriteFile(t, dir, "c.hcl", `service { name = "delta"  user = "40004"  port = 84 }`)
 	up := `service { name = %q  port = %d
   connect { sidecar_service { proxy { upstreams = [{ destination_name = "db", local_bind_port = %d }] } } } }`
-	writeFile(t, dir, "d.hcl", fmt.Sprintf(up, "web", 85, 16101))
-	writeFile(t, dir, "e.hcl", fmt.Sprintf(up, "bad", 86, 16102))
+	testkit.WriteFile(t, dir, "d.hcl", fmt.Sprintf(up, "web", 85, 16101))
+	testkit.WriteFile(t, dir, "e.hcl", fmt.Sprintf(up, "bad", 86, 16102))
 	if err := a.Reload(ctx, a.cfg); err != nil {
 		t.Fatal(err)
 	}

@@ -11,6 +11,7 @@ import (
 	"time"
 
 	tlsv3 "github.com/envoyproxy/go-control-plane/envoy/extensions/transport_sockets/tls/v3"
+	vmetrics "github.com/vmesh/vmesh/dataplane/metrics"
 	"github.com/vmesh/vmesh/dataplane/xds"
 	"github.com/vmesh/vmesh/discovery/httpapi"
 	"github.com/vmesh/vmesh/raft"
@@ -96,7 +97,7 @@ func (a *Agent) diagnostics() httpapi.Diagnostics {
 }
 
 func (a *Agent) metricsHandler() http.Handler {
-	return metricsHandler(a.metrics, a.logger.With("component", "metrics"))
+	return vmetrics.Handler(a.metrics, a.logger.With("component", "metrics"))
 }
 
 // xdsOptions are the translation settings of this agent's xDS server; the

@@ -6,6 +6,7 @@ import (
 	"crypto/x509"
 	"encoding/json"
 	tlsv3 "github.com/envoyproxy/go-control-plane/envoy/extensions/transport_sockets/tls/v3"
+	"github.com/vmesh/vmesh/lab/testkit"
 	"github.com/vmesh/vmesh/mesh/cli"
 	"net/http"
 	"slices"
@@ -62,7 +63,7 @@ func TestAgentServesXDS(t *testing.T) {
 	cfg.Addresses.XDS, cfg.Addresses.Admin = "127.0.0.1:0", "127.0.0.1:0"
 	a := startAgent(t, cfg)
 	base := "http://" + a.HTTPAddr()
-	if code, body := httpDo(t, http.MethodPut, base+"/v1/agent/service/register", `{"ID":"orders-1","Name":"orders","Port":9000,
+	if code, body := testkit.HTTPDo(t, http.MethodPut, base+"/v1/agent/service/register", `{"ID":"orders-1","Name":"orders","Port":9000,
 		"Meta":{"protocol":"grpc"},"Connect":{"SidecarService":{"Proxy":{"Upstreams":[{"DestinationName":"users","LocalBindPort":19001}]}}}}`); code != 200 {
 		t.Fatalf("register: %d %s", code, body)
 	}
@@ -155,12 +156,12 @@ func TestAgentServesXDS(t *testing.T) {
 		Mesh      bool
 		Proxyless bool
 	}
-	getJSON(t, a.HTTPAddr(), "/v1/vmesh/xds/clients", &clients)
+	testkit.GetJSON(t, a.HTTPAddr(), "/v1/vmesh/xds/clients", &clients)
 	if len(clients) != 2 || clients[0].Node != "node-a" || !clients[0].Mesh || clients[1].Node != "orders-app" || !clients[1].Proxyless {
 		t.Errorf("clients = %+v", clients)
 	}
 	for _, url := range []string{"http://" + a.AdminAddr() + "/config_dump", base + "/v1/vmesh/xds/config_dump"} {
-		code, body := httpDo(t, http.MethodGet, url, "")
+		code, body := testkit.HTTPDo(t, http.MethodGet, url, "")
 		if strings.Contains(body, "PRIVATE KEY") || !strings.Contains(body, "[redacted]") || !strings.Contains(body, "vmesh/svc/orders") {
 			t.Errorf("GET %s: the dump must list secrets with their private keys redacted", url)
 		}

@@ -3,6 +3,7 @@ package cli
 import (
 	"bytes"
 	"context"
+	"github.com/vmesh/vmesh/lab/testkit"
 	"os"
 	"path/filepath"
 	"strings"
@@ -16,16 +17,6 @@ func runCLI(t *testing.T, args ...string) (int, string, string) {
 	env := &Env{Stdout: &out, Stderr: &errb}
 	code := Run(context.Background(), append([]string{"vmesh"}, args...), env, nil)
 	return code, out.String(), errb.String()
-}
-
-// writeFile writes content to dir/name and returns the path.
-func writeFile(t testing.TB, dir, name, content string) string {
-	t.Helper()
-	p := filepath.Join(dir, name)
-	if err := os.WriteFile(p, []byte(content), 0o644); err != nil {
-		t.Fatal(err)
-	}
-	return p
 }
 
 // Help goes to stdout with exit 0 however it is asked for; no arguments
@@ -120,7 +111,7 @@ func TestCLIFlagsAnywhere(t *testing.T) {
 func TestValidate(t *testing.T) {
 	t.Parallel()
 	dir := t.TempDir()
-	good := writeFile(t, dir, "good.hcl", "node_name = \"n1\"\ndata_dir = \"/tmp/x\"\nservice {\n  name = \"web\"\n  port = 80\n}\n")
+	good := testkit.WriteFile(t, dir, "good.hcl", "node_name = \"n1\"\ndata_dir = \"/tmp/x\"\nservice {\n  name = \"web\"\n  port = 80\n}\n")
 	code, out, errs := runCLI(t, "validate", good)
 	if code != ExitOK || out != "Configuration is valid.\n" {
 		t.Fatalf("validate good = %d %q %q", code, out, errs)
@@ -130,9 +121,9 @@ func TestValidate(t *testing.T) {
 	if err := os.Mkdir(svcDir, 0o755); err != nil {
 		t.Fatal(err)
 	}
-	writeFile(t, bad, "a.hcl", "node_name = \"n1\"\nfrobnicate = 1\n")
-	writeFile(t, bad, "b.json", `{"log_level": "loud", "services_dir": "`+svcDir+`"}`)
-	writeFile(t, svcDir, "web.hcl", "service {\n  name = \"bad\"\n  port = 70000\n}\n")
+	testkit.WriteFile(t, bad, "a.hcl", "node_name = \"n1\"\nfrobnicate = 1\n")
+	testkit.WriteFile(t, bad, "b.json", `{"log_level": "loud", "services_dir": "`+svcDir+`"}`)
+	testkit.WriteFile(t, svcDir, "web.hcl", "service {\n  name = \"bad\"\n  port = 70000\n}\n")
 	code, out, errs = runCLI(t, "validate", bad)
 	if code != ExitUsage || out != "" {
 		t.Fatalf("validate bad = %d %q; want exit 2", code, out)

@@ -82,11 +82,7 @@ service-router, service-splitter or service-resolver. A file is checked
 func (c *configCommand) Synopsis() string { return "write, read, list and delete config entries" }
 
 func (c *configCommand) Run(ctx context.Context, args []string) int {
-	sub := ""
-	if len(args) > 0 {
-		sub, args = args[0], args[1:]
-	}
-	pos, code, done := c.Parse(args)
+	sub, pos, code, done := c.ParseSub(args)
 	if done {
 		return code
 	}

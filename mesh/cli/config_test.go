@@ -2,6 +2,7 @@ package cli
 
 import (
 	"encoding/json"
+	"github.com/vmesh/vmesh/lab/testkit"
 	"reflect"
 	"strings"
 	"testing"
@@ -97,7 +98,7 @@ load_balancer { policy = "least_request", least_request_config { choice_count = 
 	}
 	for _, tc := range cases {
 		t.Run(tc.name, func(t *testing.T) {
-			path := writeFile(t, t.TempDir(), tc.file, tc.src)
+			path := testkit.WriteFile(t, t.TempDir(), tc.file, tc.src)
 			got, body, err := readConfigEntryFile(path)
 			if len(tc.errs) > 0 {
 				if err == nil {

@@ -65,6 +65,16 @@ func (f *Flags) Parse(args []string) (pos []string, code int, done bool) {
 	return pos, ExitOK, false
 }
 
+// ParseSub is Parse for a command with subcommands: flags may come
+// anywhere, and the first positional argument is the subcommand.
+func (f *Flags) ParseSub(args []string) (sub string, pos []string, code int, done bool) {
+	pos, code, done = f.Parse(args)
+	if done || len(pos) == 0 {
+		return "", pos, code, done
+	}
+	return pos[0], pos[1:], code, done
+}
+
 // UsageError prints a usage mistake with the help and returns ExitUsage.
 func (f *Flags) UsageError(format string, args ...any) int {
 	fmt.Fprintf(f.env.Stderr, "vmesh %s: %s\n\n%s", f.name, fmt.Sprintf(format, args...), f.Help())

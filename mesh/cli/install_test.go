@@ -1,6 +1,7 @@
 package cli
 
 import (
+	"github.com/vmesh/vmesh/lab/testkit"
 	"os"
 	"path/filepath"
 	"strings"
@@ -13,7 +14,7 @@ import (
 // TestDefaultAgentConfig: the config install writes loads and validates
 // as it is, and points at the installed layout.
 func TestDefaultAgentConfig(t *testing.T) {
-	path := writeFile(t, t.TempDir(), "vmesh.hcl", defaultAgentConfig)
+	path := testkit.WriteFile(t, t.TempDir(), "vmesh.hcl", defaultAgentConfig)
 	cfg := config.DefaultConfig()
 	if err := cfg.LoadFiles([]string{path}); err != nil {
 		t.Fatalf("the default config does not load: %v", err)
@@ -25,7 +26,7 @@ func TestDefaultAgentConfig(t *testing.T) {
 		t.Errorf("default config: data_dir %q, services_dir %q, bootstrap %v, join %q", cfg.DataDir, cfg.ServicesDir, cfg.Bootstrap, cfg.Join)
 	}
 	// Uncommenting the bootstrap line must give a valid bootstrap config.
-	path = writeFile(t, t.TempDir(), "vmesh.hcl", strings.Replace(defaultAgentConfig, "# bootstrap = true", "bootstrap = true", 1))
+	path = testkit.WriteFile(t, t.TempDir(), "vmesh.hcl", strings.Replace(defaultAgentConfig, "# bootstrap = true", "bootstrap = true", 1))
 	cfg = config.DefaultConfig()
 	if err := cfg.LoadFiles([]string{path}); err != nil || !cfg.Bootstrap {
 		t.Errorf("with bootstrap uncommented: %v, bootstrap %v", err, cfg.Bootstrap)

@@ -12,8 +12,7 @@ import (
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
-	"github.com/prometheus/client_golang/prometheus/collectors"
-	"github.com/prometheus/client_golang/prometheus/promhttp"
+	vmetrics "github.com/vmesh/vmesh/dataplane/metrics"
 	"github.com/vmesh/vmesh/dataplane/proxy"
 )
 
@@ -74,8 +73,7 @@ func (c *proxyCommand) Run(ctx context.Context, args []string) int {
 	if *c.admin != "" {
 		// Its own registry, as each agent has: the process's runtime and
 		// the proxy's traffic.
-		reg := prometheus.NewRegistry()
-		reg.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
+		reg := vmetrics.NewRegistry()
 		metrics = proxy.NewMetrics(reg)
 		stop, err := serveProxyAdmin(*c.admin, reg, logger)
 		if err != nil {
@@ -105,12 +103,7 @@ func serveProxyAdmin(addr string, reg *prometheus.Registry, logger *slog.Logger)
 		return nil, err
 	}
 	mux := http.NewServeMux()
-	mux.Handle("GET /metrics", promhttp.HandlerFor(reg, promhttp.HandlerOpts{
-		ErrorLog:          slog.NewLogLogger(logger.Handler(), slog.LevelWarn),
-		ErrorHandling:     promhttp.ContinueOnError,
-		Registry:          reg,
-		EnableOpenMetrics: true,
-	}))
+	mux.Handle("GET /metrics", vmetrics.Handler(reg, logger))
 	srv := &http.Server{Handler: mux, ReadHeaderTimeout: 10 * time.Second}
 	done := make(chan struct{})
 	go func() {

@@ -49,11 +49,7 @@ func (c *redirectCommand) Synopsis() string {
 }
 
 func (c *redirectCommand) Run(ctx context.Context, args []string) int {
-	sub := ""
-	if len(args) > 0 {
-		sub, args = args[0], args[1:]
-	}
-	pos, code, done := c.Parse(args)
+	sub, pos, code, done := c.ParseSub(args)
 	if done {
 		return code
 	}

@@ -32,11 +32,7 @@ anything is registered, so a bad file registers nothing.`)}
 func (c *servicesCommand) Synopsis() string { return "register, deregister and list services" }
 
 func (c *servicesCommand) Run(ctx context.Context, args []string) int {
-	sub := ""
-	if len(args) > 0 {
-		sub, args = args[0], args[1:]
-	}
-	pos, code, done := c.Parse(args)
+	sub, pos, code, done := c.ParseSub(args)
 	if done {
 		return code
 	}

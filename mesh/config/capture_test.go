@@ -2,6 +2,7 @@ package config
 
 import (
 	"flag"
+	"github.com/vmesh/vmesh/lab/testkit"
 	"io"
 	"slices"
 	"strings"
@@ -37,7 +38,7 @@ func TestCaptureConfig(t *testing.T) {
 // capture.user_port_base reaches the xDS options the agent serves with.
 func TestCaptureUserPortBaseFile(t *testing.T) {
 	cfg := DefaultConfig()
-	f := writeFile(t, t.TempDir(), "c.hcl", "capture {\n  user_port_base = 16000\n}\n")
+	f := testkit.WriteFile(t, t.TempDir(), "c.hcl", "capture {\n  user_port_base = 16000\n}\n")
 	if err := cfg.LoadFiles([]string{f}); err != nil {
 		t.Fatal(err)
 	}

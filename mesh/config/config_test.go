@@ -2,8 +2,6 @@ package config
 
 import (
 	"flag"
-	"os"
-	"path/filepath"
 	"strings"
 	"testing"
 	"time"
@@ -25,7 +23,7 @@ func parseAgentFlags(t *testing.T, args ...string) (Config, error) {
 
 func TestConfigFilesAndFlags(t *testing.T) {
 	dir := t.TempDir()
-	writeFile(t, dir, "10-base.hcl", `
+	testkit.WriteFile(t, dir, "10-base.hcl", `
 node_name  = "from-file"
 datacenter = "east"
 data_dir   = "/var/lib/elsewhere"
@@ -41,8 +39,8 @@ service {
   port = 1
 }
 `)
-	writeFile(t, dir, "20-override.json", `{"datacenter": "west", "LogLevel": "debug", "services": [{"name": "b", "port": 2}]}`)
-	writeFile(t, dir, "ignored.txt", "not a config file")
+	testkit.WriteFile(t, dir, "20-override.json", `{"datacenter": "west", "LogLevel": "debug", "services": [{"name": "b", "port": 2}]}`)
+	testkit.WriteFile(t, dir, "ignored.txt", "not a config file")
 
 	cfg, err := parseAgentFlags(t, "-config", dir, "--node", "from-flag", "-client", "127.0.0.5")
 	if err != nil {
@@ -126,7 +124,7 @@ func TestConfigValidateReportsEverything(t *testing.T) {
 
 func TestProxyLeafCertTTL(t *testing.T) {
 	dir := t.TempDir()
-	good := writeFile(t, dir, "good.hcl", "proxy {\n  leaf_cert_ttl = \"60s\"\n}\n")
+	good := testkit.WriteFile(t, dir, "good.hcl", "proxy {\n  leaf_cert_ttl = \"60s\"\n}\n")
 	cfg, err := parseAgentFlags(t, "-dev", "-config", good)
 	if err != nil {
 		t.Fatalf("loading %s: %v", good, err)
@@ -134,19 +132,9 @@ func TestProxyLeafCertTTL(t *testing.T) {
 	if cfg.Proxy.LeafCertTTL != time.Minute {
 		t.Fatalf("proxy.leaf_cert_ttl = %s, want 1m", cfg.Proxy.LeafCertTTL)
 	}
-	bad := writeFile(t, dir, "bad.hcl", "proxy {\n  leaf_cert_ttl = \"5s\"\n}\n")
+	bad := testkit.WriteFile(t, dir, "bad.hcl", "proxy {\n  leaf_cert_ttl = \"5s\"\n}\n")
 	_, err = parseAgentFlags(t, "-dev", "-config", bad)
 	if err == nil || !strings.Contains(err.Error(), "proxy.leaf_cert_ttl") {
 		t.Fatalf("a 5s leaf_cert_ttl: got %v, want an error naming proxy.leaf_cert_ttl", err)
 	}
-}
-
-// writeFile writes content to dir/name and returns the path.
-func writeFile(t testing.TB, dir, name, content string) string {
-	t.Helper()
-	p := filepath.Join(dir, name)
-	if err := os.WriteFile(p, []byte(content), 0o644); err != nil {
-		t.Fatal(err)
-	}
-	return p
 }

@@ -1,6 +1,7 @@
 package config
 
 import (
+	"github.com/vmesh/vmesh/lab/testkit"
 	"slices"
 	"strings"
 	"testing"
@@ -13,7 +14,7 @@ func TestDNSConfig(t *testing.T) {
 		t.Errorf("defaults: dns %s, range %s, %+v", cfg.DNSAddr(), cfg.VIPRange(), cfg.DNS)
 	}
 	dir := t.TempDir()
-	writeFile(t, dir, "dns.hcl", `
+	testkit.WriteFile(t, dir, "dns.hcl", `
 ports { dns = 8653 }
 capture { vip_range = "10.200.0.0/16" }
 dns {

@@ -1,15 +1,16 @@
 package config
 
 import (
+	"github.com/vmesh/vmesh/lab/testkit"
 	"strings"
 	"testing"
 )
 
 func TestConfigIntentionsDefault(t *testing.T) {
 	dir := t.TempDir()
-	deny := writeFile(t, dir, "deny.hcl", "intentions_default = \"deny\"\n")
-	allow := writeFile(t, dir, "allow.hcl", "intentions_default = \"allow\"\n")
-	bad := writeFile(t, dir, "bad.hcl", "intentions_default = \"maybe\"\n")
+	deny := testkit.WriteFile(t, dir, "deny.hcl", "intentions_default = \"deny\"\n")
+	allow := testkit.WriteFile(t, dir, "allow.hcl", "intentions_default = \"allow\"\n")
+	bad := testkit.WriteFile(t, dir, "bad.hcl", "intentions_default = \"maybe\"\n")
 	for _, tc := range []struct {
 		name      string
 		args      []string

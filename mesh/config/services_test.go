@@ -1,6 +1,7 @@
 package config
 
 import (
+	"github.com/vmesh/vmesh/lab/testkit"
 	"os"
 	"path/filepath"
 	"reflect"
@@ -209,7 +210,7 @@ func TestServiceFileUser(t *testing.T) {
 		t.Run(tc.name, func(t *testing.T) {
 			dir := t.TempDir()
 			for name, src := range tc.files {
-				writeFile(t, dir, name, src)
+				testkit.WriteFile(t, dir, name, src)
 			}
 			defs, err := LoadServiceFiles(dir)
 			var reqs []*discovery.RegisterServiceRequest

@@ -34,7 +34,7 @@ func TestAgentBadConfigExits2(t *testing.T) {
 	for _, tc := range cases {
 		t.Run(tc.name, func(t *testing.T) {
 			dir := t.TempDir()
-			path := writeFile(t, dir, tc.file, tc.body)
+			path := testkit.WriteFile(t, dir, tc.file, tc.body)
 			args := append([]string{"agent", "-config", path, "-data-dir", t.TempDir(), "-bootstrap",
 				"-http-addr", "127.14.0.1:0", "-cluster-port", "0", "-services-dir", ""}, tc.extra...)
 			p := startProc(t, args...)
@@ -50,8 +50,8 @@ func TestAgentBadConfigExits2(t *testing.T) {
 	}
 	t.Run("bad service file", func(t *testing.T) {
 		svcDir := t.TempDir()
-		writeFile(t, svcDir, "good.hcl", "service {\n  name = \"good\"\n  port = 1\n}\n")
-		writeFile(t, svcDir, "web.json", "{\n  \"service\": {\n    \"name\": \"web\",\n    \"prot\": 80\n  }\n}\n")
+		testkit.WriteFile(t, svcDir, "good.hcl", "service {\n  name = \"good\"\n  port = 1\n}\n")
+		testkit.WriteFile(t, svcDir, "web.json", "{\n  \"service\": {\n    \"name\": \"web\",\n    \"prot\": 80\n  }\n}\n")
 		p := startProc(t, "agent", "-data-dir", t.TempDir(), "-bootstrap", "-http-addr", "127.14.0.1:0", "-cluster-port", "0", "-services-dir", svcDir)
 		if code := p.wait(20 * time.Second); code != 2 {
 			t.Fatalf("exit code %d, want 2\nstderr: %s", code, p.stderr)
@@ -78,7 +78,7 @@ func TestServiceFilesReload(t *testing.T) {
 	skipShort(t)
 	t.Parallel()
 	svcDir := t.TempDir()
-	writeFile(t, svcDir, "web.hcl", `
+	testkit.WriteFile(t, svcDir, "web.hcl", `
 service {
   name = "web"
   id   = "web-1"
@@ -89,9 +89,9 @@ service {
   }
 }
 `)
-	writeFile(t, svcDir, "multi.json", `{"services": [{"name": "a", "port": 1}, {"name": "b", "port": 2, "checks": [{"tcp": "127.0.0.1:1", "interval": "1s"}]}]}`)
+	testkit.WriteFile(t, svcDir, "multi.json", `{"services": [{"name": "a", "port": 1}, {"name": "b", "port": 2, "checks": [{"tcp": "127.0.0.1:1", "interval": "1s"}]}]}`)
 	cfgDir := t.TempDir()
-	cfg := writeFile(t, cfgDir, "vmesh.hcl", "service {\n  name = \"from-config\"\n  port = 9\n}\n")
+	cfg := testkit.WriteFile(t, cfgDir, "vmesh.hcl", "service {\n  name = \"from-config\"\n  port = 9\n}\n")
 	p := startProc(t, "agent", "-bootstrap", "-data-dir", t.TempDir(), "-config", cfg, "-services-dir", svcDir,
 		"-http-addr", "127.11.0.1:0", "-cluster-port", "0", "-bind", "127.11.0.1", "-client", "127.11.0.1")
 	addr := p.waitHTTP(10 * time.Second)
@@ -107,7 +107,7 @@ service {
 			Port    int
 			Tags    []string
 		}
-		getJSON(t, addr, "/v1/agent/services", &out)
+		testkit.GetJSON(t, addr, "/v1/agent/services", &out)
 		return out
 	}
 	testkit.WaitFor(t, 10*time.Second, "file services registered", func() bool { return len(services()) == 4 })
@@ -115,12 +115,12 @@ service {
 		t.Fatalf("web-1 = %+v", s)
 	}
 	// An API registration is not owned by files: reloads leave it alone.
-	if code, body := httpDo(t, http.MethodPut, "http://"+addr+"/v1/agent/service/register", `{"Name":"api-svc","Port":5}`); code != 200 {
+	if code, body := testkit.HTTPDo(t, http.MethodPut, "http://"+addr+"/v1/agent/service/register", `{"Name":"api-svc","Port":5}`); code != 200 {
 		t.Fatalf("API register: %d %s", code, body)
 	}
 
 	// A broken file: reload is refused, nothing changes, still serving.
-	writeFile(t, svcDir, "web.hcl", "service {\n  name = \"web\"\n  port = \"eighty\"\n}\n")
+	testkit.WriteFile(t, svcDir, "web.hcl", "service {\n  name = \"web\"\n  port = \"eighty\"\n}\n")
 	os.Remove(filepath.Join(svcDir, "multi.json"))
 	p.cmd.Process.Signal(syscall.SIGHUP)
 	testkit.WaitFor(t, 10*time.Second, "reload failure logged", func() bool {
@@ -131,8 +131,8 @@ service {
 	}
 
 	// Fixed and changed: web updates, multi.json's services go, a new file comes.
-	writeFile(t, svcDir, "web.hcl", "service {\n  name = \"web\"\n  id = \"web-1\"\n  port = 8081\n  tags = [\"v2\"]\n}\n")
-	writeFile(t, svcDir, "new.hcl", "service {\n  name = \"new\"\n  port = 7\n}\n")
+	testkit.WriteFile(t, svcDir, "web.hcl", "service {\n  name = \"web\"\n  id = \"web-1\"\n  port = 8081\n  tags = [\"v2\"]\n}\n")
+	testkit.WriteFile(t, svcDir, "new.hcl", "service {\n  name = \"new\"\n  port = 7\n}\n")
 	p.cmd.Process.Signal(syscall.SIGHUP)
 	// Applied means every change of the reload: a and b, both of
 	// multi.json, are deregistered one after the other, so waiting for a
@@ -176,7 +176,7 @@ func TestDevAnswersLeaderWithin5s(t *testing.T) {
 	p.waitLeader(5*time.Second - time.Since(start))
 	t.Logf("leader known %s after start", time.Since(start).Round(time.Millisecond))
 	var leader string
-	getJSON(t, addr, "/v1/status/leader", &leader)
+	testkit.GetJSON(t, addr, "/v1/status/leader", &leader)
 	if leader != client+":7400" {
 		t.Fatalf("leader = %q, want %s:7400", leader, client)
 	}

@@ -435,7 +435,7 @@ func TestCaptureMeshNetns(t *testing.T) {
 
 	// Two users on n1, each running one service's app.
 	alice, bob := testUser(t, l.prefix+"a"), testUser(t, l.prefix+"b")
-	writeFile(t, filepath.Join(n1.dir, "services.d"), "apps.hcl", fmt.Sprintf(`services = [
+	testkit.WriteFile(t, filepath.Join(n1.dir, "services.d"), "apps.hcl", fmt.Sprintf(`services = [
   { name = "alice-app", port = 7101, protocol = %[1]q, user = %[2]q },
   { name = "bob-app",   port = 7102, protocol = %[1]q, user = %[3]q },
 ]
@@ -443,7 +443,7 @@ func TestCaptureMeshNetns(t *testing.T) {
 
 	for _, n := range l.nodes {
 		captureAll := n != n1 // the hard case for raft and port 22: n2 dials n1:22
-		writeFile(t, n.dir, "vmesh.hcl", fmt.Sprintf(`capture {
+		testkit.WriteFile(t, n.dir, "vmesh.hcl", fmt.Sprintf(`capture {
   enabled = true
   reconcile_interval = "2s"
   capture_dns = true

@@ -76,7 +76,7 @@ func TestCaptureAgentNetns(t *testing.T) {
 	base := ns.saves()
 
 	dir := t.TempDir()
-	cfgFile := writeFile(t, dir, "capture.hcl", "capture {\n  enabled = true\n  reconcile_interval = \"1s\"\n}\n")
+	cfgFile := testkit.WriteFile(t, dir, "capture.hcl", "capture {\n  enabled = true\n  reconcile_interval = \"1s\"\n}\n")
 	svcDir := filepath.Join(dir, "services.d")
 	os.Mkdir(svcDir, 0o755)
 	args := []string{"-bootstrap", "-data-dir", filepath.Join(dir, "data"), "-node", "n1", "-bind", "127.0.0.1", "-client", "127.0.0.1",
@@ -221,7 +221,7 @@ func TestCaptureAgentBadConfigNetns(t *testing.T) {
 		"route overlap": "capture {\n  enabled = true\n  vip_range = \"10.77.128.0/17\"\n}\n",
 		"bad port":      "capture {\n  enabled = true\n  exclude_ports = [70000]\n}\n",
 	} {
-		cfgFile := writeFile(t, dir, "c.hcl", block)
+		cfgFile := testkit.WriteFile(t, dir, "c.hcl", block)
 		p := ns.agent("-bootstrap", "-data-dir", filepath.Join(dir, "data"), "-node", "n1", "-bind", "127.0.0.1",
 			"-client", "127.0.0.1", "-services-dir", svcDir, "-config", cfgFile)
 		if code := p.wait(30 * time.Second); code != exitUsage {
@@ -239,14 +239,14 @@ func TestCaptureAgentBadConfigNetns(t *testing.T) {
 	}
 	// Service users capture could not honour, refused the same way, naming
 	// the file and the key.
-	cfgFile := writeFile(t, dir, "c.hcl", "capture {\n  enabled = true\n  exclude_uids = [\"nobody\"]\n}\n")
+	cfgFile := testkit.WriteFile(t, dir, "c.hcl", "capture {\n  enabled = true\n  exclude_uids = [\"nobody\"]\n}\n")
 	for name, c := range map[string]struct{ files, want string }{
 		"unknown user":        {`service { name = "a"  user = "no-such-user-vmesh" }`, `a.hcl:1: service "a": user: "no-such-user-vmesh" is not a user on this host`},
 		"one user, two names": {`services = [{ name = "a", user = "daemon" }, { name = "b", user = "1" }]`, `service "b": user: "1" already runs service "a"`},
 		"excluded user":       {`service { name = "a"  user = "nobody" }`, `a.hcl: service "a": user: "nobody" (UID 65534) is also in capture.exclude_uids`},
 	} {
 		svcDir := t.TempDir()
-		writeFile(t, svcDir, "a.hcl", c.files)
+		testkit.WriteFile(t, svcDir, "a.hcl", c.files)
 		p := ns.agent("-bootstrap", "-data-dir", filepath.Join(dir, "data"), "-node", "n1", "-bind", "127.0.0.1",
 			"-client", "127.0.0.1", "-services-dir", svcDir, "-config", cfgFile)
 		if code := p.wait(30 * time.Second); code != exitUsage {

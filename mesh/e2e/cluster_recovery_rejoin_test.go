@@ -51,7 +51,7 @@ func TestClusterRecoveryRejoin(t *testing.T) {
 	skipShort(t)
 	t.Parallel()
 	// A short node_ttl, so the lost hosts turn failed within the test.
-	cfg := writeFile(t, t.TempDir(), "cluster.hcl", "cluster {\n  voters = 5\n  node_ttl = \"3s\"\n}\n")
+	cfg := testkit.WriteFile(t, t.TempDir(), "cluster.hcl", "cluster {\n  voters = 5\n  node_ttl = \"3s\"\n}\n")
 	nodes := bootCluster(t, "127.8.0.", 5, "-config", cfg)
 	testkit.WaitFor(t, 20*time.Second, "five voters", func() bool {
 		r := roles(nodes[0].members())

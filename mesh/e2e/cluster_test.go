@@ -37,7 +37,7 @@ func TestClusterJoin(t *testing.T) {
 	}
 
 	var self struct{ Member struct{ Name string } }
-	getJSON(t, n2.httpAddr(), "/v1/agent/self", &self)
+	testkit.GetJSON(t, n2.httpAddr(), "/v1/agent/self", &self)
 	if self.Member.Name != "n2" {
 		t.Errorf("/v1/agent/self on n2 names member %q", self.Member.Name)
 	}
@@ -431,7 +431,7 @@ func TestClusterNodeLiveness(t *testing.T) {
 			Service struct{ ID string }
 			Checks  []struct{ CheckID, Status string }
 		}
-		getJSON(t, n.httpAddr(), "/v1/health/service/api?passing", &entries)
+		testkit.GetJSON(t, n.httpAddr(), "/v1/health/service/api?passing", &entries)
 		out := map[string]bool{}
 		for _, e := range entries {
 			out[e.Service.ID] = true
@@ -452,7 +452,7 @@ func TestClusterNodeLiveness(t *testing.T) {
 		Service struct{ ID string }
 		Checks  []struct{ CheckID, Status string }
 	}
-	getJSON(t, nodes[0].httpAddr(), "/v1/health/service/api", &entries)
+	testkit.GetJSON(t, nodes[0].httpAddr(), "/v1/health/service/api", &entries)
 	for _, e := range entries {
 		if e.Service.ID == "api-3" {
 			for _, c := range e.Checks {

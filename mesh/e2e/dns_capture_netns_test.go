@@ -101,7 +101,7 @@ func TestDNSCaptureForwardNetns(t *testing.T) {
 	queries := testRecursor(t, ns)
 
 	dir := t.TempDir()
-	cfgFile := writeFile(t, dir, "vmesh.hcl", `capture {
+	cfgFile := testkit.WriteFile(t, dir, "vmesh.hcl", `capture {
   enabled = true
   capture_dns = true
 }

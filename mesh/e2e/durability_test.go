@@ -2,6 +2,7 @@ package e2e
 
 import (
 	"fmt"
+	"github.com/vmesh/vmesh/lab/testkit"
 	"net/http"
 	"strconv"
 	"sync"
@@ -21,7 +22,7 @@ func TestDurabilitySIGKILL(t *testing.T) {
 	cfgDir := t.TempDir()
 	// Keep few trailing logs so a snapshot really truncates the log, and a
 	// high threshold so only our explicit snapshot takes one.
-	cfgFile := writeFile(t, cfgDir, "vmesh.hcl", `
+	cfgFile := testkit.WriteFile(t, cfgDir, "vmesh.hcl", `
 raft {
   snapshot_threshold = 1000000
   trailing_logs      = 10
@@ -38,7 +39,7 @@ raft {
 	}
 	count := func(p *proc) (int, uint64) {
 		var insts []struct{ ServiceID string }
-		idx := getJSON(t, p.httpAddr, "/v1/catalog/service/dur", &insts)
+		idx := testkit.GetJSON(t, p.httpAddr, "/v1/catalog/service/dur", &insts)
 		seen := map[string]bool{}
 		for _, in := range insts {
 			seen[in.ServiceID] = true
@@ -54,7 +55,7 @@ raft {
 			go func() {
 				defer wg.Done()
 				for i := range ids {
-					code, body := httpDo(t, http.MethodPut, "http://"+p.httpAddr+"/v1/agent/service/register",
+					code, body := testkit.HTTPDo(t, http.MethodPut, "http://"+p.httpAddr+"/v1/agent/service/register",
 						fmt.Sprintf(`{"ID":"dur-%d","Name":"dur","Port":%d,"Tags":["t%d"]}`, i, 1000+i, i%7))
 					if code != http.StatusOK {
 						errs <- fmt.Errorf("register dur-%d: %d %s", i, code, body)
@@ -90,14 +91,14 @@ raft {
 	}
 
 	// Snapshot, check that the log really was truncated, write a few more.
-	code, body := httpDo(t, http.MethodPut, "http://"+p.httpAddr+"/v1/vmesh/raft/snapshot", "")
+	code, body := testkit.HTTPDo(t, http.MethodPut, "http://"+p.httpAddr+"/v1/vmesh/raft/snapshot", "")
 	if code != http.StatusOK {
 		t.Fatalf("snapshot: %d %s", code, body)
 	}
 	var self struct {
 		Stats struct{ Raft map[string]string }
 	}
-	getJSON(t, p.httpAddr, "/v1/agent/self", &self)
+	testkit.GetJSON(t, p.httpAddr, "/v1/agent/self", &self)
 	first, _ := strconv.ParseUint(self.Stats.Raft["first_log_index"], 10, 64)
 	last, _ := strconv.ParseUint(self.Stats.Raft["last_log_index"], 10, 64)
 	if first <= 1 || last-first > 20 {
@@ -115,7 +116,7 @@ raft {
 	if n != 520 || idxAfter < idxBefore {
 		t.Fatalf("after restart from snapshot+log: %d instances at index %d; want 520 at >= %d", n, idxAfter, idxBefore)
 	}
-	getJSON(t, p.httpAddr, "/v1/agent/self", &self)
+	testkit.GetJSON(t, p.httpAddr, "/v1/agent/self", &self)
 	if s := self.Stats.Raft["last_snapshot_index"]; s == "0" || s == "" {
 		t.Fatalf("restarted agent has no snapshot (last_snapshot_index=%q)", s)
 	}

@@ -43,7 +43,7 @@ import (
 // unless it answers 200.
 func (n *node) mustAPI(method, path, body string) string {
 	n.t.Helper()
-	code, out := httpDo(n.t, method, "http://"+n.httpAddr()+path, body)
+	code, out := testkit.HTTPDo(n.t, method, "http://"+n.httpAddr()+path, body)
 	if code != http.StatusOK {
 		n.t.Fatalf("%s %s on %s: %d %s", method, path, n.name, code, out)
 	}

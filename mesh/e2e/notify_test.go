@@ -213,7 +213,7 @@ func TestSystemdNotify(t *testing.T) {
 
 	// SIGHUP: RELOADING=1, then READY=1, and by then the service file
 	// written before the signal is registered.
-	writeFile(t, svcDir, "late.hcl", "service {\n  name = \"late\"\n  port = 7\n}\n")
+	testkit.WriteFile(t, svcDir, "late.hcl", "service {\n  name = \"late\"\n  port = 7\n}\n")
 	from := len(sock.all())
 	p.cmd.Process.Signal(syscall.SIGHUP)
 	reloading := sock.await(t, from, "RELOADING=1", 10*time.Second)
@@ -222,7 +222,7 @@ func TestSystemdNotify(t *testing.T) {
 	}
 	readyAgain := sock.await(t, reloading, "READY=1", 10*time.Second)
 	var late []map[string]any
-	getJSON(t, addr, "/v1/catalog/service/late", &late)
+	testkit.GetJSON(t, addr, "/v1/catalog/service/late", &late)
 	if len(late) != 1 {
 		t.Errorf("after RELOADING=1 and READY=1 (%q), /v1/catalog/service/late = %v; want the file's service", sock.all()[readyAgain].text, late)
 	}

@@ -4,7 +4,6 @@ import (
 	"bytes"
 	"encoding/json"
 	"fmt"
-	"io"
 	"net/http"
 	"os"
 	"os/exec"
@@ -193,53 +192,4 @@ func (p *proc) wait(d time.Duration) int {
 		p.t.Fatalf("vmesh did not exit within %s", d)
 	}
 	return p.cmd.ProcessState.ExitCode()
-}
-
-// getJSON GETs path from the agent and decodes the answer; it returns the
-// X-Consul-Index header.
-func getJSON(t testing.TB, addr, path string, out any) uint64 {
-	t.Helper()
-	resp, err := http.Get("http://" + addr + path)
-	if err != nil {
-		t.Fatalf("GET %s: %v", path, err)
-	}
-	defer resp.Body.Close()
-	body, _ := io.ReadAll(resp.Body)
-	if resp.StatusCode != http.StatusOK {
-		t.Fatalf("GET %s: %s: %s", path, resp.Status, body)
-	}
-	if out != nil {
-		if err := json.Unmarshal(body, out); err != nil {
-			t.Fatalf("GET %s: decoding %q: %v", path, body, err)
-		}
-	}
-	var idx uint64
-	fmt.Sscan(resp.Header.Get("X-Consul-Index"), &idx)
-	return idx
-}
-
-// httpDo sends a request to the agent and returns status and body.
-func httpDo(t testing.TB, method, url, body string) (int, string) {
-	t.Helper()
-	req, err := http.NewRequest(method, url, strings.NewReader(body))
-	if err != nil {
-		t.Fatal(err)
-	}
-	resp, err := http.DefaultClient.Do(req)
-	if err != nil {
-		t.Fatalf("%s %s: %v", method, url, err)
-	}
-	defer resp.Body.Close()
-	b, _ := io.ReadAll(resp.Body)
-	return resp.StatusCode, string(b)
-}
-
-// writeFile writes content to dir/name and returns the path.
-func writeFile(t testing.TB, dir, name, content string) string {
-	t.Helper()
-	p := filepath.Join(dir, name)
-	if err := os.WriteFile(p, []byte(content), 0o644); err != nil {
-		t.Fatal(err)
-	}
-	return p
 }

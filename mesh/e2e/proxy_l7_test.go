@@ -330,7 +330,7 @@ func (n *node) proxyStatus() map[string]proxyTypeStatus {
 		Mesh  bool
 		Types map[string]proxyTypeStatus
 	}
-	getJSON(n.t, n.httpAddr(), "/v1/vmesh/xds/clients", &clients)
+	testkit.GetJSON(n.t, n.httpAddr(), "/v1/vmesh/xds/clients", &clients)
 	for _, c := range clients {
 		if c.Node == n.name && c.Mesh {
 			return c.Types

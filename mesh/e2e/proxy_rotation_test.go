@@ -23,7 +23,7 @@ import (
 func TestProxyCertRotationUnderLoad(t *testing.T) {
 	skipShort(t)
 	t.Parallel()
-	cfg := writeFile(t, t.TempDir(), "rotation.hcl", "proxy {\n  leaf_cert_ttl = \"30s\"\n}\n")
+	cfg := testkit.WriteFile(t, t.TempDir(), "rotation.hcl", "proxy {\n  leaf_cert_ttl = \"30s\"\n}\n")
 	nodes := bootCluster(t, "127.44.0.", 2, "-proxy", "-config", cfg)
 	a, b := nodes[0], nodes[1]
 	app := startHTTPApp(t, b.ip, "web-1")

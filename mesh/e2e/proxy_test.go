@@ -42,14 +42,14 @@ func TestAgentInProcessProxyTCP(t *testing.T) {
 		}
 	}()
 	port := ln.Addr().(*net.TCPAddr).Port
-	if code, body := httpDo(t, http.MethodPut, "http://"+b.httpAddr()+"/v1/agent/service/register",
+	if code, body := testkit.HTTPDo(t, http.MethodPut, "http://"+b.httpAddr()+"/v1/agent/service/register",
 		fmt.Sprintf(`{"Name":"echo","Address":%q,"Port":%d}`, b.ip, port)); code != 200 {
 		t.Fatalf("register echo on B: %d %s", code, body)
 	}
 	// No LocalBindAddress: A's proxy listens on A's client address.
 	upstream := 20000 + port%10000
 	upAddr := net.JoinHostPort(a.ip, fmt.Sprint(upstream))
-	if code, body := httpDo(t, http.MethodPut, "http://"+a.httpAddr()+"/v1/agent/service/register",
+	if code, body := testkit.HTTPDo(t, http.MethodPut, "http://"+a.httpAddr()+"/v1/agent/service/register",
 		fmt.Sprintf(`{"Name":"web","Port":1,"Connect":{"SidecarService":{"Proxy":{"Upstreams":[{"DestinationName":"echo","LocalBindPort":%d}]}}}}`, upstream)); code != 200 {
 		t.Fatalf("register web on A: %d %s", code, body)
 	}
@@ -81,7 +81,7 @@ func TestAgentInProcessProxyTCP(t *testing.T) {
 	if len(accepted) > 0 {
 		t.Fatal("the app saw a connection that the default-deny intentions should have stopped at B")
 	}
-	if code, body := httpDo(t, http.MethodPut, "http://"+a.httpAddr()+"/v1/connect/intentions/exact?source=web&destination=echo",
+	if code, body := testkit.HTTPDo(t, http.MethodPut, "http://"+a.httpAddr()+"/v1/connect/intentions/exact?source=web&destination=echo",
 		`{"Action":"allow"}`); code != 200 {
 		t.Fatalf("allow intention: %d %s", code, body)
 	}
@@ -93,7 +93,7 @@ func TestAgentInProcessProxyTCP(t *testing.T) {
 	// Only B's inbound listener enforces intentions, so the refusal before
 	// and after the allow intention proves the bytes go A's proxy → B's
 	// mesh port (mTLS, B checks web's certificate) → the app.
-	if code, body := httpDo(t, http.MethodDelete, "http://"+b.httpAddr()+"/v1/connect/intentions/exact?source=web&destination=echo", ""); code != 200 {
+	if code, body := testkit.HTTPDo(t, http.MethodDelete, "http://"+b.httpAddr()+"/v1/connect/intentions/exact?source=web&destination=echo", ""); code != 200 {
 		t.Fatalf("delete intention: %d %s", code, body)
 	}
 	testkit.WaitFor(t, 10*time.Second, "the echo refused again without the intention", func() bool {
