@@ -13,12 +13,13 @@
 // ServiceRegistration and CheckType are the one input shape of a service
 // and its checks, whether it comes from the HTTP API or a service file;
 // Build validates one into the RegisterServiceRequest the catalog stores,
-// and FileServices keeps the catalog equal to the node's file definitions.
+// and BuildFileServices does so for a node's service files.
 //
 // The root holds the catalog only and imports no other vmesh package, nor
 // miekg/dns or net/http: its consumers (raft, the xDS builder) link just
 // the store. The ways into it are sub-packages that import the root:
-// discovery/httpapi (Consul's HTTP API), discovery/dns (the DNS server) and
-// discovery/checks (the health-check runner). Writes come in only as
+// discovery/httpapi (Consul's HTTP API), discovery/dns (the DNS server),
+// discovery/checks (the health-check runner) and discovery/local (the
+// agent's own node and file services). Writes come in only as
 // Commands applied by the raft FSM.
 package discovery

@@ -18,6 +18,7 @@ import (
 	"github.com/vmesh/vmesh/discovery/checks"
 	discdns "github.com/vmesh/vmesh/discovery/dns"
 	"github.com/vmesh/vmesh/discovery/httpapi"
+	"github.com/vmesh/vmesh/discovery/local"
 	"github.com/vmesh/vmesh/iptables"
 	"github.com/vmesh/vmesh/mesh/cli"
 	"github.com/vmesh/vmesh/mesh/config"
@@ -54,8 +55,8 @@ type Agent struct {
 	userPorts *discovery.UserPortAllocator
 
 	// local registers this node and its file services and runs its
-	// checks (discovery.LocalState); Ready() is closed once registered.
-	local *discovery.LocalState
+	// checks (local.State); Ready() is closed once registered.
+	local *local.State
 
 	// life runs parts() and the background loops (lifecycle.go).
 	life *lifecycle
@@ -75,7 +76,7 @@ type Agent struct {
 func NewAgent(cfg config.Config, logger *slog.Logger, out io.Writer) *Agent {
 	a := &Agent{cfg: cfg, logger: logger, out: out}
 	a.joined, a.left = make(chan struct{}), make(chan struct{})
-	a.local = discovery.NewLocalState(discovery.LocalState{
+	a.local = local.New(local.State{
 		Writer: &a.ref, SyncFiles: a.syncServiceFiles, Logger: a.logger.With("component", "local"),
 		WaitLeader: func(ctx context.Context) error { return a.ref.get().WaitLeader(ctx) },
 	})
@@ -232,7 +233,7 @@ func (a *Agent) closeHTTP() error {
 
 // startLocalState registers this node and its file services once it is
 // in a cluster with a leader, and keeps its check runner in step
-// (discovery.LocalState).
+// (local.State).
 func (a *Agent) startLocalState(context.Context) error {
 	a.local.Store, a.local.Checks = a.store, a.checks
 	a.local.Node = discovery.Node{ID: a.nodeID, Name: a.cfg.NodeName, Address: hostOf(a.cfg.ClusterAddr()), Datacenter: a.cfg.Datacenter}
@@ -285,7 +286,7 @@ func (a *Agent) desiredServices() ([]*discovery.RegisterServiceRequest, error) {
 }
 
 // syncServiceFiles makes the catalog hold exactly the file-defined services
-// (discovery.FileServices), one reconciliation at a time.
+// (local.FileServices), one reconciliation at a time.
 func (a *Agent) syncServiceFiles(ctx context.Context) error {
 	a.reloadMu.Lock()
 	defer a.reloadMu.Unlock()
@@ -293,7 +294,7 @@ func (a *Agent) syncServiceFiles(ctx context.Context) error {
 	if err != nil {
 		return err
 	}
-	fs := &discovery.FileServices{Store: a.store, Writer: &a.ref, Node: a.cfg.NodeName, UserPorts: a.userPorts, Logger: a.logger}
+	fs := &local.FileServices{Store: a.store, Writer: &a.ref, Node: a.cfg.NodeName, UserPorts: a.userPorts, Logger: a.logger}
 	return fs.Sync(ctx, want)
 }
 

@@ -1,28 +1,30 @@
-package discovery
+package local
 
 import (
 	"context"
 	"fmt"
-	"github.com/vmesh/vmesh/lab/testkit"
 	"testing"
 	"time"
+
+	"github.com/vmesh/vmesh/discovery"
+	"github.com/vmesh/vmesh/lab/testkit"
 )
 
 // countingWriter applies service commands straight to a store, as raft
 // would, and counts them: an unchanged sync must write nothing.
 type countingWriter struct {
-	s      *Store
+	s      *discovery.Store
 	idx    uint64
 	writes int
 }
 
-func (w *countingWriter) Apply(_ context.Context, cmd Command) (uint64, error) {
+func (w *countingWriter) Apply(_ context.Context, cmd discovery.Command) (uint64, error) {
 	w.idx++
 	w.writes++
 	switch c := cmd.(type) {
-	case *RegisterServiceRequest:
+	case *discovery.RegisterServiceRequest:
 		return w.idx, w.s.EnsureService(w.idx, &c.Instance, c.Checks)
-	case DeregisterServiceRequest:
+	case discovery.DeregisterServiceRequest:
 		return w.idx, w.s.DeleteService(w.idx, c.Node, c.ServiceID)
 	}
 	return 0, fmt.Errorf("countingWriter: unexpected %T", cmd)
@@ -33,31 +35,31 @@ func (w *countingWriter) Apply(_ context.Context, cmd Command) (uint64, error) {
 // one is deregistered, and an instance the API registered is left alone.
 func TestFileServicesSync(t *testing.T) {
 	ctx := context.Background()
-	s := NewStore()
-	if err := s.EnsureNode(1, &Node{Name: "n1", Address: "10.0.0.1"}); err != nil {
+	s := discovery.NewStore()
+	if err := s.EnsureNode(1, &discovery.Node{Name: "n1", Address: "10.0.0.1"}); err != nil {
 		t.Fatal(err)
 	}
 	w := &countingWriter{s: s, idx: 1}
-	if err := s.EnsureService(2, &Instance{Node: "n1", ID: "api-1", Service: "api", Source: "api"}, nil); err != nil {
+	if err := s.EnsureService(2, &discovery.Instance{Node: "n1", ID: "api-1", Service: "api", Source: "api"}, nil); err != nil {
 		t.Fatal(err)
 	}
-	fs := &FileServices{Store: s, Writer: w, Node: "n1", UserPorts: &UserPortAllocator{}, Logger: testkit.Discard()}
-	build := func(defs ...ServiceRegistration) []*RegisterServiceRequest {
+	fs := &FileServices{Store: s, Writer: w, Node: "n1", UserPorts: &discovery.UserPortAllocator{}, Logger: testkit.Discard()}
+	build := func(defs ...discovery.ServiceRegistration) []*discovery.RegisterServiceRequest {
 		t.Helper()
-		var fds []FileDefinition
+		var fds []discovery.FileDefinition
 		for i, d := range defs {
 			d.Line = i + 1
-			fds = append(fds, FileDefinition{File: "/etc/vmesh/services.d/a.hcl", Service: d})
+			fds = append(fds, discovery.FileDefinition{File: "/etc/vmesh/services.d/a.hcl", Service: d})
 		}
-		reqs, err := BuildFileServices("n1", fds)
+		reqs, err := discovery.BuildFileServices("n1", fds)
 		if err != nil {
 			t.Fatal(err)
 		}
 		return reqs
 	}
-	web := ServiceRegistration{Name: "web", Port: 80, Protocol: ProtocolHTTP,
-		Check: &CheckType{TCP: "127.0.0.1:80", Interval: Duration(10 * time.Second)}}
-	db := ServiceRegistration{Name: "db", Port: 5432}
+	web := discovery.ServiceRegistration{Name: "web", Port: 80, Protocol: discovery.ProtocolHTTP,
+		Check: &discovery.CheckType{TCP: "127.0.0.1:80", Interval: discovery.Duration(10 * time.Second)}}
+	db := discovery.ServiceRegistration{Name: "db", Port: 5432}
 	ids := func() map[string]string {
 		_, insts, err := s.NodeInstances(nil, "n1")
 		if err != nil {
@@ -76,7 +78,7 @@ func TestFileServicesSync(t *testing.T) {
 	if got := ids(); len(got) != 3 || got["web"] != "file:/etc/vmesh/services.d/a.hcl" || got["api-1"] != "api" {
 		t.Fatalf("after the first sync: %v", got)
 	}
-	if _, in, _ := s.Instance(nil, "n1", "web"); in.Protocol != ProtocolHTTP || in.Meta[MetaProtocol] != ProtocolHTTP {
+	if _, in, _ := s.Instance(nil, "n1", "web"); in.Protocol != discovery.ProtocolHTTP || in.Meta[discovery.MetaProtocol] != discovery.ProtocolHTTP {
 		t.Errorf("web's protocol %q meta %v; want http in both", in.Protocol, in.Meta)
 	}
 	before := w.writes

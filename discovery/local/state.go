@@ -1,4 +1,4 @@
-package discovery
+package local
 
 import (
 	"context"
@@ -7,42 +7,45 @@ import (
 	"time"
 
 	"github.com/hashicorp/go-memdb"
+	"github.com/vmesh/vmesh/discovery"
 )
 
-// LocalState keeps what this agent owns in the catalog in step with it,
+// State keeps what this agent owns in the catalog in step with it,
 // as Consul's agent-local state does: once the cluster has a leader it
 // registers this node, then the services of its files, then keeps the
 // node's check runner in step with the checks the catalog holds for it.
-type LocalState struct {
-	Store  *Store
-	Writer Writer
+type State struct {
+	Store  *discovery.Store
+	Writer discovery.Writer
 	// Node is this node as it registers itself.
-	Node Node
+	Node discovery.Node
 	// WaitLeader blocks until the cluster has a leader (or ctx ends).
 	WaitLeader func(ctx context.Context) error
 	// SyncFiles registers the services of this node's files.
 	SyncFiles func(ctx context.Context) error
 	// Checks runs the node's health checks; it is handed every set of
 	// checks the catalog holds for the node.
-	Checks interface{ Sync(checks []*Check) }
+	Checks interface {
+		Sync(checks []*discovery.Check)
+	}
 	Logger *slog.Logger
 
 	ready chan struct{}
 }
 
-// NewLocalState returns an idle LocalState; Run does the work.
-func NewLocalState(ls LocalState) *LocalState {
+// New returns an idle State; Run does the work.
+func New(ls State) *State {
 	ls.ready = make(chan struct{})
 	return &ls
 }
 
 // Ready is closed once this node is registered in the catalog.
-func (l *LocalState) Ready() <-chan struct{} { return l.ready }
+func (l *State) Ready() <-chan struct{} { return l.ready }
 
 // WaitReady blocks until this node is registered in the catalog, so that
 // a registration sent right after start is not refused for a node that
 // registers a moment later.
-func (l *LocalState) WaitReady(ctx context.Context) error {
+func (l *State) WaitReady(ctx context.Context) error {
 	select {
 	case <-l.ready:
 		return nil
@@ -53,7 +56,7 @@ func (l *LocalState) WaitReady(ctx context.Context) error {
 
 // Run waits for a leader, registers the node and its file services
 // (retrying with back-off), then follows the node's checks until ctx ends.
-func (l *LocalState) Run(ctx context.Context) {
+func (l *State) Run(ctx context.Context) {
 	for {
 		wctx, cancel := context.WithTimeout(ctx, 30*time.Second)
 		err := l.WaitLeader(wctx)
@@ -88,7 +91,7 @@ func (l *LocalState) Run(ctx context.Context) {
 }
 
 // registerNode writes the node unless the catalog already holds it as is.
-func (l *LocalState) registerNode(ctx context.Context) error {
+func (l *State) registerNode(ctx context.Context) error {
 	_, cur, _, err := l.Store.Node(nil, l.Node.Name)
 	if err != nil {
 		return err
@@ -97,7 +100,7 @@ func (l *LocalState) registerNode(ctx context.Context) error {
 	if cur != nil && cur.ID == want.ID && cur.Address == want.Address && cur.Datacenter == want.Datacenter {
 		return nil
 	}
-	_, err = l.Writer.Apply(ctx, RegisterNodeRequest{Node: want})
+	_, err = l.Writer.Apply(ctx, discovery.RegisterNodeRequest{Node: want})
 	return err
 }
 

@@ -1,0 +1,131 @@
+package local
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"reflect"
+	"strings"
+
+	"github.com/vmesh/vmesh/discovery"
+)
+
+// FileServices keeps the catalog's file-owned instances of one node equal
+// to the node's file definitions (at start and on every reload). Services
+// registered through the API are left alone.
+type FileServices struct {
+	Store  *discovery.Store
+	Writer discovery.Writer
+	Node   string
+	// UserPorts is the allocator the node's API registrations share, so a
+	// file service and an API one never get the same user port.
+	UserPorts *discovery.UserPortAllocator
+	Logger    *slog.Logger
+}
+
+// Sync makes the catalog hold exactly want (from BuildFileServices): new
+// and changed definitions are registered, and file instances whose
+// definition is gone are deregistered. Unchanged ones are not rewritten, so
+// a reload of the same files writes nothing. Callers serialize Sync.
+func (fs *FileServices) Sync(ctx context.Context, want []*discovery.RegisterServiceRequest) error {
+	fs.UserPorts.Lock()
+	defer fs.UserPorts.Unlock()
+	_, have, err := fs.Store.NodeInstances(nil, fs.Node)
+	if err != nil {
+		return err
+	}
+	wanted := map[string]bool{}
+	avoid := fileUpstreamPorts(want)
+	for _, req := range want {
+		wanted[req.Instance.ID] = true
+		// The user's port (kept from the catalog, or a new one) is part
+		// of what must be up to date.
+		if skip, err := fs.assignUserPort(req, avoid); skip || err != nil {
+			if err != nil {
+				return err
+			}
+			continue
+		}
+		if fs.upToDate(req) {
+			continue
+		}
+		if _, err := fs.Writer.Apply(ctx, req); err != nil {
+			return fmt.Errorf("registering %s from %s: %w", req.Instance.ID, strings.TrimPrefix(req.Instance.Source, "file:"), err)
+		}
+		fs.Logger.Info("registered service from file", "id", req.Instance.ID, "source", req.Instance.Source)
+	}
+	for _, in := range have {
+		if strings.HasPrefix(in.Source, "file:") && !wanted[in.ID] {
+			if _, err := fs.Writer.Apply(ctx, discovery.DeregisterServiceRequest{Node: in.Node, ServiceID: in.ID}); err != nil {
+				return fmt.Errorf("deregistering %s: %w", in.ID, err)
+			}
+			fs.Logger.Info("deregistered service whose definition is gone", "id", in.ID, "source", in.Source)
+		}
+	}
+	return nil
+}
+
+// fileUpstreamPorts are the ports the upstreams of file definitions bind:
+// a user's new port avoids them, so that which of two files registers
+// first does not decide whether an upstream is refused.
+func fileUpstreamPorts(reqs []*discovery.RegisterServiceRequest) []int {
+	var out []int
+	for _, req := range reqs {
+		for _, u := range req.Instance.Upstreams {
+			out = append(out, u.LocalBindPort)
+		}
+	}
+	return out
+}
+
+// assignUserPort gives a file service's user its port (Assign; Sync holds
+// the allocator's lock). A definition the catalog refuses (an upstream on
+// a user's port) is logged with its file and skipped: the catalog keeps
+// what it has for it, and the other files are still registered (a
+// returned error would stop them, and at start keep the agent retrying).
+func (fs *FileServices) assignUserPort(req *discovery.RegisterServiceRequest, avoid []int) (skip bool, err error) {
+	err = fs.UserPorts.Assign(fs.Store, req, avoid...)
+	if errors.Is(err, discovery.ErrInvalid) {
+		fs.Logger.Error("not registering service from file: "+strings.TrimPrefix(err.Error(), discovery.ErrInvalid.Error()+": "),
+			"id", req.Instance.ID, "file", strings.TrimPrefix(req.Instance.Source, "file:"))
+		return true, nil
+	}
+	if err != nil {
+		return false, fmt.Errorf("registering %s from %s: %w", req.Instance.ID, strings.TrimPrefix(req.Instance.Source, "file:"), err)
+	}
+	return false, nil
+}
+
+// upToDate reports whether the catalog already holds req exactly.
+func (fs *FileServices) upToDate(req *discovery.RegisterServiceRequest) bool {
+	_, cur, err := fs.Store.Instance(nil, req.Instance.Node, req.Instance.ID)
+	if err != nil || cur == nil {
+		return false
+	}
+	c := *cur
+	c.CreateIndex, c.ModifyIndex = 0, 0
+	if !reflect.DeepEqual(&c, &req.Instance) {
+		return false
+	}
+	_, checks, err := fs.Store.NodeChecks(nil, req.Instance.Node)
+	if err != nil {
+		return false
+	}
+	have := map[string]*discovery.Check{}
+	for _, chk := range checks {
+		if chk.ServiceID == req.Instance.ID {
+			have[chk.CheckID] = chk
+		}
+	}
+	if len(have) != len(req.Checks) {
+		return false
+	}
+	for _, w := range req.Checks {
+		h := have[w.CheckID]
+		if h == nil || h.Name != w.Name || h.Notes != w.Notes || !reflect.DeepEqual(h.Definition, w.Definition) {
+			return false
+		}
+	}
+	return true
+}
