@@ -48,6 +48,8 @@ func (s sdService) Status() string {
 		}
 		if leader, _ := srv.Leader(); leader != "" {
 			st = fmt.Sprintf("leader %s, %s", leader, services)
+		} else if !srv.InConfiguration() {
+			st = "not in the cluster's raft configuration: rejoining, " + services
 		} else {
 			st = "no raft leader, " + services
 		}

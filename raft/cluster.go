@@ -26,13 +26,16 @@ import (
 
 // Cluster errors.
 var (
-	ErrQuorum        = errors.New("raft: leaving would break quorum")
-	ErrInvalidToken  = errors.New("raft: invalid join token")
-	ErrTokenExpired  = errors.New("raft: join token expired")
-	ErrNameTaken     = errors.New("raft: node name is taken")
-	ErrJoinRefused   = errors.New("raft: join refused")
-	ErrNotInCluster  = errors.New("raft: this node is not in a cluster")
-	errNoCAInCatalog = errors.New("raft: the cluster CA is not in the catalog yet")
+	ErrQuorum = errors.New("raft: leaving would break quorum")
+	// ErrPermissionDenied: the leader refused a membership change that
+	// the caller's certificate does not allow (see rpcAddPeer, rpcLeave).
+	ErrPermissionDenied = errors.New("raft: permission denied")
+	ErrInvalidToken     = errors.New("raft: invalid join token")
+	ErrTokenExpired     = errors.New("raft: join token expired")
+	ErrNameTaken        = errors.New("raft: node name is taken")
+	ErrJoinRefused      = errors.New("raft: join refused")
+	ErrNotInCluster     = errors.New("raft: this node is not in a cluster")
+	errNoCAInCatalog    = errors.New("raft: the cluster CA is not in the catalog yet")
 )
 
 // ClusterConfig turns a Server into a cluster member: raft and the cluster
@@ -124,7 +127,7 @@ func (s *Server) startCluster(cfg ClusterConfig, advertise string) (hraft.Transp
 	gs.RegisterService(&clusterServiceDesc, s)
 	s.cluster = &cluster{
 		cfg: cfg, listener: l, grpc: gs,
-		clients: &rpcClients{tls: func() *tls.Config { return cfg.Identity.clientTLS(alpnRPC) }},
+		clients: &rpcClients{tls: func() *tls.Config { return cfg.Identity.clientTLS(alpnRPC) }, source: adv.IP},
 		live:    newLiveness(),
 	}
 	go gs.Serve(newChanListener(l.rpc, l.done, l.Addr()))
@@ -167,8 +170,9 @@ func (s *Server) leaderCall(ctx context.Context, name string, req, resp any, ret
 			if err == nil {
 				return nil
 			}
-			code := status.Code(err)
-			if code != codes.FailedPrecondition && !(retryUnavailable && code == codes.Unavailable) {
+			// Only "not the leader" and, when allowed, "unavailable" are
+			// worth another try; a refusal is the leader's answer.
+			if !isNotLeader(err) && !(retryUnavailable && status.Code(err) == codes.Unavailable) {
 				return rpcErr(err)
 			}
 		}

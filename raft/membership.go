@@ -9,6 +9,7 @@ import (
 	"encoding/hex"
 	"errors"
 	"fmt"
+	"net"
 	"os"
 	"path/filepath"
 	"time"
@@ -198,6 +199,18 @@ func (s *Server) rpcJoin(ctx context.Context, req *JoinRequest) (*JoinResponse, 
 	if err != nil {
 		return nil, status.Error(codes.InvalidArgument, err.Error())
 	}
+	if n == nil {
+		// The catalog now ties the name to the ID the joiner gave: it is
+		// what AddPeer and Leave later check the certificate's name
+		// against. The agent registers its full node once it runs.
+		node := discovery.Node{Name: req.NodeName, ID: req.NodeID}
+		if ip := peerIP(ctx); ip != nil {
+			node.Address = ip.String()
+		}
+		if _, err := s.applyCmd(ctx, discovery.RegisterNodeRequest{Node: node}); err != nil {
+			return nil, status.Errorf(codes.Unavailable, "recording node %q: %v", req.NodeName, err)
+		}
+	}
 	s.logger.Info("signed a certificate for a joining node", "node", req.NodeName, "token", req.TokenID)
 	return &JoinResponse{Cert: cert.Raw, CA: ca.Cert.Raw}, nil
 }
@@ -222,17 +235,38 @@ func (s *Server) AddSelf(ctx context.Context, seed string) (voter bool, err erro
 		if err == nil {
 			return resp.Voter, nil
 		}
-		if status.Code(err) == codes.FailedPrecondition {
-			if l := trailer.Get("vmesh-leader"); len(l) == 1 && l[0] != "" {
+		if isNotLeader(err) {
+			if l := trailer.Get("vmesh-leader"); len(l) == 1 && l[0] != "" && l[0] != s.Addr() {
 				addr = l[0]
 				continue
 			}
-			time.Sleep(200 * time.Millisecond)
+			select {
+			case <-ctx.Done():
+				return false, ctx.Err()
+			case <-time.After(200 * time.Millisecond):
+			}
 			continue
 		}
 		return false, rpcErr(err)
 	}
 	return false, fmt.Errorf("adding this node to raft: %w", rpcErr(err))
+}
+
+// callerNode checks that the certificate's node is the node ID the call
+// names: the catalog ties each name to its ID (rpcJoin records it), so a
+// node acts only on itself.
+func (s *Server) callerNode(ctx context.Context, name, id, what string) error {
+	_, n, _, err := s.store.Node(nil, name)
+	if err != nil {
+		return status.Error(codes.Internal, err.Error())
+	}
+	if n == nil {
+		return status.Errorf(codes.PermissionDenied, "%s refused: the catalog holds no node %q (removed or reaped); join again with a token", what, name)
+	}
+	if n.ID != id {
+		return status.Errorf(codes.PermissionDenied, "%s refused: the certificate names node %q, which is node ID %s, not %s; a node acts only on itself", what, name, n.ID, id)
+	}
+	return nil
 }
 
 func (s *Server) rpcAddPeer(ctx context.Context, req *AddPeerRequest) (*AddPeerResponse, error) {
@@ -242,6 +276,20 @@ func (s *Server) rpcAddPeer(ctx context.Context, req *AddPeerRequest) (*AddPeerR
 	}
 	if !s.IsLeader() {
 		return nil, s.notLeader(ctx)
+	}
+	if err := s.callerNode(ctx, name, req.NodeID, "adding to raft"); err != nil {
+		return nil, err
+	}
+	// The address must be the caller's own: its host is where the call
+	// comes from, so no node can point another's raft ID, or a new one,
+	// at an address it does not hold.
+	host, _, err := net.SplitHostPort(req.Addr)
+	if err != nil {
+		return nil, status.Errorf(codes.InvalidArgument, "Addr %q: %v", req.Addr, err)
+	}
+	src := peerIP(ctx)
+	if ip := net.ParseIP(host); ip == nil || src == nil || !ip.Equal(src) {
+		return nil, status.Errorf(codes.PermissionDenied, "adding to raft refused: address %s is not where node %q calls from (%v); advertise an address of the node itself", req.Addr, name, src)
 	}
 	f := s.raft.GetConfiguration()
 	if err := f.Error(); err != nil {
@@ -253,6 +301,8 @@ func (s *Server) rpcAddPeer(ctx context.Context, req *AddPeerRequest) (*AddPeerR
 			if srv.Address == hraft.ServerAddress(req.Addr) {
 				return &AddPeerResponse{Voter: srv.Suffrage == hraft.Voter}, nil
 			}
+		} else if srv.Address == hraft.ServerAddress(req.Addr) {
+			return nil, status.Errorf(codes.PermissionDenied, "adding to raft refused: address %s belongs to server %s", req.Addr, srv.ID)
 		}
 		if srv.Suffrage == hraft.Voter {
 			voters++
@@ -273,25 +323,38 @@ func (s *Server) rpcAddPeer(ctx context.Context, req *AddPeerRequest) (*AddPeerR
 	return &AddPeerResponse{Voter: voter}, nil
 }
 
-// Leave takes this node out of the cluster: if it leads, it hands
-// leadership over first; then the leader removes it from raft and the
-// catalog. Unless force, it is refused when the voters left healthy would
-// be fewer than a quorum of the current voters.
+// Leave takes this node out of the cluster: if it leads, it checks the
+// quorum and hands leadership over first; then the leader removes it
+// from raft and the catalog. Unless force, it is refused (ErrQuorum) when
+// the voters left healthy would be fewer than a quorum of the current
+// voters; the refusal comes before anything changes.
 func (s *Server) Leave(ctx context.Context, force bool) error {
 	if s.cluster == nil {
 		return ErrNotInCluster
 	}
 	if s.IsLeader() {
+		if !force {
+			if err := s.leaveAllowed(s.nodeID); err != nil {
+				return err
+			}
+		}
 		if err := s.transferLeadership(); err != nil {
 			if !force {
 				return err
 			}
 			s.logger.Warn("leaving without handing over leadership (forced)", "err", err)
+			s.leaving.Store(true)
 			return nil
 		}
 	}
+	// From here on the node does not add itself back (rejoinLoop).
+	s.leaving.Store(true)
 	req := &LeaveRequest{NodeID: s.nodeID, Force: force}
-	return s.leaderCall(ctx, "Leave", req, &Empty{}, false)
+	err := s.leaderCall(ctx, "Leave", req, &Empty{}, false)
+	if err != nil {
+		s.leaving.Store(false)
+	}
+	return err
 }
 
 func (s *Server) transferLeadership() error {
@@ -306,7 +369,7 @@ func (s *Server) transferLeadership() error {
 		}
 	}
 	if others == 0 {
-		return fmt.Errorf("%w: this node is the only voter", ErrQuorum)
+		return fmt.Errorf("%w: this node is the only voter; the cluster would have none", ErrQuorum)
 	}
 	if err := s.raft.LeadershipTransfer().Error(); err != nil {
 		return fmt.Errorf("handing over leadership: %w", err)
@@ -322,11 +385,14 @@ func (s *Server) rpcLeave(ctx context.Context, req *LeaveRequest) (*Empty, error
 	if !s.IsLeader() {
 		return nil, s.notLeader(ctx)
 	}
+	if err := s.callerNode(ctx, name, req.NodeID, "leave"); err != nil {
+		return nil, err
+	}
 	if req.NodeID == s.nodeID {
 		return nil, status.Error(codes.FailedPrecondition, "the leader cannot remove itself; it hands over leadership first")
 	}
 	if err := s.leaveAllowed(req.NodeID); err != nil && !req.Force {
-		return nil, status.Error(codes.FailedPrecondition, err.Error())
+		return nil, refusedStatus(refusedQuorum, err.Error())
 	}
 	if err := s.removeNode(ctx, name, req.NodeID); err != nil {
 		return nil, status.Error(codes.Internal, err.Error())
@@ -336,7 +402,9 @@ func (s *Server) rpcLeave(ctx context.Context, req *LeaveRequest) (*Empty, error
 }
 
 // leaveAllowed refuses a voter's leave that would leave fewer healthy
-// voters than a quorum of the current voter set.
+// voters than a quorum of the current voter set. A voter counts as healthy
+// when it heartbeated within leaveFreshness, which is shorter than the
+// node TTL: a server killed a few seconds ago must not count.
 func (s *Server) leaveAllowed(id string) error {
 	f := s.raft.GetConfiguration()
 	if err := f.Error(); err != nil {
@@ -353,7 +421,7 @@ func (s *Server) leaveAllowed(id string) error {
 			isVoter = true
 			continue
 		}
-		if string(srv.ID) == s.nodeID || s.serverAlive(string(srv.ID), now) {
+		if string(srv.ID) == s.nodeID || s.serverSeenWithin(string(srv.ID), now, s.leaveFreshness()) {
 			healthy++
 		}
 	}
@@ -361,23 +429,35 @@ func (s *Server) leaveAllowed(id string) error {
 		return nil
 	}
 	if quorum := voters/2 + 1; healthy < quorum {
-		return fmt.Errorf("%w: %d healthy voters would remain of %d, and a quorum is %d; add or repair voters first, or use -force",
+		return fmt.Errorf("%w: leaving would leave %d healthy of %d voters, and the cluster needs %d to accept writes; repair or add a server first, or leave with -force",
 			ErrQuorum, healthy, voters, quorum)
 	}
 	return nil
 }
 
+// leaveFreshness is how recent a voter's heartbeat must be for a leave to
+// count it as healthy.
+func (s *Server) leaveFreshness() time.Duration {
+	return min(3*s.cluster.cfg.HeartbeatInterval, s.cluster.cfg.NodeTTL)
+}
+
 // serverAlive reports whether the node with raft ID id has heartbeated
 // within the TTL.
 func (s *Server) serverAlive(id string, now time.Time) bool {
+	return s.serverSeenWithin(id, now, s.cluster.cfg.NodeTTL)
+}
+
+// serverSeenWithin reports whether the node with raft ID id has
+// heartbeated within d (the start of this leadership counts).
+func (s *Server) serverSeenWithin(id string, now time.Time, d time.Duration) bool {
 	s.cluster.live.mu.Lock()
 	defer s.cluster.live.mu.Unlock()
 	for _, v := range s.cluster.live.nodes {
 		if v.id == id {
-			return now.Sub(v.at) <= s.cluster.cfg.NodeTTL
+			return now.Sub(v.at) <= d
 		}
 	}
-	return now.Sub(s.cluster.live.since) <= s.cluster.cfg.NodeTTL
+	return now.Sub(s.cluster.live.since) <= d
 }
 
 // ---- recovery ----

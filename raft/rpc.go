@@ -5,9 +5,12 @@ import (
 	"crypto/tls"
 	"crypto/x509"
 	"errors"
+	"net"
 	"sync"
+	"syscall"
 
 	"github.com/spiffe/go-spiffe/v2/spiffeid"
+	"google.golang.org/genproto/googleapis/rpc/errdetails"
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/credentials"
@@ -36,6 +39,9 @@ type JoinResponse struct {
 }
 
 // AddPeerRequest adds the calling node (named by its certificate) to raft.
+// The leader checks both fields against the caller: NodeID must be the ID
+// the catalog holds for the certificate's node name, and Addr's host the
+// address the call comes from.
 type AddPeerRequest struct {
 	NodeID string
 	Addr   string
@@ -60,7 +66,9 @@ type HeartbeatRequest struct {
 	Addr   string
 }
 
-// LeaveRequest removes the calling node from the cluster.
+// LeaveRequest removes the calling node from the cluster. NodeID must be
+// the ID the catalog holds for the certificate's node name: a node leaves
+// only itself.
 type LeaveRequest struct {
 	NodeID string
 	Force  bool
@@ -146,11 +154,72 @@ func nodeNameFromCert(cert *x509.Certificate) (string, error) {
 	return name, nil
 }
 
+// peerIP is the source address of the call, which the leader compares with
+// the address a node asks to be reached at.
+func peerIP(ctx context.Context) net.IP {
+	p, ok := peer.FromContext(ctx)
+	if !ok {
+		return nil
+	}
+	if a, ok := p.Addr.(*net.TCPAddr); ok {
+		return a.IP
+	}
+	return nil
+}
+
+// refusedReason marks a leader's answer that is a verdict, not a "try
+// the leader again": both travel as FailedPrecondition, so a caller that
+// follows the leader must tell them apart.
+const refusedQuorum = "QUORUM"
+
+func refusedStatus(reason, msg string) error {
+	st := status.New(codes.FailedPrecondition, msg)
+	if d, err := st.WithDetails(&errdetails.ErrorInfo{Reason: reason, Domain: "vmesh"}); err == nil {
+		st = d
+	}
+	return st.Err()
+}
+
+func refusedFor(err error) string {
+	st, ok := status.FromError(err)
+	if !ok {
+		return ""
+	}
+	for _, d := range st.Details() {
+		if info, ok := d.(*errdetails.ErrorInfo); ok && info.Domain == "vmesh" {
+			return info.Reason
+		}
+	}
+	return ""
+}
+
+// isNotLeader reports whether err is a follower's "not the leader" answer.
+func isNotLeader(err error) bool {
+	return status.Code(err) == codes.FailedPrecondition && refusedFor(err) == ""
+}
+
 // rpcClients caches one gRPC connection per peer address.
 type rpcClients struct {
 	mu    sync.Mutex
 	conns map[string]*grpc.ClientConn
 	tls   func() *tls.Config
+	// source is the advertised host: calls leave from it, so the leader
+	// sees them come from the address the node asks to be reached at.
+	source net.IP
+}
+
+// dial binds the connection's source to the advertised host when this
+// host has that address; otherwise it lets the kernel choose.
+func (c *rpcClients) dial(ctx context.Context, addr string) (net.Conn, error) {
+	if c.source != nil && !c.source.IsUnspecified() {
+		d := net.Dialer{LocalAddr: &net.TCPAddr{IP: c.source}}
+		conn, err := d.DialContext(ctx, "tcp", addr)
+		if !errors.Is(err, syscall.EADDRNOTAVAIL) {
+			return conn, err
+		}
+	}
+	var d net.Dialer
+	return d.DialContext(ctx, "tcp", addr)
 }
 
 func (c *rpcClients) get(addr string) (*grpc.ClientConn, error) {
@@ -159,7 +228,8 @@ func (c *rpcClients) get(addr string) (*grpc.ClientConn, error) {
 	if cc, ok := c.conns[addr]; ok {
 		return cc, nil
 	}
-	cc, err := grpc.NewClient(addr,
+	cc, err := grpc.NewClient("passthrough:///"+addr,
+		grpc.WithContextDialer(c.dial),
 		grpc.WithTransportCredentials(credentials.NewTLS(c.tls())),
 		grpc.WithDefaultCallOptions(grpc.ForceCodec(jsonCodec{})))
 	if err != nil {
@@ -190,10 +260,18 @@ func (c *rpcClients) call(ctx context.Context, addr, name string, req, resp any)
 	return cc.Invoke(ctx, "/"+rpcService+"/"+name, req, resp)
 }
 
-// rpcErr turns a gRPC status into an error with the server's message.
+// rpcErr turns a gRPC status into an error with the server's message; a
+// refusal the caller can test for keeps its sentinel.
 func rpcErr(err error) error {
-	if st, ok := status.FromError(err); ok {
-		return errors.New(st.Message())
+	st, ok := status.FromError(err)
+	if !ok {
+		return err
 	}
-	return err
+	switch {
+	case refusedFor(err) == refusedQuorum:
+		return &remoteError{sentinel: ErrQuorum, msg: st.Message()}
+	case st.Code() == codes.PermissionDenied:
+		return &remoteError{sentinel: ErrPermissionDenied, msg: st.Message()}
+	}
+	return errors.New(st.Message())
 }

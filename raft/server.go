@@ -67,7 +67,10 @@ type Server struct {
 	// committed when it started (after a restart the log is replayed only
 	// once a leader commits). Until then reads see no leader, so nobody
 	// reads a catalog that is missing acknowledged writes.
-	caughtUp  atomic.Bool
+	caughtUp atomic.Bool
+	// leaving is set once Leave asked the leader to remove this node, so
+	// that rejoinLoop does not add it back.
+	leaving   atomic.Bool
 	done      chan struct{}
 	closeOnce sync.Once
 	closeErr  error
@@ -88,11 +91,15 @@ func Open(cfg Config, store *discovery.Store) (*Server, error) {
 	if err != nil {
 		return nil, fmt.Errorf("opening raft log %s: %w", filepath.Join(dir, "raft.db"), err)
 	}
-	snaps, err := hraft.NewFileSnapshotStoreWithLogger(dir, 2, hl.Named("snapshot"))
+	fileSnaps, err := hraft.NewFileSnapshotStoreWithLogger(dir, 2, hl.Named("snapshot"))
+	if err == nil {
+		err = tightenModes(dir)
+	}
 	if err != nil {
 		logStore.Close()
 		return nil, fmt.Errorf("opening snapshot store: %w", err)
 	}
+	snaps := privateSnapshots{FileSnapshotStore: fileSnaps, dir: dir}
 	s := &Server{logStore: logStore, store: store, logger: cfg.Logger, done: make(chan struct{}),
 		nodeID: cfg.NodeID, dataDir: cfg.DataDir, fsm: newFSM(store, cfg.Logger)}
 	trans := cfg.Transport
@@ -131,6 +138,10 @@ func Open(cfg Config, store *discovery.Store) (*Server, error) {
 		rc.SnapshotInterval = cfg.SnapshotInterval
 	}
 	rc.NoSnapshotRestoreOnStart = false
+	// A server removed from the configuration keeps running, so that it
+	// can add itself back (rejoinLoop) instead of staying down until a
+	// restart; a node that leaves stops with its agent.
+	rc.ShutdownOnRemove = false
 
 	recovered, err := recoverFromPeersFile(cfg.DataDir, rc, newFSM(discovery.NewStore(), cfg.Logger), logStore, snaps, trans)
 	if err != nil {
@@ -164,9 +175,10 @@ func Open(cfg Config, store *discovery.Store) (*Server, error) {
 		s.watchCatchUp()
 	}()
 	if s.cluster != nil {
-		s.wg.Add(2)
+		s.wg.Add(3)
 		go s.monitorLeadership()
 		go s.heartbeatLoop()
+		go s.rejoinLoop()
 	}
 	return s, nil
 }
@@ -268,9 +280,14 @@ func (s *Server) applyLocal(ctx context.Context, buf []byte) (uint64, error) {
 	return f.Index(), nil
 }
 
-// Leader returns the leader's cluster address and ID ("" when unknown).
+// Leader returns the leader's cluster address and ID ("" when unknown,
+// and while this server is not in the cluster's configuration: it is not
+// a member then, whatever it last heard).
 func (s *Server) Leader() (addr, id string) {
 	if !s.caughtUp.Load() {
+		return "", ""
+	}
+	if s.cluster != nil && !s.InConfiguration() {
 		return "", ""
 	}
 	a, i := s.raft.LeaderWithID()
