@@ -91,6 +91,7 @@ func (c *ClusterConfig) withDefaults() {
 type cluster struct {
 	cfg      ClusterConfig
 	listener *clusterListener
+	layer    *streamLayer
 	grpc     *grpc.Server
 	clients  *rpcClients
 	live     *liveness
@@ -126,7 +127,7 @@ func (s *Server) startCluster(cfg ClusterConfig, advertise string) (hraft.Transp
 	gs := grpc.NewServer(grpc.Creds(handshakenCreds{}), grpc.ForceServerCodec(jsonCodec{}))
 	gs.RegisterService(&clusterServiceDesc, s)
 	s.cluster = &cluster{
-		cfg: cfg, listener: l, grpc: gs,
+		cfg: cfg, listener: l, grpc: gs, layer: layer,
 		clients: &rpcClients{tls: func() *tls.Config { return cfg.Identity.clientTLS(alpnRPC) }, source: adv.IP},
 		live:    newLiveness(),
 	}
@@ -136,6 +137,7 @@ func (s *Server) startCluster(cfg ClusterConfig, advertise string) (hraft.Transp
 
 func (c *cluster) close() {
 	c.listener.Close()
+	c.layer.closeInbound()
 	c.grpc.Stop()
 	c.clients.closeAll()
 }

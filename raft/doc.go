@@ -9,6 +9,14 @@
 // the ignorable bit (rolling upgrades). Snapshots stream the catalog's
 // records; Restore swaps in a new catalog and wakes blocked readers.
 //
+// Client replicas leave through the Subscribe stream on the cluster port
+// (stream.go): each server keeps a bounded history of the replicated
+// commands its FSM applied — never KV, join tokens or the CA key — and
+// sends a subscriber the deltas after its index, or a filtered snapshot
+// first when the history no longer covers it. Replica (replica.go) is the
+// client end: it applies them with the FSM's dispatch table into its own
+// catalog, resumes from its index, and fails over between servers.
+//
 // Metrics leave through NewCollector (this node's raft state, read at
 // scrape time) and MetricsSink (raft's own go-metrics series); the agent
 // registers both.

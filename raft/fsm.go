@@ -101,10 +101,13 @@ type fsm struct {
 	applied atomic.Uint64
 	mu      sync.Mutex
 	notify  chan struct{} // closed and replaced on every apply
+	// hist is what the replica stream sends (stream.go); Apply and
+	// Restore update it while they change the catalog.
+	hist *history
 }
 
 func newFSM(store *discovery.Store, logger *slog.Logger) *fsm {
-	return &fsm{store: store, logger: logger}
+	return &fsm{store: store, logger: logger, hist: newHistory(DefaultStreamHistory, logger)}
 }
 
 // appliedCh is closed at the next apply.
@@ -132,6 +135,19 @@ func (f *fsm) Apply(l *hraft.Log) any {
 	if l.Type != hraft.LogCommand || len(l.Data) == 0 {
 		return nil
 	}
+	if f.hist == nil { // an FSM built bare in a test
+		return f.apply(l)
+	}
+	// Under the history's lock, so that a replica stream that starts with
+	// a snapshot sees the catalog and the history at the same index.
+	f.hist.mu.Lock()
+	defer f.hist.mu.Unlock()
+	resp := f.apply(l)
+	f.hist.recordLocked(l.Index, l.Data, resp)
+	return resp
+}
+
+func (f *fsm) apply(l *hraft.Log) any {
 	t := discovery.MessageType(l.Data[0])
 	ignorable := t&discovery.IgnoreUnknownTypeFlag != 0
 	t &^= discovery.IgnoreUnknownTypeFlag
@@ -228,7 +244,16 @@ func (f *fsm) Restore(rc io.ReadCloser) error {
 			return fmt.Errorf("restoring snapshot: %w", err)
 		}
 	}
-	rs.Commit()
+	if f.hist == nil {
+		rs.Commit()
+	} else {
+		f.hist.mu.Lock()
+		rs.Commit()
+		// Every change up to the restored catalog's index is in it, and
+		// none is in the history: a replica behind it takes a snapshot.
+		f.hist.resetLocked(f.store.LastIndex())
+		f.hist.mu.Unlock()
+	}
 	f.setApplied(f.store.LastIndex())
 	return nil
 }

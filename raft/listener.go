@@ -200,6 +200,53 @@ type streamLayer struct {
 	*chanListener
 	id        *Identity
 	advertise net.Addr
+
+	// inbound are the raft connections peers opened to this node.
+	// hashicorp/raft's Close leaves them to their readers, which wait on
+	// the peer; closeInbound ends them when this node stops.
+	mu      sync.Mutex
+	inbound map[net.Conn]struct{}
+	closed  bool
+}
+
+func (s *streamLayer) Accept() (net.Conn, error) {
+	c, err := s.chanListener.Accept()
+	if err != nil {
+		return nil, err
+	}
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.closed {
+		c.Close()
+		return nil, net.ErrClosed
+	}
+	if s.inbound == nil {
+		s.inbound = map[net.Conn]struct{}{}
+	}
+	s.inbound[c] = struct{}{}
+	return &trackedConn{Conn: c, layer: s}, nil
+}
+
+func (s *streamLayer) closeInbound() {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	s.closed = true
+	for c := range s.inbound {
+		c.Close()
+	}
+	s.inbound = nil
+}
+
+type trackedConn struct {
+	net.Conn
+	layer *streamLayer
+}
+
+func (c *trackedConn) Close() error {
+	c.layer.mu.Lock()
+	delete(c.layer.inbound, c.Conn)
+	c.layer.mu.Unlock()
+	return c.Conn.Close()
 }
 
 func (s *streamLayer) Addr() net.Addr { return s.advertise }

@@ -123,6 +123,7 @@ var clusterServiceDesc = grpc.ServiceDesc{
 		method("Members", (*Server).rpcMembers),
 		method("Stats", (*Server).rpcStats),
 	},
+	Streams: []grpc.StreamDesc{subscribeStreamDesc},
 }
 
 // peerNode returns the calling node's name from its verified certificate.

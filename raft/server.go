@@ -48,7 +48,9 @@ type Config struct {
 	Cluster *ClusterConfig
 	// Transport overrides the transport of a node without Cluster.
 	Transport hraft.Transport
-	Logger    *slog.Logger
+	// Stream tunes the replica stream to clients (stream.go).
+	Stream StreamConfig
+	Logger *slog.Logger
 }
 
 // Server is this node's raft replica of the catalog.
@@ -62,6 +64,7 @@ type Server struct {
 	nodeID    string
 	dataDir   string
 	cluster   *cluster // nil for a single in-memory node
+	stream    StreamConfig
 	wg        sync.WaitGroup
 	// caughtUp is set once this node's catalog holds every entry that was
 	// committed when it started (after a restart the log is replayed only
@@ -101,7 +104,8 @@ func Open(cfg Config, store *discovery.Store) (*Server, error) {
 	}
 	snaps := privateSnapshots{FileSnapshotStore: fileSnaps, dir: dir}
 	s := &Server{logStore: logStore, store: store, logger: cfg.Logger, done: make(chan struct{}),
-		nodeID: cfg.NodeID, dataDir: cfg.DataDir, fsm: newFSM(store, cfg.Logger)}
+		nodeID: cfg.NodeID, dataDir: cfg.DataDir, fsm: newFSM(store, cfg.Logger), stream: cfg.Stream.withDefaults()}
+	s.fsm.hist = newHistory(s.stream.History, cfg.Logger)
 	trans := cfg.Transport
 	switch {
 	case cfg.Cluster != nil:
@@ -402,6 +406,9 @@ func (s *Server) Close() error {
 		s.wg.Wait()
 		if s.cluster != nil {
 			s.cluster.close()
+		}
+		if nt, ok := s.transport.(*hraft.NetworkTransport); ok {
+			nt.CloseStreams() // the pooled connections to peers
 		}
 		if c, ok := s.transport.(interface{ Close() error }); ok {
 			c.Close()

@@ -1,0 +1,425 @@
+package raft
+
+import (
+	"bytes"
+	"errors"
+	"fmt"
+	"log/slog"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/hashicorp/go-msgpack/v2/codec"
+	"github.com/vmesh/vmesh/discovery"
+	"google.golang.org/grpc"
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/status"
+)
+
+// The replica stream: every server keeps a bounded history of the
+// replicated commands its FSM applied and streams it to client replicas
+// (replica.go) over the cluster port. A subscriber names the last index it
+// has; a server that still holds every replicated change after it sends
+// only those, else a filtered snapshot at its current index first. Then it
+// follows the FSM live.
+
+// StreamConfig tunes the replica stream of a server.
+type StreamConfig struct {
+	// History is how many replicated commands a server keeps for
+	// subscribers that resume (default DefaultStreamHistory). It is also
+	// each subscriber's buffer: one that falls further behind is dropped.
+	History int
+	// KeepAlive is how often an idle subscriber hears from the server
+	// (default DefaultStreamKeepAlive), so a client can tell a quiet
+	// cluster from a dead connection.
+	KeepAlive time.Duration
+}
+
+// Defaults of StreamConfig.
+const (
+	DefaultStreamHistory   = 8192
+	DefaultStreamKeepAlive = 10 * time.Second
+)
+
+func (c StreamConfig) withDefaults() StreamConfig {
+	if c.History <= 0 {
+		c.History = DefaultStreamHistory
+	}
+	if c.KeepAlive <= 0 {
+		c.KeepAlive = DefaultStreamKeepAlive
+	}
+	return c
+}
+
+// replicated are the commands that reach client replicas. KV and join
+// tokens are absent on purpose: KV is application data clients do not
+// serve from the replica, tokens are secrets. The client applies only
+// these too.
+var replicated = map[discovery.MessageType]bool{
+	discovery.RegisterNodeType:      true,
+	discovery.DeregisterNodeType:    true,
+	discovery.RegisterServiceType:   true,
+	discovery.DeregisterServiceType: true,
+	discovery.RegisterCheckType:     true,
+	discovery.DeregisterCheckType:   true,
+	discovery.UpdateCheckType:       true,
+	discovery.SetCAType:             true, // without the key: replicaCommand
+	discovery.ConfigEntryType:       true,
+	discovery.VIPType:               true,
+	discovery.IntentionType:         true,
+}
+
+// replicaCommand is the encoded command buf as a client may see it, or
+// nil when it must not leave the servers.
+func replicaCommand(buf []byte) ([]byte, error) {
+	if len(buf) == 0 {
+		return nil, nil
+	}
+	t := discovery.MessageType(buf[0])
+	if !replicated[t] {
+		return nil, nil
+	}
+	if t != discovery.SetCAType {
+		return buf, nil
+	}
+	var req discovery.SetCARequest
+	if err := decode(buf[1:], &req); err != nil {
+		return nil, fmt.Errorf("decoding the CA command: %w", err)
+	}
+	req.CA = *req.CA.Public()
+	return encodeCommand(req)
+}
+
+// Stream messages. The snapshot and the deltas carry records and commands
+// in the FSM's own encoding (type byte + msgpack), inside the cluster
+// RPC's JSON.
+
+// SubscribeRequest opens a replica stream. FromIndex is the last raft
+// index the replica has (0: it has nothing).
+type SubscribeRequest struct{ FromIndex uint64 }
+
+// Stream event kinds.
+const (
+	EventSnapshot    = 1 // Records: part of a snapshot at Index
+	EventSnapshotEnd = 2 // the snapshot at Index is complete
+	EventDeltas      = 3 // Deltas: commands, in index order
+	EventProgress    = 4 // the replica is current up to Index
+)
+
+// SubscribeEvent is one message of a replica stream.
+type SubscribeEvent struct {
+	Kind    uint8
+	Index   uint64   `json:",omitempty"`
+	Records [][]byte `json:",omitempty"` // record type byte + msgpack
+	Deltas  []Delta  `json:",omitempty"`
+}
+
+// Delta is a command the FSM applied at Index.
+type Delta struct {
+	Index   uint64
+	Command []byte // type byte + msgpack, as in the raft log
+}
+
+// errSubscriberDropped: the subscriber fell further behind than the
+// history; it reconnects and resumes (or takes a snapshot).
+var errSubscriberDropped = errors.New("raft: replica stream fell behind the server's history; resubscribe")
+
+type histEntry struct {
+	index uint64
+	data  []byte
+}
+
+// history is the server's memory of replicated commands. The FSM appends
+// to it under mu while it applies, so a subscriber that takes a catalog
+// snapshot under mu gets the catalog and the history at the same index.
+type history struct {
+	mu     sync.Mutex
+	logger *slog.Logger
+	ring   []histEntry
+	head   int // position of the oldest entry
+	n      int
+	// floor: every replicated change after it is in ring. last: the last
+	// command index the FSM applied, replicated or not.
+	floor, last uint64
+	wake        chan struct{} // closed when an entry is added
+	subs        map[*subscriber]struct{}
+
+	// Counters for tests and metrics.
+	snapshots atomic.Uint64 // full snapshots sent
+	resumes   atomic.Uint64 // subscriptions served from the history
+	dropped   atomic.Uint64 // subscribers dropped for falling behind
+}
+
+func newHistory(size int, logger *slog.Logger) *history {
+	if size <= 0 {
+		size = DefaultStreamHistory
+	}
+	return &history{logger: logger, ring: make([]histEntry, size), wake: make(chan struct{}), subs: map[*subscriber]struct{}{}}
+}
+
+// recordLocked notes the command applied at idx; resp is the FSM's answer.
+// A command that failed changed nothing and is not kept.
+func (h *history) recordLocked(idx uint64, buf []byte, resp any) {
+	h.last = idx
+	if err, ok := resp.(error); ok && err != nil {
+		return
+	}
+	data, err := replicaCommand(buf)
+	if err != nil {
+		// Every server fails the same way; a replica resyncs by snapshot.
+		h.logger.Error("replica stream: cannot filter a command; subscribers will resync", "index", idx, "err", err)
+		h.resetLocked(idx)
+		return
+	}
+	if data == nil {
+		return
+	}
+	pos := (h.head + h.n) % len(h.ring)
+	if h.n == len(h.ring) {
+		evicted := h.ring[h.head].index
+		h.head = (h.head + 1) % len(h.ring)
+		h.floor = evicted
+		h.dropBehindLocked(evicted)
+	} else {
+		h.n++
+	}
+	h.ring[pos] = histEntry{index: idx, data: data}
+	close(h.wake)
+	h.wake = make(chan struct{})
+}
+
+// resetLocked forgets the history: after a snapshot restore the changes
+// that led to idx are not known one by one.
+func (h *history) resetLocked(idx uint64) {
+	for i := range h.ring {
+		h.ring[i] = histEntry{}
+	}
+	h.head, h.n, h.floor, h.last = 0, 0, idx, idx
+	h.dropBehindLocked(idx)
+	close(h.wake)
+	h.wake = make(chan struct{})
+}
+
+// dropBehindLocked drops every subscriber that has not taken the entry at
+// idx: it cannot get it any more.
+func (h *history) dropBehindLocked(idx uint64) {
+	for s := range h.subs {
+		if s.cursor < idx {
+			s.drop()
+			delete(h.subs, s)
+			h.dropped.Add(1)
+		}
+	}
+}
+
+// subscriber is one replica stream's position in the history.
+type subscriber struct {
+	cursor    uint64 // under history.mu: the replica has (or is sent) all up to here
+	dropped   chan struct{}
+	closeOnce sync.Once
+}
+
+func (s *subscriber) drop() { s.closeOnce.Do(func() { close(s.dropped) }) }
+
+// subscribe registers a subscriber. When from is not covered by the
+// history it returns a catalog snapshot at the subscriber's start.
+func (h *history) subscribe(from uint64, store *discovery.Store) (*subscriber, *discovery.Snapshot) {
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	s := &subscriber{dropped: make(chan struct{})}
+	var snap *discovery.Snapshot
+	if from == 0 || from < h.floor {
+		snap = store.Snapshot()
+		s.cursor = h.last
+		h.snapshots.Add(1)
+	} else {
+		s.cursor = from
+		h.resumes.Add(1)
+	}
+	h.subs[s] = struct{}{}
+	return s, snap
+}
+
+func (h *history) unsubscribe(s *subscriber) {
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	delete(h.subs, s)
+}
+
+// maxDeltaBatch bounds one event, and what a subscriber holds outside the
+// history.
+const maxDeltaBatch = 256
+
+// take returns the entries after s's cursor (at most maxDeltaBatch), the
+// index the subscriber is then current to, and a channel closed at the
+// next entry.
+func (h *history) take(s *subscriber) ([]Delta, uint64, <-chan struct{}, error) {
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	select {
+	case <-s.dropped:
+		return nil, 0, nil, errSubscriberDropped
+	default:
+	}
+	var out []Delta
+	// The ring is in index order; find the first entry after the cursor.
+	i := 0
+	for i < h.n && h.ring[(h.head+i)%len(h.ring)].index <= s.cursor {
+		i++
+	}
+	for ; i < h.n && len(out) < maxDeltaBatch; i++ {
+		e := h.ring[(h.head+i)%len(h.ring)]
+		out = append(out, Delta{Index: e.index, Command: e.data})
+	}
+	if i == h.n {
+		s.cursor = max(s.cursor, h.last)
+	} else {
+		s.cursor = out[len(out)-1].Index
+	}
+	return out, s.cursor, h.wake, nil
+}
+
+// ---- the RPC ----
+
+var subscribeStreamDesc = grpc.StreamDesc{
+	StreamName:    "Subscribe",
+	ServerStreams: true,
+	Handler: func(srv any, stream grpc.ServerStream) error {
+		req := new(SubscribeRequest)
+		if err := stream.RecvMsg(req); err != nil {
+			return err
+		}
+		return srv.(*Server).rpcSubscribe(req, stream)
+	},
+}
+
+// rpcSubscribe streams the replicated catalog. Any node certificate may
+// subscribe: a client's proxy needs the whole mesh. Nothing secret is in
+// the stream (replicated, discovery.ReplicaRecord).
+func (s *Server) rpcSubscribe(req *SubscribeRequest, stream grpc.ServerStream) error {
+	name, err := peerNode(stream.Context())
+	if err != nil {
+		return err
+	}
+	h := s.fsm.hist
+	sub, snap := h.subscribe(req.FromIndex, s.store)
+	defer h.unsubscribe(sub)
+	s.logger.Debug("replica subscribed", "node", name, "from", req.FromIndex, "snapshot", snap != nil)
+	// The sends run on their own goroutine so that a subscriber stuck on
+	// a full connection can be dropped: returning ends the stream, which
+	// unblocks the send.
+	errc := make(chan error, 1)
+	go func() { errc <- s.sendStream(stream, h, sub, snap) }()
+	select {
+	case err := <-errc:
+		return err
+	case <-sub.dropped:
+		s.logger.Info("replica subscriber dropped: it fell behind the stream history", "node", name)
+		return status.Error(codes.ResourceExhausted, errSubscriberDropped.Error())
+	case <-s.done:
+		return status.Error(codes.Unavailable, "server closing")
+	}
+}
+
+// snapshotBatch is how many records go in one snapshot event.
+const snapshotBatch = 512
+
+func (s *Server) sendStream(stream grpc.ServerStream, h *history, sub *subscriber, snap *discovery.Snapshot) error {
+	ctx := stream.Context()
+	if snap != nil {
+		h.mu.Lock()
+		at := sub.cursor
+		h.mu.Unlock()
+		if err := sendSnapshot(stream, snap, at); err != nil {
+			return err
+		}
+	}
+	keep := time.NewTicker(s.stream.KeepAlive)
+	defer keep.Stop()
+	var sent uint64 // highest index the replica was told about
+	for {
+		deltas, cur, wake, err := h.take(sub)
+		if err != nil {
+			return status.Error(codes.ResourceExhausted, err.Error())
+		}
+		if len(deltas) > 0 {
+			if err := stream.SendMsg(&SubscribeEvent{Kind: EventDeltas, Deltas: deltas}); err != nil {
+				return err
+			}
+			sent = deltas[len(deltas)-1].Index
+			continue // take again: more entries, or a progress mark
+		}
+		if cur > sent {
+			// Only commands that do not replicate since: the replica is
+			// current to cur all the same.
+			if err := stream.SendMsg(&SubscribeEvent{Kind: EventProgress, Index: cur}); err != nil {
+				return err
+			}
+			sent = cur
+		}
+		select {
+		case <-wake:
+		case <-keep.C:
+			if err := stream.SendMsg(&SubscribeEvent{Kind: EventProgress, Index: sent}); err != nil {
+				return err
+			}
+		case <-sub.dropped:
+			return status.Error(codes.ResourceExhausted, errSubscriberDropped.Error())
+		case <-ctx.Done():
+			return ctx.Err()
+		}
+	}
+}
+
+// sendSnapshot streams the replicated tables of snap, which is at index at.
+func sendSnapshot(stream grpc.ServerStream, snap *discovery.Snapshot, at uint64) error {
+	var batch [][]byte
+	flush := func() error {
+		if len(batch) == 0 {
+			return nil
+		}
+		err := stream.SendMsg(&SubscribeEvent{Kind: EventSnapshot, Index: at, Records: batch})
+		batch = nil
+		return err
+	}
+	err := snap.Walk(func(rt discovery.RecordType, rec any) error {
+		out, ok := discovery.ReplicaRecord(rt, rec)
+		if !ok {
+			return nil
+		}
+		var buf bytes.Buffer
+		buf.WriteByte(byte(rt))
+		if err := codec.NewEncoder(&buf, msgpackHandle).Encode(out); err != nil {
+			return fmt.Errorf("encoding a snapshot record: %w", err)
+		}
+		batch = append(batch, buf.Bytes())
+		if len(batch) == snapshotBatch {
+			return flush()
+		}
+		return nil
+	})
+	if err == nil {
+		err = flush()
+	}
+	if err == nil {
+		err = stream.SendMsg(&SubscribeEvent{Kind: EventSnapshotEnd, Index: at})
+	}
+	return err
+}
+
+// StreamStats counts this server's replica stream subscriptions.
+type StreamStats struct {
+	Subscribers int
+	Snapshots   uint64 // subscriptions that needed a full snapshot
+	Resumes     uint64 // subscriptions served from the history
+	Dropped     uint64 // subscribers dropped for falling behind
+}
+
+// StreamStats reports the replica stream's counters.
+func (s *Server) StreamStats() StreamStats {
+	h := s.fsm.hist
+	h.mu.Lock()
+	n := len(h.subs)
+	h.mu.Unlock()
+	return StreamStats{Subscribers: n, Snapshots: h.snapshots.Load(), Resumes: h.resumes.Load(), Dropped: h.dropped.Load()}
+}
