@@ -1,7 +1,10 @@
 package raft
 
 import (
+	"time"
+
 	"context"
+	"github.com/vmesh/vmesh/lab/testkit"
 	"testing"
 
 	"github.com/prometheus/client_golang/prometheus"
@@ -64,6 +67,10 @@ func TestCollector(t *testing.T) {
 	}
 	srv = s
 
+	// raft publishes its applied index a moment after the FSM applied.
+	testkit.WaitFor(t, 5*time.Second, "vmesh_raft_applied_index to reach the write", func() bool {
+		return gauges(t, reg, "state", "leader")["vmesh_raft_applied_index"] >= float64(idx)
+	})
 	got := gauges(t, reg, "state", "leader")
 	for name, want := range map[string]float64{
 		"vmesh_raft_state":                1,

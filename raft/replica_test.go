@@ -45,7 +45,8 @@ func testIdentity(t testing.TB, ca *CA, name string) *Identity {
 }
 
 // newTestCluster starts n servers: the first bootstraps and stores the CA,
-// the others join it as AddSelf does after a join.
+// the others are recorded in the catalog, as a join does, and add
+// themselves with AddSelf.
 func newTestCluster(t testing.TB, n int, sc StreamConfig) *testCluster {
 	t.Helper()
 	ca, err := NewCA(idTestTD)
@@ -81,6 +82,12 @@ func newTestCluster(t testing.TB, n int, sc StreamConfig) *testCluster {
 			continue
 		}
 		ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+		// As a join records it: the leader admits to raft only a node the
+		// catalog knows under the name its certificate carries.
+		if _, err := c.servers[0].Apply(ctx, discovery.RegisterNodeRequest{Node: discovery.Node{ID: name + "-id", Name: name, Address: "127.0.0.1"}}); err != nil {
+			cancel()
+			t.Fatal(err)
+		}
 		_, err = s.AddSelf(ctx, c.servers[0].Addr())
 		cancel()
 		if err != nil {
