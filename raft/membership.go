@@ -181,15 +181,17 @@ func (s *Server) rpcJoin(ctx context.Context, req *JoinRequest) (*JoinResponse, 
 	if req.NodeName == "" || req.NodeID == "" {
 		return nil, status.Error(codes.InvalidArgument, "NodeName and NodeID are required")
 	}
-	// A token admits a new node, never an impostor: the name of a node
-	// that is heartbeating is not for anyone else, whatever ID it claims.
-	if s.nodeHeartbeating(req.NodeName, now) {
-		return nil, status.Errorf(codes.AlreadyExists, "node name %q belongs to a live node (it is taken by node %s, which is heartbeating); pick another name, or stop that node and wait until it is marked critical",
-			req.NodeName, s.nodeIDOf(req.NodeName))
-	}
 	_, n, _, err := s.store.Node(nil, req.NodeName)
 	if err != nil {
 		return nil, status.Error(codes.Internal, err.Error())
+	}
+	// A token admits a new node, never an impostor: the name of a node
+	// in the catalog that is heartbeating is not for anyone else, whatever
+	// ID the joiner claims. A departed node (deregistered) or a silent one
+	// is not protected by this check.
+	if n != nil && s.nodeHeartbeating(req.NodeName, now) {
+		return nil, status.Errorf(codes.AlreadyExists, "node name %q belongs to a live node (it is taken by node %s, which is heartbeating); pick another name, or stop that node and wait until it is marked critical",
+			req.NodeName, n.ID)
 	}
 	if n != nil && n.ID != req.NodeID {
 		return nil, status.Errorf(codes.AlreadyExists, "node name %q is taken by node %s; pick another name or make that node leave", req.NodeName, n.ID)
@@ -256,18 +258,6 @@ func (s *Server) nodeHeartbeating(name string, now time.Time) bool {
 	}
 	v, ok := s.cluster.live.get(name)
 	return ok && now.Sub(v.at) <= s.cluster.cfg.NodeTTL
-}
-
-// nodeIDOf is the ID the catalog or the heartbeats know for name.
-func (s *Server) nodeIDOf(name string) string {
-	if _, n, _, _ := s.store.Node(nil, name); n != nil {
-		return n.ID
-	}
-	if name == s.cluster.cfg.Identity.Name {
-		return s.nodeID
-	}
-	v, _ := s.cluster.live.get(name)
-	return v.id
 }
 
 // AddSelf asks the leader to add this node to raft, as a voter while there

@@ -190,6 +190,14 @@ func TestJoinTokenRefusals(t *testing.T) {
 	if _, err := s.RevokeToken(ctx, "nope"); !errors.Is(err, discovery.ErrNotFound) {
 		t.Errorf("revoking an unknown token = %v; want ErrNotFound", err)
 	}
+	// In the catalog: n1 (the leader, always live), busy (heartbeating)
+	// and ghost (silent).
+	for _, n := range []string{"n1", "busy", "ghost"} {
+		if _, err := s.Apply(ctx, discovery.RegisterNodeRequest{Node: discovery.Node{Name: n, ID: n + "-id", Address: "127.0.0.1"}}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	s.cluster.live.mark("busy", "busy-id", "127.0.0.1:1", time.Now())
 	good, _ := mk(1)
 	parsed, _ := ParseToken(good)
 	wrongSecret := Token{ID: parsed.ID, Secret: "x", Fingerprint: parsed.Fingerprint}.String()
@@ -199,17 +207,27 @@ func TestJoinTokenRefusals(t *testing.T) {
 		{"revoked", revoked, "a4", "join token revoked"},
 		{"wrong secret", wrongSecret, "a5", "no such join token, or a wrong secret"},
 		{"unknown", unknown, "a6", "no such join token, or a wrong secret"},
-		// The leader heartbeats: its name is not for anyone, whatever ID.
-		{"live name", good, "n1", `node name "n1" belongs to a live node`},
+		// A heartbeating node's name is not for anyone, whatever ID: not
+		// even the ID it has, which the catalog shows to every reader.
+		{"live leader's name", good, "n1", `node name "n1" belongs to a live node`},
+		{"live node's name", good, "busy", `node name "busy" belongs to a live node`},
+		{"live node's name and ID", good, "busy=busy-id", `node name "busy" belongs to a live node`},
+		// A silent node's name stays its own until it leaves or is reaped.
+		{"silent node's name, another ID", good, "ghost", `node name "ghost" is taken by node ghost-id`},
 	} {
-		err := joinAs(t, s, tc.token, tc.node)
+		name, id, _ := strings.Cut(tc.node, "=")
+		if id == "" {
+			id = "joiner-" + name
+		}
+		_, err := Join(ctx, JoinParams{Addr: s.Addr(), Token: tc.token, NodeName: name, NodeID: id, DataDir: t.TempDir()})
 		if !errors.Is(err, ErrJoinRefused) || !strings.Contains(err.Error(), tc.want) {
 			t.Errorf("%s: join = %v; want refused with %q", tc.name, err, tc.want)
 		}
 	}
-	// None of the refusals spent the good token's use.
-	if err := joinAs(t, s, good, "a7"); err != nil {
-		t.Errorf("the good token after refusals: %v", err)
+	// None of the refusals spent the good token's use, and the silent
+	// node itself may come back with it (same name, same ID).
+	if _, err := Join(ctx, JoinParams{Addr: s.Addr(), Token: good, NodeName: "ghost", NodeID: "ghost-id", DataDir: t.TempDir()}); err != nil {
+		t.Errorf("the good token after refusals, for the silent node: %v", err)
 	}
 	ts, err := s.Tokens()
 	if err != nil || len(ts) != 3 {
