@@ -273,3 +273,32 @@ func TestTokenUseFSM(t *testing.T) {
 		t.Errorf("TokenUse after revoke = %v; want ErrTokenRevoked", err)
 	}
 }
+
+// TestJoinDepartedName: a live node's name is refused; once that node has
+// left (deregistered), its name is free for a new node with another ID,
+// even while the leader still remembers its last heartbeat.
+func TestJoinDepartedName(t *testing.T) {
+	s := clusterLeader(t)
+	ctx := context.Background()
+	if _, err := s.Apply(ctx, discovery.RegisterNodeRequest{Node: discovery.Node{Name: "web-01", ID: "old-id", Address: "127.0.0.1"}}); err != nil {
+		t.Fatal(err)
+	}
+	s.cluster.live.mark("web-01", "old-id", "127.0.0.1:1", time.Now())
+	tok, _, err := s.CreateToken(ctx, time.Hour, 1)
+	if err != nil {
+		t.Fatal(err)
+	}
+	join := func() error {
+		_, err := Join(ctx, JoinParams{Addr: s.Addr(), Token: tok, NodeName: "web-01", NodeID: "new-id", DataDir: t.TempDir()})
+		return err
+	}
+	if err := join(); err == nil || !strings.Contains(err.Error(), `node name "web-01" belongs to a live node`) {
+		t.Fatalf("join as a live node = %v; want refused", err)
+	}
+	if _, err := s.Apply(ctx, discovery.DeregisterNodeRequest{Node: "web-01"}); err != nil {
+		t.Fatal(err)
+	}
+	if err := join(); err != nil {
+		t.Fatalf("join under a departed node's name = %v; want it admitted", err)
+	}
+}
