@@ -174,7 +174,7 @@ func startCluster(b *testing.B, n int) *benchCluster {
 	c.startAgent(b, logger, root, 0, "", "")
 	var tok struct{ Token string }
 	waitUntil(b, 30*time.Second, "agent 1 leads and issues join tokens", func() error {
-		body, err := put(c.client, c.base(0)+"/v1/vmesh/token?ttl=1h", nil)
+		body, err := put(c.client, c.base(0)+fmt.Sprintf("/v1/vmesh/token?ttl=1h&uses=%d", max(n-1, 1)), nil) // one join each
 		if err != nil {
 			return err
 		}

@@ -3,7 +3,9 @@ package discovery
 import (
 	"crypto/sha256"
 	"crypto/subtle"
+	"errors"
 	"fmt"
+	"time"
 
 	"github.com/hashicorp/go-memdb"
 )
@@ -29,13 +31,44 @@ type CARoot struct {
 	ModifyIndex uint64
 }
 
-// JoinToken is a join token as stored: only a hash of its secret.
+// Join token limits. A token is a bearer credential for a node
+// certificate, so it is short-lived and counted: every token expires, and
+// each join spends one use.
+const (
+	DefaultJoinTokenTTL  = time.Hour
+	MaxJoinTokenTTL      = 7 * 24 * time.Hour
+	DefaultJoinTokenUses = 1
+	MaxJoinTokenUses     = 1000
+)
+
+// Join token refusals. The FSM returns them from TokenUse, so every node
+// reaches the same verdict; the leader maps them to what a joiner reads.
+var (
+	ErrTokenUsed    = errors.New("join token already used")
+	ErrTokenRevoked = errors.New("join token revoked")
+	ErrTokenExpired = errors.New("join token expired")
+	ErrTokenUnknown = errors.New("no such join token, or a wrong secret")
+)
+
+// JoinToken is a join token as stored: only a hash of its secret. Tokens
+// written before uses were counted decode with UsesLeft 0 and ExpiresAt 0:
+// they are spent, and no longer admit anyone.
 type JoinToken struct {
 	ID          string
 	SecretHash  []byte
-	ExpiresAt   int64 // unix seconds; 0 never expires
+	CreatedAt   int64 // unix seconds
+	ExpiresAt   int64 // unix seconds
+	Uses        int   // uses it was created with
+	UsesLeft    int
+	Revoked     bool
+	RevokedAt   int64 // unix seconds
 	CreateIndex uint64
+	ModifyIndex uint64
 }
+
+// Expired says whether the token is past its expiry at now (unix
+// seconds): it admits no one from its expiry second on.
+func (t *JoinToken) Expired(now int64) bool { return t.ExpiresAt == 0 || now >= t.ExpiresAt }
 
 // HashTokenSecret is how a token's secret is stored.
 func HashTokenSecret(secret string) []byte {
@@ -59,9 +92,27 @@ type TokenCreateRequest struct{ Token JoinToken }
 // TokenDeleteRequest removes a join token.
 type TokenDeleteRequest struct{ ID string }
 
+// TokenUseRequest spends one use of a join token. The leader sends it
+// before it signs a joiner's certificate; Now (the leader's clock, unix
+// seconds) travels in the command so that every node judges expiry the
+// same way.
+type TokenUseRequest struct {
+	ID  string
+	Now int64
+}
+
+// TokenRevokeRequest marks a join token revoked. It stays in the catalog
+// until it expires, so a join with it is told "revoked".
+type TokenRevokeRequest struct {
+	ID  string
+	Now int64
+}
+
 func (SetCARequest) MessageType() MessageType       { return SetCAType }
 func (TokenCreateRequest) MessageType() MessageType { return TokenCreateType }
 func (TokenDeleteRequest) MessageType() MessageType { return TokenDeleteType }
+func (TokenUseRequest) MessageType() MessageType    { return TokenUseType }
+func (TokenRevokeRequest) MessageType() MessageType { return TokenRevokeType }
 
 func clusterTables(tables map[string]*memdb.TableSchema) {
 	tables[tableCA] = &memdb.TableSchema{Name: tableCA, Indexes: map[string]*memdb.IndexSchema{
@@ -118,8 +169,18 @@ func (s *Store) TokenCreate(idx uint64, t *JoinToken) error {
 	db, _ := s.current()
 	tx := db.Txn(true)
 	defer tx.Abort()
+	// The leader chose the uses and the expiry (raft.CreateToken checks
+	// them); a token without either is stored but admits no one.
+	if t.ID == "" || len(t.SecretHash) == 0 {
+		return fmt.Errorf("%w: a join token needs an ID and a secret hash", ErrInvalid)
+	}
+	if raw, err := tx.First(tableTokens, "id", t.ID); err != nil {
+		return err
+	} else if raw != nil {
+		return fmt.Errorf("%w: join token %s exists", ErrInvalid, t.ID)
+	}
 	c := *t
-	c.CreateIndex = idx
+	c.CreateIndex, c.ModifyIndex = idx, idx
 	if err := tx.Insert(tableTokens, &c); err != nil {
 		return err
 	}
@@ -136,6 +197,67 @@ func (s *Store) TokenDelete(idx uint64, id string) error {
 	tx := db.Txn(true)
 	defer tx.Abort()
 	if _, err := tx.DeleteAll(tableTokens, "id", id); err != nil {
+		return err
+	}
+	if err := bumpIndex(tx, idx, tableTokens); err != nil {
+		return err
+	}
+	tx.Commit()
+	return nil
+}
+
+// TokenUse spends one use of a join token, or says why it cannot: the
+// check and the decrement are one transaction, so of two joiners racing
+// on a single-use token exactly one gets it.
+func (s *Store) TokenUse(idx uint64, id string, now int64) error {
+	return s.tokenUpdate(idx, id, func(t *JoinToken) error {
+		switch {
+		case t.Revoked:
+			return ErrTokenRevoked
+		case t.Expired(now):
+			return fmt.Errorf("%w at %s", ErrTokenExpired, time.Unix(t.ExpiresAt, 0).UTC().Format(time.RFC3339))
+		case t.UsesLeft < 1:
+			return ErrTokenUsed
+		}
+		t.UsesLeft--
+		return nil
+	})
+}
+
+// TokenRevoke marks a join token revoked; revoking it again changes
+// nothing.
+func (s *Store) TokenRevoke(idx uint64, id string, now int64) error {
+	return s.tokenUpdate(idx, id, func(t *JoinToken) error {
+		if t.Revoked {
+			return errNoChange
+		}
+		t.Revoked, t.RevokedAt = true, now
+		return nil
+	})
+}
+
+// errNoChange tells tokenUpdate to commit nothing and report success.
+var errNoChange = errors.New("no change")
+
+func (s *Store) tokenUpdate(idx uint64, id string, change func(*JoinToken) error) error {
+	db, _ := s.current()
+	tx := db.Txn(true)
+	defer tx.Abort()
+	raw, err := tx.First(tableTokens, "id", id)
+	if err != nil {
+		return err
+	}
+	if raw == nil {
+		return fmt.Errorf("%w: %w", ErrNotFound, ErrTokenUnknown)
+	}
+	c := *raw.(*JoinToken) // the stored one is shared with readers: copy
+	if err := change(&c); errors.Is(err, errNoChange) {
+		return nil
+	} else if err != nil {
+		return err
+	}
+	c.ModifyIndex = idx
+	if err := tx.Insert(tableTokens, &c); err != nil {
 		return err
 	}
 	if err := bumpIndex(tx, idx, tableTokens); err != nil {

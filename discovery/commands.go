@@ -22,6 +22,8 @@ const (
 	ConfigEntryType       MessageType = 12
 	VIPType               MessageType = 13 // vips.go (capture issue); intentions take 14
 	IntentionType         MessageType = 14
+	TokenUseType          MessageType = 15 // cluster.go: spend one use of a join token
+	TokenRevokeType       MessageType = 16
 
 	// IgnoreUnknownTypeFlag marks a command that an older agent that does
 	// not know its type may skip instead of stopping: commands added in a

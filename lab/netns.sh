@@ -168,9 +168,12 @@ cmd_up() {
 		log "vm$i: agent, joining vm1"
 		start agent "$i" "$BIN/vmesh" agent -config "$(vm_dir "$i")/etc/vmesh/vmesh.hcl"
 		wait_for 30 "vm$i's agent API" agent_up "$i"
-		local token
-		token=$(in_vm 1 "$BIN/vmesh" token create -ttl 10m 2>>"$(vm_dir 1)/log/cli.log")
-		in_vm "$i" "$LAB_DIR/provision.sh" join "$(vm_ip 1):7400" --token "$token" --vmesh "$BIN/vmesh"
+		# The token travels in a 0600 file, never on a command line.
+		local token_file
+		token_file="$(vm_dir "$i")/join-token"
+		(umask 077 && in_vm 1 "$BIN/vmesh" token create -ttl 10m >"$token_file" 2>>"$(vm_dir 1)/log/cli.log")
+		in_vm "$i" "$LAB_DIR/provision.sh" join "$(vm_ip 1):7400" --token-file "$token_file" --vmesh "$BIN/vmesh"
+		rm -f "$token_file"
 	done
 	wait_for 60 "all $n VMs to be members" all_members "$n"
 

@@ -9,8 +9,10 @@
 #   provision.sh intentions [--vmesh BIN]
 #       allow every mesh host to call each demo service ('*' => app); run
 #       once, on any member
-#   provision.sh join ADDR (--token T | --token-file F) [--vmesh BIN]
-#       join the local agent to the cluster at ADDR, unless it is in one
+#   provision.sh join ADDR [--token-file F] [--vmesh BIN]
+#       join the local agent to the cluster at ADDR, unless it is in one,
+#       with the token in file F (mode 0600) or in VMESH_JOIN_TOKEN: never
+#       on a command line, where ps shows it
 #   provision.sh wait-leader [--vmesh BIN]
 #       wait until the local agent knows a raft leader
 #   provision.sh vagrant --node NAME --ip IP --vms N [--bootstrap]
@@ -166,11 +168,11 @@ cmd_intentions() {
 }
 
 cmd_join() {
-	local addr="" token=""
+	local addr="" token_file=""
 	while [ $# -gt 0 ]; do
 		case $1 in
-		--token) token=$2; shift 2 ;;
-		--token-file) token=$(cat "$2"); shift 2 ;;
+		--token) die "join: --token puts the token in argv, where ps shows it; use --token-file F or VMESH_JOIN_TOKEN" ;;
+		--token-file) token_file=$2; shift 2 ;;
 		-*) die "join: unknown flag $1" ;;
 		*) [ -z "$addr" ] || die "join: one address only"; addr=$1; shift ;;
 		esac
@@ -180,8 +182,12 @@ cmd_join() {
 		echo "already in a cluster (leader $(leader)); not joining"
 		return
 	fi
-	[ -n "$token" ] || die "join: --token or --token-file is required"
-	"$VMESH" join "$addr" -token "$token" -http-addr "$HTTP_ADDR"
+	if [ -n "$token_file" ]; then
+		"$VMESH" join "$addr" -token-file "$token_file" -http-addr "$HTTP_ADDR"
+	else
+		[ -n "${VMESH_JOIN_TOKEN:-}" ] || die "join: --token-file F or VMESH_JOIN_TOKEN is required"
+		"$VMESH" join "$addr" -http-addr "$HTTP_ADDR"
+	fi
 	cmd_wait_leader
 }
 

@@ -20,7 +20,7 @@ import (
 )
 
 // errNotJoined answers writes while this agent is in no cluster.
-var errNotJoined = errors.New("this agent is not in a cluster yet: run 'vmesh join ADDR -token T' (or start it with -bootstrap)")
+var errNotJoined = errors.New("this agent is not in a cluster yet: run 'vmesh join ADDR' with a token in -token-file or " + config.JoinTokenEnv + " (or start it with -bootstrap)")
 
 // raftRef is the agent's raft server, which exists only once the agent is
 // in a cluster. It implements discovery.Writer and httpapi.Cluster so the
@@ -80,7 +80,7 @@ func leftFile(dataDir string) string { return filepath.Join(dataDir, "left") }
 // identity, bootstrap a new cluster, join one, or wait for 'vmesh join'.
 func (a *Agent) startCluster(ctx context.Context) error {
 	if _, err := os.Stat(leftFile(a.cfg.DataDir)); err == nil {
-		a.logger.Warn("this node left its cluster; it stays out until 'vmesh join ADDR -token T'")
+		a.logger.Warn("this node left its cluster; it stays out until 'vmesh join ADDR'")
 		return nil
 	}
 	id, err := raft.LoadIdentity(a.cfg.DataDir)
@@ -101,9 +101,16 @@ func (a *Agent) startCluster(ctx context.Context) error {
 		a.logger.Info("bootstrapping a new cluster", "trust_domain", a.cfg.Cluster.TrustDomain, "ca_fingerprint", raft.Fingerprint(ca.Cert))
 		return a.openRaft(id, ca, true)
 	case a.cfg.Join != "":
-		return a.join(ctx, a.cfg.Join, a.cfg.Token)
+		token, warning, err := a.cfg.ReadJoinToken()
+		if err != nil {
+			return &config.Error{Err: err}
+		}
+		if warning != "" {
+			a.logger.Warn(warning)
+		}
+		return a.join(ctx, a.cfg.Join, token)
 	}
-	a.logger.Info("not in a cluster yet: waiting for 'vmesh join ADDR -token T'")
+	a.logger.Info("not in a cluster yet: waiting for 'vmesh join ADDR'")
 	return nil
 }
 
@@ -214,12 +221,42 @@ func (o operator) Leave(ctx context.Context, force bool) error {
 	return err
 }
 
-func (o operator) CreateJoinToken(ctx context.Context, ttl time.Duration) (string, time.Time, error) {
+func (o operator) CreateJoinToken(ctx context.Context, ttl time.Duration, uses int) (string, httpapi.JoinTokenInfo, error) {
 	srv := o.a.ref.get()
 	if srv == nil {
-		return "", time.Time{}, httpapi.WithStatus(http.StatusConflict, errNotJoined)
+		return "", httpapi.JoinTokenInfo{}, httpapi.WithStatus(http.StatusConflict, errNotJoined)
 	}
-	return srv.CreateToken(ctx, ttl)
+	tok, info, err := srv.CreateToken(ctx, ttl, uses)
+	return tok, joinTokenInfo(info), err
+}
+
+func (o operator) JoinTokens(context.Context) ([]httpapi.JoinTokenInfo, error) {
+	srv := o.a.ref.get()
+	if srv == nil {
+		return nil, httpapi.WithStatus(http.StatusConflict, errNotJoined)
+	}
+	ts, err := srv.Tokens()
+	if err != nil {
+		return nil, err
+	}
+	out := make([]httpapi.JoinTokenInfo, 0, len(ts))
+	for _, t := range ts {
+		out = append(out, joinTokenInfo(t))
+	}
+	return out, nil
+}
+
+func (o operator) RevokeJoinToken(ctx context.Context, id string) (httpapi.JoinTokenInfo, error) {
+	srv := o.a.ref.get()
+	if srv == nil {
+		return httpapi.JoinTokenInfo{}, httpapi.WithStatus(http.StatusConflict, errNotJoined)
+	}
+	info, err := srv.RevokeToken(ctx, id)
+	return joinTokenInfo(info), err
+}
+
+func joinTokenInfo(t raft.TokenInfo) httpapi.JoinTokenInfo {
+	return httpapi.JoinTokenInfo{ID: t.ID, CreatedAt: t.CreatedAt, ExpiresAt: t.ExpiresAt, Uses: t.Uses, UsesLeft: t.UsesLeft, Revoked: t.Revoked}
 }
 
 func (o operator) Snapshot() (uint64, error) {

@@ -38,7 +38,7 @@ func (s sdService) Ready() <-chan struct{} {
 func (s sdService) Status() string {
 	var st string
 	if srv := s.a.ref.get(); srv == nil {
-		st = "not in a cluster: waiting for 'vmesh join ADDR -token T'"
+		st = "not in a cluster: waiting for 'vmesh join ADDR'"
 	} else {
 		services := "? services"
 		if _, svcs, err := s.a.store.ServiceTags(nil); err == nil && len(svcs) == 1 {

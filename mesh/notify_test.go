@@ -30,7 +30,7 @@ func TestNotifierStates(t *testing.T) {
 		testkit.WaitFor(t, 5*time.Second, "READY=1", func() bool { return rec.Count("READY=1") == 1 })
 		sd.Stop()
 		sd.Stop()
-		want := []string{"READY=1 STATUS=not in a cluster: waiting for 'vmesh join ADDR -token T'", "STOPPING=1"}
+		want := []string{"READY=1 STATUS=not in a cluster: waiting for 'vmesh join ADDR'", "STOPPING=1"}
 		if got := rec.Lines(); strings.Join(got, "|") != strings.Join(want, "|") {
 			t.Errorf("notifications %q; want %q", got, want)
 		}

@@ -66,6 +66,14 @@ var appliers = map[discovery.MessageType]applier{
 		var req discovery.TokenDeleteRequest
 		return orErr(decode(buf, &req), func() error { return s.TokenDelete(idx, req.ID) })
 	},
+	discovery.TokenUseType: func(s *discovery.Store, buf []byte, idx uint64) any {
+		var req discovery.TokenUseRequest
+		return orErr(decode(buf, &req), func() error { return s.TokenUse(idx, req.ID, req.Now) })
+	},
+	discovery.TokenRevokeType: func(s *discovery.Store, buf []byte, idx uint64) any {
+		var req discovery.TokenRevokeRequest
+		return orErr(decode(buf, &req), func() error { return s.TokenRevoke(idx, req.ID, req.Now) })
+	},
 	discovery.ConfigEntryType: func(s *discovery.Store, buf []byte, idx uint64) any {
 		var req discovery.ConfigEntryRequest
 		return orErr(decode(buf, &req), func() error { return s.ConfigEntryApply(idx, req.Op, &req.Entry) })

@@ -193,6 +193,30 @@ func TestFSMApplyDispatch(t *testing.T) {
 			},
 		},
 		{
+			discovery.TokenCreateRequest{Token: discovery.JoinToken{ID: "t2", SecretHash: discovery.HashTokenSecret("s"), CreatedAt: 1e9, ExpiresAt: 2e9, Uses: 2, UsesLeft: 2}},
+			func(t *testing.T, idx uint64) {
+				if tok, _ := s.Token("t2"); tok == nil || tok.UsesLeft != 2 || tok.ModifyIndex != idx {
+					t.Errorf("token = %+v, want t2 with 2 uses at %d", tok, idx)
+				}
+			},
+		},
+		{
+			discovery.TokenUseRequest{ID: "t2", Now: 1e9 + 1},
+			func(t *testing.T, idx uint64) {
+				if tok, _ := s.Token("t2"); tok == nil || tok.UsesLeft != 1 || tok.Uses != 2 || tok.ModifyIndex != idx {
+					t.Errorf("token after a use = %+v, want 1 use left at %d", tok, idx)
+				}
+			},
+		},
+		{
+			discovery.TokenRevokeRequest{ID: "t2", Now: 1e9 + 2},
+			func(t *testing.T, idx uint64) {
+				if tok, _ := s.Token("t2"); tok == nil || !tok.Revoked || tok.RevokedAt != 1e9+2 || tok.ModifyIndex != idx {
+					t.Errorf("token after revoke = %+v, want revoked at %d", tok, idx)
+				}
+			},
+		},
+		{
 			discovery.ConfigEntryRequest{Op: discovery.ConfigEntryUpsert, Entry: discovery.ConfigEntry{
 				Kind: discovery.KindServiceDefaults, Name: "web", Defaults: &discovery.ServiceDefaults{Protocol: "http"}}},
 			func(t *testing.T, idx uint64) {

@@ -131,22 +131,32 @@ func newNodeKey(name string) (*ecdsa.PrivateKey, []byte, error) {
 // SignNode signs a node's CSR: the certificate names the node by its SPIFFE
 // ID and is good for both ends of a TLS connection.
 func (ca *CA) SignNode(csrDER []byte, name string) (*x509.Certificate, error) {
-	csr, err := x509.ParseCertificateRequest(csrDER)
-	if err != nil {
-		return nil, fmt.Errorf("%w: %v", ErrInvalidNodeCSR, err)
-	}
-	if err := csr.CheckSignature(); err != nil {
-		return nil, fmt.Errorf("%w: bad signature: %v", ErrInvalidNodeCSR, err)
-	}
-	td, err := ca.TrustDomain()
+	csr, id, err := ca.checkNodeCSR(csrDER, name)
 	if err != nil {
 		return nil, err
 	}
+	return ca.sign(csr.PublicKey, name, id.URL(), nodeLifetime)
+}
+
+// checkNodeCSR is everything SignNode can refuse, so that a join spends a
+// token's use only on a request that will be signed.
+func (ca *CA) checkNodeCSR(csrDER []byte, name string) (*x509.CertificateRequest, spiffeid.ID, error) {
+	csr, err := x509.ParseCertificateRequest(csrDER)
+	if err != nil {
+		return nil, spiffeid.ID{}, fmt.Errorf("%w: %v", ErrInvalidNodeCSR, err)
+	}
+	if err := csr.CheckSignature(); err != nil {
+		return nil, spiffeid.ID{}, fmt.Errorf("%w: bad signature: %v", ErrInvalidNodeCSR, err)
+	}
+	td, err := ca.TrustDomain()
+	if err != nil {
+		return nil, spiffeid.ID{}, err
+	}
 	id, err := NodeID(td, name)
 	if err != nil {
-		return nil, fmt.Errorf("%w: node name %q: %v", ErrInvalidNodeCSR, name, err)
+		return nil, spiffeid.ID{}, fmt.Errorf("%w: node name %q: %v", ErrInvalidNodeCSR, name, err)
 	}
-	return ca.sign(csr.PublicKey, name, id.URL(), nodeLifetime)
+	return csr, id, nil
 }
 
 // Identity is what a node presents and trusts on the cluster port.

@@ -171,11 +171,13 @@ func (s *Server) rpcJoin(ctx context.Context, req *JoinRequest) (*JoinResponse, 
 		return nil, status.Error(codes.Internal, err.Error())
 	}
 	if tok == nil || !tok.SecretMatches(req.Secret) {
-		return nil, status.Error(codes.PermissionDenied, "invalid join token: no such token, or a wrong secret")
+		return nil, status.Error(codes.PermissionDenied, "invalid join token: "+discovery.ErrTokenUnknown.Error())
 	}
-	if tok.ExpiresAt > 0 && time.Now().Unix() > tok.ExpiresAt {
-		return nil, status.Errorf(codes.PermissionDenied, "join token expired at %s; create a new one with 'vmesh token create'",
-			time.Unix(tok.ExpiresAt, 0).UTC().Format(time.RFC3339))
+	now := time.Now()
+	// The same verdicts as the FSM's, read first so that a refused join
+	// writes nothing; the FSM decides again when the use is spent.
+	if err := tokenVerdict(tok, now.Unix()); err != nil {
+		return nil, joinTokenStatus(err)
 	}
 	if req.NodeName == "" || req.NodeID == "" {
 		return nil, status.Error(codes.InvalidArgument, "NodeName and NodeID are required")
@@ -183,6 +185,14 @@ func (s *Server) rpcJoin(ctx context.Context, req *JoinRequest) (*JoinResponse, 
 	_, n, _, err := s.store.Node(nil, req.NodeName)
 	if err != nil {
 		return nil, status.Error(codes.Internal, err.Error())
+	}
+	// A token admits a new node, never an impostor: the name of a node
+	// in the catalog that is heartbeating is not for anyone else, whatever
+	// ID the joiner claims. A departed node (deregistered) or a silent one
+	// is not protected by this check.
+	if n != nil && s.nodeHeartbeating(req.NodeName, now) {
+		return nil, status.Errorf(codes.AlreadyExists, "node name %q belongs to a live node (it is taken by node %s, which is heartbeating); pick another name, or stop that node and wait until it is marked critical",
+			req.NodeName, n.ID)
 	}
 	if n != nil && n.ID != req.NodeID {
 		return nil, status.Errorf(codes.AlreadyExists, "node name %q is taken by node %s; pick another name or make that node leave", req.NodeName, n.ID)
@@ -194,6 +204,17 @@ func (s *Server) rpcJoin(ctx context.Context, req *JoinRequest) (*JoinResponse, 
 	ca, err := DecodeCA(root.CertPEM, root.KeyPEM)
 	if err != nil {
 		return nil, status.Error(codes.Internal, err.Error())
+	}
+	if _, _, err := ca.checkNodeCSR(req.CSR, req.NodeName); err != nil {
+		return nil, status.Error(codes.InvalidArgument, err.Error())
+	}
+	// Spend the use through raft before signing: of two joiners racing on
+	// a single-use token, the log orders them and the second is refused.
+	if _, err := s.applyCmd(ctx, discovery.TokenUseRequest{ID: tok.ID, Now: now.Unix()}); err != nil {
+		if st := joinTokenStatus(err); st != nil {
+			return nil, st
+		}
+		return nil, status.Errorf(codes.Unavailable, "spending a use of the join token: %v", err)
 	}
 	cert, err := ca.SignNode(req.CSR, req.NodeName)
 	if err != nil {
@@ -213,6 +234,43 @@ func (s *Server) rpcJoin(ctx context.Context, req *JoinRequest) (*JoinResponse, 
 	}
 	s.logger.Info("signed a certificate for a joining node", "node", req.NodeName, "token", req.TokenID)
 	return &JoinResponse{Cert: cert.Raw, CA: ca.Cert.Raw}, nil
+}
+
+// tokenVerdict is the FSM's TokenUse check without the write.
+func tokenVerdict(t *discovery.JoinToken, now int64) error {
+	switch {
+	case t.Revoked:
+		return discovery.ErrTokenRevoked
+	case t.Expired(now):
+		return fmt.Errorf("%w at %s", discovery.ErrTokenExpired, time.Unix(t.ExpiresAt, 0).UTC().Format(time.RFC3339))
+	case t.UsesLeft < 1:
+		return discovery.ErrTokenUsed
+	}
+	return nil
+}
+
+// joinTokenStatus is what a joiner reads for a token refusal, or nil when
+// err is not one.
+func joinTokenStatus(err error) error {
+	switch {
+	case errors.Is(err, discovery.ErrTokenExpired):
+		return status.Errorf(codes.PermissionDenied, "invalid join token: %v; create a new one with 'vmesh token create'", err)
+	case errors.Is(err, discovery.ErrTokenUsed), errors.Is(err, discovery.ErrTokenRevoked), errors.Is(err, discovery.ErrTokenUnknown):
+		return status.Errorf(codes.PermissionDenied, "invalid join token: %v", err)
+	}
+	return nil
+}
+
+// nodeHeartbeating says whether this leader heard from the node named
+// name within the node TTL (the leader itself always is). Only a node's
+// own certificate can send its heartbeat, so a claim in a join request
+// cannot fake it.
+func (s *Server) nodeHeartbeating(name string, now time.Time) bool {
+	if name == s.cluster.cfg.Identity.Name {
+		return true
+	}
+	v, ok := s.cluster.live.get(name)
+	return ok && now.Sub(v.at) <= s.cluster.cfg.NodeTTL
 }
 
 // AddSelf asks the leader to add this node to raft, as a voter while there
@@ -538,12 +596,16 @@ func (s *Server) leaderLoop(ctx context.Context) {
 	defer s.startVIPs(ctx)() // vips.go: a VIP for every new service
 	t := time.NewTicker(time.Second)
 	defer t.Stop()
+	reap := time.NewTicker(time.Minute)
+	defer reap.Stop()
 	for {
 		select {
 		case <-ctx.Done():
 			return
 		case <-t.C:
 			s.checkLiveness(ctx)
+		case now := <-reap.C:
+			s.reapTokens(ctx, now)
 		}
 	}
 }

@@ -246,7 +246,7 @@ func TestReplicaFollowsAndFilters(t *testing.T) {
 	c.apply(registerNode("web-host"))
 	c.apply(registerService("web-host", "web-1", "web"))
 	c.apply(kvCmd("app/secret", "hunter2"))
-	if _, _, err := c.leader().CreateToken(context.Background(), time.Hour); err != nil {
+	if _, _, err := c.leader().CreateToken(context.Background(), time.Hour, 1); err != nil {
 		t.Fatal(err)
 	}
 	last := c.apply(discovery.IntentionRequest{Op: discovery.IntentionUpsert, Intention: discovery.Intention{
@@ -301,7 +301,7 @@ func TestReplicaFollowsAndFilters(t *testing.T) {
 
 	// Secrets and KV written while the replica follows never reach it.
 	c.apply(kvCmd("app/other", "x"))
-	if _, _, err := c.leader().CreateToken(context.Background(), time.Hour); err != nil {
+	if _, _, err := c.leader().CreateToken(context.Background(), time.Hour, 1); err != nil {
 		t.Fatal(err)
 	}
 	end := c.apply(registerNode("late-host"))

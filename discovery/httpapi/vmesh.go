@@ -5,7 +5,10 @@ import (
 	"errors"
 	"net"
 	"net/http"
+	"strconv"
 	"time"
+
+	"github.com/vmesh/vmesh/discovery"
 )
 
 // Operator is the local agent as vmesh's own endpoints (/v1/vmesh/*) see
@@ -17,8 +20,14 @@ type Operator interface {
 	Join(ctx context.Context, addr, token string) error
 	// Leave takes this node out of its cluster.
 	Leave(ctx context.Context, force bool) error
-	// CreateJoinToken mints a join token valid for ttl (0: no expiry).
-	CreateJoinToken(ctx context.Context, ttl time.Duration) (token string, expires time.Time, err error)
+	// CreateJoinToken mints a join token that admits uses joins within
+	// ttl; the caller has checked both against the discovery limits.
+	CreateJoinToken(ctx context.Context, ttl time.Duration, uses int) (token string, info JoinTokenInfo, err error)
+	// JoinTokens lists the join tokens, without their secrets.
+	JoinTokens(ctx context.Context) ([]JoinTokenInfo, error)
+	// RevokeJoinToken marks a join token revoked (discovery.ErrNotFound
+	// when there is none).
+	RevokeJoinToken(ctx context.Context, id string) (JoinTokenInfo, error)
 	// ClusterMembers lists the cluster's nodes and their raft roles.
 	ClusterMembers(ctx context.Context) ([]ClusterMember, error)
 	// Snapshot takes a raft snapshot now and returns its index.
@@ -39,6 +48,17 @@ type ClusterMember struct {
 	LastContactMs int64
 }
 
+// JoinTokenInfo is a join token as GET /v1/vmesh/tokens shows it: never
+// its secret nor the secret's hash.
+type JoinTokenInfo struct {
+	ID        string
+	CreatedAt time.Time
+	ExpiresAt time.Time
+	Uses      int
+	UsesLeft  int
+	Revoked   bool
+}
+
 // WithStatus marks err to be answered with code instead of a 500.
 func WithStatus(code int, err error) error {
 	if err == nil {
@@ -46,9 +66,6 @@ func WithStatus(code int, err error) error {
 	}
 	return &HTTPError{Code: code, Msg: err.Error(), Err: err}
 }
-
-// defaultJoinTokenTTL is how long a token lives when ?ttl is not given.
-const defaultJoinTokenTTL = 24 * time.Hour
 
 // registerVmesh adds vmesh's own endpoints. Diagnostics that other
 // packages render (the xDS server's clients and config dump, Prometheus'
@@ -70,6 +87,8 @@ func (a *API) registerVmesh(mux *http.ServeMux) {
 	mux.HandleFunc("PUT /v1/vmesh/join", a.vmeshJoin)
 	mux.HandleFunc("PUT /v1/vmesh/leave", a.vmeshLeave)
 	mux.HandleFunc("PUT /v1/vmesh/token", a.vmeshToken)
+	mux.HandleFunc("GET /v1/vmesh/tokens", a.vmeshTokens)
+	mux.HandleFunc("DELETE /v1/vmesh/token/{id}", a.vmeshTokenRevoke)
 	mux.HandleFunc("GET /v1/vmesh/members", a.vmeshMembers)
 	mux.HandleFunc("PUT /v1/vmesh/raft/snapshot", a.vmeshSnapshot)
 	mux.HandleFunc("GET /v1/vmesh/envoy/bootstrap", a.vmeshEnvoyBootstrap)
@@ -108,25 +127,59 @@ func (a *API) vmeshLeave(w http.ResponseWriter, r *http.Request) {
 }
 
 func (a *API) vmeshToken(w http.ResponseWriter, r *http.Request) {
-	ttl := defaultJoinTokenTTL
-	if s := r.URL.Query().Get("ttl"); s != "" {
+	q := r.URL.Query()
+	ttl := discovery.DefaultJoinTokenTTL
+	if s := q.Get("ttl"); s != "" {
 		d, err := time.ParseDuration(s)
-		if err != nil || d < 0 {
-			a.writeError(w, r, badRequest("ttl: %q is not a duration such as 24h", s))
+		if err != nil {
+			a.writeError(w, r, badRequest("ttl: %q is not a duration such as 1h", s))
 			return
 		}
 		ttl = d
 	}
-	tok, exp, err := a.Operator.CreateJoinToken(r.Context(), ttl)
+	if ttl <= 0 || ttl > discovery.MaxJoinTokenTTL {
+		a.writeError(w, r, badRequest("ttl: %s is not between 1s and %s: every join token expires", ttl, discovery.MaxJoinTokenTTL))
+		return
+	}
+	uses := discovery.DefaultJoinTokenUses
+	if s := q.Get("uses"); s != "" {
+		n, err := strconv.Atoi(s)
+		if err != nil || n < 1 || n > discovery.MaxJoinTokenUses {
+			a.writeError(w, r, badRequest("uses: %q is not a number between 1 and %d", s, discovery.MaxJoinTokenUses))
+			return
+		}
+		uses = n
+	}
+	tok, info, err := a.Operator.CreateJoinToken(r.Context(), ttl, uses)
 	if err != nil {
 		a.writeError(w, r, err)
 		return
 	}
-	out := map[string]string{"Token": tok}
-	if !exp.IsZero() {
-		out["ExpiresAt"] = exp.UTC().Format(time.RFC3339)
+	writeJSON(w, struct {
+		Token string
+		JoinTokenInfo
+	}{tok, info})
+}
+
+func (a *API) vmeshTokens(w http.ResponseWriter, r *http.Request) {
+	ts, err := a.Operator.JoinTokens(r.Context())
+	if err != nil {
+		a.writeError(w, r, err)
+		return
 	}
-	writeJSON(w, out)
+	if ts == nil {
+		ts = []JoinTokenInfo{}
+	}
+	writeJSON(w, ts)
+}
+
+func (a *API) vmeshTokenRevoke(w http.ResponseWriter, r *http.Request) {
+	info, err := a.Operator.RevokeJoinToken(r.Context(), r.PathValue("id"))
+	if err != nil {
+		a.writeError(w, r, err)
+		return
+	}
+	writeJSON(w, info)
 }
 
 func (a *API) vmeshMembers(w http.ResponseWriter, r *http.Request) {

@@ -2,10 +2,13 @@ package httpapi
 
 import (
 	"context"
+	"encoding/json"
 	"errors"
+	"fmt"
 	"io"
 	"net/http"
 	"net/http/httptest"
+	"sort"
 	"strings"
 	"testing"
 	"time"
@@ -17,6 +20,8 @@ import (
 type fakeOperator struct {
 	joined   string
 	leaveErr error
+	uses     int
+	revoked  string
 }
 
 func (f *fakeOperator) Join(_ context.Context, addr, token string) error {
@@ -24,8 +29,22 @@ func (f *fakeOperator) Join(_ context.Context, addr, token string) error {
 	return nil
 }
 func (f *fakeOperator) Leave(context.Context, bool) error { return f.leaveErr }
-func (f *fakeOperator) CreateJoinToken(_ context.Context, ttl time.Duration) (string, time.Time, error) {
-	return "tok-" + ttl.String(), time.Time{}, nil
+
+var fakeTokenTime = time.Date(2026, 1, 2, 3, 4, 5, 0, time.UTC)
+
+func (f *fakeOperator) CreateJoinToken(_ context.Context, ttl time.Duration, uses int) (string, JoinTokenInfo, error) {
+	f.uses = uses
+	return "tok-" + ttl.String(), JoinTokenInfo{ID: "id1", CreatedAt: fakeTokenTime, ExpiresAt: fakeTokenTime.Add(ttl), Uses: uses, UsesLeft: uses}, nil
+}
+func (f *fakeOperator) JoinTokens(context.Context) ([]JoinTokenInfo, error) {
+	return []JoinTokenInfo{{ID: "id1", CreatedAt: fakeTokenTime, ExpiresAt: fakeTokenTime.Add(time.Hour), Uses: 1, UsesLeft: 0, Revoked: true}}, nil
+}
+func (f *fakeOperator) RevokeJoinToken(_ context.Context, id string) (JoinTokenInfo, error) {
+	if id != "id1" {
+		return JoinTokenInfo{}, fmt.Errorf("%w: join token %s", discovery.ErrNotFound, id)
+	}
+	f.revoked = id
+	return JoinTokenInfo{ID: id, Revoked: true}, nil
 }
 func (f *fakeOperator) ClusterMembers(context.Context) ([]ClusterMember, error) {
 	return []ClusterMember{{Name: "n1", Role: "leader"}}, nil
@@ -93,5 +112,62 @@ func TestVmeshEndpoints(t *testing.T) {
 	mux.ServeHTTP(rec, httptest.NewRequest("PUT", "/v1/vmesh/leave", nil))
 	if rec.Code != http.StatusNotFound && rec.Code != http.StatusMethodNotAllowed {
 		t.Errorf("without an Operator, leave answered %d", rec.Code)
+	}
+}
+
+// Join tokens: every token expires and is counted, bad limits are a 400
+// naming the parameter, and neither the list nor a revoke shows a secret.
+func TestVmeshTokenEndpoints(t *testing.T) {
+	t.Parallel()
+	s := discovery.NewStore()
+	op := &fakeOperator{}
+	a := &API{Store: s, Writer: &fakeWriter{s: s}, Cluster: fakeCluster{}, NodeName: "n1", Datacenter: "dc1", Operator: op}
+	mux := http.NewServeMux()
+	a.Register(mux)
+	do := func(method, path string) (int, string) {
+		rec := httptest.NewRecorder()
+		mux.ServeHTTP(rec, httptest.NewRequest(method, path, nil))
+		return rec.Code, rec.Body.String()
+	}
+	for _, c := range []struct {
+		method, path string
+		code         int
+		want         string
+		uses         int
+	}{
+		{"PUT", "/v1/vmesh/token", 200, `"ExpiresAt":"2026-01-02T04:04:05Z"`, 1}, // default: 1 h, one use
+		{"PUT", "/v1/vmesh/token?uses=3&ttl=10m", 200, `"UsesLeft":3`, 3},
+		{"PUT", "/v1/vmesh/token?ttl=0", 400, "ttl: 0s is not between 1s and 168h0m0s", 0},
+		{"PUT", "/v1/vmesh/token?ttl=-1h", 400, "ttl: -1h0m0s is not between", 0},
+		{"PUT", "/v1/vmesh/token?ttl=169h", 400, "ttl: 169h0m0s is not between", 0},
+		{"PUT", "/v1/vmesh/token?uses=0", 400, `uses: "0" is not a number between 1 and 1000`, 0},
+		{"PUT", "/v1/vmesh/token?uses=many", 400, `uses: "many"`, 0},
+		{"DELETE", "/v1/vmesh/token/nope", 404, "join token nope", 0},
+		{"DELETE", "/v1/vmesh/token/id1", 200, `"Revoked":true`, 0},
+	} {
+		op.uses = 0
+		code, body := do(c.method, c.path)
+		if code != c.code || !strings.Contains(body, c.want) || op.uses != c.uses {
+			t.Errorf("%s %s = %d %q (uses %d), want %d with %q (uses %d)", c.method, c.path, code, body, op.uses, c.code, c.want, c.uses)
+		}
+	}
+	if op.revoked != "id1" {
+		t.Errorf("revoke passed %q to the operator", op.revoked)
+	}
+	code, body := do("GET", "/v1/vmesh/tokens")
+	var list []map[string]any
+	if code != 200 || json.Unmarshal([]byte(body), &list) != nil || len(list) != 1 {
+		t.Fatalf("GET /v1/vmesh/tokens = %d %q; want a list of one", code, body)
+	}
+	keys := []string{}
+	for k := range list[0] {
+		keys = append(keys, k)
+	}
+	sort.Strings(keys)
+	if got := strings.Join(keys, ","); got != "CreatedAt,ExpiresAt,ID,Revoked,Uses,UsesLeft" {
+		t.Errorf("a listed token has fields %s; want exactly CreatedAt,ExpiresAt,ID,Revoked,Uses,UsesLeft (no secret, no hash)", got)
+	}
+	if list[0]["CreatedAt"] != "2026-01-02T03:04:05Z" || list[0]["Revoked"] != true {
+		t.Errorf("listed token = %v", list[0])
 	}
 }

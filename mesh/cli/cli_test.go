@@ -57,7 +57,7 @@ func TestHelpCommand(t *testing.T) {
 		}
 	}
 	_, out, _ := runCLI(t, "help", "join")
-	for _, want := range []string{"usage: vmesh join [flags] ADDR", "-token token", "-http-addr address", "(default \"127.0.0.1:8500\")"} {
+	for _, want := range []string{"usage: vmesh join [flags] ADDR", "-token-file file", "-http-addr address", "(default \"127.0.0.1:8500\")"} {
 		if !strings.Contains(out, want) {
 			t.Errorf("help join lacks %q:\n%s", want, out)
 		}
@@ -85,9 +85,11 @@ func TestVersion(t *testing.T) {
 // a usage error that shows the command's help on stderr.
 func TestCLIFlagsAnywhere(t *testing.T) {
 	t.Parallel()
+	tokenFile := testkit.WriteFile(t, t.TempDir(), "token", "T")
+	os.Chmod(tokenFile, 0o600)
 	for _, args := range [][]string{
-		{"join", "-token", "T", "10.0.0.1:7400", "-http-addr", "127.0.0.1:1"},
-		{"join", "10.0.0.1:7400", "-token", "T", "--http-addr", "127.0.0.1:1"},
+		{"join", "-token-file", tokenFile, "10.0.0.1:7400", "-http-addr", "127.0.0.1:1"},
+		{"join", "10.0.0.1:7400", "-token-file", tokenFile, "--http-addr", "127.0.0.1:1"},
 		{"config", "read", "service-defaults", "web", "--http-addr", "127.0.0.1:1"},
 		{"envoy", "bootstrap", "--http-addr", "127.0.0.1:1", "--node", "n"},
 	} {

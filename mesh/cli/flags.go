@@ -49,7 +49,7 @@ func (f *Flags) Help() string {
 }
 
 // Parse parses flags anywhere among args (Go's flag package stops at the
-// first positional one), so `vmesh join ADDR -token T` works, and returns
+// first positional one), so `vmesh join ADDR -token-file F` works, and returns
 // the positional arguments. done says the command is over with code: -h
 // printed the help (0), or the flags were wrong (2).
 func (f *Flags) Parse(args []string) (pos []string, code int, done bool) {

@@ -32,15 +32,18 @@ services_dir = "` + config.DefaultServicesDir + `"   # *.hcl / *.json service fi
 #
 # bootstrap = true
 #
-# There, make a join token for each other host: vmesh token create -ttl 1h
+# There, make a join token for each other host: vmesh token create
+# (one join within 1h; -uses N, -ttl D for more). Copy it to the host in
+# a file only root can read (install -m 600), never on a command line.
 #
 # Every other host joins through any member, either at its first start:
 #
-# join  = "10.0.0.1:7400"
-# token = "vmesh1...."
+# join       = "10.0.0.1:7400"
+# token_file = "/etc/vmesh/join-token"
 #
 # or, with neither bootstrap nor join set, the agent starts outside any
-# cluster and waits for: vmesh join 10.0.0.1:7400 -token vmesh1....
+# cluster and waits for: vmesh join 10.0.0.1:7400 -token-file FILE
+# (or with the token in VMESH_JOIN_TOKEN).
 # Once in a cluster, a restart rejoins it by itself; 'vmesh leave' leaves.
 `
 

@@ -4,21 +4,29 @@ import (
 	"context"
 	"fmt"
 	"net/http"
+	"os"
 	"time"
+
+	"github.com/vmesh/vmesh/mesh/config"
 )
 
-// joinCommand is `vmesh join ADDR -token T`.
+// joinCommand is `vmesh join ADDR`, with the token from -token-file or
+// VMESH_JOIN_TOKEN: never from argv, which every user of the host reads.
 type joinCommand struct {
 	*Flags
-	addr, token *string
+	addr, tokenFile, argvToken *string
 }
 
 func newJoin(env *Env) Command {
 	c := &joinCommand{Flags: NewFlags(env, "join", "vmesh join [flags] ADDR",
 		`Asks the local agent to join the cluster through ADDR, a member's cluster
-address (e.g. 10.0.0.1:7400), with a join token from 'vmesh token create'.`)}
+address (e.g. 10.0.0.1:7400), with a join token from 'vmesh token create'.
+The token is read from -token-file FILE (mode 0600) or from the
+`+config.JoinTokenEnv+` environment variable; -token on the command line is
+refused, because ps shows it to every user of the host.`)}
 	c.addr = clientFlags(c.FS)
-	c.token = c.FS.String("token", "", "join `token` from 'vmesh token create' on a member")
+	c.tokenFile = c.FS.String("token-file", "", "`file` holding the join token (mode 0600); or set "+config.JoinTokenEnv)
+	c.argvToken = c.FS.String("token", "", "refused: a token in argv shows in ps; use -token-file or "+config.JoinTokenEnv)
 	return c
 }
 
@@ -29,12 +37,31 @@ func (c *joinCommand) Run(ctx context.Context, args []string) int {
 	if done {
 		return code
 	}
-	if len(pos) != 1 || *c.token == "" {
-		return c.UsageError("want one ADDR and -token")
+	if *c.argvToken != "" {
+		fmt.Fprintf(c.env.Stderr, "vmesh join: %v\n", config.ErrArgvToken)
+		return ExitUsage
+	}
+	if len(pos) != 1 {
+		return c.UsageError("want one ADDR")
+	}
+	token := os.Getenv(config.JoinTokenEnv)
+	if *c.tokenFile != "" {
+		tok, warning, err := config.ReadTokenFile(*c.tokenFile)
+		if err != nil {
+			fmt.Fprintf(c.env.Stderr, "vmesh join: -token-file: %v\n", err)
+			return ExitUsage
+		}
+		if warning != "" {
+			fmt.Fprintf(c.env.Stderr, "vmesh join: warning: %s\n", warning)
+		}
+		token = tok
+	}
+	if token == "" {
+		return c.UsageError("want a join token in -token-file FILE or %s", config.JoinTokenEnv)
 	}
 	api := newAPIClient(*c.addr)
 	api.http.Timeout = 2 * time.Minute
-	if err := api.do(ctx, http.MethodPut, "/v1/vmesh/join", map[string]string{"Addr": pos[0], "Token": *c.token}, nil); err != nil {
+	if err := api.do(ctx, http.MethodPut, "/v1/vmesh/join", map[string]string{"Addr": pos[0], "Token": token}, nil); err != nil {
 		fmt.Fprintf(c.env.Stderr, "vmesh join: %v\n", err)
 		return ExitFailed
 	}

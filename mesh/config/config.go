@@ -15,6 +15,43 @@ import (
 	"github.com/vmesh/vmesh/discovery"
 )
 
+// JoinTokenEnv is the environment variable that may hold the join token
+// for -join: unlike argv, the environment is not shown to other users.
+const JoinTokenEnv = "VMESH_JOIN_TOKEN"
+
+// ReadJoinToken is the join token for Join: Token, or TokenFile's
+// content, with ReadTokenFile's warning.
+func (c *Config) ReadJoinToken() (token, warning string, err error) {
+	if c.TokenFile == "" {
+		return strings.TrimSpace(c.Token), "", nil
+	}
+	token, warning, err = ReadTokenFile(c.TokenFile)
+	if err != nil {
+		return "", "", fmt.Errorf("token_file: %w", err)
+	}
+	return token, warning, nil
+}
+
+// ReadTokenFile reads a join token from path. warning is non-empty when
+// the file is readable by others than its owner: the token is a secret.
+func ReadTokenFile(path string) (token, warning string, err error) {
+	fi, err := os.Stat(path)
+	if err != nil {
+		return "", "", err
+	}
+	if fi.Mode().Perm()&0o077 != 0 {
+		warning = fmt.Sprintf("the join token file %s has mode %04o: others on this host may read the token; chmod 600 it", path, fi.Mode().Perm())
+	}
+	b, err := os.ReadFile(path)
+	if err != nil {
+		return "", "", err
+	}
+	if token = strings.TrimSpace(string(b)); token == "" {
+		return "", "", fmt.Errorf("%s is empty", path)
+	}
+	return token, warning, nil
+}
+
 // Config is the agent's configuration: DefaultConfig, then config files in
 // the order given, then flags. Validate reports every problem at once.
 type Config struct {
@@ -34,10 +71,13 @@ type Config struct {
 	Capture     CaptureConfig `hcl:"capture"`
 	Proxy       ProxyConfig   `hcl:"proxy"`
 	DNS         DNSOptions    `hcl:"dns"`
-	// Join is a member's cluster address to join at start (with Token)
-	// when this node has no cluster state yet.
-	Join  string `hcl:"join"`
-	Token string `hcl:"token"`
+	// Join is a member's cluster address to join at start when this node
+	// has no cluster state yet, with the join token read from TokenFile,
+	// or from the VMESH_JOIN_TOKEN environment variable (Build puts it in
+	// Token), or given as Token in a config file only root can read.
+	Join      string `hcl:"join"`
+	Token     string `hcl:"token"`
+	TokenFile string `hcl:"token_file"`
 
 	// IntentionsDefault is "allow" or "deny" (unset: deny; -dev: allow):
 	// what a connection that no intention matches gets.
@@ -220,8 +260,18 @@ func (c *Config) Validate() error {
 	if c.Cluster.ReapAfter < c.Cluster.NodeTTL {
 		bad("cluster.reap_after", "must be at least cluster.node_ttl, got %s", c.Cluster.ReapAfter)
 	}
-	if (c.Join == "") != (c.Token == "") {
-		bad("join", "join and token go together")
+	switch {
+	case c.Token != "" && c.TokenFile != "":
+		bad("token_file", "give the join token once: token_file or token, not both")
+	case c.Join != "" && c.Token == "" && c.TokenFile == "":
+		bad("join", "needs a join token: -token-file FILE, the %s environment variable, or token_file in a config file", JoinTokenEnv)
+	case c.Join == "" && (c.Token != "" || c.TokenFile != ""):
+		bad("join", "a join token is given but join (the member to join) is not")
+	}
+	if c.TokenFile != "" {
+		if _, err := os.Stat(c.TokenFile); err != nil {
+			bad("token_file", "%v", err)
+		}
 	}
 	if c.Join != "" {
 		if _, _, err := net.SplitHostPort(c.Join); err != nil {

@@ -1,7 +1,10 @@
 package config
 
 import (
+	"errors"
 	"flag"
+	"os"
+	"path/filepath"
 	"strings"
 	"testing"
 	"time"
@@ -89,14 +92,15 @@ func TestConfigDev(t *testing.T) {
 }
 
 func TestConfigDevJoin(t *testing.T) {
-	cfg, err := parseAgentFlags(t, "-dev", "-node", "two", "-join", "127.0.0.1:7400", "-token", "vmesh1.a.b."+strings.Repeat("0", 64))
+	tokenFile := testkit.WriteFile(t, t.TempDir(), "token", "vmesh1.a.b."+strings.Repeat("0", 64))
+	cfg, err := parseAgentFlags(t, "-dev", "-node", "two", "-join", "127.0.0.1:7400", "-token-file", tokenFile)
 	if err != nil {
 		t.Fatal(err)
 	}
 	if cfg.Bootstrap || !cfg.Dev || cfg.Join != "127.0.0.1:7400" {
 		t.Fatalf("dev with -join = bootstrap %v, dev %v, join %q; want a dev agent that joins instead of bootstrapping", cfg.Bootstrap, cfg.Dev, cfg.Join)
 	}
-	if _, err := parseAgentFlags(t, "-bootstrap", "-join", "127.0.0.1:7400", "-token", "x"); err == nil || !strings.Contains(err.Error(), "bootstrap") {
+	if _, err := parseAgentFlags(t, "-bootstrap", "-join", "127.0.0.1:7400", "-token-file", tokenFile); err == nil || !strings.Contains(err.Error(), "bootstrap") {
 		t.Fatalf("-bootstrap with -join = %v; want an error naming bootstrap", err)
 	}
 }
@@ -136,5 +140,55 @@ func TestProxyLeafCertTTL(t *testing.T) {
 	_, err = parseAgentFlags(t, "-dev", "-config", bad)
 	if err == nil || !strings.Contains(err.Error(), "proxy.leaf_cert_ttl") {
 		t.Fatalf("a 5s leaf_cert_ttl: got %v, want an error naming proxy.leaf_cert_ttl", err)
+	}
+}
+
+// A join token never comes from argv: -token is refused, naming the two
+// ways that do not show it in ps; the file and the environment work, and
+// -join without a token says where to put one.
+func TestConfigJoinToken(t *testing.T) {
+	tok := "vmesh1.a.b." + strings.Repeat("0", 64)
+	dir := t.TempDir()
+	private := testkit.WriteFile(t, dir, "private", tok+"\n")
+	if err := os.Chmod(private, 0o600); err != nil {
+		t.Fatal(err)
+	}
+	shared := testkit.WriteFile(t, dir, "shared", tok)
+	if err := os.Chmod(shared, 0o644); err != nil {
+		t.Fatal(err)
+	}
+
+	_, err := parseAgentFlags(t, "-join", "127.0.0.1:7400", "-token", tok)
+	if !errors.Is(err, ErrArgvToken) || !strings.Contains(err.Error(), "-token-file") || !strings.Contains(err.Error(), JoinTokenEnv) {
+		t.Errorf("-token on argv = %v; want it refused, pointing at -token-file and %s", err, JoinTokenEnv)
+	}
+	if _, err := parseAgentFlags(t, "-dev", "-join", "127.0.0.1:7400"); err == nil ||
+		!strings.Contains(err.Error(), "join: needs a join token: -token-file FILE, the "+JoinTokenEnv) {
+		t.Errorf("-join without a token = %v; want an error naming the token sources", err)
+	}
+	if _, err := parseAgentFlags(t, "-dev", "-join", "127.0.0.1:7400", "-token-file", filepath.Join(dir, "nope")); err == nil ||
+		!strings.Contains(err.Error(), "token_file:") {
+		t.Errorf("a missing token file = %v; want an error naming token_file", err)
+	}
+
+	cfg, err := parseAgentFlags(t, "-dev", "-join", "127.0.0.1:7400", "-token-file", private)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if got, warning, err := cfg.ReadJoinToken(); got != tok || warning != "" || err != nil {
+		t.Errorf("ReadJoinToken from a 0600 file = %q, %q, %v; want the token, no warning", got, warning, err)
+	}
+	cfg.TokenFile = shared
+	if got, warning, err := cfg.ReadJoinToken(); got != tok || !strings.Contains(warning, "0644") || err != nil {
+		t.Errorf("ReadJoinToken from a 0644 file = %q, %q, %v; want the token and a warning naming the mode", got, warning, err)
+	}
+
+	t.Setenv(JoinTokenEnv, tok)
+	cfg, err = parseAgentFlags(t, "-dev", "-join", "127.0.0.1:7400")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if got, _, _ := cfg.ReadJoinToken(); got != tok {
+		t.Errorf("token from %s = %q", JoinTokenEnv, got)
 	}
 }

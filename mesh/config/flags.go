@@ -1,10 +1,16 @@
 package config
 
 import (
+	"errors"
 	"flag"
 	"fmt"
+	"os"
 	"strings"
 )
+
+// ErrArgvToken refuses a join token on the command line, where every user
+// of the host reads it in ps and /proc.
+var ErrArgvToken = errors.New("-token: a join token on the command line is visible to every user in ps; put it in a file only you can read and pass -token-file FILE, or set " + JoinTokenEnv)
 
 // StringList is a repeatable string flag.
 type StringList []string
@@ -38,8 +44,8 @@ var agentFlagTable = []agentFlag{
 	{name: "log-level", usage: "debug, info, warn or error", str: func(c *Config) *string { return &c.LogLevel }},
 	{name: "services-dir", usage: "`dir` of service definition files (default " + DefaultServicesDir + ")", str: func(c *Config) *string { return &c.ServicesDir }},
 	{name: "cluster-port", usage: "cluster `port` (raft and RPC; default 7400)", num: func(c *Config) *int { return &c.Ports.Cluster }},
-	{name: "join", usage: "join the cluster at this member's cluster `address` at start (needs -token)", str: func(c *Config) *string { return &c.Join }},
-	{name: "token", usage: "join `token` from 'vmesh token create'", str: func(c *Config) *string { return &c.Token }},
+	{name: "join", usage: "join the cluster at this member's cluster `address` at start, with a token from -token-file or " + JoinTokenEnv, str: func(c *Config) *string { return &c.Join }},
+	{name: "token-file", usage: "`file` holding the join token for -join (mode 0600; or set " + JoinTokenEnv + ")", str: func(c *Config) *string { return &c.TokenFile }},
 	{name: "xds-addr", usage: "also serve xDS over TCP on this `address` (default: only the unix socket in the runtime dir)", str: func(c *Config) *string { return &c.Addresses.XDS }},
 	{name: "admin-addr", usage: "admin `address`, serving /config_dump and /metrics (default CLIENT:15000)", str: func(c *Config) *string { return &c.Addresses.Admin }},
 	{name: "dns-addr", usage: "DNS `address`, UDP and TCP (default CLIENT:8600)", str: func(c *Config) *string { return &c.Addresses.DNS }},
@@ -52,6 +58,8 @@ var agentFlagTable = []agentFlag{
 type AgentFlags struct {
 	configs StringList
 	dev     bool
+	// argvToken is the refused -token: it exists to say why.
+	argvToken *string
 	// values hold each table flag's parsed value, by name.
 	strs map[string]*string
 	nums map[string]*int
@@ -62,6 +70,7 @@ type AgentFlags struct {
 func (f *AgentFlags) Register(fs *flag.FlagSet) {
 	fs.Var(&f.configs, "config", "config `file or dir` (*.hcl, *.json); repeatable, later ones win")
 	fs.BoolVar(&f.dev, "dev", false, "one node, data in a temp dir, every listener on 127.0.0.1")
+	f.argvToken = fs.String("token", "", "refused: a token in argv shows in ps; use -token-file or "+JoinTokenEnv)
 	f.strs, f.nums, f.ons = map[string]*string{}, map[string]*int{}, map[string]*bool{}
 	for _, e := range agentFlagTable {
 		switch {
@@ -83,6 +92,9 @@ func (f *AgentFlags) Build(fs *flag.FlagSet) (Config, error) {
 	cfg := DefaultConfig()
 	set := map[string]bool{}
 	fs.Visit(func(fl *flag.Flag) { set[fl.Name] = true })
+	if set["token"] {
+		return cfg, ErrArgvToken
+	}
 	cfg.Dev = f.dev
 	if f.dev {
 		cfg.DataDir = ""
@@ -115,6 +127,9 @@ func (f *AgentFlags) Build(fs *flag.FlagSet) (Config, error) {
 		if set["client"] {
 			cfg.BindAddr = cfg.ClientAddr
 		}
+	}
+	if cfg.Join != "" && cfg.Token == "" && cfg.TokenFile == "" {
+		cfg.Token = os.Getenv(JoinTokenEnv)
 	}
 	if f.dev && cfg.Join != "" {
 		// A dev agent that joins another does not start a cluster of its own.

@@ -465,12 +465,12 @@ dns { recursors = ["192.0.2.53"] }
 	})
 	var tok struct{ Token string }
 	testkit.WaitFor(t, 20*time.Second, "a join token from n1", func() bool { // once the CA is in the catalog
-		code, out := n1.api(http.MethodPut, "/v1/vmesh/token?ttl=1h", "")
+		code, out := n1.api(http.MethodPut, "/v1/vmesh/token?ttl=1h&uses=2", "") // n2 and n3
 		return code == http.StatusOK && json.Unmarshal([]byte(out), &tok) == nil && tok.Token != ""
 	})
 	token := tok.Token
 	for _, n := range []*labNode{n2, n3} {
-		n.args = append(n.args, "-join", n1.ip+":7400", "-token", token)
+		n.args = append(n.args, "-join", n1.ip+":7400", "-token-file", writeToken(t, token))
 		n.start()
 	}
 	testkit.WaitFor(t, 30*time.Second, "three alive members", func() bool {

@@ -69,6 +69,29 @@ func (n *node) token(ttl string) string {
 	return tok
 }
 
+// tokenFile makes a join token valid for ttl and returns the path of a
+// 0600 file holding it, for -token-file: a token never goes on a command
+// line.
+func (n *node) tokenFile(ttl string) string {
+	n.t.Helper()
+	return writeToken(n.t, n.token(ttl))
+}
+
+// writeToken writes token to a 0600 file in the test's temp dir and
+// returns its path.
+func writeToken(t *testing.T, token string) string {
+	t.Helper()
+	f, err := os.CreateTemp(t.TempDir(), "join-token-")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer f.Close()
+	if _, err := f.WriteString(token + "\n"); err != nil {
+		t.Fatal(err)
+	}
+	return f.Name() // CreateTemp makes it 0600
+}
+
 // tokenExpiring is a join token and the expiry `vmesh token create`
 // prints for it.
 func (n *node) tokenExpiring(ttl string) (string, time.Time) {
@@ -168,9 +191,9 @@ func bootCluster(t *testing.T, prefix string, count int, extra ...string) []*nod
 	nodes[0] = newNode(t, "n1", prefix+"1", extra...).start("-bootstrap")
 	testkit.WaitFor(t, 15*time.Second, "n1 leads", func() bool { return nodes[0].leader() != "" })
 	for i := 1; i < count; i++ {
-		tok := nodes[0].token("1h")
+		tok := nodes[0].tokenFile("1h")
 		nodes[i] = newNode(t, fmt.Sprintf("n%d", i+1), fmt.Sprintf("%s%d", prefix, i+1), extra...).
-			start("-join", nodes[0].clusterAddr(), "-token", tok)
+			start("-join", nodes[0].clusterAddr(), "-token-file", tok)
 	}
 	for _, n := range nodes {
 		testkit.WaitFor(t, 20*time.Second, n.name+" knows the leader", func() bool { return n.leader() != "" })

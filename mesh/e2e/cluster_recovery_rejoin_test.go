@@ -94,7 +94,7 @@ func TestClusterRecoveryRejoin(t *testing.T) {
 		t.Fatal(err)
 	}
 	other.start()
-	code, _, errs := other.cli("join", keep.clusterAddr(), "-token", keep.token("1h"))
+	code, _, errs := other.cli("join", keep.clusterAddr(), "-token-file", keep.tokenFile("1h"))
 	if code == 0 || !strings.Contains(errs, "already in a cluster") {
 		t.Fatalf("join with only raft/ deleted: exit %d %q; docs/cluster.md says it is refused as already in a cluster", code, errs)
 	}
@@ -102,7 +102,7 @@ func TestClusterRecoveryRejoin(t *testing.T) {
 	other.p.stop(syscall.SIGTERM)
 	// The other trap: an empty data dir under the same name.
 	wiped := newNode(t, other.name, "127.8.0.9").start()
-	code, _, errs = wiped.cli("join", keep.clusterAddr(), "-token", keep.token("1h"))
+	code, _, errs = wiped.cli("join", keep.clusterAddr(), "-token-file", keep.tokenFile("1h"))
 	if want := "is taken by node " + other.nodeID(); code == 0 || !strings.Contains(errs, want) {
 		t.Fatalf("join from an empty data dir named %s: exit %d %q; want it refused, %q", other.name, code, errs, want)
 	}
@@ -117,7 +117,7 @@ func TestClusterRecoveryRejoin(t *testing.T) {
 	testkit.WaitFor(t, 5*time.Second, other.name+" to say it stays out", func() bool {
 		return strings.Contains(other.p.stderr.String(), "this node left its cluster")
 	})
-	if code, out, errs := other.cli("join", keep.clusterAddr(), "-token", keep.token("1h")); code != 0 {
+	if code, out, errs := other.cli("join", keep.clusterAddr(), "-token-file", keep.tokenFile("1h")); code != 0 {
 		t.Fatalf("vmesh join after touching left: exit %d\n%s%s", code, out, errs)
 	}
 	for _, n := range survivors {

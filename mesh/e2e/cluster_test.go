@@ -23,9 +23,9 @@ func TestClusterJoin(t *testing.T) {
 	n1 := newNode(t, "n1", "127.1.0.1").start("-bootstrap")
 	testkit.WaitFor(t, 15*time.Second, "n1 leads", func() bool { return n1.leader() != "" })
 	tok := n1.token("1h")
-	n2 := newNode(t, "n2", "127.1.0.2").start("-join", n1.clusterAddr(), "-token", tok)
+	n2 := newNode(t, "n2", "127.1.0.2").start("-join", n1.clusterAddr(), "-token-file", writeToken(t, tok))
 	n3 := newNode(t, "n3", "127.1.0.3").start()
-	if code, _, errs := n3.cli("join", n1.clusterAddr(), "-token", n1.token("1h")); code != 0 {
+	if code, _, errs := n3.cli("join", n1.clusterAddr(), "-token-file", n1.tokenFile("1h")); code != 0 {
 		t.Fatalf("vmesh join: %d %s", code, errs)
 	}
 	for _, n := range []*node{n1, n2, n3} {
@@ -77,7 +77,7 @@ func TestClusterJoin(t *testing.T) {
 		{"wrong CA fingerprint", wrongCA, "fingerprint"},
 		{"garbage", "hello", "not a vmesh join token"},
 	} {
-		code, _, errs := n4.cli("join", n1.clusterAddr(), "-token", tc.token)
+		code, _, errs := n4.cli("join", n1.clusterAddr(), "-token-file", writeToken(t, tc.token))
 		if code == 0 || !strings.Contains(errs, tc.want) {
 			t.Errorf("%s: vmesh join = %d %q; want a failure mentioning %q", tc.name, code, errs, tc.want)
 		}
@@ -398,7 +398,7 @@ func TestClusterLeave(t *testing.T) {
 		}
 	}
 	// ...until it joins again with a new token.
-	if code, _, errs := n1.cli("join", rest[0].clusterAddr(), "-token", rest[0].token("1h")); code != 0 {
+	if code, _, errs := n1.cli("join", rest[0].clusterAddr(), "-token-file", rest[0].tokenFile("1h")); code != 0 {
 		t.Fatalf("joining again: %d %s", code, errs)
 	}
 	testkit.WaitFor(t, 20*time.Second, "n1 back as a member", func() bool {

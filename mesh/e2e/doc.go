@@ -44,6 +44,7 @@
 //	12  TestSystemdNotify
 //	13  TestDevAnswersLeaderWithin5s
 //	14  TestAgentBadConfigExits2 (its agents exit before they listen)
+//	15  TestJoinTokens
 //	16  TestServerRejoinsAfterDowntime
 //	17  TestLeaveRefusedFast
 //	41  TestProxyL7EndToEnd
