@@ -20,7 +20,7 @@ const (
 	TokenCreateType       MessageType = 10
 	TokenDeleteType       MessageType = 11
 	ConfigEntryType       MessageType = 12
-	VIPType               MessageType = 13 // vips.go (capture issue); intentions take 14
+	VIPType               MessageType = 13 // vips.go
 	IntentionType         MessageType = 14
 	TokenUseType          MessageType = 15 // cluster.go: spend one use of a join token
 	TokenRevokeType       MessageType = 16

@@ -266,7 +266,12 @@ func decodeRemoteErr(code, msg string) error {
 }
 
 func (s *Server) rpcForward(ctx context.Context, req *ForwardRequest) (*ForwardResponse, error) {
-	if _, err := peerNode(ctx); err != nil {
+	caller, err := peerNode(ctx)
+	if err != nil {
+		return nil, err
+	}
+	if err := authorizeForward(caller, req.Command); err != nil {
+		s.logger.Warn("refused a forwarded command", "caller", caller, "err", err)
 		return nil, err
 	}
 	if !s.IsLeader() {
@@ -610,6 +615,15 @@ func (s *Server) rpcHeartbeat(ctx context.Context, req *HeartbeatRequest) (*Empt
 	}
 	if !s.IsLeader() {
 		return nil, s.notLeader(ctx)
+	}
+	// The ID a heartbeat keeps alive is the one the catalog holds for the
+	// certificate's name: a node cannot keep another server looking alive.
+	_, n, _, err := s.store.Node(nil, name)
+	if err != nil {
+		return nil, status.Error(codes.Internal, err.Error())
+	}
+	if n != nil && n.ID != req.NodeID {
+		return nil, status.Errorf(codes.PermissionDenied, "heartbeat refused: the certificate names node %q, which is node ID %s, not %s", name, n.ID, req.NodeID)
 	}
 	s.cluster.live.mark(name, req.NodeID, req.Addr, time.Now())
 	return &Empty{}, nil
