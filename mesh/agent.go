@@ -282,7 +282,7 @@ func (a *Agent) desiredServices() ([]*discovery.RegisterServiceRequest, error) {
 		return nil, err
 	}
 	defs = append(defs, fromDir...)
-	return discovery.BuildFileServices(a.cfg.NodeName, defs)
+	return local.BuildFileServices(a.cfg.NodeName, defs)
 }
 
 // syncServiceFiles makes the catalog hold exactly the file-defined services

@@ -2,17 +2,13 @@ package raft
 
 import (
 	"context"
-	"crypto/rand"
 	"crypto/tls"
-	"encoding/base64"
-	"encoding/hex"
 	"errors"
 	"fmt"
 	"net"
 	"net/netip"
 	"sort"
 	"strconv"
-	"strings"
 	"sync"
 	"time"
 
@@ -329,137 +325,6 @@ func (s *Server) localStats() *StatsResponse {
 		lc = time.Since(t).Milliseconds()
 	}
 	return &StatsResponse{LastTerm: term, LastIndex: idx, LastContact: lc}
-}
-
-// ---- join tokens ----
-
-// tokenPrefix marks the token format version.
-const tokenPrefix = "vmesh1"
-
-// Token is a parsed join token.
-type Token struct {
-	ID          string
-	Secret      string
-	Fingerprint string
-}
-
-func (t Token) String() string {
-	return strings.Join([]string{tokenPrefix, t.ID, t.Secret, t.Fingerprint}, ".")
-}
-
-// ParseToken parses what CreateToken printed.
-func ParseToken(s string) (Token, error) {
-	parts := strings.Split(strings.TrimSpace(s), ".")
-	if len(parts) != 4 || parts[0] != tokenPrefix || parts[1] == "" || parts[2] == "" || len(parts[3]) != 64 {
-		return Token{}, fmt.Errorf("%w: not a vmesh join token (want %s.<id>.<secret>.<ca-fingerprint>)", ErrInvalidToken, tokenPrefix)
-	}
-	if _, err := hex.DecodeString(parts[3]); err != nil {
-		return Token{}, fmt.Errorf("%w: bad CA fingerprint", ErrInvalidToken)
-	}
-	// Fingerprints compare as lowercase hex.
-	return Token{ID: parts[1], Secret: parts[2], Fingerprint: strings.ToLower(parts[3])}, nil
-}
-
-// TokenInfo is a join token without its secret: what create, list and
-// revoke report.
-type TokenInfo struct {
-	ID        string
-	CreatedAt time.Time
-	ExpiresAt time.Time
-	Uses      int
-	UsesLeft  int
-	Revoked   bool
-}
-
-func tokenInfo(t *discovery.JoinToken) TokenInfo {
-	return TokenInfo{
-		ID: t.ID, CreatedAt: time.Unix(t.CreatedAt, 0).UTC(), ExpiresAt: time.Unix(t.ExpiresAt, 0).UTC(),
-		Uses: t.Uses, UsesLeft: t.UsesLeft, Revoked: t.Revoked,
-	}
-}
-
-// CreateToken stores a new join token (only its hash) that admits uses
-// joins within ttl, and returns it with what was stored.
-func (s *Server) CreateToken(ctx context.Context, ttl time.Duration, uses int) (string, TokenInfo, error) {
-	if ttl <= 0 || ttl > discovery.MaxJoinTokenTTL {
-		return "", TokenInfo{}, fmt.Errorf("%w: ttl: %s is not between 1s and %s", discovery.ErrInvalid, ttl, discovery.MaxJoinTokenTTL)
-	}
-	if uses < 1 || uses > discovery.MaxJoinTokenUses {
-		return "", TokenInfo{}, fmt.Errorf("%w: uses: %d is not between 1 and %d", discovery.ErrInvalid, uses, discovery.MaxJoinTokenUses)
-	}
-	_, ca, err := s.store.CA(nil)
-	if err != nil {
-		return "", TokenInfo{}, err
-	}
-	if ca == nil {
-		return "", TokenInfo{}, errNoCAInCatalog
-	}
-	id := make([]byte, 8)
-	secret := make([]byte, 32)
-	rand.Read(id)
-	rand.Read(secret)
-	tok := Token{ID: hex.EncodeToString(id), Secret: base64.RawURLEncoding.EncodeToString(secret), Fingerprint: ca.Fingerprint}
-	now := time.Now()
-	// Round the expiry up to a whole second: a token never lives shorter
-	// than asked.
-	exp := now.Add(ttl + time.Second - 1).Truncate(time.Second)
-	stored := discovery.JoinToken{
-		ID: tok.ID, SecretHash: discovery.HashTokenSecret(tok.Secret),
-		CreatedAt: now.Unix(), ExpiresAt: exp.Unix(), Uses: uses, UsesLeft: uses,
-	}
-	if _, err := s.Apply(ctx, discovery.TokenCreateRequest{Token: stored}); err != nil {
-		return "", TokenInfo{}, err
-	}
-	return tok.String(), tokenInfo(&stored), nil
-}
-
-// Tokens lists the join tokens this node's catalog holds, oldest first.
-func (s *Server) Tokens() ([]TokenInfo, error) {
-	ts, err := s.store.Tokens()
-	if err != nil {
-		return nil, err
-	}
-	out := make([]TokenInfo, 0, len(ts))
-	for _, t := range ts {
-		out = append(out, tokenInfo(t))
-	}
-	sort.SliceStable(out, func(i, j int) bool { return out[i].CreatedAt.Before(out[j].CreatedAt) })
-	return out, nil
-}
-
-// RevokeToken marks a join token revoked; it admits no one from then on.
-// An unknown ID is discovery.ErrNotFound.
-func (s *Server) RevokeToken(ctx context.Context, id string) (TokenInfo, error) {
-	if _, err := s.Apply(ctx, discovery.TokenRevokeRequest{ID: id, Now: time.Now().Unix()}); err != nil {
-		return TokenInfo{}, err
-	}
-	t, err := s.store.Token(id)
-	if err != nil || t == nil {
-		return TokenInfo{}, fmt.Errorf("%w: join token %s", discovery.ErrNotFound, id)
-	}
-	return tokenInfo(t), nil
-}
-
-// tokenReapAfter is how long an expired token is kept, so that a late
-// joiner is told "expired" (and an operator sees it in the list) rather
-// than "no such token".
-const tokenReapAfter = 24 * time.Hour
-
-// reapTokens, on the leader, deletes the tokens expired for longer than
-// tokenReapAfter.
-func (s *Server) reapTokens(ctx context.Context, now time.Time) {
-	ts, err := s.store.Tokens()
-	if err != nil {
-		return
-	}
-	for _, t := range ts {
-		if t.Expired(now.Add(-tokenReapAfter).Unix()) {
-			if _, err := s.applyCmd(ctx, discovery.TokenDeleteRequest{ID: t.ID}); err != nil {
-				s.logger.Warn("reaping an expired join token", "token", t.ID, "err", err)
-				return
-			}
-		}
-	}
 }
 
 // ---- members ----

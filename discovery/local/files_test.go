@@ -46,12 +46,12 @@ func TestFileServicesSync(t *testing.T) {
 	fs := &FileServices{Store: s, Writer: w, Node: "n1", UserPorts: &discovery.UserPortAllocator{}, Logger: testkit.Discard()}
 	build := func(defs ...discovery.ServiceRegistration) []*discovery.RegisterServiceRequest {
 		t.Helper()
-		var fds []discovery.FileDefinition
+		var fds []FileDefinition
 		for i, d := range defs {
 			d.Line = i + 1
-			fds = append(fds, discovery.FileDefinition{File: "/etc/vmesh/services.d/a.hcl", Service: d})
+			fds = append(fds, FileDefinition{File: "/etc/vmesh/services.d/a.hcl", Service: d})
 		}
-		reqs, err := discovery.BuildFileServices("n1", fds)
+		reqs, err := BuildFileServices("n1", fds)
 		if err != nil {
 			t.Fatal(err)
 		}

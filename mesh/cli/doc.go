@@ -12,7 +12,7 @@
 //
 // Data enters as argv, files named on it (config, service and config
 // entry files, read with package config; service files are checked with
-// discovery.BuildFileServices, as the agent checks them) and the agent's
+// local.BuildFileServices, as the agent checks them) and the agent's
 // HTTP answers; it leaves on Env.Stdout (results, help) and Env.Stderr
 // (errors), and as the exit code.
 package cli

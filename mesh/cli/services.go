@@ -8,7 +8,7 @@ import (
 	"strings"
 	"text/tabwriter"
 
-	"github.com/vmesh/vmesh/discovery"
+	"github.com/vmesh/vmesh/discovery/local"
 	"github.com/vmesh/vmesh/mesh/config"
 )
 
@@ -104,7 +104,7 @@ func (c *servicesCommand) Run(ctx context.Context, args []string) int {
 // when it registers them (users, duplicate IDs, upstream ports), so
 // `services register` and `validate` refuse what the agent would. The node
 // name does not matter for validation.
-func checkServices(defs []discovery.FileDefinition) error {
-	_, err := discovery.BuildFileServices("local", defs)
+func checkServices(defs []local.FileDefinition) error {
+	_, err := local.BuildFileServices("local", defs)
 	return err
 }

@@ -13,6 +13,7 @@ import (
 	"time"
 
 	"github.com/vmesh/vmesh/discovery"
+	"github.com/vmesh/vmesh/discovery/local"
 )
 
 // JoinTokenEnv is the environment variable that may hold the join token
@@ -93,7 +94,7 @@ type Config struct {
 	Dev bool
 
 	// services are the definitions found in config files, by file.
-	services []discovery.FileDefinition
+	services []local.FileDefinition
 }
 
 // Ports are the agent's listening ports.
@@ -294,14 +295,14 @@ func (c *Config) Validate() error {
 
 // ServiceFiles are the service definitions found in the config files,
 // each with the file it came from.
-func (c *Config) ServiceFiles() []discovery.FileDefinition {
-	return append([]discovery.FileDefinition(nil), c.services...)
+func (c *Config) ServiceFiles() []local.FileDefinition {
+	return append([]local.FileDefinition(nil), c.services...)
 }
 
 // SetServiceFiles replaces the definitions from config files: a reload
 // takes them from a freshly loaded Config.
-func (c *Config) SetServiceFiles(defs []discovery.FileDefinition) {
-	c.services = append([]discovery.FileDefinition(nil), defs...)
+func (c *Config) SetServiceFiles(defs []local.FileDefinition) {
+	c.services = append([]local.FileDefinition(nil), defs...)
 }
 
 // Error marks a configuration problem, whether found while loading or by

@@ -4,7 +4,7 @@
 // loading of config files and directories, the agent's flags
 // (AgentFlags.Register and Build) and the reading of service files, which
 // decode into discovery.ServiceRegistration, the API's own shape, so that
-// discovery.BuildFileServices validates files as the API validates bodies.
+// local.BuildFileServices validates files as the API validates bodies.
 //
 // It must not start anything, touch the kernel or talk to an agent: it
 // turns files and flags into values and says what is wrong with them.

@@ -5,6 +5,7 @@ import (
 	"os"
 
 	"github.com/vmesh/vmesh/discovery"
+	"github.com/vmesh/vmesh/discovery/local"
 )
 
 // A service definition file is Consul's format, decoded straight into
@@ -19,13 +20,13 @@ import (
 //
 // Keys may be snake_case or CamelCase, as Consul accepts both.
 
-func collectServices(file string, one *discovery.ServiceRegistration, many []discovery.ServiceRegistration) []discovery.FileDefinition {
-	var out []discovery.FileDefinition
+func collectServices(file string, one *discovery.ServiceRegistration, many []discovery.ServiceRegistration) []local.FileDefinition {
+	var out []local.FileDefinition
 	if one != nil {
-		out = append(out, discovery.FileDefinition{File: file, Service: *one})
+		out = append(out, local.FileDefinition{File: file, Service: *one})
 	}
 	for _, d := range many {
-		out = append(out, discovery.FileDefinition{File: file, Service: d})
+		out = append(out, local.FileDefinition{File: file, Service: d})
 	}
 	return out
 }
@@ -38,7 +39,7 @@ type servicesFile struct {
 
 // LoadServiceFiles reads every *.hcl and *.json file of dir. A missing dir
 // holds no services: a fresh host has none yet.
-func LoadServiceFiles(dir string) ([]discovery.FileDefinition, error) {
+func LoadServiceFiles(dir string) ([]local.FileDefinition, error) {
 	if dir == "" {
 		return nil, nil
 	}
@@ -49,7 +50,7 @@ func LoadServiceFiles(dir string) ([]discovery.FileDefinition, error) {
 	if err != nil {
 		return nil, err
 	}
-	var out []discovery.FileDefinition
+	var out []local.FileDefinition
 	var errs []error
 	for _, f := range files {
 		defs, err := ReadServiceFile(f)
@@ -64,7 +65,7 @@ func LoadServiceFiles(dir string) ([]discovery.FileDefinition, error) {
 
 // ReadServiceFile decodes one service file, which may hold `service {}`
 // and `services [...]` and nothing else.
-func ReadServiceFile(path string) ([]discovery.FileDefinition, error) {
+func ReadServiceFile(path string) ([]local.FileDefinition, error) {
 	var sf servicesFile
 	if err := DecodeFile(path, &sf); err != nil {
 		return nil, err

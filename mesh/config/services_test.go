@@ -1,12 +1,14 @@
 package config
 
 import (
-	"github.com/vmesh/vmesh/lab/testkit"
 	"os"
 	"path/filepath"
 	"reflect"
 	"strings"
 	"testing"
+
+	"github.com/vmesh/vmesh/discovery/local"
+	"github.com/vmesh/vmesh/lab/testkit"
 
 	"github.com/vmesh/vmesh/discovery"
 )
@@ -111,7 +113,7 @@ func TestServiceFileProtocolAndUpstreams(t *testing.T) {
 			defs, err := LoadServiceFiles(dir)
 			var reqs []*discovery.RegisterServiceRequest
 			if err == nil {
-				reqs, err = discovery.BuildFileServices("n1", defs)
+				reqs, err = local.BuildFileServices("n1", defs)
 			}
 			if len(tc.errs) > 0 {
 				if err == nil {
@@ -215,7 +217,7 @@ func TestServiceFileUser(t *testing.T) {
 			defs, err := LoadServiceFiles(dir)
 			var reqs []*discovery.RegisterServiceRequest
 			if err == nil {
-				reqs, err = discovery.BuildFileServices("n1", defs)
+				reqs, err = local.BuildFileServices("n1", defs)
 			}
 			if len(tc.errs) > 0 {
 				for _, w := range tc.errs {
