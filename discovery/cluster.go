@@ -66,6 +66,25 @@ type JoinToken struct {
 	ModifyIndex uint64
 }
 
+// JoinTokenInfo is a join token without its secret or the secret's hash:
+// what create, list and revoke report (GET /v1/vmesh/tokens).
+type JoinTokenInfo struct {
+	ID        string
+	CreatedAt time.Time
+	ExpiresAt time.Time
+	Uses      int
+	UsesLeft  int
+	Revoked   bool
+}
+
+// JoinTokenInfoOf is t as an operator may see it.
+func JoinTokenInfoOf(t *JoinToken) JoinTokenInfo {
+	return JoinTokenInfo{
+		ID: t.ID, CreatedAt: time.Unix(t.CreatedAt, 0).UTC(), ExpiresAt: time.Unix(t.ExpiresAt, 0).UTC(),
+		Uses: t.Uses, UsesLeft: t.UsesLeft, Revoked: t.Revoked,
+	}
+}
+
 // Expired says whether the token is past its expiry at now (unix
 // seconds): it admits no one from its expiry second on.
 func (t *JoinToken) Expired(now int64) bool { return t.ExpiresAt == 0 || now >= t.ExpiresAt }

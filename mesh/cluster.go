@@ -221,42 +221,28 @@ func (o operator) Leave(ctx context.Context, force bool) error {
 	return err
 }
 
-func (o operator) CreateJoinToken(ctx context.Context, ttl time.Duration, uses int) (string, httpapi.JoinTokenInfo, error) {
+func (o operator) CreateJoinToken(ctx context.Context, ttl time.Duration, uses int) (string, discovery.JoinTokenInfo, error) {
 	srv := o.a.ref.get()
 	if srv == nil {
-		return "", httpapi.JoinTokenInfo{}, httpapi.WithStatus(http.StatusConflict, errNotJoined)
+		return "", discovery.JoinTokenInfo{}, httpapi.WithStatus(http.StatusConflict, errNotJoined)
 	}
-	tok, info, err := srv.CreateToken(ctx, ttl, uses)
-	return tok, joinTokenInfo(info), err
+	return srv.CreateToken(ctx, ttl, uses)
 }
 
-func (o operator) JoinTokens(context.Context) ([]httpapi.JoinTokenInfo, error) {
+func (o operator) JoinTokens(context.Context) ([]discovery.JoinTokenInfo, error) {
 	srv := o.a.ref.get()
 	if srv == nil {
 		return nil, httpapi.WithStatus(http.StatusConflict, errNotJoined)
 	}
-	ts, err := srv.Tokens()
-	if err != nil {
-		return nil, err
-	}
-	out := make([]httpapi.JoinTokenInfo, 0, len(ts))
-	for _, t := range ts {
-		out = append(out, joinTokenInfo(t))
-	}
-	return out, nil
+	return srv.Tokens()
 }
 
-func (o operator) RevokeJoinToken(ctx context.Context, id string) (httpapi.JoinTokenInfo, error) {
+func (o operator) RevokeJoinToken(ctx context.Context, id string) (discovery.JoinTokenInfo, error) {
 	srv := o.a.ref.get()
 	if srv == nil {
-		return httpapi.JoinTokenInfo{}, httpapi.WithStatus(http.StatusConflict, errNotJoined)
+		return discovery.JoinTokenInfo{}, httpapi.WithStatus(http.StatusConflict, errNotJoined)
 	}
-	info, err := srv.RevokeToken(ctx, id)
-	return joinTokenInfo(info), err
-}
-
-func joinTokenInfo(t raft.TokenInfo) httpapi.JoinTokenInfo {
-	return httpapi.JoinTokenInfo{ID: t.ID, CreatedAt: t.CreatedAt, ExpiresAt: t.ExpiresAt, Uses: t.Uses, UsesLeft: t.UsesLeft, Revoked: t.Revoked}
+	return srv.RevokeToken(ctx, id)
 }
 
 func (o operator) Snapshot() (uint64, error) {

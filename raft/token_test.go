@@ -169,7 +169,7 @@ func TestJoinTokenSingleUseRace(t *testing.T) {
 func TestJoinTokenRefusals(t *testing.T) {
 	s := clusterLeader(t)
 	ctx := context.Background()
-	mk := func(uses int) (string, TokenInfo) {
+	mk := func(uses int) (string, discovery.JoinTokenInfo) {
 		tok, info, err := s.CreateToken(ctx, time.Hour, uses)
 		if err != nil {
 			t.Fatal(err)

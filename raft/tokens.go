@@ -43,39 +43,21 @@ func ParseToken(s string) (Token, error) {
 	return Token{ID: parts[1], Secret: parts[2], Fingerprint: strings.ToLower(parts[3])}, nil
 }
 
-// TokenInfo is a join token without its secret: what create, list and
-// revoke report.
-type TokenInfo struct {
-	ID        string
-	CreatedAt time.Time
-	ExpiresAt time.Time
-	Uses      int
-	UsesLeft  int
-	Revoked   bool
-}
-
-func tokenInfo(t *discovery.JoinToken) TokenInfo {
-	return TokenInfo{
-		ID: t.ID, CreatedAt: time.Unix(t.CreatedAt, 0).UTC(), ExpiresAt: time.Unix(t.ExpiresAt, 0).UTC(),
-		Uses: t.Uses, UsesLeft: t.UsesLeft, Revoked: t.Revoked,
-	}
-}
-
 // CreateToken stores a new join token (only its hash) that admits uses
 // joins within ttl, and returns it with what was stored.
-func (s *Server) CreateToken(ctx context.Context, ttl time.Duration, uses int) (string, TokenInfo, error) {
+func (s *Server) CreateToken(ctx context.Context, ttl time.Duration, uses int) (string, discovery.JoinTokenInfo, error) {
 	if ttl <= 0 || ttl > discovery.MaxJoinTokenTTL {
-		return "", TokenInfo{}, fmt.Errorf("%w: ttl: %s is not between 1s and %s", discovery.ErrInvalid, ttl, discovery.MaxJoinTokenTTL)
+		return "", discovery.JoinTokenInfo{}, fmt.Errorf("%w: ttl: %s is not between 1s and %s", discovery.ErrInvalid, ttl, discovery.MaxJoinTokenTTL)
 	}
 	if uses < 1 || uses > discovery.MaxJoinTokenUses {
-		return "", TokenInfo{}, fmt.Errorf("%w: uses: %d is not between 1 and %d", discovery.ErrInvalid, uses, discovery.MaxJoinTokenUses)
+		return "", discovery.JoinTokenInfo{}, fmt.Errorf("%w: uses: %d is not between 1 and %d", discovery.ErrInvalid, uses, discovery.MaxJoinTokenUses)
 	}
 	_, ca, err := s.store.CA(nil)
 	if err != nil {
-		return "", TokenInfo{}, err
+		return "", discovery.JoinTokenInfo{}, err
 	}
 	if ca == nil {
-		return "", TokenInfo{}, errNoCAInCatalog
+		return "", discovery.JoinTokenInfo{}, errNoCAInCatalog
 	}
 	id := make([]byte, 8)
 	secret := make([]byte, 32)
@@ -91,20 +73,20 @@ func (s *Server) CreateToken(ctx context.Context, ttl time.Duration, uses int) (
 		CreatedAt: now.Unix(), ExpiresAt: exp.Unix(), Uses: uses, UsesLeft: uses,
 	}
 	if _, err := s.Apply(ctx, discovery.TokenCreateRequest{Token: stored}); err != nil {
-		return "", TokenInfo{}, err
+		return "", discovery.JoinTokenInfo{}, err
 	}
-	return tok.String(), tokenInfo(&stored), nil
+	return tok.String(), discovery.JoinTokenInfoOf(&stored), nil
 }
 
 // Tokens lists the join tokens this node's catalog holds, oldest first.
-func (s *Server) Tokens() ([]TokenInfo, error) {
+func (s *Server) Tokens() ([]discovery.JoinTokenInfo, error) {
 	ts, err := s.store.Tokens()
 	if err != nil {
 		return nil, err
 	}
-	out := make([]TokenInfo, 0, len(ts))
+	out := make([]discovery.JoinTokenInfo, 0, len(ts))
 	for _, t := range ts {
-		out = append(out, tokenInfo(t))
+		out = append(out, discovery.JoinTokenInfoOf(t))
 	}
 	sort.SliceStable(out, func(i, j int) bool { return out[i].CreatedAt.Before(out[j].CreatedAt) })
 	return out, nil
@@ -112,15 +94,15 @@ func (s *Server) Tokens() ([]TokenInfo, error) {
 
 // RevokeToken marks a join token revoked; it admits no one from then on.
 // An unknown ID is discovery.ErrNotFound.
-func (s *Server) RevokeToken(ctx context.Context, id string) (TokenInfo, error) {
+func (s *Server) RevokeToken(ctx context.Context, id string) (discovery.JoinTokenInfo, error) {
 	if _, err := s.Apply(ctx, discovery.TokenRevokeRequest{ID: id, Now: time.Now().Unix()}); err != nil {
-		return TokenInfo{}, err
+		return discovery.JoinTokenInfo{}, err
 	}
 	t, err := s.store.Token(id)
 	if err != nil || t == nil {
-		return TokenInfo{}, fmt.Errorf("%w: join token %s", discovery.ErrNotFound, id)
+		return discovery.JoinTokenInfo{}, fmt.Errorf("%w: join token %s", discovery.ErrNotFound, id)
 	}
-	return tokenInfo(t), nil
+	return discovery.JoinTokenInfoOf(t), nil
 }
 
 // tokenReapAfter is how long an expired token is kept, so that a late

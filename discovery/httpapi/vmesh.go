@@ -22,12 +22,12 @@ type Operator interface {
 	Leave(ctx context.Context, force bool) error
 	// CreateJoinToken mints a join token that admits uses joins within
 	// ttl; the caller has checked both against the discovery limits.
-	CreateJoinToken(ctx context.Context, ttl time.Duration, uses int) (token string, info JoinTokenInfo, err error)
+	CreateJoinToken(ctx context.Context, ttl time.Duration, uses int) (token string, info discovery.JoinTokenInfo, err error)
 	// JoinTokens lists the join tokens, without their secrets.
-	JoinTokens(ctx context.Context) ([]JoinTokenInfo, error)
+	JoinTokens(ctx context.Context) ([]discovery.JoinTokenInfo, error)
 	// RevokeJoinToken marks a join token revoked (discovery.ErrNotFound
 	// when there is none).
-	RevokeJoinToken(ctx context.Context, id string) (JoinTokenInfo, error)
+	RevokeJoinToken(ctx context.Context, id string) (discovery.JoinTokenInfo, error)
 	// ClusterMembers lists the cluster's nodes and their raft roles.
 	ClusterMembers(ctx context.Context) ([]ClusterMember, error)
 	// Snapshot takes a raft snapshot now and returns its index.
@@ -46,17 +46,6 @@ type ClusterMember struct {
 	Role          string
 	Status        string
 	LastContactMs int64
-}
-
-// JoinTokenInfo is a join token as GET /v1/vmesh/tokens shows it: never
-// its secret nor the secret's hash.
-type JoinTokenInfo struct {
-	ID        string
-	CreatedAt time.Time
-	ExpiresAt time.Time
-	Uses      int
-	UsesLeft  int
-	Revoked   bool
 }
 
 // WithStatus marks err to be answered with code instead of a 500.
@@ -157,7 +146,7 @@ func (a *API) vmeshToken(w http.ResponseWriter, r *http.Request) {
 	}
 	writeJSON(w, struct {
 		Token string
-		JoinTokenInfo
+		discovery.JoinTokenInfo
 	}{tok, info})
 }
 
@@ -168,7 +157,7 @@ func (a *API) vmeshTokens(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	if ts == nil {
-		ts = []JoinTokenInfo{}
+		ts = []discovery.JoinTokenInfo{}
 	}
 	writeJSON(w, ts)
 }

@@ -32,19 +32,19 @@ func (f *fakeOperator) Leave(context.Context, bool) error { return f.leaveErr }
 
 var fakeTokenTime = time.Date(2026, 1, 2, 3, 4, 5, 0, time.UTC)
 
-func (f *fakeOperator) CreateJoinToken(_ context.Context, ttl time.Duration, uses int) (string, JoinTokenInfo, error) {
+func (f *fakeOperator) CreateJoinToken(_ context.Context, ttl time.Duration, uses int) (string, discovery.JoinTokenInfo, error) {
 	f.uses = uses
-	return "tok-" + ttl.String(), JoinTokenInfo{ID: "id1", CreatedAt: fakeTokenTime, ExpiresAt: fakeTokenTime.Add(ttl), Uses: uses, UsesLeft: uses}, nil
+	return "tok-" + ttl.String(), discovery.JoinTokenInfo{ID: "id1", CreatedAt: fakeTokenTime, ExpiresAt: fakeTokenTime.Add(ttl), Uses: uses, UsesLeft: uses}, nil
 }
-func (f *fakeOperator) JoinTokens(context.Context) ([]JoinTokenInfo, error) {
-	return []JoinTokenInfo{{ID: "id1", CreatedAt: fakeTokenTime, ExpiresAt: fakeTokenTime.Add(time.Hour), Uses: 1, UsesLeft: 0, Revoked: true}}, nil
+func (f *fakeOperator) JoinTokens(context.Context) ([]discovery.JoinTokenInfo, error) {
+	return []discovery.JoinTokenInfo{{ID: "id1", CreatedAt: fakeTokenTime, ExpiresAt: fakeTokenTime.Add(time.Hour), Uses: 1, UsesLeft: 0, Revoked: true}}, nil
 }
-func (f *fakeOperator) RevokeJoinToken(_ context.Context, id string) (JoinTokenInfo, error) {
+func (f *fakeOperator) RevokeJoinToken(_ context.Context, id string) (discovery.JoinTokenInfo, error) {
 	if id != "id1" {
-		return JoinTokenInfo{}, fmt.Errorf("%w: join token %s", discovery.ErrNotFound, id)
+		return discovery.JoinTokenInfo{}, fmt.Errorf("%w: join token %s", discovery.ErrNotFound, id)
 	}
 	f.revoked = id
-	return JoinTokenInfo{ID: id, Revoked: true}, nil
+	return discovery.JoinTokenInfo{ID: id, Revoked: true}, nil
 }
 func (f *fakeOperator) ClusterMembers(context.Context) ([]ClusterMember, error) {
 	return []ClusterMember{{Name: "n1", Role: "leader"}}, nil
