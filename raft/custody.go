@@ -397,7 +397,12 @@ func (s *Server) healCustody(ctx context.Context, node, id string, pub any) {
 	if sk := root.SealedFor(node); sk != nil && bytes.Equal(sk.Recipient, epub.Bytes()) {
 		return
 	}
-	if !s.isRaftMember(id) {
+	// The raft ID must be the one the catalog binds to the certificate's
+	// name: a heartbeat's NodeID is only a claim, and a node missing from
+	// the catalog (it deregistered itself) could otherwise name a
+	// server's ID and have the key sealed to its own.
+	_, n, _, err := s.store.Node(nil, node)
+	if err != nil || n == nil || n.ID != id || !s.isRaftMember(n.ID) {
 		return
 	}
 	if err := s.sealCAFor(ctx, node, pub); err != nil {

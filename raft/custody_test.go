@@ -352,3 +352,29 @@ func TestClearCAKeyMigrates(t *testing.T) {
 type nopCloser struct{ *bytes.Buffer }
 
 func (nopCloser) Close() error { return nil }
+
+// A heartbeat's NodeID is only a claim: a node gets a sealed key only when
+// the catalog binds its certificate's name to a raft server's ID.
+func TestHeartbeatSealsOnlyToRaftMembers(t *testing.T) {
+	s, ca := openClusterLeader(t, 3)
+	testkit.WaitFor(t, 10*time.Second, "the CA in raft", func() bool {
+		_, root, _ := s.store.CA(nil)
+		return root != nil
+	})
+	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
+	defer cancel()
+	if _, err := s.applyCmd(ctx, discovery.RegisterNodeRequest{Node: discovery.Node{Name: "client-1", ID: "id-client-1"}}); err != nil {
+		t.Fatal(err)
+	}
+	for _, tc := range []struct{ name, claim string }{
+		{"evil", "id-leader"},       // not in the catalog, claims the leader's raft ID
+		{"client-1", "id-client-1"}, // in the catalog, not a raft member
+	} {
+		if _, err := s.rpcHeartbeat(callerCtx(t, ca, tc.name, "127.0.0.9"), &HeartbeatRequest{NodeID: tc.claim, Addr: "127.0.0.9:7400"}); err != nil {
+			t.Logf("heartbeat of %s: %v", tc.name, err)
+		}
+		if _, root, _ := s.store.CA(nil); root.SealedFor(tc.name) != nil || len(root.SealedKeys) != 1 {
+			t.Fatalf("a heartbeat of %s claiming %s got the CA key sealed (%d blobs)", tc.name, tc.claim, len(root.SealedKeys))
+		}
+	}
+}
