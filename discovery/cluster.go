@@ -1,10 +1,12 @@
 package discovery
 
 import (
+	"bytes"
 	"crypto/sha256"
 	"crypto/subtle"
 	"errors"
 	"fmt"
+	"sort"
 	"time"
 
 	"github.com/hashicorp/go-memdb"
@@ -20,16 +22,49 @@ const (
 	caRootID    = "cluster"
 )
 
-// CARoot is the cluster CA. KeyPEM is secret: no API returns it.
+// CARoot is the cluster CA. Its private key is never stored in the
+// clear: SealedKeys holds it encrypted to each server's own node key
+// (raft/custody.go says how), so raft's log, its snapshots and a copy of
+// the catalog reveal nothing without a server's node key.
 type CARoot struct {
 	ID          string
 	CertPEM     []byte
-	KeyPEM      []byte
 	TrustDomain string
 	Fingerprint string
-	CreateIndex uint64
-	ModifyIndex uint64
+	// SealedKeys is the CA private key sealed to each raft server, one
+	// per node name, sorted by Node. Clients never receive it (Public).
+	SealedKeys []SealedCAKey
+	// LegacyKeyPEM is the clear key that agents before sealed custody
+	// stored (under the name KeyPEM). It is only ever decoded from old
+	// log entries and snapshots; the leader seals it and writes the
+	// record again without it (raft/custody.go).
+	LegacyKeyPEM []byte `codec:"KeyPEM" json:"-"`
+	CreateIndex  uint64
+	ModifyIndex  uint64
 }
+
+// SealedCAKey is the CA private key sealed to one server. Recipient is the
+// server's node public key (uncompressed P-256 point, public): the leader
+// compares it with the key in the node's certificate to know whether the
+// blob is still the node's. Blob is opaque here (raft/custody.go).
+type SealedCAKey struct {
+	Node      string
+	Recipient []byte
+	Blob      []byte
+}
+
+// SealedFor returns the sealed key of node, or nil.
+func (ca *CARoot) SealedFor(node string) *SealedCAKey {
+	for i := range ca.SealedKeys {
+		if ca.SealedKeys[i].Node == node {
+			return &ca.SealedKeys[i]
+		}
+	}
+	return nil
+}
+
+// holdsKey says whether anyone can recover the CA key from the record.
+func (ca *CARoot) holdsKey() bool { return len(ca.SealedKeys) > 0 || len(ca.LegacyKeyPEM) > 0 }
 
 // Join token limits. A token is a bearer credential for a node
 // certificate, so it is short-lived and counted: every token expires, and
@@ -101,8 +136,10 @@ func (t *JoinToken) SecretMatches(secret string) bool {
 	return subtle.ConstantTimeCompare(t.SecretHash, HashTokenSecret(secret)) == 1
 }
 
-// SetCARequest stores the cluster CA. It is accepted once; a second,
-// different CA is refused (rotation is not supported yet).
+// SetCARequest stores the cluster CA. A different CA is refused once one
+// is stored (rotation is not supported yet); the same CA (same
+// fingerprint and certificate) replaces the record's key custody: who
+// holds a sealed key, and whether the legacy clear key is still there.
 type SetCARequest struct{ CA CARoot }
 
 // TokenCreateRequest stores a join token.
@@ -151,14 +188,27 @@ func (s *Store) SetCA(idx uint64, ca *CARoot) error {
 	if err != nil {
 		return err
 	}
-	if raw != nil {
-		if old := raw.(*CARoot); old.Fingerprint == ca.Fingerprint {
-			return nil
-		}
-		return fmt.Errorf("%w: the cluster already has a CA (rotation is not supported)", ErrInvalid)
-	}
 	c := *ca
 	c.ID, c.CreateIndex, c.ModifyIndex = caRootID, idx, idx
+	c.SealedKeys = append([]SealedCAKey(nil), ca.SealedKeys...)
+	sort.Slice(c.SealedKeys, func(i, j int) bool { return c.SealedKeys[i].Node < c.SealedKeys[j].Node })
+	for i := 1; i < len(c.SealedKeys); i++ {
+		if c.SealedKeys[i].Node == c.SealedKeys[i-1].Node {
+			return fmt.Errorf("%w: SealedKeys: node %q appears twice", ErrInvalid, c.SealedKeys[i].Node)
+		}
+	}
+	if raw != nil {
+		old := raw.(*CARoot)
+		if old.Fingerprint != ca.Fingerprint || !bytes.Equal(old.CertPEM, ca.CertPEM) {
+			return fmt.Errorf("%w: the cluster already has a CA (rotation is not supported)", ErrInvalid)
+		}
+		// A custody change never leaves the key with no one. A client's
+		// replica holds no key at all, so there it changes nothing.
+		if old.holdsKey() && !c.holdsKey() {
+			return fmt.Errorf("%w: SealedKeys: the change would leave the CA key sealed to no server", ErrInvalid)
+		}
+		c.CreateIndex = old.CreateIndex
+	}
 	if err := tx.Insert(tableCA, &c); err != nil {
 		return err
 	}

@@ -34,9 +34,10 @@ func ReplicaRecord(rt RecordType, rec any) (any, bool) {
 	return nil, false
 }
 
-// Public is the CA without its private key: what a client may know.
+// Public is the CA without its private key, sealed or clear: what a
+// client may know.
 func (ca *CARoot) Public() *CARoot {
 	c := *ca
-	c.KeyPEM = nil
+	c.SealedKeys, c.LegacyKeyPEM = nil, nil
 	return &c
 }

@@ -13,6 +13,7 @@ import (
 	tlsv3 "github.com/envoyproxy/go-control-plane/envoy/extensions/transport_sockets/tls/v3"
 	vmetrics "github.com/vmesh/vmesh/dataplane/metrics"
 	"github.com/vmesh/vmesh/dataplane/xds"
+	"github.com/vmesh/vmesh/discovery"
 	"github.com/vmesh/vmesh/discovery/httpapi"
 	"github.com/vmesh/vmesh/raft"
 )
@@ -27,6 +28,16 @@ type xdsState struct {
 	adminSrv      *http.Server
 }
 
+// unsealCA is the leaf issuer's CA: this server's sealed copy of the CA
+// key, opened with its node key for each signature.
+func (a *Agent) unsealCA(root *discovery.CARoot) (*raft.CA, error) {
+	s := a.ref.get()
+	if s == nil {
+		return nil, errNotJoined
+	}
+	return s.UnsealCA(root)
+}
+
 // startXDS serves the catalog as xDS on the unix socket (and TCP if
 // configured), runs the leaf certificate issuer, and opens the admin
 // listener.
@@ -37,7 +48,7 @@ func (a *Agent) startXDS(context.Context) error {
 		return err
 	}
 	a.xds.socket, a.xds.socketCleanup = sock, cleanup
-	a.xds.leaves = raft.NewLeafIssuer(a.store, a.cfg.NodeName, a.cfg.Proxy.LeafCertTTL, a.logger.With("component", "leaf"))
+	a.xds.leaves = raft.NewLeafIssuer(a.store, a.cfg.NodeName, a.unsealCA, a.cfg.Proxy.LeafCertTTL, a.logger.With("component", "leaf"))
 	srv, err := xds.NewServer(xds.Config{
 		Store:      a.store,
 		Secrets:    NewLeafSecrets(a.xds.leaves, a.cfg.NodeName),

@@ -491,6 +491,9 @@ func (s *Server) rpcHeartbeat(ctx context.Context, req *HeartbeatRequest) (*Empt
 		return nil, status.Errorf(codes.PermissionDenied, "heartbeat refused: the certificate names node %q, which is node ID %s, not %s", name, n.ID, req.NodeID)
 	}
 	s.cluster.live.mark(name, req.NodeID, req.Addr, time.Now())
+	if cert := peerCert(ctx); cert != nil {
+		s.healCustody(ctx, name, req.NodeID, cert.PublicKey) // custody.go
+	}
 	return &Empty{}, nil
 }
 
@@ -581,6 +584,9 @@ func (s *Server) removeNode(ctx context.Context, name, id string) error {
 		if err := s.raft.RemoveServer(hraft.ServerID(id), 0, 10*time.Second).Error(); err != nil {
 			return fmt.Errorf("removing %s from raft: %w", name, err)
 		}
+	}
+	if err := s.dropCAFor(ctx, name); err != nil && !errors.Is(err, errNoCAInCatalog) {
+		s.logger.Warn("deleting a removed node's sealed CA key", "node", name, "err", err)
 	}
 	_, err := s.applyCmd(ctx, discovery.DeregisterNodeRequest{Node: name})
 	return err

@@ -167,10 +167,10 @@ func TestFSMApplyDispatch(t *testing.T) {
 			},
 		},
 		{
-			discovery.SetCARequest{CA: discovery.CARoot{CertPEM: []byte("cert"), KeyPEM: []byte("key"), TrustDomain: "td", Fingerprint: "fp1"}},
+			discovery.SetCARequest{CA: discovery.CARoot{CertPEM: []byte("cert"), SealedKeys: []discovery.SealedCAKey{{Node: "n1", Blob: []byte("key")}}, TrustDomain: "td", Fingerprint: "fp1"}},
 			func(t *testing.T, idx uint64) {
 				i, ca, _ := s.CA(nil)
-				if ca == nil || ca.Fingerprint != "fp1" || string(ca.KeyPEM) != "key" || ca.CreateIndex != idx || i != idx {
+				if ca == nil || ca.Fingerprint != "fp1" || ca.SealedFor("n1") == nil || string(ca.SealedFor("n1").Blob) != "key" || ca.CreateIndex != idx || i != idx {
 					t.Errorf("CA = %+v at %d, want fp1 at %d", ca, i, idx)
 				}
 			},

@@ -39,9 +39,10 @@ const (
 	nodeLifetime = 5 * 365 * 24 * time.Hour
 )
 
-// CA is the cluster's certificate authority. Its key is kept in raft (every
-// node replicates it, as Consul's built-in CA does) so that whichever node
-// leads can sign join requests.
+// CA is the cluster's certificate authority, its key in the clear: it
+// exists only in a server's memory, for one signature (custody.go seals it
+// to each server's node key for raft), and in the bootstrap node's
+// ca-key.pem until the first leader has stored it sealed.
 type CA struct {
 	Cert *x509.Certificate
 	Key  *ecdsa.PrivateKey
@@ -316,7 +317,8 @@ func parseKeyPEM(b []byte) (*ecdsa.PrivateKey, error) {
 	return x509.ParseECPrivateKey(block.Bytes)
 }
 
-// EncodeCA renders a CA (certificate and key) as PEM for storage in raft.
+// EncodeCA renders a CA (certificate and key) as PEM: the bootstrap node's
+// ca-key.pem, and tests. Raft never stores the key PEM (custody.go).
 func (ca *CA) EncodeCA() (certPEM, keyPEM []byte, err error) {
 	keyDER, err := x509.MarshalECPrivateKey(ca.Key)
 	if err != nil {

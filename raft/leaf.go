@@ -42,26 +42,31 @@ type Leaves struct {
 // node (spiffe://<td>/svc/<name>) and one for the node's proxy
 // (spiffe://<td>/proxy/<node>), signed by the cluster CA from the local
 // catalog, and renews each at half its lifetime. Keys never leave the
-// process. Changed is closed whenever the set changes.
+// process. The CA key comes from its CASource (a server's: its sealed
+// key, opened with its node key) only when a leaf is due, and is dropped
+// after signing. Changed is closed whenever the set changes.
 type LeafIssuer struct {
 	store    *discovery.Store
 	node     string
+	ca       CASource
 	lifetime time.Duration
 	logger   *slog.Logger
 
 	mu      sync.Mutex
 	caFP    string
+	caErr   string // the last CASource error logged
 	leaves  Leaves
 	byName  map[string]*Leaf
 	changed chan struct{}
 }
 
-// NewLeafIssuer prepares an issuer for node; Run does the work.
-func NewLeafIssuer(store *discovery.Store, node string, lifetime time.Duration, logger *slog.Logger) *LeafIssuer {
+// NewLeafIssuer prepares an issuer for node that signs with the CA from
+// ca; Run does the work.
+func NewLeafIssuer(store *discovery.Store, node string, ca CASource, lifetime time.Duration, logger *slog.Logger) *LeafIssuer {
 	if lifetime <= 0 {
 		lifetime = DefaultLeafLifetime
 	}
-	return &LeafIssuer{store: store, node: node, lifetime: lifetime, logger: logger,
+	return &LeafIssuer{store: store, node: node, ca: ca, lifetime: lifetime, logger: logger,
 		byName: map[string]*Leaf{}, changed: make(chan struct{})}
 }
 
@@ -106,11 +111,6 @@ func (l *LeafIssuer) sync(ws memdb.WatchSet, now time.Time) time.Time {
 	if err != nil {
 		return now.Add(5 * time.Second)
 	}
-	ca, err := DecodeCA(root.CertPEM, root.KeyPEM)
-	if err != nil {
-		l.logger.Error("cluster CA in the catalog does not decode", "err", err)
-		return now.Add(time.Minute)
-	}
 	want := map[string]bool{"": true} // "" is the node's leaf
 	for _, in := range insts {
 		want[in.Service] = true
@@ -128,11 +128,27 @@ func (l *LeafIssuer) sync(ws memdb.WatchSet, now time.Time) time.Time {
 			dirty = true
 		}
 	}
+	var ca *CA // opened for the first leaf due, dropped on return
 	for name := range want {
 		cur := l.byName[name]
 		if cur != nil && now.Before(cur.renewAt) {
 			continue
 		}
+		if ca == nil {
+			var err error
+			if ca, err = l.ca(root); err != nil {
+				// A new server gets its sealed key from the leader
+				// right after it joins: the CA record changes and
+				// wakes this loop.
+				if err.Error() != l.caErr {
+					l.logger.Warn("cannot sign leaf certificates yet", "err", err)
+					l.caErr = err.Error()
+				}
+				next = now.Add(10 * time.Second)
+				break
+			}
+		}
+		l.caErr = ""
 		leaf, err := l.issue(ca, name, now)
 		if err != nil {
 			l.logger.Error("issuing a leaf certificate", "service", name, "err", err)

@@ -12,14 +12,25 @@ import (
 	"github.com/vmesh/vmesh/discovery"
 )
 
-func leafCatalog(t *testing.T) (*discovery.Store, *CA) {
+// leafCatalog is a catalog whose CA key is sealed to node n1; the
+// returned source opens it with n1's node key, as a server does.
+func leafCatalog(t *testing.T) (*discovery.Store, *CA, CASource) {
 	t.Helper()
 	ca, err := NewCA("leaf.test")
 	if err != nil {
 		t.Fatal(err)
 	}
 	s := discovery.NewStore()
-	certPEM, keyPEM, _ := ca.EncodeCA()
+	certPEM, _, _ := ca.EncodeCA()
+	nodeKey, _, err := newNodeKey("n1")
+	if err != nil {
+		t.Fatal(err)
+	}
+	sealed, err := SealCAKey(ca, "n1", &nodeKey.PublicKey)
+	if err != nil {
+		t.Fatal(err)
+	}
+	src := func(root *discovery.CARoot) (*CA, error) { return OpenCAKey(root, "n1", nodeKey) }
 	must := func(err error) {
 		t.Helper()
 		if err != nil {
@@ -28,12 +39,12 @@ func leafCatalog(t *testing.T) (*discovery.Store, *CA) {
 	}
 	must(s.EnsureNode(1, &discovery.Node{Name: "n1", ID: "id1"}))
 	must(s.EnsureNode(2, &discovery.Node{Name: "n2", ID: "id2"}))
-	must(s.SetCA(3, &discovery.CARoot{CertPEM: certPEM, KeyPEM: keyPEM, Fingerprint: Fingerprint(ca.Cert)}))
+	must(s.SetCA(3, &discovery.CARoot{CertPEM: certPEM, SealedKeys: []discovery.SealedCAKey{sealed}, Fingerprint: Fingerprint(ca.Cert)}))
 	must(s.EnsureService(4, &discovery.Instance{Node: "n1", ID: "web-1", Service: "web"}, nil))
 	must(s.EnsureService(5, &discovery.Instance{Node: "n1", ID: "web-2", Service: "web"}, nil))
 	must(s.EnsureService(6, &discovery.Instance{Node: "n1", ID: "db-1", Service: "db"}, nil))
 	must(s.EnsureService(7, &discovery.Instance{Node: "n2", ID: "api-1", Service: "api"}, nil))
-	return s, ca
+	return s, ca, src
 }
 
 func leafURI(t *testing.T, l *Leaf, roots *x509.CertPool) string {
@@ -50,10 +61,10 @@ func leafURI(t *testing.T, l *Leaf, roots *x509.CertPool) string {
 }
 
 func TestLeafIssuer(t *testing.T) {
-	store, ca := leafCatalog(t)
+	store, ca, src := leafCatalog(t)
 	roots := x509.NewCertPool()
 	roots.AddCert(ca.Cert)
-	l := NewLeafIssuer(store, "n1", time.Hour, slog.Default())
+	l := NewLeafIssuer(store, "n1", src, time.Hour, slog.Default())
 	changed := l.Changed()
 	now := time.Now()
 	next := l.sync(nil, now)
@@ -153,7 +164,7 @@ func TestLeafIssuerWaitsForCA(t *testing.T) {
 	if err := s.EnsureNode(1, &discovery.Node{Name: "n1"}); err != nil {
 		t.Fatal(err)
 	}
-	l := NewLeafIssuer(s, "n1", 0, slog.Default())
+	l := NewLeafIssuer(s, "n1", func(*discovery.CARoot) (*CA, error) { return nil, ErrNoSealedKey }, 0, slog.Default())
 	l.sync(nil, time.Now())
 	if lv := l.Leaves(); lv.RootsPEM != nil || lv.Node != nil {
 		t.Fatalf("leaves issued without a CA: %+v", lv)

@@ -7,6 +7,7 @@ import (
 	"crypto/tls"
 	"crypto/x509"
 	"encoding/hex"
+	"encoding/pem"
 	"errors"
 	"fmt"
 	"net"
@@ -201,9 +202,9 @@ func (s *Server) rpcJoin(ctx context.Context, req *JoinRequest) (*JoinResponse, 
 	if err != nil || root == nil {
 		return nil, status.Error(codes.Unavailable, "the cluster CA is not ready yet")
 	}
-	ca, err := DecodeCA(root.CertPEM, root.KeyPEM)
+	ca, err := s.UnsealCA(root) // custody.go: in memory, for this join only
 	if err != nil {
-		return nil, status.Error(codes.Internal, err.Error())
+		return nil, status.Errorf(codes.Unavailable, "this leader cannot open the cluster CA key: %v", err)
 	}
 	if _, _, err := ca.checkNodeCSR(req.CSR, req.NodeName); err != nil {
 		return nil, status.Error(codes.InvalidArgument, err.Error())
@@ -378,6 +379,13 @@ func (s *Server) rpcAddPeer(ctx context.Context, req *AddPeerRequest) (*AddPeerR
 	}
 	s.cluster.live.mark(name, req.NodeID, req.Addr, time.Now())
 	s.logger.Info("added a node to raft", "node", name, "addr", req.Addr, "voter", voter)
+	// A raft member signs: seal the CA key to the key in its certificate.
+	// A failure here is healed by its heartbeats (custody.go).
+	if cert := peerCert(ctx); cert != nil {
+		if err := s.sealCAFor(ctx, name, cert.PublicKey); err != nil {
+			s.logger.Warn("sealing the CA key to a new server", "node", name, "err", err)
+		}
+	}
 	return &AddPeerResponse{Voter: voter}, nil
 }
 
@@ -590,6 +598,9 @@ func (s *Server) leaderLoop(ctx context.Context) {
 	if err := s.storeLocalCA(ctx); err != nil {
 		s.logger.Error("storing the cluster CA in raft", "err", err)
 	}
+	if err := s.reconcileCustody(ctx); err != nil {
+		s.logger.Error("checking who holds the CA key", "err", err)
+	}
 	ap := newAutopilot(s)
 	ap.Start(ctx)
 	defer func() { <-ap.Stop() }()
@@ -606,25 +617,32 @@ func (s *Server) leaderLoop(ctx context.Context) {
 			s.checkLiveness(ctx)
 		case now := <-reap.C:
 			s.reapTokens(ctx, now)
+			if err := s.reconcileCustody(ctx); err != nil {
+				s.logger.Warn("checking who holds the CA key", "err", err)
+			}
 		}
 	}
 }
 
-// storeLocalCA writes the bootstrap node's CA into raft once, then drops
-// the key file that kept it safe until then.
+// storeLocalCA writes the bootstrap node's CA into raft once, its key
+// sealed to this node only (custody.go), then drops the key file that
+// kept it safe until then.
 func (s *Server) storeLocalCA(ctx context.Context) error {
 	ca := s.cluster.cfg.LocalCA
 	if ca == nil {
 		return nil
 	}
 	if _, cur, _ := s.store.CA(nil); cur == nil {
-		certPEM, keyPEM, err := ca.EncodeCA()
+		self := s.cluster.cfg.Identity
+		sk, err := SealCAKey(ca, self.Name, &self.Key.PublicKey)
 		if err != nil {
 			return err
 		}
 		td, _ := ca.TrustDomain()
 		if _, err := s.applyCmd(ctx, discovery.SetCARequest{CA: discovery.CARoot{
-			CertPEM: certPEM, KeyPEM: keyPEM, TrustDomain: td.String(), Fingerprint: Fingerprint(ca.Cert),
+			CertPEM:     pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: ca.Cert.Raw}),
+			SealedKeys:  []discovery.SealedCAKey{sk},
+			TrustDomain: td.String(), Fingerprint: Fingerprint(ca.Cert),
 		}}); err != nil {
 			return err
 		}

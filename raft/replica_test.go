@@ -314,10 +314,10 @@ func TestReplicaFollowsAndFilters(t *testing.T) {
 	}
 	_, root, _ := r.Store().CA(nil)
 	_, srvRoot, _ := c.leader().store.CA(nil)
-	if root == nil || len(root.KeyPEM) != 0 || root.Fingerprint != srvRoot.Fingerprint || len(root.CertPEM) == 0 {
+	if root == nil || len(root.SealedKeys) != 0 || len(root.LegacyKeyPEM) != 0 || root.Fingerprint != srvRoot.Fingerprint || len(root.CertPEM) == 0 {
 		t.Fatalf("replica CA = %+v; want the cluster's certificate without its key", root)
 	}
-	if len(srvRoot.KeyPEM) == 0 {
+	if len(srvRoot.SealedKeys) == 0 {
 		t.Fatal("the server's CA has no key: the test checks nothing")
 	}
 	if err := f.waitApplied(context.Background(), end); err != nil {

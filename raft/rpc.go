@@ -140,6 +140,19 @@ func peerNode(ctx context.Context) (string, error) {
 	return nodeNameFromCert(ti.State.PeerCertificates[0])
 }
 
+// peerCert is the caller's verified leaf certificate, or nil.
+func peerCert(ctx context.Context) *x509.Certificate {
+	p, ok := peer.FromContext(ctx)
+	if !ok {
+		return nil
+	}
+	ti, ok := p.AuthInfo.(credentials.TLSInfo)
+	if !ok || len(ti.State.PeerCertificates) == 0 {
+		return nil
+	}
+	return ti.State.PeerCertificates[0]
+}
+
 func nodeNameFromCert(cert *x509.Certificate) (string, error) {
 	if len(cert.URIs) != 1 {
 		return "", status.Error(codes.Unauthenticated, "certificate has no SPIFFE ID")

@@ -31,7 +31,7 @@ import (
 
 // catalog is a single-node raft applying to a catalog, with a cluster CA
 // and the two hosts of the test.
-func catalog(t testing.TB) (*raft.Server, *discovery.Store) {
+func catalog(t testing.TB) (*raft.Server, *discovery.Store, *raft.CA) {
 	t.Helper()
 	store := discovery.NewStore()
 	srv, err := raft.Open(raft.Config{
@@ -50,14 +50,17 @@ func catalog(t testing.TB) (*raft.Server, *discovery.Store) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	certPEM, keyPEM, err := ca.EncodeCA()
+	certPEM, _, err := ca.EncodeCA()
 	if err != nil {
 		t.Fatal(err)
 	}
-	apply(t, srv, discovery.SetCARequest{CA: discovery.CARoot{CertPEM: certPEM, KeyPEM: keyPEM, TrustDomain: "vmesh.local", Fingerprint: raft.Fingerprint(ca.Cert)}})
+	// The catalog holds the certificate; the test's leaf issuers sign with
+	// the CA they are handed (raft.StaticCA), as a server does with its
+	// unsealed key.
+	apply(t, srv, discovery.SetCARequest{CA: discovery.CARoot{CertPEM: certPEM, TrustDomain: "vmesh.local", Fingerprint: raft.Fingerprint(ca.Cert)}})
 	apply(t, srv, discovery.RegisterNodeRequest{Node: discovery.Node{ID: "id-a", Name: "node-a", Address: "127.0.0.2"}})
 	apply(t, srv, discovery.RegisterNodeRequest{Node: discovery.Node{ID: "id-b", Name: "node-b", Address: "127.0.0.3"}})
-	return srv, store
+	return srv, store, ca
 }
 
 func apply(t testing.TB, r *raft.Server, cmd discovery.Command) {
@@ -138,7 +141,7 @@ func echoOnce(dial func() (net.Conn, error), line string) error {
 // foreign CA are refused on node-b's mesh port; a deny intention closes
 // new connections within 1 s, and deleting it restores them.
 func TestMeshTCP(t *testing.T) {
-	r, store := catalog(t)
+	r, store, ca := catalog(t)
 	echoPort := echoServer(t)
 	meshPort := testkit.FreePort(t, "127.0.0.2", "127.0.0.3")
 	outPort := testkit.FreePort(t, "127.0.0.2", "127.0.0.3")
@@ -166,7 +169,7 @@ func TestMeshTCP(t *testing.T) {
 	defer cancel()
 	var proxies []*proxy.Proxy
 	for _, n := range []struct{ node, ip string }{{"node-a", "127.0.0.2"}, {"node-b", "127.0.0.3"}} {
-		leaves := raft.NewLeafIssuer(store, n.node, 0, testkit.Discard())
+		leaves := raft.NewLeafIssuer(store, n.node, raft.StaticCA(ca), 0, testkit.Discard())
 		go leaves.Run(ctx)
 		addr := startXDS(t, store, xds.Options{OutboundAddr: n.ip, OutboundPort: outPort, MeshPort: meshPort, IntentionsDefaultAllow: true},
 			mesh.NewLeafSecrets(leaves, n.node))

@@ -46,13 +46,13 @@ type meshFixture struct {
 
 func newMeshFixture(t testing.TB) *meshFixture {
 	t.Helper()
-	r, store := catalog(t)
+	r, store, ca := catalog(t)
 	fx := &meshFixture{t: t, r: r, meshPort: testkit.FreePort(t, "127.0.0.2", "127.0.0.3"), upstreams: map[string]int{}}
 	outPort := testkit.FreePort(t, "127.0.0.2", "127.0.0.3")
 	ctx, cancel := context.WithCancel(context.Background())
 	t.Cleanup(cancel)
 	for _, n := range []struct{ node, ip string }{{"node-a", "127.0.0.2"}, {"node-b", "127.0.0.3"}} {
-		leaves := raft.NewLeafIssuer(store, n.node, 0, testkit.Discard())
+		leaves := raft.NewLeafIssuer(store, n.node, raft.StaticCA(ca), 0, testkit.Discard())
 		go leaves.Run(ctx)
 		addr := startXDS(t, store, xds.Options{OutboundAddr: n.ip, OutboundPort: outPort, MeshPort: fx.meshPort, IntentionsDefaultAllow: true},
 			mesh.NewLeafSecrets(leaves, n.node))
