@@ -46,6 +46,8 @@ type ClusterMember struct {
 	Role          string
 	Status        string
 	LastContactMs int64
+	// NodeRole is "server" or "client", as the leader recorded it at join.
+	NodeRole string `json:",omitempty"`
 }
 
 // JoinTokenInfo is a join token as GET /v1/vmesh/tokens shows it: never
