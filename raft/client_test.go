@@ -150,4 +150,3 @@ func TestJoinRoleRecorded(t *testing.T) {
 		}
 	}
 }
-
