@@ -161,6 +161,20 @@ func TestServersAndClients(t *testing.T) {
 		testkit.WaitFor(t, 20*time.Second, c.name+" sees web-c4", func() bool { return c.instances("web")["web-c4"] })
 	}
 
+	// A client restarted with no -join comes back as a client, from the
+	// servers it remembers, and still holds no raft.
+	clients[1].kill()
+	clients[1].start()
+	testkit.WaitFor(t, 20*time.Second, "c2 back and current", func() bool {
+		return clients[1].leader() != "" && clients[1].instances("web")["web-c4"]
+	})
+	if err := clients[1].register("web-c2", "web"); err != nil {
+		t.Errorf("registering on c2 after its restart: %v", err)
+	}
+	if _, err := os.Stat(filepath.Join(clients[1].dataDir, "raft")); !os.IsNotExist(err) {
+		t.Errorf("c2 restarted with a raft directory (%v)", err)
+	}
+
 	// A client that leaves takes its node out of the catalog and stops.
 	code, _, errs := clients[4].cli("leave")
 	if code != 0 {
