@@ -156,7 +156,39 @@ func TestServersAndClients(t *testing.T) {
 		s.start()
 	}
 	testkit.WaitFor(t, 30*time.Second, "a leader again", func() bool { return servers[0].leader() != "" })
+	// A blocking query on a client's replica wakes on the write (a
+	// default read, as Consul's, wants a known leader).
+	testkit.WaitFor(t, 30*time.Second, "c3 knows the leader again", func() bool { return clients[2].leader() != "" })
+	resp, err := http.Get("http://" + clients[2].httpAddr() + "/v1/catalog/service/web")
+	if err != nil {
+		t.Fatal(err)
+	}
+	resp.Body.Close()
+	before := resp.Header.Get("X-Consul-Index")
+	if before == "" || before == "0" {
+		t.Fatalf("c3's catalog read has X-Consul-Index %q; want the replica's index", before)
+	}
+	woke := make(chan string, 1)
+	go func() {
+		var list []struct{ ServiceID string }
+		resp, err := http.Get("http://" + clients[2].httpAddr() + "/v1/catalog/service/web?wait=60s&index=" + before)
+		if err != nil {
+			woke <- err.Error()
+			return
+		}
+		defer resp.Body.Close()
+		json.NewDecoder(resp.Body).Decode(&list)
+		woke <- fmt.Sprintf("index %s, %d instances", resp.Header.Get("X-Consul-Index"), len(list))
+	}()
 	testkit.WaitFor(t, 30*time.Second, "registering on c4 once a leader is back", func() bool { return clients[3].register("web-c4", "web") == nil })
+	select {
+	case got := <-woke:
+		if got == "index "+before+", 1 instances" || !bytes.Contains([]byte(got), []byte("2 instances")) {
+			t.Errorf("blocking query on c3 from index %s woke with %s; want a higher index and 2 instances", before, got)
+		}
+	case <-time.After(30 * time.Second):
+		t.Errorf("blocking query on c3 from index %s did not wake on a registration on c4", before)
+	}
 	for _, c := range clients {
 		testkit.WaitFor(t, 20*time.Second, c.name+" sees web-c4", func() bool { return c.instances("web")["web-c4"] })
 	}
