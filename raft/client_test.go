@@ -150,3 +150,28 @@ func TestJoinRoleRecorded(t *testing.T) {
 		}
 	}
 }
+
+// TestForwardedRegisterNodeRole: a server recorded with no role (before
+// roles) that registers itself through the leader is recorded as a
+// server, by its raft membership, and can still add itself.
+func TestForwardedRegisterNodeRole(t *testing.T) {
+	c := newTestCluster(t, 2, StreamConfig{})
+	f := c.followers()[0]
+	l := c.leader()
+	name := f.cluster.cfg.Identity.Name
+	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
+	defer cancel()
+	if _, n, _, _ := l.store.Node(nil, name); NodeRole(n) != "" {
+		t.Fatalf("%s starts with role %q; want none", name, NodeRole(n))
+	}
+	if _, err := f.Apply(ctx, discovery.RegisterNodeRequest{Node: discovery.Node{ID: f.nodeID, Name: name, Address: "127.0.0.1",
+		Meta: map[string]string{RoleMetaKey: RoleClient}}}); err != nil {
+		t.Fatal(err)
+	}
+	if _, n, _, _ := l.store.Node(nil, name); NodeRole(n) != RoleServer {
+		t.Errorf("a raft member's forwarded RegisterNode recorded role %q; want %q", NodeRole(n), RoleServer)
+	}
+	if _, err := f.AddSelf(ctx, l.Addr()); err != nil {
+		t.Errorf("AddSelf after registering: %v", err)
+	}
+}

@@ -76,12 +76,30 @@ func (s *Server) leaderRoleForward(buf []byte) ([]byte, error) {
 	role := RoleClient
 	if _, cur, _, err := s.store.Node(nil, req.Node.Name); err == nil && NodeRole(cur) != "" {
 		role = NodeRole(cur)
+	} else if cur != nil && s.inRaft(cur.ID) {
+		// A server recorded before roles were: raft membership says what
+		// it is.
+		role = RoleServer
 	}
 	if NodeRole(&req.Node) == role {
 		return buf, nil
 	}
 	req.Node.Meta = withRole(req.Node.Meta, role)
 	return encodeCommand(req)
+}
+
+// inRaft says whether the raft configuration holds the server id.
+func (s *Server) inRaft(id string) bool {
+	f := s.raft.GetConfiguration()
+	if f.Error() != nil {
+		return false
+	}
+	for _, srv := range f.Configuration().Servers {
+		if string(srv.ID) == id {
+			return true
+		}
+	}
+	return false
 }
 
 // joinRole is the role a join request asks for; "" (an older joiner)
