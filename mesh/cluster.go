@@ -86,14 +86,14 @@ func (r *raftRef) LastContact() time.Duration {
 	return 0
 }
 
-// VerifyLeader is what a ?consistent read needs; a client cannot give it
-// from its replica.
+// VerifyLeader is what a ?consistent read needs: on a client, the
+// leader's applied index, which its replica then waits for.
 func (r *raftRef) VerifyLeader() error {
 	if s := r.get(); s != nil {
 		return s.VerifyLeader()
 	}
-	if r.client() != nil {
-		return errClientConsistent
+	if c := r.client(); c != nil {
+		return c.VerifyLeader()
 	}
 	return errNotJoined
 }
@@ -118,9 +118,6 @@ func (r *raftRef) waitLeader(ctx context.Context) error {
 	}
 	return errNotJoined
 }
-
-// errClientConsistent answers ?consistent on a client.
-var errClientConsistent = errors.New("this agent is a client: it serves reads from its replica (default and ?stale); ask a server for ?consistent")
 
 // roleFile remembers the role this node joined with; serversFile the
 // servers a client last knew, so a restart finds them.

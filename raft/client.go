@@ -306,3 +306,16 @@ func sortedCopy(s []string) []string {
 	slices.Sort(s)
 	return s
 }
+
+// VerifyLeader is what a ?consistent read needs on a client: the leader
+// confirms its leadership and names its applied index, and the replica
+// waits until it holds that index.
+func (c *Client) VerifyLeader() error {
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+	defer cancel()
+	var resp ReadIndexResponse
+	if err := c.leaderCall(ctx, "ReadIndex", &Empty{}, &resp, true); err != nil {
+		return err
+	}
+	return c.replica.WaitIndex(ctx, resp.Index)
+}

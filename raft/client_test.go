@@ -175,3 +175,22 @@ func TestForwardedRegisterNodeRole(t *testing.T) {
 		t.Errorf("AddSelf after registering: %v", err)
 	}
 }
+
+// TestClientConsistentRead: VerifyLeader on a client returns once its
+// replica holds every write the leader acknowledged before the call.
+func TestClientConsistentRead(t *testing.T) {
+	s := clusterLeader(t)
+	c := joinClient(t, s, "web-02")
+	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
+	defer cancel()
+	idx, err := s.Apply(ctx, registerService("web-02", "w-1", "w"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := c.VerifyLeader(); err != nil {
+		t.Fatal(err)
+	}
+	if c.Replica().LastIndex() < idx {
+		t.Errorf("after VerifyLeader the replica is at %d; the leader acknowledged %d", c.Replica().LastIndex(), idx)
+	}
+}

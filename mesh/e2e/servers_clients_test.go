@@ -116,6 +116,10 @@ func TestServersAndClients(t *testing.T) {
 	for _, c := range clients {
 		testkit.WaitFor(t, 10*time.Second, c.name+" sees web-c1", func() bool { return c.instances("web")["web-c1"] })
 	}
+	var consistent []struct{ ServiceID string }
+	if err := getJSON("http://"+clients[1].httpAddr()+"/v1/catalog/service/web?consistent", &consistent); err != nil || len(consistent) != 1 {
+		t.Errorf("?consistent read on c2: %v, %v; want web-c1", consistent, err)
+	}
 
 	// No client holds raft or any private key but its own node key.
 	for _, c := range clients {
