@@ -11,6 +11,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/miekg/dns"
 	"github.com/vmesh/vmesh/lab/testkit"
 )
 
@@ -115,6 +116,19 @@ func TestServersAndClients(t *testing.T) {
 	}
 	for _, c := range clients {
 		testkit.WaitFor(t, 10*time.Second, c.name+" sees web-c1", func() bool { return c.instances("web")["web-c1"] })
+	}
+	// And its DNS, from the replica: web's A record is c1's address.
+	for _, c := range clients {
+		testkit.WaitFor(t, 10*time.Second, c.name+" answers web.service.consul with c1's address", func() bool {
+			m := new(dns.Msg)
+			m.SetQuestion("web.service.consul.", dns.TypeA)
+			r, err := dns.Exchange(m, c.ip+":8600")
+			if err != nil || len(r.Answer) != 1 {
+				return false
+			}
+			a, ok := r.Answer[0].(*dns.A)
+			return ok && a.A.String() == clients[0].ip
+		})
 	}
 	var consistent []struct{ ServiceID string }
 	if err := getJSON("http://"+clients[1].httpAddr()+"/v1/catalog/service/web?consistent", &consistent); err != nil || len(consistent) != 1 {
