@@ -251,6 +251,7 @@ func (c *benchCluster) startAgent(b *testing.B, logger *slog.Logger, root string
 	cfg.NodeName = name
 	cfg.DataDir = filepath.Join(root, name)
 	cfg.Bootstrap = join == ""
+	cfg.Server = true // every bench agent is a raft member
 	cfg.Join, cfg.Token = join, token
 	cfg.BindAddr, cfg.ClientAddr = nodeIP(k), nodeIP(k)
 	cfg.Addresses.HTTP = nodeIP(k) + ":8500"

@@ -54,6 +54,11 @@ bootstrap    = true
 EOF
 	fi
 	cat <<EOF
+# A server: a raft member holding the whole state (every lab VM is one;
+# without it a joiner is a client, with a streamed replica).
+server       = true
+EOF
+	cat <<EOF
 
 # The VM's resolver points at 127.0.0.1, so apps resolve <svc>.mesh to
 # the service's virtual IP with no change (docs/dns.md).

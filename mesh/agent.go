@@ -9,6 +9,7 @@ import (
 	"net"
 	"net/http"
 	"os"
+	"strings"
 	"sync"
 	"time"
 
@@ -78,7 +79,7 @@ func NewAgent(cfg config.Config, logger *slog.Logger, out io.Writer) *Agent {
 	a.joined, a.left = make(chan struct{}), make(chan struct{})
 	a.local = local.New(local.State{
 		Writer: &a.ref, SyncFiles: a.syncServiceFiles, Logger: a.logger.With("component", "local"),
-		WaitLeader: func(ctx context.Context) error { return a.ref.get().WaitLeader(ctx) },
+		WaitLeader: a.ref.waitLeader,
 	})
 	// One set of translation options, so the per-user port policy the API
 	// and service files allocate with is the one xDS and capture read.
@@ -171,6 +172,9 @@ func (a *Agent) checkServiceFiles(context.Context) error {
 }
 
 func (a *Agent) closeRaft() error {
+	if c := a.ref.client(); c != nil {
+		c.Close()
+	}
 	if srv := a.ref.get(); srv != nil {
 		return srv.Close()
 	}
@@ -243,6 +247,14 @@ func (a *Agent) startLocalState(context.Context) error {
 		case <-ctx.Done():
 			return nil
 		}
+		// The role as the leader records it (a server's own registration
+		// is how a bootstrap server gets it); the leader keeps its record
+		// over whatever a node says (raft/roles.go).
+		role := raft.RoleServer
+		if a.ref.client() != nil {
+			role = raft.RoleClient
+		}
+		a.local.Node.Meta = map[string]string{raft.RoleMetaKey: role}
 		a.local.Run(ctx)
 		return nil
 	})
@@ -265,6 +277,8 @@ func (a *Agent) banner() {
 	fmt.Fprintf(a.out, "       HTTP API: http://%s\n", a.HTTPAddr())
 	if srv := a.ref.get(); srv != nil {
 		fmt.Fprintf(a.out, "   Cluster addr: %s (mTLS)\n", srv.Addr())
+	} else if a.ref.client() != nil {
+		fmt.Fprintf(a.out, "   Cluster addr: client (a replica from %s)\n", strings.Join(a.ref.client().Servers(), ", "))
 	} else {
 		fmt.Fprintf(a.out, "   Cluster addr: %s (not in a cluster yet)\n", a.cfg.ClusterAddr())
 	}

@@ -8,6 +8,7 @@ import (
 	"net"
 	"net/http"
 	"net/netip"
+	"time"
 )
 
 // sdService is the agent as systemd's reporter sees it (systemd.Service):
@@ -28,7 +29,7 @@ func newSDService(a *Agent) sdService {
 // waits for 'vmesh join', which may never come while systemd holds its
 // start.
 func (s sdService) Ready() <-chan struct{} {
-	if s.a.ref.get() == nil {
+	if !s.a.ref.inCluster() {
 		return nil
 	}
 	return s.a.local.Ready()
@@ -37,7 +38,9 @@ func (s sdService) Ready() <-chan struct{} {
 // Status is the line `systemctl status vmesh` shows.
 func (s sdService) Status() string {
 	var st string
-	if srv := s.a.ref.get(); srv == nil {
+	if c := s.a.ref.client(); c != nil {
+		st = fmt.Sprintf("client: replica at index %d, last heard a server %s ago", c.Replica().LastIndex(), c.LastContact().Round(time.Millisecond))
+	} else if srv := s.a.ref.get(); srv == nil {
 		st = "not in a cluster: waiting for 'vmesh join ADDR'"
 	} else {
 		services := "? services"

@@ -273,7 +273,11 @@ func (s *Server) rpcForward(ctx context.Context, req *ForwardRequest) (*ForwardR
 	if !s.IsLeader() {
 		return nil, s.notLeader(ctx)
 	}
-	idx, err := s.applyLocal(ctx, req.Command)
+	cmd, err := s.leaderRoleForward(req.Command) // roles.go: a node never picks its own role
+	if err != nil {
+		return nil, err
+	}
+	idx, err := s.applyLocal(ctx, cmd)
 	if errors.Is(err, ErrNotLeader) {
 		return nil, s.notLeader(ctx)
 	}
@@ -335,6 +339,7 @@ type Member struct {
 	ID          string
 	Addr        string
 	Role        string // leader, voter, nonvoter, none (not in raft)
+	NodeRole    string // RoleServer or RoleClient, as the catalog records it
 	Status      string // alive, failed
 	LastContact time.Duration
 }
@@ -405,6 +410,9 @@ func (s *Server) localMembers() ([]Member, error) {
 			out = append(out, m)
 		}
 		m.Name = n.Name
+		if m.NodeRole = NodeRole(n); m.NodeRole == "" && m.Role != "none" {
+			m.NodeRole = RoleServer
+		}
 		if s.cluster != nil && s.IsLeader() {
 			if seen, ok := s.cluster.live.get(n.Name); ok {
 				m.LastContact = time.Since(seen.at)

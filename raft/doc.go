@@ -17,6 +17,12 @@
 // client end: it applies them with the FSM's dispatch table into its own
 // catalog, resumes from its index, and fails over between servers.
 //
+// A node is a server (raft) or a client (roles.go): the leader records the
+// role a joiner asked for in its catalog node and refuses AddPeer to a
+// client. Client (client.go) is a client node's whole link to the cluster:
+// its Replica, its heartbeat, and its writes forwarded to the leader with
+// its node certificate, which the leader authorizes (forward.go).
+//
 // Metrics leave through NewCollector (this node's raft state, read at
 // scrape time) and MetricsSink (raft's own go-metrics series); the agent
 // registers both.

@@ -24,7 +24,7 @@ type applier func(s *discovery.Store, buf []byte, index uint64) any
 var appliers = map[discovery.MessageType]applier{
 	discovery.RegisterNodeType: func(s *discovery.Store, buf []byte, idx uint64) any {
 		var req discovery.RegisterNodeRequest
-		return orErr(decode(buf, &req), func() error { return s.EnsureNode(idx, &req.Node) })
+		return orErr(decode(buf, &req), func() error { return applyRegisterNode(s, idx, &req.Node) })
 	},
 	discovery.DeregisterNodeType: func(s *discovery.Store, buf []byte, idx uint64) any {
 		var req discovery.DeregisterNodeRequest

@@ -34,6 +34,8 @@ type JoinParams struct {
 	NodeName string
 	NodeID   string
 	DataDir  string
+	// Role is RoleServer or RoleClient ("" is a server).
+	Role string
 }
 
 // Join asks a cluster for a node certificate: it checks that the member it
@@ -49,7 +51,7 @@ func Join(ctx context.Context, p JoinParams) (*Identity, error) {
 	if err != nil {
 		return nil, err
 	}
-	req := &JoinRequest{TokenID: tok.ID, Secret: tok.Secret, NodeName: p.NodeName, NodeID: p.NodeID, CSR: csr}
+	req := &JoinRequest{TokenID: tok.ID, Secret: tok.Secret, NodeName: p.NodeName, NodeID: p.NodeID, CSR: csr, Role: p.Role}
 	var resp JoinResponse
 	addr := p.Addr
 	for hop := 0; ; hop++ {
@@ -198,6 +200,13 @@ func (s *Server) rpcJoin(ctx context.Context, req *JoinRequest) (*JoinResponse, 
 	if n != nil && n.ID != req.NodeID {
 		return nil, status.Errorf(codes.AlreadyExists, "node name %q is taken by node %s; pick another name or make that node leave", req.NodeName, n.ID)
 	}
+	role, err := joinRole(req.Role)
+	if err != nil {
+		return nil, err
+	}
+	if cur := NodeRole(n); cur != "" && cur != role {
+		return nil, status.Errorf(codes.FailedPrecondition, "node %q is recorded as a %s; it joins as a %s only after it leaves (vmesh leave)", req.NodeName, cur, role)
+	}
 	_, root, err := s.store.CA(nil)
 	if err != nil || root == nil {
 		return nil, status.Error(codes.Unavailable, "the cluster CA is not ready yet")
@@ -225,7 +234,7 @@ func (s *Server) rpcJoin(ctx context.Context, req *JoinRequest) (*JoinResponse, 
 		// The catalog now ties the name to the ID the joiner gave: it is
 		// what AddPeer and Leave later check the certificate's name
 		// against. The agent registers its full node once it runs.
-		node := discovery.Node{Name: req.NodeName, ID: req.NodeID}
+		node := discovery.Node{Name: req.NodeName, ID: req.NodeID, Meta: map[string]string{RoleMetaKey: role}}
 		if ip := peerIP(ctx); ip != nil {
 			node.Address = ip.String()
 		}
@@ -233,7 +242,7 @@ func (s *Server) rpcJoin(ctx context.Context, req *JoinRequest) (*JoinResponse, 
 			return nil, status.Errorf(codes.Unavailable, "recording node %q: %v", req.NodeName, err)
 		}
 	}
-	s.logger.Info("signed a certificate for a joining node", "node", req.NodeName, "token", req.TokenID)
+	s.logger.Info("signed a certificate for a joining node", "node", req.NodeName, "role", role, "token", req.TokenID)
 	return &JoinResponse{Cert: cert.Raw, CA: ca.Cert.Raw}, nil
 }
 
@@ -338,6 +347,9 @@ func (s *Server) rpcAddPeer(ctx context.Context, req *AddPeerRequest) (*AddPeerR
 	}
 	if err := s.callerNode(ctx, name, req.NodeID, "adding to raft"); err != nil {
 		return nil, err
+	}
+	if _, n, _, _ := s.store.Node(nil, name); NodeRole(n) == RoleClient {
+		return nil, status.Errorf(codes.PermissionDenied, "adding to raft refused: node %q joined as a client; only servers are raft members (leave, then join again with -server)", name)
 	}
 	// The address must be the caller's own: its host is where the call
 	// comes from, so no node can point another's raft ID, or a new one,

@@ -24,6 +24,10 @@ type ReplicaConfig struct {
 	Identity *Identity
 	// Servers are the servers' cluster addresses, tried in turn.
 	Servers []string
+	// ServerList, when set, is asked before each attempt for the servers
+	// known now (a client learns them as the cluster changes); Servers is
+	// used while it returns none.
+	ServerList func() []string
 	// MinBackoff and MaxBackoff bound the wait between attempts (defaults
 	// 50 ms and 5 s); the wait doubles while no server answers.
 	MinBackoff, MaxBackoff time.Duration
@@ -132,7 +136,13 @@ func (r *Replica) Run(ctx context.Context) error {
 	backoff := r.cfg.MinBackoff
 	next := 0
 	for {
-		addr := r.cfg.Servers[next%len(r.cfg.Servers)]
+		servers := r.cfg.Servers
+		if r.cfg.ServerList != nil {
+			if l := r.cfg.ServerList(); len(l) > 0 {
+				servers = l
+			}
+		}
+		addr := servers[next%len(servers)]
 		next++
 		progressed, err := r.follow(ctx, addr)
 		r.server.Store(nil)

@@ -30,6 +30,9 @@ type JoinRequest struct {
 	NodeName string
 	NodeID   string
 	CSR      []byte
+	// Role is the role the joiner asks for: RoleServer (or "", as older
+	// joiners send) or RoleClient. The leader records it (roles.go).
+	Role string
 }
 
 // JoinResponse carries the signed node certificate and the CA.

@@ -28,11 +28,14 @@ type Cluster interface {
 
 // Member is one agent as /v1/agent/members shows it.
 type Member struct {
-	Name   string
-	Addr   string
-	Port   int
-	Role   string
-	Status int // 1 alive, as Serf numbers it
+	Name string
+	Addr string
+	Port int
+	Role string
+	// VMeshRole, when set, is vmesh's own detail (raft state, or
+	// "client"), in the vmesh_role tag.
+	VMeshRole string
+	Status    int // 1 alive, as Serf numbers it
 }
 
 // API serves the Consul-compatible HTTP API over the catalog. Reads come

@@ -220,7 +220,7 @@ func (a *API) agentSelf(w http.ResponseWriter, r *http.Request) {
 	writeJSON(w, map[string]any{
 		"Config": map[string]any{
 			"Datacenter": a.Datacenter, "NodeName": a.NodeName, "NodeID": a.NodeID,
-			"Server": true, "Version": a.Version, "Revision": "", "PrimaryDatacenter": a.Datacenter,
+			"Server": raftStats["state"] != "client", "Version": a.Version, "Revision": "", "PrimaryDatacenter": a.Datacenter,
 		},
 		"DebugConfig": map[string]any{},
 		"Member":      a.selfMember(),
@@ -263,6 +263,9 @@ func (a *API) members() []wireMember {
 	out := make([]wireMember, 0, len(ms))
 	for _, m := range ms {
 		tags := map[string]string{"role": m.Role, "dc": a.Datacenter}
+		if m.VMeshRole != "" {
+			tags["vmesh_role"] = m.VMeshRole
+		}
 		switch {
 		case m.Name == a.NodeName:
 			tags["id"], tags["build"] = a.NodeID, a.Version

@@ -46,6 +46,8 @@ type ClusterMember struct {
 	Role          string
 	Status        string
 	LastContactMs int64
+	// NodeRole is "server" or "client", as the leader recorded it at join.
+	NodeRole string `json:",omitempty"`
 }
 
 // WithStatus marks err to be answered with code instead of a 500.

@@ -11,6 +11,7 @@ import (
 // member is a node as GET /v1/vmesh/members answers it.
 type member struct {
 	Name, ID, Addr, Role, Status string
+	NodeRole                     string
 	LastContactMs                int64
 }
 
@@ -44,13 +45,22 @@ func (c *membersCommand) Run(ctx context.Context, args []string) int {
 		return ExitFailed
 	}
 	tw := tabwriter.NewWriter(c.env.Stdout, 0, 4, 2, ' ', 0)
-	fmt.Fprintln(tw, "Node\tAddress\tRole\tHealth\tLast contact")
+	fmt.Fprintln(tw, "Node\tAddress\tRole\tRaft\tHealth\tLast contact")
 	for _, m := range members {
 		last := "-"
 		if m.LastContactMs > 0 || m.Role == "leader" {
 			last = (time.Duration(m.LastContactMs) * time.Millisecond).String()
 		}
-		fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\n", m.Name, m.Addr, m.Role, m.Status, last)
+		// Role is server or client; Raft is a server's raft state (a
+		// client has none).
+		role, raftState := m.NodeRole, m.Role
+		if role == "" {
+			role = "server"
+		}
+		if role == "client" || raftState == "none" {
+			raftState = "-"
+		}
+		fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\t%s\n", m.Name, m.Addr, role, raftState, m.Status, last)
 	}
 	tw.Flush()
 	return ExitOK

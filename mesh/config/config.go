@@ -56,12 +56,15 @@ func ReadTokenFile(path string) (token, warning string, err error) {
 // Config is the agent's configuration: DefaultConfig, then config files in
 // the order given, then flags. Validate reports every problem at once.
 type Config struct {
-	NodeName    string        `hcl:"node_name"`
-	Datacenter  string        `hcl:"datacenter"`
-	DataDir     string        `hcl:"data_dir"`
-	BindAddr    string        `hcl:"bind_addr"`
-	ClientAddr  string        `hcl:"client_addr"`
-	Bootstrap   bool          `hcl:"bootstrap"`
+	NodeName   string `hcl:"node_name"`
+	Datacenter string `hcl:"datacenter"`
+	DataDir    string `hcl:"data_dir"`
+	BindAddr   string `hcl:"bind_addr"`
+	ClientAddr string `hcl:"client_addr"`
+	Bootstrap  bool   `hcl:"bootstrap"`
+	// Server makes a joiner a server (a raft member); without it a joiner
+	// is a client. Bootstrap implies it.
+	Server      bool          `hcl:"server"`
 	LogLevel    string        `hcl:"log_level"`
 	LogJSON     bool          `hcl:"log_json"`
 	ServicesDir string        `hcl:"services_dir"`
@@ -362,3 +365,7 @@ func (c *Config) LoadFiles(paths []string) error {
 	c.Service, c.Services = nil, nil
 	return errors.Join(errs...)
 }
+
+// IsServer says whether this agent is a server: -server, or -bootstrap
+// (and so a -dev agent that joins no one).
+func (c *Config) IsServer() bool { return c.Server || c.Bootstrap }

@@ -192,3 +192,37 @@ func TestConfigJoinToken(t *testing.T) {
 		t.Errorf("token from %s = %q", JoinTokenEnv, got)
 	}
 }
+
+// TestServerRole: -server or -bootstrap (and so -dev) make a server; a
+// joiner without -server, -dev -join included, is a client.
+func TestServerRole(t *testing.T) {
+	dir := t.TempDir()
+	for _, tc := range []struct {
+		args []string
+		want bool
+	}{
+		{[]string{"-dev"}, true},
+		{[]string{"-dev", "-join", "127.0.0.1:7400"}, false},
+		{[]string{"-dev", "-join", "127.0.0.1:7400", "-server"}, true},
+		{[]string{"-data-dir", dir, "-bootstrap"}, true},
+		{[]string{"-data-dir", dir, "-join", "127.0.0.1:7400"}, false},
+		{[]string{"-data-dir", dir, "-join", "127.0.0.1:7400", "-server"}, true},
+		{[]string{"-data-dir", dir}, false},
+	} {
+		t.Setenv(JoinTokenEnv, "vmesh1.id.secret."+strings.Repeat("a", 64))
+		cfg, err := parseAgentFlags(t, tc.args...)
+		if err != nil {
+			t.Fatalf("%v: %v", tc.args, err)
+		}
+		if cfg.IsServer() != tc.want {
+			t.Errorf("%v: IsServer() = %v; want %v", tc.args, cfg.IsServer(), tc.want)
+		}
+	}
+	f := filepath.Join(dir, "s.hcl")
+	if err := os.WriteFile(f, []byte("server = true\n"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	if cfg, err := parseAgentFlags(t, "-config", f, "-data-dir", dir); err != nil || !cfg.IsServer() {
+		t.Errorf("server = true in a config file: IsServer() = %v, %v; want true", cfg.IsServer(), err)
+	}
+}

@@ -33,7 +33,8 @@ type agentFlag struct {
 // agentFlagTable is every agent flag besides -config and -dev, which
 // change how the rest is read rather than one field.
 var agentFlagTable = []agentFlag{
-	{name: "bootstrap", usage: "bootstrap a new cluster with this node as its first voter", on: func(c *Config) *bool { return &c.Bootstrap }},
+	{name: "bootstrap", usage: "bootstrap a new cluster with this node as its first voter (implies -server)", on: func(c *Config) *bool { return &c.Bootstrap }},
+	{name: "server", usage: "be a server: a raft member holding the whole state; without it a joiner is a client, which keeps a streamed replica", on: func(c *Config) *bool { return &c.Server }},
 	{name: "log-json", usage: "log in JSON", on: func(c *Config) *bool { return &c.LogJSON }},
 	{name: "data-dir", usage: "data `dir` (default " + DefaultDataDir + ")", str: func(c *Config) *string { return &c.DataDir }},
 	{name: "node", usage: "node `name` (default: the host name)", str: func(c *Config) *string { return &c.NodeName }},

@@ -452,7 +452,7 @@ func TestCaptureMeshNetns(t *testing.T) {
 proxy { enabled = true }
 dns { recursors = ["192.0.2.53"] }
 `, captureAll))
-		n.args = []string{"-node", fmt.Sprintf("n%d", n.idx), "-bind", n.ip, "-client", "127.0.0.1",
+		n.args = []string{"-server", "-node", fmt.Sprintf("n%d", n.idx), "-bind", n.ip, "-client", "127.0.0.1",
 			"-data-dir", filepath.Join(n.dir, "data"), "-services-dir", filepath.Join(n.dir, "services.d"),
 			"-config", filepath.Join(n.dir, "vmesh.hcl")}
 	}

@@ -39,8 +39,15 @@ type node struct {
 func (n *node) httpAddr() string    { return n.ip + ":8500" }
 func (n *node) clusterAddr() string { return n.ip + ":7400" }
 
-// newNode prepares an agent on ip; start runs it.
+// newNode prepares a server agent (-server: a joiner becomes a raft
+// member) on ip; start runs it.
 func newNode(t *testing.T, name, ip string, extra ...string) *node {
+	return &node{t: t, name: name, ip: ip, dataDir: t.TempDir(), args: append([]string{"-server"}, extra...)}
+}
+
+// newClientNode prepares a client agent (no -server: a joiner keeps a
+// replica of the catalog and writes through the leader).
+func newClientNode(t *testing.T, name, ip string, extra ...string) *node {
 	return &node{t: t, name: name, ip: ip, dataDir: t.TempDir(), args: extra}
 }
 

@@ -47,6 +47,7 @@
 //	15  TestJoinTokens
 //	16  TestServerRejoinsAfterDowntime
 //	17  TestLeaveRefusedFast
+//	18  TestServersAndClients
 //	41  TestProxyL7EndToEnd
 //	42  TestProxyNackKeepsServing
 //	43  TestProxyRoundRobinFailoverRetry
