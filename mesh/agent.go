@@ -23,6 +23,7 @@ import (
 	"github.com/vmesh/vmesh/iptables"
 	"github.com/vmesh/vmesh/mesh/cli"
 	"github.com/vmesh/vmesh/mesh/config"
+	"github.com/vmesh/vmesh/mesh/membership"
 	"github.com/vmesh/vmesh/raft"
 )
 
@@ -36,7 +37,8 @@ type Agent struct {
 
 	nodeID string
 	store  *discovery.Store
-	joinState
+	// member is this node's place in its cluster (server or client).
+	member  *membership.Membership
 	xds     xdsState             // xds.go
 	metrics *prometheus.Registry // metrics.go: served on /metrics
 	dnsSrv  *discdns.Server      // dns.go
@@ -76,10 +78,11 @@ type Agent struct {
 // NewAgent prepares an agent; nothing runs until Start.
 func NewAgent(cfg config.Config, logger *slog.Logger, out io.Writer) *Agent {
 	a := &Agent{cfg: cfg, logger: logger, out: out}
-	a.joined, a.left = make(chan struct{}), make(chan struct{})
+	a.member = membership.New(&a.cfg, logger)
+	a.member.OnLeave = a.removeCapture // capture.go: a node out of the mesh steers nothing into it
 	a.local = local.New(local.State{
-		Writer: &a.ref, SyncFiles: a.syncServiceFiles, Logger: a.logger.With("component", "local"),
-		WaitLeader: a.ref.waitLeader,
+		Writer: a.member, SyncFiles: a.syncServiceFiles, Logger: a.logger.With("component", "local"),
+		WaitLeader: a.member.WaitLeader,
 	})
 	// One set of translation options, so the per-user port policy the API
 	// and service files allocate with is the one xDS and capture read.
@@ -121,7 +124,7 @@ func (a *Agent) parts() []part {
 		// used to define, and nothing touches the kernel.
 		{name: "service files", start: a.checkServiceFiles},
 		{name: "capture check", start: a.prepareCapture, stop: a.closeCaptureLinks},
-		{name: "raft", start: a.startCluster, stop: a.closeRaft},
+		{name: "raft", start: a.startCluster, stop: a.member.Close},
 		{name: "health checks", start: a.startChecks, stop: a.closeChecks},
 		{name: "xDS", start: a.startXDS, stop: a.closeXDS},
 		{name: "DNS", start: a.startDNS, stop: a.closeDNS},
@@ -171,15 +174,14 @@ func (a *Agent) checkServiceFiles(context.Context) error {
 	return nil
 }
 
-func (a *Agent) closeRaft() error {
-	if c := a.ref.client(); c != nil {
-		c.Close()
-	}
-	if srv := a.ref.get(); srv != nil {
-		return srv.Close()
-	}
-	return nil
+// startCluster brings this node into its cluster (membership.Membership).
+func (a *Agent) startCluster(ctx context.Context) error {
+	return a.member.Start(ctx, a.nodeID, a.store)
 }
+
+// Left is closed once this agent has left its cluster; the agent process
+// then stops, as Consul's does.
+func (a *Agent) Left() <-chan struct{} { return a.member.Left() }
 
 func (a *Agent) startChecks(context.Context) error {
 	a.checks = checks.New(a.logger.With("component", "checks"), checkSink{a})
@@ -197,11 +199,11 @@ func (a *Agent) closeChecks() error {
 // the xDS server's diagnostics when it runs.
 func (a *Agent) startHTTP(context.Context) error {
 	api := &httpapi.API{
-		Store: a.store, Writer: &a.ref, Cluster: &a.ref, TTL: a.checks,
+		Store: a.store, Writer: a.member, Cluster: a.member, TTL: a.checks,
 		NodeName: a.cfg.NodeName, NodeID: a.nodeID, Datacenter: a.cfg.Datacenter, Version: cli.Version,
-		Members: a.members, Logger: a.logger.With("component", "http"), WaitReady: a.local.WaitReady,
+		Members: a.member.AgentMembers, Logger: a.logger.With("component", "http"), WaitReady: a.local.WaitReady,
 		IntentionsDefaultAllow: a.cfg.IntentionsDefaultAllow(), UserPorts: a.userPorts,
-		Operator: operator{a}, Diagnostics: a.diagnostics(),
+		Operator: operator{a.member, a}, Diagnostics: a.diagnostics(),
 	}
 	mux := http.NewServeMux()
 	api.Register(mux)
@@ -243,7 +245,7 @@ func (a *Agent) startLocalState(context.Context) error {
 	a.local.Node = discovery.Node{ID: a.nodeID, Name: a.cfg.NodeName, Address: hostOf(a.cfg.ClusterAddr()), Datacenter: a.cfg.Datacenter}
 	a.life.goLoop("local state", func(ctx context.Context) error {
 		select {
-		case <-a.joined:
+		case <-a.member.Joined():
 		case <-ctx.Done():
 			return nil
 		}
@@ -251,7 +253,7 @@ func (a *Agent) startLocalState(context.Context) error {
 		// is how a bootstrap server gets it); the leader keeps its record
 		// over whatever a node says (raft/roles.go).
 		role := raft.RoleServer
-		if a.ref.client() != nil {
+		if a.member.Client() != nil {
 			role = raft.RoleClient
 		}
 		a.local.Node.Meta = map[string]string{raft.RoleMetaKey: role}
@@ -275,10 +277,10 @@ func (a *Agent) banner() {
 	fmt.Fprintf(a.out, "     Datacenter: %s\n", a.cfg.Datacenter)
 	fmt.Fprintf(a.out, "       Data dir: %s\n", a.cfg.DataDir)
 	fmt.Fprintf(a.out, "       HTTP API: http://%s\n", a.HTTPAddr())
-	if srv := a.ref.get(); srv != nil {
+	if srv := a.member.Server(); srv != nil {
 		fmt.Fprintf(a.out, "   Cluster addr: %s (mTLS)\n", srv.Addr())
-	} else if a.ref.client() != nil {
-		fmt.Fprintf(a.out, "   Cluster addr: client (a replica from %s)\n", strings.Join(a.ref.client().Servers(), ", "))
+	} else if a.member.Client() != nil {
+		fmt.Fprintf(a.out, "   Cluster addr: client (a replica from %s)\n", strings.Join(a.member.Client().Servers(), ", "))
 	} else {
 		fmt.Fprintf(a.out, "   Cluster addr: %s (not in a cluster yet)\n", a.cfg.ClusterAddr())
 	}
@@ -308,7 +310,7 @@ func (a *Agent) syncServiceFiles(ctx context.Context) error {
 	if err != nil {
 		return err
 	}
-	fs := &local.FileServices{Store: a.store, Writer: &a.ref, Node: a.cfg.NodeName, UserPorts: a.userPorts, Logger: a.logger}
+	fs := &local.FileServices{Store: a.store, Writer: a.member, Node: a.cfg.NodeName, UserPorts: a.userPorts, Logger: a.logger}
 	return fs.Sync(ctx, want)
 }
 
@@ -334,7 +336,7 @@ func (a *Agent) Close() error {
 type checkSink struct{ a *Agent }
 
 func (s checkSink) UpdateCheck(ctx context.Context, checkID, status, output string) error {
-	_, err := s.a.ref.Apply(ctx, discovery.UpdateCheckRequest{
+	_, err := s.a.member.Apply(ctx, discovery.UpdateCheckRequest{
 		Node: s.a.cfg.NodeName, CheckID: checkID, Status: status, Output: output,
 	})
 	return err
@@ -342,7 +344,7 @@ func (s checkSink) UpdateCheck(ctx context.Context, checkID, status, output stri
 
 func (s checkSink) DeregisterService(ctx context.Context, serviceID string) error {
 	s.a.logger.Info("deregistering service: check critical for too long", "service_id", serviceID)
-	_, err := s.a.ref.Apply(ctx, discovery.DeregisterServiceRequest{Node: s.a.cfg.NodeName, ServiceID: serviceID})
+	_, err := s.a.member.Apply(ctx, discovery.DeregisterServiceRequest{Node: s.a.cfg.NodeName, ServiceID: serviceID})
 	return err
 }
 

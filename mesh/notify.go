@@ -29,7 +29,7 @@ func newSDService(a *Agent) sdService {
 // waits for 'vmesh join', which may never come while systemd holds its
 // start.
 func (s sdService) Ready() <-chan struct{} {
-	if !s.a.ref.inCluster() {
+	if !s.a.member.InCluster() {
 		return nil
 	}
 	return s.a.local.Ready()
@@ -38,9 +38,9 @@ func (s sdService) Ready() <-chan struct{} {
 // Status is the line `systemctl status vmesh` shows.
 func (s sdService) Status() string {
 	var st string
-	if c := s.a.ref.client(); c != nil {
+	if c := s.a.member.Client(); c != nil {
 		st = fmt.Sprintf("client: replica at index %d, last heard a server %s ago", c.Replica().LastIndex(), c.LastContact().Round(time.Millisecond))
-	} else if srv := s.a.ref.get(); srv == nil {
+	} else if srv := s.a.member.Server(); srv == nil {
 		st = "not in a cluster: waiting for 'vmesh join ADDR'"
 	} else {
 		services := "? services"
@@ -77,7 +77,7 @@ func (s sdService) Healthy(ctx context.Context) error {
 	if resp.StatusCode != http.StatusOK {
 		return fmt.Errorf("HTTP API: GET /v1/status/leader: %s", resp.Status)
 	}
-	if srv := s.a.ref.get(); srv != nil && srv.Stats()["state"] == "Shutdown" {
+	if srv := s.a.member.Server(); srv != nil && srv.Stats()["state"] == "Shutdown" {
 		return errors.New("raft is shut down")
 	}
 	return nil

@@ -56,7 +56,7 @@ func TestNotifierStates(t *testing.T) {
 				got = append(got, l)
 			}
 		}
-		leader, _ := a.ref.get().Leader()
+		leader, _ := a.member.Server().Leader()
 		want := []string{
 			"READY=1 STATUS=leader " + leader + ", 1 service",
 			"RELOADING=1",

@@ -73,7 +73,7 @@ func TestServiceFileUserPorts(t *testing.T) {
 	// (16100, computed) rather than moving it.
 	legacy := *instance("beta")
 	legacy.UserPort = 0
-	if _, err := a.ref.Apply(ctx, &discovery.RegisterServiceRequest{Instance: legacy}); err != nil {
+	if _, err := a.member.Apply(ctx, &discovery.RegisterServiceRequest{Instance: legacy}); err != nil {
 		t.Fatal(err)
 	}
 	_, insts, _ := a.store.NodeInstances(nil, cfg.NodeName)

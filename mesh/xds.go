@@ -15,6 +15,7 @@ import (
 	"github.com/vmesh/vmesh/dataplane/xds"
 	"github.com/vmesh/vmesh/discovery"
 	"github.com/vmesh/vmesh/discovery/httpapi"
+	"github.com/vmesh/vmesh/mesh/membership"
 	"github.com/vmesh/vmesh/raft"
 )
 
@@ -31,9 +32,9 @@ type xdsState struct {
 // unsealCA is the leaf issuer's CA: this server's sealed copy of the CA
 // key, opened with its node key for each signature.
 func (a *Agent) unsealCA(root *discovery.CARoot) (*raft.CA, error) {
-	s := a.ref.get()
+	s := a.member.Server()
 	if s == nil {
-		return nil, errNotJoined
+		return nil, membership.ErrNotJoined
 	}
 	return s.UnsealCA(root)
 }
@@ -204,6 +205,14 @@ func (a *Agent) closeXDS() error {
 		os.RemoveAll(a.xds.socketCleanup)
 	}
 	return nil
+}
+
+// operator is the agent as the HTTP API's /v1/vmesh/* endpoints see it
+// (httpapi.Operator): its membership (join, leave, tokens, members,
+// snapshots) and the Envoy bootstrap, which only the agent can render.
+type operator struct {
+	*membership.Membership
+	a *Agent
 }
 
 // EnvoyBootstrap renders an Envoy bootstrap pointing at this agent's xDS

@@ -1,4 +1,4 @@
-package mesh
+package membership
 
 import (
 	"context"
@@ -15,14 +15,16 @@ import (
 	"sync/atomic"
 	"time"
 
+	"log/slog"
+
 	"github.com/vmesh/vmesh/discovery"
 	"github.com/vmesh/vmesh/discovery/httpapi"
 	"github.com/vmesh/vmesh/mesh/config"
 	"github.com/vmesh/vmesh/raft"
 )
 
-// errNotJoined answers writes while this agent is in no cluster.
-var errNotJoined = errors.New("this agent is not in a cluster yet: run 'vmesh join ADDR' with a token in -token-file or " + config.JoinTokenEnv + " (or start it with -bootstrap)")
+// ErrNotJoined answers writes while this agent is in no cluster.
+var ErrNotJoined = errors.New("this agent is not in a cluster yet: run 'vmesh join ADDR' with a token in -token-file or " + config.JoinTokenEnv + " (or start it with -bootstrap)")
 
 // raftRef is the agent's link to its cluster, which exists only once the
 // agent is in one: a raft server (servers) or a raft.Client (clients: a
@@ -50,7 +52,7 @@ func (r *raftRef) Apply(ctx context.Context, cmd discovery.Command) (uint64, err
 	if c := r.client(); c != nil {
 		return c.Apply(ctx, cmd)
 	}
-	return 0, errNotJoined
+	return 0, ErrNotJoined
 }
 
 func (r *raftRef) Leader() (string, string) {
@@ -95,7 +97,7 @@ func (r *raftRef) VerifyLeader() error {
 	if c := r.client(); c != nil {
 		return c.VerifyLeader()
 	}
-	return errNotJoined
+	return ErrNotJoined
 }
 
 func (r *raftRef) Stats() map[string]string {
@@ -116,7 +118,7 @@ func (r *raftRef) waitLeader(ctx context.Context) error {
 	if c := r.client(); c != nil {
 		return c.WaitLeader(ctx)
 	}
-	return errNotJoined
+	return ErrNotJoined
 }
 
 // roleFile remembers the role this node joined with; serversFile the
@@ -134,8 +136,8 @@ func storedRole(dataDir string) string {
 	return raft.RoleServer
 }
 
-func (a *Agent) role() string {
-	if a.cfg.IsServer() {
+func (m *Membership) role() string {
+	if m.cfg.IsServer() {
 		return raft.RoleServer
 	}
 	return raft.RoleClient
@@ -145,263 +147,263 @@ func (a *Agent) role() string {
 // rejoin; only a new join does.
 func leftFile(dataDir string) string { return filepath.Join(dataDir, "left") }
 
-// startCluster brings raft up as the data dir says: resume with a stored
+// start brings raft up as the data dir says: resume with a stored
 // identity, bootstrap a new cluster, join one, or wait for 'vmesh join'.
-func (a *Agent) startCluster(ctx context.Context) error {
-	if _, err := os.Stat(leftFile(a.cfg.DataDir)); err == nil {
-		a.logger.Warn("this node left its cluster; it stays out until 'vmesh join ADDR'")
+func (m *Membership) start(ctx context.Context) error {
+	if _, err := os.Stat(leftFile(m.cfg.DataDir)); err == nil {
+		m.logger.Warn("this node left its cluster; it stays out until 'vmesh join ADDR'")
 		return nil
 	}
-	id, err := raft.LoadIdentity(a.cfg.DataDir)
+	id, err := raft.LoadIdentity(m.cfg.DataDir)
 	switch {
 	case err == nil:
-		if storedRole(a.cfg.DataDir) == raft.RoleClient {
-			if a.cfg.IsServer() {
-				a.logger.Warn("this node joined as a client; -server takes effect only after it leaves and joins again")
+		if storedRole(m.cfg.DataDir) == raft.RoleClient {
+			if m.cfg.IsServer() {
+				m.logger.Warn("this node joined as a client; -server takes effect only after it leaves and joins again")
 			}
-			return a.startClient(id, nil)
+			return m.startClient(id, nil)
 		}
-		ca, err := raft.LoadLocalCA(a.cfg.DataDir, id)
+		ca, err := raft.LoadLocalCA(m.cfg.DataDir, id)
 		if err != nil {
 			return err
 		}
-		return a.openRaft(id, ca, a.cfg.Bootstrap)
+		return m.openRaft(id, ca, m.cfg.Bootstrap)
 	case !errors.Is(err, raft.ErrNoIdentity):
 		return fmt.Errorf("loading the node identity: %w", err)
-	case a.cfg.Bootstrap:
-		id, ca, err := raft.BootstrapIdentity(a.cfg.DataDir, a.cfg.Cluster.TrustDomain, a.cfg.NodeName)
+	case m.cfg.Bootstrap:
+		id, ca, err := raft.BootstrapIdentity(m.cfg.DataDir, m.cfg.Cluster.TrustDomain, m.cfg.NodeName)
 		if err != nil {
 			return fmt.Errorf("creating the cluster CA: %w", err)
 		}
-		a.logger.Info("bootstrapping a new cluster", "trust_domain", a.cfg.Cluster.TrustDomain, "ca_fingerprint", raft.Fingerprint(ca.Cert))
-		return a.openRaft(id, ca, true)
-	case a.cfg.Join != "":
-		token, warning, err := a.cfg.ReadJoinToken()
+		m.logger.Info("bootstrapping a new cluster", "trust_domain", m.cfg.Cluster.TrustDomain, "ca_fingerprint", raft.Fingerprint(ca.Cert))
+		return m.openRaft(id, ca, true)
+	case m.cfg.Join != "":
+		token, warning, err := m.cfg.ReadJoinToken()
 		if err != nil {
 			return &config.Error{Err: err}
 		}
 		if warning != "" {
-			a.logger.Warn(warning)
+			m.logger.Warn(warning)
 		}
-		return a.join(ctx, a.cfg.Join, token)
+		return m.join(ctx, m.cfg.Join, token)
 	}
-	a.logger.Info("not in a cluster yet: waiting for 'vmesh join ADDR'")
+	m.logger.Info("not in a cluster yet: waiting for 'vmesh join ADDR'")
 	return nil
 }
 
-func (a *Agent) openRaft(id *raft.Identity, localCA *raft.CA, bootstrap bool) error {
-	if id.Name != a.cfg.NodeName {
+func (m *Membership) openRaft(id *raft.Identity, localCA *raft.CA, bootstrap bool) error {
+	if id.Name != m.cfg.NodeName {
 		return &config.Error{Err: fmt.Errorf("node_name: %q, but the node certificate in %s names %q; keep the name or start from an empty data dir",
-			a.cfg.NodeName, a.cfg.DataDir, id.Name)}
+			m.cfg.NodeName, m.cfg.DataDir, id.Name)}
 	}
 	srv, err := raft.Open(raft.Config{
-		NodeID:            a.nodeID,
-		Addr:              a.cfg.ClusterAddr(),
-		DataDir:           a.cfg.DataDir,
+		NodeID:            m.nodeID,
+		Addr:              m.cfg.ClusterAddr(),
+		DataDir:           m.cfg.DataDir,
 		Bootstrap:         bootstrap,
-		SnapshotThreshold: a.cfg.Raft.SnapshotThreshold,
-		TrailingLogs:      a.cfg.Raft.TrailingLogs,
-		SnapshotInterval:  a.cfg.Raft.SnapshotInterval,
-		Logger:            a.logger.With("component", "raft"),
+		SnapshotThreshold: m.cfg.Raft.SnapshotThreshold,
+		TrailingLogs:      m.cfg.Raft.TrailingLogs,
+		SnapshotInterval:  m.cfg.Raft.SnapshotInterval,
+		Logger:            m.logger.With("component", "raft"),
 		Cluster: &raft.ClusterConfig{
-			Identity: id, Bind: a.cfg.ClusterBind(), Voters: a.cfg.Cluster.Voters, LocalCA: localCA,
-			HeartbeatInterval: a.cfg.Cluster.HeartbeatInterval, NodeTTL: a.cfg.Cluster.NodeTTL, ReapAfter: a.cfg.Cluster.ReapAfter,
-			VIPRange: a.cfg.VIPRange(),
+			Identity: id, Bind: m.cfg.ClusterBind(), Voters: m.cfg.Cluster.Voters, LocalCA: localCA,
+			HeartbeatInterval: m.cfg.Cluster.HeartbeatInterval, NodeTTL: m.cfg.Cluster.NodeTTL, ReapAfter: m.cfg.Cluster.ReapAfter,
+			VIPRange: m.cfg.VIPRange(),
 		},
-	}, a.store)
+	}, m.store)
 	if err != nil {
 		return err
 	}
-	a.ref.p.Store(srv)
-	a.joinedOnce.Do(func() { close(a.joined) })
+	m.p.Store(srv)
+	m.joinedOnce.Do(func() { close(m.joined) })
 	return nil
 }
 
 // startClient runs this node as a client: no raft, a replica of the
-// catalog in a.store, writes through the leader. servers are where to
+// catalog in m.store, writes through the leader. servers are where to
 // start; without them, the servers remembered in the data dir.
-func (a *Agent) startClient(id *raft.Identity, servers []string) error {
-	if id.Name != a.cfg.NodeName {
+func (m *Membership) startClient(id *raft.Identity, servers []string) error {
+	if id.Name != m.cfg.NodeName {
 		return &config.Error{Err: fmt.Errorf("node_name: %q, but the node certificate in %s names %q; keep the name or start from an empty data dir",
-			a.cfg.NodeName, a.cfg.DataDir, id.Name)}
+			m.cfg.NodeName, m.cfg.DataDir, id.Name)}
 	}
 	if len(servers) == 0 {
-		b, _ := os.ReadFile(serversFile(a.cfg.DataDir))
+		b, _ := os.ReadFile(serversFile(m.cfg.DataDir))
 		servers = strings.Fields(string(b))
 	}
-	if a.cfg.Join != "" && !slices.Contains(servers, a.cfg.Join) {
-		servers = append(servers, a.cfg.Join)
+	if m.cfg.Join != "" && !slices.Contains(servers, m.cfg.Join) {
+		servers = append(servers, m.cfg.Join)
 	}
-	dir := a.cfg.DataDir
+	dir := m.cfg.DataDir
 	c, err := raft.NewClient(raft.ClientConfig{
-		Identity: id, NodeID: a.nodeID, Addr: a.cfg.ClusterAddr(), Servers: servers,
-		HeartbeatInterval: a.cfg.Cluster.HeartbeatInterval,
+		Identity: id, NodeID: m.nodeID, Addr: m.cfg.ClusterAddr(), Servers: servers,
+		HeartbeatInterval: m.cfg.Cluster.HeartbeatInterval,
 		OnServers: func(s []string) {
 			if err := os.WriteFile(serversFile(dir), []byte(strings.Join(s, "\n")+"\n"), 0o600); err != nil {
-				a.logger.Warn("remembering the servers", "err", err)
+				m.logger.Warn("remembering the servers", "err", err)
 			}
 		},
-		Logger: a.logger.With("component", "client"),
-	}, a.store)
+		Logger: m.logger.With("component", "client"),
+	}, m.store)
 	if err != nil {
 		return err
 	}
 	c.Start()
-	a.ref.c.Store(c)
-	a.joinedOnce.Do(func() { close(a.joined) })
-	a.logger.Info("running as a client: a replica of the catalog, writes through the leader", "servers", servers)
+	m.c.Store(c)
+	m.joinedOnce.Do(func() { close(m.joined) })
+	m.logger.Info("running as a client: a replica of the catalog, writes through the leader", "servers", servers)
 	return nil
 }
 
 // join gets a node certificate from the cluster at addr; a server then
 // starts raft and asks the leader to add it, a client starts its replica.
-func (a *Agent) join(ctx context.Context, addr, token string) error {
-	a.joinMu.Lock()
-	defer a.joinMu.Unlock()
-	if a.ref.inCluster() {
+func (m *Membership) join(ctx context.Context, addr, token string) error {
+	m.joinMu.Lock()
+	defer m.joinMu.Unlock()
+	if m.inCluster() {
 		return fmt.Errorf("this agent is already in a cluster (leave it first)")
 	}
-	if _, err := os.Stat(leftFile(a.cfg.DataDir)); err == nil {
+	if _, err := os.Stat(leftFile(m.cfg.DataDir)); err == nil {
 		// A node that left starts over: its old log names a cluster
 		// configuration it is no longer part of.
-		if err := os.RemoveAll(filepath.Join(a.cfg.DataDir, "raft")); err != nil {
+		if err := os.RemoveAll(filepath.Join(m.cfg.DataDir, "raft")); err != nil {
 			return err
 		}
 	}
-	role := a.role()
-	id, err := raft.Join(ctx, raft.JoinParams{Addr: addr, Token: token, NodeName: a.cfg.NodeName, NodeID: a.nodeID, DataDir: a.cfg.DataDir, Role: role})
+	role := m.role()
+	id, err := raft.Join(ctx, raft.JoinParams{Addr: addr, Token: token, NodeName: m.cfg.NodeName, NodeID: m.nodeID, DataDir: m.cfg.DataDir, Role: role})
 	if err != nil {
 		return err
 	}
-	if err := os.WriteFile(roleFile(a.cfg.DataDir), []byte(role+"\n"), 0o600); err != nil {
+	if err := os.WriteFile(roleFile(m.cfg.DataDir), []byte(role+"\n"), 0o600); err != nil {
 		return fmt.Errorf("joined, but could not record the role: %w", err)
 	}
 	if role == raft.RoleClient {
-		if err := a.startClient(id, []string{addr}); err != nil {
+		if err := m.startClient(id, []string{addr}); err != nil {
 			return err
 		}
-		os.Remove(leftFile(a.cfg.DataDir))
-		a.logger.Info("joined the cluster as a client", "via", addr)
+		os.Remove(leftFile(m.cfg.DataDir))
+		m.logger.Info("joined the cluster as a client", "via", addr)
 		return nil
 	}
-	if err := a.openRaft(id, nil, false); err != nil {
+	if err := m.openRaft(id, nil, false); err != nil {
 		return err
 	}
-	voter, err := a.ref.get().AddSelf(ctx, addr)
+	voter, err := m.get().AddSelf(ctx, addr)
 	if err != nil {
 		return fmt.Errorf("joined with a certificate, but the leader did not add this node: %w", err)
 	}
-	os.Remove(leftFile(a.cfg.DataDir))
-	a.logger.Info("joined the cluster", "via", addr, "voter", voter)
+	os.Remove(leftFile(m.cfg.DataDir))
+	m.logger.Info("joined the cluster", "via", addr, "voter", voter)
 	return nil
 }
 
 // Left is closed once this agent has left its cluster; the agent process
 // then stops, as Consul's does.
-func (a *Agent) Left() <-chan struct{} { return a.left }
+func (m *Membership) Left() <-chan struct{} { return m.left }
 
 // leave takes this node out of its cluster and marks the data dir so a
 // restart does not rejoin.
-func (a *Agent) leave(ctx context.Context, force bool) error {
-	a.joinMu.Lock()
-	defer a.joinMu.Unlock()
-	if c := a.ref.client(); c != nil {
+func (m *Membership) leave(ctx context.Context, force bool) error {
+	m.joinMu.Lock()
+	defer m.joinMu.Unlock()
+	if c := m.client(); c != nil {
 		// A client holds no raft seat: it deregisters its node (and so its
 		// services) through the leader.
 		if err := c.Leave(ctx); err != nil {
 			return err
 		}
-	} else if srv := a.ref.get(); srv == nil {
-		return errNotJoined
+	} else if srv := m.get(); srv == nil {
+		return ErrNotJoined
 	} else if err := srv.Leave(ctx, force); err != nil {
 		return err
 	}
-	if err := os.WriteFile(leftFile(a.cfg.DataDir), []byte(time.Now().UTC().Format(time.RFC3339)+"\n"), 0o600); err != nil {
+	if err := os.WriteFile(leftFile(m.cfg.DataDir), []byte(time.Now().UTC().Format(time.RFC3339)+"\n"), 0o600); err != nil {
 		return fmt.Errorf("left, but could not record it: %w", err)
 	}
-	a.removeCapture(ctx) // capture.go: a node out of the mesh steers nothing into it
-	a.leftOnce.Do(func() { close(a.left) })
+	if m.OnLeave != nil {
+		m.OnLeave(ctx) // a node out of the mesh steers nothing into it (capture)
+	}
+	m.leftOnce.Do(func() { close(m.left) })
 	return nil
 }
 
 // notServer says why a server-only operation is refused here.
-func (a *Agent) notServer() error {
-	if a.ref.client() != nil {
+func (m *Membership) notServer() error {
+	if m.client() != nil {
 		return errors.New("this agent is a client: join tokens and snapshots are a server's; run the command against a server's HTTP API")
 	}
-	return errNotJoined
+	return ErrNotJoined
 }
 
 // operator is the agent as the HTTP API's /v1/vmesh/* endpoints see it
 // (httpapi.Operator). It maps raft's errors to the statuses the API
 // answers: a refused join is a 403, a leave that would break quorum a 409.
-type operator struct{ a *Agent }
 
-func (o operator) Join(ctx context.Context, addr, token string) error {
+func (m *Membership) Join(ctx context.Context, addr, token string) error {
 	if _, err := raft.ParseToken(token); err != nil {
 		return httpapi.WithStatus(http.StatusBadRequest, fmt.Errorf("field Token: %v", err))
 	}
-	err := o.a.join(ctx, addr, token)
+	err := m.join(ctx, addr, token)
 	if errors.Is(err, raft.ErrJoinRefused) || errors.Is(err, raft.ErrCAFingerprint) || errors.Is(err, raft.ErrInvalidToken) {
 		return httpapi.WithStatus(http.StatusForbidden, err)
 	}
 	return err
 }
 
-func (o operator) Leave(ctx context.Context, force bool) error {
-	err := o.a.leave(ctx, force)
-	if errors.Is(err, raft.ErrQuorum) || errors.Is(err, errNotJoined) {
+func (m *Membership) Leave(ctx context.Context, force bool) error {
+	err := m.leave(ctx, force)
+	if errors.Is(err, raft.ErrQuorum) || errors.Is(err, ErrNotJoined) {
 		return httpapi.WithStatus(http.StatusConflict, err)
 	}
 	return err
 }
 
-func (o operator) CreateJoinToken(ctx context.Context, ttl time.Duration, uses int) (string, discovery.JoinTokenInfo, error) {
-	srv := o.a.ref.get()
+func (m *Membership) CreateJoinToken(ctx context.Context, ttl time.Duration, uses int) (string, discovery.JoinTokenInfo, error) {
+	srv := m.get()
 	if srv == nil {
-		return "", discovery.JoinTokenInfo{}, httpapi.WithStatus(http.StatusConflict, o.a.notServer())
+		return "", discovery.JoinTokenInfo{}, httpapi.WithStatus(http.StatusConflict, m.notServer())
 	}
 	return srv.CreateToken(ctx, ttl, uses)
 }
 
-func (o operator) JoinTokens(context.Context) ([]discovery.JoinTokenInfo, error) {
-	srv := o.a.ref.get()
+func (m *Membership) JoinTokens(context.Context) ([]discovery.JoinTokenInfo, error) {
+	srv := m.get()
 	if srv == nil {
-		return nil, httpapi.WithStatus(http.StatusConflict, o.a.notServer())
+		return nil, httpapi.WithStatus(http.StatusConflict, m.notServer())
 	}
 	return srv.Tokens()
 }
 
-func (o operator) RevokeJoinToken(ctx context.Context, id string) (discovery.JoinTokenInfo, error) {
-	srv := o.a.ref.get()
+func (m *Membership) RevokeJoinToken(ctx context.Context, id string) (discovery.JoinTokenInfo, error) {
+	srv := m.get()
 	if srv == nil {
-		return discovery.JoinTokenInfo{}, httpapi.WithStatus(http.StatusConflict, o.a.notServer())
+		return discovery.JoinTokenInfo{}, httpapi.WithStatus(http.StatusConflict, m.notServer())
 	}
 	return srv.RevokeToken(ctx, id)
 }
 
-func (o operator) Snapshot() (uint64, error) {
-	srv := o.a.ref.get()
+func (m *Membership) Snapshot() (uint64, error) {
+	srv := m.get()
 	if srv == nil {
-		return 0, httpapi.WithStatus(http.StatusConflict, o.a.notServer())
+		return 0, httpapi.WithStatus(http.StatusConflict, m.notServer())
 	}
 	return srv.Snapshot()
 }
 
-func (o operator) ClusterMembers(ctx context.Context) ([]httpapi.ClusterMember, error) {
-	a := o.a
+func (m *Membership) ClusterMembers(ctx context.Context) ([]httpapi.ClusterMember, error) {
 	var ms []raft.Member
 	var err error
-	switch srv, c := a.ref.get(), a.ref.client(); {
+	switch srv, c := m.get(), m.client(); {
 	case srv != nil:
 		ms, err = srv.Members(ctx)
 	case c != nil:
 		if ms, err = c.Members(ctx); err != nil {
 			// No leader answers: what the replica knows, health unknown.
-			ms, err = a.replicaMembers(), nil
+			ms, err = m.replicaMembers(), nil
 		}
 	default:
-		return []httpapi.ClusterMember{{Name: a.cfg.NodeName, ID: a.nodeID, Role: "none", NodeRole: a.role(), Status: "not joined"}}, nil
+		return []httpapi.ClusterMember{{Name: m.cfg.NodeName, ID: m.nodeID, Role: "none", NodeRole: m.role(), Status: "not joined"}}, nil
 	}
 	if err != nil {
 		return nil, err
@@ -415,8 +417,8 @@ func (o operator) ClusterMembers(ctx context.Context) ([]httpapi.ClusterMember, 
 
 // replicaMembers is a client's view of the nodes from its replica, when
 // no leader answers.
-func (a *Agent) replicaMembers() []raft.Member {
-	_, nodes, _ := a.store.Nodes(nil)
+func (m *Membership) replicaMembers() []raft.Member {
+	_, nodes, _ := m.store.Nodes(nil)
 	out := make([]raft.Member, 0, len(nodes))
 	for _, n := range nodes {
 		role := raft.NodeRole(n)
@@ -429,9 +431,9 @@ func (a *Agent) replicaMembers() []raft.Member {
 	return out
 }
 
-// members feeds /v1/agent/members (Consul's shape).
-func (a *Agent) members() []httpapi.Member {
-	ms, err := operator{a}.ClusterMembers(context.Background())
+// AgentMembers feeds /v1/agent/members (Consul's shape).
+func (m *Membership) AgentMembers() []httpapi.Member {
+	ms, err := m.ClusterMembers(context.Background())
 	if err != nil {
 		return nil
 	}
@@ -454,12 +456,64 @@ func (a *Agent) members() []httpapi.Member {
 	return out
 }
 
-// joinState groups the agent's cluster membership fields.
-type joinState struct {
-	ref        raftRef
+// Membership is an agent's place in its cluster: a raft server (servers)
+// or a raft.Client (clients: a replica of the catalog, writes through the
+// leader), how it got there (bootstrap, join, a restart that resumes) and
+// how it leaves. It implements discovery.Writer and httpapi.Cluster, and
+// the cluster half of httpapi.Operator, so the HTTP API serves (reads with
+// no leader, writes refused) before the agent is in a cluster.
+type Membership struct {
+	raftRef
+	cfg    *config.Config
+	nodeID string
+	store  *discovery.Store
+	logger *slog.Logger
+	// OnLeave runs once this node has left, before Left is closed.
+	OnLeave func(ctx context.Context)
+
 	joinMu     sync.Mutex
 	joined     chan struct{}
 	joinedOnce sync.Once
 	left       chan struct{}
 	leftOnce   sync.Once
 }
+
+// New is the membership of the agent configured by cfg (read when Start
+// runs, so a -dev data dir chosen later counts); nothing runs until Start.
+func New(cfg *config.Config, logger *slog.Logger) *Membership {
+	return &Membership{cfg: cfg, logger: logger, joined: make(chan struct{}), left: make(chan struct{})}
+}
+
+// Start brings this node into its cluster as its data dir and config say:
+// resume, bootstrap, join, or wait for 'vmesh join'. nodeID is its raft
+// server ID; store is the catalog raft (or the client's replica) fills.
+func (m *Membership) Start(ctx context.Context, nodeID string, store *discovery.Store) error {
+	m.nodeID, m.store = nodeID, store
+	return m.start(ctx)
+}
+
+// Close stops the raft server or the client link.
+func (m *Membership) Close() error {
+	if c := m.client(); c != nil {
+		c.Close()
+	}
+	if srv := m.get(); srv != nil {
+		return srv.Close()
+	}
+	return nil
+}
+
+// Joined is closed once this node is in a cluster, as either role.
+func (m *Membership) Joined() <-chan struct{} { return m.joined }
+
+// Server is the raft server; nil on a client or outside a cluster.
+func (m *Membership) Server() *raft.Server { return m.get() }
+
+// Client is the client link; nil on a server or outside a cluster.
+func (m *Membership) Client() *raft.Client { return m.client() }
+
+// InCluster says whether this node is in a cluster, as either role.
+func (m *Membership) InCluster() bool { return m.inCluster() }
+
+// WaitLeader waits until writes can go through.
+func (m *Membership) WaitLeader(ctx context.Context) error { return m.waitLeader(ctx) }
