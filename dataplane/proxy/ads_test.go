@@ -233,7 +233,12 @@ func TestADSAckNackSwap(t *testing.T) {
 	// accepted version (and address) and serves on.
 	nacks := p.Status()[resource.ListenerType].Nacks
 	cp.set(t, "2b", []types.Resource{badHTTP("l1"), tcpListener(t, "l3", "127.0.0.1:0", "c")}, []types.Resource{staticCluster("c", a)})
-	testkit.WaitFor(t, 5*time.Second, "version 2b NACKed", func() bool { return p.Status()[resource.ListenerType].Nacks > nacks })
+	// Wait for 2b's own NACK: version 2 may be NACKed once more first (a
+	// resend), which a count of NACKs would take for 2b's.
+	testkit.WaitFor(t, 5*time.Second, "version 2b NACKed", func() bool {
+		st := p.Status()[resource.ListenerType]
+		return st.Nacks > nacks && strings.Contains(st.LastNack, "listener l1.filter_chains[0]")
+	})
 	if st := p.Status()[resource.ListenerType]; !strings.Contains(st.LastNack, "listener l1.filter_chains[0]") || st.Acked != "1" {
 		t.Errorf("listeners after 2b: %+v; want a NACK naming l1 and version 1 still the ACKed one", st)
 	}
