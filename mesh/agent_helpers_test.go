@@ -1,14 +1,13 @@
 package mesh
 
 import (
-	"bytes"
 	"context"
-	"github.com/vmesh/vmesh/lab/testkit"
 	"io"
 	"log/slog"
-	"sync"
 	"testing"
 	"time"
+
+	"github.com/vmesh/vmesh/lab/testkit"
 
 	"github.com/vmesh/vmesh/mesh/config"
 )
@@ -58,22 +57,4 @@ func startAgent(t testing.TB, cfg config.Config) *Agent {
 		return err == nil && n != nil
 	})
 	return a
-}
-
-// syncBuffer is a bytes.Buffer safe for a writer goroutine and a test reader.
-type syncBuffer struct {
-	mu  sync.Mutex
-	buf bytes.Buffer
-}
-
-func (b *syncBuffer) Write(p []byte) (int, error) {
-	b.mu.Lock()
-	defer b.mu.Unlock()
-	return b.buf.Write(p)
-}
-
-func (b *syncBuffer) String() string {
-	b.mu.Lock()
-	defer b.mu.Unlock()
-	return b.buf.String()
 }

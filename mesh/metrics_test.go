@@ -4,7 +4,6 @@ import (
 	"bufio"
 	"context"
 	"fmt"
-	"github.com/vmesh/vmesh/lab/testkit"
 	"io"
 	"net"
 	"net/http"
@@ -12,6 +11,8 @@ import (
 	"strings"
 	"testing"
 	"time"
+
+	"github.com/vmesh/vmesh/lab/testkit"
 
 	dto "github.com/prometheus/client_model/go"
 	"github.com/prometheus/common/expfmt"
@@ -253,7 +254,7 @@ func TestProxyCommandMetrics(t *testing.T) {
 
 	ctx, cancel := context.WithCancel(context.Background())
 	defer cancel()
-	stderr := &syncBuffer{}
+	stderr := &testkit.SyncBuffer{}
 	exited := make(chan int, 1)
 	go func() {
 		exited <- run(ctx, []string{"vmesh", "proxy", "--xds", a.XDSAddrs()[0].String(), "--node", cfg.NodeName,
@@ -303,7 +304,7 @@ func TestProxyCommandBadAdminAddr(t *testing.T) {
 		{"nope", cli.ExitUsage},
 		{"192.0.2.1:1", cli.ExitFailed}, // well-formed, not an address of this host
 	} {
-		stderr := &syncBuffer{}
+		stderr := &testkit.SyncBuffer{}
 		ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 		code := run(ctx, []string{"vmesh", "proxy", "--xds", "127.0.0.1:1", "--node", "n", "--admin-addr", tc.addr},
 			&cli.Env{Stdout: io.Discard, Stderr: stderr})

@@ -1,6 +1,7 @@
 package testkit
 
 import (
+	"bytes"
 	"io"
 	"log/slog"
 	"net"
@@ -110,3 +111,22 @@ func Logger(t testing.TB, level ...slog.Level) *slog.Logger {
 // Discard is a logger that drops everything, for benchmarks and tests that
 // log too much to read.
 func Discard() *slog.Logger { return slog.New(slog.DiscardHandler) }
+
+// SyncBuffer is a bytes.Buffer safe for a writer goroutine (a process's
+// output, a logger) and a test reading it.
+type SyncBuffer struct {
+	mu  sync.Mutex
+	buf bytes.Buffer
+}
+
+func (b *SyncBuffer) Write(p []byte) (int, error) {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	return b.buf.Write(p)
+}
+
+func (b *SyncBuffer) String() string {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	return b.buf.String()
+}

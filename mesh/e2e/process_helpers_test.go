@@ -1,7 +1,6 @@
 package e2e
 
 import (
-	"bytes"
 	"encoding/json"
 	"fmt"
 	"net/http"
@@ -63,30 +62,12 @@ func skipShort(t *testing.T) {
 	}
 }
 
-// syncBuffer is a bytes.Buffer safe for a process writer and a test reader.
-type syncBuffer struct {
-	mu  sync.Mutex
-	buf bytes.Buffer
-}
-
-func (b *syncBuffer) Write(p []byte) (int, error) {
-	b.mu.Lock()
-	defer b.mu.Unlock()
-	return b.buf.Write(p)
-}
-
-func (b *syncBuffer) String() string {
-	b.mu.Lock()
-	defer b.mu.Unlock()
-	return b.buf.String()
-}
-
 // proc is a vmesh agent running as its own process.
 type proc struct {
 	t        testing.TB
 	cmd      *exec.Cmd
-	stdout   *syncBuffer
-	stderr   *syncBuffer
+	stdout   *testkit.SyncBuffer
+	stderr   *testkit.SyncBuffer
 	done     chan struct{}
 	httpAddr string
 }
@@ -104,7 +85,7 @@ func startProc(t testing.TB, args ...string) *proc {
 // the test failed.
 func runProc(t testing.TB, cmd *exec.Cmd) *proc {
 	t.Helper()
-	p := &proc{t: t, cmd: cmd, stdout: &syncBuffer{}, stderr: &syncBuffer{}, done: make(chan struct{})}
+	p := &proc{t: t, cmd: cmd, stdout: &testkit.SyncBuffer{}, stderr: &testkit.SyncBuffer{}, done: make(chan struct{})}
 	p.cmd.Stdout, p.cmd.Stderr = p.stdout, p.stderr
 	if err := p.cmd.Start(); err != nil {
 		t.Fatalf("starting %s: %v", cmd.Path, err)
