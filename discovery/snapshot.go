@@ -31,7 +31,7 @@ const (
 	RecordCA        RecordType = 6
 	RecordToken     RecordType = 7
 	RecordConfig    RecordType = 8
-	RecordVIP       RecordType = 9 // vips.go (capture issue); intentions take 10
+	RecordVIP       RecordType = 9 // vips.go; intentions take 10
 	RecordIntention RecordType = 10
 )
 

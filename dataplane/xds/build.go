@@ -35,8 +35,8 @@ const (
 	upstreamPrefix     = "vmesh/upstream/"
 )
 
-// SDS secret names. The cluster CA issue serves them; until it does, mesh
-// clusters and the inbound listener wait for them (Envoy keeps a resource
+// SDS secret names. The agent's leaf issuer serves them; until it does,
+// mesh clusters and the inbound listener wait for them (Envoy keeps a resource
 // whose secret has not arrived warming), so no mesh traffic flows in
 // plaintext by accident.
 const (
