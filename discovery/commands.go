@@ -1,6 +1,9 @@
 package discovery
 
-import "context"
+import (
+	"context"
+	"time"
+)
 
 // MessageType is the one-byte type of a raft log entry. The numbers are part
 // of the log format: never reuse or renumber one.
@@ -82,3 +85,25 @@ func (RegisterCheckRequest) MessageType() MessageType     { return RegisterCheck
 func (DeregisterCheckRequest) MessageType() MessageType   { return DeregisterCheckType }
 func (UpdateCheckRequest) MessageType() MessageType       { return UpdateCheckType }
 func (KVRequest) MessageType() MessageType                { return KVType }
+
+// KVQuery is a KV read, for an agent that holds no KV (a client) to ask a
+// server: Op is "get" (one key), "list" (every key under Key) or "keys"
+// (the keys under Key, cut after Separator).
+type KVQuery struct {
+	Op         string
+	Key        string
+	Separator  string
+	MinIndex   uint64        // block until the index passes it
+	Wait       time.Duration // at most this long
+	Consistent bool          // the leader confirms its leadership first
+	Token      string        // the caller's ACL token
+}
+
+// KVResult is a server's answer to a KVQuery.
+type KVResult struct {
+	Index       uint64
+	Entries     []*KVEntry // get and list
+	Keys        []string   // keys
+	KnownLeader bool
+	LastContact time.Duration
+}

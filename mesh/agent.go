@@ -203,7 +203,7 @@ func (a *Agent) startHTTP(context.Context) error {
 		NodeName: a.cfg.NodeName, NodeID: a.nodeID, Datacenter: a.cfg.Datacenter, Version: cli.Version,
 		Members: a.member.AgentMembers, Logger: a.logger.With("component", "http"), WaitReady: a.local.WaitReady,
 		IntentionsDefaultAllow: a.cfg.IntentionsDefaultAllow(), UserPorts: a.userPorts,
-		Operator: operator{a.member, a}, Diagnostics: a.diagnostics(),
+		Operator: operator{a.member, a}, Diagnostics: a.diagnostics(), RemoteKV: a.member,
 	}
 	mux := http.NewServeMux()
 	api.Register(mux)

@@ -125,6 +125,7 @@ var clusterServiceDesc = grpc.ServiceDesc{
 		method("ReadIndex", (*Server).rpcReadIndex),
 		method("Members", (*Server).rpcMembers),
 		method("Stats", (*Server).rpcStats),
+		method("KVRead", (*Server).rpcKVRead),
 	},
 	Streams: []grpc.StreamDesc{subscribeStreamDesc},
 }

@@ -71,6 +71,9 @@ type API struct {
 	// them out. Diagnostics mounts other packages' read-only handlers.
 	Operator    Operator
 	Diagnostics Diagnostics
+	// RemoteKV, when set and HoldsKV says no, serves KV reads: a client
+	// agent holds no KV and asks a server, as a Consul client does.
+	RemoteKV RemoteKV
 
 	ownPorts discovery.UserPortAllocator // UserPorts when that is nil
 }
@@ -80,6 +83,14 @@ func (a *API) userPorts() *discovery.UserPortAllocator {
 		return a.UserPorts
 	}
 	return &a.ownPorts
+}
+
+// RemoteKV reads KV from a server, for an agent that holds none.
+type RemoteKV interface {
+	// HoldsKV says whether this agent's own catalog holds the KV (a
+	// server's does; a client's replica does not).
+	HoldsKV() bool
+	KVRead(ctx context.Context, q discovery.KVQuery) (discovery.KVResult, error)
 }
 
 // Blocking query limits, as Consul's.

@@ -15,6 +15,10 @@ func (a *API) kvGet(w http.ResponseWriter, r *http.Request) {
 	_, recurse := q["recurse"]
 	_, keys := q["keys"]
 	_, raw := q["raw"]
+	if a.RemoteKV != nil && !a.RemoteKV.HoldsKV() {
+		a.kvGetRemote(w, r, key, keys, recurse, raw)
+		return
+	}
 	switch {
 	case keys:
 		var out []string
@@ -162,4 +166,40 @@ func (a *API) kvDelete(w http.ResponseWriter, r *http.Request) {
 func (a *API) kvWrite(w http.ResponseWriter, r *http.Request, req discovery.KVRequest) {
 	_, err := a.apply(r, req)
 	a.writeBool(w, r, err)
+}
+
+// kvGetRemote serves a KV read from a server (this agent holds no KV),
+// with the same answers and headers as a local read.
+func (a *API) kvGetRemote(w http.ResponseWriter, r *http.Request, key string, keys, recurse, raw bool) {
+	o, err := a.parseQuery(r)
+	if err != nil {
+		a.writeError(w, r, err)
+		return
+	}
+	q := discovery.KVQuery{Op: "get", Key: key, MinIndex: o.minIndex, Wait: o.wait, Consistent: o.consistent, Token: requestToken(r)}
+	switch {
+	case keys:
+		q.Op, q.Separator = "keys", r.URL.Query().Get("separator")
+	case recurse:
+		q.Op = "list"
+	}
+	res, err := a.RemoteKV.KVRead(r.Context(), q)
+	if err != nil {
+		a.writeError(w, r, &HTTPError{Code: http.StatusInternalServerError, Msg: "reading KV from a server: " + err.Error(), Err: err})
+		return
+	}
+	w.Header().Set("X-Consul-Index", strconv.FormatUint(max(res.Index, 1), 10))
+	w.Header().Set("X-Consul-KnownLeader", strconv.FormatBool(res.KnownLeader))
+	w.Header().Set("X-Consul-LastContact", strconv.FormatInt(res.LastContact.Milliseconds(), 10))
+	switch {
+	case keys && len(res.Keys) == 0, !keys && len(res.Entries) == 0:
+		w.WriteHeader(http.StatusNotFound)
+	case keys:
+		writeJSON(w, res.Keys)
+	case raw && !recurse:
+		w.Header().Set("Content-Type", "application/octet-stream")
+		w.Write(res.Entries[0].Value)
+	default:
+		writeJSON(w, toKVPairs(res.Entries))
+	}
 }

@@ -135,6 +135,28 @@ func TestServersAndClients(t *testing.T) {
 		t.Errorf("?consistent read on c2: %v, %v; want web-c1", consistent, err)
 	}
 
+	// KV lives on the servers: a client writes it through the leader and
+	// reads it from a server, blocking queries included.
+	kvURL := func(c *node, key string) string { return "http://" + c.httpAddr() + "/v1/kv/" + key }
+	req, _ := http.NewRequest(http.MethodPut, kvURL(clients[0], "app/color"), bytes.NewReader([]byte("blue")))
+	if resp, err := http.DefaultClient.Do(req); err != nil || resp.StatusCode != http.StatusOK {
+		t.Fatalf("KV put on c1: %v %v", resp, err)
+	}
+	var kvs []struct {
+		Key   string
+		Value []byte
+	}
+	if err := getJSON(kvURL(clients[1], "app/color"), &kvs); err != nil || len(kvs) != 1 || string(kvs[0].Value) != "blue" {
+		t.Errorf("KV get on c2: %+v, %v; want app/color = blue", kvs, err)
+	}
+	var keys []string
+	if err := getJSON(kvURL(clients[2], "app/?keys"), &keys); err != nil || len(keys) != 1 || keys[0] != "app/color" {
+		t.Errorf("KV keys on c3: %v, %v; want [app/color]", keys, err)
+	}
+	if resp, err := http.Get(kvURL(clients[1], "app/missing")); err != nil || resp.StatusCode != http.StatusNotFound {
+		t.Errorf("KV get of a missing key on c2: %v %v; want 404", resp, err)
+	}
+
 	// No client holds raft or any private key but its own node key.
 	for _, c := range clients {
 		if _, err := os.Stat(filepath.Join(c.dataDir, "raft")); !os.IsNotExist(err) {

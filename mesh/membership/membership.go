@@ -517,3 +517,16 @@ func (m *Membership) InCluster() bool { return m.inCluster() }
 
 // WaitLeader waits until writes can go through.
 func (m *Membership) WaitLeader(ctx context.Context) error { return m.waitLeader(ctx) }
+
+// HoldsKV says whether this node's catalog holds the KV: a server's does,
+// a client's replica does not (nor does an agent not in a cluster yet).
+func (m *Membership) HoldsKV() bool { return m.client() == nil }
+
+// KVRead reads KV from a server, for a client.
+func (m *Membership) KVRead(ctx context.Context, q discovery.KVQuery) (discovery.KVResult, error) {
+	c := m.client()
+	if c == nil {
+		return discovery.KVResult{}, errors.New("this agent holds its KV itself")
+	}
+	return c.KVRead(ctx, q)
+}
