@@ -18,6 +18,6 @@ func newAgentRegistry(a *Agent) *prometheus.Registry {
 	} else if err := reg.Register(sink); err != nil {
 		a.logger.Warn("raft metrics are not exported", "err", err)
 	}
-	reg.MustRegister(raft.NewCollector(a.member.Server, func() *discovery.Store { return a.store }))
+	reg.MustRegister(raft.NewCollector(a.member.Server, a.member.Client, func() *discovery.Store { return a.store }))
 	return reg
 }

@@ -5,6 +5,7 @@ import (
 	"strconv"
 	"strings"
 	"sync"
+	"time"
 
 	gometrics "github.com/armon/go-metrics"
 	gmprom "github.com/armon/go-metrics/prometheus"
@@ -58,12 +59,14 @@ func MetricsSink() (prometheus.Collector, error) {
 // because the collector is registered before either exists (so raft's
 // first metrics, the election, are kept) and the server is replaced when
 // the node joins a cluster; a nil server or store reports nothing of it.
-func NewCollector(server func() *Server, catalog func() *discovery.Store) prometheus.Collector {
-	return collector{server: server, catalog: catalog}
+// On a client, client gives its replica's staleness instead.
+func NewCollector(server func() *Server, client func() *Client, catalog func() *discovery.Store) prometheus.Collector {
+	return collector{server: server, client: client, catalog: catalog}
 }
 
 type collector struct {
 	server  func() *Server
+	client  func() *Client
 	catalog func() *discovery.Store
 }
 
@@ -90,12 +93,19 @@ var (
 	}
 	catalogIndexDesc = prometheus.NewDesc("vmesh_catalog_index",
 		"The highest raft index of any catalog table on this node.", nil, nil)
+	replicaLastContactDesc = prometheus.NewDesc("vmesh_replica_last_contact_seconds",
+		"On a client: since a server was last heard on the replica stream (how stale the replica may be); -1 before the first contact.", nil, nil)
+	replicaIndexDesc = prometheus.NewDesc("vmesh_replica_index",
+		"On a client: the raft index the replica holds.", nil, nil)
+	replicaSnapshotsDesc = prometheus.NewDesc("vmesh_replica_snapshots_total",
+		"On a client: full snapshots received (the first, and each resume a server could not serve from its history).", nil, nil)
 )
 
 var raftStates = []string{"follower", "candidate", "leader", "shutdown"}
 
 func (collector) Describe(ch chan<- *prometheus.Desc) {
-	for _, d := range []*prometheus.Desc{raftStateDesc, raftLeaderDesc, raftTermDesc, raftPeersDesc, raftLastContactDesc, catalogIndexDesc} {
+	for _, d := range []*prometheus.Desc{raftStateDesc, raftLeaderDesc, raftTermDesc, raftPeersDesc, raftLastContactDesc, catalogIndexDesc,
+		replicaLastContactDesc, replicaIndexDesc, replicaSnapshotsDesc} {
 		ch <- d
 	}
 	for _, d := range raftIndexDescs {
@@ -106,6 +116,16 @@ func (collector) Describe(ch chan<- *prometheus.Desc) {
 func (c collector) Collect(ch chan<- prometheus.Metric) {
 	if st := c.catalog(); st != nil {
 		ch <- prometheus.MustNewConstMetric(catalogIndexDesc, prometheus.GaugeValue, float64(st.LastIndex()))
+	}
+	if cl := c.clientOrNil(); cl != nil {
+		r := cl.Replica()
+		since := -1.0
+		if lc := r.LastContact(); !lc.IsZero() {
+			since = time.Since(lc).Seconds()
+		}
+		ch <- prometheus.MustNewConstMetric(replicaLastContactDesc, prometheus.GaugeValue, since)
+		ch <- prometheus.MustNewConstMetric(replicaIndexDesc, prometheus.GaugeValue, float64(r.LastIndex()))
+		ch <- prometheus.MustNewConstMetric(replicaSnapshotsDesc, prometheus.CounterValue, float64(r.Snapshots()))
 	}
 	srv := c.server()
 	if srv == nil {
@@ -128,6 +148,13 @@ func (c collector) Collect(ch chan<- prometheus.Metric) {
 	for _, d := range raftIndexDescs {
 		gauge(d.desc, d.stat)
 	}
+}
+
+func (c collector) clientOrNil() *Client {
+	if c.client == nil {
+		return nil
+	}
+	return c.client()
 }
 
 func boolFloat(b bool) float64 {

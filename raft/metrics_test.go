@@ -51,7 +51,7 @@ func TestCollector(t *testing.T) {
 		store *discovery.Store
 	)
 	reg := prometheus.NewRegistry()
-	reg.MustRegister(NewCollector(func() *Server { return srv }, func() *discovery.Store { return store }))
+	reg.MustRegister(NewCollector(func() *Server { return srv }, nil, func() *discovery.Store { return store }))
 	if got := gauges(t, reg, "", ""); len(got) != 0 {
 		t.Fatalf("with no server and no catalog: %v, want nothing", got)
 	}

@@ -4,10 +4,13 @@ import (
 	"bytes"
 	"encoding/json"
 	"fmt"
+	"io"
 	"io/fs"
 	"net/http"
 	"os"
 	"path/filepath"
+	"strconv"
+	"strings"
 	"testing"
 	"time"
 
@@ -190,6 +193,23 @@ func TestServersAndClients(t *testing.T) {
 			t.Errorf("%s with every server down: /v1/agent/self: %v", c.name, err)
 		}
 	}
+
+	// And it says how stale it may be: the replica's last contact grows.
+	testkit.WaitFor(t, 15*time.Second, "c2's vmesh_replica_last_contact_seconds past 1 s", func() bool {
+		resp, err := http.Get("http://" + clients[1].ip + ":15000/metrics")
+		if err != nil {
+			return false
+		}
+		defer resp.Body.Close()
+		b, _ := io.ReadAll(resp.Body)
+		for _, line := range strings.Split(string(b), "\n") {
+			if v, ok := strings.CutPrefix(line, "vmesh_replica_last_contact_seconds "); ok {
+				f, err := strconv.ParseFloat(v, 64)
+				return err == nil && f >= 1
+			}
+		}
+		return false
+	})
 
 	// The servers return; a registration made after reaches every client.
 	for _, s := range servers {
