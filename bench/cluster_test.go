@@ -230,7 +230,7 @@ func startCluster(b *testing.B, n int) *benchCluster {
 		}
 		nodes := map[string]bool{}
 		for _, ch := range checks {
-			if ch.CheckID == "vmesh:node" {
+			if ch.CheckID == "serfHealth" {
 				nodes[ch.Node] = true
 			}
 		}

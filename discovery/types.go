@@ -80,9 +80,18 @@ type Instance struct {
 }
 
 // NodeLivenessCheckID is the node-level check the raft leader keeps for
-// each node (Consul's serfHealth). Agents do not run it, so it is not among
-// /v1/agent/checks; it does count in every health result of the node.
-const NodeLivenessCheckID = "vmesh:node"
+// each node, under Consul's ID and name for it (serfHealth, "Serf Health
+// Status"), so tools that look for it (consul/api's test harness, session
+// defaults) find it; vmesh sets it from heartbeats, not gossip. Agents do
+// not run it, so it is not among /v1/agent/checks; it does count in every
+// health result of the node.
+const (
+	NodeLivenessCheckID   = "serfHealth"
+	NodeLivenessCheckName = "Serf Health Status"
+	// LegacyNodeLivenessCheckID is what older agents named it; the leader
+	// removes such checks.
+	LegacyNodeLivenessCheckID = "vmesh:node"
+)
 
 // Check kinds.
 const (

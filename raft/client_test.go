@@ -101,6 +101,19 @@ func TestClientRoleAndWrites(t *testing.T) {
 		return chk != nil && chk.Status == discovery.HealthPassing
 	})
 
+	// It is Consul's serfHealth; a liveness check an older leader left
+	// under vmesh's old ID is removed.
+	if _, chk, _ := s.store.Check(nil, "web-01", "serfHealth"); chk == nil || chk.Name != "Serf Health Status" {
+		t.Errorf("web-01's liveness check: %+v; want serfHealth named Serf Health Status", chk)
+	}
+	if _, err := s.applyCmd(ctx, discovery.RegisterCheckRequest{Check: discovery.Check{Node: "web-01", CheckID: discovery.LegacyNodeLivenessCheckID, Status: discovery.HealthCritical}}); err != nil {
+		t.Fatal(err)
+	}
+	testkit.WaitFor(t, 10*time.Second, "the old vmesh:node check removed", func() bool {
+		_, chk, _ := s.store.Check(nil, "web-01", discovery.LegacyNodeLivenessCheckID)
+		return chk == nil
+	})
+
 	// Leave: the node is gone, and were it to register again it would be
 	// a client, not a server.
 	if err := c.Leave(ctx); err != nil {

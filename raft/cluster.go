@@ -567,13 +567,18 @@ func (s *Server) checkLiveness(ctx context.Context) {
 			s.removeNode(ctx, n.Name, n.ID)
 			continue
 		}
+		if _, old, _ := s.store.Check(nil, n.Name, discovery.LegacyNodeLivenessCheckID); old != nil {
+			if _, err := s.applyCmd(ctx, discovery.DeregisterCheckRequest{Node: n.Name, CheckID: old.CheckID}); err != nil {
+				s.logger.Warn("removing a node's old liveness check", "node", n.Name, "err", err)
+			}
+		}
 		_, cur, _ := s.store.Check(nil, n.Name, NodeCheckID)
 		if cur != nil && cur.Status == want {
 			continue
 		}
 		if cur == nil {
 			_, err = s.applyCmd(ctx, discovery.RegisterCheckRequest{Check: discovery.Check{
-				Node: n.Name, CheckID: NodeCheckID, Name: "Node liveness", Status: want, Output: output, Type: "vmesh-node",
+				Node: n.Name, CheckID: NodeCheckID, Name: discovery.NodeLivenessCheckName, Status: want, Output: output, Type: "vmesh-node",
 			}})
 		} else {
 			_, err = s.applyCmd(ctx, discovery.UpdateCheckRequest{Node: n.Name, CheckID: NodeCheckID, Status: want, Output: output})

@@ -456,7 +456,7 @@ func TestClusterNodeLiveness(t *testing.T) {
 	for _, e := range entries {
 		if e.Service.ID == "api-3" {
 			for _, c := range e.Checks {
-				if c.CheckID == "vmesh:node" && c.Status == "critical" {
+				if c.CheckID == "serfHealth" && c.Status == "critical" {
 					return
 				}
 			}
