@@ -122,6 +122,8 @@ func (a *API) Register(mux *http.ServeMux) {
 	mux.HandleFunc("GET /v1/catalog/service/{name}", a.catalogService)
 	mux.HandleFunc("GET /v1/catalog/nodes", a.catalogNodes)
 	mux.HandleFunc("GET /v1/catalog/node/{node}", a.catalogNode)
+	mux.HandleFunc("GET /v1/catalog/node-services/{node}", a.catalogNodeServices)
+	mux.HandleFunc("GET /v1/catalog/datacenters", a.catalogDatacenters)
 	// health
 	mux.HandleFunc("GET /v1/health/service/{name}", a.healthService)
 	mux.HandleFunc("GET /v1/health/checks/{name}", a.healthChecks)
@@ -219,10 +221,8 @@ func (a *API) parseQuery(r *http.Request) (queryOptions, error) {
 	q := r.URL.Query()
 	var o queryOptions
 	// Refuse what would otherwise be silently ignored and change the answer.
-	for _, p := range []string{"filter", "node-meta"} {
-		if q.Get(p) != "" {
-			return o, badRequest("?%s is not supported yet", p)
-		}
+	if err := checkFilterParams(r); err != nil {
+		return o, err
 	}
 	if dc := q.Get("dc"); dc != "" && dc != a.Datacenter {
 		return o, &HTTPError{Code: http.StatusInternalServerError, Msg: "No path to datacenter"}

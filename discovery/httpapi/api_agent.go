@@ -88,6 +88,11 @@ func (a *API) serviceDeregister(w http.ResponseWriter, r *http.Request) {
 }
 
 func (a *API) agentServices(w http.ResponseWriter, r *http.Request) {
+	ev, err := requestFilter(r)
+	if err != nil {
+		a.writeError(w, r, err)
+		return
+	}
 	out := map[string]*agentService{}
 	if !a.read(w, r, func(ws memdb.WatchSet) (uint64, error) {
 		idx, insts, err := a.Store.NodeInstances(ws, a.NodeName)
@@ -95,6 +100,10 @@ func (a *API) agentServices(w http.ResponseWriter, r *http.Request) {
 		for _, in := range insts {
 			out[in.ID] = toAgentService(in, a.Datacenter)
 		}
+		if err != nil {
+			return idx, err
+		}
+		out, err = filterMap(ev, out)
 		return idx, err
 	}) {
 		return
@@ -119,6 +128,11 @@ func (a *API) agentService(w http.ResponseWriter, r *http.Request) {
 }
 
 func (a *API) agentChecks(w http.ResponseWriter, r *http.Request) {
+	ev, err := requestFilter(r)
+	if err != nil {
+		a.writeError(w, r, err)
+		return
+	}
 	out := map[string]*healthCheck{}
 	if !a.read(w, r, func(ws memdb.WatchSet) (uint64, error) {
 		idx, checks, err := a.Store.NodeChecks(ws, a.NodeName)
@@ -128,6 +142,10 @@ func (a *API) agentChecks(w http.ResponseWriter, r *http.Request) {
 				out[c.CheckID] = toHealthCheck(c)
 			}
 		}
+		if err != nil {
+			return idx, err
+		}
+		out, err = filterMap(ev, out)
 		return idx, err
 	}) {
 		return

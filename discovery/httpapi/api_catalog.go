@@ -2,32 +2,97 @@ package httpapi
 
 import (
 	"net/http"
+	"slices"
+
+	"github.com/hashicorp/go-bexpr"
 
 	"github.com/hashicorp/go-memdb"
 	"github.com/vmesh/vmesh/discovery"
 )
 
 func (a *API) catalogServices(w http.ResponseWriter, r *http.Request) {
+	ev, err := requestFilter(r)
+	if err != nil {
+		a.writeError(w, r, err)
+		return
+	}
+	meta, err := nodeMetaFilter(r)
+	if err != nil {
+		a.writeError(w, r, err)
+		return
+	}
 	var out map[string][]string
 	if !a.read(w, r, func(ws memdb.WatchSet) (uint64, error) {
 		idx, tags, err := a.Store.ServiceTags(ws)
 		out = tags
-		return idx, err
+		if err != nil || (ev == nil && meta == nil) {
+			return idx, err
+		}
+		// Filtered: the names and tags of the instances that match, as
+		// Consul filters the service nodes before it sums them up.
+		out = map[string][]string{}
+		for name := range tags {
+			_, entries, err := a.Store.ServiceNodes(ws, name, nil)
+			if err != nil {
+				return idx, err
+			}
+			for _, e := range entries {
+				if e.Node == nil || !metaMatches(e.Node.Meta, meta) {
+					continue
+				}
+				cs := toCatalogService(e, a.Datacenter)
+				if ev != nil {
+					if ok, err := ev.Evaluate(cs); err != nil {
+						return idx, badRequest("Failed to apply the filter: %v", err)
+					} else if !ok {
+						continue
+					}
+				}
+				have := out[name]
+				if have == nil {
+					have = []string{}
+				}
+				for _, t := range cs.ServiceTags {
+					if !slices.Contains(have, t) {
+						have = append(have, t)
+					}
+				}
+				out[name] = have
+			}
+		}
+		return idx, nil
 	}) {
 		return
 	}
 	writeJSON(w, out)
 }
 
+// catalogDatacenters lists the one datacenter vmesh has (no WAN
+// federation).
+func (a *API) catalogDatacenters(w http.ResponseWriter, r *http.Request) {
+	writeJSON(w, []string{a.Datacenter})
+}
+
 func (a *API) catalogService(w http.ResponseWriter, r *http.Request) {
 	tags := r.URL.Query()["tag"]
+	ev, meta, err := listFilters(r)
+	if err != nil {
+		a.writeError(w, r, err)
+		return
+	}
 	var out []*catalogService
 	if !a.read(w, r, func(ws memdb.WatchSet) (uint64, error) {
 		idx, entries, err := a.Store.ServiceNodes(ws, r.PathValue("name"), tags)
 		out = make([]*catalogService, 0, len(entries))
 		for _, e := range entries {
-			out = append(out, toCatalogService(e, a.Datacenter))
+			if meta == nil || (e.Node != nil && metaMatches(e.Node.Meta, meta)) {
+				out = append(out, toCatalogService(e, a.Datacenter))
+			}
 		}
+		if err != nil {
+			return idx, err
+		}
+		out, err = filterSlice(ev, out)
 		return idx, err
 	}) {
 		return
@@ -53,13 +118,24 @@ func toCatalogService(e discovery.ServiceEntry, dc string) *catalogService {
 }
 
 func (a *API) catalogNodes(w http.ResponseWriter, r *http.Request) {
+	ev, meta, err := listFilters(r)
+	if err != nil {
+		a.writeError(w, r, err)
+		return
+	}
 	var out []*wireNode
 	if !a.read(w, r, func(ws memdb.WatchSet) (uint64, error) {
 		idx, nodes, err := a.Store.Nodes(ws)
 		out = make([]*wireNode, 0, len(nodes))
 		for _, n := range nodes {
-			out = append(out, toWireNode(n))
+			if metaMatches(n.Meta, meta) {
+				out = append(out, toWireNode(n))
+			}
 		}
+		if err != nil {
+			return idx, err
+		}
+		out, err = filterSlice(ev, out)
 		return idx, err
 	}) {
 		return
@@ -72,6 +148,11 @@ func (a *API) catalogNode(w http.ResponseWriter, r *http.Request) {
 		Node     *wireNode
 		Services map[string]*agentService
 	}
+	ev, err := requestFilter(r)
+	if err != nil {
+		a.writeError(w, r, err)
+		return
+	}
 	var out *catalogNode
 	if !a.read(w, r, func(ws memdb.WatchSet) (uint64, error) {
 		idx, n, insts, err := a.Store.Node(ws, r.PathValue("node"))
@@ -80,6 +161,9 @@ func (a *API) catalogNode(w http.ResponseWriter, r *http.Request) {
 			out = &catalogNode{Node: toWireNode(n), Services: map[string]*agentService{}}
 			for _, in := range insts {
 				out.Services[in.ID] = toAgentService(in, a.Datacenter)
+			}
+			if err == nil {
+				out.Services, err = filterMap(ev, out.Services)
 			}
 		}
 		return idx, err
@@ -96,16 +180,28 @@ func (a *API) healthService(w http.ResponseWriter, r *http.Request) {
 	if v := q.Get("passing"); v == "false" || v == "0" {
 		passing = false
 	}
+	ev, meta, err := listFilters(r)
+	if err != nil {
+		a.writeError(w, r, err)
+		return
+	}
 	var out []*serviceEntry
 	if !a.read(w, r, func(ws memdb.WatchSet) (uint64, error) {
 		idx, entries, err := a.Store.CheckServiceNodes(ws, r.PathValue("name"), q["tag"], passing)
 		out = make([]*serviceEntry, 0, len(entries))
 		for _, e := range entries {
+			if meta != nil && (e.Node == nil || !metaMatches(e.Node.Meta, meta)) {
+				continue
+			}
 			out = append(out, &serviceEntry{
 				Node: toWireNode(e.Node), Service: toAgentService(e.Instance, a.Datacenter),
 				Checks: toHealthChecks(e.Checks),
 			})
 		}
+		if err != nil {
+			return idx, err
+		}
+		out, err = filterSlice(ev, out)
 		return idx, err
 	}) {
 		return
@@ -114,10 +210,19 @@ func (a *API) healthService(w http.ResponseWriter, r *http.Request) {
 }
 
 func (a *API) checksReply(w http.ResponseWriter, r *http.Request, query func(ws memdb.WatchSet) (uint64, []*discovery.Check, error)) {
+	ev, err := requestFilter(r)
+	if err != nil {
+		a.writeError(w, r, err)
+		return
+	}
 	var out []*healthCheck
 	if !a.read(w, r, func(ws memdb.WatchSet) (uint64, error) {
 		idx, checks, err := query(ws)
 		out = toHealthChecks(checks)
+		if err != nil {
+			return idx, err
+		}
+		out, err = filterSlice(ev, out)
 		return idx, err
 	}) {
 		return
@@ -146,4 +251,45 @@ func (a *API) healthNode(w http.ResponseWriter, r *http.Request) {
 	a.checksReply(w, r, func(ws memdb.WatchSet) (uint64, []*discovery.Check, error) {
 		return a.Store.NodeChecks(ws, r.PathValue("node"))
 	})
+}
+
+// catalogNodeServices is a node and its services as a list (Consul's
+// /v1/catalog/node-services/:node).
+func (a *API) catalogNodeServices(w http.ResponseWriter, r *http.Request) {
+	type nodeServices struct {
+		Node     *wireNode
+		Services []*agentService
+	}
+	ev, err := requestFilter(r)
+	if err != nil {
+		a.writeError(w, r, err)
+		return
+	}
+	var out *nodeServices
+	if !a.read(w, r, func(ws memdb.WatchSet) (uint64, error) {
+		idx, n, insts, err := a.Store.Node(ws, r.PathValue("node"))
+		out = nil
+		if n != nil && err == nil {
+			out = &nodeServices{Node: toWireNode(n), Services: []*agentService{}}
+			for _, in := range insts {
+				out.Services = append(out.Services, toAgentService(in, a.Datacenter))
+			}
+			out.Services, err = filterSlice(ev, out.Services)
+		}
+		return idx, err
+	}) {
+		return
+	}
+	// Consul answers an unknown node with 200 and null.
+	writeJSON(w, out)
+}
+
+// listFilters is a list endpoint's ?filter= and ?node-meta=.
+func listFilters(r *http.Request) (*bexpr.Evaluator, map[string]string, error) {
+	ev, err := requestFilter(r)
+	if err != nil {
+		return nil, nil, err
+	}
+	meta, err := nodeMetaFilter(r)
+	return ev, meta, err
 }
