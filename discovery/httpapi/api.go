@@ -142,6 +142,8 @@ func (a *API) Register(mux *http.ServeMux) {
 	a.registerIntentions(mux)
 	// vmesh's own: VIPs, cluster membership, diagnostics (vmesh.go)
 	a.registerVmesh(mux)
+	// Anything else under /v1/: a 404 with Consul's headers.
+	mux.HandleFunc("/v1/", a.notImplemented)
 }
 
 // HTTPError is an error with the status code the API answers it with.
@@ -224,8 +226,8 @@ func (a *API) parseQuery(r *http.Request) (queryOptions, error) {
 	if err := checkFilterParams(r); err != nil {
 		return o, err
 	}
-	if dc := q.Get("dc"); dc != "" && dc != a.Datacenter {
-		return o, &HTTPError{Code: http.StatusInternalServerError, Msg: "No path to datacenter"}
+	if err := a.checkDC(r); err != nil {
+		return o, err
 	}
 	if s := q.Get("index"); s != "" {
 		v, err := strconv.ParseUint(s, 10, 64)
@@ -250,6 +252,29 @@ func (a *API) parseQuery(r *http.Request) (queryOptions, error) {
 		return o, badRequest("Cannot specify ?stale with ?consistent, conflicting semantics.")
 	}
 	return o, nil
+}
+
+// checkDC refuses ?dc= naming another datacenter, as Consul does when it
+// has no path there (vmesh has one datacenter per cluster).
+func (a *API) checkDC(r *http.Request) error {
+	if dc := r.URL.Query().Get("dc"); dc != "" && dc != a.Datacenter {
+		return &HTTPError{Code: http.StatusInternalServerError, Msg: "No path to datacenter"}
+	}
+	return nil
+}
+
+// notImplemented answers an endpoint vmesh does not have with a 404 that
+// carries Consul's read headers, so that clients which read them on
+// every answer (python-consul) report the 404 instead of failing on a
+// missing header.
+func (a *API) notImplemented(w http.ResponseWriter, r *http.Request) {
+	leader, _ := a.Cluster.Leader()
+	w.Header().Set("X-Consul-Index", "1")
+	w.Header().Set("X-Consul-KnownLeader", strconv.FormatBool(leader != ""))
+	w.Header().Set("X-Consul-LastContact", strconv.FormatInt(a.Cluster.LastContact().Milliseconds(), 10))
+	w.Header().Set("Content-Type", "text/plain; charset=utf-8")
+	w.WriteHeader(http.StatusNotFound)
+	io.WriteString(w, "vmesh does not implement "+r.Method+" "+r.URL.Path)
 }
 
 // read runs a (possibly blocking) query and writes Consul's headers. query
@@ -331,11 +356,19 @@ func (a *API) apply(r *http.Request, cmd discovery.Command) (uint64, error) {
 }
 
 func (a *API) statusLeader(w http.ResponseWriter, r *http.Request) {
+	if err := a.checkDC(r); err != nil {
+		a.writeError(w, r, err)
+		return
+	}
 	addr, _ := a.Cluster.Leader()
 	writeJSON(w, addr)
 }
 
 func (a *API) statusPeers(w http.ResponseWriter, r *http.Request) {
+	if err := a.checkDC(r); err != nil {
+		a.writeError(w, r, err)
+		return
+	}
 	peers, err := a.Cluster.Peers()
 	if err != nil {
 		a.writeError(w, r, err)

@@ -100,3 +100,33 @@ func TestFilterPrometheusConsulSD(t *testing.T) {
 		t.Errorf("datacenters: %v, %v; want [dc1]", dcs, err)
 	}
 }
+
+// TestUnimplementedAndDC: an endpoint vmesh lacks is a 404 with Consul's
+// read headers; ?dc= naming another datacenter is refused on /v1/status
+// as on every read.
+func TestUnimplementedAndDC(t *testing.T) {
+	s := discovery.NewStore()
+	a := &API{Store: s, Writer: &fakeWriter{s: s, idx: 1}, Cluster: fakeCluster{}, NodeName: "n1", Datacenter: "dc1"}
+	mux := http.NewServeMux()
+	a.Register(mux)
+	srv := httptest.NewServer(mux)
+	t.Cleanup(srv.Close)
+	resp, err := http.Get(srv.URL + "/v1/no/such/endpoint")
+	if err != nil {
+		t.Fatal(err)
+	}
+	resp.Body.Close()
+	if resp.StatusCode != http.StatusNotFound || resp.Header.Get("X-Consul-Index") == "" || resp.Header.Get("X-Consul-KnownLeader") == "" {
+		t.Errorf("unimplemented endpoint: %s, headers %v; want 404 with X-Consul-Index and X-Consul-KnownLeader", resp.Status, resp.Header)
+	}
+	for _, path := range []string{"/v1/status/leader?dc=dc2", "/v1/status/peers?dc=dc2"} {
+		resp, err := http.Get(srv.URL + path)
+		if err != nil {
+			t.Fatal(err)
+		}
+		resp.Body.Close()
+		if resp.StatusCode != http.StatusInternalServerError {
+			t.Errorf("%s: %s; want 500 No path to datacenter", path, resp.Status)
+		}
+	}
+}
