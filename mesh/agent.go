@@ -204,6 +204,7 @@ func (a *Agent) startHTTP(context.Context) error {
 		Members: a.member.AgentMembers, Logger: a.logger.With("component", "http"), WaitReady: a.local.WaitReady,
 		IntentionsDefaultAllow: a.cfg.IntentionsDefaultAllow(), UserPorts: a.userPorts,
 		Operator: operator{a.member, a}, Diagnostics: a.diagnostics(), RemoteKV: a.member,
+		ChecksWritten: a.local.SyncChecks,
 	}
 	mux := http.NewServeMux()
 	api.Register(mux)

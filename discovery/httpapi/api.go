@@ -71,6 +71,10 @@ type API struct {
 	// them out. Diagnostics mounts other packages' read-only handlers.
 	Operator    Operator
 	Diagnostics Diagnostics
+	// ChecksWritten, when set, is called after a write of this node's
+	// services or checks, before the answer: the agent hands the new
+	// checks to its runner, so a TTL update sent right after finds them.
+	ChecksWritten func()
 	// RemoteKV, when set and HoldsKV says no, serves KV reads: a client
 	// agent holds no KV and asks a server, as a Consul client does.
 	RemoteKV RemoteKV

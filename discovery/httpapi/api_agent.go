@@ -25,7 +25,14 @@ func (a *API) serviceRegister(w http.ResponseWriter, r *http.Request) {
 		a.writeError(w, r, err)
 		return
 	}
+	a.checksWritten()
 	w.WriteHeader(http.StatusOK)
+}
+
+func (a *API) checksWritten() {
+	if a.ChecksWritten != nil {
+		a.ChecksWritten()
+	}
 }
 
 // registerService checks req against this node's other instances, gives
@@ -171,6 +178,7 @@ func (a *API) checkRegister(w http.ResponseWriter, r *http.Request) {
 		a.writeError(w, r, err)
 		return
 	}
+	a.checksWritten()
 	w.WriteHeader(http.StatusOK)
 }
 

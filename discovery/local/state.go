@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"log/slog"
+	"sync"
 	"time"
 
 	"github.com/hashicorp/go-memdb"
@@ -30,7 +31,8 @@ type State struct {
 	}
 	Logger *slog.Logger
 
-	ready chan struct{}
+	ready  chan struct{}
+	syncMu sync.Mutex // one read-and-Sync at a time, so a later read is never undone by an earlier one
 }
 
 // New returns an idle State; Run does the work.
@@ -78,16 +80,37 @@ func (l *State) Run(ctx context.Context) {
 	}
 	for {
 		ws := memdb.NewWatchSet()
-		_, checks, err := l.Store.NodeChecks(ws, l.Node.Name)
-		if err != nil {
+		if err := l.syncChecks(ws); err != nil {
 			l.Logger.Error("reading local checks", "err", err)
-		} else {
-			l.Checks.Sync(checks)
 		}
 		if ws.WatchCtx(ctx) != nil {
 			return
 		}
 	}
+}
+
+// SyncChecks hands the checks the catalog holds for this node to the
+// check runner now, without waiting for the watch loop: a registration
+// answers only once the runner knows its checks, so a TTL update sent
+// right after it finds the check.
+func (l *State) SyncChecks() {
+	if err := l.syncChecks(nil); err != nil {
+		l.Logger.Error("reading local checks", "err", err)
+	}
+}
+
+func (l *State) syncChecks(ws memdb.WatchSet) error {
+	l.syncMu.Lock()
+	defer l.syncMu.Unlock()
+	if l.Store == nil || l.Checks == nil {
+		return nil // not running yet: Run syncs first thing
+	}
+	_, checks, err := l.Store.NodeChecks(ws, l.Node.Name)
+	if err != nil {
+		return err
+	}
+	l.Checks.Sync(checks)
+	return nil
 }
 
 // registerNode writes the node unless the catalog already holds it as is.
