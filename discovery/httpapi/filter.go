@@ -60,7 +60,7 @@ func requestFilter(r *http.Request) (*bexpr.Evaluator, error) {
 	}
 	ev, err := bexpr.CreateEvaluator(expr)
 	if err != nil {
-		return nil, badRequest("Failed to create boolean expression evaluator: %v", err)
+		return nil, badRequest("Failed to create boolean expression evaluator for ?filter=%q: %v", expr, err)
 	}
 	return ev, nil
 }
