@@ -303,3 +303,18 @@ func TestDecodeHCLFileErrors(t *testing.T) {
 		t.Error("unknown syntax: want an error")
 	}
 }
+
+// TestDecodeEmptyFile: an empty or blank file sets nothing, JSON as HCL;
+// a JSON file that is not empty must still be a whole object.
+func TestDecodeEmptyFile(t *testing.T) {
+	for _, tc := range []struct{ syntax, src string }{{"json", ""}, {"json", " \n\t"}, {"hcl", ""}} {
+		got := testService{Name: "kept"}
+		if err := Decode("empty."+tc.syntax, []byte(tc.src), tc.syntax, &got); err != nil || got.Name != "kept" {
+			t.Errorf("%s %q: %+v, %v; want nothing changed and no error", tc.syntax, tc.src, got, err)
+		}
+	}
+	var got testService
+	if err := Decode("bad.json", []byte("{"), "json", &got); err == nil {
+		t.Error(`"{" decoded without an error`)
+	}
+}
