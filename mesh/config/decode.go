@@ -62,7 +62,7 @@ func Decode(filename string, src []byte, syntax string, out any) error {
 	if rv.Kind() != reflect.Pointer || rv.IsNil() || rv.Elem().Kind() != reflect.Struct {
 		return fmt.Errorf("%s: decode target must be a non-nil pointer to a struct, got %T", filename, out)
 	}
-	if len(bytes.TrimSpace(src)) == 0 {
+	if len(bytes.TrimSpace(src)) == 0 && (syntax == "hcl" || syntax == "json") {
 		// An empty file sets nothing, in JSON as in HCL (Consul accepts
 		// both; config management often leaves one behind).
 		return nil
