@@ -32,7 +32,7 @@ func (reg *ServiceRegistration) Build(node, source string) (*RegisterServiceRequ
 		bad("Kind", "%q is not supported; only typical services are", reg.Kind)
 	}
 	for field, raw := range map[string][]byte{
-		"Ports": reg.Ports, "TaggedAddresses": reg.TaggedAddresses, "AI": reg.AI, "Locality": reg.Locality,
+		"Ports": reg.Ports, "AI": reg.AI, "Locality": reg.Locality,
 	} {
 		if !emptyRaw(raw) {
 			bad(field, "is not supported yet")
@@ -43,6 +43,14 @@ func (reg *ServiceRegistration) Build(node, source string) (*RegisterServiceRequ
 		// vmesh's proxy is part of the agent.
 		for _, f := range setFields("Proxy.", reg.Proxy) {
 			bad(f, "is not supported: register the service itself, with Connect.SidecarService.Proxy.Upstreams")
+		}
+	}
+	for tag, a := range reg.TaggedAddresses {
+		if tag == "" {
+			bad("TaggedAddresses", "a tag may not be empty")
+		}
+		if a.Port < 0 || a.Port > 65535 {
+			bad("TaggedAddresses."+tag+".Port", "must be between 0 and 65535, got %d", a.Port)
 		}
 	}
 	upstreams := buildConnect(reg.Connect, bad)
@@ -82,6 +90,9 @@ func (reg *ServiceRegistration) Build(node, source string) (*RegisterServiceRequ
 		Node: node, ID: id, Service: reg.Name, Tags: reg.Tags, Address: reg.Address, Port: reg.Port,
 		Meta: reg.Meta, Weights: weights, EnableTagOverride: reg.EnableTagOverride, Source: source,
 		Protocol: protocol, Upstreams: upstreams, User: user,
+	}
+	if len(reg.TaggedAddresses) > 0 {
+		inst.TaggedAddresses = reg.TaggedAddresses
 	}
 
 	var defs []*CheckType

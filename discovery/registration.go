@@ -25,7 +25,7 @@ type ServiceRegistration struct {
 	Ports             json.RawMessage
 	Address           string `hcl:"address"`
 	SocketPath        string
-	TaggedAddresses   json.RawMessage
+	TaggedAddresses   map[string]ServiceAddress
 	EnableTagOverride bool              `hcl:"enable_tag_override"`
 	Meta              map[string]string `hcl:"meta"`
 	Weights           *Weights          `hcl:"weights"`

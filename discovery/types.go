@@ -38,12 +38,16 @@ type Weights struct {
 // Instance is one registered instance of a service on a node (Consul's
 // "service" in a node's service list).
 type Instance struct {
-	Node              string
-	ID                string
-	Service           string
-	Tags              []string
-	Address           string
-	Port              int
+	Node    string
+	ID      string
+	Service string
+	Tags    []string
+	Address string
+	Port    int
+	// TaggedAddresses are Consul's extra addresses of the instance by tag
+	// ("lan_ipv4", "wan", …), kept and served as registered; vmesh routes
+	// by Address and Port. Nil when there are none.
+	TaggedAddresses   map[string]ServiceAddress `json:",omitempty"`
 	Meta              map[string]string
 	Weights           Weights
 	EnableTagOverride bool
@@ -77,6 +81,12 @@ type Instance struct {
 	UserPort    int
 	CreateIndex uint64
 	ModifyIndex uint64
+}
+
+// ServiceAddress is one of an instance's tagged addresses.
+type ServiceAddress struct {
+	Address string
+	Port    int
 }
 
 // NodeLivenessCheckID is the node-level check the raft leader keeps for

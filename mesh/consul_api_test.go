@@ -5,6 +5,7 @@ import (
 	"net/http"
 	"net/http/httptest"
 	"sort"
+	"strings"
 	"sync/atomic"
 	"testing"
 	"time"
@@ -286,5 +287,33 @@ func TestRegisterThenTTLAtOnce(t *testing.T) {
 		if err := client.Agent().UpdateTTL(id+"-ttl", "ok", api.HealthPassing); err != nil {
 			t.Fatalf("TTL update right after registration %d: %v", i, err)
 		}
+	}
+}
+
+// TestTaggedAddressesKept: a service's TaggedAddresses (which the consul
+// CLI and consul-esm send) are kept and served by the agent and catalog
+// endpoints; a bad port among them is a 400 naming it.
+func TestTaggedAddressesKept(t *testing.T) {
+	a := startAgent(t, testConfig(t))
+	client, err := api.NewClient(&api.Config{Address: a.HTTPAddr()})
+	if err != nil {
+		t.Fatal(err)
+	}
+	reg := &api.AgentServiceRegistration{ID: "web-1", Name: "web", Port: 8080, Address: "10.0.0.5",
+		TaggedAddresses: map[string]api.ServiceAddress{"wan": {Address: "203.0.113.5", Port: 80}, "lan_ipv4": {Address: "10.0.0.5", Port: 8080}}}
+	if err := client.Agent().ServiceRegister(reg); err != nil {
+		t.Fatal(err)
+	}
+	svc, _, err := client.Agent().Service("web-1", nil)
+	if err != nil || svc.TaggedAddresses["wan"].Address != "203.0.113.5" || svc.TaggedAddresses["wan"].Port != 80 {
+		t.Errorf("agent service: %+v, %v; want the wan tagged address", svc, err)
+	}
+	cs, _, err := client.Catalog().Service("web", "", nil)
+	if err != nil || len(cs) != 1 || cs[0].ServiceTaggedAddresses["lan_ipv4"].Port != 8080 {
+		t.Errorf("catalog service: %+v, %v; want the lan_ipv4 tagged address", cs, err)
+	}
+	reg.TaggedAddresses = map[string]api.ServiceAddress{"wan": {Address: "x", Port: 70000}}
+	if err := client.Agent().ServiceRegister(reg); err == nil || !strings.Contains(err.Error(), "TaggedAddresses.wan.Port") {
+		t.Errorf("a tagged address with port 70000: %v; want a 400 naming TaggedAddresses.wan.Port", err)
 	}
 }

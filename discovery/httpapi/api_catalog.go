@@ -105,7 +105,7 @@ func toCatalogService(e discovery.ServiceEntry, dc string) *catalogService {
 	cs := &catalogService{
 		Node: in.Node, Datacenter: dc,
 		ServiceID: in.ID, ServiceName: in.Service, ServiceAddress: in.Address, ServiceTags: nonNil(in.Tags),
-		ServiceMeta: nonNilMap(in.Meta), ServicePort: in.Port,
+		ServiceMeta: nonNilMap(in.Meta), ServicePort: in.Port, ServiceTaggedAddresses: in.TaggedAddresses,
 		ServiceWeights:           wireWeights{Passing: in.Weights.Passing, Warning: in.Weights.Warning},
 		ServiceEnableTagOverride: in.EnableTagOverride, CreateIndex: in.CreateIndex, ModifyIndex: in.ModifyIndex,
 		NodeMeta: map[string]string{}, TaggedAddresses: map[string]string{},

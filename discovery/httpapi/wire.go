@@ -25,6 +25,7 @@ type agentService struct {
 	Meta              map[string]string
 	Port              int
 	Address           string
+	TaggedAddresses   map[string]discovery.ServiceAddress `json:",omitempty"`
 	Weights           wireWeights
 	EnableTagOverride bool
 	CreateIndex       uint64
@@ -91,6 +92,7 @@ type catalogService struct {
 	ServiceTags              []string
 	ServiceMeta              map[string]string
 	ServicePort              int
+	ServiceTaggedAddresses   map[string]discovery.ServiceAddress `json:",omitempty"`
 	ServiceWeights           wireWeights
 	ServiceEnableTagOverride bool
 	CreateIndex              uint64
@@ -123,7 +125,7 @@ func nonNil[T any](s []T) []T {
 func toAgentService(in *discovery.Instance, dc string) *agentService {
 	return &agentService{
 		ID: in.ID, Service: in.Service, Tags: nonNil(in.Tags), Meta: nonNilMap(in.Meta),
-		Port: in.Port, Address: in.Address,
+		Port: in.Port, Address: in.Address, TaggedAddresses: in.TaggedAddresses,
 		Weights:           wireWeights{Passing: in.Weights.Passing, Warning: in.Weights.Warning},
 		EnableTagOverride: in.EnableTagOverride, CreateIndex: in.CreateIndex, ModifyIndex: in.ModifyIndex,
 		Datacenter: dc,
