@@ -31,6 +31,7 @@ var importRules = []struct {
 	never []string
 	why   string
 }{
+	{"acl", nothing, nil, "the ACL model is a leaf: the HTTP API and the raft state both use it, so it can know neither"},
 	{"discovery", nothing, nil, "the catalog is the bottom layer; its sub-packages build on it, never the reverse"},
 	{"discovery/...", []string{"discovery/..."}, nil, "discovery's HTTP API writes through an interface that raft implements and mesh wires in"},
 	{"raft/...", []string{"discovery", "raft/..."}, nil, "the FSM writes the catalog; consensus knows nothing of HTTP, DNS, checks, the data plane or the host"},
