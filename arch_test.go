@@ -32,9 +32,9 @@ var importRules = []struct {
 	why   string
 }{
 	{"acl", nothing, nil, "the ACL model is a leaf: the HTTP API and the raft state both use it, so it can know neither"},
-	{"discovery", nothing, nil, "the catalog is the bottom layer; its sub-packages build on it, never the reverse"},
-	{"discovery/...", []string{"discovery/..."}, nil, "discovery's HTTP API writes through an interface that raft implements and mesh wires in"},
-	{"raft/...", []string{"discovery", "raft/..."}, nil, "the FSM writes the catalog; consensus knows nothing of HTTP, DNS, checks, the data plane or the host"},
+	{"discovery", []string{"acl"}, nil, "the catalog is the bottom layer (it stores the ACL model's tokens and policies); its sub-packages build on it, never the reverse"},
+	{"discovery/...", []string{"discovery/...", "acl"}, nil, "discovery's HTTP API writes through an interface that raft implements and mesh wires in"},
+	{"raft/...", []string{"discovery", "acl", "raft/..."}, nil, "the FSM writes the catalog; consensus knows nothing of HTTP, DNS, checks, the data plane or the host"},
 	{"dataplane/xds/...", []string{"discovery", "dataplane/metrics", "dataplane/xds/..."}, nil, "the xDS translator reads the catalog and nothing else"},
 	{"dataplane/proxy/...", []string{"dataplane/metrics", "dataplane/proxy/..."}, nil, "the proxy learns everything through xDS, so Envoy can replace it and it can run as its own process"},
 	{"dataplane/metrics", nothing, nil, "a leaf the proxy may import"},

@@ -93,6 +93,28 @@ func (r *Resolver) Resolve(secret string) (*Token, *Authorizer, error) {
 // is skipped, as Consul does. The built-in policies' rules are fixed and
 // never read from the store. It does not check expiry (Resolve does).
 func (r *Resolver) Authorizer(tok *Token) (*Authorizer, error) {
+	rules, err := r.Rules(tok)
+	if err != nil {
+		return nil, err
+	}
+	return NewAuthorizer(tok.AccessorID, r.cfg.DefaultPolicy, rules), nil
+}
+
+// ResolveRules is Resolve's token and the rules its Authorizer is built
+// from, for a server to hand to a client that builds the Authorizer
+// itself (with its own default policy).
+func (r *Resolver) ResolveRules(secret string) (*Token, []Rule, error) {
+	tok, _, err := r.Resolve(secret)
+	if err != nil {
+		return nil, nil, err
+	}
+	rules, err := r.Rules(tok)
+	return tok, rules, err
+}
+
+// Rules are the rules of tok's policies, roles and identities that apply
+// in this datacenter (Authorizer's input).
+func (r *Resolver) Rules(tok *Token) ([]Rule, error) {
 	var rules []Rule
 	add := func(links []Link, svcs []ServiceIdentity, nodes []NodeIdentity) error {
 		for _, l := range links {
@@ -129,7 +151,7 @@ func (r *Resolver) Authorizer(tok *Token) (*Authorizer, error) {
 			return nil, err
 		}
 	}
-	return NewAuthorizer(tok.AccessorID, r.cfg.DefaultPolicy, rules), nil
+	return rules, nil
 }
 
 func (r *Resolver) policyRules(l Link) ([]Rule, error) {

@@ -4,6 +4,7 @@ import (
 	"fmt"
 
 	"github.com/hashicorp/go-memdb"
+	"github.com/vmesh/vmesh/acl"
 )
 
 // Snapshot is a point-in-time, read-only view of the whole catalog. Taking
@@ -70,6 +71,8 @@ func (sn *Snapshot) Walk(fn func(RecordType, any) error) error {
 		{tableConfigEntries, RecordConfig},
 		{tableIntentions, RecordIntention},
 		{tableVIPs, RecordVIP},
+		{tableACLTokens, RecordACLToken}, {tableACLPolicies, RecordACLPolicy},
+		{tableACLRoles, RecordACLRole}, {tableACLMeta, RecordACLMeta},
 	} {
 		if err := walk(t.table, t.rt); err != nil {
 			return fmt.Errorf("walking %s: %w", t.table, err)
@@ -118,6 +121,14 @@ func (r *Restorer) Add(rt RecordType, rec any) error {
 		return r.tx.Insert(tableIntentions, v)
 	case *VIP:
 		return r.tx.Insert(tableVIPs, v)
+	case *acl.Token:
+		return r.tx.Insert(tableACLTokens, v)
+	case *acl.Policy:
+		return r.tx.Insert(tableACLPolicies, v)
+	case *acl.Role:
+		return r.tx.Insert(tableACLRoles, v)
+	case *ACLMeta:
+		return r.tx.Insert(tableACLMeta, v)
 	}
 	return fmt.Errorf("%w: record type %d (%T)", ErrInvalid, rt, rec)
 }
@@ -145,6 +156,14 @@ func NewRecord(rt RecordType) (any, error) {
 		return &Intention{}, nil
 	case RecordVIP:
 		return &VIP{}, nil
+	case RecordACLToken:
+		return &acl.Token{}, nil
+	case RecordACLPolicy:
+		return &acl.Policy{}, nil
+	case RecordACLRole:
+		return &acl.Role{}, nil
+	case RecordACLMeta:
+		return &ACLMeta{}, nil
 	}
 	return nil, fmt.Errorf("%w: unknown snapshot record type %d", ErrInvalid, rt)
 }

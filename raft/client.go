@@ -179,7 +179,7 @@ func (c *Client) Apply(ctx context.Context, cmd discovery.Command) (uint64, erro
 		return 0, err
 	}
 	var resp ForwardResponse
-	if err := c.leaderCall(ctx, "Forward", &ForwardRequest{Command: buf}, &resp, true); err != nil {
+	if err := c.leaderCall(ctx, "Forward", &ForwardRequest{Command: buf, Token: discovery.TokenFrom(ctx)}, &resp, true); err != nil {
 		return 0, err
 	}
 	if resp.Index > 0 {

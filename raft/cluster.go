@@ -192,7 +192,7 @@ func (s *Server) forward(ctx context.Context, buf []byte) (uint64, error) {
 	// A call that may have reached a dying leader is sent again: writes
 	// are idempotent registrations or carry a CAS index, and only a
 	// committed write is ever acknowledged.
-	err := s.leaderCall(ctx, "Forward", &ForwardRequest{Command: buf}, &resp, true)
+	err := s.leaderCall(ctx, "Forward", &ForwardRequest{Command: buf, Token: discovery.TokenFrom(ctx)}, &resp, true)
 	if errors.Is(err, ErrNotLeader) && s.IsLeader() {
 		return s.applyLocal(ctx, buf)
 	}
@@ -269,6 +269,12 @@ func (s *Server) rpcForward(ctx context.Context, req *ForwardRequest) (*ForwardR
 	if err := authorizeForward(caller, req.Command); err != nil {
 		s.logger.Warn("refused a forwarded command", "caller", caller, "err", err)
 		return nil, err
+	}
+	if forwardRules[discovery.MessageType(req.Command[0])&^discovery.IgnoreUnknownTypeFlag] == forwardAny {
+		if err := s.authorizeForwardACL(req.Token, req.Command); err != nil {
+			s.logger.Warn("refused a forwarded command by ACL", "caller", caller, "err", err)
+			return nil, err
+		}
 	}
 	if !s.IsLeader() {
 		return nil, s.notLeader(ctx)

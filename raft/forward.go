@@ -19,8 +19,9 @@ import (
 //     so no node can plant a CA, mint a backdoor use of a token or move a
 //     VIP;
 //   - cluster-wide writes an operator makes through any member's HTTP API
-//     (KV, config entries, intentions, join token create and revoke) are
-//     forwarded as they are; ACL tokens decide who may make them.
+//     (KV, config entries, intentions, join tokens, the ACL state) carry
+//     the request's ACL token, and the leader authorizes them with it
+//     (acl.go) when ACLs are on.
 type forwardRule int
 
 const (
@@ -46,6 +47,14 @@ var forwardRules = map[discovery.MessageType]forwardRule{
 	discovery.TokenCreateType:       forwardAny,
 	discovery.TokenDeleteType:       forwardAny,
 	discovery.TokenRevokeType:       forwardAny,
+	discovery.ACLTokenSetType:       forwardAny,
+	discovery.ACLTokenDeleteType:    forwardAny,
+	discovery.ACLPolicySetType:      forwardAny,
+	discovery.ACLPolicyDeleteType:   forwardAny,
+	discovery.ACLRoleSetType:        forwardAny,
+	discovery.ACLRoleDeleteType:     forwardAny,
+	discovery.ACLBootstrapType:      forwardAny,
+	discovery.ACLChangedType:        forwardLeaderOnly,
 }
 
 // authorizeForward checks that caller may have the leader apply buf (one

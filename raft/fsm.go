@@ -86,6 +86,37 @@ var appliers = map[discovery.MessageType]applier{
 		var req discovery.IntentionRequest
 		return orErr(decode(buf, &req), func() error { return s.IntentionApply(idx, req.Op, &req.Intention) })
 	},
+	discovery.ACLTokenSetType: func(s *discovery.Store, buf []byte, idx uint64) any {
+		var req discovery.ACLTokenSetRequest
+		return orErr(decode(buf, &req), func() error { return s.ACLTokenSet(idx, &req.Token) })
+	},
+	discovery.ACLTokenDeleteType: func(s *discovery.Store, buf []byte, idx uint64) any {
+		var req discovery.ACLTokenDeleteRequest
+		return orErr(decode(buf, &req), func() error { return s.ACLTokenDelete(idx, req.AccessorID) })
+	},
+	discovery.ACLPolicySetType: func(s *discovery.Store, buf []byte, idx uint64) any {
+		var req discovery.ACLPolicySetRequest
+		return orErr(decode(buf, &req), func() error { return s.ACLPolicySet(idx, &req.Policy) })
+	},
+	discovery.ACLPolicyDeleteType: func(s *discovery.Store, buf []byte, idx uint64) any {
+		var req discovery.ACLPolicyDeleteRequest
+		return orErr(decode(buf, &req), func() error { return s.ACLPolicyDelete(idx, req.ID) })
+	},
+	discovery.ACLRoleSetType: func(s *discovery.Store, buf []byte, idx uint64) any {
+		var req discovery.ACLRoleSetRequest
+		return orErr(decode(buf, &req), func() error { return s.ACLRoleSet(idx, &req.Role) })
+	},
+	discovery.ACLRoleDeleteType: func(s *discovery.Store, buf []byte, idx uint64) any {
+		var req discovery.ACLRoleDeleteRequest
+		return orErr(decode(buf, &req), func() error { return s.ACLRoleDelete(idx, req.ID) })
+	},
+	discovery.ACLBootstrapType: func(s *discovery.Store, buf []byte, idx uint64) any {
+		var req discovery.ACLBootstrapRequest
+		return orErr(decode(buf, &req), func() error { return s.ACLBootstrap(idx, &req.Token, req.ResetIndex) })
+	},
+	discovery.ACLChangedType: func(s *discovery.Store, buf []byte, idx uint64) any {
+		return s.ACLChanged(idx)
+	},
 }
 
 // orErr runs apply unless decoding failed. A command that does not decode

@@ -13,6 +13,7 @@ import (
 
 	"github.com/hashicorp/go-memdb"
 	hraft "github.com/hashicorp/raft"
+	"github.com/vmesh/vmesh/acl"
 	"github.com/vmesh/vmesh/discovery"
 	"github.com/vmesh/vmesh/lab/testkit"
 )
@@ -245,6 +246,73 @@ func TestFSMApplyDispatch(t *testing.T) {
 					CreatedAt: 7, UpdatedAt: 7, CreateIndex: idx, ModifyIndex: idx}
 				if !reflect.DeepEqual(x, want) || i != idx {
 					t.Errorf("intention = %+v at %d, want %+v at %d", x, i, want, idx)
+				}
+			},
+		},
+		{
+			discovery.ACLBootstrapRequest{Token: acl.Token{AccessorID: "boot", SecretID: "boot-secret", Policies: []acl.Link{{ID: acl.ManagementPolicyID}}}},
+			func(t *testing.T, idx uint64) {
+				tok, _ := s.TokenBySecret("boot-secret")
+				p, _ := s.PolicyByID(acl.ManagementPolicyID)
+				anon, _ := s.TokenBySecret(acl.AnonymousSecretID)
+				if b, _ := s.ACLBootstrapIndex(); tok == nil || p == nil || anon == nil || b != idx {
+					t.Errorf("after bootstrap: token %+v, management policy %+v, anonymous %+v, bootstrap index %d; want all at %d", tok, p, anon, b, idx)
+				}
+			},
+		},
+		{
+			discovery.ACLPolicySetRequest{Policy: acl.Policy{ID: "p1", Name: "web-write", Rules: `service "web" { policy = "write" }`}},
+			func(t *testing.T, idx uint64) {
+				if p, _ := s.PolicyByName("web-write"); p == nil || p.ID != "p1" || p.CreateIndex != idx {
+					t.Errorf("policy = %+v, want p1 at %d", p, idx)
+				}
+			},
+		},
+		{
+			discovery.ACLRoleSetRequest{Role: acl.Role{ID: "r1", Name: "web", Policies: []acl.Link{{Name: "web-write"}}}},
+			func(t *testing.T, idx uint64) {
+				if r, _ := s.RoleByID("r1"); r == nil || len(r.Policies) != 1 || r.Policies[0].ID != "p1" {
+					t.Errorf("role = %+v, want r1 linked to p1 by ID", r)
+				}
+			},
+		},
+		{
+			discovery.ACLTokenSetRequest{Token: acl.Token{AccessorID: "a1", SecretID: "s1", Roles: []acl.Link{{ID: "r1"}}}},
+			func(t *testing.T, idx uint64) {
+				if tok, _ := s.TokenBySecret("s1"); tok == nil || tok.Roles[0].Name != "web" || tok.ModifyIndex != idx || s.ACLEpoch() != idx {
+					t.Errorf("token = %+v, epoch %d; want a1 with role web at %d", tok, s.ACLEpoch(), idx)
+				}
+			},
+		},
+		{
+			discovery.ACLTokenDeleteRequest{AccessorID: "a1"},
+			func(t *testing.T, idx uint64) {
+				if tok, _ := s.TokenBySecret("s1"); tok != nil {
+					t.Errorf("token after delete = %+v", tok)
+				}
+			},
+		},
+		{
+			discovery.ACLRoleDeleteRequest{ID: "r1"},
+			func(t *testing.T, idx uint64) {
+				if r, _ := s.RoleByID("r1"); r != nil {
+					t.Errorf("role after delete = %+v", r)
+				}
+			},
+		},
+		{
+			discovery.ACLPolicyDeleteRequest{ID: "p1"},
+			func(t *testing.T, idx uint64) {
+				if p, _ := s.PolicyByID("p1"); p != nil {
+					t.Errorf("policy after delete = %+v", p)
+				}
+			},
+		},
+		{
+			discovery.ACLChangedRequest{},
+			func(t *testing.T, idx uint64) {
+				if s.ACLEpoch() != idx {
+					t.Errorf("ACL epoch %d, want %d", s.ACLEpoch(), idx)
 				}
 			},
 		},

@@ -6,10 +6,13 @@ import (
 	"crypto/x509"
 	"errors"
 	"net"
+	"strings"
 	"sync"
 	"syscall"
 
 	"github.com/spiffe/go-spiffe/v2/spiffeid"
+	"github.com/vmesh/vmesh/acl"
+	"github.com/vmesh/vmesh/discovery"
 	"google.golang.org/genproto/googleapis/rpc/errdetails"
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/codes"
@@ -53,8 +56,13 @@ type AddPeerRequest struct {
 // AddPeerResponse says how the node was added.
 type AddPeerResponse struct{ Voter bool }
 
-// ForwardRequest is an encoded command for the leader to apply.
-type ForwardRequest struct{ Command []byte }
+// ForwardRequest is an encoded command for the leader to apply. Token
+// is the ACL token of the request that made it, for the leader to
+// authorize a cluster-wide write (acl.go).
+type ForwardRequest struct {
+	Command []byte
+	Token   string `json:",omitempty"`
+}
 
 // ForwardResponse is the leader's answer; ErrCode names a catalog error.
 type ForwardResponse struct {
@@ -126,6 +134,8 @@ var clusterServiceDesc = grpc.ServiceDesc{
 		method("Members", (*Server).rpcMembers),
 		method("Stats", (*Server).rpcStats),
 		method("KVRead", (*Server).rpcKVRead),
+		method("ResolveToken", (*Server).rpcResolveToken),
+		method("ACLRead", (*Server).rpcACLRead),
 	},
 	Streams: []grpc.StreamDesc{subscribeStreamDesc},
 }
@@ -288,6 +298,14 @@ func rpcErr(err error) error {
 	switch {
 	case refusedFor(err) == refusedQuorum:
 		return &remoteError{sentinel: ErrQuorum, msg: st.Message()}
+	case st.Code() == codes.PermissionDenied && strings.HasPrefix(st.Message(), acl.ErrPermissionDenied.Error()):
+		return &remoteError{sentinel: acl.ErrPermissionDenied, msg: st.Message()}
+	case st.Code() == codes.PermissionDenied && st.Message() == acl.ErrNotFound.Error():
+		return &remoteError{sentinel: acl.ErrNotFound, msg: st.Message()}
+	case st.Code() == codes.NotFound:
+		return &remoteError{sentinel: discovery.ErrNotFound, msg: st.Message()}
+	case st.Code() == codes.InvalidArgument:
+		return &remoteError{sentinel: discovery.ErrInvalid, msg: st.Message()}
 	case st.Code() == codes.PermissionDenied:
 		return &remoteError{sentinel: ErrPermissionDenied, msg: st.Message()}
 	}

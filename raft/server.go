@@ -66,6 +66,7 @@ type Server struct {
 	cluster   *cluster // nil for a single in-memory node
 	stream    StreamConfig
 	custody   custody // custody.go
+	acl       aclState // acl.go
 	wg        sync.WaitGroup
 	// caughtUp is set once this node's catalog holds every entry that was
 	// committed when it started (after a restart the log is replayed only

@@ -67,6 +67,9 @@ var replicated = map[discovery.MessageType]bool{
 	discovery.ConfigEntryType:       true,
 	discovery.VIPType:               true,
 	discovery.IntentionType:         true,
+	// ACL commands reach a client only as this marker: that ACLs
+	// changed, so it drops the tokens it resolved (replicaCommand).
+	discovery.ACLChangedType: true,
 }
 
 // replicaCommand is the encoded command buf as a client may see it, or
@@ -76,6 +79,9 @@ func replicaCommand(buf []byte) ([]byte, error) {
 		return nil, nil
 	}
 	t := discovery.MessageType(buf[0])
+	if discovery.IsACLCommand(t) {
+		return encodeCommand(discovery.ACLChangedRequest{})
+	}
 	if !replicated[t] {
 		return nil, nil
 	}

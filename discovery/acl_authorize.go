@@ -1,0 +1,133 @@
+package discovery
+
+import (
+	"context"
+	"fmt"
+
+	"github.com/vmesh/vmesh/acl"
+)
+
+// AuthorizeCommand says whether authz may have cmd applied: the one table
+// of which ACL rule each write needs, used by the HTTP API before it
+// writes and by the leader for a write forwarded with a token. Reads of
+// the catalog (to find the service a deregistration names) come from s.
+//
+//	node and its services, checks     node:write / service:write (Consul's agent and catalog endpoints)
+//	KV                                key:write (a tree delete: key_prefix write with no deny under it)
+//	config entries                    service:write for a service's kinds, mesh:write for proxy-defaults and mesh
+//	intentions                        intention:write on the destination
+//	join tokens                       acl:write or operator:write
+//	ACL tokens, policies, roles       acl:write (a bootstrap needs no token: it makes the first one)
+//
+// The commands only the leader issues (the CA, a join token's use, VIPs)
+// have no rule: no HTTP request makes them, and no node may forward them.
+func AuthorizeCommand(authz *acl.Authorizer, s *Store, cmd Command) error {
+	switch c := cmd.(type) {
+	case *RegisterServiceRequest:
+		return authz.ServiceWrite(c.Instance.Service)
+	case RegisterNodeRequest:
+		return authz.NodeWrite(c.Node.Name)
+	case DeregisterNodeRequest:
+		return authz.NodeWrite(c.Node)
+	case RegisterServiceRequest:
+		return authz.ServiceWrite(c.Instance.Service)
+	case DeregisterServiceRequest:
+		return authorizeInstance(authz, s, c.Node, c.ServiceID)
+	case RegisterCheckRequest:
+		if c.Check.ServiceID != "" {
+			return authorizeInstance(authz, s, c.Check.Node, c.Check.ServiceID)
+		}
+		return authz.NodeWrite(c.Check.Node)
+	case DeregisterCheckRequest:
+		return authorizeCheck(authz, s, c.Node, c.CheckID)
+	case UpdateCheckRequest:
+		return authorizeCheck(authz, s, c.Node, c.CheckID)
+	case KVRequest:
+		if c.Op == KVDeleteTree {
+			return authz.KeyWritePrefix(c.Entry.Key)
+		}
+		return authz.KeyWrite(c.Entry.Key)
+	case ConfigEntryRequest:
+		return AuthorizeConfigEntryWrite(authz, c.Entry.Kind, c.Entry.Name)
+	case IntentionRequest:
+		return authz.IntentionWrite(c.Intention.DestinationName)
+	case TokenCreateRequest, TokenDeleteRequest, TokenRevokeRequest:
+		return AuthorizeJoinTokens(authz)
+	case ACLTokenSetRequest, ACLTokenDeleteRequest, ACLPolicySetRequest, ACLPolicyDeleteRequest,
+		ACLRoleSetRequest, ACLRoleDeleteRequest:
+		return authz.ACLWrite()
+	case ACLBootstrapRequest:
+		return nil
+	}
+	return fmt.Errorf("%w: no ACL rule covers command %d; it cannot be sent with a token", acl.ErrPermissionDenied, cmd.MessageType())
+}
+
+// AuthorizeJoinTokens is the rule for minting, listing and revoking join
+// tokens, and for making an agent join or leave: acl:write or
+// operator:write.
+func AuthorizeJoinTokens(authz *acl.Authorizer) error {
+	if err := authz.OperatorWrite(); err == nil {
+		return nil
+	}
+	return authz.ACLWrite()
+}
+
+// AuthorizeConfigEntryWrite is the rule for writing a config entry.
+func AuthorizeConfigEntryWrite(authz *acl.Authorizer, kind, name string) error {
+	switch kind {
+	case "proxy-defaults", "mesh":
+		return authz.MeshWrite()
+	case "service-intentions":
+		return authz.IntentionWrite(name)
+	}
+	return authz.ServiceWrite(name)
+}
+
+// AuthorizeConfigEntryRead is the rule for reading one.
+func AuthorizeConfigEntryRead(authz *acl.Authorizer, kind, name string) error {
+	switch kind {
+	case "proxy-defaults", "mesh":
+		return authz.MeshRead()
+	case "service-intentions":
+		return authz.IntentionRead(name)
+	}
+	return authz.ServiceRead(name)
+}
+
+func authorizeInstance(authz *acl.Authorizer, s *Store, node, id string) error {
+	_, in, err := s.Instance(nil, node, id)
+	if err != nil {
+		return err
+	}
+	if in == nil {
+		// Nothing to protect: the write answers "not found" itself. A
+		// node:write lets it through sooner, as Consul's catalog does.
+		return authz.NodeWrite(node)
+	}
+	return authz.ServiceWrite(in.Service)
+}
+
+func authorizeCheck(authz *acl.Authorizer, s *Store, node, id string) error {
+	_, chk, err := s.Check(nil, node, id)
+	if err != nil {
+		return err
+	}
+	if chk != nil && chk.ServiceID != "" {
+		return authorizeInstance(authz, s, node, chk.ServiceID)
+	}
+	return authz.NodeWrite(node)
+}
+
+type tokenKey struct{}
+
+// WithToken carries a request's ACL token (its secret) to the Writer, so
+// a write forwarded to the leader is authorized there too.
+func WithToken(ctx context.Context, secret string) context.Context {
+	return context.WithValue(ctx, tokenKey{}, secret)
+}
+
+// TokenFrom is the token WithToken put in ctx ("" when none).
+func TokenFrom(ctx context.Context) string {
+	s, _ := ctx.Value(tokenKey{}).(string)
+	return s
+}
