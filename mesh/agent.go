@@ -69,6 +69,9 @@ type Agent struct {
 	// removeDataDir is set for -dev, whose data dir is a temp dir.
 	removeDataDir bool
 
+	// acl resolves request tokens (acl.go); nil when ACLs are off.
+	acl *aclResolver
+
 	// capture is traffic capture (capture.go); nil when off.
 	capture         *iptables.Reconciler
 	captureLinks    *iptables.Netlink
@@ -176,7 +179,21 @@ func (a *Agent) checkServiceFiles(context.Context) error {
 
 // startCluster brings this node into its cluster (membership.Membership).
 func (a *Agent) startCluster(ctx context.Context) error {
-	return a.member.Start(ctx, a.nodeID, a.store)
+	if a.cfg.ACLEnabled() {
+		r, err := newACLResolver(a.member, a.store, a.cfg.Datacenter, a.cfg.ACLDefaultPolicy(), a.cfg.ACL.Tokens.Default)
+		if err != nil {
+			return err
+		}
+		a.acl = r
+		a.member.ACL = r.local
+	}
+	if err := a.member.Start(ctx, a.nodeID, a.store); err != nil {
+		return err
+	}
+	if a.acl != nil && a.cfg.ACL.Tokens.InitialManagement != "" && a.cfg.IsServer() {
+		a.life.goLoop("ACL bootstrap", a.bootstrapInitialManagement)
+	}
+	return nil
 }
 
 // Left is closed once this agent has left its cluster; the agent process
@@ -205,6 +222,9 @@ func (a *Agent) startHTTP(context.Context) error {
 		IntentionsDefaultAllow: a.cfg.IntentionsDefaultAllow(), UserPorts: a.userPorts,
 		Operator: operator{a.member, a}, Diagnostics: a.diagnostics(), RemoteKV: a.member,
 		ChecksWritten: a.local.SyncChecks,
+	}
+	if a.acl != nil {
+		api.ACL = a.acl
 	}
 	mux := http.NewServeMux()
 	api.Register(mux)

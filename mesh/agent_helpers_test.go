@@ -30,6 +30,10 @@ func testConfig(t testing.TB) config.Config {
 	// In-process test agents share 127.0.0.1: only a test that needs the
 	// proxy turns it on (its listeners would collide otherwise).
 	cfg.Proxy.Enabled = false
+	// ACLs are on, as on every non-dev agent, but allow what no rule
+	// covers: tests of other features need no tokens, and every request
+	// still goes through token resolution. The ACL tests deny by default.
+	cfg.ACL.DefaultPolicy = "allow"
 	return cfg
 }
 

@@ -75,6 +75,8 @@ type API struct {
 	// services or checks, before the answer: the agent hands the new
 	// checks to its runner, so a TTL update sent right after finds them.
 	ChecksWritten func()
+	// ACL resolves request tokens; nil turns ACLs off (api_acl.go).
+	ACL ACLResolver
 	// RemoteKV, when set and HoldsKV says no, serves KV reads: a client
 	// agent holds no KV and asks a server, as a Consul client does.
 	RemoteKV RemoteKV
@@ -95,6 +97,8 @@ type RemoteKV interface {
 	// server's does; a client's replica does not).
 	HoldsKV() bool
 	KVRead(ctx context.Context, q discovery.KVQuery) (discovery.KVResult, error)
+	// ACLRead reads the ACL state, which only servers hold.
+	ACLRead(ctx context.Context, q discovery.ACLQuery) (discovery.ACLResult, error)
 }
 
 // Blocking query limits, as Consul's.
@@ -146,6 +150,8 @@ func (a *API) Register(mux *http.ServeMux) {
 	a.registerIntentions(mux)
 	// vmesh's own: VIPs, cluster membership, diagnostics (vmesh.go)
 	a.registerVmesh(mux)
+	// ACLs (api_acl.go)
+	a.registerACL(mux)
 	// Anything else under /v1/: a 404 with Consul's headers.
 	mux.HandleFunc("/v1/", a.notImplemented)
 }
@@ -176,9 +182,12 @@ func (a *API) writeError(w http.ResponseWriter, r *http.Request, err error) {
 	code := http.StatusInternalServerError
 	msg := err.Error()
 	var he *HTTPError
+	aclCode, isACL := aclError(err)
 	switch {
 	case errors.As(err, &he):
 		code = he.Code
+	case isACL:
+		code = aclCode
 	case errors.Is(err, discovery.ErrInvalid):
 		code = http.StatusBadRequest
 	case errors.Is(err, discovery.ErrNotFound):
@@ -199,6 +208,12 @@ func writeJSON(w http.ResponseWriter, v any) {
 	enc := json.NewEncoder(w)
 	enc.SetEscapeHTML(false)
 	enc.Encode(v)
+}
+
+// newLenientDecoder decodes a JSON request body within the size limit,
+// ignoring fields it does not know.
+func newLenientDecoder(w http.ResponseWriter, r *http.Request) *json.Decoder {
+	return json.NewDecoder(limitBody(w, r, maxBody))
 }
 
 // decodeBody decodes a JSON request body strictly: an unknown field or a
@@ -356,7 +371,14 @@ func (a *API) apply(r *http.Request, cmd discovery.Command) (uint64, error) {
 			return 0, &HTTPError{Code: http.StatusServiceUnavailable, Msg: "agent not ready: " + err.Error()}
 		}
 	}
-	return a.Writer.Apply(r.Context(), cmd)
+	authz, err := a.authorizer(r)
+	if err == nil {
+		err = discovery.AuthorizeCommand(authz, a.Store, cmd)
+	}
+	if err != nil {
+		return 0, err
+	}
+	return a.Writer.Apply(discovery.WithToken(r.Context(), requestToken(r)), cmd)
 }
 
 func (a *API) statusLeader(w http.ResponseWriter, r *http.Request) {

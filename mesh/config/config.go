@@ -75,6 +75,7 @@ type Config struct {
 	Capture     CaptureConfig `hcl:"capture"`
 	Proxy       ProxyConfig   `hcl:"proxy"`
 	DNS         DNSOptions    `hcl:"dns"`
+	ACL         ACLConfig     `hcl:"acl"`
 	// Join is a member's cluster address to join at start when this node
 	// has no cluster state yet, with the join token read from TokenFile,
 	// or from the VMESH_JOIN_TOKEN environment variable (Build puts it in
@@ -293,6 +294,7 @@ func (c *Config) Validate() error {
 	errs = append(errs, c.validateProxy()...)
 	errs = append(errs, c.validateDNS()...)
 	errs = append(errs, c.validateCapture()...)
+	errs = append(errs, c.validateACL()...)
 	return errors.Join(errs...)
 }
 

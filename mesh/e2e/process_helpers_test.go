@@ -8,6 +8,7 @@ import (
 	"os/exec"
 	"path/filepath"
 	"regexp"
+	"slices"
 	"strings"
 	"sync"
 	"syscall"
@@ -80,11 +81,33 @@ func startProc(t testing.TB, args ...string) *proc {
 	return runProc(t, exec.Command(vmeshBin(t), args...))
 }
 
+// aclAllow is the config the test agents run with: ACLs on, as on every
+// non-dev agent, but allowing what no rule covers, so that tests of other
+// features need no tokens while every request still goes through token
+// resolution (on clients, through a server). The ACL tests start agents
+// with their own config (default deny) after this one, which wins.
+const aclAllow = `acl { default_policy = "allow" }` + "\n"
+
+// allowByDefault adds aclAllow to a `vmesh agent` command (not -dev).
+func allowByDefault(t testing.TB, cmd *exec.Cmd) {
+	agent := slices.Index(cmd.Args, "agent")
+	if agent < 1 || filepath.Base(cmd.Args[agent-1]) != "vmesh" || slices.Contains(cmd.Args, "-dev") {
+		return
+	}
+	path := filepath.Join(t.TempDir(), "acl-allow.hcl")
+	if err := os.WriteFile(path, []byte(aclAllow), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	// Before the command's own -config flags, so that theirs win.
+	cmd.Args = slices.Insert(cmd.Args, agent+1, "-config", path)
+}
+
 // runProc starts cmd (vmesh itself, or vmesh behind a wrapper such as
 // `ip netns exec`) and kills it when the test ends, logging its output if
 // the test failed.
 func runProc(t testing.TB, cmd *exec.Cmd) *proc {
 	t.Helper()
+	allowByDefault(t, cmd)
 	p := &proc{t: t, cmd: cmd, stdout: &testkit.SyncBuffer{}, stderr: &testkit.SyncBuffer{}, done: make(chan struct{})}
 	p.cmd.Stdout, p.cmd.Stderr = p.stdout, p.stderr
 	if err := p.cmd.Start(); err != nil {

@@ -17,6 +17,7 @@ import (
 
 	"log/slog"
 
+	"github.com/vmesh/vmesh/acl"
 	"github.com/vmesh/vmesh/discovery"
 	"github.com/vmesh/vmesh/discovery/httpapi"
 	"github.com/vmesh/vmesh/mesh/config"
@@ -213,6 +214,9 @@ func (m *Membership) openRaft(id *raft.Identity, localCA *raft.CA, bootstrap boo
 	}, m.store)
 	if err != nil {
 		return err
+	}
+	if m.ACL != nil {
+		srv.SetACL(m.ACL)
 	}
 	m.p.Store(srv)
 	m.joinedOnce.Do(func() { close(m.joined) })
@@ -470,6 +474,9 @@ type Membership struct {
 	logger *slog.Logger
 	// OnLeave runs once this node has left, before Left is closed.
 	OnLeave func(ctx context.Context)
+	// ACL, when set, turns on ACL enforcement in this node's raft server
+	// (forwarded writes, clients' token resolution).
+	ACL *acl.Resolver
 
 	joinMu     sync.Mutex
 	joined     chan struct{}
@@ -529,4 +536,13 @@ func (m *Membership) KVRead(ctx context.Context, q discovery.KVQuery) (discovery
 		return discovery.KVResult{}, errors.New("this agent holds its KV itself")
 	}
 	return c.KVRead(ctx, q)
+}
+
+// ACLRead reads the ACL state from a server, for a client.
+func (m *Membership) ACLRead(ctx context.Context, q discovery.ACLQuery) (discovery.ACLResult, error) {
+	c := m.client()
+	if c == nil {
+		return discovery.ACLResult{}, errors.New("this agent holds its ACL state itself")
+	}
+	return c.ACLRead(ctx, q)
 }

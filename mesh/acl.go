@@ -1,0 +1,113 @@
+package mesh
+
+import (
+	"context"
+	"errors"
+	"sync"
+	"time"
+
+	"github.com/vmesh/vmesh/acl"
+	"github.com/vmesh/vmesh/discovery"
+	"github.com/vmesh/vmesh/mesh/membership"
+)
+
+// aclResolver resolves the tokens of HTTP requests (and DNS's default
+// token): on a server from its own ACL state, on a client by asking a
+// server, with a cache that holds while the replica's ACL epoch (moved by
+// every ACL change the servers stream) and its snapshot count stay the
+// same, so a deleted token stops working as soon as the change reaches
+// this client.
+type aclResolver struct {
+	member       *membership.Membership
+	store        *discovery.Store
+	local        *acl.Resolver
+	def          acl.DefaultPolicy
+	defaultToken string
+
+	mu    sync.Mutex
+	cache map[string]cachedToken
+}
+
+type cachedToken struct {
+	tok       *acl.Token
+	authz     *acl.Authorizer
+	epoch     uint64
+	snapshots uint64
+}
+
+// maxCachedTokens bounds the client's cache; it is emptied when full.
+const maxCachedTokens = 4096
+
+func newACLResolver(m *membership.Membership, store *discovery.Store, dc string, def acl.DefaultPolicy, defaultToken string) (*aclResolver, error) {
+	local, err := acl.NewResolver(acl.ResolverConfig{Store: store, Datacenter: dc, DefaultPolicy: def})
+	if err != nil {
+		return nil, err
+	}
+	return &aclResolver{member: m, store: store, local: local, def: def, defaultToken: defaultToken, cache: map[string]cachedToken{}}, nil
+}
+
+func (r *aclResolver) Resolve(ctx context.Context, secret string) (*acl.Token, *acl.Authorizer, error) {
+	if secret == "" {
+		secret = r.defaultToken
+	}
+	c := r.member.Client()
+	if c == nil {
+		return r.local.Resolve(secret)
+	}
+	epoch, snaps := r.store.ACLEpoch(), c.Replica().Snapshots()
+	r.mu.Lock()
+	hit, ok := r.cache[secret]
+	r.mu.Unlock()
+	if ok && hit.epoch == epoch && hit.snapshots == snaps && !hit.tok.Expired(time.Now()) {
+		return hit.tok, hit.authz, nil
+	}
+	ctx, cancel := context.WithTimeout(ctx, 5*time.Second)
+	defer cancel()
+	tok, rules, err := c.ResolveToken(ctx, secret)
+	if err != nil {
+		if errors.Is(err, acl.ErrNotFound) {
+			return nil, nil, acl.ErrNotFound
+		}
+		return nil, nil, err
+	}
+	authz := acl.NewAuthorizer(tok.AccessorID, r.def, rules)
+	r.mu.Lock()
+	if len(r.cache) >= maxCachedTokens {
+		clear(r.cache)
+	}
+	r.cache[secret] = cachedToken{tok: tok, authz: authz, epoch: epoch, snapshots: snaps}
+	r.mu.Unlock()
+	return tok, authz, nil
+}
+
+// bootstrapInitialManagement creates acl.tokens.initial_management's
+// token on the leader when the ACL system has not been bootstrapped, as
+// Consul's servers do.
+func (a *Agent) bootstrapInitialManagement(ctx context.Context) error {
+	secret := a.cfg.ACL.Tokens.InitialManagement
+	for {
+		if srv := a.member.Server(); srv != nil && srv.IsLeader() {
+			done, err := a.store.ACLBootstrapIndex()
+			if err == nil && done > 0 {
+				return nil
+			}
+			accessor, err := acl.NewID()
+			if err != nil {
+				return err
+			}
+			tok := acl.Token{AccessorID: accessor, SecretID: secret, Description: "Initial Management Token",
+				Policies: []acl.Link{{ID: acl.ManagementPolicyID, Name: acl.ManagementPolicyName}}, CreateTime: time.Now().UTC()}
+			if _, err := srv.Apply(ctx, discovery.ACLBootstrapRequest{Token: tok}); err == nil || errors.Is(err, discovery.ErrACLBootstrapped) {
+				a.logger.Info("ACLs bootstrapped with the initial management token")
+				return nil
+			} else {
+				a.logger.Warn("bootstrapping ACLs with the initial management token", "err", err)
+			}
+		}
+		select {
+		case <-ctx.Done():
+			return nil
+		case <-time.After(time.Second):
+		}
+	}
+}
