@@ -15,6 +15,7 @@ import (
 
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/vmesh/vmesh/dataplane/xds"
+	"github.com/vmesh/vmesh/acl"
 	"github.com/vmesh/vmesh/discovery"
 	"github.com/vmesh/vmesh/discovery/checks"
 	discdns "github.com/vmesh/vmesh/discovery/dns"
@@ -304,6 +305,14 @@ func (a *Agent) banner() {
 		fmt.Fprintf(a.out, "   Cluster addr: client (a replica from %s)\n", strings.Join(a.member.Client().Servers(), ", "))
 	} else {
 		fmt.Fprintf(a.out, "   Cluster addr: %s (not in a cluster yet)\n", a.cfg.ClusterAddr())
+	}
+	switch {
+	case !a.cfg.ACLEnabled():
+		fmt.Fprintf(a.out, "           ACLs: off — any local user may do anything through the HTTP API\n")
+	case a.cfg.ACLDefaultPolicy() == acl.DefaultAllow:
+		fmt.Fprintf(a.out, "           ACLs: on, default allow (what no rule covers is allowed)\n")
+	default:
+		fmt.Fprintf(a.out, "           ACLs: on, default deny (requests need a token: X-Consul-Token)\n")
 	}
 	a.xdsBanner()
 	a.dnsBanner()

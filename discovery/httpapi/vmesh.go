@@ -8,6 +8,7 @@ import (
 	"strconv"
 	"time"
 
+	"github.com/vmesh/vmesh/acl"
 	"github.com/vmesh/vmesh/discovery"
 )
 
@@ -62,27 +63,42 @@ func WithStatus(code int, err error) error {
 // packages render (the xDS server's clients and config dump, Prometheus'
 // metrics) are mounted as given; nil ones are left out.
 func (a *API) registerVmesh(mux *http.ServeMux) {
-	mux.HandleFunc("GET /v1/vmesh/vips", a.vipsList)
+	operatorRead := func(z *acl.Authorizer) error { return z.OperatorRead() }
+	operatorWrite := func(z *acl.Authorizer) error { return z.OperatorWrite() }
+	mux.Handle("GET /v1/vmesh/vips", a.guard(operatorRead, http.HandlerFunc(a.vipsList)))
 	for pattern, h := range map[string]http.Handler{
 		"GET /v1/vmesh/xds/clients":     a.Diagnostics.XDSClients,
 		"GET /v1/vmesh/xds/config_dump": a.Diagnostics.XDSConfigDump,
 		"GET /v1/vmesh/metrics":         a.Diagnostics.Metrics,
 	} {
 		if h != nil {
-			mux.Handle(pattern, h)
+			mux.Handle(pattern, a.guard(operatorRead, h))
 		}
 	}
 	if a.Operator == nil {
 		return
 	}
-	mux.HandleFunc("PUT /v1/vmesh/join", a.vmeshJoin)
-	mux.HandleFunc("PUT /v1/vmesh/leave", a.vmeshLeave)
-	mux.HandleFunc("PUT /v1/vmesh/token", a.vmeshToken)
-	mux.HandleFunc("GET /v1/vmesh/tokens", a.vmeshTokens)
-	mux.HandleFunc("DELETE /v1/vmesh/token/{id}", a.vmeshTokenRevoke)
-	mux.HandleFunc("GET /v1/vmesh/members", a.vmeshMembers)
-	mux.HandleFunc("PUT /v1/vmesh/raft/snapshot", a.vmeshSnapshot)
-	mux.HandleFunc("GET /v1/vmesh/envoy/bootstrap", a.vmeshEnvoyBootstrap)
+	// Membership and join tokens: acl:write or operator:write.
+	membership := discovery.AuthorizeJoinTokens
+	mux.Handle("PUT /v1/vmesh/join", a.guard(membership, http.HandlerFunc(a.vmeshJoin)))
+	mux.Handle("PUT /v1/vmesh/leave", a.guard(membership, http.HandlerFunc(a.vmeshLeave)))
+	mux.Handle("PUT /v1/vmesh/token", a.guard(membership, http.HandlerFunc(a.vmeshToken)))
+	mux.Handle("GET /v1/vmesh/tokens", a.guard(membership, http.HandlerFunc(a.vmeshTokens)))
+	mux.Handle("DELETE /v1/vmesh/token/{id}", a.guard(membership, http.HandlerFunc(a.vmeshTokenRevoke)))
+	mux.Handle("GET /v1/vmesh/members", a.guard(operatorRead, http.HandlerFunc(a.vmeshMembers)))
+	mux.Handle("PUT /v1/vmesh/raft/snapshot", a.guard(operatorWrite, http.HandlerFunc(a.vmeshSnapshot)))
+	// An Envoy bootstrap names this agent's xDS endpoints, no secret:
+	// whoever may write a service may run a proxy for it.
+	mux.Handle("GET /v1/vmesh/envoy/bootstrap", a.guard(func(z *acl.Authorizer) error { return z.ServiceWriteAny() }, http.HandlerFunc(a.vmeshEnvoyBootstrap)))
+}
+
+// guard serves h only to a request whose token passes check.
+func (a *API) guard(check func(*acl.Authorizer) error, h http.Handler) http.Handler {
+	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		if _, ok := a.allow(w, r, check); ok {
+			h.ServeHTTP(w, r)
+		}
+	})
 }
 
 // Diagnostics are read-only handlers rendered by other packages that the

@@ -88,10 +88,15 @@ func startProc(t testing.TB, args ...string) *proc {
 // with their own config (default deny) after this one, which wins.
 const aclAllow = `acl { default_policy = "allow" }` + "\n"
 
-// allowByDefault adds aclAllow to a `vmesh agent` command (not -dev).
+// keepACLDefaults in a command's environment keeps the agent's own ACL
+// defaults (the tests of those defaults).
+const keepACLDefaults = "VMESH_E2E_ACL_DEFAULTS=1"
+
+// allowByDefault adds aclAllow to a `vmesh agent` command (not -dev, and
+// not one whose environment has keepACLDefaults).
 func allowByDefault(t testing.TB, cmd *exec.Cmd) {
 	agent := slices.Index(cmd.Args, "agent")
-	if agent < 1 || filepath.Base(cmd.Args[agent-1]) != "vmesh" || slices.Contains(cmd.Args, "-dev") {
+	if agent < 1 || filepath.Base(cmd.Args[agent-1]) != "vmesh" || slices.Contains(cmd.Args, "-dev") || slices.Contains(cmd.Env, keepACLDefaults) {
 		return
 	}
 	path := filepath.Join(t.TempDir(), "acl-allow.hcl")

@@ -1,0 +1,170 @@
+package mesh
+
+import (
+	"net/http"
+	"strings"
+	"testing"
+
+	"github.com/hashicorp/consul/api"
+)
+
+// aclAgent starts an in-process agent with ACLs on and deny by default,
+// as a non-dev agent runs, and returns an anonymous consul/api client.
+func aclAgent(t *testing.T) (*Agent, *api.Client) {
+	t.Helper()
+	cfg := testConfig(t)
+	cfg.ACL.DefaultPolicy = ""
+	a := startAgent(t, cfg)
+	c, err := api.NewClient(&api.Config{Address: a.HTTPAddr()})
+	if err != nil {
+		t.Fatal(err)
+	}
+	return a, c
+}
+
+func clientWith(t *testing.T, a *Agent, secret string) *api.Client {
+	t.Helper()
+	c, err := api.NewClient(&api.Config{Address: a.HTTPAddr(), Token: secret})
+	if err != nil {
+		t.Fatal(err)
+	}
+	return c
+}
+
+func wantDenied(t *testing.T, what string, err error) {
+	t.Helper()
+	if err == nil || !strings.Contains(err.Error(), "403") {
+		t.Errorf("%s: %v; want 403", what, err)
+	}
+}
+
+// TestACLConsulAPI drives the ACL system with the real consul/api client
+// (v1.34.5): bootstrap once, policies and tokens created, read, listed,
+// updated and deleted, TokenReadSelf; a token whose policy writes only
+// service web registers web and nothing else; a deleted token stops at
+// once; the anonymous token, with deny by default, may write nothing.
+func TestACLConsulAPI(t *testing.T) {
+	a, anon := aclAgent(t)
+	boot, _, err := anon.ACL().Bootstrap()
+	if err != nil {
+		t.Fatalf("Bootstrap: %v", err)
+	}
+	if boot.SecretID == "" || len(boot.Policies) != 1 || boot.Policies[0].Name != "global-management" {
+		t.Fatalf("bootstrap token %+v; want a secret and global-management", boot)
+	}
+	if _, _, err := anon.ACL().Bootstrap(); err == nil || !strings.Contains(err.Error(), "403") {
+		t.Errorf("second Bootstrap: %v; want 403", err)
+	}
+	root := clientWith(t, a, boot.SecretID)
+
+	// Policies.
+	pol, _, err := root.ACL().PolicyCreate(&api.ACLPolicy{Name: "web-write", Rules: `service "web" { policy = "write" }`}, nil)
+	if err != nil || pol.ID == "" {
+		t.Fatalf("PolicyCreate: %+v, %v", pol, err)
+	}
+	if _, _, err := root.ACL().PolicyCreate(&api.ACLPolicy{Name: "broken", Rules: `service "web" { policy = "writ" }`}, nil); err == nil || !strings.Contains(err.Error(), "400") {
+		t.Errorf("PolicyCreate with a bad rule: %v; want 400", err)
+	}
+	if got, _, err := root.ACL().PolicyRead(pol.ID, nil); err != nil || got.Rules != pol.Rules {
+		t.Errorf("PolicyRead: %+v, %v", got, err)
+	}
+	if got, _, err := root.ACL().PolicyReadByName("web-write", nil); err != nil || got.ID != pol.ID {
+		t.Errorf("PolicyReadByName: %+v, %v", got, err)
+	}
+	pol.Description = "writes web"
+	if got, _, err := root.ACL().PolicyUpdate(pol, nil); err != nil || got.Description != "writes web" {
+		t.Errorf("PolicyUpdate: %+v, %v", got, err)
+	}
+	extra, _, err := root.ACL().PolicyCreate(&api.ACLPolicy{Name: "extra", Rules: `key_prefix "" { policy = "read" }`}, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := root.ACL().PolicyDelete(extra.ID, nil); err != nil {
+		t.Errorf("PolicyDelete: %v", err)
+	}
+	pols, _, err := root.ACL().PolicyList(nil)
+	names := map[string]bool{}
+	for _, p := range pols {
+		names[p.Name] = true
+	}
+	if err != nil || !names["web-write"] || !names["global-management"] || names["extra"] {
+		t.Errorf("PolicyList: %v, %v; want web-write and global-management, not extra", names, err)
+	}
+
+	// Tokens.
+	webTok, _, err := root.ACL().TokenCreate(&api.ACLToken{Description: "web", Policies: []*api.ACLTokenPolicyLink{{Name: "web-write"}}}, nil)
+	if err != nil || webTok.SecretID == "" || len(webTok.Policies) != 1 || webTok.Policies[0].ID != pol.ID {
+		t.Fatalf("TokenCreate: %+v, %v", webTok, err)
+	}
+	if got, _, err := root.ACL().TokenRead(webTok.AccessorID, nil); err != nil || got.SecretID != webTok.SecretID || got.Description != "web" {
+		t.Errorf("TokenRead: %+v, %v", got, err)
+	}
+	webTok.Description = "web service"
+	if got, _, err := root.ACL().TokenUpdate(webTok, nil); err != nil || got.Description != "web service" || got.SecretID != webTok.SecretID {
+		t.Errorf("TokenUpdate: %+v, %v", got, err)
+	}
+	toks, _, err := root.ACL().TokenList(nil)
+	if err != nil || len(toks) < 3 { // bootstrap, anonymous, web
+		t.Errorf("TokenList: %d tokens, %v; want at least 3", len(toks), err)
+	}
+	web := clientWith(t, a, webTok.SecretID)
+	if self, _, err := web.ACL().TokenReadSelf(nil); err != nil || self.AccessorID != webTok.AccessorID {
+		t.Errorf("TokenReadSelf: %+v, %v", self, err)
+	}
+	clone, _, err := root.ACL().TokenClone(webTok.AccessorID, "clone", nil)
+	if err != nil || clone.SecretID == webTok.SecretID || clone.Description != "clone" {
+		t.Errorf("TokenClone: %+v, %v", clone, err)
+	}
+
+	// What the web token may do.
+	if err := web.Agent().ServiceRegister(&api.AgentServiceRegistration{ID: "web-1", Name: "web", Port: 80}); err != nil {
+		t.Errorf("web token registering web: %v", err)
+	}
+	wantDenied(t, "web token registering api", web.Agent().ServiceRegister(&api.AgentServiceRegistration{ID: "api-1", Name: "api", Port: 81}))
+	_, err = web.KV().Put(&api.KVPair{Key: "app/x", Value: []byte("1")}, nil)
+	wantDenied(t, "web token writing KV", err)
+	_, err = web.Connect().IntentionUpsert(&api.Intention{SourceName: "web", DestinationName: "api", Action: api.IntentionActionAllow}, nil)
+	wantDenied(t, "web token writing an intention for api", err)
+	resp, err := doToken(a, http.MethodPut, "/v1/vmesh/token", webTok.SecretID)
+	if err != nil || resp != http.StatusForbidden {
+		t.Errorf("web token minting a join token: %d, %v; want 403", resp, err)
+	}
+
+	// The anonymous token, deny by default.
+	wantDenied(t, "anonymous service register", anon.Agent().ServiceRegister(&api.AgentServiceRegistration{ID: "x", Name: "x", Port: 1}))
+	_, err = anon.KV().Put(&api.KVPair{Key: "secret/x", Value: []byte("1")}, nil)
+	wantDenied(t, "anonymous KV write", err)
+	_, err = anon.Connect().IntentionUpsert(&api.Intention{SourceName: "*", DestinationName: "*", Action: api.IntentionActionAllow}, nil)
+	wantDenied(t, "anonymous intention * -> *", err)
+	for _, ep := range []struct{ method, path string }{{http.MethodPut, "/v1/vmesh/token"}, {http.MethodPut, "/v1/vmesh/leave"}} {
+		if code, err := doToken(a, ep.method, ep.path, ""); err != nil || code != http.StatusForbidden {
+			t.Errorf("anonymous %s %s: %d, %v; want 403", ep.method, ep.path, code, err)
+		}
+	}
+
+	// A deleted token stops at once.
+	if _, err := root.ACL().TokenDelete(webTok.AccessorID, nil); err != nil {
+		t.Fatalf("TokenDelete: %v", err)
+	}
+	err = web.Agent().ServiceRegister(&api.AgentServiceRegistration{ID: "web-2", Name: "web", Port: 80})
+	if err == nil || !strings.Contains(err.Error(), "ACL not found") {
+		t.Errorf("deleted token registering web: %v; want 403 ACL not found", err)
+	}
+}
+
+// doToken sends method path with token and returns the status code.
+func doToken(a *Agent, method, path, token string) (int, error) {
+	req, err := http.NewRequest(method, "http://"+a.HTTPAddr()+path, nil)
+	if err != nil {
+		return 0, err
+	}
+	if token != "" {
+		req.Header.Set("X-Consul-Token", token)
+	}
+	resp, err := http.DefaultClient.Do(req)
+	if err != nil {
+		return 0, err
+	}
+	resp.Body.Close()
+	return resp.StatusCode, nil
+}
