@@ -131,3 +131,30 @@ func TokenFrom(ctx context.Context) string {
 	s, _ := ctx.Value(tokenKey{}).(string)
 	return s
 }
+
+// AuthorizeKVRead applies authz to a KV read's result, as Consul does: a
+// single key needs key:read (else a 403), a list or a key listing keeps
+// only what key:read allows. filtered says whether anything was left out.
+func AuthorizeKVRead(authz *acl.Authorizer, q KVQuery, res *KVResult) (filtered bool, err error) {
+	switch q.Op {
+	case "get":
+		return false, authz.KeyRead(q.Key)
+	case "list":
+		kept := res.Entries[:0:0]
+		for _, e := range res.Entries {
+			if authz.KeyRead(e.Key) == nil {
+				kept = append(kept, e)
+			}
+		}
+		filtered, res.Entries = len(kept) != len(res.Entries), kept
+	case "keys":
+		kept := res.Keys[:0:0]
+		for _, k := range res.Keys {
+			if authz.KeyRead(k) == nil {
+				kept = append(kept, k)
+			}
+		}
+		filtered, res.Keys = len(kept) != len(res.Keys), kept
+	}
+	return filtered, nil
+}

@@ -106,4 +106,6 @@ type KVResult struct {
 	Keys        []string   // keys
 	KnownLeader bool
 	LastContact time.Duration
+	// Filtered: the caller's token could not read some of what matched.
+	Filtered bool
 }

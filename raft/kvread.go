@@ -5,6 +5,7 @@ import (
 	"time"
 
 	"github.com/hashicorp/go-memdb"
+	"github.com/vmesh/vmesh/acl"
 	"github.com/vmesh/vmesh/discovery"
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/status"
@@ -59,6 +60,15 @@ func (s *Server) rpcKVRead(ctx context.Context, q *discovery.KVQuery) (*discover
 	})
 	if err != nil {
 		return nil, status.Error(codes.Internal, err.Error())
+	}
+	authz := acl.ManageAll("")
+	if r := s.acl.resolver.Load(); r != nil {
+		if _, authz, err = r.Resolve(q.Token); err != nil {
+			return nil, aclStatus(err)
+		}
+	}
+	if res.Filtered, err = discovery.AuthorizeKVRead(authz, *q, res); err != nil {
+		return nil, aclStatus(err)
 	}
 	addr, _ := s.Leader()
 	res.KnownLeader = addr != ""

@@ -19,12 +19,19 @@ func (a *API) kvGet(w http.ResponseWriter, r *http.Request) {
 		a.kvGetRemote(w, r, key, keys, recurse, raw)
 		return
 	}
+	authz, ok := a.allow(w, r, nil)
+	if !ok {
+		return
+	}
 	switch {
 	case keys:
 		var out []string
 		if !a.read(w, r, func(ws memdb.WatchSet) (uint64, error) {
 			idx, ks, err := a.Store.KVKeys(ws, key, q.Get("separator"))
-			out = ks
+			res := discovery.KVResult{Keys: ks}
+			filtered, _ := discovery.AuthorizeKVRead(authz, discovery.KVQuery{Op: "keys"}, &res)
+			out = res.Keys
+			setFiltered(w, filtered)
 			return idx, err
 		}) {
 			return
@@ -38,7 +45,10 @@ func (a *API) kvGet(w http.ResponseWriter, r *http.Request) {
 		var out []*discovery.KVEntry
 		if !a.read(w, r, func(ws memdb.WatchSet) (uint64, error) {
 			idx, es, err := a.Store.KVList(ws, key)
-			out = es
+			res := discovery.KVResult{Entries: es}
+			filtered, _ := discovery.AuthorizeKVRead(authz, discovery.KVQuery{Op: "list"}, &res)
+			out = res.Entries
+			setFiltered(w, filtered)
 			return idx, err
 		}) {
 			return
@@ -49,6 +59,10 @@ func (a *API) kvGet(w http.ResponseWriter, r *http.Request) {
 		}
 		writeJSON(w, toKVPairs(out))
 	default:
+		if err := authz.KeyRead(key); err != nil {
+			a.writeError(w, r, err)
+			return
+		}
 		var e *discovery.KVEntry
 		if !a.read(w, r, func(ws memdb.WatchSet) (uint64, error) {
 			idx, got, err := a.Store.KVGet(ws, key)
@@ -184,10 +198,15 @@ func (a *API) kvGetRemote(w http.ResponseWriter, r *http.Request, key string, ke
 		q.Op = "list"
 	}
 	res, err := a.RemoteKV.KVRead(r.Context(), q)
+	if _, isACL := aclError(err); isACL {
+		a.writeError(w, r, err)
+		return
+	}
 	if err != nil {
 		a.writeError(w, r, &HTTPError{Code: http.StatusInternalServerError, Msg: "reading KV from a server: " + err.Error(), Err: err})
 		return
 	}
+	setFiltered(w, res.Filtered)
 	w.Header().Set("X-Consul-Index", strconv.FormatUint(max(res.Index, 1), 10))
 	w.Header().Set("X-Consul-KnownLeader", strconv.FormatBool(res.KnownLeader))
 	w.Header().Set("X-Consul-LastContact", strconv.FormatInt(res.LastContact.Milliseconds(), 10))
@@ -201,5 +220,15 @@ func (a *API) kvGetRemote(w http.ResponseWriter, r *http.Request, key string, ke
 		w.Write(res.Entries[0].Value)
 	default:
 		writeJSON(w, toKVPairs(res.Entries))
+	}
+}
+
+// setFiltered sets Consul's header that says the token could not read
+// some of what matched (or clears it, for a blocking query's next round).
+func setFiltered(w http.ResponseWriter, filtered bool) {
+	if filtered {
+		w.Header().Set("X-Consul-Results-Filtered-By-ACLs", "true")
+	} else {
+		w.Header().Del("X-Consul-Results-Filtered-By-ACLs")
 	}
 }

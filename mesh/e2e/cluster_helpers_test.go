@@ -6,6 +6,7 @@ import (
 	"io"
 	"net/http"
 	"os"
+	"os/exec"
 	"path/filepath"
 	"strings"
 	"syscall"
@@ -33,6 +34,7 @@ type node struct {
 	ip      string
 	dataDir string
 	args    []string
+	env     []string // added to the agent's environment
 	p       *proc
 }
 
@@ -55,7 +57,11 @@ func (n *node) start(extra ...string) *node {
 	n.t.Helper()
 	args := append([]string{"agent", "-node", n.name, "-bind", n.ip, "-client", n.ip, "-data-dir", n.dataDir,
 		"-services-dir", "", "-log-level", "debug"}, n.args...)
-	n.p = startProc(n.t, append(args, extra...)...)
+	cmd := exec.Command(vmeshBin(n.t), append(args, extra...)...)
+	if n.env != nil {
+		cmd.Env = append(os.Environ(), n.env...)
+	}
+	n.p = runProc(n.t, cmd)
 	n.p.waitHTTP(30 * time.Second)
 	return n
 }

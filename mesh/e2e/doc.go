@@ -48,6 +48,11 @@
 //	16  TestServerRejoinsAfterDowntime
 //	17  TestLeaveRefusedFast
 //	18  TestServersAndClients
+//	19, 20  (servers and clients: leaf certificates, node certificate renewal)
+//	21, 22  (revocation, CA rotation)
+//	23  (the 80-agent scale run)
+//	24, 25  (sessions)
+//	26  TestACLsProcesses
 //	41  TestProxyL7EndToEnd
 //	42  TestProxyNackKeepsServing
 //	43  TestProxyRoundRobinFailoverRetry
