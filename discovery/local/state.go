@@ -32,12 +32,13 @@ type State struct {
 	Logger *slog.Logger
 
 	ready  chan struct{}
-	syncMu sync.Mutex // one read-and-Sync at a time, so a later read is never undone by an earlier one
+	syncMu *sync.Mutex // one read-and-Sync at a time, so a later read is never undone by an earlier one
 }
 
 // New returns an idle State; Run does the work.
 func New(ls State) *State {
 	ls.ready = make(chan struct{})
+	ls.syncMu = new(sync.Mutex)
 	return &ls
 }
 
