@@ -208,7 +208,7 @@ func (m *Membership) openRaft(id *raft.Identity, localCA *raft.CA, bootstrap boo
 		Cluster: &raft.ClusterConfig{
 			Identity: id, Bind: m.cfg.ClusterBind(), Voters: m.cfg.Cluster.Voters, LocalCA: localCA,
 			HeartbeatInterval: m.cfg.Cluster.HeartbeatInterval, NodeTTL: m.cfg.Cluster.NodeTTL, ReapAfter: m.cfg.Cluster.ReapAfter,
-			VIPRange: m.cfg.VIPRange(),
+			VIPRange: m.cfg.VIPRange(), NodeCertTTL: m.cfg.Cluster.NodeCertTTL, RenewGrace: m.cfg.Cluster.NodeCertGrace,
 		},
 	}, m.store)
 	if err != nil {
@@ -238,6 +238,7 @@ func (m *Membership) startClient(id *raft.Identity, servers []string) error {
 	c, err := raft.NewClient(raft.ClientConfig{
 		Identity: id, NodeID: m.nodeID, Addr: m.cfg.ClusterAddr(), Servers: servers,
 		HeartbeatInterval: m.cfg.Cluster.HeartbeatInterval,
+		DataDir:           m.cfg.DataDir, NodeCertTTL: m.cfg.Cluster.NodeCertTTL,
 		OnServers: func(s []string) {
 			if err := os.WriteFile(serversFile(dir), []byte(strings.Join(s, "\n")+"\n"), 0o600); err != nil {
 				m.logger.Warn("remembering the servers", "err", err)
