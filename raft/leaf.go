@@ -306,8 +306,8 @@ const (
 
 // leafIndexWait bounds how long a server waits for its catalog to reach a
 // SignLeaf's MinIndex before it answers Unavailable (another server may
-// be further along).
-const leafIndexWait = 5 * time.Second
+// be further along). A variable for tests.
+var leafIndexWait = 5 * time.Second
 
 func (s *Server) rpcSignLeaf(ctx context.Context, req *SignLeafRequest) (*SignLeafResponse, error) {
 	caller, err := peerNode(ctx)
