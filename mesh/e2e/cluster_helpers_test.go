@@ -1,7 +1,9 @@
 package e2e
 
 import (
+	"crypto/x509"
 	"encoding/json"
+	"encoding/pem"
 	"fmt"
 	"io"
 	"net/http"
@@ -120,6 +122,24 @@ func (n *node) nodeID() string {
 		n.t.Fatal(err)
 	}
 	return strings.TrimSpace(string(b))
+}
+
+// nodeCert is the node certificate in this node's data dir.
+func (n *node) nodeCert() *x509.Certificate {
+	n.t.Helper()
+	b, err := os.ReadFile(filepath.Join(n.dataDir, "tls", "node.pem"))
+	if err != nil {
+		n.t.Fatal(err)
+	}
+	block, _ := pem.Decode(b)
+	if block == nil {
+		n.t.Fatalf("%s's node.pem holds no PEM block", n.name)
+	}
+	cert, err := x509.ParseCertificate(block.Bytes)
+	if err != nil {
+		n.t.Fatalf("%s's node.pem: %v", n.name, err)
+	}
+	return cert
 }
 
 // members is /v1/vmesh/members on this node; nil when it does not answer.

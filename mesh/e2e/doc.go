@@ -48,6 +48,7 @@
 //	16  TestServerRejoinsAfterDowntime
 //	17  TestLeaveRefusedFast
 //	18  TestServersAndClients
+//	19  TestClientCertificates
 //	41  TestProxyL7EndToEnd
 //	42  TestProxyNackKeepsServing
 //	43  TestProxyRoundRobinFailoverRetry
