@@ -103,9 +103,18 @@ func writeToken(t *testing.T, token string) string {
 
 // tokenExpiring is a join token and the expiry `vmesh token create`
 // prints for it.
+//
+// A new leader stores the CA in raft just after it is known as leader;
+// until then the agent answers that the CA is not in the catalog yet, and
+// this waits for it.
 func (n *node) tokenExpiring(ttl string) (string, time.Time) {
 	n.t.Helper()
-	code, out, errs := n.cli("token", "create", "-ttl", ttl)
+	var code int
+	var out, errs string
+	testkit.WaitFor(n.t, 15*time.Second, "token create on "+n.name+" (the CA in its catalog)", func() bool {
+		code, out, errs = n.cli("token", "create", "-ttl", ttl)
+		return code == 0 || !strings.Contains(errs, "the cluster CA is not in the catalog yet")
+	})
 	if code != 0 {
 		n.t.Fatalf("token create on %s: %d %s", n.name, code, errs)
 	}
