@@ -93,21 +93,38 @@ func TestClientCertificates(t *testing.T) {
 	testkit.WaitFor(t, 30*time.Second, "the mesh call after c1 came back", call)
 }
 
-// wantOnlyNodeKey fails unless the node's tls dir holds its node key and
-// certificate and the CA certificate, all 0600, and no other key.
+// wantOnlyNodeKey fails unless the node's tls dir comes to hold its node
+// key and certificate and the CA certificate, all 0600, and nothing else
+// (no earlier key, nothing left of a renewal). It waits: a renewal in
+// flight writes ".new" files for a moment.
 func wantOnlyNodeKey(t *testing.T, n *node) {
 	t.Helper()
+	var problem string
+	ok := testkit.Eventually(30*time.Second, func() bool {
+		problem = tlsDirProblem(n)
+		return problem == ""
+	})
+	if !ok {
+		t.Errorf("%s's tls dir: %s", n.name, problem)
+	}
+}
+
+// tlsDirProblem says what is wrong with the node's tls dir ("" nothing).
+func tlsDirProblem(n *node) string {
 	files, err := os.ReadDir(filepath.Join(n.dataDir, "tls"))
 	if err != nil {
-		t.Fatal(err)
+		return err.Error()
 	}
 	for _, f := range files {
-		info, _ := f.Info()
+		info, err := f.Info()
 		switch {
+		case err != nil:
+			return err.Error()
 		case f.Name() != "ca.pem" && f.Name() != "node.pem" && f.Name() != "node-key.pem":
-			t.Errorf("%s's tls dir holds %s; want only ca.pem, node.pem and node-key.pem", n.name, f.Name())
+			return "holds " + f.Name() + "; want only ca.pem, node.pem and node-key.pem"
 		case info.Mode().Perm() != 0o600:
-			t.Errorf("%s's %s has mode %v; want 0600", n.name, f.Name(), info.Mode().Perm())
+			return fmt.Sprintf("%s has mode %v; want 0600", f.Name(), info.Mode().Perm())
 		}
 	}
+	return ""
 }
