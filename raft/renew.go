@@ -149,6 +149,80 @@ func anyServer(ctx context.Context, clients *rpcClients, addrs []string, method 
 	return fmt.Errorf("no server signed: %w", last)
 }
 
+// savePair replaces node.pem and node-key.pem as one: both are written
+// (0600, synced) under ".new" names, then the key and then the
+// certificate are renamed over the old ones. A crash between the two
+// renames leaves the new key beside the old certificate and the new
+// certificate under its ".new" name, which loadPair puts in place.
+func savePair(dir string, cert *x509.Certificate, key *ecdsa.PrivateKey) error {
+	keyDER, err := x509.MarshalECPrivateKey(key)
+	if err != nil {
+		return err
+	}
+	certPath, keyPath := filepath.Join(dir, nodeFile), filepath.Join(dir, nodeKeyFile)
+	if err := writeFileAtomic(keyPath+newSuffix, pem.EncodeToMemory(&pem.Block{Type: "EC PRIVATE KEY", Bytes: keyDER}), 0o600); err != nil {
+		return err
+	}
+	if err := writeFileAtomic(certPath+newSuffix, pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: cert.Raw}), 0o600); err != nil {
+		return err
+	}
+	if err := os.Rename(keyPath+newSuffix, keyPath); err != nil {
+		return err
+	}
+	if err := os.Rename(certPath+newSuffix, certPath); err != nil {
+		return err
+	}
+	return syncDir(dir)
+}
+
+// syncDir makes the renames in dir durable.
+func syncDir(dir string) error {
+	d, err := os.Open(dir)
+	if err != nil {
+		return err
+	}
+	defer d.Close()
+	return d.Sync()
+}
+
+// loadPair reads node.pem and node-key.pem. If they do not match and the
+// new certificate of an interrupted savePair matches the key, it
+// completes that renewal; leftovers of a savePair that never got to its
+// first rename are removed.
+func loadPair(dir string) (*x509.Certificate, *ecdsa.PrivateKey, error) {
+	certPath, keyPath := filepath.Join(dir, nodeFile), filepath.Join(dir, nodeKeyFile)
+	certPEM, err := os.ReadFile(certPath)
+	if err != nil {
+		return nil, nil, fmt.Errorf("reading node certificate: %w", err)
+	}
+	keyPEM, err := os.ReadFile(keyPath)
+	if err != nil {
+		return nil, nil, fmt.Errorf("reading node key: %w", err)
+	}
+	cert, err := parseCertPEM(certPEM)
+	if err != nil {
+		return nil, nil, fmt.Errorf("%s: %w", certPath, err)
+	}
+	key, err := parseKeyPEM(keyPEM)
+	if err != nil {
+		return nil, nil, fmt.Errorf("%s: %w", keyPath, err)
+	}
+	if key.PublicKey.Equal(cert.PublicKey) {
+		os.Remove(keyPath + newSuffix)
+		os.Remove(certPath + newSuffix)
+		return cert, key, nil
+	}
+	if b, err := os.ReadFile(certPath + newSuffix); err == nil {
+		if next, err := parseCertPEM(b); err == nil && key.PublicKey.Equal(next.PublicKey) {
+			if err := os.Rename(certPath+newSuffix, certPath); err != nil {
+				return nil, nil, fmt.Errorf("completing an interrupted node certificate renewal: %w", err)
+			}
+			return next, key, nil
+		}
+	}
+	return nil, nil, fmt.Errorf("%s does not match the key in %s", certPath, keyPath)
+}
+
 // renewal is how a node renews its certificate: how long it wants it,
 // where it writes it, who signs.
 type renewal struct {
