@@ -2,6 +2,7 @@ package mesh
 
 import (
 	"context"
+	"crypto/x509"
 	"errors"
 	"fmt"
 	"net"
@@ -13,7 +14,6 @@ import (
 	tlsv3 "github.com/envoyproxy/go-control-plane/envoy/extensions/transport_sockets/tls/v3"
 	vmetrics "github.com/vmesh/vmesh/dataplane/metrics"
 	"github.com/vmesh/vmesh/dataplane/xds"
-	"github.com/vmesh/vmesh/discovery"
 	"github.com/vmesh/vmesh/discovery/httpapi"
 	"github.com/vmesh/vmesh/mesh/membership"
 	"github.com/vmesh/vmesh/raft"
@@ -29,14 +29,17 @@ type xdsState struct {
 	adminSrv      *http.Server
 }
 
-// unsealCA is the leaf issuer's CA: this server's sealed copy of the CA
-// key, opened with its node key for each signature.
-func (a *Agent) unsealCA(root *discovery.CARoot) (*raft.CA, error) {
-	s := a.member.Server()
-	if s == nil {
-		return nil, membership.ErrNotJoined
+// signLeaf is the leaf issuer's signer: on a server its own CA key (its
+// sealed copy, opened with its node key for each signature), on a client
+// a server over the cluster RPC. Either signs only for this node.
+func (a *Agent) signLeaf(ctx context.Context, req *raft.SignLeafRequest) (*x509.Certificate, error) {
+	if s := a.member.Server(); s != nil {
+		return s.SignLeaf(ctx, req)
 	}
-	return s.UnsealCA(root)
+	if c := a.member.Client(); c != nil {
+		return c.SignLeaf(ctx, req)
+	}
+	return nil, membership.ErrNotJoined
 }
 
 // startXDS serves the catalog as xDS on the unix socket (and TCP if
@@ -49,7 +52,7 @@ func (a *Agent) startXDS(context.Context) error {
 		return err
 	}
 	a.xds.socket, a.xds.socketCleanup = sock, cleanup
-	a.xds.leaves = raft.NewLeafIssuer(a.store, a.cfg.NodeName, a.unsealCA, a.cfg.Proxy.LeafCertTTL, a.logger.With("component", "leaf"))
+	a.xds.leaves = raft.NewLeafIssuer(a.store, a.cfg.NodeName, a.signLeaf, a.cfg.Proxy.LeafCertTTL, a.logger.With("component", "leaf"))
 	srv, err := xds.NewServer(xds.Config{
 		Store:      a.store,
 		Secrets:    NewLeafSecrets(a.xds.leaves, a.cfg.NodeName),

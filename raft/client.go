@@ -2,10 +2,11 @@ package raft
 
 import (
 	"context"
-	"crypto/tls"
+	"crypto/x509"
 	"errors"
 	"fmt"
 	"log/slog"
+	"math/rand/v2"
 	"slices"
 	"sync"
 	"sync/atomic"
@@ -34,7 +35,12 @@ type ClientConfig struct {
 	// OnServers, when set, is told each new server list (to remember it
 	// across restarts).
 	OnServers func([]string)
-	Logger    *slog.Logger
+	// DataDir is where the renewed node certificate and key are written
+	// ("" keeps them in memory only: tests). NodeCertTTL is the lifetime
+	// the client asks for (default DefaultNodeCertTTL).
+	DataDir     string
+	NodeCertTTL time.Duration
+	Logger      *slog.Logger
 }
 
 // Client is a client node's link to the cluster: its Replica, its
@@ -73,8 +79,11 @@ func NewClient(cfg ClientConfig, store *discovery.Store) (*Client, error) {
 	if cfg.Logger == nil {
 		cfg.Logger = slog.Default()
 	}
+	if cfg.NodeCertTTL <= 0 {
+		cfg.NodeCertTTL = DefaultNodeCertTTL
+	}
 	c := &Client{cfg: cfg, done: make(chan struct{})}
-	c.clients = &rpcClients{tls: func() *tls.Config { return cfg.Identity.clientTLS(alpnRPC) }}
+	c.clients = &rpcClients{id: cfg.Identity}
 	servers := slices.Clone(cfg.Servers)
 	c.servers.Store(&servers)
 	r, err := NewReplica(ReplicaConfig{Identity: cfg.Identity, Servers: servers, ServerList: c.Servers, Logger: cfg.Logger.With("component", "replica")}, store)
@@ -85,15 +94,53 @@ func NewClient(cfg ClientConfig, store *discovery.Store) (*Client, error) {
 	return c, nil
 }
 
-// Start runs the replica, the heartbeat and the server list refresh until
-// Close.
+// Start runs the replica, the heartbeat, the server list refresh and the
+// node certificate's renewal until Close.
 func (c *Client) Start() {
 	ctx, cancel := context.WithCancel(context.Background())
 	c.cancel = cancel
-	c.wg.Add(3)
+	c.wg.Add(4)
 	go func() { defer c.wg.Done(); c.replica.Run(ctx) }()
 	go func() { defer c.wg.Done(); c.heartbeatLoop(ctx) }()
 	go func() { defer c.wg.Done(); c.serversLoop(ctx) }()
+	go func() { defer c.wg.Done(); c.nodeRenewal().run(ctx) }()
+}
+
+// nodeRenewal renews the client's node certificate through the servers.
+func (c *Client) nodeRenewal() *renewal {
+	return &renewal{
+		id: c.cfg.Identity, dataDir: c.cfg.DataDir, ttl: c.cfg.NodeCertTTL,
+		sign: func(ctx context.Context, csr []byte, ttl time.Duration) ([]byte, error) {
+			var resp RenewNodeResponse
+			if err := anyServer(ctx, c.clients, c.serverOrder(), "RenewNode", &RenewNodeRequest{CSR: csr, TTL: ttl}, &resp); err != nil {
+				return nil, err
+			}
+			return resp.Cert, nil
+		},
+		logger: c.cfg.Logger.With("component", "node-cert"),
+	}
+}
+
+// SignLeaf has a server sign a leaf for this client's proxy or one of its
+// services (the LeafIssuer's signer on a client), trying the servers it
+// knows in turn.
+func (c *Client) SignLeaf(ctx context.Context, req *SignLeafRequest) (*x509.Certificate, error) {
+	var resp SignLeafResponse
+	if err := anyServer(ctx, c.clients, c.serverOrder(), "SignLeaf", req, &resp); err != nil {
+		return nil, err
+	}
+	return x509.ParseCertificate(resp.Cert)
+}
+
+// serverOrder is the known servers from a random one on, so that clients
+// spread their signing requests.
+func (c *Client) serverOrder() []string {
+	s := c.Servers()
+	if len(s) == 0 {
+		return nil
+	}
+	i := rand.IntN(len(s))
+	return slices.Concat(s[i:], s[:i])
 }
 
 // Close stops the client.

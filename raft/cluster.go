@@ -2,7 +2,6 @@ package raft
 
 import (
 	"context"
-	"crypto/tls"
 	"errors"
 	"fmt"
 	"net"
@@ -54,6 +53,12 @@ type ClusterConfig struct {
 	// VIPRange is where the leader allocates service VIPs (vips.go;
 	// default DefaultVIPRange). Give every voter the same range.
 	VIPRange netip.Prefix
+	// NodeCertTTL is the lifetime of the node certificates this server
+	// signs, and of its own (default DefaultNodeCertTTL); a node may ask
+	// for less. RenewGrace is how long after its expiry a node
+	// certificate may still renew itself (default DefaultRenewGrace).
+	NodeCertTTL time.Duration
+	RenewGrace  time.Duration
 }
 
 // Defaults of ClusterConfig.
@@ -81,6 +86,12 @@ func (c *ClusterConfig) withDefaults() {
 	if c.ReapAfter == 0 {
 		c.ReapAfter = DefaultReapAfter
 	}
+	if c.NodeCertTTL == 0 {
+		c.NodeCertTTL = DefaultNodeCertTTL
+	}
+	if c.RenewGrace == 0 {
+		c.RenewGrace = DefaultRenewGrace
+	}
 }
 
 // cluster is the Server's cluster state.
@@ -98,7 +109,7 @@ type cluster struct {
 // was 0).
 func (s *Server) startCluster(cfg ClusterConfig, advertise string) (hraft.Transport, string, error) {
 	cfg.withDefaults()
-	l, err := listenCluster(cfg.Bind, cfg.Identity, s.logger)
+	l, err := listenCluster(cfg.Bind, cfg.Identity, cfg.RenewGrace, s.logger)
 	if err != nil {
 		return nil, "", err
 	}
@@ -124,7 +135,7 @@ func (s *Server) startCluster(cfg ClusterConfig, advertise string) (hraft.Transp
 	gs.RegisterService(&clusterServiceDesc, s)
 	s.cluster = &cluster{
 		cfg: cfg, listener: l, grpc: gs, layer: layer,
-		clients: &rpcClients{tls: func() *tls.Config { return cfg.Identity.clientTLS(alpnRPC) }, source: adv.IP},
+		clients: &rpcClients{id: cfg.Identity, source: adv.IP},
 		live:    newLiveness(),
 	}
 	go gs.Serve(newChanListener(l.rpc, l.done, l.Addr()))

@@ -145,18 +145,40 @@ func StaticCA(ca *CA) CASource {
 	return func(*discovery.CARoot) (*CA, error) { return ca, nil }
 }
 
-// UnsealCA opens this server's blob of the CA key with its node key. Until
-// the leader migrated an old cluster, a legacy clear key still serves.
+// UnsealCA opens this server's blob of the CA key with its node key (the
+// one it is sealed to: after a renewal, until the blob is sealed again,
+// the previous one). Until the leader migrated an old cluster, a legacy
+// clear key still serves.
 func (s *Server) UnsealCA(root *discovery.CARoot) (*CA, error) {
 	if s.cluster == nil {
 		return nil, ErrNotInCluster
 	}
 	id := s.cluster.cfg.Identity
-	ca, err := OpenCAKey(root, id.Name, id.Key)
+	key := custodyKey(root, id)
+	if key == nil {
+		key = id.Key()
+	}
+	ca, err := OpenCAKey(root, id.Name, key)
 	if errors.Is(err, ErrNoSealedKey) && len(root.LegacyKeyPEM) > 0 {
 		return openLegacy(root)
 	}
 	return ca, err
+}
+
+// custodyKey is the node key of id, current or previous, that root's blob
+// for id is sealed to; nil when it is sealed to neither (or there is
+// none).
+func custodyKey(root *discovery.CARoot, id *Identity) *ecdsa.PrivateKey {
+	sk := root.SealedFor(id.Name)
+	if sk == nil {
+		return nil
+	}
+	for _, k := range []*ecdsa.PrivateKey{id.Key(), id.prevKey()} {
+		if k != nil && bytes.Equal(mustECDHBytes(&k.PublicKey), sk.Recipient) {
+			return k
+		}
+	}
+	return nil
 }
 
 // signingCA is the CA from the local catalog, unsealed for one signature.
@@ -267,8 +289,8 @@ func (s *Server) reconcileCustody(ctx context.Context) error {
 			if err != nil {
 				return false, fmt.Errorf("the clear CA key in raft does not decode: %w", err)
 			}
-			if sk := root.SealedFor(self.Name); sk == nil || !bytes.Equal(sk.Recipient, mustECDHBytes(&self.Key.PublicKey)) {
-				sk, err := SealCAKey(ca, self.Name, &self.Key.PublicKey)
+			if sk := root.SealedFor(self.Name); sk == nil || !bytes.Equal(sk.Recipient, mustECDHBytes(&self.Key().PublicKey)) {
+				sk, err := SealCAKey(ca, self.Name, &self.Key().PublicKey)
 				if err != nil {
 					return false, err
 				}
@@ -300,13 +322,19 @@ func (s *Server) reconcileCustody(ctx context.Context) error {
 			}
 		}
 	}
-	if root.SealedFor(self.Name) == nil && len(root.LegacyKeyPEM) == 0 {
+	if len(root.LegacyKeyPEM) > 0 {
+		return nil
+	}
+	if custodyKey(root, self) == nil {
 		// It was admitted and the leader that admitted it stopped before
-		// sealing: no one can seal to it while it leads, so it hands
-		// leadership to a voter that holds a key.
+		// sealing, or its blob is sealed to a node key it no longer has:
+		// no one can seal to it while it leads, so it hands leadership to
+		// a voter that holds a key.
 		return s.leadToKeyHolder(root)
 	}
-	return nil
+	// After a renewal (renew.go) its blob may still be sealed to its
+	// previous node key: seal it to the current one.
+	return s.sealCAFor(ctx, self.Name, &self.Key().PublicKey)
 }
 
 // leadToKeyHolder transfers leadership to a voter that holds a sealed CA

@@ -62,7 +62,7 @@ func TestSealOpenCAKey(t *testing.T) {
 	if !got.Key.Equal(ca.Key) || !got.Cert.Equal(ca.Cert) {
 		t.Fatal("the opened key is not the CA's")
 	}
-	if _, err := got.SignNode(mustCSR(t, "n1"), "n1"); err != nil {
+	if _, err := got.SignNode(mustCSR(t, "n1"), "n1", 0); err != nil {
 		t.Fatalf("signing with the opened CA: %v", err)
 	}
 
@@ -192,7 +192,7 @@ func TestJoinedServerHoldsCAKeyAndSigns(t *testing.T) {
 			if sk.Node == s.cluster.cfg.Identity.Name {
 				continue
 			}
-			if _, err := OpenCAKey(&discovery.CARoot{CertPEM: root.CertPEM, SealedKeys: []discovery.SealedCAKey{sk}}, sk.Node, s.cluster.cfg.Identity.Key); err == nil {
+			if _, err := OpenCAKey(&discovery.CARoot{CertPEM: root.CertPEM, SealedKeys: []discovery.SealedCAKey{sk}}, sk.Node, s.cluster.cfg.Identity.Key()); err == nil {
 				t.Fatalf("%s opened %s's sealed key", s.cluster.cfg.Identity.Name, sk.Node)
 			}
 		}
@@ -224,7 +224,7 @@ func TestJoinedServerHoldsCAKeyAndSigns(t *testing.T) {
 	if id.Name != "server-4" || !id.CA.Equal(c.ca.Cert) {
 		t.Fatalf("joined as %q under CA %s", id.Name, Fingerprint(id.CA))
 	}
-	if err := id.Cert.CheckSignatureFrom(c.ca.Cert); err != nil {
+	if err := id.Cert().CheckSignatureFrom(c.ca.Cert); err != nil {
 		t.Fatalf("the new node's certificate is not signed by the cluster CA: %v", err)
 	}
 	// server-4 is not a raft member: it has no sealed key.

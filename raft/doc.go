@@ -23,6 +23,14 @@
 // its Replica, its heartbeat, and its writes forwarded to the leader with
 // its node certificate, which the leader authorizes (forward.go).
 //
+// Certificates (identity.go, renew.go, leaf.go): node certificates are
+// short-lived and each node renews its own through RenewNode; admitPeer
+// decides what a peer's certificate may be used for (an expired one only
+// renews, within a grace). Leaves for the proxy and its services are made
+// by each agent's LeafIssuer and signed through a LeafSigner: a server's
+// own CA key, or a server over SignLeaf, which signs only for the
+// caller's own node.
+//
 // Metrics leave through NewCollector (this node's raft state, read at
 // scrape time) and MetricsSink (raft's own go-metrics series); the agent
 // registers both.

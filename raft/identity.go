@@ -17,6 +17,7 @@ import (
 	"os"
 	"path/filepath"
 	"strings"
+	"sync/atomic"
 	"time"
 
 	"github.com/spiffe/go-spiffe/v2/bundle/x509bundle"
@@ -30,13 +31,28 @@ var (
 	ErrNotNodeCert    = errors.New("raft: peer certificate is not a node certificate of this cluster")
 	ErrCAFingerprint  = errors.New("raft: cluster CA fingerprint does not match the token")
 	ErrInvalidNodeCSR = errors.New("raft: invalid node certificate request")
+	// ErrCertExpired: a peer's node certificate has expired; it may only
+	// renew itself, within the renewal grace (admitPeer).
+	ErrCertExpired = errors.New("raft: node certificate expired")
 )
 
-// Lifetimes. A long node lifetime keeps an operator from a silent expiry
-// while automatic rotation of node certificates is not built yet.
+// Lifetimes. A node certificate is short-lived and renewed at about half
+// its life (renew.go); a node that was away longer than its life renews
+// within DefaultRenewGrace after the expiry.
 const (
-	caLifetime   = 10 * 365 * 24 * time.Hour
-	nodeLifetime = 5 * 365 * 24 * time.Hour
+	caLifetime = 10 * 365 * 24 * time.Hour
+	// DefaultNodeCertTTL is a node certificate's lifetime unless
+	// configured (cluster.node_cert_ttl).
+	DefaultNodeCertTTL = 24 * time.Hour
+	// MinNodeCertTTL and MaxNodeCertTTL bound the configured lifetime.
+	MinNodeCertTTL = time.Minute
+	MaxNodeCertTTL = 365 * 24 * time.Hour
+	// DefaultRenewGrace is how long after its expiry a node certificate
+	// is still accepted, for RenewNode only (cluster.node_cert_grace).
+	DefaultRenewGrace = 30 * 24 * time.Hour
+	// certBackdate is how far before its signing a certificate starts,
+	// for clocks slightly behind the signer's.
+	certBackdate = time.Minute
 )
 
 // CA is the cluster's certificate authority, its key in the clear: it
@@ -129,14 +145,19 @@ func newNodeKey(name string) (*ecdsa.PrivateKey, []byte, error) {
 	return key, csr, nil
 }
 
-// SignNode signs a node's CSR: the certificate names the node by its SPIFFE
-// ID and is good for both ends of a TLS connection.
-func (ca *CA) SignNode(csrDER []byte, name string) (*x509.Certificate, error) {
+// SignNode signs a node's CSR for lifetime (DefaultNodeCertTTL when 0):
+// the certificate names the node by its SPIFFE ID, whatever the CSR asks
+// for, and is good for both ends of a TLS connection. Only the CSR's
+// public key is used.
+func (ca *CA) SignNode(csrDER []byte, name string, lifetime time.Duration) (*x509.Certificate, error) {
 	csr, id, err := ca.checkNodeCSR(csrDER, name)
 	if err != nil {
 		return nil, err
 	}
-	return ca.sign(csr.PublicKey, name, id.URL(), nodeLifetime)
+	if lifetime <= 0 {
+		lifetime = DefaultNodeCertTTL
+	}
+	return ca.sign(csr.PublicKey, name, id.URL(), lifetime)
 }
 
 // checkNodeCSR is everything SignNode can refuse, so that a join spends a
@@ -160,15 +181,30 @@ func (ca *CA) checkNodeCSR(csrDER []byte, name string) (*x509.CertificateRequest
 	return csr, id, nil
 }
 
-// Identity is what a node presents and trusts on the cluster port.
+// Identity is what a node presents and trusts on the cluster port. Its
+// certificate and key are renewed in place (renew.go): every TLS use on
+// the cluster port reads the current pair (tls.Config's GetCertificate and
+// GetClientCertificate), so a renewal reaches every new connection
+// without a restart. CA, TD and Name never change.
 type Identity struct {
-	CA      *x509.Certificate
-	Cert    *x509.Certificate
-	Key     *ecdsa.PrivateKey
-	TD      spiffeid.TrustDomain
-	Name    string
-	bundle  *x509bundle.Bundle
-	tlsCert tls.Certificate
+	CA     *x509.Certificate
+	TD     spiffeid.TrustDomain
+	Name   string
+	bundle *x509bundle.Bundle
+
+	cur atomic.Pointer[nodePair]
+	// prev is an earlier node key a server keeps while its sealed copy of
+	// the CA key may still be sealed to it (custody.go); nil otherwise.
+	prev atomic.Pointer[ecdsa.PrivateKey]
+}
+
+// nodePair is one node certificate and its key; epoch counts renewals so
+// that cached connections made with an older pair can be retired.
+type nodePair struct {
+	cert  *x509.Certificate
+	key   *ecdsa.PrivateKey
+	tls   *tls.Certificate
+	epoch uint64
 }
 
 func newIdentity(ca, cert *x509.Certificate, key *ecdsa.PrivateKey) (*Identity, error) {
@@ -176,17 +212,43 @@ func newIdentity(ca, cert *x509.Certificate, key *ecdsa.PrivateKey) (*Identity, 
 	if err != nil {
 		return nil, err
 	}
-	id := &Identity{CA: ca, Cert: cert, Key: key, TD: td, bundle: x509bundle.FromX509Authorities(td, []*x509.Certificate{ca})}
-	spiffe, _, err := x509svid.Verify([]*x509.Certificate{cert}, id.bundle)
-	if err != nil {
+	id := &Identity{CA: ca, TD: td, bundle: x509bundle.FromX509Authorities(td, []*x509.Certificate{ca})}
+	// An expired certificate still loads: the node renews it (within the
+	// grace) instead of staying out until an operator steps in.
+	if id.Name, err = id.verifyChain([]*x509.Certificate{cert}, time.Now()); err != nil {
 		return nil, fmt.Errorf("node certificate does not verify against the cluster CA: %w", err)
 	}
-	if id.Name, err = nodeName(spiffe, td); err != nil {
+	if err := id.setPair(cert, key, 0); err != nil {
 		return nil, err
 	}
-	id.tlsCert = tls.Certificate{Certificate: [][]byte{cert.Raw, ca.Raw}, PrivateKey: key, Leaf: cert}
 	return id, nil
 }
+
+// setPair makes cert and key the identity's current pair.
+func (id *Identity) setPair(cert *x509.Certificate, key *ecdsa.PrivateKey, epoch uint64) error {
+	if key == nil || !key.PublicKey.Equal(cert.PublicKey) {
+		return errors.New("raft: the node key does not match the node certificate")
+	}
+	id.cur.Store(&nodePair{cert: cert, key: key, epoch: epoch,
+		tls: &tls.Certificate{Certificate: [][]byte{cert.Raw, id.CA.Raw}, PrivateKey: key, Leaf: cert}})
+	return nil
+}
+
+// Cert is the node certificate in use now.
+func (id *Identity) Cert() *x509.Certificate { return id.cur.Load().cert }
+
+// Key is the node key in use now; it never leaves the node.
+func (id *Identity) Key() *ecdsa.PrivateKey { return id.cur.Load().key }
+
+// prevKey is the earlier node key kept for custody, or nil.
+func (id *Identity) prevKey() *ecdsa.PrivateKey { return id.prev.Load() }
+
+// tlsCertificate is the pair every TLS handshake on the cluster port
+// presents.
+func (id *Identity) tlsCertificate() *tls.Certificate { return id.cur.Load().tls }
+
+// epoch changes with every renewal.
+func (id *Identity) epoch() uint64 { return id.cur.Load().epoch }
 
 // nodeName extracts <name> from spiffe://<td>/node/<name>: exactly one
 // segment after /node/, so no other kind of certificate from the same CA
@@ -203,16 +265,91 @@ func nodeName(id spiffeid.ID, td spiffeid.TrustDomain) (string, error) {
 }
 
 // VerifyPeer checks a peer's certificate chain against the cluster CA and
-// returns the peer's node name.
+// returns the peer's node name; the certificate must be valid now.
 func (id *Identity) VerifyPeer(rawCerts [][]byte) (string, error) {
+	return id.verifyPeer(rawCerts, useCluster, time.Now(), 0)
+}
+
+// verifyPeer checks a peer's chain against the cluster CA as of a moment
+// of the leaf's validity (now, or its expiry if that is past), so that an
+// expired node certificate still says whose it is, and then asks
+// admitPeer whether it may be used for use at now.
+func (id *Identity) verifyPeer(rawCerts [][]byte, use peerUse, now time.Time, grace time.Duration) (string, error) {
 	if len(rawCerts) == 0 {
 		return "", fmt.Errorf("%w: no certificate presented", ErrNotNodeCert)
 	}
-	spiffe, _, err := x509svid.ParseAndVerify(rawCerts, id.bundle)
+	certs := make([]*x509.Certificate, 0, len(rawCerts))
+	for _, raw := range rawCerts {
+		c, err := x509.ParseCertificate(raw)
+		if err != nil {
+			return "", fmt.Errorf("%w: %v", ErrNotNodeCert, err)
+		}
+		certs = append(certs, c)
+	}
+	name, err := id.verifyChain(certs, now)
+	if err != nil {
+		return "", err
+	}
+	if err := admitPeer(certs[0], use, now, grace); err != nil {
+		return "", err
+	}
+	return name, nil
+}
+
+// verifyChain verifies certs (leaf first) against the cluster CA at now,
+// or at the leaf's expiry if now is past it, and returns the node name.
+func (id *Identity) verifyChain(certs []*x509.Certificate, now time.Time) (string, error) {
+	at := now
+	if at.After(certs[0].NotAfter) {
+		at = certs[0].NotAfter
+	}
+	spiffe, _, err := x509svid.Verify(certs, id.bundle, x509svid.WithTime(at))
 	if err != nil {
 		return "", fmt.Errorf("%w: %v", ErrNotNodeCert, err)
 	}
 	return nodeName(spiffe, id.TD)
+}
+
+// peerUse is what a peer presents its node certificate for on the cluster
+// port.
+type peerUse int
+
+const (
+	// useHandshake: the TLS handshake, before the peer has said what it
+	// wants. Every connection is then checked again for its use.
+	useHandshake peerUse = iota
+	// useCluster: raft, and every cluster RPC but RenewNode.
+	useCluster
+	// useRenewal: RenewNode, which an expired certificate may still make.
+	useRenewal
+)
+
+// admitPeer is the one decision on whether a peer's node certificate,
+// whose chain verifies against the cluster CA, may be used for use at now.
+// A certificate that has not expired may be used for anything. An expired
+// one passes the handshake (which cannot know the call yet: the RPCs then
+// check) and renews itself while it expired at most grace ago, so that a
+// node that was away longer than its certificate's life comes back by
+// itself; it is refused for raft and every other RPC. Every peer
+// certificate on the cluster port passes here (through verifyPeer at the
+// handshake, peerNodeFor in the RPCs, and the listener for raft), so a
+// further check on peer certificates (a deny list, say) belongs beside
+// this one.
+func admitPeer(cert *x509.Certificate, use peerUse, now time.Time, grace time.Duration) error {
+	if !now.After(cert.NotAfter) {
+		return nil
+	}
+	expired := cert.NotAfter.UTC().Format(time.RFC3339)
+	switch use {
+	case useHandshake:
+		return nil
+	case useRenewal:
+		if now.Sub(cert.NotAfter) > grace {
+			return fmt.Errorf("%w at %s, longer ago than the renewal grace (%s): join the node again with a new token", ErrCertExpired, expired, grace)
+		}
+		return nil
+	}
+	return fmt.Errorf("%w at %s: an expired node certificate may only renew itself", ErrCertExpired, expired)
 }
 
 // Files of an identity in the data dir.
@@ -221,12 +358,17 @@ const (
 	caKeyFile   = "ca-key.pem"
 	nodeFile    = "node.pem"
 	nodeKeyFile = "node-key.pem"
+	// prevKeyFile is a server's earlier node key while its sealed CA key
+	// may still be sealed to it (custody.go).
+	prevKeyFile = "node-key.prev.pem"
+	// newSuffix marks the halves of a pair being replaced (savePair).
+	newSuffix = ".new"
 )
 
 func tlsDir(dataDir string) string { return filepath.Join(dataDir, "tls") }
 
 // LoadIdentity reads the node's identity from dataDir; ErrNoIdentity when
-// there is none.
+// there is none. It finishes a renewal a crash interrupted (savePair).
 func LoadIdentity(dataDir string) (*Identity, error) {
 	dir := tlsDir(dataDir)
 	caPEM, err := os.ReadFile(filepath.Join(dir, caFile))
@@ -236,49 +378,39 @@ func LoadIdentity(dataDir string) (*Identity, error) {
 	if err != nil {
 		return nil, err
 	}
-	certPEM, err := os.ReadFile(filepath.Join(dir, nodeFile))
-	if err != nil {
-		return nil, fmt.Errorf("reading node certificate: %w", err)
-	}
-	keyPEM, err := os.ReadFile(filepath.Join(dir, nodeKeyFile))
-	if err != nil {
-		return nil, fmt.Errorf("reading node key: %w", err)
-	}
 	ca, err := parseCertPEM(caPEM)
 	if err != nil {
 		return nil, fmt.Errorf("%s: %w", filepath.Join(dir, caFile), err)
 	}
-	cert, err := parseCertPEM(certPEM)
+	cert, key, err := loadPair(dir)
 	if err != nil {
-		return nil, fmt.Errorf("%s: %w", filepath.Join(dir, nodeFile), err)
+		return nil, err
 	}
-	key, err := parseKeyPEM(keyPEM)
+	id, err := newIdentity(ca, cert, key)
 	if err != nil {
-		return nil, fmt.Errorf("%s: %w", filepath.Join(dir, nodeKeyFile), err)
+		return nil, err
 	}
-	return newIdentity(ca, cert, key)
+	if b, err := os.ReadFile(filepath.Join(dir, prevKeyFile)); err == nil {
+		prev, err := parseKeyPEM(b)
+		if err != nil {
+			return nil, fmt.Errorf("%s: %w", filepath.Join(dir, prevKeyFile), err)
+		}
+		id.prev.Store(prev)
+	}
+	return id, nil
 }
 
-// save writes the identity to dataDir atomically, file by file.
+// save writes the identity to dataDir: the CA certificate and the node's
+// pair.
 func (id *Identity) save(dataDir string) error {
 	dir := tlsDir(dataDir)
 	if err := os.MkdirAll(dir, 0o700); err != nil {
 		return err
 	}
-	keyDER, err := x509.MarshalECPrivateKey(id.Key)
-	if err != nil {
+	if err := writeFileAtomic(filepath.Join(dir, caFile), pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: id.CA.Raw}), 0o600); err != nil {
 		return err
 	}
-	for name, block := range map[string]*pem.Block{
-		nodeKeyFile: {Type: "EC PRIVATE KEY", Bytes: keyDER},
-		nodeFile:    {Type: "CERTIFICATE", Bytes: id.Cert.Raw},
-		caFile:      {Type: "CERTIFICATE", Bytes: id.CA.Raw},
-	} {
-		if err := writeFileAtomic(filepath.Join(dir, name), pem.EncodeToMemory(block), 0o600); err != nil {
-			return err
-		}
-	}
-	return nil
+	return savePair(dir, id.Cert(), id.Key())
 }
 
 func writeFileAtomic(path string, data []byte, mode os.FileMode) error {
@@ -353,7 +485,7 @@ func BootstrapIdentity(dataDir, trustDomain, name string) (*Identity, *CA, error
 	if err != nil {
 		return nil, nil, err
 	}
-	cert, err := ca.SignNode(csr, name)
+	cert, err := ca.SignNode(csr, name, DefaultNodeCertTTL)
 	if err != nil {
 		return nil, nil, err
 	}
@@ -417,14 +549,20 @@ func (ca *CA) SignService(pub any, name string, lifetime time.Duration) (*x509.C
 	return ca.sign(pub, name, id.URL(), lifetime)
 }
 
-// sign issues a leaf for both ends of TLS naming uri.
+// sign issues a leaf for both ends of TLS naming uri, valid from a moment
+// ago for lifetime.
 func (ca *CA) sign(pub any, cn string, uri *url.URL, lifetime time.Duration) (*x509.Certificate, error) {
 	now := time.Now()
+	return ca.signWindow(pub, cn, uri, now.Add(-certBackdate), now.Add(lifetime))
+}
+
+// signWindow issues a leaf naming uri valid from notBefore to notAfter.
+func (ca *CA) signWindow(pub any, cn string, uri *url.URL, notBefore, notAfter time.Time) (*x509.Certificate, error) {
 	tmpl := &x509.Certificate{
 		SerialNumber: serial(),
 		Subject:      pkix.Name{CommonName: cn},
-		NotBefore:    now.Add(-time.Minute),
-		NotAfter:     now.Add(lifetime),
+		NotBefore:    notBefore,
+		NotAfter:     notAfter,
 		KeyUsage:     x509.KeyUsageDigitalSignature | x509.KeyUsageKeyEncipherment,
 		ExtKeyUsage:  []x509.ExtKeyUsage{x509.ExtKeyUsageServerAuth, x509.ExtKeyUsageClientAuth},
 		URIs:         []*url.URL{uri},

@@ -38,7 +38,7 @@ func idTestNode(t *testing.T, ca *CA, name string) (*x509.Certificate, *ecdsa.Pr
 	if err != nil {
 		t.Fatal(err)
 	}
-	cert, err := ca.SignNode(csr, name)
+	cert, err := ca.SignNode(csr, name, 0)
 	if err != nil {
 		t.Fatalf("SignNode(%q): %v", name, err)
 	}
@@ -104,7 +104,7 @@ func TestSignNode(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	cert, err := ca.SignNode(csr, "web-1")
+	cert, err := ca.SignNode(csr, "web-1", 0)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -163,7 +163,7 @@ func TestSignNodeRefuses(t *testing.T) {
 		{"percent in node name", "web%201", good},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
-			cert, err := ca.SignNode(tc.csr, tc.node)
+			cert, err := ca.SignNode(tc.csr, tc.node, 0)
 			if !errors.Is(err, ErrInvalidNodeCSR) {
 				t.Fatalf("SignNode(%s, %q) = %v, %v; want ErrInvalidNodeCSR", tc.name, tc.node, cert, err)
 			}
@@ -186,7 +186,7 @@ func TestIdentityVerifyPeer(t *testing.T) {
 	}
 	// What the node presents on the cluster port: its certificate and the
 	// CA, which a joiner pins by fingerprint.
-	if c := id.tlsCert.Certificate; len(c) != 2 || !bytes.Equal(c[0], cert.Raw) || !bytes.Equal(c[1], ca.Cert.Raw) {
+	if c := id.tlsCertificate().Certificate; len(c) != 2 || !bytes.Equal(c[0], cert.Raw) || !bytes.Equal(c[1], ca.Cert.Raw) {
 		t.Errorf("TLS chain has %d certificates; want the node certificate, then the CA", len(c))
 	}
 
@@ -267,7 +267,7 @@ func TestBootstrapAndLoadIdentity(t *testing.T) {
 	if c, err := readPEMCert(filepath.Join(tls, "ca.pem")); err != nil || !c.Equal(ca.Cert) {
 		t.Errorf("tls/ca.pem is not the CA certificate (%v)", err)
 	}
-	if c, err := readPEMCert(filepath.Join(tls, "node.pem")); err != nil || !c.Equal(id.Cert) {
+	if c, err := readPEMCert(filepath.Join(tls, "node.pem")); err != nil || !c.Equal(id.Cert()) {
 		t.Errorf("tls/node.pem is not the node certificate (%v)", err)
 	}
 
@@ -275,7 +275,7 @@ func TestBootstrapAndLoadIdentity(t *testing.T) {
 	if err != nil {
 		t.Fatalf("LoadIdentity: %v", err)
 	}
-	if !loaded.CA.Equal(id.CA) || !loaded.Cert.Equal(id.Cert) || !loaded.Key.Equal(id.Key) ||
+	if !loaded.CA.Equal(id.CA) || !loaded.Cert().Equal(id.Cert()) || !loaded.Key().Equal(id.Key()) ||
 		loaded.Name != id.Name || loaded.TD != id.TD {
 		t.Errorf("LoadIdentity = %q/%s; want what BootstrapIdentity made, %q/%s", loaded.Name, loaded.TD, id.Name, id.TD)
 	}

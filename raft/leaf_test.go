@@ -1,6 +1,7 @@
 package raft
 
 import (
+	"context"
 	"crypto/tls"
 	"crypto/x509"
 	"errors"
@@ -64,10 +65,10 @@ func TestLeafIssuer(t *testing.T) {
 	store, ca, src := leafCatalog(t)
 	roots := x509.NewCertPool()
 	roots.AddCert(ca.Cert)
-	l := NewLeafIssuer(store, "n1", src, time.Hour, slog.Default())
+	l := NewLeafIssuer(store, "n1", CALeafSigner(store, "n1", src), time.Hour, slog.Default())
 	changed := l.Changed()
 	now := time.Now()
-	next := l.sync(nil, now)
+	next := l.sync(context.Background(), nil, now)
 	select {
 	case <-changed:
 	default:
@@ -89,7 +90,7 @@ func TestLeafIssuer(t *testing.T) {
 
 	// Nothing due: nothing changes.
 	changed = l.Changed()
-	l.sync(nil, now.Add(time.Minute))
+	l.sync(context.Background(), nil, now.Add(time.Minute))
 	select {
 	case <-changed:
 		t.Fatal("an idle sync reported a change")
@@ -100,7 +101,7 @@ func TestLeafIssuer(t *testing.T) {
 	}
 
 	// Past half the lifetime every leaf is renewed.
-	l.sync(nil, now.Add(31*time.Minute))
+	l.sync(context.Background(), nil, now.Add(31*time.Minute))
 	renewed := l.Leaves()
 	if string(renewed.Services[1].CertPEM) == string(lv.Services[1].CertPEM) || string(renewed.Node.CertPEM) == string(lv.Node.CertPEM) {
 		t.Fatal("leaves were not renewed at half their lifetime")
@@ -110,7 +111,7 @@ func TestLeafIssuer(t *testing.T) {
 	if err := store.DeleteService(8, "n1", "db-1"); err != nil {
 		t.Fatal(err)
 	}
-	l.sync(nil, now.Add(32*time.Minute))
+	l.sync(context.Background(), nil, now.Add(32*time.Minute))
 	if svcs := l.Leaves().Services; len(svcs) != 1 || svcs[0].Name != "web" {
 		t.Fatalf("after db left: %+v", svcs)
 	}
@@ -127,7 +128,7 @@ func TestProxyLeafIsNotANodeCert(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	cert, err := ca.SignNode(csr, "n1")
+	cert, err := ca.SignNode(csr, "n1", 0)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -164,8 +165,8 @@ func TestLeafIssuerWaitsForCA(t *testing.T) {
 	if err := s.EnsureNode(1, &discovery.Node{Name: "n1"}); err != nil {
 		t.Fatal(err)
 	}
-	l := NewLeafIssuer(s, "n1", func(*discovery.CARoot) (*CA, error) { return nil, ErrNoSealedKey }, 0, slog.Default())
-	l.sync(nil, time.Now())
+	l := NewLeafIssuer(s, "n1", CALeafSigner(s, "n1", func(*discovery.CARoot) (*CA, error) { return nil, ErrNoSealedKey }), 0, slog.Default())
+	l.sync(context.Background(), nil, time.Now())
 	if lv := l.Leaves(); lv.RootsPEM != nil || lv.Node != nil {
 		t.Fatalf("leaves issued without a CA: %+v", lv)
 	}

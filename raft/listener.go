@@ -32,10 +32,13 @@ const handshakeTimeout = 10 * time.Second
 // a client certificate from another CA, or no TLS at all, fails the
 // handshake; raft connections must also present a node certificate of this
 // cluster. RPC connections may come without a certificate (a joining node
-// has none yet); each RPC checks what it needs.
+// has none yet); each RPC checks what it needs. An expired node
+// certificate passes the handshake (it may still renew itself, within
+// grace); raft and every RPC but RenewNode refuse it (admitPeer).
 type clusterListener struct {
 	ln     net.Listener
 	id     *Identity
+	grace  time.Duration
 	logger *slog.Logger
 	raft   chan net.Conn
 	rpc    chan net.Conn
@@ -44,13 +47,13 @@ type clusterListener struct {
 	wg     sync.WaitGroup
 }
 
-func listenCluster(bind string, id *Identity, logger *slog.Logger) (*clusterListener, error) {
+func listenCluster(bind string, id *Identity, grace time.Duration, logger *slog.Logger) (*clusterListener, error) {
 	ln, err := net.Listen("tcp", bind)
 	if err != nil {
 		return nil, fmt.Errorf("listening on the cluster port %s: %w", bind, err)
 	}
 	l := &clusterListener{
-		ln: ln, id: id, logger: logger,
+		ln: ln, id: id, grace: grace, logger: logger,
 		raft: make(chan net.Conn), rpc: make(chan net.Conn), done: make(chan struct{}),
 	}
 	l.wg.Add(1)
@@ -60,17 +63,18 @@ func listenCluster(bind string, id *Identity, logger *slog.Logger) (*clusterList
 
 func (l *clusterListener) serverTLS() *tls.Config {
 	return &tls.Config{
-		MinVersion:   tls.VersionTLS13,
-		Certificates: []tls.Certificate{l.id.tlsCert},
-		NextProtos:   []string{alpnRaft, alpnRPC},
-		ClientAuth:   tls.RequestClientCert,
+		MinVersion: tls.VersionTLS13,
+		// The current pair: a renewal reaches the next handshake.
+		GetCertificate: func(*tls.ClientHelloInfo) (*tls.Certificate, error) { return l.id.tlsCertificate(), nil },
+		NextProtos:     []string{alpnRaft, alpnRPC},
+		ClientAuth:     tls.RequestClientCert,
 		// A certificate, when given, must be a node certificate of this
 		// cluster's CA: anything else fails the handshake.
 		VerifyPeerCertificate: func(raw [][]byte, _ [][]*x509.Certificate) error {
 			if len(raw) == 0 {
 				return nil
 			}
-			_, err := l.id.VerifyPeer(raw)
+			_, err := l.id.verifyPeer(raw, useHandshake, time.Now(), l.grace)
 			return err
 		},
 	}
@@ -116,6 +120,11 @@ func (l *clusterListener) handshake(conn *tls.Conn) {
 	case alpnRaft:
 		if len(st.PeerCertificates) == 0 {
 			l.logger.Warn("cluster port: raft connection without a node certificate refused", "remote", conn.RemoteAddr())
+			conn.Close()
+			return
+		}
+		if err := admitPeer(st.PeerCertificates[0], useCluster, time.Now(), l.grace); err != nil {
+			l.logger.Warn("cluster port: raft connection refused", "remote", conn.RemoteAddr(), "err", err)
 			conn.Close()
 			return
 		}
@@ -178,13 +187,16 @@ func (c *chanListener) Close() error {
 }
 func (c *chanListener) Addr() net.Addr { return c.addr }
 
-// clientTLS is what this node presents when it dials a peer: its node
-// certificate, and it accepts only a node certificate of the same CA.
+// clientTLS is what this node presents when it dials a peer: its current
+// node certificate (even expired: RenewNode takes it within the grace),
+// and it accepts only a node certificate of the same CA, valid now.
 func (id *Identity) clientTLS(alpn string) *tls.Config {
 	return &tls.Config{
-		MinVersion:   tls.VersionTLS13,
-		Certificates: []tls.Certificate{id.tlsCert},
-		NextProtos:   []string{alpn},
+		MinVersion: tls.VersionTLS13,
+		GetClientCertificate: func(*tls.CertificateRequestInfo) (*tls.Certificate, error) {
+			return id.tlsCertificate(), nil
+		},
+		NextProtos: []string{alpn},
 		// Node certificates name SPIFFE IDs, not host names: the chain is
 		// verified against the cluster CA below instead of by host name.
 		InsecureSkipVerify: true,

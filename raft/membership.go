@@ -226,7 +226,7 @@ func (s *Server) rpcJoin(ctx context.Context, req *JoinRequest) (*JoinResponse, 
 		}
 		return nil, status.Errorf(codes.Unavailable, "spending a use of the join token: %v", err)
 	}
-	cert, err := ca.SignNode(req.CSR, req.NodeName)
+	cert, err := ca.SignNode(req.CSR, req.NodeName, s.cluster.cfg.NodeCertTTL)
 	if err != nil {
 		return nil, status.Error(codes.InvalidArgument, err.Error())
 	}
@@ -646,7 +646,7 @@ func (s *Server) storeLocalCA(ctx context.Context) error {
 	}
 	if _, cur, _ := s.store.CA(nil); cur == nil {
 		self := s.cluster.cfg.Identity
-		sk, err := SealCAKey(ca, self.Name, &self.Key.PublicKey)
+		sk, err := SealCAKey(ca, self.Name, &self.Key().PublicKey)
 		if err != nil {
 			return err
 		}

@@ -25,15 +25,33 @@ import (
 // adding a peer that never answers (voters 1: as a nonvoter) commits.
 func openClusterLeader(t *testing.T, voters int) (*Server, *CA) {
 	t.Helper()
+	return openClusterLeaderWith(t, ClusterConfig{Voters: voters})
+}
+
+// openClusterLeaderWith is openClusterLeader with cc's settings (its
+// identity and address are the test's). It bootstraps a new CA unless
+// cc.LocalCA holds one.
+func openClusterLeaderWith(t *testing.T, cc ClusterConfig) (*Server, *CA) {
+	t.Helper()
 	dir := t.TempDir()
-	id, ca, err := BootstrapIdentity(dir, "membership.test", "leader")
-	if err != nil {
-		t.Fatal(err)
+	var id *Identity
+	ca := cc.LocalCA
+	if ca == nil {
+		var err error
+		if id, ca, err = BootstrapIdentity(dir, "membership.test", "leader"); err != nil {
+			t.Fatal(err)
+		}
+	} else {
+		id = testIdentity(t, ca, "leader")
+		if err := id.save(dir); err != nil {
+			t.Fatal(err)
+		}
 	}
+	cc.Identity, cc.Bind, cc.LocalCA = id, "127.0.0.1:0", ca
 	s, err := Open(Config{
 		NodeID: "id-leader", Addr: "127.0.0.1:0", DataDir: dir, Bootstrap: true,
 		Logger:  testkit.Logger(t).With("component", "raft"),
-		Cluster: &ClusterConfig{Identity: id, Bind: "127.0.0.1:0", Voters: voters, LocalCA: ca},
+		Cluster: &cc,
 	}, discovery.NewStore())
 	if err != nil {
 		t.Fatal(err)

@@ -33,7 +33,7 @@ func testIdentity(t testing.TB, ca *CA, name string) *Identity {
 	if err != nil {
 		t.Fatal(err)
 	}
-	cert, err := ca.SignNode(csr, name)
+	cert, err := ca.SignNode(csr, name, 0)
 	if err != nil {
 		t.Fatal(err)
 	}

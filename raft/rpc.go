@@ -2,13 +2,14 @@ package raft
 
 import (
 	"context"
-	"crypto/tls"
 	"crypto/x509"
 	"errors"
 	"net"
+	"slices"
 	"strings"
 	"sync"
 	"syscall"
+	"time"
 
 	"github.com/spiffe/go-spiffe/v2/spiffeid"
 	"github.com/vmesh/vmesh/acl"
@@ -136,12 +137,21 @@ var clusterServiceDesc = grpc.ServiceDesc{
 		method("KVRead", (*Server).rpcKVRead),
 		method("ResolveToken", (*Server).rpcResolveToken),
 		method("ACLRead", (*Server).rpcACLRead),
+		method("SignLeaf", (*Server).rpcSignLeaf),
+		method("RenewNode", (*Server).rpcRenewNode),
 	},
 	Streams: []grpc.StreamDesc{subscribeStreamDesc},
 }
 
-// peerNode returns the calling node's name from its verified certificate.
+// peerNode returns the calling node's name from its verified certificate,
+// which must be valid now.
 func peerNode(ctx context.Context) (string, error) {
+	return peerNodeFor(ctx, useCluster, 0)
+}
+
+// peerNodeFor returns the calling node's name from its verified
+// certificate if admitPeer lets it be used for use.
+func peerNodeFor(ctx context.Context, use peerUse, grace time.Duration) (string, error) {
 	p, ok := peer.FromContext(ctx)
 	if !ok {
 		return "", status.Error(codes.Unauthenticated, "no peer")
@@ -151,7 +161,15 @@ func peerNode(ctx context.Context) (string, error) {
 		return "", status.Error(codes.Unauthenticated, "this call needs a node certificate of this cluster")
 	}
 	// The listener verified the chain; the name is in the SPIFFE ID.
-	return nodeNameFromCert(ti.State.PeerCertificates[0])
+	cert := ti.State.PeerCertificates[0]
+	name, err := nodeNameFromCert(cert)
+	if err != nil {
+		return "", err
+	}
+	if err := admitPeer(cert, use, time.Now(), grace); err != nil {
+		return "", status.Errorf(codes.Unauthenticated, "node %q: %v", name, err)
+	}
+	return name, nil
 }
 
 // peerCert is the caller's verified leaf certificate, or nil.
@@ -226,15 +244,32 @@ func isNotLeader(err error) bool {
 	return status.Code(err) == codes.FailedPrecondition && refusedFor(err) == ""
 }
 
-// rpcClients caches one gRPC connection per peer address.
+// rpcClients caches one gRPC connection per peer address, made with the
+// identity's current node certificate. A server checks the certificate
+// of a connection, not of each call, so after a renewal the connections
+// made with the old one are retired: new calls dial again, and calls in
+// flight get retireAfter to finish.
 type rpcClients struct {
-	mu    sync.Mutex
-	conns map[string]*grpc.ClientConn
-	tls   func() *tls.Config
+	id *Identity
 	// source is the advertised host: calls leave from it, so the leader
 	// sees them come from the address the node asks to be reached at.
 	source net.IP
+
+	mu      sync.Mutex
+	conns   map[string]*grpc.ClientConn
+	epoch   uint64 // the identity's epoch the conns were made with
+	retired []retiredConns
 }
+
+type retiredConns struct {
+	timer *time.Timer
+	conns map[string]*grpc.ClientConn
+	at    time.Time
+}
+
+// retireAfter is how long a connection made with a renewed certificate
+// stays open for the calls already on it.
+const retireAfter = time.Minute
 
 // dial binds the connection's source to the advertised host when this
 // host has that address; otherwise it lets the kernel choose.
@@ -253,12 +288,16 @@ func (c *rpcClients) dial(ctx context.Context, addr string) (net.Conn, error) {
 func (c *rpcClients) get(addr string) (*grpc.ClientConn, error) {
 	c.mu.Lock()
 	defer c.mu.Unlock()
+	if e := c.id.epoch(); e != c.epoch {
+		c.retire()
+		c.epoch = e
+	}
 	if cc, ok := c.conns[addr]; ok {
 		return cc, nil
 	}
 	cc, err := grpc.NewClient("passthrough:///"+addr,
 		grpc.WithContextDialer(c.dial),
-		grpc.WithTransportCredentials(credentials.NewTLS(c.tls())),
+		grpc.WithTransportCredentials(credentials.NewTLS(c.id.clientTLS(alpnRPC))),
 		grpc.WithDefaultCallOptions(grpc.ForceCodec(jsonCodec{})))
 	if err != nil {
 		return nil, err
@@ -270,12 +309,35 @@ func (c *rpcClients) get(addr string) (*grpc.ClientConn, error) {
 	return cc, nil
 }
 
+// retire closes the cached connections after retireAfter. c.mu is held.
+func (c *rpcClients) retire() {
+	now := time.Now()
+	// Forget the ones whose timer has long fired.
+	c.retired = slices.DeleteFunc(c.retired, func(r retiredConns) bool { return now.Sub(r.at) > 2*retireAfter })
+	if len(c.conns) == 0 {
+		return
+	}
+	old := c.conns
+	c.conns = nil
+	c.retired = append(c.retired, retiredConns{conns: old, at: now, timer: time.AfterFunc(retireAfter, func() { closeConns(old) })})
+}
+
+func closeConns(conns map[string]*grpc.ClientConn) {
+	for _, cc := range conns {
+		cc.Close()
+	}
+}
+
 func (c *rpcClients) closeAll() {
 	c.mu.Lock()
 	defer c.mu.Unlock()
-	for _, cc := range c.conns {
-		cc.Close()
+	for _, r := range c.retired {
+		if r.timer.Stop() { // not fired yet: close them here
+			closeConns(r.conns)
+		}
 	}
+	c.retired = nil
+	closeConns(c.conns)
 	c.conns = nil
 }
 

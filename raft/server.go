@@ -181,10 +181,11 @@ func Open(cfg Config, store *discovery.Store) (*Server, error) {
 		s.watchCatchUp()
 	}()
 	if s.cluster != nil {
-		s.wg.Add(3)
+		s.wg.Add(4)
 		go s.monitorLeadership()
 		go s.heartbeatLoop()
 		go s.rejoinLoop()
+		go s.renewLoop()
 	}
 	return s, nil
 }

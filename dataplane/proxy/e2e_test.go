@@ -55,8 +55,8 @@ func catalog(t testing.TB) (*raft.Server, *discovery.Store, *raft.CA) {
 		t.Fatal(err)
 	}
 	// The catalog holds the certificate; the test's leaf issuers sign with
-	// the CA they are handed (raft.StaticCA), as a server does with its
-	// unsealed key.
+	// the CA they are handed (raft.CALeafSigner over raft.StaticCA), as a
+	// server does with its unsealed key.
 	apply(t, srv, discovery.SetCARequest{CA: discovery.CARoot{CertPEM: certPEM, TrustDomain: "vmesh.local", Fingerprint: raft.Fingerprint(ca.Cert)}})
 	apply(t, srv, discovery.RegisterNodeRequest{Node: discovery.Node{ID: "id-a", Name: "node-a", Address: "127.0.0.2"}})
 	apply(t, srv, discovery.RegisterNodeRequest{Node: discovery.Node{ID: "id-b", Name: "node-b", Address: "127.0.0.3"}})
@@ -169,7 +169,7 @@ func TestMeshTCP(t *testing.T) {
 	defer cancel()
 	var proxies []*proxy.Proxy
 	for _, n := range []struct{ node, ip string }{{"node-a", "127.0.0.2"}, {"node-b", "127.0.0.3"}} {
-		leaves := raft.NewLeafIssuer(store, n.node, raft.StaticCA(ca), 0, testkit.Discard())
+		leaves := raft.NewLeafIssuer(store, n.node, raft.CALeafSigner(store, n.node, raft.StaticCA(ca)), 0, testkit.Discard())
 		go leaves.Run(ctx)
 		addr := startXDS(t, store, xds.Options{OutboundAddr: n.ip, OutboundPort: outPort, MeshPort: meshPort, IntentionsDefaultAllow: true},
 			mesh.NewLeafSecrets(leaves, n.node))

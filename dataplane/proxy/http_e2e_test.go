@@ -52,7 +52,7 @@ func newMeshFixture(t testing.TB) *meshFixture {
 	ctx, cancel := context.WithCancel(context.Background())
 	t.Cleanup(cancel)
 	for _, n := range []struct{ node, ip string }{{"node-a", "127.0.0.2"}, {"node-b", "127.0.0.3"}} {
-		leaves := raft.NewLeafIssuer(store, n.node, raft.StaticCA(ca), 0, testkit.Discard())
+		leaves := raft.NewLeafIssuer(store, n.node, raft.CALeafSigner(store, n.node, raft.StaticCA(ca)), 0, testkit.Discard())
 		go leaves.Run(ctx)
 		addr := startXDS(t, store, xds.Options{OutboundAddr: n.ip, OutboundPort: outPort, MeshPort: fx.meshPort, IntentionsDefaultAllow: true},
 			mesh.NewLeafSecrets(leaves, n.node))

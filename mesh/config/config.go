@@ -138,6 +138,13 @@ type Cluster struct {
 	NodeTTL           time.Duration `hcl:"node_ttl"`
 	ReapAfter         time.Duration `hcl:"reap_after"`
 	HeartbeatInterval time.Duration `hcl:"heartbeat_interval"`
+	// NodeCertTTL is the lifetime of node certificates: this node asks
+	// for it when it renews its own (at about half its life), and a
+	// server grants at most its own. NodeCertGrace is how long after its
+	// expiry a server still lets a node certificate renew itself (a node
+	// that was away comes back by itself).
+	NodeCertTTL   time.Duration `hcl:"node_cert_ttl"`
+	NodeCertGrace time.Duration `hcl:"node_cert_grace"`
 }
 
 // Defaults, as the operator docs list them (Consul's ports where Consul
@@ -169,6 +176,7 @@ func DefaultConfig() Config {
 		Cluster: Cluster{
 			Voters: 3, TrustDomain: "vmesh.local",
 			NodeTTL: 10 * time.Second, ReapAfter: 72 * time.Hour, HeartbeatInterval: time.Second,
+			NodeCertTTL: 24 * time.Hour, NodeCertGrace: 30 * 24 * time.Hour,
 		},
 	}
 }
@@ -264,6 +272,13 @@ func (c *Config) Validate() error {
 	}
 	if c.Cluster.ReapAfter < c.Cluster.NodeTTL {
 		bad("cluster.reap_after", "must be at least cluster.node_ttl, got %s", c.Cluster.ReapAfter)
+	}
+	// The same bounds as raft.MinNodeCertTTL and raft.MaxNodeCertTTL.
+	if t := c.Cluster.NodeCertTTL; t < time.Minute || t > 8760*time.Hour {
+		bad("cluster.node_cert_ttl", "must be between 1m and 8760h (a year; it is renewed at about half of it), got %s", t)
+	}
+	if g := c.Cluster.NodeCertGrace; g < time.Minute {
+		bad("cluster.node_cert_grace", "must be at least 1m (how long after its expiry a node certificate may still renew itself), got %s", g)
 	}
 	switch {
 	case c.Token != "" && c.TokenFile != "":

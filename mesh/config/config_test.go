@@ -143,6 +143,36 @@ func TestProxyLeafCertTTL(t *testing.T) {
 	}
 }
 
+// TestNodeCertTTL: node_cert_ttl and node_cert_grace default to 24h and
+// 30 days, take a minute (what a test of renewal needs), and are refused
+// out of range with an error naming the key.
+func TestNodeCertTTL(t *testing.T) {
+	d := DefaultConfig()
+	if d.Cluster.NodeCertTTL != 24*time.Hour || d.Cluster.NodeCertGrace != 30*24*time.Hour {
+		t.Errorf("defaults: node_cert_ttl %s, node_cert_grace %s; want 24h and 720h", d.Cluster.NodeCertTTL, d.Cluster.NodeCertGrace)
+	}
+	dir := t.TempDir()
+	good := testkit.WriteFile(t, dir, "good.hcl", "cluster {\n  node_cert_ttl   = \"1m\"\n  node_cert_grace = \"48h\"\n}\n")
+	cfg, err := parseAgentFlags(t, "-dev", "-config", good)
+	if err != nil {
+		t.Fatalf("loading %s: %v", good, err)
+	}
+	if cfg.Cluster.NodeCertTTL != time.Minute || cfg.Cluster.NodeCertGrace != 48*time.Hour {
+		t.Fatalf("node_cert_ttl %s, node_cert_grace %s; want 1m and 48h", cfg.Cluster.NodeCertTTL, cfg.Cluster.NodeCertGrace)
+	}
+	for _, tc := range []struct{ body, words string }{
+		{"cluster {\n  node_cert_ttl = \"30s\"\n}\n", "cluster.node_cert_ttl: must be between 1m and 8760h"},
+		{"cluster {\n  node_cert_ttl = \"9000h\"\n}\n", "cluster.node_cert_ttl: must be between 1m and 8760h"},
+		{"cluster {\n  node_cert_grace = \"0s\"\n}\n", "cluster.node_cert_grace: must be at least 1m"},
+	} {
+		bad := testkit.WriteFile(t, dir, "bad.hcl", tc.body)
+		_, err := parseAgentFlags(t, "-dev", "-config", bad)
+		if err == nil || !strings.Contains(err.Error(), tc.words) {
+			t.Errorf("%q: got %v, want an error naming %q", tc.body, err, tc.words)
+		}
+	}
+}
+
 // A join token never comes from argv: -token is refused, naming the two
 // ways that do not show it in ps; the file and the environment work, and
 // -join without a token says where to put one.

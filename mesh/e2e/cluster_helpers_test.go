@@ -1,7 +1,9 @@
 package e2e
 
 import (
+	"crypto/x509"
 	"encoding/json"
+	"encoding/pem"
 	"fmt"
 	"io"
 	"net/http"
@@ -107,9 +109,18 @@ func writeToken(t *testing.T, token string) string {
 
 // tokenExpiring is a join token and the expiry `vmesh token create`
 // prints for it.
+//
+// A new leader stores the CA in raft just after it is known as leader;
+// until then the agent answers that the CA is not in the catalog yet, and
+// this waits for it.
 func (n *node) tokenExpiring(ttl string) (string, time.Time) {
 	n.t.Helper()
-	code, out, errs := n.cli("token", "create", "-ttl", ttl)
+	var code int
+	var out, errs string
+	testkit.WaitFor(n.t, 15*time.Second, "token create on "+n.name+" (the CA in its catalog)", func() bool {
+		code, out, errs = n.cli("token", "create", "-ttl", ttl)
+		return code == 0 || !strings.Contains(errs, "the cluster CA is not in the catalog yet")
+	})
 	if code != 0 {
 		n.t.Fatalf("token create on %s: %d %s", n.name, code, errs)
 	}
@@ -126,6 +137,24 @@ func (n *node) nodeID() string {
 		n.t.Fatal(err)
 	}
 	return strings.TrimSpace(string(b))
+}
+
+// nodeCert is the node certificate in this node's data dir.
+func (n *node) nodeCert() *x509.Certificate {
+	n.t.Helper()
+	b, err := os.ReadFile(filepath.Join(n.dataDir, "tls", "node.pem"))
+	if err != nil {
+		n.t.Fatal(err)
+	}
+	block, _ := pem.Decode(b)
+	if block == nil {
+		n.t.Fatalf("%s's node.pem holds no PEM block", n.name)
+	}
+	cert, err := x509.ParseCertificate(block.Bytes)
+	if err != nil {
+		n.t.Fatalf("%s's node.pem: %v", n.name, err)
+	}
+	return cert
 }
 
 // members is /v1/vmesh/members on this node; nil when it does not answer.

@@ -163,7 +163,7 @@ func TestClusterPortRefusesStrangers(t *testing.T) {
 func foreignNodeCert(t *testing.T, ca *raft.CA, name string) tls.Certificate {
 	t.Helper()
 	key, csr := newTestCSR(t, name)
-	cert, err := ca.SignNode(csr, name)
+	cert, err := ca.SignNode(csr, name, 0)
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -48,7 +48,7 @@
 //	16  TestServerRejoinsAfterDowntime
 //	17  TestLeaveRefusedFast
 //	18  TestServersAndClients
-//	19, 20  (servers and clients: leaf certificates, node certificate renewal)
+//	19  TestClientCertificates
 //	21, 22  (revocation, CA rotation)
 //	23  (the 80-agent scale run)
 //	24, 25  (sessions)

@@ -209,7 +209,7 @@ func (m *Membership) openRaft(id *raft.Identity, localCA *raft.CA, bootstrap boo
 		Cluster: &raft.ClusterConfig{
 			Identity: id, Bind: m.cfg.ClusterBind(), Voters: m.cfg.Cluster.Voters, LocalCA: localCA,
 			HeartbeatInterval: m.cfg.Cluster.HeartbeatInterval, NodeTTL: m.cfg.Cluster.NodeTTL, ReapAfter: m.cfg.Cluster.ReapAfter,
-			VIPRange: m.cfg.VIPRange(),
+			VIPRange: m.cfg.VIPRange(), NodeCertTTL: m.cfg.Cluster.NodeCertTTL, RenewGrace: m.cfg.Cluster.NodeCertGrace,
 		},
 	}, m.store)
 	if err != nil {
@@ -234,20 +234,20 @@ func (m *Membership) startClient(id *raft.Identity, servers []string) error {
 	if len(servers) == 0 {
 		b, _ := os.ReadFile(serversFile(m.cfg.DataDir))
 		servers = strings.Fields(string(b))
+	} else {
+		// The servers it joined through: the client learns others only
+		// when the list changes, and a restart needs at least these.
+		m.rememberServers(servers)
 	}
 	if m.cfg.Join != "" && !slices.Contains(servers, m.cfg.Join) {
 		servers = append(servers, m.cfg.Join)
 	}
-	dir := m.cfg.DataDir
 	c, err := raft.NewClient(raft.ClientConfig{
 		Identity: id, NodeID: m.nodeID, Addr: m.cfg.ClusterAddr(), Servers: servers,
 		HeartbeatInterval: m.cfg.Cluster.HeartbeatInterval,
-		OnServers: func(s []string) {
-			if err := os.WriteFile(serversFile(dir), []byte(strings.Join(s, "\n")+"\n"), 0o600); err != nil {
-				m.logger.Warn("remembering the servers", "err", err)
-			}
-		},
-		Logger: m.logger.With("component", "client"),
+		DataDir:           m.cfg.DataDir, NodeCertTTL: m.cfg.Cluster.NodeCertTTL,
+		OnServers: m.rememberServers,
+		Logger:    m.logger.With("component", "client"),
 	}, m.store)
 	if err != nil {
 		return err
@@ -257,6 +257,14 @@ func (m *Membership) startClient(id *raft.Identity, servers []string) error {
 	m.joinedOnce.Do(func() { close(m.joined) })
 	m.logger.Info("running as a client: a replica of the catalog, writes through the leader", "servers", servers)
 	return nil
+}
+
+// rememberServers writes the servers a client knows to the data dir, for
+// its next start.
+func (m *Membership) rememberServers(s []string) {
+	if err := os.WriteFile(serversFile(m.cfg.DataDir), []byte(strings.Join(s, "\n")+"\n"), 0o600); err != nil {
+		m.logger.Warn("remembering the servers", "err", err)
+	}
 }
 
 // join gets a node certificate from the cluster at addr; a server then
