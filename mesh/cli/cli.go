@@ -67,6 +67,7 @@ var builtin = map[string]Factory{
 	"uninstall": newUninstall,
 	"intention": newIntention,
 	"proxy":     newProxy,
+	"acl":       newACL,
 }
 
 // Run runs the CLI with args (os.Args: args[0] is the program) and
