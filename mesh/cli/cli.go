@@ -4,6 +4,7 @@ import (
 	"context"
 	"fmt"
 	"io"
+	"os"
 	"sort"
 	"strings"
 )
@@ -34,9 +35,19 @@ type Command interface {
 // Factory makes a command that prints to env.
 type Factory func(env *Env) Command
 
-// Env is what commands print to; tests fill it with buffers.
+// Env is what commands print to and the environment they read; tests
+// fill it with buffers and a map.
 type Env struct {
 	Stdout, Stderr io.Writer
+	// Getenv reads an environment variable; nil is os.Getenv.
+	Getenv func(string) string
+}
+
+func (e *Env) getenv(name string) string {
+	if e.Getenv == nil {
+		return os.Getenv(name)
+	}
+	return e.Getenv(name)
 }
 
 // builtin are the commands the CLI has by itself; the agent command comes
@@ -56,6 +67,7 @@ var builtin = map[string]Factory{
 	"uninstall": newUninstall,
 	"intention": newIntention,
 	"proxy":     newProxy,
+	"acl":       newACL,
 }
 
 // Run runs the CLI with args (os.Args: args[0] is the program) and

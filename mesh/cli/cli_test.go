@@ -3,11 +3,12 @@ package cli
 import (
 	"bytes"
 	"context"
-	"github.com/vmesh/vmesh/lab/testkit"
 	"os"
 	"path/filepath"
 	"strings"
 	"testing"
+
+	"github.com/vmesh/vmesh/lab/testkit"
 )
 
 // runCLI runs the CLI as main would, without an agent command.

@@ -62,7 +62,7 @@ func readConfigEntryFile(path string) (*discovery.ConfigEntry, []byte, error) {
 // entries, as `consul config` has them.
 type configCommand struct {
 	*Flags
-	addr *string
+	http *httpFlags
 	cas  *int64
 }
 
@@ -74,7 +74,7 @@ func newConfig(env *Env) Command {
 		`Writes, reads, lists and deletes config entries. KIND is service-defaults,
 service-router, service-splitter or service-resolver. A file is checked
 (keys, types, which fields belong to its kind) before it is sent.`)}
-	c.addr = clientFlags(c.FS)
+	c.http = c.clientFlags()
 	c.cas = c.FS.Int64("cas", -1, "write or delete only if the entry's ModifyIndex is `INDEX` (0: only if it does not exist)")
 	return c
 }
@@ -87,7 +87,15 @@ func (c *configCommand) Run(ctx context.Context, args []string) int {
 		return code
 	}
 	env, cas := c.env, *c.cas
-	api := newAPIClient(*c.addr)
+	switch {
+	case sub == "write" && len(pos) == 1, sub == "read" && len(pos) == 2, sub == "list" && len(pos) == 1, sub == "delete" && len(pos) == 2:
+	default:
+		return c.UsageError("want write FILE, read KIND NAME, list KIND or delete KIND NAME")
+	}
+	api, code := c.http.client()
+	if api == nil {
+		return code
+	}
 	casQuery := ""
 	if cas >= 0 {
 		casQuery = fmt.Sprintf("?cas=%d", cas)

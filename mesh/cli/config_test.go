@@ -2,13 +2,13 @@ package cli
 
 import (
 	"encoding/json"
-	"github.com/vmesh/vmesh/lab/testkit"
 	"reflect"
 	"strings"
 	"testing"
 	"time"
 
 	"github.com/vmesh/vmesh/discovery"
+	"github.com/vmesh/vmesh/lab/testkit"
 )
 
 // TestConfigEntryFiles: config entry files in Consul's HCL and JSON shapes

@@ -16,15 +16,16 @@ import (
 // bootstrap: it knows where its xDS server listens, the CLI does not.
 type envoyCommand struct {
 	*Flags
-	addr, node, admin *string
-	tcp               *bool
+	http        *httpFlags
+	node, admin *string
+	tcp         *bool
 }
 
 func newEnvoy(env *Env) Command {
 	c := &envoyCommand{Flags: NewFlags(env, "envoy", "vmesh envoy bootstrap [flags]",
 		`Prints an Envoy v3 bootstrap that takes everything over ADS from the local
 agent, for running Envoy instead of the in-process proxy (-proxy=false).`)}
-	c.addr = clientFlags(c.FS)
+	c.http = c.clientFlags()
 	c.node = c.FS.String("node", "", "the Envoy's xDS node `name`: this agent's node name (the default) makes it the host's mesh proxy")
 	c.admin = c.FS.String("admin-bind", xds.DefaultEnvoyAdmin, "the Envoy's admin `address`")
 	c.tcp = c.FS.Bool("tcp", false, "reach the agent over its TCP xDS address (--xds-addr) instead of its unix socket")
@@ -57,8 +58,12 @@ func (c *envoyCommand) Run(ctx context.Context, args []string) int {
 	if *c.tcp {
 		q.Set("tcp", strconv.FormatBool(true))
 	}
+	api, code := c.http.client()
+	if api == nil {
+		return code
+	}
 	var body json.RawMessage // printed as the agent rendered it
-	if err := newAPIClient(*c.addr).do(ctx, http.MethodGet, "/v1/vmesh/envoy/bootstrap?"+q.Encode(), nil, &body); err != nil {
+	if err := api.do(ctx, http.MethodGet, "/v1/vmesh/envoy/bootstrap?"+q.Encode(), nil, &body); err != nil {
 		fmt.Fprintf(c.env.Stderr, "vmesh envoy bootstrap: %v\n", err)
 		return ExitFailed
 	}

@@ -1,12 +1,12 @@
 package cli
 
 import (
-	"github.com/vmesh/vmesh/lab/testkit"
 	"os"
 	"path/filepath"
 	"strings"
 	"testing"
 
+	"github.com/vmesh/vmesh/lab/testkit"
 	"github.com/vmesh/vmesh/mesh/config"
 	"github.com/vmesh/vmesh/systemd"
 )

@@ -40,7 +40,7 @@ func checkPair(src, dst string) error {
 // intentionCommand is `vmesh intention create | get | delete | list | check`.
 type intentionCommand struct {
 	*Flags
-	addr        *string
+	http        *httpFlags
 	allow, deny *bool
 	description *string
 	meta        config.StringList
@@ -56,7 +56,7 @@ func newIntention(env *Env) Command {
 pair's intention if there is one; without -allow or -deny it allows, as
 Consul's does. check exits 0 when allowed, 2 when denied. -allow, -deny,
 -description and -meta are create's.`)}
-	c.addr = clientFlags(c.FS)
+	c.http = c.clientFlags()
 	c.allow = c.FS.Bool("allow", false, "create: allow SRC to connect to DST (the default)")
 	c.deny = c.FS.Bool("deny", false, "create: deny SRC connecting to DST")
 	c.description = c.FS.String("description", "", "create: a `description` stored with the intention")
@@ -92,7 +92,6 @@ func (c *intentionCommand) Run(ctx context.Context, args []string) int {
 		}
 	}
 	env := c.env
-	api := newAPIClient(*c.addr)
 	fail := func(format string, a ...any) int {
 		fmt.Fprintf(env.Stderr, "vmesh intention %s: %s\n", sub, fmt.Sprintf(format, a...))
 		return ExitFailed
@@ -110,6 +109,10 @@ func (c *intentionCommand) Run(ctx context.Context, args []string) int {
 	case sub == "list" && len(pos) == 0:
 	default:
 		return c.UsageError("want create, get, delete or check with SRC DST, or list")
+	}
+	api, code := c.http.client()
+	if api == nil {
+		return code
 	}
 	switch sub {
 	case "create":

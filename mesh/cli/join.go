@@ -14,7 +14,8 @@ import (
 // VMESH_JOIN_TOKEN: never from argv, which every user of the host reads.
 type joinCommand struct {
 	*Flags
-	addr, tokenFile, argvToken *string
+	http                 *httpFlags
+	tokenFile, argvToken *string
 }
 
 func newJoin(env *Env) Command {
@@ -23,8 +24,13 @@ func newJoin(env *Env) Command {
 address (e.g. 10.0.0.1:7400), with a join token from 'vmesh token create'.
 The token is read from -token-file FILE (mode 0600) or from the
 `+config.JoinTokenEnv+` environment variable; -token on the command line is
-refused, because ps shows it to every user of the host.`)}
-	c.addr = clientFlags(c.FS)
+refused, because ps shows it to every user of the host.
+
+When the agent enforces ACLs, the request carries an ACL token from
+-http-token-file FILE or the variables every command reads
+(`+TokenEnv+`, `+TokenFileEnv+`, `+ConsulTokenEnv+`,
+`+ConsulTokenFileEnv+`). Here -token and -token-file mean the join token.`)}
+	c.http = c.httpFlags("http-token", "http-token-file")
 	c.tokenFile = c.FS.String("token-file", "", "`file` holding the join token (mode 0600); or set "+config.JoinTokenEnv)
 	c.argvToken = c.FS.String("token", "", "refused: a token in argv shows in ps; use -token-file or "+config.JoinTokenEnv)
 	return c
@@ -59,7 +65,10 @@ func (c *joinCommand) Run(ctx context.Context, args []string) int {
 	if token == "" {
 		return c.UsageError("want a join token in -token-file FILE or %s", config.JoinTokenEnv)
 	}
-	api := newAPIClient(*c.addr)
+	api, code := c.http.client()
+	if api == nil {
+		return code
+	}
 	api.http.Timeout = 2 * time.Minute
 	if err := api.do(ctx, http.MethodPut, "/v1/vmesh/join", map[string]string{"Addr": pos[0], "Token": token}, nil); err != nil {
 		fmt.Fprintf(c.env.Stderr, "vmesh join: %v\n", err)

@@ -10,14 +10,14 @@ import (
 // leaveCommand is `vmesh leave`.
 type leaveCommand struct {
 	*Flags
-	addr  *string
+	http  *httpFlags
 	force *bool
 }
 
 func newLeave(env *Env) Command {
 	c := &leaveCommand{Flags: NewFlags(env, "leave", "vmesh leave [flags]",
 		`The local agent leaves the cluster gracefully and stops.`)}
-	c.addr = clientFlags(c.FS)
+	c.http = c.clientFlags()
 	c.force = c.FS.Bool("force", false, "leave even if the voters left would be fewer than a quorum")
 	return c
 }
@@ -36,7 +36,10 @@ func (c *leaveCommand) Run(ctx context.Context, args []string) int {
 	if *c.force {
 		path += "?force"
 	}
-	api := newAPIClient(*c.addr)
+	api, code := c.http.client()
+	if api == nil {
+		return code
+	}
 	api.http.Timeout = 2 * time.Minute
 	if err := api.do(ctx, http.MethodPut, path, nil, nil); err != nil {
 		fmt.Fprintf(c.env.Stderr, "vmesh leave: %v\n", err)

@@ -18,14 +18,14 @@ type member struct {
 // membersCommand is `vmesh members`.
 type membersCommand struct {
 	*Flags
-	addr *string
+	http *httpFlags
 }
 
 func newMembers(env *Env) Command {
 	c := &membersCommand{Flags: NewFlags(env, "members", "vmesh members [flags]",
 		`Lists the cluster's nodes as the local agent sees them: address, raft role
 (leader, voter, nonvoter), health and the leader's last contact.`)}
-	c.addr = clientFlags(c.FS)
+	c.http = c.clientFlags()
 	return c
 }
 
@@ -39,8 +39,12 @@ func (c *membersCommand) Run(ctx context.Context, args []string) int {
 	if len(pos) > 0 {
 		return c.UsageError("unexpected argument %q", pos[0])
 	}
+	api, code := c.http.client()
+	if api == nil {
+		return code
+	}
 	var members []member
-	if err := newAPIClient(*c.addr).do(ctx, http.MethodGet, "/v1/vmesh/members", nil, &members); err != nil {
+	if err := api.do(ctx, http.MethodGet, "/v1/vmesh/members", nil, &members); err != nil {
 		fmt.Fprintf(c.env.Stderr, "vmesh members: %v\n", err)
 		return ExitFailed
 	}

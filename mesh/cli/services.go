@@ -15,7 +15,7 @@ import (
 // servicesCommand is `vmesh services register FILE | deregister ID | list`.
 type servicesCommand struct {
 	*Flags
-	addr *string
+	http *httpFlags
 }
 
 func newServices(env *Env) Command {
@@ -25,7 +25,7 @@ func newServices(env *Env) Command {
 service { ... } or services = [ ... ]) with the local agent, deregisters
 one by ID, or lists the agent's services. A file is checked whole before
 anything is registered, so a bad file registers nothing.`)}
-	c.addr = clientFlags(c.FS)
+	c.http = c.clientFlags()
 	return c
 }
 
@@ -36,8 +36,16 @@ func (c *servicesCommand) Run(ctx context.Context, args []string) int {
 	if done {
 		return code
 	}
-	api := newAPIClient(*c.addr)
 	env := c.env
+	switch {
+	case sub == "register" && len(pos) == 1, sub == "deregister" && len(pos) == 1, sub == "list" && len(pos) == 0:
+	default:
+		return c.UsageError("want register FILE, deregister ID or list")
+	}
+	api, code := c.http.client()
+	if api == nil {
+		return code
+	}
 	switch {
 	case sub == "register" && len(pos) == 1:
 		defs, err := config.ReadServiceFile(pos[0])

@@ -13,7 +13,7 @@ import (
 // tokenCommand is `vmesh token create|list|revoke`.
 type tokenCommand struct {
 	*Flags
-	addr *string
+	http *httpFlags
 	ttl  *time.Duration
 	uses *int
 }
@@ -36,7 +36,7 @@ create  makes a token that admits -uses joins (default one) until -ttl has
         VMESH_JOIN_TOKEN, never on a command line.
 list    shows every token: ID, created, expires, uses left, state.
 revoke  makes the token ID admit no one from now on.`)}
-	c.addr = clientFlags(c.FS)
+	c.http = c.clientFlags()
 	c.ttl = c.FS.Duration("ttl", time.Hour, "how long the token is valid (more than 0, at most 168h)")
 	c.uses = c.FS.Int("uses", 1, "how many joins the token admits (1 to 1000)")
 	return c
@@ -49,7 +49,15 @@ func (c *tokenCommand) Run(ctx context.Context, args []string) int {
 	if done {
 		return code
 	}
-	api := newAPIClient(*c.addr)
+	switch sub {
+	case "create", "list", "revoke":
+	default:
+		return c.UsageError("want create, list or revoke")
+	}
+	api, code := c.http.client()
+	if api == nil {
+		return code
+	}
 	switch sub {
 	case "create":
 		if len(pos) > 0 {
