@@ -6,6 +6,7 @@ import (
 	"testing"
 
 	"github.com/hashicorp/consul/api"
+	"github.com/miekg/dns"
 )
 
 // aclAgent starts an in-process agent with ACLs on and deny by default,
@@ -167,4 +168,31 @@ func doToken(a *Agent, method, path, token string) (int, error) {
 	}
 	resp.Body.Close()
 	return resp.StatusCode, nil
+}
+
+// TestACLDNS: DNS answers with the anonymous token's rights: nothing under
+// deny by default, every service once the anonymous token may read
+// services and nodes (what docs/acl.md tells operators to grant).
+func TestACLDNS(t *testing.T) {
+	a, anon := aclAgent(t)
+	boot, _, err := anon.ACL().Bootstrap()
+	if err != nil {
+		t.Fatal(err)
+	}
+	root := clientWith(t, a, boot.SecretID)
+	if err := root.Agent().ServiceRegister(&api.AgentServiceRegistration{ID: "orders-1", Name: "orders", Port: 80, Address: "127.0.0.9"}); err != nil {
+		t.Fatal(err)
+	}
+	if r := dnsQuery(t, a.DNSAddr(), "udp", "orders.service.consul.", dns.TypeA); len(r.Answer) != 0 {
+		t.Errorf("DNS under deny by default: %v; want no answer", r.Answer)
+	}
+	if _, _, err := root.ACL().PolicyCreate(&api.ACLPolicy{Name: "dns-read", Rules: `service_prefix "" { policy = "read" } node_prefix "" { policy = "read" }`}, nil); err != nil {
+		t.Fatal(err)
+	}
+	if _, _, err := root.ACL().TokenUpdate(&api.ACLToken{AccessorID: "00000000-0000-0000-0000-000000000002", Policies: []*api.ACLTokenPolicyLink{{Name: "dns-read"}}}, nil); err != nil {
+		t.Fatalf("giving the anonymous token dns-read: %v", err)
+	}
+	if r := dnsQuery(t, a.DNSAddr(), "udp", "orders.service.consul.", dns.TypeA); len(r.Answer) != 1 {
+		t.Errorf("DNS with an anonymous token that reads services: %v; want orders' address", r.Answer)
+	}
 }

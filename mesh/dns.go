@@ -6,6 +6,8 @@ import (
 	"net"
 	"time"
 
+	"github.com/vmesh/vmesh/acl"
+
 	"github.com/vmesh/vmesh/dataplane/proxy"
 	discdns "github.com/vmesh/vmesh/discovery/dns"
 )
@@ -32,11 +34,20 @@ func (a *Agent) startDNS(context.Context) error {
 			a.logger.Warn("DNS: no recursors; names outside .mesh and .consul will fail", "err", err)
 		}
 	}
-	srv := discdns.NewServer(a.store, discdns.Config{
+	dnsCfg := discdns.Config{
 		Addr: addr, Datacenter: a.cfg.Datacenter, Recursors: recursors,
 		ServiceTTL: a.cfg.DNS.ServiceTTL, NodeTTL: a.cfg.DNS.NodeTTL, VIPTTL: a.cfg.DNS.VIPTTL,
 		OnlyPassing: a.cfg.DNS.OnlyPassing, Dialer: recursorDialer(a.proxyMark()), Logger: a.logger.With("component", "dns"),
-	})
+	}
+	if a.acl != nil {
+		// DNS answers with the default token's rights (acl.tokens.default,
+		// else the anonymous token's), as Consul's does.
+		dnsCfg.ACL = func() (*acl.Authorizer, error) {
+			_, authz, err := a.acl.Resolve(a.life.ctx, "")
+			return authz, err
+		}
+	}
+	srv := discdns.NewServer(a.store, dnsCfg)
 	if err := srv.Start(a.life.ctx); err != nil {
 		if a.cfg.Addresses.DNS != "" {
 			return err

@@ -10,11 +10,13 @@ import (
 	"net"
 	"net/netip"
 	"strconv"
+	"slices"
 	"strings"
 	"sync"
 	"time"
 
 	mdns "github.com/miekg/dns"
+	"github.com/vmesh/vmesh/acl"
 	"github.com/vmesh/vmesh/discovery"
 )
 
@@ -61,6 +63,11 @@ type Config struct {
 	// do not send the agent's own queries back to itself.
 	Dialer *net.Dialer
 	Logger *slog.Logger
+	// ACL, when set, is the Authorizer DNS answers with (the agent's
+	// default token, else the anonymous token): a service needs
+	// service:read, a node node:read, and an instance both. Nil: ACLs
+	// off, everything is answered.
+	ACL func() (*acl.Authorizer, error)
 }
 
 // Server serves the catalog over DNS.
@@ -381,9 +388,26 @@ func (s *Server) findNode(name string) *discovery.Node {
 	return nil
 }
 
+// authorizer is what DNS may read now; nil means nothing (an ACL
+// resolution that failed denies, it never opens).
+func (s *Server) authorizer() *acl.Authorizer {
+	if s.cfg.ACL == nil {
+		return acl.ManageAll("")
+	}
+	authz, err := s.cfg.ACL()
+	if err != nil {
+		s.logger.Warn("DNS: resolving the default ACL token", "err", err)
+		return nil
+	}
+	return authz
+}
+
 func (s *Server) nodeAnswer(m *mdns.Msg, q mdns.Question, name string) bool {
 	n := s.findNode(name)
 	if n == nil {
+		return false
+	}
+	if authz := s.authorizer(); authz == nil || authz.NodeRead(n.Name) != nil {
 		return false
 	}
 	if ip, err := netip.ParseAddr(n.Address); err == nil {
@@ -401,11 +425,18 @@ func (s *Server) serviceAnswer(m *mdns.Msg, q mdns.Question, service, tag string
 	if tag != "" {
 		tags = []string{tag}
 	}
+	authz := s.authorizer()
+	if authz == nil || authz.ServiceRead(service) != nil {
+		return false
+	}
 	_, entries, err := s.store.CheckServiceNodes(nil, service, tags, s.cfg.OnlyPassing)
 	if err != nil {
 		s.logger.Warn("DNS: reading the catalog", "service", service, "err", err)
 		return false
 	}
+	entries = slices.DeleteFunc(entries, func(e discovery.ServiceEntry) bool {
+		return e.Node != nil && authz.NodeRead(e.Node.Name) != nil
+	})
 	if len(entries) == 0 {
 		// A service the catalog knows, with nobody healthy: NODATA, so a
 		// client does not cache a "no such name".
