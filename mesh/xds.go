@@ -53,15 +53,26 @@ func (a *Agent) startXDS(context.Context) error {
 	}
 	a.xds.socket, a.xds.socketCleanup = sock, cleanup
 	a.xds.leaves = raft.NewLeafIssuer(a.store, a.cfg.NodeName, a.signLeaf, a.cfg.Proxy.LeafCertTTL, a.logger.With("component", "leaf"))
-	srv, err := xds.NewServer(xds.Config{
+	xcfg := xds.Config{
 		Store:      a.store,
 		Secrets:    NewLeafSecrets(a.xds.leaves, a.cfg.NodeName),
 		Options:    a.xdsOpts,
 		UnixSocket: sock,
 		TCPAddr:    a.cfg.Addresses.XDS,
+		NodeName:   a.cfg.NodeName,
 		Logger:     a.logger.With("component", "xds"),
 		Metrics:    xds.NewMetrics(a.metrics),
-	})
+	}
+	if a.acl != nil {
+		xcfg.TCPAuth = func(ctx context.Context, token string) (xds.TokenAuthorizer, error) {
+			_, authz, err := a.acl.Resolve(ctx, token)
+			if err != nil {
+				return nil, err
+			}
+			return authz, nil
+		}
+	}
+	srv, err := xds.NewServer(xcfg)
 	if err != nil {
 		return err
 	}

@@ -5,26 +5,38 @@ import (
 	"crypto/tls"
 	"crypto/x509"
 	"encoding/json"
-	tlsv3 "github.com/envoyproxy/go-control-plane/envoy/extensions/transport_sockets/tls/v3"
-	"github.com/vmesh/vmesh/lab/testkit"
-	"github.com/vmesh/vmesh/mesh/cli"
 	"net/http"
 	"slices"
 	"strings"
 	"testing"
 	"time"
 
+	tlsv3 "github.com/envoyproxy/go-control-plane/envoy/extensions/transport_sockets/tls/v3"
+	"github.com/vmesh/vmesh/lab/testkit"
+	"github.com/vmesh/vmesh/mesh/cli"
+
 	bootstrap "github.com/envoyproxy/go-control-plane/envoy/config/bootstrap/v3"
 	core "github.com/envoyproxy/go-control-plane/envoy/config/core/v3"
 	listener "github.com/envoyproxy/go-control-plane/envoy/config/listener/v3"
 	discoverygrpc "github.com/envoyproxy/go-control-plane/envoy/service/discovery/v3"
 	"github.com/envoyproxy/go-control-plane/pkg/resource/v3"
+	"github.com/hashicorp/consul/api"
+	"github.com/vmesh/vmesh/dataplane/xds"
 	"google.golang.org/grpc"
+	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/credentials/insecure"
+	"google.golang.org/grpc/metadata"
+	"google.golang.org/grpc/status"
 	"google.golang.org/protobuf/encoding/protojson"
 )
 
 func adsStream(t *testing.T, target string) discoverygrpc.AggregatedDiscoveryService_StreamAggregatedResourcesClient {
+	return adsStreamToken(t, target, "")
+}
+
+// adsStreamToken is adsStream with an ACL token in the stream's metadata
+// (the TCP listener wants one).
+func adsStreamToken(t *testing.T, target, token string) discoverygrpc.AggregatedDiscoveryService_StreamAggregatedResourcesClient {
 	t.Helper()
 	conn, err := grpc.NewClient(target, grpc.WithTransportCredentials(insecure.NewCredentials()))
 	if err != nil {
@@ -33,6 +45,9 @@ func adsStream(t *testing.T, target string) discoverygrpc.AggregatedDiscoverySer
 	t.Cleanup(func() { conn.Close() })
 	ctx, cancel := context.WithCancel(context.Background())
 	t.Cleanup(cancel)
+	if token != "" {
+		ctx = metadata.AppendToOutgoingContext(ctx, xds.TokenHeader, token)
+	}
 	s, err := discoverygrpc.NewAggregatedDiscoveryServiceClient(conn).StreamAggregatedResources(ctx)
 	if err != nil {
 		t.Fatal(err)
@@ -137,8 +152,17 @@ func TestAgentServesXDS(t *testing.T) {
 		}
 	}
 
-	// A proxyless gRPC app, over TCP, asks for the orders listener only.
-	app := adsStream(t, addrs[1].String())
+	// A proxyless gRPC app, over TCP, asks for the orders listener only;
+	// it needs a token there (any valid one reads listeners).
+	acli, err := api.NewClient(&api.Config{Address: a.HTTPAddr()})
+	if err != nil {
+		t.Fatal(err)
+	}
+	boot, _, err := acli.ACL().Bootstrap()
+	if err != nil {
+		t.Fatal(err)
+	}
+	app := adsStreamToken(t, addrs[1].String(), boot.SecretID)
 	if err := app.Send(&discoverygrpc.DiscoveryRequest{Node: &core.Node{Id: "orders-app", UserAgentName: "gRPC Go"},
 		TypeUrl: resource.ListenerType, ResourceNames: []string{"orders"}}); err != nil {
 		t.Fatal(err)
@@ -205,5 +229,75 @@ func TestAgentServesXDS(t *testing.T) {
 	}
 	if code, _, _ := runCLI(t, "envoy"); code != cli.ExitUsage {
 		t.Errorf("envoy without a subcommand = %d, want usage", code)
+	}
+}
+
+// TestXDSTCPTokens: the TCP xDS listener refuses a stream without a token,
+// and a token that writes only web receives web's certificate and the CA
+// roots, not another service's key nor the node's.
+func TestXDSTCPTokens(t *testing.T) {
+	cfg := testConfig(t)
+	cfg.ACL.DefaultPolicy = "deny"
+	cfg.Addresses.XDS, cfg.Addresses.Admin = "127.0.0.1:0", "127.0.0.1:0"
+	a := startAgent(t, cfg)
+	anon, err := api.NewClient(&api.Config{Address: a.HTTPAddr()})
+	if err != nil {
+		t.Fatal(err)
+	}
+	boot, _, err := anon.ACL().Bootstrap()
+	if err != nil {
+		t.Fatal(err)
+	}
+	root, _ := api.NewClient(&api.Config{Address: a.HTTPAddr(), Token: boot.SecretID})
+	for _, name := range []string{"web", "api"} {
+		if err := root.Agent().ServiceRegister(&api.AgentServiceRegistration{ID: name + "-1", Name: name, Port: 9000}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if _, _, err := root.ACL().PolicyCreate(&api.ACLPolicy{Name: "web", Rules: `service "web" { policy = "write" }`}, nil); err != nil {
+		t.Fatal(err)
+	}
+	web, _, err := root.ACL().TokenCreate(&api.ACLToken{Policies: []*api.ACLTokenPolicyLink{{Name: "web"}}}, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	tcp := a.XDSAddrs()[1].String()
+	ask := &discoverygrpc.DiscoveryRequest{Node: &core.Node{Id: "node-a"}, TypeUrl: resource.SecretType,
+		ResourceNames: []string{"vmesh/node", "vmesh/roots", "vmesh/svc/web", "vmesh/svc/api"}}
+
+	noToken := adsStreamToken(t, tcp, "")
+	noToken.Send(ask)
+	if _, err := noToken.Recv(); status.Code(err) != codes.Unauthenticated {
+		t.Errorf("TCP stream without a token: %v; want Unauthenticated", err)
+	}
+	bad := adsStreamToken(t, tcp, "not-a-token")
+	bad.Send(ask)
+	if _, err := bad.Recv(); status.Code(err) != codes.PermissionDenied {
+		t.Errorf("TCP stream with an unknown token: %v; want PermissionDenied", err)
+	}
+
+	s := adsStreamToken(t, tcp, web.SecretID)
+	if err := s.Send(ask); err != nil {
+		t.Fatal(err)
+	}
+	got := map[string]bool{}
+	testkit.WaitFor(t, 10*time.Second, "web's secrets over TCP", func() bool {
+		resp, err := s.Recv()
+		if err != nil {
+			t.Fatal(err)
+		}
+		clear(got)
+		for _, r := range resp.GetResources() {
+			var sec tlsv3.Secret
+			if err := r.UnmarshalTo(&sec); err != nil {
+				t.Fatal(err)
+			}
+			got[sec.GetName()] = true
+		}
+		s.Send(&discoverygrpc.DiscoveryRequest{TypeUrl: resource.SecretType, ResourceNames: ask.ResourceNames, VersionInfo: resp.VersionInfo, ResponseNonce: resp.Nonce})
+		return got["vmesh/svc/web"]
+	})
+	if !got["vmesh/roots"] || got["vmesh/svc/api"] || got["vmesh/node"] {
+		t.Errorf("secrets for the web token over TCP: %v; want web's and the roots only", got)
 	}
 }

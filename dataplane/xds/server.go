@@ -48,6 +48,11 @@ type Config struct {
 	TCPAddr string
 	// Secrets, when set, supplies mesh nodes' TLS secrets over SDS.
 	Secrets SecretSource
+	// TCPAuth authenticates the TCP listener's clients by ACL token and
+	// decides which secrets each gets (auth.go); NodeName is this agent's
+	// node, whose proxy certificate needs node:write.
+	TCPAuth  TCPAuth
+	NodeName string
 	// Debounce defaults to DefaultDebounce.
 	Debounce time.Duration
 	Logger   *slog.Logger
@@ -62,7 +67,9 @@ type Server struct {
 	logger *slog.Logger
 	cache  cache.SnapshotCache
 	grpc   *grpc.Server
-	lns    []net.Listener
+	// grpcTCP serves the TCP listener, with token authentication.
+	grpcTCP *grpc.Server
+	lns     []net.Listener
 
 	// buildMu serializes building and setting snapshots, so a client's
 	// snapshot never goes back to an older view.
@@ -184,18 +191,26 @@ func (s *Server) Start(ctx context.Context) (err error) {
 	runCtx, cancel := context.WithCancel(context.WithoutCancel(ctx))
 	s.cancel = cancel
 	xs := serverv3.NewServer(runCtx, s.cache, s.callbacks())
-	s.grpc = grpc.NewServer(
+	opts := []grpc.ServerOption{
 		// Find dead clients (their snapshots are dropped on close) and let
 		// live ones keep idle streams open.
 		grpc.KeepaliveParams(keepalive.ServerParameters{Time: 30 * time.Second, Timeout: 10 * time.Second}),
 		grpc.KeepaliveEnforcementPolicy(keepalive.EnforcementPolicy{MinTime: 5 * time.Second, PermitWithoutStream: true}),
-	)
-	discoverygrpc.RegisterAggregatedDiscoveryServiceServer(s.grpc, xs)
-	clusterservice.RegisterClusterDiscoveryServiceServer(s.grpc, xs)
-	endpointservice.RegisterEndpointDiscoveryServiceServer(s.grpc, xs)
-	listenerservice.RegisterListenerDiscoveryServiceServer(s.grpc, xs)
-	routeservice.RegisterRouteDiscoveryServiceServer(s.grpc, xs)
-	secretservice.RegisterSecretDiscoveryServiceServer(s.grpc, xs)
+	}
+	register := func(g *grpc.Server) {
+		discoverygrpc.RegisterAggregatedDiscoveryServiceServer(g, xs)
+		clusterservice.RegisterClusterDiscoveryServiceServer(g, xs)
+		endpointservice.RegisterEndpointDiscoveryServiceServer(g, xs)
+		listenerservice.RegisterListenerDiscoveryServiceServer(g, xs)
+		routeservice.RegisterRouteDiscoveryServiceServer(g, xs)
+		secretservice.RegisterSecretDiscoveryServiceServer(g, xs)
+	}
+	s.grpc = grpc.NewServer(opts...)
+	register(s.grpc)
+	// The TCP listener gets its own gRPC server, whose streams are
+	// authenticated and filtered (auth.go).
+	s.grpcTCP = grpc.NewServer(append(opts, grpc.StreamInterceptor(s.authStream))...)
+	register(s.grpcTCP)
 
 	if p := s.cfg.UnixSocket; p != "" {
 		ln, err := listenUnix(p)
@@ -212,8 +227,12 @@ func (s *Server) Start(ctx context.Context) (err error) {
 		s.lns = append(s.lns, ln)
 	}
 	for _, ln := range s.lns {
+		g := s.grpc
+		if _, tcp := ln.Addr().(*net.TCPAddr); tcp {
+			g = s.grpcTCP
+		}
 		s.goLoop(func() {
-			if err := s.grpc.Serve(ln); err != nil && !errors.Is(err, grpc.ErrServerStopped) {
+			if err := g.Serve(ln); err != nil && !errors.Is(err, grpc.ErrServerStopped) {
 				s.logger.Error("xDS server stopped", "addr", ln.Addr().String(), "err", err)
 			}
 		})
@@ -267,14 +286,15 @@ func (s *Server) Addrs() []net.Addr {
 // the unix socket. It tolerates a partial Start.
 func (s *Server) Close() error {
 	s.closeOnce.Do(func() {
-		if s.grpc != nil {
-			// GracefulStop would wait for streams, which never end on their
-			// own: xDS streams live as long as their clients.
-			s.grpc.Stop()
-		} else {
-			for _, ln := range s.lns {
-				ln.Close()
+		// GracefulStop would wait for streams, which never end on their
+		// own: xDS streams live as long as their clients.
+		for _, g := range []*grpc.Server{s.grpc, s.grpcTCP} {
+			if g != nil {
+				g.Stop()
 			}
+		}
+		for _, ln := range s.lns {
+			ln.Close() // those no server had taken yet
 		}
 		if s.cancel != nil {
 			s.cancel()
