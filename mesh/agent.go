@@ -9,6 +9,7 @@ import (
 	"net"
 	"net/http"
 	"os"
+	"slices"
 	"strings"
 	"sync"
 	"time"
@@ -69,6 +70,9 @@ type Agent struct {
 	// removeDataDir is set for -dev, whose data dir is a temp dir.
 	removeDataDir bool
 
+	// proxy is the in-process proxy's listeners (proxy.go), which
+	// capture follows; nil when the proxy is off.
+	proxy proxyListeners
 	// capture is traffic capture (capture.go); nil when off.
 	capture         *iptables.Reconciler
 	captureLinks    *iptables.Netlink
@@ -170,8 +174,38 @@ func (a *Agent) checkServiceFiles(context.Context) error {
 	if err != nil {
 		return &config.Error{Err: err}
 	}
+	if err := a.checkDefaultService(files); err != nil {
+		return &config.Error{Err: err}
+	}
 	a.startFiles = files
 	return nil
+}
+
+// checkDefaultService refuses a capture.default_service that no service
+// file of this host defines: the host's unattributed traffic would speak
+// for a service it does not run (the proxy has no certificate for it).
+// Files are what the agent knows before it starts and keeps registered
+// for as long as it runs.
+func (a *Agent) checkDefaultService(files []*discovery.RegisterServiceRequest) error {
+	want := a.cfg.Capture.DefaultService
+	if want == "" {
+		return nil
+	}
+	var names []string
+	for _, f := range files {
+		if strings.EqualFold(f.Instance.Service, want) {
+			return nil
+		}
+		if !slices.Contains(names, f.Instance.Service) {
+			names = append(names, f.Instance.Service)
+		}
+	}
+	have := "none"
+	if len(names) > 0 {
+		have = strings.Join(names, ", ")
+	}
+	return fmt.Errorf("capture.default_service: %q is not a service registered on this host by its service files (they define: %s); define it in a file in %s or in a config file",
+		want, have, a.cfg.ServicesDir)
 }
 
 // startCluster brings this node into its cluster (membership.Membership).
@@ -320,6 +354,11 @@ func (a *Agent) Reload(ctx context.Context, cfg config.Config) error {
 	a.cfg.SetServiceFiles(cfg.ServiceFiles())
 	a.cfg.ServicesDir = cfg.ServicesDir
 	a.reloadMu.Unlock()
+	if files, err := a.desiredServices(); err == nil {
+		if err := a.checkDefaultService(files); err != nil {
+			a.logger.Warn("after the reload, captured traffic keeps the node's identity", "err", err)
+		}
+	}
 	return a.syncServiceFiles(ctx)
 }
 
