@@ -58,6 +58,10 @@ type Agent struct {
 	// upstreams, and the files'; discovery/userports.go).
 	userPorts *discovery.UserPortAllocator
 
+	// guard keeps health checks off the agent's own listeners (checks.go);
+	// nil when checks { allow_agent_targets = true }.
+	guard *checks.Guard
+
 	// local registers this node and its file services and runs its
 	// checks (local.State); Ready() is closed once registered.
 	local *local.State
@@ -92,6 +96,7 @@ func NewAgent(cfg config.Config, logger *slog.Logger, out io.Writer) *Agent {
 	// and service files allocate with is the one xDS and capture read.
 	a.xdsOpts = a.xdsOptions()
 	a.userPorts = &discovery.UserPortAllocator{Policy: a.xdsOpts.UserPortPolicy()}
+	a.guard = a.checkGuard()
 	// Before raft opens, so its first metrics (the election) are kept.
 	a.metrics = newAgentRegistry(a)
 	return a
@@ -219,6 +224,7 @@ func (a *Agent) Left() <-chan struct{} { return a.member.Left() }
 
 func (a *Agent) startChecks(context.Context) error {
 	a.checks = checks.New(a.logger.With("component", "checks"), checkSink{a})
+	a.checks.Guard, a.checks.OutputMax = a.guard, a.cfg.Checks.OutputMaxSize // checks.go
 	return nil
 }
 
@@ -238,6 +244,7 @@ func (a *Agent) startHTTP(context.Context) error {
 		Members: a.member.AgentMembers, Logger: a.logger.With("component", "http"), WaitReady: a.local.WaitReady,
 		IntentionsDefaultAllow: a.cfg.IntentionsDefaultAllow(), UserPorts: a.userPorts,
 		Operator: operator{a.member, a}, Diagnostics: a.diagnostics(),
+		CheckTarget: a.guard.CheckTarget,
 	}
 	mux := http.NewServeMux()
 	api.Register(mux)
@@ -332,7 +339,14 @@ func (a *Agent) desiredServices() ([]*discovery.RegisterServiceRequest, error) {
 		return nil, err
 	}
 	defs = append(defs, fromDir...)
-	return local.BuildFileServices(a.cfg.NodeName, defs)
+	reqs, err := local.BuildFileServices(a.cfg.NodeName, defs)
+	if err != nil {
+		return nil, err
+	}
+	if err := a.checkFileTargets(reqs); err != nil { // checks.go
+		return nil, err
+	}
+	return reqs, nil
 }
 
 // syncServiceFiles makes the catalog hold exactly the file-defined services

@@ -65,6 +65,9 @@ type API struct {
 	// each service user its port (userports.go). The agent shares it with
 	// its service-file sync. Nil: a private one with the default policy.
 	UserPorts *discovery.UserPortAllocator
+	// CheckTarget refuses a check whose target the agent does not probe
+	// (its own listeners: checks.Guard); nil refuses none.
+	CheckTarget func(name string, def discovery.CheckDefinition) error
 
 	// Operator serves vmesh's own cluster endpoints (/v1/vmesh/join,
 	// leave, token, members, raft/snapshot, envoy/bootstrap); nil leaves
@@ -80,6 +83,20 @@ func (a *API) userPorts() *discovery.UserPortAllocator {
 		return a.UserPorts
 	}
 	return &a.ownPorts
+}
+
+// checkTargets asks CheckTarget about each of checks.
+func (a *API) checkTargets(checks ...*discovery.Check) error {
+	if a.CheckTarget == nil {
+		return nil
+	}
+	var errs []error
+	for _, c := range checks {
+		if err := a.CheckTarget(c.CheckID, c.Definition); err != nil {
+			errs = append(errs, err)
+		}
+	}
+	return errors.Join(errs...)
 }
 
 // Blocking query limits, as Consul's.
