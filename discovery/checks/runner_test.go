@@ -3,8 +3,6 @@ package checks
 import (
 	"context"
 	"errors"
-	"github.com/vmesh/vmesh/discovery"
-	"github.com/vmesh/vmesh/lab/testkit"
 	"io"
 	"net"
 	"net/http"
@@ -16,6 +14,9 @@ import (
 	"sync/atomic"
 	"testing"
 	"time"
+
+	"github.com/vmesh/vmesh/discovery"
+	"github.com/vmesh/vmesh/lab/testkit"
 
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/health"

@@ -2,12 +2,13 @@ package config
 
 import (
 	"flag"
-	"github.com/vmesh/vmesh/lab/testkit"
 	"io"
 	"slices"
 	"strings"
 	"testing"
 	"time"
+
+	"github.com/vmesh/vmesh/lab/testkit"
 
 	"github.com/vmesh/vmesh/dataplane/xds"
 )

@@ -2,11 +2,12 @@ package config
 
 import (
 	"fmt"
-	"github.com/vmesh/vmesh/lab/testkit"
 	"slices"
 	"strings"
 	"testing"
 	"time"
+
+	"github.com/vmesh/vmesh/lab/testkit"
 )
 
 func TestDNSConfig(t *testing.T) {
