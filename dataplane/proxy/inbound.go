@@ -2,6 +2,7 @@ package proxy
 
 import (
 	"net"
+	"net/netip"
 	"sync"
 	"time"
 
@@ -41,10 +42,8 @@ func (p *Proxy) admitInbound(rl *runningListener, spec *listenerSpec, chain *cha
 		why = "no filter chain takes it"
 	case !chain.rbac.allowed(nil):
 		why = "refused by the filter chain's RBAC (" + chain.name + ")"
-	case spec.origDst:
-		if _, err := originalDst(raw); err != nil {
-			why = "not redirected by capture (no original destination)"
-		}
+	case spec.origDst && !redirected(raw):
+		why = "not redirected by capture (no original destination)"
 	}
 	if why == "" {
 		p.cfg.Metrics.inboundNonMesh(rl.name, inboundPassed)
@@ -53,6 +52,22 @@ func (p *Proxy) admitInbound(rl *runningListener, spec *listenerSpec, chain *cha
 	p.cfg.Metrics.inboundNonMesh(rl.name, inboundRefused)
 	p.refusedLog(rl.name).log(p, rl.name, raw, why)
 	return false
+}
+
+// redirected says whether iptables redirected c: its original
+// destination is known and is not the socket's own address (with
+// conntrack loaded, a connection made straight to the listener has an
+// entry too, naming the listener itself).
+func redirected(c net.Conn) bool {
+	od, err := originalDst(c)
+	if err != nil {
+		return false
+	}
+	local, err := netip.ParseAddrPort(c.LocalAddr().String())
+	if err != nil {
+		return false
+	}
+	return netip.AddrPortFrom(od.Addr().Unmap(), od.Port()) != netip.AddrPortFrom(local.Addr().Unmap(), local.Port())
 }
 
 // refusedLogEvery bounds how often a listener logs a refused connection:
