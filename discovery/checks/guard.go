@@ -24,8 +24,10 @@ import (
 // from its own host and publish the answer, or reach the mesh through
 // the proxy with the host's identity. Guard refuses such a target when
 // the check is registered (a clear error naming the check and the
-// listener), and again when the probe dials, after name resolution, so a
-// name that later resolves to the agent is refused too. Operators who
+// listener), and, for HTTP and TCP probes, again when the probe dials,
+// after name resolution, so a name that later resolves to the agent is
+// refused too. (gRPC's own dialer also dials unix sockets; its checks are
+// refused at registration only.) Operators who
 // want it anyway set checks { allow_agent_targets = true }.
 
 // ErrAgentTarget marks a check whose target is one of the agent's own
