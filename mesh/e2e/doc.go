@@ -52,8 +52,6 @@
 //	42  TestProxyNackKeepsServing
 //	43  TestProxyRoundRobinFailoverRetry
 //	44  TestProxyCertRotationUnderLoad
-//	47  (reserved for the capture work; its tests run in namespaces)
-//	48  (reserved for the capture work; its tests run in namespaces)
 //
 //	namespace                       test
 //	vmt-capture                     TestCaptureAgentNetns
