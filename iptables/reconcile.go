@@ -18,6 +18,12 @@ import (
 type Targets struct {
 	VIPs  []netip.Addr
 	Users []UserTarget
+	// Inbound says the proxy serves the transparent inbound listener
+	// (InboundPort). Only then are the configured inbound_ports
+	// redirected to it: until then, and whenever it stops serving,
+	// their connections go to the app directly, since a redirect to a
+	// port nobody listens on would take the service off the network.
+	Inbound bool
 }
 
 // UserTarget is one service user of this host: its connections are
@@ -42,13 +48,17 @@ type State struct {
 }
 
 // StateFor computes the kernel state for t from the configured base (its
-// Users are replaced). It is pure but for lookup, which maps a user to a
+// Users are replaced, and its InboundPorts kept only when t.Inbound). It
+// is pure but for lookup, which maps a user to a
 // UID (the host's user database). A user lookup cannot resolve, a second
 // name for a UID already redirected, or a UID in ExcludeUIDs gets no
 // redirect and is named in Skipped.
 func StateFor(base Desired, t Targets, lookup func(string) (uint32, error)) State {
 	s := State{Desired: base, Skipped: map[string]string{}}
 	s.Desired.Users = nil
+	if !t.Inbound {
+		s.Desired.InboundPorts = nil
+	}
 	for _, a := range t.VIPs {
 		if slices.ContainsFunc(base.VIPRanges, func(p netip.Prefix) bool { return p.Contains(a) }) {
 			s.VIPs = append(s.VIPs, a)
@@ -96,6 +106,7 @@ type Reconciler struct {
 	rules   string            // Show() right after our last apply
 	vips    []netip.Addr      // what we last set on vmesh0
 	users   []UserRedirect    // the Users we last applied
+	inbound []int             // the InboundPorts we last applied
 	skipped map[string]string // user -> why it has no redirect (logged once)
 	applies int               // how many times we applied
 }
@@ -168,7 +179,8 @@ func (r *Reconciler) Reconcile(ctx context.Context, t Targets) (bool, error) {
 		}
 		rulesOK, linkOK := rules == r.rules, slices.Equal(have, r.vips)
 		usersOK := slices.Equal(users, r.users)
-		if rulesOK && linkOK && usersOK && slices.Equal(want.VIPs, r.vips) {
+		inboundOK := slices.Equal(want.Desired.InboundPorts, r.inbound)
+		if rulesOK && linkOK && usersOK && inboundOK && slices.Equal(want.VIPs, r.vips) {
 			return false, nil
 		}
 		switch {
@@ -179,6 +191,10 @@ func (r *Reconciler) Reconcile(ctx context.Context, t Targets) (bool, error) {
 			r.logger.Warn(VIPLink+" changed behind our back; repairing", "expected", r.vips, "found", have)
 		case !usersOK:
 			r.logger.Info("service users changed", "users", userList(users))
+		case !inboundOK && len(want.Desired.InboundPorts) == 0:
+			r.logger.Warn("the proxy's inbound listener is not serving; inbound_ports go to the apps directly until it is", "inbound_ports", r.base.InboundPorts)
+		case !inboundOK:
+			r.logger.Info("the proxy's inbound listener serves; capturing inbound_ports", "inbound_ports", want.Desired.InboundPorts)
 		default:
 			r.logger.Info("VIPs changed", "vips", len(want.VIPs))
 		}
@@ -188,7 +204,7 @@ func (r *Reconciler) Reconcile(ctx context.Context, t Targets) (bool, error) {
 	if err := r.c.Apply(ctx, want.Desired); err != nil {
 		return true, err
 	}
-	r.users = users
+	r.users, r.inbound = users, want.Desired.InboundPorts
 	if err := r.links.SetVIPs(want.VIPs); err != nil {
 		return true, err
 	}

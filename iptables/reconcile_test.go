@@ -178,3 +178,38 @@ func TestReconcilerRunFollowsUpdates(t *testing.T) {
 		t.Errorf("%d applies, want 3 (start, add, free)", n)
 	}
 }
+
+// Inbound ports are redirected only while the proxy serves the inbound
+// listener (Targets.Inbound): before, and after it stops, their
+// connections go to the app directly instead of to a port nobody
+// listens on.
+func TestReconcileInboundFollowsTheListener(t *testing.T) {
+	ctx := context.Background()
+	f, links := NewFake("nft"), NewFakeLinks()
+	base := DefaultDesired()
+	base.InboundPorts = []int{8080}
+	r := NewReconciler(New(f, Options{Links: links, Logger: testkit.Logger(t)}), links, base, nil, testkit.Logger(t))
+	redirected := func() bool { return strings.Contains(f.State(), "--dport 8080") }
+	steps := []struct {
+		inbound, wantApply, wantRedirect bool
+	}{
+		{false, true, false}, // first apply, listener not up yet
+		{false, false, false},
+		{true, true, true}, // the proxy serves 15006
+		{true, false, true},
+		{false, true, false}, // it stopped serving
+	}
+	for i, s := range steps {
+		applied, err := r.Reconcile(ctx, Targets{Inbound: s.inbound})
+		if err != nil {
+			t.Fatalf("step %d: %v", i, err)
+		}
+		if applied != s.wantApply || redirected() != s.wantRedirect {
+			t.Fatalf("step %d (inbound %v): applied %v, redirected %v; want %v, %v\n%s",
+				i, s.inbound, applied, redirected(), s.wantApply, s.wantRedirect, f.State())
+		}
+	}
+	if got := StateFor(base, Targets{}, nil).Desired.InboundPorts; got != nil || len(base.InboundPorts) != 1 {
+		t.Errorf("StateFor without the listener: inbound ports %v (base %v); want none, base untouched", got, base.InboundPorts)
+	}
+}

@@ -130,6 +130,12 @@ func build(d Desired, v6 bool) []table {
 	if ports := sortedUnique(d.InboundPorts); len(ports) > 0 {
 		nat.chains = append(nat.chains, chainPrerouting, chainInbound)
 		add(chainPrerouting, fmt.Sprintf("-p tcp -m tcp --dport %d %s -j RETURN", SSHPort, comment("ssh")))
+		// Connections made on this host (the proxy's own to the app,
+		// an app's to itself) arrive on lo and are never captured
+		// inbound: the loop guard. Their first packet passed the nat
+		// table in OUTPUT already, so nat PREROUTING would not see them
+		// anyway; this rule says so instead of leaving it to conntrack.
+		add(chainPrerouting, fmt.Sprintf("-i lo %s -j RETURN", comment("loopback")))
 		for _, p := range ports {
 			add(chainPrerouting, fmt.Sprintf("-p tcp -m tcp --dport %d %s -j %s", p, comment("inbound_ports"), chainInbound))
 		}

@@ -9,13 +9,14 @@ import (
 	"net"
 	"net/http"
 	"os"
+	"slices"
 	"strings"
 	"sync"
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
-	"github.com/vmesh/vmesh/dataplane/xds"
 	"github.com/vmesh/vmesh/acl"
+	"github.com/vmesh/vmesh/dataplane/xds"
 	"github.com/vmesh/vmesh/discovery"
 	"github.com/vmesh/vmesh/discovery/checks"
 	discdns "github.com/vmesh/vmesh/discovery/dns"
@@ -58,6 +59,10 @@ type Agent struct {
 	// upstreams, and the files'; discovery/userports.go).
 	userPorts *discovery.UserPortAllocator
 
+	// guard keeps health checks off the agent's own listeners (checks.go);
+	// nil when checks { allow_agent_targets = true }.
+	guard *checks.Guard
+
 	// local registers this node and its file services and runs its
 	// checks (local.State); Ready() is closed once registered.
 	local *local.State
@@ -73,6 +78,9 @@ type Agent struct {
 	// acl resolves request tokens (acl.go); nil when ACLs are off.
 	acl *aclResolver
 
+	// proxy is the in-process proxy's listeners (proxy.go), which
+	// capture follows; nil when the proxy is off.
+	proxy proxyListeners
 	// capture is traffic capture (capture.go); nil when off.
 	capture         *iptables.Reconciler
 	captureLinks    *iptables.Netlink
@@ -92,6 +100,7 @@ func NewAgent(cfg config.Config, logger *slog.Logger, out io.Writer) *Agent {
 	// and service files allocate with is the one xDS and capture read.
 	a.xdsOpts = a.xdsOptions()
 	a.userPorts = &discovery.UserPortAllocator{Policy: a.xdsOpts.UserPortPolicy()}
+	a.guard = a.checkGuard()
 	// Before raft opens, so its first metrics (the election) are kept.
 	a.metrics = newAgentRegistry(a)
 	return a
@@ -174,8 +183,38 @@ func (a *Agent) checkServiceFiles(context.Context) error {
 	if err != nil {
 		return &config.Error{Err: err}
 	}
+	if err := a.checkDefaultService(files); err != nil {
+		return &config.Error{Err: err}
+	}
 	a.startFiles = files
 	return nil
+}
+
+// checkDefaultService refuses a capture.default_service that no service
+// file of this host defines: the host's unattributed traffic would speak
+// for a service it does not run (the proxy has no certificate for it).
+// Files are what the agent knows before it starts and keeps registered
+// for as long as it runs.
+func (a *Agent) checkDefaultService(files []*discovery.RegisterServiceRequest) error {
+	want := a.cfg.Capture.DefaultService
+	if want == "" {
+		return nil
+	}
+	var names []string
+	for _, f := range files {
+		if strings.EqualFold(f.Instance.Service, want) {
+			return nil
+		}
+		if !slices.Contains(names, f.Instance.Service) {
+			names = append(names, f.Instance.Service)
+		}
+	}
+	have := "none"
+	if len(names) > 0 {
+		have = strings.Join(names, ", ")
+	}
+	return fmt.Errorf("capture.default_service: %q is not a service registered on this host by its service files (they define: %s); define it in a file in %s or in a config file",
+		want, have, a.cfg.ServicesDir)
 }
 
 // startCluster brings this node into its cluster (membership.Membership).
@@ -203,6 +242,7 @@ func (a *Agent) Left() <-chan struct{} { return a.member.Left() }
 
 func (a *Agent) startChecks(context.Context) error {
 	a.checks = checks.New(a.logger.With("component", "checks"), checkSink{a})
+	a.checks.Guard, a.checks.OutputMax = a.guard, a.cfg.Checks.OutputMaxSize // checks.go
 	return nil
 }
 
@@ -222,7 +262,7 @@ func (a *Agent) startHTTP(context.Context) error {
 		Members: a.member.AgentMembers, Logger: a.logger.With("component", "http"), WaitReady: a.local.WaitReady,
 		IntentionsDefaultAllow: a.cfg.IntentionsDefaultAllow(), UserPorts: a.userPorts,
 		Operator: operator{a.member, a}, Diagnostics: a.diagnostics(), RemoteKV: a.member,
-		ChecksWritten: a.local.SyncChecks,
+		ChecksWritten: a.local.SyncChecks, CheckTarget: a.guard.CheckTarget,
 	}
 	if a.acl != nil {
 		api.ACL = a.acl
@@ -328,7 +368,14 @@ func (a *Agent) desiredServices() ([]*discovery.RegisterServiceRequest, error) {
 		return nil, err
 	}
 	defs = append(defs, fromDir...)
-	return local.BuildFileServices(a.cfg.NodeName, defs)
+	reqs, err := local.BuildFileServices(a.cfg.NodeName, defs)
+	if err != nil {
+		return nil, err
+	}
+	if err := a.checkFileTargets(reqs); err != nil { // checks.go
+		return nil, err
+	}
+	return reqs, nil
 }
 
 // syncServiceFiles makes the catalog hold exactly the file-defined services
@@ -350,6 +397,11 @@ func (a *Agent) Reload(ctx context.Context, cfg config.Config) error {
 	a.cfg.SetServiceFiles(cfg.ServiceFiles())
 	a.cfg.ServicesDir = cfg.ServicesDir
 	a.reloadMu.Unlock()
+	if files, err := a.desiredServices(); err == nil {
+		if err := a.checkDefaultService(files); err != nil {
+			a.logger.Warn("after the reload, captured traffic keeps the node's identity", "err", err)
+		}
+	}
 	return a.syncServiceFiles(ctx)
 }
 

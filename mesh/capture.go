@@ -23,10 +23,11 @@ import (
 // come from the same builder as `vmesh redirect apply -config`
 // (Config.CaptureDesired).
 
-// captureTargets is what capture steers for node in view v.
-func captureTargets(v *xds.View, node string) iptables.Targets {
+// captureTargets is what capture steers for node in view v; inbound says
+// the proxy serves the inbound capture listener.
+func captureTargets(v *xds.View, node string, inbound bool) iptables.Targets {
 	ct := v.Capture(node)
-	t := iptables.Targets{VIPs: ct.VIPs}
+	t := iptables.Targets{VIPs: ct.VIPs, Inbound: inbound}
 	for _, u := range ct.Users {
 		t.Users = append(t.Users, iptables.UserTarget{User: u.User, Service: u.Service, Port: u.Port})
 	}
@@ -71,29 +72,54 @@ func (a *Agent) prepareCapture(context.Context) error {
 	return nil
 }
 
+// inboundServing says whether the in-process proxy has the inbound
+// capture listener bound: capture redirects inbound_ports only then
+// (iptables.Targets.Inbound), so they never go to a port nobody listens
+// on, at start, while the listener's certificates warm, or after a NACK.
+func (a *Agent) inboundServing() bool {
+	if a.proxy == nil {
+		return false
+	}
+	_, ok := a.proxy.ListenerAddrs()[xds.InboundCaptureListener]
+	return ok
+}
+
+// listenersChanged is closed when the proxy's bound listeners change (nil
+// without the in-process proxy: never).
+func (a *Agent) listenersChanged() <-chan struct{} {
+	if a.proxy == nil {
+		return nil
+	}
+	return a.proxy.ListenersChanged()
+}
+
 // startCapture applies the state of the xDS server's current view once,
-// then follows its views; it is the last part to start, so READY=1 (sent
-// after Start) comes after capture, and the proxy it steers traffic to
-// runs.
+// then follows its views and the proxy's listeners; it is the last part
+// to start, so READY=1 (sent after Start) comes after capture, and the
+// proxy it steers traffic to runs.
 func (a *Agent) startCapture(ctx context.Context) error {
 	if a.capture == nil {
 		return nil
 	}
 	views := a.xds.server.Watch()
-	first := captureTargets(<-views, a.cfg.NodeName)
+	changed := a.listenersChanged() // before looking, so no change is missed
+	view := <-views
+	first := captureTargets(view, a.cfg.NodeName, a.inboundServing())
 	if _, err := a.capture.Reconcile(ctx, first); err != nil {
 		return fmt.Errorf("applying capture: %w", err)
 	}
 	a.stopCaptureLoop = a.life.goLoop("capture", func(ctx context.Context) error {
-		followViews(ctx, a.capture, first, views, a.cfg.NodeName)
+		a.followViews(ctx, first, view, changed, views)
 		return nil
 	})
 	return nil
 }
 
-// followViews runs r on the capture targets of each new view until ctx
-// ends. The one-slot channel between them keeps only the newest targets.
-func followViews(ctx context.Context, r *iptables.Reconciler, first iptables.Targets, views <-chan *xds.View, node string) {
+// followViews runs the reconciler on the capture targets of each new view
+// and of each change of the proxy's listeners until ctx ends. The
+// one-slot channel between them keeps only the newest targets.
+func (a *Agent) followViews(ctx context.Context, first iptables.Targets, view *xds.View, changed <-chan struct{}, views <-chan *xds.View) {
+	r, node := a.capture, a.cfg.NodeName
 	targets := make(chan iptables.Targets, 1)
 	done := make(chan struct{})
 	go func() {
@@ -101,19 +127,42 @@ func followViews(ctx context.Context, r *iptables.Reconciler, first iptables.Tar
 		r.Run(ctx, first, targets)
 	}()
 	defer func() { <-done }()
+	hostService := a.noteHostService("", view)
 	for {
 		select {
 		case <-ctx.Done():
 			return
-		case v := <-views:
-			t := captureTargets(v, node)
-			select { // replace targets Run has not taken yet
-			case <-targets:
-			default:
-			}
-			targets <- t
+		case view = <-views:
+			hostService = a.noteHostService(hostService, view)
+		case <-changed:
+			changed = a.listenersChanged()
 		}
+		t := captureTargets(view, node, a.inboundServing())
+		select { // replace targets Run has not taken yet
+		case <-targets:
+		default:
+		}
+		targets <- t
 	}
+}
+
+// noteHostService logs when the service this host's unattributed traffic
+// speaks for changes, and warns when the configured default_service is
+// not registered here (its traffic then keeps the node's identity). It
+// returns the service for the next call.
+func (a *Agent) noteHostService(prev string, v *xds.View) string {
+	cur := v.HostService(a.cfg.NodeName)
+	want := a.cfg.Capture.DefaultService
+	switch {
+	case cur == prev:
+	case cur != "":
+		a.logger.Info("captured traffic that no service user opened speaks for this service", "component", "capture", "service", cur)
+	case want != "":
+		a.logger.Warn("capture.default_service is not registered on this host; captured traffic keeps the node's identity", "component", "capture", "default_service", want)
+	default:
+		a.logger.Info("captured traffic that no service user opened keeps the node's identity", "component", "capture")
+	}
+	return cur
 }
 
 // removeCapture undoes capture (stop, leave); later reconciles do nothing.
@@ -160,6 +209,13 @@ func (a *Agent) captureBanner() {
 	}
 	n, users := a.capture.Status()
 	fmt.Fprintf(a.out, "        Capture: on (%s, %d VIPs on %s, %d service users)\n", a.capture.Base().VIPRanges, n, iptables.VIPLink, users)
+	if ports := a.capture.Base().InboundPorts; len(ports) > 0 {
+		mode := a.cfg.Capture.InboundMode
+		if mode == "" {
+			mode = config.InboundStrict
+		}
+		fmt.Fprintf(a.out, "        Inbound: ports %v -> %d (%s), once the proxy serves it\n", ports, a.capture.Base().InboundPort, mode)
+	}
 }
 
 // checkFileUsers refuses, before anything touches the kernel, a service

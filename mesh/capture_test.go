@@ -2,9 +2,13 @@ package mesh
 
 import (
 	"context"
+	"errors"
 	"fmt"
+	"maps"
+	"net"
 	"path/filepath"
 	"strings"
+	"sync"
 	"testing"
 	"time"
 
@@ -40,7 +44,7 @@ func viewTargets(t *testing.T, store *discovery.Store, opts xds.Options, node st
 	if err != nil {
 		t.Fatal(err)
 	}
-	return captureTargets(xds.NewView(st, opts), node)
+	return captureTargets(xds.NewView(st, opts), node, false)
 }
 
 // The capture loop follows the xDS server's views: a VIP the catalog
@@ -60,14 +64,18 @@ func TestCaptureFollowsViews(t *testing.T) {
 	}
 	t.Cleanup(func() { srv.Close() })
 	views := srv.Watch()
-	first := captureTargets(<-views, "n1")
+	view := <-views
+	first := captureTargets(view, "n1", false)
 	if _, err := r.Reconcile(ctx, first); err != nil {
 		t.Fatal(err)
 	}
+	cfg := config.DefaultConfig()
+	cfg.NodeName = "n1"
+	a := &Agent{cfg: cfg, capture: r, logger: testkit.Logger(t)}
 	done := make(chan struct{})
 	go func() {
 		defer close(done)
-		followViews(ctx, r, first, views, "n1")
+		a.followViews(ctx, first, view, nil, views)
 	}()
 	store.VIPApply(5, discovery.VIPAllocate, "db", "240.0.0.9")
 	testkit.WaitFor(t, 5*time.Second, "the VIP on vmesh0", func() bool { return links.State() == "vmesh0 up 240.0.0.9/32" })
@@ -215,6 +223,114 @@ func TestCaptureFileUsers(t *testing.T) {
 	for _, want := range []string{filepath.Join(dir, "a.hcl"), `service "billing": user: "nobody" (UID 65534) is also in capture.exclude_uids`} {
 		if err == nil || !strings.Contains(err.Error(), want) {
 			t.Errorf("error %v, want one containing %q", err, want)
+		}
+	}
+}
+
+// fakeListeners is the in-process proxy as capture sees it: a set of
+// bound listener names and a channel closed when it changes.
+type fakeListeners struct {
+	mu      sync.Mutex
+	bound   map[string]net.Addr
+	changed chan struct{}
+}
+
+func (f *fakeListeners) ListenerAddrs() map[string]net.Addr {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	return maps.Clone(f.bound)
+}
+
+func (f *fakeListeners) ListenersChanged() <-chan struct{} {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	return f.changed
+}
+
+func (f *fakeListeners) set(name string, on bool) {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	if on {
+		f.bound[name] = &net.TCPAddr{Port: 15006}
+	} else {
+		delete(f.bound, name)
+	}
+	close(f.changed)
+	f.changed = make(chan struct{})
+}
+
+// inbound_ports are redirected only while the proxy has the inbound
+// capture listener bound: the capture loop follows the proxy's
+// listeners, not only the catalog's views.
+func TestCaptureInboundFollowsTheProxy(t *testing.T) {
+	cfg := config.DefaultConfig()
+	cfg.NodeName = "n1"
+	cfg.Capture.Enabled = true
+	cfg.Capture.InboundPorts = []int{8080}
+	d, err := cfg.CaptureDesired()
+	if err != nil {
+		t.Fatal(err)
+	}
+	f, links, store := iptables.NewFake("nft"), iptables.NewFakeLinks(), discovery.NewStore()
+	r := iptables.NewReconciler(iptables.New(f, iptables.Options{Links: links}), links, d, discovery.LookupUser, testkit.Logger(t))
+	r.Interval, r.MinGap = time.Hour, time.Millisecond
+	srv, err := xds.NewServer(xds.Config{Store: store, TCPAddr: "127.0.0.1:0", Logger: testkit.Logger(t)})
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	if err := srv.Start(ctx); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { srv.Close() })
+	px := &fakeListeners{bound: map[string]net.Addr{xds.OutboundListener: &net.TCPAddr{Port: 15001}}, changed: make(chan struct{})}
+	a := &Agent{cfg: cfg, capture: r, proxy: px, logger: testkit.Logger(t)}
+	views := srv.Watch()
+	changed := a.listenersChanged()
+	view := <-views
+	first := captureTargets(view, "n1", a.inboundServing())
+	if _, err := r.Reconcile(ctx, first); err != nil {
+		t.Fatal(err)
+	}
+	redirected := func() bool { return strings.Contains(f.State(), "--dport 8080") }
+	if redirected() {
+		t.Fatalf("8080 redirected before the proxy serves the inbound listener:\n%s", f.State())
+	}
+	done := make(chan struct{})
+	go func() {
+		defer close(done)
+		a.followViews(ctx, first, view, changed, views)
+	}()
+	px.set(xds.InboundCaptureListener, true)
+	testkit.WaitFor(t, 5*time.Second, "8080 redirected once the listener is bound", redirected)
+	px.set(xds.InboundCaptureListener, false)
+	testkit.WaitFor(t, 5*time.Second, "8080 direct again once the listener is gone", func() bool { return !redirected() })
+	cancel()
+	<-done
+}
+
+// capture.default_service must name a service of the host's service
+// files; the error names the key and what the files define.
+func TestCaptureDefaultServiceMustBeAFileService(t *testing.T) {
+	dir := t.TempDir()
+	testkit.WriteFile(t, dir, "a.hcl", `services = [{ name = "Monolith", port = 8080 }, { name = "admin", port = 9090 }]`)
+	cfg := config.DefaultConfig()
+	cfg.NodeName, cfg.ServicesDir = "n1", dir
+	for _, c := range []struct{ name, want string }{
+		{"monolith", ""}, // names are case-insensitive
+		{"orders", `capture.default_service: "orders" is not a service registered on this host by its service files (they define: Monolith, admin)`},
+	} {
+		cfg.Capture.DefaultService = c.name
+		a := &Agent{cfg: cfg}
+		a.xdsOpts = a.xdsOptions()
+		err := a.checkServiceFiles(context.Background())
+		var ce *config.Error
+		switch {
+		case c.want == "" && err != nil:
+			t.Errorf("%s: %v", c.name, err)
+		case c.want != "" && (err == nil || !errors.As(err, &ce) || !strings.Contains(err.Error(), c.want)):
+			t.Errorf("%s: %v; want a config error containing %q", c.name, err, c.want)
 		}
 	}
 }

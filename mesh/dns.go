@@ -38,6 +38,8 @@ func (a *Agent) startDNS(context.Context) error {
 		Addr: addr, Datacenter: a.cfg.Datacenter, Recursors: recursors,
 		ServiceTTL: a.cfg.DNS.ServiceTTL, NodeTTL: a.cfg.DNS.NodeTTL, VIPTTL: a.cfg.DNS.VIPTTL,
 		OnlyPassing: a.cfg.DNS.OnlyPassing, Dialer: recursorDialer(a.proxyMark()), Logger: a.logger.With("component", "dns"),
+		RecursionAllowed: a.cfg.RecursionAllowed(), RateLimit: float64(a.cfg.DNS.RateLimit), RateBurst: a.cfg.DNS.RateLimitBurst,
+		Metrics: discdns.NewMetrics(a.metrics),
 	}
 	if a.acl != nil {
 		// DNS answers with the default token's rights (acl.tokens.default,

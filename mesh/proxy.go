@@ -3,6 +3,7 @@ package mesh
 import (
 	"context"
 	"fmt"
+	"net"
 
 	"github.com/vmesh/vmesh/dataplane/proxy"
 )
@@ -27,6 +28,14 @@ func (a *Agent) startProxy(context.Context) error {
 	if err != nil {
 		return err
 	}
+	a.proxy = p
 	a.life.goLoop("proxy", p.Run)
 	return nil
+}
+
+// proxyListeners is what capture asks the in-process proxy
+// (*proxy.Proxy): which listeners are bound, and when that changes.
+type proxyListeners interface {
+	ListenerAddrs() map[string]net.Addr
+	ListenersChanged() <-chan struct{}
 }

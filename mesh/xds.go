@@ -129,7 +129,7 @@ func (a *Agent) metricsHandler() http.Handler {
 // xdsOptions are the translation settings of this agent's xDS server; the
 // capture runner computes the per-user ports with the same (capture.go).
 func (a *Agent) xdsOptions() xds.Options {
-	return a.cfg.UserPortOptions(xds.Options{OutboundAddr: a.cfg.ClientAddr, IntentionsDefaultAllow: a.cfg.IntentionsDefaultAllow()})
+	return a.cfg.UserPortOptions(xds.Options{OutboundAddr: a.cfg.ClientAddr, IntentionsDefaultAllow: a.cfg.IntentionsDefaultAllow(), Host: a.cfg.HostOptions()})
 }
 
 // NewLeafSecrets serves node's leaf certificates and the CA roots to that

@@ -177,6 +177,10 @@ func (p *Proxy) serve(rl *runningListener, pc *proxyConn) {
 		sni, transport, conn = inspect(raw)
 	}
 	chain := spec.match(dst, sni, transport)
+	if !p.admitInbound(rl, spec, chain, raw) { // inbound.go: what is not mesh mTLS
+		reset(raw)
+		return
+	}
 	if chain == nil {
 		p.log.Debug("no filter chain matches", "listener", rl.name, "dst", dst, "sni", sni, "transport", transport)
 		reset(raw)

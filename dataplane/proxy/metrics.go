@@ -31,6 +31,7 @@ type Metrics struct {
 	tlsFailures *prometheus.CounterVec
 	xdsUpdates  *prometheus.CounterVec
 	xdsNacks    *prometheus.CounterVec
+	inbound     *inboundMetrics // inbound.go
 
 	// traffic caches the request and byte series of each label tuple,
 	// so a request does not hash its labels into every vector again
@@ -119,6 +120,7 @@ func NewMetrics(reg prometheus.Registerer) *Metrics {
 		m.xdsUpdates = metrics.Register("proxy", reg, m.xdsUpdates)
 		m.xdsNacks = metrics.Register("proxy", reg, m.xdsNacks)
 	}
+	m.inbound = newInboundMetrics(reg)
 	return m
 }
 

@@ -53,6 +53,11 @@ type Proxy struct {
 	types   map[string]*typeState
 	status  map[string]*TypeStatus
 	running map[string]*runningListener
+	// changed is closed when running changes (inbound.go).
+	changed chan struct{}
+	// refused rate-limits each inbound listener's refusal log
+	// (inbound.go); listener names are bounded by the config.
+	refused sync.Map
 
 	ctx   context.Context // the connections' (ends at Close)
 	wg    sync.WaitGroup
@@ -214,6 +219,7 @@ func (p *Proxy) apply(snap *snapshot) error {
 		go p.acceptLoop(rl)
 	}
 	p.running = next
+	p.listenersChanged()
 	return nil
 }
 

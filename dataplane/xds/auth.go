@@ -5,8 +5,8 @@ import (
 	"fmt"
 	"strings"
 
-	discoveryv3 "github.com/envoyproxy/go-control-plane/envoy/service/discovery/v3"
 	tlsv3 "github.com/envoyproxy/go-control-plane/envoy/extensions/transport_sockets/tls/v3"
+	discoveryv3 "github.com/envoyproxy/go-control-plane/envoy/service/discovery/v3"
 	"github.com/envoyproxy/go-control-plane/pkg/resource/v3"
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/codes"
@@ -31,24 +31,24 @@ type TokenAuthorizer interface {
 	NodeWrite(name string) error
 }
 
-// TCPAuth resolves a TCP client's token; nil (ACLs off) serves TCP
-// clients no private keys at all.
+// TCPAuth resolves a TCP client's token; nil means ACLs are off, and the
+// TCP listener is as open as the HTTP API then is.
 type TCPAuth func(ctx context.Context, token string) (TokenAuthorizer, error)
 
 // authStream is the TCP server's stream interceptor.
 func (s *Server) authStream(srv any, ss grpc.ServerStream, _ *grpc.StreamServerInfo, handler grpc.StreamHandler) error {
-	var authz TokenAuthorizer
-	if s.cfg.TCPAuth != nil {
-		md, _ := metadata.FromIncomingContext(ss.Context())
-		tokens := md.Get(TokenHeader)
-		if len(tokens) == 0 || tokens[0] == "" {
-			return status.Error(codes.Unauthenticated, "xDS over TCP needs an ACL token in the "+TokenHeader+" metadata")
-		}
-		var err error
-		if authz, err = s.cfg.TCPAuth(ss.Context(), tokens[0]); err != nil {
-			s.logger.Warn("refused an xDS client over TCP", "err", err)
-			return status.Error(codes.PermissionDenied, "xDS over TCP: "+err.Error())
-		}
+	if s.cfg.TCPAuth == nil {
+		return handler(srv, ss)
+	}
+	md, _ := metadata.FromIncomingContext(ss.Context())
+	tokens := md.Get(TokenHeader)
+	if len(tokens) == 0 || tokens[0] == "" {
+		return status.Error(codes.Unauthenticated, "xDS over TCP needs an ACL token in the "+TokenHeader+" metadata")
+	}
+	authz, err := s.cfg.TCPAuth(ss.Context(), tokens[0])
+	if err != nil {
+		s.logger.Warn("refused an xDS client over TCP", "err", err)
+		return status.Error(codes.PermissionDenied, "xDS over TCP: "+err.Error())
 	}
 	return handler(srv, &secretFilter{ServerStream: ss, authz: authz, node: s.cfg.NodeName})
 }
@@ -57,7 +57,7 @@ func (s *Server) authStream(srv any, ss grpc.ServerStream, _ *grpc.StreamServerI
 // token may not have.
 type secretFilter struct {
 	grpc.ServerStream
-	authz TokenAuthorizer // nil: no private key at all
+	authz TokenAuthorizer
 	node  string
 }
 
@@ -65,8 +65,6 @@ func (f *secretFilter) allowed(name string) bool {
 	switch {
 	case name == SecretRoots:
 		return true
-	case f.authz == nil:
-		return false
 	case name == SecretNodeCert:
 		return f.authz.NodeWrite(f.node) == nil
 	case strings.HasPrefix(name, secretServicePrefix):

@@ -100,6 +100,8 @@ type builder struct {
 	// built at the end (sourced.go).
 	from                           string
 	sourcedClusters, sourcedRoutes map[sourcedRef]bool
+	// localKeys caches localServiceKeys (nil: not computed yet).
+	localKeys *[]string
 }
 
 func (b *builder) fail(err error) {
@@ -131,6 +133,7 @@ func Build(v *View, node NodeInfo) (*cache.Snapshot, error) {
 		b.outboundListener()
 		b.upstreamListeners()
 		b.inboundListener()
+		b.inboundCaptureListener()
 	} else {
 		b.apiListeners()
 	}

@@ -105,7 +105,9 @@ func fixtures() []fixture {
 				wantEndpoints(t, app, "web", "10.0.0.1:8080", "10.0.0.2:8080")
 				wantListeners(t, mesh, OutboundListener, InboundListener)
 				wantListeners(t, app) // web is HTTP, not gRPC: nothing for proxyless
-				wantRoutes(t, mesh, "web")
+				// node-a runs web alone: its captured calls speak for web
+				// (host.go), through web's sourced route.
+				wantRoutes(t, mesh, sourcedName("web", "web"))
 			},
 		},
 		{
@@ -292,7 +294,7 @@ func fixtures() []fixture {
 }
 
 func TestBuildGolden(t *testing.T) {
-	for _, fx := range slices.Concat(fixtures(), intentionFixtures(), userFixtures()) { // intentions_test.go, sourced_test.go
+	for _, fx := range slices.Concat(fixtures(), intentionFixtures(), userFixtures(), hostFixtures()) { // intentions_test.go, sourced_test.go, host_test.go
 		t.Run(fx.name, func(t *testing.T) {
 			v := NewView(fx.state, fx.opts)
 			snaps := map[string]*cache.Snapshot{}

@@ -101,7 +101,11 @@ func (b *builder) outboundListener() {
 			vips[serviceKey(name)] = b.v.opts.VIPs[name]
 		}
 	}
+	// Connections no service user opened speak for the host's default
+	// service, if it has one (host.go).
+	b.from = b.hostService()
 	b.transparentListener(OutboundListener, b.v.opts.OutboundPort, vips)
+	b.from = ""
 	var local []*discovery.Instance
 	for _, in := range b.v.byNode[b.node.Node] {
 		local = append(local, in.Instance)
@@ -244,11 +248,33 @@ func (b *builder) inboundListener() {
 	if !ok {
 		return
 	}
+	l := &listener.Listener{
+		Name:             InboundListener,
+		Address:          socketAddr(ip, b.v.opts.MeshPort, core.SocketAddress_TCP),
+		TrafficDirection: core.TrafficDirection_INBOUND,
+		ListenerFilters:  []*listener.ListenerFilter{b.listenerFilter(wellknown.TlsInspector, &tlsinspector.TlsInspector{})},
+	}
+	for _, k := range b.localServiceKeys() {
+		l.FilterChains = append(l.FilterChains, b.meshInboundChain("inbound/"+k, k, 0))
+	}
+	if len(l.FilterChains) > 0 {
+		b.listeners = append(b.listeners, l)
+	}
+}
+
+// localServiceKeys are the TCP-borne services with an instance on this
+// node that has a port, sorted; the first call adds their local clusters
+// (localCluster), which the mesh port and the inbound capture listener
+// share.
+func (b *builder) localServiceKeys() []string {
+	if b.localKeys != nil {
+		return *b.localKeys
+	}
 	local := map[string][]*instance{}
-	var keys []string
+	keys := []string{}
 	for _, in := range b.v.byNode[b.node.Node] {
 		k := serviceKey(in.Service)
-		if in.Port <= 0 || in.Port > 65535 || k == "" {
+		if in.Port <= 0 || in.Port > 65535 || k == "" || b.v.services[k].protocol == discovery.ProtocolUDP {
 			continue
 		}
 		if _, ok := local[k]; !ok {
@@ -257,53 +283,53 @@ func (b *builder) inboundListener() {
 		local[k] = append(local[k], in)
 	}
 	sort.Strings(keys)
-	l := &listener.Listener{
-		Name:             InboundListener,
-		Address:          socketAddr(ip, b.v.opts.MeshPort, core.SocketAddress_TCP),
-		TrafficDirection: core.TrafficDirection_INBOUND,
-		ListenerFilters:  []*listener.ListenerFilter{b.listenerFilter(wellknown.TlsInspector, &tlsinspector.TlsInspector{})},
-	}
 	for _, k := range keys {
-		s := b.v.services[k]
-		if s.protocol == discovery.ProtocolUDP {
-			continue
-		}
-		clusterName := localClusterPrefix + k
-		b.clusters = append(b.clusters, b.localCluster(clusterName, s, local[k]))
-		stat := "inbound_" + k
-		var filters []*listener.Filter
-		if discovery.IsL7Protocol(s.protocol) {
-			filters = append(filters, b.filter(wellknown.HTTPConnectionManager, b.inboundHCM(stat, clusterName, s)))
-		} else {
-			filters = append(filters,
-				b.filter(wellknown.RoleBasedAccessControl, b.networkRBAC(stat, k)),
-				b.filter(wellknown.TCPProxy, &tcp.TcpProxy{StatPrefix: stat, ClusterSpecifier: &tcp.TcpProxy_Cluster{Cluster: clusterName}}))
-		}
-		alpnIn := []string(nil)
-		if discovery.IsL7Protocol(s.protocol) {
-			alpnIn = []string{"h2", "http/1.1"}
-		}
-		l.FilterChains = append(l.FilterChains, &listener.FilterChain{
-			Name:             "inbound/" + k,
-			FilterChainMatch: &listener.FilterChainMatch{ServerNames: []string{SNI(k)}, TransportProtocol: "tls"},
-			Filters:          filters,
-			TransportSocket: &core.TransportSocket{
-				Name: wellknown.TransportSocketTLS,
-				ConfigType: &core.TransportSocket_TypedConfig{TypedConfig: b.any(&tlsv3.DownstreamTlsContext{
-					RequireClientCertificate: wrapperspb.Bool(true),
-					CommonTlsContext: &tlsv3.CommonTlsContext{
-						AlpnProtocols:                  alpnIn,
-						TlsCertificateSdsSecretConfigs: []*tlsv3.SdsSecretConfig{sdsSecret(ServiceSecret(k))},
-						ValidationContextType: &tlsv3.CommonTlsContext_ValidationContextSdsSecretConfig{
-							ValidationContextSdsSecretConfig: sdsSecret(SecretRoots),
-						},
-					},
-				})},
-			},
-		})
+		b.clusters = append(b.clusters, b.localCluster(localClusterPrefix+k, b.v.services[k], local[k]))
 	}
-	if len(l.FilterChains) > 0 {
-		b.listeners = append(b.listeners, l)
+	b.localKeys = &keys
+	return keys
+}
+
+// meshInboundChain terminates mTLS for local service k (matched by SNI,
+// and by destination port when port is not 0) and hands the connection,
+// or each request, to k's local instances once intentions allow it.
+func (b *builder) meshInboundChain(name, k string, port int) *listener.FilterChain {
+	s := b.v.services[k]
+	clusterName := localClusterPrefix + k
+	stat := "inbound_" + k
+	var filters []*listener.Filter
+	if discovery.IsL7Protocol(s.protocol) {
+		filters = append(filters, b.filter(wellknown.HTTPConnectionManager, b.inboundHCM(stat, clusterName, s)))
+	} else {
+		filters = append(filters,
+			b.filter(wellknown.RoleBasedAccessControl, b.networkRBAC(stat, k)),
+			b.filter(wellknown.TCPProxy, &tcp.TcpProxy{StatPrefix: stat, ClusterSpecifier: &tcp.TcpProxy_Cluster{Cluster: clusterName}}))
+	}
+	alpnIn := []string(nil)
+	if discovery.IsL7Protocol(s.protocol) {
+		alpnIn = []string{"h2", "http/1.1"}
+	}
+	m := &listener.FilterChainMatch{ServerNames: []string{SNI(k)}, TransportProtocol: "tls"}
+	if port != 0 {
+		m.DestinationPort = wrapperspb.UInt32(uint32(port))
+	}
+	return &listener.FilterChain{
+		Name:             name,
+		FilterChainMatch: m,
+		Filters:          filters,
+		TransportSocket: &core.TransportSocket{
+			Name: wellknown.TransportSocketTLS,
+			ConfigType: &core.TransportSocket_TypedConfig{TypedConfig: b.any(&tlsv3.DownstreamTlsContext{
+				RequireClientCertificate: wrapperspb.Bool(true),
+				CommonTlsContext: &tlsv3.CommonTlsContext{
+					AlpnProtocols:                  alpnIn,
+					TlsCertificateSdsSecretConfigs: []*tlsv3.SdsSecretConfig{sdsSecret(ServiceSecret(k))},
+					ValidationContextType: &tlsv3.CommonTlsContext_ValidationContextSdsSecretConfig{
+						ValidationContextSdsSecretConfig: sdsSecret(SecretRoots),
+					},
+				},
+			})},
+		},
 	}
 }
 

@@ -39,6 +39,10 @@ type Options struct {
 	// ReservedPorts are never given to a user (the agent's own ports),
 	// besides OutboundPort, MeshPort and the node's upstream ports.
 	ReservedPorts []int
+	// Host is what the agent's own host says about itself (host.go):
+	// the service its unattributed traffic belongs to, and the inbound
+	// ports capture sends to the inbound capture listener.
+	Host HostOptions
 }
 
 // VIP is a service's virtual IP and, optionally, the ports it answers on
@@ -60,6 +64,9 @@ func (o Options) withDefaults() Options {
 	}
 	if o.UserPortBase == 0 {
 		o.UserPortBase = DefaultUserPortBase
+	}
+	if o.Host.InboundPort == 0 {
+		o.Host.InboundPort = DefaultInboundPort
 	}
 	return o
 }

@@ -5,7 +5,6 @@ import (
 	"crypto/tls"
 	"fmt"
 	"io"
-	"net"
 	"net/http"
 	"strings"
 	"time"
@@ -28,10 +27,7 @@ func (rc *checkRun) openProbe() {
 	switch rc.kind {
 	case discovery.CheckHTTP:
 		transport := &http.Transport{
-			DialContext: (&net.Dialer{
-				Timeout:   rc.timeout,
-				KeepAlive: 30 * time.Second,
-			}).DialContext,
+			DialContext:           rc.r.Guard.dialer(rc.timeout).DialContext,
 			TLSClientConfig:       tlsConfig,
 			TLSHandshakeTimeout:   rc.timeout,
 			ForceAttemptHTTP2:     true,
@@ -133,9 +129,9 @@ func (rc *checkRun) probeHTTP(ctx context.Context) checkResult {
 	}()
 	// Read a little more than is kept so that the cut falls on a rune
 	// boundary.
-	out, _ := io.ReadAll(io.LimitReader(resp.Body, checkOutputMax+utf8.UTFMax))
-	output := fmt.Sprintf("HTTP %s %s: %s Output: %s",
-		method, rc.def.HTTP, resp.Status, truncateCheckOutput(string(out)))
+	out, _ := io.ReadAll(io.LimitReader(resp.Body, int64(rc.r.outputMax())+utf8.UTFMax))
+	// setObservedLocked cuts the whole line to the output limit.
+	output := fmt.Sprintf("HTTP %s %s: %s Output: %s", method, rc.def.HTTP, resp.Status, out)
 	switch {
 	case resp.StatusCode >= 200 && resp.StatusCode <= 299:
 		return checkResult{discovery.HealthPassing, output}
@@ -146,8 +142,7 @@ func (rc *checkRun) probeHTTP(ctx context.Context) checkResult {
 }
 
 func (rc *checkRun) probeTCP(ctx context.Context) checkResult {
-	var d net.Dialer
-	conn, err := d.DialContext(ctx, "tcp", rc.def.TCP)
+	conn, err := rc.r.Guard.dialer(0).DialContext(ctx, "tcp", rc.def.TCP)
 	if err != nil {
 		return checkResult{discovery.HealthCritical, err.Error()}
 	}
@@ -173,14 +168,21 @@ func (rc *checkRun) probeGRPC(ctx context.Context) checkResult {
 	return checkResult{discovery.HealthPassing, fmt.Sprintf("gRPC check %s: success", rc.def.GRPC)}
 }
 
-// truncateCheckOutput cuts s to at most 4 KiB, on a rune boundary.
-func truncateCheckOutput(s string) string {
-	if len(s) <= checkOutputMax {
+// capOutput cuts s to at most max bytes, on a rune boundary, ending in a
+// note that it was cut, as Consul's check_output_max_size does. (An HTTP
+// body is read only up to the limit, so the note does not say how long
+// it was.)
+func capOutput(s string, max int) string {
+	if len(s) <= max {
 		return s
 	}
-	i := checkOutputMax
+	note := fmt.Sprintf(" ... (output cut to %d bytes)", max)
+	i := max - len(note)
+	if i < 0 {
+		i, note = max, ""
+	}
 	for i > 0 && !utf8.RuneStart(s[i]) {
 		i--
 	}
-	return s[:i]
+	return s[:i] + note
 }

@@ -67,6 +67,7 @@ func (rc *checkRun) differs(a, b checkResult) bool {
 }
 
 func (rc *checkRun) setObservedLocked(res checkResult, now time.Time) {
+	res.output = capOutput(res.output, rc.r.outputMax())
 	if res.status == discovery.HealthCritical {
 		if rc.criticalSince.IsZero() {
 			rc.criticalSince = now

@@ -23,10 +23,11 @@ const (
 	checkMaxHousekeeping = time.Second
 	// checkMaxJitter bounds the random delay before a check's first run.
 	checkMaxJitter = time.Second
-	// checkOutputMax is how much of an HTTP body (or a TTL output) is kept.
-	checkOutputMax = 4 << 10
+	// DefaultOutputMax is how much of a check's output is stored (Consul's
+	// check_output_max_size default).
+	DefaultOutputMax = 4 << 10
 	// checkDrainMax is how much of an HTTP body is read (and dropped) past
-	// checkOutputMax so that the connection can be reused.
+	// the output limit so that the connection can be reused.
 	checkDrainMax = 64 << 10
 	// checkSinkTimeout bounds one call to the sink.
 	checkSinkTimeout = 30 * time.Second
@@ -62,6 +63,12 @@ type Runner struct {
 	// maxJitter bounds the random delay before a check's first run (tests
 	// set it to 0).
 	maxJitter time.Duration
+
+	// Guard keeps probes off the agent's own listeners (guard.go); nil
+	// allows every target. OutputMax caps a stored output in bytes (0:
+	// DefaultOutputMax). Set both before the first Sync.
+	Guard     *Guard
+	OutputMax int
 
 	wg sync.WaitGroup
 
@@ -139,9 +146,9 @@ func (r *Runner) Sync(checks []*discovery.Check) {
 // known, calls sink.UpdateCheck, whose error it returns. Returns
 // ErrCheckNotFound if checkID is not a running check, and ErrNotTTLCheck if
 // it is not a TTL check. status must be passing, warning or critical. Output
-// is cut to 4 KiB.
+// is cut to OutputMax.
 func (r *Runner) UpdateTTL(ctx context.Context, checkID, status, output string) error {
-	output = truncateCheckOutput(output)
+	output = capOutput(output, r.outputMax())
 	// A restart of the check (its definition changed) between recording and
 	// writing stops the run the update was recorded in: record it again in
 	// the new run.
@@ -244,4 +251,11 @@ func cloneCheckHeader(h map[string][]string) map[string][]string {
 		h[k] = slices.Clone(v)
 	}
 	return h
+}
+
+func (r *Runner) outputMax() int {
+	if r.OutputMax > 0 {
+		return r.OutputMax
+	}
+	return DefaultOutputMax
 }

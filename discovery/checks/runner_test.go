@@ -3,8 +3,6 @@ package checks
 import (
 	"context"
 	"errors"
-	"github.com/vmesh/vmesh/discovery"
-	"github.com/vmesh/vmesh/lab/testkit"
 	"io"
 	"net"
 	"net/http"
@@ -16,6 +14,9 @@ import (
 	"sync/atomic"
 	"testing"
 	"time"
+
+	"github.com/vmesh/vmesh/discovery"
+	"github.com/vmesh/vmesh/lab/testkit"
 
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/health"
@@ -243,8 +244,9 @@ func TestCheckRunnerHTTPRequest(t *testing.T) {
 		t.Errorf("Accept %q", a)
 	}
 	out := sink.waitStatus(t, "get", discovery.HealthPassing).output
-	if want := "HTTP GET " + srv.URL + "/health: 200 OK Output: " + strings.Repeat("x", 4096); out != want {
-		t.Errorf("output is %d bytes, want the first 4 KiB of the body (%d bytes)", len(out), len(want))
+	if prefix := "HTTP GET " + srv.URL + "/health: 200 OK Output: xxx"; len(out) != DefaultOutputMax || !strings.HasPrefix(out, prefix) ||
+		!strings.HasSuffix(out, "x ... (output cut to 4096 bytes)") {
+		t.Errorf("output is %d bytes (%q...%q), want 4 KiB of the line and a note", len(out), out[:60], out[len(out)-60:])
 	}
 
 	// Method, body and headers from the definition.
@@ -325,15 +327,21 @@ func TestCheckRunnerHTTPTLS(t *testing.T) {
 	}
 }
 
-func TestTruncateCheckOutput(t *testing.T) {
+func TestCapOutput(t *testing.T) {
 	short := "ok"
-	if got := truncateCheckOutput(short); got != short {
+	if got := capOutput(short, 4096); got != short {
 		t.Errorf("%q", got)
 	}
-	// A 3-byte rune straddling the 4 KiB mark is dropped whole.
-	s := strings.Repeat("x", 4095) + "€" + "tail"
-	if got := truncateCheckOutput(s); got != strings.Repeat("x", 4095) {
-		t.Errorf("got %d bytes ending %q", len(got), got[len(got)-3:])
+	note := " ... (output cut to 4096 bytes)"
+	// A 3-byte rune straddling the cut is dropped whole; the note fits
+	// in the limit.
+	s := strings.Repeat("x", 4095-len(note)) + "€" + strings.Repeat("y", len(note)+1)
+	got := capOutput(s, 4096)
+	if want := strings.Repeat("x", 4095-len(note)) + note; got != want || len(got) > 4096 {
+		t.Errorf("got %d bytes ending %q, want %d ending %q", len(got), got[len(got)-50:], len(want), want[len(want)-50:])
+	}
+	if got := capOutput("abcdef", 3); got != "abc" {
+		t.Errorf("a limit smaller than the note: %q, want the cut without it", got)
 	}
 }
 

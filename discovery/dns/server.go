@@ -9,8 +9,8 @@ import (
 	"math/rand/v2"
 	"net"
 	"net/netip"
-	"strconv"
 	"slices"
+	"strconv"
 	"strings"
 	"sync"
 	"time"
@@ -62,7 +62,19 @@ type Config struct {
 	// capture on, mesh gives one that marks them (SO_MARK) so the rules
 	// do not send the agent's own queries back to itself.
 	Dialer *net.Dialer
-	Logger *slog.Logger
+	// RecursionAllowed are the networks whose clients may have names
+	// forwarded to the recursors, besides this host's own addresses
+	// (policy.go); everyone else gets REFUSED for them.
+	RecursionAllowed []netip.Prefix
+	// RateLimit is how many queries per second each source may send
+	// (0: no limit), RateBurst how many at once (0: twice RateLimit).
+	// This host's own addresses are not limited (policy.go).
+	RateLimit float64
+	RateBurst int
+	// LocalAddrs lists this host's addresses (nil: its interfaces').
+	LocalAddrs func() ([]netip.Addr, error)
+	Metrics    *Metrics
+	Logger     *slog.Logger
 	// ACL, when set, is the Authorizer DNS answers with (the agent's
 	// default token, else the anonymous token): a service needs
 	// service:read, a node node:read, and an instance both. Nil: ACLs
@@ -80,6 +92,9 @@ type Server struct {
 	addr     string
 	wg       sync.WaitGroup
 	once     sync.Once
+
+	local   *localAddrs
+	limiter *limiter
 }
 
 // NewServer returns a server over store; nothing listens until Start.
@@ -88,7 +103,11 @@ func NewServer(store *discovery.Store, cfg Config) *Server {
 		cfg.Logger = slog.Default()
 	}
 	cfg.Datacenter = strings.ToLower(cfg.Datacenter)
-	return &Server{cfg: cfg, store: store, logger: cfg.Logger}
+	if cfg.LocalAddrs == nil {
+		cfg.LocalAddrs = interfaceAddrs
+	}
+	return &Server{cfg: cfg, store: store, logger: cfg.Logger,
+		local: &localAddrs{list: cfg.LocalAddrs}, limiter: newLimiter(cfg.RateLimit, cfg.RateBurst)}
 }
 
 // RecursorAddr normalizes a recursor: an IP gets port 53.
@@ -207,10 +226,32 @@ func (s *Server) Close() error {
 	return nil
 }
 
-// ServeDNS answers one query.
+// ServeDNS answers one query, within its source's rate limit; names
+// outside our zones only for clients that may have them forwarded
+// (policy.go).
 func (s *Server) ServeDNS(w mdns.ResponseWriter, req *mdns.Msg) {
 	tcp := isTCP(w.RemoteAddr())
-	resp := s.answer(req)
+	src := sourceOf(w.RemoteAddr())
+	local := s.local.local(src)
+	if !local && !s.limiter.allow(src, time.Now()) {
+		if !tcp {
+			s.cfg.Metrics.limited("udp")
+			return // dropped: an answer to a spoofed source is a reflection
+		}
+		s.cfg.Metrics.limited("tcp")
+		m := new(mdns.Msg)
+		m.SetRcode(req, mdns.RcodeRefused)
+		w.WriteMsg(m)
+		return
+	}
+	recursion := local || s.recursionAllowed(src)
+	resp := s.answer(req, recursion)
+	if resp == nil && !recursion {
+		s.cfg.Metrics.refusedRecursion()
+		s.logger.Debug("DNS: recursion refused", "client", src, "name", qname(req))
+		resp = new(mdns.Msg)
+		resp.SetRcode(req, mdns.RcodeRefused)
+	}
 	if resp == nil {
 		resp = s.forward(req)
 	}
@@ -243,12 +284,24 @@ func zoneOf(name string) string {
 	return ""
 }
 
-// answer answers a query in our zones, or returns nil to forward it.
-func (s *Server) answer(req *mdns.Msg) *mdns.Msg {
+// recursionAllowed says whether a client off this host may have names
+// forwarded: its address is in Config.RecursionAllowed.
+func (s *Server) recursionAllowed(src netip.Addr) bool {
+	for _, p := range s.cfg.RecursionAllowed {
+		if p.Contains(src) {
+			return true
+		}
+	}
+	return false
+}
+
+// answer answers a query in our zones, or returns nil to forward it;
+// recursion says whether this client may have it forwarded.
+func (s *Server) answer(req *mdns.Msg, recursion bool) *mdns.Msg {
 	m := new(mdns.Msg)
 	m.SetReply(req)
 	m.Compress = true
-	m.RecursionAvailable = len(s.cfg.Recursors) > 0
+	m.RecursionAvailable = recursion && len(s.cfg.Recursors) > 0
 	if o := req.IsEdns0(); o != nil {
 		m.SetEdns0(min(max(o.UDPSize(), mdns.MinMsgSize), maxUDPSize), false)
 	}

@@ -65,6 +65,9 @@ type API struct {
 	// each service user its port (userports.go). The agent shares it with
 	// its service-file sync. Nil: a private one with the default policy.
 	UserPorts *discovery.UserPortAllocator
+	// CheckTarget refuses a check whose target the agent does not probe
+	// (its own listeners: checks.Guard); nil refuses none.
+	CheckTarget func(name string, def discovery.CheckDefinition) error
 
 	// Operator serves vmesh's own cluster endpoints (/v1/vmesh/join,
 	// leave, token, members, raft/snapshot, envoy/bootstrap); nil leaves
@@ -99,6 +102,20 @@ type RemoteKV interface {
 	KVRead(ctx context.Context, q discovery.KVQuery) (discovery.KVResult, error)
 	// ACLRead reads the ACL state, which only servers hold.
 	ACLRead(ctx context.Context, q discovery.ACLQuery) (discovery.ACLResult, error)
+}
+
+// checkTargets asks CheckTarget about each of checks.
+func (a *API) checkTargets(checks ...*discovery.Check) error {
+	if a.CheckTarget == nil {
+		return nil
+	}
+	var errs []error
+	for _, c := range checks {
+		if err := a.CheckTarget(c.CheckID, c.Definition); err != nil {
+			errs = append(errs, err)
+		}
+	}
+	return errors.Join(errs...)
 }
 
 // Blocking query limits, as Consul's.

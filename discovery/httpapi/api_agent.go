@@ -4,7 +4,6 @@ import (
 	"errors"
 	"net/http"
 	"sort"
-	"strconv"
 
 	"github.com/hashicorp/go-memdb"
 	"github.com/vmesh/vmesh/discovery"
@@ -17,6 +16,9 @@ func (a *API) serviceRegister(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	req, err := reg.Build(a.NodeName, "api")
+	if err == nil {
+		err = a.checkTargets(req.Checks...)
+	}
 	if err != nil {
 		a.writeError(w, r, err)
 		return
@@ -167,6 +169,9 @@ func (a *API) checkRegister(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	chk, err := ct.BuildCheck(a.NodeName)
+	if err == nil {
+		err = a.checkTargets(chk)
+	}
 	if err != nil {
 		a.writeError(w, r, err)
 		return
@@ -217,9 +222,6 @@ func (a *API) checkTTL(status string) http.HandlerFunc {
 				return
 			}
 			st, output = body.Status, body.Output
-		}
-		if len(output) > 4096 {
-			output = output[:4096] + " ... (captured 4096 of " + strconv.Itoa(len(output)) + " bytes)"
 		}
 		err := a.TTL.UpdateTTL(r.Context(), r.PathValue("id"), st, output)
 		switch {

@@ -7,6 +7,7 @@ import (
 	"net/netip"
 	"slices"
 	"strconv"
+	"strings"
 	"time"
 
 	"github.com/vmesh/vmesh/dataplane/xds"
@@ -30,10 +31,22 @@ type CaptureConfig struct {
 	// CaptureDNS sends port 53 (IPv4) to the agent's DNS.
 	CaptureDNS bool `hcl:"capture_dns"`
 	// InboundPorts are local service ports whose inbound TCP goes through
-	// the inbound listener (so nobody bypasses mTLS).
-	InboundPorts []int    `hcl:"inbound_ports"`
-	ExcludePorts []int    `hcl:"exclude_ports"`
-	ExcludeCIDRs []string `hcl:"exclude_cidrs"`
+	// the proxy's inbound capture listener (15006), so nobody bypasses
+	// mTLS. The agent redirects them only while its proxy serves that
+	// listener.
+	InboundPorts []int `hcl:"inbound_ports"`
+	// InboundMode decides what the inbound capture listener does with a
+	// connection that is not mesh mTLS: "strict" (the default) resets it,
+	// "permissive" passes it to the app on loopback. Both count it.
+	InboundMode string `hcl:"inbound_mode"`
+	// DefaultService is the local service this host's captured outbound
+	// connections speak for when no service user opened them (its leaf
+	// certificate instead of the node's). It must be a service of this
+	// host's service files. Unset: the only local service when the host
+	// has exactly one and declares no service users.
+	DefaultService string   `hcl:"default_service"`
+	ExcludePorts   []int    `hcl:"exclude_ports"`
+	ExcludeCIDRs   []string `hcl:"exclude_cidrs"`
 	// ExcludeUIDs are user names or numbers.
 	ExcludeUIDs []string `hcl:"exclude_uids"`
 	// ProxyMark is the proxy sockets' SO_MARK (default 0x539).
@@ -56,17 +69,53 @@ func (c *Config) validateCapture() []error {
 	if c.Capture.ReconcileInterval < 0 {
 		errs = append(errs, fmt.Errorf("capture.reconcile_interval: must not be negative, got %s", c.Capture.ReconcileInterval))
 	}
-	// The xDS server uses it whether capture is on or not.
+	// The xDS server uses these whether capture is on or not.
 	if b := c.Capture.UserPortBase; b < 0 || b > 65535 {
 		errs = append(errs, fmt.Errorf("capture.user_port_base: port must be between 1 and 65535, got %d", b))
 	}
+	switch c.Capture.InboundMode {
+	case "", InboundStrict, InboundPermissive:
+	default:
+		errs = append(errs, fmt.Errorf("capture.inbound_mode: %q is not %q or %q", c.Capture.InboundMode, InboundStrict, InboundPermissive))
+	}
+	if s := c.Capture.DefaultService; s != "" && (strings.TrimSpace(s) != s || strings.ContainsAny(s, "/ \t\n")) {
+		errs = append(errs, fmt.Errorf("capture.default_service: %q is not a service name (no '/' or white space)", s))
+	}
 	if !c.Capture.Enabled {
 		return errs
+	}
+	if len(c.Capture.InboundPorts) > 0 && !c.Proxy.Enabled {
+		// Only the in-process proxy tells the agent that it serves the
+		// inbound listener; without it the redirect could go nowhere.
+		errs = append(errs, errors.New("capture.inbound_ports: needs the in-process proxy (proxy { enabled = true }): the agent redirects these ports only while its proxy serves the inbound listener"))
 	}
 	if _, err := c.CaptureDesired(); err != nil {
 		errs = append(errs, err)
 	}
 	return errs
+}
+
+// Values of capture.inbound_mode.
+const (
+	InboundStrict     = "strict"
+	InboundPermissive = "permissive"
+)
+
+// HostOptions are what this host says about itself in its xDS (the
+// default service and the inbound capture listener, xds.HostOptions).
+// The inbound ports are there only when capture is on: without the
+// redirect nothing would reach the listener.
+func (c *Config) HostOptions() xds.HostOptions {
+	h := xds.HostOptions{
+		Node:              c.NodeName,
+		DefaultService:    c.Capture.DefaultService,
+		InboundPort:       iptables.DefaultInboundPort,
+		InboundPermissive: c.Capture.InboundMode == InboundPermissive,
+	}
+	if c.Capture.Enabled {
+		h.InboundPorts = slices.Clone(c.Capture.InboundPorts)
+	}
+	return h
 }
 
 // CaptureDesired turns the configuration into the iptables package's

@@ -76,6 +76,7 @@ type Config struct {
 	Proxy       ProxyConfig   `hcl:"proxy"`
 	DNS         DNSOptions    `hcl:"dns"`
 	ACL         ACLConfig     `hcl:"acl"`
+	Checks      ChecksConfig  `hcl:"checks"`
 	// Join is a member's cluster address to join at start when this node
 	// has no cluster state yet, with the join token read from TokenFile,
 	// or from the VMESH_JOIN_TOKEN environment variable (Build puts it in
@@ -172,6 +173,7 @@ func DefaultConfig() Config {
 		LogLevel:   "info",
 		Ports:      Ports{HTTP: DefaultHTTPPort, Cluster: DefaultClusterPort, DNS: DefaultDNSPort},
 		DNS:        defaultDNSOptions(),
+		Checks:     defaultChecksConfig(),
 		Proxy:      ProxyConfig{Enabled: true},
 		Cluster: Cluster{
 			Voters: 3, TrustDomain: "vmesh.local",
@@ -310,6 +312,7 @@ func (c *Config) Validate() error {
 	errs = append(errs, c.validateDNS()...)
 	errs = append(errs, c.validateCapture()...)
 	errs = append(errs, c.validateACL()...)
+	errs = append(errs, c.validateChecks()...)
 	return errors.Join(errs...)
 }
 

@@ -27,10 +27,53 @@ type DNSOptions struct {
 	// OnlyPassing: answer passing instances only (default); false adds
 	// warning ones, as Consul's DNS does by default.
 	OnlyPassing bool `hcl:"only_passing"`
+	// RecursorAllowedCIDRs are the networks whose clients may have names
+	// outside .mesh and .consul forwarded to the recursors, besides this
+	// host's own addresses; everyone else gets REFUSED for them.
+	RecursorAllowedCIDRs []string `hcl:"recursor_allowed_cidrs"`
+	// RateLimit is how many queries per second each client address off
+	// this host may send (0: no limit; default 500), RateLimitBurst how
+	// many at once (default twice RateLimit). Over it, UDP queries are
+	// dropped and TCP ones REFUSED.
+	RateLimit      int `hcl:"rate_limit"`
+	RateLimitBurst int `hcl:"rate_limit_burst"`
 }
 
 func defaultDNSOptions() DNSOptions {
-	return DNSOptions{VIPTTL: discdns.DefaultVIPTTL, OnlyPassing: true}
+	return DNSOptions{VIPTTL: discdns.DefaultVIPTTL, OnlyPassing: true, RateLimit: discdns.DefaultRateLimit}
+}
+
+// RecursionAllowed parses dns.recursor_allowed_cidrs (Validate reports
+// what does not parse; it is left out here).
+func (c *Config) RecursionAllowed() []netip.Prefix {
+	ps, _ := parseRecursorCIDRs(c.DNS.RecursorAllowedCIDRs)
+	return ps
+}
+
+// parseRecursorCIDRs reads CIDRs (a bare address is one host), each
+// error naming its index.
+func parseRecursorCIDRs(in []string) ([]netip.Prefix, []error) {
+	var out []netip.Prefix
+	var errs []error
+	for i, s := range in {
+		key := fmt.Sprintf("dns.recursor_allowed_cidrs[%d]", i)
+		if a, err := netip.ParseAddr(s); err == nil && a.Zone() == "" {
+			out = append(out, netip.PrefixFrom(a.Unmap(), a.Unmap().BitLen()))
+			continue
+		}
+		p, err := netip.ParsePrefix(s)
+		switch {
+		case err != nil:
+			errs = append(errs, fmt.Errorf("%s: %q is not a CIDR (like 10.0.0.0/8) or an IP address", key, s))
+		case p != p.Masked():
+			errs = append(errs, fmt.Errorf("%s: %q has host bits set (did you mean %s?)", key, s, p.Masked()))
+		case p.Bits() == 0:
+			errs = append(errs, fmt.Errorf("%s: %q is every address: the agent would be an open resolver", key, s))
+		default:
+			out = append(out, p)
+		}
+	}
+	return out, errs
 }
 
 // DNSAddr is where the DNS server listens, or "" when it is off
@@ -75,6 +118,14 @@ func (c *Config) validateDNS() []error {
 		if _, err := discdns.RecursorAddr(r); err != nil {
 			bad(fmt.Sprintf("dns.recursors[%d]", i), "%q is not an IP or IP:port", r)
 		}
+	}
+	_, cidrErrs := parseRecursorCIDRs(c.DNS.RecursorAllowedCIDRs)
+	errs = append(errs, cidrErrs...)
+	if c.DNS.RateLimit < 0 {
+		bad("dns.rate_limit", "must not be negative (0: no limit), got %d", c.DNS.RateLimit)
+	}
+	if c.DNS.RateLimitBurst < 0 {
+		bad("dns.rate_limit_burst", "must not be negative (0: twice dns.rate_limit), got %d", c.DNS.RateLimitBurst)
 	}
 	for _, d := range []struct {
 		key string

@@ -1,11 +1,13 @@
 package config
 
 import (
-	"github.com/vmesh/vmesh/lab/testkit"
+	"fmt"
 	"slices"
 	"strings"
 	"testing"
 	"time"
+
+	"github.com/vmesh/vmesh/lab/testkit"
 )
 
 func TestDNSConfig(t *testing.T) {
@@ -23,6 +25,9 @@ dns {
   node_ttl     = "10s"
   vip_ttl      = "1m"
   only_passing = false
+  recursor_allowed_cidrs = ["10.20.0.0/16", "192.0.2.7"]
+  rate_limit = 50
+  rate_limit_burst = 70
 }
 `)
 	cfg, err := parseAgentFlags(t, "-config", dir, "-client", "127.0.0.4", "-data-dir", t.TempDir())
@@ -33,6 +38,12 @@ dns {
 		cfg.DNS.ServiceTTL != 5*time.Second || cfg.DNS.NodeTTL != 10*time.Second || cfg.DNS.VIPTTL != time.Minute ||
 		!slices.Equal(cfg.DNS.Recursors, []string{"10.0.0.2", "10.0.0.3:5353"}) {
 		t.Errorf("from file: dns %s, range %s, %+v", cfg.DNSAddr(), cfg.VIPRange(), cfg.DNS)
+	}
+	if got := fmt.Sprint(cfg.RecursionAllowed()); got != "[10.20.0.0/16 192.0.2.7/32]" || cfg.DNS.RateLimit != 50 || cfg.DNS.RateLimitBurst != 70 {
+		t.Errorf("from file: recursion allowed %s, rate %d burst %d", got, cfg.DNS.RateLimit, cfg.DNS.RateLimitBurst)
+	}
+	if d := DefaultConfig(); d.DNS.RateLimit != 500 || len(d.RecursionAllowed()) != 0 {
+		t.Errorf("defaults: rate %d, recursion allowed %v; want 500 and none (this host only)", d.DNS.RateLimit, d.RecursionAllowed())
 	}
 	cfg, err = parseAgentFlags(t, "-config", dir, "-dns-addr", "127.0.0.1:53", "-data-dir", t.TempDir())
 	if err != nil || cfg.DNSAddr() != "127.0.0.1:53" {
@@ -58,6 +69,11 @@ dns {
 		{"dns address", func(c *Config) { c.Addresses.DNS = "localhost:53" }, "addresses.dns: \"localhost:53\" is not IP:port"},
 		{"recursor", func(c *Config) { c.DNS.Recursors = []string{"1.1.1.1", "dns.google"} }, "dns.recursors[1]: \"dns.google\""},
 		{"ttl", func(c *Config) { c.DNS.NodeTTL = -time.Second }, "dns.node_ttl: must not be negative"},
+		{"allowed cidr", func(c *Config) { c.DNS.RecursorAllowedCIDRs = []string{"10.0.0.0/8", "corp"} }, `dns.recursor_allowed_cidrs[1]: "corp" is not a CIDR`},
+		{"allowed cidr host bits", func(c *Config) { c.DNS.RecursorAllowedCIDRs = []string{"10.1.2.3/8"} }, `dns.recursor_allowed_cidrs[0]: "10.1.2.3/8" has host bits set (did you mean 10.0.0.0/8?)`},
+		{"allowed everyone", func(c *Config) { c.DNS.RecursorAllowedCIDRs = []string{"::/0"} }, "open resolver"},
+		{"rate limit", func(c *Config) { c.DNS.RateLimit = -1 }, "dns.rate_limit: must not be negative"},
+		{"rate burst", func(c *Config) { c.DNS.RateLimitBurst = -5 }, "dns.rate_limit_burst: must not be negative"},
 	} {
 		t.Run(tt.name, func(t *testing.T) {
 			c := DefaultConfig()

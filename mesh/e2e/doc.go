@@ -64,6 +64,8 @@
 //	vmt-dns-capture                 TestDNSCaptureForwardNetns
 //	vmt-redirect                    TestRedirectNetns
 //	vmtlab-br, vmtlab-n1..n3        TestCaptureMeshNetns (also users vmtlaba, vmtlabb and /etc/netns/vmtlab-n*)
+//	vmt-cap2-in-br, -n1, -n2        TestInboundCaptureAndHostIdentityNetns (also /etc/netns/vmt-cap2-in-n1)
+//	vmt-cap2-dns-br, -n1, -n2       TestDNSRecursionNetns
 //
 // Nothing here touches the host's own iptables, environment or fixed
 // paths: an agent's environment (NOTIFY_SOCKET) is set on its command,
