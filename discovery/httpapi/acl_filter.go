@@ -16,6 +16,9 @@ import (
 //	node                     node:read on it
 //	service instance         node:read on its node and service:read on its service
 //	health check             node:read on its node and, for a service's check, service:read
+//	this agent's services    service:read (no node rule: the agent's own)
+//	this agent's checks      service:read for a service's, node:read on this node for the node's
+//	member                   node:read on its name
 //	intention                intention:read on its source or its destination
 //	config entry             discovery.AuthorizeConfigEntryRead
 

@@ -177,9 +177,15 @@ func (a *API) agentChecks(w http.ResponseWriter, r *http.Request) {
 		if out, err = filterMap(ev, out); err != nil {
 			return idx, err
 		}
-		// A service's check needs service:read, the node's own node:read
-		// on this agent's node, as Consul filters its agent's checks.
-		setFiltered(w, keepMap(out, func(_ string, c *healthCheck) bool { return checkReadable(authz, c) }))
+		// A service's check needs service:read, a node check node:read on
+		// this agent's node, as Consul filters its agent's checks (the
+		// catalog's also ask node:read for a service's check).
+		setFiltered(w, keepMap(out, func(_ string, c *healthCheck) bool {
+			if c.ServiceID != "" {
+				return serviceReadable(authz, c.ServiceName)
+			}
+			return nodeReadable(authz, a.NodeName)
+		}))
 		return idx, nil
 	}) {
 		return
