@@ -44,6 +44,25 @@ func (t *ttlRecorder) got() []string {
 	return slices.Clone(t.updates)
 }
 
+// bootstrapWriter applies ACL bootstraps to a store, as the FSM would;
+// the fixture's tests make no other write.
+type bootstrapWriter struct {
+	mu  sync.Mutex
+	s   *discovery.Store
+	idx uint64
+}
+
+func (w *bootstrapWriter) Apply(_ context.Context, cmd discovery.Command) (uint64, error) {
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	w.idx++
+	req, ok := cmd.(discovery.ACLBootstrapRequest)
+	if !ok {
+		return 0, fmt.Errorf("bootstrapWriter: unexpected %T", cmd)
+	}
+	return w.idx, w.s.ACLBootstrap(w.idx, &req.Token, req.ResetIndex)
+}
+
 // aclFixture is the API of agent n1 with ACLs on, default deny, over a
 // real catalog and a resolver over that catalog's ACL tables:
 //
@@ -106,7 +125,7 @@ func newACLFixture(t *testing.T) *aclFixture {
 
 	res, err := acl.NewResolver(acl.ResolverConfig{Store: f.s, Datacenter: "dc1", DefaultPolicy: acl.DefaultDeny})
 	must(err)
-	a := &API{Store: f.s, Writer: &fakeWriter{s: f.s, idx: 1000}, Cluster: fakeCluster{}, TTL: f.ttl,
+	a := &API{Store: f.s, Writer: &bootstrapWriter{s: f.s, idx: 1000}, Cluster: fakeCluster{}, TTL: f.ttl,
 		NodeName: "n1", NodeID: "00000001-0000-0000-0000-000000000000", Datacenter: "dc1", Version: "test",
 		ACL: storeResolver{res},
 		Members: func() []Member {
@@ -561,5 +580,40 @@ func TestACLTTLUpdate(t *testing.T) {
 	}
 	if got, want := f.ttl.got(), []string{"web-ttl=warning", "mem=warning", "api-ttl=warning", "web-ttl=critical"}; !slices.Equal(got, want) {
 		t.Errorf("the check runner was asked %v; want %v", got, want)
+	}
+}
+
+// TestACLBootstrapResetRefused: once bootstrapped, PUT /v1/acl/bootstrap
+// is a 403 that names the reset index, as Consul's; sending that index
+// back over HTTP does not reset anything. The index is in the 403 anyone
+// gets, so a reset by request would hand a management token to whoever
+// can reach the API.
+func TestACLBootstrapResetRefused(t *testing.T) {
+	f := newACLFixture(t)
+	bootIdx, err := f.s.ACLBootstrapIndex()
+	if err != nil || bootIdx == 0 {
+		t.Fatalf("bootstrap index %d, %v", bootIdx, err)
+	}
+	_, before, _ := f.s.ACLTokens(nil)
+	put := func(path string) (int, string) {
+		req, _ := http.NewRequest(http.MethodPut, f.base+path, nil)
+		resp, err := http.DefaultClient.Do(req)
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer resp.Body.Close()
+		body, _ := io.ReadAll(resp.Body)
+		return resp.StatusCode, string(body)
+	}
+	code, body := put("/v1/acl/bootstrap")
+	if want := fmt.Sprintf("reset index: %d", bootIdx); code != http.StatusForbidden || !strings.Contains(body, want) {
+		t.Errorf("second bootstrap: %d %s; want 403 naming %q", code, body, want)
+	}
+	code, body = put(fmt.Sprintf("/v1/acl/bootstrap?reset-index=%d", bootIdx))
+	if code != http.StatusBadRequest || !strings.Contains(body, "reset-index") {
+		t.Errorf("anonymous bootstrap with the reset index: %d %s; want 400 naming reset-index", code, body)
+	}
+	if _, after, _ := f.s.ACLTokens(nil); len(after) != len(before) {
+		t.Errorf("tokens after the refused reset: %d; want %d (no new management token)", len(after), len(before))
 	}
 }
