@@ -9,9 +9,11 @@ import (
 // list keeps what the token may read and says whether it left anything
 // out (the X-Consul-Results-Filtered-By-ACLs header, setFiltered); a
 // read of one named thing the token may not read is a 403. The filters
-// run inside a read's query function, after ?filter=, so that a blocking
-// query wakes on the catalog's index and the header describes the answer
-// it goes with.
+// run inside a read's query function, so that a blocking query wakes on
+// the catalog's index and the header describes the answer it goes with,
+// and before ?filter= and ?node-meta=, as in Consul: after them, the
+// header would tell whether a hidden entry matches an expression, which
+// lets a caller probe what it may not read.
 //
 //	node                     node:read on it
 //	service instance         node:read on its node and service:read on its service
@@ -54,12 +56,13 @@ func serviceReadable(z *acl.Authorizer, service string) bool {
 	return service == "" || z.ServiceRead(service) == nil
 }
 
-func instanceReadable(z *acl.Authorizer, node, service string) bool {
-	return nodeReadable(z, node) && serviceReadable(z, service)
+// entryReadable: an instance needs read on its node and its service.
+func entryReadable(z *acl.Authorizer, in *discovery.Instance) bool {
+	return nodeReadable(z, in.Node) && serviceReadable(z, in.Service)
 }
 
-func checkReadable(z *acl.Authorizer, c *healthCheck) bool {
-	return instanceReadable(z, c.Node, c.ServiceName)
+func checkReadable(z *acl.Authorizer, c *discovery.Check) bool {
+	return nodeReadable(z, c.Node) && serviceReadable(z, c.ServiceName)
 }
 
 // intentionReadable: either end's intention:read shows the whole

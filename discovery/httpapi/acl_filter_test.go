@@ -617,3 +617,45 @@ func TestACLBootstrapResetRefused(t *testing.T) {
 		t.Errorf("tokens after the refused reset: %d; want %d (no new management token)", len(after), len(before))
 	}
 }
+
+// TestACLFilterBeforeExpression: the ACL filter runs before ?filter=, as
+// in Consul, so the filtered header cannot tell whether a hidden entry
+// matches an expression: asking for a hidden node and for no node at all
+// get the same answer.
+func TestACLFilterBeforeExpression(t *testing.T) {
+	f := newACLFixture(t)
+	c := f.client(t, f.token(t, `service "web" { policy = "read" } node "n1" { policy = "read" }`))
+	for _, q := range []struct {
+		what, field string
+		call        func(filter string) (int, bool, error)
+	}{
+		{"catalog service web", "Node", func(filter string) (int, bool, error) {
+			out, m, err := c.Catalog().Service("web", "", &api.QueryOptions{Filter: filter})
+			return len(out), m != nil && m.ResultsFilteredByACLs, err
+		}},
+		{"health service web", "Node.Node", func(filter string) (int, bool, error) {
+			out, m, err := c.Health().Service("web", "", false, &api.QueryOptions{Filter: filter})
+			return len(out), m != nil && m.ResultsFilteredByACLs, err
+		}},
+		{"catalog nodes", "Node", func(filter string) (int, bool, error) {
+			out, m, err := c.Catalog().Nodes(&api.QueryOptions{Filter: filter})
+			return len(out), m != nil && m.ResultsFilteredByACLs, err
+		}},
+		{"health state any", "Node", func(filter string) (int, bool, error) {
+			out, m, err := c.Health().State("any", &api.QueryOptions{Filter: filter})
+			return len(out), m != nil && m.ResultsFilteredByACLs, err
+		}},
+	} {
+		// n2 exists but is hidden from this token; n3 does not exist.
+		n2, f2, err2 := q.call(q.field + ` == "n2"`)
+		n3, f3, err3 := q.call(q.field + ` == "n3"`)
+		if err2 != nil || err3 != nil || n2 != 0 || n3 != 0 || f2 != f3 || !f2 {
+			t.Errorf("%s: hidden node %d entries (filtered %v, %v), missing node %d entries (filtered %v, %v); want both empty and both marked filtered",
+				q.what, n2, f2, err2, n3, f3, err3)
+		}
+	}
+	services, m, err := c.Catalog().Services(&api.QueryOptions{Filter: `ServiceName == "db"`})
+	if err != nil || len(services) != 0 || !m.ResultsFilteredByACLs {
+		t.Errorf("catalog services filtered to the hidden db: %v (filtered %v), %v; want none, marked filtered", services, m.ResultsFilteredByACLs, err)
+	}
+}

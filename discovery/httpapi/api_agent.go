@@ -108,6 +108,8 @@ func (a *API) agentServices(w http.ResponseWriter, r *http.Request) {
 	out := map[string]*agentService{}
 	if !a.read(w, r, func(ws memdb.WatchSet) (uint64, error) {
 		idx, insts, err := a.Store.NodeInstances(ws, a.NodeName)
+		insts, filtered := keep(insts, func(in *discovery.Instance) bool { return serviceReadable(authz, in.Service) })
+		setFiltered(w, filtered)
 		clear(out)
 		for _, in := range insts {
 			out[in.ID] = toAgentService(in, a.Datacenter)
@@ -115,11 +117,8 @@ func (a *API) agentServices(w http.ResponseWriter, r *http.Request) {
 		if err != nil {
 			return idx, err
 		}
-		if out, err = filterMap(ev, out); err != nil {
-			return idx, err
-		}
-		setFiltered(w, keepMap(out, func(_ string, s *agentService) bool { return serviceReadable(authz, s.Service) }))
-		return idx, nil
+		out, err = filterMap(ev, out)
+		return idx, err
 	}) {
 		return
 	}
@@ -165,6 +164,19 @@ func (a *API) agentChecks(w http.ResponseWriter, r *http.Request) {
 	out := map[string]*healthCheck{}
 	if !a.read(w, r, func(ws memdb.WatchSet) (uint64, error) {
 		idx, checks, err := a.Store.NodeChecks(ws, a.NodeName)
+		// A service's check needs service:read, a node check node:read on
+		// this agent's node, as Consul filters its agent's checks (the
+		// catalog's also ask node:read for a service's check).
+		checks, filtered := keep(checks, func(c *discovery.Check) bool {
+			if c.CheckID == discovery.NodeLivenessCheckID {
+				return true // never shown here: not the caller's to see filtered
+			}
+			if c.ServiceID != "" {
+				return serviceReadable(authz, c.ServiceName)
+			}
+			return nodeReadable(authz, a.NodeName)
+		})
+		setFiltered(w, filtered)
 		clear(out)
 		for _, c := range checks {
 			if c.CheckID != discovery.NodeLivenessCheckID {
@@ -174,19 +186,8 @@ func (a *API) agentChecks(w http.ResponseWriter, r *http.Request) {
 		if err != nil {
 			return idx, err
 		}
-		if out, err = filterMap(ev, out); err != nil {
-			return idx, err
-		}
-		// A service's check needs service:read, a node check node:read on
-		// this agent's node, as Consul filters its agent's checks (the
-		// catalog's also ask node:read for a service's check).
-		setFiltered(w, keepMap(out, func(_ string, c *healthCheck) bool {
-			if c.ServiceID != "" {
-				return serviceReadable(authz, c.ServiceName)
-			}
-			return nodeReadable(authz, a.NodeName)
-		}))
-		return idx, nil
+		out, err = filterMap(ev, out)
+		return idx, err
 	}) {
 		return
 	}

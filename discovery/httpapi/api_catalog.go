@@ -29,15 +29,15 @@ func (a *API) catalogServices(w http.ResponseWriter, r *http.Request) {
 	if !a.read(w, r, func(ws memdb.WatchSet) (uint64, error) {
 		idx, tags, err := a.Store.ServiceTags(ws)
 		out = tags
-		if err == nil && (ev != nil || meta != nil) {
-			out, err = a.matchingServiceTags(ws, tags, ev, meta)
-		}
 		if err != nil {
 			return idx, err
 		}
 		// service:read per name, as Consul filters its service list.
-		setFiltered(w, keepMap(out, func(name string, _ []string) bool { return serviceReadable(authz, name) }))
-		return idx, nil
+		setFiltered(w, keepMap(tags, func(name string, _ []string) bool { return serviceReadable(authz, name) }))
+		if ev != nil || meta != nil {
+			out, err = a.matchingServiceTags(ws, tags, ev, meta)
+		}
+		return idx, err
 	}) {
 		return
 	}
@@ -101,6 +101,8 @@ func (a *API) catalogService(w http.ResponseWriter, r *http.Request) {
 	var out []*catalogService
 	if !a.read(w, r, func(ws memdb.WatchSet) (uint64, error) {
 		idx, entries, err := a.Store.ServiceNodes(ws, r.PathValue("name"), tags)
+		entries, filtered := keep(entries, func(e discovery.ServiceEntry) bool { return entryReadable(authz, e.Instance) })
+		setFiltered(w, filtered)
 		out = make([]*catalogService, 0, len(entries))
 		for _, e := range entries {
 			if meta == nil || (e.Node != nil && metaMatches(e.Node.Meta, meta)) {
@@ -110,13 +112,8 @@ func (a *API) catalogService(w http.ResponseWriter, r *http.Request) {
 		if err != nil {
 			return idx, err
 		}
-		if out, err = filterSlice(ev, out); err != nil {
-			return idx, err
-		}
-		var filtered bool
-		out, filtered = keep(out, func(cs *catalogService) bool { return instanceReadable(authz, cs.Node, cs.ServiceName) })
-		setFiltered(w, filtered)
-		return idx, nil
+		out, err = filterSlice(ev, out)
+		return idx, err
 	}) {
 		return
 	}
@@ -153,6 +150,8 @@ func (a *API) catalogNodes(w http.ResponseWriter, r *http.Request) {
 	var out []*wireNode
 	if !a.read(w, r, func(ws memdb.WatchSet) (uint64, error) {
 		idx, nodes, err := a.Store.Nodes(ws)
+		nodes, filtered := keep(nodes, func(n *discovery.Node) bool { return nodeReadable(authz, n.Name) })
+		setFiltered(w, filtered)
 		out = make([]*wireNode, 0, len(nodes))
 		for _, n := range nodes {
 			if metaMatches(n.Meta, meta) {
@@ -162,13 +161,8 @@ func (a *API) catalogNodes(w http.ResponseWriter, r *http.Request) {
 		if err != nil {
 			return idx, err
 		}
-		if out, err = filterSlice(ev, out); err != nil {
-			return idx, err
-		}
-		var filtered bool
-		out, filtered = keep(out, func(n *wireNode) bool { return nodeReadable(authz, n.Node) })
-		setFiltered(w, filtered)
-		return idx, nil
+		out, err = filterSlice(ev, out)
+		return idx, err
 	}) {
 		return
 	}
@@ -202,15 +196,14 @@ func (a *API) catalogNode(w http.ResponseWriter, r *http.Request) {
 			setFiltered(w, true)
 			return idx, nil
 		}
+		insts, filtered := keep(insts, func(in *discovery.Instance) bool { return serviceReadable(authz, in.Service) })
+		setFiltered(w, filtered)
 		out = &catalogNode{Node: toWireNode(n), Services: map[string]*agentService{}}
 		for _, in := range insts {
 			out.Services[in.ID] = toAgentService(in, a.Datacenter)
 		}
-		if out.Services, err = filterMap(ev, out.Services); err != nil {
-			return idx, err
-		}
-		setFiltered(w, keepMap(out.Services, func(_ string, s *agentService) bool { return serviceReadable(authz, s.Service) }))
-		return idx, nil
+		out.Services, err = filterMap(ev, out.Services)
+		return idx, err
 	}) {
 		return
 	}
@@ -236,6 +229,8 @@ func (a *API) healthService(w http.ResponseWriter, r *http.Request) {
 	var out []*serviceEntry
 	if !a.read(w, r, func(ws memdb.WatchSet) (uint64, error) {
 		idx, entries, err := a.Store.CheckServiceNodes(ws, r.PathValue("name"), q["tag"], passing)
+		entries, filtered := keep(entries, func(e discovery.ServiceEntry) bool { return entryReadable(authz, e.Instance) })
+		setFiltered(w, filtered)
 		out = make([]*serviceEntry, 0, len(entries))
 		for _, e := range entries {
 			if meta != nil && (e.Node == nil || !metaMatches(e.Node.Meta, meta)) {
@@ -249,15 +244,8 @@ func (a *API) healthService(w http.ResponseWriter, r *http.Request) {
 		if err != nil {
 			return idx, err
 		}
-		if out, err = filterSlice(ev, out); err != nil {
-			return idx, err
-		}
-		var filtered bool
-		out, filtered = keep(out, func(e *serviceEntry) bool {
-			return e.Node != nil && instanceReadable(authz, e.Node.Node, e.Service.Service)
-		})
-		setFiltered(w, filtered)
-		return idx, nil
+		out, err = filterSlice(ev, out)
+		return idx, err
 	}) {
 		return
 	}
@@ -277,17 +265,14 @@ func (a *API) checksReply(w http.ResponseWriter, r *http.Request, query func(ws 
 	var out []*healthCheck
 	if !a.read(w, r, func(ws memdb.WatchSet) (uint64, error) {
 		idx, checks, err := query(ws)
+		checks, filtered := keep(checks, func(c *discovery.Check) bool { return checkReadable(authz, c) })
+		setFiltered(w, filtered)
 		out = toHealthChecks(checks)
 		if err != nil {
 			return idx, err
 		}
-		if out, err = filterSlice(ev, out); err != nil {
-			return idx, err
-		}
-		var filtered bool
-		out, filtered = keep(out, func(c *healthCheck) bool { return checkReadable(authz, c) })
-		setFiltered(w, filtered)
-		return idx, nil
+		out, err = filterSlice(ev, out)
+		return idx, err
 	}) {
 		return
 	}
@@ -345,17 +330,14 @@ func (a *API) catalogNodeServices(w http.ResponseWriter, r *http.Request) {
 			setFiltered(w, true)
 			return idx, nil
 		}
+		insts, filtered := keep(insts, func(in *discovery.Instance) bool { return serviceReadable(authz, in.Service) })
+		setFiltered(w, filtered)
 		out = &nodeServices{Node: toWireNode(n), Services: []*agentService{}}
 		for _, in := range insts {
 			out.Services = append(out.Services, toAgentService(in, a.Datacenter))
 		}
-		if out.Services, err = filterSlice(ev, out.Services); err != nil {
-			return idx, err
-		}
-		var filtered bool
-		out.Services, filtered = keep(out.Services, func(s *agentService) bool { return serviceReadable(authz, s.Service) })
-		setFiltered(w, filtered)
-		return idx, nil
+		out.Services, err = filterSlice(ev, out.Services)
+		return idx, err
 	}) {
 		return
 	}
