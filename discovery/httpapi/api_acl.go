@@ -108,20 +108,20 @@ func nonNilSlice[T any](s []T) []T {
 
 // aclBootstrap makes the initial management token, once (Consul's
 // PUT /v1/acl/bootstrap). A later call is a 403 that names the reset
-// index; PUT with the body {"BootstrapSecret"} is not supported, but
-// Consul's reset (writing the index to acl-bootstrap-reset) is: see
-// docs/acl.md.
+// index, as Consul's; PUT with the body {"BootstrapSecret"} is not
+// supported. A reset is never taken from the request (?reset-index=):
+// the index is in the 403 that anyone gets, so that would hand a
+// management token to whoever can reach the API. Consul takes it from a
+// file in the leader's data directory, which proves access to that host.
 func (a *API) aclBootstrap(w http.ResponseWriter, r *http.Request) {
 	if a.ACL == nil {
 		a.writeError(w, r, &HTTPError{Code: http.StatusUnauthorized, Msg: "ACL support disabled"})
 		return
 	}
-	var reset uint64
-	if s := r.URL.Query().Get("reset-index"); s != "" {
-		if _, err := fmt.Sscan(s, &reset); err != nil {
-			a.writeError(w, r, badRequest("reset-index: %q is not a number", s))
-			return
-		}
+	if r.URL.Query().Has("reset-index") {
+		a.writeError(w, r, badRequest("reset-index: an ACL bootstrap is not reset through the HTTP API: "+
+			"the reset index is in the answer anyone gets, so it proves nothing about the caller"))
+		return
 	}
 	accessor, err1 := acl.NewID()
 	secret, err2 := acl.NewID()
@@ -131,7 +131,7 @@ func (a *API) aclBootstrap(w http.ResponseWriter, r *http.Request) {
 	}
 	tok := acl.Token{AccessorID: accessor, SecretID: secret, Description: "Bootstrap Token (Global Management)",
 		Policies: []acl.Link{{ID: acl.ManagementPolicyID, Name: acl.ManagementPolicyName}}, CreateTime: time.Now().UTC()}
-	if _, err := a.Writer.Apply(r.Context(), discovery.ACLBootstrapRequest{Token: tok, ResetIndex: reset}); err != nil {
+	if _, err := a.Writer.Apply(r.Context(), discovery.ACLBootstrapRequest{Token: tok}); err != nil {
 		if errors.Is(err, discovery.ErrACLBootstrapped) {
 			//lint:ignore ST1005 Consul's own wording
 			err = &HTTPError{Code: http.StatusForbidden, Msg: "Permission denied: " + strings.TrimPrefix(err.Error(), discovery.ErrInvalid.Error()+": "), Err: err}

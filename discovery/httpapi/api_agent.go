@@ -6,6 +6,7 @@ import (
 	"sort"
 
 	"github.com/hashicorp/go-memdb"
+	"github.com/vmesh/vmesh/acl"
 	"github.com/vmesh/vmesh/discovery"
 )
 
@@ -102,9 +103,15 @@ func (a *API) agentServices(w http.ResponseWriter, r *http.Request) {
 		a.writeError(w, r, err)
 		return
 	}
+	authz, ok := a.allow(w, r, nil)
+	if !ok {
+		return
+	}
 	out := map[string]*agentService{}
 	if !a.read(w, r, func(ws memdb.WatchSet) (uint64, error) {
 		idx, insts, err := a.Store.NodeInstances(ws, a.NodeName)
+		insts, filtered := keep(insts, func(in *discovery.Instance) bool { return serviceReadable(authz, in.Service) })
+		setFiltered(w, filtered)
 		clear(out)
 		for _, in := range insts {
 			out[in.ID] = toAgentService(in, a.Datacenter)
@@ -120,7 +127,13 @@ func (a *API) agentServices(w http.ResponseWriter, r *http.Request) {
 	writeJSON(w, out)
 }
 
+// agentService serves one of this agent's services to a token that may
+// read it (a 403 otherwise, as Consul answers).
 func (a *API) agentService(w http.ResponseWriter, r *http.Request) {
+	authz, ok := a.allow(w, r, nil)
+	if !ok {
+		return
+	}
 	var svc *discovery.Instance
 	if !a.read(w, r, func(ws memdb.WatchSet) (uint64, error) {
 		idx, in, err := a.Store.Instance(ws, a.NodeName, r.PathValue("id"))
@@ -133,6 +146,10 @@ func (a *API) agentService(w http.ResponseWriter, r *http.Request) {
 		a.writeError(w, r, notFound("unknown service ID: %s", r.PathValue("id")))
 		return
 	}
+	if err := authz.ServiceRead(svc.Service); err != nil {
+		a.writeError(w, r, err)
+		return
+	}
 	writeJSON(w, toAgentService(svc, a.Datacenter))
 }
 
@@ -142,9 +159,26 @@ func (a *API) agentChecks(w http.ResponseWriter, r *http.Request) {
 		a.writeError(w, r, err)
 		return
 	}
+	authz, ok := a.allow(w, r, nil)
+	if !ok {
+		return
+	}
 	out := map[string]*healthCheck{}
 	if !a.read(w, r, func(ws memdb.WatchSet) (uint64, error) {
 		idx, checks, err := a.Store.NodeChecks(ws, a.NodeName)
+		// A service's check needs service:read, a node check node:read on
+		// this agent's node, as Consul filters its agent's checks (the
+		// catalog's also ask node:read for a service's check).
+		checks, filtered := keep(checks, func(c *discovery.Check) bool {
+			if c.CheckID == discovery.NodeLivenessCheckID {
+				return true // never shown here: not the caller's to see filtered
+			}
+			if c.ServiceID != "" {
+				return serviceReadable(authz, c.ServiceName)
+			}
+			return nodeReadable(authz, a.NodeName)
+		})
+		setFiltered(w, filtered)
 		clear(out)
 		for _, c := range checks {
 			if c.CheckID != discovery.NodeLivenessCheckID {
@@ -206,9 +240,18 @@ func (a *API) checkDeregister(w http.ResponseWriter, r *http.Request) {
 }
 
 // checkTTL handles pass/warn/fail (status fixed, ?note= as output) and
-// update (status and output in the body).
+// update (status and output in the body). It writes through the check
+// runner, not the Writer, so it asks apply's rule itself: service:write
+// on the check's service, node:write on this node for a node check (or
+// for a check the catalog does not hold), as Consul's agent does.
 func (a *API) checkTTL(status string) http.HandlerFunc {
 	return func(w http.ResponseWriter, r *http.Request) {
+		id := r.PathValue("id")
+		if _, ok := a.allow(w, r, func(z *acl.Authorizer) error {
+			return discovery.AuthorizeCommand(z, a.Store, discovery.UpdateCheckRequest{Node: a.NodeName, CheckID: id})
+		}); !ok {
+			return
+		}
 		output := r.URL.Query().Get("note")
 		st := status
 		if st == "" {
@@ -223,12 +266,12 @@ func (a *API) checkTTL(status string) http.HandlerFunc {
 			}
 			st, output = body.Status, body.Output
 		}
-		err := a.TTL.UpdateTTL(r.Context(), r.PathValue("id"), st, output)
+		err := a.TTL.UpdateTTL(r.Context(), id, st, output)
 		switch {
 		case errors.Is(err, discovery.ErrCheckNotFound):
-			err = notFound("Unknown check ID %q", r.PathValue("id"))
+			err = notFound("Unknown check ID %q", id)
 		case errors.Is(err, discovery.ErrNotTTLCheck):
-			err = badRequest("CheckID %q does not have an associated TTL", r.PathValue("id"))
+			err = badRequest("CheckID %q does not have an associated TTL", id)
 		}
 		if err != nil {
 			a.writeError(w, r, err)
@@ -238,7 +281,12 @@ func (a *API) checkTTL(status string) http.HandlerFunc {
 	}
 }
 
+// agentSelf needs agent:read on this agent's node: its configuration and
+// raft state are the operator's, as in Consul.
 func (a *API) agentSelf(w http.ResponseWriter, r *http.Request) {
+	if _, ok := a.allow(w, r, func(z *acl.Authorizer) error { return z.AgentRead(a.NodeName) }); !ok {
+		return
+	}
 	addr, _ := a.Cluster.Leader()
 	raftStats := a.Cluster.Stats()
 	stats := map[string]any{
@@ -329,6 +377,13 @@ func (a *API) selfMember() wireMember {
 	return ms[0]
 }
 
+// agentMembers lists the members whose node the token may read.
 func (a *API) agentMembers(w http.ResponseWriter, r *http.Request) {
-	writeJSON(w, a.members())
+	authz, ok := a.allow(w, r, nil)
+	if !ok {
+		return
+	}
+	ms, filtered := keep(a.members(), func(m wireMember) bool { return nodeReadable(authz, m.Name) })
+	setFiltered(w, filtered)
+	writeJSON(w, ms)
 }

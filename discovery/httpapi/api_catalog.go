@@ -21,50 +21,64 @@ func (a *API) catalogServices(w http.ResponseWriter, r *http.Request) {
 		a.writeError(w, r, err)
 		return
 	}
+	authz, ok := a.allow(w, r, nil)
+	if !ok {
+		return
+	}
 	var out map[string][]string
 	if !a.read(w, r, func(ws memdb.WatchSet) (uint64, error) {
 		idx, tags, err := a.Store.ServiceTags(ws)
 		out = tags
-		if err != nil || (ev == nil && meta == nil) {
+		if err != nil {
 			return idx, err
 		}
-		// Filtered: the names and tags of the instances that match, as
-		// Consul filters the service nodes before it sums them up.
-		out = map[string][]string{}
-		for name := range tags {
-			_, entries, err := a.Store.ServiceNodes(ws, name, nil)
-			if err != nil {
-				return idx, err
-			}
-			for _, e := range entries {
-				if e.Node == nil || !metaMatches(e.Node.Meta, meta) {
-					continue
-				}
-				cs := toCatalogService(e, a.Datacenter)
-				if ev != nil {
-					if ok, err := ev.Evaluate(cs); err != nil {
-						return idx, badRequest("Failed to apply the filter: %v", err)
-					} else if !ok {
-						continue
-					}
-				}
-				have := out[name]
-				if have == nil {
-					have = []string{}
-				}
-				for _, t := range cs.ServiceTags {
-					if !slices.Contains(have, t) {
-						have = append(have, t)
-					}
-				}
-				out[name] = have
-			}
+		// service:read per name, as Consul filters its service list.
+		setFiltered(w, keepMap(tags, func(name string, _ []string) bool { return serviceReadable(authz, name) }))
+		if ev != nil || meta != nil {
+			out, err = a.matchingServiceTags(ws, tags, ev, meta)
 		}
-		return idx, nil
+		return idx, err
 	}) {
 		return
 	}
 	writeJSON(w, out)
+}
+
+// matchingServiceTags is the names and tags of the instances that match
+// the ?filter= and ?node-meta= of a service list, as Consul filters the
+// service nodes before it sums them up.
+func (a *API) matchingServiceTags(ws memdb.WatchSet, tags map[string][]string, ev *bexpr.Evaluator, meta map[string]string) (map[string][]string, error) {
+	out := map[string][]string{}
+	for name := range tags {
+		_, entries, err := a.Store.ServiceNodes(ws, name, nil)
+		if err != nil {
+			return nil, err
+		}
+		for _, e := range entries {
+			if e.Node == nil || !metaMatches(e.Node.Meta, meta) {
+				continue
+			}
+			cs := toCatalogService(e, a.Datacenter)
+			if ev != nil {
+				if ok, err := ev.Evaluate(cs); err != nil {
+					return nil, badRequest("Failed to apply the filter: %v", err)
+				} else if !ok {
+					continue
+				}
+			}
+			have := out[name]
+			if have == nil {
+				have = []string{}
+			}
+			for _, t := range cs.ServiceTags {
+				if !slices.Contains(have, t) {
+					have = append(have, t)
+				}
+			}
+			out[name] = have
+		}
+	}
+	return out, nil
 }
 
 // catalogDatacenters lists the one datacenter vmesh has (no WAN
@@ -80,9 +94,15 @@ func (a *API) catalogService(w http.ResponseWriter, r *http.Request) {
 		a.writeError(w, r, err)
 		return
 	}
+	authz, ok := a.allow(w, r, nil)
+	if !ok {
+		return
+	}
 	var out []*catalogService
 	if !a.read(w, r, func(ws memdb.WatchSet) (uint64, error) {
 		idx, entries, err := a.Store.ServiceNodes(ws, r.PathValue("name"), tags)
+		entries, filtered := keep(entries, func(e discovery.ServiceEntry) bool { return entryReadable(authz, e.Instance) })
+		setFiltered(w, filtered)
 		out = make([]*catalogService, 0, len(entries))
 		for _, e := range entries {
 			if meta == nil || (e.Node != nil && metaMatches(e.Node.Meta, meta)) {
@@ -123,9 +143,15 @@ func (a *API) catalogNodes(w http.ResponseWriter, r *http.Request) {
 		a.writeError(w, r, err)
 		return
 	}
+	authz, ok := a.allow(w, r, nil)
+	if !ok {
+		return
+	}
 	var out []*wireNode
 	if !a.read(w, r, func(ws memdb.WatchSet) (uint64, error) {
 		idx, nodes, err := a.Store.Nodes(ws)
+		nodes, filtered := keep(nodes, func(n *discovery.Node) bool { return nodeReadable(authz, n.Name) })
+		setFiltered(w, filtered)
 		out = make([]*wireNode, 0, len(nodes))
 		for _, n := range nodes {
 			if metaMatches(n.Meta, meta) {
@@ -153,19 +179,30 @@ func (a *API) catalogNode(w http.ResponseWriter, r *http.Request) {
 		a.writeError(w, r, err)
 		return
 	}
+	authz, ok := a.allow(w, r, nil)
+	if !ok {
+		return
+	}
 	var out *catalogNode
 	if !a.read(w, r, func(ws memdb.WatchSet) (uint64, error) {
 		idx, n, insts, err := a.Store.Node(ws, r.PathValue("node"))
 		out = nil
-		if n != nil {
-			out = &catalogNode{Node: toWireNode(n), Services: map[string]*agentService{}}
-			for _, in := range insts {
-				out.Services[in.ID] = toAgentService(in, a.Datacenter)
-			}
-			if err == nil {
-				out.Services, err = filterMap(ev, out.Services)
-			}
+		setFiltered(w, false)
+		if n == nil || err != nil {
+			return idx, err
 		}
+		// A node the token may not read is no node (null), as in Consul.
+		if !nodeReadable(authz, n.Name) {
+			setFiltered(w, true)
+			return idx, nil
+		}
+		insts, filtered := keep(insts, func(in *discovery.Instance) bool { return serviceReadable(authz, in.Service) })
+		setFiltered(w, filtered)
+		out = &catalogNode{Node: toWireNode(n), Services: map[string]*agentService{}}
+		for _, in := range insts {
+			out.Services[in.ID] = toAgentService(in, a.Datacenter)
+		}
+		out.Services, err = filterMap(ev, out.Services)
 		return idx, err
 	}) {
 		return
@@ -185,9 +222,15 @@ func (a *API) healthService(w http.ResponseWriter, r *http.Request) {
 		a.writeError(w, r, err)
 		return
 	}
+	authz, ok := a.allow(w, r, nil)
+	if !ok {
+		return
+	}
 	var out []*serviceEntry
 	if !a.read(w, r, func(ws memdb.WatchSet) (uint64, error) {
 		idx, entries, err := a.Store.CheckServiceNodes(ws, r.PathValue("name"), q["tag"], passing)
+		entries, filtered := keep(entries, func(e discovery.ServiceEntry) bool { return entryReadable(authz, e.Instance) })
+		setFiltered(w, filtered)
 		out = make([]*serviceEntry, 0, len(entries))
 		for _, e := range entries {
 			if meta != nil && (e.Node == nil || !metaMatches(e.Node.Meta, meta)) {
@@ -215,9 +258,15 @@ func (a *API) checksReply(w http.ResponseWriter, r *http.Request, query func(ws 
 		a.writeError(w, r, err)
 		return
 	}
+	authz, ok := a.allow(w, r, nil)
+	if !ok {
+		return
+	}
 	var out []*healthCheck
 	if !a.read(w, r, func(ws memdb.WatchSet) (uint64, error) {
 		idx, checks, err := query(ws)
+		checks, filtered := keep(checks, func(c *discovery.Check) bool { return checkReadable(authz, c) })
+		setFiltered(w, filtered)
 		out = toHealthChecks(checks)
 		if err != nil {
 			return idx, err
@@ -265,17 +314,29 @@ func (a *API) catalogNodeServices(w http.ResponseWriter, r *http.Request) {
 		a.writeError(w, r, err)
 		return
 	}
+	authz, ok := a.allow(w, r, nil)
+	if !ok {
+		return
+	}
 	var out *nodeServices
 	if !a.read(w, r, func(ws memdb.WatchSet) (uint64, error) {
 		idx, n, insts, err := a.Store.Node(ws, r.PathValue("node"))
 		out = nil
-		if n != nil && err == nil {
-			out = &nodeServices{Node: toWireNode(n), Services: []*agentService{}}
-			for _, in := range insts {
-				out.Services = append(out.Services, toAgentService(in, a.Datacenter))
-			}
-			out.Services, err = filterSlice(ev, out.Services)
+		setFiltered(w, false)
+		if n == nil || err != nil {
+			return idx, err
 		}
+		if !nodeReadable(authz, n.Name) {
+			setFiltered(w, true)
+			return idx, nil
+		}
+		insts, filtered := keep(insts, func(in *discovery.Instance) bool { return serviceReadable(authz, in.Service) })
+		setFiltered(w, filtered)
+		out = &nodeServices{Node: toWireNode(n), Services: []*agentService{}}
+		for _, in := range insts {
+			out.Services = append(out.Services, toAgentService(in, a.Datacenter))
+		}
+		out.Services, err = filterSlice(ev, out.Services)
 		return idx, err
 	}) {
 		return

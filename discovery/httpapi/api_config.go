@@ -8,6 +8,7 @@ import (
 	"strings"
 
 	"github.com/hashicorp/go-memdb"
+	"github.com/vmesh/vmesh/acl"
 	"github.com/vmesh/vmesh/discovery"
 )
 
@@ -87,6 +88,11 @@ func (a *API) configGet(w http.ResponseWriter, r *http.Request) {
 		a.writeError(w, r, err)
 		return
 	}
+	// Checked before the lookup, as Consul does: a token that may not
+	// read the entry learns nothing of whether it exists.
+	if _, ok := a.allow(w, r, func(z *acl.Authorizer) error { return discovery.AuthorizeConfigEntryRead(z, kind, name) }); !ok {
+		return
+	}
 	readOne(a, w, r, func(ws memdb.WatchSet) (uint64, *discovery.ConfigEntry, error) {
 		return a.Store.ConfigEntry(ws, kind, name)
 	}, func() error { return notFound("Config entry not found for %q / %q", kind, name) })
@@ -98,10 +104,16 @@ func (a *API) configList(w http.ResponseWriter, r *http.Request) {
 		a.writeError(w, r, err)
 		return
 	}
+	authz, ok := a.allow(w, r, nil)
+	if !ok {
+		return
+	}
 	var out []*discovery.ConfigEntry
 	if !a.read(w, r, func(ws memdb.WatchSet) (uint64, error) {
 		idx, entries, err := a.Store.ConfigEntries(ws, kind)
-		out = entries
+		var filtered bool
+		out, filtered = keep(entries, func(e *discovery.ConfigEntry) bool { return configEntryReadable(authz, e) })
+		setFiltered(w, filtered)
 		return idx, err
 	}) {
 		return

@@ -7,6 +7,7 @@ import (
 	"time"
 
 	"github.com/hashicorp/go-memdb"
+	"github.com/vmesh/vmesh/acl"
 	"github.com/vmesh/vmesh/discovery"
 )
 
@@ -90,6 +91,16 @@ func (a *API) intentionGetExact(w http.ResponseWriter, r *http.Request) {
 		a.writeError(w, r, err)
 		return
 	}
+	// Checked before the lookup: the pair is known, and a token that may
+	// read neither end learns nothing of whether it exists.
+	if _, ok := a.allow(w, r, func(z *acl.Authorizer) error {
+		if z.IntentionRead(src) == nil {
+			return nil
+		}
+		return z.IntentionRead(dst)
+	}); !ok {
+		return
+	}
 	readOne(a, w, r, func(ws memdb.WatchSet) (uint64, *discovery.Intention, error) {
 		return a.Store.IntentionExact(ws, src, dst)
 	}, func() error { return notFound("Intention not found: %s => %s", src, dst) })
@@ -113,11 +124,18 @@ func (a *API) intentionDelete(w http.ResponseWriter, r *http.Request, src, dst s
 	writeJSON(w, true)
 }
 
+// intentionList lists the intentions the token may read at either end.
 func (a *API) intentionList(w http.ResponseWriter, r *http.Request) {
+	authz, ok := a.allow(w, r, nil)
+	if !ok {
+		return
+	}
 	var out []*discovery.Intention
 	if !a.read(w, r, func(ws memdb.WatchSet) (uint64, error) {
 		idx, ixns, err := a.Store.Intentions(ws)
-		out = ixns
+		var filtered bool
+		out, filtered = keep(ixns, func(ixn *discovery.Intention) bool { return intentionReadable(authz, ixn) })
+		setFiltered(w, filtered)
 		return idx, err
 	}) {
 		return
@@ -126,7 +144,9 @@ func (a *API) intentionList(w http.ResponseWriter, r *http.Request) {
 }
 
 // intentionCheck answers whether source may connect to destination, from
-// the intentions and this agent's intentions_default.
+// the intentions and this agent's intentions_default. It needs only
+// service:read on the destination, as in Consul: the answer is a yes or
+// no that shows no intention.
 func (a *API) intentionCheck(w http.ResponseWriter, r *http.Request) {
 	src, dst, err := intentionPair(r)
 	if err != nil {
@@ -143,6 +163,9 @@ func (a *API) intentionCheck(w http.ResponseWriter, r *http.Request) {
 		a.writeError(w, r, badRequest("source-type: %q is not supported; only consul is", st))
 		return
 	}
+	if _, ok := a.allow(w, r, func(z *acl.Authorizer) error { return z.ServiceRead(dst) }); !ok {
+		return
+	}
 	var allowed bool
 	if !a.read(w, r, func(ws memdb.WatchSet) (uint64, error) {
 		idx, ixns, err := a.Store.IntentionMatch(ws, "destination", dst)
@@ -155,7 +178,9 @@ func (a *API) intentionCheck(w http.ResponseWriter, r *http.Request) {
 }
 
 // intentionMatch lists, for each ?name=, the intentions whose source or
-// destination (?by=) matches it, highest precedence first.
+// destination (?by=) matches it, highest precedence first. It needs
+// intention:read on every name asked, as in Consul (a 403 otherwise, not
+// a filtered answer).
 func (a *API) intentionMatch(w http.ResponseWriter, r *http.Request) {
 	q := r.URL.Query()
 	by := q.Get("by")
@@ -173,6 +198,17 @@ func (a *API) intentionMatch(w http.ResponseWriter, r *http.Request) {
 			a.writeError(w, r, err)
 			return
 		}
+	}
+	if _, ok := a.allow(w, r, func(z *acl.Authorizer) error {
+		for _, n := range names {
+			name, _ := discovery.ParseIntentionName("name", n)
+			if err := z.IntentionRead(name); err != nil {
+				return err
+			}
+		}
+		return nil
+	}); !ok {
+		return
 	}
 	out := map[string][]*discovery.Intention{}
 	if !a.read(w, r, func(ws memdb.WatchSet) (uint64, error) {
@@ -196,6 +232,10 @@ func (a *API) intentionMatch(w http.ResponseWriter, r *http.Request) {
 
 func (a *API) intentionGetByID(w http.ResponseWriter, r *http.Request) {
 	id := r.PathValue("id")
+	authz, ok := a.allow(w, r, nil)
+	if !ok {
+		return
+	}
 	var out *discovery.Intention
 	if !a.read(w, r, func(ws memdb.WatchSet) (uint64, error) {
 		idx, ixn, err := a.Store.IntentionByID(ws, id)
@@ -206,6 +246,10 @@ func (a *API) intentionGetByID(w http.ResponseWriter, r *http.Request) {
 	}
 	if out == nil {
 		a.writeError(w, r, notFound("Intention not found: %s", id))
+		return
+	}
+	if !intentionReadable(authz, out) {
+		a.writeError(w, r, authz.IntentionRead(out.DestinationName))
 		return
 	}
 	writeJSON(w, out)

@@ -13,6 +13,15 @@
 // client sends (ServiceRegistration, CheckType) is the catalog's own input
 // shape and lives in package discovery, shared with service files.
 //
+// Every request is authorized by its ACL token (api_acl.go: API.ACL
+// resolves it; nil turns ACLs off). Writes ask discovery.AuthorizeCommand
+// in apply, the one table of write rules; the one write that bypasses the
+// Writer (a TTL update, through the check runner) asks the same table
+// itself. Reads filter inside their query function by Consul's read rules
+// (acl_filter.go) and set X-Consul-Results-Filtered-By-ACLs; a read of one
+// object the token may not read is a 403. docs/acl.md lists every route's
+// rule, and a test fails when a route has no row there.
+//
 // Every error answer is written by one helper (writeError): a plain-text
 // body and Consul's status code; bodies are read under a size limit
 // (limits.go) and an oversized one is a 413 naming the limit.
