@@ -139,6 +139,9 @@ var clusterServiceDesc = grpc.ServiceDesc{
 		method("ACLRead", (*Server).rpcACLRead),
 		method("SignLeaf", (*Server).rpcSignLeaf),
 		method("RenewNode", (*Server).rpcRenewNode),
+		method("Txn", (*Server).rpcTxn),                   // sessions.go
+		method("SessionRenew", (*Server).rpcSessionRenew), // sessions.go
+		method("Read", (*Server).rpcRead),                 // sessions.go
 	},
 	Streams: []grpc.StreamDesc{subscribeStreamDesc},
 }
