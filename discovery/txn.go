@@ -25,6 +25,7 @@ const (
 	TxnKVLock           = "lock"
 	TxnKVUnlock         = "unlock"
 	TxnKVGet            = "get"
+	TxnKVGetOrEmpty     = "get-or-empty"
 	TxnKVGetTree        = "get-tree"
 	TxnKVCheckSession   = "check-session"
 	TxnKVCheckIndex     = "check-index"
@@ -33,7 +34,7 @@ const (
 
 // TxnKVVerbs lists the verbs in Consul's order, for error messages.
 var TxnKVVerbs = []string{TxnKVSet, TxnKVDelete, TxnKVDeleteCAS, TxnKVDeleteTree, TxnKVCAS, TxnKVLock,
-	TxnKVUnlock, TxnKVGet, TxnKVGetTree, TxnKVCheckSession, TxnKVCheckIndex, TxnKVCheckNotExists}
+	TxnKVUnlock, TxnKVGet, TxnKVGetOrEmpty, TxnKVGetTree, TxnKVCheckSession, TxnKVCheckIndex, TxnKVCheckNotExists}
 
 // TxnKVOp is one KV operation. Index is the ModifyIndex that cas,
 // delete-cas and check-index expect; Session the session that lock,
@@ -170,6 +171,12 @@ func txnKVTxn(tx *memdb.Txn, idx uint64, at int64, op *TxnKVOp) ([]*KVEntry, boo
 	case TxnKVGet:
 		if old == nil {
 			return nil, false, fmt.Errorf("key %q doesn't exist", op.Key)
+		}
+		c := *old
+		return []*KVEntry{&c}, false, nil
+	case TxnKVGetOrEmpty:
+		if old == nil {
+			return []*KVEntry{{Key: op.Key}}, false, nil
 		}
 		c := *old
 		return []*KVEntry{&c}, false, nil
