@@ -47,18 +47,14 @@ const (
 	SessionTTLMultiplier = 2
 )
 
-// SerfHealthCheckID is Consul's node check, which sessions name by
-// default. The catalog's node check is NodeLivenessCheckID; a session may
-// name either and means that one.
-const SerfHealthCheckID = "serfHealth"
-
 // Session is one session.
 type Session struct {
 	ID   string
 	Name string
 	Node string
 	// NodeChecks and ServiceChecks are the IDs of checks on Node that keep
-	// the session alive; serfHealth means the node's liveness check.
+	// the session alive; the node check's older name (vmesh:node) means
+	// the node check.
 	NodeChecks    []string
 	ServiceChecks []string
 	// LockDelay is how long a key this session held refuses new locks
@@ -85,9 +81,9 @@ func (s *Session) CheckIDs() []string {
 	return out
 }
 
-// sessionCheckID maps Consul's serfHealth to the catalog's node check.
+// sessionCheckID maps the node check's older name to its name.
 func sessionCheckID(id string) string {
-	if id == SerfHealthCheckID {
+	if id == LegacyNodeLivenessCheckID {
 		return NodeLivenessCheckID
 	}
 	return id

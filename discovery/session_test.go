@@ -25,7 +25,7 @@ func ssCatalog(t *testing.T) *Store {
 }
 
 func ssSession(id string, mods ...func(*Session)) *Session {
-	s := &Session{ID: id, Node: "n1", NodeChecks: []string{SerfHealthCheckID}, Behavior: SessionRelease, LockDelay: 10 * time.Second}
+	s := &Session{ID: id, Node: "n1", NodeChecks: []string{NodeLivenessCheckID}, Behavior: SessionRelease, LockDelay: 10 * time.Second}
 	for _, m := range mods {
 		m(s)
 	}
@@ -51,7 +51,7 @@ func TestSessionCreateValidates(t *testing.T) {
 		want string // "" when it is created
 	}{
 		{"serfHealth is the node check", ssSession("a"), ""},
-		{"the node check by its own name", ssSession("a", func(s *Session) { s.NodeChecks = []string{NodeLivenessCheckID} }), ""},
+		{"the node check by its older name", ssSession("a", func(s *Session) { s.NodeChecks = []string{LegacyNodeLivenessCheckID} }), ""},
 		{"no checks", ssSession("a", func(s *Session) { s.NodeChecks = nil }), ""},
 		{"service check", ssSession("a", func(s *Session) { s.ServiceChecks = []string{"web1-ok"} }), ""},
 		{"unknown node", ssSession("a", func(s *Session) { s.Node = "n9" }), `Node: node "n9" is not registered`},
@@ -186,7 +186,7 @@ func TestSessionInvalidation(t *testing.T) {
 	}{
 		{"node check critical", func(s *Store) error {
 			return s.UpdateCheck(20, "n1", NodeLivenessCheckID, HealthCritical, "silent")
-		}, []string{"node"}},
+		}, []string{"node", "legacy"}},
 		{"node check warning", func(s *Store) error {
 			return s.UpdateCheck(20, "n1", NodeLivenessCheckID, HealthWarning, "")
 		}, nil},
@@ -198,7 +198,7 @@ func TestSessionInvalidation(t *testing.T) {
 			return s.EnsureService(20, &Instance{Node: "n1", ID: "web1", Service: "web"}, nil)
 		}, []string{"svc"}},
 		{"service deregistered", func(s *Store) error { return s.DeleteService(20, "n1", "web1") }, []string{"svc"}},
-		{"node deregistered", func(s *Store) error { return s.DeleteNode(20, "n1") }, []string{"node", "svc", "none"}},
+		{"node deregistered", func(s *Store) error { return s.DeleteNode(20, "n1") }, []string{"node", "legacy", "svc", "none"}},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
@@ -206,13 +206,14 @@ func TestSessionInvalidation(t *testing.T) {
 			stMust(t, s.SessionApply(10, SessionCreate, ssSession("node")))
 			stMust(t, s.SessionApply(11, SessionCreate, ssSession("svc", func(x *Session) { x.NodeChecks, x.ServiceChecks = nil, []string{"web1-ok"} })))
 			stMust(t, s.SessionApply(12, SessionCreate, ssSession("none", func(x *Session) { x.NodeChecks = nil })))
-			for i, id := range []string{"node", "svc", "none"} {
-				if r := ssTxn(t, s, uint64(13+i), TxnKVOp{Verb: TxnKVLock, Key: "lock/" + id, Session: id}); len(r.Errors) > 0 {
+			stMust(t, s.SessionApply(13, SessionCreate, ssSession("legacy", func(x *Session) { x.NodeChecks = []string{LegacyNodeLivenessCheckID} })))
+			for i, id := range []string{"node", "svc", "none", "legacy"} {
+				if r := ssTxn(t, s, uint64(14+i), TxnKVOp{Verb: TxnKVLock, Key: "lock/" + id, Session: id}); len(r.Errors) > 0 {
 					t.Fatal(r.Errors)
 				}
 			}
 			stMust(t, tt.change(s))
-			for _, id := range []string{"node", "svc", "none"} {
+			for _, id := range []string{"node", "svc", "none", "legacy"} {
 				want := true
 				for _, e := range tt.ended {
 					want = want && e != id
@@ -227,8 +228,8 @@ func TestSessionInvalidation(t *testing.T) {
 			if tt.ended != nil && idx != 20 {
 				t.Errorf("sessions index %d; want 20", idx)
 			}
-			if tt.ended == nil && idx != 12 {
-				t.Errorf("sessions index %d; want 12 (nothing ended)", idx)
+			if tt.ended == nil && idx != 13 {
+				t.Errorf("sessions index %d; want 13 (nothing ended)", idx)
 			}
 		})
 	}

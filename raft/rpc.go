@@ -141,7 +141,6 @@ var clusterServiceDesc = grpc.ServiceDesc{
 		method("RenewNode", (*Server).rpcRenewNode),
 		method("Txn", (*Server).rpcTxn),                   // sessions.go
 		method("SessionRenew", (*Server).rpcSessionRenew), // sessions.go
-		method("Read", (*Server).rpcRead),                 // sessions.go
 	},
 	Streams: []grpc.StreamDesc{subscribeStreamDesc},
 }

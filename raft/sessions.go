@@ -23,18 +23,16 @@ import (
 // takes over. A renewal is therefore not a raft write but a call to the
 // leader (SessionRenew), from any node.
 //
-// Three cluster RPCs serve what discovery.Writer's Apply cannot:
+// Two cluster RPCs serve what discovery.Writer's Apply cannot:
 //
 //   - Txn: a transaction (discovery.TxnRequest) applied on the leader with
 //     its result, which the plain Forward does not carry back; authorized
 //     like a forwarded command (forward.go);
-//   - SessionRenew: resets a session's timer on the leader;
-//   - Read: runs a discovery.Query on the leader, blocking like an HTTP
-//     blocking query, for a client whose replica holds no KV and no
-//     sessions (discovery/replica.go).
+//   - SessionRenew: resets a session's timer on the leader.
 //
-// Any node certificate may call them, as any may forward a KV write: ACL
-// tokens will decide who may touch which keys.
+// A client reads sessions as it reads KV, through KVRead (kvread.go): its
+// replica holds neither. Any node certificate may call them, as any may
+// forward a KV write: ACL tokens will decide who may touch which keys.
 
 // TxnForwardRequest is an encoded TxnRequest for the leader to apply.
 type TxnForwardRequest struct{ Command []byte }
@@ -54,21 +52,6 @@ type SessionRenewRequest struct{ ID string }
 // SessionRenewResponse is the renewed session; nil when it does not
 // exist (it ended).
 type SessionRenewResponse struct{ Session *discovery.Session }
-
-// ReadRequest runs a query on the leader. With MinIndex it blocks until
-// the result's index passes it or Wait runs out, as a blocking query.
-type ReadRequest struct {
-	Query      discovery.Query
-	MinIndex   uint64
-	Wait       time.Duration
-	Consistent bool
-}
-
-// ReadResponse is the query's result.
-type ReadResponse struct{ Result *discovery.QueryResult }
-
-// maxReadWait bounds a blocking Read, as the HTTP API bounds ?wait.
-const maxReadWait = 10 * time.Minute
 
 // ---- the leader's session timers ----
 
@@ -371,65 +354,4 @@ func (c *Client) ApplyTxn(ctx context.Context, req discovery.TxnRequest) (uint64
 		return resp.Index, nil, err
 	}
 	return resp.Index, resp.Result, nil
-}
-
-// ---- reads ----
-
-func (s *Server) rpcRead(ctx context.Context, req *ReadRequest) (*ReadResponse, error) {
-	if _, err := peerNode(ctx); err != nil {
-		return nil, err
-	}
-	if !s.IsLeader() {
-		return nil, s.notLeader(ctx)
-	}
-	if req.Consistent {
-		if err := s.raft.VerifyLeader().Error(); err != nil {
-			return nil, s.notLeader(ctx)
-		}
-	}
-	bctx := ctx
-	if req.MinIndex > 0 {
-		var cancel context.CancelFunc
-		bctx, cancel = context.WithTimeout(ctx, min(max(req.Wait, 0), maxReadWait))
-		defer cancel()
-	}
-	var res *discovery.QueryResult
-	err := s.store.Blocking(bctx, req.MinIndex, func(ws memdb.WatchSet) (uint64, error) {
-		r, err := s.store.Query(ws, req.Query)
-		if err != nil {
-			return 0, err
-		}
-		res = r
-		return r.Index, nil
-	})
-	if err != nil {
-		if errors.Is(err, discovery.ErrInvalid) {
-			return nil, status.Error(codes.InvalidArgument, err.Error())
-		}
-		return nil, status.Error(codes.Internal, err.Error())
-	}
-	return &ReadResponse{Result: res}, nil
-}
-
-// readSlack is how much longer than its wait a blocking Read may take
-// before the caller gives up on the leader's answer.
-const readSlack = 10 * time.Second
-
-// ServerRead runs q on the leader, which holds what this client's replica
-// does not (KV, sessions). With minIndex it blocks up to wait for a
-// result past it.
-func (c *Client) ServerRead(ctx context.Context, q discovery.Query, minIndex uint64, wait time.Duration, consistent bool) (*discovery.QueryResult, error) {
-	if minIndex > 0 {
-		var cancel context.CancelFunc
-		ctx, cancel = context.WithTimeout(ctx, wait+readSlack)
-		defer cancel()
-	}
-	var resp ReadResponse
-	if err := c.leaderCall(ctx, "Read", &ReadRequest{Query: q, MinIndex: minIndex, Wait: wait, Consistent: consistent}, &resp, true); err != nil {
-		return nil, err
-	}
-	if resp.Result == nil {
-		return nil, errors.New("raft: the leader answered a read without a result")
-	}
-	return resp.Result, nil
 }

@@ -220,30 +220,33 @@ func TestClientSessionsTxnAndReads(t *testing.T) {
 	if err != nil || len(r.Errors) != 1 || r.Errors[0].OpIndex != 1 || r.Results != nil {
 		t.Fatalf("failing ApplyTxn = %+v, %v; want op 1's error", r, err)
 	}
-	res, err := c.ServerRead(ctx, discovery.Query{Kind: discovery.QueryKVGet, Key: "job"}, 0, 0, false)
-	if err != nil || len(res.KV) != 1 || res.KV[0].Session != "s1" || res.Index < idx {
-		t.Fatalf("ServerRead job = %+v, %v", res, err)
+	res, err := c.KVRead(ctx, discovery.KVQuery{Op: "get", Key: "job"})
+	if err != nil || len(res.Entries) != 1 || res.Entries[0].Session != "s1" || res.Index < idx {
+		t.Fatalf("KVRead job = %+v, %v", res, err)
 	}
-	if res, err := c.ServerRead(ctx, discovery.Query{Kind: discovery.QuerySessionNode, Node: "web-01"}, 0, 0, true); err != nil || len(res.Sessions) != 1 {
-		t.Fatalf("consistent ServerRead of web-01's sessions = %+v, %v", res, err)
+	if res, err := c.KVRead(ctx, discovery.KVQuery{Op: "session-node", Key: "web-01", Consistent: true}); err != nil || len(res.Sessions) != 1 || res.Sessions[0].ID != "s1" {
+		t.Fatalf("consistent KVRead of web-01's sessions = %+v, %v", res, err)
+	}
+	if res, err := c.KVRead(ctx, discovery.KVQuery{Op: "session-info", Key: "nope"}); err != nil || len(res.Sessions) != 0 {
+		t.Fatalf("KVRead of an unknown session = %+v, %v", res, err)
 	}
 	if sess, err := c.RenewSession(ctx, "s1"); err != nil || sess == nil || sess.ID != "s1" {
 		t.Fatalf("RenewSession through the client = %+v, %v", sess, err)
 	}
 
 	// A blocking read wakes when the key changes.
-	got := make(chan *discovery.QueryResult, 1)
+	got := make(chan discovery.KVResult, 1)
 	go func() {
-		res, err := c.ServerRead(ctx, discovery.Query{Kind: discovery.QueryKVGet, Key: "job"}, res.Index, time.Minute, false)
+		res, err := c.KVRead(ctx, discovery.KVQuery{Op: "get", Key: "job", MinIndex: res.Index, Wait: time.Minute})
 		if err != nil {
-			t.Errorf("blocking ServerRead: %v", err)
+			t.Errorf("blocking KVRead: %v", err)
 		}
 		got <- res
 	}()
 	destroyed := mustApply(t, c, discovery.SessionRequest{Op: discovery.SessionDestroy, Session: discovery.Session{ID: "s1"}})
 	select {
 	case res := <-got:
-		if res == nil || res.Index < destroyed || len(res.KV) != 1 || res.KV[0].Session != "" {
+		if res.Index < destroyed || len(res.Entries) != 1 || res.Entries[0].Session != "" {
 			t.Fatalf("blocking read after the destroy = %+v; want job released at %d", res, destroyed)
 		}
 	case <-ctx.Done():
@@ -260,7 +263,10 @@ func TestClientSessionsTxnAndReads(t *testing.T) {
 	if err == nil || !strings.Contains(err.Error(), "only a transaction") {
 		t.Errorf("Txn with a KV command: %v; want refused", err)
 	}
-	if _, err := s.rpcRead(context.Background(), &ReadRequest{}); status.Code(err) != codes.Unauthenticated {
-		t.Errorf("Read without a certificate: %v; want Unauthenticated", err)
+	if _, err := s.rpcTxn(context.Background(), &TxnForwardRequest{Command: buf}); status.Code(err) != codes.Unauthenticated {
+		t.Errorf("Txn without a certificate: %v; want Unauthenticated", err)
+	}
+	if _, err := s.rpcSessionRenew(context.Background(), &SessionRenewRequest{ID: "s1"}); status.Code(err) != codes.Unauthenticated {
+		t.Errorf("SessionRenew without a certificate: %v; want Unauthenticated", err)
 	}
 }

@@ -26,10 +26,10 @@ type Cluster interface {
 	Stats() map[string]string
 }
 
-// KVCluster is what sessions, locks, transactions and the KV reads need
-// of the cluster beyond Writer.Apply; the agent's raft link (server or
-// client) is one.
-type KVCluster interface {
+// SessionCluster is what sessions, locks and transactions need of the
+// cluster beyond Writer.Apply; the agent's raft link (server or client)
+// is one.
+type SessionCluster interface {
 	// ApplyTxn applies a transaction through raft and returns its result:
 	// every operation's, or the errors of those that failed (then
 	// nothing changed).
@@ -37,10 +37,6 @@ type KVCluster interface {
 	// RenewSession restarts a session's TTL on the leader; nil when the
 	// session does not exist.
 	RenewSession(ctx context.Context, id string) (*discovery.Session, error)
-	// ServerRead runs q on a server when this agent's catalog does not
-	// hold KV and sessions (a client's replica); ok is false when the
-	// local catalog answers. minIndex and wait make it a blocking query.
-	ServerRead(ctx context.Context, q discovery.Query, minIndex uint64, wait time.Duration, consistent bool) (res *discovery.QueryResult, ok bool, err error)
 }
 
 // Member is one agent as /v1/agent/members shows it.
@@ -63,9 +59,9 @@ type API struct {
 	Store   *discovery.Store
 	Writer  discovery.Writer
 	Cluster Cluster
-	// KV serves sessions, KV locks and transactions, and the KV and
-	// session reads of a client; nil answers those with an error.
-	KV         KVCluster
+	// Sessions serves sessions, KV locks and transactions; nil answers
+	// those with a 501.
+	Sessions   SessionCluster
 	TTL        TTLUpdater
 	NodeName   string
 	NodeID     string
@@ -413,55 +409,19 @@ func (a *API) ready(r *http.Request) error {
 	return nil
 }
 
-// errNoKVCluster answers sessions, locks and transactions on an API built
-// without a KVCluster.
-var errNoKVCluster = &HTTPError{Code: http.StatusNotImplemented, Msg: "sessions and transactions are not available on this agent"}
+// errNoSessions answers sessions, locks and transactions on an API built
+// without a SessionCluster.
+var errNoSessions = &HTTPError{Code: http.StatusNotImplemented, Msg: "sessions and transactions are not available on this agent"}
 
 // applyTxn applies a transaction through the cluster.
 func (a *API) applyTxn(r *http.Request, req discovery.TxnRequest) (uint64, *discovery.TxnResult, error) {
-	if a.KV == nil {
-		return 0, nil, errNoKVCluster
+	if a.Sessions == nil {
+		return 0, nil, errNoSessions
 	}
 	if err := a.ready(r); err != nil {
 		return 0, nil, err
 	}
-	return a.KV.ApplyTxn(r.Context(), req)
-}
-
-// readQuery runs q as a (possibly blocking) read, writing Consul's
-// headers: on the local catalog, or, on a client whose replica holds no
-// KV and no sessions, on the leader. It returns false after writing an
-// error.
-func (a *API) readQuery(w http.ResponseWriter, r *http.Request, q discovery.Query) (*discovery.QueryResult, bool) {
-	if a.KV != nil {
-		o, err := a.parseQuery(r)
-		if err != nil {
-			a.writeError(w, r, err)
-			return nil, false
-		}
-		wait := o.wait + rand.N(o.wait/16+1)
-		res, remote, err := a.KV.ServerRead(r.Context(), q, o.minIndex, wait, o.consistent)
-		if remote {
-			if err != nil {
-				a.writeError(w, r, err)
-				return nil, false
-			}
-			w.Header().Set("X-Consul-Index", strconv.FormatUint(max(res.Index, 1), 10))
-			w.Header().Set("X-Consul-KnownLeader", "true") // the leader answered
-			w.Header().Set("X-Consul-LastContact", "0")
-			return res, true
-		}
-	}
-	var res *discovery.QueryResult
-	ok := a.read(w, r, func(ws memdb.WatchSet) (uint64, error) {
-		got, err := a.Store.Query(ws, q)
-		if err != nil {
-			return 0, err
-		}
-		res = got
-		return got.Index, nil
-	})
-	return res, ok
+	return a.Sessions.ApplyTxn(r.Context(), req)
 }
 
 func (a *API) statusLeader(w http.ResponseWriter, r *http.Request) {

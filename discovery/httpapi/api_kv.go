@@ -193,31 +193,17 @@ func (a *API) kvWrite(w http.ResponseWriter, r *http.Request, req discovery.KVRe
 // kvGetRemote serves a KV read from a server (this agent holds no KV),
 // with the same answers and headers as a local read.
 func (a *API) kvGetRemote(w http.ResponseWriter, r *http.Request, key string, keys, recurse, raw bool) {
-	o, err := a.parseQuery(r)
-	if err != nil {
-		a.writeError(w, r, err)
-		return
-	}
-	q := discovery.KVQuery{Op: "get", Key: key, MinIndex: o.minIndex, Wait: o.wait, Consistent: o.consistent, Token: requestToken(r)}
+	q := discovery.KVQuery{Op: "get", Key: key}
 	switch {
 	case keys:
 		q.Op, q.Separator = "keys", r.URL.Query().Get("separator")
 	case recurse:
 		q.Op = "list"
 	}
-	res, err := a.RemoteKV.KVRead(r.Context(), q)
-	if _, isACL := aclError(err); isACL {
-		a.writeError(w, r, err)
+	res, ok := a.kvReadRemote(w, r, q)
+	if !ok {
 		return
 	}
-	if err != nil {
-		a.writeError(w, r, &HTTPError{Code: http.StatusInternalServerError, Msg: "reading KV from a server: " + err.Error(), Err: err})
-		return
-	}
-	setFiltered(w, res.Filtered)
-	w.Header().Set("X-Consul-Index", strconv.FormatUint(max(res.Index, 1), 10))
-	w.Header().Set("X-Consul-KnownLeader", strconv.FormatBool(res.KnownLeader))
-	w.Header().Set("X-Consul-LastContact", strconv.FormatInt(res.LastContact.Milliseconds(), 10))
 	switch {
 	case keys && len(res.Keys) == 0, !keys && len(res.Entries) == 0:
 		w.WriteHeader(http.StatusNotFound)
@@ -239,6 +225,32 @@ func setFiltered(w http.ResponseWriter, filtered bool) {
 	} else {
 		w.Header().Del("X-Consul-Results-Filtered-By-ACLs")
 	}
+}
+
+// kvReadRemote runs q on a server with the request's blocking and
+// consistency parameters and token, and writes Consul's read headers. It
+// returns false after writing an error.
+func (a *API) kvReadRemote(w http.ResponseWriter, r *http.Request, q discovery.KVQuery) (discovery.KVResult, bool) {
+	o, err := a.parseQuery(r)
+	if err != nil {
+		a.writeError(w, r, err)
+		return discovery.KVResult{}, false
+	}
+	q.MinIndex, q.Wait, q.Consistent, q.Token = o.minIndex, o.wait, o.consistent, requestToken(r)
+	res, err := a.RemoteKV.KVRead(r.Context(), q)
+	if _, isACL := aclError(err); isACL {
+		a.writeError(w, r, err)
+		return discovery.KVResult{}, false
+	}
+	if err != nil {
+		a.writeError(w, r, &HTTPError{Code: http.StatusInternalServerError, Msg: "reading KV from a server: " + err.Error(), Err: err})
+		return discovery.KVResult{}, false
+	}
+	setFiltered(w, res.Filtered)
+	w.Header().Set("X-Consul-Index", strconv.FormatUint(max(res.Index, 1), 10))
+	w.Header().Set("X-Consul-KnownLeader", strconv.FormatBool(res.KnownLeader))
+	w.Header().Set("X-Consul-LastContact", strconv.FormatInt(res.LastContact.Milliseconds(), 10))
+	return res, true
 }
 
 // kvLock serves ?acquire and ?release: a transaction of one lock or

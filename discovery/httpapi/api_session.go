@@ -9,6 +9,7 @@ import (
 	"strings"
 	"time"
 
+	"github.com/hashicorp/go-memdb"
 	"github.com/vmesh/vmesh/discovery"
 )
 
@@ -17,15 +18,9 @@ func (a *API) registerSessions(mux *http.ServeMux) {
 	mux.HandleFunc("PUT /v1/session/create", a.sessionCreate)
 	mux.HandleFunc("PUT /v1/session/destroy/{id}", a.sessionDestroy)
 	mux.HandleFunc("PUT /v1/session/renew/{id}", a.sessionRenew)
-	mux.HandleFunc("GET /v1/session/info/{id}", a.sessionRead(func(r *http.Request) discovery.Query {
-		return discovery.Query{Kind: discovery.QuerySessionInfo, Session: r.PathValue("id")}
-	}))
-	mux.HandleFunc("GET /v1/session/node/{node}", a.sessionRead(func(r *http.Request) discovery.Query {
-		return discovery.Query{Kind: discovery.QuerySessionNode, Node: r.PathValue("node")}
-	}))
-	mux.HandleFunc("GET /v1/session/list", a.sessionRead(func(*http.Request) discovery.Query {
-		return discovery.Query{Kind: discovery.QuerySessionList}
-	}))
+	mux.HandleFunc("GET /v1/session/info/{id}", a.sessionRead("session-info", "id"))
+	mux.HandleFunc("GET /v1/session/node/{node}", a.sessionRead("session-node", "node"))
+	mux.HandleFunc("GET /v1/session/list", a.sessionRead("session-list", ""))
 }
 
 // wireSession is a session as Consul's API shows it.
@@ -159,7 +154,7 @@ func parseSessionCreate(body []byte, node string) (*discovery.Session, error) {
 	// Consul's defaults: the node check, unless a list says otherwise.
 	// An empty legacy Checks list means no checks; a legacy list of
 	// other checks adds to the node's.
-	nodeChecks := []string{discovery.SerfHealthCheckID}
+	nodeChecks := []string{discovery.NodeLivenessCheckID}
 	if in.NodeChecks != nil {
 		nodeChecks = *in.NodeChecks
 	}
@@ -222,12 +217,12 @@ func (a *API) sessionDestroy(w http.ResponseWriter, r *http.Request) {
 // sessionRenew restarts a session's TTL on the leader; a session that has
 // ended is a 404, which tells consul/api's RenewPeriodic to stop.
 func (a *API) sessionRenew(w http.ResponseWriter, r *http.Request) {
-	if a.KV == nil {
-		a.writeError(w, r, errNoKVCluster)
+	if a.Sessions == nil {
+		a.writeError(w, r, errNoSessions)
 		return
 	}
 	id := r.PathValue("id")
-	sess, err := a.KV.RenewSession(r.Context(), id)
+	sess, err := a.Sessions.RenewSession(r.Context(), id)
 	if err != nil {
 		a.writeError(w, r, err)
 		return
@@ -239,14 +234,44 @@ func (a *API) sessionRenew(w http.ResponseWriter, r *http.Request) {
 	writeJSON(w, []*wireSession{toWireSession(sess)})
 }
 
-func (a *API) sessionRead(query func(*http.Request) discovery.Query) http.HandlerFunc {
+// sessionRead serves the session reads (op as KVQuery names it, on the
+// path value param) from the local catalog, or on a client, whose replica
+// holds no sessions, from a server as KV reads are.
+func (a *API) sessionRead(op, param string) http.HandlerFunc {
 	return func(w http.ResponseWriter, r *http.Request) {
-		res, ok := a.readQuery(w, r, query(r))
-		if !ok {
+		key := ""
+		if param != "" {
+			key = r.PathValue(param)
+		}
+		var sessions []*discovery.Session
+		if a.RemoteKV != nil && !a.RemoteKV.HoldsKV() {
+			res, ok := a.kvReadRemote(w, r, discovery.KVQuery{Op: op, Key: key})
+			if !ok {
+				return
+			}
+			sessions = res.Sessions
+		} else if !a.read(w, r, func(ws memdb.WatchSet) (uint64, error) {
+			var idx uint64
+			var err error
+			switch op {
+			case "session-info":
+				var sess *discovery.Session
+				idx, sess, err = a.Store.Session(ws, key)
+				sessions = nil
+				if sess != nil {
+					sessions = []*discovery.Session{sess}
+				}
+			case "session-node":
+				idx, sessions, err = a.Store.NodeSessions(ws, key)
+			default:
+				idx, sessions, err = a.Store.Sessions(ws)
+			}
+			return idx, err
+		}) {
 			return
 		}
-		out := make([]*wireSession, 0, len(res.Sessions))
-		for _, s := range res.Sessions {
+		out := make([]*wireSession, 0, len(sessions))
+		for _, s := range sessions {
 			out = append(out, toWireSession(s))
 		}
 		writeJSON(w, out)

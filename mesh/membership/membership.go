@@ -56,7 +56,7 @@ func (r *raftRef) Apply(ctx context.Context, cmd discovery.Command) (uint64, err
 	return 0, ErrNotJoined
 }
 
-// ApplyTxn applies a KV transaction through the leader (httpapi.KVCluster).
+// ApplyTxn applies a KV transaction through the leader (httpapi.SessionCluster).
 func (r *raftRef) ApplyTxn(ctx context.Context, req discovery.TxnRequest) (uint64, *discovery.TxnResult, error) {
 	if s := r.get(); s != nil {
 		return s.ApplyTxn(ctx, req)
@@ -76,16 +76,6 @@ func (r *raftRef) RenewSession(ctx context.Context, id string) (*discovery.Sessi
 		return c.RenewSession(ctx, id)
 	}
 	return nil, ErrNotJoined
-}
-
-// ServerRead runs a KV or session read on the leader for a client, whose
-// replica holds neither; a server reads its own catalog.
-func (r *raftRef) ServerRead(ctx context.Context, q discovery.Query, minIndex uint64, wait time.Duration, consistent bool) (*discovery.QueryResult, bool, error) {
-	if c := r.client(); c != nil {
-		res, err := c.ServerRead(ctx, q, minIndex, wait, consistent)
-		return res, true, err
-	}
-	return nil, false, nil
 }
 
 func (r *raftRef) Leader() (string, string) {
