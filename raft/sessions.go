@@ -8,6 +8,7 @@ import (
 	"time"
 
 	"github.com/hashicorp/go-memdb"
+	"github.com/vmesh/vmesh/acl"
 	"github.com/vmesh/vmesh/discovery"
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/status"
@@ -32,10 +33,16 @@ import (
 //
 // A client reads sessions as it reads KV, through KVRead (kvread.go): its
 // replica holds neither. Any node certificate may call them, as any may
-// forward a KV write: ACL tokens will decide who may touch which keys.
+// forward a KV write; both carry the request's ACL token, which the
+// leader checks (session:write on the session's node for a renewal, each
+// operation's rule for a transaction) when ACLs are on.
 
-// TxnForwardRequest is an encoded TxnRequest for the leader to apply.
-type TxnForwardRequest struct{ Command []byte }
+// TxnForwardRequest is an encoded TxnRequest for the leader to apply,
+// with the ACL token of the request that made it (acl.go).
+type TxnForwardRequest struct {
+	Command []byte
+	Token   string `json:",omitempty"`
+}
 
 // TxnForwardResponse is the leader's answer: the transaction's result, or
 // a catalog error.
@@ -46,8 +53,12 @@ type TxnForwardResponse struct {
 	ErrMsg  string
 }
 
-// SessionRenewRequest renews a session.
-type SessionRenewRequest struct{ ID string }
+// SessionRenewRequest renews a session, with the ACL token of the
+// request that asked.
+type SessionRenewRequest struct {
+	ID    string
+	Token string `json:",omitempty"`
+}
 
 // SessionRenewResponse is the renewed session; nil when it does not
 // exist (it ended).
@@ -220,7 +231,7 @@ func (s *Server) RenewSession(ctx context.Context, id string) (*discovery.Sessio
 		return s.renewLocal(id), nil
 	}
 	var resp SessionRenewResponse
-	if err := s.leaderCall(ctx, "SessionRenew", &SessionRenewRequest{ID: id}, &resp, true); err != nil {
+	if err := s.leaderCall(ctx, "SessionRenew", &SessionRenewRequest{ID: id, Token: discovery.TokenFrom(ctx)}, &resp, true); err != nil {
 		return nil, err
 	}
 	return resp.Session, nil
@@ -246,13 +257,27 @@ func (s *Server) rpcSessionRenew(ctx context.Context, req *SessionRenewRequest) 
 	if !s.IsLeader() {
 		return nil, s.notLeader(ctx)
 	}
+	if r := s.acl.resolver.Load(); r != nil {
+		if _, sess, _ := s.store.Session(nil, req.ID); sess != nil {
+			_, authz, err := r.Resolve(req.Token)
+			if err == nil {
+				err = authz.SessionWrite(sess.Node)
+			}
+			if errors.Is(err, acl.ErrNotFound) || errors.Is(err, acl.ErrPermissionDenied) {
+				return nil, status.Error(codes.PermissionDenied, err.Error())
+			}
+			if err != nil {
+				return nil, err
+			}
+		}
+	}
 	return &SessionRenewResponse{Session: s.renewLocal(req.ID)}, nil
 }
 
 // RenewSession has the leader restart a session's TTL.
 func (c *Client) RenewSession(ctx context.Context, id string) (*discovery.Session, error) {
 	var resp SessionRenewResponse
-	if err := c.leaderCall(ctx, "SessionRenew", &SessionRenewRequest{ID: id}, &resp, true); err != nil {
+	if err := c.leaderCall(ctx, "SessionRenew", &SessionRenewRequest{ID: id, Token: discovery.TokenFrom(ctx)}, &resp, true); err != nil {
 		return nil, err
 	}
 	return resp.Session, nil
@@ -296,7 +321,7 @@ func txnResult(idx uint64, resp any) (uint64, *discovery.TxnResult, error) {
 // registration, a transaction need not be idempotent.
 func (s *Server) forwardTxn(ctx context.Context, buf []byte) (uint64, *discovery.TxnResult, error) {
 	var resp TxnForwardResponse
-	if err := s.leaderCall(ctx, "Txn", &TxnForwardRequest{Command: buf}, &resp, false); err != nil {
+	if err := s.leaderCall(ctx, "Txn", &TxnForwardRequest{Command: buf, Token: discovery.TokenFrom(ctx)}, &resp, false); err != nil {
 		return 0, nil, err
 	}
 	if err := s.waitApplied(ctx, resp.Index); err != nil {
@@ -317,6 +342,10 @@ func (s *Server) rpcTxn(ctx context.Context, req *TxnForwardRequest) (*TxnForwar
 		return nil, status.Error(codes.InvalidArgument, "Txn carries only a transaction")
 	}
 	if err := authorizeForward(caller, req.Command); err != nil {
+		return nil, err
+	}
+	if err := s.authorizeForwardACL(req.Token, req.Command); err != nil {
+		s.logger.Warn("refused a forwarded transaction by ACL", "caller", caller, "err", err)
 		return nil, err
 	}
 	if !s.IsLeader() {
@@ -347,7 +376,7 @@ func (c *Client) ApplyTxn(ctx context.Context, req discovery.TxnRequest) (uint64
 		return 0, nil, err
 	}
 	var resp TxnForwardResponse
-	if err := c.leaderCall(ctx, "Txn", &TxnForwardRequest{Command: buf}, &resp, false); err != nil {
+	if err := c.leaderCall(ctx, "Txn", &TxnForwardRequest{Command: buf, Token: discovery.TokenFrom(ctx)}, &resp, false); err != nil {
 		return 0, nil, err
 	}
 	if err := decodeRemoteErr(resp.ErrCode, resp.ErrMsg); err != nil {

@@ -413,7 +413,9 @@ func (a *API) ready(r *http.Request) error {
 // without a SessionCluster.
 var errNoSessions = &HTTPError{Code: http.StatusNotImplemented, Msg: "sessions and transactions are not available on this agent"}
 
-// applyTxn applies a transaction through the cluster.
+// applyTxn applies a transaction through the cluster once the request's
+// token allows every operation; get-tree results the token may not read
+// are left out, as Consul does.
 func (a *API) applyTxn(r *http.Request, req discovery.TxnRequest) (uint64, *discovery.TxnResult, error) {
 	if a.Sessions == nil {
 		return 0, nil, errNoSessions
@@ -421,7 +423,27 @@ func (a *API) applyTxn(r *http.Request, req discovery.TxnRequest) (uint64, *disc
 	if err := a.ready(r); err != nil {
 		return 0, nil, err
 	}
-	return a.Sessions.ApplyTxn(r.Context(), req)
+	authz, err := a.authorizer(r)
+	if err == nil {
+		err = discovery.AuthorizeCommand(authz, a.Store, req)
+	}
+	if err != nil {
+		return 0, nil, err
+	}
+	idx, res, err := a.Sessions.ApplyTxn(discovery.WithToken(r.Context(), requestToken(r)), req)
+	if err != nil || res == nil {
+		return idx, res, err
+	}
+	// A token that may write a key may read it: only get-tree's entries
+	// can be ones it was not checked for.
+	kept := res.Results[:0:0]
+	for _, e := range res.Results {
+		if authz.KeyRead(e.Key) == nil {
+			kept = append(kept, e)
+		}
+	}
+	res.Results = kept
+	return idx, res, nil
 }
 
 func (a *API) statusLeader(w http.ResponseWriter, r *http.Request) {

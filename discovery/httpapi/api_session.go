@@ -222,7 +222,19 @@ func (a *API) sessionRenew(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	id := r.PathValue("id")
-	sess, err := a.Sessions.RenewSession(r.Context(), id)
+	// session:write on its node: checked here when this agent holds the
+	// session, and by the leader, which always does.
+	authz, err := a.authorizer(r)
+	if err == nil {
+		if _, local, _ := a.Store.Session(nil, id); local != nil {
+			err = authz.SessionWrite(local.Node)
+		}
+	}
+	if err != nil {
+		a.writeError(w, r, err)
+		return
+	}
+	sess, err := a.Sessions.RenewSession(discovery.WithToken(r.Context(), requestToken(r)), id)
 	if err != nil {
 		a.writeError(w, r, err)
 		return

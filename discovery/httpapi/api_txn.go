@@ -115,7 +115,20 @@ func (a *API) txn(w http.ResponseWriter, r *http.Request) {
 		a.writeError(w, r, err)
 		return
 	}
+	// Each operation the token does not allow fails on its own, in the
+	// 409, as Consul answers it.
+	authz, err := a.authorizer(r)
+	if err != nil {
+		a.writeError(w, r, err)
+		return
+	}
+	for i := range req.Ops {
+		if err := discovery.AuthorizeTxnOp(authz, &req.Ops[i]); err != nil {
+			errs = append(errs, &txnErrorBody{OpIndex: i, What: err.Error()})
+		}
+	}
 	if len(errs) > 0 {
+		slices.SortStableFunc(errs, func(x, y *txnErrorBody) int { return x.OpIndex - y.OpIndex })
 		writeTxn(w, http.StatusConflict, &txnResponseBody{Errors: errs})
 		return
 	}
