@@ -459,3 +459,86 @@ func TestConsulSessionEndpoints(t *testing.T) {
 		t.Errorf("release with a matching cas: %d %s; want true", code, body)
 	}
 }
+
+// TestACLSessionsAndTxn: with ACLs on and deny by default, sessions need
+// session:write on their node, a lock key:write, and a transaction each
+// operation's rule; a refused operation fails in the 409 by its index
+// and nothing applies; get-tree leaves out the keys the token may not
+// read.
+func TestACLSessionsAndTxn(t *testing.T) {
+	a, anon := aclAgent(t)
+	boot, _, err := anon.ACL().Bootstrap()
+	if err != nil {
+		t.Fatal(err)
+	}
+	root := clientWith(t, a, boot.SecretID)
+	testkit.WaitFor(t, 10*time.Second, "the node check passing", func() bool {
+		checks, _, err := root.Health().Node("node-a", nil)
+		return err == nil && len(checks) > 0 && checks[0].Status == api.HealthPassing
+	})
+	rules := `session "node-a" { policy = "write" }
+key_prefix "locks/" { policy = "write" }
+key_prefix "pub/" { policy = "read" }`
+	if _, _, err := root.ACL().PolicyCreate(&api.ACLPolicy{Name: "locks", Rules: rules}, nil); err != nil {
+		t.Fatal(err)
+	}
+	tok, _, err := root.ACL().TokenCreate(&api.ACLToken{Policies: []*api.ACLTokenPolicyLink{{Name: "locks"}}}, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	lk := clientWith(t, a, tok.SecretID)
+	for _, k := range []string{"pub/b", "secret/s"} {
+		if _, err := root.KV().Put(&api.KVPair{Key: k, Value: []byte(k)}, nil); err != nil {
+			t.Fatal(err)
+		}
+	}
+
+	_, _, err = anon.Session().Create(nil, nil)
+	wantDenied(t, "anonymous session create", err)
+	_, _, err = lk.Session().Create(&api.SessionEntry{Node: "ghost"}, nil)
+	wantDenied(t, "session on a node the token may not write", err)
+	id, _, err := lk.Session().Create(&api.SessionEntry{Name: "lk"}, nil)
+	if err != nil {
+		t.Fatalf("session on node-a: %v", err)
+	}
+	if ok, _, err := lk.KV().Acquire(&api.KVPair{Key: "locks/x", Session: id}, nil); err != nil || !ok {
+		t.Errorf("Acquire locks/x = %v, %v", ok, err)
+	}
+	_, _, err = lk.KV().Acquire(&api.KVPair{Key: "secret/x", Session: id}, nil)
+	wantDenied(t, "Acquire of a key the token may not write", err)
+
+	ok, resp, _, err := lk.Txn().Txn(api.TxnOps{
+		{KV: &api.KVTxnOp{Verb: api.KVSet, Key: "locks/a", Value: []byte("1")}},
+		{KV: &api.KVTxnOp{Verb: api.KVGet, Key: "pub/b"}},
+		{KV: &api.KVTxnOp{Verb: api.KVSet, Key: "pub/c", Value: []byte("1")}},
+	}, nil)
+	if err != nil || ok || len(resp.Errors) != 1 || resp.Errors[0].OpIndex != 2 || !strings.Contains(resp.Errors[0].What, "Permission denied") {
+		t.Fatalf("txn with a write the token may not make = %v, %+v, %v; want op 2 denied", ok, resp, err)
+	}
+	if got, _, _ := root.KV().Get("locks/a", nil); got != nil {
+		t.Errorf("locks/a = %+v after a refused txn", got)
+	}
+	ok, resp, _, err = lk.Txn().Txn(api.TxnOps{{KV: &api.KVTxnOp{Verb: api.KVGetTree, Key: ""}}}, nil)
+	var keys []string
+	if resp != nil {
+		for _, r := range resp.Results {
+			keys = append(keys, r.KV.Key)
+		}
+	}
+	if err != nil || !ok || !slices.Equal(keys, []string{"locks/x", "pub/b"}) {
+		t.Errorf("get-tree with the locks token = %v, %v, %v; want locks/x and pub/b only", ok, keys, err)
+	}
+
+	_, _, err = anon.Session().Renew(id, nil)
+	if err == nil || !strings.Contains(err.Error(), "403") {
+		t.Errorf("anonymous renew: %v; want 403", err)
+	}
+	if s, _, err := lk.Session().Renew(id, nil); err != nil || s == nil {
+		t.Errorf("renew with the token: %+v, %v", s, err)
+	}
+	_, err = anon.Session().Destroy(id, nil)
+	wantDenied(t, "anonymous destroy", err)
+	if _, err := lk.Session().Destroy(id, nil); err != nil {
+		t.Errorf("destroy with the token: %v", err)
+	}
+}

@@ -10,6 +10,7 @@ import (
 	"time"
 
 	hraft "github.com/hashicorp/raft"
+	"github.com/vmesh/vmesh/acl"
 	"github.com/vmesh/vmesh/discovery"
 	"github.com/vmesh/vmesh/lab/testkit"
 	"google.golang.org/grpc/codes"
@@ -268,5 +269,41 @@ func TestClientSessionsTxnAndReads(t *testing.T) {
 	}
 	if _, err := s.rpcSessionRenew(context.Background(), &SessionRenewRequest{ID: "s1"}); status.Code(err) != codes.Unauthenticated {
 		t.Errorf("SessionRenew without a certificate: %v; want Unauthenticated", err)
+	}
+}
+
+// With ACLs on, the leader authorizes a client's forwarded transaction
+// and renewal with the request's token, whatever the client checked.
+func TestClientSessionsACL(t *testing.T) {
+	s := clusterLeader(t)
+	r, err := acl.NewResolver(acl.ResolverConfig{Store: s.store, Datacenter: "dc1", DefaultPolicy: acl.DefaultDeny})
+	if err != nil {
+		t.Fatal(err)
+	}
+	mustApply(t, s, discovery.ACLPolicySetRequest{Policy: acl.Policy{ID: "p1", Name: "locks",
+		Rules: `session "web-01" { policy = "write" }
+key_prefix "locks/" { policy = "write" }`}})
+	mustApply(t, s, discovery.ACLTokenSetRequest{Token: acl.Token{AccessorID: "a1", SecretID: "locks-secret", Policies: []acl.Link{{ID: "p1"}}}})
+	c := joinClient(t, s, "web-01")
+	mustApply(t, s, createSession("s1", "web-01", 0))
+	s.SetACL(r)
+
+	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
+	defer cancel()
+	withTok := discovery.WithToken(ctx, "locks-secret")
+	if _, _, err := c.ApplyTxn(ctx, lockTxn("locks/a", "s1")); err == nil || !strings.Contains(err.Error(), "Permission denied") {
+		t.Errorf("a transaction forwarded without a token: %v; want Permission denied", err)
+	}
+	if _, _, err := c.ApplyTxn(withTok, lockTxn("other/a", "s1")); err == nil || !strings.Contains(err.Error(), "Permission denied") {
+		t.Errorf("a transaction on a key the token may not write: %v; want Permission denied", err)
+	}
+	if _, r, err := c.ApplyTxn(withTok, lockTxn("locks/a", "s1")); err != nil || len(r.Errors) > 0 {
+		t.Errorf("a transaction the token allows: %+v, %v", r, err)
+	}
+	if _, err := c.RenewSession(ctx, "s1"); err == nil || !strings.Contains(err.Error(), "Permission denied") {
+		t.Errorf("a renewal without a token: %v; want Permission denied", err)
+	}
+	if sess, err := c.RenewSession(withTok, "s1"); err != nil || sess == nil {
+		t.Errorf("a renewal with the token: %+v, %v", sess, err)
 	}
 }
