@@ -179,7 +179,8 @@ func TokenFrom(ctx context.Context) string {
 
 // AuthorizeKVRead applies authz to a KV read's result, as Consul does: a
 // single key needs key:read (else a 403), a list or a key listing keeps
-// only what key:read allows. filtered says whether anything was left out.
+// only what key:read allows; a session read keeps the sessions whose node
+// session:read allows. filtered says whether anything was left out.
 func AuthorizeKVRead(authz *acl.Authorizer, q KVQuery, res *KVResult) (filtered bool, err error) {
 	switch q.Op {
 	case "get":
@@ -200,6 +201,16 @@ func AuthorizeKVRead(authz *acl.Authorizer, q KVQuery, res *KVResult) (filtered 
 			}
 		}
 		filtered, res.Keys = len(kept) != len(res.Keys), kept
+	case "session-info", "session-node", "session-list":
+		// session:read on each session's node; the others are left out,
+		// as Consul filters them.
+		kept := res.Sessions[:0:0]
+		for _, s := range res.Sessions {
+			if authz.SessionRead(s.Node) == nil {
+				kept = append(kept, s)
+			}
+		}
+		filtered, res.Sessions = len(kept) != len(res.Sessions), kept
 	}
 	return filtered, nil
 }

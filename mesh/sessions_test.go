@@ -529,6 +529,17 @@ key_prefix "pub/" { policy = "read" }`
 		t.Errorf("get-tree with the locks token = %v, %v, %v; want locks/x and pub/b only", ok, keys, err)
 	}
 
+	// Reads keep the sessions whose node the token may read sessions of.
+	if l, _, err := anon.Session().List(nil); err != nil || len(l) != 0 {
+		t.Errorf("anonymous List = %+v, %v; want none", l, err)
+	}
+	if s, _, err := anon.Session().Info(id, nil); err != nil || s != nil {
+		t.Errorf("anonymous Info = %+v, %v; want none", s, err)
+	}
+	if l, _, err := lk.Session().Node("node-a", nil); err != nil || len(l) != 1 || l[0].ID != id {
+		t.Errorf("Node with the token = %+v, %v; want its session", l, err)
+	}
+
 	_, _, err = anon.Session().Renew(id, nil)
 	if err == nil || !strings.Contains(err.Error(), "403") {
 		t.Errorf("anonymous renew: %v; want 403", err)

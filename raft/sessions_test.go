@@ -306,4 +306,11 @@ key_prefix "locks/" { policy = "write" }`}})
 	if sess, err := c.RenewSession(withTok, "s1"); err != nil || sess == nil {
 		t.Errorf("a renewal with the token: %+v, %v", sess, err)
 	}
+	// A session read keeps what session:read allows.
+	if res, err := c.KVRead(ctx, discovery.KVQuery{Op: "session-list"}); err != nil || len(res.Sessions) != 0 || !res.Filtered {
+		t.Errorf("session-list without a token = %+v, %v; want none, filtered", res, err)
+	}
+	if res, err := c.KVRead(ctx, discovery.KVQuery{Op: "session-info", Key: "s1", Token: "locks-secret"}); err != nil || len(res.Sessions) != 1 || res.Filtered {
+		t.Errorf("session-info with the token = %+v, %v; want s1", res, err)
+	}
 }

@@ -248,7 +248,8 @@ func (a *API) sessionRenew(w http.ResponseWriter, r *http.Request) {
 
 // sessionRead serves the session reads (op as KVQuery names it, on the
 // path value param) from the local catalog, or on a client, whose replica
-// holds no sessions, from a server as KV reads are.
+// holds no sessions, from a server as KV reads are; either way without
+// the sessions whose node the token may not read sessions of.
 func (a *API) sessionRead(op, param string) http.HandlerFunc {
 	return func(w http.ResponseWriter, r *http.Request) {
 		key := ""
@@ -261,8 +262,14 @@ func (a *API) sessionRead(op, param string) http.HandlerFunc {
 			if !ok {
 				return
 			}
-			sessions = res.Sessions
-		} else if !a.read(w, r, func(ws memdb.WatchSet) (uint64, error) {
+			writeSessions(w, res.Sessions)
+			return
+		}
+		authz, ok := a.allow(w, r, nil)
+		if !ok {
+			return
+		}
+		if !a.read(w, r, func(ws memdb.WatchSet) (uint64, error) {
 			var idx uint64
 			var err error
 			switch op {
@@ -278,14 +285,22 @@ func (a *API) sessionRead(op, param string) http.HandlerFunc {
 			default:
 				idx, sessions, err = a.Store.Sessions(ws)
 			}
+			res := discovery.KVResult{Sessions: sessions}
+			filtered, _ := discovery.AuthorizeKVRead(authz, discovery.KVQuery{Op: op}, &res)
+			sessions = res.Sessions
+			setFiltered(w, filtered)
 			return idx, err
 		}) {
 			return
 		}
-		out := make([]*wireSession, 0, len(sessions))
-		for _, s := range sessions {
-			out = append(out, toWireSession(s))
-		}
-		writeJSON(w, out)
+		writeSessions(w, sessions)
 	}
+}
+
+func writeSessions(w http.ResponseWriter, sessions []*discovery.Session) {
+	out := make([]*wireSession, 0, len(sessions))
+	for _, s := range sessions {
+		out = append(out, toWireSession(s))
+	}
+	writeJSON(w, out)
 }
