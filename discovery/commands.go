@@ -27,8 +27,8 @@ const (
 	IntentionType         MessageType = 14
 	TokenUseType          MessageType = 15 // cluster.go: spend one use of a join token
 	TokenRevokeType       MessageType = 16
-	SessionType           MessageType = 17 // session.go
-	TxnType               MessageType = 18 // txn.go: KV transactions and locks
+	SessionType           MessageType = 18 // session.go (17 is the revocation list)
+	TxnType               MessageType = 19 // txn.go: KV transactions and locks
 
 	// IgnoreUnknownTypeFlag marks a command that an older agent that does
 	// not know its type may skip instead of stopping: commands added in a

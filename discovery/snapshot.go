@@ -34,8 +34,8 @@ const (
 	RecordConfig    RecordType = 8
 	RecordVIP       RecordType = 9 // vips.go; intentions take 10
 	RecordIntention RecordType = 10
-	RecordSession   RecordType = 11 // session.go
-	RecordLockDelay RecordType = 12
+	RecordSession   RecordType = 12 // session.go (11 is the revocation list)
+	RecordLockDelay RecordType = 13
 )
 
 // IndexRecord is a table's highest index, as stored in a snapshot.
