@@ -14,6 +14,8 @@ import (
 //
 //	node and its services, checks     node:write / service:write (Consul's agent and catalog endpoints)
 //	KV                                key:write (a tree delete: key_prefix write with no deny under it)
+//	sessions                          session:write on the session's node
+//	transactions                      each operation's rule (AuthorizeTxnOp)
 //	config entries                    service:write for a service's kinds, mesh:write for proxy-defaults and mesh
 //	intentions                        intention:write on the destination
 //	join tokens                       acl:write or operator:write
@@ -58,6 +60,15 @@ func AuthorizeCommand(authz *acl.Authorizer, s *Store, cmd Command) error {
 		return authz.ACLWrite()
 	case ACLBootstrapRequest:
 		return nil
+	case SessionRequest:
+		return authorizeSession(authz, s, c)
+	case TxnRequest:
+		for i := range c.Ops {
+			if err := AuthorizeTxnOp(authz, &c.Ops[i]); err != nil {
+				return fmt.Errorf("transaction operation %d: %w", i, err)
+			}
+		}
+		return nil
 	}
 	return fmt.Errorf("%w: no ACL rule covers command %d; it cannot be sent with a token", acl.ErrPermissionDenied, cmd.MessageType())
 }
@@ -92,6 +103,40 @@ func AuthorizeConfigEntryRead(authz *acl.Authorizer, kind, name string) error {
 		return authz.IntentionRead(name)
 	}
 	return authz.ServiceRead(name)
+}
+
+// authorizeSession: session:write on the session's node. A destroy names
+// only the session: its node is the one s holds it on; a session s does
+// not hold (ended, or s is a client's replica, which holds none) needs
+// nothing here, and the leader checks a forwarded destroy again with its
+// own catalog.
+func authorizeSession(authz *acl.Authorizer, s *Store, c SessionRequest) error {
+	node := c.Session.Node
+	if c.Op == SessionDestroy {
+		_, sess, err := s.Session(nil, c.Session.ID)
+		if err != nil || sess == nil {
+			return err
+		}
+		node = sess.Node
+	}
+	return authz.SessionWrite(node)
+}
+
+// AuthorizeTxnOp is the rule one KV operation of a transaction needs, as
+// Consul's: key:read to compare (check-index, check-session) or get one
+// key, key:write to change one or check that it does not exist,
+// key_prefix write with no deny under it to delete a tree. A get-tree
+// needs none here: its results are filtered key by key with key:read.
+func AuthorizeTxnOp(authz *acl.Authorizer, op *TxnKVOp) error {
+	switch op.Verb {
+	case TxnKVGetTree:
+		return nil
+	case TxnKVGet, TxnKVGetOrEmpty, TxnKVCheckIndex, TxnKVCheckSession:
+		return authz.KeyRead(op.Key)
+	case TxnKVDeleteTree:
+		return authz.KeyWritePrefix(op.Key)
+	}
+	return authz.KeyWrite(op.Key)
 }
 
 func authorizeInstance(authz *acl.Authorizer, s *Store, node, id string) error {
@@ -134,7 +179,8 @@ func TokenFrom(ctx context.Context) string {
 
 // AuthorizeKVRead applies authz to a KV read's result, as Consul does: a
 // single key needs key:read (else a 403), a list or a key listing keeps
-// only what key:read allows. filtered says whether anything was left out.
+// only what key:read allows; a session read keeps the sessions whose node
+// session:read allows. filtered says whether anything was left out.
 func AuthorizeKVRead(authz *acl.Authorizer, q KVQuery, res *KVResult) (filtered bool, err error) {
 	switch q.Op {
 	case "get":
@@ -155,6 +201,16 @@ func AuthorizeKVRead(authz *acl.Authorizer, q KVQuery, res *KVResult) (filtered 
 			}
 		}
 		filtered, res.Keys = len(kept) != len(res.Keys), kept
+	case "session-info", "session-node", "session-list":
+		// session:read on each session's node; the others are left out,
+		// as Consul filters them.
+		kept := res.Sessions[:0:0]
+		for _, s := range res.Sessions {
+			if authz.SessionRead(s.Node) == nil {
+				kept = append(kept, s)
+			}
+		}
+		filtered, res.Sessions = len(kept) != len(res.Sessions), kept
 	}
 	return filtered, nil
 }

@@ -27,6 +27,8 @@ const (
 	IntentionType         MessageType = 14
 	TokenUseType          MessageType = 15 // cluster.go: spend one use of a join token
 	TokenRevokeType       MessageType = 16
+	SessionType           MessageType = 18 // session.go (17 is the revocation list)
+	TxnType               MessageType = 19 // txn.go: KV transactions and locks
 
 	// IgnoreUnknownTypeFlag marks a command that an older agent that does
 	// not know its type may skip instead of stopping: commands added in a
@@ -88,7 +90,10 @@ func (KVRequest) MessageType() MessageType                { return KVType }
 
 // KVQuery is a KV read, for an agent that holds no KV (a client) to ask a
 // server: Op is "get" (one key), "list" (every key under Key) or "keys"
-// (the keys under Key, cut after Separator).
+// (the keys under Key, cut after Separator); or a read of the sessions,
+// which a client's replica does not hold either: "session-info" (the
+// session whose ID is Key), "session-node" (the sessions of node Key) or
+// "session-list" (every session).
 type KVQuery struct {
 	Op         string
 	Key        string
@@ -104,6 +109,7 @@ type KVResult struct {
 	Index       uint64
 	Entries     []*KVEntry // get and list
 	Keys        []string   // keys
+	Sessions    []*Session // session-*
 	KnownLeader bool
 	LastContact time.Duration
 	// Filtered: the caller's token could not read some of what matched.

@@ -1,5 +1,6 @@
 // Package discovery owns the service catalog: what the mesh knows about
-// nodes, services, checks, intentions, config entries, VIPs and KV.
+// nodes, services, checks, intentions, config entries, VIPs, KV, and the
+// sessions that hold KV locks (session.go; transactions in txn.go).
 //
 // The catalog (Store) is a go-memdb database of nodes, service instances,
 // health checks and KV entries. Only the raft FSM writes it, each write at a

@@ -34,6 +34,8 @@ const (
 	RecordConfig    RecordType = 8
 	RecordVIP       RecordType = 9 // vips.go; intentions take 10
 	RecordIntention RecordType = 10
+	RecordSession   RecordType = 12 // session.go (11 is the revocation list)
+	RecordLockDelay RecordType = 13
 )
 
 // IndexRecord is a table's highest index, as stored in a snapshot.
@@ -73,6 +75,7 @@ func (sn *Snapshot) Walk(fn func(RecordType, any) error) error {
 		{tableVIPs, RecordVIP},
 		{tableACLTokens, RecordACLToken}, {tableACLPolicies, RecordACLPolicy},
 		{tableACLRoles, RecordACLRole}, {tableACLMeta, RecordACLMeta},
+		{tableSessions, RecordSession}, {tableLockDelays, RecordLockDelay},
 	} {
 		if err := walk(t.table, t.rt); err != nil {
 			return fmt.Errorf("walking %s: %w", t.table, err)
@@ -129,6 +132,11 @@ func (r *Restorer) Add(rt RecordType, rec any) error {
 		return r.tx.Insert(tableACLRoles, v)
 	case *ACLMeta:
 		return r.tx.Insert(tableACLMeta, v)
+	case *Session:
+		// Its check links are derived, not in the stream.
+		return insertSessionTxn(r.tx, v)
+	case *KVLockDelay:
+		return r.tx.Insert(tableLockDelays, v)
 	}
 	return fmt.Errorf("%w: record type %d (%T)", ErrInvalid, rt, rec)
 }
@@ -164,6 +172,10 @@ func NewRecord(rt RecordType) (any, error) {
 		return &acl.Role{}, nil
 	case RecordACLMeta:
 		return &ACLMeta{}, nil
+	case RecordSession:
+		return &Session{}, nil
+	case RecordLockDelay:
+		return &KVLockDelay{}, nil
 	}
 	return nil, fmt.Errorf("%w: unknown snapshot record type %d", ErrInvalid, rt)
 }

@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"sync"
+	"sync/atomic"
 
 	"github.com/hashicorp/go-memdb"
 )
@@ -39,6 +40,7 @@ func schema() *memdb.DBSchema {
 	intentionTables(s.Tables)
 	vipTables(s.Tables)
 	aclTables(s.Tables)
+	sessionTables(s.Tables)
 	return s
 }
 
@@ -67,6 +69,9 @@ func baseSchema() *memdb.DBSchema {
 		}},
 		tableKV: {Name: tableKV, Indexes: map[string]*memdb.IndexSchema{
 			"id": {Name: "id", Unique: true, Indexer: str("Key", false)},
+			// The keys a session holds (session.go); unlocked keys are not
+			// indexed.
+			"session": {Name: "session", AllowMissing: true, Indexer: str("Session", false)},
 		}},
 		tableIndex: {Name: tableIndex, Indexes: map[string]*memdb.IndexSchema{
 			"id": {Name: "id", Unique: true, Indexer: str("Key", false)},
@@ -85,6 +90,9 @@ type Store struct {
 	mu      sync.RWMutex
 	db      *memdb.MemDB
 	abandon chan struct{}
+	// logTime is the time of the raft entry being applied, in Unix ms
+	// (SetLogTime, session.go).
+	logTime atomic.Int64
 }
 
 // NewStore returns an empty catalog.
@@ -162,7 +170,7 @@ func bumpIndex(tx *memdb.Txn, idx uint64, tables ...string) error {
 func (s *Store) LastIndex() uint64 {
 	tx := s.readTxn(nil)
 	return maxIndex(tx, tableNodes, tableInstances, tableChecks, tableKV, tableCA, tableTokens, tableConfigEntries, tableVIPs, tableIntentions,
-		tableACLTokens, tableACLPolicies, tableACLRoles, tableACLMeta, tableACLEpoch)
+		tableACLTokens, tableACLPolicies, tableACLRoles, tableACLMeta, tableACLEpoch, tableSessions)
 }
 
 // ---- writes (FSM only) ----
@@ -209,6 +217,9 @@ func (s *Store) DeleteNode(idx uint64, name string) error {
 	tx := db.Txn(true)
 	defer tx.Abort()
 	if raw, err := tx.First(tableNodes, "id", name); err != nil || raw == nil {
+		return err
+	}
+	if err := endNodeSessionsTxn(tx, idx, s.logTime.Load(), name); err != nil {
 		return err
 	}
 	if _, err := tx.DeleteAll(tableNodes, "id", name); err != nil {
@@ -266,14 +277,18 @@ func (s *Store) EnsureService(idx uint64, inst *Instance, checks []*Check) error
 			drop = append(drop, old)
 		}
 	}
+	at := s.logTime.Load()
 	for _, old := range drop {
 		if err := tx.Delete(tableChecks, old); err != nil {
+			return err
+		}
+		if err := endCheckSessionsTxn(tx, idx, at, old.Node, old.CheckID); err != nil {
 			return err
 		}
 	}
 	for _, chk := range checks {
 		chk.ServiceID, chk.ServiceName, chk.ServiceTags, chk.Node = c.ID, c.Service, c.Tags, c.Node
-		if err := ensureCheckTxn(tx, idx, chk); err != nil {
+		if err := ensureCheckTxn(tx, idx, at, chk); err != nil {
 			return err
 		}
 	}
@@ -297,8 +312,17 @@ func (s *Store) DeleteService(idx uint64, node, id string) error {
 	if err := tx.Delete(tableInstances, raw); err != nil {
 		return err
 	}
-	if _, err := tx.DeleteAll(tableChecks, "node_service", node, id); err != nil {
+	checks, err := collect[Check](nil, tx, tableChecks, "node_service", node, id)
+	if err != nil {
 		return err
+	}
+	for _, chk := range checks {
+		if err := tx.Delete(tableChecks, chk); err != nil {
+			return err
+		}
+		if err := endCheckSessionsTxn(tx, idx, s.logTime.Load(), node, chk.CheckID); err != nil {
+			return err
+		}
 	}
 	if err := bumpIndex(tx, idx, tableInstances, tableChecks); err != nil {
 		return err
@@ -329,7 +353,7 @@ func (s *Store) EnsureCheck(idx uint64, chk *Check) error {
 		inst := raw.(*Instance)
 		chk.ServiceName, chk.ServiceTags = inst.Service, inst.Tags
 	}
-	if err := ensureCheckTxn(tx, idx, chk); err != nil {
+	if err := ensureCheckTxn(tx, idx, s.logTime.Load(), chk); err != nil {
 		return err
 	}
 	if err := bumpIndex(tx, idx, tableChecks); err != nil {
@@ -339,7 +363,9 @@ func (s *Store) EnsureCheck(idx uint64, chk *Check) error {
 	return nil
 }
 
-func ensureCheckTxn(tx *memdb.Txn, idx uint64, chk *Check) error {
+// ensureCheckTxn stores a check; one that is critical ends the sessions
+// that depend on it, at (Unix ms) being the entry's time.
+func ensureCheckTxn(tx *memdb.Txn, idx uint64, at int64, chk *Check) error {
 	c := *chk
 	c.CreateIndex, c.ModifyIndex = idx, idx
 	raw, err := tx.First(tableChecks, "id", c.Node, c.CheckID)
@@ -356,7 +382,13 @@ func ensureCheckTxn(tx *memdb.Txn, idx uint64, chk *Check) error {
 	if c.Status == "" {
 		c.Status = HealthCritical
 	}
-	return tx.Insert(tableChecks, &c)
+	if err := tx.Insert(tableChecks, &c); err != nil {
+		return err
+	}
+	if c.Status == HealthCritical {
+		return endCheckSessionsTxn(tx, idx, at, c.Node, c.CheckID)
+	}
+	return nil
 }
 
 // DeleteCheck removes a check.
@@ -369,6 +401,9 @@ func (s *Store) DeleteCheck(idx uint64, node, id string) error {
 		return err
 	}
 	if err := tx.Delete(tableChecks, raw); err != nil {
+		return err
+	}
+	if err := endCheckSessionsTxn(tx, idx, s.logTime.Load(), node, id); err != nil {
 		return err
 	}
 	if err := bumpIndex(tx, idx, tableChecks); err != nil {
@@ -394,6 +429,11 @@ func (s *Store) UpdateCheck(idx uint64, node, id, status, output string) error {
 	c.Status, c.Output, c.ModifyIndex = status, output, idx
 	if err := tx.Insert(tableChecks, &c); err != nil {
 		return err
+	}
+	if status == HealthCritical {
+		if err := endCheckSessionsTxn(tx, idx, s.logTime.Load(), node, id); err != nil {
+			return err
+		}
 	}
 	if err := bumpIndex(tx, idx, tableChecks); err != nil {
 		return err
@@ -442,7 +482,8 @@ func (s *Store) KVApply(idx uint64, op KVOp, e *KVEntry) error {
 	case KVSet, KVCAS:
 		c := &KVEntry{Key: e.Key, Flags: e.Flags, Value: e.Value, CreateIndex: idx, ModifyIndex: idx}
 		if old != nil {
-			c.CreateIndex, c.LockIndex = old.CreateIndex, old.LockIndex
+			// A plain write keeps the lock: the holder still holds it.
+			c.CreateIndex, c.LockIndex, c.Session = old.CreateIndex, old.LockIndex, old.Session
 		}
 		if err := tx.Insert(tableKV, c); err != nil {
 			return err

@@ -165,10 +165,12 @@ type Check struct {
 
 // KVEntry is one key in the key/value store.
 type KVEntry struct {
-	Key         string
-	Flags       uint64
-	Value       []byte
-	LockIndex   uint64
+	Key       string
+	Flags     uint64
+	Value     []byte
+	LockIndex uint64
+	// Session is the session that holds the key's lock ("" when none).
+	Session     string
 	CreateIndex uint64
 	ModifyIndex uint64
 }

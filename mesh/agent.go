@@ -257,7 +257,7 @@ func (a *Agent) closeChecks() error {
 // the xDS server's diagnostics when it runs.
 func (a *Agent) startHTTP(context.Context) error {
 	api := &httpapi.API{
-		Store: a.store, Writer: a.member, Cluster: a.member, TTL: a.checks,
+		Store: a.store, Writer: a.member, Cluster: a.member, Sessions: a.member, TTL: a.checks,
 		NodeName: a.cfg.NodeName, NodeID: a.nodeID, Datacenter: a.cfg.Datacenter, Version: cli.Version,
 		Members: a.member.AgentMembers, Logger: a.logger.With("component", "http"), WaitReady: a.local.WaitReady,
 		IntentionsDefaultAllow: a.cfg.IntentionsDefaultAllow(), UserPorts: a.userPorts,

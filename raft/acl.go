@@ -101,6 +101,10 @@ func decodeCommand(buf []byte) (discovery.Command, error) {
 	switch t := discovery.MessageType(buf[0]) &^ discovery.IgnoreUnknownTypeFlag; t {
 	case discovery.KVType:
 		cmd = &discovery.KVRequest{}
+	case discovery.SessionType:
+		cmd = &discovery.SessionRequest{}
+	case discovery.TxnType:
+		cmd = &discovery.TxnRequest{}
 	case discovery.ConfigEntryType:
 		cmd = &discovery.ConfigEntryRequest{}
 	case discovery.IntentionType:
@@ -139,6 +143,10 @@ func decodeCommand(buf []byte) (discovery.Command, error) {
 func derefCommand(cmd discovery.Command) discovery.Command {
 	switch c := cmd.(type) {
 	case *discovery.KVRequest:
+		return *c
+	case *discovery.SessionRequest:
+		return *c
+	case *discovery.TxnRequest:
 		return *c
 	case *discovery.ConfigEntryRequest:
 		return *c

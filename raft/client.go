@@ -229,7 +229,9 @@ func (c *Client) Apply(ctx context.Context, cmd discovery.Command) (uint64, erro
 	if err := c.leaderCall(ctx, "Forward", &ForwardRequest{Command: buf, Token: discovery.TokenFrom(ctx)}, &resp, true); err != nil {
 		return 0, err
 	}
-	if resp.Index > 0 {
+	// Only what the replica holds is worth waiting for: a KV or session
+	// write never reaches it.
+	if resp.Index > 0 && replicated[cmd.MessageType()] {
 		if err := c.replica.WaitIndex(ctx, resp.Index); err != nil {
 			return 0, err
 		}

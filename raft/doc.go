@@ -31,6 +31,11 @@
 // own CA key, or a server over SignLeaf, which signs only for the
 // caller's own node.
 //
+// Session TTLs are the leader's (sessions.go): timers rebuilt from the
+// catalog when a leadership starts, renewed by the SessionRenew RPC, and
+// a session whose timer fires destroyed through raft. Transactions reach
+// the leader through the Txn RPC, which brings their result back.
+//
 // Metrics leave through NewCollector (this node's raft state, read at
 // scrape time) and MetricsSink (raft's own go-metrics series); the agent
 // registers both.

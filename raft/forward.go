@@ -19,9 +19,9 @@ import (
 //     so no node can plant a CA, mint a backdoor use of a token or move a
 //     VIP;
 //   - cluster-wide writes an operator makes through any member's HTTP API
-//     (KV, config entries, intentions, join tokens, the ACL state) carry
-//     the request's ACL token, and the leader authorizes them with it
-//     (acl.go) when ACLs are on.
+//     (KV, sessions, transactions, config entries, intentions, join
+//     tokens, the ACL state) carry the request's ACL token, and the leader
+//     authorizes them with it (acl.go) when ACLs are on.
 type forwardRule int
 
 const (
@@ -55,6 +55,8 @@ var forwardRules = map[discovery.MessageType]forwardRule{
 	discovery.ACLRoleDeleteType:     forwardAny,
 	discovery.ACLBootstrapType:      forwardAny,
 	discovery.ACLChangedType:        forwardLeaderOnly,
+	discovery.SessionType:           forwardAny,
+	discovery.TxnType:               forwardAny,
 }
 
 // authorizeForward checks that caller may have the leader apply buf (one

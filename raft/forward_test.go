@@ -37,6 +37,8 @@ func TestAuthorizeForward(t *testing.T) {
 		{"plant a CA", discovery.SetCARequest{}, "leader's own"},
 		{"move a VIP", discovery.VIPRequest{Op: discovery.VIPAllocate, Service: "web", IP: "240.0.0.1"}, "leader's own"},
 		{"KV", discovery.KVRequest{Op: discovery.KVSet, Entry: discovery.KVEntry{Key: "k"}}, ""},
+		{"session on another node", discovery.SessionRequest{Op: discovery.SessionCreate, Session: discovery.Session{ID: "s", Node: "b"}}, ""},
+		{"transaction", discovery.TxnRequest{Ops: []discovery.TxnKVOp{{Verb: discovery.TxnKVLock, Key: "k", Session: "s"}}}, ""},
 	} {
 		buf, err := encodeCommand(c.cmd)
 		if err != nil {

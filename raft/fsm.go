@@ -117,6 +117,20 @@ var appliers = map[discovery.MessageType]applier{
 	discovery.ACLChangedType: func(s *discovery.Store, buf []byte, idx uint64) any {
 		return s.ACLChanged(idx)
 	},
+	discovery.SessionType: func(s *discovery.Store, buf []byte, idx uint64) any {
+		var req discovery.SessionRequest
+		return orErr(decode(buf, &req), func() error { return s.SessionApply(idx, req.Op, &req.Session) })
+	},
+	// A transaction answers its result, failed or not: a failed one
+	// changed nothing, and its caller needs to know which operations
+	// failed (sessions.go carries it back to the node that asked).
+	discovery.TxnType: func(s *discovery.Store, buf []byte, idx uint64) any {
+		var req discovery.TxnRequest
+		if err := decode(buf, &req); err != nil {
+			return fmt.Errorf("decoding command: %w", err)
+		}
+		return s.Txn(idx, &req)
+	},
 }
 
 // orErr runs apply unless decoding failed. A command that does not decode
@@ -199,6 +213,9 @@ func (f *fsm) apply(l *hraft.Log) any {
 		// Going on would make this node's state differ from its peers'.
 		panic(fmt.Sprintf("raft: unknown command type %d at index %d; upgrade this agent", t, l.Index))
 	}
+	// The entry's own time (the leader's clock when it appended it, the
+	// same on every server) is what lock-delays are measured on.
+	f.store.SetLogTime(l.AppendedAt)
 	return fn(f.store, l.Data[1:], l.Index)
 }
 

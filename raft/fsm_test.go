@@ -316,13 +316,39 @@ func TestFSMApplyDispatch(t *testing.T) {
 				}
 			},
 		},
+		{
+			discovery.SessionRequest{Op: discovery.SessionCreate, Session: discovery.Session{
+				ID: "sess-1", Node: "n1", Behavior: discovery.SessionRelease, LockDelay: time.Second, TTL: time.Minute}},
+			func(t *testing.T, idx uint64) {
+				i, sess, _ := s.Session(nil, "sess-1")
+				want := &discovery.Session{ID: "sess-1", Node: "n1", Behavior: discovery.SessionRelease, LockDelay: time.Second, TTL: time.Minute,
+					CreateIndex: idx, ModifyIndex: idx}
+				if !reflect.DeepEqual(sess, want) || i != idx {
+					t.Errorf("session = %+v at %d, want %+v at %d", sess, i, want, idx)
+				}
+			},
+		},
+		{
+			discovery.TxnRequest{Ops: []discovery.TxnKVOp{{Verb: discovery.TxnKVLock, Key: "leader", Value: []byte("me"), Session: "sess-1"}}},
+			func(t *testing.T, idx uint64) {
+				_, e, _ := s.KVGet(nil, "leader")
+				want := &discovery.KVEntry{Key: "leader", Value: []byte("me"), Session: "sess-1", LockIndex: 1, CreateIndex: idx, ModifyIndex: idx}
+				if !reflect.DeepEqual(e, want) {
+					t.Errorf("locked key = %+v, want %+v", e, want)
+				}
+			},
+		},
 	}
 	covered := map[discovery.MessageType]bool{}
 	for i, st := range steps {
 		idx := uint64(i + 1)
 		t.Run(fmt.Sprintf("%d-%T", idx, st.cmd), func(t *testing.T) {
 			covered[st.cmd.MessageType()] = true
-			if resp := f.Apply(commandLog(t, idx, st.cmd)); resp != nil {
+			resp := f.Apply(commandLog(t, idx, st.cmd))
+			if r, ok := resp.(*discovery.TxnResult); ok && len(r.Errors) == 0 {
+				resp = nil // a transaction that applied answers its results
+			}
+			if resp != nil {
 				t.Fatalf("Apply = %v, want nil", resp)
 			}
 			st.check(t, idx)

@@ -13,7 +13,8 @@ import (
 
 // KV lives only on servers: a client's replica never holds it. A client's
 // HTTP API reads KV through the KVRead RPC, as a Consul client asks a
-// server; blocking queries block on the server.
+// server; blocking queries block on the server. Sessions, which hold KV
+// locks, stay on the servers too and are read the same way.
 
 // maxKVWait caps how long a KVRead blocks, as the HTTP API caps ?wait.
 const maxKVWait = 10 * time.Minute
@@ -23,9 +24,9 @@ func (s *Server) rpcKVRead(ctx context.Context, q *discovery.KVQuery) (*discover
 		return nil, err
 	}
 	switch q.Op {
-	case "get", "list", "keys":
+	case "get", "list", "keys", "session-info", "session-node", "session-list":
 	default:
-		return nil, status.Errorf(codes.InvalidArgument, "KV read op %q: want get, list or keys", q.Op)
+		return nil, status.Errorf(codes.InvalidArgument, "KV read op %q: want get, list, keys, session-info, session-node or session-list", q.Op)
 	}
 	if q.Consistent {
 		if !s.IsLeader() {
@@ -55,6 +56,17 @@ func (s *Server) rpcKVRead(ctx context.Context, q *discovery.KVQuery) (*discover
 			res.Index, res.Entries, err = s.store.KVList(ws, q.Key)
 		case "keys":
 			res.Index, res.Keys, err = s.store.KVKeys(ws, q.Key, q.Separator)
+		case "session-info":
+			var sess *discovery.Session
+			res.Index, sess, err = s.store.Session(ws, q.Key)
+			res.Sessions = nil
+			if sess != nil {
+				res.Sessions = []*discovery.Session{sess}
+			}
+		case "session-node":
+			res.Index, res.Sessions, err = s.store.NodeSessions(ws, q.Key)
+		case "session-list":
+			res.Index, res.Sessions, err = s.store.Sessions(ws)
 		}
 		return res.Index, err
 	})

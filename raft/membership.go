@@ -617,6 +617,8 @@ func (s *Server) leaderLoop(ctx context.Context) {
 	ap.Start(ctx)
 	defer func() { <-ap.Stop() }()
 	defer s.startVIPs(ctx)() // vips.go: a VIP for every new service
+	// sessions.go: the TTL of every session.
+	defer s.startSessionTimers(ctx)()
 	t := time.NewTicker(time.Second)
 	defer t.Stop()
 	reap := time.NewTicker(time.Minute)

@@ -139,6 +139,8 @@ var clusterServiceDesc = grpc.ServiceDesc{
 		method("ACLRead", (*Server).rpcACLRead),
 		method("SignLeaf", (*Server).rpcSignLeaf),
 		method("RenewNode", (*Server).rpcRenewNode),
+		method("Txn", (*Server).rpcTxn),                   // sessions.go
+		method("SessionRenew", (*Server).rpcSessionRenew), // sessions.go
 	},
 	Streams: []grpc.StreamDesc{subscribeStreamDesc},
 }

@@ -65,9 +65,12 @@ type Server struct {
 	dataDir   string
 	cluster   *cluster // nil for a single in-memory node
 	stream    StreamConfig
-	custody   custody // custody.go
+	custody   custody  // custody.go
 	acl       aclState // acl.go
 	wg        sync.WaitGroup
+	// sessions are the session TTL timers, while this server leads
+	// (sessions.go).
+	sessions atomic.Pointer[sessionTimers]
 	// caughtUp is set once this node's catalog holds every entry that was
 	// committed when it started (after a restart the log is replayed only
 	// once a leader commits). Until then reads see no leader, so nobody
@@ -243,15 +246,28 @@ func (s *Server) Apply(ctx context.Context, cmd discovery.Command) (uint64, erro
 
 // applyLocal applies an encoded command on this node, which must lead.
 func (s *Server) applyLocal(ctx context.Context, buf []byte) (uint64, error) {
+	idx, resp, err := s.applyLocalResp(ctx, buf)
+	if err != nil {
+		return idx, err
+	}
+	if rerr, ok := resp.(error); ok && rerr != nil {
+		return idx, rerr
+	}
+	return idx, nil
+}
+
+// applyLocalResp is applyLocal that also returns what the FSM answered
+// (a transaction's result, sessions.go).
+func (s *Server) applyLocalResp(ctx context.Context, buf []byte) (uint64, any, error) {
 	select {
 	case <-s.done:
-		return 0, ErrClosed
+		return 0, nil, ErrClosed
 	default:
 	}
 	timeout := defaultApplyTimeout
 	if dl, ok := ctx.Deadline(); ok {
 		if timeout = time.Until(dl); timeout <= 0 {
-			return 0, context.DeadlineExceeded
+			return 0, nil, context.DeadlineExceeded
 		}
 	}
 	f := s.raft.Apply(buf, timeout)
@@ -264,27 +280,24 @@ func (s *Server) applyLocal(ctx context.Context, buf []byte) (uint64, error) {
 	select {
 	case err = <-res:
 	case <-ctx.Done():
-		return 0, ctx.Err()
+		return 0, nil, ctx.Err()
 	case <-s.done:
-		return 0, ErrClosed
+		return 0, nil, ErrClosed
 	}
 	if err != nil {
 		switch {
 		case errors.Is(err, hraft.ErrNotLeader):
-			return 0, fmt.Errorf("%w: %v", ErrNotLeader, err)
+			return 0, nil, fmt.Errorf("%w: %v", ErrNotLeader, err)
 		case errors.Is(err, hraft.ErrLeadershipLost):
 			// Unlike ErrNotLeader, the entry may still commit: retrying a
 			// non-idempotent write on this error is not safe.
-			return 0, fmt.Errorf("%w: leadership lost while applying; the write may or may not have been applied", ErrLeadershipLost)
+			return 0, nil, fmt.Errorf("%w: leadership lost while applying; the write may or may not have been applied", ErrLeadershipLost)
 		case errors.Is(err, hraft.ErrRaftShutdown):
-			return 0, ErrClosed
+			return 0, nil, ErrClosed
 		}
-		return 0, fmt.Errorf("applying command %d: %w", buf[0], err)
+		return 0, nil, fmt.Errorf("applying command %d: %w", buf[0], err)
 	}
-	if rerr, ok := f.Response().(error); ok && rerr != nil {
-		return f.Index(), rerr
-	}
-	return f.Index(), nil
+	return f.Index(), f.Response(), nil
 }
 
 // Leader returns the leader's cluster address and ID ("" when unknown,

@@ -26,6 +26,19 @@ type Cluster interface {
 	Stats() map[string]string
 }
 
+// SessionCluster is what sessions, locks and transactions need of the
+// cluster beyond Writer.Apply; the agent's raft link (server or client)
+// is one.
+type SessionCluster interface {
+	// ApplyTxn applies a transaction through raft and returns its result:
+	// every operation's, or the errors of those that failed (then
+	// nothing changed).
+	ApplyTxn(ctx context.Context, req discovery.TxnRequest) (uint64, *discovery.TxnResult, error)
+	// RenewSession restarts a session's TTL on the leader; nil when the
+	// session does not exist.
+	RenewSession(ctx context.Context, id string) (*discovery.Session, error)
+}
+
 // Member is one agent as /v1/agent/members shows it.
 type Member struct {
 	Name string
@@ -43,9 +56,12 @@ type Member struct {
 // raft directly, so the cluster layer can forward writes to a leader
 // without this code knowing.
 type API struct {
-	Store      *discovery.Store
-	Writer     discovery.Writer
-	Cluster    Cluster
+	Store   *discovery.Store
+	Writer  discovery.Writer
+	Cluster Cluster
+	// Sessions serves sessions, KV locks and transactions; nil answers
+	// those with a 501.
+	Sessions   SessionCluster
 	TTL        TTLUpdater
 	NodeName   string
 	NodeID     string
@@ -158,6 +174,9 @@ func (a *API) Register(mux *http.ServeMux) {
 	mux.HandleFunc("GET /v1/kv/{key...}", a.kvGet)
 	mux.HandleFunc("PUT /v1/kv/{key...}", a.kvPut)
 	mux.HandleFunc("DELETE /v1/kv/{key...}", a.kvDelete)
+	// sessions and transactions (api_session.go, api_txn.go)
+	a.registerSessions(mux)
+	mux.HandleFunc("PUT /v1/txn", a.txn)
 	// status
 	mux.HandleFunc("GET /v1/status/leader", a.statusLeader)
 	mux.HandleFunc("GET /v1/status/peers", a.statusPeers)
@@ -380,13 +399,8 @@ func readOne[T any](a *API, w http.ResponseWriter, r *http.Request, query func(w
 
 // apply sends a write through raft.
 func (a *API) apply(r *http.Request, cmd discovery.Command) (uint64, error) {
-	if a.WaitReady != nil {
-		ctx, cancel := context.WithTimeout(r.Context(), readyTimeout)
-		err := a.WaitReady(ctx)
-		cancel()
-		if err != nil {
-			return 0, &HTTPError{Code: http.StatusServiceUnavailable, Msg: "agent not ready: " + err.Error()}
-		}
+	if err := a.ready(r); err != nil {
+		return 0, err
 	}
 	authz, err := a.authorizer(r)
 	if err == nil {
@@ -396,6 +410,57 @@ func (a *API) apply(r *http.Request, cmd discovery.Command) (uint64, error) {
 		return 0, err
 	}
 	return a.Writer.Apply(discovery.WithToken(r.Context(), requestToken(r)), cmd)
+}
+
+// ready waits, within readyTimeout, until the agent can write.
+func (a *API) ready(r *http.Request) error {
+	if a.WaitReady == nil {
+		return nil
+	}
+	ctx, cancel := context.WithTimeout(r.Context(), readyTimeout)
+	err := a.WaitReady(ctx)
+	cancel()
+	if err != nil {
+		return &HTTPError{Code: http.StatusServiceUnavailable, Msg: "agent not ready: " + err.Error()}
+	}
+	return nil
+}
+
+// errNoSessions answers sessions, locks and transactions on an API built
+// without a SessionCluster.
+var errNoSessions = &HTTPError{Code: http.StatusNotImplemented, Msg: "sessions and transactions are not available on this agent"}
+
+// applyTxn applies a transaction through the cluster once the request's
+// token allows every operation; get-tree results the token may not read
+// are left out, as Consul does.
+func (a *API) applyTxn(r *http.Request, req discovery.TxnRequest) (uint64, *discovery.TxnResult, error) {
+	if a.Sessions == nil {
+		return 0, nil, errNoSessions
+	}
+	if err := a.ready(r); err != nil {
+		return 0, nil, err
+	}
+	authz, err := a.authorizer(r)
+	if err == nil {
+		err = discovery.AuthorizeCommand(authz, a.Store, req)
+	}
+	if err != nil {
+		return 0, nil, err
+	}
+	idx, res, err := a.Sessions.ApplyTxn(discovery.WithToken(r.Context(), requestToken(r)), req)
+	if err != nil || res == nil {
+		return idx, res, err
+	}
+	// A token that may write a key may read it: only get-tree's entries
+	// can be ones it was not checked for.
+	kept := res.Results[:0:0]
+	for _, e := range res.Results {
+		if authz.KeyRead(e.Key) == nil {
+			kept = append(kept, e)
+		}
+	}
+	res.Results = kept
+	return idx, res, nil
 }
 
 func (a *API) statusLeader(w http.ResponseWriter, r *http.Request) {

@@ -48,8 +48,9 @@ func intentionPair(r *http.Request) (source, destination string, err error) {
 	return source, destination, nil
 }
 
-// newIntentionID is a random (version 4) UUID, as Consul's intention IDs.
-func newIntentionID() string {
+// newUUID is a random (version 4) UUID, as Consul's intention and
+// session IDs.
+func newUUID() string {
 	var u [16]byte
 	rand.Read(u[:])
 	u[6] = (u[6] & 0x0f) | 0x40
@@ -77,7 +78,7 @@ func (a *API) intentionPutExact(w http.ResponseWriter, r *http.Request) {
 	// deterministic; the store keeps the old ID and creation time when
 	// the pair already exists.
 	now := time.Now().UnixNano()
-	ixn.ID, ixn.CreatedAt, ixn.UpdatedAt = newIntentionID(), now, now
+	ixn.ID, ixn.CreatedAt, ixn.UpdatedAt = newUUID(), now, now
 	if _, err := a.apply(r, discovery.IntentionRequest{Op: discovery.IntentionUpsert, Intention: *ixn}); err != nil {
 		a.writeError(w, r, err)
 		return

@@ -89,7 +89,7 @@ func toKVPairs(es []*discovery.KVEntry) []*kvPair {
 	for _, e := range es {
 		out = append(out, &kvPair{
 			Key: e.Key, CreateIndex: e.CreateIndex, ModifyIndex: e.ModifyIndex, LockIndex: e.LockIndex,
-			Flags: e.Flags, Value: e.Value,
+			Flags: e.Flags, Value: e.Value, Session: e.Session,
 		})
 	}
 	return out
@@ -114,11 +114,11 @@ func (a *API) kvPut(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	q := r.URL.Query()
-	for _, p := range []string{"acquire", "release"} {
-		if _, ok := q[p]; ok {
-			a.writeError(w, r, badRequest("?%s: sessions are not supported", p))
-			return
-		}
+	acquire, hasAcquire := q["acquire"]
+	release, hasRelease := q["release"]
+	if hasAcquire && hasRelease {
+		a.writeError(w, r, badRequest("Conflicting flags: ?acquire and ?release"))
+		return
 	}
 	flags, _, err := uintParam(r, "flags")
 	if err != nil {
@@ -142,6 +142,14 @@ func (a *API) kvPut(w http.ResponseWriter, r *http.Request) {
 	}
 	if len(val) > maxKVSize {
 		a.writeError(w, r, &HTTPError{Code: http.StatusRequestEntityTooLarge, Msg: "Value exceeds 524288 byte limit"})
+		return
+	}
+	switch {
+	case hasAcquire:
+		a.kvLock(w, r, discovery.TxnKVLock, acquire[0], discovery.TxnKVOp{Key: key, Flags: flags, Value: val}, cas, hasCAS)
+		return
+	case hasRelease:
+		a.kvLock(w, r, discovery.TxnKVUnlock, release[0], discovery.TxnKVOp{Key: key, Flags: flags, Value: val}, cas, hasCAS)
 		return
 	}
 	op := discovery.KVSet
@@ -185,31 +193,17 @@ func (a *API) kvWrite(w http.ResponseWriter, r *http.Request, req discovery.KVRe
 // kvGetRemote serves a KV read from a server (this agent holds no KV),
 // with the same answers and headers as a local read.
 func (a *API) kvGetRemote(w http.ResponseWriter, r *http.Request, key string, keys, recurse, raw bool) {
-	o, err := a.parseQuery(r)
-	if err != nil {
-		a.writeError(w, r, err)
-		return
-	}
-	q := discovery.KVQuery{Op: "get", Key: key, MinIndex: o.minIndex, Wait: o.wait, Consistent: o.consistent, Token: requestToken(r)}
+	q := discovery.KVQuery{Op: "get", Key: key}
 	switch {
 	case keys:
 		q.Op, q.Separator = "keys", r.URL.Query().Get("separator")
 	case recurse:
 		q.Op = "list"
 	}
-	res, err := a.RemoteKV.KVRead(r.Context(), q)
-	if _, isACL := aclError(err); isACL {
-		a.writeError(w, r, err)
+	res, ok := a.kvReadRemote(w, r, q)
+	if !ok {
 		return
 	}
-	if err != nil {
-		a.writeError(w, r, &HTTPError{Code: http.StatusInternalServerError, Msg: "reading KV from a server: " + err.Error(), Err: err})
-		return
-	}
-	setFiltered(w, res.Filtered)
-	w.Header().Set("X-Consul-Index", strconv.FormatUint(max(res.Index, 1), 10))
-	w.Header().Set("X-Consul-KnownLeader", strconv.FormatBool(res.KnownLeader))
-	w.Header().Set("X-Consul-LastContact", strconv.FormatInt(res.LastContact.Milliseconds(), 10))
 	switch {
 	case keys && len(res.Keys) == 0, !keys && len(res.Entries) == 0:
 		w.WriteHeader(http.StatusNotFound)
@@ -231,4 +225,66 @@ func setFiltered(w http.ResponseWriter, filtered bool) {
 	} else {
 		w.Header().Del("X-Consul-Results-Filtered-By-ACLs")
 	}
+}
+
+// kvReadRemote runs q on a server with the request's blocking and
+// consistency parameters and token, and writes Consul's read headers. It
+// returns false after writing an error.
+func (a *API) kvReadRemote(w http.ResponseWriter, r *http.Request, q discovery.KVQuery) (discovery.KVResult, bool) {
+	o, err := a.parseQuery(r)
+	if err != nil {
+		a.writeError(w, r, err)
+		return discovery.KVResult{}, false
+	}
+	q.MinIndex, q.Wait, q.Consistent, q.Token = o.minIndex, o.wait, o.consistent, requestToken(r)
+	res, err := a.RemoteKV.KVRead(r.Context(), q)
+	if _, isACL := aclError(err); isACL {
+		a.writeError(w, r, err)
+		return discovery.KVResult{}, false
+	}
+	if err != nil {
+		a.writeError(w, r, &HTTPError{Code: http.StatusInternalServerError, Msg: "reading KV from a server: " + err.Error(), Err: err})
+		return discovery.KVResult{}, false
+	}
+	setFiltered(w, res.Filtered)
+	w.Header().Set("X-Consul-Index", strconv.FormatUint(max(res.Index, 1), 10))
+	w.Header().Set("X-Consul-KnownLeader", strconv.FormatBool(res.KnownLeader))
+	w.Header().Set("X-Consul-LastContact", strconv.FormatInt(res.LastContact.Milliseconds(), 10))
+	return res, true
+}
+
+// kvLock serves ?acquire and ?release: a transaction of one lock or
+// unlock, after a check of ?cas when there is one (which Consul ignores
+// with a lock; here it must match too). It answers true, or false when
+// the key is held by another session, in its lock-delay, or not held by
+// this one; a session that does not exist is a 400.
+func (a *API) kvLock(w http.ResponseWriter, r *http.Request, verb, session string, op discovery.TxnKVOp, cas uint64, hasCAS bool) {
+	if session == "" {
+		p := "acquire"
+		if verb == discovery.TxnKVUnlock {
+			p = "release"
+		}
+		a.writeError(w, r, badRequest("?%s: missing session ID", p))
+		return
+	}
+	var ops []discovery.TxnKVOp
+	switch {
+	case hasCAS && cas == 0:
+		ops = append(ops, discovery.TxnKVOp{Verb: discovery.TxnKVCheckNotExists, Key: op.Key})
+	case hasCAS:
+		ops = append(ops, discovery.TxnKVOp{Verb: discovery.TxnKVCheckIndex, Key: op.Key, Index: cas})
+	}
+	op.Verb, op.Session = verb, session
+	_, res, err := a.applyTxn(r, discovery.TxnRequest{Ops: append(ops, op)})
+	if err != nil {
+		a.writeError(w, r, err)
+		return
+	}
+	for _, e := range res.Errors {
+		if e.Kind == discovery.TxnInvalid {
+			a.writeError(w, r, badRequest("%s", e.What))
+			return
+		}
+	}
+	writeJSON(w, len(res.Errors) == 0)
 }

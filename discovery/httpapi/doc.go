@@ -1,13 +1,16 @@
 // Package httpapi serves Consul's HTTP API (agent, catalog, health, KV,
-// status, config and intention endpoints) over the catalog, so that
-// consul/api, Prometheus consul_sd and consul-template work unchanged.
+// session, txn, status, config and intention endpoints) over the catalog,
+// so that consul/api, Prometheus consul_sd and consul-template work
+// unchanged.
 //
 // Data enters as HTTP requests; reads come from the local *discovery.Store
 // (blocking queries wait on its watch channels), writes leave as
 // discovery.Command values through the discovery.Writer that package mesh
 // wires in (raft, which forwards to the leader). The package never touches
 // raft, the DNS server or the check runner directly: TTL updates go
-// through TTLUpdater, cluster facts through Cluster.
+// through TTLUpdater, cluster facts through Cluster, transactions (KV
+// locks too) and session renewals through SessionCluster, a client's KV
+// and session reads through RemoteKV.
 //
 // The Consul wire shapes of what it answers live in wire.go; what a
 // client sends (ServiceRegistration, CheckType) is the catalog's own input

@@ -51,7 +51,8 @@
 //	19  TestClientCertificates
 //	21, 22  (revocation, CA rotation)
 //	23  (the 80-agent scale run)
-//	24, 25  (sessions)
+//	24  TestSessionsAcrossClients
+//	25  TestSessionTTLAcrossLeaderChange
 //	26  TestACLsProcesses
 //	41  TestProxyL7EndToEnd
 //	42  TestProxyNackKeepsServing

@@ -56,6 +56,28 @@ func (r *raftRef) Apply(ctx context.Context, cmd discovery.Command) (uint64, err
 	return 0, ErrNotJoined
 }
 
+// ApplyTxn applies a KV transaction through the leader (httpapi.SessionCluster).
+func (r *raftRef) ApplyTxn(ctx context.Context, req discovery.TxnRequest) (uint64, *discovery.TxnResult, error) {
+	if s := r.get(); s != nil {
+		return s.ApplyTxn(ctx, req)
+	}
+	if c := r.client(); c != nil {
+		return c.ApplyTxn(ctx, req)
+	}
+	return 0, nil, ErrNotJoined
+}
+
+// RenewSession restarts a session's TTL on the leader.
+func (r *raftRef) RenewSession(ctx context.Context, id string) (*discovery.Session, error) {
+	if s := r.get(); s != nil {
+		return s.RenewSession(ctx, id)
+	}
+	if c := r.client(); c != nil {
+		return c.RenewSession(ctx, id)
+	}
+	return nil, ErrNotJoined
+}
+
 func (r *raftRef) Leader() (string, string) {
 	if s := r.get(); s != nil {
 		return s.Leader()
