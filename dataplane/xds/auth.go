@@ -12,6 +12,7 @@ import (
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/metadata"
 	"google.golang.org/grpc/status"
+	"google.golang.org/protobuf/proto"
 )
 
 // The TCP listener can be reached by anyone who can reach its address, so
@@ -79,7 +80,7 @@ func (f *secretFilter) SendMsg(m any) error {
 		if r.GetTypeUrl() != resource.SecretType {
 			break
 		}
-		c := *r
+		c := proto.Clone(r).(*discoveryv3.DiscoveryResponse)
 		c.Resources = nil
 		for _, a := range r.Resources {
 			var sec tlsv3.Secret
@@ -90,19 +91,19 @@ func (f *secretFilter) SendMsg(m any) error {
 				c.Resources = append(c.Resources, a)
 			}
 		}
-		return f.ServerStream.SendMsg(&c)
+		return f.ServerStream.SendMsg(c)
 	case *discoveryv3.DeltaDiscoveryResponse:
 		if r.GetTypeUrl() != resource.SecretType {
 			break
 		}
-		c := *r
+		c := proto.Clone(r).(*discoveryv3.DeltaDiscoveryResponse)
 		c.Resources = nil
 		for _, res := range r.Resources {
 			if f.allowed(res.GetName()) {
 				c.Resources = append(c.Resources, res)
 			}
 		}
-		return f.ServerStream.SendMsg(&c)
+		return f.ServerStream.SendMsg(c)
 	}
 	return f.ServerStream.SendMsg(m)
 }
