@@ -3,6 +3,11 @@ package mesh
 import (
 	"context"
 	"errors"
+	"fmt"
+	"os"
+	"path/filepath"
+	"strconv"
+	"strings"
 	"sync"
 	"time"
 
@@ -110,4 +115,27 @@ func (a *Agent) bootstrapInitialManagement(ctx context.Context) error {
 		case <-time.After(time.Second):
 		}
 	}
+}
+
+// aclBootstrapResetFile is where an operator writes the reset index of an
+// ACL bootstrap (Consul's acl-bootstrap-reset), on the leader.
+const aclBootstrapResetFile = "acl-bootstrap-reset"
+
+// aclBootstrapReset reads the reset index from the data dir: 0 when the
+// file is absent. The file proves root on a server, which the index in a
+// 403 does not; it is removed once the reset is done (a new bootstrap
+// has a new index anyway).
+func (a *Agent) aclBootstrapReset() (uint64, error) {
+	b, err := os.ReadFile(filepath.Join(a.cfg.DataDir, aclBootstrapResetFile))
+	if errors.Is(err, os.ErrNotExist) || a.member.Server() == nil {
+		return 0, nil
+	}
+	if err != nil {
+		return 0, err
+	}
+	idx, err := strconv.ParseUint(strings.TrimSpace(string(b)), 10, 64)
+	if err != nil {
+		return 0, fmt.Errorf("%s: %q is not a reset index (a number)", filepath.Join(a.cfg.DataDir, aclBootstrapResetFile), strings.TrimSpace(string(b)))
+	}
+	return idx, nil
 }

@@ -1,7 +1,11 @@
 package mesh
 
 import (
+	"fmt"
 	"net/http"
+	"os"
+	"path/filepath"
+	"regexp"
 	"strings"
 	"testing"
 
@@ -194,5 +198,38 @@ func TestACLDNS(t *testing.T) {
 	}
 	if r := dnsQuery(t, a.DNSAddr(), "udp", "orders.service.consul.", dns.TypeA); len(r.Answer) != 1 {
 		t.Errorf("DNS with an anonymous token that reads services: %v; want orders' address", r.Answer)
+	}
+}
+
+// TestACLBootstrapReset: Consul's reset procedure. A second bootstrap is a
+// 403 naming the reset index; with that index in acl-bootstrap-reset in
+// the server's data dir, bootstrap works once more; a wrong index does
+// not.
+func TestACLBootstrapReset(t *testing.T) {
+	a, anon := aclAgent(t)
+	if _, _, err := anon.ACL().Bootstrap(); err != nil {
+		t.Fatal(err)
+	}
+	_, _, err := anon.ACL().Bootstrap()
+	m := regexp.MustCompile(`reset index: (\d+)`).FindStringSubmatch(fmt.Sprint(err))
+	if m == nil {
+		t.Fatalf("second bootstrap: %v; want a 403 naming the reset index", err)
+	}
+	reset := filepath.Join(a.cfg.DataDir, "acl-bootstrap-reset")
+	if err := os.WriteFile(reset, []byte("999999\n"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	if _, _, err := anon.ACL().Bootstrap(); err == nil {
+		t.Error("bootstrap with a wrong reset index succeeded")
+	}
+	if err := os.WriteFile(reset, []byte(m[1]+"\n"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	tok, _, err := anon.ACL().Bootstrap()
+	if err != nil || tok.SecretID == "" {
+		t.Fatalf("bootstrap with the reset index in the data dir: %+v, %v", tok, err)
+	}
+	if self, _, err := clientWith(t, a, tok.SecretID).ACL().TokenReadSelf(nil); err != nil || self.AccessorID != tok.AccessorID {
+		t.Errorf("the new management token: %+v, %v", self, err)
 	}
 }

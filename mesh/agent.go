@@ -262,7 +262,7 @@ func (a *Agent) startHTTP(context.Context) error {
 		Members: a.member.AgentMembers, Logger: a.logger.With("component", "http"), WaitReady: a.local.WaitReady,
 		IntentionsDefaultAllow: a.cfg.IntentionsDefaultAllow(), UserPorts: a.userPorts,
 		Operator: operator{a.member, a}, Diagnostics: a.diagnostics(), RemoteKV: a.member,
-		ChecksWritten: a.local.SyncChecks, CheckTarget: a.guard.CheckTarget,
+		ChecksWritten: a.local.SyncChecks, CheckTarget: a.guard.CheckTarget, ACLBootstrapReset: a.aclBootstrapReset,
 	}
 	if a.acl != nil {
 		api.ACL = a.acl

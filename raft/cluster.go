@@ -281,6 +281,12 @@ func (s *Server) rpcForward(ctx context.Context, req *ForwardRequest) (*ForwardR
 		s.logger.Warn("refused a forwarded command", "caller", caller, "err", err)
 		return nil, err
 	}
+	if discovery.MessageType(req.Command[0])&^discovery.IgnoreUnknownTypeFlag == discovery.ACLBootstrapType {
+		var b discovery.ACLBootstrapRequest
+		if err := decode(req.Command[1:], &b); err != nil || b.ResetIndex != 0 {
+			return nil, status.Error(codes.PermissionDenied, "an ACL bootstrap reset is made on the leader itself, with the reset file in its data dir; no node may forward one")
+		}
+	}
 	if forwardRules[discovery.MessageType(req.Command[0])&^discovery.IgnoreUnknownTypeFlag] == forwardAny {
 		if err := s.authorizeForwardACL(req.Token, req.Command); err != nil {
 			s.logger.Warn("refused a forwarded command by ACL", "caller", caller, "err", err)

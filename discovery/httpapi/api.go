@@ -96,6 +96,10 @@ type API struct {
 	ChecksWritten func()
 	// ACL resolves request tokens; nil turns ACLs off (api_acl.go).
 	ACL ACLResolver
+	// ACLBootstrapReset, when set, reads the reset index an operator left
+	// in the agent's data dir (acl-bootstrap-reset, Consul's reset
+	// procedure); 0 when there is none.
+	ACLBootstrapReset func() (uint64, error)
 	// RemoteKV, when set and HoldsKV says no, serves KV reads: a client
 	// agent holds no KV and asks a server, as a Consul client does.
 	RemoteKV RemoteKV

@@ -131,7 +131,14 @@ func (a *API) aclBootstrap(w http.ResponseWriter, r *http.Request) {
 	}
 	tok := acl.Token{AccessorID: accessor, SecretID: secret, Description: "Bootstrap Token (Global Management)",
 		Policies: []acl.Link{{ID: acl.ManagementPolicyID, Name: acl.ManagementPolicyName}}, CreateTime: time.Now().UTC()}
-	if _, err := a.Writer.Apply(r.Context(), discovery.ACLBootstrapRequest{Token: tok}); err != nil {
+	var reset uint64
+	if a.ACLBootstrapReset != nil {
+		if reset, err1 = a.ACLBootstrapReset(); err1 != nil {
+			a.writeError(w, r, err1)
+			return
+		}
+	}
+	if _, err := a.Writer.Apply(r.Context(), discovery.ACLBootstrapRequest{Token: tok, ResetIndex: reset}); err != nil {
 		if errors.Is(err, discovery.ErrACLBootstrapped) {
 			//lint:ignore ST1005 Consul's own wording
 			err = &HTTPError{Code: http.StatusForbidden, Msg: "Permission denied: " + strings.TrimPrefix(err.Error(), discovery.ErrInvalid.Error()+": "), Err: err}

@@ -45,6 +45,18 @@ services_dir = "` + config.DefaultServicesDir + `"   # *.hcl / *.json service fi
 # cluster and waits for: vmesh join 10.0.0.1:7400 -token-file FILE
 # (or with the token in VMESH_JOIN_TOKEN).
 # Once in a cluster, a restart rejoins it by itself; 'vmesh leave' leaves.
+
+# ACLs are on and deny what no rule allows (see docs/acl.md). After the
+# first server is up: vmesh acl bootstrap (prints the management token,
+# once), then make a token per team or service. Requests carry a token in
+# X-Consul-Token; the CLI reads VMESH_HTTP_TOKEN or -token-file.
+acl {
+  enabled        = true
+  default_policy = "deny"
+  # tokens {
+  #   default = "..."   # the token of requests without one, and of DNS
+  # }
+}
 `
 
 // installFlags are the flags install and uninstall share.

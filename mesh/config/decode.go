@@ -194,6 +194,12 @@ func (d *decoder) value(path string, n ast.Node, v reflect.Value, only []string)
 		if lit := d.literal(path, n, "a bool", token.BOOL); lit != nil {
 			v.SetBool(lit.Token.Text == "true")
 		}
+	case t.Kind() == reflect.Pointer && t.Elem().Kind() == reflect.Bool:
+		// A bool whose absence means "the default" (acl.enabled).
+		if lit := d.literal(path, n, "a bool", token.BOOL); lit != nil {
+			b := lit.Token.Text == "true"
+			v.Set(reflect.ValueOf(&b))
+		}
 	case v.CanInt() || v.CanUint() || v.CanFloat():
 		d.number(path, n, v)
 	case t.Kind() == reflect.Struct:
