@@ -23,16 +23,17 @@ type RecordType uint8
 
 // Record kinds. Numbers are part of the on-disk format: never reuse one.
 const (
-	RecordNode      RecordType = 1
-	RecordInstance  RecordType = 2
-	RecordCheck     RecordType = 3
-	RecordKV        RecordType = 4
-	RecordIndex     RecordType = 5
-	RecordCA        RecordType = 6
-	RecordToken     RecordType = 7
-	RecordConfig    RecordType = 8
-	RecordVIP       RecordType = 9 // vips.go; intentions take 10
-	RecordIntention RecordType = 10
+	RecordNode       RecordType = 1
+	RecordInstance   RecordType = 2
+	RecordCheck      RecordType = 3
+	RecordKV         RecordType = 4
+	RecordIndex      RecordType = 5
+	RecordCA         RecordType = 6
+	RecordToken      RecordType = 7
+	RecordConfig     RecordType = 8
+	RecordVIP        RecordType = 9 // vips.go; intentions take 10
+	RecordIntention  RecordType = 10
+	RecordRevocation RecordType = 11
 )
 
 // IndexRecord is a table's highest index, as stored in a snapshot.
@@ -70,6 +71,7 @@ func (sn *Snapshot) Walk(fn func(RecordType, any) error) error {
 		{tableConfigEntries, RecordConfig},
 		{tableIntentions, RecordIntention},
 		{tableVIPs, RecordVIP},
+		{tableRevocations, RecordRevocation},
 	} {
 		if err := walk(t.table, t.rt); err != nil {
 			return fmt.Errorf("walking %s: %w", t.table, err)
@@ -118,6 +120,8 @@ func (r *Restorer) Add(rt RecordType, rec any) error {
 		return r.tx.Insert(tableIntentions, v)
 	case *VIP:
 		return r.tx.Insert(tableVIPs, v)
+	case *Revocation:
+		return r.tx.Insert(tableRevocations, v)
 	}
 	return fmt.Errorf("%w: record type %d (%T)", ErrInvalid, rt, rec)
 }
@@ -145,6 +149,8 @@ func NewRecord(rt RecordType) (any, error) {
 		return &Intention{}, nil
 	case RecordVIP:
 		return &VIP{}, nil
+	case RecordRevocation:
+		return &Revocation{}, nil
 	}
 	return nil, fmt.Errorf("%w: unknown snapshot record type %d", ErrInvalid, rt)
 }

@@ -38,6 +38,7 @@ func schema() *memdb.DBSchema {
 	configEntryTables(s.Tables)
 	intentionTables(s.Tables)
 	vipTables(s.Tables)
+	revocationTables(s.Tables)
 	return s
 }
 
@@ -160,7 +161,7 @@ func bumpIndex(tx *memdb.Txn, idx uint64, tables ...string) error {
 // LastIndex is the highest index of any table.
 func (s *Store) LastIndex() uint64 {
 	tx := s.readTxn(nil)
-	return maxIndex(tx, tableNodes, tableInstances, tableChecks, tableKV, tableCA, tableTokens, tableConfigEntries, tableVIPs, tableIntentions)
+	return maxIndex(tx, tableNodes, tableInstances, tableChecks, tableKV, tableCA, tableTokens, tableConfigEntries, tableVIPs, tableIntentions, tableRevocations)
 }
 
 // ---- writes (FSM only) ----
