@@ -120,7 +120,11 @@ func (s *Server) startCluster(cfg ClusterConfig, advertise string) (hraft.Transp
 	trans := hraft.NewNetworkTransportWithConfig(&hraft.NetworkTransportConfig{
 		Stream: layer, MaxPool: 3, Timeout: 10 * time.Second, Logger: newHCLog(s.logger).Named("transport"),
 	})
-	gs := grpc.NewServer(grpc.Creds(handshakenCreds{}), grpc.ForceServerCodec(jsonCodec{}))
+	// Trust the roots and the deny list of this server's catalog (trust.go),
+	// on the handshake and again on every call (revoke.go).
+	cfg.Identity.followCatalog(s.store, s.logger)
+	gs := grpc.NewServer(grpc.Creds(handshakenCreds{}), grpc.ForceServerCodec(jsonCodec{}),
+		grpc.ChainUnaryInterceptor(s.unaryRefuseRevoked), grpc.ChainStreamInterceptor(s.streamRefuseRevoked))
 	gs.RegisterService(&clusterServiceDesc, s)
 	s.cluster = &cluster{
 		cfg: cfg, listener: l, grpc: gs, layer: layer,
@@ -586,9 +590,11 @@ func (s *Server) checkLiveness(ctx context.Context) {
 	}
 }
 
-// removeNode takes a node out of raft and the catalog.
+// removeNode takes a node out of raft and the catalog. It revokes
+// nothing: Leave and RemoveNode do that first (revoke.go); reaping does
+// not, so a host that was only down comes back.
 func (s *Server) removeNode(ctx context.Context, name, id string) error {
-	if id != "" {
+	if id != "" && s.isRaftMember(id) {
 		if err := s.raft.RemoveServer(hraft.ServerID(id), 0, 10*time.Second).Error(); err != nil {
 			return fmt.Errorf("removing %s from raft: %w", name, err)
 		}

@@ -78,6 +78,12 @@ func SealCAKey(ca *CA, node string, pub any) (discovery.SealedCAKey, error) {
 	if err != nil {
 		return discovery.SealedCAKey{}, err
 	}
+	return sealCAKeyTo(ca, node, epub)
+}
+
+// sealCAKeyTo seals ca's private key to node's P-256 key epub (a
+// rotation seals to the recipients the record already holds, rotate.go).
+func sealCAKeyTo(ca *CA, node string, epub *ecdh.PublicKey) (discovery.SealedCAKey, error) {
 	pk, err := hpke.NewDHKEMPublicKey(epub)
 	if err != nil {
 		return discovery.SealedCAKey{}, err

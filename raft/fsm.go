@@ -86,6 +86,10 @@ var appliers = map[discovery.MessageType]applier{
 		var req discovery.IntentionRequest
 		return orErr(decode(buf, &req), func() error { return s.IntentionApply(idx, req.Op, &req.Intention) })
 	},
+	discovery.RevocationType: func(s *discovery.Store, buf []byte, idx uint64) any {
+		var req discovery.RevocationRequest
+		return orErr(decode(buf, &req), func() error { return s.RevocationApply(idx, req.Op, &req.Revocation) })
+	},
 }
 
 // orErr runs apply unless decoding failed. A command that does not decode

@@ -17,6 +17,7 @@ import (
 	"os"
 	"path/filepath"
 	"strings"
+	"sync/atomic"
 	"time"
 
 	"github.com/spiffe/go-spiffe/v2/bundle/x509bundle"
@@ -55,6 +56,12 @@ func serial() *big.Int {
 
 // NewCA creates a CA for trustDomain.
 func NewCA(trustDomain string) (*CA, error) {
+	return newCA(trustDomain, "")
+}
+
+// newCA creates a CA for trustDomain; suffix, when set, tells its
+// subject from earlier CAs of the same domain (a rotation's, rotate.go).
+func newCA(trustDomain, suffix string) (*CA, error) {
 	td, err := spiffeid.TrustDomainFromString(trustDomain)
 	if err != nil {
 		return nil, fmt.Errorf("trust domain %q: %w", trustDomain, err)
@@ -63,10 +70,14 @@ func NewCA(trustDomain string) (*CA, error) {
 	if err != nil {
 		return nil, err
 	}
+	cn := "vmesh cluster CA " + td.String()
+	if suffix != "" {
+		cn += " " + suffix
+	}
 	now := time.Now()
 	tmpl := &x509.Certificate{
 		SerialNumber:          serial(),
-		Subject:               pkix.Name{CommonName: "vmesh cluster CA " + td.String()},
+		Subject:               pkix.Name{CommonName: cn},
 		NotBefore:             now.Add(-time.Minute),
 		NotAfter:              now.Add(caLifetime),
 		KeyUsage:              x509.KeyUsageCertSign | x509.KeyUsageCRLSign | x509.KeyUsageDigitalSignature,
@@ -129,14 +140,23 @@ func newNodeKey(name string) (*ecdsa.PrivateKey, []byte, error) {
 	return key, csr, nil
 }
 
-// SignNode signs a node's CSR: the certificate names the node by its SPIFFE
-// ID and is good for both ends of a TLS connection.
+// SignNode signs a node's CSR as issued at raft index 0, before any
+// revocation: a bootstrap node's, and tests'. The leader signs with
+// SignNodeAt.
 func (ca *CA) SignNode(csrDER []byte, name string) (*x509.Certificate, error) {
+	return ca.SignNodeAt(csrDER, name, 0)
+}
+
+// SignNodeAt signs a node's CSR: the certificate names the node by its
+// SPIFFE ID, is good for both ends of a TLS connection, and carries
+// issued, the raft index the leader had applied when it signed, which the
+// deny list compares with a revocation's (trust.go).
+func (ca *CA) SignNodeAt(csrDER []byte, name string, issued uint64) (*x509.Certificate, error) {
 	csr, id, err := ca.checkNodeCSR(csrDER, name)
 	if err != nil {
 		return nil, err
 	}
-	return ca.sign(csr.PublicKey, name, id.URL(), nodeLifetime)
+	return ca.signSerial(csr.PublicKey, name, id.URL(), nodeLifetime, issuedSerial(issued))
 }
 
 // checkNodeCSR is everything SignNode can refuse, so that a join spends a
@@ -162,29 +182,46 @@ func (ca *CA) checkNodeCSR(csrDER []byte, name string) (*x509.CertificateRequest
 
 // Identity is what a node presents and trusts on the cluster port.
 type Identity struct {
-	CA      *x509.Certificate
-	Cert    *x509.Certificate
-	Key     *ecdsa.PrivateKey
-	TD      spiffeid.TrustDomain
-	Name    string
+	CA   *x509.Certificate
+	Cert *x509.Certificate
+	Key  *ecdsa.PrivateKey
+	TD   spiffeid.TrustDomain
+	Name string
+	// Roots are the roots the data dir trusts: CA first, then roots a CA
+	// rotation replaced, oldest last. Once the node follows a catalog, the
+	// catalog's CA record decides instead (trust.go).
+	Roots []*x509.Certificate
+	// Chain is presented between Cert and the last of Roots: the
+	// cross-signed roots of a rotation (trust.go); usually none.
+	Chain   []*x509.Certificate
 	bundle  *x509bundle.Bundle
 	tlsCert tls.Certificate
+	trust   atomic.Pointer[catalogTrust] // trust.go
 }
 
 func newIdentity(ca, cert *x509.Certificate, key *ecdsa.PrivateKey) (*Identity, error) {
-	td, err := trustDomainOf(ca)
+	return newIdentityChain([]*x509.Certificate{ca}, nil, cert, key)
+}
+
+// newIdentityChain is an identity whose certificate chains, through
+// chain, to one of roots (roots[0] is the CA that signs now).
+func newIdentityChain(roots, chain []*x509.Certificate, cert *x509.Certificate, key *ecdsa.PrivateKey) (*Identity, error) {
+	if len(roots) == 0 {
+		return nil, errors.New("raft: no CA certificate")
+	}
+	td, err := trustDomainOf(roots[0])
 	if err != nil {
 		return nil, err
 	}
-	id := &Identity{CA: ca, Cert: cert, Key: key, TD: td, bundle: x509bundle.FromX509Authorities(td, []*x509.Certificate{ca})}
-	spiffe, _, err := x509svid.Verify([]*x509.Certificate{cert}, id.bundle)
+	id := &Identity{CA: roots[0], Cert: cert, Key: key, TD: td, Roots: roots, Chain: chain, bundle: x509bundle.FromX509Authorities(td, roots)}
+	spiffe, _, err := x509svid.Verify(append([]*x509.Certificate{cert}, chain...), id.bundle)
 	if err != nil {
 		return nil, fmt.Errorf("node certificate does not verify against the cluster CA: %w", err)
 	}
 	if id.Name, err = nodeName(spiffe, td); err != nil {
 		return nil, err
 	}
-	id.tlsCert = tls.Certificate{Certificate: [][]byte{cert.Raw, ca.Raw}, PrivateKey: key, Leaf: cert}
+	id.tlsCert = tls.Certificate{Certificate: presentedChain(cert, chain, roots), PrivateKey: key, Leaf: cert}
 	return id, nil
 }
 
@@ -202,17 +239,45 @@ func nodeName(id spiffeid.ID, td spiffeid.TrustDomain) (string, error) {
 	return seg[1], nil
 }
 
-// VerifyPeer checks a peer's certificate chain against the cluster CA and
-// returns the peer's node name.
+// VerifyPeer checks a peer's certificate chain against the trusted roots
+// and the deny list, and returns the peer's node name. Every handshake on
+// the cluster port, in both directions, goes through it.
 func (id *Identity) VerifyPeer(rawCerts [][]byte) (string, error) {
 	if len(rawCerts) == 0 {
 		return "", fmt.Errorf("%w: no certificate presented", ErrNotNodeCert)
 	}
-	spiffe, _, err := x509svid.ParseAndVerify(rawCerts, id.bundle)
+	spiffe, chains, err := x509svid.ParseAndVerify(rawCerts, id.trustBundle())
 	if err != nil {
 		return "", fmt.Errorf("%w: %v", ErrNotNodeCert, err)
 	}
-	return nodeName(spiffe, id.TD)
+	name, err := nodeName(spiffe, id.TD)
+	if err != nil {
+		return "", err
+	}
+	if err := id.acceptPeer(name, chains[0][0]); err != nil {
+		return "", err
+	}
+	return name, nil
+}
+
+// trustBundle is every root a peer's chain may end at: the data dir's,
+// or, once this node follows a catalog, the roots its CA record lists.
+func (id *Identity) trustBundle() *x509bundle.Bundle {
+	if t := id.trust.Load(); t != nil {
+		if b := t.bundle(id.TD); b != nil {
+			return b
+		}
+	}
+	return id.bundle
+}
+
+// acceptPeer is the one check of a verified peer certificate beyond its
+// chain: the catalog's deny list (trust.go).
+func (id *Identity) acceptPeer(name string, cert *x509.Certificate) error {
+	if t := id.trust.Load(); t != nil {
+		return t.check(name, cert)
+	}
+	return nil
 }
 
 // Files of an identity in the data dir.
@@ -244,11 +309,13 @@ func LoadIdentity(dataDir string) (*Identity, error) {
 	if err != nil {
 		return nil, fmt.Errorf("reading node key: %w", err)
 	}
-	ca, err := parseCertPEM(caPEM)
+	// ca.pem: the CA, then the roots a rotation replaced; node.pem: the
+	// node certificate, then its chain (trust.go).
+	roots, err := parseCertsPEM(caPEM)
 	if err != nil {
 		return nil, fmt.Errorf("%s: %w", filepath.Join(dir, caFile), err)
 	}
-	cert, err := parseCertPEM(certPEM)
+	certs, err := parseCertsPEM(certPEM)
 	if err != nil {
 		return nil, fmt.Errorf("%s: %w", filepath.Join(dir, nodeFile), err)
 	}
@@ -256,7 +323,7 @@ func LoadIdentity(dataDir string) (*Identity, error) {
 	if err != nil {
 		return nil, fmt.Errorf("%s: %w", filepath.Join(dir, nodeKeyFile), err)
 	}
-	return newIdentity(ca, cert, key)
+	return newIdentityChain(roots, certs[1:], certs[0], key)
 }
 
 // save writes the identity to dataDir atomically, file by file.
@@ -269,12 +336,16 @@ func (id *Identity) save(dataDir string) error {
 	if err != nil {
 		return err
 	}
-	for name, block := range map[string]*pem.Block{
-		nodeKeyFile: {Type: "EC PRIVATE KEY", Bytes: keyDER},
-		nodeFile:    {Type: "CERTIFICATE", Bytes: id.Cert.Raw},
-		caFile:      {Type: "CERTIFICATE", Bytes: id.CA.Raw},
+	roots := id.Roots
+	if len(roots) == 0 {
+		roots = []*x509.Certificate{id.CA}
+	}
+	for name, data := range map[string][]byte{
+		nodeKeyFile: pem.EncodeToMemory(&pem.Block{Type: "EC PRIVATE KEY", Bytes: keyDER}),
+		nodeFile:    encodeCertsPEM(append([]*x509.Certificate{id.Cert}, id.Chain...)),
+		caFile:      encodeCertsPEM(roots),
 	} {
-		if err := writeFileAtomic(filepath.Join(dir, name), pem.EncodeToMemory(block), 0o600); err != nil {
+		if err := writeFileAtomic(filepath.Join(dir, name), data, 0o600); err != nil {
 			return err
 		}
 	}
@@ -419,9 +490,13 @@ func (ca *CA) SignService(pub any, name string, lifetime time.Duration) (*x509.C
 
 // sign issues a leaf for both ends of TLS naming uri.
 func (ca *CA) sign(pub any, cn string, uri *url.URL, lifetime time.Duration) (*x509.Certificate, error) {
+	return ca.signSerial(pub, cn, uri, lifetime, serial())
+}
+
+func (ca *CA) signSerial(pub any, cn string, uri *url.URL, lifetime time.Duration, sn *big.Int) (*x509.Certificate, error) {
 	now := time.Now()
 	tmpl := &x509.Certificate{
-		SerialNumber: serial(),
+		SerialNumber: sn,
 		Subject:      pkix.Name{CommonName: cn},
 		NotBefore:    now.Add(-time.Minute),
 		NotAfter:     now.Add(lifetime),

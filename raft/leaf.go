@@ -1,6 +1,7 @@
 package raft
 
 import (
+	"bytes"
 	"context"
 	"crypto/ecdsa"
 	"crypto/elliptic"
@@ -122,6 +123,10 @@ func (l *LeafIssuer) sync(ws memdb.WatchSet, now time.Time) time.Time {
 		// A new CA: every leaf must be reissued under it.
 		l.caFP, l.byName, dirty = root.Fingerprint, map[string]*Leaf{}, true
 	}
+	rootsPEM := root.RootsPEM() // every root still trusted (rotate.go)
+	if !bytes.Equal(rootsPEM, l.leaves.RootsPEM) {
+		dirty = true
+	}
 	for name := range l.byName {
 		if !want[name] {
 			delete(l.byName, name)
@@ -150,6 +155,11 @@ func (l *LeafIssuer) sync(ws memdb.WatchSet, now time.Time) time.Time {
 		}
 		l.caErr = ""
 		leaf, err := l.issue(ca, name, now)
+		if err == nil {
+			// After a rotation, the chain up to the oldest root: a peer
+			// that knows only that root still verifies the leaf.
+			leaf.CertPEM = append(leaf.CertPEM, root.ChainPEM()...)
+		}
 		if err != nil {
 			l.logger.Error("issuing a leaf certificate", "service", name, "err", err)
 			next = now.Add(10 * time.Second)
@@ -163,7 +173,7 @@ func (l *LeafIssuer) sync(ws memdb.WatchSet, now time.Time) time.Time {
 		}
 	}
 	if dirty {
-		out := Leaves{RootsPEM: root.CertPEM}
+		out := Leaves{RootsPEM: rootsPEM}
 		for name, leaf := range l.byName {
 			if name == "" {
 				out.Node = leaf

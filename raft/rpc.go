@@ -35,10 +35,16 @@ type JoinRequest struct {
 	Role string
 }
 
-// JoinResponse carries the signed node certificate and the CA.
+// JoinResponse carries the signed node certificate and the CA. After a
+// CA rotation it also carries what the joiner needs to be verified by,
+// and to verify, nodes that know only an older root: the chain from the
+// CA down to the oldest root still trusted (cross-signed roots, newest
+// first) and the previous roots (newest first). All DER.
 type JoinResponse struct {
-	Cert []byte
-	CA   []byte
+	Cert  []byte
+	CA    []byte
+	Chain [][]byte `json:",omitempty"`
+	Roots [][]byte `json:",omitempty"`
 }
 
 // AddPeerRequest adds the calling node (named by its certificate) to raft.
@@ -99,12 +105,16 @@ type rpcHandler[Req, Resp any] func(s *Server, ctx context.Context, req *Req) (*
 func method[Req, Resp any](name string, h rpcHandler[Req, Resp]) grpc.MethodDesc {
 	return grpc.MethodDesc{
 		MethodName: name,
-		Handler: func(srv any, ctx context.Context, dec func(any) error, _ grpc.UnaryServerInterceptor) (any, error) {
+		Handler: func(srv any, ctx context.Context, dec func(any) error, intercept grpc.UnaryServerInterceptor) (any, error) {
 			req := new(Req)
 			if err := dec(req); err != nil {
 				return nil, err
 			}
-			return h(srv.(*Server), ctx, req)
+			call := func(ctx context.Context, req any) (any, error) { return h(srv.(*Server), ctx, req.(*Req)) }
+			if intercept == nil {
+				return call(ctx, req)
+			}
+			return intercept(ctx, req, &grpc.UnaryServerInfo{Server: srv, FullMethod: "/" + rpcService + "/" + name}, call)
 		},
 	}
 }
@@ -125,6 +135,8 @@ var clusterServiceDesc = grpc.ServiceDesc{
 		method("ReadIndex", (*Server).rpcReadIndex),
 		method("Members", (*Server).rpcMembers),
 		method("Stats", (*Server).rpcStats),
+		method("RemoveNode", (*Server).rpcRemoveNode), // revoke.go
+		method("RotateCA", (*Server).rpcRotateCA),     // rotate.go
 	},
 	Streams: []grpc.StreamDesc{subscribeStreamDesc},
 }

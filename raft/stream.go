@@ -67,6 +67,7 @@ var replicated = map[discovery.MessageType]bool{
 	discovery.ConfigEntryType:       true,
 	discovery.VIPType:               true,
 	discovery.IntentionType:         true,
+	discovery.RevocationType:        true, // a client checks the deny list on its handshakes too
 }
 
 // replicaCommand is the encoded command buf as a client may see it, or
@@ -75,7 +76,7 @@ func replicaCommand(buf []byte) ([]byte, error) {
 	if len(buf) == 0 {
 		return nil, nil
 	}
-	t := discovery.MessageType(buf[0])
+	t := discovery.MessageType(buf[0]) &^ discovery.IgnoreUnknownTypeFlag
 	if !replicated[t] {
 		return nil, nil
 	}
@@ -338,6 +339,11 @@ func (s *Server) sendStream(stream grpc.ServerStream, h *history, sub *subscribe
 	defer keep.Stop()
 	var sent uint64 // highest index the replica was told about
 	for {
+		// A subscriber revoked since it connected hears no more
+		// (revoke.go): the revocation itself woke it.
+		if err := s.refuseRevoked(ctx); err != nil {
+			return err
+		}
 		deltas, cur, wake, err := h.take(sub)
 		if err != nil {
 			return status.Error(codes.ResourceExhausted, err.Error())

@@ -63,7 +63,9 @@ func (s *Server) CreateToken(ctx context.Context, ttl time.Duration, uses int) (
 	secret := make([]byte, 32)
 	rand.Read(id)
 	rand.Read(secret)
-	tok := Token{ID: hex.EncodeToString(id), Secret: base64.RawURLEncoding.EncodeToString(secret), Fingerprint: ca.Fingerprint}
+	// The oldest root still trusted: every member presents it, whether
+	// its certificate was signed before or after a rotation (trust.go).
+	tok := Token{ID: hex.EncodeToString(id), Secret: base64.RawURLEncoding.EncodeToString(secret), Fingerprint: pinnedRoot(ca)}
 	now := time.Now()
 	// Round the expiry up to a whole second: a token never lives shorter
 	// than asked.
