@@ -29,7 +29,9 @@ func rotatedRecord(t *testing.T, old *CA) (*CA, *discovery.CARoot) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	enc := func(c *x509.Certificate) []byte { return pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: c.Raw}) }
+	enc := func(c *x509.Certificate) []byte {
+		return pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: c.Raw})
+	}
 	return next, &discovery.CARoot{
 		CertPEM: enc(next.Cert), Fingerprint: Fingerprint(next.Cert), TrustDomain: idTestTD, CrossSignedPEM: enc(cross),
 		PreviousRoots: []discovery.TrustedRoot{{CertPEM: enc(old.Cert), Fingerprint: Fingerprint(old.Cert)}},
