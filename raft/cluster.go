@@ -31,7 +31,10 @@ var (
 	ErrNameTaken        = errors.New("raft: node name is taken")
 	ErrJoinRefused      = errors.New("raft: join refused")
 	ErrNotInCluster     = errors.New("raft: this node is not in a cluster")
-	errNoCAInCatalog    = errors.New("raft: the cluster CA is not in the catalog yet")
+	// ErrIsLeader: RemoveNode named the leader, which leaves only by
+	// handing over leadership first (vmesh leave on it).
+	ErrIsLeader      = errors.New("raft: the node is the leader")
+	errNoCAInCatalog = errors.New("raft: the cluster CA is not in the catalog yet")
 )
 
 // ClusterConfig turns a Server into a cluster member: raft and the cluster

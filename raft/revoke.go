@@ -103,7 +103,7 @@ func (s *Server) removeByOperator(ctx context.Context, by, node string) error {
 		return status.Error(codes.InvalidArgument, "node: a node name is required")
 	}
 	if node == s.cluster.cfg.Identity.Name {
-		return status.Errorf(codes.FailedPrecondition, "node %q is the leader; run 'vmesh leave' on it (it hands over leadership first), or remove it from another server once it no longer leads", node)
+		return refusedStatus(refusedLeader, fmt.Sprintf("node %q is the leader; run 'vmesh leave' on it (it hands over leadership first), or remove it once another server leads", node))
 	}
 	_, n, _, err := s.store.Node(nil, node)
 	if err != nil {

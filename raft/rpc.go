@@ -199,7 +199,10 @@ func peerIP(ctx context.Context) net.IP {
 // refusedReason marks a leader's answer that is a verdict, not a "try
 // the leader again": both travel as FailedPrecondition, so a caller that
 // follows the leader must tell them apart.
-const refusedQuorum = "QUORUM"
+const (
+	refusedQuorum = "QUORUM"
+	refusedLeader = "LEADER" // revoke.go: the leader does not remove itself
+)
 
 func refusedStatus(reason, msg string) error {
 	st := status.New(codes.FailedPrecondition, msg)
@@ -299,6 +302,8 @@ func rpcErr(err error) error {
 	switch {
 	case refusedFor(err) == refusedQuorum:
 		return &remoteError{sentinel: ErrQuorum, msg: st.Message()}
+	case refusedFor(err) == refusedLeader:
+		return &remoteError{sentinel: ErrIsLeader, msg: st.Message()}
 	case st.Code() == codes.PermissionDenied:
 		return &remoteError{sentinel: ErrPermissionDenied, msg: st.Message()}
 	}

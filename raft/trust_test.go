@@ -336,7 +336,7 @@ func TestRemoveNodeRevokes(t *testing.T) {
 
 	_, err := s.rpcRemoveNode(peerCtxOf(db.cfg.Identity), &RemoveNodeRequest{Node: "web-01"})
 	wantDenied(t, "a client removing another node", err, `node "db-01" is not a server`)
-	if err := s.RemoveNode(ctx, "n1"); err == nil || !strings.Contains(err.Error(), "is the leader") {
+	if err := s.RemoveNode(ctx, "n1"); !errors.Is(err, ErrIsLeader) || !strings.Contains(err.Error(), "is the leader") {
 		t.Errorf("removing the leader: %v; want refused", err)
 	}
 	if err := s.RemoveNode(ctx, "web-01"); err != nil {

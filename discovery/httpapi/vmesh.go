@@ -32,6 +32,13 @@ type Operator interface {
 	ClusterMembers(ctx context.Context) ([]ClusterMember, error)
 	// Snapshot takes a raft snapshot now and returns its index.
 	Snapshot() (uint64, error)
+	// ForceLeave takes node out of the cluster and revokes its node
+	// certificates: an operator's decision, which the node need not
+	// answer. It comes back only by joining with a new token.
+	ForceLeave(ctx context.Context, node string) error
+	// RotateCA replaces the cluster CA with a new one cross-signed by the
+	// current one and returns the new CA record (no keys).
+	RotateCA(ctx context.Context) (*discovery.CARoot, error)
 	// EnvoyBootstrap renders an Envoy bootstrap for node (empty: this
 	// node) with its admin listener at admin (empty: the default); tcp
 	// asks for the TCP xDS address instead of the unix socket.
@@ -63,6 +70,7 @@ func WithStatus(code int, err error) error {
 // metrics) are mounted as given; nil ones are left out.
 func (a *API) registerVmesh(mux *http.ServeMux) {
 	mux.HandleFunc("GET /v1/vmesh/vips", a.vipsList)
+	mux.HandleFunc("GET /v1/connect/ca/roots", a.caRoots) // api_ca.go
 	for pattern, h := range map[string]http.Handler{
 		"GET /v1/vmesh/xds/clients":     a.Diagnostics.XDSClients,
 		"GET /v1/vmesh/xds/config_dump": a.Diagnostics.XDSConfigDump,
@@ -83,6 +91,8 @@ func (a *API) registerVmesh(mux *http.ServeMux) {
 	mux.HandleFunc("GET /v1/vmesh/members", a.vmeshMembers)
 	mux.HandleFunc("PUT /v1/vmesh/raft/snapshot", a.vmeshSnapshot)
 	mux.HandleFunc("GET /v1/vmesh/envoy/bootstrap", a.vmeshEnvoyBootstrap)
+	mux.HandleFunc("PUT /v1/vmesh/ca/rotate", a.vmeshCARotate)
+	mux.HandleFunc("PUT /v1/agent/force-leave/{node}", a.agentForceLeave)
 }
 
 // Diagnostics are read-only handlers rendered by other packages that the

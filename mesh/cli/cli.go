@@ -42,20 +42,22 @@ type Env struct {
 // builtin are the commands the CLI has by itself; the agent command comes
 // from the caller (Run's extra), because it is the composition root.
 var builtin = map[string]Factory{
-	"services":  newServices,
-	"members":   newMembers,
-	"join":      newJoin,
-	"leave":     newLeave,
-	"token":     newToken,
-	"config":    newConfig,
-	"envoy":     newEnvoy,
-	"version":   newVersion,
-	"validate":  newValidate,
-	"redirect":  newRedirect,
-	"install":   newInstall,
-	"uninstall": newUninstall,
-	"intention": newIntention,
-	"proxy":     newProxy,
+	"services":    newServices,
+	"members":     newMembers,
+	"join":        newJoin,
+	"leave":       newLeave,
+	"token":       newToken,
+	"config":      newConfig,
+	"envoy":       newEnvoy,
+	"version":     newVersion,
+	"validate":    newValidate,
+	"redirect":    newRedirect,
+	"install":     newInstall,
+	"uninstall":   newUninstall,
+	"intention":   newIntention,
+	"proxy":       newProxy,
+	"ca":          newCA,
+	"force-leave": newForceLeave,
 }
 
 // Run runs the CLI with args (os.Args: args[0] is the program) and
