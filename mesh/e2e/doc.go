@@ -48,6 +48,8 @@
 //	16  TestServerRejoinsAfterDowntime
 //	17  TestLeaveRefusedFast
 //	18  TestServersAndClients
+//	21  TestClusterLeaveRevokes
+//	22  TestCARotation
 //	41  TestProxyL7EndToEnd
 //	42  TestProxyNackKeepsServing
 //	43  TestProxyRoundRobinFailoverRetry
