@@ -129,7 +129,9 @@ func (n *node) caRoots() caRootList {
 
 // replicaStats is a client's Stats.raft in /v1/agent/self.
 func (n *node) replicaStats() map[string]string {
-	var self struct{ Stats struct{ Raft map[string]string } }
+	var self struct {
+		Stats struct{ Raft map[string]string }
+	}
 	if err := getJSON("http://"+n.httpAddr()+"/v1/agent/self", &self); err != nil {
 		n.t.Fatalf("%s: /v1/agent/self: %v", n.name, err)
 	}
