@@ -155,16 +155,14 @@ func (l *LeafIssuer) sync(ws memdb.WatchSet, now time.Time) time.Time {
 		}
 		l.caErr = ""
 		leaf, err := l.issue(ca, name, now)
-		if err == nil {
-			// After a rotation, the chain up to the oldest root: a peer
-			// that knows only that root still verifies the leaf.
-			leaf.CertPEM = append(leaf.CertPEM, root.ChainPEM()...)
-		}
 		if err != nil {
 			l.logger.Error("issuing a leaf certificate", "service", name, "err", err)
 			next = now.Add(10 * time.Second)
 			continue
 		}
+		// After a rotation, the chain down to the oldest root: a peer
+		// that knows only that root still verifies the leaf.
+		leaf.CertPEM = append(leaf.CertPEM, root.ChainPEM()...)
 		l.byName[name], dirty = leaf, true
 	}
 	for _, leaf := range l.byName {
