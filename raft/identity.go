@@ -149,8 +149,9 @@ func (ca *CA) SignNode(csrDER []byte, name string) (*x509.Certificate, error) {
 
 // SignNodeAt signs a node's CSR: the certificate names the node by its
 // SPIFFE ID, is good for both ends of a TLS connection, and carries
-// issued, the raft index the leader had applied when it signed, which the
-// deny list compares with a revocation's (trust.go).
+// issued, a raft index the leader had applied when it signed (a join's:
+// its token use), which the deny list compares with a revocation's
+// (trust.go).
 func (ca *CA) SignNodeAt(csrDER []byte, name string, issued uint64) (*x509.Certificate, error) {
 	csr, id, err := ca.checkNodeCSR(csrDER, name)
 	if err != nil {
@@ -191,8 +192,8 @@ type Identity struct {
 	// rotation replaced, oldest last. Once the node follows a catalog, the
 	// catalog's CA record decides instead (trust.go).
 	Roots []*x509.Certificate
-	// Chain is presented between Cert and the last of Roots: the
-	// cross-signed roots of a rotation (trust.go); usually none.
+	// Chain is presented after Cert, before Roots: the cross-signed roots
+	// of a rotation (trust.go); usually none.
 	Chain   []*x509.Certificate
 	bundle  *x509bundle.Bundle
 	tlsCert tls.Certificate
