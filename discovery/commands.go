@@ -27,6 +27,8 @@ const (
 	IntentionType         MessageType = 14
 	TokenUseType          MessageType = 15 // cluster.go: spend one use of a join token
 	TokenRevokeType       MessageType = 16
+	RevocationType        MessageType = 17 // revocations.go: the cluster port's deny list
+	// 40-47 are the ACL commands (acl.go).
 
 	// IgnoreUnknownTypeFlag marks a command that an older agent that does
 	// not know its type may skip instead of stopping: commands added in a

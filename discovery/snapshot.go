@@ -24,16 +24,18 @@ type RecordType uint8
 
 // Record kinds. Numbers are part of the on-disk format: never reuse one.
 const (
-	RecordNode      RecordType = 1
-	RecordInstance  RecordType = 2
-	RecordCheck     RecordType = 3
-	RecordKV        RecordType = 4
-	RecordIndex     RecordType = 5
-	RecordCA        RecordType = 6
-	RecordToken     RecordType = 7
-	RecordConfig    RecordType = 8
-	RecordVIP       RecordType = 9 // vips.go; intentions take 10
-	RecordIntention RecordType = 10
+	RecordNode       RecordType = 1
+	RecordInstance   RecordType = 2
+	RecordCheck      RecordType = 3
+	RecordKV         RecordType = 4
+	RecordIndex      RecordType = 5
+	RecordCA         RecordType = 6
+	RecordToken      RecordType = 7
+	RecordConfig     RecordType = 8
+	RecordVIP        RecordType = 9 // vips.go; intentions take 10
+	RecordIntention  RecordType = 10
+	RecordRevocation RecordType = 11 // revocations.go
+	// 40-43 are the ACL records (acl.go).
 )
 
 // IndexRecord is a table's highest index, as stored in a snapshot.
@@ -73,6 +75,7 @@ func (sn *Snapshot) Walk(fn func(RecordType, any) error) error {
 		{tableVIPs, RecordVIP},
 		{tableACLTokens, RecordACLToken}, {tableACLPolicies, RecordACLPolicy},
 		{tableACLRoles, RecordACLRole}, {tableACLMeta, RecordACLMeta},
+		{tableRevocations, RecordRevocation},
 	} {
 		if err := walk(t.table, t.rt); err != nil {
 			return fmt.Errorf("walking %s: %w", t.table, err)
@@ -129,6 +132,8 @@ func (r *Restorer) Add(rt RecordType, rec any) error {
 		return r.tx.Insert(tableACLRoles, v)
 	case *ACLMeta:
 		return r.tx.Insert(tableACLMeta, v)
+	case *Revocation:
+		return r.tx.Insert(tableRevocations, v)
 	}
 	return fmt.Errorf("%w: record type %d (%T)", ErrInvalid, rt, rec)
 }
@@ -164,6 +169,8 @@ func NewRecord(rt RecordType) (any, error) {
 		return &acl.Role{}, nil
 	case RecordACLMeta:
 		return &ACLMeta{}, nil
+	case RecordRevocation:
+		return &Revocation{}, nil
 	}
 	return nil, fmt.Errorf("%w: unknown snapshot record type %d", ErrInvalid, rt)
 }

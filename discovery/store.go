@@ -39,6 +39,7 @@ func schema() *memdb.DBSchema {
 	intentionTables(s.Tables)
 	vipTables(s.Tables)
 	aclTables(s.Tables)
+	revocationTables(s.Tables)
 	return s
 }
 
@@ -162,7 +163,7 @@ func bumpIndex(tx *memdb.Txn, idx uint64, tables ...string) error {
 func (s *Store) LastIndex() uint64 {
 	tx := s.readTxn(nil)
 	return maxIndex(tx, tableNodes, tableInstances, tableChecks, tableKV, tableCA, tableTokens, tableConfigEntries, tableVIPs, tableIntentions,
-		tableACLTokens, tableACLPolicies, tableACLRoles, tableACLMeta, tableACLEpoch)
+		tableACLTokens, tableACLPolicies, tableACLRoles, tableACLMeta, tableACLEpoch, tableRevocations)
 }
 
 // ---- writes (FSM only) ----

@@ -31,6 +31,15 @@
 // own CA key, or a server over SignLeaf, which signs only for the
 // caller's own node.
 //
+// Trust on the cluster port (trust.go): every handshake, in both
+// directions, checks the peer's chain against every root the local
+// catalog's CA record lists and its node name against the catalog's deny
+// list. A node that leaves or that an operator removes is revoked
+// (revoke.go); an operator rotates the CA (rotate.go): the leader
+// cross-signs a new root with the old key and seals the new key to every
+// server, and the old root stays trusted until no certificate it signed
+// is valid.
+//
 // Metrics leave through NewCollector (this node's raft state, read at
 // scrape time) and MetricsSink (raft's own go-metrics series); the agent
 // registers both.
