@@ -36,7 +36,15 @@ import (
 // itself: the cluster port accepts an expired node certificate (signed by
 // the cluster CA) for RenewNode only, up to RenewGrace (30 days by
 // default) after its expiry, and refuses it for raft and every other RPC
-// (admitPeer). Past the grace, the node joins again with a token.
+// (admitPeer). Past the grace, the node joins again with a token. A node
+// that left or was removed is refused even within the grace: admitPeer
+// applies the deny list (trust.go) to every use, renewal included.
+//
+// A signer issues with SignNodeAt at its catalog's index, read before it
+// checks the caller against the deny list, with the active CA key, and
+// answers the CA, the cross-signed chain and the previous roots with the
+// certificate: after a CA rotation, a node moves to the new key with its
+// next renewal, and its data dir's roots follow (ca.pem).
 
 // RenewNodeRequest asks for a new node certificate for the caller.
 type RenewNodeRequest struct {
@@ -365,7 +373,13 @@ func (id *Identity) renewedPair(resp *RenewNodeResponse, key *ecdsa.PrivateKey) 
 	}
 	cur := id.cur.Load()
 	chain, roots := cur.chain, cur.roots
-	if len(resp.CA) > 0 {
+	if len(resp.CA) == 0 {
+		// An older server: it can only have signed with the CA this node
+		// already has, or the data dir would not verify what it holds.
+		if err := cert.CheckSignatureFrom(cur.roots[0]); err != nil {
+			return nil, fmt.Errorf("the signer sent no CA and this node's CA did not sign it: %w", err)
+		}
+	} else {
 		ca, err := x509.ParseCertificate(resp.CA)
 		if err != nil {
 			return nil, fmt.Errorf("its CA does not parse: %w", err)
