@@ -156,8 +156,10 @@ func parsePEMCert(t *testing.T, s string) *x509.Certificate {
 // takes writes, the client keeps its replica stream (no new snapshot, no
 // reconnect) and learns the new roots, every node lists both roots, a
 // service registered before the rotation gets a leaf from the new CA that
-// a peer knowing only the old root still verifies, and a node joins
-// afterwards.
+// a peer knowing only the old root still verifies, a node joins
+// afterwards, and a client whose node certificate renews every half
+// minute moves to the new key (certificate, chain and roots in its data
+// dir) and comes back from a restart on them.
 func TestCARotation(t *testing.T) {
 	skipShort(t)
 	t.Parallel()
@@ -169,6 +171,9 @@ func TestCARotation(t *testing.T) {
 	})
 	c1 := newClientNode(t, "c1", "127.22.0.11").start("-join", n1.clusterAddr(), "-token-file", n1.tokenFile("1h"))
 	testkit.WaitFor(t, 20*time.Second, "c1 knows the leader", func() bool { return c1.leader() != "" })
+	shortCfg := testkit.WriteFile(t, t.TempDir(), "certs.hcl", "cluster {\n  node_cert_ttl = \"1m\"\n}\n")
+	c3 := newClientNode(t, "c3", "127.22.0.13", "-config", shortCfg).start("-join", n1.clusterAddr(), "-token-file", n1.tokenFile("1h"))
+	testkit.WaitFor(t, 20*time.Second, "c3 knows the leader", func() bool { return c3.leader() != "" })
 	if err := n1.register("api-1", "api"); err != nil {
 		t.Fatal(err)
 	}
@@ -257,4 +262,44 @@ func TestCARotation(t *testing.T) {
 	if err := c2cert.CheckSignatureFrom(newRoot); err != nil {
 		t.Errorf("c2's node certificate is not the new CA's: %v", err)
 	}
+
+	// c3 renews its 1m node certificate every half minute: the renewal
+	// after the rotation is the new key's, with the cross-signed root
+	// after it in node.pem and both roots, the new one first, in ca.pem.
+	testkit.WaitFor(t, 90*time.Second, "c3's node certificate renewed under the new CA", func() bool {
+		return c3.nodeCert().CheckSignatureFrom(newRoot) == nil
+	})
+	pair := c3.nodeKeyPair()
+	if len(pair.Certificate) != 2 {
+		t.Fatalf("c3's node.pem holds %d certificates; want its own and the cross-signed root", len(pair.Certificate))
+	}
+	cross, err := x509.ParseCertificate(pair.Certificate[1])
+	if err != nil || cross.CheckSignatureFrom(oldRoot) != nil || !cross.IsCA {
+		t.Errorf("c3's chain: %v; want the new root cross-signed by the old one", err)
+	}
+	caPEM, err := os.ReadFile(filepath.Join(c3.dataDir, "tls", "ca.pem"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	var caRoots []*x509.Certificate
+	for rest := caPEM; ; {
+		var b *pem.Block
+		if b, rest = pem.Decode(rest); b == nil {
+			break
+		}
+		caRoots = append(caRoots, parsePEMCert(t, string(pem.EncodeToMemory(b))))
+	}
+	if len(caRoots) != 2 || !caRoots[0].Equal(newRoot) || !caRoots[1].Equal(oldRoot) {
+		t.Errorf("c3's ca.pem holds %d roots; want the new and the old one, in that order", len(caRoots))
+	}
+	// It keeps working, and after a restart it loads them and comes back.
+	if err := c3.register("web-c3", "web"); err != nil {
+		t.Errorf("c3 writing with its renewed certificate: %v", err)
+	}
+	c3.kill()
+	c3.start()
+	testkit.WaitFor(t, 30*time.Second, "c3 back on the new key after a restart", func() bool {
+		return c3.leader() != "" && c3.register("web-c3b", "web") == nil
+	})
+	testkit.WaitFor(t, 10*time.Second, "n3 sees c3's write after its restart", func() bool { return servers[2].instances("web")["web-c3b"] })
 }
