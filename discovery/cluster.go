@@ -31,6 +31,15 @@ type CARoot struct {
 	CertPEM     []byte
 	TrustDomain string
 	Fingerprint string
+	// CrossSignedPEM is this root's certificate signed by the key of the
+	// root it replaced (PreviousRoots[0]): an intermediate through which
+	// a peer that trusts only the old root verifies what the new key
+	// signs. Empty for a CA that replaced none.
+	CrossSignedPEM []byte `json:",omitempty"`
+	// PreviousRoots are the roots this one replaced that are still
+	// trusted, newest first. They sign nothing any more; the leader drops
+	// each after its DropAfter (raft/rotate.go).
+	PreviousRoots []TrustedRoot `json:",omitempty"`
 	// SealedKeys is the CA private key sealed to each raft server, one
 	// per node name, sorted by Node. Clients never receive it (Public).
 	SealedKeys []SealedCAKey
@@ -41,6 +50,48 @@ type CARoot struct {
 	LegacyKeyPEM []byte `codec:"KeyPEM" json:"-"`
 	CreateIndex  uint64
 	ModifyIndex  uint64
+}
+
+// TrustedRoot is a CA root that a rotation replaced: it signs nothing
+// any more, but what it signed is still accepted until DropAfter.
+type TrustedRoot struct {
+	CertPEM     []byte
+	Fingerprint string
+	// CrossSignedPEM is this root signed by the key of the root before it
+	// (as CARoot.CrossSignedPEM was while this root was active).
+	CrossSignedPEM []byte `json:",omitempty"`
+	// RetiredAt is when a rotation replaced it; DropAfter when no
+	// certificate it signed can still be valid, after which the leader
+	// stops trusting it. Unix seconds, the leader's clock.
+	RetiredAt int64
+	DropAfter int64
+}
+
+// RootsPEM is every root the cluster trusts, the active one first, as
+// concatenated PEM: what verifiers load (the proxy's validation context,
+// the cluster port).
+func (ca *CARoot) RootsPEM() []byte {
+	out := append([]byte(nil), ca.CertPEM...)
+	for _, r := range ca.PreviousRoots {
+		out = append(out, r.CertPEM...)
+	}
+	return out
+}
+
+// ChainPEM is what a certificate signed by the active key presents after
+// itself so that a peer trusting only an older root still verifies it:
+// the active root cross-signed by the previous one, that one cross-signed
+// by the one before, down to the oldest root still trusted. Empty when
+// no previous root is trusted.
+func (ca *CARoot) ChainPEM() []byte {
+	if len(ca.PreviousRoots) == 0 {
+		return nil
+	}
+	out := append([]byte(nil), ca.CrossSignedPEM...)
+	for _, r := range ca.PreviousRoots[:len(ca.PreviousRoots)-1] {
+		out = append(out, r.CrossSignedPEM...)
+	}
+	return out
 }
 
 // SealedCAKey is the CA private key sealed to one server. Recipient is the
@@ -136,10 +187,13 @@ func (t *JoinToken) SecretMatches(secret string) bool {
 	return subtle.ConstantTimeCompare(t.SecretHash, HashTokenSecret(secret)) == 1
 }
 
-// SetCARequest stores the cluster CA. A different CA is refused once one
-// is stored (rotation is not supported yet); the same CA (same
-// fingerprint and certificate) replaces the record's key custody: who
-// holds a sealed key, and whether the legacy clear key is still there.
+// SetCARequest stores the cluster CA. Once one is stored, a request is
+// either a change of the same CA (same fingerprint and certificate: its
+// key custody, whether the legacy clear key is still there, and dropping
+// previous roots) or a rotation: a new CA of the same trust domain whose
+// PreviousRoots start with the current root and keep only roots already
+// trusted. Anything else is refused, so no write plants a root the
+// cluster did not trust.
 type SetCARequest struct{ CA CARoot }
 
 // TokenCreateRequest stores a join token.
@@ -197,13 +251,14 @@ func (s *Store) SetCA(idx uint64, ca *CARoot) error {
 			return fmt.Errorf("%w: SealedKeys: node %q appears twice", ErrInvalid, c.SealedKeys[i].Node)
 		}
 	}
+	c.PreviousRoots = append([]TrustedRoot(nil), ca.PreviousRoots...)
 	if raw != nil {
 		old := raw.(*CARoot)
-		if old.Fingerprint != ca.Fingerprint || !bytes.Equal(old.CertPEM, ca.CertPEM) {
-			return fmt.Errorf("%w: the cluster already has a CA (rotation is not supported)", ErrInvalid)
+		if err := checkCAChange(old, &c); err != nil {
+			return err
 		}
-		// A custody change never leaves the key with no one. A client's
-		// replica holds no key at all, so there it changes nothing.
+		// A change never leaves the key with no one. A client's replica
+		// holds no key at all, so there it changes nothing.
 		if old.holdsKey() && !c.holdsKey() {
 			return fmt.Errorf("%w: SealedKeys: the change would leave the CA key sealed to no server", ErrInvalid)
 		}
@@ -216,6 +271,40 @@ func (s *Store) SetCA(idx uint64, ca *CARoot) error {
 		return err
 	}
 	tx.Commit()
+	return nil
+}
+
+// checkCAChange says whether next may replace cur: the same CA (custody,
+// fewer previous roots) or a rotation that keeps cur trusted.
+func checkCAChange(cur, next *CARoot) error {
+	trusted := map[string][]byte{}
+	for _, r := range cur.PreviousRoots {
+		trusted[r.Fingerprint] = r.CertPEM
+	}
+	prev := next.PreviousRoots
+	if cur.Fingerprint == next.Fingerprint && bytes.Equal(cur.CertPEM, next.CertPEM) {
+		if !bytes.Equal(cur.CrossSignedPEM, next.CrossSignedPEM) {
+			return fmt.Errorf("%w: CrossSignedPEM: a CA's cross-signed certificate does not change", ErrInvalid)
+		}
+	} else {
+		// A rotation.
+		if next.TrustDomain != cur.TrustDomain {
+			return fmt.Errorf("%w: TrustDomain: a rotation keeps the trust domain %q, not %q", ErrInvalid, cur.TrustDomain, next.TrustDomain)
+		}
+		if len(prev) == 0 || prev[0].Fingerprint != cur.Fingerprint || !bytes.Equal(prev[0].CertPEM, cur.CertPEM) {
+			return fmt.Errorf("%w: the cluster already has a CA; a new one is accepted only as a rotation that keeps the current root (%s) trusted", ErrInvalid, cur.Fingerprint)
+		}
+		if len(next.CrossSignedPEM) == 0 {
+			return fmt.Errorf("%w: CrossSignedPEM: a rotation carries the new root signed by the current key", ErrInvalid)
+		}
+		prev = prev[1:]
+	}
+	for _, r := range prev {
+		if pem, ok := trusted[r.Fingerprint]; !ok || !bytes.Equal(pem, r.CertPEM) {
+			return fmt.Errorf("%w: PreviousRoots: root %s is not trusted now; only a rotation adds a root", ErrInvalid, r.Fingerprint)
+		}
+		delete(trusted, r.Fingerprint) // and only once
+	}
 	return nil
 }
 

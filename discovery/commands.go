@@ -27,8 +27,10 @@ const (
 	IntentionType         MessageType = 14
 	TokenUseType          MessageType = 15 // cluster.go: spend one use of a join token
 	TokenRevokeType       MessageType = 16
+	RevocationType        MessageType = 17 // revocations.go: the cluster port's deny list
 	SessionType           MessageType = 18 // session.go (17 is the revocation list)
 	TxnType               MessageType = 19 // txn.go: KV transactions and locks
+	// 40-47 are the ACL commands (acl.go).
 
 	// IgnoreUnknownTypeFlag marks a command that an older agent that does
 	// not know its type may skip instead of stopping: commands added in a

@@ -17,6 +17,7 @@ var replicaTables = map[string]bool{
 	tableConfigEntries: true,
 	tableIntentions:    true,
 	tableVIPs:          true,
+	tableRevocations:   true, // every node checks the deny list on its handshakes
 }
 
 // ReplicaRecord returns rec as a client replica may hold it, and false when
@@ -24,7 +25,7 @@ var replicaTables = map[string]bool{
 // private key: a copy is returned, rec is not changed.
 func ReplicaRecord(rt RecordType, rec any) (any, bool) {
 	switch v := rec.(type) {
-	case *Node, *Instance, *Check, *ConfigEntry, *Intention, *VIP:
+	case *Node, *Instance, *Check, *ConfigEntry, *Intention, *VIP, *Revocation:
 		return rec, true
 	case *CARoot:
 		return v.Public(), true

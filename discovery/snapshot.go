@@ -24,18 +24,20 @@ type RecordType uint8
 
 // Record kinds. Numbers are part of the on-disk format: never reuse one.
 const (
-	RecordNode      RecordType = 1
-	RecordInstance  RecordType = 2
-	RecordCheck     RecordType = 3
-	RecordKV        RecordType = 4
-	RecordIndex     RecordType = 5
-	RecordCA        RecordType = 6
-	RecordToken     RecordType = 7
-	RecordConfig    RecordType = 8
-	RecordVIP       RecordType = 9 // vips.go; intentions take 10
-	RecordIntention RecordType = 10
-	RecordSession   RecordType = 12 // session.go (11 is the revocation list)
-	RecordLockDelay RecordType = 13
+	RecordNode       RecordType = 1
+	RecordInstance   RecordType = 2
+	RecordCheck      RecordType = 3
+	RecordKV         RecordType = 4
+	RecordIndex      RecordType = 5
+	RecordCA         RecordType = 6
+	RecordToken      RecordType = 7
+	RecordConfig     RecordType = 8
+	RecordVIP        RecordType = 9 // vips.go; intentions take 10
+	RecordIntention  RecordType = 10
+	RecordRevocation RecordType = 11 // revocations.go
+	RecordSession    RecordType = 12 // session.go
+	RecordLockDelay  RecordType = 13
+	// 40-43 are the ACL records (acl.go).
 )
 
 // IndexRecord is a table's highest index, as stored in a snapshot.
@@ -75,6 +77,7 @@ func (sn *Snapshot) Walk(fn func(RecordType, any) error) error {
 		{tableVIPs, RecordVIP},
 		{tableACLTokens, RecordACLToken}, {tableACLPolicies, RecordACLPolicy},
 		{tableACLRoles, RecordACLRole}, {tableACLMeta, RecordACLMeta},
+		{tableRevocations, RecordRevocation},
 		{tableSessions, RecordSession}, {tableLockDelays, RecordLockDelay},
 	} {
 		if err := walk(t.table, t.rt); err != nil {
@@ -132,6 +135,8 @@ func (r *Restorer) Add(rt RecordType, rec any) error {
 		return r.tx.Insert(tableACLRoles, v)
 	case *ACLMeta:
 		return r.tx.Insert(tableACLMeta, v)
+	case *Revocation:
+		return r.tx.Insert(tableRevocations, v)
 	case *Session:
 		// Its check links are derived, not in the stream.
 		return insertSessionTxn(r.tx, v)
@@ -172,6 +177,8 @@ func NewRecord(rt RecordType) (any, error) {
 		return &acl.Role{}, nil
 	case RecordACLMeta:
 		return &ACLMeta{}, nil
+	case RecordRevocation:
+		return &Revocation{}, nil
 	case RecordSession:
 		return &Session{}, nil
 	case RecordLockDelay:

@@ -41,6 +41,7 @@ func schema() *memdb.DBSchema {
 	vipTables(s.Tables)
 	aclTables(s.Tables)
 	sessionTables(s.Tables)
+	revocationTables(s.Tables)
 	return s
 }
 
@@ -170,7 +171,7 @@ func bumpIndex(tx *memdb.Txn, idx uint64, tables ...string) error {
 func (s *Store) LastIndex() uint64 {
 	tx := s.readTxn(nil)
 	return maxIndex(tx, tableNodes, tableInstances, tableChecks, tableKV, tableCA, tableTokens, tableConfigEntries, tableVIPs, tableIntentions,
-		tableACLTokens, tableACLPolicies, tableACLRoles, tableACLMeta, tableACLEpoch, tableSessions)
+		tableACLTokens, tableACLPolicies, tableACLRoles, tableACLMeta, tableACLEpoch, tableSessions, tableRevocations)
 }
 
 // ---- writes (FSM only) ----

@@ -141,10 +141,25 @@ func TestACLConsulAPI(t *testing.T) {
 	wantDenied(t, "anonymous KV write", err)
 	_, err = anon.Connect().IntentionUpsert(&api.Intention{SourceName: "*", DestinationName: "*", Action: api.IntentionActionAllow}, nil)
 	wantDenied(t, "anonymous intention * -> *", err)
-	for _, ep := range []struct{ method, path string }{{http.MethodPut, "/v1/vmesh/token"}, {http.MethodPut, "/v1/vmesh/leave"}} {
+	for _, ep := range []struct{ method, path string }{
+		{http.MethodPut, "/v1/vmesh/token"}, {http.MethodPut, "/v1/vmesh/leave"},
+		{http.MethodPut, "/v1/vmesh/ca/rotate"}, {http.MethodPut, "/v1/agent/force-leave/web-07"},
+	} {
 		if code, err := doToken(a, ep.method, ep.path, ""); err != nil || code != http.StatusForbidden {
 			t.Errorf("anonymous %s %s: %d, %v; want 403", ep.method, ep.path, code, err)
 		}
+		if code, err := doToken(a, ep.method, ep.path, webTok.SecretID); err != nil || code != http.StatusForbidden {
+			t.Errorf("web token %s %s: %d, %v; want 403", ep.method, ep.path, code, err)
+		}
+	}
+	// The CA roots are public, as Consul's.
+	if code, err := doToken(a, http.MethodGet, "/v1/connect/ca/roots", ""); err != nil || code != http.StatusOK {
+		t.Errorf("anonymous GET /v1/connect/ca/roots: %d, %v; want 200", code, err)
+	}
+	// A management token may remove a node (one the catalog never held:
+	// it is only revoked).
+	if code, err := doToken(a, http.MethodPut, "/v1/agent/force-leave/web-07", boot.SecretID); err != nil || code != http.StatusOK {
+		t.Errorf("management token force-leave: %d, %v; want 200", code, err)
 	}
 
 	// A deleted token stops at once.

@@ -38,7 +38,7 @@ type ResolveTokenResponse struct {
 }
 
 func (s *Server) rpcResolveToken(ctx context.Context, req *ResolveTokenRequest) (*ResolveTokenResponse, error) {
-	if _, err := peerNode(ctx); err != nil {
+	if _, err := s.peerNode(ctx); err != nil {
 		return nil, err
 	}
 	r := s.acl.resolver.Load()
@@ -179,7 +179,7 @@ func derefCommand(cmd discovery.Command) discovery.Command {
 // rpcACLRead answers a read of the ACL state for a client (which holds
 // none), authorized by the token the query carries.
 func (s *Server) rpcACLRead(ctx context.Context, q *discovery.ACLQuery) (*discovery.ACLResult, error) {
-	if _, err := peerNode(ctx); err != nil {
+	if _, err := s.peerNode(ctx); err != nil {
 		return nil, err
 	}
 	authz := acl.ManageAll("")

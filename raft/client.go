@@ -84,6 +84,8 @@ func NewClient(cfg ClientConfig, store *discovery.Store) (*Client, error) {
 	}
 	c := &Client{cfg: cfg, done: make(chan struct{})}
 	c.clients = &rpcClients{id: cfg.Identity}
+	// Trust the roots and the deny list of the replica (trust.go).
+	cfg.Identity.followCatalog(store, cfg.Logger)
 	servers := slices.Clone(cfg.Servers)
 	c.servers.Store(&servers)
 	r, err := NewReplica(ReplicaConfig{Identity: cfg.Identity, Servers: servers, ServerList: c.Servers, Logger: cfg.Logger.With("component", "replica")}, store)
@@ -110,12 +112,12 @@ func (c *Client) Start() {
 func (c *Client) nodeRenewal() *renewal {
 	return &renewal{
 		id: c.cfg.Identity, dataDir: c.cfg.DataDir, ttl: c.cfg.NodeCertTTL,
-		sign: func(ctx context.Context, csr []byte, ttl time.Duration) ([]byte, error) {
+		sign: func(ctx context.Context, csr []byte, ttl time.Duration) (*RenewNodeResponse, error) {
 			var resp RenewNodeResponse
 			if err := anyServer(ctx, c.clients, c.serverOrder(), "RenewNode", &RenewNodeRequest{CSR: csr, TTL: ttl}, &resp); err != nil {
 				return nil, err
 			}
-			return resp.Cert, nil
+			return &resp, nil
 		},
 		logger: c.cfg.Logger.With("component", "node-cert"),
 	}
@@ -250,10 +252,10 @@ func (c *Client) Members(ctx context.Context) ([]Member, error) {
 	return resp.Members, nil
 }
 
-// Leave deregisters this node through the leader; the agent then stops.
+// Leave has the leader revoke this node's certificate and deregister it
+// (with its services); the agent then stops.
 func (c *Client) Leave(ctx context.Context) error {
-	_, err := c.Apply(ctx, discovery.DeregisterNodeRequest{Node: c.cfg.Identity.Name})
-	return err
+	return c.leaderCall(ctx, "Leave", &LeaveRequest{NodeID: c.cfg.NodeID}, &Empty{}, false)
 }
 
 // leaderCall calls method on the leader: the one last heard, else each

@@ -114,13 +114,13 @@ func TestClientRoleAndWrites(t *testing.T) {
 		return chk == nil
 	})
 
-	// Leave: the node is gone, and were it to register again it would be
-	// a client, not a server.
-	if err := c.Leave(ctx); err != nil {
-		t.Fatalf("leave: %v", err)
+	// Deregistered: were it to register again it would be a client, not
+	// a server.
+	if _, err := c.Apply(ctx, discovery.DeregisterNodeRequest{Node: "web-01"}); err != nil {
+		t.Fatalf("deregistering itself: %v", err)
 	}
 	if _, n, _, _ := s.store.Node(nil, "web-01"); n != nil {
-		t.Fatalf("web-01 still in the catalog after it left: %+v", n)
+		t.Fatalf("web-01 still in the catalog after it deregistered: %+v", n)
 	}
 	if _, err := c.Apply(ctx, discovery.RegisterNodeRequest{Node: discovery.Node{ID: "web-01-id", Name: "web-01", Address: "127.0.0.1",
 		Meta: map[string]string{RoleMetaKey: RoleServer}}}); err != nil {
@@ -132,6 +132,22 @@ func TestClientRoleAndWrites(t *testing.T) {
 	err = c.leaderCall(ctx, "AddPeer", &AddPeerRequest{NodeID: "web-01-id", Addr: "127.0.0.1:1"}, &resp, false)
 	if !errors.Is(err, ErrPermissionDenied) {
 		t.Errorf("AddPeer after re-registering: %v; want ErrPermissionDenied", err)
+	}
+
+	// Leave: the node is gone and its certificate is revoked, so it
+	// writes nothing more.
+	if err := c.Leave(ctx); err != nil {
+		t.Fatalf("leave: %v", err)
+	}
+	if _, n, _, _ := s.store.Node(nil, "web-01"); n != nil {
+		t.Fatalf("web-01 still in the catalog after it left: %+v", n)
+	}
+	if rev, _ := s.store.Revocation(nil, "web-01"); rev == nil || rev.Reason != reasonLeft {
+		t.Fatalf("web-01's revocation after it left = %+v; want one, reason %q", rev, reasonLeft)
+	}
+	_, err = c.Apply(ctx, discovery.RegisterNodeRequest{Node: discovery.Node{ID: "web-01-id", Name: "web-01", Address: "127.0.0.1"}})
+	if !errors.Is(err, ErrPermissionDenied) || !strings.Contains(err.Error(), "revoked") {
+		t.Errorf("registering after leaving: %v; want refused as revoked", err)
 	}
 }
 

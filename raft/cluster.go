@@ -30,7 +30,10 @@ var (
 	ErrNameTaken        = errors.New("raft: node name is taken")
 	ErrJoinRefused      = errors.New("raft: join refused")
 	ErrNotInCluster     = errors.New("raft: this node is not in a cluster")
-	errNoCAInCatalog    = errors.New("raft: the cluster CA is not in the catalog yet")
+	// ErrIsLeader: RemoveNode named the leader, which leaves only by
+	// handing over leadership first (vmesh leave on it).
+	ErrIsLeader      = errors.New("raft: the node is the leader")
+	errNoCAInCatalog = errors.New("raft: the cluster CA is not in the catalog yet")
 )
 
 // ClusterConfig turns a Server into a cluster member: raft and the cluster
@@ -131,7 +134,11 @@ func (s *Server) startCluster(cfg ClusterConfig, advertise string) (hraft.Transp
 	trans := hraft.NewNetworkTransportWithConfig(&hraft.NetworkTransportConfig{
 		Stream: layer, MaxPool: 3, Timeout: 10 * time.Second, Logger: newHCLog(s.logger).Named("transport"),
 	})
-	gs := grpc.NewServer(grpc.Creds(handshakenCreds{}), grpc.ForceServerCodec(jsonCodec{}))
+	// Trust the roots and the deny list of this server's catalog (trust.go),
+	// on the handshake and again on every call (revoke.go).
+	cfg.Identity.followCatalog(s.store, s.logger)
+	gs := grpc.NewServer(grpc.Creds(handshakenCreds{}), grpc.ForceServerCodec(jsonCodec{}),
+		grpc.ChainUnaryInterceptor(s.unaryRefuseRevoked), grpc.ChainStreamInterceptor(s.streamRefuseRevoked))
 	gs.RegisterService(&clusterServiceDesc, s)
 	s.cluster = &cluster{
 		cfg: cfg, listener: l, grpc: gs, layer: layer,
@@ -273,7 +280,7 @@ func decodeRemoteErr(code, msg string) error {
 }
 
 func (s *Server) rpcForward(ctx context.Context, req *ForwardRequest) (*ForwardResponse, error) {
-	caller, err := peerNode(ctx)
+	caller, err := s.peerNode(ctx)
 	if err != nil {
 		return nil, err
 	}
@@ -320,7 +327,7 @@ func (s *Server) notLeader(ctx context.Context) error {
 }
 
 func (s *Server) rpcReadIndex(ctx context.Context, _ *Empty) (*ReadIndexResponse, error) {
-	if _, err := peerNode(ctx); err != nil {
+	if _, err := s.peerNode(ctx); err != nil {
 		return nil, err
 	}
 	if !s.IsLeader() {
@@ -335,7 +342,7 @@ func (s *Server) rpcReadIndex(ctx context.Context, _ *Empty) (*ReadIndexResponse
 }
 
 func (s *Server) rpcStats(ctx context.Context, _ *Empty) (*StatsResponse, error) {
-	if _, err := peerNode(ctx); err != nil {
+	if _, err := s.peerNode(ctx); err != nil {
 		return nil, err
 	}
 	return s.localStats(), nil
@@ -390,7 +397,7 @@ func (s *Server) Members(ctx context.Context) ([]Member, error) {
 }
 
 func (s *Server) rpcMembers(ctx context.Context, _ *Empty) (*MembersResponse, error) {
-	if _, err := peerNode(ctx); err != nil {
+	if _, err := s.peerNode(ctx); err != nil {
 		return nil, err
 	}
 	if !s.IsLeader() {
@@ -505,7 +512,7 @@ func (l *liveness) lastSeen(name string) time.Time {
 }
 
 func (s *Server) rpcHeartbeat(ctx context.Context, req *HeartbeatRequest) (*Empty, error) {
-	name, err := peerNode(ctx)
+	name, err := s.peerNode(ctx)
 	if err != nil {
 		return nil, err
 	}
@@ -614,9 +621,11 @@ func (s *Server) checkLiveness(ctx context.Context) {
 	}
 }
 
-// removeNode takes a node out of raft and the catalog.
+// removeNode takes a node out of raft and the catalog. It revokes
+// nothing: Leave and RemoveNode do that first (revoke.go); reaping does
+// not, so a host that was only down comes back.
 func (s *Server) removeNode(ctx context.Context, name, id string) error {
-	if id != "" {
+	if id != "" && s.isRaftMember(id) {
 		if err := s.raft.RemoveServer(hraft.ServerID(id), 0, 10*time.Second).Error(); err != nil {
 			return fmt.Errorf("removing %s from raft: %w", name, err)
 		}

@@ -78,6 +78,12 @@ func SealCAKey(ca *CA, node string, pub any) (discovery.SealedCAKey, error) {
 	if err != nil {
 		return discovery.SealedCAKey{}, err
 	}
+	return sealCAKeyTo(ca, node, epub)
+}
+
+// sealCAKeyTo seals ca's private key to node's P-256 key epub (a
+// rotation seals to the recipients the record already holds, rotate.go).
+func sealCAKeyTo(ca *CA, node string, epub *ecdh.PublicKey) (discovery.SealedCAKey, error) {
 	pk, err := hpke.NewDHKEMPublicKey(epub)
 	if err != nil {
 		return discovery.SealedCAKey{}, err
@@ -183,14 +189,22 @@ func custodyKey(root *discovery.CARoot, id *Identity) *ecdsa.PrivateKey {
 
 // signingCA is the CA from the local catalog, unsealed for one signature.
 func (s *Server) signingCA() (*CA, error) {
+	ca, _, err := s.signingCARecord()
+	return ca, err
+}
+
+// signingCARecord is signingCA with the CA record it was opened from,
+// whose chain and roots go with what it signs (trust.go).
+func (s *Server) signingCARecord() (*CA, *discovery.CARoot, error) {
 	_, root, err := s.store.CA(nil)
 	if err != nil {
-		return nil, err
+		return nil, nil, err
 	}
 	if root == nil {
-		return nil, errNoCAInCatalog
+		return nil, nil, errNoCAInCatalog
 	}
-	return s.UnsealCA(root)
+	ca, err := s.UnsealCA(root)
+	return ca, root, err
 }
 
 // custody serializes the leader's read-modify-write of the CA record:

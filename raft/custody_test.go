@@ -221,8 +221,8 @@ func TestJoinedServerHoldsCAKeyAndSigns(t *testing.T) {
 	if err != nil {
 		t.Fatalf("joining through the new leader %s: %v", lead.cluster.cfg.Identity.Name, err)
 	}
-	if id.Name != "server-4" || !id.CA.Equal(c.ca.Cert) {
-		t.Fatalf("joined as %q under CA %s", id.Name, Fingerprint(id.CA))
+	if id.Name != "server-4" || !id.CA().Equal(c.ca.Cert) {
+		t.Fatalf("joined as %q under CA %s", id.Name, Fingerprint(id.CA()))
 	}
 	if err := id.Cert().CheckSignatureFrom(c.ca.Cert); err != nil {
 		t.Fatalf("the new node's certificate is not signed by the cluster CA: %v", err)

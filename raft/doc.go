@@ -26,7 +26,7 @@
 // Certificates (identity.go, renew.go, leaf.go): node certificates are
 // short-lived and each node renews its own through RenewNode; admitPeer
 // decides what a peer's certificate may be used for (an expired one only
-// renews, within a grace). Leaves for the proxy and its services are made
+// renews, within a grace; a revoked one nothing, renewal included). Leaves for the proxy and its services are made
 // by each agent's LeafIssuer and signed through a LeafSigner: a server's
 // own CA key, or a server over SignLeaf, which signs only for the
 // caller's own node.
@@ -35,6 +35,16 @@
 // catalog when a leadership starts, renewed by the SessionRenew RPC, and
 // a session whose timer fires destroyed through raft. Transactions reach
 // the leader through the Txn RPC, which brings their result back.
+//
+// Trust on the cluster port (trust.go): every handshake, in both
+// directions, checks the peer's chain against every root the local
+// catalog's CA record lists and its node name against the catalog's deny
+// list. A node that leaves or that an operator removes is revoked
+// (revoke.go); an operator rotates the CA (rotate.go): the leader
+// cross-signs a new root with the old key and seals the new key to every
+// server, and the old root stays trusted until no certificate it signed
+// is valid. Renewals sign with the active key and carry the chain, so
+// node certificates move to the new key with their next renewal.
 //
 // Metrics leave through NewCollector (this node's raft state, read at
 // scrape time) and MetricsSink (raft's own go-metrics series); the agent

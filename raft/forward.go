@@ -15,9 +15,9 @@ import (
 //     name the caller's own node: a node writes only its own services and
 //     checks and deregisters only itself;
 //   - commands only the leader issues itself (the CA, spending a join
-//     token's use, VIP allocations) are never accepted from another node,
-//     so no node can plant a CA, mint a backdoor use of a token or move a
-//     VIP;
+//     token's use, VIP allocations, revocations) are never accepted from
+//     another node, so no node can plant a CA, mint a backdoor use of a
+//     token, move a VIP or revoke another node;
 //   - cluster-wide writes an operator makes through any member's HTTP API
 //     (KV, sessions, transactions, config entries, intentions, join
 //     tokens, the ACL state) carry the request's ACL token, and the leader
@@ -41,6 +41,7 @@ var forwardRules = map[discovery.MessageType]forwardRule{
 	discovery.SetCAType:             forwardLeaderOnly,
 	discovery.TokenUseType:          forwardLeaderOnly,
 	discovery.VIPType:               forwardLeaderOnly,
+	discovery.RevocationType:        forwardLeaderOnly,
 	discovery.KVType:                forwardAny,
 	discovery.ConfigEntryType:       forwardAny,
 	discovery.IntentionType:         forwardAny,

@@ -117,6 +117,10 @@ var appliers = map[discovery.MessageType]applier{
 	discovery.ACLChangedType: func(s *discovery.Store, buf []byte, idx uint64) any {
 		return s.ACLChanged(idx)
 	},
+	discovery.RevocationType: func(s *discovery.Store, buf []byte, idx uint64) any {
+		var req discovery.RevocationRequest
+		return orErr(decode(buf, &req), func() error { return s.RevocationApply(idx, req.Op, &req.Revocation) })
+	},
 	discovery.SessionType: func(s *discovery.Store, buf []byte, idx uint64) any {
 		var req discovery.SessionRequest
 		return orErr(decode(buf, &req), func() error { return s.SessionApply(idx, req.Op, &req.Session) })

@@ -338,12 +338,22 @@ func TestFSMApplyDispatch(t *testing.T) {
 				}
 			},
 		},
+		{
+			discovery.RevocationRequest{Op: discovery.RevocationAdd, Revocation: discovery.Revocation{Node: "n1", Reason: "left the cluster", At: 9}},
+			func(t *testing.T, idx uint64) {
+				r, _ := s.Revocation(nil, "n1")
+				want := &discovery.Revocation{Node: "n1", Index: idx, Reason: "left the cluster", At: 9, CreateIndex: idx, ModifyIndex: idx}
+				if !reflect.DeepEqual(r, want) {
+					t.Errorf("revocation = %+v, want %+v", r, want)
+				}
+			},
+		},
 	}
 	covered := map[discovery.MessageType]bool{}
 	for i, st := range steps {
 		idx := uint64(i + 1)
 		t.Run(fmt.Sprintf("%d-%T", idx, st.cmd), func(t *testing.T) {
-			covered[st.cmd.MessageType()] = true
+			covered[st.cmd.MessageType()&^discovery.IgnoreUnknownTypeFlag] = true
 			resp := f.Apply(commandLog(t, idx, st.cmd))
 			if r, ok := resp.(*discovery.TxnResult); ok && len(r.Errors) == 0 {
 				resp = nil // a transaction that applied answers its results

@@ -71,6 +71,12 @@ func serial() *big.Int {
 
 // NewCA creates a CA for trustDomain.
 func NewCA(trustDomain string) (*CA, error) {
+	return newCA(trustDomain, "")
+}
+
+// newCA creates a CA for trustDomain; suffix, when set, tells its
+// subject from earlier CAs of the same domain (a rotation's, rotate.go).
+func newCA(trustDomain, suffix string) (*CA, error) {
 	td, err := spiffeid.TrustDomainFromString(trustDomain)
 	if err != nil {
 		return nil, fmt.Errorf("trust domain %q: %w", trustDomain, err)
@@ -79,10 +85,14 @@ func NewCA(trustDomain string) (*CA, error) {
 	if err != nil {
 		return nil, err
 	}
+	cn := "vmesh cluster CA " + td.String()
+	if suffix != "" {
+		cn += " " + suffix
+	}
 	now := time.Now()
 	tmpl := &x509.Certificate{
 		SerialNumber:          serial(),
-		Subject:               pkix.Name{CommonName: "vmesh cluster CA " + td.String()},
+		Subject:               pkix.Name{CommonName: cn},
 		NotBefore:             now.Add(-time.Minute),
 		NotAfter:              now.Add(caLifetime),
 		KeyUsage:              x509.KeyUsageCertSign | x509.KeyUsageCRLSign | x509.KeyUsageDigitalSignature,
@@ -145,11 +155,21 @@ func newNodeKey(name string) (*ecdsa.PrivateKey, []byte, error) {
 	return key, csr, nil
 }
 
-// SignNode signs a node's CSR for lifetime (DefaultNodeCertTTL when 0):
-// the certificate names the node by its SPIFFE ID, whatever the CSR asks
-// for, and is good for both ends of a TLS connection. Only the CSR's
-// public key is used.
+// SignNode signs a node's CSR for lifetime as issued at raft index 0,
+// before any revocation: a bootstrap node's, and tests'. Servers sign
+// with SignNodeAt.
 func (ca *CA) SignNode(csrDER []byte, name string, lifetime time.Duration) (*x509.Certificate, error) {
+	return ca.SignNodeAt(csrDER, name, 0, lifetime)
+}
+
+// SignNodeAt signs a node's CSR for lifetime (DefaultNodeCertTTL when 0):
+// the certificate names the node by its SPIFFE ID, whatever the CSR asks
+// for, is good for both ends of a TLS connection, and carries issued, a
+// raft index the signer had applied before it checked the deny list (a
+// join's: its token use; a renewal's: the signer's catalog index), which
+// the deny list compares with a revocation's (trust.go). Only the CSR's
+// public key is used.
+func (ca *CA) SignNodeAt(csrDER []byte, name string, issued uint64, lifetime time.Duration) (*x509.Certificate, error) {
 	csr, id, err := ca.checkNodeCSR(csrDER, name)
 	if err != nil {
 		return nil, err
@@ -157,7 +177,7 @@ func (ca *CA) SignNode(csrDER []byte, name string, lifetime time.Duration) (*x50
 	if lifetime <= 0 {
 		lifetime = DefaultNodeCertTTL
 	}
-	return ca.sign(csr.PublicKey, name, id.URL(), lifetime)
+	return ca.signSerial(csr.PublicKey, name, id.URL(), lifetime, issuedSerial(issued))
 }
 
 // checkNodeCSR is everything SignNode can refuse, so that a join spends a
@@ -185,54 +205,98 @@ func (ca *CA) checkNodeCSR(csrDER []byte, name string) (*x509.CertificateRequest
 // certificate and key are renewed in place (renew.go): every TLS use on
 // the cluster port reads the current pair (tls.Config's GetCertificate and
 // GetClientCertificate), so a renewal reaches every new connection
-// without a restart. CA, TD and Name never change.
+// without a restart. A renewal after a CA rotation also brings the new
+// CA, its cross-signed chain and the roots still trusted, which move with
+// the pair. TD and Name never change.
 type Identity struct {
-	CA     *x509.Certificate
-	TD     spiffeid.TrustDomain
-	Name   string
-	bundle *x509bundle.Bundle
+	TD   spiffeid.TrustDomain
+	Name string
 
 	cur atomic.Pointer[nodePair]
 	// prev is an earlier node key a server keeps while its sealed copy of
 	// the CA key may still be sealed to it (custody.go); nil otherwise.
 	prev atomic.Pointer[ecdsa.PrivateKey]
+	// trust, once set, makes the catalog decide the roots and the deny
+	// list (trust.go).
+	trust atomic.Pointer[catalogTrust]
 }
 
-// nodePair is one node certificate and its key; epoch counts renewals so
-// that cached connections made with an older pair can be retired.
+// nodePair is one node certificate and its key, with what the data dir
+// trusts alongside; epoch counts renewals so that cached connections made
+// with an older pair can be retired.
 type nodePair struct {
-	cert  *x509.Certificate
-	key   *ecdsa.PrivateKey
-	tls   *tls.Certificate
-	epoch uint64
+	cert *x509.Certificate
+	key  *ecdsa.PrivateKey
+	// chain is presented after cert, before roots: the cross-signed roots
+	// of a rotation (trust.go); usually none.
+	chain []*x509.Certificate
+	// roots are the roots the data dir trusts: the CA that signed cert
+	// first, then roots a rotation replaced, oldest last. Once the node
+	// follows a catalog, the catalog's CA record decides instead.
+	roots  []*x509.Certificate
+	bundle *x509bundle.Bundle // roots, for verifying
+	tls    *tls.Certificate
+	epoch  uint64
 }
 
 func newIdentity(ca, cert *x509.Certificate, key *ecdsa.PrivateKey) (*Identity, error) {
-	td, err := trustDomainOf(ca)
+	return newIdentityChain([]*x509.Certificate{ca}, nil, cert, key)
+}
+
+// newIdentityChain is an identity whose certificate chains, through
+// chain, to one of roots (roots[0] is the CA that signed it).
+func newIdentityChain(roots, chain []*x509.Certificate, cert *x509.Certificate, key *ecdsa.PrivateKey) (*Identity, error) {
+	if len(roots) == 0 {
+		return nil, errors.New("raft: no CA certificate")
+	}
+	td, err := trustDomainOf(roots[0])
 	if err != nil {
 		return nil, err
 	}
-	id := &Identity{CA: ca, TD: td, bundle: x509bundle.FromX509Authorities(td, []*x509.Certificate{ca})}
+	id := &Identity{TD: td}
 	// An expired certificate still loads: the node renews it (within the
 	// grace) instead of staying out until an operator steps in.
-	if id.Name, err = id.verifyChain([]*x509.Certificate{cert}, time.Now()); err != nil {
+	bundle := x509bundle.FromX509Authorities(td, roots)
+	if id.Name, err = id.verifyChain(append([]*x509.Certificate{cert}, chain...), bundle, time.Now()); err != nil {
 		return nil, fmt.Errorf("node certificate does not verify against the cluster CA: %w", err)
 	}
-	if err := id.setPair(cert, key, 0); err != nil {
+	pair, err := id.newPair(cert, key, chain, roots, 0)
+	if err != nil {
 		return nil, err
 	}
+	id.cur.Store(pair)
 	return id, nil
 }
 
-// setPair makes cert and key the identity's current pair.
-func (id *Identity) setPair(cert *x509.Certificate, key *ecdsa.PrivateKey, epoch uint64) error {
+// newPair is cert and key with chain and roots, checked to belong
+// together (the key matches, the roots are of this trust domain).
+func (id *Identity) newPair(cert *x509.Certificate, key *ecdsa.PrivateKey, chain, roots []*x509.Certificate, epoch uint64) (*nodePair, error) {
 	if key == nil || !key.PublicKey.Equal(cert.PublicKey) {
-		return errors.New("raft: the node key does not match the node certificate")
+		return nil, errors.New("raft: the node key does not match the node certificate")
 	}
-	id.cur.Store(&nodePair{cert: cert, key: key, epoch: epoch,
-		tls: &tls.Certificate{Certificate: [][]byte{cert.Raw, id.CA.Raw}, PrivateKey: key, Leaf: cert}})
-	return nil
+	if len(roots) == 0 {
+		return nil, errors.New("raft: no CA certificate")
+	}
+	for _, r := range roots {
+		if td, err := trustDomainOf(r); err != nil || td != id.TD {
+			return nil, fmt.Errorf("raft: CA certificate %s is not of trust domain %s", Fingerprint(r), id.TD)
+		}
+	}
+	return &nodePair{cert: cert, key: key, chain: chain, roots: roots, epoch: epoch,
+		bundle: x509bundle.FromX509Authorities(id.TD, roots),
+		tls:    &tls.Certificate{Certificate: presentedChain(cert, chain, roots), PrivateKey: key, Leaf: cert}}, nil
 }
+
+// CA is the CA certificate that signed the node certificate in use (the
+// active root when it was issued).
+func (id *Identity) CA() *x509.Certificate { return id.cur.Load().roots[0] }
+
+// Roots are the roots the data dir trusts, CA first, oldest last.
+func (id *Identity) Roots() []*x509.Certificate { return id.cur.Load().roots }
+
+// Chain is what the node presents between its certificate and the roots:
+// the cross-signed roots of a rotation; usually none.
+func (id *Identity) Chain() []*x509.Certificate { return id.cur.Load().chain }
 
 // Cert is the node certificate in use now.
 func (id *Identity) Cert() *x509.Certificate { return id.cur.Load().cert }
@@ -264,50 +328,60 @@ func nodeName(id spiffeid.ID, td spiffeid.TrustDomain) (string, error) {
 	return seg[1], nil
 }
 
-// VerifyPeer checks a peer's certificate chain against the cluster CA and
-// returns the peer's node name; the certificate must be valid now.
+// VerifyPeer checks a peer's certificate chain against the trusted roots
+// and asks admitPeer about it (valid now, not revoked), and returns the
+// peer's node name. Every handshake this node makes as a client on the
+// cluster port goes through it.
 func (id *Identity) VerifyPeer(rawCerts [][]byte) (string, error) {
 	return id.verifyPeer(rawCerts, useCluster, time.Now(), 0)
 }
 
-// verifyPeer checks a peer's chain against the cluster CA as of a moment
-// of the leaf's validity (now, or its expiry if that is past), so that an
-// expired node certificate still says whose it is, and then asks
-// admitPeer whether it may be used for use at now.
+// verifyPeer checks a peer's chain against the trusted roots
+// (trustBundle) as of a moment of the leaf's validity (now, or its expiry
+// if that is past), so that an expired node certificate still says whose
+// it is, and then asks admitPeer whether it may be used for use at now.
 func (id *Identity) verifyPeer(rawCerts [][]byte, use peerUse, now time.Time, grace time.Duration) (string, error) {
 	if len(rawCerts) == 0 {
 		return "", fmt.Errorf("%w: no certificate presented", ErrNotNodeCert)
 	}
-	certs := make([]*x509.Certificate, 0, len(rawCerts))
-	for _, raw := range rawCerts {
-		c, err := x509.ParseCertificate(raw)
-		if err != nil {
-			return "", fmt.Errorf("%w: %v", ErrNotNodeCert, err)
-		}
-		certs = append(certs, c)
+	certs, err := parseDERs(rawCerts)
+	if err != nil {
+		return "", fmt.Errorf("%w: %v", ErrNotNodeCert, err)
 	}
-	name, err := id.verifyChain(certs, now)
+	name, err := id.verifyChain(certs, id.trustBundle(), now)
 	if err != nil {
 		return "", err
 	}
-	if err := admitPeer(certs[0], use, now, grace); err != nil {
+	if err := id.admitPeer(name, certs[0], use, now, grace); err != nil {
 		return "", err
 	}
 	return name, nil
 }
 
-// verifyChain verifies certs (leaf first) against the cluster CA at now,
-// or at the leaf's expiry if now is past it, and returns the node name.
-func (id *Identity) verifyChain(certs []*x509.Certificate, now time.Time) (string, error) {
+// verifyChain verifies certs (leaf first, then intermediates such as a
+// rotation's cross-signed roots) against bundle at now, or at the leaf's
+// expiry if now is past it, and returns the node name.
+func (id *Identity) verifyChain(certs []*x509.Certificate, bundle *x509bundle.Bundle, now time.Time) (string, error) {
 	at := now
 	if at.After(certs[0].NotAfter) {
 		at = certs[0].NotAfter
 	}
-	spiffe, _, err := x509svid.Verify(certs, id.bundle, x509svid.WithTime(at))
+	spiffe, _, err := x509svid.Verify(certs, bundle, x509svid.WithTime(at))
 	if err != nil {
 		return "", fmt.Errorf("%w: %v", ErrNotNodeCert, err)
 	}
 	return nodeName(spiffe, id.TD)
+}
+
+// trustBundle is every root a peer's chain may end at: the data dir's,
+// or, once this node follows a catalog, the roots its CA record lists.
+func (id *Identity) trustBundle() *x509bundle.Bundle {
+	if t := id.trust.Load(); t != nil {
+		if b := t.bundle(id.TD); b != nil {
+			return b
+		}
+	}
+	return id.cur.Load().bundle
 }
 
 // peerUse is what a peer presents its node certificate for on the cluster
@@ -316,7 +390,8 @@ type peerUse int
 
 const (
 	// useHandshake: the TLS handshake, before the peer has said what it
-	// wants. Every connection is then checked again for its use.
+	// wants, and the check of every call on a connection (revoke.go).
+	// Every connection is then checked again for its use.
 	useHandshake peerUse = iota
 	// useCluster: raft, and every cluster RPC but RenewNode.
 	useCluster
@@ -324,18 +399,34 @@ const (
 	useRenewal
 )
 
-// admitPeer is the one decision on whether a peer's node certificate,
-// whose chain verifies against the cluster CA, may be used for use at now.
-// A certificate that has not expired may be used for anything. An expired
-// one passes the handshake (which cannot know the call yet: the RPCs then
-// check) and renews itself while it expired at most grace ago, so that a
-// node that was away longer than its certificate's life comes back by
-// itself; it is refused for raft and every other RPC. Every peer
-// certificate on the cluster port passes here (through verifyPeer at the
-// handshake, peerNodeFor in the RPCs, and the listener for raft), so a
-// further check on peer certificates (a deny list, say) belongs beside
-// this one.
-func admitPeer(cert *x509.Certificate, use peerUse, now time.Time, grace time.Duration) error {
+// admitPeer is the one decision on whether node name's certificate, whose
+// chain verifies against the trusted roots, may be used for use at now.
+// Every peer certificate on the cluster port passes here: through
+// verifyPeer at the handshake (both directions), peerNodeFor in the RPCs,
+// the per-call check (revoke.go) and the listener for raft.
+//
+// Expiry: a certificate that has not expired may be used for anything.
+// An expired one passes the handshake (which cannot know the call yet:
+// the RPCs then check) and renews itself while it expired at most grace
+// ago, so that a node that was away longer than its certificate's life
+// comes back by itself; it is refused for raft and every other RPC.
+//
+// The deny list (trust.go), once this node follows a catalog: a
+// certificate of a revoked node issued at or before its revocation is
+// refused for every use, RenewNode too, so a node that left or was
+// removed does not come back by renewing within the grace.
+func (id *Identity) admitPeer(name string, cert *x509.Certificate, use peerUse, now time.Time, grace time.Duration) error {
+	if err := admitExpiry(cert, use, now, grace); err != nil {
+		return err
+	}
+	if t := id.trust.Load(); t != nil {
+		return t.check(name, cert)
+	}
+	return nil
+}
+
+// admitExpiry is admitPeer's rule on expired certificates.
+func admitExpiry(cert *x509.Certificate, use peerUse, now time.Time, grace time.Duration) error {
 	if !now.After(cert.NotAfter) {
 		return nil
 	}
@@ -378,15 +469,17 @@ func LoadIdentity(dataDir string) (*Identity, error) {
 	if err != nil {
 		return nil, err
 	}
-	ca, err := parseCertPEM(caPEM)
+	// ca.pem: the CA, then the roots a rotation replaced; node.pem: the
+	// node certificate, then its chain (trust.go).
+	roots, err := parseCertsPEM(caPEM)
 	if err != nil {
 		return nil, fmt.Errorf("%s: %w", filepath.Join(dir, caFile), err)
 	}
-	cert, key, err := loadPair(dir)
+	certs, key, err := loadPair(dir)
 	if err != nil {
 		return nil, err
 	}
-	id, err := newIdentity(ca, cert, key)
+	id, err := newIdentityChain(roots, certs[1:], certs[0], key)
 	if err != nil {
 		return nil, err
 	}
@@ -400,17 +493,18 @@ func LoadIdentity(dataDir string) (*Identity, error) {
 	return id, nil
 }
 
-// save writes the identity to dataDir: the CA certificate and the node's
-// pair.
+// save writes the identity to dataDir: the roots and the node's pair
+// with its chain.
 func (id *Identity) save(dataDir string) error {
 	dir := tlsDir(dataDir)
 	if err := os.MkdirAll(dir, 0o700); err != nil {
 		return err
 	}
-	if err := writeFileAtomic(filepath.Join(dir, caFile), pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: id.CA.Raw}), 0o600); err != nil {
+	p := id.cur.Load()
+	if err := writeFileAtomic(filepath.Join(dir, caFile), encodeCertsPEM(p.roots), 0o600); err != nil {
 		return err
 	}
-	return savePair(dir, id.Cert(), id.Key())
+	return savePair(dir, append([]*x509.Certificate{p.cert}, p.chain...), p.key)
 }
 
 func writeFileAtomic(path string, data []byte, mode os.FileMode) error {
@@ -519,7 +613,7 @@ func LoadLocalCA(dataDir string, id *Identity) (*CA, error) {
 	if err != nil {
 		return nil, err
 	}
-	return &CA{Cert: id.CA, Key: key}, nil
+	return &CA{Cert: id.CA(), Key: key}, nil
 }
 
 // ProxyID is the SPIFFE ID of a node's proxy: spiffe://<trust-domain>/proxy/<node>.
@@ -552,14 +646,24 @@ func (ca *CA) SignService(pub any, name string, lifetime time.Duration) (*x509.C
 // sign issues a leaf for both ends of TLS naming uri, valid from a moment
 // ago for lifetime.
 func (ca *CA) sign(pub any, cn string, uri *url.URL, lifetime time.Duration) (*x509.Certificate, error) {
+	return ca.signSerial(pub, cn, uri, lifetime, serial())
+}
+
+// signSerial is sign with serial number sn (a node certificate's carries
+// its issue index, trust.go).
+func (ca *CA) signSerial(pub any, cn string, uri *url.URL, lifetime time.Duration, sn *big.Int) (*x509.Certificate, error) {
 	now := time.Now()
-	return ca.signWindow(pub, cn, uri, now.Add(-certBackdate), now.Add(lifetime))
+	return ca.signWindowSerial(pub, cn, uri, now.Add(-certBackdate), now.Add(lifetime), sn)
 }
 
 // signWindow issues a leaf naming uri valid from notBefore to notAfter.
 func (ca *CA) signWindow(pub any, cn string, uri *url.URL, notBefore, notAfter time.Time) (*x509.Certificate, error) {
+	return ca.signWindowSerial(pub, cn, uri, notBefore, notAfter, serial())
+}
+
+func (ca *CA) signWindowSerial(pub any, cn string, uri *url.URL, notBefore, notAfter time.Time, sn *big.Int) (*x509.Certificate, error) {
 	tmpl := &x509.Certificate{
-		SerialNumber: serial(),
+		SerialNumber: sn,
 		Subject:      pkix.Name{CommonName: cn},
 		NotBefore:    notBefore,
 		NotAfter:     notAfter,

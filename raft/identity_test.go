@@ -243,8 +243,8 @@ func TestBootstrapAndLoadIdentity(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if id.Name != "n1" || !id.CA.Equal(ca.Cert) {
-		t.Fatalf("BootstrapIdentity: name %q, CA matches: %v; want n1 signed by the returned CA", id.Name, id.CA.Equal(ca.Cert))
+	if id.Name != "n1" || !id.CA().Equal(ca.Cert) {
+		t.Fatalf("BootstrapIdentity: name %q, CA matches: %v; want n1 signed by the returned CA", id.Name, id.CA().Equal(ca.Cert))
 	}
 	tls := filepath.Join(dir, "tls")
 	if fi, err := os.Stat(tls); err != nil || fi.Mode().Perm() != 0o700 {
@@ -275,7 +275,7 @@ func TestBootstrapAndLoadIdentity(t *testing.T) {
 	if err != nil {
 		t.Fatalf("LoadIdentity: %v", err)
 	}
-	if !loaded.CA.Equal(id.CA) || !loaded.Cert().Equal(id.Cert()) || !loaded.Key().Equal(id.Key()) ||
+	if !loaded.CA().Equal(id.CA()) || !loaded.Cert().Equal(id.Cert()) || !loaded.Key().Equal(id.Key()) ||
 		loaded.Name != id.Name || loaded.TD != id.TD {
 		t.Errorf("LoadIdentity = %q/%s; want what BootstrapIdentity made, %q/%s", loaded.Name, loaded.TD, id.Name, id.TD)
 	}

@@ -20,7 +20,7 @@ import (
 const maxKVWait = 10 * time.Minute
 
 func (s *Server) rpcKVRead(ctx context.Context, q *discovery.KVQuery) (*discovery.KVResult, error) {
-	if _, err := peerNode(ctx); err != nil {
+	if _, err := s.peerNode(ctx); err != nil {
 		return nil, err
 	}
 	switch q.Op {

@@ -1,6 +1,7 @@
 package raft
 
 import (
+	"bytes"
 	"context"
 	"crypto/ecdsa"
 	"crypto/elliptic"
@@ -145,6 +146,10 @@ func (l *LeafIssuer) sync(ctx context.Context, ws memdb.WatchSet, now time.Time)
 		// A new CA: every leaf must be reissued under it.
 		l.caFP, l.byName, dirty = root.Fingerprint, map[string]*Leaf{}, true
 	}
+	rootsPEM := root.RootsPEM() // every root still trusted (rotate.go)
+	if !bytes.Equal(rootsPEM, l.leaves.RootsPEM) {
+		dirty = true
+	}
 	for name := range l.byName {
 		if !want[name] {
 			delete(l.byName, name)
@@ -181,6 +186,9 @@ func (l *LeafIssuer) sync(ctx context.Context, ws memdb.WatchSet, now time.Time)
 			break
 		}
 		l.signErr = ""
+		// After a rotation, the chain down to the oldest root: a peer
+		// that knows only that root still verifies the leaf.
+		leaf.CertPEM = append(leaf.CertPEM, root.ChainPEM()...)
 		issued[name] = leaf
 	}
 
@@ -195,7 +203,7 @@ func (l *LeafIssuer) sync(ctx context.Context, ws memdb.WatchSet, now time.Time)
 		}
 	}
 	if dirty {
-		out := Leaves{RootsPEM: root.CertPEM}
+		out := Leaves{RootsPEM: rootsPEM}
 		for name, leaf := range l.byName {
 			if name == "" {
 				out.Node = leaf
@@ -310,7 +318,7 @@ const (
 var leafIndexWait = 5 * time.Second
 
 func (s *Server) rpcSignLeaf(ctx context.Context, req *SignLeafRequest) (*SignLeafResponse, error) {
-	caller, err := peerNode(ctx)
+	caller, err := s.peerNode(ctx)
 	if err != nil {
 		return nil, err
 	}

@@ -123,7 +123,12 @@ func (l *clusterListener) handshake(conn *tls.Conn) {
 			conn.Close()
 			return
 		}
-		if err := admitPeer(st.PeerCertificates[0], useCluster, time.Now(), l.grace); err != nil {
+		cert := st.PeerCertificates[0]
+		name, err := nodeNameFromCert(cert)
+		if err == nil {
+			err = l.id.admitPeer(name, cert, useCluster, time.Now(), l.grace)
+		}
+		if err != nil {
 			l.logger.Warn("cluster port: raft connection refused", "remote", conn.RemoteAddr(), "err", err)
 			conn.Close()
 			return

@@ -53,9 +53,10 @@ func Join(ctx context.Context, p JoinParams) (*Identity, error) {
 	}
 	req := &JoinRequest{TokenID: tok.ID, Secret: tok.Secret, NodeName: p.NodeName, NodeID: p.NodeID, CSR: csr, Role: p.Role}
 	var resp JoinResponse
+	var pinned *x509.Certificate
 	addr := p.Addr
 	for hop := 0; ; hop++ {
-		err = joinCall(ctx, addr, tok.Fingerprint, req, &resp)
+		pinned, err = joinCall(ctx, addr, tok.Fingerprint, req, &resp)
 		leader, redirect := redirectTarget(err)
 		if !redirect || hop >= 3 {
 			break
@@ -69,14 +70,34 @@ func Join(ctx context.Context, p JoinParams) (*Identity, error) {
 	if err != nil {
 		return nil, fmt.Errorf("joining: bad CA in the answer: %w", err)
 	}
-	if Fingerprint(ca) != tok.Fingerprint {
-		return nil, fmt.Errorf("%w: answer carries CA %s, token pins %s", ErrCAFingerprint, Fingerprint(ca), tok.Fingerprint)
-	}
 	cert, err := x509.ParseCertificate(resp.Cert)
 	if err != nil {
 		return nil, fmt.Errorf("joining: bad node certificate in the answer: %w", err)
 	}
-	id, err := newIdentity(ca, cert, key)
+	chain, err := parseDERs(resp.Chain)
+	if err != nil {
+		return nil, fmt.Errorf("joining: bad chain in the answer: %w", err)
+	}
+	prev, err := parseDERs(resp.Roots)
+	if err != nil {
+		return nil, fmt.Errorf("joining: bad previous roots in the answer: %w", err)
+	}
+	if Fingerprint(ca) != tok.Fingerprint {
+		// The CA was rotated since the root the token pins: the new
+		// certificate must verify up to that root through the chain of
+		// cross-signed roots (trust.go).
+		opts := x509.VerifyOptions{Roots: x509.NewCertPool(), Intermediates: x509.NewCertPool(), KeyUsages: []x509.ExtKeyUsage{x509.ExtKeyUsageAny}}
+		if pinned != nil {
+			opts.Roots.AddCert(pinned)
+		}
+		for _, c := range append(chain, ca) {
+			opts.Intermediates.AddCert(c)
+		}
+		if _, err := cert.Verify(opts); err != nil {
+			return nil, fmt.Errorf("%w: answer carries CA %s, which the root the token pins (%s) does not vouch for: %v", ErrCAFingerprint, Fingerprint(ca), tok.Fingerprint, err)
+		}
+	}
+	id, err := newIdentityChain(append([]*x509.Certificate{ca}, prev...), chain, cert, key)
 	if err != nil {
 		return nil, err
 	}
@@ -99,43 +120,65 @@ type redirectErr struct{ leader string }
 
 func (e *redirectErr) Error() string { return "not the leader; leader is " + e.leader }
 
+func parseDERs(ders [][]byte) ([]*x509.Certificate, error) {
+	out := make([]*x509.Certificate, 0, len(ders))
+	for _, d := range ders {
+		c, err := x509.ParseCertificate(d)
+		if err != nil {
+			return nil, err
+		}
+		out = append(out, c)
+	}
+	return out, nil
+}
+
 // joinCall makes the Join RPC over TLS that trusts exactly the CA whose
-// fingerprint the token pins.
-func joinCall(ctx context.Context, addr, fingerprint string, req *JoinRequest, resp *JoinResponse) error {
+// fingerprint the token pins: the member presents it after its own
+// certificate (presentedChain), and its certificate must verify up to it.
+// It returns that CA certificate.
+func joinCall(ctx context.Context, addr, fingerprint string, req *JoinRequest, resp *JoinResponse) (*x509.Certificate, error) {
 	var seenFP string
+	var pinned *x509.Certificate
 	cfg := &tls.Config{
 		MinVersion:         tls.VersionTLS13,
 		NextProtos:         []string{alpnRPC},
 		InsecureSkipVerify: true, // verified below against the pinned CA
 		VerifyPeerCertificate: func(raw [][]byte, _ [][]*x509.Certificate) error {
-			certs := make([]*x509.Certificate, 0, len(raw))
-			for _, r := range raw {
-				c, err := x509.ParseCertificate(r)
-				if err != nil {
-					return err
-				}
-				certs = append(certs, c)
+			certs, err := parseDERs(raw)
+			if err != nil {
+				return err
 			}
 			if len(certs) < 2 {
 				return fmt.Errorf("%w: the member sent no CA certificate", ErrCAFingerprint)
 			}
-			ca := certs[len(certs)-1]
-			seenFP = Fingerprint(ca)
+			seenFP = Fingerprint(certs[len(certs)-1])
 			want, _ := hex.DecodeString(fingerprint)
-			got := sha256.Sum256(ca.Raw)
-			if subtle.ConstantTimeCompare(want, got[:]) != 1 {
+			inter := x509.NewCertPool()
+			var ca *x509.Certificate
+			for _, c := range certs[1:] {
+				got := sha256.Sum256(c.Raw)
+				if subtle.ConstantTimeCompare(want, got[:]) == 1 {
+					ca = c
+				} else {
+					inter.AddCert(c)
+				}
+			}
+			if ca == nil {
 				return fmt.Errorf("%w: %s presented CA %s but the token pins %s (wrong cluster, or someone in between)", ErrCAFingerprint, addr, seenFP, fingerprint)
 			}
 			pool := x509.NewCertPool()
 			pool.AddCert(ca)
-			_, err := certs[0].Verify(x509.VerifyOptions{Roots: pool, KeyUsages: []x509.ExtKeyUsage{x509.ExtKeyUsageServerAuth}})
-			return err
+			if _, err := certs[0].Verify(x509.VerifyOptions{Roots: pool, Intermediates: inter, KeyUsages: []x509.ExtKeyUsage{x509.ExtKeyUsageServerAuth}}); err != nil {
+				return err
+			}
+			pinned, seenFP = ca, fingerprint
+			return nil
 		},
 	}
 	cc, err := grpc.NewClient(addr, grpc.WithTransportCredentials(credentials.NewTLS(cfg)),
 		grpc.WithDefaultCallOptions(grpc.ForceCodec(jsonCodec{})))
 	if err != nil {
-		return err
+		return nil, err
 	}
 	defer cc.Close()
 	ctx, cancel := context.WithTimeout(ctx, 15*time.Second)
@@ -143,26 +186,26 @@ func joinCall(ctx context.Context, addr, fingerprint string, req *JoinRequest, r
 	var trailer metadata.MD
 	err = cc.Invoke(ctx, "/"+rpcService+"/Join", req, resp, grpc.Trailer(&trailer), grpc.WaitForReady(false))
 	if err == nil {
-		return nil
+		return pinned, nil
 	}
 	if status.Code(err) == codes.FailedPrecondition {
 		if l := trailer.Get("vmesh-leader"); len(l) == 1 && l[0] != "" {
-			return &redirectErr{leader: l[0]}
+			return nil, &redirectErr{leader: l[0]}
 		}
 	}
 	if seenFP != "" && seenFP != fingerprint {
-		return fmt.Errorf("%w: %s presented CA %s but the token pins %s", ErrCAFingerprint, addr, seenFP, fingerprint)
+		return nil, fmt.Errorf("%w: %s presented CA %s but the token pins %s", ErrCAFingerprint, addr, seenFP, fingerprint)
 	}
 	if st, ok := status.FromError(err); ok {
 		switch st.Code() {
 		case codes.PermissionDenied, codes.Unauthenticated, codes.AlreadyExists, codes.InvalidArgument:
-			return fmt.Errorf("%w by %s: %s", ErrJoinRefused, addr, st.Message())
+			return nil, fmt.Errorf("%w by %s: %s", ErrJoinRefused, addr, st.Message())
 		case codes.Unavailable:
-			return fmt.Errorf("joining %s: cannot reach the cluster port: %s", addr, st.Message())
+			return nil, fmt.Errorf("joining %s: cannot reach the cluster port: %s", addr, st.Message())
 		}
-		return fmt.Errorf("joining %s: %s", addr, st.Message())
+		return nil, fmt.Errorf("joining %s: %s", addr, st.Message())
 	}
-	return err
+	return nil, err
 }
 
 func (s *Server) rpcJoin(ctx context.Context, req *JoinRequest) (*JoinResponse, error) {
@@ -220,13 +263,17 @@ func (s *Server) rpcJoin(ctx context.Context, req *JoinRequest) (*JoinResponse, 
 	}
 	// Spend the use through raft before signing: of two joiners racing on
 	// a single-use token, the log orders them and the second is refused.
-	if _, err := s.applyCmd(ctx, discovery.TokenUseRequest{ID: tok.ID, Now: now.Unix()}); err != nil {
+	used, err := s.applyCmd(ctx, discovery.TokenUseRequest{ID: tok.ID, Now: now.Unix()})
+	if err != nil {
 		if st := joinTokenStatus(err); st != nil {
 			return nil, st
 		}
 		return nil, status.Errorf(codes.Unavailable, "spending a use of the join token: %v", err)
 	}
-	cert, err := ca.SignNode(req.CSR, req.NodeName, s.cluster.cfg.NodeCertTTL)
+	// Issued at the use's index: after any revocation of this name that
+	// the log holds before it (trust.go), so a node that left and joins
+	// again is not refused.
+	cert, err := ca.SignNodeAt(req.CSR, req.NodeName, used, s.cluster.cfg.NodeCertTTL)
 	if err != nil {
 		return nil, status.Error(codes.InvalidArgument, err.Error())
 	}
@@ -243,7 +290,11 @@ func (s *Server) rpcJoin(ctx context.Context, req *JoinRequest) (*JoinResponse, 
 		}
 	}
 	s.logger.Info("signed a certificate for a joining node", "node", req.NodeName, "role", role, "token", req.TokenID)
-	return &JoinResponse{Cert: cert.Raw, CA: ca.Cert.Raw}, nil
+	chain, roots, err := trustDERs(root)
+	if err != nil {
+		return nil, status.Error(codes.Internal, err.Error())
+	}
+	return &JoinResponse{Cert: cert.Raw, CA: ca.Cert.Raw, Chain: chain, Roots: roots}, nil
 }
 
 // tokenVerdict is the FSM's TokenUse check without the write.
@@ -338,7 +389,7 @@ func (s *Server) callerNode(ctx context.Context, name, id, what string) error {
 }
 
 func (s *Server) rpcAddPeer(ctx context.Context, req *AddPeerRequest) (*AddPeerResponse, error) {
-	name, err := peerNode(ctx)
+	name, err := s.peerNode(ctx)
 	if err != nil {
 		return nil, err
 	}
@@ -456,7 +507,7 @@ func (s *Server) transferLeadership() error {
 }
 
 func (s *Server) rpcLeave(ctx context.Context, req *LeaveRequest) (*Empty, error) {
-	name, err := peerNode(ctx)
+	name, err := s.peerNode(ctx)
 	if err != nil {
 		return nil, err
 	}
@@ -471,6 +522,11 @@ func (s *Server) rpcLeave(ctx context.Context, req *LeaveRequest) (*Empty, error
 	}
 	if err := s.leaveAllowed(req.NodeID); err != nil && !req.Force {
 		return nil, refusedStatus(refusedQuorum, err.Error())
+	}
+	// A node that leaves is revoked first (revoke.go): its certificate,
+	// copied or kept, opens nothing from here on.
+	if err := s.revokeNode(ctx, name, reasonLeft); err != nil {
+		return nil, status.Error(codes.Unavailable, err.Error())
 	}
 	if err := s.removeNode(ctx, name, req.NodeID); err != nil {
 		return nil, status.Error(codes.Internal, err.Error())
@@ -631,6 +687,8 @@ func (s *Server) leaderLoop(ctx context.Context) {
 			s.checkLiveness(ctx)
 		case now := <-reap.C:
 			s.reapTokens(ctx, now)
+			s.reapRevocations(ctx, now)  // revoke.go
+			s.dropRetiredRoots(ctx, now) // rotate.go
 			if err := s.reconcileCustody(ctx); err != nil {
 				s.logger.Warn("checking who holds the CA key", "err", err)
 			}

@@ -2,6 +2,7 @@ package raft
 
 import (
 	"context"
+	"crypto/ecdsa"
 	"crypto/rand"
 	"crypto/tls"
 	"crypto/x509"
@@ -71,34 +72,64 @@ func rpcAs(t *testing.T, id *Identity) *rpcClients {
 	return c
 }
 
+// TestAdmitPeer: the one decision on a peer's node certificate. Expired
+// ones only renew, within the grace; a revoked node's certificates issued
+// up to its revocation are refused for every use, renewal within the
+// grace too, while one issued after (a new join) and other nodes' are not.
 func TestAdmitPeer(t *testing.T) {
 	now := time.Now()
-	valid := &x509.Certificate{NotBefore: now.Add(-time.Hour), NotAfter: now.Add(time.Hour)}
-	late := &x509.Certificate{NotBefore: now.Add(-3 * time.Hour), NotAfter: now.Add(-time.Hour)}
-	gone := &x509.Certificate{NotBefore: now.Add(-50 * time.Hour), NotAfter: now.Add(-25 * time.Hour)}
+	cert := func(notBefore, notAfter time.Time, issued uint64) *x509.Certificate {
+		return &x509.Certificate{NotBefore: notBefore, NotAfter: notAfter, SerialNumber: issuedSerial(issued)}
+	}
+	valid := cert(now.Add(-time.Hour), now.Add(time.Hour), 5)
+	late := cert(now.Add(-3*time.Hour), now.Add(-time.Hour), 5)
+	gone := cert(now.Add(-50*time.Hour), now.Add(-25*time.Hour), 5)
+	rejoined := cert(now.Add(-time.Hour), now.Add(time.Hour), 11)
+	rejoinedLate := cert(now.Add(-3*time.Hour), now.Add(-time.Hour), 11)
+	legacy := &x509.Certificate{NotBefore: now.Add(-time.Hour), NotAfter: now.Add(time.Hour), SerialNumber: serial()} // no issue index
 	grace := 24 * time.Hour
+
+	store := discovery.NewStore()
+	if err := store.RevocationApply(10, discovery.RevocationAdd, &discovery.Revocation{Node: "left", Reason: reasonLeft, At: now.Unix()}); err != nil {
+		t.Fatal(err)
+	}
+	id := &Identity{}
+	id.followCatalog(store, testkit.Logger(t))
+
 	for _, tc := range []struct {
 		name  string
+		node  string
 		cert  *x509.Certificate
 		use   peerUse
-		words string // "" admitted
+		want  error  // nil: admitted
+		words string // in the refusal
 	}{
-		{"valid, handshake", valid, useHandshake, ""},
-		{"valid, cluster", valid, useCluster, ""},
-		{"valid, renewal", valid, useRenewal, ""},
-		{"expired within the grace, handshake", late, useHandshake, ""},
-		{"expired within the grace, renewal", late, useRenewal, ""},
-		{"expired within the grace, cluster", late, useCluster, "may only renew itself"},
-		{"expired beyond the grace, handshake", gone, useHandshake, ""},
-		{"expired beyond the grace, renewal", gone, useRenewal, "longer ago than the renewal grace (24h0m0s)"},
-		{"expired beyond the grace, cluster", gone, useCluster, "may only renew itself"},
+		{"valid, handshake", "web", valid, useHandshake, nil, ""},
+		{"valid, cluster", "web", valid, useCluster, nil, ""},
+		{"valid, renewal", "web", valid, useRenewal, nil, ""},
+		{"expired within the grace, handshake", "web", late, useHandshake, nil, ""},
+		{"expired within the grace, renewal", "web", late, useRenewal, nil, ""},
+		{"expired within the grace, cluster", "web", late, useCluster, ErrCertExpired, "may only renew itself"},
+		{"expired beyond the grace, handshake", "web", gone, useHandshake, nil, ""},
+		{"expired beyond the grace, renewal", "web", gone, useRenewal, ErrCertExpired, "longer ago than the renewal grace (24h0m0s)"},
+		{"expired beyond the grace, cluster", "web", gone, useCluster, ErrCertExpired, "may only renew itself"},
+
+		{"revoked, handshake", "left", valid, useHandshake, ErrRevoked, `node "left": left the cluster`},
+		{"revoked, cluster", "left", valid, useCluster, ErrRevoked, "raft index 10"},
+		{"revoked, renewal", "left", valid, useRenewal, ErrRevoked, "issued before, at index 5"},
+		{"revoked, expired within the grace, handshake", "left", late, useHandshake, ErrRevoked, "join again with a new token"},
+		{"revoked, expired within the grace, renewal", "left", late, useRenewal, ErrRevoked, "join again with a new token"},
+		{"revoked, from before issue indexes", "left", legacy, useCluster, ErrRevoked, "at index 0"},
+		{"revoked, expired beyond the grace, renewal", "left", gone, useRenewal, ErrCertExpired, "longer ago than the renewal grace"},
+		{"joined again after the revocation, cluster", "left", rejoined, useCluster, nil, ""},
+		{"joined again, expired within the grace, renewal", "left", rejoinedLate, useRenewal, nil, ""},
 	} {
-		err := admitPeer(tc.cert, tc.use, now, grace)
+		err := id.admitPeer(tc.node, tc.cert, tc.use, now, grace)
 		switch {
-		case tc.words == "" && err != nil:
+		case tc.want == nil && err != nil:
 			t.Errorf("%s: refused: %v", tc.name, err)
-		case tc.words != "" && (!errors.Is(err, ErrCertExpired) || !strings.Contains(err.Error(), tc.words)):
-			t.Errorf("%s: %v; want ErrCertExpired naming %q", tc.name, err, tc.words)
+		case tc.want != nil && (!errors.Is(err, tc.want) || !strings.Contains(err.Error(), tc.words)):
+			t.Errorf("%s: %v; want %v naming %q", tc.name, err, tc.want, tc.words)
 		}
 	}
 }
@@ -299,8 +330,8 @@ func TestClientRenewsItsNodeCert(t *testing.T) {
 	if strings.Join(names, " ") != "node-key.pem node.pem" {
 		t.Errorf("the client's tls dir holds %v; want only node-key.pem and node.pem (no earlier key, nothing half-written)", names)
 	}
-	cert, key, err := loadPair(tlsDir(dir))
-	if err != nil || !cert.Equal(id.Cert()) || !key.Equal(id.Key()) {
+	certs, key, err := loadPair(tlsDir(dir))
+	if err != nil || !certs[0].Equal(id.Cert()) || !key.Equal(id.Key()) {
 		t.Errorf("the files hold another pair than the one in use (%v)", err)
 	}
 
@@ -352,7 +383,7 @@ func TestRenewalBeforeResealOpensWithPreviousKey(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if err := id.renew(s.dataDir, cert, key, old); err != nil {
+	if err := renewTo(id, s.dataDir, cert, key, old); err != nil {
 		t.Fatal(err)
 	}
 	// As after a restart from disk.
@@ -444,6 +475,17 @@ func TestExpiredIdentityLoads(t *testing.T) {
 	if !renewAt(loaded.Cert(), DefaultNodeCertTTL).Before(now) {
 		t.Error("an expired certificate is not due for renewal at once")
 	}
+}
+
+// renewTo installs cert and key as id's renewed pair, under its current
+// roots and chain, as the renewal does with a signer's answer.
+func renewTo(id *Identity, dataDir string, cert *x509.Certificate, key, keep *ecdsa.PrivateKey) error {
+	cur := id.cur.Load()
+	next, err := id.newPair(cert, key, cur.chain, cur.roots, 0)
+	if err != nil {
+		return err
+	}
+	return id.renew(dataDir, next, keep)
 }
 
 func pemBlock(typ string, der []byte) []byte {

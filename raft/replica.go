@@ -283,7 +283,7 @@ func (r *Replica) applyDelta(d Delta) error {
 	if len(d.Command) == 0 {
 		return errors.New("raft: replica: empty command")
 	}
-	t := discovery.MessageType(d.Command[0])
+	t := discovery.MessageType(d.Command[0]) &^ discovery.IgnoreUnknownTypeFlag
 	fn, ok := appliers[t]
 	if !ok || !replicated[t] {
 		return fmt.Errorf("raft: replica: the server sent command type %d at index %d, which a replica does not apply", t, d.Index)

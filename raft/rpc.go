@@ -39,10 +39,16 @@ type JoinRequest struct {
 	Role string
 }
 
-// JoinResponse carries the signed node certificate and the CA.
+// JoinResponse carries the signed node certificate and the CA. After a
+// CA rotation it also carries what the joiner needs to be verified by,
+// and to verify, nodes that know only an older root: the chain from the
+// CA down to the oldest root still trusted (cross-signed roots, newest
+// first) and the previous roots (newest first). All DER.
 type JoinResponse struct {
-	Cert []byte
-	CA   []byte
+	Cert  []byte
+	CA    []byte
+	Chain [][]byte `json:",omitempty"`
+	Roots [][]byte `json:",omitempty"`
 }
 
 // AddPeerRequest adds the calling node (named by its certificate) to raft.
@@ -108,12 +114,16 @@ type rpcHandler[Req, Resp any] func(s *Server, ctx context.Context, req *Req) (*
 func method[Req, Resp any](name string, h rpcHandler[Req, Resp]) grpc.MethodDesc {
 	return grpc.MethodDesc{
 		MethodName: name,
-		Handler: func(srv any, ctx context.Context, dec func(any) error, _ grpc.UnaryServerInterceptor) (any, error) {
+		Handler: func(srv any, ctx context.Context, dec func(any) error, intercept grpc.UnaryServerInterceptor) (any, error) {
 			req := new(Req)
 			if err := dec(req); err != nil {
 				return nil, err
 			}
-			return h(srv.(*Server), ctx, req)
+			call := func(ctx context.Context, req any) (any, error) { return h(srv.(*Server), ctx, req.(*Req)) }
+			if intercept == nil {
+				return call(ctx, req)
+			}
+			return intercept(ctx, req, &grpc.UnaryServerInfo{Server: srv, FullMethod: "/" + rpcService + "/" + name}, call)
 		},
 	}
 }
@@ -141,19 +151,21 @@ var clusterServiceDesc = grpc.ServiceDesc{
 		method("RenewNode", (*Server).rpcRenewNode),
 		method("Txn", (*Server).rpcTxn),                   // sessions.go
 		method("SessionRenew", (*Server).rpcSessionRenew), // sessions.go
+		method("RemoveNode", (*Server).rpcRemoveNode),     // revoke.go
+		method("RotateCA", (*Server).rpcRotateCA),         // rotate.go
 	},
 	Streams: []grpc.StreamDesc{subscribeStreamDesc},
 }
 
 // peerNode returns the calling node's name from its verified certificate,
-// which must be valid now.
-func peerNode(ctx context.Context) (string, error) {
-	return peerNodeFor(ctx, useCluster, 0)
+// which must be valid now and not revoked.
+func (s *Server) peerNode(ctx context.Context) (string, error) {
+	return s.peerNodeFor(ctx, useCluster, 0)
 }
 
 // peerNodeFor returns the calling node's name from its verified
 // certificate if admitPeer lets it be used for use.
-func peerNodeFor(ctx context.Context, use peerUse, grace time.Duration) (string, error) {
+func (s *Server) peerNodeFor(ctx context.Context, use peerUse, grace time.Duration) (string, error) {
 	p, ok := peer.FromContext(ctx)
 	if !ok {
 		return "", status.Error(codes.Unauthenticated, "no peer")
@@ -168,8 +180,15 @@ func peerNodeFor(ctx context.Context, use peerUse, grace time.Duration) (string,
 	if err != nil {
 		return "", err
 	}
-	if err := admitPeer(cert, use, time.Now(), grace); err != nil {
-		return "", status.Errorf(codes.Unauthenticated, "node %q: %v", name, err)
+	if s.cluster == nil {
+		return "", status.Error(codes.Unavailable, ErrNotInCluster.Error())
+	}
+	if err := s.cluster.cfg.Identity.admitPeer(name, cert, use, time.Now(), grace); err != nil {
+		code := codes.Unauthenticated
+		if errors.Is(err, ErrRevoked) {
+			code = codes.PermissionDenied
+		}
+		return "", status.Errorf(code, "node %q: %v", name, err)
 	}
 	return name, nil
 }
@@ -218,7 +237,10 @@ func peerIP(ctx context.Context) net.IP {
 // refusedReason marks a leader's answer that is a verdict, not a "try
 // the leader again": both travel as FailedPrecondition, so a caller that
 // follows the leader must tell them apart.
-const refusedQuorum = "QUORUM"
+const (
+	refusedQuorum = "QUORUM"
+	refusedLeader = "LEADER" // revoke.go: the leader does not remove itself
+)
 
 func refusedStatus(reason, msg string) error {
 	st := status.New(codes.FailedPrecondition, msg)
@@ -362,6 +384,8 @@ func rpcErr(err error) error {
 	switch {
 	case refusedFor(err) == refusedQuorum:
 		return &remoteError{sentinel: ErrQuorum, msg: st.Message()}
+	case refusedFor(err) == refusedLeader:
+		return &remoteError{sentinel: ErrIsLeader, msg: st.Message()}
 	case st.Code() == codes.PermissionDenied && strings.HasPrefix(st.Message(), acl.ErrPermissionDenied.Error()):
 		return &remoteError{sentinel: acl.ErrPermissionDenied, msg: st.Message()}
 	case st.Code() == codes.PermissionDenied && st.Message() == acl.ErrNotFound.Error():

@@ -251,7 +251,7 @@ func (s *Server) renewLocal(id string) *discovery.Session {
 }
 
 func (s *Server) rpcSessionRenew(ctx context.Context, req *SessionRenewRequest) (*SessionRenewResponse, error) {
-	if _, err := peerNode(ctx); err != nil {
+	if _, err := s.peerNode(ctx); err != nil {
 		return nil, err
 	}
 	if !s.IsLeader() {
@@ -334,7 +334,7 @@ func (s *Server) forwardTxn(ctx context.Context, buf []byte) (uint64, *discovery
 }
 
 func (s *Server) rpcTxn(ctx context.Context, req *TxnForwardRequest) (*TxnForwardResponse, error) {
-	caller, err := peerNode(ctx)
+	caller, err := s.peerNode(ctx)
 	if err != nil {
 		return nil, err
 	}

@@ -67,6 +67,7 @@ var replicated = map[discovery.MessageType]bool{
 	discovery.ConfigEntryType:       true,
 	discovery.VIPType:               true,
 	discovery.IntentionType:         true,
+	discovery.RevocationType:        true, // a client checks the deny list on its handshakes too
 	// ACL commands reach a client only as this marker: that ACLs
 	// changed, so it drops the tokens it resolved (replicaCommand).
 	discovery.ACLChangedType: true,
@@ -78,7 +79,7 @@ func replicaCommand(buf []byte) ([]byte, error) {
 	if len(buf) == 0 {
 		return nil, nil
 	}
-	t := discovery.MessageType(buf[0])
+	t := discovery.MessageType(buf[0]) &^ discovery.IgnoreUnknownTypeFlag
 	if discovery.IsACLCommand(t) {
 		return encodeCommand(discovery.ACLChangedRequest{})
 	}
@@ -303,7 +304,7 @@ var subscribeStreamDesc = grpc.StreamDesc{
 // subscribe: a client's proxy needs the whole mesh. Nothing secret is in
 // the stream (replicated, discovery.ReplicaRecord).
 func (s *Server) rpcSubscribe(req *SubscribeRequest, stream grpc.ServerStream) error {
-	name, err := peerNode(stream.Context())
+	name, err := s.peerNode(stream.Context())
 	if err != nil {
 		return err
 	}
@@ -344,6 +345,11 @@ func (s *Server) sendStream(stream grpc.ServerStream, h *history, sub *subscribe
 	defer keep.Stop()
 	var sent uint64 // highest index the replica was told about
 	for {
+		// A subscriber revoked since it connected hears no more
+		// (revoke.go): the revocation itself woke it.
+		if err := s.refuseRevoked(ctx); err != nil {
+			return err
+		}
 		deltas, cur, wake, err := h.take(sub)
 		if err != nil {
 			return status.Error(codes.ResourceExhausted, err.Error())

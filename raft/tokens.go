@@ -10,6 +10,7 @@ import (
 	"strings"
 	"time"
 
+	"github.com/hashicorp/go-memdb"
 	"github.com/vmesh/vmesh/discovery"
 )
 
@@ -43,6 +44,24 @@ func ParseToken(s string) (Token, error) {
 	return Token{ID: parts[1], Secret: parts[2], Fingerprint: strings.ToLower(parts[3])}, nil
 }
 
+// waitCA returns the catalog's CA record, waiting up to d for it: a new
+// leader stores the bootstrap CA a moment after it is elected, and a
+// token asked for in between should not fail.
+func (s *Server) waitCA(ctx context.Context, d time.Duration) (*discovery.CARoot, error) {
+	ctx, cancel := context.WithTimeout(ctx, d)
+	defer cancel()
+	for {
+		ws := memdb.NewWatchSet()
+		_, ca, err := s.store.CA(ws)
+		if err != nil || ca != nil {
+			return ca, err
+		}
+		if ws.WatchCtx(ctx) != nil {
+			return nil, errNoCAInCatalog
+		}
+	}
+}
+
 // CreateToken stores a new join token (only its hash) that admits uses
 // joins within ttl, and returns it with what was stored.
 func (s *Server) CreateToken(ctx context.Context, ttl time.Duration, uses int) (string, discovery.JoinTokenInfo, error) {
@@ -52,18 +71,17 @@ func (s *Server) CreateToken(ctx context.Context, ttl time.Duration, uses int) (
 	if uses < 1 || uses > discovery.MaxJoinTokenUses {
 		return "", discovery.JoinTokenInfo{}, fmt.Errorf("%w: uses: %d is not between 1 and %d", discovery.ErrInvalid, uses, discovery.MaxJoinTokenUses)
 	}
-	_, ca, err := s.store.CA(nil)
+	ca, err := s.waitCA(ctx, 10*time.Second)
 	if err != nil {
 		return "", discovery.JoinTokenInfo{}, err
-	}
-	if ca == nil {
-		return "", discovery.JoinTokenInfo{}, errNoCAInCatalog
 	}
 	id := make([]byte, 8)
 	secret := make([]byte, 32)
 	rand.Read(id)
 	rand.Read(secret)
-	tok := Token{ID: hex.EncodeToString(id), Secret: base64.RawURLEncoding.EncodeToString(secret), Fingerprint: ca.Fingerprint}
+	// The oldest root still trusted: every member presents it, whether
+	// its certificate was signed before or after a rotation (trust.go).
+	tok := Token{ID: hex.EncodeToString(id), Secret: base64.RawURLEncoding.EncodeToString(secret), Fingerprint: pinnedRoot(ca)}
 	now := time.Now()
 	// Round the expiry up to a whole second: a token never lives shorter
 	// than asked.

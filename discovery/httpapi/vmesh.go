@@ -33,6 +33,13 @@ type Operator interface {
 	ClusterMembers(ctx context.Context) ([]ClusterMember, error)
 	// Snapshot takes a raft snapshot now and returns its index.
 	Snapshot() (uint64, error)
+	// ForceLeave takes node out of the cluster and revokes its node
+	// certificates: an operator's decision, which the node need not
+	// answer. It comes back only by joining with a new token.
+	ForceLeave(ctx context.Context, node string) error
+	// RotateCA replaces the cluster CA with a new one cross-signed by the
+	// current one and returns the new CA record (no keys).
+	RotateCA(ctx context.Context) (*discovery.CARoot, error)
 	// EnvoyBootstrap renders an Envoy bootstrap for node (empty: this
 	// node) with its admin listener at admin (empty: the default); tcp
 	// asks for the TCP xDS address instead of the unix socket.
@@ -66,6 +73,9 @@ func (a *API) registerVmesh(mux *http.ServeMux) {
 	operatorRead := func(z *acl.Authorizer) error { return z.OperatorRead() }
 	operatorWrite := func(z *acl.Authorizer) error { return z.OperatorWrite() }
 	mux.Handle("GET /v1/vmesh/vips", a.guard(operatorRead, http.HandlerFunc(a.vipsList)))
+	// The CA roots are public (Consul serves them to any token): every
+	// proxy and verifier needs them, and they carry no key.
+	mux.HandleFunc("GET /v1/connect/ca/roots", a.caRoots) // api_ca.go
 	for pattern, h := range map[string]http.Handler{
 		"GET /v1/vmesh/xds/clients":     a.Diagnostics.XDSClients,
 		"GET /v1/vmesh/xds/config_dump": a.Diagnostics.XDSConfigDump,
@@ -85,8 +95,12 @@ func (a *API) registerVmesh(mux *http.ServeMux) {
 	mux.Handle("PUT /v1/vmesh/token", a.guard(membership, http.HandlerFunc(a.vmeshToken)))
 	mux.Handle("GET /v1/vmesh/tokens", a.guard(membership, http.HandlerFunc(a.vmeshTokens)))
 	mux.Handle("DELETE /v1/vmesh/token/{id}", a.guard(membership, http.HandlerFunc(a.vmeshTokenRevoke)))
+	// Removing a node revokes its certificate: the same authority as
+	// admitting one.
+	mux.Handle("PUT /v1/agent/force-leave/{node}", a.guard(membership, http.HandlerFunc(a.agentForceLeave)))
 	mux.Handle("GET /v1/vmesh/members", a.guard(operatorRead, http.HandlerFunc(a.vmeshMembers)))
 	mux.Handle("PUT /v1/vmesh/raft/snapshot", a.guard(operatorWrite, http.HandlerFunc(a.vmeshSnapshot)))
+	mux.Handle("PUT /v1/vmesh/ca/rotate", a.guard(operatorWrite, http.HandlerFunc(a.vmeshCARotate)))
 	// An Envoy bootstrap names this agent's xDS endpoints, no secret:
 	// whoever may write a service may run a proxy for it.
 	mux.Handle("GET /v1/vmesh/envoy/bootstrap", a.guard(func(z *acl.Authorizer) error { return z.ServiceWriteAny() }, http.HandlerFunc(a.vmeshEnvoyBootstrap)))

@@ -2,10 +2,17 @@ package httpapi
 
 import (
 	"context"
+	"crypto/ecdsa"
+	"crypto/elliptic"
+	"crypto/rand"
+	"crypto/x509"
+	"crypto/x509/pkix"
 	"encoding/json"
+	"encoding/pem"
 	"errors"
 	"fmt"
 	"io"
+	"math/big"
 	"net/http"
 	"net/http/httptest"
 	"sort"
@@ -22,6 +29,8 @@ type fakeOperator struct {
 	leaveErr error
 	uses     int
 	revoked  string
+	removed  string
+	rotated  *discovery.CARoot
 }
 
 func (f *fakeOperator) Join(_ context.Context, addr, token string) error {
@@ -50,6 +59,14 @@ func (f *fakeOperator) ClusterMembers(context.Context) ([]ClusterMember, error) 
 	return []ClusterMember{{Name: "n1", Role: "leader"}}, nil
 }
 func (f *fakeOperator) Snapshot() (uint64, error) { return 42, nil }
+func (f *fakeOperator) ForceLeave(_ context.Context, node string) error {
+	if node == "n1" {
+		return WithStatus(http.StatusConflict, errors.New(`node "n1" is the leader`))
+	}
+	f.removed = node
+	return nil
+}
+func (f *fakeOperator) RotateCA(context.Context) (*discovery.CARoot, error) { return f.rotated, nil }
 func (f *fakeOperator) EnvoyBootstrap(node, _ string, _ bool) ([]byte, error) {
 	if node == "bad" {
 		return nil, errors.New("node: bad")
@@ -63,7 +80,8 @@ func (f *fakeOperator) EnvoyBootstrap(node, _ string, _ bool) ([]byte, error) {
 func TestVmeshEndpoints(t *testing.T) {
 	t.Parallel()
 	s := discovery.NewStore()
-	op := &fakeOperator{leaveErr: WithStatus(http.StatusConflict, errors.New("leaving would break quorum"))}
+	op := &fakeOperator{leaveErr: WithStatus(http.StatusConflict, errors.New("leaving would break quorum")),
+		rotated: &discovery.CARoot{Fingerprint: "fp2", CertPEM: testRootPEM(t, "root 2")}}
 	a := &API{Store: s, Writer: &fakeWriter{s: s}, Cluster: fakeCluster{}, NodeName: "n1", Datacenter: "dc1", Operator: op}
 	mux := http.NewServeMux()
 	a.Register(mux)
@@ -95,6 +113,9 @@ func TestVmeshEndpoints(t *testing.T) {
 		{"PUT", "/v1/vmesh/raft/snapshot", "", 200, `"Index":42`},
 		{"GET", "/v1/vmesh/envoy/bootstrap?node=web", "", 200, `"node":"web"`},
 		{"GET", "/v1/vmesh/envoy/bootstrap?node=bad", "", 400, "node: bad"},
+		{"PUT", "/v1/agent/force-leave/web-01?prune", "", 200, ""},
+		{"PUT", "/v1/agent/force-leave/n1", "", 409, "is the leader"},
+		{"PUT", "/v1/vmesh/ca/rotate", "", 200, `"ActiveRootID":"fp2"`},
 	} {
 		code, body := do(c.method, c.path, c.body)
 		if code != c.code || !strings.Contains(body, c.want) {
@@ -103,6 +124,9 @@ func TestVmeshEndpoints(t *testing.T) {
 	}
 	if op.joined != "10.0.0.1:7400 t" {
 		t.Errorf("join passed %q to the operator", op.joined)
+	}
+	if op.removed != "web-01" {
+		t.Errorf("force-leave passed %q to the operator", op.removed)
 	}
 
 	bare := &API{Store: s, Writer: &fakeWriter{s: s}, Cluster: fakeCluster{}}
@@ -169,5 +193,60 @@ func TestVmeshTokenEndpoints(t *testing.T) {
 	}
 	if list[0]["CreatedAt"] != "2026-01-02T03:04:05Z" || list[0]["Revoked"] != true {
 		t.Errorf("listed token = %v", list[0])
+	}
+}
+
+func testRootPEM(t *testing.T, cn string) []byte {
+	t.Helper()
+	key, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
+	if err != nil {
+		t.Fatal(err)
+	}
+	tmpl := &x509.Certificate{SerialNumber: big.NewInt(1), Subject: pkix.Name{CommonName: cn}, IsCA: true, BasicConstraintsValid: true,
+		NotBefore: fakeTokenTime, NotAfter: fakeTokenTime.Add(time.Hour)}
+	der, err := x509.CreateCertificate(rand.Reader, tmpl, tmpl, &key.PublicKey, key)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: der})
+}
+
+// GET /v1/connect/ca/roots lists every trusted root, the active one
+// marked and with its chain, in Consul's shape; before there is a CA it
+// lists none.
+func TestCARootsEndpoint(t *testing.T) {
+	t.Parallel()
+	s := discovery.NewStore()
+	a := &API{Store: s, Writer: &fakeWriter{s: s}, Cluster: fakeCluster{}, NodeName: "n1", Datacenter: "dc1"}
+	mux := http.NewServeMux()
+	a.Register(mux)
+	get := func() (CARootList, string) {
+		t.Helper()
+		rec := httptest.NewRecorder()
+		mux.ServeHTTP(rec, httptest.NewRequest("GET", "/v1/connect/ca/roots", nil))
+		var out CARootList
+		if rec.Code != 200 || json.Unmarshal(rec.Body.Bytes(), &out) != nil {
+			t.Fatalf("roots: %d %s", rec.Code, rec.Body)
+		}
+		return out, rec.Header().Get("X-Consul-Index")
+	}
+	if l, _ := get(); l.ActiveRootID != "" || l.Roots == nil || len(l.Roots) != 0 {
+		t.Fatalf("roots before any CA = %+v; want none (an empty list)", l)
+	}
+	old, cur, cross := testRootPEM(t, "root 1"), testRootPEM(t, "root 2"), testRootPEM(t, "root 2 by 1")
+	if err := s.SetCA(7, &discovery.CARoot{CertPEM: cur, Fingerprint: "fp2", TrustDomain: "vmesh.test", CrossSignedPEM: cross,
+		PreviousRoots: []discovery.TrustedRoot{{CertPEM: old, Fingerprint: "fp1", RetiredAt: fakeTokenTime.Unix(), DropAfter: fakeTokenTime.Add(time.Hour).Unix()}}}); err != nil {
+		t.Fatal(err)
+	}
+	l, idx := get()
+	if l.ActiveRootID != "fp2" || l.TrustDomain != "vmesh.test" || len(l.Roots) != 2 || idx != "7" {
+		t.Fatalf("roots = %+v at index %s; want fp2 active of 2, at 7", l, idx)
+	}
+	act, prev := l.Roots[0], l.Roots[1]
+	if !act.Active || act.Name != "root 2" || act.RootCert != string(cur) || len(act.IntermediateCerts) != 1 || act.IntermediateCerts[0] != string(cross) || act.DropAfter != nil {
+		t.Errorf("active root = %+v", act)
+	}
+	if prev.Active || prev.ID != "fp1" || prev.Name != "root 1" || prev.DropAfter == nil || !prev.DropAfter.Equal(fakeTokenTime.Add(time.Hour)) {
+		t.Errorf("previous root = %+v", prev)
 	}
 }

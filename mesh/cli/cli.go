@@ -53,21 +53,23 @@ func (e *Env) getenv(name string) string {
 // builtin are the commands the CLI has by itself; the agent command comes
 // from the caller (Run's extra), because it is the composition root.
 var builtin = map[string]Factory{
-	"services":  newServices,
-	"members":   newMembers,
-	"join":      newJoin,
-	"leave":     newLeave,
-	"token":     newToken,
-	"config":    newConfig,
-	"envoy":     newEnvoy,
-	"version":   newVersion,
-	"validate":  newValidate,
-	"redirect":  newRedirect,
-	"install":   newInstall,
-	"uninstall": newUninstall,
-	"intention": newIntention,
-	"proxy":     newProxy,
-	"acl":       newACL,
+	"services":    newServices,
+	"members":     newMembers,
+	"join":        newJoin,
+	"leave":       newLeave,
+	"token":       newToken,
+	"config":      newConfig,
+	"envoy":       newEnvoy,
+	"version":     newVersion,
+	"validate":    newValidate,
+	"redirect":    newRedirect,
+	"install":     newInstall,
+	"uninstall":   newUninstall,
+	"intention":   newIntention,
+	"proxy":       newProxy,
+	"ca":          newCA,
+	"force-leave": newForceLeave,
+	"acl":         newACL,
 }
 
 // Run runs the CLI with args (os.Args: args[0] is the program) and

@@ -49,7 +49,8 @@
 //	17  TestLeaveRefusedFast
 //	18  TestServersAndClients
 //	19  TestClientCertificates
-//	21, 22  (revocation, CA rotation)
+//	21  TestClusterLeaveRevokes
+//	22  TestCARotation
 //	23  (the 80-agent scale run)
 //	24  TestSessionsAcrossClients
 //	25  TestSessionTTLAcrossLeaderChange

@@ -98,8 +98,8 @@ func (n *node) serviceCert(service string) (tls.Certificate, *x509.CertPool) {
 		n.t.Fatal(err)
 	}
 	svc, roots := "vmesh/svc/"+service, "vmesh/roots"
-	if err := st.Send(&discoverygrpc.DiscoveryRequest{Node: &core.Node{Id: n.name}, TypeUrl: resource.SecretType,
-		ResourceNames: []string{roots, svc}}); err != nil {
+	req := &discoverygrpc.DiscoveryRequest{Node: &core.Node{Id: n.name}, TypeUrl: resource.SecretType, ResourceNames: []string{roots, svc}}
+	if err := st.Send(req); err != nil {
 		n.t.Fatal(err)
 	}
 	secrets := map[string]*tlsv3.Secret{}
@@ -114,6 +114,12 @@ func (n *node) serviceCert(service string) (tls.Certificate, *x509.CertPool) {
 				n.t.Fatal(err)
 			}
 			secrets[sec.GetName()] = &sec
+		}
+		// ACK, as a proxy does: the server sends the next version (the
+		// service's leaf, when it was not issued yet) only after that.
+		req.VersionInfo, req.ResponseNonce = resp.GetVersionInfo(), resp.GetNonce()
+		if err := st.Send(req); err != nil {
+			n.t.Fatal(err)
 		}
 	}
 	tc := secrets[svc].GetTlsCertificate()

@@ -365,7 +365,7 @@ func (m *Membership) leave(ctx context.Context, force bool) error {
 // notServer says why a server-only operation is refused here.
 func (m *Membership) notServer() error {
 	if m.client() != nil {
-		return errors.New("this agent is a client: join tokens and snapshots are a server's; run the command against a server's HTTP API")
+		return errors.New("this agent is a client: join tokens, snapshots, removing nodes and rotating the CA are a server's; run the command against a server's HTTP API")
 	}
 	return ErrNotJoined
 }
@@ -423,6 +423,43 @@ func (m *Membership) Snapshot() (uint64, error) {
 		return 0, httpapi.WithStatus(http.StatusConflict, m.notServer())
 	}
 	return srv.Snapshot()
+}
+
+// ForceLeave removes node from the cluster and revokes its certificates
+// (PUT /v1/agent/force-leave/{node}). Only a server asks the leader; the
+// leader refuses a server caller too when the removal would break quorum
+// (409) or names itself.
+func (m *Membership) ForceLeave(ctx context.Context, node string) error {
+	srv := m.get()
+	if srv == nil {
+		return httpapi.WithStatus(http.StatusConflict, m.notServer())
+	}
+	return operatorStatus(srv.RemoveNode(ctx, node))
+}
+
+// RotateCA replaces the cluster CA (PUT /v1/vmesh/ca/rotate); a server
+// asks the leader.
+func (m *Membership) RotateCA(ctx context.Context) (*discovery.CARoot, error) {
+	srv := m.get()
+	if srv == nil {
+		return nil, httpapi.WithStatus(http.StatusConflict, m.notServer())
+	}
+	ca, err := srv.RotateCA(ctx)
+	return ca, operatorStatus(err)
+}
+
+// operatorStatus maps the leader's refusals of an operator's cluster
+// change to HTTP: quorum 409, permission 403.
+func operatorStatus(err error) error {
+	switch {
+	case err == nil:
+		return nil
+	case errors.Is(err, raft.ErrQuorum), errors.Is(err, raft.ErrIsLeader):
+		return httpapi.WithStatus(http.StatusConflict, err)
+	case errors.Is(err, raft.ErrPermissionDenied):
+		return httpapi.WithStatus(http.StatusForbidden, err)
+	}
+	return err
 }
 
 func (m *Membership) ClusterMembers(ctx context.Context) ([]httpapi.ClusterMember, error) {
