@@ -52,7 +52,11 @@ type Replica struct {
 	server      atomic.Pointer[string]
 
 	mu     sync.Mutex
-	notify chan struct{} // closed when lastIndex moves
+	notify chan struct{} // closed when lastIndex moves; nil while nobody waits
+
+	// onIndex, when set (by the scale benchmark), is called on the
+	// replica's goroutine each time lastIndex moves.
+	onIndex func(uint64)
 }
 
 // NewReplica returns a replica that fills store, which should be empty.
@@ -75,7 +79,7 @@ func NewReplica(cfg ReplicaConfig, store *discovery.Store) (*Replica, error) {
 	if cfg.Logger == nil {
 		cfg.Logger = slog.Default()
 	}
-	return &Replica{cfg: cfg, store: store, notify: make(chan struct{})}, nil
+	return &Replica{cfg: cfg, store: store}, nil
 }
 
 // Store is the replicated catalog. Only the replica writes it.
@@ -108,6 +112,9 @@ func (r *Replica) Snapshots() uint64 { return r.snapshots.Load() }
 func (r *Replica) WaitIndex(ctx context.Context, index uint64) error {
 	for {
 		r.mu.Lock()
+		if r.notify == nil {
+			r.notify = make(chan struct{})
+		}
 		ch := r.notify
 		r.mu.Unlock()
 		if r.lastIndex.Load() >= index {
@@ -124,9 +131,14 @@ func (r *Replica) WaitIndex(ctx context.Context, index uint64) error {
 func (r *Replica) setIndex(idx uint64) {
 	r.lastIndex.Store(idx)
 	r.mu.Lock()
-	close(r.notify)
-	r.notify = make(chan struct{})
+	if r.notify != nil {
+		close(r.notify)
+		r.notify = nil // made again by the next waiter
+	}
 	r.mu.Unlock()
+	if r.onIndex != nil {
+		r.onIndex(idx)
+	}
 }
 
 // Run follows the servers until ctx ends: one server at a time, moving to
