@@ -53,10 +53,17 @@ func newClientNode(t *testing.T, name, ip string, extra ...string) *node {
 
 func (n *node) start(extra ...string) *node {
 	n.t.Helper()
+	n.launch(extra...)
+	n.p.waitHTTP(30 * time.Second)
+	return n
+}
+
+// launch runs the agent without waiting for it to listen.
+func (n *node) launch(extra ...string) *node {
+	n.t.Helper()
 	args := append([]string{"agent", "-node", n.name, "-bind", n.ip, "-client", n.ip, "-data-dir", n.dataDir,
 		"-services-dir", "", "-log-level", "debug"}, n.args...)
 	n.p = startProc(n.t, append(args, extra...)...)
-	n.p.waitHTTP(30 * time.Second)
 	return n
 }
 

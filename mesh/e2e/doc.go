@@ -48,6 +48,7 @@
 //	16  TestServerRejoinsAfterDowntime
 //	17  TestLeaveRefusedFast
 //	18  TestServersAndClients
+//	23  TestScaleAgents (only with VMESH_SCALE_AGENTS; clients from 127.23.0.11)
 //	41  TestProxyL7EndToEnd
 //	42  TestProxyNackKeepsServing
 //	43  TestProxyRoundRobinFailoverRetry
