@@ -178,6 +178,10 @@ func (r *Replica) Run(ctx context.Context) error {
 // maxEventSize bounds one stream event: a snapshot batch of large records.
 const maxEventSize = 64 << 20
 
+// replicaWindow is the replica stream's HTTP/2 flow-control window, for
+// the stream and the connection.
+const replicaWindow = 4 << 20
+
 var replicaStreamDesc = grpc.StreamDesc{StreamName: "Subscribe", ServerStreams: true}
 
 // errReplicaDiverged: a delta did not apply as on the server.
@@ -190,7 +194,13 @@ func (r *Replica) follow(ctx context.Context, addr string) (progressed bool, err
 	defer cancel()
 	cc, err := grpc.NewClient(addr,
 		grpc.WithTransportCredentials(credentials.NewTLS(r.cfg.Identity.clientTLS(alpnRPC))),
-		grpc.WithDefaultCallOptions(grpc.ForceCodec(jsonCodec{}), grpc.MaxCallRecvMsgSize(maxEventSize)))
+		grpc.WithDefaultCallOptions(grpc.ForceCodec(jsonCodec{}), grpc.MaxCallRecvMsgSize(maxEventSize)),
+		// Fixed flow-control windows: with the default dynamic window the
+		// client answers nearly every event with a bandwidth-probing ping
+		// that the server must read and acknowledge, which doubles the
+		// server's work per change. The stream is a trickle of small
+		// events after one snapshot; 4 MiB keeps a snapshot flowing.
+		grpc.WithInitialWindowSize(replicaWindow), grpc.WithInitialConnWindowSize(replicaWindow))
 	if err != nil {
 		return false, err
 	}
