@@ -187,20 +187,26 @@ var replicaStreamDesc = grpc.StreamDesc{StreamName: "Subscribe", ServerStreams: 
 // errReplicaDiverged: a delta did not apply as on the server.
 var errReplicaDiverged = errors.New("raft: replica: a command failed here that the server applied")
 
-// follow streams from addr until the stream ends. progressed says whether
-// any event arrived.
-func (r *Replica) follow(ctx context.Context, addr string) (progressed bool, err error) {
-	ctx, cancel := context.WithCancel(ctx)
-	defer cancel()
-	cc, err := grpc.NewClient(addr,
-		grpc.WithTransportCredentials(credentials.NewTLS(r.cfg.Identity.clientTLS(alpnRPC))),
+// replicaDialOptions are the replica stream's connection options.
+func replicaDialOptions(id *Identity) []grpc.DialOption {
+	return []grpc.DialOption{
+		grpc.WithTransportCredentials(credentials.NewTLS(id.clientTLS(alpnRPC))),
 		grpc.WithDefaultCallOptions(grpc.ForceCodec(jsonCodec{}), grpc.MaxCallRecvMsgSize(maxEventSize)),
 		// Fixed flow-control windows: with the default dynamic window the
 		// client answers nearly every event with a bandwidth-probing ping
 		// that the server must read and acknowledge, which doubles the
 		// server's work per change. The stream is a trickle of small
 		// events after one snapshot; 4 MiB keeps a snapshot flowing.
-		grpc.WithInitialWindowSize(replicaWindow), grpc.WithInitialConnWindowSize(replicaWindow))
+		grpc.WithInitialWindowSize(replicaWindow), grpc.WithInitialConnWindowSize(replicaWindow),
+	}
+}
+
+// follow streams from addr until the stream ends. progressed says whether
+// any event arrived.
+func (r *Replica) follow(ctx context.Context, addr string) (progressed bool, err error) {
+	ctx, cancel := context.WithCancel(ctx)
+	defer cancel()
+	cc, err := grpc.NewClient(addr, replicaDialOptions(r.cfg.Identity)...)
 	if err != nil {
 		return false, err
 	}

@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"math/rand/v2"
 	"os"
 	"path/filepath"
 	"runtime"
@@ -11,6 +12,7 @@ import (
 	"strconv"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"syscall"
 	"testing"
 	"time"
@@ -18,6 +20,7 @@ import (
 	hraft "github.com/hashicorp/raft"
 	"github.com/vmesh/vmesh/discovery"
 	"github.com/vmesh/vmesh/lab/testkit"
+	"google.golang.org/grpc"
 )
 
 // TestReplicaStreamScale measures the replica stream at scale: N real
@@ -26,6 +29,9 @@ import (
 // about speed.
 //
 //	VMESH_REPLICA_BENCH=100,1000 go test -count=1 -run TestReplicaStreamScale -v ./raft
+//
+// With VMESH_REPLICA_BENCH_RAW=1 the subscribers are bare stream readers
+// (rawSubscriber) instead of replicas.
 //
 // Every goroutine carries a profile label (side=server or side=client), and
 // the change and idle phases each run under a CPU profile that is split by
@@ -38,13 +44,17 @@ func TestReplicaStreamScale(t *testing.T) {
 	if env == "" {
 		t.Skip("set VMESH_REPLICA_BENCH=100,1000 to run the replica stream scale benchmark")
 	}
+	// VMESH_REPLICA_BENCH_RAW=1: the subscribers read the stream and note
+	// its indexes but apply nothing, so the client side costs a TLS read
+	// and a JSON scan per event: what is left is mostly the servers'.
+	raw := os.Getenv("VMESH_REPLICA_BENCH_RAW") == "1"
 	var rows, cpuRows []string
 	for _, f := range strings.Split(env, ",") {
 		n, err := strconv.Atoi(strings.TrimSpace(f))
 		if err != nil || n <= 0 {
 			t.Fatalf("VMESH_REPLICA_BENCH: %q is not a subscriber count", f)
 		}
-		row, cpuRow := benchReplicas(t, n)
+		row, cpuRow := benchReplicas(t, n, raw)
 		rows, cpuRows = append(rows, row), append(cpuRows, cpuRow)
 	}
 	t.Logf("\n| subscribers | connect all | change → subscriber p50 | p99 | change → all (mean of %d) | max | idle CPU per subscriber | heap per subscriber |\n|---|---|---|---|---|---|---|---|\n%s", benchChanges, strings.Join(rows, "\n"))
@@ -91,7 +101,7 @@ func (m *indexMoves) reached(idx uint64) (time.Time, bool) {
 	return time.Time{}, false
 }
 
-func benchReplicas(t *testing.T, n int) (row, cpuRow string) {
+func benchReplicas(t *testing.T, n int, raw bool) (row, cpuRow string) {
 	var c *testCluster
 	withSide("server", func() { c = newTestCluster(t, 3, StreamConfig{}) })
 	for _, s := range c.servers {
@@ -116,7 +126,7 @@ func benchReplicas(t *testing.T, n int) (row, cpuRow string) {
 	runtime.ReadMemStats(&ms0)
 
 	start := time.Now()
-	reps := make([]*Replica, n)
+	reps := make([]benchSubscriber, n)
 	moves := make([]indexMoves, n)
 	ctx, cancel := context.WithCancel(context.Background())
 	var wg sync.WaitGroup
@@ -124,19 +134,25 @@ func benchReplicas(t *testing.T, n int) (row, cpuRow string) {
 	for i := range n {
 		// Spread the subscribers over the servers, as clients would.
 		order := append(slices.Clone(addrs[i%3:]), addrs[:i%3]...)
-		r, err := NewReplica(ReplicaConfig{Identity: testIdentity(t, c.ca, fmt.Sprintf("client-%d", i)), Servers: order,
-			Logger: testkit.Discard()}, discovery.NewStore())
-		if err != nil {
-			t.Fatal(err)
+		id := testIdentity(t, c.ca, fmt.Sprintf("client-%d", i))
+		var r benchSubscriber
+		if raw {
+			r = &rawSubscriber{id: id, servers: order, onIndex: moves[i].add}
+		} else {
+			rep, err := NewReplica(ReplicaConfig{Identity: id, Servers: order, Logger: testkit.Discard()}, discovery.NewStore())
+			if err != nil {
+				t.Fatal(err)
+			}
+			rep.onIndex = moves[i].add
+			r = rep
 		}
-		r.onIndex = moves[i].add
 		reps[i] = r
 		wg.Add(1)
 		go withSide("client", func() { defer wg.Done(); r.Run(ctx) })
 	}
 	idx := benchApply(t, c, registerNode("bench-host-2"))
-	for _, r := range reps {
-		waitIndex(t, r, idx)
+	for i, r := range reps {
+		benchWait(t, c, i, r, idx)
 	}
 	connect := time.Since(start)
 
@@ -152,8 +168,8 @@ func benchReplicas(t *testing.T, n int) (row, cpuRow string) {
 			}
 			t0 := time.Now()
 			idx := benchApply(t, c, registerService("bench-host", fmt.Sprintf("svc-%d", k), "bench"))
-			for _, r := range reps {
-				waitIndex(t, r, idx)
+			for i, r := range reps {
+				benchWait(t, c, i, r, idx)
 			}
 			var last time.Duration
 			for i := range moves {
@@ -211,6 +227,21 @@ func benchReplicas(t *testing.T, n int) (row, cpuRow string) {
 	return row, cpuRow
 }
 
+// benchWait waits for replica i to reach idx, and says where it stands
+// when it does not.
+func benchWait(t *testing.T, c *testCluster, i int, r benchSubscriber, idx uint64) {
+	t.Helper()
+	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+	defer cancel()
+	if err := r.WaitIndex(ctx, idx); err != nil {
+		for _, s := range c.servers {
+			t.Logf("server %s: applied %d, %+v", s.Addr(), s.fsm.applied.Load(), s.StreamStats())
+		}
+		t.Fatalf("subscriber %d (following %q, last heard %s ago): %v", i, r.Server(),
+			time.Since(r.LastContact()).Round(time.Millisecond), err)
+	}
+}
+
 // benchApply applies cmd, again when leadership moved under it: on 2 CPUs
 // shared with thousands of subscribers, raft's heartbeats can miss the
 // leader lease. The commands are idempotent registrations. Each retry is
@@ -246,3 +277,120 @@ func profilePhase(t *testing.T, name string, fn func()) (cpuSplit, error) {
 	defer f.Close()
 	return profileCPU(fn, f)
 }
+
+// benchSubscriber is a Replica, or a rawSubscriber.
+type benchSubscriber interface {
+	Run(ctx context.Context) error
+	WaitIndex(ctx context.Context, index uint64) error
+	Server() string
+	LastContact() time.Time
+}
+
+// rawSubscriber follows the replica stream as a replica does (same
+// connection options, resume from its last index) but keeps only the
+// index: it decodes each event's kind and indexes and applies nothing.
+type rawSubscriber struct {
+	id      *Identity
+	servers []string
+	onIndex func(uint64)
+
+	last    atomic.Uint64
+	contact atomic.Int64
+	server  atomic.Pointer[string]
+	mu      sync.Mutex
+	notify  chan struct{}
+}
+
+// rawEvent is what a rawSubscriber decodes of a SubscribeEvent.
+type rawEvent struct {
+	Kind   uint8
+	Index  uint64
+	Deltas []struct{ Index uint64 }
+}
+
+func (s *rawSubscriber) Run(ctx context.Context) error {
+	for i := 0; ; i++ {
+		s.follow(ctx, s.servers[i%len(s.servers)])
+		select {
+		case <-ctx.Done():
+			return ctx.Err()
+		case <-time.After(50*time.Millisecond + rand.N(50*time.Millisecond)):
+		}
+	}
+}
+
+func (s *rawSubscriber) follow(ctx context.Context, addr string) error {
+	ctx, cancel := context.WithCancel(ctx)
+	defer cancel()
+	cc, err := grpc.NewClient(addr, replicaDialOptions(s.id)...)
+	if err != nil {
+		return err
+	}
+	defer cc.Close()
+	stream, err := cc.NewStream(ctx, &replicaStreamDesc, "/"+rpcService+"/Subscribe")
+	if err != nil {
+		return err
+	}
+	if err := stream.SendMsg(&SubscribeRequest{FromIndex: s.last.Load()}); err != nil {
+		return err
+	}
+	if err := stream.CloseSend(); err != nil {
+		return err
+	}
+	s.server.Store(&addr)
+	defer s.server.Store(nil)
+	for {
+		var ev rawEvent
+		if err := stream.RecvMsg(&ev); err != nil {
+			return err
+		}
+		s.contact.Store(time.Now().UnixNano())
+		idx := uint64(0)
+		switch ev.Kind {
+		case EventSnapshotEnd, EventProgress:
+			idx = ev.Index
+		case EventDeltas:
+			if len(ev.Deltas) > 0 {
+				idx = ev.Deltas[len(ev.Deltas)-1].Index
+			}
+		}
+		if idx > s.last.Load() {
+			s.last.Store(idx)
+			s.mu.Lock()
+			if s.notify != nil {
+				close(s.notify)
+				s.notify = nil
+			}
+			s.mu.Unlock()
+			s.onIndex(idx)
+		}
+	}
+}
+
+func (s *rawSubscriber) WaitIndex(ctx context.Context, index uint64) error {
+	for {
+		s.mu.Lock()
+		if s.notify == nil {
+			s.notify = make(chan struct{})
+		}
+		ch := s.notify
+		s.mu.Unlock()
+		if s.last.Load() >= index {
+			return nil
+		}
+		select {
+		case <-ch:
+		case <-ctx.Done():
+			return fmt.Errorf("waiting for index %d (at %d): %w", index, s.last.Load(), ctx.Err())
+		}
+	}
+}
+
+func (s *rawSubscriber) Server() string {
+	if p := s.server.Load(); p != nil {
+		return *p
+	}
+	return ""
+}
+
+func (s *rawSubscriber) LastContact() time.Time { return time.Unix(0, s.contact.Load()) }

@@ -7,6 +7,7 @@ import (
 	"fmt"
 	"log/slog"
 	"sort"
+	"strconv"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -393,8 +394,14 @@ func (s *Server) sendStream(stream grpc.ServerStream, h *history, sub *subscribe
 			return err
 		}
 	}
-	keep := time.NewTicker(s.stream.KeepAlive)
+	// A keepalive goes out only after KeepAlive without any other event.
+	keep := time.NewTimer(s.stream.KeepAlive)
 	defer keep.Stop()
+	lastSend := time.Now()
+	send := func(ev encodedEvent) error {
+		lastSend = time.Now()
+		return stream.SendMsg(ev)
+	}
 	var sent uint64 // highest index the replica was told about
 	for {
 		ev, lastDelta, cur, wake, err := h.take(sub)
@@ -402,7 +409,7 @@ func (s *Server) sendStream(stream grpc.ServerStream, h *history, sub *subscribe
 			return status.Error(codes.ResourceExhausted, err.Error())
 		}
 		if ev != nil {
-			if err := stream.SendMsg(ev); err != nil {
+			if err := send(ev); err != nil {
 				return err
 			}
 			sent = lastDelta
@@ -411,7 +418,7 @@ func (s *Server) sendStream(stream grpc.ServerStream, h *history, sub *subscribe
 		if cur > sent {
 			// Only commands that do not replicate since: the replica is
 			// current to cur all the same.
-			if err := stream.SendMsg(&SubscribeEvent{Kind: EventProgress, Index: cur}); err != nil {
+			if err := send(encodeProgress(cur)); err != nil {
 				return err
 			}
 			sent = cur
@@ -419,15 +426,32 @@ func (s *Server) sendStream(stream grpc.ServerStream, h *history, sub *subscribe
 		select {
 		case <-wake:
 		case <-keep.C:
-			if err := stream.SendMsg(&SubscribeEvent{Kind: EventProgress, Index: sent}); err != nil {
+			if idle := time.Since(lastSend); idle < s.stream.KeepAlive {
+				keep.Reset(s.stream.KeepAlive - idle)
+				continue
+			}
+			if err := send(encodeProgress(sent)); err != nil {
 				return err
 			}
+			keep.Reset(s.stream.KeepAlive)
 		case <-sub.dropped:
 			return status.Error(codes.ResourceExhausted, errSubscriberDropped.Error())
 		case <-ctx.Done():
 			return ctx.Err()
 		}
 	}
+}
+
+// encodeProgress is the EventProgress message at idx, as json.Marshal
+// makes it of the SubscribeEvent, without its reflection.
+func encodeProgress(idx uint64) encodedEvent {
+	if idx == 0 {
+		return encodedEvent(`{"Kind":4}`)
+	}
+	b := make(encodedEvent, 0, 40)
+	b = append(b, `{"Kind":4,"Index":`...)
+	b = strconv.AppendUint(b, idx, 10)
+	return append(b, '}')
 }
 
 // sendSnapshot streams the replicated tables of snap, which is at index at.

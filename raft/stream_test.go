@@ -62,3 +62,15 @@ func TestHistoryEventEncoding(t *testing.T) {
 		}
 	}
 }
+
+func TestProgressEncoding(t *testing.T) {
+	for _, idx := range []uint64{0, 1, 1234567890123} {
+		want, err := json.Marshal(&SubscribeEvent{Kind: EventProgress, Index: idx})
+		if err != nil {
+			t.Fatal(err)
+		}
+		if got := encodeProgress(idx); string(got) != string(want) {
+			t.Errorf("encodeProgress(%d) = %s; json.Marshal makes %s", idx, got, want)
+		}
+	}
+}
