@@ -156,10 +156,17 @@ func (r *Replica) Run(ctx context.Context) error {
 		}
 		addr := servers[next%len(servers)]
 		next++
-		progressed, err := r.follow(ctx, addr)
+		progressed, err := r.follow(ctx, addr, len(servers) == 1)
 		r.server.Store(nil)
 		if ctx.Err() != nil {
 			return ctx.Err()
+		}
+		if errors.Is(err, errMoreServers) {
+			// Resume at once on the first of the longer list (a Client
+			// rotates it per node, so its clients spread over the servers).
+			r.cfg.Logger.Debug("replica stream: more servers known; moving", "from", addr, "index", r.LastIndex())
+			next = 0
+			continue
 		}
 		if progressed {
 			backoff = r.cfg.MinBackoff
@@ -201,9 +208,16 @@ func replicaDialOptions(id *Identity) []grpc.DialOption {
 	}
 }
 
+// errMoreServers ends a stream taken from the only server known when
+// ServerList has come to name more.
+var errMoreServers = errors.New("raft: replica: more servers are known now")
+
 // follow streams from addr until the stream ends. progressed says whether
-// any event arrived.
-func (r *Replica) follow(ctx context.Context, addr string) (progressed bool, err error) {
+// any event arrived. only says addr was the only server known: the stream
+// then ends, between events, once ServerList names more (errMoreServers),
+// so that the clients that all joined through one server do not all stay
+// on it.
+func (r *Replica) follow(ctx context.Context, addr string, only bool) (progressed bool, err error) {
 	ctx, cancel := context.WithCancel(ctx)
 	defer cancel()
 	cc, err := grpc.NewClient(addr, replicaDialOptions(r.cfg.Identity)...)
@@ -233,7 +247,14 @@ func (r *Replica) follow(ctx context.Context, addr string) (progressed bool, err
 			restore.Abort()
 		}
 	}()
+	var checked time.Time // when ServerList was last asked (only)
 	for {
+		if only && restore == nil && r.cfg.ServerList != nil && time.Since(checked) >= time.Second {
+			checked = time.Now()
+			if len(r.cfg.ServerList()) > 1 && progressed {
+				return progressed, errMoreServers
+			}
+		}
 		var ev SubscribeEvent
 		if err := stream.RecvMsg(&ev); err != nil {
 			if st, ok := status.FromError(err); ok && st.Code() == codes.ResourceExhausted {

@@ -23,6 +23,7 @@ import (
 //   - how long the clients take, from the moment they are all started, to
 //     be members of the cluster, alive on the leader, with a leader known
 //     on every client;
+//   - which server each client's replica stream follows;
 //   - how long a registration on one client takes to show in every
 //     agent's HTTP API (a blocking catalog query on each of them), over
 //     VMESH_SCALE_REGISTRATIONS registrations (default 20);
@@ -143,6 +144,24 @@ func TestScaleAgents(t *testing.T) {
 	slices.Sort(lat)
 	p := func(q float64) time.Duration { return lat[int(q*float64(len(lat)-1))].Round(100 * time.Microsecond) }
 
+	// Which server each client's replica stream follows, after the
+	// registrations (a client moves off its join server at its next event
+	// once it knows the others).
+	streams := map[string]int{}
+	for _, c := range clients {
+		var self struct {
+			Stats struct{ Raft map[string]string }
+		}
+		if err := getJSON("http://"+c.httpAddr()+"/v1/agent/self", &self); err != nil {
+			t.Fatalf("%s: /v1/agent/self: %v", c.name, err)
+		}
+		streams[self.Stats.Raft["replica_server"]]++
+	}
+	var spread []string
+	for _, s := range servers {
+		spread = append(spread, fmt.Sprint(streams[s.clusterAddr()]))
+	}
+
 	// Idle CPU over 20 s with nothing written.
 	var leader *node
 	for _, s := range servers {
@@ -169,8 +188,8 @@ func TestScaleAgents(t *testing.T) {
 		clientsCPU += d
 		maxClient = max(maxClient, d)
 	}
-	t.Logf("\n| clients | all listening | all joined and alive | registration → every agent p50 | p99 | max | slowest agent, mean of %d | leader idle CPU | client idle CPU (mean) | (max) |\n|---|---|---|---|---|---|---|---|---|---|\n| %d | %s | %s | %s | %s | %s | %s | %s of a core | %s | %s |",
-		regs, count, listening.Round(100*time.Millisecond), joined.Round(100*time.Millisecond), p(0.5), p(0.99), p(1),
+	t.Logf("\n| clients | all listening | all joined and alive | streams on n1/n2/n3 | registration → every agent p50 | p99 | max | slowest agent, mean of %d | leader idle CPU | client idle CPU (mean) | (max) |\n|---|---|---|---|---|---|---|---|---|---|---|\n| %d | %s | %s | %s | %s | %s | %s | %s | %s of a core | %s | %s |",
+		regs, count, listening.Round(100*time.Millisecond), joined.Round(100*time.Millisecond), strings.Join(spread, "/"), p(0.5), p(0.99), p(1),
 		(sum(worst) / time.Duration(len(worst))).Round(100*time.Microsecond),
 		share(cpu1[0]-cpu0[0]), share(clientsCPU/time.Duration(count)), share(maxClient))
 }
