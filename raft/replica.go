@@ -214,11 +214,11 @@ var errMoreServers = errors.New("raft: replica: more servers are known now")
 
 // follow streams from addr until the stream ends. progressed says whether
 // any event arrived. only says addr was the only server known: the stream
-// then ends, between events, once ServerList names more (errMoreServers),
-// so that the clients that all joined through one server do not all stay
-// on it.
+// then ends once ServerList names more (errMoreServers), so that the
+// clients that all joined through one server do not all stay on it.
 func (r *Replica) follow(ctx context.Context, addr string, only bool) (progressed bool, err error) {
-	ctx, cancel := context.WithCancel(ctx)
+	ctx, cancelCause := context.WithCancelCause(ctx)
+	cancel := func() { cancelCause(nil) }
 	defer cancel()
 	cc, err := grpc.NewClient(addr, replicaDialOptions(r.cfg.Identity)...)
 	if err != nil {
@@ -247,16 +247,33 @@ func (r *Replica) follow(ctx context.Context, addr string, only bool) (progresse
 			restore.Abort()
 		}
 	}()
-	var checked time.Time // when ServerList was last asked (only)
-	for {
-		if only && restore == nil && r.cfg.ServerList != nil && time.Since(checked) >= time.Second {
-			checked = time.Now()
-			if len(r.cfg.ServerList()) > 1 && progressed {
-				return progressed, errMoreServers
-			}
+	if only && r.cfg.ServerList != nil {
+		// Asked every second, not at events: a client that learns the
+		// servers while idle moves then, not during the next change's
+		// fan-out. Not before the replica holds a first snapshot.
+		var stop atomic.Bool
+		defer stop.Store(true)
+		var arm func()
+		arm = func() {
+			time.AfterFunc(time.Second, func() {
+				if stop.Load() || ctx.Err() != nil {
+					return
+				}
+				if r.LastIndex() > 0 && len(r.cfg.ServerList()) > 1 {
+					cancelCause(errMoreServers)
+					return
+				}
+				arm()
+			})
 		}
+		arm()
+	}
+	for {
 		var ev SubscribeEvent
 		if err := stream.RecvMsg(&ev); err != nil {
+			if errors.Is(context.Cause(ctx), errMoreServers) {
+				return progressed, errMoreServers
+			}
 			if st, ok := status.FromError(err); ok && st.Code() == codes.ResourceExhausted {
 				return progressed, fmt.Errorf("the server dropped this replica: %s", st.Message())
 			}

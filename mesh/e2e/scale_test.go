@@ -144,9 +144,8 @@ func TestScaleAgents(t *testing.T) {
 	slices.Sort(lat)
 	p := func(q float64) time.Duration { return lat[int(q*float64(len(lat)-1))].Round(100 * time.Microsecond) }
 
-	// Which server each client's replica stream follows, after the
-	// registrations (a client moves off its join server at its next event
-	// once it knows the others).
+	// Which server each client's replica stream follows (a client moves
+	// off its join server within a second of knowing the others).
 	streams := map[string]int{}
 	for _, c := range clients {
 		var self struct {
