@@ -31,7 +31,8 @@ import (
 //     over 20 s with nothing written.
 //
 // It asserts that every client joins and every agent sees every
-// registration, nothing about speed.
+// registration, nothing about speed. VMESH_SCALE_CONFIG names an agent
+// config file that every agent reads too.
 //
 //	VMESH_SCALE_AGENTS=80 go test -count=1 -timeout 30m -run TestScaleAgents -v ./mesh/e2e/
 func TestScaleAgents(t *testing.T) {
@@ -53,6 +54,11 @@ func TestScaleAgents(t *testing.T) {
 	t.Parallel()
 	// Info, not debug: 240 agents' debug logs would be most of the work.
 	quiet := []string{"-log-level", "info"}
+	// VMESH_SCALE_CONFIG: an agent config file every agent also reads,
+	// to measure a setting (cluster { heartbeat_interval = "5s" }).
+	if f := os.Getenv("VMESH_SCALE_CONFIG"); f != "" {
+		quiet = append(quiet, "-config", f)
+	}
 	servers := bootCluster(t, "127.23.0.", 3, quiet...)
 	testkit.WaitFor(t, 30*time.Second, "three raft members", func() bool {
 		r := roles(servers[0].members())
