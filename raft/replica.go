@@ -26,7 +26,9 @@ type ReplicaConfig struct {
 	Servers []string
 	// ServerList, when set, is asked before each attempt for the servers
 	// known now (a client learns them as the cluster changes); Servers is
-	// used while it returns none.
+	// used while it returns none. While the replica follows the only
+	// server it knew, it asks every second, and moves to the first of the
+	// list (resuming, without a snapshot) once it names more.
 	ServerList func() []string
 	// MinBackoff and MaxBackoff bound the wait between attempts (defaults
 	// 50 ms and 5 s); the wait doubles while no server answers.
