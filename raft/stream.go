@@ -129,10 +129,10 @@ var errSubscriberDropped = errors.New("raft: replica stream fell behind the serv
 
 type histEntry struct {
 	index uint64
-	data  []byte
 	// event is the entry alone as a whole EventDeltas message in the
-	// stream's encoding, made once when the entry is recorded: every
-	// subscriber that is current sends these same bytes.
+	// stream's encoding (the command inside it), made once when the entry
+	// is recorded: every subscriber that is current sends these same
+	// bytes.
 	event encodedEvent
 }
 
@@ -225,7 +225,7 @@ func (h *history) recordLocked(idx uint64, buf []byte, resp any) {
 	} else {
 		h.n++
 	}
-	h.ring[pos] = histEntry{index: idx, data: data, event: ev}
+	h.ring[pos] = histEntry{index: idx, event: ev}
 	close(h.wake)
 	h.wake = make(chan struct{})
 }
