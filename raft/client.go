@@ -5,6 +5,7 @@ import (
 	"crypto/x509"
 	"errors"
 	"fmt"
+	"hash/fnv"
 	"log/slog"
 	"math/rand/v2"
 	"slices"
@@ -88,7 +89,7 @@ func NewClient(cfg ClientConfig, store *discovery.Store) (*Client, error) {
 	cfg.Identity.followCatalog(store, cfg.Logger)
 	servers := slices.Clone(cfg.Servers)
 	c.servers.Store(&servers)
-	r, err := NewReplica(ReplicaConfig{Identity: cfg.Identity, Servers: servers, ServerList: c.Servers, Logger: cfg.Logger.With("component", "replica")}, store)
+	r, err := NewReplica(ReplicaConfig{Identity: cfg.Identity, Servers: servers, ServerList: c.replicaServers, Logger: cfg.Logger.With("component", "replica")}, store)
 	if err != nil {
 		return nil, err
 	}
@@ -350,6 +351,20 @@ func (c *Client) serversLoop(ctx context.Context) {
 		case <-time.After(clientServersEvery):
 		}
 	}
+}
+
+// replicaServers is the server list for the replica stream, rotated by an
+// offset of this node's own: every client knows the same sorted list, and
+// without it every client would follow the same first server.
+func (c *Client) replicaServers() []string {
+	s := *c.servers.Load()
+	if len(s) < 2 {
+		return slices.Clone(s)
+	}
+	h := fnv.New32a()
+	h.Write([]byte(c.cfg.NodeID))
+	k := int(h.Sum32() % uint32(len(s)))
+	return append(slices.Clone(s[k:]), s[:k]...)
 }
 
 func sortedCopy(s []string) []string {

@@ -302,7 +302,12 @@ func (c handshakenCreds) Clone() credentials.TransportCredentials { return c }
 // generated protobuf code is needed. The service is still plain gRPC.
 type jsonCodec struct{}
 
-func (jsonCodec) Marshal(v any) ([]byte, error)   { return json.Marshal(v) }
+func (jsonCodec) Marshal(v any) ([]byte, error) {
+	if ev, ok := v.(encodedEvent); ok { // the replica stream's, encoded once for every subscriber
+		return ev, nil
+	}
+	return json.Marshal(v)
+}
 func (jsonCodec) Unmarshal(b []byte, v any) error { return json.Unmarshal(b, v) }
 func (jsonCodec) Name() string                    { return "json" }
 

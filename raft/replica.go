@@ -26,7 +26,9 @@ type ReplicaConfig struct {
 	Servers []string
 	// ServerList, when set, is asked before each attempt for the servers
 	// known now (a client learns them as the cluster changes); Servers is
-	// used while it returns none.
+	// used while it returns none. While the replica follows the only
+	// server it knew, it asks every second, and moves to the first of the
+	// list (resuming, without a snapshot) once it names more.
 	ServerList func() []string
 	// MinBackoff and MaxBackoff bound the wait between attempts (defaults
 	// 50 ms and 5 s); the wait doubles while no server answers.
@@ -52,7 +54,11 @@ type Replica struct {
 	server      atomic.Pointer[string]
 
 	mu     sync.Mutex
-	notify chan struct{} // closed when lastIndex moves
+	notify chan struct{} // closed when lastIndex moves; nil while nobody waits
+
+	// onIndex, when set (by the scale benchmark), is called on the
+	// replica's goroutine each time lastIndex moves.
+	onIndex func(uint64)
 }
 
 // NewReplica returns a replica that fills store, which should be empty.
@@ -75,7 +81,7 @@ func NewReplica(cfg ReplicaConfig, store *discovery.Store) (*Replica, error) {
 	if cfg.Logger == nil {
 		cfg.Logger = slog.Default()
 	}
-	return &Replica{cfg: cfg, store: store, notify: make(chan struct{})}, nil
+	return &Replica{cfg: cfg, store: store}, nil
 }
 
 // Store is the replicated catalog. Only the replica writes it.
@@ -108,6 +114,9 @@ func (r *Replica) Snapshots() uint64 { return r.snapshots.Load() }
 func (r *Replica) WaitIndex(ctx context.Context, index uint64) error {
 	for {
 		r.mu.Lock()
+		if r.notify == nil {
+			r.notify = make(chan struct{})
+		}
 		ch := r.notify
 		r.mu.Unlock()
 		if r.lastIndex.Load() >= index {
@@ -124,9 +133,14 @@ func (r *Replica) WaitIndex(ctx context.Context, index uint64) error {
 func (r *Replica) setIndex(idx uint64) {
 	r.lastIndex.Store(idx)
 	r.mu.Lock()
-	close(r.notify)
-	r.notify = make(chan struct{})
+	if r.notify != nil {
+		close(r.notify)
+		r.notify = nil // made again by the next waiter
+	}
 	r.mu.Unlock()
+	if r.onIndex != nil {
+		r.onIndex(idx)
+	}
 }
 
 // Run follows the servers until ctx ends: one server at a time, moving to
@@ -144,10 +158,17 @@ func (r *Replica) Run(ctx context.Context) error {
 		}
 		addr := servers[next%len(servers)]
 		next++
-		progressed, err := r.follow(ctx, addr)
+		progressed, err := r.follow(ctx, addr, len(servers) == 1)
 		r.server.Store(nil)
 		if ctx.Err() != nil {
 			return ctx.Err()
+		}
+		if errors.Is(err, errMoreServers) {
+			// Resume at once on the first of the longer list (a Client
+			// rotates it per node, so its clients spread over the servers).
+			r.cfg.Logger.Debug("replica stream: more servers known; moving", "from", addr, "index", r.LastIndex())
+			next = 0
+			continue
 		}
 		if progressed {
 			backoff = r.cfg.MinBackoff
@@ -166,19 +187,42 @@ func (r *Replica) Run(ctx context.Context) error {
 // maxEventSize bounds one stream event: a snapshot batch of large records.
 const maxEventSize = 64 << 20
 
+// replicaWindow is the replica stream's HTTP/2 flow-control window, for
+// the stream and the connection.
+const replicaWindow = 4 << 20
+
 var replicaStreamDesc = grpc.StreamDesc{StreamName: "Subscribe", ServerStreams: true}
 
 // errReplicaDiverged: a delta did not apply as on the server.
 var errReplicaDiverged = errors.New("raft: replica: a command failed here that the server applied")
 
+// replicaDialOptions are the replica stream's connection options.
+func replicaDialOptions(id *Identity) []grpc.DialOption {
+	return []grpc.DialOption{
+		grpc.WithTransportCredentials(credentials.NewTLS(id.clientTLS(alpnRPC))),
+		grpc.WithDefaultCallOptions(grpc.ForceCodec(jsonCodec{}), grpc.MaxCallRecvMsgSize(maxEventSize)),
+		// Fixed flow-control windows: with the default dynamic window the
+		// client answers nearly every event with a bandwidth-probing ping
+		// that the server must read and acknowledge, which doubles the
+		// server's work per change. The stream is a trickle of small
+		// events after one snapshot; 4 MiB keeps a snapshot flowing.
+		grpc.WithInitialWindowSize(replicaWindow), grpc.WithInitialConnWindowSize(replicaWindow),
+	}
+}
+
+// errMoreServers ends a stream taken from the only server known when
+// ServerList has come to name more.
+var errMoreServers = errors.New("raft: replica: more servers are known now")
+
 // follow streams from addr until the stream ends. progressed says whether
-// any event arrived.
-func (r *Replica) follow(ctx context.Context, addr string) (progressed bool, err error) {
-	ctx, cancel := context.WithCancel(ctx)
+// any event arrived. only says addr was the only server known: the stream
+// then ends once ServerList names more (errMoreServers), so that the
+// clients that all joined through one server do not all stay on it.
+func (r *Replica) follow(ctx context.Context, addr string, only bool) (progressed bool, err error) {
+	ctx, cancelCause := context.WithCancelCause(ctx)
+	cancel := func() { cancelCause(nil) }
 	defer cancel()
-	cc, err := grpc.NewClient(addr,
-		grpc.WithTransportCredentials(credentials.NewTLS(r.cfg.Identity.clientTLS(alpnRPC))),
-		grpc.WithDefaultCallOptions(grpc.ForceCodec(jsonCodec{}), grpc.MaxCallRecvMsgSize(maxEventSize)))
+	cc, err := grpc.NewClient(addr, replicaDialOptions(r.cfg.Identity)...)
 	if err != nil {
 		return false, err
 	}
@@ -205,9 +249,33 @@ func (r *Replica) follow(ctx context.Context, addr string) (progressed bool, err
 			restore.Abort()
 		}
 	}()
+	if only && r.cfg.ServerList != nil {
+		// Asked every second, not at events: a client that learns the
+		// servers while idle moves then, not during the next change's
+		// fan-out. Not before the replica holds a first snapshot.
+		var stop atomic.Bool
+		defer stop.Store(true)
+		var arm func()
+		arm = func() {
+			time.AfterFunc(time.Second, func() {
+				if stop.Load() || ctx.Err() != nil {
+					return
+				}
+				if r.LastIndex() > 0 && len(r.cfg.ServerList()) > 1 {
+					cancelCause(errMoreServers)
+					return
+				}
+				arm()
+			})
+		}
+		arm()
+	}
 	for {
 		var ev SubscribeEvent
 		if err := stream.RecvMsg(&ev); err != nil {
+			if errors.Is(context.Cause(ctx), errMoreServers) {
+				return progressed, errMoreServers
+			}
 			if st, ok := status.FromError(err); ok && st.Code() == codes.ResourceExhausted {
 				return progressed, fmt.Errorf("the server dropped this replica: %s", st.Message())
 			}

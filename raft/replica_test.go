@@ -5,8 +5,10 @@ import (
 	"errors"
 	"fmt"
 	"reflect"
+	"slices"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -456,4 +458,66 @@ func TestReplicaSlowSubscriberDropped(t *testing.T) {
 	}
 	waitIndex(t, r, idx)
 	sameView(t, s, r)
+}
+
+// A replica that started on the only server it knew (a client's join
+// address) moves, resuming without a snapshot, to the first server of the
+// list once ServerList names more; a Client rotates that list per node.
+func TestReplicaMovesWhenMoreServersAreKnown(t *testing.T) {
+	c := newTestCluster(t, 3, StreamConfig{KeepAlive: 100 * time.Millisecond})
+	idx := c.apply(registerNode("n1"))
+	first := c.servers[0].Addr()
+	var list atomic.Pointer[[]string]
+	one := []string{first}
+	list.Store(&one)
+	r, err := NewReplica(ReplicaConfig{
+		Identity: testIdentity(t, c.ca, "client-1"), Servers: one,
+		ServerList: func() []string { return *list.Load() },
+		Logger:     testkit.Logger(t),
+	}, discovery.NewStore())
+	if err != nil {
+		t.Fatal(err)
+	}
+	runReplica(t, r)
+	waitIndex(t, r, idx)
+	if r.Server() != first {
+		t.Fatalf("replica follows %q, want the only server %q", r.Server(), first)
+	}
+	more := []string{c.servers[2].Addr(), first, c.servers[1].Addr()}
+	list.Store(&more)
+	testkit.WaitFor(t, 10*time.Second, "the replica on the first server of the longer list", func() bool { return r.Server() == more[0] })
+	idx = c.apply(registerService("n1", "a", "svc-a"))
+	waitIndex(t, r, idx)
+	if r.Snapshots() != 1 {
+		t.Fatalf("replica loaded %d snapshots; moving within the history needs none", r.Snapshots())
+	}
+	sameView(t, c.servers[2], r)
+}
+
+// Clients spread their replica streams: each rotates the sorted server
+// list by an offset of its own node ID.
+func TestClientReplicaServersRotate(t *testing.T) {
+	servers := []string{"10.0.0.1:7400", "10.0.0.2:7400", "10.0.0.3:7400"}
+	firsts := map[string]int{}
+	for i := range 60 {
+		c := &Client{cfg: ClientConfig{NodeID: fmt.Sprintf("node-%d", i)}}
+		s := slices.Clone(servers)
+		c.servers.Store(&s)
+		got := c.replicaServers()
+		again := c.replicaServers()
+		if !slices.Equal(got, again) || len(got) != 3 {
+			t.Fatalf("replicaServers for %s: %v, then %v; want one rotation of the 3 servers", c.cfg.NodeID, got, again)
+		}
+		sorted := slices.Clone(got)
+		slices.Sort(sorted)
+		if !slices.Equal(sorted, servers) {
+			t.Fatalf("replicaServers for %s = %v: not a rotation of %v", c.cfg.NodeID, got, servers)
+		}
+		firsts[got[0]]++
+	}
+	for _, s := range servers {
+		if firsts[s] < 5 {
+			t.Errorf("60 clients start on %v; want each server first for several", firsts)
+		}
+	}
 }

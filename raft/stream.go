@@ -2,9 +2,12 @@ package raft
 
 import (
 	"bytes"
+	"encoding/json"
 	"errors"
 	"fmt"
 	"log/slog"
+	"sort"
+	"strconv"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -133,14 +136,49 @@ var errSubscriberDropped = errors.New("raft: replica stream fell behind the serv
 
 type histEntry struct {
 	index uint64
-	data  []byte
+	// event is the entry alone as a whole EventDeltas message in the
+	// stream's encoding (the command inside it), made once when the entry
+	// is recorded: every subscriber that is current sends these same
+	// bytes.
+	event encodedEvent
+}
+
+// delta is the entry's Delta in the stream's encoding, inside its event.
+func (e histEntry) delta() []byte {
+	return e.event[len(deltasPrefix) : len(e.event)-len(deltasSuffix)]
+}
+
+// encodedEvent is a SubscribeEvent already in the cluster RPC's encoding
+// (jsonCodec sends it as it is). Its bytes are shared between streams and
+// never written to.
+type encodedEvent []byte
+
+// An EventDeltas message is deltasPrefix, the deltas' JSON separated by
+// commas, and deltasSuffix: the bytes json.Marshal makes of a
+// SubscribeEvent with Kind EventDeltas and only Deltas set.
+var (
+	deltasPrefix = []byte(`{"Kind":3,"Deltas":[`)
+	deltasSuffix = []byte(`]}`)
+)
+
+// encodeDeltaEvent is the EventDeltas message of the one delta d.
+func encodeDeltaEvent(d Delta) (encodedEvent, error) {
+	js, err := json.Marshal(d)
+	if err != nil {
+		return nil, err
+	}
+	ev := make([]byte, 0, len(deltasPrefix)+len(js)+len(deltasSuffix))
+	ev = append(ev, deltasPrefix...)
+	ev = append(ev, js...)
+	return append(ev, deltasSuffix...), nil
 }
 
 // history is the server's memory of replicated commands. The FSM appends
-// to it under mu while it applies, so a subscriber that takes a catalog
-// snapshot under mu gets the catalog and the history at the same index.
+// to it under mu (write-locked) while it applies, so a subscriber that
+// takes a catalog snapshot under mu gets the catalog and the history at
+// the same index. Subscribers read it under the read lock, all at once.
 type history struct {
-	mu     sync.Mutex
+	mu     sync.RWMutex
 	logger *slog.Logger
 	ring   []histEntry
 	head   int // position of the oldest entry
@@ -172,6 +210,10 @@ func (h *history) recordLocked(idx uint64, buf []byte, resp any) {
 		return
 	}
 	data, err := replicaCommand(buf)
+	var ev encodedEvent
+	if err == nil && data != nil {
+		ev, err = encodeDeltaEvent(Delta{Index: idx, Command: data})
+	}
 	if err != nil {
 		// Every server fails the same way; a replica resyncs by snapshot.
 		h.logger.Error("replica stream: cannot filter a command; subscribers will resync", "index", idx, "err", err)
@@ -190,7 +232,7 @@ func (h *history) recordLocked(idx uint64, buf []byte, resp any) {
 	} else {
 		h.n++
 	}
-	h.ring[pos] = histEntry{index: idx, data: data}
+	h.ring[pos] = histEntry{index: idx, event: ev}
 	close(h.wake)
 	h.wake = make(chan struct{})
 }
@@ -211,7 +253,7 @@ func (h *history) resetLocked(idx uint64) {
 // idx: it cannot get it any more.
 func (h *history) dropBehindLocked(idx uint64) {
 	for s := range h.subs {
-		if s.cursor < idx {
+		if s.cursor.Load() < idx {
 			s.drop()
 			delete(h.subs, s)
 			h.dropped.Add(1)
@@ -221,7 +263,10 @@ func (h *history) dropBehindLocked(idx uint64) {
 
 // subscriber is one replica stream's position in the history.
 type subscriber struct {
-	cursor    uint64 // under history.mu: the replica has (or is sent) all up to here
+	// cursor: the replica has (or is sent) all up to here. Only the
+	// subscriber's stream moves it, under history.mu's read lock; the
+	// history reads it under the write lock.
+	cursor    atomic.Uint64
 	dropped   chan struct{}
 	closeOnce sync.Once
 }
@@ -237,10 +282,10 @@ func (h *history) subscribe(from uint64, store *discovery.Store) (*subscriber, *
 	var snap *discovery.Snapshot
 	if from == 0 || from < h.floor {
 		snap = store.Snapshot()
-		s.cursor = h.last
+		s.cursor.Store(h.last)
 		h.snapshots.Add(1)
 	} else {
-		s.cursor = from
+		s.cursor.Store(from)
 		h.resumes.Add(1)
 	}
 	h.subs[s] = struct{}{}
@@ -257,33 +302,51 @@ func (h *history) unsubscribe(s *subscriber) {
 // history.
 const maxDeltaBatch = 256
 
-// take returns the entries after s's cursor (at most maxDeltaBatch), the
-// index the subscriber is then current to, and a channel closed at the
-// next entry.
-func (h *history) take(s *subscriber) ([]Delta, uint64, <-chan struct{}, error) {
-	h.mu.Lock()
-	defer h.mu.Unlock()
+// take returns the entries after s's cursor (at most maxDeltaBatch) as
+// one EventDeltas message (nil when there are none), the index of its
+// last delta, the index the subscriber is then current to, and a channel
+// closed at the next entry. A subscriber that is one entry behind, as all
+// are while they keep up, gets the entry's own shared bytes.
+func (h *history) take(s *subscriber) (ev encodedEvent, lastDelta, cur uint64, wake <-chan struct{}, err error) {
+	h.mu.RLock()
+	defer h.mu.RUnlock()
 	select {
 	case <-s.dropped:
-		return nil, 0, nil, errSubscriberDropped
+		return nil, 0, 0, nil, errSubscriberDropped
 	default:
 	}
-	var out []Delta
-	// The ring is in index order; find the first entry after the cursor.
-	i := 0
-	for i < h.n && h.ring[(h.head+i)%len(h.ring)].index <= s.cursor {
-		i++
+	cursor := s.cursor.Load()
+	at := func(i int) *histEntry { return &h.ring[(h.head+i)%len(h.ring)] }
+	// The ring is in index order: the first entry after the cursor.
+	i := sort.Search(h.n, func(i int) bool { return at(i).index > cursor })
+	end := min(h.n, i+maxDeltaBatch)
+	switch {
+	case i == end:
+	case end-i == 1:
+		ev, lastDelta = at(i).event, at(i).index
+	default:
+		size := len(deltasPrefix) + len(deltasSuffix)
+		for j := i; j < end; j++ {
+			size += len(at(j).delta()) + 1
+		}
+		ev = make(encodedEvent, 0, size)
+		ev = append(ev, deltasPrefix...)
+		for j := i; j < end; j++ {
+			if j > i {
+				ev = append(ev, ',')
+			}
+			ev = append(ev, at(j).delta()...)
+		}
+		ev = append(ev, deltasSuffix...)
+		lastDelta = at(end - 1).index
 	}
-	for ; i < h.n && len(out) < maxDeltaBatch; i++ {
-		e := h.ring[(h.head+i)%len(h.ring)]
-		out = append(out, Delta{Index: e.index, Command: e.data})
-	}
-	if i == h.n {
-		s.cursor = max(s.cursor, h.last)
+	if end == h.n {
+		cursor = max(cursor, h.last)
 	} else {
-		s.cursor = out[len(out)-1].Index
+		cursor = lastDelta
 	}
-	return out, s.cursor, h.wake, nil
+	s.cursor.Store(cursor)
+	return ev, lastDelta, cursor, h.wake, nil
 }
 
 // ---- the RPC ----
@@ -334,15 +397,18 @@ const snapshotBatch = 512
 func (s *Server) sendStream(stream grpc.ServerStream, h *history, sub *subscriber, snap *discovery.Snapshot) error {
 	ctx := stream.Context()
 	if snap != nil {
-		h.mu.Lock()
-		at := sub.cursor
-		h.mu.Unlock()
-		if err := sendSnapshot(stream, snap, at); err != nil {
+		if err := sendSnapshot(stream, snap, sub.cursor.Load()); err != nil {
 			return err
 		}
 	}
-	keep := time.NewTicker(s.stream.KeepAlive)
+	// A keepalive goes out only after KeepAlive without any other event.
+	keep := time.NewTimer(s.stream.KeepAlive)
 	defer keep.Stop()
+	lastSend := time.Now()
+	send := func(ev encodedEvent) error {
+		lastSend = time.Now()
+		return stream.SendMsg(ev)
+	}
 	var sent uint64 // highest index the replica was told about
 	for {
 		// A subscriber revoked since it connected hears no more
@@ -350,21 +416,21 @@ func (s *Server) sendStream(stream grpc.ServerStream, h *history, sub *subscribe
 		if err := s.refuseRevoked(ctx); err != nil {
 			return err
 		}
-		deltas, cur, wake, err := h.take(sub)
+		ev, lastDelta, cur, wake, err := h.take(sub)
 		if err != nil {
 			return status.Error(codes.ResourceExhausted, err.Error())
 		}
-		if len(deltas) > 0 {
-			if err := stream.SendMsg(&SubscribeEvent{Kind: EventDeltas, Deltas: deltas}); err != nil {
+		if ev != nil {
+			if err := send(ev); err != nil {
 				return err
 			}
-			sent = deltas[len(deltas)-1].Index
+			sent = lastDelta
 			continue // take again: more entries, or a progress mark
 		}
 		if cur > sent {
 			// Only commands that do not replicate since: the replica is
 			// current to cur all the same.
-			if err := stream.SendMsg(&SubscribeEvent{Kind: EventProgress, Index: cur}); err != nil {
+			if err := send(encodeProgress(cur)); err != nil {
 				return err
 			}
 			sent = cur
@@ -372,15 +438,32 @@ func (s *Server) sendStream(stream grpc.ServerStream, h *history, sub *subscribe
 		select {
 		case <-wake:
 		case <-keep.C:
-			if err := stream.SendMsg(&SubscribeEvent{Kind: EventProgress, Index: sent}); err != nil {
+			if idle := time.Since(lastSend); idle < s.stream.KeepAlive {
+				keep.Reset(s.stream.KeepAlive - idle)
+				continue
+			}
+			if err := send(encodeProgress(sent)); err != nil {
 				return err
 			}
+			keep.Reset(s.stream.KeepAlive)
 		case <-sub.dropped:
 			return status.Error(codes.ResourceExhausted, errSubscriberDropped.Error())
 		case <-ctx.Done():
 			return ctx.Err()
 		}
 	}
+}
+
+// encodeProgress is the EventProgress message at idx, as json.Marshal
+// makes it of the SubscribeEvent, without its reflection.
+func encodeProgress(idx uint64) encodedEvent {
+	if idx == 0 {
+		return encodedEvent(`{"Kind":4}`)
+	}
+	b := make(encodedEvent, 0, 40)
+	b = append(b, `{"Kind":4,"Index":`...)
+	b = strconv.AppendUint(b, idx, 10)
+	return append(b, '}')
 }
 
 // sendSnapshot streams the replicated tables of snap, which is at index at.
@@ -430,8 +513,8 @@ type StreamStats struct {
 // StreamStats reports the replica stream's counters.
 func (s *Server) StreamStats() StreamStats {
 	h := s.fsm.hist
-	h.mu.Lock()
+	h.mu.RLock()
 	n := len(h.subs)
-	h.mu.Unlock()
+	h.mu.RUnlock()
 	return StreamStats{Subscribers: n, Snapshots: h.snapshots.Load(), Resumes: h.resumes.Load(), Dropped: h.dropped.Load()}
 }

@@ -57,6 +57,14 @@ func newClientNode(t *testing.T, name, ip string, extra ...string) *node {
 
 func (n *node) start(extra ...string) *node {
 	n.t.Helper()
+	n.launch(extra...)
+	n.p.waitHTTP(30 * time.Second)
+	return n
+}
+
+// launch runs the agent without waiting for it to listen.
+func (n *node) launch(extra ...string) *node {
+	n.t.Helper()
 	args := append([]string{"agent", "-node", n.name, "-bind", n.ip, "-client", n.ip, "-data-dir", n.dataDir,
 		"-services-dir", "", "-log-level", "debug"}, n.args...)
 	cmd := exec.Command(vmeshBin(n.t), append(args, extra...)...)
@@ -64,7 +72,6 @@ func (n *node) start(extra ...string) *node {
 		cmd.Env = append(os.Environ(), n.env...)
 	}
 	n.p = runProc(n.t, cmd)
-	n.p.waitHTTP(30 * time.Second)
 	return n
 }
 

@@ -51,7 +51,7 @@
 //	19  TestClientCertificates
 //	21  TestClusterLeaveRevokes
 //	22  TestCARotation
-//	23  (the 80-agent scale run)
+//	23  TestScaleAgents (only with VMESH_SCALE_AGENTS; clients from 127.23.0.11)
 //	24  TestSessionsAcrossClients
 //	25  TestSessionTTLAcrossLeaderChange
 //	26  TestACLsProcesses
