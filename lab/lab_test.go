@@ -280,8 +280,15 @@ func TestNetnsLab(t *testing.T) {
 
 	// Without an intention for orders, calls to it are refused at vm2's
 	// mesh port, and traffic says so and fails.
+	// ACLs are on: without a token the deletion is refused; with the
+	// lab's management token it goes through.
 	vmesh := filepath.Join(l.work, "bin", "vmesh")
-	if out, err := exec.Command("ip", "netns", "exec", "vmesh-lab-1", vmesh, "intention", "delete", "*", "orders").CombinedOutput(); err != nil {
+	if out, err := exec.Command("ip", "netns", "exec", "vmesh-lab-1", vmesh, "intention", "delete", "*", "orders").CombinedOutput(); err == nil || !strings.Contains(string(out), "403") {
+		t.Errorf("intention delete without a token: %v: %s; want a 403", err, out)
+	}
+	del := exec.Command("ip", "netns", "exec", "vmesh-lab-1", vmesh, "intention", "delete", "*", "orders")
+	del.Env = append(os.Environ(), "VMESH_HTTP_TOKEN_FILE="+filepath.Join(l.work, "netns", "management-token"))
+	if out, err := del.CombinedOutput(); err != nil {
 		t.Fatalf("intention delete: %v: %s", err, out)
 	}
 	// The deletion reaches vm2's proxy through raft and xDS: wait for it.

@@ -21,6 +21,7 @@ REPO=$(cd "$LAB_DIR/.." && pwd)
 WORK=${LAB_WORK:-$LAB_DIR/.work}
 BIN=$WORK/bin
 STATE=$WORK/netns
+MGMT_TOKEN=$STATE/management-token # 0600; see cmd_up
 NS_PREFIX=vmesh-lab-
 BRIDGE=vmlab0
 SUBNET=10.201.0
@@ -94,12 +95,14 @@ wait_for() {
 
 agent_up() { in_vm "$1" curl -sf -m 2 http://127.0.0.1:8500/v1/status/leader; }
 has_leader() { [ -n "$(in_vm "$1" curl -sf -m 2 http://127.0.0.1:8500/v1/status/leader | tr -d '"')" ]; }
-# all_members N: vm1 sees N members, all alive and in raft (voter,
-# nonvoter or leader).
+# all_members N: vm1 sees N members, all alive: min(N, 3) in raft (voter,
+# nonvoter or leader), the others clients.
 all_members() {
-	local n
-	n=$(in_vm 1 curl -sf -m 2 http://127.0.0.1:8500/v1/vmesh/members | grep -o '"Role":"[a-z]*","Status":"alive"' | grep -vc '"Role":"none"' || true)
-	[ "$n" -eq "$1" ]
+	local out servers alive
+	out=$(in_vm 1 curl -sf -m 2 http://127.0.0.1:8500/v1/vmesh/members || true)
+	alive=$(grep -o '"Status":"alive"' <<<"$out" | wc -l)
+	servers=$(grep -o '"Role":"[a-z]*","Status":"alive"' <<<"$out" | grep -vc '"Role":"none"' || true)
+	[ "$alive" -eq "$1" ] && [ "$servers" -eq $(("$1" < 3 ? "$1" : 3)) ]
 }
 # app_ready APP: an instance of APP passes its checks (seen from VM 1).
 app_ready() { in_vm 1 curl -sf -m 2 "http://127.0.0.1:8500/v1/health/service/$1?passing" | grep -q '"Service":{'; }
@@ -133,6 +136,9 @@ cmd_up() {
 	build
 	mkdir -p "$STATE"
 	echo "$n" >"$STATE/vms"
+	# The management token the first leader creates (acl.tokens.
+	# initial_management), kept 0600 in the lab's state dir.
+	(umask 077 && cat /proc/sys/kernel/random/uuid >"$MGMT_TOKEN")
 
 	log "network: bridge $BRIDGE, $n namespaces on $SUBNET.0/24"
 	ip link add "$BRIDGE" type bridge
@@ -155,24 +161,34 @@ cmd_up() {
 		mkdir -p "/etc/netns/$(ns "$i")"
 		printf '# vmesh lab: the agent answers *.mesh\nnameserver 127.0.0.1\n' >"/etc/netns/$(ns "$i")/resolv.conf"
 		mkdir -p "$(vm_dir "$i")/log" "$(vm_dir "$i")/pid"
-		local boot=()
-		[ "$i" = 1 ] && boot=(--bootstrap)
-		"$LAB_DIR/provision.sh" config --root "$(vm_dir "$i")" --node "vm$i" --ip "$(vm_ip "$i")" --vms "$n" "${boot[@]}"
+		# The first three VMs are servers (vm1 bootstraps), the rest clients.
+		local role=()
+		if [ "$i" = 1 ]; then
+			role=(--bootstrap --management-token-file "$MGMT_TOKEN")
+		elif [ "$i" -le 3 ]; then
+			role=(--server --management-token-file "$MGMT_TOKEN")
+		fi
+		"$LAB_DIR/provision.sh" config --root "$(vm_dir "$i")" --node "vm$i" --ip "$(vm_ip "$i")" --vms "$n" "${role[@]}"
 	done
 
 	log "vm1: agent (bootstrap)"
 	start agent 1 "$BIN/vmesh" agent -config "$(vm_dir 1)/etc/vmesh/vmesh.hcl"
 	wait_for 30 "vm1's agent to elect itself" has_leader 1
-	in_vm 1 "$LAB_DIR/provision.sh" intentions --vmesh "$BIN/vmesh"
+	# ACLs: vm1 made the management token; the anonymous token may read.
+	in_vm 1 env VMESH_HTTP_TOKEN_FILE="$MGMT_TOKEN" "$LAB_DIR/provision.sh" acl --vmesh "$BIN/vmesh"
+	in_vm 1 env VMESH_HTTP_TOKEN_FILE="$MGMT_TOKEN" "$LAB_DIR/provision.sh" intentions --vmesh "$BIN/vmesh"
 	for i in $(seq 2 "$n"); do
-		log "vm$i: agent, joining vm1"
-		start agent "$i" "$BIN/vmesh" agent -config "$(vm_dir "$i")/etc/vmesh/vmesh.hcl"
-		wait_for 30 "vm$i's agent API" agent_up "$i"
-		# The token travels in a 0600 file, never on a command line.
+		local kind=client
+		[ "$i" -le 3 ] && kind=server
+		log "vm$i: agent ($kind), joining vm1"
+		# The join token travels in a 0600 file, never on a command line;
+		# the agent joins at start (an agent outside a cluster has no ACLs
+		# to check a 'vmesh join' against).
 		local token_file
 		token_file="$(vm_dir "$i")/join-token"
-		(umask 077 && in_vm 1 "$BIN/vmesh" token create -ttl 10m >"$token_file" 2>>"$(vm_dir 1)/log/cli.log")
-		in_vm "$i" "$LAB_DIR/provision.sh" join "$(vm_ip 1):7400" --token-file "$token_file" --vmesh "$BIN/vmesh"
+		(umask 077 && in_vm 1 env VMESH_HTTP_TOKEN_FILE="$MGMT_TOKEN" "$BIN/vmesh" token create -ttl 10m >"$token_file" 2>>"$(vm_dir 1)/log/cli.log")
+		start agent "$i" "$BIN/vmesh" agent -config "$(vm_dir "$i")/etc/vmesh/vmesh.hcl" -join "$(vm_ip 1):7400" -token-file "$token_file"
+		wait_for 30 "vm$i's agent to join" has_leader "$i"
 		rm -f "$token_file"
 	done
 	wait_for 60 "all $n VMs to be members" all_members "$n"

@@ -3,9 +3,16 @@
 # netns lab (lab/netns.sh) for each namespace "VM", under a root dir of its
 # own, and the Vagrant lab (lab/Vagrantfile) on each real VM, under /.
 #
-#   provision.sh config --root DIR --node NAME --ip IP --vms N [--bootstrap] [--recursor IP]...
-#       write ROOT/etc/vmesh/vmesh.hcl and ROOT/etc/vmesh/services.d/<app>.hcl
-#       for the demo apps this VM runs (lab/common.sh places them)
+#   provision.sh config --root DIR --node NAME --ip IP --vms N [--bootstrap]
+#           [--server] [--management-token-file F] [--recursor IP]...
+#       write ROOT/etc/vmesh/vmesh.hcl (0600: it may hold the initial
+#       management token read from F) and ROOT/etc/vmesh/services.d/<app>.hcl
+#       for the demo apps this VM runs (lab/common.sh places them);
+#       --bootstrap implies --server, without either the VM is a client
+#   provision.sh acl [--vmesh BIN]
+#       with the management token in VMESH_HTTP_TOKEN_FILE, once it works:
+#       let the anonymous token read services, nodes, agents and members
+#       (DNS answers with it); run once, on a server
 #   provision.sh intentions [--vmesh BIN]
 #       allow every mesh host to call each demo service ('*' => app); run
 #       once, on any member
@@ -32,10 +39,11 @@ LAB_DIR=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
 VMESH=${VMESH:-vmesh}
 HTTP_ADDR=127.0.0.1:8500
 
-# config_file ROOT NODE IP BOOTSTRAP RECURSORS...: the agent's vmesh.hcl.
+# config_file ROOT NODE IP BOOTSTRAP SERVER MGMT RECURSORS...: the agent's
+# vmesh.hcl (MGMT: the initial management token's secret, servers only).
 config_file() {
-	local root=$1 node=$2 ip=$3 bootstrap=$4
-	shift 4
+	local root=$1 node=$2 ip=$3 bootstrap=$4 server=$5 mgmt=$6
+	shift 6
 	cat <<EOF
 # The vmesh lab's agent on $node. Written by lab/provision.sh, which
 # rewrites it; see docs/lab.md and docs/configuration.md.
@@ -53,11 +61,29 @@ EOF
 bootstrap    = true
 EOF
 	fi
-	cat <<EOF
-# A server: a raft member holding the whole state (every lab VM is one;
-# without it a joiner is a client, with a streamed replica).
+	if [ "$server" = 1 ]; then
+		cat <<EOF
+# A server: a raft member holding the whole state, the sealed CA key and
+# the ACLs (the lab's first three VMs; the others are clients).
 server       = true
 EOF
+	else
+		cat <<EOF
+# A client: no raft, a replica of the catalog streamed from a server.
+EOF
+	fi
+	if [ -n "$mgmt" ]; then
+		cat <<EOF
+
+# ACLs are on and deny by default (as on every non-dev agent). The first
+# leader creates this management token; the lab keeps it in its state dir.
+acl {
+  tokens {
+    initial_management = "$mgmt"
+  }
+}
+EOF
+	fi
 	cat <<EOF
 
 # The VM's resolver points at 127.0.0.1, so apps resolve <svc>.mesh to
@@ -116,14 +142,16 @@ EOF
 }
 
 cmd_config() {
-	local root="" node="" ip="" vms="" bootstrap=0 recursors=()
+	local root="" node="" ip="" vms="" bootstrap=0 server=0 mgmt="" recursors=()
 	while [ $# -gt 0 ]; do
 		case $1 in
 		--root) root=${2%/}; shift 2 ;;
 		--node) node=$2; shift 2 ;;
 		--ip) ip=$2; shift 2 ;;
 		--vms) vms=$2; shift 2 ;;
-		--bootstrap) bootstrap=1; shift ;;
+		--bootstrap) bootstrap=1; server=1; shift ;;
+		--server) server=1; shift ;;
+		--management-token-file) mgmt=$(cat "$2") || die "config: cannot read $2"; shift 2 ;;
 		--recursor) recursors+=("$2"); shift 2 ;;
 		*) die "config: unknown argument $1" ;;
 		esac
@@ -137,7 +165,7 @@ cmd_config() {
 	local etc=$root/etc/vmesh
 	mkdir -p "$etc/services.d"
 	install -d -m 0700 "$root/var/lib/vmesh"
-	config_file "$root" "$node" "$ip" "$bootstrap" "${recursors[@]}" >"$etc/vmesh.hcl.new"
+	(umask 077 && config_file "$root" "$node" "$ip" "$bootstrap" "$server" "$mgmt" "${recursors[@]}" >"$etc/vmesh.hcl.new")
 	mv "$etc/vmesh.hcl.new" "$etc/vmesh.hcl"
 	local app mine
 	mine=" $(apps_on "$i" "$vms") "
@@ -162,6 +190,26 @@ cmd_wait_leader() {
 		[ $SECONDS -lt $deadline ] || die "no raft leader at http://$HTTP_ADDR after ${WAIT:-60}s"
 		sleep 0.5
 	done
+}
+
+# cmd_acl: once the leader has made the management token (in
+# VMESH_HTTP_TOKEN_FILE), let the anonymous token read services, nodes,
+# agents and members: DNS answers with it, and the lab's scripts read
+# health and membership without a token. Writes still need one.
+cmd_acl() {
+	[ -n "${VMESH_HTTP_TOKEN_FILE:-}" ] || die "acl: VMESH_HTTP_TOKEN_FILE (the management token) is required"
+	local deadline=$((SECONDS + ${WAIT:-60}))
+	until curl -sf -m 2 -H "X-Consul-Token: $(cat "$VMESH_HTTP_TOKEN_FILE")" "http://$HTTP_ADDR/v1/acl/token/self" >/dev/null 2>&1; do
+		[ $SECONDS -lt $deadline ] || die "the management token does not work at http://$HTTP_ADDR after ${WAIT:-60}s"
+		sleep 0.5
+	done
+	if ! "$VMESH" acl policy read -name lab-read -http-addr "$HTTP_ADDR" >/dev/null 2>&1; then
+		"$VMESH" acl policy create -name lab-read -description "lab: anyone reads services, nodes and members" \
+			-rules 'service_prefix "" { policy = "read" } node_prefix "" { policy = "read" } agent_prefix "" { policy = "read" } operator = "read"' \
+			-http-addr "$HTTP_ADDR" >/dev/null
+	fi
+	"$VMESH" acl token update -id anonymous -policy-name lab-read -http-addr "$HTTP_ADDR" >/dev/null
+	echo "acl: the anonymous token reads services, nodes and members; writes need the management token"
 }
 
 cmd_intentions() {
@@ -309,7 +357,7 @@ EOF
 }
 
 main() {
-	[ $# -gt 0 ] || die "usage: provision.sh config|intentions|join|wait-leader|vagrant ... (see the top of the file)"
+	[ $# -gt 0 ] || die "usage: provision.sh config|acl|intentions|join|wait-leader|vagrant ... (see the top of the file)"
 	local cmd=$1
 	shift
 	# --vmesh BIN anywhere: the vmesh binary to run.
@@ -325,9 +373,10 @@ main() {
 	config) cmd_config "$@" ;;
 	intentions) cmd_intentions "$@" ;;
 	join) cmd_join "$@" ;;
+	acl) cmd_acl "$@" ;;
 	wait-leader) cmd_wait_leader "$@" ;;
 	vagrant) cmd_vagrant "$@" ;;
-	*) die "unknown command $cmd (config, intentions, join, wait-leader, vagrant)" ;;
+	*) die "unknown command $cmd (config, acl, intentions, join, wait-leader, vagrant)" ;;
 	esac
 }
 
