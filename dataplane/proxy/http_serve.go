@@ -322,12 +322,15 @@ const (
 	bodyOverflow       = "upstream connect error or disconnect/reset before headers. reset reason: overflow"
 	bodyTimeout        = "upstream request timeout"
 	bodyStreamIdle     = "stream timeout"
+	bodyBadPath        = "invalid path"
 )
 
 // grpcCode maps a local reply's HTTP status to the gRPC status a gRPC
 // client gets instead.
 func grpcCode(code int) codes.Code {
 	switch code {
+	case http.StatusBadRequest:
+		return codes.Internal
 	case http.StatusForbidden:
 		return codes.PermissionDenied
 	case http.StatusNotFound:

@@ -113,6 +113,11 @@ func (s *stream) serve(routes *routeConfigSpec) {
 		s.localReply(reply(http.StatusForbidden, ""))
 		return
 	}
+	// Before anything reads the path: RBAC, routes, rewrites.
+	if err := s.hcm.paths.normalizeRequest(r); err != nil {
+		s.localReply(reply(http.StatusBadRequest, bodyBadPath))
+		return
+	}
 	if !s.hcm.rbac.allowed(s.hc.ids) {
 		s.localReply(reply(http.StatusForbidden, bodyRBACDenied))
 		return
