@@ -24,11 +24,17 @@ const (
 	maxConnections = 1 << 20
 )
 
+// fdsPerConnection is what one proxied connection may hold at worst: its
+// socket, the upstream's, and, while the bytes of a plaintext TCP
+// connection are spliced (Go's io.Copy between two TCP sockets uses
+// splice(2)), a pipe (two descriptors) for each direction.
+const fdsPerConnection = 6
+
 // DefaultMaxConnections is the proxy's default limit on downstream
 // connections, from the process's open file limit (RLIMIT_NOFILE, which
 // Go raises to its hard limit at start): what the agent does not keep
-// for itself (1,024 descriptors, at most half), halved, since every
-// proxied connection has an upstream one too.
+// for itself (1,024 descriptors, at most half), divided by what a
+// connection may hold (fdsPerConnection).
 func DefaultMaxConnections() int {
 	n, ok := openFileLimit()
 	if !ok {
@@ -40,7 +46,7 @@ func DefaultMaxConnections() int {
 // connectionsFor is DefaultMaxConnections for an open file limit of n.
 func connectionsFor(n uint64) int {
 	reserve := min(uint64(fdReserve), n/2)
-	return int(min(max((n-reserve)/2, minConnections), maxConnections))
+	return int(min(max((n-reserve)/fdsPerConnection, minConnections), maxConnections))
 }
 
 // connLimits counts downstream connections against the limits.

@@ -2,6 +2,7 @@ package proxy_test
 
 import (
 	"net"
+	"os"
 	"strconv"
 	"testing"
 	"time"
@@ -29,6 +30,11 @@ func TestConnectionLimits(t *testing.T) {
 		Logger: testkit.Discard(), Metrics: proxy.NewMetrics(reg), MaxConnections: 60, MaxListenerConnections: 40})
 	testkit.WaitFor(t, 5*time.Second, "both listeners bound", func() bool { return len(p.ListenerAddrs()) == 2 })
 	addrs := p.ListenerAddrs()
+	for name, a := range addrs {
+		testkit.WaitFor(t, 5*time.Second, "an echo through "+name, func() bool {
+			return echoOnce(func() (net.Conn, error) { return net.DialTimeout("tcp", a.String(), time.Second) }, "ready") == nil
+		})
+	}
 
 	// open dials listener name and checks the connection is served (an
 	// echo), keeping it open.
@@ -121,4 +127,65 @@ func gatherCounterLabels(t *testing.T, reg *prometheus.Registry, name string, la
 		}
 	}
 	return 0
+}
+
+// TestConnectionDescriptors: what a held, plaintext TCP connection
+// through the proxy costs in file descriptors stays within the budget the
+// default limit is computed with (proxy.FdsPerConnection): here the client
+// and the backend are in this process too, two more each.
+func TestConnectionDescriptors(t *testing.T) {
+	if _, err := os.ReadDir("/proc/self/fd"); err != nil {
+		t.Skip("needs /proc/self/fd to count descriptors")
+	}
+	// An echo that copies through a buffer (io.Copy would splice, holding
+	// a pipe of its own).
+	backend := serveTCP(t, func(c net.Conn) {
+		buf := make([]byte, 512)
+		for {
+			n, err := c.Read(buf)
+			if err != nil {
+				return
+			}
+			if _, err := c.Write(buf[:n]); err != nil {
+				return
+			}
+		}
+	}).Port
+	cp := startControlPlane(t)
+	cp.set(t, "1", []types.Resource{tcpListener(t, "a", "127.0.0.1:0", "echo")},
+		[]types.Resource{staticCluster("echo", net.JoinHostPort("127.0.0.1", itoa(backend)))})
+	p := startProxy(t, proxy.Config{XDSAddr: cp.addr, Node: "node-x", DrainTimeout: time.Second, MinBackoff: 50 * time.Millisecond, Logger: testkit.Discard()})
+	testkit.WaitFor(t, 5*time.Second, "the listener bound", func() bool { return len(p.ListenerAddrs()) == 1 })
+	addr := p.ListenerAddrs()["a"].String()
+	testkit.WaitFor(t, 5*time.Second, "an echo", func() bool {
+		return echoOnce(func() (net.Conn, error) { return net.DialTimeout("tcp", addr, time.Second) }, "ready") == nil
+	})
+	fds := func() int {
+		ents, _ := os.ReadDir("/proc/self/fd")
+		return len(ents)
+	}
+	const n = 200
+	before := fds()
+	var held []net.Conn
+	t.Cleanup(func() {
+		for _, c := range held {
+			c.Close()
+		}
+	})
+	for i := range n {
+		c, err := net.DialTimeout("tcp", addr, time.Second)
+		if err != nil {
+			t.Fatal(err)
+		}
+		held = append(held, c)
+		// An echo each: both directions are being copied.
+		if err := echoOnce(func() (net.Conn, error) { return keepOpen{c}, nil }, "x"); err != nil {
+			t.Fatalf("connection %d: %v", i, err)
+		}
+	}
+	per := float64(fds()-before) / n
+	t.Logf("%.2f descriptors per held connection (client and backend included)", per)
+	if per > float64(proxy.FdsPerConnection+2) {
+		t.Errorf("%.2f descriptors per connection; the default limit budgets %d for the proxy (+2 for the client and backend here)", per, proxy.FdsPerConnection)
+	}
 }

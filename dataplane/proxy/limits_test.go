@@ -6,15 +6,16 @@ import (
 )
 
 // TestDefaultMaxConnections: the agent keeps 1,024 descriptors (at most
-// half) and every proxied connection takes two of the rest.
+// half) and every proxied connection may take six of the rest.
 func TestDefaultMaxConnections(t *testing.T) {
 	for _, tc := range []struct {
 		nofile uint64
 		want   int
 	}{
-		{1024, 256},
-		{4096, 1536},
-		{65536, 32256},
+		{1024, 85},
+		{4096, 512},
+		{8192, 1194},
+		{65536, 10752},
 		{100, minConnections},
 		{math.MaxUint64, maxConnections},
 	} {
