@@ -96,6 +96,37 @@ func TestEdgeHTTP1Framing(t *testing.T) {
 	if got := app.hits.Load(); got != hits {
 		t.Errorf("the app saw %d of the refused requests", got-hits)
 	}
+
+	// A request offering a protocol switch ends the edge's checks on its
+	// connection, so the connection closes after its (403) answer: what
+	// it carried next is never read.
+	c2, err := net.Dial("tcp", addr)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c2.Close()
+	c2.SetDeadline(time.Now().Add(10 * time.Second))
+	io.WriteString(c2, "GET / HTTP/1.1\r\nHost: web\r\nConnection: Upgrade\r\nUpgrade: foo\r\n\r\n"+
+		"GET /smuggled HTTP/1.1\r\nHost: web\r\nX-Folded: a\r\n b\r\n\r\n")
+	all, _ := io.ReadAll(c2)
+	if !strings.HasPrefix(string(all), "HTTP/1.1 403 ") || strings.Count(string(all), "HTTP/1.1") != 1 {
+		t.Errorf("an upgrade to foo, then more: read %q; want one 403 and the end of the connection", all)
+	}
+	if got := app.hits.Load(); got != hits {
+		t.Errorf("the app saw %d requests after a refused upgrade", got-hits)
+	}
+
+	// Headers over the 60 KiB limit: 431, as before the edge.
+	c3, err := net.Dial("tcp", addr)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c3.Close()
+	c3.SetDeadline(time.Now().Add(10 * time.Second))
+	io.WriteString(c3, "GET /big HTTP/1.1\r\nHost: web\r\nX-Big: "+strings.Repeat("b", 70<<10)+"\r\n\r\n")
+	if resp, err := http.ReadResponse(bufio.NewReader(c3), nil); err != nil || resp.StatusCode != http.StatusRequestHeaderFieldsTooLarge {
+		t.Errorf("70 KiB of headers: %v, %v; want 431", resp, err)
+	}
 }
 
 // h2Conn is a raw HTTP/2 client connection.
