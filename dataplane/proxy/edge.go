@@ -6,7 +6,6 @@ import (
 	"errors"
 	"io"
 	"net"
-	"strconv"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -126,6 +125,7 @@ type edgeConn struct {
 	head    []byte
 	rerr    error
 	drained bool
+	small   [512]byte // for reads net/http makes with a tiny buffer
 	// linger: a request was refused; closing drains the client's bytes
 	// first, so its 400 is not lost to a reset.
 	linger atomic.Bool
@@ -182,15 +182,21 @@ func (g *edgeConn) Read(p []byte) (int, error) {
 			return 0, nil
 		}
 		buf := p
-		if len(p) < 512 && (g.mode == modeHead || g.mode == modeDetect) {
+		small := len(p) < len(g.small) && (g.mode == modeHead || g.mode == modeDetect)
+		if small {
 			// net/http's one-byte read that watches for the client going
 			// away while a handler runs: a head is held whole anyway.
-			buf = make([]byte, 4096)
+			buf = g.small[:]
 		}
 		n, err := g.Conn.Read(buf)
 		if n > 0 {
-			if k := g.feed(buf[:n]); k > 0 {
-				// (only in a mode that does not hold bytes: buf is p)
+			k := g.feed(buf[:n])
+			if k > 0 && small {
+				// Checked in g.small: out, before what feed put there.
+				g.out = append(append(make([]byte, 0, k+len(g.out)), buf[:k]...), g.out...)
+				continue
+			}
+			if k > 0 {
 				return k, nil
 			}
 			continue // held: a head not complete yet, or out to deliver
@@ -215,13 +221,73 @@ func (g *edgeConn) Read(p []byte) (int, error) {
 // held (a request head), its checked bytes moving to out, or dropped
 // after a violation (rerr set).
 func (g *edgeConn) feed(b []byte) int {
-	k := g.scan(b)
-	if k == len(b) || g.rerr != nil {
-		return k
+	i := 0
+	for {
+		i += g.scan(b[i:])
+		if i == len(b) || g.rerr != nil {
+			return i
+		}
+		// At the start of the connection or of a request head. What is
+		// whole in b is checked where it is (the usual case: no copy).
+		if len(g.head) == 0 {
+			rest := b[i:]
+			if g.mode == modeDetect {
+				n := min(len(rest), len(h2Preface))
+				switch {
+				case !bytes.Equal(rest[:n], []byte(h2Preface[:n])):
+					g.mode = modeHead
+				case n == len(h2Preface):
+					g.startH2()
+					i += n
+					continue
+				}
+			}
+			if g.mode == modeHead {
+				if end := headEnd(rest); end >= 0 {
+					if !g.passHead(rest[:end]) {
+						return i
+					}
+					i += end
+					continue
+				}
+			}
+		}
+		g.head = append(g.head, b[i:]...)
+		g.heads()
+		return i
 	}
-	g.head = append(g.head, b[k:]...)
-	g.heads()
-	return k
+}
+
+// startH2 switches to HTTP/2, once the preface is seen: before net/http
+// reads it, and so before the server writes its first frame.
+func (g *edgeConn) startH2() {
+	g.mode = modeH2
+	g.opened = map[uint32]time.Time{}
+	g.h2.Store(true)
+}
+
+// passHead checks a complete request head and sets the framing of what
+// follows; a refused head is replaced in out by a request line net/http
+// answers with 400, and false comes back.
+func (g *edgeConn) passHead(head []byte) bool {
+	h := checkHead(head)
+	if h.reason != "" {
+		g.report(h.reason)
+		g.out = append(g.out, rejectedHead...)
+		g.head = nil
+		g.rerr = io.EOF
+		g.linger.Store(true)
+		return false
+	}
+	switch {
+	case h.passive:
+		g.mode = modePassive
+	case h.chunked:
+		g.mode, g.chunk, g.sizeLen, g.left = modeChunked, chunkSize, 0, 0
+	case h.length > 0:
+		g.mode, g.left = modeLength, h.length
+	}
+	return true
 }
 
 // scan checks b in the current mode, up to the start of a request head
@@ -277,11 +343,7 @@ func (g *edgeConn) heads() {
 			case n < len(h2Preface):
 				return // not enough yet
 			default:
-				g.mode = modeH2
-				g.opened = map[uint32]time.Time{}
-				// Before net/http sees the preface, and so before the
-				// server writes its first frame.
-				g.h2.Store(true)
+				g.startH2()
 				g.out = append(g.out, h2Preface...)
 				g.head = g.head[len(h2Preface):]
 			}
@@ -296,25 +358,11 @@ func (g *edgeConn) heads() {
 				}
 				return
 			}
-			h := checkHead(g.head[:end])
-			if h.reason != "" {
-				g.report(h.reason)
-				g.out = append(g.out, rejectedHead...)
-				g.head = nil
-				g.rerr = io.EOF
-				g.linger.Store(true)
+			if !g.passHead(g.head[:end]) {
 				return
 			}
 			g.out = append(g.out, g.head[:end]...)
 			g.head = g.head[end:]
-			switch {
-			case h.passive:
-				g.mode = modePassive
-			case h.chunked:
-				g.mode, g.chunk, g.sizeLen, g.left = modeChunked, chunkSize, 0, 0
-			case h.length > 0:
-				g.mode, g.left = modeLength, h.length
-			}
 		default:
 			k := g.scan(g.head)
 			g.out = append(g.out, g.head[:k]...)
@@ -349,75 +397,84 @@ type headVerdict struct {
 	passive bool // a protocol switch may follow: stop checking
 }
 
-// checkHead checks a complete request head (its empty line included).
+// checkHead checks a complete request head (its empty line included),
+// without allocating: it runs for every HTTP/1 request.
 func checkHead(head []byte) headVerdict {
-	lines := strings.Split(string(head), "\n")
-	lines = lines[:len(lines)-1] // after the last LF
-	var cls []string
-	var tes []string
-	upgrade, proto := "", ""
-	for i, line := range lines {
-		l, ok := strings.CutSuffix(line, "\r")
+	var v headVerdict
+	var cl, te []byte // the first values
+	ncl, nte := 0, 0
+	http11 := false
+	for i, first := 0, true; i < len(head); first = false {
+		j := bytes.IndexByte(head[i:], '\n')
+		line := head[i : i+j]
+		i += j + 1
+		l, ok := bytes.CutSuffix(line, []byte("\r"))
 		if !ok {
 			return headVerdict{reason: reasonBareLF}
 		}
-		if strings.IndexByte(l, '\r') >= 0 {
+		if bytes.IndexByte(l, '\r') >= 0 {
 			return headVerdict{reason: reasonBareCR}
 		}
-		if i == len(lines)-1 {
+		if i == len(head) {
 			break // the empty line
 		}
-		if i == 0 {
-			f := strings.Fields(l)
-			if len(f) != 3 || l[0] == ' ' || l[0] == '\t' {
+		if first {
+			// METHOD SP target SP version
+			m, rest, ok1 := bytes.Cut(l, []byte(" "))
+			target, proto, ok2 := bytes.Cut(rest, []byte(" "))
+			if !ok1 || !ok2 || len(m) == 0 || len(target) == 0 || bytes.IndexByte(proto, ' ') >= 0 || bytes.IndexByte(l, '\t') >= 0 {
 				return headVerdict{reason: reasonMalformed}
 			}
-			proto = f[2]
-			if f[0] == "CONNECT" {
-				upgrade = "CONNECT"
-			}
+			http11 = string(proto) == "HTTP/1.1"
+			v.passive = string(m) == "CONNECT"
 			continue
 		}
-		if l == "" || l[0] == ' ' || l[0] == '\t' {
+		if len(l) == 0 || l[0] == ' ' || l[0] == '\t' {
 			return headVerdict{reason: reasonObsFold}
 		}
-		name, value, ok := strings.Cut(l, ":")
-		if !ok || strings.ContainsAny(name, " \t") {
+		name, value, ok := bytes.Cut(l, []byte(":"))
+		if !ok || bytes.ContainsAny(name, " \t") {
 			return headVerdict{reason: reasonMalformed}
 		}
-		value = strings.Trim(value, " \t")
-		switch strings.ToLower(name) {
-		case "content-length":
-			cls = append(cls, value)
-		case "transfer-encoding":
-			tes = append(tes, value)
-		case "upgrade":
-			if upgradeOffered(value) {
-				upgrade = value
+		value = bytes.Trim(value, " \t")
+		switch {
+		case bytes.EqualFold(name, []byte("content-length")):
+			if ncl++; ncl == 1 {
+				cl = value
+			} else if !bytes.Equal(value, cl) {
+				return headVerdict{reason: reasonContentLength}
+			}
+		case bytes.EqualFold(name, []byte("transfer-encoding")):
+			if nte++; nte == 1 {
+				te = value
+			}
+		case bytes.EqualFold(name, []byte("upgrade")):
+			if upgradeOffered(string(value)) {
+				v.passive = true
 			}
 		}
 	}
-	var v headVerdict
 	switch {
-	case len(tes) > 0 && len(cls) > 0:
+	case nte > 0 && ncl > 0:
 		return headVerdict{reason: reasonCLTE}
-	case len(tes) > 0:
+	case nte > 0:
 		// Only "chunked", once, and not in HTTP/1.0 (which net/http
 		// reads without it).
-		if len(tes) != 1 || !strings.EqualFold(tes[0], "chunked") || proto != "HTTP/1.1" {
+		if nte != 1 || !bytes.EqualFold(te, []byte("chunked")) || !http11 {
 			return headVerdict{reason: reasonTransferEncoding}
 		}
 		v.chunked = true
-	case len(cls) > 0:
-		for _, cl := range cls {
-			n, err := strconv.ParseInt(cl, 10, 64)
-			if err != nil || n < 0 || cl[0] == '+' || cl != cls[0] {
+	case ncl > 0:
+		if len(cl) == 0 || len(cl) > 18 {
+			return headVerdict{reason: reasonContentLength}
+		}
+		for _, c := range cl {
+			if c < '0' || c > '9' {
 				return headVerdict{reason: reasonContentLength}
 			}
-			v.length = n
+			v.length = v.length*10 + int64(c-'0')
 		}
 	}
-	v.passive = upgrade != ""
 	return v
 }
 

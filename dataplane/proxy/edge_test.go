@@ -33,14 +33,20 @@ func (c *scriptConn) Close() error                     { return nil }
 func (c *scriptConn) SetWriteDeadline(time.Time) error { return nil }
 
 // readEdge reads everything net/http would read of in through an
-// edgeConn, in chunks of size chunk, and the reasons it reported.
+// edgeConn, arriving in chunks of size chunk, and the reasons it
+// reported. net/http's reads alternate between a large buffer and a
+// tiny one (as its reads and its one-byte watch do).
 func readEdge(t *testing.T, in string, chunk int) (string, []string, error) {
 	t.Helper()
 	var reasons []string
 	g := newEdgeConn(&scriptConn{in: []byte(in), chunk: chunk}, func(r string) { reasons = append(reasons, r) })
 	var out bytes.Buffer
-	buf := make([]byte, 5)
-	for {
+	large, tiny := make([]byte, 32<<10), make([]byte, 5)
+	for i := 0; ; i++ {
+		buf := large
+		if i%2 == 1 {
+			buf = tiny
+		}
 		n, err := g.Read(buf)
 		out.Write(buf[:n])
 		if err != nil {
