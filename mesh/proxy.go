@@ -24,6 +24,9 @@ func (a *Agent) startProxy(context.Context) error {
 		Logger:  a.logger.With("component", "proxy"),
 		Metrics: proxy.NewMetrics(a.metrics),
 		Mark:    a.proxyMark(),
+		// (0: the proxy's defaults, from the open file limit)
+		MaxConnections:         a.cfg.Proxy.MaxConnections,
+		MaxListenerConnections: a.cfg.Proxy.MaxConnectionsPerListener,
 	})
 	if err != nil {
 		return err

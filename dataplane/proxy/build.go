@@ -215,7 +215,7 @@ func tlsKey(u *upstreamTLS, st *state) string {
 		}
 		return "-"
 	}
-	return fmt.Sprintf("%q %q %q %s %q %s", u.sni, u.alpn, u.certSecret, digest(u.certSecret), u.rootsSecret, digest(u.rootsSecret))
+	return fmt.Sprintf("%q %q %q %s %q %s %s", u.sni, u.alpn, u.certSecret, digest(u.certSecret), u.rootsSecret, digest(u.rootsSecret), sansKey(u.sans))
 }
 
 // socketFor is the transport socket for an endpoint with metadata md: the
@@ -282,10 +282,15 @@ func clientTLS(u *upstreamTLS, st *state) (*tls.Config, error) {
 		NextProtos: u.alpn,
 		MinVersion: tls.VersionTLS12,
 		// The chain is checked in VerifyConnection against the mesh
-		// roots; Go's host name check does not apply to SPIFFE leaves.
+		// roots, then the leaf's identity against the ones expected of
+		// the endpoint; Go's host name check does not apply to SPIFFE
+		// leaves.
 		InsecureSkipVerify: true,
 		VerifyConnection: func(cs tls.ConnectionState) error {
-			return verifyPeer(cs.PeerCertificates, roots)
+			if err := verifyPeer(cs.PeerCertificates, roots); err != nil {
+				return err
+			}
+			return checkSANs(cs.PeerCertificates[0], u.sans)
 		},
 	}
 	if cert != nil {
@@ -309,7 +314,10 @@ func serverTLS(d *downstreamTLS, st *state) (*tls.Config, error) {
 			if len(cs.PeerCertificates) == 0 {
 				return nil // only when not required
 			}
-			return verifyPeer(cs.PeerCertificates, roots)
+			if err := verifyPeer(cs.PeerCertificates, roots); err != nil {
+				return err
+			}
+			return checkSANs(cs.PeerCertificates[0], d.sans)
 		}
 	}
 	return cfg, nil

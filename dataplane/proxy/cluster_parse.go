@@ -53,6 +53,10 @@ type upstreamTLS struct {
 	sni                     string
 	certSecret, rootsSecret string
 	alpn                    []string
+	// sans are the identities the endpoint's certificate must carry, one
+	// of them at least (match_typed_subject_alt_names; none: any the
+	// roots verify).
+	sans []sanMatcher
 }
 
 // breakerSpec is the DEFAULT priority's circuit_breakers thresholds.
@@ -192,16 +196,16 @@ func parseUpstreamTLS(ts *core.TransportSocket, path string) (*upstreamTLS, erro
 	if err := onlyFields(&u, path+" UpstreamTlsContext", "sni", "common_tls_context"); err != nil {
 		return nil, err
 	}
-	cert, roots, alpn, err := parseCommonTLS(u.GetCommonTlsContext(), path+" UpstreamTlsContext.common_tls_context")
+	ct, err := parseCommonTLS(u.GetCommonTlsContext(), path+" UpstreamTlsContext.common_tls_context")
 	if err != nil {
 		return nil, err
 	}
-	if roots == "" {
+	if ct.roots == "" {
 		// Envoy would connect without verifying the peer; a mesh proxy
 		// must not.
 		return nil, fmt.Errorf("%w: %s: upstream TLS without a validation context", ErrUnsupported, path)
 	}
-	return &upstreamTLS{sni: u.GetSni(), certSecret: cert, rootsSecret: roots, alpn: alpn}, nil
+	return &upstreamTLS{sni: u.GetSni(), certSecret: ct.cert, rootsSecret: ct.roots, alpn: ct.alpn, sans: ct.sans}, nil
 }
 
 func parseCLA(cla *endpoint.ClusterLoadAssignment, path string) (*endpointsSpec, error) {

@@ -3,8 +3,10 @@ package proxy
 import (
 	"context"
 	"crypto/tls"
+	"errors"
 	"net"
 	"net/netip"
+	"strings"
 )
 
 // Upstream sockets: every connection the proxy opens to an endpoint (or an
@@ -28,6 +30,14 @@ func (p *Proxy) dial(c *clusterRT, h *host) (net.Conn, error) {
 		if p.dialCtx().Err() == nil {
 			// Not the proxy stopping: the endpoint or its certificate.
 			p.cfg.Metrics.TLSHandshakeFailed("upstream", c.spec.name)
+		}
+		var pm *peerMismatchError
+		if errors.As(err, &pm) {
+			// A valid certificate of the wrong identity: a misrouted
+			// endpoint or an impostor, never to be talked to.
+			p.cfg.Metrics.UpstreamPeerMismatch(c.spec.name)
+			p.log.Warn("upstream peer identity mismatch: connection refused", "cluster", c.spec.name, "endpoint", h.addr,
+				"expected", strings.Join(pm.expected, " or "), "presented", strings.Join(pm.presented, ", "))
 		}
 		return nil, err
 	}

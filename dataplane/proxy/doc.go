@@ -14,19 +14,24 @@
 // listener or cluster whose secrets, endpoints or route configuration
 // have not arrived keeps its previous version (Envoy's warming).
 //
-// Data out: connections. Filter chains are chosen by destination
-// (original_dst), SNI and transport (tls_inspector); TLS is terminated
-// with a client certificate checked against the mesh roots, and network
-// RBAC decides on the peer's SPIFFE ID. A chain ending in a tcp_proxy
-// splices the connection to an endpoint of its cluster (conn.go); one
-// ending in an http_connection_manager serves HTTP/1.1 or HTTP/2 on it
-// (http_serve.go) and routes every request on its own with the snapshot
-// current when it arrives: HTTP RBAC, virtual hosts and routes (route.go),
-// then retries, timeouts and circuit breakers toward the endpoints over
-// pooled HTTP/1.1 or HTTP/2 transports (http_stream.go, http_upstream.go),
-// gRPC and WebSocket included. Endpoints are picked and ejected by the
-// traffic policy (policy.go) and dialed over mTLS when the endpoint is a
-// peer's mesh port (dial.go).
+// Data out: connections. A connection over the global or its listener's
+// limit is reset as it is accepted (limits.go). Filter chains are chosen
+// by destination (original_dst), SNI and transport (tls_inspector); TLS
+// is terminated with a client certificate checked against the mesh
+// roots, and network RBAC decides on the peer's SPIFFE ID. A chain ending
+// in a tcp_proxy splices the connection to an endpoint of its cluster
+// (conn.go); one ending in an http_connection_manager serves HTTP/1.1 or
+// HTTP/2 on it (http_serve.go), read through the edge (edge.go: HTTP/2
+// rapid reset and CONTINUATION floods cut with GOAWAY, ambiguous HTTP/1
+// framing refused), and routes every request on its own with the
+// snapshot current when it arrives: path normalization (path.go), HTTP
+// RBAC, virtual hosts and routes (route.go), then retries, timeouts and
+// circuit breakers toward the endpoints over pooled HTTP/1.1 or HTTP/2
+// transports (http_stream.go, http_upstream.go), gRPC and WebSocket
+// included. Endpoints are picked and ejected by the traffic policy
+// (policy.go) and dialed over mTLS when the endpoint is a peer's mesh
+// port (dial.go), whose certificate must name the identity the cluster
+// expects (peer.go).
 //
 // It must not look at the catalog, nor keep state that a snapshot swap
 // would leave stale: per-request decisions read the current snapshot;

@@ -38,7 +38,9 @@ import (
 type meshFixture struct {
 	t        testing.TB
 	r        *raft.Server
+	ca       *raft.CA
 	meshPort int
+	outPort  int
 	proxies  []*proxy.Proxy
 	// upstreams are client's explicit upstreams, by destination.
 	upstreams map[string]int
@@ -46,16 +48,26 @@ type meshFixture struct {
 
 func newMeshFixture(t testing.TB) *meshFixture {
 	t.Helper()
+	return newMeshFixtureWith(t, nil)
+}
+
+// newMeshFixtureWith is newMeshFixture with node-a's VIPs (its
+// transparent outbound listener's filter chains).
+func newMeshFixtureWith(t testing.TB, vips map[string]xds.VIP) *meshFixture {
+	t.Helper()
 	r, store, ca := catalog(t)
-	fx := &meshFixture{t: t, r: r, meshPort: testkit.FreePort(t, "127.0.0.2", "127.0.0.3"), upstreams: map[string]int{}}
-	outPort := testkit.FreePort(t, "127.0.0.2", "127.0.0.3")
+	fx := &meshFixture{t: t, r: r, ca: ca, meshPort: testkit.FreePort(t, "127.0.0.2", "127.0.0.3"), upstreams: map[string]int{}}
+	fx.outPort = testkit.FreePort(t, "127.0.0.2", "127.0.0.3")
 	ctx, cancel := context.WithCancel(context.Background())
 	t.Cleanup(cancel)
 	for _, n := range []struct{ node, ip string }{{"node-a", "127.0.0.2"}, {"node-b", "127.0.0.3"}} {
 		leaves := raft.NewLeafIssuer(store, n.node, raft.CALeafSigner(store, n.node, raft.StaticCA(ca)), 0, testkit.Discard())
 		go leaves.Run(ctx)
-		addr := startXDS(t, store, xds.Options{OutboundAddr: n.ip, OutboundPort: outPort, MeshPort: fx.meshPort, IntentionsDefaultAllow: true},
-			mesh.NewLeafSecrets(leaves, n.node))
+		opts := xds.Options{OutboundAddr: n.ip, OutboundPort: fx.outPort, MeshPort: fx.meshPort, IntentionsDefaultAllow: true}
+		if n.node == "node-a" {
+			opts.VIPs = vips
+		}
+		addr := startXDS(t, store, opts, mesh.NewLeafSecrets(leaves, n.node))
 		// With metrics, as the agent runs its proxy.
 		fx.proxies = append(fx.proxies, startProxy(t, proxy.Config{XDSAddr: addr, Node: n.node, DrainTimeout: time.Second, MinBackoff: 50 * time.Millisecond, Logger: testkit.Discard(),
 			Metrics: proxy.NewMetrics(nil)}))

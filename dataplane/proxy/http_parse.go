@@ -56,11 +56,15 @@ type hcmSpec struct {
 	// streamIdle ends a stream without activity (0: never), unless the
 	// route sets its own.
 	streamIdle time.Duration
+	// paths: normalize_path, merge_slashes and
+	// path_with_escaped_slashes_action (path.go).
+	paths pathNorm
 }
 
 func parseHCM(h *hcm.HttpConnectionManager, path string) (*hcmSpec, error) {
 	if err := onlyFields(h, path, "codec_type", "stat_prefix", "rds", "route_config", "http_filters", "upgrade_configs",
-		"forward_client_cert_details", "set_current_client_cert_details", "common_http_protocol_options", "stream_idle_timeout"); err != nil {
+		"forward_client_cert_details", "set_current_client_cert_details", "common_http_protocol_options", "stream_idle_timeout",
+		"normalize_path", "merge_slashes", "path_with_escaped_slashes_action"); err != nil {
 		return nil, err
 	}
 	if h.GetCodecType() != hcm.HttpConnectionManager_AUTO {
@@ -173,6 +177,19 @@ func parseHCM(h *hcm.HttpConnectionManager, path string) (*hcmSpec, error) {
 		if s.streamIdle = d.AsDuration(); s.streamIdle < 0 {
 			return nil, fmt.Errorf("%w: %s.stream_idle_timeout is negative", ErrInvalid, path)
 		}
+	}
+	// Envoy's defaults: off unless set (vmesh's xDS server sets them).
+	s.paths.normalize = h.GetNormalizePath().GetValue()
+	s.paths.merge = h.GetMergeSlashes()
+	switch a := h.GetPathWithEscapedSlashesAction(); a {
+	case hcm.HttpConnectionManager_IMPLEMENTATION_SPECIFIC_DEFAULT, hcm.HttpConnectionManager_KEEP_UNCHANGED:
+		s.paths.slashes = slashesKeep
+	case hcm.HttpConnectionManager_REJECT_REQUEST:
+		s.paths.slashes = slashesReject
+	case hcm.HttpConnectionManager_UNESCAPE_AND_FORWARD:
+		s.paths.slashes = slashesUnescape
+	default:
+		return nil, fmt.Errorf("%w: %s.path_with_escaped_slashes_action %s (KEEP_UNCHANGED, REJECT_REQUEST or UNESCAPE_AND_FORWARD)", ErrUnsupported, path, a)
 	}
 	return s, nil
 }

@@ -125,10 +125,19 @@ func (p *Proxy) serveHTTP(rl *runningListener, lrt *listenerRT, chain *chainSpec
 			hc.peer = cs.PeerCertificates[0]
 		}
 		hc.localURI = localURI(lrt.tls[chain])
-		if _, ok := conn.(*tls.Conn); ok && cs.NegotiatedProtocol != "h2" && cs.NegotiatedProtocol != "http/1.1" {
-			conn = plainConn{conn}
-		}
 	}
+	// Below net/http, the edge's checks (edge.go). net/http no longer sees
+	// a *tls.Conn: it tells HTTP/2 from HTTP/1.1 by the preface, on TLS
+	// as in plaintext (ALPN only ever offers the two).
+	remote := hc.remote
+	conn = newEdgeConn(conn, func(reason string) {
+		p.cfg.Metrics.ProtocolError(rl.name, reason)
+		if strings.HasPrefix(reason, "h2_") {
+			p.log.Warn("HTTP/2 connection cut: protocol abuse", "listener", rl.name, "remote", remote, "reason", reason)
+			return
+		}
+		p.log.Info("HTTP/1 request refused: ambiguous framing", "listener", rl.name, "remote", remote, "reason", reason)
+	})
 	hcm := chain.http
 	protocols := new(http.Protocols)
 	protocols.SetHTTP1(true)
@@ -173,10 +182,6 @@ func (p *Proxy) serveHTTP(rl *runningListener, lrt *listenerRT, chain *chainSpec
 // closed marks the connection done: net/http closed it, or the protocol
 // switch that took it over ended.
 func (hc *httpConn) closed() { hc.doneOnce.Do(func() { close(hc.done) }) }
-
-// plainConn hides a TLS connection's type from net/http, which then tells
-// HTTP/2 from HTTP/1.1 by the preface.
-type plainConn struct{ net.Conn }
 
 // watchDrain stops keep-alive once the connection must drain — its
 // listener's life ended, the proxy is stopping, or its chain changed —
@@ -322,12 +327,15 @@ const (
 	bodyOverflow       = "upstream connect error or disconnect/reset before headers. reset reason: overflow"
 	bodyTimeout        = "upstream request timeout"
 	bodyStreamIdle     = "stream timeout"
+	bodyBadPath        = "invalid path"
 )
 
 // grpcCode maps a local reply's HTTP status to the gRPC status a gRPC
 // client gets instead.
 func grpcCode(code int) codes.Code {
 	switch code {
+	case http.StatusBadRequest:
+		return codes.Internal
 	case http.StatusForbidden:
 		return codes.PermissionDenied
 	case http.StatusNotFound:
@@ -395,6 +403,11 @@ func (w *respWriter) WriteHeader(code int) {
 			return
 		}
 		w.wroteHeader, w.code = true, code
+		if w.s.closeUnlessSwitched && code != http.StatusSwitchingProtocols {
+			// The edge stopped checking this connection's requests
+			// when this one offered to switch protocols (edge.go).
+			w.Header().Set("Connection", "close")
+		}
 	}
 	w.ResponseWriter.WriteHeader(code)
 }

@@ -43,6 +43,10 @@ type stream struct {
 	grpc  bool
 	// upgrade is the protocol the request switches to ("" for none).
 	upgrade string
+	// closeUnlessSwitched: an HTTP/1 request that offered a protocol
+	// switch (or CONNECT); its connection closes after the response
+	// unless it switched.
+	closeUnlessSwitched bool
 
 	route    *routeSpec
 	cluster  *routeCluster
@@ -85,6 +89,7 @@ func (hc *httpConn) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	s.w = respWriter{ResponseWriter: w, s: s}
 	defer s.finish()
 	if r.ProtoMajor == 1 {
+		s.closeUnlessSwitched = r.Method == http.MethodConnect || slices.ContainsFunc(r.Header.Values("Upgrade"), upgradeOffered)
 		// Stream the request body while the response streams (gRPC-style
 		// bidirectional traffic over HTTP/1.1); an error only means the
 		// server cannot, and then it does not matter. (What
@@ -111,6 +116,11 @@ func (s *stream) serve(routes *routeConfigSpec) {
 	}
 	if r.Method == http.MethodConnect || (s.upgrade != "" && (!strings.EqualFold(s.upgrade, "websocket") || !s.hcm.websocket)) {
 		s.localReply(reply(http.StatusForbidden, ""))
+		return
+	}
+	// Before anything reads the path: RBAC, routes, rewrites.
+	if err := s.hcm.paths.normalizeRequest(r); err != nil {
+		s.localReply(reply(http.StatusBadRequest, bodyBadPath))
 		return
 	}
 	if !s.hcm.rbac.allowed(s.hc.ids) {

@@ -29,6 +29,9 @@ type Metrics struct {
 	received    *prometheus.CounterVec
 	sent        *prometheus.CounterVec
 	tlsFailures *prometheus.CounterVec
+	mismatches  *prometheus.CounterVec
+	refused     *prometheus.CounterVec
+	protoErrors *prometheus.CounterVec
 	xdsUpdates  *prometheus.CounterVec
 	xdsNacks    *prometheus.CounterVec
 	inbound     *inboundMetrics // inbound.go
@@ -100,6 +103,18 @@ func NewMetrics(reg prometheus.Registerer) *Metrics {
 			Name: "vmesh_tls_handshake_failures_total",
 			Help: `Failed TLS handshakes: side "downstream" names the listener, "upstream" the cluster dialed.`,
 		}, []string{"side", "name"}),
+		mismatches: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "vmesh_upstream_peer_mismatch_total",
+			Help: "Upstream TLS connections refused because the endpoint's verified certificate names none of the identities the cluster expects (counted in vmesh_tls_handshake_failures_total too).",
+		}, []string{"cluster"}),
+		refused: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "vmesh_connections_refused_total",
+			Help: `Downstream connections closed at accept because a connection limit was reached: limit "listener" (the listener's own) or "global" (the proxy's).`,
+		}, []string{"listener", "limit"}),
+		protoErrors: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "vmesh_downstream_protocol_errors_total",
+			Help: "Downstream HTTP connections cut for abusing the protocol (HTTP/2 rapid reset or CONTINUATION flood) or requests refused with 400 for ambiguous HTTP/1 framing, by reason.",
+		}, []string{"listener", "reason"}),
 		xdsUpdates: prometheus.NewCounterVec(prometheus.CounterOpts{
 			Name: "vmesh_xds_updates_total",
 			Help: "xDS responses the proxy accepted (ACKed), by resource type.",
@@ -117,6 +132,9 @@ func NewMetrics(reg prometheus.Registerer) *Metrics {
 		m.received = metrics.Register("proxy", reg, m.received)
 		m.sent = metrics.Register("proxy", reg, m.sent)
 		m.tlsFailures = metrics.Register("proxy", reg, m.tlsFailures)
+		m.mismatches = metrics.Register("proxy", reg, m.mismatches)
+		m.refused = metrics.Register("proxy", reg, m.refused)
+		m.protoErrors = metrics.Register("proxy", reg, m.protoErrors)
 		m.xdsUpdates = metrics.Register("proxy", reg, m.xdsUpdates)
 		m.xdsNacks = metrics.Register("proxy", reg, m.xdsNacks)
 	}
@@ -264,6 +282,33 @@ func (m *Metrics) TLSHandshakeFailed(side, name string) {
 		return
 	}
 	m.tlsFailures.WithLabelValues(side, name).Inc()
+}
+
+// UpstreamPeerMismatch counts an upstream connection of cluster refused
+// for the identity its endpoint presented.
+func (m *Metrics) UpstreamPeerMismatch(cluster string) {
+	if m == nil {
+		return
+	}
+	m.mismatches.WithLabelValues(cluster).Inc()
+}
+
+// ConnRefused counts a downstream connection of listener closed at accept
+// because limit ("listener" or "global") was reached.
+func (m *Metrics) ConnRefused(listener, limit string) {
+	if m == nil {
+		return
+	}
+	m.refused.WithLabelValues(listener, limit).Inc()
+}
+
+// ProtocolError counts a downstream HTTP connection cut, or request
+// refused, for reason (a fixed set: edge.go).
+func (m *Metrics) ProtocolError(listener, reason string) {
+	if m == nil {
+		return
+	}
+	m.protoErrors.WithLabelValues(listener, reason).Inc()
 }
 
 // XDSUpdate counts an accepted xDS response of type typeURL; XDSNack a

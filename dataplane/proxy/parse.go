@@ -64,6 +64,9 @@ type downstreamTLS struct {
 	certSecret, rootsSecret string
 	requireClient           bool
 	alpn                    []string
+	// sans are the client identities accepted (none: any the roots
+	// verify).
+	sans []sanMatcher
 }
 
 type tcpProxySpec struct {
@@ -276,15 +279,15 @@ func parseChain(fc *listener.FilterChain, path string, inspector bool) (*chainSp
 		if err := onlyFields(&d, tp+" DownstreamTlsContext", "require_client_certificate", "common_tls_context"); err != nil {
 			return nil, err
 		}
-		cert, roots, alpn, err := parseCommonTLS(d.GetCommonTlsContext(), tp+" DownstreamTlsContext.common_tls_context")
+		ct, err := parseCommonTLS(d.GetCommonTlsContext(), tp+" DownstreamTlsContext.common_tls_context")
 		if err != nil {
 			return nil, err
 		}
-		if cert == "" {
+		if ct.cert == "" {
 			return nil, fmt.Errorf("%w: %s: a server needs a certificate (tls_certificate_sds_secret_configs)", ErrInvalid, tp)
 		}
-		c.tls = &downstreamTLS{certSecret: cert, rootsSecret: roots, requireClient: d.GetRequireClientCertificate().GetValue(), alpn: alpn}
-		if c.tls.requireClient && roots == "" {
+		c.tls = &downstreamTLS{certSecret: ct.cert, rootsSecret: ct.roots, requireClient: d.GetRequireClientCertificate().GetValue(), alpn: ct.alpn, sans: ct.sans}
+		if c.tls.requireClient && ct.roots == "" {
 			return nil, fmt.Errorf("%w: %s: require_client_certificate without a validation context", ErrInvalid, tp)
 		}
 	}
@@ -345,17 +348,32 @@ func parseChain(fc *listener.FilterChain, path string, inspector bool) (*chainSp
 	return c, nil
 }
 
-// parseCommonTLS reads the SDS secret names of a TLS context.
-func parseCommonTLS(ctc *tlsv3.CommonTlsContext, path string) (cert, roots string, alpn []string, err error) {
+// commonTLS is a TLS context's common part: the SDS secret names, ALPN
+// and the peer identities to accept (none: any the roots verify).
+type commonTLS struct {
+	cert, roots string
+	alpn        []string
+	sans        []sanMatcher
+}
+
+// parseCommonTLS reads the common part of a TLS context. The CA roots come
+// over SDS, either alone (validation_context_sds_secret_config) or with
+// the peer identities to expect (combined_validation_context, as Envoy
+// and Istio send them).
+func parseCommonTLS(ctc *tlsv3.CommonTlsContext, path string) (commonTLS, error) {
+	var out commonTLS
 	if ctc == nil {
-		return "", "", nil, fmt.Errorf("%w: %s is missing", ErrInvalid, path)
+		return out, fmt.Errorf("%w: %s is missing", ErrInvalid, path)
 	}
-	if err := onlyFields(ctc, path, "alpn_protocols", "tls_certificate_sds_secret_configs", "validation_context_sds_secret_config"); err != nil {
-		return "", "", nil, err
+	if ctc.GetValidationContext() != nil {
+		return out, fmt.Errorf("%w: %s.validation_context: the CA roots come over SDS (validation_context_sds_secret_config, or combined_validation_context to match identities too)", ErrUnsupported, path)
+	}
+	if err := onlyFields(ctc, path, "alpn_protocols", "tls_certificate_sds_secret_configs", "validation_context_sds_secret_config", "combined_validation_context"); err != nil {
+		return out, err
 	}
 	sds := ctc.GetTlsCertificateSdsSecretConfigs()
 	if len(sds) > 1 {
-		return "", "", nil, fmt.Errorf("%w: %s.tls_certificate_sds_secret_configs: more than one certificate", ErrUnsupported, path)
+		return out, fmt.Errorf("%w: %s.tls_certificate_sds_secret_configs: more than one certificate", ErrUnsupported, path)
 	}
 	check := func(s *tlsv3.SdsSecretConfig, p string) (string, error) {
 		if err := onlyFields(s, p, "name", "sds_config"); err != nil {
@@ -369,22 +387,40 @@ func parseCommonTLS(ctc *tlsv3.CommonTlsContext, path string) (cert, roots strin
 		}
 		return s.GetName(), nil
 	}
+	var err error
 	if len(sds) == 1 {
-		if cert, err = check(sds[0], path+".tls_certificate_sds_secret_configs[0]"); err != nil {
-			return "", "", nil, err
+		if out.cert, err = check(sds[0], path+".tls_certificate_sds_secret_configs[0]"); err != nil {
+			return out, err
 		}
 	}
 	if v := ctc.GetValidationContextSdsSecretConfig(); v != nil {
-		if roots, err = check(v, path+".validation_context_sds_secret_config"); err != nil {
-			return "", "", nil, err
+		if out.roots, err = check(v, path+".validation_context_sds_secret_config"); err != nil {
+			return out, err
+		}
+	}
+	if cv := ctc.GetCombinedValidationContext(); cv != nil {
+		cp := path + ".combined_validation_context"
+		if err := onlyFields(cv, cp, "default_validation_context", "validation_context_sds_secret_config"); err != nil {
+			return out, err
+		}
+		v := cv.GetValidationContextSdsSecretConfig()
+		if v == nil {
+			return out, fmt.Errorf("%w: %s.validation_context_sds_secret_config is missing (the CA roots)", ErrInvalid, cp)
+		}
+		if out.roots, err = check(v, cp+".validation_context_sds_secret_config"); err != nil {
+			return out, err
+		}
+		if out.sans, err = parseSANMatchers(cv.GetDefaultValidationContext(), cp+".default_validation_context"); err != nil {
+			return out, err
 		}
 	}
 	for _, p := range ctc.GetAlpnProtocols() {
 		if p != "h2" && p != "http/1.1" {
-			return "", "", nil, fmt.Errorf("%w: %s.alpn_protocols %q", ErrUnsupported, path, p)
+			return out, fmt.Errorf("%w: %s.alpn_protocols %q", ErrUnsupported, path, p)
 		}
 	}
-	return cert, roots, ctc.GetAlpnProtocols(), nil
+	out.alpn = ctc.GetAlpnProtocols()
+	return out, nil
 }
 
 func parseTCPProxy(t *tcp.TcpProxy, path string) (*tcpProxySpec, error) {

@@ -35,6 +35,12 @@ type Config struct {
 	// Mark, when not zero, is set as SO_MARK on every socket the proxy
 	// dials, so traffic capture can exclude the proxy's own traffic.
 	Mark int
+	// MaxConnections bounds the downstream connections the proxy holds
+	// at once, its listeners together (0: DefaultMaxConnections).
+	// MaxListenerConnections bounds one listener's (0: half of
+	// MaxConnections, so a flood on one listener leaves the others
+	// room). A connection over either is closed as it is accepted.
+	MaxConnections, MaxListenerConnections int
 }
 
 // Proxy is the data plane: an ADS client and the listeners it configures.
@@ -59,9 +65,10 @@ type Proxy struct {
 	// (inbound.go); listener names are bounded by the config.
 	refused sync.Map
 
-	ctx   context.Context // the connections' (ends at Close)
-	wg    sync.WaitGroup
-	drain sync.WaitGroup
+	ctx    context.Context // the connections' (ends at Close)
+	wg     sync.WaitGroup
+	drain  sync.WaitGroup
+	limits connLimits
 }
 
 // New prepares a proxy; Run does the work.
@@ -81,11 +88,21 @@ func New(cfg Config) (*Proxy, error) {
 	if cfg.Logger == nil {
 		cfg.Logger = slog.Default()
 	}
+	if cfg.MaxConnections < 0 || cfg.MaxListenerConnections < 0 {
+		return nil, fmt.Errorf("%w: connection limits must not be negative", ErrInvalid)
+	}
+	if cfg.MaxConnections == 0 {
+		cfg.MaxConnections = DefaultMaxConnections()
+	}
+	if cfg.MaxListenerConnections == 0 {
+		cfg.MaxListenerConnections = max(cfg.MaxConnections/2, 1)
+	}
 	p := &Proxy{
 		cfg: cfg, log: cfg.Logger, node: newNode(cfg.Node),
 		st:    &state{listeners: map[string]*listenerSpec{}, clusters: map[string]*clusterSpec{}, endpoints: map[string]*endpointsSpec{}, secrets: map[string]*secretSpec{}},
 		types: newTypes(), status: newStatus(), running: map[string]*runningListener{},
 	}
+	p.limits.global, p.limits.perListener = int64(cfg.MaxConnections), int64(cfg.MaxListenerConnections)
 	p.cur.Store(&snapshot{listeners: map[string]*listenerRT{}, clusters: map[string]*clusterRT{}})
 	return p, nil
 }
@@ -287,6 +304,16 @@ func (p *Proxy) acceptLoop(rl *runningListener) {
 			c.Close()
 			return
 		}
+		if limit := p.limits.admit(len(rl.conns)); limit != "" {
+			rl.mu.Unlock()
+			reset(c)
+			p.cfg.Metrics.ConnRefused(rl.name, limit)
+			if p.limits.warnDue(time.Now()) {
+				p.log.Warn("refusing downstream connections: connection limit reached", "listener", rl.name, "limit", limit,
+					"max_connections", p.cfg.MaxConnections, "max_listener_connections", p.cfg.MaxListenerConnections)
+			}
+			continue
+		}
 		pc := &proxyConn{down: c}
 		rl.conns[pc] = struct{}{}
 		rl.mu.Unlock()
@@ -294,6 +321,7 @@ func (p *Proxy) acceptLoop(rl *runningListener) {
 		p.wg.Add(1)
 		go func() {
 			defer p.wg.Done()
+			defer p.limits.release()
 			defer p.cfg.Metrics.ConnClosed(rl.name)
 			defer func() {
 				rl.mu.Lock()

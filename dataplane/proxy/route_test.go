@@ -244,14 +244,17 @@ func TestRouteParseErrors(t *testing.T) {
 // refusals.
 func TestHCMParse(t *testing.T) {
 	ok := &hcm.HttpConnectionManager{
-		StatPrefix:                  "s",
-		RouteSpecifier:              &hcm.HttpConnectionManager_RouteConfig{RouteConfig: &route.RouteConfiguration{Name: "inline"}},
-		HttpFilters:                 []*hcm.HttpFilter{routerFilterForTest(t)},
-		UpgradeConfigs:              []*hcm.HttpConnectionManager_UpgradeConfig{{UpgradeType: "WebSocket"}},
-		ForwardClientCertDetails:    hcm.HttpConnectionManager_SANITIZE_SET,
-		SetCurrentClientCertDetails: &hcm.HttpConnectionManager_SetCurrentClientCertDetails{Uri: true},
-		CommonHttpProtocolOptions:   &core.HttpProtocolOptions{IdleTimeout: durationpb.New(time.Minute)},
-		StreamIdleTimeout:           durationpb.New(0),
+		StatPrefix:                   "s",
+		RouteSpecifier:               &hcm.HttpConnectionManager_RouteConfig{RouteConfig: &route.RouteConfiguration{Name: "inline"}},
+		HttpFilters:                  []*hcm.HttpFilter{routerFilterForTest(t)},
+		UpgradeConfigs:               []*hcm.HttpConnectionManager_UpgradeConfig{{UpgradeType: "WebSocket"}},
+		ForwardClientCertDetails:     hcm.HttpConnectionManager_SANITIZE_SET,
+		SetCurrentClientCertDetails:  &hcm.HttpConnectionManager_SetCurrentClientCertDetails{Uri: true},
+		CommonHttpProtocolOptions:    &core.HttpProtocolOptions{IdleTimeout: durationpb.New(time.Minute)},
+		StreamIdleTimeout:            durationpb.New(0),
+		NormalizePath:                wrapperspb.Bool(true),
+		MergeSlashes:                 true,
+		PathWithEscapedSlashesAction: hcm.HttpConnectionManager_UNESCAPE_AND_FORWARD,
 	}
 	s, err := parseHCM(ok, "hcm")
 	if err != nil {
@@ -259,6 +262,15 @@ func TestHCMParse(t *testing.T) {
 	}
 	if !s.websocket || s.xfcc != xfccSanitizeSet || !s.xfccURI || s.idleTimeout != time.Minute || s.streamIdle != 0 || s.inline == nil {
 		t.Errorf("parsed %+v", s)
+	}
+	if s.paths != (pathNorm{normalize: true, merge: true, slashes: slashesUnescape}) {
+		t.Errorf("path settings %+v", s.paths)
+	}
+	// Envoy's defaults when the fields are not set: nothing is changed.
+	bare := proto.Clone(ok).(*hcm.HttpConnectionManager)
+	bare.NormalizePath, bare.MergeSlashes, bare.PathWithEscapedSlashesAction = nil, false, hcm.HttpConnectionManager_IMPLEMENTATION_SPECIFIC_DEFAULT
+	if s, err := parseHCM(bare, "hcm"); err != nil || s.paths.active() {
+		t.Errorf("without the path fields: %+v, %v; want no normalization", s.paths, err)
 	}
 	for _, tc := range []struct {
 		mut  func(*hcm.HttpConnectionManager)
@@ -273,6 +285,9 @@ func TestHCMParse(t *testing.T) {
 			h.SetCurrentClientCertDetails = &hcm.HttpConnectionManager_SetCurrentClientCertDetails{Dns: true}
 		}, "hcm.set_current_client_cert_details.dns is not supported"},
 		{func(h *hcm.HttpConnectionManager) { h.RequestTimeout = durationpb.New(time.Second) }, "hcm.request_timeout is not supported"},
+		{func(h *hcm.HttpConnectionManager) {
+			h.PathWithEscapedSlashesAction = hcm.HttpConnectionManager_UNESCAPE_AND_REDIRECT
+		}, "hcm.path_with_escaped_slashes_action UNESCAPE_AND_REDIRECT"},
 		{func(h *hcm.HttpConnectionManager) {
 			h.RouteSpecifier = &hcm.HttpConnectionManager_Rds{Rds: &hcm.Rds{RouteConfigName: "r", ConfigSource: &core.ConfigSource{
 				ConfigSourceSpecifier: &core.ConfigSource_PathConfigSource{PathConfigSource: &core.PathConfigSource{Path: "/etc/r"}}}}}

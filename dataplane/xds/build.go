@@ -13,6 +13,7 @@ import (
 	endpoint "github.com/envoyproxy/go-control-plane/envoy/config/endpoint/v3"
 	tlsv3 "github.com/envoyproxy/go-control-plane/envoy/extensions/transport_sockets/tls/v3"
 	httpopts "github.com/envoyproxy/go-control-plane/envoy/extensions/upstreams/http/v3"
+	matcher "github.com/envoyproxy/go-control-plane/envoy/type/matcher/v3"
 	"github.com/envoyproxy/go-control-plane/pkg/cache/types"
 	"github.com/envoyproxy/go-control-plane/pkg/cache/v3"
 	"github.com/envoyproxy/go-control-plane/pkg/resource/v3"
@@ -401,19 +402,41 @@ func alpn(protocol string) []string {
 
 // upstreamTLS is mTLS to a peer's mesh port: SNI names the service; the
 // client certificate (cert: the host's, or a local service's for an
-// explicit upstream) and the CA roots come over SDS.
+// explicit upstream) and the CA roots come over SDS. The peer must present
+// the service's own identity (spiffe://<td>/svc/<service>): a certificate
+// of the mesh that names another service is refused, so an endpoint that
+// is not what the catalog says it is gets no traffic.
 func (b *builder) upstreamTLS(s *service, cert string) *core.TransportSocket {
+	ctc := &tlsv3.CommonTlsContext{
+		AlpnProtocols:                  alpn(s.protocol),
+		TlsCertificateSdsSecretConfigs: []*tlsv3.SdsSecretConfig{sdsSecret(cert)},
+		ValidationContextType: &tlsv3.CommonTlsContext_ValidationContextSdsSecretConfig{
+			ValidationContextSdsSecretConfig: sdsSecret(SecretRoots),
+		},
+	}
+	if b.v.trustDomain != "" {
+		ctc.ValidationContextType = &tlsv3.CommonTlsContext_CombinedValidationContext{
+			CombinedValidationContext: &tlsv3.CommonTlsContext_CombinedCertificateValidationContext{
+				DefaultValidationContext: &tlsv3.CertificateValidationContext{
+					MatchTypedSubjectAltNames: []*tlsv3.SubjectAltNameMatcher{{
+						SanType: tlsv3.SubjectAltNameMatcher_URI,
+						// Service names are case-insensitive; a leaf names
+						// the service as it was registered.
+						Matcher: &matcher.StringMatcher{
+							MatchPattern: &matcher.StringMatcher_Exact{Exact: serviceSPIFFE(b.v.trustDomain, s.key)},
+							IgnoreCase:   true,
+						},
+					}},
+				},
+				ValidationContextSdsSecretConfig: sdsSecret(SecretRoots),
+			},
+		}
+	}
 	return &core.TransportSocket{
 		Name: wellknown.TransportSocketTLS,
 		ConfigType: &core.TransportSocket_TypedConfig{TypedConfig: b.any(&tlsv3.UpstreamTlsContext{
-			Sni: SNI(s.key),
-			CommonTlsContext: &tlsv3.CommonTlsContext{
-				AlpnProtocols:                  alpn(s.protocol),
-				TlsCertificateSdsSecretConfigs: []*tlsv3.SdsSecretConfig{sdsSecret(cert)},
-				ValidationContextType: &tlsv3.CommonTlsContext_ValidationContextSdsSecretConfig{
-					ValidationContextSdsSecretConfig: sdsSecret(SecretRoots),
-				},
-			},
+			Sni:              SNI(s.key),
+			CommonTlsContext: ctc,
 		})},
 	}
 }

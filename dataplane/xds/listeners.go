@@ -77,6 +77,7 @@ func (b *builder) serviceFilters(statPrefix string, s *service) []*listener.Filt
 	if discovery.IsL7Protocol(s.protocol) {
 		h := b.hcmRDS(statPrefix, b.routeRef(s.key))
 		h.UpgradeConfigs = websocketUpgrade(s)
+		normalizePaths(h)
 		return []*listener.Filter{b.filter(wellknown.HTTPConnectionManager, h)}
 	}
 	return []*listener.Filter{b.filter(wellknown.TCPProxy, b.tcpProxy(statPrefix, s.key))}
@@ -351,7 +352,7 @@ func (b *builder) inboundHCM(stat, clusterName string, s *service) *hcm.HttpConn
 	case s.protocol == discovery.ProtocolGRPC:
 		a.Timeout = durationpb.New(0)
 	}
-	return &hcm.HttpConnectionManager{
+	h := &hcm.HttpConnectionManager{
 		StatPrefix: stat,
 		RouteSpecifier: &hcm.HttpConnectionManager_RouteConfig{RouteConfig: &route.RouteConfiguration{
 			Name: "inbound/" + s.key,
@@ -371,6 +372,23 @@ func (b *builder) inboundHCM(stat, clusterName string, s *service) *hcm.HttpConn
 		ForwardClientCertDetails:    hcm.HttpConnectionManager_SANITIZE_SET,
 		SetCurrentClientCertDetails: &hcm.HttpConnectionManager_SetCurrentClientCertDetails{Uri: true},
 	}
+	normalizePaths(h)
+	return h
+}
+
+// normalizePaths makes a proxy's HTTP connection manager route on the
+// path the application will read: dot segments resolved, percent-encoded
+// unreserved characters decoded, runs of slashes merged, and a path with
+// an encoded slash (%2F, %5C) refused with 400, since applications
+// disagree on whether it separates segments. Otherwise "/%61dmin",
+// "//admin" or "/x/../admin" would miss a route or an authorization rule
+// written for "/admin" and still reach /admin. The proxy forwards the
+// normalized path. (Not for proxyless gRPC's api_listeners: gRPC paths are
+// method names, and gRPC does not implement these fields.)
+func normalizePaths(h *hcm.HttpConnectionManager) {
+	h.NormalizePath = wrapperspb.Bool(true)
+	h.MergeSlashes = true
+	h.PathWithEscapedSlashesAction = hcm.HttpConnectionManager_REJECT_REQUEST
 }
 
 // websocketUpgrade lets HTTP/1.1 services switch to WebSocket (HTTP/2 and

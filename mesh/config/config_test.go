@@ -256,3 +256,28 @@ func TestServerRole(t *testing.T) {
 		t.Errorf("server = true in a config file: IsServer() = %v, %v; want true", cfg.IsServer(), err)
 	}
 }
+
+// The proxy's connection limits: read from the proxy block, and refused
+// negative or with a per-listener limit above the global one, naming the
+// keys.
+func TestProxyConnectionLimits(t *testing.T) {
+	dir := t.TempDir()
+	good := testkit.WriteFile(t, dir, "good.hcl", "proxy {\n  max_connections = 5000\n  max_connections_per_listener = 2000\n}\n")
+	cfg, err := parseAgentFlags(t, "-dev", "-config", good)
+	if err != nil {
+		t.Fatalf("loading %s: %v", good, err)
+	}
+	if cfg.Proxy.MaxConnections != 5000 || cfg.Proxy.MaxConnectionsPerListener != 2000 {
+		t.Fatalf("limits %d, %d; want 5000, 2000", cfg.Proxy.MaxConnections, cfg.Proxy.MaxConnectionsPerListener)
+	}
+	for body, key := range map[string]string{
+		"proxy {\n  max_connections = -1\n}\n":                                      "proxy.max_connections",
+		"proxy {\n  max_connections_per_listener = -5\n}\n":                         "proxy.max_connections_per_listener",
+		"proxy {\n  max_connections = 10\n  max_connections_per_listener = 20\n}\n": "proxy.max_connections_per_listener: 20 is more than proxy.max_connections",
+	} {
+		bad := testkit.WriteFile(t, dir, "bad.hcl", body)
+		if _, err := parseAgentFlags(t, "-dev", "-config", bad); err == nil || !strings.Contains(err.Error(), key) {
+			t.Errorf("%q: got %v, want an error naming %s", body, err, key)
+		}
+	}
+}

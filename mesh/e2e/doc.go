@@ -59,6 +59,7 @@
 //	42  TestProxyNackKeepsServing
 //	43  TestProxyRoundRobinFailoverRetry
 //	44  TestProxyCertRotationUnderLoad
+//	45  TestProxyConnectionFlood
 //
 //	namespace                       test
 //	vmt-capture                     TestCaptureAgentNetns

@@ -1,0 +1,4 @@
+package proxy
+
+// FdsPerConnection is fdsPerConnection, for the external tests.
+const FdsPerConnection = fdsPerConnection
