@@ -1,10 +1,11 @@
 package mesh
 
 import (
-	"github.com/vmesh/vmesh/lab/testkit"
 	"net/http"
 	"strings"
 	"testing"
+
+	"github.com/vmesh/vmesh/lab/testkit"
 )
 
 // TestAPIBadInput: every malformed request is a 400 (or 404 for unknown

@@ -3,9 +3,10 @@ package mesh
 import (
 	"bytes"
 	"context"
-	"github.com/vmesh/vmesh/lab/testkit"
 	"strings"
 	"testing"
+
+	"github.com/vmesh/vmesh/lab/testkit"
 
 	"github.com/vmesh/vmesh/mesh/cli"
 )

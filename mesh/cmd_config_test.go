@@ -2,9 +2,10 @@ package mesh
 
 import (
 	"encoding/json"
-	"github.com/vmesh/vmesh/lab/testkit"
 	"strings"
 	"testing"
+
+	"github.com/vmesh/vmesh/lab/testkit"
 
 	"github.com/vmesh/vmesh/mesh/cli"
 )

@@ -4,13 +4,14 @@ import (
 	"bytes"
 	"encoding/json"
 	"fmt"
-	"github.com/vmesh/vmesh/lab/testkit"
 	"net"
 	"os/exec"
 	"slices"
 	"strings"
 	"testing"
 	"time"
+
+	"github.com/vmesh/vmesh/lab/testkit"
 
 	"github.com/miekg/dns"
 	"github.com/vmesh/vmesh/discovery"

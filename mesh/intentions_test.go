@@ -1,11 +1,12 @@
 package mesh
 
 import (
-	"github.com/vmesh/vmesh/lab/testkit"
 	"net/http"
 	"strings"
 	"testing"
 	"time"
+
+	"github.com/vmesh/vmesh/lab/testkit"
 
 	core "github.com/envoyproxy/go-control-plane/envoy/config/core/v3"
 	listener "github.com/envoyproxy/go-control-plane/envoy/config/listener/v3"

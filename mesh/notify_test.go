@@ -2,12 +2,13 @@ package mesh
 
 import (
 	"errors"
-	"github.com/vmesh/vmesh/lab/testkit"
 	"io"
 	"net/http"
 	"strings"
 	"testing"
 	"time"
+
+	"github.com/vmesh/vmesh/lab/testkit"
 
 	"github.com/vmesh/vmesh/systemd"
 )

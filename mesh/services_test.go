@@ -3,13 +3,14 @@ package mesh
 import (
 	"context"
 	"fmt"
-	"github.com/vmesh/vmesh/lab/testkit"
 	"net/http"
 	"os"
 	"path/filepath"
 	"strings"
 	"testing"
 	"time"
+
+	"github.com/vmesh/vmesh/lab/testkit"
 
 	"github.com/vmesh/vmesh/discovery"
 )

@@ -3,10 +3,11 @@ package mesh
 import (
 	"context"
 	"fmt"
-	"github.com/vmesh/vmesh/lab/testkit"
 	"net"
 	"testing"
 	"time"
+
+	"github.com/vmesh/vmesh/lab/testkit"
 
 	"github.com/hashicorp/consul/api"
 	"google.golang.org/grpc"

@@ -4,8 +4,9 @@ import (
 	"time"
 
 	"context"
-	"github.com/vmesh/vmesh/lab/testkit"
 	"testing"
+
+	"github.com/vmesh/vmesh/lab/testkit"
 
 	"github.com/prometheus/client_golang/prometheus"
 	dto "github.com/prometheus/client_model/go"

@@ -3,12 +3,13 @@ package systemd
 import (
 	"context"
 	"errors"
-	"github.com/vmesh/vmesh/lab/testkit"
 	"os"
 	"strconv"
 	"sync/atomic"
 	"testing"
 	"time"
+
+	"github.com/vmesh/vmesh/lab/testkit"
 )
 
 func TestWatchdogInterval(t *testing.T) {

@@ -1,9 +1,10 @@
 package config
 
 import (
-	"github.com/vmesh/vmesh/lab/testkit"
 	"strings"
 	"testing"
+
+	"github.com/vmesh/vmesh/lab/testkit"
 )
 
 func TestConfigIntentionsDefault(t *testing.T) {

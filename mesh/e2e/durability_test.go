@@ -2,13 +2,14 @@ package e2e
 
 import (
 	"fmt"
-	"github.com/vmesh/vmesh/lab/testkit"
 	"net/http"
 	"strconv"
 	"sync"
 	"syscall"
 	"testing"
 	"time"
+
+	"github.com/vmesh/vmesh/lab/testkit"
 )
 
 // TestDurabilitySIGKILL registers 500 instances, SIGKILLs the agent and
