@@ -31,7 +31,8 @@ var importRules = []struct {
 	never []string
 	why   string
 }{
-	{"acl", nothing, nil, "the ACL model is a leaf: the HTTP API and the raft state both use it, so it can know neither"},
+	{"acl", []string{"hcljson"}, nil, "the ACL model is a leaf: the HTTP API and the raft state both use it, so it can know neither"},
+	{"hcljson", nothing, nil, "JSON read as HCL's syntax tree: a leaf the config decoder and the ACL rule parser share"},
 	{"discovery", []string{"acl"}, nil, "the catalog is the bottom layer (it stores the ACL model's tokens and policies); its sub-packages build on it, never the reverse"},
 	{"discovery/...", []string{"discovery/...", "acl"}, nil, "discovery's HTTP API writes through an interface that raft implements and mesh wires in"},
 	{"raft/...", []string{"discovery", "acl", "raft/..."}, nil, "the FSM writes the catalog; consensus knows nothing of HTTP, DNS, checks, the data plane or the host"},

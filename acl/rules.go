@@ -9,6 +9,7 @@ import (
 	"github.com/hashicorp/hcl/hcl/ast"
 	hclparser "github.com/hashicorp/hcl/hcl/parser"
 	"github.com/hashicorp/hcl/hcl/token"
+	"github.com/vmesh/vmesh/hcljson"
 )
 
 // Access is a level a rule grants. The zero value is no rule at all.
@@ -132,7 +133,11 @@ func ParseRules(src string) ([]Rule, error) {
 	var list *ast.ObjectList
 	if text[0] == '{' {
 		var err error
-		if list, err = jsonToAST([]byte(src)); err != nil {
+		if list, err = hcljson.Parse("", []byte(src)); err != nil {
+			// Rules have no file: say the line, as for HCL rules.
+			if he, ok := errors.AsType[*hcljson.Error](err); ok {
+				return nil, fmt.Errorf("line %d: %s", he.Pos.Line, he.Msg)
+			}
 			return nil, err
 		}
 	} else {

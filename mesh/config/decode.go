@@ -4,27 +4,23 @@ import (
 	"bytes"
 	"cmp"
 	"encoding"
-	"encoding/json"
 	"errors"
 	"fmt"
-	"io"
 	"math"
 	"math/big"
 	"os"
 	"path/filepath"
 	"reflect"
 	"slices"
-	"sort"
-	"strconv"
 	"strings"
 	"time"
-	"unicode/utf8"
 
 	"github.com/hashicorp/hcl/hcl/ast"
 	hclparser "github.com/hashicorp/hcl/hcl/parser"
 	"github.com/hashicorp/hcl/hcl/token"
 
 	"github.com/vmesh/vmesh/discovery"
+	"github.com/vmesh/vmesh/hcljson"
 )
 
 // DecodeFile reads path, picks the syntax by extension (".hcl" or
@@ -82,7 +78,7 @@ func Decode(filename string, src []byte, syntax string, out any) error {
 		list, _ = f.Node.(*ast.ObjectList)
 	case "json":
 		var err error
-		if list, err = parseJSON(filename, src); err != nil {
+		if list, err = hcljson.Parse(filename, src); err != nil {
 			return err
 		}
 	default:
@@ -409,124 +405,3 @@ func tagOnly(f reflect.StructField) []string {
 
 // normalizeKey makes node_name, NodeName and nodename the same key.
 func normalizeKey(s string) string { return strings.ToLower(strings.ReplaceAll(s, "_", "")) }
-
-// jsonReader builds the AST the HCL parser would produce, one ObjectItem per
-// JSON key, with a position on every node.
-type jsonReader struct {
-	src   []byte
-	lines []int // byte offset at which each line starts
-	file  string
-	dec   *json.Decoder
-}
-
-func parseJSON(filename string, src []byte) (*ast.ObjectList, error) {
-	r := &jsonReader{src: src, lines: []int{0}, file: filename, dec: json.NewDecoder(bytes.NewReader(src))}
-	for i, c := range src {
-		if c == '\n' {
-			r.lines = append(r.lines, i+1)
-		}
-	}
-	r.dec.UseNumber()
-	n, err := r.node()
-	if err != nil {
-		return nil, err
-	}
-	obj, ok := n.(*ast.ObjectType)
-	if !ok {
-		return nil, fmt.Errorf("%s: expected a JSON object at the top level, got %s", n.Pos(), describe(n))
-	}
-	if p := r.next(); !errors.Is(r.skip(), io.EOF) {
-		return nil, fmt.Errorf("%s: unexpected data after the top-level object", p)
-	}
-	return obj.List, nil
-}
-
-func (r *jsonReader) skip() error {
-	_, err := r.dec.Token()
-	return err
-}
-
-func (r *jsonReader) node() (ast.Node, error) {
-	p := r.next()
-	t, err := r.dec.Token()
-	if err != nil {
-		return nil, r.syntaxError(err)
-	}
-	var n ast.Node
-	switch t {
-	case json.Delim('{'):
-		obj := &ast.ObjectType{Lbrace: p, List: &ast.ObjectList{}}
-		for r.dec.More() {
-			kp := r.next()
-			k, err := r.dec.Token()
-			if err != nil {
-				return nil, r.syntaxError(err)
-			}
-			key, _ := k.(string)
-			val, err := r.node()
-			if err != nil {
-				return nil, err
-			}
-			tok := token.Token{Type: token.STRING, Text: strconv.Quote(key), JSON: true, Pos: kp}
-			obj.List.Add(&ast.ObjectItem{Keys: []*ast.ObjectKey{{Token: tok}}, Val: val})
-		}
-		n = obj
-	case json.Delim('['):
-		list := &ast.ListType{Lbrack: p}
-		for r.dec.More() {
-			val, err := r.node()
-			if err != nil {
-				return nil, err
-			}
-			list.Add(val)
-		}
-		n = list
-	default: // Token never returns a closing delimiter where a value starts
-		return &ast.LiteralType{Token: jsonLiteral(t, p)}, nil
-	}
-	if err := r.skip(); err != nil { // the closing delimiter
-		return nil, r.syntaxError(err)
-	}
-	return n, nil
-}
-
-func jsonLiteral(v json.Token, p token.Pos) token.Token {
-	switch v := v.(type) {
-	case string:
-		return token.Token{Type: token.STRING, Text: strconv.Quote(v), JSON: true, Pos: p}
-	case bool:
-		return token.Token{Type: token.BOOL, Text: strconv.FormatBool(v), Pos: p}
-	case json.Number:
-		if strings.ContainsAny(string(v), ".eE") {
-			return token.Token{Type: token.FLOAT, Text: string(v), Pos: p}
-		}
-		return token.Token{Type: token.NUMBER, Text: string(v), Pos: p}
-	}
-	return token.Token{Type: token.ILLEGAL, Text: "null", Pos: p} // no field accepts null
-}
-
-// next returns the position of the token the decoder reads next.
-func (r *jsonReader) next() token.Pos {
-	off := int(r.dec.InputOffset())
-	for off < len(r.src) && strings.IndexByte(" \t\r\n,:", r.src[off]) >= 0 {
-		off++
-	}
-	return r.pos(off)
-}
-
-func (r *jsonReader) pos(off int) token.Pos {
-	line := sort.SearchInts(r.lines, off+1) // lines[line-1] <= off < lines[line]
-	col := utf8.RuneCount(r.src[r.lines[line-1]:off]) + 1
-	return token.Pos{Filename: r.file, Offset: off, Line: line, Column: col}
-}
-
-func (r *jsonReader) syntaxError(err error) error {
-	off := len(r.src)
-	var se *json.SyntaxError
-	if errors.As(err, &se) {
-		off = min(int(se.Offset), len(r.src))
-	} else if errors.Is(err, io.EOF) || errors.Is(err, io.ErrUnexpectedEOF) {
-		err = errors.New("unexpected end of JSON input")
-	}
-	return fmt.Errorf("%s: %v", r.pos(off), err)
-}

@@ -1,4 +1,4 @@
-package acl
+package hcljson
 
 import (
 	"bytes"
@@ -15,14 +15,22 @@ import (
 	"github.com/hashicorp/hcl/hcl/token"
 )
 
-// jsonToAST reads JSON rules into the AST the HCL parser produces for the
-// same rules, one ObjectItem per key, each node with its line. HCL's own
-// JSON parser is not used: it drops positions, flattens nested objects
-// and accepts malformed input such as a missing comma. (mesh/config does
-// the same for agent files; acl imports nothing of vmesh, so it has its
-// own copy.)
-func jsonToAST(src []byte) (*ast.ObjectList, error) {
-	r := &jsonReader{src: src, lines: []int{0}, dec: json.NewDecoder(bytes.NewReader(src))}
+// MaxDepth bounds nesting: configs and policies nest a few levels, and a
+// deeper document is a mistake or an attempt to exhaust the stack.
+const MaxDepth = 32
+
+// Error is a problem at a position of the document.
+type Error struct {
+	Pos token.Pos
+	Msg string
+}
+
+func (e *Error) Error() string { return e.Pos.String() + ": " + e.Msg }
+
+// Parse reads src, a JSON object, as the HCL parser would read the same
+// document; filename goes into every position.
+func Parse(filename string, src []byte) (*ast.ObjectList, error) {
+	r := &reader{src: src, lines: []int{0}, file: filename, dec: json.NewDecoder(bytes.NewReader(src))}
 	for i, c := range src {
 		if c == '\n' {
 			r.lines = append(r.lines, i+1)
@@ -35,39 +43,56 @@ func jsonToAST(src []byte) (*ast.ObjectList, error) {
 	}
 	obj, ok := n.(*ast.ObjectType)
 	if !ok {
-		return nil, fmt.Errorf("line %d: expected a JSON object, got %s", n.Pos().Line, describe(n))
+		return nil, &Error{n.Pos(), "expected a JSON object at the top level, got " + Describe(n)}
 	}
 	if p := r.next(); !errors.Is(r.skip(), io.EOF) {
-		return nil, fmt.Errorf("line %d: unexpected data after the JSON object", p.Line)
+		return nil, &Error{p, "unexpected data after the top-level object"}
 	}
 	return obj.List, nil
 }
 
-type jsonReader struct {
+// Describe names the kind of value n is, for messages.
+func Describe(n ast.Node) string {
+	switch n := n.(type) {
+	case *ast.ObjectType:
+		return "an object"
+	case *ast.ListType:
+		return "a list"
+	case *ast.LiteralType:
+		switch n.Token.Type {
+		case token.STRING, token.HEREDOC:
+			return "a string"
+		case token.NUMBER, token.FLOAT:
+			return "a number"
+		case token.BOOL:
+			return "a bool"
+		}
+	}
+	return "null"
+}
+
+type reader struct {
 	src   []byte
 	lines []int // byte offset at which each line starts
+	file  string
 	dec   *json.Decoder
 	depth int
 }
 
-// maxDepth bounds nesting; rules nest three deep, and a deeper document is
-// either a mistake or an attempt to exhaust the stack.
-const maxDepth = 32
-
-func (r *jsonReader) skip() error {
+func (r *reader) skip() error {
 	_, err := r.dec.Token()
 	return err
 }
 
-func (r *jsonReader) node() (ast.Node, error) {
+func (r *reader) node() (ast.Node, error) {
 	p := r.next()
 	t, err := r.dec.Token()
 	if err != nil {
 		return nil, r.syntaxError(err)
 	}
 	if d, ok := t.(json.Delim); ok && (d == '{' || d == '[') {
-		if r.depth++; r.depth > maxDepth {
-			return nil, fmt.Errorf("line %d: JSON nested deeper than %d levels", p.Line, maxDepth)
+		if r.depth++; r.depth > MaxDepth {
+			return nil, &Error{p, fmt.Sprintf("JSON nested deeper than %d levels", MaxDepth)}
 		}
 		defer func() { r.depth-- }()
 	}
@@ -101,7 +126,7 @@ func (r *jsonReader) node() (ast.Node, error) {
 		}
 		n = list
 	default: // Token never returns a closing delimiter where a value starts
-		return &ast.LiteralType{Token: jsonLiteral(t, p)}, nil
+		return &ast.LiteralType{Token: literal(t, p)}, nil
 	}
 	if err := r.skip(); err != nil { // the closing delimiter
 		return nil, r.syntaxError(err)
@@ -109,7 +134,7 @@ func (r *jsonReader) node() (ast.Node, error) {
 	return n, nil
 }
 
-func jsonLiteral(v json.Token, p token.Pos) token.Token {
+func literal(v json.Token, p token.Pos) token.Token {
 	switch v := v.(type) {
 	case string:
 		return token.Token{Type: token.STRING, Text: strconv.Quote(v), JSON: true, Pos: p}
@@ -124,8 +149,8 @@ func jsonLiteral(v json.Token, p token.Pos) token.Token {
 	return token.Token{Type: token.ILLEGAL, Text: "null", Pos: p} // no field accepts null
 }
 
-// next is the position of the token the decoder reads next.
-func (r *jsonReader) next() token.Pos {
+// next returns the position of the token the decoder reads next.
+func (r *reader) next() token.Pos {
 	off := int(r.dec.InputOffset())
 	for off < len(r.src) && strings.IndexByte(" \t\r\n,:", r.src[off]) >= 0 {
 		off++
@@ -133,13 +158,13 @@ func (r *jsonReader) next() token.Pos {
 	return r.pos(off)
 }
 
-func (r *jsonReader) pos(off int) token.Pos {
+func (r *reader) pos(off int) token.Pos {
 	line := sort.SearchInts(r.lines, off+1) // lines[line-1] <= off < lines[line]
 	col := utf8.RuneCount(r.src[r.lines[line-1]:off]) + 1
-	return token.Pos{Offset: off, Line: line, Column: col}
+	return token.Pos{Filename: r.file, Offset: off, Line: line, Column: col}
 }
 
-func (r *jsonReader) syntaxError(err error) error {
+func (r *reader) syntaxError(err error) error {
 	off := len(r.src)
 	var se *json.SyntaxError
 	if errors.As(err, &se) {
@@ -147,6 +172,5 @@ func (r *jsonReader) syntaxError(err error) error {
 	} else if errors.Is(err, io.EOF) || errors.Is(err, io.ErrUnexpectedEOF) {
 		err = errors.New("unexpected end of JSON input")
 	}
-	p := r.pos(off)
-	return fmt.Errorf("line %d, column %d: %v", p.Line, p.Column, err)
+	return &Error{r.pos(off), err.Error()}
 }
