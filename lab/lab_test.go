@@ -253,7 +253,8 @@ func decoyAlive(cmd *exec.Cmd) bool {
 	return cmd.Process.Signal(syscall.Signal(0)) == nil
 }
 
-// TestNetnsLab runs the netns lab as CI does: up 3, traffic, down. The
+// TestNetnsLab runs the netns lab as CI does: up 5 (three servers, two
+// clients, ACLs on), traffic, down. The
 // calls cross the mesh both ways (monolith -> microservice, microservice
 // -> monolith, plain curl -> microservice), a call the intentions no
 // longer allow makes traffic fail, and down leaves the host as it was:
@@ -264,14 +265,23 @@ func TestNetnsLab(t *testing.T) {
 	base := snapshot(t, l.work)
 	l.downAtCleanup()
 
-	l.must(3*time.Minute, "up", "3")
+	l.must(3*time.Minute, "up", "5")
+	status := l.must(time.Minute, "status")
+	for _, want := range []string{
+		`vm1\s+\S+\s+server\s+leader\s+alive`, `vm2\s+\S+\s+server\s+(voter|leader)\s+alive`, `vm3\s+\S+\s+server\s+(voter|leader)\s+alive`,
+		`vm4\s+\S+\s+client\s+-\s+alive`, `vm5\s+\S+\s+client\s+-\s+alive`,
+	} {
+		if !regexp.MustCompile(want).MatchString(status) {
+			t.Errorf("status lacks %q:\n%s", want, status)
+		}
+	}
 	out := l.must(time.Minute, "traffic")
 	for _, want := range []string{
 		`monolith@vm1\s+-> orders\.mesh(:\d+)?\s+HTTP 200  answered by orders@vm2\s+mesh: dialed VIP 24\d\.`,
 		`monolith@vm1\s+-> users\.mesh(:\d+)?\s+HTTP 200  answered by users@vm3\s+mesh: dialed VIP 24\d\.`,
 		`orders@vm2\s+-> monolith\.mesh(:\d+)?\s+HTTP 200  answered by monolith@vm1\s+mesh: dialed VIP 24\d\.`,
 		`users@vm3\s+-> monolith\.mesh(:\d+)?\s+HTTP 200  answered by monolith@vm1\s+mesh: dialed VIP 24\d\.`,
-		`curl@vm3\s+-> orders\.mesh(:\d+)?\s+HTTP 200  answered by orders@vm2\s+mesh: dialed VIP 24\d\.[0-9.:]+; orders saw 127\.0\.0\.1:\d+ \(vm2's proxy\)`,
+		`curl@vm5\s+-> orders\.mesh(:\d+)?\s+HTTP 200  answered by orders@vm2\s+mesh: dialed VIP 24\d\.[0-9.:]+; orders saw 127\.0\.0\.1:\d+ \(vm2's proxy\)`,
 		`all 5 calls went through the mesh`,
 	} {
 		if !regexp.MustCompile(want).MatchString(out) {
@@ -306,7 +316,7 @@ func TestNetnsLab(t *testing.T) {
 	}
 	for _, want := range []string{
 		`monolith@vm1\s+-> orders\.mesh(:\d+)?\s+HTTP 502  FAILED`,
-		`curl@vm3\s+-> orders\.mesh(:\d+)?\s+HTTP \d+  FAILED`,
+		`curl@vm5\s+-> orders\.mesh(:\d+)?\s+HTTP \d+  FAILED`,
 		`orders@vm2\s+-> monolith\.mesh(:\d+)?\s+HTTP 200  answered by monolith@vm1`,
 		`2 of 5 calls FAILED`,
 	} {
