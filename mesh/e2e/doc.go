@@ -49,6 +49,7 @@
 //	17  TestLeaveRefusedFast
 //	18  TestServersAndClients
 //	19  TestClientCertificates
+//	20  TestClientsWithoutServers
 //	21  TestClusterLeaveRevokes
 //	22  TestCARotation
 //	23  TestScaleAgents (only with VMESH_SCALE_AGENTS; clients from 127.23.0.11)
