@@ -22,6 +22,7 @@ WORK=${LAB_WORK:-$LAB_DIR/.work}
 BIN=$WORK/bin
 STATE=$WORK/netns
 MGMT_TOKEN=$STATE/management-token # 0600; see cmd_up
+AGENT_TOKENS=$STATE/agent-tokens    # vmI: each agent's token secret, 0600
 NS_PREFIX=vmesh-lab-
 BRIDGE=vmlab0
 SUBNET=10.201.0
@@ -168,14 +169,16 @@ cmd_up() {
 		elif [ "$i" -le 3 ]; then
 			role=(--server --management-token-file "$MGMT_TOKEN")
 		fi
-		"$LAB_DIR/provision.sh" config --root "$(vm_dir "$i")" --node "vm$i" --ip "$(vm_ip "$i")" --vms "$n" "${role[@]}"
+		(umask 077 && mkdir -p "$AGENT_TOKENS" && cat /proc/sys/kernel/random/uuid >"$AGENT_TOKENS/vm$i")
+		"$LAB_DIR/provision.sh" config --root "$(vm_dir "$i")" --node "vm$i" --ip "$(vm_ip "$i")" --vms "$n" "${role[@]}" \
+			--agent-token-file "$AGENT_TOKENS/vm$i"
 	done
 
 	log "vm1: agent (bootstrap)"
 	start agent 1 "$BIN/vmesh" agent -config "$(vm_dir 1)/etc/vmesh/vmesh.hcl"
 	wait_for 30 "vm1's agent to elect itself" has_leader 1
 	# ACLs: vm1 made the management token; the anonymous token may read.
-	in_vm 1 env VMESH_HTTP_TOKEN_FILE="$MGMT_TOKEN" "$LAB_DIR/provision.sh" acl --vmesh "$BIN/vmesh"
+	in_vm 1 env VMESH_HTTP_TOKEN_FILE="$MGMT_TOKEN" "$LAB_DIR/provision.sh" acl --vms "$n" --agent-tokens "$AGENT_TOKENS" --vmesh "$BIN/vmesh"
 	in_vm 1 env VMESH_HTTP_TOKEN_FILE="$MGMT_TOKEN" "$LAB_DIR/provision.sh" intentions --vmesh "$BIN/vmesh"
 	for i in $(seq 2 "$n"); do
 		local kind=client

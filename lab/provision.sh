@@ -4,15 +4,16 @@
 # own, and the Vagrant lab (lab/Vagrantfile) on each real VM, under /.
 #
 #   provision.sh config --root DIR --node NAME --ip IP --vms N [--bootstrap]
-#           [--server] [--management-token-file F] [--recursor IP]...
+#           [--server] [--management-token-file F] [--agent-token-file F] [--recursor IP]...
 #       write ROOT/etc/vmesh/vmesh.hcl (0600: it may hold the initial
 #       management token read from F) and ROOT/etc/vmesh/services.d/<app>.hcl
 #       for the demo apps this VM runs (lab/common.sh places them);
 #       --bootstrap implies --server, without either the VM is a client
-#   provision.sh acl [--vmesh BIN]
+#   provision.sh acl [--vms N --agent-tokens DIR] [--vmesh BIN]
 #       with the management token in VMESH_HTTP_TOKEN_FILE, once it works:
 #       let the anonymous token read services, nodes, agents and members
-#       (DNS answers with it); run once, on a server
+#       (DNS answers with it), and make each VM's agent token (its node,
+#       its services) with the secret in DIR/vmI; run once, on a server
 #   provision.sh intentions [--vmesh BIN]
 #       allow every mesh host to call each demo service ('*' => app); run
 #       once, on any member
@@ -39,11 +40,12 @@ LAB_DIR=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
 VMESH=${VMESH:-vmesh}
 HTTP_ADDR=127.0.0.1:8500
 
-# config_file ROOT NODE IP BOOTSTRAP SERVER MGMT RECURSORS...: the agent's
-# vmesh.hcl (MGMT: the initial management token's secret, servers only).
+# config_file ROOT NODE IP BOOTSTRAP SERVER MGMT AGENT RECURSORS...: the
+# agent's vmesh.hcl (MGMT: the initial management token's secret, servers
+# only; AGENT: the agent token's secret).
 config_file() {
-	local root=$1 node=$2 ip=$3 bootstrap=$4 server=$5 mgmt=$6
-	shift 6
+	local root=$1 node=$2 ip=$3 bootstrap=$4 server=$5 mgmt=$6 agent=$7
+	shift 7
 	cat <<EOF
 # The vmesh lab's agent on $node. Written by lab/provision.sh, which
 # rewrites it; see docs/lab.md and docs/configuration.md.
@@ -72,14 +74,19 @@ EOF
 # A client: no raft, a replica of the catalog streamed from a server.
 EOF
 	fi
-	if [ -n "$mgmt" ]; then
+	if [ -n "$mgmt$agent" ]; then
 		cat <<EOF
 
-# ACLs are on and deny by default (as on every non-dev agent). The first
-# leader creates this management token; the lab keeps it in its state dir.
+# ACLs are on and deny by default (as on every non-dev agent). A server's
+# first leader creates the initial management token; the agent token
+# (its node and its services, made by 'provision.sh acl') goes with the
+# agent's own writes, which the leader checks on top of its certificate.
 acl {
   tokens {
-    initial_management = "$mgmt"
+EOF
+		[ -z "$mgmt" ] || echo "    initial_management = \"$mgmt\""
+		[ -z "$agent" ] || echo "    agent              = \"$agent\""
+		cat <<EOF
   }
 }
 EOF
@@ -142,7 +149,7 @@ EOF
 }
 
 cmd_config() {
-	local root="" node="" ip="" vms="" bootstrap=0 server=0 mgmt="" recursors=()
+	local root="" node="" ip="" vms="" bootstrap=0 server=0 mgmt="" agent="" recursors=()
 	while [ $# -gt 0 ]; do
 		case $1 in
 		--root) root=${2%/}; shift 2 ;;
@@ -152,6 +159,7 @@ cmd_config() {
 		--bootstrap) bootstrap=1; server=1; shift ;;
 		--server) server=1; shift ;;
 		--management-token-file) mgmt=$(cat "$2") || die "config: cannot read $2"; shift 2 ;;
+		--agent-token-file) agent=$(cat "$2") || die "config: cannot read $2"; shift 2 ;;
 		--recursor) recursors+=("$2"); shift 2 ;;
 		*) die "config: unknown argument $1" ;;
 		esac
@@ -165,7 +173,7 @@ cmd_config() {
 	local etc=$root/etc/vmesh
 	mkdir -p "$etc/services.d"
 	install -d -m 0700 "$root/var/lib/vmesh"
-	(umask 077 && config_file "$root" "$node" "$ip" "$bootstrap" "$server" "$mgmt" "${recursors[@]}" >"$etc/vmesh.hcl.new")
+	(umask 077 && config_file "$root" "$node" "$ip" "$bootstrap" "$server" "$mgmt" "$agent" "${recursors[@]}" >"$etc/vmesh.hcl.new")
 	mv "$etc/vmesh.hcl.new" "$etc/vmesh.hcl"
 	local app mine
 	mine=" $(apps_on "$i" "$vms") "
@@ -198,8 +206,21 @@ cmd_wait_leader() {
 # health and membership without a token. Writes still need one.
 cmd_acl() {
 	[ -n "${VMESH_HTTP_TOKEN_FILE:-}" ] || die "acl: VMESH_HTTP_TOKEN_FILE (the management token) is required"
+	local vms="" agents=""
+	while [ $# -gt 0 ]; do
+		case $1 in
+		--vms) vms=$2; shift 2 ;;
+		--agent-tokens) agents=${2%/}; shift 2 ;;
+		*) die "acl: unknown argument $1" ;;
+		esac
+	done
+	# The token goes in a 0600 header file, never on a command line.
+	local hdr
+	hdr=$(mktemp)
+	trap 'rm -f "$hdr"; trap - RETURN' RETURN
+	printf 'X-Consul-Token: %s\n' "$(cat "$VMESH_HTTP_TOKEN_FILE")" >"$hdr"
 	local deadline=$((SECONDS + ${WAIT:-60}))
-	until curl -sf -m 2 -H "X-Consul-Token: $(cat "$VMESH_HTTP_TOKEN_FILE")" "http://$HTTP_ADDR/v1/acl/token/self" >/dev/null 2>&1; do
+	until curl -sf -m 2 -H @"$hdr" "http://$HTTP_ADDR/v1/acl/token/self" >/dev/null 2>&1; do
 		[ $SECONDS -lt $deadline ] || die "the management token does not work at http://$HTTP_ADDR after ${WAIT:-60}s"
 		sleep 0.5
 	done
@@ -209,7 +230,21 @@ cmd_acl() {
 			-http-addr "$HTTP_ADDR" >/dev/null
 	fi
 	"$VMESH" acl token update -id anonymous -policy-name lab-read -http-addr "$HTTP_ADDR" >/dev/null
-	echo "acl: the anonymous token reads services, nodes and members; writes need the management token"
+	# Each VM's agent token: its node and the services of its files
+	# (AGENTS/vmI holds its secret, which its config names).
+	if [ -n "$agents" ]; then
+		local i app ids
+		for i in $(seq 1 "$vms"); do
+			[ -f "$agents/vm$i" ] || continue
+			ids=""
+			for app in $(apps_on "$i" "$vms"); do ids="$ids,{\"ServiceName\":\"$app\"}"; done
+			printf '{"Description":"vm%s agent","SecretID":"%s","NodeIdentities":[{"NodeName":"vm%s","Datacenter":"dc1"}],"ServiceIdentities":[%s]}' \
+				"$i" "$(cat "$agents/vm$i")" "$i" "${ids#,}" |
+				curl -sf -m 5 -X PUT -H @"$hdr" --data-binary @- "http://$HTTP_ADDR/v1/acl/token" >/dev/null ||
+				die "acl: creating vm$i's agent token"
+		done
+	fi
+	echo "acl: the anonymous token reads services, nodes and members; each agent has its token; writes need the management token"
 }
 
 cmd_intentions() {

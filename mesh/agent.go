@@ -93,7 +93,7 @@ func NewAgent(cfg config.Config, logger *slog.Logger, out io.Writer) *Agent {
 	a.member = membership.New(&a.cfg, logger)
 	a.member.OnLeave = a.removeCapture // capture.go: a node out of the mesh steers nothing into it
 	a.local = local.New(local.State{
-		Writer: a.member, SyncFiles: a.syncServiceFiles, Logger: a.logger.With("component", "local"),
+		Writer: a.agentWriter(), SyncFiles: a.syncServiceFiles, Logger: a.logger.With("component", "local"),
 		WaitLeader: a.member.WaitLeader,
 	})
 	// One set of translation options, so the per-user port policy the API
@@ -418,7 +418,7 @@ func (a *Agent) Close() error {
 type checkSink struct{ a *Agent }
 
 func (s checkSink) UpdateCheck(ctx context.Context, checkID, status, output string) error {
-	_, err := s.a.member.Apply(ctx, discovery.UpdateCheckRequest{
+	_, err := s.a.agentWriter().Apply(ctx, discovery.UpdateCheckRequest{
 		Node: s.a.cfg.NodeName, CheckID: checkID, Status: status, Output: output,
 	})
 	return err
@@ -426,8 +426,29 @@ func (s checkSink) UpdateCheck(ctx context.Context, checkID, status, output stri
 
 func (s checkSink) DeregisterService(ctx context.Context, serviceID string) error {
 	s.a.logger.Info("deregistering service: check critical for too long", "service_id", serviceID)
-	_, err := s.a.member.Apply(ctx, discovery.DeregisterServiceRequest{Node: s.a.cfg.NodeName, ServiceID: serviceID})
+	_, err := s.a.agentWriter().Apply(ctx, discovery.DeregisterServiceRequest{Node: s.a.cfg.NodeName, ServiceID: serviceID})
 	return err
+}
+
+// agentWriter is how the agent writes its own node, service files and
+// check results: through its membership, with acl.tokens.agent when one
+// is configured, which the leader then checks on top of the node
+// certificate (a node writes only its own node, services and checks).
+func (a *Agent) agentWriter() discovery.Writer {
+	if a.cfg.ACL.Tokens.Agent == "" {
+		return a.member
+	}
+	return tokenWriter{a.member, a.cfg.ACL.Tokens.Agent}
+}
+
+// tokenWriter applies commands with an ACL token.
+type tokenWriter struct {
+	w     discovery.Writer
+	token string
+}
+
+func (t tokenWriter) Apply(ctx context.Context, cmd discovery.Command) (uint64, error) {
+	return t.w.Apply(discovery.WithToken(ctx, t.token), cmd)
 }
 
 func hostOf(addr string) string {

@@ -99,6 +99,20 @@ func decodeCommand(buf []byte) (discovery.Command, error) {
 	}
 	var cmd discovery.Command
 	switch t := discovery.MessageType(buf[0]) &^ discovery.IgnoreUnknownTypeFlag; t {
+	case discovery.RegisterNodeType:
+		cmd = &discovery.RegisterNodeRequest{}
+	case discovery.DeregisterNodeType:
+		cmd = &discovery.DeregisterNodeRequest{}
+	case discovery.RegisterServiceType:
+		cmd = &discovery.RegisterServiceRequest{}
+	case discovery.DeregisterServiceType:
+		cmd = &discovery.DeregisterServiceRequest{}
+	case discovery.RegisterCheckType:
+		cmd = &discovery.RegisterCheckRequest{}
+	case discovery.DeregisterCheckType:
+		cmd = &discovery.DeregisterCheckRequest{}
+	case discovery.UpdateCheckType:
+		cmd = &discovery.UpdateCheckRequest{}
 	case discovery.KVType:
 		cmd = &discovery.KVRequest{}
 	case discovery.SessionType:
@@ -142,6 +156,20 @@ func decodeCommand(buf []byte) (discovery.Command, error) {
 // AuthorizeCommand switches on.
 func derefCommand(cmd discovery.Command) discovery.Command {
 	switch c := cmd.(type) {
+	case *discovery.RegisterNodeRequest:
+		return *c
+	case *discovery.DeregisterNodeRequest:
+		return *c
+	case *discovery.RegisterServiceRequest:
+		return c // AuthorizeCommand takes it by pointer too
+	case *discovery.DeregisterServiceRequest:
+		return *c
+	case *discovery.RegisterCheckRequest:
+		return *c
+	case *discovery.DeregisterCheckRequest:
+		return *c
+	case *discovery.UpdateCheckRequest:
+		return *c
 	case *discovery.KVRequest:
 		return *c
 	case *discovery.SessionRequest:

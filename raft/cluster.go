@@ -294,7 +294,10 @@ func (s *Server) rpcForward(ctx context.Context, req *ForwardRequest) (*ForwardR
 			return nil, status.Error(codes.PermissionDenied, "an ACL bootstrap reset is made on the leader itself, with the reset file in its data dir; no node may forward one")
 		}
 	}
-	if forwardRules[discovery.MessageType(req.Command[0])&^discovery.IgnoreUnknownTypeFlag] == forwardAny {
+	// A node's own writes carry a token when it has one (an HTTP
+	// request's, or its acl.tokens.agent): checked too, on top of the
+	// certificate. A cluster-wide write is always checked.
+	if rule := forwardRules[discovery.MessageType(req.Command[0])&^discovery.IgnoreUnknownTypeFlag]; rule == forwardAny || (rule == forwardOwnNode && req.Token != "") {
 		if err := s.authorizeForwardACL(req.Token, req.Command); err != nil {
 			s.logger.Warn("refused a forwarded command by ACL", "caller", caller, "err", err)
 			return nil, err

@@ -26,8 +26,9 @@ type ACLTokens struct {
 	// creates when ACLs are bootstrapped for the first time (instead of
 	// PUT /v1/acl/bootstrap).
 	InitialManagement string `hcl:"initial_management"`
-	// Agent is accepted for Consul's format; an agent's own writes are
-	// authorized by its node certificate.
+	// Agent goes with the agent's own writes (its node, service files,
+	// check results), which the leader then checks against it on top of
+	// the node certificate.
 	Agent string `hcl:"agent"`
 	// Default is the token of requests that carry none (and of DNS);
 	// empty: the anonymous token.
