@@ -18,33 +18,6 @@ import (
 	"github.com/vmesh/vmesh/raft"
 )
 
-// counter is the value of a counter series of reg with exactly labels.
-func counter(t *testing.T, reg *prometheus.Registry, name string, labels map[string]string) float64 {
-	t.Helper()
-	mfs, err := reg.Gather()
-	if err != nil {
-		t.Fatal(err)
-	}
-	for _, mf := range mfs {
-		if mf.GetName() != name {
-			continue
-		}
-	metrics:
-		for _, m := range mf.GetMetric() {
-			if len(m.GetLabel()) != len(labels) {
-				continue
-			}
-			for _, l := range m.GetLabel() {
-				if labels[l.GetName()] != l.GetValue() {
-					continue metrics
-				}
-			}
-			return m.GetCounter().GetValue()
-		}
-	}
-	return 0
-}
-
 // TestInboundCaptureListener runs node-b's proxy with an inbound capture
 // listener, without iptables: its port is also the captured port, so a
 // connection made straight to it matches the port's chains. Mesh mTLS
@@ -98,7 +71,7 @@ func TestInboundCaptureListener(t *testing.T) {
 			}
 			refused := map[string]string{"listener": xds.InboundCaptureListener, "action": "refused"}
 			passed := map[string]string{"listener": xds.InboundCaptureListener, "action": "passed"}
-			before := counter(t, reg, "vmesh_inbound_plaintext_connections_total", refused)
+			before := proxy.CounterValue(t, reg, "vmesh_inbound_plaintext_connections_total", refused)
 			plain := func() (net.Conn, error) { return net.DialTimeout("tcp", capture, time.Second) }
 			for range 3 {
 				if err := echoOnce(plain, "plaintext"); err == nil {
@@ -106,9 +79,9 @@ func TestInboundCaptureListener(t *testing.T) {
 				}
 			}
 			testkit.WaitFor(t, 5*time.Second, "three refusals counted", func() bool {
-				return counter(t, reg, "vmesh_inbound_plaintext_connections_total", refused) == before+3
+				return proxy.CounterValue(t, reg, "vmesh_inbound_plaintext_connections_total", refused) == before+3
 			})
-			if n := counter(t, reg, "vmesh_inbound_plaintext_connections_total", passed); n != 0 {
+			if n := proxy.CounterValue(t, reg, "vmesh_inbound_plaintext_connections_total", passed); n != 0 {
 				t.Errorf("%v plaintext connections passed; want none", n)
 			}
 			if err := echoOnce(viaMTLS, "mesh again"); err != nil {

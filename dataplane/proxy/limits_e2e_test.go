@@ -57,7 +57,7 @@ func TestConnectionLimits(t *testing.T) {
 		return nil
 	}
 	refused := func(name, limit string) float64 {
-		return gatherCounterLabels(t, reg, "vmesh_connections_refused_total", map[string]string{"listener": name, "limit": limit})
+		return proxy.CounterValue(t, reg, "vmesh_connections_refused_total", map[string]string{"listener": name, "limit": limit})
 	}
 
 	for i := range 40 {
@@ -97,35 +97,6 @@ type keepOpen struct{ net.Conn }
 func (keepOpen) Close() error { return nil }
 
 func itoa(n int) string { return strconv.Itoa(n) }
-
-// gatherCounterLabels is the value of counter name with every one of
-// labels.
-func gatherCounterLabels(t *testing.T, reg *prometheus.Registry, name string, labels map[string]string) float64 {
-	t.Helper()
-	mfs, err := reg.Gather()
-	if err != nil {
-		t.Fatal(err)
-	}
-	for _, mf := range mfs {
-		if mf.GetName() != name {
-			continue
-		}
-	next:
-		for _, m := range mf.GetMetric() {
-			got := map[string]string{}
-			for _, l := range m.GetLabel() {
-				got[l.GetName()] = l.GetValue()
-			}
-			for k, v := range labels {
-				if got[k] != v {
-					continue next
-				}
-			}
-			return m.GetCounter().GetValue()
-		}
-	}
-	return 0
-}
 
 // TestConnectionDescriptors: what a held, plaintext TCP connection
 // through the proxy costs in file descriptors stays within the budget the
