@@ -122,7 +122,7 @@ func (s *fakeCheckSink) deregistrations() []checkSinkCall {
 // waitStatus waits until the last status written for checkID is want.
 func (s *fakeCheckSink) waitStatus(t *testing.T, checkID, want string) checkSinkCall {
 	t.Helper()
-	testkit.WaitFor(t, time.Second, "check "+checkID+" to be "+want, func() bool {
+	testkit.WaitFor(t, 10*time.Second, "check "+checkID+" to be "+want, func() bool {
 		return s.status(checkID) == want
 	})
 	return s.last(checkID)
@@ -797,7 +797,7 @@ func (c *feedbackCatalog) waitDelivered(t *testing.T) {
 
 func (c *feedbackCatalog) waitStatus(t *testing.T, checkID, want string) {
 	t.Helper()
-	testkit.WaitFor(t, time.Second, checkID+" "+want+" in the catalog", func() bool {
+	testkit.WaitFor(t, 10*time.Second, checkID+" "+want+" in the catalog", func() bool {
 		s, _, _ := c.get(checkID)
 		return s == want
 	})
