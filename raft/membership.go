@@ -13,6 +13,7 @@ import (
 	"net"
 	"os"
 	"path/filepath"
+	"strings"
 	"time"
 
 	hraft "github.com/hashicorp/raft"
@@ -55,13 +56,26 @@ func Join(ctx context.Context, p JoinParams) (*Identity, error) {
 	var resp JoinResponse
 	var pinned *x509.Certificate
 	addr := p.Addr
-	for hop := 0; ; hop++ {
+	// A follower redirects to the leader (a few hops at most); while the
+	// cluster elects one (a member joined a moment ago, a leader died),
+	// the same member is asked again with back-off, for up to 30 s.
+	backoff, electionUntil := 100*time.Millisecond, time.Now().Add(30*time.Second)
+	for hop := 0; ; {
 		pinned, err = joinCall(ctx, addr, tok.Fingerprint, req, &resp)
 		leader, redirect := redirectTarget(err)
-		if !redirect || hop >= 3 {
+		if redirect && hop < 3 {
+			addr, hop = leader, hop+1
+			continue
+		}
+		if !electing(err) || time.Now().After(electionUntil) {
 			break
 		}
-		addr = leader
+		select {
+		case <-ctx.Done():
+			return nil, fmt.Errorf("joining: %w (while the cluster had no leader: %v)", ctx.Err(), err)
+		case <-time.After(backoff):
+		}
+		backoff = min(2*backoff, time.Second)
 	}
 	if err != nil {
 		return nil, err
@@ -107,6 +121,13 @@ func Join(ctx context.Context, p JoinParams) (*Identity, error) {
 	return id, nil
 }
 
+// electing says whether err is a not-leader answer that names no leader:
+// an election is under way.
+func electing(err error) bool {
+	var re *redirectErr
+	return errors.As(err, &re) && re.leader == ""
+}
+
 // redirectTarget reads the leader's address from a not-leader answer.
 func redirectTarget(err error) (string, bool) {
 	var re *redirectErr
@@ -118,7 +139,12 @@ func redirectTarget(err error) (string, bool) {
 
 type redirectErr struct{ leader string }
 
-func (e *redirectErr) Error() string { return "not the leader; leader is " + e.leader }
+func (e *redirectErr) Error() string {
+	if e.leader == "" {
+		return "not the leader, and no leader is known yet (an election is under way)"
+	}
+	return "not the leader; leader is " + e.leader
+}
 
 func parseDERs(ders [][]byte) ([]*x509.Certificate, error) {
 	out := make([]*x509.Certificate, 0, len(ders))
@@ -188,10 +214,12 @@ func joinCall(ctx context.Context, addr, fingerprint string, req *JoinRequest, r
 	if err == nil {
 		return pinned, nil
 	}
-	if status.Code(err) == codes.FailedPrecondition {
-		if l := trailer.Get("vmesh-leader"); len(l) == 1 && l[0] != "" {
+	if status.Code(err) == codes.FailedPrecondition && strings.HasPrefix(status.Convert(err).Message(), "not the leader") {
+		l := trailer.Get("vmesh-leader")
+		if len(l) == 1 && l[0] != "" {
 			return nil, &redirectErr{leader: l[0]}
 		}
+		return nil, &redirectErr{} // no leader yet: an election
 	}
 	if seenFP != "" && seenFP != fingerprint {
 		return nil, fmt.Errorf("%w: %s presented CA %s but the token pins %s", ErrCAFingerprint, addr, seenFP, fingerprint)
