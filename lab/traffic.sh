@@ -5,7 +5,8 @@
 # went through the mesh. Exits 1 if any call failed.
 #
 #   lab/traffic.sh --netns --vms N        the netns lab (lab/netns.sh traffic runs this)
-#   lab/traffic.sh --vagrant [--vms 3]    the Vagrant lab (runs 'vagrant ssh' from lab/)
+#   lab/traffic.sh --vagrant [--vms 3]    the Vagrant lab (lab/vagrant.sh traffic runs this;
+#                                         ssh with LAB_SSH_CONFIG, else 'vagrant ssh' from lab/)
 #   --wait SECONDS                        how long a call may keep failing before it
 #                                         counts as failed (default 20: a mesh that
 #                                         just started converges within seconds)
@@ -44,7 +45,15 @@ esac
 vm_sh() {
 	case $MODE in
 	netns) ip netns exec "vmesh-lab-$1" bash -c "$2" ;;
-	vagrant) (cd "$LAB_DIR" && vagrant ssh "vm$1" --no-tty -c "$2" -- -q) ;;
+	vagrant)
+		# LAB_SSH_CONFIG (lab/vagrant.sh sets it): 'vagrant ssh-config' saved,
+		# plain ssh; a Vagrant process per call costs seconds.
+		if [ -n "${LAB_SSH_CONFIG:-}" ]; then
+			ssh -F "$LAB_SSH_CONFIG" -q -o ConnectTimeout=10 "vm$1" "$2" </dev/null
+		else
+			(cd "$LAB_DIR" && vagrant ssh "vm$1" --no-tty -c "$2" -- -q)
+		fi
+		;;
 	esac
 }
 
