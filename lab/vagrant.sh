@@ -350,7 +350,7 @@ cmd_reboot() {
 
 cmd_status() {
 	need_root status
-	vagrant status 2>&1 | grep -E '^vm[0-9]+ '
+	vagrant status 2>&1 | grep -E '^vm[0-9]+ ' || true
 	if [ -n "$(our_domains)" ]; then
 		[ -f "$STATE/ssh_config" ] || ssh_config
 		vm_sh vm1 "vmesh members" || true
