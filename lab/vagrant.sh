@@ -287,7 +287,7 @@ cmd_up() {
 	fi
 	log "vagrant up: vm1 (bootstraps), vm2 and vm3 (join), driver $VMESH_LAB_DRIVER"
 	# Without the progress bars of the box's upload.
-	vagrant up --no-parallel 2>&1 | tr '\r' '\n' | grep --line-buffered -v 'Progress: \|^==> vm[0-9]*:  -- '
+	vagrant up --no-parallel 2>&1 | stdbuf -oL tr '\r' '\n' | grep --line-buffered -v 'Progress: \|^==> vm[0-9]*:  -- '
 	ssh_config
 	log "waiting for the cluster and the demo apps"
 	wait_until "$(slow 120)" "all $VMS VMs to be members" members_ok vm1
