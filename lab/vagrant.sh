@@ -310,9 +310,11 @@ cmd_traffic() {
 	VMESH_LAB_DRIVER=$(cat "$STATE/driver" 2>/dev/null || driver)
 	[ -f "$STATE/ssh_config" ] || ssh_config
 	# Emulated VMs answer slowly: give each call longer (--wait) unless told.
-	local wait=()
-	[[ " $* " == *" --wait "* ]] || wait=(--wait "$(slow 20)")
-	LAB_SSH_CONFIG=$STATE/ssh_config exec "$LAB_DIR/traffic.sh" --vagrant --vms "$VMS" "${wait[@]}" "$@"
+	local opts=()
+	[[ " $* " == *" --wait "* ]] || opts+=(--wait "$(slow 20)")
+	[[ " $* " == *" --timeout "* ]] || opts+=(--timeout "$(slow 10)")
+	export LAB_SSH_CONFIG=$STATE/ssh_config
+	exec "$LAB_DIR/traffic.sh" --vagrant --vms "$VMS" "${opts[@]}" "$@"
 }
 
 boot_id() { vm_sh "$1" "cat /proc/sys/kernel/random/boot_id"; }
