@@ -15,6 +15,7 @@
 #   lab/vagrant.sh down [--box]  destroy the VMs, the lab's libvirt networks, pool and
 #                                volumes; --box also removes the box and its cache
 #   lab/vagrant.sh vagrant ARGS  run vagrant in the lab's environment (vagrant ssh vm2)
+#   lab/vagrant.sh why-no-kvm    say why KVM cannot be used here; nothing when it may
 #
 # Vagrant's state: lab/.vagrant (machines) and lab/.work/vagrant/home
 # (VAGRANT_HOME: the box). The box cache: lab/.work/box, or
