@@ -568,11 +568,57 @@ func TestShellcheck(t *testing.T) {
 		t.Skip("shellcheck is not installed (apt-get install shellcheck); CI installs it")
 	}
 	scripts, err := filepath.Glob("*.sh")
+	box, _ := filepath.Glob("box/*.sh")
+	scripts = append(scripts, box...)
 	if err != nil || len(scripts) < 4 {
 		t.Fatalf("the lab's scripts: %v %v", scripts, err)
 	}
 	// -x follows the `source` of common.sh (a directive names it).
 	if out, err := exec.Command(sc, append([]string{"-x"}, scripts...)...).CombinedOutput(); err != nil {
 		t.Errorf("shellcheck: %v\n%s", err, out)
+	}
+}
+
+// TestVagrantScriptRefuses checks that lab/vagrant.sh refuses bad
+// commands and arguments with a message naming them, before it touches
+// libvirt or Vagrant (the whole cycle runs in CI where KVM is usable).
+func TestVagrantScriptRefuses(t *testing.T) {
+	testkit.RequireRoot(t, "lab/vagrant.sh needs root for every command")
+	cases := []struct {
+		args []string
+		want string
+	}{
+		{[]string{"bogus"}, "usage: lab/vagrant.sh deps | up | traffic | reboot VM"},
+		{[]string{"reboot"}, "usage: lab/vagrant.sh reboot VM"},
+		{[]string{"reboot", "vm9"}, "no VM 'vm9' (vm1..vm3)"},
+		{[]string{"down", "--boxes"}, "down: unknown argument --boxes"},
+	}
+	for _, c := range cases {
+		ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+		cmd := exec.CommandContext(ctx, "./vagrant.sh", c.args...)
+		cmd.Env = append(os.Environ(), "VMESH_LAB_VAGRANT_HOME="+t.TempDir())
+		out, err := cmd.CombinedOutput()
+		cancel()
+		if err == nil || !strings.Contains(string(out), c.want) {
+			t.Errorf("vagrant.sh %v: %v %q, want an error saying %q", c.args, err, out, c.want)
+		}
+	}
+}
+
+// TestBoxCachePath checks that build.sh --print-path names the box under
+// VMESH_LAB_CACHE and builds nothing (lab/vagrant.sh relies on both).
+func TestBoxCachePath(t *testing.T) {
+	cache := t.TempDir()
+	cmd := exec.Command("box/build.sh", "--print-path")
+	cmd.Env = append(os.Environ(), "VMESH_LAB_CACHE="+cache)
+	out, err := cmd.CombinedOutput()
+	if err != nil {
+		t.Fatalf("build.sh --print-path: %v\n%s", err, out)
+	}
+	if got, want := strings.TrimSpace(string(out)), filepath.Join(cache, "vmesh-debian12-local.box"); got != want {
+		t.Errorf("build.sh --print-path = %q, want %q", got, want)
+	}
+	if entries, _ := os.ReadDir(cache); len(entries) != 0 {
+		t.Errorf("--print-path wrote into the cache: %v", entries)
 	}
 }

@@ -23,7 +23,7 @@
 #       on a command line, where ps shows it
 #   provision.sh wait-leader [--vmesh BIN]
 #       wait until the local agent knows a raft leader
-#   provision.sh vagrant --node NAME --ip IP --vms N [--bootstrap]
+#   provision.sh vagrant --node NAME --ip IP --vms N [--bootstrap] [--emulated]
 #       a whole Vagrant VM, as root: packages, the binaries from
 #       /vagrant/lab/.work/bin, 'vmesh install', the config, the resolver,
 #       the demo apps' units; starts vmesh and the apps. The bootstrap VM
@@ -310,13 +310,14 @@ point_resolver() {
 }
 
 cmd_vagrant() {
-	local node="" ip="" vms="" bootstrap=0
+	local node="" ip="" vms="" bootstrap=0 emulated=0
 	while [ $# -gt 0 ]; do
 		case $1 in
 		--node) node=$2; shift 2 ;;
 		--ip) ip=$2; shift 2 ;;
 		--vms) vms=$2; shift 2 ;;
 		--bootstrap) bootstrap=1; shift ;;
+		--emulated) emulated=1; shift ;;
 		*) die "vagrant: unknown argument $1" ;;
 		esac
 	done
@@ -336,11 +337,27 @@ then 'vagrant reload --provision' (or 'vagrant rsync' and 'vagrant provision')"
 		DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
 	fi
 
+	# A VM that is still booting (minutes, on an emulated CPU) is slow to
+	# answer systemctl.
+	timeout 900 systemctl is-system-running --wait >/dev/null 2>&1 || true
+
 	# The binaries; then vmesh install: user, /etc/vmesh, the unit.
 	install -m 0755 "$bin/vmesh" /usr/local/bin/vmesh
 	install -m 0755 "$bin/demoapp" /usr/local/bin/vmesh-demoapp
 	VMESH=/usr/local/bin/vmesh
-	"$VMESH" install
+	if [ "$emulated" = 0 ]; then
+		"$VMESH" install
+	else
+		# On an emulated CPU 'systemctl daemon-reload' takes longer than
+		# the 30 s 'vmesh install' gives it: install writes the files and
+		# lists the commands (--prefix), which run here unbounded.
+		"$VMESH" install --prefix /
+		id vmesh >/dev/null 2>&1 || useradd --system --user-group --no-create-home --home-dir /var/lib/vmesh \
+			--shell /usr/sbin/nologin --comment 'vmesh agent' vmesh
+		chown root:vmesh /etc/vmesh/services.d /etc/vmesh/vmesh.hcl
+		systemctl daemon-reload
+		systemctl enable vmesh.service
+	fi
 
 	# Capture under the unit: on Debian 12 both iptables backends are
 	# installed, and the unit's ExecStopPost (as root) loads the legacy

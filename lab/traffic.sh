@@ -5,10 +5,13 @@
 # went through the mesh. Exits 1 if any call failed.
 #
 #   lab/traffic.sh --netns --vms N        the netns lab (lab/netns.sh traffic runs this)
-#   lab/traffic.sh --vagrant [--vms 3]    the Vagrant lab (runs 'vagrant ssh' from lab/)
+#   lab/traffic.sh --vagrant [--vms 3]    the Vagrant lab (lab/vagrant.sh traffic runs this;
+#                                         ssh with LAB_SSH_CONFIG, else 'vagrant ssh' from lab/)
 #   --wait SECONDS                        how long a call may keep failing before it
 #                                         counts as failed (default 20: a mesh that
 #                                         just started converges within seconds)
+#   --timeout SECONDS                     how long one request may take (default 10;
+#                                         emulated VMs are slow: lab/vagrant.sh raises it)
 #
 # The calls: the monolith calls orders and users (its /call/* endpoints
 # ask http://orders.mesh... like any app), the microservices call the
@@ -23,14 +26,15 @@ LAB_DIR=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
 # shellcheck source-path=SCRIPTDIR source=common.sh
 . "$LAB_DIR/common.sh"
 
-MODE="" VMS="" WAIT=20
+MODE="" VMS="" WAIT=20 TIMEOUT=10
 while [ $# -gt 0 ]; do
 	case $1 in
 	--netns) MODE=netns; shift ;;
 	--vagrant) MODE=vagrant; shift ;;
 	--vms) VMS=$2; shift 2 ;;
 	--wait) WAIT=$2; shift 2 ;;
-	*) die "unknown argument $1 (--netns | --vagrant, --vms N, --wait SECONDS)" ;;
+	--timeout) TIMEOUT=$2; shift 2 ;;
+	*) die "unknown argument $1 (--netns | --vagrant, --vms N, --wait SECONDS, --timeout SECONDS)" ;;
 	esac
 done
 case $MODE in
@@ -39,12 +43,21 @@ vagrant) VMS=${VMS:-3} ;;
 *) die "say which lab: --netns or --vagrant" ;;
 esac
 [[ $WAIT =~ ^[0-9]+$ ]] || die "--wait: '$WAIT' is not a number of seconds"
+[[ $TIMEOUT =~ ^[1-9][0-9]*$ ]] || die "--timeout: '$TIMEOUT' is not a number of seconds"
 
 # vm_sh I CMD: runs the shell command CMD on VM I.
 vm_sh() {
 	case $MODE in
 	netns) ip netns exec "vmesh-lab-$1" bash -c "$2" ;;
-	vagrant) (cd "$LAB_DIR" && vagrant ssh "vm$1" --no-tty -c "$2" -- -q) ;;
+	vagrant)
+		# LAB_SSH_CONFIG (lab/vagrant.sh sets it): 'vagrant ssh-config' saved,
+		# plain ssh; a Vagrant process per call costs seconds.
+		if [ -n "${LAB_SSH_CONFIG:-}" ]; then
+			ssh -F "$LAB_SSH_CONFIG" -q -o ConnectTimeout=10 "vm$1" "$2" </dev/null
+		else
+			(cd "$LAB_DIR" && vagrant ssh "vm$1" --no-tty -c "$2" -- -q)
+		fi
+		;;
 	esac
 }
 
@@ -56,9 +69,18 @@ field() {
 	printf '%s\n' "${v//\\\"/\"}"
 }
 
-# node_of APP: the node that runs APP, from the catalog (asked on VM 1).
+# node_of APP: the node that runs APP, from the catalog (asked on VM 1),
+# asked again until --wait runs out.
 node_of() {
-	vm_sh 1 "curl -sf -m 5 http://127.0.0.1:8500/v1/catalog/service/$1" | grep -o '"Node":"[^"]*"' | head -n 1 | cut -d'"' -f4
+	local deadline=$((SECONDS + WAIT)) n
+	while :; do
+		n=$(vm_sh 1 "curl -sf -m $TIMEOUT http://127.0.0.1:8500/v1/catalog/service/$1" | grep -o '"Node":"[^"]*"' | head -n 1 | cut -d'"' -f4) || true
+		if [ -n "$n" ] || [ $SECONDS -ge $deadline ]; then
+			echo "$n"
+			return
+		fi
+		sleep 1
+	done
 }
 
 is_vip() { [[ ${1%:*} =~ ^(24[0-9]|25[0-5])\. ]]; }
@@ -84,13 +106,13 @@ FAILED=0 CALLS=0
 attempt() {
 	local from=$1 vm=$2 url=$3 to=$4 want_host=$5 kind=$6 out body code via app host peer err
 	if [ "$kind" = curl ]; then
-		out=$(vm_sh "$vm" "curl -sS --noproxy '*' -m 10 -w '\n%{http_code} %{remote_ip}:%{remote_port}' '$url'" 2>&1) || true
+		out=$(vm_sh "$vm" "curl -sS --noproxy '*' -m $TIMEOUT -w '\n%{http_code} %{remote_ip}:%{remote_port}' '$url'" 2>&1) || true
 		body=$(head -n 1 <<<"$out")
 		read -r code via <<<"$(tail -n 1 <<<"$out")"
 		app=$(field app "$body") host=$(field host "$body") peer=$(field peer "$body") err=""
 		[ "$code" = 200 ] || err=$(sed '$d' <<<"$out" | tr '\n' ' ')
 	else
-		out=$(vm_sh "$vm" "curl -sS --noproxy '*' -m 10 -w '\n%{http_code}' '$url'" 2>&1) || true
+		out=$(vm_sh "$vm" "curl -sS --noproxy '*' -m $TIMEOUT -w '\n%{http_code}' '$url'" 2>&1) || true
 		body=$(head -n 1 <<<"$out")
 		code=$(tail -n 1 <<<"$out")
 		via=$(field via "$body") app=$(field answer_app "$body") host=$(field answer_host "$body")
