@@ -256,7 +256,7 @@ func (c *Client) Members(ctx context.Context) ([]Member, error) {
 // Leave has the leader revoke this node's certificate and deregister it
 // (with its services); the agent then stops.
 func (c *Client) Leave(ctx context.Context) error {
-	return c.leaderCall(ctx, "Leave", &LeaveRequest{NodeID: c.cfg.NodeID}, &Empty{}, false)
+	return c.leaderCall(ctx, "Leave", &LeaveRequest{NodeID: c.cfg.NodeID}, &Empty{}, true)
 }
 
 // leaderCall calls method on the leader: the one last heard, else each

@@ -213,10 +213,12 @@ func TestCARotation(t *testing.T) {
 		t.Fatalf("c1 writing after the rotation: %v", err)
 	}
 	testkit.WaitFor(t, 10*time.Second, "n3 sees c1's write", func() bool { return servers[2].instances("web")["web-c1"] })
-	// The client kept its stream: no new snapshot, no reconnect.
+	// The client kept its replica: no new snapshot. (Its stream may have
+	// moved to the server its node ID hashes to, which a client does once
+	// it knows every server; it resumes there from its last index.)
 	after := c1.replicaStats()
-	if after["snapshots"] != stats["snapshots"] || after["replica_server"] != stats["replica_server"] {
-		t.Errorf("c1's replica: %s snapshots from %s before, %s from %s after; want the same stream", stats["snapshots"], stats["replica_server"], after["snapshots"], after["replica_server"])
+	if after["snapshots"] != stats["snapshots"] {
+		t.Errorf("c1's replica: %s snapshots from %s before, %s from %s after; want no new snapshot", stats["snapshots"], stats["replica_server"], after["snapshots"], after["replica_server"])
 	}
 	if strings.Contains(c1.logs()[logMark:], "replica stream ended") {
 		t.Errorf("c1's replica stream broke during the rotation:\n%s", c1.logs()[logMark:])
