@@ -178,6 +178,9 @@ func (s *Server) refuseRevoked(ctx context.Context) error {
 }
 
 func (s *Server) unaryRefuseRevoked(ctx context.Context, req any, _ *grpc.UnaryServerInfo, h grpc.UnaryHandler) (any, error) {
+	if !s.raftUp.Load() {
+		return nil, errRaftStarting
+	}
 	if err := s.refuseRevoked(ctx); err != nil {
 		return nil, err
 	}
@@ -185,8 +188,16 @@ func (s *Server) unaryRefuseRevoked(ctx context.Context, req any, _ *grpc.UnaryS
 }
 
 func (s *Server) streamRefuseRevoked(srv any, ss grpc.ServerStream, _ *grpc.StreamServerInfo, h grpc.StreamHandler) error {
+	if !s.raftUp.Load() {
+		return errRaftStarting
+	}
 	if err := s.refuseRevoked(ss.Context()); err != nil {
 		return err
 	}
 	return h(srv, ss)
 }
+
+// errRaftStarting answers a call that arrives while this server's cluster
+// port is open but its raft is not created yet (a restart); the caller
+// tries another server or again.
+var errRaftStarting = status.Error(codes.Unavailable, "raft is starting on this server")

@@ -67,7 +67,10 @@ type Server struct {
 	stream    StreamConfig
 	custody   custody  // custody.go
 	acl       aclState // acl.go
-	wg        sync.WaitGroup
+	// raftUp is set once raft exists: the cluster port opens before it
+	// (raft's transport is on it), and calls until then are refused.
+	raftUp atomic.Bool
+	wg     sync.WaitGroup
 	// sessions are the session TTL timers, while this server leads
 	// (sessions.go).
 	sessions atomic.Pointer[sessionTimers]
@@ -178,6 +181,7 @@ func Open(cfg Config, store *discovery.Store) (*Server, error) {
 		return fail(fmt.Errorf("starting raft: %w", err))
 	}
 	s.raft = r
+	s.raftUp.Store(true) // the cluster RPC may use s.raft from now on
 	s.wg.Add(1)
 	go func() {
 		defer s.wg.Done()
