@@ -52,7 +52,8 @@ func TestACLsProcesses(t *testing.T) {
 	srv := newNode(t, "s1", "127.26.0.1", "-config", cfg)
 	srv.env = []string{keepACLDefaults}
 	srv.start("-bootstrap")
-	if !strings.Contains(srv.p.stdout.String(), "ACLs: on, default deny") {
+	// The banner is printed once the agent listens, a moment after.
+	if !testkit.Eventually(10*time.Second, func() bool { return strings.Contains(srv.p.stdout.String(), "ACLs: on, default deny") }) {
 		t.Errorf("banner of an agent with no ACL settings:\n%s\nwant ACLs on, default deny", srv.p.stdout)
 	}
 	testkit.WaitFor(t, 20*time.Second, "s1 leads and has bootstrapped ACLs", func() bool {
@@ -131,7 +132,7 @@ func TestACLsProcesses(t *testing.T) {
 	// -dev stays open, and says so.
 	dev := runProc(t, exec.Command(vmeshBin(t), "agent", "-dev", "-client", "127.26.0.21"))
 	dev.waitHTTP(15 * time.Second)
-	if !strings.Contains(dev.stdout.String(), "ACLs: off") {
+	if !testkit.Eventually(10*time.Second, func() bool { return strings.Contains(dev.stdout.String(), "ACLs: off") }) {
 		t.Errorf("-dev banner:\n%s\nwant ACLs: off", dev.stdout)
 	}
 	req, _ := http.NewRequest(http.MethodPut, "http://127.26.0.21:8500/v1/agent/service/register", bytes.NewReader([]byte(`{"Name":"web","Port":80}`)))
