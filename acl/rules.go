@@ -388,22 +388,11 @@ func (p *ruleParser) text(t token.Token) (s string, ok bool) {
 }
 
 func describe(n ast.Node) string {
-	switch n := n.(type) {
-	case *ast.ObjectType:
+	// Rules call an object a block; the rest is named as everywhere.
+	if _, ok := n.(*ast.ObjectType); ok {
 		return "a block"
-	case *ast.ListType:
-		return "a list"
-	case *ast.LiteralType:
-		switch n.Token.Type {
-		case token.STRING, token.HEREDOC:
-			return "a string"
-		case token.NUMBER, token.FLOAT:
-			return "a number"
-		case token.BOOL:
-			return "a bool"
-		}
 	}
-	return "null"
+	return hcljson.Describe(n)
 }
 
 // ServiceIdentityRules are the rules a service identity grants, Consul's

@@ -105,7 +105,7 @@ func (d *decoder) errorf(pos token.Pos, format string, args ...any) {
 }
 
 func (d *decoder) mismatch(path string, n ast.Node, want string) {
-	d.errorf(n.Pos(), "%s: expected %s, got %s", path, want, describe(n))
+	d.errorf(n.Pos(), "%s: expected %s, got %s", path, want, hcljson.Describe(n))
 }
 
 // structure decodes the items of an object or block into the struct v. An
@@ -363,25 +363,6 @@ func tokenText(t token.Token) (s string, err error) {
 	}()
 	s, _ = t.Value().(string)
 	return s, nil
-}
-
-func describe(n ast.Node) string {
-	switch n := n.(type) {
-	case *ast.ObjectType:
-		return "an object"
-	case *ast.ListType:
-		return "a list"
-	case *ast.LiteralType:
-		switch n.Token.Type {
-		case token.STRING, token.HEREDOC:
-			return "a string"
-		case token.NUMBER, token.FLOAT:
-			return "a number"
-		case token.BOOL:
-			return "a bool"
-		}
-	}
-	return "null"
 }
 
 func tagName(f reflect.StructField) string {
