@@ -7,6 +7,7 @@ import (
 	"github.com/hashicorp/go-bexpr"
 
 	"github.com/hashicorp/go-memdb"
+	"github.com/vmesh/vmesh/acl"
 	"github.com/vmesh/vmesh/discovery"
 )
 
@@ -185,19 +186,11 @@ func (a *API) catalogNode(w http.ResponseWriter, r *http.Request) {
 	}
 	var out *catalogNode
 	if !a.read(w, r, func(ws memdb.WatchSet) (uint64, error) {
-		idx, n, insts, err := a.Store.Node(ws, r.PathValue("node"))
+		idx, n, insts, err := a.readableNode(ws, w, authz, r.PathValue("node"))
 		out = nil
-		setFiltered(w, false)
 		if n == nil || err != nil {
 			return idx, err
 		}
-		// A node the token may not read is no node (null), as in Consul.
-		if !nodeReadable(authz, n.Name) {
-			setFiltered(w, true)
-			return idx, nil
-		}
-		insts, filtered := keep(insts, func(in *discovery.Instance) bool { return serviceReadable(authz, in.Service) })
-		setFiltered(w, filtered)
 		out = &catalogNode{Node: toWireNode(n), Services: map[string]*agentService{}}
 		for _, in := range insts {
 			out.Services[in.ID] = toAgentService(in, a.Datacenter)
@@ -320,18 +313,11 @@ func (a *API) catalogNodeServices(w http.ResponseWriter, r *http.Request) {
 	}
 	var out *nodeServices
 	if !a.read(w, r, func(ws memdb.WatchSet) (uint64, error) {
-		idx, n, insts, err := a.Store.Node(ws, r.PathValue("node"))
+		idx, n, insts, err := a.readableNode(ws, w, authz, r.PathValue("node"))
 		out = nil
-		setFiltered(w, false)
 		if n == nil || err != nil {
 			return idx, err
 		}
-		if !nodeReadable(authz, n.Name) {
-			setFiltered(w, true)
-			return idx, nil
-		}
-		insts, filtered := keep(insts, func(in *discovery.Instance) bool { return serviceReadable(authz, in.Service) })
-		setFiltered(w, filtered)
 		out = &nodeServices{Node: toWireNode(n), Services: []*agentService{}}
 		for _, in := range insts {
 			out.Services = append(out.Services, toAgentService(in, a.Datacenter))
@@ -343,6 +329,25 @@ func (a *API) catalogNodeServices(w http.ResponseWriter, r *http.Request) {
 	}
 	// Consul answers an unknown node with 200 and null.
 	writeJSON(w, out)
+}
+
+// readableNode reads a node and its instances as authz may see them: no
+// node (Consul's null) when it is missing or the token may not read it,
+// and only the instances whose service it may read; it sets the
+// filtered-by-ACLs header accordingly.
+func (a *API) readableNode(ws memdb.WatchSet, w http.ResponseWriter, authz *acl.Authorizer, name string) (uint64, *discovery.Node, []*discovery.Instance, error) {
+	idx, n, insts, err := a.Store.Node(ws, name)
+	setFiltered(w, false)
+	if n == nil || err != nil {
+		return idx, nil, nil, err
+	}
+	if !nodeReadable(authz, n.Name) {
+		setFiltered(w, true)
+		return idx, nil, nil, nil
+	}
+	insts, filtered := keep(insts, func(in *discovery.Instance) bool { return serviceReadable(authz, in.Service) })
+	setFiltered(w, filtered)
+	return idx, n, insts, nil
 }
 
 // listFilters is a list endpoint's ?filter= and ?node-meta=.
