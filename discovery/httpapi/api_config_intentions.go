@@ -59,7 +59,9 @@ func (a *API) serviceIntentionsGet(w http.ResponseWriter, r *http.Request, name 
 	}
 	readOne(a, w, r, func(ws memdb.WatchSet) (uint64, *discovery.ServiceIntentions, error) {
 		return a.Store.ServiceIntentionsEntry(ws, dst)
-	}, func() error { return notFound("Config entry not found for %q / %q", discovery.KindServiceIntentions, name) })
+	}, func() error {
+		return notFound("Config entry not found for %q / %q", discovery.KindServiceIntentions, name)
+	})
 }
 
 // serviceIntentionsList lists the entries whose destination the token
