@@ -219,4 +219,3 @@ func (a *API) agentReload(w http.ResponseWriter, r *http.Request) {
 	}
 	w.WriteHeader(http.StatusOK)
 }
-
