@@ -36,6 +36,8 @@ func (w *opsWriter) Apply(_ context.Context, cmd discovery.Command) (uint64, err
 		return w.idx, w.s.EnsureCheck(w.idx, &c.Check)
 	case discovery.DeregisterCheckRequest:
 		return w.idx, w.s.DeleteCheck(w.idx, c.Node, c.CheckID)
+	case discovery.IntentionRequest:
+		return w.idx, w.s.IntentionApplyRequest(w.idx, &c)
 	}
 	return 0, fmt.Errorf("opsWriter: unexpected %T", cmd)
 }

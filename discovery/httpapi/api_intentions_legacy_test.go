@@ -166,3 +166,66 @@ func doRequest(t *testing.T, method, url, body string) (int, string) {
 	b, _ := io.ReadAll(resp.Body)
 	return resp.StatusCode, string(b)
 }
+
+// TestIntentionsLegacyAndEntryACLs: the legacy ID API and
+// service-intentions entries ask Consul's rules: intention:write on the
+// destination (both, for an update that moves it) to write,
+// intention:read on it to read, lists filtered.
+func TestIntentionsLegacyAndEntryACLs(t *testing.T) {
+	f := newOpsFixture(t)
+	mgmt := f.client(t, f.mgmt)
+	//lint:ignore SA1019 the legacy API under test.
+	otherID, _, err := mgmt.Connect().IntentionCreate(&api.Intention{SourceName: "web", DestinationName: "other", Action: "allow"}, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	dbWriter := f.client(t, f.token(t, `service "db" { policy = "read" intentions = "write" }`))
+	dbReader := f.client(t, f.token(t, `service "db" { policy = "read" intentions = "read" }`))
+
+	//lint:ignore SA1019 as above.
+	id, _, err := dbWriter.Connect().IntentionCreate(&api.Intention{SourceName: "web", DestinationName: "db", Action: "allow"}, nil)
+	if err != nil {
+		t.Fatalf("create onto db with intentions write on db: %v", err)
+	}
+	//lint:ignore SA1019 as above.
+	if _, _, err := dbWriter.Connect().IntentionCreate(&api.Intention{SourceName: "web", DestinationName: "cache", Action: "allow"}, nil); err == nil || !strings.Contains(err.Error(), "403") {
+		t.Errorf("create onto cache = %v, want 403", err)
+	}
+	//lint:ignore SA1019 as above.
+	if _, err := dbWriter.Connect().IntentionUpdate(&api.Intention{ID: id, SourceName: "web", DestinationName: "cache", Action: "allow"}, nil); err == nil || !strings.Contains(err.Error(), "403") {
+		t.Errorf("moving db's intention to cache = %v, want 403", err)
+	}
+	//lint:ignore SA1019 as above.
+	if _, err := dbWriter.Connect().IntentionUpdate(&api.Intention{ID: otherID, SourceName: "web", DestinationName: "db", Action: "allow"}, nil); err == nil || !strings.Contains(err.Error(), "403") {
+		t.Errorf("moving other's intention onto db = %v, want 403 (no write on other)", err)
+	}
+	if _, _, err := dbWriter.ConfigEntries().Set(&api.ServiceIntentionsConfigEntry{Kind: api.ServiceIntentions, Name: "db",
+		Sources: []*api.SourceIntention{{Name: "web", Action: "deny"}}}, nil); err != nil {
+		t.Errorf("writing service-intentions/db: %v", err)
+	}
+	if _, _, err := dbWriter.ConfigEntries().Set(&api.ServiceIntentionsConfigEntry{Kind: api.ServiceIntentions, Name: "other",
+		Sources: []*api.SourceIntention{{Name: "web", Action: "deny"}}}, nil); err == nil || !strings.Contains(err.Error(), "403") {
+		t.Errorf("writing service-intentions/other = %v, want 403", err)
+	}
+	if _, err := dbWriter.ConfigEntries().Delete(api.ServiceIntentions, "other", nil); err == nil || !strings.Contains(err.Error(), "403") {
+		t.Errorf("deleting service-intentions/other = %v, want 403", err)
+	}
+
+	if _, _, err := dbReader.ConfigEntries().Get(api.ServiceIntentions, "db", nil); err != nil {
+		t.Errorf("reading service-intentions/db: %v", err)
+	}
+	if _, _, err := dbReader.ConfigEntries().Get(api.ServiceIntentions, "other", nil); err == nil || !strings.Contains(err.Error(), "403") {
+		t.Errorf("reading service-intentions/other = %v, want 403", err)
+	}
+	list, meta, err := dbReader.ConfigEntries().List(api.ServiceIntentions, nil)
+	if err != nil || len(list) != 1 || list[0].GetName() != "db" || !meta.ResultsFilteredByACLs {
+		t.Errorf("listing service-intentions = %v (filtered %v), %v; want db only, filtered", list, meta != nil && meta.ResultsFilteredByACLs, err)
+	}
+	//lint:ignore SA1019 as above.
+	if _, _, err := dbReader.Connect().IntentionGet(otherID, nil); err == nil || !strings.Contains(err.Error(), "403") {
+		t.Errorf("reading other's intention by ID = %v, want 403", err)
+	}
+	if _, _, err := dbReader.ConfigEntries().Set(&api.ServiceIntentionsConfigEntry{Kind: api.ServiceIntentions, Name: "db"}, nil); err == nil || !strings.Contains(err.Error(), "403") {
+		t.Errorf("writing service-intentions/db with read = %v, want 403", err)
+	}
+}
