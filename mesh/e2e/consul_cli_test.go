@@ -90,6 +90,24 @@ func TestConsulCLIIntentionsAndConfig(t *testing.T) {
 		t.Errorf("intentions after config delete: %+v", all)
 	}
 
+	// consul maint on the client agent: its check goes through the
+	// leader like any of its writes, and the server sees the node down.
+	if err := c.Agent().EnableNodeMaintenance("disk swap"); err != nil {
+		t.Fatalf("node maintenance on the client: %v", err)
+	}
+	testkit.WaitFor(t, 10*time.Second, "the server sees c1 in maintenance", func() bool {
+		hc, _, err := s.Health().Node("c1", nil)
+		if err != nil {
+			return false
+		}
+		for _, x := range hc {
+			if x.CheckID == "_node_maintenance" && x.Status == api.HealthCritical && x.Notes == "disk swap" {
+				return true
+			}
+		}
+		return false
+	})
+
 	// consul members: Consul's role tags, seen from the client.
 	ms, err := c.Agent().Members(false)
 	if err != nil {
