@@ -5,6 +5,7 @@ import (
 	"context"
 	"log/slog"
 	"sync"
+	"sync/atomic"
 )
 
 // logHub hands the agent's log records to `GET /v1/agent/monitor`
@@ -15,7 +16,13 @@ import (
 type logHub struct {
 	mu   sync.Mutex
 	subs map[*logSub]struct{}
+	// min is the lowest level any subscriber wants, or noSubscriber:
+	// read without the lock on every log call the agent's own level
+	// would skip, so that no subscriber costs nothing.
+	min atomic.Int64
 }
+
+const noSubscriber = int64(slog.LevelError) + 1<<20
 
 type logSub struct {
 	level   slog.Level
@@ -27,7 +34,20 @@ type logSub struct {
 // logSubBuffer is how many lines a slow subscriber may be behind.
 const logSubBuffer = 512
 
-func newLogHub() *logHub { return &logHub{subs: map[*logSub]struct{}{}} }
+func newLogHub() *logHub {
+	h := &logHub{subs: map[*logSub]struct{}{}}
+	h.min.Store(noSubscriber)
+	return h
+}
+
+// resetMin recomputes min; call with mu held.
+func (h *logHub) resetMin() {
+	m := noSubscriber
+	for s := range h.subs {
+		m = min(m, int64(s.level))
+	}
+	h.min.Store(m)
+}
 
 // Subscribe is httpapi.LogMonitor's: lines at level and above, as JSON
 // or text, until cancel.
@@ -35,27 +55,15 @@ func (h *logHub) Subscribe(level slog.Level, json bool) (<-chan []byte, func() i
 	s := &logSub{level: level, json: json, ch: make(chan []byte, logSubBuffer)}
 	h.mu.Lock()
 	h.subs[s] = struct{}{}
+	h.resetMin()
 	h.mu.Unlock()
 	return s.ch, func() int {
 		h.mu.Lock()
 		defer h.mu.Unlock()
 		delete(h.subs, s)
+		h.resetMin()
 		return s.dropped
 	}
-}
-
-// minLevel is the lowest level any subscriber wants, and whether any does.
-func (h *logHub) minLevel() (slog.Level, bool) {
-	h.mu.Lock()
-	defer h.mu.Unlock()
-	var lvl slog.Level
-	first := true
-	for s := range h.subs {
-		if first || s.level < lvl {
-			lvl, first = s.level, false
-		}
-	}
-	return lvl, !first
 }
 
 // teeHandler sends each record to the agent's own handler (at its level)
@@ -71,8 +79,7 @@ func (t *teeHandler) Enabled(ctx context.Context, l slog.Level) bool {
 	if t.base.Enabled(ctx, l) {
 		return true
 	}
-	min, ok := t.hub.minLevel()
-	return ok && l >= min
+	return int64(l) >= t.hub.min.Load()
 }
 
 func (t *teeHandler) Handle(ctx context.Context, r slog.Record) error {
