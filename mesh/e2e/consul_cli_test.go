@@ -1,6 +1,8 @@
 package e2e
 
 import (
+	"fmt"
+	"net/http"
 	"strings"
 	"syscall"
 	"testing"
@@ -217,5 +219,90 @@ func TestConsulCLIAgentOps(t *testing.T) {
 	}
 	if svcs, err := c.Agent().Services(); err != nil || svcs["extra-1"] == nil {
 		t.Errorf("after a failed reload: %v, %v; want extra-1 kept", svcs, err)
+	}
+}
+
+// TestConsulCLIRulesEnforced: with ACLs on (default deny), the consul
+// CLI's new requests ask Consul's rules of a real agent: intentions
+// write on the destination for the legacy create and service-intentions
+// entries, agent:read for monitor, agent:write for reload, node:write
+// for node maintenance.
+func TestConsulCLIRulesEnforced(t *testing.T) {
+	skipShort(t)
+	t.Parallel()
+	const root = "3a7e1c52-5b5f-4a51-9d3e-4b1ad4a0e035"
+	cfg := testkit.WriteFile(t, t.TempDir(), "acl.hcl", fmt.Sprintf("acl { tokens { initial_management = %q } }\n", root))
+	n := newNode(t, "n1", "127.35.0.1", "-config", cfg)
+	n.env = []string{keepACLDefaults}
+	n.start("-bootstrap")
+	testkit.WaitFor(t, 20*time.Second, "n1 leads and has bootstrapped ACLs", func() bool {
+		code, _ := aclCall(t, n, http.MethodGet, "/v1/acl/token/self", root, "")
+		return n.leader() != "" && code == http.StatusOK
+	})
+	mgmt, err := api.NewClient(&api.Config{Address: n.httpAddr(), Token: root})
+	if err != nil {
+		t.Fatal(err)
+	}
+	policies := 0
+	token := func(rules string) *api.Client {
+		t.Helper()
+		policies++
+		p, _, err := mgmt.ACL().PolicyCreate(&api.ACLPolicy{Name: fmt.Sprintf("p%d", policies), Rules: rules}, nil)
+		if err != nil {
+			t.Fatal(err)
+		}
+		tok, _, err := mgmt.ACL().TokenCreate(&api.ACLToken{Policies: []*api.ACLTokenPolicyLink{{ID: p.ID}}}, nil)
+		if err != nil {
+			t.Fatal(err)
+		}
+		c, _ := api.NewClient(&api.Config{Address: n.httpAddr(), Token: tok.SecretID})
+		return c
+	}
+	anon := consulClient(t, n)
+	dbIxn := token(`service "db" { policy = "read" intentions = "write" }`)
+	agentRead := token(`agent "n1" { policy = "read" }`)
+	agentWrite := token(`agent "n1" { policy = "write" }`)
+	nodeWrite := token(`node "n1" { policy = "write" }`)
+	forbidden := func(what string, err error) {
+		t.Helper()
+		if err == nil || !strings.Contains(err.Error(), "403") {
+			t.Errorf("%s = %v, want a 403", what, err)
+		}
+	}
+	entry := func(name string) *api.ServiceIntentionsConfigEntry {
+		return &api.ServiceIntentionsConfigEntry{Kind: api.ServiceIntentions, Name: name, Sources: []*api.SourceIntention{{Name: "web", Action: "allow"}}}
+	}
+
+	//lint:ignore SA1019 the legacy create is what `consul intention create` sends.
+	_, _, err = anon.Connect().IntentionCreate(&api.Intention{SourceName: "web", DestinationName: "db", Action: "allow"}, nil)
+	forbidden("anonymous intention create", err)
+	//lint:ignore SA1019 as above.
+	if _, _, err := dbIxn.Connect().IntentionCreate(&api.Intention{SourceName: "web", DestinationName: "db", Action: "allow"}, nil); err != nil {
+		t.Errorf("intention create with intentions write on db: %v", err)
+	}
+	//lint:ignore SA1019 as above.
+	_, _, err = dbIxn.Connect().IntentionCreate(&api.Intention{SourceName: "web", DestinationName: "cache", Action: "allow"}, nil)
+	forbidden("intention create onto cache", err)
+	if _, _, err := dbIxn.ConfigEntries().Set(entry("db"), nil); err != nil {
+		t.Errorf("config write service-intentions/db: %v", err)
+	}
+	_, _, err = dbIxn.ConfigEntries().Set(entry("cache"), nil)
+	forbidden("config write service-intentions/cache", err)
+
+	stop := make(chan struct{})
+	defer close(stop)
+	_, err = anon.Agent().Monitor("info", stop, nil)
+	forbidden("anonymous monitor", err)
+	if _, err := agentRead.Agent().Monitor("info", stop, nil); err != nil {
+		t.Errorf("monitor with agent:read: %v", err)
+	}
+	forbidden("reload with agent:read", agentRead.Agent().Reload())
+	if err := agentWrite.Agent().Reload(); err != nil {
+		t.Errorf("reload with agent:write: %v", err)
+	}
+	forbidden("anonymous node maintenance", anon.Agent().EnableNodeMaintenance("x"))
+	forbidden("node maintenance with agent:write", agentWrite.Agent().EnableNodeMaintenance("x"))
+	if err := nodeWrite.Agent().EnableNodeMaintenance("x"); err != nil {
+		t.Errorf("node maintenance with node:write: %v", err)
 	}
 }

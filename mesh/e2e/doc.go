@@ -58,7 +58,7 @@
 //	26  TestACLsProcesses
 //	33  TestConsulCLIIntentionsAndConfig
 //	34  TestConsulCLIAgentOps
-//	35  (kept for the consul CLI tests)
+//	35  TestConsulCLIRulesEnforced
 //	41  TestProxyL7EndToEnd
 //	42  TestProxyNackKeepsServing
 //	43  TestProxyRoundRobinFailoverRetry
