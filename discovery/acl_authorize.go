@@ -52,7 +52,17 @@ func AuthorizeCommand(authz *acl.Authorizer, s *Store, cmd Command) error {
 	case ConfigEntryRequest:
 		return AuthorizeConfigEntryWrite(authz, c.Entry.Kind, c.Entry.Name)
 	case IntentionRequest:
-		return authz.IntentionWrite(c.Intention.DestinationName)
+		if err := authz.IntentionWrite(c.Intention.DestinationName); err != nil {
+			return err
+		}
+		// An update by ID may move the intention off another
+		// destination: that one is written too.
+		if c.Op == IntentionUpdate && s != nil {
+			if _, old, _ := s.IntentionByID(nil, c.Intention.ID); old != nil {
+				return authz.IntentionWrite(old.DestinationName)
+			}
+		}
+		return nil
 	case TokenCreateRequest, TokenDeleteRequest, TokenRevokeRequest:
 		return AuthorizeJoinTokens(authz)
 	case ACLTokenSetRequest, ACLTokenDeleteRequest, ACLPolicySetRequest, ACLPolicyDeleteRequest,

@@ -130,6 +130,35 @@ func emptyRaw(raw json.RawMessage) bool {
 	return s == "" || s == "null" || s == "{}" || s == "[]"
 }
 
+// sidecarWithoutDefaults is sc less what the consul CLI (`consul services
+// register`) fills into every sidecar it sends: Consul's default Weights
+// (1 passing, 1 warning), an empty Check and an empty Checks (and, from
+// its map decoding, possibly empty Tags, Meta and TaggedAddresses). Consul reads
+// them as "no setting" (the sidecar then gets its default checks); so does
+// vmesh, whose host proxy has neither weights nor checks of its own.
+func sidecarWithoutDefaults(sc *ServiceRegistration) *ServiceRegistration {
+	c := *sc
+	if c.Weights != nil && *c.Weights == (Weights{Passing: 1, Warning: 1}) {
+		c.Weights = nil
+	}
+	if c.Check != nil && reflect.ValueOf(*c.Check).IsZero() {
+		c.Check = nil
+	}
+	if len(c.Checks) == 0 {
+		c.Checks = nil
+	}
+	if len(c.Tags) == 0 {
+		c.Tags = nil
+	}
+	if len(c.Meta) == 0 {
+		c.Meta = nil
+	}
+	if len(c.TaggedAddresses) == 0 {
+		c.TaggedAddresses = nil
+	}
+	return &c
+}
+
 // buildConnect validates a registration's Connect block and returns its
 // upstreams (nil when there are none).
 func buildConnect(c *ServiceConnect, bad func(field, format string, args ...any)) []Upstream {
@@ -146,7 +175,7 @@ func buildConnect(c *ServiceConnect, bad func(field, format string, args ...any)
 	// vmesh runs one proxy per host, so a sidecar has no name, port or
 	// checks of its own: only what it forwards to is meaningful.
 	// Line is where a file's block starts, not a setting.
-	for _, f := range setFields("Connect.SidecarService.", sc, "Proxy", "Line") {
+	for _, f := range setFields("Connect.SidecarService.", sidecarWithoutDefaults(sc), "Proxy", "Line") {
 		bad(f, "not supported: the host's proxy is not a service of its own; only Proxy.Upstreams is read")
 	}
 	if sc.Proxy == nil {

@@ -231,16 +231,9 @@ func ParseIntentionName(field, v string) (string, error) {
 // reported, each naming its field; the error wraps ErrInvalid. The result
 // has no ID or times: the caller assigns them.
 func DecodeIntention(body []byte, source, destination string) (*Intention, error) {
-	var w intentionBody
-	if len(bytes.TrimSpace(body)) > 0 {
-		dec := json.NewDecoder(bytes.NewReader(body))
-		dec.DisallowUnknownFields()
-		if err := dec.Decode(&w); err != nil {
-			return nil, fmt.Errorf("%w: %w", ErrInvalid, DecodeError(err))
-		}
-		if dec.More() {
-			return nil, fmt.Errorf("%w: Request decode failed: trailing data after the JSON object", ErrInvalid)
-		}
+	w, err := decodeIntentionBody(body)
+	if err != nil {
+		return nil, err
 	}
 	var errs []error
 	bad := func(field, format string, args ...any) {
@@ -257,6 +250,35 @@ func DecodeIntention(body []byte, source, destination string) (*Intention, error
 			bad(f.field, "%q does not match ?%s=%q", f.body, f.param, f.query)
 		}
 	}
+	w.validate(bad)
+	if len(errs) > 0 {
+		return nil, fmt.Errorf("%w: %w", ErrInvalid, errors.Join(errs...))
+	}
+	return &Intention{
+		SourceName: source, DestinationName: destination,
+		Action: w.Action, Description: w.Description, Meta: w.Meta,
+	}, nil
+}
+
+// decodeIntentionBody decodes an intention body strictly; an empty body
+// is an empty intention.
+func decodeIntentionBody(body []byte) (*intentionBody, error) {
+	var w intentionBody
+	if len(bytes.TrimSpace(body)) > 0 {
+		dec := json.NewDecoder(bytes.NewReader(body))
+		dec.DisallowUnknownFields()
+		if err := dec.Decode(&w); err != nil {
+			return nil, fmt.Errorf("%w: %w", ErrInvalid, DecodeError(err))
+		}
+		if dec.More() {
+			return nil, fmt.Errorf("%w: Request decode failed: trailing data after the JSON object", ErrInvalid)
+		}
+	}
+	return &w, nil
+}
+
+// validate checks everything of an intention body but its ID and names.
+func (w *intentionBody) validate(bad func(field, format string, args ...any)) {
 	for _, f := range []struct{ field, v string }{
 		{"SourceNS", w.SourceNS}, {"DestinationNS", w.DestinationNS},
 		{"SourcePartition", w.SourcePartition}, {"DestinationPartition", w.DestinationPartition},
@@ -275,33 +297,34 @@ func DecodeIntention(body []byte, source, destination string) (*Intention, error
 	if !emptyRaw(w.Permissions) {
 		bad("Permissions", "not supported yet: intentions allow or deny whole services (set Action)")
 	}
-	switch w.Action {
+	validateIntentionAction("Action", w.Action, bad)
+	validateIntentionMeta("Meta", w.Meta, bad)
+}
+
+func validateIntentionAction(field, action string, bad func(field, format string, args ...any)) {
+	switch action {
 	case IntentionActionAllow, IntentionActionDeny:
 	case "":
-		bad("Action", "missing: must be allow or deny")
+		bad(field, "missing: must be allow or deny")
 	default:
-		bad("Action", "%q is not allow or deny", w.Action)
+		bad(field, "%q is not allow or deny", action)
 	}
-	if len(w.Meta) > maxIntentionMetaPairs {
-		bad("Meta", "at most %d pairs, got %d", maxIntentionMetaPairs, len(w.Meta))
+}
+
+func validateIntentionMeta(field string, meta map[string]string, bad func(field, format string, args ...any)) {
+	if len(meta) > maxIntentionMetaPairs {
+		bad(field, "at most %d pairs, got %d", maxIntentionMetaPairs, len(meta))
 	}
-	for k, v := range w.Meta {
+	for k, v := range meta {
 		switch {
 		case k == "":
-			bad("Meta", "a key may not be empty")
+			bad(field, "a key may not be empty")
 		case len(k) > maxIntentionMetaKey:
-			bad("Meta", "key %.20q... is longer than %d bytes", k, maxIntentionMetaKey)
+			bad(field, "key %.20q... is longer than %d bytes", k, maxIntentionMetaKey)
 		case len(v) > maxIntentionMetaValue:
-			bad("Meta", "value of %q is longer than %d bytes", k, maxIntentionMetaValue)
+			bad(field, "value of %q is longer than %d bytes", k, maxIntentionMetaValue)
 		}
 	}
-	if len(errs) > 0 {
-		return nil, fmt.Errorf("%w: %w", ErrInvalid, errors.Join(errs...))
-	}
-	return &Intention{
-		SourceName: source, DestinationName: destination,
-		Action: w.Action, Description: w.Description, Meta: w.Meta,
-	}, nil
 }
 
 // ---- store ----
@@ -332,30 +355,75 @@ const (
 	// IntentionDelete removes the pair's intention; removing what is not
 	// there is not an error, as in Consul.
 	IntentionDelete IntentionOp = "delete"
+	// IntentionCreate creates the pair's intention with the given ID and
+	// fails when the pair already has one (Consul's legacy POST
+	// /v1/connect/intentions).
+	IntentionCreate IntentionOp = "create"
+	// IntentionUpdate replaces the intention with Intention.ID, which
+	// must exist; the pair may change to one no other intention holds
+	// (Consul's legacy PUT /v1/connect/intentions/:id). It keeps the ID,
+	// CreateIndex and CreatedAt.
+	IntentionUpdate IntentionOp = "update"
+	// IntentionSetDestination makes Sources the whole set of intentions
+	// whose destination is Intention.DestinationName: a service-intentions
+	// config entry. Pairs that stay keep their ID, CreateIndex and
+	// CreatedAt; an empty Sources deletes them all.
+	IntentionSetDestination IntentionOp = "set-destination"
 )
 
 // IntentionRequest writes an intention.
 type IntentionRequest struct {
 	Op        IntentionOp
 	Intention Intention
+	// Sources is the destination's new set for IntentionSetDestination.
+	Sources []Intention
+	// CAS, for IntentionSetDestination, applies the write only when the
+	// destination's entry index (IntentionEntryIndex) is
+	// Intention.ModifyIndex, as a config entry's ?cas= does.
+	CAS bool
 }
 
 func (IntentionRequest) MessageType() MessageType { return IntentionType }
 
 // IntentionApply performs op on ixn.
 func (s *Store) IntentionApply(idx uint64, op IntentionOp, ixn *Intention) error {
-	if ixn.SourceName == "" || ixn.DestinationName == "" {
-		return fmt.Errorf("%w: an intention needs a source and a destination", ErrInvalid)
-	}
+	return s.IntentionApplyRequest(idx, &IntentionRequest{Op: op, Intention: *ixn})
+}
+
+// IntentionApplyRequest applies an intention write.
+func (s *Store) IntentionApplyRequest(idx uint64, req *IntentionRequest) error {
+	op, ixn := req.Op, &req.Intention
 	db, _ := s.current()
 	tx := db.Txn(true)
 	defer tx.Abort()
+	switch op {
+	case IntentionUpdate:
+		if err := intentionUpdate(tx, idx, ixn); err != nil {
+			return err
+		}
+		return commitIntentions(tx, idx)
+	case IntentionSetDestination:
+		if err := intentionSetDestination(tx, idx, req); err != nil {
+			return err
+		}
+		return commitIntentions(tx, idx)
+	}
+	if ixn.SourceName == "" || ixn.DestinationName == "" {
+		return fmt.Errorf("%w: an intention needs a source and a destination", ErrInvalid)
+	}
 	raw, err := tx.First(tableIntentions, "pair", ixn.SourceName, ixn.DestinationName)
 	if err != nil {
 		return err
 	}
 	old, _ := raw.(*Intention)
 	switch op {
+	case IntentionCreate:
+		if old != nil {
+			return fmt.Errorf("%w: duplicate intention found: %s => %s already exists with ID %s", ErrInvalid, old.SourceName, old.DestinationName, old.ID)
+		}
+		if err := insertNewIntention(tx, idx, ixn); err != nil {
+			return err
+		}
 	case IntentionUpsert:
 		if ixn.Action != IntentionActionAllow && ixn.Action != IntentionActionDeny {
 			return fmt.Errorf("%w: intention action %q is not allow or deny", ErrInvalid, ixn.Action)
@@ -389,6 +457,10 @@ func (s *Store) IntentionApply(idx uint64, op IntentionOp, ixn *Intention) error
 	default:
 		return fmt.Errorf("%w: unknown intention operation %q", ErrInvalid, op)
 	}
+	return commitIntentions(tx, idx)
+}
+
+func commitIntentions(tx *memdb.Txn, idx uint64) error {
 	if err := bumpIndex(tx, idx, tableIntentions); err != nil {
 		return err
 	}

@@ -263,8 +263,10 @@ func (s *Store) EnsureService(idx uint64, inst *Instance, checks []*Check) error
 	if err := tx.Insert(tableInstances, &c); err != nil {
 		return err
 	}
-	// Replace the instance's checks.
-	keep := make(map[string]bool, len(checks))
+	// Replace the instance's checks, all but its maintenance check: a
+	// re-registration (a service file's sync at start, say) does not take
+	// the instance out of maintenance, as Consul's does not.
+	keep := map[string]bool{ServiceMaintenanceCheckID(inst.ID): true}
 	for _, chk := range checks {
 		keep[chk.CheckID] = true
 	}

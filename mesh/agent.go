@@ -85,11 +85,21 @@ type Agent struct {
 	capture         *iptables.Reconciler
 	captureLinks    *iptables.Netlink
 	stopCaptureLoop func()
+
+	// logs streams the agent's log records to /v1/agent/monitor
+	// (logmonitor.go).
+	logs *logHub
+	// reloader, when set (by `vmesh agent`), is what SIGHUP does; PUT
+	// /v1/agent/reload runs it. Unset, a reload re-reads the service
+	// definitions of the configuration the agent holds.
+	reloader func(context.Context) error
 }
 
 // NewAgent prepares an agent; nothing runs until Start.
 func NewAgent(cfg config.Config, logger *slog.Logger, out io.Writer) *Agent {
-	a := &Agent{cfg: cfg, logger: logger, out: out}
+	logs := newLogHub()
+	logger = slog.New(&teeHandler{base: logger.Handler(), hub: logs})
+	a := &Agent{cfg: cfg, logger: logger, out: out, logs: logs}
 	a.member = membership.New(&a.cfg, logger)
 	a.member.OnLeave = a.removeCapture // capture.go: a node out of the mesh steers nothing into it
 	a.local = local.New(local.State{
@@ -263,6 +273,7 @@ func (a *Agent) startHTTP(context.Context) error {
 		IntentionsDefaultAllow: a.cfg.IntentionsDefaultAllow(), UserPorts: a.userPorts,
 		Operator: operator{a.member, a}, Diagnostics: a.diagnostics(), RemoteKV: a.member,
 		ChecksWritten: a.local.SyncChecks, CheckTarget: a.guard.CheckTarget, ACLBootstrapReset: a.aclBootstrapReset,
+		Monitor: a.logs, Reload: a.reloadFromAPI,
 	}
 	if a.acl != nil {
 		api.ACL = a.acl
@@ -403,6 +414,22 @@ func (a *Agent) Reload(ctx context.Context, cfg config.Config) error {
 		}
 	}
 	return a.syncServiceFiles(ctx)
+}
+
+// SetReloader makes fn what a reload through the API does: `vmesh
+// agent` hands it the same path SIGHUP takes (re-read the config files,
+// then Reload). Call it before Start.
+func (a *Agent) SetReloader(fn func(context.Context) error) { a.reloader = fn }
+
+// reloadFromAPI serves PUT /v1/agent/reload.
+func (a *Agent) reloadFromAPI(ctx context.Context) error {
+	if a.reloader != nil {
+		return a.reloader(ctx)
+	}
+	a.reloadMu.Lock()
+	cfg := a.cfg
+	a.reloadMu.Unlock()
+	return a.Reload(ctx, cfg)
 }
 
 // Close stops everything Start started, in reverse order. It is safe

@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"log/slog"
 	"os"
 	"os/signal"
 	"syscall"
@@ -45,6 +46,21 @@ and the service files; SIGINT and SIGTERM stop it.`)}
 
 func (c *agentCommand) Synopsis() string { return "run the vmesh agent" }
 
+// reload re-reads the config files and hands them to the agent. A bad
+// file changes nothing: the running state stays.
+func (c *agentCommand) reload(ctx context.Context, agent *Agent, sd *systemd.Reporter, logger *slog.Logger) error {
+	sd.Reloading()
+	newCfg, err := c.flags.Build(c.FS)
+	if err == nil {
+		err = agent.Reload(ctx, newCfg)
+	}
+	if err != nil {
+		logger.Error("reload failed; keeping the running configuration", "err", err)
+	}
+	sd.Reloaded(err)
+	return err
+}
+
 func (c *agentCommand) Run(ctx context.Context, args []string) int {
 	pos, code, done := c.Parse(args)
 	if done {
@@ -61,6 +77,23 @@ func (c *agentCommand) Run(ctx context.Context, args []string) int {
 	}
 	logger := cli.NewLogger(cfg.LogLevel, cfg.LogJSON, env.Stderr)
 	agent := NewAgent(cfg, logger, env.Stdout)
+	// PUT /v1/agent/reload asks this loop to do what SIGHUP does, so
+	// the two never run at once and both tell systemd.
+	reloads := make(chan chan error)
+	agent.SetReloader(func(rctx context.Context) error {
+		done := make(chan error, 1)
+		select {
+		case reloads <- done:
+		case <-rctx.Done():
+			return rctx.Err()
+		}
+		select {
+		case err := <-done:
+			return err
+		case <-rctx.Done():
+			return rctx.Err()
+		}
+	})
 	if err := agent.Start(ctx); err != nil {
 		fmt.Fprintf(env.Stderr, "vmesh agent: %v\n", err)
 		var ce *config.Error
@@ -95,16 +128,10 @@ func (c *agentCommand) Run(ctx context.Context, args []string) int {
 			return cli.ExitOK
 		case <-hup:
 			logger.Info("reloading configuration (SIGHUP)")
-			sd.Reloading()
-			newCfg, err := c.flags.Build(c.FS)
-			if err == nil {
-				err = agent.Reload(ctx, newCfg)
-			}
-			if err != nil {
-				// A bad file changes nothing: the running state stays.
-				logger.Error("reload failed; keeping the running configuration", "err", err)
-			}
-			sd.Reloaded(err)
+			c.reload(ctx, agent, sd, logger)
+		case done := <-reloads:
+			logger.Info("reloading configuration (PUT /v1/agent/reload)")
+			done <- c.reload(ctx, agent, sd, logger)
 		}
 	}
 }

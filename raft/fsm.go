@@ -84,7 +84,7 @@ var appliers = map[discovery.MessageType]applier{
 	},
 	discovery.IntentionType: func(s *discovery.Store, buf []byte, idx uint64) any {
 		var req discovery.IntentionRequest
-		return orErr(decode(buf, &req), func() error { return s.IntentionApply(idx, req.Op, &req.Intention) })
+		return orErr(decode(buf, &req), func() error { return s.IntentionApplyRequest(idx, &req) })
 	},
 	discovery.ACLTokenSetType: func(s *discovery.Store, buf []byte, idx uint64) any {
 		var req discovery.ACLTokenSetRequest

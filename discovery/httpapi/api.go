@@ -103,6 +103,12 @@ type API struct {
 	// RemoteKV, when set and HoldsKV says no, serves KV reads: a client
 	// agent holds no KV and asks a server, as a Consul client does.
 	RemoteKV RemoteKV
+	// Monitor streams the agent's log lines (GET /v1/agent/monitor); nil
+	// answers that endpoint with a 501.
+	Monitor LogMonitor
+	// Reload does what SIGHUP does (PUT /v1/agent/reload); nil answers
+	// that endpoint with a 501.
+	Reload func(ctx context.Context) error
 
 	ownPorts discovery.UserPortAllocator // UserPorts when that is nil
 }
@@ -162,6 +168,7 @@ func (a *API) Register(mux *http.ServeMux) {
 	mux.HandleFunc("PUT /v1/agent/check/update/{id}", a.checkTTL(""))
 	mux.HandleFunc("GET /v1/agent/self", a.agentSelf)
 	mux.HandleFunc("GET /v1/agent/members", a.agentMembers)
+	a.registerAgentOps(mux)
 	// catalog
 	mux.HandleFunc("GET /v1/catalog/services", a.catalogServices)
 	mux.HandleFunc("GET /v1/catalog/service/{name}", a.catalogService)

@@ -4,6 +4,7 @@ import (
 	"errors"
 	"net/http"
 	"sort"
+	"strconv"
 
 	"github.com/hashicorp/go-memdb"
 	"github.com/vmesh/vmesh/acl"
@@ -338,7 +339,18 @@ func (a *API) members() []wireMember {
 	ids := a.nodeIDs()
 	out := make([]wireMember, 0, len(ms))
 	for _, m := range ms {
-		tags := map[string]string{"role": m.Role, "dc": a.Datacenter}
+		// Consul's Serf tags: the protocol versions (vsn*) and segment
+		// every member has; a server's raft protocol and server port.
+		tags := map[string]string{
+			"role": m.Role, "dc": a.Datacenter, "segment": "",
+			"vsn": "2", "vsn_min": "2", "vsn_max": "3",
+		}
+		if m.Role == "consul" {
+			tags["raft_vsn"] = "3"
+			if m.Port != 0 {
+				tags["port"] = strconv.Itoa(m.Port)
+			}
+		}
 		if m.VMeshRole != "" {
 			tags["vmesh_role"] = m.VMeshRole
 		}

@@ -1,6 +1,7 @@
 package httpapi
 
 import (
+	"maps"
 	"net/http"
 	"net/http/httptest"
 	"reflect"
@@ -30,9 +31,9 @@ func TestAgentMembersTags(t *testing.T) {
 		Members: func() []Member {
 			return []Member{
 				// n3 is a raft member that has not registered its node yet.
-				{Name: "n3", Addr: "10.0.0.3", Port: 7400, Role: "nonvoter", Status: 1},
-				{Name: "n2", Addr: "10.0.0.2", Port: 7400, Role: "voter", Status: 4},
-				{Name: "n1", Addr: "10.0.0.1", Port: 7400, Role: "leader", Status: 1},
+				{Name: "n3", Addr: "10.0.0.3", Port: 7400, Role: "node", VMeshRole: "client", Status: 1},
+				{Name: "n2", Addr: "10.0.0.2", Port: 7400, Role: "consul", VMeshRole: "voter", Status: 4},
+				{Name: "n1", Addr: "10.0.0.1", Port: 7400, Role: "consul", VMeshRole: "leader", Status: 1},
 			}
 		}}
 	mux := http.NewServeMux()
@@ -48,10 +49,20 @@ func TestAgentMembersTags(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
+	// Consul's tags: role=consul for servers (with raft_vsn and port),
+	// role=node for clients, the protocol versions and segment for all.
+	server := map[string]string{"role": "consul", "dc": "dc1", "segment": "", "vsn": "2", "vsn_min": "2", "vsn_max": "3", "raft_vsn": "3", "port": "7400"}
+	with := func(base map[string]string, kv ...string) map[string]string {
+		out := maps.Clone(base)
+		for i := 0; i < len(kv); i += 2 {
+			out[kv[i]] = kv[i+1]
+		}
+		return out
+	}
 	want := map[string]map[string]string{
-		"n1": {"role": "leader", "dc": "dc1", "id": "11111111-1111-1111-1111-111111111111", "build": "1.2.3"},
-		"n2": {"role": "voter", "dc": "dc1", "id": "22222222-2222-2222-2222-222222222222"},
-		"n3": {"role": "nonvoter", "dc": "dc1"},
+		"n1": with(server, "vmesh_role", "leader", "id", "11111111-1111-1111-1111-111111111111", "build", "1.2.3"),
+		"n2": with(server, "vmesh_role", "voter", "id", "22222222-2222-2222-2222-222222222222"),
+		"n3": {"role": "node", "dc": "dc1", "segment": "", "vsn": "2", "vsn_min": "2", "vsn_max": "3", "vmesh_role": "client"},
 	}
 	var names []string
 	for _, m := range ms {
@@ -72,7 +83,7 @@ func TestAgentMembersTags(t *testing.T) {
 		t.Fatal(err)
 	}
 	member, _ := self["Member"]["Tags"].(map[string]any)
-	if member["id"] != "11111111-1111-1111-1111-111111111111" || member["build"] != "1.2.3" || member["role"] != "leader" {
+	if member["id"] != "11111111-1111-1111-1111-111111111111" || member["build"] != "1.2.3" || member["role"] != "consul" {
 		t.Errorf("/v1/agent/self Member.Tags = %v, want n1's own", member)
 	}
 }

@@ -34,8 +34,8 @@ func casParam(r *http.Request) (idx uint64, ok bool, err error) {
 }
 
 func validKind(kind string) error {
-	if !slices.Contains(discovery.ConfigEntryKinds, kind) {
-		return badRequest("Kind: %q is not supported; one of %s", kind, strings.Join(discovery.ConfigEntryKinds, ", "))
+	if !slices.Contains(discovery.ConfigEntryKinds, kind) && kind != discovery.KindServiceIntentions {
+		return badRequest("Kind: %q is not supported; one of %s, %s", kind, strings.Join(discovery.ConfigEntryKinds, ", "), discovery.KindServiceIntentions)
 	}
 	return nil
 }
@@ -64,6 +64,10 @@ func (a *API) configApply(w http.ResponseWriter, r *http.Request) {
 		a.writeError(w, r, badRequest("Request decode failed: empty body"))
 		return
 	}
+	if configKindOf(body) == discovery.KindServiceIntentions {
+		a.serviceIntentionsApply(w, r, body)
+		return
+	}
 	e, err := discovery.DecodeConfigEntry(body)
 	if err != nil {
 		a.writeError(w, r, err)
@@ -88,6 +92,10 @@ func (a *API) configGet(w http.ResponseWriter, r *http.Request) {
 		a.writeError(w, r, err)
 		return
 	}
+	if kind == discovery.KindServiceIntentions {
+		a.serviceIntentionsGet(w, r, name)
+		return
+	}
 	// Checked before the lookup, as Consul does: a token that may not
 	// read the entry learns nothing of whether it exists.
 	if _, ok := a.allow(w, r, func(z *acl.Authorizer) error { return discovery.AuthorizeConfigEntryRead(z, kind, name) }); !ok {
@@ -102,6 +110,10 @@ func (a *API) configList(w http.ResponseWriter, r *http.Request) {
 	kind := r.PathValue("kind")
 	if err := validKind(kind); err != nil {
 		a.writeError(w, r, err)
+		return
+	}
+	if kind == discovery.KindServiceIntentions {
+		a.serviceIntentionsList(w, r)
 		return
 	}
 	authz, ok := a.allow(w, r, nil)
@@ -125,6 +137,10 @@ func (a *API) configDelete(w http.ResponseWriter, r *http.Request) {
 	kind, name := r.PathValue("kind"), r.PathValue("name")
 	if err := validKind(kind); err != nil {
 		a.writeError(w, r, err)
+		return
+	}
+	if kind == discovery.KindServiceIntentions {
+		a.serviceIntentionsDelete(w, r, name)
 		return
 	}
 	req := discovery.ConfigEntryRequest{Op: discovery.ConfigEntryDelete, Entry: discovery.ConfigEntry{Kind: kind, Name: name}}

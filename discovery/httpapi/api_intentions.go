@@ -2,6 +2,7 @@ package httpapi
 
 import (
 	"crypto/rand"
+	"errors"
 	"fmt"
 	"net/http"
 	"time"
@@ -13,20 +14,18 @@ import (
 
 // registerIntentions adds Consul's /v1/connect/intentions endpoints: the
 // exact (by source and destination) ones consul/api uses today, list,
-// check and match, and reads and deletes by the legacy ID. Creating or
-// updating by ID (POST /v1/connect/intentions, PUT
-// /v1/connect/intentions/:id, deprecated in Consul) is refused with a 400
-// that says what to use instead.
+// check and match, and the legacy ones by ID (create, read, update,
+// delete) that `consul intention create` and `get ID` still use.
 func (a *API) registerIntentions(mux *http.ServeMux) {
 	mux.HandleFunc("GET /v1/connect/intentions", a.intentionList)
-	mux.HandleFunc("POST /v1/connect/intentions", a.intentionLegacyWrite)
+	mux.HandleFunc("POST /v1/connect/intentions", a.intentionCreate)
 	mux.HandleFunc("GET /v1/connect/intentions/exact", a.intentionGetExact)
 	mux.HandleFunc("PUT /v1/connect/intentions/exact", a.intentionPutExact)
 	mux.HandleFunc("DELETE /v1/connect/intentions/exact", a.intentionDeleteExact)
 	mux.HandleFunc("GET /v1/connect/intentions/check", a.intentionCheck)
 	mux.HandleFunc("GET /v1/connect/intentions/match", a.intentionMatch)
 	mux.HandleFunc("GET /v1/connect/intentions/{id}", a.intentionGetByID)
-	mux.HandleFunc("PUT /v1/connect/intentions/{id}", a.intentionLegacyWrite)
+	mux.HandleFunc("PUT /v1/connect/intentions/{id}", a.intentionUpdate)
 	mux.HandleFunc("DELETE /v1/connect/intentions/{id}", a.intentionDeleteByID)
 }
 
@@ -270,7 +269,52 @@ func (a *API) intentionDeleteByID(w http.ResponseWriter, r *http.Request) {
 	a.intentionDelete(w, r, ixn.SourceName, ixn.DestinationName)
 }
 
-func (a *API) intentionLegacyWrite(w http.ResponseWriter, r *http.Request) {
-	a.writeError(w, r, badRequest("writing intentions by ID is not supported: use the exact endpoints, "+
-		"PUT /v1/connect/intentions/exact?source=SRC&destination=DST (consul/api: Connect().IntentionUpsert)"))
+// intentionCreate is Consul's legacy create: the pair is in the body, the
+// agent picks the ID and answers it; a pair that already has an
+// intention is refused, as Consul refuses a duplicate.
+func (a *API) intentionCreate(w http.ResponseWriter, r *http.Request) {
+	body, err := readBody(w, r)
+	if err != nil {
+		a.writeError(w, r, err)
+		return
+	}
+	ixn, err := discovery.DecodeLegacyIntention(body, "")
+	if err != nil {
+		a.writeError(w, r, err)
+		return
+	}
+	now := time.Now().UnixNano()
+	ixn.ID, ixn.CreatedAt, ixn.UpdatedAt = newUUID(), now, now
+	if _, err := a.apply(r, discovery.IntentionRequest{Op: discovery.IntentionCreate, Intention: *ixn}); err != nil {
+		a.writeError(w, r, err)
+		return
+	}
+	writeJSON(w, struct{ ID string }{ixn.ID})
+}
+
+// intentionUpdate is Consul's legacy update by ID: the body replaces the
+// intention, which keeps its ID (and may move to another pair no other
+// intention holds). It needs intention:write on the new destination and,
+// when it moves, the old one.
+func (a *API) intentionUpdate(w http.ResponseWriter, r *http.Request) {
+	id := r.PathValue("id")
+	body, err := readBody(w, r)
+	if err != nil {
+		a.writeError(w, r, err)
+		return
+	}
+	ixn, err := discovery.DecodeLegacyIntention(body, id)
+	if err != nil {
+		a.writeError(w, r, err)
+		return
+	}
+	ixn.ID, ixn.UpdatedAt = id, time.Now().UnixNano()
+	if _, err := a.apply(r, discovery.IntentionRequest{Op: discovery.IntentionUpdate, Intention: *ixn}); err != nil {
+		if errors.Is(err, discovery.ErrNotFound) {
+			err = notFound("Cannot modify non-existent intention: %q", id)
+		}
+		a.writeError(w, r, err)
+		return
+	}
+	writeJSON(w, struct{ ID string }{id})
 }

@@ -32,7 +32,7 @@ func (w *ixnWriter) Apply(_ context.Context, cmd discovery.Command) (uint64, err
 	if !ok {
 		return 0, fmt.Errorf("ixnWriter: unexpected %T", cmd)
 	}
-	return w.idx, w.s.IntentionApply(w.idx, req.Op, &req.Intention)
+	return w.idx, w.s.IntentionApplyRequest(w.idx, &req)
 }
 
 func newIntentionAPI(t *testing.T, defaultAllow bool) (*api.Client, string) {
@@ -175,8 +175,9 @@ func TestIntentionsConsulAPI(t *testing.T) {
 		{"GET", "/v1/connect/intentions/check?source=web&destination=db&source-type=external-uri", ``, "source-type"},
 		{"GET", "/v1/connect/intentions/match?by=sideways&name=db", ``, "by"},
 		{"GET", "/v1/connect/intentions/match?by=source", ``, "'name'"},
-		{"POST", "/v1/connect/intentions", `{"SourceName":"web","DestinationName":"db","Action":"allow"}`, "use the exact endpoints"},
-		{"PUT", "/v1/connect/intentions/" + got.ID, `{"Action":"allow"}`, "use the exact endpoints"},
+		{"POST", "/v1/connect/intentions", `{"ID":"x","SourceName":"web","DestinationName":"db","Action":"allow"}`, "ID: must be empty"},
+		{"POST", "/v1/connect/intentions", `{"DestinationName":"db","Action":"allow"}`, "SourceName: missing"},
+		{"PUT", "/v1/connect/intentions/" + got.ID, `{"ID":"other","SourceName":"web","DestinationName":"db","Action":"allow"}`, "does not match the ID in the path"},
 	} {
 		req, _ := http.NewRequest(tc.method, base+tc.path, strings.NewReader(tc.body))
 		resp, err := http.DefaultClient.Do(req)
@@ -188,10 +189,6 @@ func TestIntentionsConsulAPI(t *testing.T) {
 		if resp.StatusCode != 400 || !strings.Contains(string(b), tc.want) {
 			t.Errorf("%s %s %s: %d %q; want 400 mentioning %q", tc.method, tc.path, tc.body, resp.StatusCode, b, tc.want)
 		}
-	}
-	//lint:ignore SA1019 the deprecated by-ID create is refused with a pointer to IntentionUpsert.
-	if _, _, err := c.IntentionCreate(&api.Intention{SourceName: "a", DestinationName: "b", Action: "allow"}, nil); err == nil || !strings.Contains(err.Error(), "IntentionUpsert") {
-		t.Errorf("IntentionCreate (legacy) = %v, want a 400 pointing at IntentionUpsert", err)
 	}
 }
 

@@ -157,3 +157,53 @@ func TestBuildConsulAPIRegistration(t *testing.T) {
 		t.Fatalf("sidecar with a port: err = %v, want Connect.SidecarService.Port refused", err)
 	}
 }
+
+// TestBuildConsulCLISidecar: `consul services register` fills Consul's
+// defaults into every sidecar it sends (Weights 1/1, an empty Check, empty
+// Checks, and zero TransparentProxy, AccessLogs, Expose and MeshGateway
+// objects); they mean "no setting" and are accepted, while a weight or a
+// check someone actually set is still refused by name.
+func TestBuildConsulCLISidecar(t *testing.T) {
+	sidecar := func() *api.AgentServiceRegistration {
+		return &api.AgentServiceRegistration{
+			Weights: &api.AgentWeights{Passing: 1, Warning: 1},
+			Check:   &api.AgentServiceCheck{},
+			Checks:  api.AgentServiceChecks{},
+			Proxy: &api.AgentServiceConnectProxyConfig{
+				TransparentProxy: &api.TransparentProxyConfig{}, AccessLogs: &api.AccessLogsConfig{},
+				Upstreams: []api.Upstream{{DestinationType: api.UpstreamDestTypeService, DestinationName: "db", LocalBindPort: 19191}},
+			},
+		}
+	}
+	build := func(sc *api.AgentServiceRegistration) (*discovery.RegisterServiceRequest, error) {
+		reg := &api.AgentServiceRegistration{Name: "web", Port: 8080, Weights: &api.AgentWeights{Passing: 1, Warning: 1},
+			Connect: &api.AgentServiceConnect{SidecarService: sc}}
+		body, err := json.Marshal(reg)
+		if err != nil {
+			t.Fatal(err)
+		}
+		return buildBody(t, string(body))
+	}
+	req, err := build(sidecar())
+	if err != nil {
+		t.Fatalf("the CLI's sidecar: %v", err)
+	}
+	if want := []discovery.Upstream{{DestinationName: "db", LocalBindPort: 19191}}; !reflect.DeepEqual(req.Instance.Upstreams, want) {
+		t.Errorf("Upstreams = %+v, want %+v", req.Instance.Upstreams, want)
+	}
+	for _, tc := range []struct {
+		name   string
+		change func(*api.AgentServiceRegistration)
+		want   string
+	}{
+		{"weights", func(s *api.AgentServiceRegistration) { s.Weights = &api.AgentWeights{Passing: 3, Warning: 1} }, "Connect.SidecarService.Weights"},
+		{"check", func(s *api.AgentServiceRegistration) { s.Check = &api.AgentServiceCheck{TTL: "10s"} }, "Connect.SidecarService.Check"},
+		{"checks", func(s *api.AgentServiceRegistration) { s.Checks = api.AgentServiceChecks{{TTL: "10s"}} }, "Connect.SidecarService.Checks"},
+	} {
+		sc := sidecar()
+		tc.change(sc)
+		if _, err := build(sc); err == nil || !strings.Contains(err.Error(), tc.want) {
+			t.Errorf("%s set: err = %v, want %s refused", tc.name, err, tc.want)
+		}
+	}
+}

@@ -56,6 +56,9 @@
 //	24  TestSessionsAcrossClients
 //	25  TestSessionTTLAcrossLeaderChange
 //	26  TestACLsProcesses
+//	33  TestConsulCLIIntentionsAndConfig
+//	34  TestConsulCLIAgentOps
+//	35  TestConsulCLIRulesEnforced
 //	41  TestProxyL7EndToEnd
 //	42  TestProxyNackKeepsServing
 //	43  TestProxyRoundRobinFailoverRetry
