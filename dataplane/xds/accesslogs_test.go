@@ -139,4 +139,3 @@ func accessLogFixtures() []fixture {
 		},
 	}
 }
-
