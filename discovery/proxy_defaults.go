@@ -221,4 +221,3 @@ func operatorEnd(s string) int {
 	}
 	return strings.IndexByte(s, '%')
 }
-
