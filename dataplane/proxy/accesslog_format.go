@@ -448,8 +448,12 @@ func (p *logPart) appendValue(b []byte, e *logEntry) []byte {
 	case opResponseCodeDetails:
 		b = append(b, e.details...)
 	case opResponseFlags:
-		b = e.flags.appendShort(b)
+		// "-" without a flag, in JSON too, as Envoy writes it.
+		b = append(b, e.flags.String()...)
 	case opResponseFlagsLong:
+		if e.flags == 0 {
+			b = append(b, '-')
+		}
 		b = e.flags.appendLong(b)
 	case opTerminationDetails:
 		b = append(b, e.termination...)

@@ -59,7 +59,7 @@ func TestLogFormatText(t *testing.T) {
 		{"%DOWNSTREAM_LOCAL_URI_SAN% %REQUESTED_SERVER_NAME%", "spiffe://t.mesh/ns/default/dc/dc1/svc/web web.default.mesh"},
 		{"%TRACE_ID%", "4bf92f3577b34da6a3ce929d0e0e4736"},
 		{"%RESP(CONTENT-TYPE)% %TRAILER(GRPC-STATUS)%", "text/plain 0"},
-		{"%ROUTE_NAME% %UPSTREAM_LOCAL_ADDRESS% %REQUEST_DURATION%", "- - -"},
+		{"%ROUTE_NAME% %UPSTREAM_LOCAL_ADDRESS% %REQUEST_DURATION% %RESPONSE_FLAGS_LONG%", "- - - -"},
 		{"100%% done\n", "100% done\n"},
 	}
 	for _, c := range cases {
