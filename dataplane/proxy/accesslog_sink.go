@@ -14,7 +14,9 @@ import (
 // shared by every logger that names it and kept across configuration
 // changes. A line is rendered into the sink's pending buffer under a
 // mutex and the request goes on; the sink's goroutine writes the buffer
-// out. The buffer is bounded (sinkMaxPending): when the disk is slower
+// out every sinkFlushEvery, or as soon as sinkFlushBytes are pending (as
+// Envoy's file_flush_interval and buffer do): one write per batch, not
+// per request. The buffer is bounded (sinkMaxPending): when the disk is slower
 // than the traffic, new lines are dropped and counted, and a warn line
 // says how many, at most every sinkWarnEvery — the request path never
 // waits for the disk.
@@ -28,6 +30,8 @@ import (
 
 const (
 	sinkMaxPending = 1 << 20
+	sinkFlushBytes = 64 << 10
+	sinkFlushEvery = time.Second
 	sinkCheckEvery = time.Second
 	sinkIdleClose  = time.Minute
 	sinkWarnEvery  = 10 * time.Second
@@ -119,8 +123,11 @@ func (s *logSink) write(f *logFormat, e *logEntry) {
 		s.mu.Unlock()
 		return
 	}
+	full := len(s.pending) >= sinkFlushBytes
 	s.mu.Unlock()
-	s.signal()
+	if full {
+		s.signal()
+	}
 }
 
 func (s *logSink) signal() {
@@ -149,7 +156,7 @@ func (s *logSink) run(p *Proxy) {
 		}
 	}
 	defer closeFile()
-	tick := time.NewTicker(sinkCheckEvery)
+	tick := time.NewTicker(min(sinkFlushEvery, sinkCheckEvery))
 	defer tick.Stop()
 	for {
 		select {

@@ -17,6 +17,7 @@ import (
 	accesslog "github.com/envoyproxy/go-control-plane/envoy/config/accesslog/v3"
 	core "github.com/envoyproxy/go-control-plane/envoy/config/core/v3"
 	fileal "github.com/envoyproxy/go-control-plane/envoy/extensions/access_loggers/file/v3"
+	"github.com/vmesh/vmesh/dataplane/xds"
 	"github.com/vmesh/vmesh/discovery"
 	"github.com/vmesh/vmesh/lab/testkit"
 	"google.golang.org/protobuf/types/known/anypb"
@@ -342,4 +343,27 @@ type testWriter struct{ t *testing.T }
 func (w testWriter) Write(b []byte) (int, error) {
 	w.t.Log(strings.TrimSpace(string(b)))
 	return len(b), nil
+}
+
+// BenchmarkLogRender: one line of the default JSON format.
+func BenchmarkLogRender(b *testing.B) {
+	fields := map[string]any{}
+	for k, v := range xds.DefaultAccessLogJSON {
+		fields[k] = v
+	}
+	st, err := structpb.NewStruct(fields)
+	if err != nil {
+		b.Fatal(err)
+	}
+	js, err := compileJSON(st)
+	if err != nil {
+		b.Fatal(err)
+	}
+	f := &logFormat{json: js}
+	e := sampleEntry()
+	buf := make([]byte, 0, 4096)
+	b.ReportAllocs()
+	for b.Loop() {
+		buf = f.render(buf[:0], e)
+	}
 }
