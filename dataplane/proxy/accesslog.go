@@ -274,7 +274,11 @@ type logEntry struct {
 	duration                      time.Duration
 	reqDuration, respDuration     time.Duration // -1: not measured
 	upstreamHost, upstreamCluster string
-	upstreamLocal                 string
+	// upstreamAddr and downstreamAddr stand for upstreamHost and
+	// downstreamLocal when those are empty (formatted only if a line
+	// uses them).
+	upstreamAddr, downstreamAddr netip.AddrPort
+	upstreamLocal                string
 	upstreamFailure               string
 	downstreamLocal               string
 	downstreamRemote              string
@@ -334,12 +338,9 @@ func (s *stream) logStream(in, out int64) {
 	e := &logEntry{
 		start: s.start, protocol: protoName(s.r), code: s.w.code, flags: s.flags, details: s.details,
 		bytesIn: in, bytesOut: out, duration: time.Since(s.start), reqDuration: -1, respDuration: -1,
-		upstreamCluster: s.upstream, downstreamLocal: addrString(s.hc.dst), downstreamRemote: s.hc.remote,
+		upstreamCluster: s.upstream, downstreamAddr: s.hc.dst, upstreamAddr: s.upHost, downstreamRemote: s.hc.remote,
 		peerIDs: s.hc.ids, localURI: s.hc.localURI, sni: s.hc.sni, req: s.r,
 		respHeaders: s.w.Header(), trailers: s.w.Header(),
-	}
-	if s.upHost.IsValid() {
-		e.upstreamHost = s.upHost.String()
 	}
 	switch {
 	case s.w.code == 0:
@@ -356,7 +357,7 @@ func (s *stream) logStream(in, out int64) {
 		s.hc.p.refusals.note(s.hc.p, e.details, "request refused",
 			"listener", s.hc.rl.name, "code", s.localCode, "flags", e.flags.String(), "details", e.details,
 			"method", s.r.Method, "path", truncate(s.r.URL.Path, 256), "authority", truncate(s.r.Host, 256),
-			"remote", s.hc.remote, "peer", strings.Join(s.hc.ids, ","), "cluster", s.upstream, "upstream_host", e.upstreamHost,
+			"remote", s.hc.remote, "peer", strings.Join(s.hc.ids, ","), "cluster", s.upstream, "upstream_host", addrString(s.upHost),
 			"request_id", truncate(s.r.Header.Get("X-Request-Id"), 64))
 	}
 }

@@ -459,6 +459,9 @@ func (p *logPart) appendValue(b []byte, e *logEntry) []byte {
 		b = append(b, e.termination...)
 	case opUpstreamHost:
 		b = append(b, e.upstreamHost...)
+		if e.upstreamHost == "" && e.upstreamAddr.IsValid() {
+			b = e.upstreamAddr.AppendTo(b)
+		}
 	case opUpstreamCluster:
 		b = append(b, e.upstreamCluster...)
 	case opUpstreamLocalAddress:
@@ -467,6 +470,9 @@ func (p *logPart) appendValue(b []byte, e *logEntry) []byte {
 		b = append(b, e.upstreamFailure...)
 	case opDownstreamLocal:
 		b = append(b, e.downstreamLocal...)
+		if e.downstreamLocal == "" && e.downstreamAddr.IsValid() {
+			b = e.downstreamAddr.AppendTo(b)
+		}
 	case opDownstreamRemote:
 		b = append(b, e.downstreamRemote...)
 	case opDownstreamRemoteNoPort:
