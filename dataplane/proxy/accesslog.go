@@ -279,13 +279,13 @@ type logEntry struct {
 	// uses them).
 	upstreamAddr, downstreamAddr netip.AddrPort
 	upstreamLocal                string
-	upstreamFailure               string
-	downstreamLocal               string
-	downstreamRemote              string
-	peerIDs                       []string
-	localURI, sni, routeName      string
-	req                           *http.Request
-	respHeaders, trailers         http.Header
+	upstreamFailure              string
+	downstreamLocal              string
+	downstreamRemote             string
+	peerIDs                      []string
+	localURI, sni, routeName     string
+	req                          *http.Request
+	respHeaders, trailers        http.Header
 }
 
 // reqHeader is a request header, or a pseudo-header, of the entry's
