@@ -3,6 +3,7 @@ package e2e
 import (
 	"bufio"
 	"bytes"
+	"crypto/tls"
 	"encoding/json"
 	"fmt"
 	"io"
@@ -226,6 +227,23 @@ func TestProxyAccessLogs(t *testing.T) {
 	if refused.str("response_flags") != "NR" || refused["upstream_cluster"] != nil {
 		t.Errorf("refused plaintext connection's line: %v", refused)
 	}
+	// A certificate from another CA: the handshake fails, the listener
+	// logs it with the SNI asked for.
+	foreign := foreignMeshCert(t, "vmesh.local", "client")
+	tlsFailed := func(l accessLine) bool {
+		return l.str("connection_termination_details") == "downstream_tls_handshake_failed" && l.str("requested_server_name") == "web.mesh"
+	}
+	testkit.WaitFor(t, 10*time.Second, "the failed TLS handshake's line", func() bool {
+		if c, err := tls.Dial("tcp", meshAddr, &tls.Config{ServerName: "web.mesh", Certificates: []tls.Certificate{foreign},
+			NextProtos: []string{"http/1.1"}, InsecureSkipVerify: true}); err == nil {
+			c.SetDeadline(time.Now().Add(2 * time.Second))
+			io.WriteString(c, "GET / HTTP/1.1\r\nHost: web\r\n\r\n")
+			io.ReadAll(c)
+			c.Close()
+		}
+		lines = readAccessLines(t, logPath)
+		return findLine(lines, tlsFailed) != nil
+	})
 
 	if tcpLine["method"] != nil || tcpLine.num("bytes_sent") < float64(len("echo-1: ping\n")) || tcpLine.str("response_flags") != "-" || tcpLine.str("upstream_host") != hostPort(b.ip, 15443) {
 		t.Errorf("TCP connection's line: %v", tcpLine)
