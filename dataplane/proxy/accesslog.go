@@ -6,6 +6,7 @@ import (
 	"net/netip"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	accesslog "github.com/envoyproxy/go-control-plane/envoy/config/accesslog/v3"
@@ -35,6 +36,8 @@ type accessLogSpec struct {
 	sink   string
 	path   string
 	format *logFormat
+	// cached is the sink, once looked up (a spec belongs to one proxy).
+	cached atomic.Pointer[logSink]
 }
 
 // defaultTextFormat is Envoy's default format, for a logger that sets
@@ -321,7 +324,12 @@ func (e *logEntry) reqHeader(k string) string {
 // their sinks.
 func (p *Proxy) writeLogs(logs []*accessLogSpec, e *logEntry) {
 	for _, l := range logs {
-		p.sinks.get(p, l).write(l.format, e)
+		s := l.cached.Load()
+		if s == nil {
+			s = p.sinks.get(p, l)
+			l.cached.Store(s)
+		}
+		s.write(l.format, e)
 	}
 }
 
