@@ -6,7 +6,7 @@ import (
 
 // Config entries are Consul's central configuration for the discovery
 // chain, in Consul's JSON shape so that `consul config write` files and
-// consul/api's ConfigEntries() work unchanged. vmesh supports four kinds and,
+// consul/api's ConfigEntries() work unchanged. vmesh supports five kinds and,
 // within them, the fields its data plane honours; every other field Consul
 // defines is decoded (so strict decoding accepts a stock client) and refused
 // with a 400 that names it.
@@ -29,7 +29,7 @@ const (
 )
 
 // ConfigEntryKinds lists the supported kinds.
-var ConfigEntryKinds = []string{KindServiceDefaults, KindServiceRouter, KindServiceSplitter, KindServiceResolver}
+var ConfigEntryKinds = []string{KindServiceDefaults, KindServiceRouter, KindServiceSplitter, KindServiceResolver, KindProxyDefaults}
 
 // ConfigEntry is one stored config entry: a kind, the service it configures
 // and exactly one body, the one its kind names.
@@ -41,6 +41,7 @@ type ConfigEntry struct {
 	Router      *ServiceRouter
 	Splitter    *ServiceSplitter
 	Resolver    *ServiceResolver
+	Proxy       *ProxyDefaults
 	CreateIndex uint64
 	ModifyIndex uint64
 }
@@ -224,6 +225,8 @@ func (e *ConfigEntry) MarshalJSON() ([]byte, error) {
 		return json.Marshal(&serviceSplitterWire{configEntryHeader: hdr, ServiceSplitter: *e.Splitter})
 	case e.Resolver != nil:
 		return json.Marshal(&serviceResolverWire{configEntryHeader: hdr, ServiceResolver: *e.Resolver})
+	case e.Proxy != nil:
+		return json.Marshal(&proxyDefaultsWire{configEntryHeader: hdr, ProxyDefaults: *e.Proxy})
 	}
 	return json.Marshal(&hdr)
 }

@@ -87,6 +87,9 @@ func DecodeConfigEntry(body []byte) (*ConfigEntry, error) {
 	case KindServiceResolver:
 		w := &serviceResolverWire{}
 		hdr, wire, e.Resolver = &w.configEntryHeader, w, &w.ServiceResolver
+	case KindProxyDefaults:
+		w := &proxyDefaultsWire{}
+		hdr, wire, e.Proxy = &w.configEntryHeader, w, &w.ProxyDefaults
 	case "":
 		return nil, fmt.Errorf("%w: Kind: missing", ErrInvalid)
 	default:
@@ -103,7 +106,7 @@ func DecodeConfigEntry(body []byte) (*ConfigEntry, error) {
 	}
 	// The kind's own unsupported fields: everything the wire struct adds
 	// beyond the header and the stored body.
-	for _, f := range setFields("", wire, "configEntryHeader", "ServiceDefaults", "ServiceRouter", "ServiceSplitter", "ServiceResolver") {
+	for _, f := range setFields("", wire, "configEntryHeader", "ServiceDefaults", "ServiceRouter", "ServiceSplitter", "ServiceResolver", "ProxyDefaults") {
 		bad(f, "not supported by vmesh")
 	}
 	e.Kind, e.Name, e.Meta = hdr.Kind, hdr.Name, hdr.Meta
@@ -157,6 +160,8 @@ func (e *ConfigEntry) validate(bad func(field, format string, args ...any)) {
 		validateSplitter(e.Splitter, bad)
 	case e.Resolver != nil:
 		validateResolver(e.Name, e.Resolver, bad)
+	case e.Proxy != nil:
+		validateProxyDefaults(e.Name, e.Proxy, bad)
 	}
 }
 

@@ -156,6 +156,7 @@ func (l *listenerSpec) match(dst netip.AddrPort, sni, transport string) *chainSp
 // serve runs one accepted connection through its listener's current
 // config.
 func (p *Proxy) serve(rl *runningListener, pc *proxyConn) {
+	start := time.Now()
 	raw := pc.down
 	defer raw.Close()
 	lrt := p.cur.Load().listeners[rl.name]
@@ -177,12 +178,16 @@ func (p *Proxy) serve(rl *runningListener, pc *proxyConn) {
 		sni, transport, conn = inspect(raw)
 	}
 	chain := spec.match(dst, sni, transport)
+	cl := &connLog{start: start, listener: rl.name, downstreamLocal: dst.String(), downstreamRemote: raw.RemoteAddr().String(), sni: sni}
 	if !p.admitInbound(rl, spec, chain, raw) { // inbound.go: what is not mesh mTLS
+		// (admitInbound logs its own rate-limited line)
+		p.logConn(spec.logs, cl, flagNR, detailsNotMesh, "", "", 0, 0, false)
 		reset(raw)
 		return
 	}
 	if chain == nil {
 		p.log.Debug("no filter chain matches", "listener", rl.name, "dst", dst, "sni", sni, "transport", transport)
+		p.logConn(spec.logs, cl, flagNR, detailsNoChain, "", "", 0, 0, true)
 		reset(raw)
 		return
 	}
@@ -196,6 +201,7 @@ func (p *Proxy) serve(rl *runningListener, pc *proxyConn) {
 		if err != nil {
 			p.log.Debug("TLS handshake failed", "listener", rl.name, "chain", chain.name, "remote", raw.RemoteAddr(), "err", err)
 			p.cfg.Metrics.TLSHandshakeFailed("downstream", rl.name)
+			p.logConn(spec.logs, cl, 0, detailsTLSFailed, "", "", 0, 0, true)
 			reset(raw)
 			return
 		}
@@ -204,8 +210,14 @@ func (p *Proxy) serve(rl *runningListener, pc *proxyConn) {
 		ids = peerIDs(state)
 		conn = tc
 	}
+	cl.ids = ids
 	if !chain.rbac.allowed(ids) {
 		p.log.Debug("connection denied by rbac", "listener", rl.name, "chain", chain.name, "peer", ids)
+		logs := chain.proxy.logsOf()
+		if chain.http != nil {
+			logs = chain.http.logs
+		}
+		p.logConn(logs, cl, 0, detailsRBAC, "", "", 0, 0, true)
 		reset(raw)
 		return
 	}
@@ -213,7 +225,10 @@ func (p *Proxy) serve(rl *runningListener, pc *proxyConn) {
 		p.serveHTTP(rl, lrt, chain, conn, dst, cs, ids)
 		return
 	}
-	p.tcpProxy(chain.proxy, pc, conn, dst, rl)
+	var res tcpResult
+	p.tcpProxy(chain.proxy, pc, conn, dst, rl, &res)
+	refused := res.flags&(flagUH|flagUF|flagUO|flagNC) != 0
+	p.logConn(chain.proxy.logs, cl, res.flags, res.details, res.cluster, res.upstream, res.in, res.out, refused)
 }
 
 // peerIDs are the verified peer's identities: its SPIFFE ID, else its URI
@@ -234,7 +249,7 @@ func peerIDs(cs tls.ConnectionState) []string {
 
 // tcpProxy connects the downstream to an endpoint of one of the proxy's
 // clusters and splices the two.
-func (p *Proxy) tcpProxy(tp *tcpProxySpec, pc *proxyConn, down net.Conn, dst netip.AddrPort, rl *runningListener) {
+func (p *Proxy) tcpProxy(tp *tcpProxySpec, pc *proxyConn, down net.Conn, dst netip.AddrPort, rl *runningListener, res *tcpResult) {
 	name := tp.clusters[0].name
 	if len(tp.clusters) > 1 {
 		n := rand.Uint64N(tp.total)
@@ -247,30 +262,37 @@ func (p *Proxy) tcpProxy(tp *tcpProxySpec, pc *proxyConn, down net.Conn, dst net
 		}
 	}
 	c := p.cur.Load().clusters[name]
+	res.cluster = name
 	if c == nil {
 		p.log.Debug("no such cluster (yet)", "listener", rl.name, "cluster", name)
+		res.flags, res.details = flagNC, detailsNoCluster
 		reset(pc.down)
 		return
 	}
 	if c.spec.kind == kindOriginalDst {
 		if dst == rl.addr || dst.Addr().IsUnspecified() {
 			// Not redirected here: passing it on would dial ourselves.
+			res.flags, res.details = flagUH, detailsNoHealthy
 			reset(pc.down)
 			return
 		}
+		res.upstream = dst.String()
 		up, err := p.dialAddr(c, dst)
 		if err != nil {
+			res.flags, res.details = flagUF, detailsConnFailure
 			reset(pc.down)
 			return
 		}
 		pc.setUp(up)
 		in, out := splice(down, up)
+		res.in, res.out = in, out
 		p.cfg.Metrics.Bytes(rl.name, tp.stat, name, in, out)
 		return
 	}
 	release, ok := c.admit(breakerConnections)
 	if !ok {
 		p.log.Debug("circuit breaker open: max_connections", "cluster", name)
+		res.flags, res.details = flagUO, detailsOverflow
 		reset(pc.down)
 		return
 	}
@@ -278,11 +300,13 @@ func (p *Proxy) tcpProxy(tp *tcpProxySpec, pc *proxyConn, down net.Conn, dst net
 	h := c.choose(time.Now(), lbContext{})
 	if h == nil {
 		p.log.Debug("no healthy endpoint", "cluster", name)
+		res.flags, res.details = flagUH, detailsNoHealthy
 		reset(pc.down)
 		return
 	}
 	h.st.active.Add(1)
 	defer h.st.active.Add(-1)
+	res.upstream = h.addr.String()
 	up, err := p.dial(c, h)
 	o := outcomeSuccess
 	if err != nil {
@@ -291,11 +315,13 @@ func (p *Proxy) tcpProxy(tp *tcpProxySpec, pc *proxyConn, down net.Conn, dst net
 	c.record(h, o, 0, time.Now())
 	if err != nil {
 		p.log.Debug("connecting upstream", "cluster", name, "endpoint", h.addr, "err", err)
+		res.flags, res.details = flagUF, detailsConnFailure
 		reset(pc.down)
 		return
 	}
 	pc.setUp(up)
 	in, out := splice(down, up)
+	res.in, res.out = in, out
 	p.cfg.Metrics.Bytes(rl.name, tp.stat, name, in, out)
 }
 

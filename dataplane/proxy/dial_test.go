@@ -181,7 +181,7 @@ func TestTCPConnectFailureEjects(t *testing.T) {
 		done := make(chan struct{})
 		go func() {
 			defer close(done)
-			p.tcpProxy(tp, &proxyConn{down: server}, server, netip.AddrPort{}, rl)
+			p.tcpProxy(tp, &proxyConn{down: server}, server, netip.AddrPort{}, rl, &tcpResult{})
 		}()
 		client.SetDeadline(time.Now().Add(5 * time.Second))
 		ok := false

@@ -31,7 +31,10 @@
 // included. Endpoints are picked and ejected by the traffic policy
 // (policy.go) and dialed over mTLS when the endpoint is a peer's mesh
 // port (dial.go), whose certificate must name the identity the cluster
-// expects (peer.go).
+// expects (peer.go). Each request, TCP connection and refused
+// connection may leave an access log line (Envoy's access loggers, in
+// buffered sinks that never block a request), and each refused one a
+// rate-limited warn line (accesslog.go).
 //
 // It must not look at the catalog, nor keep state that a snapshot swap
 // would leave stale: per-request decisions read the current snapshot;

@@ -59,18 +59,24 @@ type hcmSpec struct {
 	// paths: normalize_path, merge_slashes and
 	// path_with_escaped_slashes_action (path.go).
 	paths pathNorm
+	// logs are the access loggers (accesslog.go).
+	logs []*accessLogSpec
 }
 
 func parseHCM(h *hcm.HttpConnectionManager, path string) (*hcmSpec, error) {
 	if err := onlyFields(h, path, "codec_type", "stat_prefix", "rds", "route_config", "http_filters", "upgrade_configs",
 		"forward_client_cert_details", "set_current_client_cert_details", "common_http_protocol_options", "stream_idle_timeout",
-		"normalize_path", "merge_slashes", "path_with_escaped_slashes_action"); err != nil {
+		"normalize_path", "merge_slashes", "path_with_escaped_slashes_action", "access_log"); err != nil {
 		return nil, err
 	}
 	if h.GetCodecType() != hcm.HttpConnectionManager_AUTO {
 		return nil, fmt.Errorf("%w: %s.codec_type %s (only AUTO)", ErrUnsupported, path, h.GetCodecType())
 	}
 	s := &hcmSpec{stat: h.GetStatPrefix(), idleTimeout: defaultHTTPIdleTimeout, streamIdle: defaultStreamIdleTimeout}
+	var err error
+	if s.logs, err = parseAccessLogs(h.GetAccessLog(), path); err != nil {
+		return nil, err
+	}
 	switch {
 	case h.GetRds() != nil:
 		r := h.GetRds()

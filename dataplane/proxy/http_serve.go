@@ -95,6 +95,7 @@ type httpConn struct {
 	ids      []string
 	peer     *x509.Certificate
 	localURI string
+	sni      string // the TLS server name the peer asked for
 	errLog   *log.Logger
 	// xfcc caches this hop's x-forwarded-client-cert element, without
 	// and with the peer's URI: the peer and our certificate are the
@@ -125,18 +126,14 @@ func (p *Proxy) serveHTTP(rl *runningListener, lrt *listenerRT, chain *chainSpec
 			hc.peer = cs.PeerCertificates[0]
 		}
 		hc.localURI = localURI(lrt.tls[chain])
+		hc.sni = cs.ServerName
 	}
 	// Below net/http, the edge's checks (edge.go). net/http no longer sees
 	// a *tls.Conn: it tells HTTP/2 from HTTP/1.1 by the preface, on TLS
 	// as in plaintext (ALPN only ever offers the two).
-	remote := hc.remote
 	conn = newEdgeConn(conn, func(reason string) {
 		p.cfg.Metrics.ProtocolError(rl.name, reason)
-		if strings.HasPrefix(reason, "h2_") {
-			p.log.Warn("HTTP/2 connection cut: protocol abuse", "listener", rl.name, "remote", remote, "reason", reason)
-			return
-		}
-		p.log.Info("HTTP/1 request refused: ambiguous framing", "listener", rl.name, "remote", remote, "reason", reason)
+		hc.edgeRefused(reason) // accesslog.go: the access log and a rate-limited warn line
 	})
 	hcm := chain.http
 	protocols := new(http.Protocols)

@@ -79,6 +79,8 @@ type stream struct {
 	// rp does the upstream exchange (kept here: one allocation less per
 	// request).
 	rp httputil.ReverseProxy
+
+	streamLog // what the access log and the refusal line say (accesslog.go)
 }
 
 // ServeHTTP serves one request with the current configuration.
@@ -208,6 +210,7 @@ func (s *stream) finish() {
 		in += s.body.total.Load()
 	}
 	s.hc.p.cfg.Metrics.streamDone(s.hc.rl.name, s.hcm.stat, s.upstream, s.w.code, time.Since(s.start), in, s.w.bytes.Load())
+	s.logStream(in, s.w.bytes.Load())
 }
 
 // requestComplete is called once the downstream request has ended: the
@@ -325,6 +328,7 @@ func (s *stream) localReply(l *localReply) {
 	if s.w.wroteHeader {
 		return
 	}
+	s.noteLocalReply(l)
 	h := s.w.Header()
 	clear(h)
 	if l.overloaded {

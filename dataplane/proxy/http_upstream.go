@@ -115,6 +115,7 @@ func (s *stream) RoundTrip(out *http.Request) (*http.Response, error) {
 			slot.Add(-1) // (it took nothing and ends here)
 		}
 	}
+	s.noteAttempts(last, len(tried)+1, attempts)
 	if last.kind != failNone {
 		last.done()
 		return nil, s.failure(last.kind)

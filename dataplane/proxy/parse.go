@@ -42,6 +42,9 @@ type listenerSpec struct {
 	def          *chainSpec
 	byKey        map[string]*chainSpec // chains and def by key
 	src          *listener.Listener
+	// logs log the connections refused before a chain took them
+	// (accesslog.go).
+	logs []*accessLogSpec
 }
 
 type chainSpec struct {
@@ -73,6 +76,7 @@ type tcpProxySpec struct {
 	stat     string
 	clusters []weightedCluster
 	total    uint64
+	logs     []*accessLogSpec // accesslog.go
 }
 
 type weightedCluster struct {
@@ -143,7 +147,7 @@ func parseListener(l *listener.Listener) (*listenerSpec, error) {
 	if l.GetUdpListenerConfig() != nil {
 		return nil, fmt.Errorf("%w: %s.udp_listener_config: UDP listeners are not supported yet", ErrUnsupported, path)
 	}
-	if err := onlyFields(l, path, "name", "address", "filter_chains", "default_filter_chain", "listener_filters", "traffic_direction", "stat_prefix"); err != nil {
+	if err := onlyFields(l, path, "name", "address", "filter_chains", "default_filter_chain", "listener_filters", "traffic_direction", "stat_prefix", "access_log"); err != nil {
 		return nil, err
 	}
 	addr, err := parseAddr(l.GetAddress(), path+".address")
@@ -151,6 +155,9 @@ func parseListener(l *listener.Listener) (*listenerSpec, error) {
 		return nil, err
 	}
 	s := &listenerSpec{name: l.GetName(), addr: addr, src: l}
+	if s.logs, err = parseAccessLogs(l.GetAccessLog(), path); err != nil {
+		return nil, err
+	}
 	for i, f := range l.GetListenerFilters() {
 		fp := fmt.Sprintf("%s.listener_filters[%d]", path, i)
 		if err := onlyFields(f, fp, "name", "typed_config"); err != nil {
@@ -424,10 +431,14 @@ func parseCommonTLS(ctc *tlsv3.CommonTlsContext, path string) (commonTLS, error)
 }
 
 func parseTCPProxy(t *tcp.TcpProxy, path string) (*tcpProxySpec, error) {
-	if err := onlyFields(t, path, "stat_prefix", "cluster", "weighted_clusters"); err != nil {
+	if err := onlyFields(t, path, "stat_prefix", "cluster", "weighted_clusters", "access_log"); err != nil {
 		return nil, err
 	}
 	p := &tcpProxySpec{stat: t.GetStatPrefix()}
+	var err error
+	if p.logs, err = parseAccessLogs(t.GetAccessLog(), path); err != nil {
+		return nil, err
+	}
 	if c := t.GetCluster(); c != "" {
 		p.clusters = []weightedCluster{{name: c, weight: 1}}
 	}

@@ -65,6 +65,11 @@ type Proxy struct {
 	// (inbound.go); listener names are bounded by the config.
 	refused sync.Map
 
+	// sinks write the access logs; refusals rate-limits the warn lines
+	// of refused requests (accesslog.go).
+	sinks    logSinks
+	refusals refusals
+
 	ctx    context.Context // the connections' (ends at Close)
 	wg     sync.WaitGroup
 	drain  sync.WaitGroup
@@ -120,6 +125,7 @@ func (p *Proxy) Run(ctx context.Context) error {
 	}
 	p.mu.Unlock()
 	p.drain.Wait()
+	p.sinks.close()
 	p.wg.Wait()
 	return nil
 }

@@ -144,6 +144,7 @@ func Build(v *View, node NodeInfo) (*cache.Snapshot, error) {
 		}
 	}
 	b.sourcedResources()
+	b.addAccessLogs()
 	if b.err != nil {
 		return nil, b.err
 	}

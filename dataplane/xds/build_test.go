@@ -294,7 +294,7 @@ func fixtures() []fixture {
 }
 
 func TestBuildGolden(t *testing.T) {
-	for _, fx := range slices.Concat(fixtures(), intentionFixtures(), userFixtures(), hostFixtures()) { // intentions_test.go, sourced_test.go, host_test.go
+	for _, fx := range slices.Concat(fixtures(), intentionFixtures(), userFixtures(), hostFixtures(), accessLogFixtures()) { // intentions_test.go, sourced_test.go, host_test.go
 		t.Run(fx.name, func(t *testing.T) {
 			v := NewView(fx.state, fx.opts)
 			snaps := map[string]*cache.Snapshot{}

@@ -98,6 +98,8 @@ type View struct {
 	// authorize inbound connections (intentions.go).
 	intentions  []*discovery.Intention
 	trustDomain string
+	// accessLogs is proxy-defaults' AccessLogs (nil: none).
+	accessLogs *discovery.AccessLogs
 }
 
 type service struct {
@@ -166,6 +168,11 @@ func NewView(st *discovery.MeshState, opts Options) *View {
 		v.byNode[in.Node] = append(v.byNode[in.Node], i)
 	}
 	for _, e := range st.ConfigEntries {
+		if e.Proxy != nil {
+			// Mesh-wide, not a service's (accesslogs.go).
+			v.accessLogs = e.Proxy.AccessLogs
+			continue
+		}
 		s := svc(e.Name)
 		if s == nil {
 			continue

@@ -37,6 +37,8 @@ type configEntryFile struct {
 	RequestTimeout discovery.Duration                 `hcl:"request_timeout" json:",omitempty"`
 	Redirect       *discovery.ServiceResolverRedirect `hcl:"redirect" json:",omitempty"`
 	LoadBalancer   *discovery.LoadBalancer            `hcl:"load_balancer" json:",omitempty"`
+	// proxy-defaults
+	AccessLogs *discovery.AccessLogs `hcl:"access_logs" json:",omitempty"`
 }
 
 // readConfigEntryFile decodes and validates a config entry file and returns
@@ -72,7 +74,7 @@ func newConfig(env *Env) Command {
        vmesh config list [flags] KIND
        vmesh config delete [flags] KIND NAME`,
 		`Writes, reads, lists and deletes config entries. KIND is service-defaults,
-service-router, service-splitter or service-resolver. A file is checked
+service-router, service-splitter, service-resolver or proxy-defaults. A file is checked
 (keys, types, which fields belong to its kind) before it is sent.`)}
 	c.http = c.clientFlags()
 	c.cas = c.FS.Int64("cas", -1, "write or delete only if the entry's ModifyIndex is `INDEX` (0: only if it does not exist)")

@@ -90,6 +90,21 @@ load_balancer { policy = "least_request", least_request_config { choice_count = 
 			want: &discovery.ConfigEntry{Kind: discovery.KindServiceDefaults, Name: "api", Meta: map[string]string{"owner": "x"},
 				Defaults: &discovery.ServiceDefaults{Protocol: "grpc"}},
 		},
+		{
+			name: "proxy-defaults", file: "p.hcl",
+			src: `Kind = "proxy-defaults"
+Name = "global"
+AccessLogs {
+  Enabled = true
+  Type    = "file"
+  Path    = "/var/log/vmesh/access.log"
+  text_format = "%RESPONSE_CODE% %RESPONSE_FLAGS%"
+}`,
+			want: &discovery.ConfigEntry{Kind: discovery.KindProxyDefaults, Name: "global", Proxy: &discovery.ProxyDefaults{AccessLogs: &discovery.AccessLogs{
+				Enabled: true, Type: "file", Path: "/var/log/vmesh/access.log", TextFormat: "%RESPONSE_CODE% %RESPONSE_FLAGS%"}}},
+		},
+		{name: "proxy-defaults both formats", file: "p.hcl", src: "kind = \"proxy-defaults\"\nname = \"global\"\naccess_logs {\n  json_format = \"{}\"\n  text_format = \"x\"\n}\n",
+			errs: []string{"p.hcl", "AccessLogs.JSONFormat: set at most one of JSONFormat and TextFormat"}},
 		{name: "unknown key", file: "d.hcl", src: "kind = \"service-defaults\"\nname = \"web\"\nprotocl = \"http\"\n", errs: []string{"d.hcl:3:1", `unknown key "protocl"`}},
 		{name: "bad duration", file: "r.hcl", src: "kind = \"service-resolver\"\nname = \"web\"\nconnect_timeout = \"soon\"\n", errs: []string{"r.hcl:3", "connect_timeout"}},
 		{name: "field of another kind", file: "d.hcl", src: "kind = \"service-defaults\"\nname = \"web\"\nsplits = [{ weight = 100 }]\n", errs: []string{"d.hcl", `"Splits"`}},

@@ -64,6 +64,7 @@
 //	43  TestProxyRoundRobinFailoverRetry
 //	44  TestProxyCertRotationUnderLoad
 //	45  TestProxyConnectionFlood
+//	48  TestProxyAccessLogs
 //
 //	namespace                       test
 //	vmt-capture                     TestCaptureAgentNetns
