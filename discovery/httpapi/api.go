@@ -13,6 +13,7 @@ import (
 	"time"
 
 	"github.com/hashicorp/go-memdb"
+	"github.com/prometheus/client_golang/prometheus"
 	"github.com/vmesh/vmesh/discovery"
 )
 
@@ -103,6 +104,17 @@ type API struct {
 	// RemoteKV, when set and HoldsKV says no, serves KV reads: a client
 	// agent holds no KV and asks a server, as a Consul client does.
 	RemoteKV RemoteKV
+	// Leaves serves /v1/agent/connect/ca/leaf (api_connect.go); nil
+	// answers it with a 500. LeafCertTTL is the leaves' lifetime, as
+	// /v1/connect/ca/configuration shows it.
+	Leaves      LeafSource
+	LeafCertTTL time.Duration
+	// Metrics is what /v1/agent/metrics reports (api_agent_ops.go); nil
+	// reports only the Go runtime. DebugConfig, when set, gives
+	// /v1/agent/self's DebugConfig the agent's settings under Consul's
+	// names (never a secret).
+	Metrics     prometheus.Gatherer
+	DebugConfig func() map[string]any
 
 	ownPorts discovery.UserPortAllocator // UserPorts when that is nil
 }
@@ -192,6 +204,10 @@ func (a *API) Register(mux *http.ServeMux) {
 	a.registerVmesh(mux)
 	// ACLs (api_acl.go)
 	a.registerACL(mux)
+	// Connect: CA, leaves, authorize (api_connect.go)
+	a.registerConnect(mux)
+	// join, metrics, host (api_agent_ops.go)
+	a.registerAgentOps(mux)
 	// Anything else under /v1/: a 404 with Consul's headers.
 	mux.HandleFunc("/v1/", a.notImplemented)
 }

@@ -298,7 +298,7 @@ func (a *API) agentSelf(w http.ResponseWriter, r *http.Request) {
 			"Datacenter": a.Datacenter, "NodeName": a.NodeName, "NodeID": a.NodeID,
 			"Server": raftStats["state"] != "client", "Version": a.Version, "Revision": "", "PrimaryDatacenter": a.Datacenter,
 		},
-		"DebugConfig": map[string]any{},
+		"DebugConfig": a.debugConfig(),
 		"Member":      a.selfMember(),
 		"Meta":        map[string]string{},
 		"Stats":       stats,
