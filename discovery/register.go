@@ -67,6 +67,9 @@ func (reg *ServiceRegistration) Build(node, source string) (*RegisterServiceRequ
 	if reg.SocketPath != "" {
 		bad("SocketPath", "is not supported yet")
 	}
+	if reg.Name == ServerServiceName {
+		bad("Name", "%q is the name of the servers' own service; choose another", reg.Name)
+	}
 	for _, ns := range []struct{ field, v string }{{"Namespace", reg.Namespace}, {"Partition", reg.Partition}} {
 		if ns.v != "" && ns.v != "default" {
 			bad(ns.field, "%q: only the default one exists", ns.v)

@@ -225,6 +225,9 @@ func (a *Agent) startCluster(ctx context.Context) error {
 		if err != nil {
 			return err
 		}
+		if a.cfg.IsServer() {
+			r.initialManagement = a.cfg.ACL.Tokens.InitialManagement
+		}
 		a.acl = r
 		a.member.ACL = r.local
 	}
@@ -320,8 +323,9 @@ func (a *Agent) startLocalState(context.Context) error {
 		// is how a bootstrap server gets it); the leader keeps its record
 		// over whatever a node says (raft/roles.go).
 		role := raft.RoleServer
+		a.local.ServerPort = a.cfg.Ports.Cluster
 		if a.member.Client() != nil {
-			role = raft.RoleClient
+			role, a.local.ServerPort = raft.RoleClient, 0
 		}
 		meta := maps.Clone(a.cfg.NodeMeta)
 		if meta == nil {

@@ -143,7 +143,9 @@ func (l *LeafIssuer) sync(ctx context.Context, ws memdb.WatchSet, now time.Time)
 	}
 	want := map[string]bool{"": true} // "" is the node's leaf
 	for _, in := range insts {
-		want[in.Service] = true
+		if !in.IsServerService() { // not a mesh service: no identity
+			want[in.Service] = true
+		}
 	}
 	l.mu.Lock()
 	dirty := false

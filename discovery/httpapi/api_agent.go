@@ -3,6 +3,7 @@ package httpapi
 import (
 	"errors"
 	"net/http"
+	"slices"
 	"sort"
 
 	"github.com/hashicorp/go-memdb"
@@ -86,7 +87,7 @@ func (a *API) serviceDeregister(w http.ResponseWriter, r *http.Request) {
 		a.writeError(w, r, err)
 		return
 	}
-	if cur == nil {
+	if cur == nil || cur.IsServerService() {
 		a.writeError(w, r, notFound("Unknown service ID %q. Ensure that the service ID is passed, not the service name.", id))
 		return
 	}
@@ -110,6 +111,8 @@ func (a *API) agentServices(w http.ResponseWriter, r *http.Request) {
 	out := map[string]*agentService{}
 	if !a.read(w, r, func(ws memdb.WatchSet) (uint64, error) {
 		idx, insts, err := a.Store.NodeInstances(ws, a.NodeName)
+		// A server's "consul" service is the catalog's, not the agent's, as in Consul.
+		insts = slices.DeleteFunc(insts, (*discovery.Instance).IsServerService)
 		insts, filtered := keep(insts, func(in *discovery.Instance) bool { return serviceReadable(authz, in.Service) })
 		setFiltered(w, filtered)
 		clear(out)
@@ -137,6 +140,9 @@ func (a *API) agentService(w http.ResponseWriter, r *http.Request) {
 	var svc *discovery.Instance
 	if !a.read(w, r, func(ws memdb.WatchSet) (uint64, error) {
 		idx, in, err := a.Store.Instance(ws, a.NodeName, r.PathValue("id"))
+		if in != nil && in.IsServerService() {
+			in = nil
+		}
 		svc = in
 		return idx, err
 	}) {

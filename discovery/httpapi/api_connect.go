@@ -76,10 +76,6 @@ func (a *API) agentConnectLeaf(w http.ResponseWriter, r *http.Request) {
 	if _, ok := a.allow(w, r, func(z *acl.Authorizer) error { return z.ServiceWrite(name) }); !ok {
 		return
 	}
-	if a.Leaves == nil {
-		a.writeError(w, r, &HTTPError{Code: http.StatusInternalServerError, Msg: "this agent issues no leaf certificates"})
-		return
-	}
 	o, err := a.parseQuery(r)
 	if err != nil {
 		a.writeError(w, r, err)
@@ -100,10 +96,14 @@ func (a *API) agentConnectLeaf(w http.ResponseWriter, r *http.Request) {
 		}
 		registered := false
 		for _, in := range insts {
-			registered = registered || in.Service == name
+			registered = registered || (in.Service == name && !in.IsServerService())
 		}
 		if !registered {
 			a.writeError(w, r, notFound("service %q is not registered on this agent: it issues leaf certificates only for its own services", name))
+			return
+		}
+		if a.Leaves == nil {
+			a.writeError(w, r, &HTTPError{Code: http.StatusInternalServerError, Msg: "this agent issues no leaf certificates"})
 			return
 		}
 		leaf, changed := a.Leaves.ServiceLeaf(name)

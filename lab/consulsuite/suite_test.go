@@ -371,4 +371,3 @@ func checkDoc(path, want string, update bool) error {
 	}
 	return fmt.Errorf("%s's consul/api suite section does not match this run; rerun with VMESH_SUITE_UPDATE=1 to rewrite it. Want:\n%s", path, want)
 }
-
