@@ -3,6 +3,7 @@ package httpapi
 import (
 	"bufio"
 	"bytes"
+	"encoding/json"
 	"net"
 	"net/http"
 	"os"
@@ -17,14 +18,17 @@ import (
 	"github.com/prometheus/client_golang/prometheus/promhttp"
 	dto "github.com/prometheus/client_model/go"
 	"github.com/vmesh/vmesh/acl"
+	"github.com/vmesh/vmesh/discovery"
 )
 
 // registerAgentOps adds the agent's operational endpoints of Consul's API:
-// join, metrics and host.
+// join, metrics, host and the local service health.
 func (a *API) registerAgentOps(mux *http.ServeMux) {
 	mux.Handle("PUT /v1/agent/join/{address}", a.guard(func(z *acl.Authorizer) error { return z.AgentWrite(a.NodeName) }, http.HandlerFunc(a.agentJoin)))
 	mux.Handle("GET /v1/agent/metrics", a.guard(func(z *acl.Authorizer) error { return z.AgentRead(a.NodeName) }, http.HandlerFunc(a.agentMetrics)))
 	mux.Handle("GET /v1/agent/host", a.guard(func(z *acl.Authorizer) error { return z.OperatorRead() }, http.HandlerFunc(a.agentHost)))
+	mux.HandleFunc("GET /v1/agent/health/service/id/{id}", a.agentHealthServiceByID)
+	mux.HandleFunc("GET /v1/agent/health/service/name/{name}", a.agentHealthServiceByName)
 }
 
 // agentJoin serves PUT /v1/agent/join/:address (agent:write on this
@@ -296,4 +300,121 @@ func (a *API) debugConfig() map[string]any {
 		out["SerfAdvertiseAddrLAN"], out["SerfBindAddrLAN"], out["RPCAdvertiseAddr"], out["RPCBindAddr"] = cluster, cluster, cluster, cluster
 	}
 	return out
+}
+
+// agentServiceHealth is one local instance and its checks, as Consul's
+// /v1/agent/health/service/* answers (consul/api's AgentServiceChecksInfo).
+type agentServiceHealth struct {
+	AggregatedStatus string
+	Service          *agentService
+	Checks           []*healthCheck
+}
+
+// healthRank orders statuses from best to worst, as Consul aggregates.
+var healthRank = map[string]int{discovery.HealthPassing: 0, discovery.HealthWarning: 1, discovery.HealthCritical: 2}
+
+// healthCode is the status code Consul answers an aggregated status with.
+func healthCode(status string) int {
+	switch status {
+	case discovery.HealthPassing:
+		return http.StatusOK
+	case discovery.HealthWarning:
+		return http.StatusTooManyRequests
+	}
+	return http.StatusServiceUnavailable
+}
+
+// localServiceHealth reads this node's instances that match and their
+// checks (node checks not included, as Consul), with the aggregate.
+func (a *API) localServiceHealth(match func(*discovery.Instance) bool) ([]agentServiceHealth, error) {
+	_, insts, err := a.Store.NodeInstances(nil, a.NodeName)
+	if err != nil {
+		return nil, err
+	}
+	_, checks, err := a.Store.NodeChecks(nil, a.NodeName)
+	if err != nil {
+		return nil, err
+	}
+	var out []agentServiceHealth
+	for _, in := range insts {
+		if in.IsServerService() || !match(in) {
+			continue
+		}
+		h := agentServiceHealth{AggregatedStatus: discovery.HealthPassing, Service: toAgentService(in, a.Datacenter), Checks: []*healthCheck{}}
+		for _, c := range checks {
+			if c.ServiceID != in.ID {
+				continue
+			}
+			h.Checks = append(h.Checks, toHealthCheck(c))
+			if healthRank[c.Status] > healthRank[h.AggregatedStatus] {
+				h.AggregatedStatus = c.Status
+			}
+		}
+		out = append(out, h)
+	}
+	return out, nil
+}
+
+// agentHealthServiceByID serves GET /v1/agent/health/service/id/:id
+// (service:read on its service, as Consul): 200 passing, 429 warning, 503
+// critical, 404 for an unknown ID; ?format=text answers the status alone.
+func (a *API) agentHealthServiceByID(w http.ResponseWriter, r *http.Request) {
+	id := r.PathValue("id")
+	hs, err := a.localServiceHealth(func(in *discovery.Instance) bool { return in.ID == id })
+	if err != nil {
+		a.writeError(w, r, err)
+		return
+	}
+	if len(hs) == 0 {
+		a.writeError(w, r, notFound("ServiceId %s not found", id))
+		return
+	}
+	if _, ok := a.allow(w, r, func(z *acl.Authorizer) error { return z.ServiceRead(hs[0].Service.Service) }); !ok {
+		return
+	}
+	writeServiceHealth(w, r, hs[0].AggregatedStatus, hs[0])
+}
+
+// agentHealthServiceByName serves GET /v1/agent/health/service/name/:name
+// (service:read on it): every local instance of the service, with the
+// worst status as the code; 404 when there is none.
+func (a *API) agentHealthServiceByName(w http.ResponseWriter, r *http.Request) {
+	name := r.PathValue("name")
+	if _, ok := a.allow(w, r, func(z *acl.Authorizer) error { return z.ServiceRead(name) }); !ok {
+		return
+	}
+	hs, err := a.localServiceHealth(func(in *discovery.Instance) bool { return in.Service == name })
+	if err != nil {
+		a.writeError(w, r, err)
+		return
+	}
+	if len(hs) == 0 {
+		a.writeError(w, r, notFound("ServiceName %s not found", name))
+		return
+	}
+	worst := discovery.HealthPassing
+	for _, h := range hs {
+		if healthRank[h.AggregatedStatus] > healthRank[worst] {
+			worst = h.AggregatedStatus
+		}
+	}
+	writeServiceHealth(w, r, worst, hs)
+}
+
+func writeServiceHealth(w http.ResponseWriter, r *http.Request, status string, body any) {
+	code := healthCode(status)
+	if r.URL.Query().Get("format") == "text" {
+		w.Header().Set("Content-Type", "text/plain")
+		w.WriteHeader(code)
+		_, _ = w.Write([]byte(status))
+		return
+	}
+	b, err := json.Marshal(body)
+	if err != nil {
+		http.Error(w, err.Error(), http.StatusInternalServerError)
+		return
+	}
+	w.Header().Set("Content-Type", "application/json")
+	w.WriteHeader(code)
+	_, _ = w.Write(b)
 }

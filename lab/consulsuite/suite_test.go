@@ -20,9 +20,22 @@ import (
 )
 
 // minPassRatio is the share of the tests run (skips left out) that must
-// pass, in the whole suite and in each file. One constant, to raise as
-// vmesh closes the gaps expected-failures.txt lists.
-const minPassRatio = 0.30
+// pass, in the whole suite and in each file but those of belowFloor. One
+// constant, to raise as vmesh closes the gaps expected-failures.txt lists
+// (that list pins the failing tests exactly; this is the floor).
+const minPassRatio = 0.55
+
+// belowFloor are the files exempt from minPassRatio, and why: their
+// endpoints are not in vmesh yet. Remove a file once it reaches the floor.
+var belowFloor = map[string]string{
+	"operator_autopilot_test.go": "/v1/operator/autopilot/* is not implemented yet",
+	"operator_raft_test.go":      "/v1/operator/raft/* is not implemented yet, and multi-server tests need a join token",
+	"operator_keyring_test.go":   "no gossip keyring",
+	"operator_usage_test.go":     "needs PUT /v1/catalog/register",
+	"snapshot_test.go":           "/v1/snapshot is not implemented yet",
+	"txn_test.go":                "catalog operations in /v1/txn and PUT /v1/catalog/register",
+	"catalog_test.go":            "PUT /v1/catalog/register is not implemented yet",
+}
 
 // suiteFiles are the consul/api test files whose tests the suite runs.
 var suiteFiles = []string{
@@ -141,6 +154,11 @@ func TestConsulAPISuite(t *testing.T) {
 			t.Errorf("%s (%s) is skipped: remove it from %s", n, r.File, expectationsFile)
 		}
 	}
+	for f := range belowFloor {
+		if !slices.Contains(suiteFiles, f) {
+			t.Errorf("belowFloor names %s, which is not one of suiteFiles", f)
+		}
+	}
 	for n := range expected {
 		if _, ok := fileOf[n]; !ok {
 			t.Errorf("%s names %s, which is not a test of the suite's files", expectationsFile, n)
@@ -150,7 +168,7 @@ func TestConsulAPISuite(t *testing.T) {
 	table := summarize(byFile, results)
 	for _, row := range table {
 		t.Logf("%-30s %3d/%3d passed, %d skipped", row.file, row.pass, row.run, row.skip)
-		if row.run > 0 && row.ratio() < minPassRatio {
+		if _, exempt := belowFloor[row.file]; row.run > 0 && !exempt && row.ratio() < minPassRatio {
 			t.Errorf("%s: %d of %d tests pass (%.0f%%), below minPassRatio %.0f%%", row.file, row.pass, row.run, 100*row.ratio(), 100*minPassRatio)
 		}
 	}

@@ -1,3 +1,5 @@
+//go:build linux
+
 // Command shim is a `consul` executable for HashiCorp's sdk/testutil: it
 // answers `consul version -format=json` and turns `consul agent
 // -config-file FILE` (testutil's JSON config) into a vmesh config file
