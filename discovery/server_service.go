@@ -24,3 +24,10 @@ func ServerServiceRequest(node string, port int) RegisterServiceRequest {
 		Meta: map[string]string{}, Weights: Weights{Passing: 1, Warning: 1}, Source: SourceServer,
 	}}
 }
+
+// Locality is where an instance runs, as Consul's service Locality: kept
+// and served as registered; vmesh does not route by it.
+type Locality struct {
+	Region string `json:",omitempty"`
+	Zone   string `json:",omitempty"`
+}
