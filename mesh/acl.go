@@ -64,7 +64,13 @@ func (r *aclResolver) Resolve(ctx context.Context, secret string) (*acl.Token, *
 	if c == nil {
 		tok, authz, err := r.local.Resolve(secret)
 		if errors.Is(err, acl.ErrNotFound) && r.awaitInitialManagement(ctx, secret) {
-			return r.local.Resolve(secret)
+			tok, authz, err = r.local.Resolve(secret)
+		}
+		if errors.Is(err, acl.ErrNotFound) {
+			if done, berr := r.store.ACLBootstrapIndex(); berr == nil && done == 0 {
+				// Consul's words: no token exists before the bootstrap.
+				err = fmt.Errorf("ACL system must be bootstrapped before making any requests that require authorization: %w", err)
+			}
 		}
 		return tok, authz, err
 	}
