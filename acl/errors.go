@@ -21,6 +21,7 @@ var (
 // in Consul's words:
 //
 //	Permission denied: token with AccessorID '<id>' lacks permission 'service:write' on "api"
+//	Permission denied: anonymous token lacks permission 'acl:read'. The anonymous token is used implicitly when a request does not specify a token.
 type PermissionDeniedError struct {
 	AccessorID string
 	Resource   Resource
@@ -31,14 +32,20 @@ type PermissionDeniedError struct {
 func (e *PermissionDeniedError) Error() string {
 	var b strings.Builder
 	b.WriteString("Permission denied: ")
-	if e.AccessorID == "" {
+	switch e.AccessorID {
+	case "":
 		b.WriteString("provided token")
-	} else {
+	case AnonymousAccessorID:
+		b.WriteString("anonymous token")
+	default:
 		b.WriteString("token with AccessorID '" + e.AccessorID + "'")
 	}
 	b.WriteString(" lacks permission '" + string(e.Resource) + ":" + e.Access.String() + "'")
 	if e.Name != "" {
 		b.WriteString(` on "` + e.Name + `"`)
+	}
+	if e.AccessorID == AnonymousAccessorID {
+		b.WriteString(". The anonymous token is used implicitly when a request does not specify a token.")
 	}
 	return b.String()
 }

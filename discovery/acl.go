@@ -183,9 +183,12 @@ func (s *Store) ACLTokenSet(idx uint64, t *acl.Token) error {
 	})
 }
 
-// completeLinks gives every link both its ID and its name, from table.
+// completeLinks gives every link both its ID and its name, from table,
+// and drops a link to one already linked (by ID or by name), as Consul
+// does.
 func completeLinks(tx *memdb.Txn, table, field, what string, links []acl.Link) ([]acl.Link, error) {
 	out := make([]acl.Link, 0, len(links))
+	seen := map[string]bool{}
 	for i, l := range links {
 		var raw any
 		var err error
@@ -203,11 +206,16 @@ func completeLinks(tx *memdb.Txn, table, field, what string, links []acl.Link) (
 		if raw == nil {
 			return nil, fmt.Errorf("%w: %s[%d]: no %s with ID %q or name %q", ErrInvalid, field, i, what, l.ID, l.Name)
 		}
+		var link acl.Link
 		switch v := raw.(type) {
 		case *acl.Policy:
-			out = append(out, acl.Link{ID: v.ID, Name: v.Name})
+			link = acl.Link{ID: v.ID, Name: v.Name}
 		case *acl.Role:
-			out = append(out, acl.Link{ID: v.ID, Name: v.Name})
+			link = acl.Link{ID: v.ID, Name: v.Name}
+		}
+		if !seen[link.ID] {
+			seen[link.ID] = true
+			out = append(out, link)
 		}
 	}
 	if len(out) == 0 {

@@ -1,6 +1,10 @@
 package discovery
 
-import "github.com/hashicorp/go-memdb"
+import (
+	"slices"
+
+	"github.com/hashicorp/go-memdb"
+)
 
 // MeshState is everything the data plane derives its configuration from,
 // read in one transaction so that instances, their checks and the config
@@ -36,6 +40,8 @@ func (s *Store) MeshState(ws memdb.WatchSet) (*MeshState, error) {
 	if st.Instances, err = collect[Instance](ws, tx, tableInstances, "id"); err != nil {
 		return nil, err
 	}
+	// The servers' own "consul" registrations are not mesh services.
+	st.Instances = slices.DeleteFunc(st.Instances, (*Instance).IsServerService)
 	if st.Checks, err = collect[Check](ws, tx, tableChecks, "id"); err != nil {
 		return nil, err
 	}

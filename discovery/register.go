@@ -1,6 +1,8 @@
 package discovery
 
 import (
+	"bytes"
+	"encoding/json"
 	"errors"
 	"fmt"
 	"net/url"
@@ -32,7 +34,7 @@ func (reg *ServiceRegistration) Build(node, source string) (*RegisterServiceRequ
 		bad("Kind", "%q is not supported; only typical services are", reg.Kind)
 	}
 	for field, raw := range map[string][]byte{
-		"Ports": reg.Ports, "AI": reg.AI, "Locality": reg.Locality,
+		"Ports": reg.Ports, "AI": reg.AI,
 	} {
 		if !emptyRaw(raw) {
 			bad(field, "is not supported yet")
@@ -67,6 +69,9 @@ func (reg *ServiceRegistration) Build(node, source string) (*RegisterServiceRequ
 	if reg.SocketPath != "" {
 		bad("SocketPath", "is not supported yet")
 	}
+	if reg.Name == ServerServiceName {
+		bad("Name", "%q is the name of the servers' own service; choose another", reg.Name)
+	}
 	for _, ns := range []struct{ field, v string }{{"Namespace", reg.Namespace}, {"Partition", reg.Partition}} {
 		if ns.v != "" && ns.v != "default" {
 			bad(ns.field, "%q: only the default one exists", ns.v)
@@ -93,6 +98,16 @@ func (reg *ServiceRegistration) Build(node, source string) (*RegisterServiceRequ
 	}
 	if len(reg.TaggedAddresses) > 0 {
 		inst.TaggedAddresses = reg.TaggedAddresses
+	}
+	if !emptyRaw(reg.Locality) {
+		var loc Locality
+		dec := json.NewDecoder(bytes.NewReader(reg.Locality))
+		dec.DisallowUnknownFields()
+		if err := dec.Decode(&loc); err != nil {
+			bad("Locality", "want {\"Region\", \"Zone\"}: %v", strings.TrimPrefix(err.Error(), "json: "))
+		} else if loc != (Locality{}) {
+			inst.Locality = &loc
+		}
 	}
 
 	var defs []*CheckType

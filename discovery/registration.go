@@ -187,6 +187,10 @@ func DecodeError(err error) error {
 		case reflect.TypeFor[string]():
 			want = "a string"
 		}
+		if te.Type == reflect.TypeFor[Duration]() {
+			//lint:ignore ST1005 Consul's own wording ("invalid duration"), which its clients match
+			return fmt.Errorf("Request decode failed: field %s: invalid duration %s: expected %s", te.Field, te.Value, want)
+		}
 		//lint:ignore ST1005 Consul's own wording, which its clients show as is
 		return fmt.Errorf("Request decode failed: field %s: expected %s, got %s", te.Field, want, te.Value)
 	}

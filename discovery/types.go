@@ -47,7 +47,10 @@ type Instance struct {
 	// TaggedAddresses are Consul's extra addresses of the instance by tag
 	// ("lan_ipv4", "wan", …), kept and served as registered; vmesh routes
 	// by Address and Port. Nil when there are none.
-	TaggedAddresses   map[string]ServiceAddress `json:",omitempty"`
+	TaggedAddresses map[string]ServiceAddress `json:",omitempty"`
+	// Locality is Consul's region and zone of the instance (nil: none),
+	// kept and served; routing does not use it.
+	Locality          *Locality `json:",omitempty"`
 	Meta              map[string]string
 	Weights           Weights
 	EnableTagOverride bool

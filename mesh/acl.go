@@ -2,6 +2,7 @@ package mesh
 
 import (
 	"context"
+	"crypto/subtle"
 	"errors"
 	"fmt"
 	"os"
@@ -28,6 +29,10 @@ type aclResolver struct {
 	local        *acl.Resolver
 	def          acl.DefaultPolicy
 	defaultToken string
+	// initialManagement is acl.tokens.initial_management on a server:
+	// a request that carries it before the leader has written it waits
+	// for that write (bootstrapWait) instead of being refused.
+	initialManagement string
 
 	mu    sync.Mutex
 	cache map[string]cachedToken
@@ -57,7 +62,17 @@ func (r *aclResolver) Resolve(ctx context.Context, secret string) (*acl.Token, *
 	}
 	c := r.member.Client()
 	if c == nil {
-		return r.local.Resolve(secret)
+		tok, authz, err := r.local.Resolve(secret)
+		if errors.Is(err, acl.ErrNotFound) && r.awaitInitialManagement(ctx, secret) {
+			tok, authz, err = r.local.Resolve(secret)
+		}
+		if errors.Is(err, acl.ErrNotFound) {
+			if done, berr := r.store.ACLBootstrapIndex(); berr == nil && done == 0 {
+				// Consul's words: no token exists before the bootstrap.
+				err = fmt.Errorf("ACL system must be bootstrapped before making any requests that require authorization: %w", err)
+			}
+		}
+		return tok, authz, err
 	}
 	epoch, snaps := r.store.ACLEpoch(), c.Replica().Snapshots()
 	r.mu.Lock()
@@ -83,6 +98,32 @@ func (r *aclResolver) Resolve(ctx context.Context, secret string) (*acl.Token, *
 	r.cache[secret] = cachedToken{tok: tok, authz: authz, epoch: epoch, snapshots: snaps}
 	r.mu.Unlock()
 	return tok, authz, nil
+}
+
+// bootstrapWait bounds how long a request with the initial management
+// token waits for the leader to write it (just after the cluster's first
+// election, the API already answers).
+const bootstrapWait = 5 * time.Second
+
+// awaitInitialManagement waits, for a request that carries the configured
+// initial management token while ACLs are not bootstrapped yet, until they
+// are; it says whether they are. Any other secret returns at once.
+func (r *aclResolver) awaitInitialManagement(ctx context.Context, secret string) bool {
+	if r.initialManagement == "" || subtle.ConstantTimeCompare([]byte(secret), []byte(r.initialManagement)) != 1 {
+		return false
+	}
+	ctx, cancel := context.WithTimeout(ctx, bootstrapWait)
+	defer cancel()
+	for {
+		if done, err := r.store.ACLBootstrapIndex(); err == nil && done > 0 {
+			return true
+		}
+		select {
+		case <-ctx.Done():
+			return false
+		case <-time.After(20 * time.Millisecond): // a poll: the bootstrap index has no watch
+		}
+	}
 }
 
 // bootstrapInitialManagement creates acl.tokens.initial_management's
@@ -112,7 +153,7 @@ func (a *Agent) bootstrapInitialManagement(ctx context.Context) error {
 		select {
 		case <-ctx.Done():
 			return nil
-		case <-time.After(time.Second):
+		case <-time.After(100 * time.Millisecond): // leadership has no watch here; cheap to ask
 		}
 	}
 }

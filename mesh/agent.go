@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"io"
 	"log/slog"
+	"maps"
 	"net"
 	"net/http"
 	"os"
@@ -172,8 +173,8 @@ func (a *Agent) openDataDir(context.Context) error {
 		return fmt.Errorf("creating data dir: %w", err)
 	}
 	var err error
-	if a.nodeID, err = raft.LoadNodeID(a.cfg.DataDir); err != nil {
-		return err
+	if a.nodeID, err = raft.LoadNodeIDAs(a.cfg.DataDir, a.cfg.NodeID); err != nil {
+		return fmt.Errorf("node_id: %w", err)
 	}
 	a.store = discovery.NewStore()
 	return nil
@@ -234,6 +235,9 @@ func (a *Agent) startCluster(ctx context.Context) error {
 		if err != nil {
 			return err
 		}
+		if a.cfg.IsServer() {
+			r.initialManagement = a.cfg.ACL.Tokens.InitialManagement
+		}
 		a.acl = r
 		a.member.ACL = r.local
 	}
@@ -278,6 +282,10 @@ func (a *Agent) startHTTP(context.Context) error {
 	if a.acl != nil {
 		api.ACL = a.acl
 	}
+	if a.xds.leaves != nil {
+		api.Leaves, api.LeafCertTTL = leafSource{a.xds.leaves}, a.xds.leaves.Lifetime()
+	}
+	api.Metrics, api.DebugConfig = a.metrics, a.debugConfig
 	mux := http.NewServeMux()
 	api.Register(mux)
 	ln, err := net.Listen("tcp", a.cfg.HTTPAddr())
@@ -326,14 +334,37 @@ func (a *Agent) startLocalState(context.Context) error {
 		// is how a bootstrap server gets it); the leader keeps its record
 		// over whatever a node says (raft/roles.go).
 		role := raft.RoleServer
+		a.local.ServerPort = a.cfg.Ports.Cluster
 		if a.member.Client() != nil {
-			role = raft.RoleClient
+			role, a.local.ServerPort = raft.RoleClient, 0
 		}
-		a.local.Node.Meta = map[string]string{raft.RoleMetaKey: role}
+		meta := maps.Clone(a.cfg.NodeMeta)
+		if meta == nil {
+			meta = map[string]string{}
+		}
+		meta[raft.RoleMetaKey] = role
+		a.local.Node.Meta = meta
 		a.local.Run(ctx)
 		return nil
 	})
 	return nil
+}
+
+// debugConfig is the agent's configuration under Consul's DebugConfig
+// names, for /v1/agent/self: addresses and settings, never a token.
+func (a *Agent) debugConfig() map[string]any {
+	dns := []string{}
+	if a.cfg.Ports.DNS >= 0 {
+		dns = append(dns, "tcp://"+a.cfg.DNSAddr(), "udp://"+a.cfg.DNSAddr())
+	}
+	return map[string]any{
+		"ServerMode": a.cfg.IsServer(), "Bootstrap": a.cfg.Bootstrap, "DataDir": a.cfg.DataDir,
+		"BindAddr": a.cfg.BindAddr, "ClientAddrs": []string{a.cfg.ClientAddr},
+		"HTTPAddrs": []string{"tcp://" + a.cfg.HTTPAddr()}, "DNSAddrs": dns,
+		"ServerPort": a.cfg.Ports.Cluster, "HTTPPort": a.cfg.Ports.HTTP, "DNSPort": a.cfg.Ports.DNS,
+		"LogLevel": a.cfg.LogLevel, "NodeMeta": a.cfg.NodeMeta, "ACLDefaultPolicy": a.cfg.ACL.DefaultPolicy,
+		"ACLEnableTokenPersistence": a.cfg.ACL.EnableTokenPersistence, "Revision": "", "Version": cli.Version,
+	}
 }
 
 func (a *Agent) banner() {

@@ -257,3 +257,17 @@ func (o operator) EnvoyBootstrap(node, admin string, tcp bool) ([]byte, error) {
 	}
 	return xds.EnvoyBootstrap(opts)
 }
+
+// leafSource is the leaf issuer as the HTTP API's Connect endpoints read
+// it (httpapi.LeafSource).
+type leafSource struct{ issuer *raft.LeafIssuer }
+
+func (s leafSource) ServiceLeaf(service string) (*httpapi.ServiceLeaf, <-chan struct{}) {
+	changed := s.issuer.Changed() // before Leaves: a change in between wakes the caller
+	for _, l := range s.issuer.Leaves().Services {
+		if l.Name == service {
+			return &httpapi.ServiceLeaf{CertPEM: l.CertPEM, KeyPEM: l.KeyPEM, URI: l.URI, Index: l.Index}, changed
+		}
+	}
+	return nil, changed
+}

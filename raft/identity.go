@@ -680,20 +680,33 @@ func (ca *CA) signWindowSerial(pub any, cn string, uri *url.URL, notBefore, notA
 
 // LoadNodeID reads the node's UUID (raft's server ID) from the data
 // dir, creating it once.
-func LoadNodeID(dir string) (string, error) {
+func LoadNodeID(dir string) (string, error) { return LoadNodeIDAs(dir, "") }
+
+// LoadNodeIDAs is LoadNodeID with the ID a new node takes given (Consul's
+// node_id; "" makes a random one). A node that already has another ID
+// keeps it and this is an error: raft knows it by that ID.
+func LoadNodeIDAs(dir, want string) (string, error) {
+	want = strings.ToLower(strings.TrimSpace(want))
 	p := filepath.Join(dir, "node-id")
 	b, err := os.ReadFile(p)
 	if err == nil {
-		return strings.TrimSpace(string(b)), nil
+		have := strings.TrimSpace(string(b))
+		if want != "" && want != have {
+			return "", fmt.Errorf("%q differs from the ID this node already has (%s, in %s); a node's ID cannot change", want, have, p)
+		}
+		return have, nil
 	}
 	if !errors.Is(err, os.ErrNotExist) {
 		return "", fmt.Errorf("reading node ID: %w", err)
 	}
-	var u [16]byte
-	rand.Read(u[:])
-	u[6] = (u[6] & 0x0f) | 0x40
-	u[8] = (u[8] & 0x3f) | 0x80
-	id := fmt.Sprintf("%x-%x-%x-%x-%x", u[0:4], u[4:6], u[6:8], u[8:10], u[10:])
+	id := want
+	if id == "" {
+		var u [16]byte
+		rand.Read(u[:])
+		u[6] = (u[6] & 0x0f) | 0x40
+		u[8] = (u[8] & 0x3f) | 0x80
+		id = fmt.Sprintf("%x-%x-%x-%x-%x", u[0:4], u[4:6], u[6:8], u[8:10], u[10:])
+	}
 	if err := os.WriteFile(p, []byte(id+"\n"), 0o600); err != nil {
 		return "", fmt.Errorf("writing node ID: %w", err)
 	}

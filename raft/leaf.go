@@ -33,7 +33,11 @@ type Leaf struct {
 	CertPEM  []byte
 	KeyPEM   []byte
 	NotAfter time.Time
-	renewAt  time.Time
+	// Index grows with every leaf this issuer makes: at least the catalog
+	// index it was issued at, above every earlier leaf's. It is the
+	// blocking index of the agent's leaf endpoint.
+	Index   uint64
+	renewAt time.Time
 }
 
 // Leaves is what the local proxy needs for mTLS: the CA roots, a leaf per
@@ -67,6 +71,7 @@ type LeafIssuer struct {
 	mu      sync.Mutex
 	caFP    string
 	signErr string // the last signing error logged
+	index   uint64 // the last leaf's Index
 	leaves  Leaves
 	byName  map[string]*Leaf
 	changed chan struct{}
@@ -138,7 +143,9 @@ func (l *LeafIssuer) sync(ctx context.Context, ws memdb.WatchSet, now time.Time)
 	}
 	want := map[string]bool{"": true} // "" is the node's leaf
 	for _, in := range insts {
-		want[in.Service] = true
+		if !in.IsServerService() { // not a mesh service: no identity
+			want[in.Service] = true
+		}
 	}
 	l.mu.Lock()
 	dirty := false
@@ -194,8 +201,12 @@ func (l *LeafIssuer) sync(ctx context.Context, ws memdb.WatchSet, now time.Time)
 
 	l.mu.Lock()
 	defer l.mu.Unlock()
-	for name, leaf := range issued {
-		l.byName[name], dirty = leaf, true
+	for _, name := range due {
+		if leaf := issued[name]; leaf != nil {
+			l.index = max(l.index+1, idx, root.ModifyIndex)
+			leaf.Index = l.index
+			l.byName[name], dirty = leaf, true
+		}
 	}
 	for _, leaf := range l.byName {
 		if leaf.renewAt.Before(next) {
@@ -454,3 +465,6 @@ func (ca *CA) signNodeLeaf(pub any, node string, lifetime time.Duration) (*x509.
 	}
 	return ca.sign(pub, node, id.URL(), lifetime)
 }
+
+// Lifetime is how long the leaves it issues are valid.
+func (l *LeafIssuer) Lifetime() time.Duration { return l.lifetime }

@@ -84,8 +84,8 @@ func (s *Server) allocateVIPs(ctx context.Context, ws memdb.WatchSet, p netip.Pr
 	n := 0
 	var cursor netip.Addr
 	for _, name := range names {
-		if has[strings.ToLower(name)] {
-			continue
+		if has[strings.ToLower(name)] || name == discovery.ServerServiceName {
+			continue // the servers' own service is not a mesh service
 		}
 		a, err := nextVIP(p, used, cursor)
 		if err != nil {

@@ -13,6 +13,7 @@ import (
 	"time"
 
 	"github.com/hashicorp/go-memdb"
+	"github.com/prometheus/client_golang/prometheus"
 	"github.com/vmesh/vmesh/discovery"
 )
 
@@ -109,6 +110,17 @@ type API struct {
 	// Reload does what SIGHUP does (PUT /v1/agent/reload); nil answers
 	// that endpoint with a 501.
 	Reload func(ctx context.Context) error
+	// Leaves serves /v1/agent/connect/ca/leaf (api_connect.go); nil
+	// answers it with a 500. LeafCertTTL is the leaves' lifetime, as
+	// /v1/connect/ca/configuration shows it.
+	Leaves      LeafSource
+	LeafCertTTL time.Duration
+	// Metrics is what /v1/agent/metrics reports (api_agent_ops.go); nil
+	// reports only the Go runtime. DebugConfig, when set, gives
+	// /v1/agent/self's DebugConfig the agent's settings under Consul's
+	// names (never a secret).
+	Metrics     prometheus.Gatherer
+	DebugConfig func() map[string]any
 
 	ownPorts discovery.UserPortAllocator // UserPorts when that is nil
 }
@@ -199,6 +211,10 @@ func (a *API) Register(mux *http.ServeMux) {
 	a.registerVmesh(mux)
 	// ACLs (api_acl.go)
 	a.registerACL(mux)
+	// Connect: CA, leaves, authorize (api_connect.go)
+	a.registerConnect(mux)
+	// join, metrics, host, local service health (api_agent_info.go)
+	a.registerAgentInfo(mux)
 	// Anything else under /v1/: a 404 with Consul's headers.
 	mux.HandleFunc("/v1/", a.notImplemented)
 }

@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"net/http"
+	"slices"
 	"strings"
 	"time"
 
@@ -80,7 +81,7 @@ func (a *API) registerACL(mux *http.ServeMux) {
 	mux.HandleFunc("DELETE /v1/acl/token/{id}", a.aclDelete(func(id string) discovery.Command {
 		return discovery.ACLTokenDeleteRequest{AccessorID: id}
 	}))
-	mux.HandleFunc("GET /v1/acl/tokens", a.aclReadList("tokens", func(res discovery.ACLResult) any { return nonNilSlice(res.Tokens) }))
+	mux.HandleFunc("GET /v1/acl/tokens", a.aclTokenList)
 	mux.HandleFunc("PUT /v1/acl/policy", a.aclPolicyWrite)
 	mux.HandleFunc("GET /v1/acl/policy/{id}", a.aclReadOne("policy", func(res discovery.ACLResult) any { return res.Policy }))
 	mux.HandleFunc("GET /v1/acl/policy/name/{id}", a.aclReadOne("policy-name", func(res discovery.ACLResult) any { return res.Policy }))
@@ -431,4 +432,40 @@ func decodeACLBody(w http.ResponseWriter, r *http.Request, out any) error {
 		return decodeError(err)
 	}
 	return nil
+}
+
+// aclTokenList serves GET /v1/acl/tokens with Consul's filters: ?policy=
+// (a policy ID), ?role= (a role ID) and ?servicename= (a service
+// identity) keep the tokens that link it, one filter at a time, as
+// Consul; ?authmethod= is a 400 (vmesh has no auth methods, so filtering
+// by one would answer the wrong set).
+func (a *API) aclTokenList(w http.ResponseWriter, r *http.Request) {
+	q := r.URL.Query()
+	n := 0
+	for _, k := range []string{"policy", "role", "servicename", "authmethod"} {
+		if q.Get(k) != "" {
+			n++
+		}
+	}
+	switch {
+	case n > 1:
+		a.writeError(w, r, badRequest("can only filter by one of policy, role, serviceName, or authMethod at a time"))
+		return
+	case q.Get("authmethod") != "":
+		a.writeError(w, r, badRequest("authmethod: vmesh has no ACL auth methods"))
+		return
+	}
+	res, err := a.aclRead(r, discovery.ACLQuery{Op: "tokens"})
+	if err != nil {
+		a.writeError(w, r, err)
+		return
+	}
+	policy, role, service := q.Get("policy"), q.Get("role"), q.Get("servicename")
+	toks := slices.DeleteFunc(nonNilSlice(res.Tokens), func(t *acl.Token) bool {
+		return (policy != "" && !slices.ContainsFunc(t.Policies, func(l acl.PolicyLink) bool { return l.ID == policy })) ||
+			(role != "" && !slices.ContainsFunc(t.Roles, func(l acl.RoleLink) bool { return l.ID == role })) ||
+			(service != "" && !slices.ContainsFunc(t.ServiceIdentities, func(s acl.ServiceIdentity) bool { return s.ServiceName == service }))
+	})
+	a.aclHeaders(w, res.Index)
+	writeJSON(w, toks)
 }

@@ -3,6 +3,7 @@ package httpapi
 import (
 	"errors"
 	"net/http"
+	"slices"
 	"sort"
 	"strconv"
 
@@ -87,7 +88,7 @@ func (a *API) serviceDeregister(w http.ResponseWriter, r *http.Request) {
 		a.writeError(w, r, err)
 		return
 	}
-	if cur == nil {
+	if cur == nil || cur.IsServerService() {
 		a.writeError(w, r, notFound("Unknown service ID %q. Ensure that the service ID is passed, not the service name.", id))
 		return
 	}
@@ -111,6 +112,8 @@ func (a *API) agentServices(w http.ResponseWriter, r *http.Request) {
 	out := map[string]*agentService{}
 	if !a.read(w, r, func(ws memdb.WatchSet) (uint64, error) {
 		idx, insts, err := a.Store.NodeInstances(ws, a.NodeName)
+		// A server's "consul" service is the catalog's, not the agent's, as in Consul.
+		insts = slices.DeleteFunc(insts, (*discovery.Instance).IsServerService)
 		insts, filtered := keep(insts, func(in *discovery.Instance) bool { return serviceReadable(authz, in.Service) })
 		setFiltered(w, filtered)
 		clear(out)
@@ -138,6 +141,9 @@ func (a *API) agentService(w http.ResponseWriter, r *http.Request) {
 	var svc *discovery.Instance
 	if !a.read(w, r, func(ws memdb.WatchSet) (uint64, error) {
 		idx, in, err := a.Store.Instance(ws, a.NodeName, r.PathValue("id"))
+		if in != nil && in.IsServerService() {
+			in = nil
+		}
 		svc = in
 		return idx, err
 	}) {
@@ -299,7 +305,7 @@ func (a *API) agentSelf(w http.ResponseWriter, r *http.Request) {
 			"Datacenter": a.Datacenter, "NodeName": a.NodeName, "NodeID": a.NodeID,
 			"Server": raftStats["state"] != "client", "Version": a.Version, "Revision": "", "PrimaryDatacenter": a.Datacenter,
 		},
-		"DebugConfig": map[string]any{},
+		"DebugConfig": a.debugConfig(),
 		"Member":      a.selfMember(),
 		"Meta":        map[string]string{},
 		"Stats":       stats,

@@ -129,7 +129,7 @@ func toCatalogService(e discovery.ServiceEntry, dc string) *catalogService {
 		ServiceMeta: nonNilMap(in.Meta), ServicePort: in.Port, ServiceTaggedAddresses: in.TaggedAddresses,
 		ServiceWeights:           wireWeights{Passing: in.Weights.Passing, Warning: in.Weights.Warning},
 		ServiceEnableTagOverride: in.EnableTagOverride, CreateIndex: in.CreateIndex, ModifyIndex: in.ModifyIndex,
-		NodeMeta: map[string]string{}, TaggedAddresses: map[string]string{},
+		NodeMeta: map[string]string{}, TaggedAddresses: map[string]string{}, ServiceLocality: in.Locality,
 	}
 	if n := e.Node; n != nil {
 		cs.ID, cs.Address, cs.NodeMeta = n.ID, n.Address, nonNilMap(n.Meta)
@@ -246,7 +246,7 @@ func (a *API) healthService(w http.ResponseWriter, r *http.Request) {
 }
 
 func (a *API) checksReply(w http.ResponseWriter, r *http.Request, query func(ws memdb.WatchSet) (uint64, []*discovery.Check, error)) {
-	ev, err := requestFilter(r)
+	ev, meta, err := listFilters(r)
 	if err != nil {
 		a.writeError(w, r, err)
 		return
@@ -260,6 +260,9 @@ func (a *API) checksReply(w http.ResponseWriter, r *http.Request, query func(ws 
 		idx, checks, err := query(ws)
 		checks, filtered := keep(checks, func(c *discovery.Check) bool { return checkReadable(authz, c) })
 		setFiltered(w, filtered)
+		if meta != nil && err == nil {
+			checks, err = a.checksOnNodesWithMeta(ws, checks, meta)
+		}
 		out = toHealthChecks(checks)
 		if err != nil {
 			return idx, err
@@ -270,6 +273,28 @@ func (a *API) checksReply(w http.ResponseWriter, r *http.Request, query func(ws 
 		return
 	}
 	writeJSON(w, out)
+}
+
+// checksOnNodesWithMeta keeps the checks whose node has every ?node-meta
+// pair (the health endpoints' node-meta filter).
+func (a *API) checksOnNodesWithMeta(ws memdb.WatchSet, checks []*discovery.Check, want map[string]string) ([]*discovery.Check, error) {
+	match := map[string]bool{}
+	out := checks[:0:0]
+	for _, c := range checks {
+		ok, seen := match[c.Node]
+		if !seen {
+			_, n, _, err := a.Store.Node(ws, c.Node)
+			if err != nil {
+				return nil, err
+			}
+			ok = n != nil && metaMatches(n.Meta, want)
+			match[c.Node] = ok
+		}
+		if ok {
+			out = append(out, c)
+		}
+	}
+	return out, nil
 }
 
 func (a *API) healthChecks(w http.ResponseWriter, r *http.Request) {

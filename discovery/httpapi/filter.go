@@ -30,12 +30,18 @@ var (
 		"GET /v1/health/checks/{name}":         true,
 		"GET /v1/health/state/{state}":         true,
 		"GET /v1/health/node/{node}":           true,
+		"GET /v1/health/connect/{name}":        true,
+		"GET /v1/catalog/connect/{name}":       true,
 	}
 	nodeMetaRoutes = map[string]bool{
 		"GET /v1/catalog/services":       true,
 		"GET /v1/catalog/service/{name}": true,
 		"GET /v1/catalog/nodes":          true,
 		"GET /v1/health/service/{name}":  true,
+		"GET /v1/health/checks/{name}":   true,
+		"GET /v1/health/state/{state}":   true,
+		"GET /v1/health/connect/{name}":  true,
+		"GET /v1/catalog/connect/{name}": true,
 	}
 )
 

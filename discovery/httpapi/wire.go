@@ -31,6 +31,7 @@ type agentService struct {
 	CreateIndex       uint64
 	ModifyIndex       uint64
 	Datacenter        string
+	Locality          *discovery.Locality `json:",omitempty"`
 }
 
 type healthCheckDefinition struct {
@@ -95,6 +96,7 @@ type catalogService struct {
 	ServiceTaggedAddresses   map[string]discovery.ServiceAddress `json:",omitempty"`
 	ServiceWeights           wireWeights
 	ServiceEnableTagOverride bool
+	ServiceLocality          *discovery.Locality `json:",omitempty"`
 	CreateIndex              uint64
 	ModifyIndex              uint64
 }
@@ -128,7 +130,7 @@ func toAgentService(in *discovery.Instance, dc string) *agentService {
 		Port: in.Port, Address: in.Address, TaggedAddresses: in.TaggedAddresses,
 		Weights:           wireWeights{Passing: in.Weights.Passing, Warning: in.Weights.Warning},
 		EnableTagOverride: in.EnableTagOverride, CreateIndex: in.CreateIndex, ModifyIndex: in.ModifyIndex,
-		Datacenter: dc,
+		Datacenter: dc, Locality: in.Locality,
 	}
 }
 

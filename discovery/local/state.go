@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"log/slog"
+	"strings"
 	"sync"
 	"time"
 
@@ -20,6 +21,10 @@ type State struct {
 	Writer discovery.Writer
 	// Node is this node as it registers itself.
 	Node discovery.Node
+	// ServerPort, on a server, is its cluster port: the node registers
+	// the servers' own "consul" service there (discovery.ServerServiceName),
+	// as Consul's servers do. 0 on a client.
+	ServerPort int
 	// WaitLeader blocks until the cluster has a leader (or ctx ends).
 	WaitLeader func(ctx context.Context) error
 	// SyncFiles registers the services of this node's files.
@@ -76,6 +81,9 @@ func (l *State) Run(ctx context.Context) {
 		return
 	}
 	close(l.ready)
+	if l.ServerPort > 0 && !retry(ctx, l.Logger, "registering the servers' consul service", l.registerServerService) {
+		return
+	}
 	if !retry(ctx, l.Logger, "registering services from files", l.SyncFiles) {
 		return
 	}
@@ -125,6 +133,26 @@ func (l *State) registerNode(ctx context.Context) error {
 		return nil
 	}
 	_, err = l.Writer.Apply(ctx, discovery.RegisterNodeRequest{Node: want})
+	return err
+}
+
+// registerServerService registers this server's "consul" instance unless
+// the catalog holds it as is. A token that may not write it (the agent
+// token lacks service:write on "consul") leaves it out: it is a
+// convenience for Consul's tools, not something the mesh needs.
+func (l *State) registerServerService(ctx context.Context) error {
+	_, cur, err := l.Store.Instance(nil, l.Node.Name, discovery.ServerServiceName)
+	if err != nil {
+		return err
+	}
+	if cur != nil && cur.IsServerService() && cur.Port == l.ServerPort {
+		return nil
+	}
+	_, err = l.Writer.Apply(ctx, discovery.ServerServiceRequest(l.Node.Name, l.ServerPort))
+	if err != nil && strings.Contains(err.Error(), "Permission denied") {
+		l.Logger.Warn("not registering the consul service of this server: the agent token may not write it", "err", err)
+		return nil
+	}
 	return err
 }
 

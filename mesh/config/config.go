@@ -7,6 +7,7 @@ import (
 	"net/netip"
 	"os"
 	"path/filepath"
+	"regexp"
 	"sort"
 	"strconv"
 	"strings"
@@ -56,7 +57,10 @@ func ReadTokenFile(path string) (token, warning string, err error) {
 // Config is the agent's configuration: DefaultConfig, then config files in
 // the order given, then flags. Validate reports every problem at once.
 type Config struct {
-	NodeName   string `hcl:"node_name"`
+	NodeName string `hcl:"node_name"`
+	// NodeID is Consul's node_id: the UUID a new node takes (raft's
+	// server ID); unset, it makes a random one. It cannot change later.
+	NodeID     string `hcl:"node_id"`
 	Datacenter string `hcl:"datacenter"`
 	DataDir    string `hcl:"data_dir"`
 	BindAddr   string `hcl:"bind_addr"`
@@ -88,6 +92,10 @@ type Config struct {
 	// IntentionsDefault is "allow" or "deny" (unset: deny; -dev: allow):
 	// what a connection that no intention matches gets.
 	IntentionsDefault string `hcl:"intentions_default"`
+
+	// NodeMeta is Consul's node_meta: key/value pairs on this node's
+	// catalog entry (?node-meta= filters on them).
+	NodeMeta map[string]string `hcl:"node_meta"`
 
 	// Service and Services hold the service definitions of the file being
 	// decoded; LoadFiles moves them, with their file, to ServiceFiles.
@@ -234,6 +242,12 @@ func (c *Config) Validate() error {
 	}
 	if c.Datacenter == "" {
 		bad("datacenter", "must not be empty")
+	}
+	if c.NodeID != "" && !uuidRE.MatchString(c.NodeID) {
+		bad("node_id", "%q is not a UUID (8-4-4-4-12 hex digits)", c.NodeID)
+	}
+	for _, p := range validateNodeMeta(c.NodeMeta) {
+		bad("node_meta", "%s", p)
 	}
 	if c.DataDir == "" && !c.Dev {
 		bad("data_dir", "must be set")
@@ -389,3 +403,40 @@ func (c *Config) LoadFiles(paths []string) error {
 // IsServer says whether this agent is a server: -server, or -bootstrap
 // (and so a -dev agent that joins no one).
 func (c *Config) IsServer() bool { return c.Server || c.Bootstrap }
+
+// Consul's limits on node_meta.
+const (
+	maxNodeMetaPairs    = 64
+	maxNodeMetaKeyLen   = 128
+	maxNodeMetaValueLen = 512
+)
+
+// validateNodeMeta applies Consul's node_meta rules; keys starting with
+// "consul-" are Consul's and those starting with "vmesh-" vmesh's own.
+func validateNodeMeta(meta map[string]string) []string {
+	var out []string
+	if len(meta) > maxNodeMetaPairs {
+		out = append(out, fmt.Sprintf("%d pairs; at most %d", len(meta), maxNodeMetaPairs))
+	}
+	keys := make([]string, 0, len(meta))
+	for k := range meta {
+		keys = append(keys, k)
+	}
+	sort.Strings(keys)
+	for _, k := range keys {
+		switch {
+		case k == "":
+			out = append(out, "a key is empty")
+		case len(k) > maxNodeMetaKeyLen:
+			out = append(out, fmt.Sprintf("key %q is longer than %d characters", k, maxNodeMetaKeyLen))
+		case strings.HasPrefix(k, "consul-"), strings.HasPrefix(k, "vmesh-"):
+			out = append(out, fmt.Sprintf("key %q: the consul- and vmesh- prefixes are reserved", k))
+		}
+		if len(meta[k]) > maxNodeMetaValueLen {
+			out = append(out, fmt.Sprintf("the value of %q is longer than %d characters", k, maxNodeMetaValueLen))
+		}
+	}
+	return out
+}
+
+var uuidRE = regexp.MustCompile(`^[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}$`)

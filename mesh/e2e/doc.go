@@ -56,6 +56,9 @@
 //	24  TestSessionsAcrossClients
 //	25  TestSessionTTLAcrossLeaderChange
 //	26  TestACLsProcesses
+//	27-29  reserved for the consul/api suite (lab/consulsuite): its agents
+//	       listen on 127.0.0.1 at ports HashiCorp's freeport hands out,
+//	       which sdk/testutil requires, never on vmesh's defaults
 //	33  TestConsulCLIIntentionsAndConfig
 //	34  TestConsulCLIAgentOps
 //	35  TestConsulCLIRulesEnforced
