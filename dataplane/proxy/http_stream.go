@@ -79,6 +79,9 @@ type stream struct {
 	// rp does the upstream exchange (kept here: one allocation less per
 	// request).
 	rp httputil.ReverseProxy
+
+	// tr is the stream's span (nil: tracing is off; trace.go).
+	tr *streamTrace
 }
 
 // ServeHTTP serves one request with the current configuration.
@@ -88,6 +91,7 @@ func (hc *httpConn) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	s := &stream{hc: hc, snap: snap, lrt: lrt, hcm: chain.http, r: r, start: time.Now(), grpc: isGRPC(r.Header)}
 	s.w = respWriter{ResponseWriter: w, s: s}
 	defer s.finish()
+	s.traceStart()
 	if r.ProtoMajor == 1 {
 		s.closeUnlessSwitched = r.Method == http.MethodConnect || slices.ContainsFunc(r.Header.Values("Upgrade"), upgradeOffered)
 		// Stream the request body while the response streams (gRPC-style
@@ -207,6 +211,7 @@ func (s *stream) finish() {
 	if s.body != nil {
 		in += s.body.total.Load()
 	}
+	s.traceEnd()
 	s.hc.p.cfg.Metrics.streamDone(s.hc.rl.name, s.hcm.stat, s.upstream, s.w.code, time.Since(s.start), in, s.w.bytes.Load())
 }
 
