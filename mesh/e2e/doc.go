@@ -61,6 +61,8 @@
 //	43  TestProxyRoundRobinFailoverRetry
 //	44  TestProxyCertRotationUnderLoad
 //	45  TestProxyConnectionFlood
+//	46  TestProxyTracingEndToEnd
+//	47  TestProxyTracingSampledOut
 //
 //	namespace                       test
 //	vmt-capture                     TestCaptureAgentNetns
