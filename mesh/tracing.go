@@ -2,9 +2,11 @@ package mesh
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"time"
 
+	"github.com/vmesh/vmesh/mesh/config"
 	"github.com/vmesh/vmesh/telemetry"
 	"go.opentelemetry.io/otel"
 	"go.opentelemetry.io/otel/trace"
@@ -20,6 +22,10 @@ func (a *Agent) startTracing(ctx context.Context) error {
 		Insecure: tc.Insecure, CAFile: tc.CAFile, ServiceName: tc.ServiceName,
 		Attributes: map[string]string{"host.name": a.cfg.NodeName, "service.instance.id": a.cfg.NodeName},
 	}, nil)
+	if errors.Is(err, telemetry.ErrConfig) {
+		// A bad OTEL_* value is a configuration error (exit status 2).
+		return &config.Error{Err: err}
+	}
 	if err != nil {
 		return fmt.Errorf("tracing: %w", err)
 	}
