@@ -308,3 +308,72 @@ func TestMeshTracingSampledOut(t *testing.T) {
 	do(t, h1, req)
 	tm.hop(t, sampled)
 }
+
+// clientSpan waits for the client span of trace id (a call to an
+// external service has no server span).
+func (tm *tracedMesh) clientSpan(t *testing.T, traceID string) testkit.Span {
+	t.Helper()
+	var client testkit.Span
+	testkit.WaitFor(t, 10*time.Second, "the client span of trace "+traceID, func() bool {
+		tm.flush()
+		for _, s := range tm.otlp.Trace(traceID) {
+			if s.Kind == tracepb.Span_SPAN_KIND_CLIENT {
+				client = s
+			}
+		}
+		return client.Span != nil
+	})
+	return client
+}
+
+// TestMeshTracingRetriesAndFailures: a client span counts the retries of
+// its request (an endpoint refusing connections, retried on connect
+// failure), and a request no endpoint takes is an Error span with the
+// proxy's 503.
+func TestMeshTracingRetriesAndFailures(t *testing.T) {
+	tm := newTracedMesh(t, 1)
+	good := startHTTPApp(t, "good", false)
+	deadPort := testkit.FreePort(t, "127.0.0.1")
+	tm.service("half", "half-good", "http", good.port, true)
+	tm.service("half", "half-dead", "http", deadPort, true)
+	tm.service("dead", "dead-1", "http", deadPort, true)
+	tm.entry(`{"Kind":"service-router","Name":"half","Routes":[{"Match":{"HTTP":{"PathPrefix":"/"}},"Destination":{"NumRetries":2,"RetryOnConnectFailure":true}}]}`)
+	tm.client("half", "dead")
+	tm.waitHTTP(tm.url("half", "/"), 200)
+	c := &http.Client{Timeout: 5 * time.Second}
+
+	retried := 0
+	for i := range 6 {
+		tid := "a0000000000000000000000000000" + string(rune('a'+i)) + "00"
+		req := newReq(t, "GET", tm.url("half", "/"), nil)
+		req.Header.Set("Traceparent", "00-"+tid+"-1000000000000001-01")
+		if resp, _, _ := do(t, c, req); resp.StatusCode != 200 {
+			t.Fatalf("GET %d to half = %d", i, resp.StatusCode)
+		}
+		s := tm.clientSpan(t, tid)
+		switch s.Attr("vmesh.retry.count") {
+		case "":
+		case "1", "2":
+			retried++
+		default:
+			t.Errorf("vmesh.retry.count = %q", s.Attr("vmesh.retry.count"))
+		}
+		if s.Attr("vmesh.peer.spiffe_id") != "" {
+			t.Errorf("a plaintext external endpoint has a peer identity %q", s.Attr("vmesh.peer.spiffe_id"))
+		}
+	}
+	if retried == 0 {
+		t.Error("no span of 6 requests to a service with one dead endpoint counts a retry")
+	}
+
+	const tid = "dead0000000000000000000000000000"
+	req := newReq(t, "GET", tm.url("dead", "/"), nil)
+	req.Header.Set("Traceparent", "00-"+tid+"-1000000000000001-01")
+	if resp, _, _ := do(t, c, req); resp.StatusCode != http.StatusServiceUnavailable {
+		t.Fatalf("GET to dead = %d, want 503", resp.StatusCode)
+	}
+	s := tm.clientSpan(t, tid)
+	if s.Status.GetCode() != tracepb.Status_STATUS_CODE_ERROR || s.Attr("http.response.status_code") != "503" || s.Attr("vmesh.upstream.cluster") == "" {
+		t.Errorf("span of a request no endpoint took: status %v, code %q, cluster %q", s.Status, s.Attr("http.response.status_code"), s.Attr("vmesh.upstream.cluster"))
+	}
+}
