@@ -90,7 +90,9 @@ func tracedGet(t *testing.T, url, traceparent, requestID string) *http.Response 
 // a client span (n1) and a server span (n2) in the caller's trace, the
 // app gets a traceparent naming the server span and an x-request-id
 // (generated, or the caller's), and the control plane's writes show up
-// as HTTP API and raft spans.
+// as HTTP API and raft spans: a registration on the follower n2 is its
+// API span, its raft.forward, and the leader n1's raft.apply, in one
+// trace.
 func TestProxyTracingEndToEnd(t *testing.T) {
 	skipShort(t)
 	t.Parallel()
@@ -143,6 +145,28 @@ func TestProxyTracingEndToEnd(t *testing.T) {
 			apply = apply || s.Name == "raft.apply"
 		}
 		return api && apply
+	})
+	// n2's registration was forwarded to the leader: n2's API span is
+	// the parent of its raft.forward, whose child is n1's raft.apply.
+	testkit.WaitFor(t, 20*time.Second, "n2's API span -> raft.forward -> n1's raft.apply", func() bool {
+		spans := otlp.Spans()
+		byID := map[string]testkit.Span{}
+		for _, s := range spans {
+			byID[s.SpanID()] = s
+		}
+		for _, s := range spans {
+			if s.Name != "raft.apply" || s.Service != "vmesh-n1" {
+				continue
+			}
+			fwd, ok := byID[s.ParentID()]
+			if !ok || fwd.Name != "raft.forward" || fwd.Service != "vmesh-n2" || fwd.Kind != tracepb.Span_SPAN_KIND_CLIENT {
+				continue
+			}
+			if api, ok := byID[fwd.ParentID()]; ok && api.Service == "vmesh-n2" && api.Name == "PUT /v1/agent/service/register" {
+				return true
+			}
+		}
+		return false
 	})
 	if otlp.Requests("grpc") == 0 || otlp.Requests("http") == 0 {
 		t.Errorf("exports: %d over gRPC, %d over HTTP; want both", otlp.Requests("grpc"), otlp.Requests("http"))
