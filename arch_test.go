@@ -41,6 +41,7 @@ var importRules = []struct {
 	{"dataplane/metrics", nothing, nil, "a leaf the proxy may import"},
 	{"iptables/...", []string{"iptables/..."}, nil, "capture takes its desired state as arguments"},
 	{"systemd/...", []string{"systemd/..."}, nil, "service-manager glue knows nothing of the mesh"},
+	{"telemetry", nothing, nil, "the OpenTelemetry pipeline: instrumented packages take the OpenTelemetry API's interfaces, and only mesh builds the pipeline"},
 	{"lab/testkit", nothing, nil, "every package's tests may import it"},
 	{"mesh/cli/...", nil, []string{"raft/...", "mesh"}, "commands talk to an agent over its HTTP API; they never open raft files or start an agent"},
 	{"...", nil, []string{"lab/testkit"}, "test helpers stay out of the binary"},

@@ -28,6 +28,7 @@ import (
 	"github.com/vmesh/vmesh/mesh/config"
 	"github.com/vmesh/vmesh/mesh/membership"
 	"github.com/vmesh/vmesh/raft"
+	"github.com/vmesh/vmesh/telemetry"
 )
 
 // Agent is one vmesh agent: raft, the catalog, the HTTP API, health checks
@@ -75,6 +76,10 @@ type Agent struct {
 	startFiles []*discovery.RegisterServiceRequest
 	// removeDataDir is set for -dev, whose data dir is a temp dir.
 	removeDataDir bool
+
+	// tracing is the trace pipeline (tracing.go); its provider is nil
+	// when tracing is off.
+	tracing *telemetry.Tracing
 
 	// acl resolves request tokens (acl.go); nil when ACLs are off.
 	acl *aclResolver
@@ -143,6 +148,7 @@ func (a *Agent) Start(ctx context.Context) error {
 func (a *Agent) parts() []part {
 	return []part{
 		{name: "data dir", start: a.openDataDir, stop: a.removeDevDataDir},
+		{name: "tracing", start: a.startTracing, stop: a.stopTracing},
 		// Service files and capture are checked before anything runs, so
 		// a bad file fails the start instead of deregistering what it
 		// used to define, and nothing touches the kernel.
@@ -293,7 +299,7 @@ func (a *Agent) startHTTP(context.Context) error {
 		return fmt.Errorf("listening for the HTTP API on %s: %w", a.cfg.HTTPAddr(), err)
 	}
 	a.httpLn = ln
-	a.httpSrv = &http.Server{Handler: mux, ReadHeaderTimeout: 10 * time.Second}
+	a.httpSrv = &http.Server{Handler: httpapi.Traced(mux, a.tracerProvider()), ReadHeaderTimeout: 10 * time.Second}
 	a.life.goLoop("HTTP API", func(context.Context) error {
 		if err := a.httpSrv.Serve(ln); !errors.Is(err, http.ErrServerClosed) {
 			return err

@@ -62,6 +62,8 @@ func (a *Agent) startXDS(context.Context) error {
 		NodeName:   a.cfg.NodeName,
 		Logger:     a.logger.With("component", "xds"),
 		Metrics:    xds.NewMetrics(a.metrics),
+		// Set before raft starts (the tracing part comes first).
+		TracerProvider: a.tracerProvider(),
 	}
 	if a.acl != nil {
 		xcfg.TCPAuth = func(ctx context.Context, token string) (xds.TokenAuthorizer, error) {

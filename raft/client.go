@@ -14,6 +14,7 @@ import (
 	"time"
 
 	"github.com/vmesh/vmesh/discovery"
+	"go.opentelemetry.io/otel/trace"
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/metadata"
@@ -42,6 +43,8 @@ type ClientConfig struct {
 	DataDir     string
 	NodeCertTTL time.Duration
 	Logger      *slog.Logger
+	// TracerProvider, when set, traces writes (trace.go).
+	TracerProvider trace.TracerProvider
 }
 
 // Client is a client node's link to the cluster: its Replica, its
@@ -50,6 +53,7 @@ type ClientConfig struct {
 // only its own node, services and checks.
 type Client struct {
 	cfg     ClientConfig
+	tracer  trace.Tracer // nil: no tracing
 	replica *Replica
 	clients *rpcClients
 
@@ -83,7 +87,7 @@ func NewClient(cfg ClientConfig, store *discovery.Store) (*Client, error) {
 	if cfg.NodeCertTTL <= 0 {
 		cfg.NodeCertTTL = DefaultNodeCertTTL
 	}
-	c := &Client{cfg: cfg, done: make(chan struct{})}
+	c := &Client{cfg: cfg, tracer: newTracer(cfg.TracerProvider), done: make(chan struct{})}
 	c.clients = &rpcClients{id: cfg.Identity}
 	// Trust the roots and the deny list of the replica (trust.go).
 	cfg.Identity.followCatalog(store, cfg.Logger)
@@ -223,13 +227,18 @@ func (c *Client) Stats() map[string]string {
 
 // Apply has the leader apply cmd, authorized by this node's certificate,
 // and returns once the replica holds it (read-your-writes).
-func (c *Client) Apply(ctx context.Context, cmd discovery.Command) (uint64, error) {
+func (c *Client) Apply(ctx context.Context, cmd discovery.Command) (idx uint64, err error) {
 	buf, err := encodeCommand(cmd)
 	if err != nil {
 		return 0, err
 	}
+	if c.tracer != nil {
+		var span trace.Span
+		ctx, span = startWriteSpan(ctx, c.tracer, "raft.forward", trace.SpanKindClient, buf)
+		defer func() { endWriteSpan(span, idx, err) }()
+	}
 	var resp ForwardResponse
-	if err := c.leaderCall(ctx, "Forward", &ForwardRequest{Command: buf, Token: discovery.TokenFrom(ctx)}, &resp, true); err != nil {
+	if err := c.leaderCall(ctx, "Forward", &ForwardRequest{Command: buf, Token: discovery.TokenFrom(ctx), Traceparent: traceparent(ctx)}, &resp, true); err != nil {
 		return 0, err
 	}
 	// Only what the replica holds is worth waiting for: a KV or session

@@ -13,6 +13,7 @@ import (
 
 	hraft "github.com/hashicorp/raft"
 	"github.com/vmesh/vmesh/discovery"
+	"go.opentelemetry.io/otel/trace"
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/metadata"
@@ -205,12 +206,17 @@ func (s *Server) leaderCall(ctx context.Context, name string, req, resp any, ret
 
 // forward sends an encoded command to the leader and returns once this
 // node has applied it (read-your-writes).
-func (s *Server) forward(ctx context.Context, buf []byte) (uint64, error) {
+func (s *Server) forward(ctx context.Context, buf []byte) (idx uint64, err error) {
+	if s.tracer != nil {
+		var span trace.Span
+		ctx, span = startWriteSpan(ctx, s.tracer, "raft.forward", trace.SpanKindClient, buf)
+		defer func() { endWriteSpan(span, idx, err) }()
+	}
 	var resp ForwardResponse
 	// A call that may have reached a dying leader is sent again: writes
 	// are idempotent registrations or carry a CAS index, and only a
 	// committed write is ever acknowledged.
-	err := s.leaderCall(ctx, "Forward", &ForwardRequest{Command: buf, Token: discovery.TokenFrom(ctx)}, &resp, true)
+	err = s.leaderCall(ctx, "Forward", &ForwardRequest{Command: buf, Token: discovery.TokenFrom(ctx), Traceparent: traceparent(ctx)}, &resp, true)
 	if errors.Is(err, ErrNotLeader) && s.IsLeader() {
 		return s.applyLocal(ctx, buf)
 	}
@@ -310,7 +316,7 @@ func (s *Server) rpcForward(ctx context.Context, req *ForwardRequest) (*ForwardR
 	if err != nil {
 		return nil, err
 	}
-	idx, err := s.applyLocal(ctx, cmd)
+	idx, err := s.applyLocal(withTraceparent(ctx, req.Traceparent), cmd)
 	if errors.Is(err, ErrNotLeader) {
 		return nil, s.notLeader(ctx)
 	}

@@ -69,6 +69,9 @@ type AddPeerResponse struct{ Voter bool }
 type ForwardRequest struct {
 	Command []byte
 	Token   string `json:",omitempty"`
+	// Traceparent is the forwarding node's span (trace.go): the leader's
+	// apply span continues its trace. Older leaders ignore it.
+	Traceparent string `json:",omitempty"`
 }
 
 // ForwardResponse is the leader's answer; ErrCode names a catalog error.

@@ -15,6 +15,7 @@ import (
 	hraft "github.com/hashicorp/raft"
 	raftboltdb "github.com/hashicorp/raft-boltdb/v2"
 	"github.com/vmesh/vmesh/discovery"
+	"go.opentelemetry.io/otel/trace"
 )
 
 // Sentinel errors.
@@ -51,6 +52,8 @@ type Config struct {
 	// Stream tunes the replica stream to clients (stream.go).
 	Stream StreamConfig
 	Logger *slog.Logger
+	// TracerProvider, when set, traces writes (trace.go).
+	TracerProvider trace.TracerProvider
 }
 
 // Server is this node's raft replica of the catalog.
@@ -61,6 +64,7 @@ type Server struct {
 	store     *discovery.Store
 	fsm       *fsm
 	logger    *slog.Logger
+	tracer    trace.Tracer // nil: no tracing
 	nodeID    string
 	dataDir   string
 	cluster   *cluster // nil for a single in-memory node
@@ -111,7 +115,7 @@ func Open(cfg Config, store *discovery.Store) (*Server, error) {
 		return nil, fmt.Errorf("opening snapshot store: %w", err)
 	}
 	snaps := privateSnapshots{FileSnapshotStore: fileSnaps, dir: dir}
-	s := &Server{logStore: logStore, store: store, logger: cfg.Logger, done: make(chan struct{}),
+	s := &Server{logStore: logStore, store: store, logger: cfg.Logger, tracer: newTracer(cfg.TracerProvider), done: make(chan struct{}),
 		nodeID: cfg.NodeID, dataDir: cfg.DataDir, fsm: newFSM(store, cfg.Logger), stream: cfg.Stream.withDefaults()}
 	s.fsm.hist = newHistory(s.stream.History, cfg.Logger)
 	trans := cfg.Transport
@@ -263,6 +267,21 @@ func (s *Server) applyLocal(ctx context.Context, buf []byte) (uint64, error) {
 // applyLocalResp is applyLocal that also returns what the FSM answered
 // (a transaction's result, sessions.go).
 func (s *Server) applyLocalResp(ctx context.Context, buf []byte) (uint64, any, error) {
+	if s.tracer == nil {
+		return s.commit(ctx, buf)
+	}
+	ctx, span := startWriteSpan(ctx, s.tracer, "raft.apply", trace.SpanKindInternal, buf)
+	idx, resp, err := s.commit(ctx, buf)
+	verdict := err
+	if rerr, ok := resp.(error); ok && verdict == nil {
+		verdict = rerr
+	}
+	endWriteSpan(span, idx, verdict)
+	return idx, resp, err
+}
+
+// commit is applyLocalResp's work.
+func (s *Server) commit(ctx context.Context, buf []byte) (uint64, any, error) {
 	select {
 	case <-s.done:
 		return 0, nil, ErrClosed

@@ -31,6 +31,7 @@ import (
 	"github.com/envoyproxy/go-control-plane/pkg/cache/types"
 	"github.com/vmesh/vmesh/dataplane/proxy"
 	"github.com/vmesh/vmesh/lab/testkit"
+	"go.opentelemetry.io/otel/trace"
 	"google.golang.org/protobuf/types/known/anypb"
 )
 
@@ -197,6 +198,11 @@ func (e *badResponse) Error() string {
 // plaintext listener, HTTP connection manager with its routes over RDS,
 // a static cluster (HTTP/2 to the backend when h2), the backend.
 func benchHop(b *testing.B, backend string, h2 bool) string {
+	return benchHopTraced(b, backend, h2, nil)
+}
+
+// benchHopTraced is benchHop with a tracer provider (nil: none).
+func benchHopTraced(b *testing.B, backend string, h2 bool, tp trace.TracerProvider) string {
 	cp := startControlPlane(b)
 	c := staticCluster("backend", backend)
 	if h2 {
@@ -208,7 +214,8 @@ func benchHop(b *testing.B, backend string, h2 bool) string {
 	rc := &route.RouteConfiguration{Name: "r", VirtualHosts: []*route.VirtualHost{{Name: "all", Domains: []string{"*"}, Routes: []*route.Route{prefixRoute("/", "backend")}}}}
 	cp.setAll(b, "1", []types.Resource{httpListener(b, "web", "r", func(h *hcm.HttpConnectionManager) { h.StatPrefix = "outbound_web" })},
 		[]types.Resource{c}, []types.Resource{rc})
-	p := startProxy(b, proxy.Config{XDSAddr: cp.addr, Node: "node-x", DrainTimeout: time.Second, Logger: testkit.Discard(), Metrics: proxy.NewMetrics(nil)})
+	p := startProxy(b, proxy.Config{XDSAddr: cp.addr, Node: "node-x", DrainTimeout: time.Second, Logger: testkit.Discard(), Metrics: proxy.NewMetrics(nil),
+		TracerProvider: tp})
 	testkit.WaitFor(b, 10*time.Second, "the listener bound", func() bool { _, ok := p.ListenerAddrs()["web"]; return ok })
 	return p.ListenerAddrs()["web"].String()
 }

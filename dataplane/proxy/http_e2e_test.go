@@ -22,6 +22,7 @@ import (
 	"github.com/vmesh/vmesh/lab/testkit"
 	"github.com/vmesh/vmesh/mesh"
 	"github.com/vmesh/vmesh/raft"
+	"go.opentelemetry.io/otel/trace"
 	"golang.org/x/net/websocket"
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/codes"
@@ -55,6 +56,13 @@ func newMeshFixture(t testing.TB) *meshFixture {
 // transparent outbound listener's filter chains).
 func newMeshFixtureWith(t testing.TB, vips map[string]xds.VIP) *meshFixture {
 	t.Helper()
+	return newMeshFixtureTraced(t, vips, nil)
+}
+
+// newMeshFixtureTraced is newMeshFixtureWith with each node's tracer
+// provider (tp nil, or returning nil: no tracing).
+func newMeshFixtureTraced(t testing.TB, vips map[string]xds.VIP, tp func(node string) trace.TracerProvider) *meshFixture {
+	t.Helper()
 	r, store, ca := catalog(t)
 	fx := &meshFixture{t: t, r: r, ca: ca, meshPort: testkit.FreePort(t, "127.0.0.2", "127.0.0.3"), upstreams: map[string]int{}}
 	fx.outPort = testkit.FreePort(t, "127.0.0.2", "127.0.0.3")
@@ -69,8 +77,12 @@ func newMeshFixtureWith(t testing.TB, vips map[string]xds.VIP) *meshFixture {
 		}
 		addr := startXDS(t, store, opts, mesh.NewLeafSecrets(leaves, n.node))
 		// With metrics, as the agent runs its proxy.
-		fx.proxies = append(fx.proxies, startProxy(t, proxy.Config{XDSAddr: addr, Node: n.node, DrainTimeout: time.Second, MinBackoff: 50 * time.Millisecond, Logger: testkit.Discard(),
-			Metrics: proxy.NewMetrics(nil)}))
+		cfg := proxy.Config{XDSAddr: addr, Node: n.node, DrainTimeout: time.Second, MinBackoff: 50 * time.Millisecond, Logger: testkit.Discard(),
+			Metrics: proxy.NewMetrics(nil)}
+		if tp != nil {
+			cfg.TracerProvider = tp(n.node)
+		}
+		fx.proxies = append(fx.proxies, startProxy(t, cfg))
 	}
 	return fx
 }

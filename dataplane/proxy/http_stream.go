@@ -81,6 +81,8 @@ type stream struct {
 	rp httputil.ReverseProxy
 
 	streamLog // what the access log and the refusal line say (accesslog.go)
+	// tr is the stream's span (nil: tracing is off; trace.go).
+	tr *streamTrace
 }
 
 // ServeHTTP serves one request with the current configuration.
@@ -90,6 +92,7 @@ func (hc *httpConn) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	s := &stream{hc: hc, snap: snap, lrt: lrt, hcm: chain.http, r: r, start: time.Now(), grpc: isGRPC(r.Header)}
 	s.w = respWriter{ResponseWriter: w, s: s}
 	defer s.finish()
+	s.traceStart()
 	if r.ProtoMajor == 1 {
 		s.closeUnlessSwitched = r.Method == http.MethodConnect || slices.ContainsFunc(r.Header.Values("Upgrade"), upgradeOffered)
 		// Stream the request body while the response streams (gRPC-style
@@ -209,6 +212,7 @@ func (s *stream) finish() {
 	if s.body != nil {
 		in += s.body.total.Load()
 	}
+	s.traceEnd()
 	s.hc.p.cfg.Metrics.streamDone(s.hc.rl.name, s.hcm.stat, s.upstream, s.w.code, time.Since(s.start), in, s.w.bytes.Load())
 	s.logStream(in, s.w.bytes.Load())
 }

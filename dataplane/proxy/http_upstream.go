@@ -167,6 +167,7 @@ func (s *stream) attempt(out *http.Request, tried []*host) attempt {
 		actx, ua.cancel = context.WithCancelCause(actx)
 	}
 	ua.trace.GotConn = ua.gotConnHook
+	s.traceAttempt(ua)
 	// A shallow copy: the header is shared by the attempts (the
 	// transport only reads it), the URL is the attempt's own.
 	req := out.WithContext(httptrace.WithClientTrace(actx, &ua.trace))

@@ -14,6 +14,7 @@ import (
 	"time"
 
 	core "github.com/envoyproxy/go-control-plane/envoy/config/core/v3"
+	"go.opentelemetry.io/otel/trace"
 )
 
 // Config configures a Proxy.
@@ -41,6 +42,9 @@ type Config struct {
 	// MaxConnections, so a flood on one listener leaves the others
 	// room). A connection over either is closed as it is accepted.
 	MaxConnections, MaxListenerConnections int
+	// TracerProvider, when set, gives every HTTP request a span and
+	// carries its trace on (trace.go); nil: no tracing, at no cost.
+	TracerProvider trace.TracerProvider
 }
 
 // Proxy is the data plane: an ADS client and the listeners it configures.
@@ -69,6 +73,8 @@ type Proxy struct {
 	// of refused requests (accesslog.go).
 	sinks    logSinks
 	refusals refusals
+	// tracer makes the request spans (nil: tracing is off).
+	tracer trace.Tracer
 
 	ctx    context.Context // the connections' (ends at Close)
 	wg     sync.WaitGroup
@@ -106,6 +112,9 @@ func New(cfg Config) (*Proxy, error) {
 		cfg: cfg, log: cfg.Logger, node: newNode(cfg.Node),
 		st:    &state{listeners: map[string]*listenerSpec{}, clusters: map[string]*clusterSpec{}, endpoints: map[string]*endpointsSpec{}, secrets: map[string]*secretSpec{}},
 		types: newTypes(), status: newStatus(), running: map[string]*runningListener{},
+	}
+	if cfg.TracerProvider != nil {
+		p.tracer = cfg.TracerProvider.Tracer(tracerName)
 	}
 	p.limits.global, p.limits.perListener = int64(cfg.MaxConnections), int64(cfg.MaxListenerConnections)
 	p.cur.Store(&snapshot{listeners: map[string]*listenerRT{}, clusters: map[string]*clusterRT{}})

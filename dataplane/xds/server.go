@@ -23,6 +23,7 @@ import (
 	serverv3 "github.com/envoyproxy/go-control-plane/pkg/server/v3"
 	"github.com/hashicorp/go-memdb"
 	"github.com/vmesh/vmesh/discovery"
+	"go.opentelemetry.io/otel/trace"
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/keepalive"
 	"google.golang.org/protobuf/proto"
@@ -58,6 +59,8 @@ type Config struct {
 	Logger   *slog.Logger
 	// Metrics receives the server's measurements (nil: none are kept).
 	Metrics *Metrics
+	// TracerProvider, when set, traces pushes (trace.go).
+	TracerProvider trace.TracerProvider
 }
 
 // Server serves the catalog as xDS (SotW and delta ADS, and the per-type
@@ -75,6 +78,8 @@ type Server struct {
 	// snapshot never goes back to an older view.
 	buildMu sync.Mutex
 	view    *View
+	// pushed counts the snapshots set (buildMu held), for push spans.
+	pushed int
 	// watchers get every new view (Watch), under buildMu.
 	watchers []chan *View
 	// built holds the latest snapshot per build key: clients that are not
@@ -381,10 +386,12 @@ func (s *Server) update(v *View) {
 	}
 	s.mu.Unlock()
 	sort.Strings(ids)
+	span, before := s.startPush(v, len(ids)), s.pushed
 	used := map[string]bool{}
 	for _, id := range ids {
 		used[s.refresh(id)] = true
 	}
+	endPush(span, s.pushed-before)
 	for k := range s.built {
 		if !used[k] {
 			delete(s.built, k)
@@ -431,6 +438,7 @@ func (s *Server) refresh(id string) string {
 	c.snap, c.snapIndex = b.snap, b.view.Index
 	s.mu.Unlock()
 	if stale {
+		s.pushed++
 		if err := s.cache.SetSnapshot(context.Background(), id, b.snap); err != nil {
 			s.logger.Error("setting xDS snapshot", "node", id, "err", err)
 		}

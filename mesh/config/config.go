@@ -81,6 +81,8 @@ type Config struct {
 	DNS         DNSOptions    `hcl:"dns"`
 	ACL         ACLConfig     `hcl:"acl"`
 	Checks      ChecksConfig  `hcl:"checks"`
+	// Telemetry is distributed tracing (docs/observability.md).
+	Telemetry TelemetryConfig `hcl:"telemetry"`
 	// Join is a member's cluster address to join at start when this node
 	// has no cluster state yet, with the join token read from TokenFile,
 	// or from the VMESH_JOIN_TOKEN environment variable (Build puts it in
@@ -183,6 +185,7 @@ func DefaultConfig() Config {
 		DNS:        defaultDNSOptions(),
 		Checks:     defaultChecksConfig(),
 		Proxy:      ProxyConfig{Enabled: true},
+		Telemetry:  TelemetryConfig{Tracing: TracingConfig{SampleRatio: DefaultSampleRatio}},
 		Cluster: Cluster{
 			Voters: 3, TrustDomain: "vmesh.local",
 			NodeTTL: 10 * time.Second, ReapAfter: 72 * time.Hour, HeartbeatInterval: time.Second,
@@ -327,6 +330,7 @@ func (c *Config) Validate() error {
 	errs = append(errs, c.validateCapture()...)
 	errs = append(errs, c.validateACL()...)
 	errs = append(errs, c.validateChecks()...)
+	errs = append(errs, c.validateTelemetry()...)
 	return errors.Join(errs...)
 }
 

@@ -67,6 +67,8 @@
 //	43  TestProxyRoundRobinFailoverRetry
 //	44  TestProxyCertRotationUnderLoad
 //	45  TestProxyConnectionFlood
+//	46  TestProxyTracingEndToEnd
+//	47  TestProxyTracingSampledOut
 //	48  TestProxyAccessLogs
 //
 //	namespace                       test

@@ -22,6 +22,7 @@ import (
 	"github.com/vmesh/vmesh/discovery/httpapi"
 	"github.com/vmesh/vmesh/mesh/config"
 	"github.com/vmesh/vmesh/raft"
+	"go.opentelemetry.io/otel/trace"
 )
 
 // ErrNotJoined answers writes while this agent is in no cluster.
@@ -228,6 +229,7 @@ func (m *Membership) openRaft(id *raft.Identity, localCA *raft.CA, bootstrap boo
 		TrailingLogs:      m.cfg.Raft.TrailingLogs,
 		SnapshotInterval:  m.cfg.Raft.SnapshotInterval,
 		Logger:            m.logger.With("component", "raft"),
+		TracerProvider:    m.TracerProvider,
 		Cluster: &raft.ClusterConfig{
 			Identity: id, Bind: m.cfg.ClusterBind(), Voters: m.cfg.Cluster.Voters, LocalCA: localCA,
 			HeartbeatInterval: m.cfg.Cluster.HeartbeatInterval, NodeTTL: m.cfg.Cluster.NodeTTL, ReapAfter: m.cfg.Cluster.ReapAfter,
@@ -268,8 +270,9 @@ func (m *Membership) startClient(id *raft.Identity, servers []string) error {
 		Identity: id, NodeID: m.nodeID, Addr: m.cfg.ClusterAddr(), Servers: servers,
 		HeartbeatInterval: m.cfg.Cluster.HeartbeatInterval,
 		DataDir:           m.cfg.DataDir, NodeCertTTL: m.cfg.Cluster.NodeCertTTL,
-		OnServers: m.rememberServers,
-		Logger:    m.logger.With("component", "client"),
+		OnServers:      m.rememberServers,
+		Logger:         m.logger.With("component", "client"),
+		TracerProvider: m.TracerProvider,
 	}, m.store)
 	if err != nil {
 		return err
@@ -544,6 +547,8 @@ type Membership struct {
 	// ACL, when set, turns on ACL enforcement in this node's raft server
 	// (forwarded writes, clients' token resolution).
 	ACL *acl.Resolver
+	// TracerProvider, when set, traces raft writes (nil: none).
+	TracerProvider trace.TracerProvider
 
 	joinMu     sync.Mutex
 	joined     chan struct{}
