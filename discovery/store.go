@@ -209,7 +209,8 @@ func ensureNodeTxn(tx *memdb.Txn, idx uint64, n *Node) error {
 }
 
 func nodeEqual(a, b *Node) bool {
-	return a.ID == b.ID && a.Address == b.Address && a.Datacenter == b.Datacenter && mapsEqual(a.Meta, b.Meta)
+	return a.ID == b.ID && a.Address == b.Address && a.Datacenter == b.Datacenter && mapsEqual(a.Meta, b.Meta) &&
+		mapsEqual(a.TaggedAddresses, b.TaggedAddresses) && a.External == b.External
 }
 
 // DeleteNode removes a node with its instances and checks.

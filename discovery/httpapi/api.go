@@ -169,6 +169,8 @@ func (a *API) Register(mux *http.ServeMux) {
 	mux.HandleFunc("GET /v1/catalog/node/{node}", a.catalogNode)
 	mux.HandleFunc("GET /v1/catalog/node-services/{node}", a.catalogNodeServices)
 	mux.HandleFunc("GET /v1/catalog/datacenters", a.catalogDatacenters)
+	mux.HandleFunc("PUT /v1/catalog/register", a.catalogRegister)     // api_catalog_write.go
+	mux.HandleFunc("PUT /v1/catalog/deregister", a.catalogDeregister) // api_catalog_write.go
 	// health
 	mux.HandleFunc("GET /v1/health/service/{name}", a.healthService)
 	mux.HandleFunc("GET /v1/health/checks/{name}", a.healthChecks)
