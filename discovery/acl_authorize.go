@@ -14,6 +14,7 @@ import (
 //
 //	node and its services, checks     node:write / service:write (Consul's agent and catalog endpoints)
 //	catalog register, deregister      the same, for external nodes (catalog_register.go)
+//	autopilot configuration           operator:write
 //	KV                                key:write (a tree delete: key_prefix write with no deny under it)
 //	sessions                          session:write on the session's node
 //	transactions                      each operation's rule (AuthorizeTxnOp)
@@ -49,6 +50,8 @@ func AuthorizeCommand(authz *acl.Authorizer, s *Store, cmd Command) error {
 		return authorizeCatalogRegister(authz, s, &c)
 	case CatalogDeregisterRequest:
 		return authorizeCatalogDeregister(authz, s, &c)
+	case AutopilotSetRequest:
+		return authorizeAutopilot(authz)
 	case KVRequest:
 		if c.Op == KVDeleteTree {
 			return authz.KeyWritePrefix(c.Entry.Key)

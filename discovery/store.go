@@ -42,6 +42,7 @@ func schema() *memdb.DBSchema {
 	aclTables(s.Tables)
 	sessionTables(s.Tables)
 	revocationTables(s.Tables)
+	autopilotTables(s.Tables)
 	return s
 }
 

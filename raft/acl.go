@@ -117,6 +117,8 @@ func decodeCommand(buf []byte) (discovery.Command, error) {
 		cmd = &discovery.CatalogRegisterRequest{}
 	case discovery.CatalogDeregisterType:
 		cmd = &discovery.CatalogDeregisterRequest{}
+	case discovery.AutopilotSetType:
+		cmd = &discovery.AutopilotSetRequest{}
 	case discovery.KVType:
 		cmd = &discovery.KVRequest{}
 	case discovery.SessionType:
@@ -171,6 +173,8 @@ func derefCommand(cmd discovery.Command) discovery.Command {
 	case *discovery.CatalogRegisterRequest:
 		return *c
 	case *discovery.CatalogDeregisterRequest:
+		return *c
+	case *discovery.AutopilotSetRequest:
 		return *c
 	case *discovery.RegisterCheckRequest:
 		return *c

@@ -62,6 +62,7 @@ var forwardRules = map[discovery.MessageType]forwardRule{
 	// sends it (discovery/catalog_register.go).
 	discovery.CatalogRegisterType:   forwardAny,
 	discovery.CatalogDeregisterType: forwardAny,
+	discovery.AutopilotSetType:      forwardAny,
 }
 
 // authorizeForward checks that caller may have the leader apply buf (one

@@ -58,6 +58,10 @@ var appliers = map[discovery.MessageType]applier{
 		var req discovery.CatalogDeregisterRequest
 		return orErr(decode(buf, &req), func() error { return s.CatalogDeregister(idx, &req) })
 	},
+	discovery.AutopilotSetType: func(s *discovery.Store, buf []byte, idx uint64) any {
+		var req discovery.AutopilotSetRequest
+		return orErr(decode(buf, &req), func() error { return s.AutopilotSet(idx, &req) })
+	},
 	discovery.KVType: func(s *discovery.Store, buf []byte, idx uint64) any {
 		var req discovery.KVRequest
 		return orErr(decode(buf, &req), func() error { return s.KVApply(idx, req.Op, &req.Entry) })
