@@ -261,7 +261,7 @@ func (a *Agent) startHTTP(context.Context) error {
 		NodeName: a.cfg.NodeName, NodeID: a.nodeID, Datacenter: a.cfg.Datacenter, Version: cli.Version,
 		Members: a.member.AgentMembers, Logger: a.logger.With("component", "http"), WaitReady: a.local.WaitReady,
 		IntentionsDefaultAllow: a.cfg.IntentionsDefaultAllow(), UserPorts: a.userPorts,
-		Operator: operator{a.member, a}, Diagnostics: a.diagnostics(), RemoteKV: a.member,
+		Operator: operator{a.member, a}, Raft: a.member, Diagnostics: a.diagnostics(), RemoteKV: a.member,
 		ChecksWritten: a.local.SyncChecks, CheckTarget: a.guard.CheckTarget, ACLBootstrapReset: a.aclBootstrapReset,
 	}
 	if a.acl != nil {

@@ -90,6 +90,9 @@ type API struct {
 	// them out. Diagnostics mounts other packages' read-only handlers.
 	Operator    Operator
 	Diagnostics Diagnostics
+	// Raft serves Consul's /v1/operator/raft, autopilot health and state,
+	// and /v1/snapshot (api_operator.go); nil leaves them out.
+	Raft RaftOperator
 	// ChecksWritten, when set, is called after a write of this node's
 	// services or checks, before the answer: the agent hands the new
 	// checks to its runner, so a TTL update sent right after finds them.
@@ -194,6 +197,8 @@ func (a *API) Register(mux *http.ServeMux) {
 	a.registerVmesh(mux)
 	// ACLs (api_acl.go)
 	a.registerACL(mux)
+	// operator, snapshots, coordinates (api_operator.go)
+	a.registerOperator(mux)
 	// Anything else under /v1/: a 404 with Consul's headers.
 	mux.HandleFunc("/v1/", a.notImplemented)
 }

@@ -124,7 +124,8 @@ func (a *API) buildCatalogRegister(body *catalogRegistration) (*discovery.Catalo
 		if in.ID == "" {
 			in.ID = s.Service
 		}
-		if w := s.Weights; w != nil {
+		// consul/api sends zero weights when none were set: the default.
+		if w := s.Weights; w != nil && (w.Passing != 0 || w.Warning != 0) {
 			if w.Passing < 1 || w.Warning < 0 {
 				return nil, badRequest("Invalid catalog registration: field Service.Weights: Passing must be at least 1 and Warning at least 0")
 			}
