@@ -243,6 +243,7 @@ func (a *Agent) Left() <-chan struct{} { return a.member.Left() }
 func (a *Agent) startChecks(context.Context) error {
 	a.checks = checks.New(a.logger.With("component", "checks"), checkSink{a})
 	a.checks.Guard, a.checks.OutputMax = a.guard, a.cfg.Checks.OutputMaxSize // checks.go
+	a.checks.UpdateInterval = a.cfg.CheckUpdateInterval
 	return nil
 }
 
