@@ -56,6 +56,9 @@
 //	24  TestSessionsAcrossClients
 //	25  TestSessionTTLAcrossLeaderChange
 //	26  TestACLsProcesses
+//	30  TestCatalogRegisterSnapshotRestore
+//	31  TestOperatorRaftProcesses
+//	32  (kept for the catalog and operator tests)
 //	41  TestProxyL7EndToEnd
 //	42  TestProxyNackKeepsServing
 //	43  TestProxyRoundRobinFailoverRetry
