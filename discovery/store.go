@@ -172,7 +172,7 @@ func bumpIndex(tx *memdb.Txn, idx uint64, tables ...string) error {
 func (s *Store) LastIndex() uint64 {
 	tx := s.readTxn(nil)
 	return maxIndex(tx, tableNodes, tableInstances, tableChecks, tableKV, tableCA, tableTokens, tableConfigEntries, tableVIPs, tableIntentions,
-		tableACLTokens, tableACLPolicies, tableACLRoles, tableACLMeta, tableACLEpoch, tableSessions, tableRevocations)
+		tableACLTokens, tableACLPolicies, tableACLRoles, tableACLMeta, tableACLEpoch, tableSessions, tableRevocations, tableAutopilot)
 }
 
 // ---- writes (FSM only) ----

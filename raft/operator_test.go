@@ -12,6 +12,7 @@ import (
 	"time"
 
 	"github.com/vmesh/vmesh/discovery"
+	"github.com/vmesh/vmesh/lab/testkit"
 )
 
 func kvValue(t *testing.T, s *discovery.Store, key string) string {
@@ -227,5 +228,42 @@ func TestAutopilotConfigInRaft(t *testing.T) {
 	c.LastContactThreshold = 0
 	if _, err := s.Apply(context.Background(), discovery.AutopilotSetRequest{Config: c}); !errors.Is(err, discovery.ErrInvalid) {
 		t.Errorf("zero threshold: %v", err)
+	}
+}
+
+// TestHistoryResetBackwards: an operator's restore takes the catalog to
+// an older index; every subscriber, even one current to the newest
+// entry, is dropped and takes a snapshot when it comes back, and the
+// history goes on from the newest index.
+func TestHistoryResetBackwards(t *testing.T) {
+	h := newHistory(8, testkit.Discard())
+	store := discovery.NewStore()
+	buf, err := encodeCommand(nodeCmd("n1"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	h.mu.Lock()
+	for i := uint64(1); i <= 5; i++ {
+		h.recordLocked(i*10, buf, nil)
+	}
+	h.mu.Unlock()
+	sub, snap := h.subscribe(50, store)
+	if snap != nil {
+		t.Fatal("a current subscriber got a snapshot")
+	}
+	h.mu.Lock()
+	h.resetLocked(20) // the restored catalog's index
+	h.mu.Unlock()
+	select {
+	case <-sub.dropped:
+	default:
+		t.Fatal("a subscriber current to 50 was kept after a restore to 20")
+	}
+	sub2, snap := h.subscribe(50, store)
+	if snap == nil {
+		t.Fatal("a replica at 50 resumed after a restore to 20, without a snapshot")
+	}
+	if got := sub2.cursor.Load(); got != 50 {
+		t.Errorf("cursor after the snapshot = %d, want 50 (the newest index)", got)
 	}
 }
