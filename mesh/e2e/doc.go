@@ -56,7 +56,7 @@
 //	24  TestSessionsAcrossClients
 //	25  TestSessionTTLAcrossLeaderChange
 //	26  TestACLsProcesses
-//	30  TestCatalogRegisterSnapshotRestore
+//	30  TestCatalogRegisterSnapshotRestore (client c1 at 127.30.0.11)
 //	31  TestOperatorRaftProcesses
 //	32  (kept for the catalog and operator tests)
 //	41  TestProxyL7EndToEnd

@@ -57,6 +57,10 @@ func TestCatalogRegisterSnapshotRestore(t *testing.T) {
 	nodes := bootCluster(t, "127.30.0.", 3)
 	c1, c2, c3 := consulClient(t, nodes[0]), consulClient(t, nodes[1]), consulClient(t, nodes[2])
 	all := []*api.Client{c1, c2, c3}
+	// A client agent: its replica of the catalog must follow too.
+	cl := newClientNode(t, "c1", "127.30.0.11").start("-join", nodes[0].clusterAddr(), "-token-file", nodes[0].tokenFile("1h"))
+	testkit.WaitFor(t, 20*time.Second, "c1 knows the leader", func() bool { return cl.leader() != "" })
+	ccl := consulClient(t, cl)
 
 	reg := &api.CatalogRegistration{
 		Node: "ext-db", Address: "192.0.2.10", NodeMeta: map[string]string{"external-node": "true"},
@@ -78,6 +82,10 @@ func TestCatalogRegisterSnapshotRestore(t *testing.T) {
 			return len(a) == 1 && a[0] == "192.0.2.10"
 		})
 	}
+	testkit.WaitFor(t, 10*time.Second, "client c1 serves pg over DNS", func() bool {
+		a := dnsA(cl, "pg.service.consul.")
+		return len(a) == 1 && a[0] == "192.0.2.10"
+	})
 	// No agent heartbeats for the external node: the leader's liveness
 	// check leaves it alone (a node check would be critical at once).
 	checks, _, err := c1.Health().Node("ext-db", nil)
@@ -149,6 +157,9 @@ func TestCatalogRegisterSnapshotRestore(t *testing.T) {
 			return kvGet(c, "app/x") == "changed" && !hasNode(c, "ext-db") && !nodes[i].instances("web")["web-saved"]
 		})
 	}
+	testkit.WaitFor(t, 10*time.Second, "client c1 sees the changes", func() bool {
+		return !hasNode(ccl, "ext-db") && !cl.instances("web")["web-saved"]
+	})
 
 	// A bad archive: 400, nothing changes.
 	bad := bytes.Clone(archive)
@@ -177,6 +188,9 @@ func TestCatalogRegisterSnapshotRestore(t *testing.T) {
 				nodes[i].instances("web")["web-saved"]
 		})
 	}
+	testkit.WaitFor(t, 15*time.Second, "client c1's replica has the saved services back", func() bool {
+		return hasNode(ccl, "ext-db") && cl.instances("web")["web-saved"]
+	})
 	// The cluster keeps serving: a write through a follower lands on all.
 	if _, err := c2.KV().Put(&api.KVPair{Key: "app/after", Value: []byte("ok")}, nil); err != nil {
 		t.Fatalf("write after restore: %v", err)
