@@ -291,6 +291,22 @@ func TestOperatorRaftProcesses(t *testing.T) {
 		t.Errorf("autopilot state = %+v, %v", st, err)
 	}
 
+	// A check that fails from its first run shows why, in the agent's
+	// checks and in health, though its status never changed.
+	if err := c1.Agent().ServiceRegister(&api.AgentServiceRegistration{ID: "down-1", Name: "down", Port: 9,
+		Check: &api.AgentServiceCheck{CheckID: "down-tcp", TCP: "127.31.0.1:9", Interval: "200ms", Timeout: "1s"}}); err != nil {
+		t.Fatalf("register a failing check: %v", err)
+	}
+	testkit.WaitFor(t, 15*time.Second, "the failing check's output in /v1/agent/checks", func() bool {
+		checks, err := c1.Agent().Checks()
+		return err == nil && checks["down-tcp"] != nil && checks["down-tcp"].Status == api.HealthCritical &&
+			strings.Contains(checks["down-tcp"].Output, "refused")
+	})
+	testkit.WaitFor(t, 10*time.Second, "the failing check's output in /v1/health on another server", func() bool {
+		checks, _, err := c3.Health().Checks("down", &api.QueryOptions{AllowStale: true})
+		return err == nil && len(checks) == 1 && strings.Contains(checks[0].Output, "refused")
+	})
+
 	// Remove n3 by its raft ID, through n1.
 	if err := c1.Operator().RaftRemovePeerByID(ids["n3"], nil); err != nil {
 		t.Fatalf("remove n3: %v", err)
