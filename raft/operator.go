@@ -46,6 +46,39 @@ func (s *Server) RaftConfiguration() (discovery.RaftConfiguration, error) {
 	return out, nil
 }
 
+func (s *Server) rpcRaftConfiguration(ctx context.Context, _ *Empty) (*discovery.RaftConfiguration, error) {
+	if _, err := s.peerNode(ctx); err != nil {
+		return nil, err
+	}
+	if !s.IsLeader() {
+		return nil, s.notLeader(ctx)
+	}
+	conf, err := s.RaftConfiguration()
+	if err != nil {
+		return nil, status.Error(codes.Unavailable, err.Error())
+	}
+	return &conf, nil
+}
+
+// RaftConfiguration is the leader's raft configuration, for a client
+// agent's API (reads only: a client changes no server and takes no
+// snapshot, which holds every secret).
+func (c *Client) RaftConfiguration(ctx context.Context) (discovery.RaftConfiguration, error) {
+	var resp discovery.RaftConfiguration
+	err := c.leaderCall(ctx, "RaftConfiguration", &Empty{}, &resp, true)
+	return resp, err
+}
+
+// AutopilotState is the leader's autopilot state, for a client agent's
+// API.
+func (c *Client) AutopilotState(ctx context.Context) (*discovery.AutopilotState, error) {
+	var resp discovery.AutopilotState
+	if err := c.leaderCall(ctx, "AutopilotState", &Empty{}, &resp, true); err != nil {
+		return nil, err
+	}
+	return &resp, nil
+}
+
 // nodeNamesByID maps the catalog's node IDs to their names.
 func (s *Server) nodeNamesByID() map[string]string {
 	_, nodes, _ := s.store.Nodes(nil)

@@ -86,6 +86,11 @@ func TestCatalogRegisterSnapshotRestore(t *testing.T) {
 		a := dnsA(cl, "pg.service.consul.")
 		return len(a) == 1 && a[0] == "192.0.2.10"
 	})
+	// A client agent reads the raft configuration from the leader.
+	testkit.WaitFor(t, 10*time.Second, "client c1 lists the three servers", func() bool {
+		conf, err := ccl.Operator().RaftGetConfiguration(nil)
+		return err == nil && len(conf.Servers) == 3
+	})
 	// No agent heartbeats for the external node: the leader's liveness
 	// check leaves it alone (a node check would be critical at once).
 	checks, _, err := c1.Health().Node("ext-db", nil)
@@ -128,6 +133,10 @@ func TestCatalogRegisterSnapshotRestore(t *testing.T) {
 			_, _, err := c.ACL().TokenReadSelf(&api.QueryOptions{Token: boot.SecretID, AllowStale: true})
 			return err == nil
 		})
+	}
+	// A client holds no state to save: ask a server.
+	if _, _, err := ccl.Snapshot().Save(mgmt); err == nil || !strings.Contains(err.Error(), "409") {
+		t.Errorf("snapshot save on client c1: %v, want a 409", err)
 	}
 	rc, qm, err := c2.Snapshot().Save(mgmt)
 	if err != nil {

@@ -12,10 +12,14 @@ import (
 )
 
 // Consul's /v1/operator/raft, /v1/operator/autopilot and /v1/snapshot on
-// this agent (httpapi.RaftOperator): a server answers, a client refuses
-// with a 409 that says to ask a server.
+// this agent (httpapi.RaftOperator): a server answers; a client asks the
+// leader for the reads (the raft configuration, autopilot's state) and
+// refuses the rest with a 409 that says to ask a server.
 
-func (m *Membership) RaftConfiguration(context.Context) (discovery.RaftConfiguration, error) {
+func (m *Membership) RaftConfiguration(ctx context.Context) (discovery.RaftConfiguration, error) {
+	if c := m.client(); c != nil {
+		return c.RaftConfiguration(ctx)
+	}
 	srv := m.get()
 	if srv == nil {
 		return discovery.RaftConfiguration{}, httpapi.WithStatus(http.StatusConflict, m.notServer())
@@ -49,6 +53,9 @@ func (m *Membership) TransferLeader(ctx context.Context, id string) error {
 }
 
 func (m *Membership) AutopilotState(ctx context.Context) (*discovery.AutopilotState, error) {
+	if c := m.client(); c != nil {
+		return c.AutopilotState(ctx)
+	}
 	srv := m.get()
 	if srv == nil {
 		return nil, httpapi.WithStatus(http.StatusConflict, m.notServer())
