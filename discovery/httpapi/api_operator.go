@@ -313,7 +313,7 @@ func (a *API) snapshotRestore(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	if len(archive) == 0 {
-		a.writeError(w, r, badRequest("empty body: send the snapshot archive 'vmesh snapshot save' or GET /v1/snapshot wrote"))
+		a.writeError(w, r, badRequest("empty body: send the snapshot archive that GET /v1/snapshot (consul snapshot save) wrote"))
 		return
 	}
 	if err := a.Raft.RestoreSnapshot(r.Context(), archive); err != nil {
