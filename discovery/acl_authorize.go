@@ -13,6 +13,8 @@ import (
 // the catalog (to find the service a deregistration names) come from s.
 //
 //	node and its services, checks     node:write / service:write (Consul's agent and catalog endpoints)
+//	catalog register, deregister      the same, for external nodes (catalog_register.go)
+//	autopilot configuration           operator:write
 //	KV                                key:write (a tree delete: key_prefix write with no deny under it)
 //	sessions                          session:write on the session's node
 //	transactions                      each operation's rule (AuthorizeTxnOp)
@@ -44,6 +46,12 @@ func AuthorizeCommand(authz *acl.Authorizer, s *Store, cmd Command) error {
 		return authorizeCheck(authz, s, c.Node, c.CheckID)
 	case UpdateCheckRequest:
 		return authorizeCheck(authz, s, c.Node, c.CheckID)
+	case CatalogRegisterRequest:
+		return authorizeCatalogRegister(authz, s, &c)
+	case CatalogDeregisterRequest:
+		return authorizeCatalogDeregister(authz, s, &c)
+	case AutopilotSetRequest:
+		return authorizeAutopilot(authz)
 	case KVRequest:
 		if c.Op == KVDeleteTree {
 			return authz.KeyWritePrefix(c.Entry.Key)

@@ -30,6 +30,8 @@ const (
 	RevocationType        MessageType = 17 // revocations.go: the cluster port's deny list
 	SessionType           MessageType = 18 // session.go (17 is the revocation list)
 	TxnType               MessageType = 19 // txn.go: KV transactions and locks
+	// 20, 21 are the catalog's own writes (catalog_register.go), 22
+	// autopilot's configuration (autopilot.go).
 	// 40-47 are the ACL commands (acl.go).
 
 	// IgnoreUnknownTypeFlag marks a command that an older agent that does

@@ -18,6 +18,7 @@ var replicaTables = map[string]bool{
 	tableIntentions:    true,
 	tableVIPs:          true,
 	tableRevocations:   true, // every node checks the deny list on its handshakes
+	tableAutopilot:     true, // so a client's API answers it (no secret)
 }
 
 // ReplicaRecord returns rec as a client replica may hold it, and false when
@@ -25,7 +26,7 @@ var replicaTables = map[string]bool{
 // private key: a copy is returned, rec is not changed.
 func ReplicaRecord(rt RecordType, rec any) (any, bool) {
 	switch v := rec.(type) {
-	case *Node, *Instance, *Check, *ConfigEntry, *Intention, *VIP, *Revocation:
+	case *Node, *Instance, *Check, *ConfigEntry, *Intention, *VIP, *Revocation, *AutopilotConfig:
 		return rec, true
 	case *CARoot:
 		return v.Public(), true

@@ -37,6 +37,7 @@ const (
 	RecordRevocation RecordType = 11 // revocations.go
 	RecordSession    RecordType = 12 // session.go
 	RecordLockDelay  RecordType = 13
+	// 14 is the autopilot configuration (autopilot.go).
 	// 40-43 are the ACL records (acl.go).
 )
 
@@ -79,6 +80,7 @@ func (sn *Snapshot) Walk(fn func(RecordType, any) error) error {
 		{tableACLRoles, RecordACLRole}, {tableACLMeta, RecordACLMeta},
 		{tableRevocations, RecordRevocation},
 		{tableSessions, RecordSession}, {tableLockDelays, RecordLockDelay},
+		{tableAutopilot, RecordAutopilot},
 	} {
 		if err := walk(t.table, t.rt); err != nil {
 			return fmt.Errorf("walking %s: %w", t.table, err)
@@ -142,6 +144,8 @@ func (r *Restorer) Add(rt RecordType, rec any) error {
 		return insertSessionTxn(r.tx, v)
 	case *KVLockDelay:
 		return r.tx.Insert(tableLockDelays, v)
+	case *AutopilotConfig:
+		return r.tx.Insert(tableAutopilot, v)
 	}
 	return fmt.Errorf("%w: record type %d (%T)", ErrInvalid, rt, rec)
 }
@@ -183,6 +187,8 @@ func NewRecord(rt RecordType) (any, error) {
 		return &Session{}, nil
 	case RecordLockDelay:
 		return &KVLockDelay{}, nil
+	case RecordAutopilot:
+		return &AutopilotConfig{}, nil
 	}
 	return nil, fmt.Errorf("%w: unknown snapshot record type %d", ErrInvalid, rt)
 }

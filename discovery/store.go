@@ -42,6 +42,7 @@ func schema() *memdb.DBSchema {
 	aclTables(s.Tables)
 	sessionTables(s.Tables)
 	revocationTables(s.Tables)
+	autopilotTables(s.Tables)
 	return s
 }
 
@@ -171,7 +172,7 @@ func bumpIndex(tx *memdb.Txn, idx uint64, tables ...string) error {
 func (s *Store) LastIndex() uint64 {
 	tx := s.readTxn(nil)
 	return maxIndex(tx, tableNodes, tableInstances, tableChecks, tableKV, tableCA, tableTokens, tableConfigEntries, tableVIPs, tableIntentions,
-		tableACLTokens, tableACLPolicies, tableACLRoles, tableACLMeta, tableACLEpoch, tableSessions, tableRevocations)
+		tableACLTokens, tableACLPolicies, tableACLRoles, tableACLMeta, tableACLEpoch, tableSessions, tableRevocations, tableAutopilot)
 }
 
 // ---- writes (FSM only) ----
@@ -209,7 +210,8 @@ func ensureNodeTxn(tx *memdb.Txn, idx uint64, n *Node) error {
 }
 
 func nodeEqual(a, b *Node) bool {
-	return a.ID == b.ID && a.Address == b.Address && a.Datacenter == b.Datacenter && mapsEqual(a.Meta, b.Meta)
+	return a.ID == b.ID && a.Address == b.Address && a.Datacenter == b.Datacenter && mapsEqual(a.Meta, b.Meta) &&
+		mapsEqual(a.TaggedAddresses, b.TaggedAddresses) && a.External == b.External
 }
 
 // DeleteNode removes a node with its instances and checks.

@@ -18,13 +18,22 @@ func ValidHealthState(s string) bool {
 	return s == HealthPassing || s == HealthWarning || s == HealthCritical
 }
 
-// Node is a host running a vmesh agent.
+// Node is a host running a vmesh agent, or an external node that
+// /v1/catalog/register wrote (External).
 type Node struct {
-	ID          string
-	Name        string
-	Address     string
-	Datacenter  string
-	Meta        map[string]string
+	ID         string
+	Name       string
+	Address    string
+	Datacenter string
+	Meta       map[string]string
+	// TaggedAddresses are Consul's extra addresses of the node by tag, as
+	// a catalog registration gave them; nil for agents (the API shows
+	// Address as lan and wan).
+	TaggedAddresses map[string]string `json:",omitempty"`
+	// External marks a node no agent runs: /v1/catalog/register made it.
+	// Only the catalog endpoints write it; the cluster's liveness check
+	// leaves it alone.
+	External    bool `json:",omitempty"`
 	CreateIndex uint64
 	ModifyIndex uint64
 }

@@ -263,6 +263,7 @@ func (a *Agent) Left() <-chan struct{} { return a.member.Left() }
 func (a *Agent) startChecks(context.Context) error {
 	a.checks = checks.New(a.logger.With("component", "checks"), checkSink{a})
 	a.checks.Guard, a.checks.OutputMax = a.guard, a.cfg.Checks.OutputMaxSize // checks.go
+	a.checks.UpdateInterval = a.cfg.CheckUpdateInterval
 	return nil
 }
 
@@ -281,7 +282,7 @@ func (a *Agent) startHTTP(context.Context) error {
 		NodeName: a.cfg.NodeName, NodeID: a.nodeID, Datacenter: a.cfg.Datacenter, Version: cli.Version,
 		Members: a.member.AgentMembers, Logger: a.logger.With("component", "http"), WaitReady: a.local.WaitReady,
 		IntentionsDefaultAllow: a.cfg.IntentionsDefaultAllow(), UserPorts: a.userPorts,
-		Operator: operator{a.member, a}, Diagnostics: a.diagnostics(), RemoteKV: a.member,
+		Operator: operator{a.member, a}, Raft: a.member, Diagnostics: a.diagnostics(), RemoteKV: a.member,
 		ChecksWritten: a.local.SyncChecks, CheckTarget: a.guard.CheckTarget, ACLBootstrapReset: a.aclBootstrapReset,
 		Monitor: a.logs, Reload: a.reloadFromAPI,
 	}

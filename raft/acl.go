@@ -113,6 +113,12 @@ func decodeCommand(buf []byte) (discovery.Command, error) {
 		cmd = &discovery.DeregisterCheckRequest{}
 	case discovery.UpdateCheckType:
 		cmd = &discovery.UpdateCheckRequest{}
+	case discovery.CatalogRegisterType:
+		cmd = &discovery.CatalogRegisterRequest{}
+	case discovery.CatalogDeregisterType:
+		cmd = &discovery.CatalogDeregisterRequest{}
+	case discovery.AutopilotSetType:
+		cmd = &discovery.AutopilotSetRequest{}
 	case discovery.KVType:
 		cmd = &discovery.KVRequest{}
 	case discovery.SessionType:
@@ -163,6 +169,12 @@ func derefCommand(cmd discovery.Command) discovery.Command {
 	case *discovery.RegisterServiceRequest:
 		return c // AuthorizeCommand takes it by pointer too
 	case *discovery.DeregisterServiceRequest:
+		return *c
+	case *discovery.CatalogRegisterRequest:
+		return *c
+	case *discovery.CatalogDeregisterRequest:
+		return *c
+	case *discovery.AutopilotSetRequest:
 		return *c
 	case *discovery.RegisterCheckRequest:
 		return *c

@@ -8,6 +8,7 @@ import (
 
 	hraft "github.com/hashicorp/raft"
 	autopilot "github.com/hashicorp/raft-autopilot"
+	"github.com/vmesh/vmesh/discovery"
 )
 
 // Autopilot keeps the voter set healthy on the leader: it removes servers
@@ -25,13 +26,22 @@ func newAutopilot(s *Server) *autopilot.Autopilot {
 
 type apDelegate struct{ s *Server }
 
+// AutopilotConfig is the configuration stored in the catalog (or the
+// default): autopilot asks on every pass, so a change an operator makes
+// takes effect at the next one, on whichever server leads.
 func (d *apDelegate) AutopilotConfig() *autopilot.Config {
+	c := discovery.DefaultAutopilotConfig()
+	if d.s != nil { // a bare delegate (tests) runs with the default
+		if _, stored, err := d.s.store.Autopilot(nil); err == nil {
+			c = stored
+		}
+	}
 	return &autopilot.Config{
-		CleanupDeadServers:      true,
-		LastContactThreshold:    2 * time.Second,
-		MaxTrailingLogs:         1000,
-		MinQuorum:               1,
-		ServerStabilizationTime: 3 * time.Second,
+		CleanupDeadServers:      c.CleanupDeadServers,
+		LastContactThreshold:    c.LastContactThreshold,
+		MaxTrailingLogs:         c.MaxTrailingLogs,
+		MinQuorum:               c.MinQuorum,
+		ServerStabilizationTime: c.ServerStabilizationTime,
 	}
 }
 

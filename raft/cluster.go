@@ -253,6 +253,8 @@ var remoteCodes = map[string]error{
 	"notfound": discovery.ErrNotFound,
 	"invalid":  discovery.ErrInvalid,
 	"lost":     ErrLeadershipLost,
+	// Wraps ErrInvalid, so encodeRemoteErr looks for it first.
+	"agentnode": discovery.ErrAgentNode,
 }
 
 type remoteError struct {
@@ -266,6 +268,9 @@ func (e *remoteError) Unwrap() error { return e.sentinel }
 func encodeRemoteErr(err error) (string, string) {
 	if err == nil {
 		return "", ""
+	}
+	if errors.Is(err, discovery.ErrAgentNode) {
+		return "agentnode", err.Error()
 	}
 	for code, sentinel := range remoteCodes {
 		if errors.Is(err, sentinel) {
@@ -585,6 +590,9 @@ func (s *Server) checkLiveness(ctx context.Context) {
 	now := time.Now()
 	self := s.cluster.cfg.Identity.Name
 	for _, n := range nodes {
+		if n.External {
+			continue // no agent heartbeats for it (catalog_register.go)
+		}
 		want := discovery.HealthPassing
 		output := "Agent alive and reachable"
 		last := s.cluster.live.lastSeen(n.Name)

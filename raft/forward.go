@@ -58,6 +58,11 @@ var forwardRules = map[discovery.MessageType]forwardRule{
 	discovery.ACLChangedType:        forwardLeaderOnly,
 	discovery.SessionType:           forwardAny,
 	discovery.TxnType:               forwardAny,
+	// External nodes only: the catalog refuses an agent's node whoever
+	// sends it (discovery/catalog_register.go).
+	discovery.CatalogRegisterType:   forwardAny,
+	discovery.CatalogDeregisterType: forwardAny,
+	discovery.AutopilotSetType:      forwardAny,
 }
 
 // authorizeForward checks that caller may have the leader apply buf (one

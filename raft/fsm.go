@@ -50,6 +50,18 @@ var appliers = map[discovery.MessageType]applier{
 		var req discovery.UpdateCheckRequest
 		return orErr(decode(buf, &req), func() error { return s.UpdateCheck(idx, req.Node, req.CheckID, req.Status, req.Output) })
 	},
+	discovery.CatalogRegisterType: func(s *discovery.Store, buf []byte, idx uint64) any {
+		var req discovery.CatalogRegisterRequest
+		return orErr(decode(buf, &req), func() error { return s.CatalogRegister(idx, &req) })
+	},
+	discovery.CatalogDeregisterType: func(s *discovery.Store, buf []byte, idx uint64) any {
+		var req discovery.CatalogDeregisterRequest
+		return orErr(decode(buf, &req), func() error { return s.CatalogDeregister(idx, &req) })
+	},
+	discovery.AutopilotSetType: func(s *discovery.Store, buf []byte, idx uint64) any {
+		var req discovery.AutopilotSetRequest
+		return orErr(decode(buf, &req), func() error { return s.AutopilotSet(idx, &req) })
+	},
 	discovery.KVType: func(s *discovery.Store, buf []byte, idx uint64) any {
 		var req discovery.KVRequest
 		return orErr(decode(buf, &req), func() error { return s.KVApply(idx, req.Op, &req.Entry) })

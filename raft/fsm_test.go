@@ -348,6 +348,36 @@ func TestFSMApplyDispatch(t *testing.T) {
 				}
 			},
 		},
+		{
+			discovery.CatalogRegisterRequest{Node: discovery.Node{Name: "ext", Address: "192.0.2.1"},
+				Service: &discovery.Instance{ID: "db-1", Service: "db", Port: 5432},
+				Checks:  []*discovery.Check{{CheckID: "db-up", Name: "db-up", Status: discovery.HealthPassing, ServiceID: "db-1"}}},
+			func(t *testing.T, idx uint64) {
+				_, n, ins, _ := s.Node(nil, "ext")
+				_, chk, _ := s.Check(nil, "ext", "db-up")
+				if n == nil || !n.External || n.CreateIndex != idx || len(ins) != 1 || chk == nil || chk.ServiceName != "db" {
+					t.Errorf("external node = %+v, %+v, check %+v; want ext with db-1 and db-up at %d", n, ins, chk, idx)
+				}
+			},
+		},
+		{
+			discovery.CatalogDeregisterRequest{Node: "ext", ServiceID: "db-1"},
+			func(t *testing.T, idx uint64) {
+				_, n, ins, _ := s.Node(nil, "ext")
+				if _, chk, _ := s.Check(nil, "ext", "db-up"); n == nil || len(ins) != 0 || chk != nil {
+					t.Errorf("after deregistering db-1: node %+v, instances %+v, check %+v", n, ins, chk)
+				}
+			},
+		},
+		{
+			discovery.AutopilotSetRequest{Config: discovery.AutopilotConfig{LastContactThreshold: time.Second, MaxTrailingLogs: 5, MinQuorum: 3}},
+			func(t *testing.T, idx uint64) {
+				i, c, _ := s.Autopilot(nil)
+				if i != idx || c.ModifyIndex != idx || c.MinQuorum != 3 || c.LastContactThreshold != time.Second {
+					t.Errorf("autopilot = %+v at %d, want MinQuorum 3 at %d", c, i, idx)
+				}
+			},
+		},
 	}
 	covered := map[discovery.MessageType]bool{}
 	for i, st := range steps {

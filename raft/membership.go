@@ -699,7 +699,8 @@ func (s *Server) leaderLoop(ctx context.Context) {
 	}
 	ap := newAutopilot(s)
 	ap.Start(ctx)
-	defer func() { <-ap.Stop() }()
+	s.autopilot.Store(ap)
+	defer func() { s.autopilot.Store(nil); <-ap.Stop() }()
 	defer s.startVIPs(ctx)() // vips.go: a VIP for every new service
 	// sessions.go: the TTL of every session.
 	defer s.startSessionTimers(ctx)()

@@ -152,10 +152,14 @@ var clusterServiceDesc = grpc.ServiceDesc{
 		method("ACLRead", (*Server).rpcACLRead),
 		method("SignLeaf", (*Server).rpcSignLeaf),
 		method("RenewNode", (*Server).rpcRenewNode),
-		method("Txn", (*Server).rpcTxn),                   // sessions.go
-		method("SessionRenew", (*Server).rpcSessionRenew), // sessions.go
-		method("RemoveNode", (*Server).rpcRemoveNode),     // revoke.go
-		method("RotateCA", (*Server).rpcRotateCA),         // rotate.go
+		method("Txn", (*Server).rpcTxn),                             // sessions.go
+		method("SessionRenew", (*Server).rpcSessionRenew),           // sessions.go
+		method("RemoveNode", (*Server).rpcRemoveNode),               // revoke.go
+		method("RotateCA", (*Server).rpcRotateCA),                   // rotate.go
+		method("TransferLeader", (*Server).rpcTransferLeader),       // operator.go
+		method("AutopilotState", (*Server).rpcAutopilotState),       // operator.go
+		method("RaftConfiguration", (*Server).rpcRaftConfiguration), // operator.go
+		method("Restore", (*Server).rpcRestore),                     // operator.go
 	},
 	Streams: []grpc.StreamDesc{subscribeStreamDesc},
 }

@@ -13,6 +13,7 @@ import (
 	"time"
 
 	hraft "github.com/hashicorp/raft"
+	autopilot "github.com/hashicorp/raft-autopilot"
 	raftboltdb "github.com/hashicorp/raft-boltdb/v2"
 	"github.com/vmesh/vmesh/discovery"
 	"go.opentelemetry.io/otel/trace"
@@ -78,6 +79,12 @@ type Server struct {
 	// sessions are the session TTL timers, while this server leads
 	// (sessions.go).
 	sessions atomic.Pointer[sessionTimers]
+	// autopilot is the leader's, while this server leads (operator.go
+	// reads its state).
+	autopilot atomic.Pointer[autopilot.Autopilot]
+	// snaps is the snapshot store, for an operator's snapshot when
+	// nothing new was written since the last one (operator.go).
+	snaps hraft.SnapshotStore
 	// caughtUp is set once this node's catalog holds every entry that was
 	// committed when it started (after a restart the log is replayed only
 	// once a leader commits). Until then reads see no leader, so nobody
@@ -115,7 +122,7 @@ func Open(cfg Config, store *discovery.Store) (*Server, error) {
 		return nil, fmt.Errorf("opening snapshot store: %w", err)
 	}
 	snaps := privateSnapshots{FileSnapshotStore: fileSnaps, dir: dir}
-	s := &Server{logStore: logStore, store: store, logger: cfg.Logger, tracer: newTracer(cfg.TracerProvider), done: make(chan struct{}),
+	s := &Server{snaps: snaps, logStore: logStore, store: store, logger: cfg.Logger, tracer: newTracer(cfg.TracerProvider), done: make(chan struct{}),
 		nodeID: cfg.NodeID, dataDir: cfg.DataDir, fsm: newFSM(store, cfg.Logger), stream: cfg.Stream.withDefaults()}
 	s.fsm.hist = newHistory(s.stream.History, cfg.Logger)
 	trans := cfg.Transport

@@ -74,6 +74,11 @@ var replicated = map[discovery.MessageType]bool{
 	// ACL commands reach a client only as this marker: that ACLs
 	// changed, so it drops the tokens it resolved (replicaCommand).
 	discovery.ACLChangedType: true,
+	// External nodes (catalog_register.go): clients answer DNS and health
+	// for them too.
+	discovery.CatalogRegisterType:   true,
+	discovery.CatalogDeregisterType: true,
+	discovery.AutopilotSetType:      true,
 }
 
 // replicaCommand is the encoded command buf as a client may see it, or
@@ -243,8 +248,15 @@ func (h *history) resetLocked(idx uint64) {
 	for i := range h.ring {
 		h.ring[i] = histEntry{}
 	}
-	h.head, h.n, h.floor, h.last = 0, 0, idx, idx
-	h.dropBehindLocked(idx)
+	floor := idx
+	if idx < h.last {
+		// An operator's restore took the catalog back to an older index
+		// (raft.Restore): every replica, however current, holds changes
+		// the restored catalog does not, so each takes a snapshot.
+		floor = h.last + 1
+	}
+	h.head, h.n, h.floor, h.last = 0, 0, floor, max(idx, h.last)
+	h.dropBehindLocked(floor)
 	close(h.wake)
 	h.wake = make(chan struct{})
 }

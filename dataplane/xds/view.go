@@ -161,7 +161,9 @@ func NewView(st *discovery.MeshState, opts Options) *View {
 		n := v.nodes[in.Node]
 		checks := append(append([]*discovery.Check(nil), nodeChecks[in.Node]...), instChecks[nodeID{in.Node, in.ID}]...)
 		i := &instance{Instance: in, node: n, health: discovery.AggregatedStatus(checks)}
-		i.external = in.Meta[MetaExternalSource] != "" || n == nil || n.Meta[MetaExternalNode] == "true"
+		// A node /v1/catalog/register made (Node.External) runs no vmesh
+		// proxy either.
+		i.external = in.Meta[MetaExternalSource] != "" || n == nil || n.Meta[MetaExternalNode] == "true" || n.External
 		if s := svc(in.Service); s != nil {
 			s.instances = append(s.instances, i)
 		}

@@ -3,6 +3,7 @@ package checks
 import (
 	"context"
 	"log/slog"
+	"math/rand/v2"
 	"net/http"
 	"sync"
 	"time"
@@ -58,6 +59,32 @@ type checkRun struct {
 	pendingUntil  time.Time
 	criticalSince time.Time // when observed turned critical (zero: not critical)
 	ttlDeadline   time.Time
+	// firstDone is set once the run's first observed result was written
+	// or found written; outputDue, when set, is when an output-only
+	// change is written (Consul's check_update_interval, outputWrite).
+	firstDone bool
+	outputDue time.Time
+}
+
+// outputWriteLocked says whether an output-only change (same status,
+// other output) is written now, as Consul's agent does: the run's first
+// result at once, so a check that fails from its first run shows why;
+// later ones once UpdateInterval (staggered: between a half and one and a
+// half of it) has passed since the change was first seen, or at once with
+// an interval of 0. A status change is written at once (differs).
+func (rc *checkRun) outputWriteLocked(now time.Time) bool {
+	if rc.observed.output == rc.known.output {
+		return false
+	}
+	d := rc.r.UpdateInterval
+	switch {
+	case !rc.firstDone || d <= 0:
+		return true
+	case rc.outputDue.IsZero():
+		rc.outputDue = now.Add(d/2 + rand.N(d))
+		return false
+	}
+	return !now.Before(rc.outputDue)
 }
 
 // differs reports whether a and b are different results for the purpose of
@@ -155,7 +182,8 @@ func (rc *checkRun) flush(ctx context.Context) (stopped bool, err error) {
 		rc.mu.Unlock()
 		return true, nil
 	}
-	if !rc.hasObserved || !rc.differs(rc.observed, rc.known) {
+	if !rc.hasObserved || (!rc.differs(rc.observed, rc.known) && !rc.outputWriteLocked(time.Now())) {
+		rc.firstDone = rc.firstDone || rc.hasObserved
 		rc.mu.Unlock()
 		return false, nil
 	}
@@ -173,6 +201,7 @@ func (rc *checkRun) flush(ctx context.Context) (stopped bool, err error) {
 	rc.writing = false
 	if err == nil {
 		rc.known = target
+		rc.firstDone, rc.outputDue = true, time.Time{}
 		rc.pendingUntil = time.Now().Add(checkConfirmWindow)
 		if !rc.differs(rc.catalog, rc.known) {
 			rc.pendingUntil = time.Time{}
@@ -279,10 +308,9 @@ func (rc *checkRun) run() {
 			rc.mu.Lock()
 			rc.reconcileLocked(time.Now())
 			rc.mu.Unlock()
-			if rc.kind == discovery.CheckTTL {
-				// A failed TTL write has no next probe to retry it.
-				rc.flush(rc.ctx)
-			}
+			// A failed TTL write has no next probe to retry it, and an
+			// output change may be due (outputWriteLocked).
+			rc.flush(rc.ctx)
 			deregistered = rc.maybeDeregister(deregistered)
 		case <-rc.kick:
 			rc.flush(rc.ctx)

@@ -29,6 +29,8 @@ const (
 	// checkDrainMax is how much of an HTTP body is read (and dropped) past
 	// the output limit so that the connection can be reused.
 	checkDrainMax = 64 << 10
+	// DefaultUpdateInterval is Consul's check_update_interval default.
+	DefaultUpdateInterval = 5 * time.Minute
 	// checkSinkTimeout bounds one call to the sink.
 	checkSinkTimeout = 30 * time.Second
 	// checkConfirmWindow is how long, after the runner wrote a status, a
@@ -41,9 +43,10 @@ const (
 	checkAccept    = "text/plain, text/*, */*"
 )
 
-// Sink receives results. UpdateCheck is called only when a check's
-// status (or, for TTL updates, its output) differs from what the runner last
-// knew; DeregisterService is called once when a check has been critical for
+// Sink receives results. UpdateCheck is called when a check's status
+// (or, for TTL updates, its output) differs from what the runner last
+// knew, and for an output-only change at the run's first result or once
+// UpdateInterval has passed; DeregisterService is called once when a check has been critical for
 // longer than its DeregisterCriticalServiceAfter.
 type Sink interface {
 	UpdateCheck(ctx context.Context, checkID, status, output string) error
@@ -69,6 +72,12 @@ type Runner struct {
 	// DefaultOutputMax). Set both before the first Sync.
 	Guard     *Guard
 	OutputMax int
+	// UpdateInterval is Consul's check_update_interval: how long an
+	// output-only change of a check's result waits before it is written
+	// (a status change is written at once). New sets
+	// DefaultUpdateInterval; 0 writes every change. Set before the first
+	// Sync.
+	UpdateInterval time.Duration
 
 	wg sync.WaitGroup
 
@@ -88,11 +97,12 @@ func New(logger *slog.Logger, sink Sink) *Runner {
 		logger = slog.Default()
 	}
 	return &Runner{
-		logger:    logger,
-		sink:      sink,
-		maxJitter: checkMaxJitter,
-		checks:    make(map[string]*checkRun),
-		lastRun:   make(map[string]*checkRun),
+		logger:         logger,
+		sink:           sink,
+		maxJitter:      checkMaxJitter,
+		UpdateInterval: DefaultUpdateInterval,
+		checks:         make(map[string]*checkRun),
+		lastRun:        make(map[string]*checkRun),
 	}
 }
 

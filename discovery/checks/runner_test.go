@@ -3,6 +3,7 @@ package checks
 import (
 	"context"
 	"errors"
+	"fmt"
 	"io"
 	"net"
 	"net/http"
@@ -507,7 +508,11 @@ func TestCheckRunnerWritesOnlyOnChange(t *testing.T) {
 			srv := newCountingServer(t, http.StatusOK)
 			sink := newFakeCheckSink()
 			r := newTestCheckRunner(t, sink)
-			r.Sync([]*discovery.Check{httpCheck("web", srv.URL, 50*time.Millisecond, tc.catalog)})
+			// The catalog holds the output the probe gives: only the
+			// status can differ.
+			c := httpCheck("web", srv.URL, 50*time.Millisecond, tc.catalog)
+			c.Output = "HTTP GET " + srv.URL + ": 200 OK Output: body"
+			r.Sync([]*discovery.Check{c})
 			testkit.WaitFor(t, time.Second, "6 probes", func() bool { return srv.hits.Load() >= 6 })
 			if got := sink.attemptsFor("web"); len(got) != tc.writes {
 				t.Errorf("%d writes %+v, want %d", len(got), got, tc.writes)
@@ -621,6 +626,7 @@ func TestCheckRunnerSyncUnchangedKeepsRunning(t *testing.T) {
 	ttl := 200 * time.Millisecond
 	set := func(i int, header string) []*discovery.Check {
 		web := httpCheck("web", srv.URL, interval, discovery.HealthPassing)
+		web.Output = "HTTP GET " + srv.URL + ": 200 OK Output: body"
 		web.Definition.Header = map[string][]string{"X-Test": {header}}
 		web.ModifyIndex = uint64(i)
 		return []*discovery.Check{web, {CheckID: "ttl", Status: discovery.HealthPassing, ModifyIndex: uint64(i),
@@ -943,5 +949,66 @@ func TestCheckRunnerCloseStopsGoroutines(t *testing.T) {
 	// The servers' goroutines for the runner's connections go away too.
 	testkit.WaitFor(t, time.Second, "goroutines to exit", func() bool {
 		return runtime.NumGoroutine() <= before
+	})
+}
+
+// changingServer answers code with a body that changes on every request,
+// so every probe's output differs from the last.
+func changingServer(t *testing.T, code int) *countingServer {
+	t.Helper()
+	s := &countingServer{}
+	s.Server = httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		n := s.hits.Add(1)
+		w.WriteHeader(code)
+		fmt.Fprintf(w, "reply %d", n)
+	}))
+	t.Cleanup(s.Close)
+	return s
+}
+
+// TestCheckRunnerOutputUpdateInterval: a check critical from its first
+// run has its output written at once (the catalog's critical status
+// alone says nothing of why); later output-only changes wait for
+// UpdateInterval, Consul's check_update_interval, and with an interval of
+// 0 every change is written.
+func TestCheckRunnerOutputUpdateInterval(t *testing.T) {
+	t.Run("first result written, later changes deferred", func(t *testing.T) {
+		srv := changingServer(t, http.StatusInternalServerError)
+		sink := newFakeCheckSink()
+		r := newTestCheckRunner(t, sink) // the 5m default
+		r.Sync([]*discovery.Check{httpCheck("web", srv.URL, 20*time.Millisecond, discovery.HealthCritical)})
+		testkit.WaitFor(t, 2*time.Second, "10 probes", func() bool { return srv.hits.Load() >= 10 })
+		u := sink.attemptsFor("web")
+		if len(u) != 1 || u[0].status != discovery.HealthCritical || !strings.Contains(u[0].output, "500 Internal Server Error Output: reply 1") {
+			t.Fatalf("writes %+v, want one: critical with the first reply", u)
+		}
+	})
+	t.Run("interval", func(t *testing.T) {
+		srv := changingServer(t, http.StatusInternalServerError)
+		sink := newFakeCheckSink()
+		r := newTestCheckRunner(t, sink)
+		r.UpdateInterval = 200 * time.Millisecond
+		r.Sync([]*discovery.Check{httpCheck("web", srv.URL, 10*time.Millisecond, discovery.HealthCritical)})
+		testkit.WaitFor(t, 5*time.Second, "a deferred output write", func() bool { return len(sink.attemptsFor("web")) >= 2 })
+		u := sink.attemptsFor("web")
+		if hits := srv.hits.Load(); int64(len(u)) >= hits/2 {
+			t.Errorf("%d writes for %d probes: output changes are not deferred", len(u), hits)
+		}
+		// The deferred write is no earlier than half the interval after
+		// the first.
+		if gap := u[1].at.Sub(u[0].at); gap < 100*time.Millisecond {
+			t.Errorf("second write %v after the first, before half the interval", gap)
+		}
+		if u[1].status != discovery.HealthCritical || u[1].output == u[0].output {
+			t.Errorf("second write %+v, want the newer output", u[1])
+		}
+	})
+	t.Run("zero writes every change", func(t *testing.T) {
+		srv := changingServer(t, http.StatusInternalServerError)
+		sink := newFakeCheckSink()
+		r := newTestCheckRunner(t, sink)
+		r.UpdateInterval = 0
+		r.Sync([]*discovery.Check{httpCheck("web", srv.URL, 20*time.Millisecond, discovery.HealthCritical)})
+		testkit.WaitFor(t, 2*time.Second, "5 writes", func() bool { return len(sink.attemptsFor("web")) >= 5 })
 	})
 }

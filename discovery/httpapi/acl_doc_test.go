@@ -81,7 +81,7 @@ func TestACLDocCoversEveryRoute(t *testing.T) {
 	s := discovery.NewStore()
 	h := http.HandlerFunc(func(http.ResponseWriter, *http.Request) {})
 	a := &API{Store: s, Writer: &fakeWriter{s: s}, Cluster: fakeCluster{}, NodeName: "n1", Datacenter: "dc1",
-		Operator: &fakeOperator{}, Diagnostics: Diagnostics{XDSClients: h, XDSConfigDump: h, Metrics: h}}
+		Operator: &fakeOperator{}, Raft: &fakeRaft{}, Diagnostics: Diagnostics{XDSClients: h, XDSConfigDump: h, Metrics: h}}
 	mux := http.NewServeMux()
 	a.Register(mux)
 	for e := range documented {

@@ -91,6 +91,9 @@ type API struct {
 	// them out. Diagnostics mounts other packages' read-only handlers.
 	Operator    Operator
 	Diagnostics Diagnostics
+	// Raft serves Consul's /v1/operator/raft, autopilot health and state,
+	// and /v1/snapshot (api_operator.go); nil leaves them out.
+	Raft RaftOperator
 	// ChecksWritten, when set, is called after a write of this node's
 	// services or checks, before the answer: the agent hands the new
 	// checks to its runner, so a TTL update sent right after finds them.
@@ -188,6 +191,8 @@ func (a *API) Register(mux *http.ServeMux) {
 	mux.HandleFunc("GET /v1/catalog/node/{node}", a.catalogNode)
 	mux.HandleFunc("GET /v1/catalog/node-services/{node}", a.catalogNodeServices)
 	mux.HandleFunc("GET /v1/catalog/datacenters", a.catalogDatacenters)
+	mux.HandleFunc("PUT /v1/catalog/register", a.catalogRegister)     // api_catalog_write.go
+	mux.HandleFunc("PUT /v1/catalog/deregister", a.catalogDeregister) // api_catalog_write.go
 	// health
 	mux.HandleFunc("GET /v1/health/service/{name}", a.healthService)
 	mux.HandleFunc("GET /v1/health/checks/{name}", a.healthChecks)
@@ -215,6 +220,8 @@ func (a *API) Register(mux *http.ServeMux) {
 	a.registerConnect(mux)
 	// join, metrics, host, local service health (api_agent_info.go)
 	a.registerAgentInfo(mux)
+	// operator, snapshots, coordinates (api_operator.go)
+	a.registerOperator(mux)
 	// Anything else under /v1/: a 404 with Consul's headers.
 	mux.HandleFunc("/v1/", a.notImplemented)
 }

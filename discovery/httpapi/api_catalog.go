@@ -133,7 +133,7 @@ func toCatalogService(e discovery.ServiceEntry, dc string) *catalogService {
 	}
 	if n := e.Node; n != nil {
 		cs.ID, cs.Address, cs.NodeMeta = n.ID, n.Address, nonNilMap(n.Meta)
-		cs.TaggedAddresses = map[string]string{"lan": n.Address, "wan": n.Address}
+		cs.TaggedAddresses = nodeTaggedAddresses(n)
 	}
 	return cs
 }

@@ -1,6 +1,7 @@
 package httpapi
 
 import (
+	"maps"
 	"time"
 
 	"github.com/vmesh/vmesh/discovery"
@@ -179,7 +180,16 @@ func toWireNode(n *discovery.Node) *wireNode {
 	}
 	return &wireNode{
 		ID: n.ID, Node: n.Name, Address: n.Address, Datacenter: n.Datacenter,
-		TaggedAddresses: map[string]string{"lan": n.Address, "wan": n.Address},
+		TaggedAddresses: nodeTaggedAddresses(n),
 		Meta:            nonNilMap(n.Meta), CreateIndex: n.CreateIndex, ModifyIndex: n.ModifyIndex,
 	}
+}
+
+// nodeTaggedAddresses are a node's tagged addresses: those a catalog
+// registration gave, else its Address as lan and wan.
+func nodeTaggedAddresses(n *discovery.Node) map[string]string {
+	if len(n.TaggedAddresses) > 0 {
+		return maps.Clone(n.TaggedAddresses)
+	}
+	return map[string]string{"lan": n.Address, "wan": n.Address}
 }

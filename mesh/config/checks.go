@@ -24,8 +24,15 @@ func defaultChecksConfig() ChecksConfig {
 }
 
 func (c *Config) validateChecks() []error {
+	var errs []error
 	if c.Checks.OutputMaxSize < 1 {
-		return []error{fmt.Errorf("checks.output_max_size: must be at least 1 byte, got %d", c.Checks.OutputMaxSize)}
+		errs = append(errs, fmt.Errorf("checks.output_max_size: must be at least 1 byte, got %d", c.Checks.OutputMaxSize))
 	}
-	return nil
+	if c.CheckUpdateInterval < 0 {
+		errs = append(errs, fmt.Errorf("check_update_interval: must not be negative, got %s", c.CheckUpdateInterval))
+	}
+	return errs
 }
+
+// defaultCheckUpdateInterval is Consul's check_update_interval default.
+const defaultCheckUpdateInterval = checks.DefaultUpdateInterval

@@ -98,6 +98,11 @@ type Config struct {
 	// NodeMeta is Consul's node_meta: key/value pairs on this node's
 	// catalog entry (?node-meta= filters on them).
 	NodeMeta map[string]string `hcl:"node_meta"`
+	// CheckUpdateInterval is Consul's check_update_interval: how long a
+	// check's output-only change waits before it is written through raft
+	// (a status change is written at once); 0 writes every change.
+	// Default 5m.
+	CheckUpdateInterval time.Duration `hcl:"check_update_interval"`
 
 	// Service and Services hold the service definitions of the file being
 	// decoded; LoadFiles moves them, with their file, to ServiceFiles.
@@ -175,17 +180,18 @@ func DefaultConfig() Config {
 		host = "vmesh"
 	}
 	return Config{
-		NodeName:   host,
-		Datacenter: "dc1",
-		DataDir:    DefaultDataDir,
-		BindAddr:   "0.0.0.0",
-		ClientAddr: "127.0.0.1",
-		LogLevel:   "info",
-		Ports:      Ports{HTTP: DefaultHTTPPort, Cluster: DefaultClusterPort, DNS: DefaultDNSPort},
-		DNS:        defaultDNSOptions(),
-		Checks:     defaultChecksConfig(),
-		Proxy:      ProxyConfig{Enabled: true},
-		Telemetry:  TelemetryConfig{Tracing: TracingConfig{SampleRatio: DefaultSampleRatio}},
+		NodeName:            host,
+		Datacenter:          "dc1",
+		DataDir:             DefaultDataDir,
+		BindAddr:            "0.0.0.0",
+		ClientAddr:          "127.0.0.1",
+		LogLevel:            "info",
+		Ports:               Ports{HTTP: DefaultHTTPPort, Cluster: DefaultClusterPort, DNS: DefaultDNSPort},
+		DNS:                 defaultDNSOptions(),
+		Checks:              defaultChecksConfig(),
+		CheckUpdateInterval: defaultCheckUpdateInterval,
+		Proxy:               ProxyConfig{Enabled: true},
+		Telemetry:           TelemetryConfig{Tracing: TracingConfig{SampleRatio: DefaultSampleRatio}},
 		Cluster: Cluster{
 			Voters: 3, TrustDomain: "vmesh.local",
 			NodeTTL: 10 * time.Second, ReapAfter: 72 * time.Hour, HeartbeatInterval: time.Second,

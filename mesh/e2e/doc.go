@@ -59,6 +59,9 @@
 //	27-29  reserved for the consul/api suite (lab/consulsuite): its agents
 //	       listen on 127.0.0.1 at ports HashiCorp's freeport hands out,
 //	       which sdk/testutil requires, never on vmesh's defaults
+//	30  TestCatalogRegisterSnapshotRestore (client c1 at 127.30.0.11)
+//	31  TestOperatorRaftProcesses
+//	32  (kept for the catalog and operator tests)
 //	33  TestConsulCLIIntentionsAndConfig
 //	34  TestConsulCLIAgentOps
 //	35  TestConsulCLIRulesEnforced
