@@ -258,7 +258,7 @@ func (a *Agent) closeChecks() error {
 func (a *Agent) startHTTP(context.Context) error {
 	api := &httpapi.API{
 		Store: a.store, Writer: a.member, Cluster: a.member, Sessions: a.member, TTL: a.checks,
-		NodeName: a.cfg.NodeName, NodeID: a.nodeID, Datacenter: a.cfg.Datacenter, Version: cli.Version,
+		NodeName: a.cfg.NodeName, NodeID: a.nodeID, Datacenter: a.cfg.Datacenter, Version: cli.Version, Build: httpBuild(cli.Build()),
 		Members: a.member.AgentMembers, Logger: a.logger.With("component", "http"), WaitReady: a.local.WaitReady,
 		IntentionsDefaultAllow: a.cfg.IntentionsDefaultAllow(), UserPorts: a.userPorts,
 		Operator: operator{a.member, a}, Diagnostics: a.diagnostics(), RemoteKV: a.member,
@@ -334,6 +334,7 @@ func (a *Agent) banner() {
 		mode = " (dev mode: one node, data in a temp dir)"
 	}
 	fmt.Fprintf(a.out, "==> vmesh agent running%s\n", mode)
+	fmt.Fprintf(a.out, "        Version: %s\n", cli.Build())
 	fmt.Fprintf(a.out, "      Node name: %s\n", a.cfg.NodeName)
 	fmt.Fprintf(a.out, "        Node ID: %s\n", a.nodeID)
 	fmt.Fprintf(a.out, "     Datacenter: %s\n", a.cfg.Datacenter)

@@ -4,6 +4,7 @@ import (
 	"github.com/prometheus/client_golang/prometheus"
 	vmetrics "github.com/vmesh/vmesh/dataplane/metrics"
 	"github.com/vmesh/vmesh/discovery"
+	"github.com/vmesh/vmesh/mesh/cli"
 	"github.com/vmesh/vmesh/raft"
 )
 
@@ -19,5 +20,19 @@ func newAgentRegistry(a *Agent) *prometheus.Registry {
 		a.logger.Warn("raft metrics are not exported", "err", err)
 	}
 	reg.MustRegister(raft.NewCollector(a.member.Server, a.member.Client, func() *discovery.Store { return a.store }))
+	reg.MustRegister(buildInfoGauge(cli.Build()))
 	return reg
+}
+
+// buildInfoGauge is vmesh_build_info, 1 with the build in its labels
+// (the node_exporter/Prometheus convention), so a dashboard can join a
+// node's series with the version it runs.
+func buildInfoGauge(b cli.BuildInfo) prometheus.Collector {
+	g := prometheus.NewGauge(prometheus.GaugeOpts{
+		Name:        "vmesh_build_info",
+		Help:        "Always 1; the labels name the build: version, VCS revision (\"unknown\" when not stamped) and Go version.",
+		ConstLabels: prometheus.Labels{"version": b.Version, "revision": b.Revision, "goversion": b.GoVersion},
+	})
+	g.Set(1)
+	return g
 }
