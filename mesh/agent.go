@@ -36,6 +36,15 @@ type Agent struct {
 	cfg    config.Config
 	logger *slog.Logger
 	out    io.Writer // the banner
+	// logLevel is the logger's level, which the admin listener's
+	// /logging changes (nil: a logger the agent was handed, fixed); args
+	// are the command line it shows on /server_info (admin.go).
+	logLevel *slog.LevelVar
+	args     []string
+	started  time.Time
+	// adminProxy is the proxy as the admin listener, which starts first,
+	// reads it (admin.go).
+	adminProxy adminProxy
 
 	nodeID string
 	store  *discovery.Store
@@ -43,10 +52,12 @@ type Agent struct {
 	member  *membership.Membership
 	xds     xdsState             // xds.go
 	metrics *prometheus.Registry // metrics.go: served on /metrics
-	dnsSrv  *discdns.Server      // dns.go
-	checks  *checks.Runner
-	httpLn  net.Listener
-	httpSrv *http.Server
+	// raftMetrics are raft's go-metrics series (metrics.go).
+	raftMetrics prometheus.Gatherer
+	dnsSrv      *discdns.Server // dns.go
+	checks      *checks.Runner
+	httpLn      net.Listener
+	httpSrv     *http.Server
 
 	// reloadMu serializes service file reconciliation (start and SIGHUP).
 	reloadMu sync.Mutex
@@ -89,7 +100,7 @@ type Agent struct {
 
 // NewAgent prepares an agent; nothing runs until Start.
 func NewAgent(cfg config.Config, logger *slog.Logger, out io.Writer) *Agent {
-	a := &Agent{cfg: cfg, logger: logger, out: out}
+	a := &Agent{cfg: cfg, logger: logger, out: out, started: time.Now()}
 	a.member = membership.New(&a.cfg, logger)
 	a.member.OnLeave = a.removeCapture // capture.go: a node out of the mesh steers nothing into it
 	a.local = local.New(local.State{

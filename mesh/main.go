@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"log/slog"
 	"os"
 	"os/signal"
 	"syscall"
@@ -59,8 +60,11 @@ func (c *agentCommand) Run(ctx context.Context, args []string) int {
 		fmt.Fprintf(env.Stderr, "vmesh agent: %v\n", err)
 		return cli.ExitUsage
 	}
-	logger := cli.NewLogger(cfg.LogLevel, cfg.LogJSON, env.Stderr)
+	level := new(slog.LevelVar)
+	level.UnmarshalText([]byte(cfg.LogLevel))
+	logger := cli.NewLoggerVar(level, cfg.LogJSON, env.Stderr)
 	agent := NewAgent(cfg, logger, env.Stdout)
+	agent.logLevel, agent.args = level, append([]string{"agent"}, args...)
 	if err := agent.Start(ctx); err != nil {
 		fmt.Fprintf(env.Stderr, "vmesh agent: %v\n", err)
 		var ce *config.Error
