@@ -53,7 +53,7 @@ func newTestAdmin(t *testing.T, p Proxy) (http.Handler, *slog.LevelVar) {
 	return Handler(Config{
 		Proxy: p, Gatherer: reg, Prometheus: promhttp.HandlerFor(reg, promhttp.HandlerOpts{}), Level: lv,
 		Version: "1.2.3", Build: map[string]string{"revision": "abc"}, Node: map[string]string{"datacenter": "dc1"},
-		Args: []string{"agent", "-acl-token=s3cret", "-node", "n1", "-join-token", "t0ken", "-token-file", "/etc/tok"},
+		Args:   []string{"agent", "-acl-token=s3cret", "-node", "n1", "-join-token", "t0ken", "-token-file", "/etc/tok"},
 		Logger: testkit.Discard(),
 	}), lv
 }
@@ -98,7 +98,7 @@ func TestServerInfo(t *testing.T) {
 	code, body := do(t, h, "GET", "/server_info")
 	var got struct {
 		Version, State     string
-		Uptime             string `json:"uptime_current_epoch"`
+		Uptime             string                  `json:"uptime_current_epoch"`
 		CommandLineOptions struct{ Args []string } `json:"command_line_options"`
 		Node               map[string]string
 		Build              map[string]string
