@@ -71,11 +71,16 @@ func renameFamily(mf *dto.MetricFamily) *dto.MetricFamily {
 		}
 	}
 	newName, scale := RenameGoMetric(name, mf.GetType())
-	if newName == name && scale == 1 {
+	if newName == name && scale == 1 && !camelLabels(mf) {
 		return mf
 	}
 	mf = proto.Clone(mf).(*dto.MetricFamily)
 	mf.Name = proto.String(newName)
+	for _, m := range mf.GetMetric() {
+		for _, l := range m.GetLabel() {
+			l.Name = proto.String(snake(l.GetName())) // "rpcType" is rpc_type
+		}
+	}
 	if scale != 1 {
 		for _, m := range mf.GetMetric() {
 			if g := m.GetGauge(); g != nil {
@@ -90,6 +95,17 @@ func renameFamily(mf *dto.MetricFamily) *dto.MetricFamily {
 		}
 	}
 	return mf
+}
+
+func camelLabels(mf *dto.MetricFamily) bool {
+	for _, m := range mf.GetMetric() {
+		for _, l := range m.GetLabel() {
+			if snake(l.GetName()) != l.GetName() {
+				return true
+			}
+		}
+	}
+	return false
 }
 
 // RenameGoMetric is the vmesh name of a go-metrics series of type typ,

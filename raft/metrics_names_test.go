@@ -45,6 +45,7 @@ func TestMetricsGathererLintClean(t *testing.T) {
 	gometrics.SetGauge([]string{"raft", "peers"}, 3)
 	gometrics.SetGauge([]string{"raft", "fsm", "lastRestoreDuration"}, 2000)
 	gometrics.MeasureSince([]string{"raft", "replication", "heartbeat", "0a1b-peer"}, time.Now())
+	gometrics.MeasureSinceWithLabels([]string{"raft", "net", "rpcDecode"}, time.Now(), []gometrics.Label{{Name: "rpcType", Value: "AppendEntries"}})
 	mfs, err := g.Gather()
 	if err != nil {
 		t.Fatal(err)

@@ -47,7 +47,7 @@ func Build() BuildInfo {
 		}
 	}
 	if b.Revision == "" {
-		b.Revision, b.RevisionNote = "unknown", "built without VCS information (outside a git checkout, with -buildvcs=false, or by go test/go run); release builds set it with -ldflags -X "+
+		b.Revision, b.RevisionNote = "unknown", "built without VCS information (outside a git checkout, in a git worktree, with -buildvcs=false, or by go test/go run); release builds set it with -ldflags -X "+
 			"github.com/vmesh/vmesh/mesh/cli.Revision=<commit>"
 	}
 	return b

@@ -61,6 +61,8 @@
 //	43  TestProxyRoundRobinFailoverRetry
 //	44  TestProxyCertRotationUnderLoad
 //	45  TestProxyConnectionFlood
+//	49  TestAdminListener
+//	50  TestVersionNamesTheCommit
 //
 //	namespace                       test
 //	vmt-capture                     TestCaptureAgentNetns
