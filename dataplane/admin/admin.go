@@ -355,13 +355,20 @@ func (s *server) configDump(w http.ResponseWriter, _ *http.Request) {
 		http.Error(w, "this agent runs no in-process proxy (-proxy=false); the xDS server's view is at /xds/config_dump", http.StatusNotFound)
 		return
 	}
-	js, err := (protojson.MarshalOptions{Multiline: true, Indent: "  ", UseProtoNames: true}).Marshal(s.cfg.Proxy.ConfigDump())
+	js, err := (protojson.MarshalOptions{UseProtoNames: true}).Marshal(s.cfg.Proxy.ConfigDump())
+	var out bytes.Buffer
+	if err == nil {
+		// (protojson varies its spacing on purpose; json.Indent makes it
+		// stable for diff and grep)
+		err = json.Indent(&out, js, "", "  ")
+	}
 	if err != nil {
 		http.Error(w, "rendering the config dump: "+err.Error(), http.StatusInternalServerError)
 		return
 	}
+	out.WriteByte('\n')
 	w.Header().Set("Content-Type", "application/json")
-	w.Write(append(js, '\n'))
+	w.Write(out.Bytes())
 }
 
 // levels are the names /logging accepts, Envoy's included.
@@ -414,14 +421,16 @@ func writeJSON(w http.ResponseWriter, v any) {
 }
 
 // guard refuses what a browser could be made to send from another site:
-// a request whose Host is a name other than localhost or this host's (a
-// DNS-rebound name pointing at loopback), and a POST that a page of
-// another origin sent (Origin or Sec-Fetch-Site say so). Tools (curl,
-// Prometheus, kubelet probes) send none of those, or an IP address.
+// on a loopback address, a request whose Host is a name other than
+// localhost or this host's (a DNS-rebound name pointing at loopback; a
+// listener bound elsewhere is scraped by whatever names the network gives
+// it), and anywhere a POST that a page of another origin sent (Origin or
+// Sec-Fetch-Site say so). Tools (curl, Prometheus, kubelet probes) send
+// none of those, or an IP address.
 func guard(next http.Handler) http.Handler {
 	hostname, _ := os.Hostname()
 	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
-		if !allowedHost(r.Host, hostname) {
+		if onLoopback(r) && !allowedHost(r.Host, hostname) {
 			http.Error(w, fmt.Sprintf("Host %q: the admin listener answers requests to an IP address, localhost or this host's name only", r.Host), http.StatusForbidden)
 			return
 		}
@@ -431,6 +440,17 @@ func guard(next http.Handler) http.Handler {
 		}
 		next.ServeHTTP(w, r)
 	})
+}
+
+// onLoopback: the request came in on a loopback address (or from a test,
+// which has none).
+func onLoopback(r *http.Request) bool {
+	a, ok := r.Context().Value(http.LocalAddrContextKey).(net.Addr)
+	if !ok {
+		return true
+	}
+	tcp, ok := a.(*net.TCPAddr)
+	return !ok || tcp.IP.IsLoopback()
 }
 
 func allowedHost(hostport, hostname string) bool {

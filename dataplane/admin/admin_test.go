@@ -209,11 +209,30 @@ func TestLogging(t *testing.T) {
 	}
 }
 
+// On a loopback address, a Host that is a name (DNS rebinding) is
+// refused; IP addresses and localhost are not.
 func TestGuardHost(t *testing.T) {
 	h, _ := newTestAdmin(t, &fakeProxy{state: proxy.StateLive})
 	for host, want := range map[string]int{"127.0.0.1:15000": 200, "[::1]:15000": 200, "localhost:15000": 200, "rebound.example:15000": 403} {
 		if code, _ := do(t, h, "GET", "/ready", "Host", host); code != want {
 			t.Errorf("Host %s: %d, want %d", host, code, want)
+		}
+	}
+	// Through a real listener on 127.0.0.1, as the agent serves it.
+	srv := httptest.NewServer(h)
+	defer srv.Close()
+	for host, want := range map[string]int{"": 200, "rebound.example": 403} {
+		req, _ := http.NewRequest("GET", srv.URL+"/ready", nil)
+		if host != "" {
+			req.Host = host
+		}
+		resp, err := srv.Client().Do(req)
+		if err != nil {
+			t.Fatal(err)
+		}
+		resp.Body.Close()
+		if resp.StatusCode != want {
+			t.Errorf("over loopback, Host %q: %d, want %d", host, resp.StatusCode, want)
 		}
 	}
 }
