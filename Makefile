@@ -5,8 +5,14 @@ STATICCHECK_VERSION ?= v0.8.2
 
 .PHONY: build test lint bench bench-proxy
 
+# The binary names its commit (vmesh version, /v1/agent/self, /server_info,
+# vmesh_build_info). go build stamps it from .git when it can; -X sets it
+# for every build made here, worktrees and exports with REVISION=... included.
+REVISION ?= $(shell git rev-parse HEAD 2>/dev/null)
+VERSION_LDFLAGS := $(if $(REVISION),-X github.com/vmesh/vmesh/mesh/cli.Revision=$(REVISION))
+
 build:
-	$(GO) build -o vmesh .
+	$(GO) build -ldflags "$(VERSION_LDFLAGS)" -o vmesh .
 
 # The one test command (README and .ci/run run exactly this).
 test:

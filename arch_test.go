@@ -39,6 +39,7 @@ var importRules = []struct {
 	{"dataplane/xds/...", []string{"discovery", "dataplane/metrics", "dataplane/xds/..."}, nil, "the xDS translator reads the catalog and nothing else"},
 	{"dataplane/proxy/...", []string{"dataplane/metrics", "dataplane/proxy/..."}, nil, "the proxy learns everything through xDS, so Envoy can replace it and it can run as its own process"},
 	{"dataplane/metrics", nothing, nil, "a leaf the proxy may import"},
+	{"dataplane/admin", []string{"dataplane/proxy"}, nil, "the admin listener reads the proxy's introspection and knows nothing of the catalog, raft or the agent"},
 	{"iptables/...", []string{"iptables/..."}, nil, "capture takes its desired state as arguments"},
 	{"systemd/...", []string{"systemd/..."}, nil, "service-manager glue knows nothing of the mesh"},
 	{"telemetry", nothing, nil, "the OpenTelemetry pipeline: instrumented packages take the OpenTelemetry API's interfaces, and only mesh builds the pipeline"},

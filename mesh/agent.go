@@ -38,6 +38,15 @@ type Agent struct {
 	cfg    config.Config
 	logger *slog.Logger
 	out    io.Writer // the banner
+	// logLevel is the logger's level, which the admin listener's
+	// /logging changes (nil: a logger the agent was handed, fixed); args
+	// are the command line it shows on /server_info (admin.go).
+	logLevel *slog.LevelVar
+	args     []string
+	started  time.Time
+	// adminProxy is the proxy as the admin listener, which starts first,
+	// reads it (admin.go).
+	adminProxy adminProxy
 
 	nodeID string
 	store  *discovery.Store
@@ -45,10 +54,12 @@ type Agent struct {
 	member  *membership.Membership
 	xds     xdsState             // xds.go
 	metrics *prometheus.Registry // metrics.go: served on /metrics
-	dnsSrv  *discdns.Server      // dns.go
-	checks  *checks.Runner
-	httpLn  net.Listener
-	httpSrv *http.Server
+	// raftMetrics are raft's go-metrics series (metrics.go).
+	raftMetrics prometheus.Gatherer
+	dnsSrv      *discdns.Server // dns.go
+	checks      *checks.Runner
+	httpLn      net.Listener
+	httpSrv     *http.Server
 
 	// reloadMu serializes service file reconciliation (start and SIGHUP).
 	reloadMu sync.Mutex
@@ -105,7 +116,7 @@ type Agent struct {
 func NewAgent(cfg config.Config, logger *slog.Logger, out io.Writer) *Agent {
 	logs := newLogHub()
 	logger = slog.New(&teeHandler{base: logger.Handler(), hub: logs})
-	a := &Agent{cfg: cfg, logger: logger, out: out, logs: logs}
+	a := &Agent{cfg: cfg, logger: logger, out: out, logs: logs, started: time.Now()}
 	a.member = membership.New(&a.cfg, logger)
 	a.member.OnLeave = a.removeCapture // capture.go: a node out of the mesh steers nothing into it
 	a.local = local.New(local.State{
@@ -279,7 +290,7 @@ func (a *Agent) closeChecks() error {
 func (a *Agent) startHTTP(context.Context) error {
 	api := &httpapi.API{
 		Store: a.store, Writer: a.member, Cluster: a.member, Sessions: a.member, TTL: a.checks,
-		NodeName: a.cfg.NodeName, NodeID: a.nodeID, Datacenter: a.cfg.Datacenter, Version: cli.Version,
+		NodeName: a.cfg.NodeName, NodeID: a.nodeID, Datacenter: a.cfg.Datacenter, Version: cli.Version, Build: httpBuild(cli.Build()),
 		Members: a.member.AgentMembers, Logger: a.logger.With("component", "http"), WaitReady: a.local.WaitReady,
 		IntentionsDefaultAllow: a.cfg.IntentionsDefaultAllow(), UserPorts: a.userPorts,
 		Operator: operator{a.member, a}, Raft: a.member, Diagnostics: a.diagnostics(), RemoteKV: a.member,
@@ -383,6 +394,7 @@ func (a *Agent) banner() {
 		mode = " (dev mode: one node, data in a temp dir)"
 	}
 	fmt.Fprintf(a.out, "==> vmesh agent running%s\n", mode)
+	fmt.Fprintf(a.out, "        Version: %s\n", cli.Build())
 	fmt.Fprintf(a.out, "      Node name: %s\n", a.cfg.NodeName)
 	fmt.Fprintf(a.out, "        Node ID: %s\n", a.nodeID)
 	fmt.Fprintf(a.out, "     Datacenter: %s\n", a.cfg.Datacenter)

@@ -75,7 +75,9 @@ func (c *agentCommand) Run(ctx context.Context, args []string) int {
 		fmt.Fprintf(env.Stderr, "vmesh agent: %v\n", err)
 		return cli.ExitUsage
 	}
-	logger := cli.NewLogger(cfg.LogLevel, cfg.LogJSON, env.Stderr)
+	level := new(slog.LevelVar)
+	level.UnmarshalText([]byte(cfg.LogLevel))
+	logger := cli.NewLoggerVar(level, cfg.LogJSON, env.Stderr)
 	agent := NewAgent(cfg, logger, env.Stdout)
 	// PUT /v1/agent/reload asks this loop to do what SIGHUP does, so
 	// the two never run at once and both tell systemd.
@@ -94,6 +96,7 @@ func (c *agentCommand) Run(ctx context.Context, args []string) int {
 			return rctx.Err()
 		}
 	})
+	agent.logLevel, agent.args = level, append([]string{"agent"}, args...)
 	if err := agent.Start(ctx); err != nil {
 		fmt.Fprintf(env.Stderr, "vmesh agent: %v\n", err)
 		var ce *config.Error

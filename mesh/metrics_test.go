@@ -12,6 +12,8 @@ import (
 	"testing"
 	"time"
 
+	"github.com/prometheus/client_golang/prometheus/testutil/promlint"
+
 	"github.com/vmesh/vmesh/lab/testkit"
 
 	dto "github.com/prometheus/client_model/go"
@@ -190,11 +192,33 @@ func TestAgentMetrics(t *testing.T) {
 	}
 	// raft's own metrics (go-metrics sink): the registrations were raft
 	// applies; and the agent's view of its raft state.
-	if v, ok := sample(after, "raft_apply", nil); !ok || v < 1 {
-		t.Errorf("raft_apply = %v (present %v), want > 0 after writes", v, ok)
+	if v, ok := sample(after, "vmesh_raft_apply_total", nil); !ok || v < 1 {
+		t.Errorf("vmesh_raft_apply_total = %v (present %v), want > 0 after writes", v, ok)
 	}
-	if !hasPrefix(after, "raft_boltdb_") {
-		t.Error("no raft_boltdb_* series")
+	if !hasPrefix(after, "vmesh_raft_boltdb_") {
+		t.Error("no vmesh_raft_boltdb_* series")
+	}
+	// The cluster the echo went to counts it; the proxy's own series and
+	// build info are there.
+	if v, _ := sample(after, "vmesh_upstream_requests_total", map[string]string{"outcome": "success"}); v < 2 {
+		t.Errorf(`vmesh_upstream_requests_total{outcome="success"} = %v, want the echoes`, v)
+	}
+	if v, _ := sample(after, "vmesh_build_info", nil); v != 1 {
+		t.Errorf("vmesh_build_info = %v, want 1", v)
+	}
+	// Every series of a real agent with traffic through its proxy passes
+	// Prometheus' lint.
+	resp, err := http.Get(metricsURL)
+	if err != nil {
+		t.Fatal(err)
+	}
+	problems, err := promlint.New(resp.Body).Lint()
+	resp.Body.Close()
+	if err != nil || len(problems) > 0 {
+		t.Errorf("promlint over /metrics: %v", err)
+		for _, p := range problems {
+			t.Errorf("  %s: %s", p.Metric, p.Text)
+		}
 	}
 	if v, _ := sample(after, "vmesh_raft_leader", nil); v != 1 {
 		t.Errorf("vmesh_raft_leader = %v, want 1 on a single bootstrapped node", v)
@@ -231,8 +255,8 @@ func TestAgentMetricsTwoAgents(t *testing.T) {
 		if v, _ := sample(mfs, "vmesh_raft_leader", nil); v != 1 {
 			t.Errorf("%s: vmesh_raft_leader = %v, want 1 (each bootstrapped alone)", a.cfg.NodeName, v)
 		}
-		if _, ok := sample(mfs, "raft_apply", nil); !ok {
-			t.Errorf("%s: no raft_apply", a.cfg.NodeName)
+		if _, ok := sample(mfs, "vmesh_raft_apply_total", nil); !ok {
+			t.Errorf("%s: no vmesh_raft_apply_total", a.cfg.NodeName)
 		}
 		idx, _ := sample(mfs, "vmesh_catalog_index", nil)
 		if want := a.store.LastIndex(); idx != float64(want) {

@@ -33,6 +33,7 @@ func (a *Agent) startProxy(context.Context) error {
 		return err
 	}
 	a.proxy = p
+	a.adminProxy.p.Store(p)
 	a.life.goLoop("proxy", p.Run)
 	return nil
 }

@@ -86,12 +86,7 @@ func (a *Agent) startXDS(context.Context) error {
 		a.xds.leaves.Run(ctx)
 		return nil
 	})
-	metrics := a.metricsHandler()
-
-	admin := http.NewServeMux()
-	admin.Handle("GET /config_dump", srv.ConfigDumpHandler())
-	admin.Handle("GET /metrics", metrics)
-	admin.Handle("GET /v1/vmesh/xds/clients", srv.ClientsHandler())
+	admin := a.adminHandler()
 	ln, err := net.Listen("tcp", a.cfg.AdminAddr())
 	if err != nil {
 		// The admin listener is diagnostics only; its port is the
@@ -99,7 +94,7 @@ func (a *Agent) startXDS(context.Context) error {
 		// address, an Envoy). Say so and run without it rather than not
 		// run at all: /v1/vmesh/xds/config_dump and /v1/vmesh/metrics
 		// serve the same.
-		a.logger.Warn("admin listener not started; /config_dump and /metrics are on the HTTP API at /v1/vmesh/xds/config_dump and /v1/vmesh/metrics",
+		a.logger.Warn("admin listener not started; the xDS server's config dump and /metrics are on the HTTP API at /v1/vmesh/xds/config_dump and /v1/vmesh/metrics",
 			"addr", a.cfg.AdminAddr(), "err", err)
 		return nil
 	}
@@ -125,7 +120,7 @@ func (a *Agent) diagnostics() httpapi.Diagnostics {
 }
 
 func (a *Agent) metricsHandler() http.Handler {
-	return vmetrics.Handler(a.metrics, a.logger.With("component", "metrics"))
+	return vmetrics.Handler(a.gatherer(), a.metrics, a.logger.With("component", "metrics"))
 }
 
 // xdsOptions are the translation settings of this agent's xDS server; the
@@ -195,7 +190,7 @@ func (a *Agent) xdsBanner() {
 	if admin == "" {
 		admin = "not listening (" + a.cfg.AdminAddr() + " is taken)"
 	} else {
-		admin = "http://" + admin + " (/metrics, /config_dump)"
+		admin = "http://" + admin + " (/ready, /stats, /clusters, /config_dump, /metrics: docs/admin.md)"
 	}
 	fmt.Fprintf(a.out, "          Admin: %s\n", admin)
 	if a.cfg.Proxy.Enabled {

@@ -184,7 +184,7 @@ func TestAgentServesXDS(t *testing.T) {
 	if len(clients) != 2 || clients[0].Node != "node-a" || !clients[0].Mesh || clients[1].Node != "orders-app" || !clients[1].Proxyless {
 		t.Errorf("clients = %+v", clients)
 	}
-	for _, url := range []string{"http://" + a.AdminAddr() + "/config_dump", base + "/v1/vmesh/xds/config_dump"} {
+	for _, url := range []string{"http://" + a.AdminAddr() + "/xds/config_dump", base + "/v1/vmesh/xds/config_dump"} {
 		code, body := testkit.HTTPDo(t, http.MethodGet, url, "")
 		if strings.Contains(body, "PRIVATE KEY") || !strings.Contains(body, "[redacted]") || !strings.Contains(body, "vmesh/svc/orders") {
 			t.Errorf("GET %s: the dump must list secrets with their private keys redacted", url)

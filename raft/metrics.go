@@ -16,6 +16,7 @@ import (
 var goMetrics struct {
 	once sync.Once
 	sink *gmprom.PrometheusSink
+	reg  *prometheus.Registry // the sink's, gathered by MetricsGatherer
 	err  error
 }
 
@@ -31,8 +32,9 @@ func MetricsSink() (prometheus.Collector, error) {
 	goMetrics.once.Do(func() {
 		// NewPrometheusSinkFrom insists on registering the sink somewhere;
 		// the agents' registries are where it is scraped from.
+		reg := prometheus.NewRegistry()
 		sink, err := gmprom.NewPrometheusSinkFrom(gmprom.PrometheusOpts{
-			Name: "vmesh_go_metrics_sink", Registerer: prometheus.NewRegistry(),
+			Name: "vmesh_go_metrics_sink", Registerer: reg,
 		})
 		if err != nil {
 			goMetrics.err = fmt.Errorf("creating the go-metrics sink: %w", err)
@@ -46,7 +48,7 @@ func MetricsSink() (prometheus.Collector, error) {
 			goMetrics.err = fmt.Errorf("installing the go-metrics sink: %w", err)
 			return
 		}
-		goMetrics.sink = sink
+		goMetrics.sink, goMetrics.reg = sink, reg
 	})
 	if goMetrics.err != nil {
 		return nil, goMetrics.err

@@ -19,11 +19,12 @@ func NewRegistry() *prometheus.Registry {
 	return reg
 }
 
-// Handler serves reg in the Prometheus text format (or OpenMetrics, when
-// the scraper asks). A collector that fails costs its own series, not the
-// scrape; the failure is logged at warn.
-func Handler(reg *prometheus.Registry, logger *slog.Logger) http.Handler {
-	return promhttp.HandlerFor(reg, promhttp.HandlerOpts{
+// Handler serves g in the Prometheus text format (or OpenMetrics, when
+// the scraper asks), counting its own errors in reg. A collector that
+// fails costs its own series, not the scrape; the failure is logged at
+// warn.
+func Handler(g prometheus.Gatherer, reg prometheus.Registerer, logger *slog.Logger) http.Handler {
+	return promhttp.HandlerFor(g, promhttp.HandlerOpts{
 		ErrorLog:          slog.NewLogLogger(logger.Handler(), slog.LevelWarn),
 		ErrorHandling:     promhttp.ContinueOnError,
 		Registry:          reg,

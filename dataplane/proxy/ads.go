@@ -89,6 +89,7 @@ func (p *Proxy) stream(ctx context.Context) error {
 	if err != nil {
 		return fmt.Errorf("opening the ADS stream: %w", err)
 	}
+	p.streams.Add(1)
 	p.mu.Lock()
 	for _, ts := range p.types {
 		ts.nonce, ts.asked = "", false
@@ -292,25 +293,26 @@ func (p *Proxy) handle(resp *discoverygrpc.DiscoveryResponse) *discoverygrpc.Dis
 func (p *Proxy) accept(typ string, resp *discoverygrpc.DiscoveryResponse) error {
 	next := p.st.clone()
 	var errs []error
+	var raw map[string]*anypb.Any
 	res := resp.GetResources()
 	switch typ {
 	case resource.ListenerType:
-		next.listeners, errs = acceptEach(res, "a listener", p.st.listeners,
+		next.listeners, raw, errs = acceptEach(res, "a listener", p.st.listeners,
 			func(l *listener.Listener) string { return l.GetName() }, parseListener)
 	case resource.ClusterType:
-		next.clusters, errs = acceptEach(res, "a cluster", p.st.clusters,
+		next.clusters, raw, errs = acceptEach(res, "a cluster", p.st.clusters,
 			func(c *cluster.Cluster) string { return c.GetName() }, parseCluster)
 	case resource.EndpointType:
-		next.endpoints, errs = acceptEach(res, "endpoints", p.st.endpoints,
+		next.endpoints, raw, errs = acceptEach(res, "endpoints", p.st.endpoints,
 			func(c *endpoint.ClusterLoadAssignment) string { return c.GetClusterName() },
 			func(c *endpoint.ClusterLoadAssignment) (*endpointsSpec, error) {
 				return parseCLA(c, "endpoints "+c.GetClusterName())
 			})
 	case resource.SecretType:
-		next.secrets, errs = acceptEach(res, "a secret", p.st.secrets,
+		next.secrets, raw, errs = acceptEach(res, "a secret", p.st.secrets,
 			func(s *tlsv3.Secret) string { return s.GetName() }, parseSecret)
 	case resource.RouteType:
-		next.routes, errs = acceptEach(res, "a route configuration", p.st.routes,
+		next.routes, raw, errs = acceptEach(res, "a route configuration", p.st.routes,
 			func(r *route.RouteConfiguration) string { return r.GetName() },
 			func(r *route.RouteConfiguration) (*routeConfigSpec, error) {
 				return parseRouteConfig(r, "route_configuration "+r.GetName())
@@ -323,17 +325,21 @@ func (p *Proxy) accept(typ string, resp *discoverygrpc.DiscoveryResponse) error 
 	}
 	p.st = next
 	p.retire(old, snap)
+	p.recordApplied(typ, raw, resp.GetVersionInfo())
 	return errors.Join(errs...)
 }
 
 // acceptEach parses the resources of one SotW response into the type's
 // new map: every resource by itself; one that cannot be decoded, is named
-// twice or is refused keeps prev's spec of its name, if any.
+// twice or is refused keeps prev's spec of its name, if any. raw has a key
+// for each name of the new map: the resource as received when it was
+// accepted, nil when it kept its previous version (for /config_dump).
 func acceptEach[M interface {
 	*T
 	proto.Message
-}, T any, S any](res []*anypb.Any, what string, prev map[string]S, name func(M) string, parse func(M) (S, error)) (map[string]S, []error) {
+}, T any, S any](res []*anypb.Any, what string, prev map[string]S, name func(M) string, parse func(M) (S, error)) (map[string]S, map[string]*anypb.Any, []error) {
 	out := make(map[string]S, len(res))
+	raw := make(map[string]*anypb.Any, len(res))
 	seen := map[string]bool{}
 	var errs []error
 	for _, a := range res {
@@ -353,12 +359,14 @@ func acceptEach[M interface {
 			errs = append(errs, err)
 			if old, ok := prev[n]; ok {
 				out[n] = old
+				raw[n] = nil
 			}
 			continue
 		}
 		out[n] = s
+		raw[n] = a
 	}
-	return out, errs
+	return out, raw, errs
 }
 
 func newTypes() map[string]*typeState {

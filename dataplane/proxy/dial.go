@@ -17,7 +17,8 @@ import (
 // has a transport socket. connect_timeout bounds the TCP connect and the
 // TLS handshake together, as Envoy's does (its connection is up when the
 // handshake is done).
-func (p *Proxy) dial(c *clusterRT, h *host) (net.Conn, error) {
+func (p *Proxy) dial(c *clusterRT, h *host) (conn net.Conn, err error) {
+	defer func() { c.countDial(h, err) }()
 	ctx, cancel := context.WithTimeout(p.dialCtx(), c.spec.connectTimeout)
 	defer cancel()
 	up, err := p.dialer().DialContext(ctx, "tcp", h.addr.String())

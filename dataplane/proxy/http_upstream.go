@@ -101,6 +101,7 @@ func (s *stream) RoundTrip(out *http.Request) (*http.Response, error) {
 		if !ok {
 			break // the retry budget is spent: the last result stands
 		}
+		c.st.stats.rqRetry.Add(1)
 		last.discard()
 		if !sleepCtx(s.ctx, backoff(rp, n)) {
 			slot.Add(-1)

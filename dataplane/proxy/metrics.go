@@ -35,6 +35,9 @@ type Metrics struct {
 	xdsUpdates  *prometheus.CounterVec
 	xdsNacks    *prometheus.CounterVec
 	inbound     *inboundMetrics // inbound.go
+	sizes       sizeMetrics     // collector.go
+	conn        *connMetrics    // collector.go
+	clusters    *clusterCollector
 
 	// traffic caches the request and byte series of each label tuple,
 	// so a request does not hash its labels into every vector again
@@ -55,6 +58,8 @@ type trafficSeries struct {
 	durationOnce, receivedOnce, sentOnce sync.Once
 	duration                             prometheus.Observer
 	received, sent                       prometheus.Counter
+	sizesOnce                            sync.Once
+	reqSize, respSize                    prometheus.Observer
 
 	codesMu sync.Mutex
 	codes   atomic.Pointer[map[int]prometheus.Counter]
@@ -139,6 +144,9 @@ func NewMetrics(reg prometheus.Registerer) *Metrics {
 		m.xdsNacks = metrics.Register("proxy", reg, m.xdsNacks)
 	}
 	m.inbound = newInboundMetrics(reg)
+	m.sizes = newSizeMetrics(reg)
+	m.conn = newConnMetrics(reg)
+	m.clusters = newClusterCollector(reg)
 	return m
 }
 
@@ -245,6 +253,7 @@ func (m *Metrics) streamDone(listener, stat, upstream string, code int, d time.D
 	ts := m.series(listener, stat, upstream)
 	ts.requestDone(code, d)
 	ts.bytes(in, out)
+	ts.sizes(in, out)
 }
 
 // ConnOpened and ConnClosed track a listener's active downstream
@@ -257,12 +266,14 @@ func (m *Metrics) ConnOpened(listener string) {
 	m.active.WithLabelValues(listener).Inc()
 }
 
-// ConnClosed: see ConnOpened.
-func (m *Metrics) ConnClosed(listener string) {
+// ConnClosed: see ConnOpened. opened is when the connection was
+// accepted (connection duration).
+func (m *Metrics) ConnClosed(listener string, opened time.Time) {
 	if m == nil {
 		return
 	}
 	m.active.WithLabelValues(listener).Dec()
+	m.conn.closed(listener, time.Since(opened))
 }
 
 // Bytes adds the bytes received from (in) and sent to (out) the

@@ -25,7 +25,7 @@ func TestMetricsSeries(t *testing.T) {
 	m.ConnOpened("vmesh/inbound")
 	m.ConnOpened("vmesh/inbound")
 	m.ConnOpened("vmesh/upstream/127.0.0.1:9000")
-	m.ConnClosed("vmesh/inbound")
+	m.ConnClosed("vmesh/inbound", time.Now())
 	m.Bytes("vmesh/inbound", "inbound_orders", "local/orders", 100, 2000)
 	m.Bytes("vmesh/inbound", "inbound_orders", "local/orders", 1, 2)
 	m.Bytes("vmesh/upstream/127.0.0.1:9000", "upstream_db", "db", 7, -1) // a negative count is ignored
@@ -156,7 +156,7 @@ func TestMetricsNil(t *testing.T) {
 	var m *Metrics
 	m.RequestDone("l", "inbound_a", "u", 200, time.Millisecond)
 	m.ConnOpened("l")
-	m.ConnClosed("l")
+	m.ConnClosed("l", time.Now())
 	m.Bytes("l", "inbound_a", "u", 1, 1)
 	m.TLSHandshakeFailed("downstream", "l")
 	m.XDSUpdate(listenerTypeURL)

@@ -64,6 +64,7 @@ type clusterState struct {
 	// ejecting serializes ejections, so two hosts tripping at once cannot
 	// both pass the max_ejection_percent check.
 	ejecting sync.Mutex
+	stats    clusterStats // stats.go
 }
 
 // hostState outlives snapshots too, keyed by address within its cluster:
@@ -84,6 +85,8 @@ type hostState struct {
 	// returned is set once the host is seen back after an ejection
 	// (its counters are then reset, as Envoy does on un-ejecting).
 	returned bool
+
+	stats hostStats // stats.go
 }
 
 func (s *hostState) ejected(now int64) bool {
@@ -480,6 +483,7 @@ const (
 
 // record feeds one attempt's outcome to outlier detection.
 func (c *clusterRT) record(h *host, o outcome, code int, now time.Time) {
+	c.countOutcome(h, o)
 	od := c.spec.outlier
 	if od == nil || h == nil {
 		return
@@ -633,6 +637,8 @@ func (c *clusterRT) eject(h *host, k tripKind, now int64) {
 	}
 	s.ejectedUntil.Store(end)
 	s.returned = false
+	s.stats.ejections.Add(1)
+	c.st.stats.ejections.Add(1)
 }
 
 // breaker names a circuit breaker threshold of a cluster.
@@ -686,6 +692,7 @@ func (c *clusterRT) take(b breaker) (*atomic.Int64, bool) {
 	}
 	if n.Add(1) > limit {
 		n.Add(-1)
+		c.st.stats.overflow[b].Add(1)
 		return nil, false
 	}
 	return n, true

@@ -75,6 +75,10 @@ type Proxy struct {
 	refusals refusals
 	// tracer makes the request spans (nil: tracing is off).
 	tracer trace.Tracer
+	// applied is what the proxy applied, as received (introspect.go; p.mu).
+	applied appliedConfig
+	// streams counts the ADS streams opened (introspect.go: readiness).
+	streams atomic.Int64
 
 	ctx    context.Context // the connections' (ends at Close)
 	wg     sync.WaitGroup
@@ -117,6 +121,9 @@ func New(cfg Config) (*Proxy, error) {
 		p.tracer = cfg.TracerProvider.Tracer(tracerName)
 	}
 	p.limits.global, p.limits.perListener = int64(cfg.MaxConnections), int64(cfg.MaxListenerConnections)
+	if cfg.Metrics != nil {
+		cfg.Metrics.clusters.proxy.Store(p) // the latest proxy of these metrics reports its clusters
+	}
 	p.cur.Store(&snapshot{listeners: map[string]*listenerRT{}, clusters: map[string]*clusterRT{}})
 	return p, nil
 }
@@ -333,11 +340,12 @@ func (p *Proxy) acceptLoop(rl *runningListener) {
 		rl.conns[pc] = struct{}{}
 		rl.mu.Unlock()
 		p.cfg.Metrics.ConnOpened(rl.name)
+		opened := time.Now()
 		p.wg.Add(1)
 		go func() {
 			defer p.wg.Done()
 			defer p.limits.release()
-			defer p.cfg.Metrics.ConnClosed(rl.name)
+			defer p.cfg.Metrics.ConnClosed(rl.name, opened)
 			defer func() {
 				rl.mu.Lock()
 				delete(rl.conns, pc)

@@ -408,6 +408,12 @@ func (s *Server) refresh(id string) string {
 	if c == nil {
 		return ""
 	}
+	if s.view.Index == 0 {
+		// No catalog yet (an agent not in a cluster): there is no config
+		// to give, and an empty one would tell the client it is
+		// initialized (Envoy's and our proxy's /ready would say LIVE).
+		return ""
+	}
 	info := s.view.NodeInfo(&core.Node{Id: id, UserAgentName: c.userAgent})
 	key := buildKey(info)
 	b := s.built[key]

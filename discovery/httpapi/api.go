@@ -68,6 +68,8 @@ type API struct {
 	NodeID     string
 	Datacenter string
 	Version    string
+	// Build names the binary beyond its version (/v1/agent/self).
+	Build BuildInfo
 	// Members lists the agents of the cluster.
 	Members func() []Member
 	// WaitReady blocks until this agent's node is in the catalog, so that a
@@ -533,4 +535,15 @@ func decodeError(err error) error {
 		return bodyError(err)
 	}
 	return badRequest("%s", discovery.DecodeError(err))
+}
+
+// BuildInfo is the build the agent reports in /v1/agent/self: Config.Revision
+// (Consul's short commit) and the "VMesh" block.
+type BuildInfo struct {
+	Version       string
+	Revision      string // the full commit, or "unknown"
+	ShortRevision string `json:"-"`
+	Modified      bool   // built from a tree with uncommitted changes
+	RevisionNote  string `json:",omitempty"`
+	GoVersion     string
 }

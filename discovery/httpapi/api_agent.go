@@ -303,8 +303,9 @@ func (a *API) agentSelf(w http.ResponseWriter, r *http.Request) {
 	writeJSON(w, map[string]any{
 		"Config": map[string]any{
 			"Datacenter": a.Datacenter, "NodeName": a.NodeName, "NodeID": a.NodeID,
-			"Server": raftStats["state"] != "client", "Version": a.Version, "Revision": "", "PrimaryDatacenter": a.Datacenter,
+			"Server": raftStats["state"] != "client", "Version": a.Version, "Revision": a.Build.ShortRevision, "PrimaryDatacenter": a.Datacenter,
 		},
+		"VMesh":       a.Build,
 		"DebugConfig": a.debugConfig(),
 		"Member":      a.selfMember(),
 		"Meta":        map[string]string{},

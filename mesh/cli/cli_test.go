@@ -5,6 +5,7 @@ import (
 	"context"
 	"os"
 	"path/filepath"
+	"runtime"
 	"strings"
 	"testing"
 
@@ -76,8 +77,10 @@ func TestVersion(t *testing.T) {
 	t.Parallel()
 	for _, args := range [][]string{{"version"}, {"--version"}, {"-version"}} {
 		code, out, errs := runCLI(t, args...)
-		if code != ExitOK || out != "vmesh "+Version+"\n" || errs != "" {
-			t.Errorf("vmesh %v = %d %q %q; want \"vmesh %s\"", args, code, out, errs, Version)
+		b := Build()
+		want := "vmesh " + Version + "\n" + "Revision " + b.Revision
+		if code != ExitOK || !strings.HasPrefix(out, want) || !strings.Contains(out, "\nGo "+runtime.Version()+" ") || errs != "" {
+			t.Errorf("vmesh %v = %d %q %q; want %q, then the Go version", args, code, out, errs, want)
 		}
 	}
 }
@@ -141,5 +144,20 @@ func TestValidate(t *testing.T) {
 	}
 	if code, _, errs := runCLI(t, "validate", filepath.Join(dir, "missing.hcl")); code != ExitUsage || !strings.Contains(errs, "missing.hcl") {
 		t.Errorf("validate missing file = %d %q", code, errs)
+	}
+}
+
+// go test binaries carry no VCS stamp, so the revision is "unknown" with
+// the reason; -X sets it for release builds.
+func TestBuildRevision(t *testing.T) {
+	b := Build()
+	if b.Revision == "" || (b.Revision == "unknown") != (b.RevisionNote != "") {
+		t.Errorf("Build() = %+v: want a revision, or unknown with a reason", b)
+	}
+	old := Revision
+	Revision = "0123456789abcdef0123"
+	defer func() { Revision = old }()
+	if b := Build(); b.Revision != "0123456789abcdef0123" || b.ShortRevision() != "0123456789ab" || b.RevisionNote != "" {
+		t.Errorf("with -X Revision: %+v", b)
 	}
 }

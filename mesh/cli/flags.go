@@ -104,8 +104,14 @@ func ParseArgs(fs *flag.FlagSet, args []string) ([]string, error) {
 // NewLogger is the logger of the agent and of `vmesh proxy`: level is
 // debug, info, warn or error (config validation checked it).
 func NewLogger(level string, json bool, w io.Writer) *slog.Logger {
-	var lvl slog.Level
+	lvl := new(slog.LevelVar)
 	lvl.UnmarshalText([]byte(level))
+	return NewLoggerVar(lvl, json, w)
+}
+
+// NewLoggerVar is NewLogger at a level that may change while it runs
+// (the admin listener's /logging).
+func NewLoggerVar(lvl *slog.LevelVar, json bool, w io.Writer) *slog.Logger {
 	opts := &slog.HandlerOptions{Level: lvl}
 	if json {
 		return slog.New(slog.NewJSONHandler(w, opts))

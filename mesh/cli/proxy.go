@@ -103,7 +103,7 @@ func serveProxyAdmin(addr string, reg *prometheus.Registry, logger *slog.Logger)
 		return nil, err
 	}
 	mux := http.NewServeMux()
-	mux.Handle("GET /metrics", vmetrics.Handler(reg, logger))
+	mux.Handle("GET /metrics", vmetrics.Handler(reg, reg, logger))
 	srv := &http.Server{Handler: mux, ReadHeaderTimeout: 10 * time.Second}
 	done := make(chan struct{})
 	go func() {

@@ -73,6 +73,8 @@
 //	46  TestProxyTracingEndToEnd
 //	47  TestProxyTracingSampledOut
 //	48  TestProxyAccessLogs
+//	49  TestAdminListener
+//	50  TestVersionNamesTheCommit
 //
 //	namespace                       test
 //	vmt-capture                     TestCaptureAgentNetns
