@@ -41,6 +41,12 @@ type Config struct {
 	// MaxConnections, so a flood on one listener leaves the others
 	// room). A connection over either is closed as it is accepted.
 	MaxConnections, MaxListenerConnections int
+	// AccessLogDir is the only directory file access logs may be written
+	// in: a logger whose path (cleaned) is elsewhere is turned off with a
+	// warn line, and files are opened beneath it without leaving it by a
+	// symbolic link or "..". The host decides it, not the xDS server
+	// (accesslog_dir.go). Empty: no file access log is written.
+	AccessLogDir string
 }
 
 // Proxy is the data plane: an ADS client and the listeners it configures.
@@ -69,6 +75,9 @@ type Proxy struct {
 	// of refused requests (accesslog.go).
 	sinks    logSinks
 	refusals refusals
+	// logDirWarned is when each refused access log path was last warned
+	// about (p.mu; accesslog_dir.go).
+	logDirWarned map[string]time.Time
 
 	ctx    context.Context // the connections' (ends at Close)
 	wg     sync.WaitGroup
