@@ -27,6 +27,7 @@ func (a *Agent) startProxy(context.Context) error {
 		// (0: the proxy's defaults, from the open file limit)
 		MaxConnections:         a.cfg.Proxy.MaxConnections,
 		MaxListenerConnections: a.cfg.Proxy.MaxConnectionsPerListener,
+		AccessLogDir:           a.cfg.AccessLogDirFor(a.cfg.DataDir),
 	})
 	if err != nil {
 		return err

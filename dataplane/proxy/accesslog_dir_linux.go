@@ -24,7 +24,11 @@ func openBeneath(dir, rel string) (*os.File, error) {
 		Mode:    sinkFileMode,
 		Resolve: unix.RESOLVE_BENEATH | unix.RESOLVE_NO_MAGICLINKS,
 	})
-	if errors.Is(err, unix.ENOSYS) {
+	if errors.Is(err, unix.ENOSYS) || errors.Is(err, unix.EPERM) {
+		// No openat2, or a seccomp filter that refuses it (EPERM, as
+		// systemd's SystemCallErrorNumber= says). The fallback is never
+		// looser than its own checks, and a file that may really not be
+		// opened fails there too.
 		return openChecked(dir, rel)
 	}
 	if err != nil {

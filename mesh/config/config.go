@@ -64,19 +64,20 @@ type Config struct {
 	Bootstrap  bool   `hcl:"bootstrap"`
 	// Server makes a joiner a server (a raft member); without it a joiner
 	// is a client. Bootstrap implies it.
-	Server      bool          `hcl:"server"`
-	LogLevel    string        `hcl:"log_level"`
-	LogJSON     bool          `hcl:"log_json"`
-	ServicesDir string        `hcl:"services_dir"`
-	Ports       Ports         `hcl:"ports"`
-	Addresses   Addresses     `hcl:"addresses"`
-	Raft        RaftTune      `hcl:"raft"`
-	Cluster     Cluster       `hcl:"cluster"`
-	Capture     CaptureConfig `hcl:"capture"`
-	Proxy       ProxyConfig   `hcl:"proxy"`
-	DNS         DNSOptions    `hcl:"dns"`
-	ACL         ACLConfig     `hcl:"acl"`
-	Checks      ChecksConfig  `hcl:"checks"`
+	Server      bool            `hcl:"server"`
+	LogLevel    string          `hcl:"log_level"`
+	LogJSON     bool            `hcl:"log_json"`
+	ServicesDir string          `hcl:"services_dir"`
+	Ports       Ports           `hcl:"ports"`
+	Addresses   Addresses       `hcl:"addresses"`
+	Raft        RaftTune        `hcl:"raft"`
+	Cluster     Cluster         `hcl:"cluster"`
+	Capture     CaptureConfig   `hcl:"capture"`
+	Proxy       ProxyConfig     `hcl:"proxy"`
+	DNS         DNSOptions      `hcl:"dns"`
+	ACL         ACLConfig       `hcl:"acl"`
+	Checks      ChecksConfig    `hcl:"checks"`
+	Telemetry   TelemetryConfig `hcl:"telemetry"`
 	// Join is a member's cluster address to join at start when this node
 	// has no cluster state yet, with the join token read from TokenFile,
 	// or from the VMESH_JOIN_TOKEN environment variable (Build puts it in
@@ -313,6 +314,7 @@ func (c *Config) Validate() error {
 	errs = append(errs, c.validateCapture()...)
 	errs = append(errs, c.validateACL()...)
 	errs = append(errs, c.validateChecks()...)
+	errs = append(errs, c.validateTelemetry()...)
 	return errors.Join(errs...)
 }
 
