@@ -77,6 +77,11 @@ func (p *Proxy) warnLogRefused(listener string, l *accessLogSpec, err error) {
 	if p.logDirWarned == nil {
 		p.logDirWarned = map[string]time.Time{}
 	}
+	for path, last := range p.logDirWarned {
+		if now.Sub(last) >= logDirWarnEvery {
+			delete(p.logDirWarned, path) // bounded by the paths of the last minute
+		}
+	}
 	p.logDirWarned[l.path] = now
 	p.log.Warn("access log refused: the listener is served without this logger",
 		"listener", listener, "field", l.field, "path", l.path, "access_log_dir", p.cfg.AccessLogDir, "err", err)
