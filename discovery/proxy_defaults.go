@@ -42,9 +42,12 @@ type AccessLogs struct {
 	// filter took them (no filter chain, TLS handshake failure).
 	DisableListenerLogs bool   `json:",omitempty" hcl:"disable_listener_logs"`
 	Type                string `json:",omitempty" hcl:"type"`
-	Path                string `json:",omitempty" hcl:"path"`
-	JSONFormat          string `json:",omitempty" hcl:"json_format"`
-	TextFormat          string `json:",omitempty" hcl:"text_format"`
+	// Path is absolute; each host's proxy writes it only when it is inside
+	// that host's telemetry.access_log_dir (the cluster cannot choose
+	// where a host's agent writes).
+	Path       string `json:",omitempty" hcl:"path"`
+	JSONFormat string `json:",omitempty" hcl:"json_format"`
+	TextFormat string `json:",omitempty" hcl:"text_format"`
 }
 
 type proxyDefaultsWire struct {
@@ -83,7 +86,7 @@ func ValidateAccessLogs(prefix string, a *AccessLogs, bad func(field, format str
 		if a.Path == "" {
 			bad(prefix+"Path", "missing: Type %q needs the path of the log file", AccessLogFile)
 		} else if !strings.HasPrefix(a.Path, "/") {
-			bad(prefix+"Path", "%q must be an absolute path", a.Path)
+			bad(prefix+"Path", "%q must be an absolute path (inside each host agent's telemetry.access_log_dir, default /var/log/vmesh)", a.Path)
 		} else if strings.ContainsAny(a.Path, "\x00\n") {
 			bad(prefix+"Path", "must not contain NUL or newline")
 		}

@@ -28,6 +28,7 @@ func (a *Agent) startProxy(context.Context) error {
 		MaxConnections:         a.cfg.Proxy.MaxConnections,
 		MaxListenerConnections: a.cfg.Proxy.MaxConnectionsPerListener,
 		TracerProvider:         a.tracerProvider(),
+		AccessLogDir:           a.cfg.AccessLogDirFor(a.cfg.DataDir),
 	})
 	if err != nil {
 		return err

@@ -36,7 +36,7 @@ func TestUnitGolden(t *testing.T) {
 		"Type=notify\n", "NotifyAccess=main\n", "WatchdogSec=30s\n", "Restart=on-failure\n", "User=vmesh\n",
 		"ExecStart=/usr/local/bin/vmesh agent -config /etc/vmesh/vmesh.hcl\n", "ExecReload=/bin/kill -HUP $MAINPID\n",
 		"CapabilityBoundingSet=CAP_NET_ADMIN CAP_NET_BIND_SERVICE\n", "AmbientCapabilities=CAP_NET_ADMIN CAP_NET_BIND_SERVICE\n",
-		"ProtectSystem=strict\n", "StateDirectory=vmesh\n", "RuntimeDirectory=vmesh\n", "ConfigurationDirectory=vmesh\n",
+		"ProtectSystem=strict\n", "StateDirectory=vmesh\n", "RuntimeDirectory=vmesh\n", "LogsDirectory=vmesh\n", "ConfigurationDirectory=vmesh\n",
 		"RestrictAddressFamilies=AF_UNIX AF_INET AF_INET6 AF_NETLINK\n", "SystemCallFilter=@system-service\n", "UMask=0077\n",
 	} {
 		if !strings.Contains(got, must) {

@@ -33,9 +33,15 @@ import (
 // accessLogSpec is one access logger.
 type accessLogSpec struct {
 	// sink is "file:<path>", "stdout" or "stderr".
-	sink   string
-	path   string
-	format *logFormat
+	sink string
+	path string
+	// field names the path in the configuration, for the warn line of a
+	// refused path; refused is set, when the listener is accepted, for
+	// a file outside Config.AccessLogDir (accesslog_dir.go): the logger
+	// writes nothing.
+	field   string
+	refused bool
+	format  *logFormat
 	// cached is the sink, once looked up (a spec belongs to one proxy).
 	cached atomic.Pointer[logSink]
 }
@@ -66,7 +72,7 @@ func parseAccessLogs(logs []*accesslog.AccessLog, path string) ([]*accessLogSpec
 			if err := checkLogPath(f.GetPath()); err != nil {
 				return nil, fmt.Errorf("%w: %s file.path: %w", ErrInvalid, lp, err)
 			}
-			s.sink, s.path, format = "file:"+f.GetPath(), f.GetPath(), f.GetLogFormat()
+			s.sink, s.path, s.field, format = "file:"+f.GetPath(), f.GetPath(), lp+" file.path", f.GetLogFormat()
 		case "type.googleapis.com/envoy.extensions.access_loggers.stream.v3.StdoutAccessLog":
 			var f streamal.StdoutAccessLog
 			if err := unpack(l.GetTypedConfig(), &f, lp); err != nil {
@@ -324,6 +330,9 @@ func (e *logEntry) reqHeader(k string) string {
 // their sinks.
 func (p *Proxy) writeLogs(logs []*accessLogSpec, e *logEntry) {
 	for _, l := range logs {
+		if l.refused {
+			continue
+		}
 		s := l.cached.Load()
 		if s == nil {
 			s = p.sinks.get(p, l)

@@ -78,7 +78,7 @@ func TestAccessLogFlagsADS(t *testing.T) {
 		[]types.Resource{rc})
 	var logs testkit.SyncBuffer
 	p := startProxy(t, proxy.Config{XDSAddr: cp.addr, Node: "node-x", DrainTimeout: time.Second, MinBackoff: 50 * time.Millisecond,
-		Logger: slog.New(slog.NewTextHandler(&logs, nil))})
+		Logger: slog.New(slog.NewTextHandler(&logs, nil)), AccessLogDir: filepath.Dir(logPath)})
 	testkit.WaitFor(t, 5*time.Second, "the listener bound", func() bool { _, ok := p.ListenerAddrs()["web"]; return ok })
 	base := "http://" + p.ListenerAddrs()["web"].String()
 	c := &http.Client{Timeout: 5 * time.Second}

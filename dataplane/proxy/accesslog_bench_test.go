@@ -68,7 +68,8 @@ func benchHopWith(b *testing.B, backend string, hcmOpt func(*hcm.HttpConnectionM
 			hcmOpt(h)
 		}
 	})}, []types.Resource{staticCluster("backend", backend)}, []types.Resource{rc})
-	p := startProxy(b, proxy.Config{XDSAddr: cp.addr, Node: "node-x", DrainTimeout: time.Second, Logger: testkit.Discard(), Metrics: proxy.NewMetrics(nil)})
+	p := startProxy(b, proxy.Config{XDSAddr: cp.addr, Node: "node-x", DrainTimeout: time.Second, Logger: testkit.Discard(), Metrics: proxy.NewMetrics(nil),
+		AccessLogDir: os.TempDir()}) // b.TempDir's parent: where the benchmark's log is
 	testkit.WaitFor(b, 10*time.Second, "the listener bound", func() bool { _, ok := p.ListenerAddrs()["web"]; return ok })
 	return p.ListenerAddrs()["web"].String()
 }

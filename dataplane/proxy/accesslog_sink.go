@@ -1,12 +1,9 @@
 package proxy
 
 import (
-	"errors"
-	"fmt"
 	"io"
 	"os"
 	"sync"
-	"syscall"
 	"time"
 )
 
@@ -148,6 +145,7 @@ func (s *logSink) run(p *Proxy) {
 		lastWarn  time.Time
 		dropped   int64
 		failed    int64
+		lastErr   error // the last open or write failure, for the warn line
 	)
 	closeFile := func() {
 		if f != nil {
@@ -183,9 +181,9 @@ func (s *logSink) run(p *Proxy) {
 			if s.path != "" {
 				if f == nil {
 					var err error
-					if f, err = openLog(s.path); err != nil {
+					if f, err = openLog(p.cfg.AccessLogDir, s.path); err != nil {
 						p.log.Debug("opening the access log", "path", s.path, "err", err)
-						f = nil
+						f, lastErr = nil, err
 					}
 				}
 				if f != nil {
@@ -196,6 +194,7 @@ func (s *logSink) run(p *Proxy) {
 				failed++
 			} else if _, err := w.Write(buf); err != nil {
 				failed++
+				lastErr = err
 				p.log.Debug("writing the access log", "sink", s.name, "err", err)
 				closeFile() // reopened with the next lines
 			}
@@ -205,8 +204,12 @@ func (s *logSink) run(p *Proxy) {
 		spare = buf
 		if (dropped > 0 || failed > 0) && (now.Sub(lastWarn) >= sinkWarnEvery || closing) {
 			lastWarn = now
-			p.log.Warn("access log lines lost", "sink", s.name, "dropped_buffer_full", dropped, "write_failures", failed)
-			dropped, failed = 0, 0
+			args := []any{"sink", s.name, "dropped_buffer_full", dropped, "write_failures", failed}
+			if lastErr != nil {
+				args = append(args, "err", lastErr)
+			}
+			p.log.Warn("access log lines lost", args...)
+			dropped, failed, lastErr = 0, 0, nil
 		}
 		if closing {
 			s.mu.Lock()
@@ -223,25 +226,6 @@ func (s *logSink) run(p *Proxy) {
 			return
 		}
 	}
-}
-
-// openLog opens an access log for appending, creating it. It does not
-// follow a symbolic link and takes regular files only: the path comes
-// from the mesh's configuration, and the agent may run as root.
-func openLog(path string) (*os.File, error) {
-	f, err := os.OpenFile(path, os.O_WRONLY|os.O_APPEND|os.O_CREATE|syscall.O_NOFOLLOW|syscall.O_CLOEXEC, sinkFileMode)
-	if err != nil {
-		return nil, err
-	}
-	st, err := f.Stat()
-	if err == nil && !st.Mode().IsRegular() {
-		err = errors.New("not a regular file")
-	}
-	if err != nil {
-		f.Close()
-		return nil, fmt.Errorf("access log %s: %w", path, err)
-	}
-	return f, nil
 }
 
 // rotated says whether path no longer names the open file f.

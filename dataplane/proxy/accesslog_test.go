@@ -268,7 +268,7 @@ func TestParseAccessLogs(t *testing.T) {
 func TestLogSinkRotation(t *testing.T) {
 	dir := t.TempDir()
 	path := filepath.Join(dir, "access.log")
-	p := &Proxy{log: slog.New(slog.NewTextHandler(testWriter{t}, nil))}
+	p := &Proxy{log: slog.New(slog.NewTextHandler(testWriter{t}, nil)), cfg: Config{AccessLogDir: dir}}
 	tf, _ := compileText("%REQ(X-REQUEST-ID)%\n")
 	spec := &accessLogSpec{sink: "file:" + path, path: path, format: &logFormat{text: tf}}
 	line := func(id string) {

@@ -298,7 +298,14 @@ func (p *Proxy) accept(typ string, resp *discoverygrpc.DiscoveryResponse) error 
 	switch typ {
 	case resource.ListenerType:
 		next.listeners, raw, errs = acceptEach(res, "a listener", p.st.listeners,
-			func(l *listener.Listener) string { return l.GetName() }, parseListener)
+			func(l *listener.Listener) string { return l.GetName() },
+			func(l *listener.Listener) (*listenerSpec, error) {
+				s, err := parseListener(l)
+				if err == nil {
+					p.confineLogs(s)
+				}
+				return s, err
+			})
 	case resource.ClusterType:
 		next.clusters, raw, errs = acceptEach(res, "a cluster", p.st.clusters,
 			func(c *cluster.Cluster) string { return c.GetName() }, parseCluster)

@@ -45,6 +45,12 @@ type Config struct {
 	// TracerProvider, when set, gives every HTTP request a span and
 	// carries its trace on (trace.go); nil: no tracing, at no cost.
 	TracerProvider trace.TracerProvider
+	// AccessLogDir is the only directory file access logs may be written
+	// in: a logger whose path (cleaned) is elsewhere is turned off with a
+	// warn line, and files are opened beneath it without leaving it by a
+	// symbolic link or "..". The host decides it, not the xDS server
+	// (accesslog_dir.go). Empty: no file access log is written.
+	AccessLogDir string
 }
 
 // Proxy is the data plane: an ADS client and the listeners it configures.
@@ -79,6 +85,9 @@ type Proxy struct {
 	applied appliedConfig
 	// streams counts the ADS streams opened (introspect.go: readiness).
 	streams atomic.Int64
+	// logDirWarned is when each refused access log path was last warned
+	// about (p.mu; accesslog_dir.go).
+	logDirWarned map[string]time.Time
 
 	ctx    context.Context // the connections' (ends at Close)
 	wg     sync.WaitGroup

@@ -8,12 +8,14 @@ import (
 	"net"
 	"net/http"
 	"os"
+	"path/filepath"
 	"strings"
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
 	vmetrics "github.com/vmesh/vmesh/dataplane/metrics"
 	"github.com/vmesh/vmesh/dataplane/proxy"
+	"github.com/vmesh/vmesh/mesh/config"
 )
 
 // proxyCommand is `vmesh proxy --xds ADDR --node NAME`: the data plane
@@ -21,8 +23,8 @@ import (
 // SIGINT or SIGTERM (ctx). It runs locally and needs no agent API.
 type proxyCommand struct {
 	*Flags
-	xds, node, admin, logLevel *string
-	logJSON                    *bool
+	xds, node, admin, logLevel, logDir *string
+	logJSON                            *bool
 }
 
 func newProxy(env *Env) Command {
@@ -33,6 +35,7 @@ server. With --admin-addr it serves its own /metrics there.`)}
 	c.node = c.FS.String("node", "", "the xDS node `name`: an agent's node name makes this that host's mesh proxy (default: the host name)")
 	c.admin = c.FS.String("admin-addr", "", "serve /metrics on this `address` (host:port; default: not served, as the agent's admin listener usually holds CLIENT:15000)")
 	c.logLevel = c.FS.String("log-level", "info", "debug, info, warn or error")
+	c.logDir = c.FS.String("access-log-dir", config.DefaultAccessLogDir, "the only `dir` file access logs from xDS are written in; a path elsewhere is refused")
 	c.logJSON = c.FS.Bool("log-json", false, "log JSON lines")
 	return c
 }
@@ -68,6 +71,10 @@ func (c *proxyCommand) Run(ctx context.Context, args []string) int {
 			return ExitUsage
 		}
 	}
+	if !filepath.IsAbs(*c.logDir) || filepath.Clean(*c.logDir) == "/" {
+		fmt.Fprintf(env.Stderr, "vmesh proxy: --access-log-dir: %q is not an absolute path of a directory for logs\n", *c.logDir)
+		return ExitUsage
+	}
 	logger := NewLogger(*c.logLevel, *c.logJSON, env.Stderr).With("component", "proxy")
 	var metrics *proxy.Metrics
 	if *c.admin != "" {
@@ -82,7 +89,7 @@ func (c *proxyCommand) Run(ctx context.Context, args []string) int {
 		}
 		defer stop()
 	}
-	p, err := proxy.New(proxy.Config{XDSAddr: target, Node: node, Logger: logger, Metrics: metrics})
+	p, err := proxy.New(proxy.Config{XDSAddr: target, Node: node, Logger: logger, Metrics: metrics, AccessLogDir: *c.logDir})
 	if err != nil {
 		fmt.Fprintf(env.Stderr, "vmesh proxy: %v\n", err)
 		return ExitUsage

@@ -51,6 +51,7 @@ var agentFlagTable = []agentFlag{
 	{name: "admin-addr", usage: "admin `address`, serving /config_dump and /metrics (default CLIENT:15000)", str: func(c *Config) *string { return &c.Addresses.Admin }},
 	{name: "dns-addr", usage: "DNS `address`, UDP and TCP (default CLIENT:8600)", str: func(c *Config) *string { return &c.Addresses.DNS }},
 	{name: "capture", usage: "apply traffic capture (iptables, vmesh0) on start, remove it on stop; needs CAP_NET_ADMIN (docs/capture.md)", on: func(c *Config) *bool { return &c.Capture.Enabled }},
+	{name: "access-log-dir", usage: "the only `dir` the proxy writes file access logs in (default " + DefaultAccessLogDir + "; -dev: DATA_DIR/" + DevAccessLogSubdir + ")", str: func(c *Config) *string { return &c.Telemetry.AccessLogDir }},
 	{name: "proxy", def: true, usage: "run the in-process proxy, fed by this agent's xDS over its unix socket; -proxy=false to bring your own Envoy (docs/proxy.md)", on: func(c *Config) *bool { return &c.Proxy.Enabled }},
 }
 

@@ -4,13 +4,20 @@ import (
 	"fmt"
 	"net/url"
 	"os"
+	"path/filepath"
 	"strings"
 )
 
-// TelemetryConfig is the `telemetry` block: distributed tracing for now
-// (docs/observability.md).
+// TelemetryConfig is the `telemetry` block: distributed tracing and
+// where access logs may be written (docs/observability.md).
 type TelemetryConfig struct {
 	Tracing TracingConfig `hcl:"tracing"`
+	// AccessLogDir is the only directory the in-process proxy writes file
+	// access logs in: proxy-defaults' AccessLogs.Path comes from the
+	// cluster (anyone with mesh:write), so the host bounds it. A path
+	// outside is refused with a warn line. Empty: DefaultAccessLogDir, or
+	// under -dev the data dir's DevAccessLogSubdir (AccessLogDirFor).
+	AccessLogDir string `hcl:"access_log_dir"`
 }
 
 // TracingConfig is `telemetry { tracing { … } }`: where and how the
@@ -41,7 +48,7 @@ type TracingConfig struct {
 const DefaultSampleRatio = 0.01
 
 func (c *Config) validateTelemetry() []error {
-	var errs []error
+	errs := c.validateAccessLogDir()
 	t := c.Telemetry.Tracing
 	bad := func(key, format string, args ...any) {
 		errs = append(errs, fmt.Errorf("telemetry.tracing.%s: %s", key, fmt.Sprintf(format, args...)))
@@ -74,6 +81,47 @@ func (c *Config) validateTelemetry() []error {
 			bad("ca_file", "is set but insecure = true sends without TLS")
 		} else if _, err := os.Stat(t.CAFile); err != nil {
 			bad("ca_file", "%v", err)
+		}
+	}
+	return errs
+}
+
+// DefaultAccessLogDir is where a (non -dev) agent's proxy may write file
+// access logs.
+const DefaultAccessLogDir = "/var/log/vmesh"
+
+// DevAccessLogSubdir is, under -dev, the default access log directory
+// inside the data dir (a temp dir unless -data-dir is given).
+const DevAccessLogSubdir = "access-logs"
+
+// AccessLogDirFor is the access log directory in effect, given the data
+// dir the agent runs with (-dev makes a temp one at start).
+func (c *Config) AccessLogDirFor(dataDir string) string {
+	switch {
+	case c.Telemetry.AccessLogDir != "":
+		return filepath.Clean(c.Telemetry.AccessLogDir)
+	case c.Dev && dataDir != "":
+		return filepath.Join(dataDir, DevAccessLogSubdir)
+	default:
+		return DefaultAccessLogDir
+	}
+}
+
+// validateAccessLogDir checks telemetry.access_log_dir.
+func (c *Config) validateAccessLogDir() []error {
+	var errs []error
+	d := c.Telemetry.AccessLogDir
+	switch {
+	case d == "":
+	case !filepath.IsAbs(d):
+		errs = append(errs, fmt.Errorf("telemetry.access_log_dir: %q is not an absolute path", d))
+	case filepath.Clean(d) == "/":
+		errs = append(errs, fmt.Errorf("telemetry.access_log_dir: %q would let the cluster's proxy-defaults write any file; name a directory for logs only", d))
+	default:
+		for _, sys := range []string{"/proc", "/sys", "/dev"} {
+			if c := filepath.Clean(d); c == sys || strings.HasPrefix(c, sys+"/") {
+				errs = append(errs, fmt.Errorf("telemetry.access_log_dir: %q is under %s", d, sys))
+			}
 		}
 	}
 	return errs

@@ -68,11 +68,15 @@ func findLine(lines []accessLine, match func(accessLine) bool) accessLine {
 // each leave a warn line in their agent's log. Then proxy-defaults turns
 // on file access logs through the HTTP API, and an allowed request, a
 // denied one, a request with no upstream and a TCP connection each leave
-// JSON lines with Envoy's fields and flags, on both hops.
+// JSON lines with Envoy's fields and flags, on both hops. Before that, a
+// Path outside the agents' -access-log-dir is refused by each proxy with a
+// warn line, and no file is created there.
 func TestProxyAccessLogs(t *testing.T) {
 	skipShort(t)
 	t.Parallel()
-	nodes := bootCluster(t, "127.48.0.", 2, "-proxy")
+	logRoot := t.TempDir()
+	logDir := filepath.Join(logRoot, "vmesh") // created by the agents
+	nodes := bootCluster(t, "127.48.0.", 2, "-proxy", "-access-log-dir", logDir)
 	a, b := nodes[0], nodes[1]
 	web := startHTTPApp(t, b.ip, "web-1")
 	echo := startTCPEcho(t, b.ip, "echo-1")
@@ -127,9 +131,27 @@ func TestProxyAccessLogs(t *testing.T) {
 		return strings.Contains(l, "request refused") && strings.Contains(l, "no_healthy_upstream") && strings.Contains(l, "e2e-ghost-0")
 	})
 
+	// A path outside the agents' access log directory: the API takes it
+	// (it cannot know each host's directory), each proxy refuses it with a
+	// warn line naming the path and the directory, and keeps serving.
+	escape := filepath.Join(logDir, "..", "escaped.log")
+	a.mustAPI(http.MethodPut, "/v1/config", fmt.Sprintf(`{"Kind":"proxy-defaults","Name":"global","AccessLogs":{"Enabled":true,"Type":"file","Path":%q}}`, escape))
+	for _, n := range []*node{a, b} {
+		testkit.WaitFor(t, 20*time.Second, n.name+"'s warn line for the path outside its access log directory", func() bool {
+			l := n.logs()
+			return strings.Contains(l, "access log refused") && strings.Contains(l, "path="+escape) && strings.Contains(l, "access_log_dir="+logDir)
+		})
+	}
+	if code, _ := get(webURL+"/still-serving", "e2e-escape"); code != 200 {
+		t.Errorf("with the refused access log: %d, want 200", code)
+	}
+	if _, err := os.Lstat(filepath.Join(logRoot, "escaped.log")); err == nil {
+		t.Errorf("an access log was written outside the access log directory")
+	}
+
 	// Access logs on, through the HTTP API. Both agents share the path
 	// (proxy-defaults is mesh-wide); O_APPEND keeps their lines whole.
-	logPath := filepath.Join(t.TempDir(), "access.log")
+	logPath := filepath.Join(logDir, "access.log")
 	a.mustAPI(http.MethodPut, "/v1/config", fmt.Sprintf(`{"Kind":"proxy-defaults","Name":"global","AccessLogs":{"Enabled":true,"Type":"file","Path":%q}}`, logPath))
 	// (Each agent's proxy turns them on when its own agent has the entry,
 	// and the deny intention's deletion may still be on its way: lines
