@@ -58,8 +58,19 @@ vm_name() { [[ $1 =~ ^vm[1-$VMS]$ ]] || die "no VM '$1' (vm1..vm$VMS)"; }
 
 # vm_sh VM CMD: runs the shell command CMD on VM over SSH, with the
 # options 'vagrant ssh-config' gave (ssh_config); a Vagrant process per
-# call costs seconds.
-vm_sh() { ssh -F "$STATE/ssh_config" -q -o ConnectTimeout=10 "$1" "$2" </dev/null; }
+# call costs seconds. A connection that fails (ssh's exit 255: a loaded,
+# emulated VM's sshd may not answer within ConnectTimeout) is tried
+# twice more.
+vm_sh() {
+	local try rc
+	for try in 1 2 3; do
+		rc=0
+		ssh -F "$STATE/ssh_config" -q -o ConnectTimeout=10 "$1" "$2" </dev/null || rc=$?
+		[ "$rc" = 255 ] || return "$rc"
+		[ "$try" = 3 ] || sleep 2
+	done
+	return 255
+}
 
 # ssh_config: Vagrant's SSH options for every VM, for vm_sh and traffic.sh.
 # A VM that is not up is left out.
