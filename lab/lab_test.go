@@ -486,6 +486,11 @@ func TestProvisionConfig(t *testing.T) {
 		return string(out), err
 	}
 	root := filepath.Join(dir, "vm")
+	// A Vagrant client's first start: its agent token, and a join token
+	// in a file the config names (provision.sh vagrant-join).
+	agentToken, joinToken := filepath.Join(dir, "agent-token"), filepath.Join(dir, "join-token")
+	os.WriteFile(agentToken, []byte("0c6f7d3e-8f1a-4c2b-9d5e-6a7b8c9d0e1f\n"), 0o600)
+	os.WriteFile(joinToken, []byte("a-join-token\n"), 0o600)
 	services := func() []string {
 		entries, _ := os.ReadDir(filepath.Join(root, "etc/vmesh/services.d"))
 		var names []string
@@ -513,6 +518,11 @@ func TestProvisionConfig(t *testing.T) {
 		{"vagrant vm3 with resolvers, tcp", false, []string{"LAB_PROTOCOL=tcp"},
 			[]string{"--node", "vm3", "--ip", "192.168.56.13", "--vms", "3", "--recursor", "10.0.2.3", "--recursor", "1.1.1.1"},
 			[]string{"users.hcl"}, []string{`recursors = ["10.0.2.3", "1.1.1.1"]`, `protocol = "tcp"`}},
+		{"vagrant vm2, a client, joins at start", false, nil,
+			[]string{"--node", "vm2", "--ip", "10.202.0.12", "--vms", "3", "--agent-token-file", agentToken,
+				"--join", "10.202.0.11:7400", "--join-token-file", joinToken},
+			[]string{"orders.hcl"}, []string{`join         = "10.202.0.11:7400"`, `token_file   = "` + joinToken + `"`,
+				`agent              = "0c6f7d3e-8f1a-4c2b-9d5e-6a7b8c9d0e1f"`, "# A client"}},
 	} {
 		if !c.keep {
 			os.RemoveAll(root)
@@ -553,6 +563,7 @@ func TestProvisionConfig(t *testing.T) {
 		{nil, []string{"--node", "vm1", "--ip", "10.0.0.1", "--vms", "three"}, "--vms"},
 		{nil, []string{"--node", "vm1", "--ip", "10.0.0.1", "--vms", "3", "--voters", "5"}, "--voters"},
 		{[]string{"LAB_PROTOCOL=grpc"}, []string{"--node", "vm1", "--ip", "10.0.0.1", "--vms", "3"}, "LAB_PROTOCOL"},
+		{nil, []string{"--node", "vm2", "--ip", "10.0.0.2", "--vms", "3", "--join", "10.0.0.1:7400"}, "--join-token-file"},
 	} {
 		out, err := provision(c.env, append([]string{"--root", t.TempDir()}, c.args...)...)
 		if err == nil || !strings.Contains(out, c.want) {

@@ -4,11 +4,13 @@
 # own, and the Vagrant lab (lab/Vagrantfile) on each real VM, under /.
 #
 #   provision.sh config --root DIR --node NAME --ip IP --vms N [--bootstrap]
-#           [--server] [--management-token-file F] [--agent-token-file F] [--recursor IP]...
+#           [--server] [--management-token-file F] [--agent-token-file F]
+#           [--join ADDR --join-token-file F] [--recursor IP]...
 #       write ROOT/etc/vmesh/vmesh.hcl (0600: it may hold the initial
 #       management token read from F) and ROOT/etc/vmesh/services.d/<app>.hcl
 #       for the demo apps this VM runs (lab/common.sh places them);
-#       --bootstrap implies --server, without either the VM is a client
+#       --bootstrap implies --server, without either the VM is a client;
+#       --join: the agent joins ADDR at start with the token in file F
 #   provision.sh acl [--vms N --agent-tokens DIR] [--vmesh BIN]
 #       with the management token in VMESH_HTTP_TOKEN_FILE, once it works:
 #       let the anonymous token read services, nodes, agents and members
@@ -23,11 +25,21 @@
 #       on a command line, where ps shows it
 #   provision.sh wait-leader [--vmesh BIN]
 #       wait until the local agent knows a raft leader
-#   provision.sh vagrant --node NAME --ip IP --vms N [--bootstrap] [--emulated]
+#   provision.sh vagrant --node NAME --ip IP --vms N [--bootstrap]
 #       a whole Vagrant VM, as root: packages, the binaries from
 #       /vagrant/lab/.work/bin, 'vmesh install', the config, the resolver,
-#       the demo apps' units; starts vmesh and the apps. The bootstrap VM
-#       also waits for its leader and writes the intentions.
+#       the demo apps' units; starts the apps. The bootstrap VM (the
+#       server) makes the management token and every VM's agent token,
+#       starts vmesh, sets up the ACLs and writes the intentions; another
+#       VM starts vmesh only once it is in the cluster (vagrant-join)
+#   provision.sh hand-tokens VM
+#       on the bootstrap VM, as root: print VM's agent token and a fresh
+#       join token (10 minutes, one use), a line each, for vagrant-join
+#   provision.sh vagrant-join ADDR
+#       on another Vagrant VM, as root, with hand-tokens' two lines on
+#       stdin: keep the agent token (0600), start vmesh joining ADDR at
+#       start with the join token (a 0600 file, deleted once joined);
+#       nothing to join on a VM already in the cluster
 #
 # The layout is vmesh's own (docs/systemd.md): ROOT/etc/vmesh/vmesh.hcl,
 # ROOT/etc/vmesh/services.d/, data in ROOT/var/lib/vmesh.
@@ -40,12 +52,13 @@ LAB_DIR=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
 VMESH=${VMESH:-vmesh}
 HTTP_ADDR=127.0.0.1:8500
 
-# config_file ROOT NODE IP BOOTSTRAP SERVER MGMT AGENT RECURSORS...: the
-# agent's vmesh.hcl (MGMT: the initial management token's secret, servers
-# only; AGENT: the agent token's secret).
+# config_file ROOT NODE IP BOOTSTRAP SERVER MGMT AGENT JOIN JOIN_TOKEN_FILE
+# RECURSORS...: the agent's vmesh.hcl (MGMT: the initial management
+# token's secret, servers only; AGENT: the agent token's secret; JOIN: the
+# member to join at start, with the join token in JOIN_TOKEN_FILE).
 config_file() {
-	local root=$1 node=$2 ip=$3 bootstrap=$4 server=$5 mgmt=$6 agent=$7
-	shift 7
+	local root=$1 node=$2 ip=$3 bootstrap=$4 server=$5 mgmt=$6 agent=$7 join=$8 join_token_file=$9
+	shift 9
 	cat <<EOF
 # The vmesh lab's agent on $node. Written by lab/provision.sh, which
 # rewrites it; see docs/lab.md and docs/configuration.md.
@@ -61,6 +74,15 @@ EOF
 		cat <<EOF
 # This VM starts the cluster; the others join it with a token.
 bootstrap    = true
+EOF
+	fi
+	if [ -n "$join" ]; then
+		cat <<EOF
+# Join the cluster through $join at the first start, with a single-use
+# join token from this file (0600; deleted, and these lines with it, once
+# joined). A restart resumes the cluster from data_dir.
+join         = "$join"
+token_file   = "$join_token_file"
 EOF
 	fi
 	if [ "$server" = 1 ]; then
@@ -149,7 +171,7 @@ EOF
 }
 
 cmd_config() {
-	local root="" node="" ip="" vms="" bootstrap=0 server=0 mgmt="" agent="" recursors=()
+	local root="" node="" ip="" vms="" bootstrap=0 server=0 mgmt="" agent="" join="" join_token_file="" recursors=()
 	while [ $# -gt 0 ]; do
 		case $1 in
 		--root) root=${2%/}; shift 2 ;;
@@ -160,6 +182,8 @@ cmd_config() {
 		--server) server=1; shift ;;
 		--management-token-file) mgmt=$(cat "$2") || die "config: cannot read $2"; shift 2 ;;
 		--agent-token-file) agent=$(cat "$2") || die "config: cannot read $2"; shift 2 ;;
+		--join) join=$2; shift 2 ;;
+		--join-token-file) join_token_file=$2; shift 2 ;;
 		--recursor) recursors+=("$2"); shift 2 ;;
 		*) die "config: unknown argument $1" ;;
 		esac
@@ -168,12 +192,13 @@ cmd_config() {
 	[ -n "$ip" ] || die "config: --ip is required"
 	[[ $vms =~ ^[0-9]+$ ]] || die "config: --vms N is required (a number), got '$vms'"
 	[[ $node =~ ^vm([0-9]+)$ ]] || die "config: --node must be vm<N> (the labs name VMs so), got '$node'"
+	[ -z "$join" ] || [ -n "$join_token_file" ] || die "config: --join needs --join-token-file F (never the token itself)"
 	local i=${BASH_REMATCH[1]}
 
 	local etc=$root/etc/vmesh
 	mkdir -p "$etc/services.d"
 	install -d -m 0700 "$root/var/lib/vmesh"
-	(umask 077 && config_file "$root" "$node" "$ip" "$bootstrap" "$server" "$mgmt" "$agent" "${recursors[@]}" >"$etc/vmesh.hcl.new")
+	(umask 077 && config_file "$root" "$node" "$ip" "$bootstrap" "$server" "$mgmt" "$agent" "$join" "$join_token_file" "${recursors[@]}" >"$etc/vmesh.hcl.new")
 	mv "$etc/vmesh.hcl.new" "$etc/vmesh.hcl"
 	local app mine
 	mine=" $(apps_on "$i" "$vms") "
@@ -309,19 +334,62 @@ point_resolver() {
 	printf '# vmesh lab: the agent answers *.mesh and forwards the rest\nnameserver 127.0.0.1\n' >/etc/resolv.conf
 }
 
+# The lab's state on a Vagrant VM. Secrets are root's, 0600, in a 0700
+# dir: the management token (on the bootstrap VM only), every VM's agent
+# token there (agent-tokens/vmI), this VM's own (agent-token) elsewhere,
+# and a join token until the agent has joined.
+LAB_ETC=/etc/vmesh-lab
+TOKENS=$LAB_ETC/tokens
+MGMT_TOKEN=$TOKENS/management-token
+AGENT_TOKENS=$TOKENS/agent-tokens
+AGENT_TOKEN=$TOKENS/agent-token
+JOIN_TOKEN=$TOKENS/join-token
+
+# new_secret FILE: a random secret in FILE (0600), unless FILE has one.
+new_secret() {
+	[ -s "$1" ] || (umask 077 && cat /proc/sys/kernel/random/uuid >"$1")
+}
+
+# in_cluster: the local agent has a cluster identity (it bootstrapped or
+# joined); a restart resumes the cluster.
+in_cluster() { [ -f /var/lib/vmesh/tls/ca.pem ]; }
+
+# vagrant_config [ARGS]: /etc/vmesh/vmesh.hcl for this VM (from
+# $LAB_ETC/node.env, which cmd_vagrant writes) with the tokens it has, and
+# ARGS for cmd_config. 0600 root: it holds secrets, and the lab's agent
+# runs as root (the lab-capture drop-in).
+vagrant_config() {
+	local NODE IP VMS BOOTSTRAP
+	# shellcheck source=/dev/null
+	. "$LAB_ETC/node.env"
+	local args=(--root "" --node "$NODE" --ip "$IP" --vms "$VMS") r
+	if [ "$BOOTSTRAP" = 1 ]; then
+		args+=(--bootstrap --management-token-file "$MGMT_TOKEN" --agent-token-file "$AGENT_TOKENS/$NODE")
+	elif [ -s "$AGENT_TOKEN" ]; then
+		args+=(--agent-token-file "$AGENT_TOKEN")
+	fi
+	for r in $(original_resolvers); do args+=(--recursor "$r"); done
+	cmd_config "${args[@]}" "$@"
+	chown root:root /etc/vmesh/vmesh.hcl
+	chmod 0600 /etc/vmesh/vmesh.hcl
+	chown root:vmesh /etc/vmesh/services.d/*.hcl 2>/dev/null || true
+}
+
 cmd_vagrant() {
-	local node="" ip="" vms="" bootstrap=0 emulated=0
+	local node="" ip="" vms="" bootstrap=0
 	while [ $# -gt 0 ]; do
 		case $1 in
 		--node) node=$2; shift 2 ;;
 		--ip) ip=$2; shift 2 ;;
 		--vms) vms=$2; shift 2 ;;
 		--bootstrap) bootstrap=1; shift ;;
-		--emulated) emulated=1; shift ;;
 		*) die "vagrant: unknown argument $1" ;;
 		esac
 	done
 	[ "$(id -u)" = 0 ] || die "vagrant: run as root"
+	if [ -z "$node" ] || [ -z "$ip" ] || ! [[ $vms =~ ^[0-9]+$ ]]; then
+		die "vagrant: --node, --ip and --vms N are required"
+	fi
 	local bin=$LAB_DIR/.work/bin
 	for b in vmesh demoapp; do
 		[ -x "$bin/$b" ] || die "$bin/$b is missing: build it on the host first (docs/lab.md):
@@ -341,23 +409,13 @@ then 'vagrant reload --provision' (or 'vagrant rsync' and 'vagrant provision')"
 	# answer systemctl.
 	timeout 900 systemctl is-system-running --wait >/dev/null 2>&1 || true
 
-	# The binaries; then vmesh install: user, /etc/vmesh, the unit.
+	# The binaries; then vmesh install: user, /etc/vmesh, the unit (each
+	# systemctl call may take minutes on an emulated CPU: install allows
+	# them 5 by default).
 	install -m 0755 "$bin/vmesh" /usr/local/bin/vmesh
 	install -m 0755 "$bin/demoapp" /usr/local/bin/vmesh-demoapp
 	VMESH=/usr/local/bin/vmesh
-	if [ "$emulated" = 0 ]; then
-		"$VMESH" install
-	else
-		# On an emulated CPU 'systemctl daemon-reload' takes longer than
-		# the 30 s 'vmesh install' gives it: install writes the files and
-		# lists the commands (--prefix), which run here unbounded.
-		"$VMESH" install --prefix /
-		id vmesh >/dev/null 2>&1 || useradd --system --user-group --no-create-home --home-dir /var/lib/vmesh \
-			--shell /usr/sbin/nologin --comment 'vmesh agent' vmesh
-		chown root:vmesh /etc/vmesh/services.d /etc/vmesh/vmesh.hcl
-		systemctl daemon-reload
-		systemctl enable vmesh.service
-	fi
+	"$VMESH" install
 
 	# Capture under the unit: on Debian 12 both iptables backends are
 	# installed, and the unit's ExecStopPost (as root) loads the legacy
@@ -375,24 +433,30 @@ CapabilityBoundingSet=CAP_NET_ADMIN CAP_NET_BIND_SERVICE CAP_NET_RAW
 ReadWritePaths=-/run/xtables.lock
 EOF
 
-	local recursors=() r
-	for r in $(original_resolvers); do recursors+=(--recursor "$r"); done
-	local boot=()
-	[ "$bootstrap" = 1 ] && boot=(--bootstrap)
-	cmd_config --root "" --node "$node" --ip "$ip" --vms "$vms" "${boot[@]}" "${recursors[@]}"
-	chown root:vmesh /etc/vmesh/vmesh.hcl /etc/vmesh/services.d/*.hcl 2>/dev/null || true
-	chmod 0640 /etc/vmesh/vmesh.hcl
+	install -d -m 0755 "$LAB_ETC"
+	install -d -m 0700 "$TOKENS"
+	printf 'NODE=%s\nIP=%s\nVMS=%s\nBOOTSTRAP=%s\n' "$node" "$ip" "$vms" "$bootstrap" >"$LAB_ETC/node.env"
+	if [ "$bootstrap" = 1 ]; then
+		# The server makes the management token (its first leader turns
+		# acl.tokens.initial_management into it) and every VM's agent
+		# token; they stay here, root's, 0600. hand-tokens gives each
+		# other VM its own.
+		new_secret "$MGMT_TOKEN"
+		install -d -m 0700 "$AGENT_TOKENS"
+		local j
+		for j in $(seq 1 "$vms"); do new_secret "$AGENT_TOKENS/vm$j"; done
+	fi
+	vagrant_config
 	point_resolver
 
 	# The demo apps, one instance of the template unit each.
 	install -m 0644 "$LAB_DIR/units/vmesh-demo@.service" /etc/systemd/system/vmesh-demo@.service
-	mkdir -p /etc/vmesh-lab
 	local i=${node#vm} app
 	for app in $LAB_APPS; do
 		systemctl disable --now "vmesh-demo@$app.service" >/dev/null 2>&1 || true
 	done
 	for app in $(apps_on "$i" "$vms"); do
-		printf 'LISTEN=127.0.0.1:%s\nUPSTREAMS=%s\n' "$(app_port "$app")" "$(app_upstream_flags "$app")" >"/etc/vmesh-lab/demo-$app.env"
+		printf 'LISTEN=127.0.0.1:%s\nUPSTREAMS=%s\n' "$(app_port "$app")" "$(app_upstream_flags "$app")" >"$LAB_ETC/demo-$app.env"
 	done
 	systemctl daemon-reload
 	for app in $(apps_on "$i" "$vms"); do
@@ -400,16 +464,70 @@ EOF
 	done
 
 	systemctl enable vmesh.service
-	systemctl restart vmesh.service
 	if [ "$bootstrap" = 1 ]; then
+		systemctl restart vmesh.service
 		cmd_wait_leader
-		cmd_intentions
+		# As in the netns lab: the anonymous token reads, each VM's agent
+		# token is made, the intentions are written with the management
+		# token (read from its file, never on a command line).
+		VMESH_HTTP_TOKEN_FILE=$MGMT_TOKEN cmd_acl --vms "$vms" --agent-tokens "$AGENT_TOKENS"
+		VMESH_HTTP_TOKEN_FILE=$MGMT_TOKEN cmd_intentions
+		echo "$node: the server; vmesh and the demo apps ($(apps_on "$i" "$vms")) are running"
+	elif in_cluster; then
+		systemctl restart vmesh.service
+		echo "$node: vmesh (in the cluster) and the demo apps ($(apps_on "$i" "$vms")) are running"
+	else
+		echo "$node: the demo apps ($(apps_on "$i" "$vms")) are running; vmesh starts when vm1 hands this VM its tokens (provision.sh vagrant-join)"
 	fi
-	echo "$node: vmesh and the demo apps ($(apps_on "$i" "$vms")) are running"
+}
+
+# cmd_hand_tokens VM: on the bootstrap VM, VM's agent token and a fresh
+# single-use join token, a line each on stdout, for the channel that
+# carries them to VM (the Vagrantfile's trigger: SSH, stdin to stdin).
+cmd_hand_tokens() {
+	[ "$(id -u)" = 0 ] || die "hand-tokens: run as root"
+	if [ $# != 1 ] || ! [[ $1 =~ ^vm[0-9]+$ ]]; then
+		die "hand-tokens: want one VM name (vm2), got '$*'"
+	fi
+	[ -s "$AGENT_TOKENS/$1" ] || die "hand-tokens: no agent token for $1 in $AGENT_TOKENS: is this the bootstrap VM, provisioned?"
+	VMESH=${VMESH:-vmesh}
+	cat "$AGENT_TOKENS/$1"
+	VMESH_HTTP_TOKEN_FILE=$MGMT_TOKEN "$VMESH" token create -ttl 10m -http-addr "$HTTP_ADDR" | tr -d '[:space:]'
+	echo
+}
+
+# cmd_vagrant_join ADDR: on another VM, with hand-tokens' two lines on
+# stdin: the agent token goes in AGENT_TOKEN and the config; vmesh starts
+# with join = ADDR and the join token in a 0600 file; once it has joined,
+# the file and the join lines go (a restart resumes from the data dir).
+cmd_vagrant_join() {
+	[ "$(id -u)" = 0 ] || die "vagrant-join: run as root"
+	[ $# = 1 ] || die "vagrant-join: want ADDR (vm1's cluster address, IP:7400)"
+	[ -f "$LAB_ETC/node.env" ] || die "vagrant-join: $LAB_ETC/node.env is missing: run 'provision.sh vagrant' first"
+	local addr=$1 agent join
+	IFS= read -r agent || true
+	IFS= read -r join || true
+	[[ $agent =~ ^[0-9a-f-]{36}$ ]] || die "vagrant-join: the first line on stdin must be this VM's agent token (from hand-tokens on vm1)"
+	[ -n "$join" ] || die "vagrant-join: the second line on stdin must be a join token (from hand-tokens on vm1)"
+	(umask 077 && printf '%s\n' "$agent" >"$AGENT_TOKEN.new") && mv "$AGENT_TOKEN.new" "$AGENT_TOKEN"
+	if in_cluster; then
+		vagrant_config
+		systemctl restart vmesh.service
+		cmd_wait_leader
+		echo "already in the cluster; not joining (the join token is left unused; it expires)"
+		return
+	fi
+	(umask 077 && printf '%s\n' "$join" >"$JOIN_TOKEN")
+	vagrant_config --join "$addr" --join-token-file "$JOIN_TOKEN"
+	systemctl restart vmesh.service
+	WAIT=${WAIT:-300} cmd_wait_leader
+	rm -f "$JOIN_TOKEN"
+	vagrant_config
+	echo "joined the cluster through $addr; vmesh is running (a restart resumes the cluster)"
 }
 
 main() {
-	[ $# -gt 0 ] || die "usage: provision.sh config|acl|intentions|join|wait-leader|vagrant ... (see the top of the file)"
+	[ $# -gt 0 ] || die "usage: provision.sh config|acl|intentions|join|wait-leader|vagrant|hand-tokens|vagrant-join ... (see the top of the file)"
 	local cmd=$1
 	shift
 	# --vmesh BIN anywhere: the vmesh binary to run.
@@ -428,7 +546,9 @@ main() {
 	acl) cmd_acl "$@" ;;
 	wait-leader) cmd_wait_leader "$@" ;;
 	vagrant) cmd_vagrant "$@" ;;
-	*) die "unknown command $cmd (config, acl, intentions, join, wait-leader, vagrant)" ;;
+	hand-tokens) cmd_hand_tokens "$@" ;;
+	vagrant-join) cmd_vagrant_join "$@" ;;
+	*) die "unknown command $cmd (config, acl, intentions, join, wait-leader, vagrant, hand-tokens, vagrant-join)" ;;
 	esac
 }
 

@@ -31,6 +31,7 @@ WORK=$LAB_DIR/.work
 BIN=$WORK/bin
 STATE=$WORK/vagrant
 VMS=3
+SERVERS=1 # vm1 (lab/Vagrantfile); vm2 and vm3 are clients
 BOX_NAME=vmesh/debian12-local
 POOL=vmesh-lab
 POOL_DIR=/var/lib/libvirt/$POOL
@@ -57,8 +58,19 @@ vm_name() { [[ $1 =~ ^vm[1-$VMS]$ ]] || die "no VM '$1' (vm1..vm$VMS)"; }
 
 # vm_sh VM CMD: runs the shell command CMD on VM over SSH, with the
 # options 'vagrant ssh-config' gave (ssh_config); a Vagrant process per
-# call costs seconds.
-vm_sh() { ssh -F "$STATE/ssh_config" -q -o ConnectTimeout=10 "$1" "$2" </dev/null; }
+# call costs seconds. A connection that fails (ssh's exit 255: a loaded,
+# emulated VM's sshd may not answer within ConnectTimeout) is tried
+# twice more.
+vm_sh() {
+	local try rc
+	for try in 1 2 3; do
+		rc=0
+		ssh -F "$STATE/ssh_config" -q -o ConnectTimeout=10 "$1" "$2" </dev/null || rc=$?
+		[ "$rc" = 255 ] || return "$rc"
+		[ "$try" = 3 ] || sleep 2
+	done
+	return 255
+}
 
 # ssh_config: Vagrant's SSH options for every VM, for vm_sh and traffic.sh.
 # A VM that is not up is left out.
@@ -233,14 +245,15 @@ wait_until() {
 	done
 }
 
-# members_ok FROM: the agent on VM FROM sees all VMs alive and in raft
-# (voter, nonvoter or leader: not "none"), and knows a leader.
+# members_ok FROM: the agent on VM FROM sees all VMs alive, SERVERS of
+# them in raft (voter, nonvoter or leader: not "none"; the others are
+# clients), and knows a leader.
 members_ok() {
-	vm_sh "$1" "n=\$(curl -sf -m 3 http://127.0.0.1:8500/v1/vmesh/members | grep -o '\"Role\":\"[a-z]*\",\"Status\":\"alive\"' | grep -vc '\"Role\":\"none\"'); [ \"\$n\" -eq $VMS ] && [ -n \"\$(curl -sf -m 3 http://127.0.0.1:8500/v1/status/leader | tr -d '\"')\" ]"
+	vm_sh "$1" "m=\$(curl -sf -m 3 http://127.0.0.1:8500/v1/vmesh/members) || exit 1; a=\$(printf '%s' \"\$m\" | grep -o '\"Status\":\"alive\"' | wc -l); s=\$(printf '%s' \"\$m\" | grep -o '\"Role\":\"[a-z]*\",\"Status\":\"alive\"' | grep -vc '\"Role\":\"none\"'); [ \"\$a\" -eq $VMS ] && [ \"\$s\" -eq $SERVERS ] && [ -n \"\$(curl -sf -m 3 http://127.0.0.1:8500/v1/status/leader | tr -d '\"')\" ]"
 }
-# member_alive FROM NODE: the agent on VM FROM lists NODE alive, in raft.
+# member_alive FROM NODE: the agent on VM FROM lists NODE alive.
 member_alive() {
-	vm_sh "$1" "curl -sf -m 3 http://127.0.0.1:8500/v1/vmesh/members | grep -o '\"Name\":\"$2\"[^}]*' | grep '\"Status\":\"alive\"' | grep -qv '\"Role\":\"none\"'"
+	vm_sh "$1" "curl -sf -m 3 http://127.0.0.1:8500/v1/vmesh/members | grep -o '\"Name\":\"$2\"[^}]*' | grep -q '\"Status\":\"alive\"'"
 }
 # apps_ready: every app passes its check (seen from vm1), and every VM
 # resolves every <app>.mesh to a VIP it holds on vmesh0.

@@ -29,11 +29,12 @@ type Layout struct {
 	Config []byte
 }
 
-// Timeouts of the commands install and uninstall run.
-const (
-	cmdTimeout  = 30 * time.Second
-	stopTimeout = 2 * time.Minute // systemctl stop waits for the agent's shutdown
-)
+// DefaultTimeout bounds each command install and uninstall run (useradd,
+// systemctl daemon-reload, enable, disable --now) unless
+// Installer.Timeout says otherwise. It is generous: on a slow host (an
+// emulated VM) 'systemctl daemon-reload' alone takes over half a minute,
+// and 'disable --now' waits for the agent's shutdown.
+const DefaultTimeout = 5 * time.Minute
 
 // Runner runs one command and returns its combined output. The installer
 // bounds each call with a context deadline.
@@ -78,7 +79,10 @@ type Installer struct {
 	// SetGroup gives path to group (files install writes are root-owned
 	// and readable by the agent's group). Nil: ownership is left alone.
 	SetGroup func(path, group string) error
-	Out      io.Writer
+	// Timeout bounds each command: 0 means DefaultTimeout, a negative
+	// value no bound but ctx (the caller's interrupt).
+	Timeout time.Duration
+	Out     io.Writer
 }
 
 // NewInstaller returns an installer for this host. prefix "" means the
@@ -134,7 +138,7 @@ func (in *Installer) Install(ctx context.Context, l Layout) error {
 	}
 	if in.UserExists != nil && !in.NoCommands && in.UserExists(o.User) {
 		in.say("user %s exists: not running useradd", o.User)
-	} else if err := in.run(ctx, cmdTimeout, false, "useradd", "--system", "--user-group", "--no-create-home",
+	} else if err := in.run(ctx, false, "useradd", "--system", "--user-group", "--no-create-home",
 		"--home-dir", l.DataDir, "--shell", "/usr/sbin/nologin", "--comment", "vmesh agent", o.User); err != nil {
 		return err
 	}
@@ -151,10 +155,10 @@ func (in *Installer) Install(ctx context.Context, l Layout) error {
 	if err := in.write(UnitPath, []byte(unit), 0o644, "", false); err != nil {
 		return err
 	}
-	if err := in.run(ctx, cmdTimeout, true, "systemctl", "daemon-reload"); err != nil {
+	if err := in.run(ctx, true, "systemctl", "daemon-reload"); err != nil {
 		return err
 	}
-	if err := in.run(ctx, cmdTimeout, true, "systemctl", "enable", UnitName); err != nil {
+	if err := in.run(ctx, true, "systemctl", "enable", UnitName); err != nil {
 		return err
 	}
 	next := fmt.Sprintf("next: edit %s (bootstrap = true on the first host; join and token on the others)", in.path(o.ConfigPath))
@@ -178,7 +182,7 @@ func (in *Installer) Uninstall(ctx context.Context, l Layout, purge bool) error 
 	}
 	in.header("uninstall")
 	if _, err := os.Stat(in.path(UnitPath)); err == nil {
-		if err := in.run(ctx, stopTimeout, true, "systemctl", "disable", "--now", UnitName); err != nil {
+		if err := in.run(ctx, true, "systemctl", "disable", "--now", UnitName); err != nil {
 			return err
 		}
 	} else {
@@ -187,7 +191,7 @@ func (in *Installer) Uninstall(ctx context.Context, l Layout, purge bool) error 
 	if err := in.remove(UnitPath); err != nil {
 		return err
 	}
-	if err := in.run(ctx, cmdTimeout, true, "systemctl", "daemon-reload"); err != nil {
+	if err := in.run(ctx, true, "systemctl", "daemon-reload"); err != nil {
 		return err
 	}
 	configDir := filepath.Dir(o.ConfigPath)
@@ -205,7 +209,7 @@ func (in *Installer) Uninstall(ctx context.Context, l Layout, purge bool) error 
 		in.say("user %s does not exist: not running userdel", o.User)
 		return nil
 	}
-	return in.run(ctx, cmdTimeout, false, "userdel", o.User)
+	return in.run(ctx, false, "userdel", o.User)
 }
 
 func (in *Installer) checkHost() error {
@@ -235,8 +239,8 @@ func (in *Installer) path(p string) string {
 	return filepath.Join(in.Root, p)
 }
 
-// run runs a command with a timeout, or says why it does not.
-func (in *Installer) run(ctx context.Context, timeout time.Duration, needsSystemd bool, name string, args ...string) error {
+// run runs a command bounded by in.Timeout, or says why it does not.
+func (in *Installer) run(ctx context.Context, needsSystemd bool, name string, args ...string) error {
 	line := shellLine(name, args)
 	switch {
 	case in.NoCommands:
@@ -250,13 +254,23 @@ func (in *Installer) run(ctx context.Context, timeout time.Duration, needsSystem
 		return nil
 	}
 	in.say("running: %s", line)
-	ctx, cancel := context.WithTimeout(ctx, timeout)
-	defer cancel()
+	timeout := in.Timeout
+	if timeout == 0 {
+		timeout = DefaultTimeout
+	}
+	if timeout > 0 {
+		var cancel context.CancelFunc
+		ctx, cancel = context.WithTimeout(ctx, timeout)
+		defer cancel()
+	}
 	out, err := in.Runner.Run(ctx, name, args...)
 	if out = strings.TrimSpace(out); out != "" {
 		in.say("  %s", strings.ReplaceAll(out, "\n", "\n  "))
 	}
 	if err != nil {
+		if errors.Is(err, context.DeadlineExceeded) {
+			return fmt.Errorf("systemd: running %s: no answer within %s (a longer -timeout allows more): %w", line, timeout, err)
+		}
 		return fmt.Errorf("systemd: running %s: %w", line, err)
 	}
 	return nil

@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"context"
 	"errors"
+	"fmt"
 	"io/fs"
 	"os"
 	"path/filepath"
@@ -319,5 +320,76 @@ func TestExecRunnerTimeout(t *testing.T) {
 	out, err := (ExecRunner{}).Run(context.Background(), "sh", "-c", "echo hi; exit 3")
 	if err == nil || strings.TrimSpace(out) != "hi" {
 		t.Errorf("sh exit 3 = %q, %v", out, err)
+	}
+}
+
+// deadlineRunner records how long each command was given, and makes a
+// command named slow wait for its context, as a hung systemctl would.
+type deadlineRunner struct {
+	left map[string]time.Duration // by command line; -1: no deadline
+	slow string
+}
+
+func (d *deadlineRunner) Run(ctx context.Context, name string, args ...string) (string, error) {
+	line := shellLine(name, args)
+	d.left[line] = -1
+	if dl, ok := ctx.Deadline(); ok {
+		d.left[line] = time.Until(dl)
+	}
+	if line == d.slow {
+		<-ctx.Done()
+		return "", fmt.Errorf("timed out: %w", ctx.Err())
+	}
+	return "", nil
+}
+
+// TestInstallTimeout: each command gets DefaultTimeout (minutes: a slow
+// host's daemon-reload takes more than the half minute it once had),
+// Timeout overrides it, a negative Timeout bounds nothing but the
+// caller's context, and a command that outlasts it fails the install
+// with an error that names it and says how to allow more.
+func TestInstallTimeout(t *testing.T) {
+	in, _, _, _ := testInstaller(t, true)
+	run := &deadlineRunner{left: map[string]time.Duration{}}
+	in.Runner = run
+	if err := in.Install(context.Background(), testLayout()); err != nil {
+		t.Fatal(err)
+	}
+	if DefaultTimeout < 5*time.Minute {
+		t.Errorf("DefaultTimeout = %s; a slow host's daemon-reload needs minutes", DefaultTimeout)
+	}
+	for _, line := range []string{"systemctl daemon-reload", "systemctl enable vmesh.service"} {
+		if got := run.left[line]; got <= DefaultTimeout-time.Minute || got > DefaultTimeout {
+			t.Errorf("%s given %s; want DefaultTimeout (%s)", line, got, DefaultTimeout)
+		}
+	}
+
+	in.Timeout = 20 * time.Minute
+	if err := in.Install(context.Background(), testLayout()); err != nil {
+		t.Fatal(err)
+	}
+	if got := run.left["systemctl daemon-reload"]; got <= 19*time.Minute || got > 20*time.Minute {
+		t.Errorf("daemon-reload with Timeout 20m given %s", got)
+	}
+
+	in.Timeout = -1
+	if err := in.Install(context.Background(), testLayout()); err != nil {
+		t.Fatal(err)
+	}
+	if got := run.left["systemctl daemon-reload"]; got != -1 {
+		t.Errorf("daemon-reload with no timeout given %s; want no deadline", got)
+	}
+	// Unbounded, the caller's context still stops it.
+	ctx, cancel := context.WithCancel(context.Background())
+	cancel()
+	run.slow = "systemctl daemon-reload"
+	if err := in.Install(ctx, testLayout()); err == nil || !strings.Contains(err.Error(), "daemon-reload") {
+		t.Errorf("Install with a cancelled context = %v; want daemon-reload's failure", err)
+	}
+
+	in.Timeout = 50 * time.Millisecond
+	err := in.Install(context.Background(), testLayout())
+	if err == nil || !strings.Contains(err.Error(), "systemctl daemon-reload: no answer within 50ms (a longer -timeout allows more)") {
+		t.Errorf("Install with a hung daemon-reload = %v; want its timeout named", err)
 	}
 }

@@ -6,6 +6,7 @@ import (
 	"flag"
 	"fmt"
 	"os"
+	"time"
 
 	"github.com/vmesh/vmesh/mesh/config"
 	"github.com/vmesh/vmesh/systemd"
@@ -61,19 +62,30 @@ acl {
 
 // installFlags are the flags install and uninstall share.
 type installFlags struct {
-	dryRun bool
-	prefix string
-	bin    string
+	dryRun  bool
+	prefix  string
+	bin     string
+	timeout time.Duration
 }
 
 func (f *installFlags) register(fs *flag.FlagSet) {
 	fs.BoolVar(&f.dryRun, "dry-run", false, "print every file it would write and every command it would run; change nothing")
 	fs.StringVar(&f.prefix, "prefix", "", "write files under `DIR` instead of / and run no commands (packaging)")
 	fs.StringVar(&f.bin, "bin", systemd.DefaultExecPath, "`path` of the vmesh binary the unit runs")
+	fs.DurationVar(&f.timeout, "timeout", systemd.DefaultTimeout,
+		"how long each command (useradd, systemctl ...) may take; 0: no limit (Ctrl-C still stops it)")
 }
 
-func (f *installFlags) installer(env *Env) *systemd.Installer {
-	return systemd.NewInstaller(f.prefix, f.dryRun, env.Stdout)
+func (f *installFlags) installer(env *Env) (*systemd.Installer, error) {
+	if f.timeout < 0 {
+		return nil, fmt.Errorf("-timeout: must be 0 (no limit) or more, got %s", f.timeout)
+	}
+	in := systemd.NewInstaller(f.prefix, f.dryRun, env.Stdout)
+	in.Timeout = f.timeout
+	if f.timeout == 0 {
+		in.Timeout = -1 // the Installer's "no bound"
+	}
+	return in, nil
 }
 
 func (f *installFlags) layout() systemd.Layout {
@@ -125,7 +137,11 @@ func (c *installCommand) Run(ctx context.Context, args []string) int {
 	if c.f.needsRoot(c.env, "install") {
 		return ExitFailed
 	}
-	if err := c.f.installer(c.env).Install(ctx, c.f.layout()); err != nil {
+	in, err := c.f.installer(c.env)
+	if err != nil {
+		return c.UsageError("%v", err)
+	}
+	if err := in.Install(ctx, c.f.layout()); err != nil {
 		return installFailed(c.env, "install", err)
 	}
 	return ExitOK

@@ -106,3 +106,20 @@ func TestInstallCommand(t *testing.T) {
 		t.Error("uninstall --purge left /etc/vmesh")
 	}
 }
+
+// TestInstallTimeoutFlag: -timeout takes a duration (0: no limit) and a
+// negative one is a usage error naming the flag, for install and uninstall.
+func TestInstallTimeoutFlag(t *testing.T) {
+	prefix := t.TempDir()
+	for _, cmd := range []string{"install", "uninstall"} {
+		if code, out, errs := runCLI(t, cmd, "--dry-run", "--prefix", prefix, "--timeout", "0"); code != ExitOK {
+			t.Errorf("%s --timeout 0 = %d\n%s%s", cmd, code, out, errs)
+		}
+		if code, out, errs := runCLI(t, cmd, "--dry-run", "--prefix", prefix, "--timeout", "20m"); code != ExitOK {
+			t.Errorf("%s --timeout 20m = %d\n%s%s", cmd, code, out, errs)
+		}
+		if code, _, errs := runCLI(t, cmd, "--dry-run", "--prefix", prefix, "--timeout", "-1s"); code != ExitUsage || !strings.Contains(errs, "-timeout: must be 0 (no limit) or more") {
+			t.Errorf("%s --timeout -1s = %d %q; want a usage error naming -timeout", cmd, code, errs)
+		}
+	}
+}

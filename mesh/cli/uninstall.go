@@ -37,7 +37,11 @@ func (c *uninstallCommand) Run(ctx context.Context, args []string) int {
 	if c.f.needsRoot(c.env, "uninstall") {
 		return ExitFailed
 	}
-	if err := c.f.installer(c.env).Uninstall(ctx, c.f.layout(), *c.purge); err != nil {
+	in, err := c.f.installer(c.env)
+	if err != nil {
+		return c.UsageError("%v", err)
+	}
+	if err := in.Uninstall(ctx, c.f.layout(), *c.purge); err != nil {
 		return installFailed(c.env, "uninstall", err)
 	}
 	return ExitOK
