@@ -17,6 +17,7 @@ import (
 	"github.com/vmesh/vmesh/dataplane/proxy"
 	"github.com/vmesh/vmesh/dataplane/xds"
 	"github.com/vmesh/vmesh/lab/testkit"
+	"go.opentelemetry.io/otel/trace"
 	"google.golang.org/protobuf/types/known/structpb"
 )
 
@@ -29,26 +30,13 @@ import (
 func BenchmarkL7HopAccessLog(b *testing.B) {
 	backend := benchBackend(b)
 	logPath := filepath.Join(b.TempDir(), "access.log")
-	fields := map[string]any{}
-	for k, v := range xds.DefaultAccessLogJSON {
-		fields[k] = v
-	}
-	js, err := structpb.NewStruct(fields)
-	if err != nil {
-		b.Fatal(err)
-	}
-	logged := func(h *hcm.HttpConnectionManager) {
-		h.AccessLog = []*accesslog.AccessLog{{Name: "envoy.access_loggers.file", ConfigType: &accesslog.AccessLog_TypedConfig{
-			TypedConfig: mustAny(b, &fileal.FileAccessLog{Path: logPath, AccessLogFormat: &fileal.FileAccessLog_LogFormat{
-				LogFormat: &core.SubstitutionFormatString{Format: &core.SubstitutionFormatString_JsonFormat{JsonFormat: js}}}}),
-		}}}
-	}
+	logged := fileAccessLog(b, logPath)
 	for _, path := range []struct {
 		name string
 		addr string
 	}{
-		{"vmesh", benchHopWith(b, backend, nil)},
-		{"vmesh-accesslog", benchHopWith(b, backend, logged)},
+		{"vmesh", benchHopWith(b, backend, nil, nil)},
+		{"vmesh-accesslog", benchHopWith(b, backend, logged, nil)},
 	} {
 		b.Run("http1/"+path.name, func(b *testing.B) { runClient(b, "http://"+path.addr+"/bench", false) })
 	}
@@ -57,9 +45,29 @@ func BenchmarkL7HopAccessLog(b *testing.B) {
 	}
 }
 
+// fileAccessLog sets the default JSON access log (the one xDS sends when
+// proxy-defaults sets no format), written to path, on an HTTP connection
+// manager.
+func fileAccessLog(b *testing.B, path string) func(*hcm.HttpConnectionManager) {
+	fields := map[string]any{}
+	for k, v := range xds.DefaultAccessLogJSON {
+		fields[k] = v
+	}
+	js, err := structpb.NewStruct(fields)
+	if err != nil {
+		b.Fatal(err)
+	}
+	return func(h *hcm.HttpConnectionManager) {
+		h.AccessLog = []*accesslog.AccessLog{{Name: "envoy.access_loggers.file", ConfigType: &accesslog.AccessLog_TypedConfig{
+			TypedConfig: mustAny(b, &fileal.FileAccessLog{Path: path, AccessLogFormat: &fileal.FileAccessLog_LogFormat{
+				LogFormat: &core.SubstitutionFormatString{Format: &core.SubstitutionFormatString_JsonFormat{JsonFormat: js}}}}),
+		}}}
+	}
+}
+
 // benchHopWith is benchHop (HTTP/1.1) with the HTTP connection manager
-// changed by hcmOpt.
-func benchHopWith(b *testing.B, backend string, hcmOpt func(*hcm.HttpConnectionManager)) string {
+// changed by hcmOpt and the proxy tracing with tp (both may be nil).
+func benchHopWith(b *testing.B, backend string, hcmOpt func(*hcm.HttpConnectionManager), tp trace.TracerProvider) string {
 	cp := startControlPlane(b)
 	rc := &route.RouteConfiguration{Name: "r", VirtualHosts: []*route.VirtualHost{{Name: "all", Domains: []string{"*"}, Routes: []*route.Route{prefixRoute("/", "backend")}}}}
 	cp.setAll(b, "1", []types.Resource{httpListener(b, "web", "r", func(h *hcm.HttpConnectionManager) {
@@ -69,7 +77,7 @@ func benchHopWith(b *testing.B, backend string, hcmOpt func(*hcm.HttpConnectionM
 		}
 	})}, []types.Resource{staticCluster("backend", backend)}, []types.Resource{rc})
 	p := startProxy(b, proxy.Config{XDSAddr: cp.addr, Node: "node-x", DrainTimeout: time.Second, Logger: testkit.Discard(), Metrics: proxy.NewMetrics(nil),
-		AccessLogDir: os.TempDir()}) // b.TempDir's parent: where the benchmark's log is
+		AccessLogDir: os.TempDir(), TracerProvider: tp}) // b.TempDir's parent: where the benchmark's log is
 	testkit.WaitFor(b, 10*time.Second, "the listener bound", func() bool { _, ok := p.ListenerAddrs()["web"]; return ok })
 	return p.ListenerAddrs()["web"].String()
 }
