@@ -2,7 +2,6 @@ package mesh
 
 import (
 	"context"
-	"crypto/subtle"
 	"errors"
 	"fmt"
 	"os"
@@ -63,7 +62,7 @@ func (r *aclResolver) Resolve(ctx context.Context, secret string) (*acl.Token, *
 	c := r.member.Client()
 	if c == nil {
 		tok, authz, err := r.local.Resolve(secret)
-		if errors.Is(err, acl.ErrNotFound) && r.awaitInitialManagement(ctx, secret) {
+		if errors.Is(err, acl.ErrNotFound) && r.awaitInitialManagement(ctx) {
 			tok, authz, err = r.local.Resolve(secret)
 		}
 		if errors.Is(err, acl.ErrNotFound) {
@@ -105,11 +104,17 @@ func (r *aclResolver) Resolve(ctx context.Context, secret string) (*acl.Token, *
 // election, the API already answers).
 const bootstrapWait = 5 * time.Second
 
-// awaitInitialManagement waits, for a request that carries the configured
-// initial management token while ACLs are not bootstrapped yet, until they
-// are; it says whether they are. Any other secret returns at once.
-func (r *aclResolver) awaitInitialManagement(ctx context.Context, secret string) bool {
-	if r.initialManagement == "" || subtle.ConstantTimeCompare([]byte(secret), []byte(r.initialManagement)) != 1 {
+// awaitInitialManagement waits, for a secret not found while an initial
+// management token is configured and ACLs are not bootstrapped yet, until
+// they are; it says whether they are. Every secret waits, not only the
+// initial management one: the leader writes that token a moment after
+// its election, when the API (and the CA roots) already answer, and a
+// token checked in between must be judged against the bootstrapped ACL
+// system, as Consul's servers, which bootstrap ACLs before anything else
+// on leadership, judge it. Without an initial management token it
+// returns at once.
+func (r *aclResolver) awaitInitialManagement(ctx context.Context) bool {
+	if r.initialManagement == "" {
 		return false
 	}
 	ctx, cancel := context.WithTimeout(ctx, bootstrapWait)

@@ -11,6 +11,8 @@ import (
 
 	"github.com/hashicorp/consul/api"
 	"github.com/miekg/dns"
+	"github.com/vmesh/vmesh/acl"
+	"github.com/vmesh/vmesh/discovery"
 )
 
 // aclAgent starts an in-process agent with ACLs on and deny by default,
@@ -246,5 +248,28 @@ func TestACLBootstrapReset(t *testing.T) {
 	}
 	if self, _, err := clientWith(t, a, tok.SecretID).ACL().TokenReadSelf(nil); err != nil || self.AccessorID != tok.AccessorID {
 		t.Errorf("the new management token: %+v, %v", self, err)
+	}
+}
+
+// TestACLAwaitInitialManagement: while the leader has not yet written the
+// configured initial management token, a request with any unknown secret
+// waits for the bootstrap (so it is judged as by a bootstrapped ACL
+// system: "ACL not found"), and without an initial management token
+// nothing waits.
+func TestACLAwaitInitialManagement(t *testing.T) {
+	store := discovery.NewStore()
+	r := &aclResolver{store: store}
+	if r.awaitInitialManagement(t.Context()) {
+		t.Fatal("awaitInitialManagement without an initial management token = true; want false at once")
+	}
+	r.initialManagement = "root"
+	done := make(chan bool, 1)
+	go func() { done <- r.awaitInitialManagement(t.Context()) }()
+	tok := acl.Token{AccessorID: "a1", SecretID: "root", Policies: []acl.Link{{ID: acl.ManagementPolicyID, Name: acl.ManagementPolicyName}}}
+	if err := store.ACLBootstrap(5, &tok, 0); err != nil {
+		t.Fatal(err)
+	}
+	if !<-done {
+		t.Error("awaitInitialManagement for another secret = false after the bootstrap; want true")
 	}
 }

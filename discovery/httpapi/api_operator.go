@@ -139,9 +139,19 @@ func (a *API) autopilotPut(w http.ResponseWriter, r *http.Request) {
 		a.writeError(w, r, decodeError(err))
 		return
 	}
+	// A PUT replaces the whole configuration, as Consul's. A field left
+	// out (null durations, a zero MaxTrailingLogs, which no autopilot can
+	// run with) takes its default rather than a zero that would refuse
+	// the write or mark every follower unhealthy: a client that sends
+	// only {"CleanupDeadServers": false} gets the defaults for the rest.
+	def := discovery.DefaultAutopilotConfig()
 	req := discovery.AutopilotSetRequest{Config: discovery.AutopilotConfig{
 		CleanupDeadServers: body.CleanupDeadServers, MaxTrailingLogs: body.MaxTrailingLogs, MinQuorum: body.MinQuorum,
+		LastContactThreshold: def.LastContactThreshold, ServerStabilizationTime: def.ServerStabilizationTime,
 	}}
+	if body.MaxTrailingLogs == 0 {
+		req.Config.MaxTrailingLogs = def.MaxTrailingLogs
+	}
 	// Enterprise's redundancy zones and upgrade migration: refused when
 	// asked for, rather than stored and ignored.
 	switch {
@@ -297,8 +307,13 @@ func (a *API) snapshotSave(w http.ResponseWriter, r *http.Request) {
 		a.writeError(w, r, err)
 		return
 	}
+	// Consul's query meta, as on every read: a backup tool checks that
+	// the snapshot came from a cluster with a leader.
+	leader, _ := a.Cluster.Leader()
 	w.Header().Set("Content-Type", "application/x-gzip")
 	w.Header().Set("X-Consul-Index", strconv.FormatUint(max(idx, 1), 10))
+	w.Header().Set("X-Consul-KnownLeader", strconv.FormatBool(leader != ""))
+	w.Header().Set("X-Consul-LastContact", strconv.FormatInt(a.Cluster.LastContact().Milliseconds(), 10))
 	w.Write(buf.Bytes())
 }
 

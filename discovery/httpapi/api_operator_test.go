@@ -347,6 +347,17 @@ func TestOperatorEndpointsACL(t *testing.T) {
 	if err := writer.Operator().AutopilotSetConfiguration(&bad, nil); err == nil || !strings.Contains(err.Error(), "LastContactThreshold") {
 		t.Errorf("autopilot with a zero threshold: %v", err)
 	}
+	// A PUT of only some fields (consul/api's own test sends just
+	// CleanupDeadServers) replaces the rest with the defaults, not zeros.
+	if code, _, body := f.do(t, f.mgmt, http.MethodPut, "/v1/operator/autopilot/configuration", `{"CleanupDeadServers": false}`); code != 200 {
+		t.Errorf("autopilot set of one field: %d %s", code, body)
+	}
+	def := discovery.DefaultAutopilotConfig()
+	got, err = reader.Operator().AutopilotGetConfiguration(nil)
+	if err != nil || got.CleanupDeadServers || got.LastContactThreshold.Duration() != def.LastContactThreshold ||
+		got.ServerStabilizationTime.Duration() != def.ServerStabilizationTime || got.MaxTrailingLogs != def.MaxTrailingLogs {
+		t.Errorf("autopilot after a one-field set = %+v, %v; want CleanupDeadServers false and the defaults", got, err)
+	}
 	health, err := reader.Operator().AutopilotServerHealth(nil)
 	if err != nil || !health.Healthy || len(health.Servers) != 1 || !health.Servers[0].Leader {
 		t.Errorf("autopilot health = %+v, %v", health, err)
@@ -373,8 +384,8 @@ func TestOperatorEndpointsACL(t *testing.T) {
 	}
 	b, _ := io.ReadAll(rc)
 	rc.Close()
-	if string(b) != "archive" || qm.LastIndex != 42 {
-		t.Errorf("snapshot = %q at %d", b, qm.LastIndex)
+	if string(b) != "archive" || qm.LastIndex != 42 || !qm.KnownLeader {
+		t.Errorf("snapshot = %q at %d, known leader %v", b, qm.LastIndex, qm.KnownLeader)
 	}
 	if err := mgmt.Snapshot().Restore(nil, strings.NewReader("archive-2")); err != nil || string(fr.restored) != "archive-2" {
 		t.Errorf("restore: %v, restored %q", err, fr.restored)

@@ -48,7 +48,8 @@ const consulVersion = "1.22.0"
 //	enable_debug                no pprof endpoints
 //	peering, audit, locality,
 //	experiments, version        not in vmesh
-//	retry_join                  joins need a join token, which testutil has none of
+//	retry_join                  joins need a join token, which testutil has none of,
+//	                            and it names serf_lan addresses (vmesh has no serf)
 type testConfig struct {
 	NodeName   string `json:"node_name"`
 	NodeID     string `json:"node_id"`
