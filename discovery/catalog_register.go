@@ -25,6 +25,34 @@ import (
 // The whole registration is one raft entry and one catalog transaction:
 // node, service and checks land together or not at all.
 
+//
+// Consul's other service kinds (a connect-proxy that is not vmesh's, a
+// gateway) and Connect-native services may be registered this way too,
+// on external nodes only. vmesh's node proxy fronts every mesh service,
+// so such a record is a catalog entry and nothing more: it is served by
+// the catalog, health, Connect and usage endpoints as registered (a
+// connect-proxy record is one of its destination's Connect endpoints),
+// and it is left out of the mesh's state (MeshState), of VIP allocation
+// (ServiceNames) and so of every listener, route, cluster and capture
+// rule; it gets no leaf certificate (only an agent's services do).
+
+// Consul's service kinds a catalog registration may carry.
+const (
+	KindConnectProxy       = "connect-proxy"
+	KindMeshGateway        = "mesh-gateway"
+	KindTerminatingGateway = "terminating-gateway"
+	KindIngressGateway     = "ingress-gateway"
+	KindAPIGateway         = "api-gateway"
+)
+
+// CatalogKinds lists the kinds other than typical ("") that a catalog
+// registration may carry.
+var CatalogKinds = []string{KindConnectProxy, KindMeshGateway, KindTerminatingGateway, KindIngressGateway, KindAPIGateway}
+
+// Inert says whether in is a catalog record of a kind vmesh does not run
+// (a connect-proxy or gateway that is not vmesh's): listed, never meshed.
+func (in *Instance) Inert() bool { return in.Kind != "" }
+
 // Catalog command types.
 const (
 	CatalogRegisterType   MessageType = 20

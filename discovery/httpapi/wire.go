@@ -33,6 +33,15 @@ type agentService struct {
 	ModifyIndex       uint64
 	Datacenter        string
 	Locality          *discovery.Locality `json:",omitempty"`
+	// Proxy and Connect are an inert catalog record's, as registered
+	// (discovery/catalog_register.go).
+	Proxy   *discovery.ConnectProxyConfig `json:",omitempty"`
+	Connect *wireConnect                  `json:",omitempty"`
+}
+
+// wireConnect is Consul's AgentServiceConnect as vmesh serves it.
+type wireConnect struct {
+	Native bool
 }
 
 type healthCheckDefinition struct {
@@ -98,6 +107,9 @@ type catalogService struct {
 	ServiceWeights           wireWeights
 	ServiceEnableTagOverride bool
 	ServiceLocality          *discovery.Locality `json:",omitempty"`
+	ServiceKind              string
+	ServiceProxy             *discovery.ConnectProxyConfig
+	ServiceConnect           wireConnect
 	CreateIndex              uint64
 	ModifyIndex              uint64
 }
@@ -126,13 +138,17 @@ func nonNil[T any](s []T) []T {
 }
 
 func toAgentService(in *discovery.Instance, dc string) *agentService {
-	return &agentService{
+	s := &agentService{
 		ID: in.ID, Service: in.Service, Tags: nonNil(in.Tags), Meta: nonNilMap(in.Meta),
 		Port: in.Port, Address: in.Address, TaggedAddresses: in.TaggedAddresses,
 		Weights:           wireWeights{Passing: in.Weights.Passing, Warning: in.Weights.Warning},
 		EnableTagOverride: in.EnableTagOverride, CreateIndex: in.CreateIndex, ModifyIndex: in.ModifyIndex,
-		Datacenter: dc, Locality: in.Locality,
+		Datacenter: dc, Locality: in.Locality, Kind: in.Kind, Proxy: in.Proxy,
 	}
+	if in.ConnectNative {
+		s.Connect = &wireConnect{Native: true}
+	}
+	return s
 }
 
 func nonNilMap(m map[string]string) map[string]string {
