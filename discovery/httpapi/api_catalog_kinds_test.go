@@ -1,11 +1,14 @@
 package httpapi
 
 import (
+	"net/http/httptest"
 	"reflect"
 	"strings"
 	"testing"
+	"time"
 
 	"github.com/hashicorp/consul/api"
+	"github.com/vmesh/vmesh/discovery"
 )
 
 func proxyRecord() *api.AgentService {
@@ -121,5 +124,47 @@ func TestOperatorUsage(t *testing.T) {
 	}
 	if _, _, err := f.client(t, f.token(t, `node_prefix "" { policy = "read" }`)).Operator().Usage(nil); err == nil || !strings.Contains(err.Error(), "403") {
 		t.Errorf("usage without operator:read: %v", err)
+	}
+}
+
+// TestCachedRead: ?cached is answered from the agent's catalog, a HIT
+// whose Age is how long ago the leader was heard (0 on the leader);
+// without ?cached there is no cache header, as in Consul.
+func TestCachedRead(t *testing.T) {
+	f, _ := newOperatorFixture(t)
+	code, h, body := f.get(t, f.mgmt, "/v1/catalog/service/web?cached")
+	if code != 200 || h.Get("X-Cache") != "HIT" || h.Get("Age") != "0" || !strings.Contains(body, "web-n1") {
+		t.Errorf("?cached: %d X-Cache=%q Age=%q %s", code, h.Get("X-Cache"), h.Get("Age"), body)
+	}
+	if _, h, _ := f.get(t, f.mgmt, "/v1/catalog/service/web"); h.Get("X-Cache") != "" || h.Get("Age") != "" {
+		t.Errorf("without ?cached: X-Cache=%q Age=%q", h.Get("X-Cache"), h.Get("Age"))
+	}
+	rec := httptest.NewRecorder()
+	setCacheHeaders(rec, 2500*time.Millisecond)
+	if rec.Header().Get("Age") != "2" {
+		t.Errorf("Age after 2.5s without the leader = %q, want 2", rec.Header().Get("Age"))
+	}
+}
+
+// TestAgentNodeTaggedAddresses: an agent's node is tagged as a Consul
+// agent tags its own (lan, wan and their address family's variants); a
+// catalog registration's tags are served as given.
+func TestAgentNodeTaggedAddresses(t *testing.T) {
+	f, _ := newOperatorFixture(t)
+	c := f.client(t, f.mgmt)
+	n, _, err := c.Catalog().Node("n1", nil)
+	want := map[string]string{"lan": "10.0.0.1", "lan_ipv4": "10.0.0.1", "wan": "10.0.0.1", "wan_ipv4": "10.0.0.1"}
+	if err != nil || !reflect.DeepEqual(n.Node.TaggedAddresses, want) {
+		t.Errorf("n1 tagged addresses = %v, %v; want %v", n.Node.TaggedAddresses, err, want)
+	}
+	if _, err := c.Catalog().Register(extRegistration(), nil); err != nil {
+		t.Fatal(err)
+	}
+	n, _, err = c.Catalog().Node("ext1", nil)
+	if err != nil || !reflect.DeepEqual(n.Node.TaggedAddresses, map[string]string{"wan": "198.51.100.10"}) {
+		t.Errorf("ext1 tagged addresses = %v, %v", n.Node.TaggedAddresses, err)
+	}
+	if got := nodeTaggedAddresses(&discovery.Node{Address: "2001:db8::1"}); got["lan_ipv6"] != "2001:db8::1" || got["lan_ipv4"] != "" {
+		t.Errorf("IPv6 node tagged addresses = %v", got)
 	}
 }

@@ -2,6 +2,7 @@ package httpapi
 
 import (
 	"maps"
+	"net/netip"
 	"time"
 
 	"github.com/vmesh/vmesh/discovery"
@@ -202,10 +203,20 @@ func toWireNode(n *discovery.Node) *wireNode {
 }
 
 // nodeTaggedAddresses are a node's tagged addresses: those a catalog
-// registration gave, else its Address as lan and wan.
+// registration gave, else its Address as lan and wan and, as a Consul
+// agent tags its own node, as lan_ipv4 and wan_ipv4 (lan_ipv6 and
+// wan_ipv6 for an IPv6 address).
 func nodeTaggedAddresses(n *discovery.Node) map[string]string {
 	if len(n.TaggedAddresses) > 0 {
 		return maps.Clone(n.TaggedAddresses)
 	}
-	return map[string]string{"lan": n.Address, "wan": n.Address}
+	out := map[string]string{"lan": n.Address, "wan": n.Address}
+	if a, err := netip.ParseAddr(n.Address); err == nil {
+		fam := "_ipv4"
+		if !a.Unmap().Is4() {
+			fam = "_ipv6"
+		}
+		out["lan"+fam], out["wan"+fam] = n.Address, n.Address
+	}
+	return out
 }
