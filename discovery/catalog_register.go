@@ -189,7 +189,8 @@ func (s *Store) CatalogDeregister(idx uint64, req *CatalogDeregisterRequest) err
 
 // authorizeCatalogRegister is Consul's rule for a catalog registration:
 // node:write to create or change the node, service:write on the service
-// (and on the one it replaces, when that had another name), and for each
+// (and on the one it replaces, when that had another name, and on a
+// connect-proxy's destination service), and for each
 // check service:write on its service or node:write for a node check.
 func authorizeCatalogRegister(authz *acl.Authorizer, s *Store, c *CatalogRegisterRequest) error {
 	name := c.Node.Name
@@ -205,6 +206,13 @@ func authorizeCatalogRegister(authz *acl.Authorizer, s *Store, c *CatalogRegiste
 	if in := c.Service; in != nil {
 		if err := authz.ServiceWrite(in.Service); err != nil {
 			return err
+		}
+		// A proxy speaks for its destination: Consul wants service:write
+		// on that too.
+		if in.Kind == KindConnectProxy && in.Proxy != nil {
+			if err := authz.ServiceWrite(in.Proxy.DestinationServiceName); err != nil {
+				return err
+			}
 		}
 		if _, old, err := s.Instance(nil, name, in.ID); err != nil {
 			return err

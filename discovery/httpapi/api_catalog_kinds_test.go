@@ -168,3 +168,18 @@ func TestAgentNodeTaggedAddresses(t *testing.T) {
 		t.Errorf("IPv6 node tagged addresses = %v", got)
 	}
 }
+
+// TestCatalogRegisterProxyACL: a connect-proxy record needs service:write
+// on its destination as well as on itself, as in Consul.
+func TestCatalogRegisterProxyACL(t *testing.T) {
+	f, _ := newOperatorFixture(t)
+	reg := &api.CatalogRegistration{Node: "ext1", Address: "192.0.2.10", Service: proxyRecord()}
+	proxyOnly := f.client(t, f.token(t, `node "ext1" { policy = "write" } service "web-proxy" { policy = "write" }`))
+	if _, err := proxyOnly.Catalog().Register(reg, nil); err == nil || !strings.Contains(err.Error(), "403") {
+		t.Errorf("register a proxy without service:write on web: %v", err)
+	}
+	both := f.client(t, f.token(t, `node "ext1" { policy = "write" } service "web-proxy" { policy = "write" } service "web" { policy = "write" }`))
+	if _, err := both.Catalog().Register(reg, nil); err != nil {
+		t.Errorf("register a proxy with service:write on it and web: %v", err)
+	}
+}
