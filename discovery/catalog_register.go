@@ -25,6 +25,34 @@ import (
 // The whole registration is one raft entry and one catalog transaction:
 // node, service and checks land together or not at all.
 
+//
+// Consul's other service kinds (a connect-proxy that is not vmesh's, a
+// gateway) and Connect-native services may be registered this way too,
+// on external nodes only. vmesh's node proxy fronts every mesh service,
+// so such a record is a catalog entry and nothing more: it is served by
+// the catalog, health, Connect and usage endpoints as registered (a
+// connect-proxy record is one of its destination's Connect endpoints),
+// and it is left out of the mesh's state (MeshState), of VIP allocation
+// (ServiceNames) and so of every listener, route, cluster and capture
+// rule; it gets no leaf certificate (only an agent's services do).
+
+// Consul's service kinds a catalog registration may carry.
+const (
+	KindConnectProxy       = "connect-proxy"
+	KindMeshGateway        = "mesh-gateway"
+	KindTerminatingGateway = "terminating-gateway"
+	KindIngressGateway     = "ingress-gateway"
+	KindAPIGateway         = "api-gateway"
+)
+
+// CatalogKinds lists the kinds other than typical ("") that a catalog
+// registration may carry.
+var CatalogKinds = []string{KindConnectProxy, KindMeshGateway, KindTerminatingGateway, KindIngressGateway, KindAPIGateway}
+
+// Inert says whether in is a catalog record of a kind vmesh does not run
+// (a connect-proxy or gateway that is not vmesh's): listed, never meshed.
+func (in *Instance) Inert() bool { return in.Kind != "" }
+
 // Catalog command types.
 const (
 	CatalogRegisterType   MessageType = 20
@@ -161,7 +189,8 @@ func (s *Store) CatalogDeregister(idx uint64, req *CatalogDeregisterRequest) err
 
 // authorizeCatalogRegister is Consul's rule for a catalog registration:
 // node:write to create or change the node, service:write on the service
-// (and on the one it replaces, when that had another name), and for each
+// (and on the one it replaces, when that had another name, and on a
+// connect-proxy's destination service), and for each
 // check service:write on its service or node:write for a node check.
 func authorizeCatalogRegister(authz *acl.Authorizer, s *Store, c *CatalogRegisterRequest) error {
 	name := c.Node.Name
@@ -177,6 +206,13 @@ func authorizeCatalogRegister(authz *acl.Authorizer, s *Store, c *CatalogRegiste
 	if in := c.Service; in != nil {
 		if err := authz.ServiceWrite(in.Service); err != nil {
 			return err
+		}
+		// A proxy speaks for its destination: Consul wants service:write
+		// on that too.
+		if in.Kind == KindConnectProxy && in.Proxy != nil {
+			if err := authz.ServiceWrite(in.Proxy.DestinationServiceName); err != nil {
+				return err
+			}
 		}
 		if _, old, err := s.Instance(nil, name, in.ID); err != nil {
 			return err

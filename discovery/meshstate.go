@@ -41,7 +41,8 @@ func (s *Store) MeshState(ws memdb.WatchSet) (*MeshState, error) {
 		return nil, err
 	}
 	// The servers' own "consul" registrations are not mesh services.
-	st.Instances = slices.DeleteFunc(st.Instances, (*Instance).IsServerService)
+	// Nor are inert catalog records (catalog_register.go).
+	st.Instances = slices.DeleteFunc(st.Instances, func(in *Instance) bool { return in.IsServerService() || in.Inert() })
 	if st.Checks, err = collect[Check](ws, tx, tableChecks, "id"); err != nil {
 		return nil, err
 	}

@@ -150,9 +150,14 @@ func serviceNodesTxn(ws memdb.WatchSet, tx *memdb.Txn, service string, tags []st
 // that is not passing are left out. It reads in one transaction, so an
 // instance and its checks always come from the same moment.
 func (s *Store) CheckServiceNodes(ws memdb.WatchSet, service string, tags []string, passingOnly bool) (uint64, []ServiceEntry, error) {
+	return s.checkServiceNodes(ws, serviceNodesTxn, service, tags, passingOnly)
+}
+
+func (s *Store) checkServiceNodes(ws memdb.WatchSet, nodes func(memdb.WatchSet, *memdb.Txn, string, []string) ([]ServiceEntry, error),
+	service string, tags []string, passingOnly bool) (uint64, []ServiceEntry, error) {
 	tx := s.readTxn(ws)
 	idx := maxIndex(tx, tableNodes, tableInstances, tableChecks)
-	entries, err := serviceNodesTxn(ws, tx, service, tags)
+	entries, err := nodes(ws, tx, service, tags)
 	if err != nil {
 		return idx, nil, err
 	}

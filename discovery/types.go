@@ -90,9 +90,22 @@ type Instance struct {
 	// exists (userports.go). 0 without a User, and in entries written
 	// before ports were stored: UserPortPolicy.Ports computes one for
 	// those.
-	UserPort    int
-	CreateIndex uint64
-	ModifyIndex uint64
+	UserPort int
+	// Kind is Consul's service kind of a record /v1/catalog/register
+	// wrote on an external node: "" (a typical service) or one of
+	// CatalogKinds. Such a record is inert (Inert): served by the catalog,
+	// health and usage endpoints as registered, never a mesh service of
+	// its own (no VIP, route, listener or leaf; catalog_register.go).
+	Kind string `json:",omitempty"`
+	// Proxy is a connect-proxy record's proxy configuration as registered
+	// (nil for other kinds), served back and never read by the data plane.
+	Proxy *ConnectProxyConfig `json:",omitempty"`
+	// ConnectNative marks a typical service on an external node that
+	// speaks Connect's mTLS itself (Connect.Native): it is listed among
+	// its service's Connect endpoints.
+	ConnectNative bool `json:",omitempty"`
+	CreateIndex   uint64
+	ModifyIndex   uint64
 }
 
 // ServiceAddress is one of an instance's tagged addresses.

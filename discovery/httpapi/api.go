@@ -412,7 +412,21 @@ func (a *API) read(w http.ResponseWriter, r *http.Request, query func(ws memdb.W
 	w.Header().Set("X-Consul-Index", strconv.FormatUint(idx, 10))
 	w.Header().Set("X-Consul-KnownLeader", strconv.FormatBool(leader != ""))
 	w.Header().Set("X-Consul-LastContact", strconv.FormatInt(a.Cluster.LastContact().Milliseconds(), 10))
+	if _, cached := r.URL.Query()["cached"]; cached {
+		setCacheHeaders(w, a.Cluster.LastContact())
+	}
 	return true
+}
+
+// setCacheHeaders answers ?cached as Consul's agent cache answers it for
+// a query it keeps current in the background: every vmesh read is served
+// from the agent's own copy of the catalog, which raft (on a server) or
+// the replica stream (on a client) keeps current, so it is a HIT, and its
+// Age is 0 while that copy is in touch with the leader, else the time
+// since it last was (Consul's Age after a lost refresh), in seconds.
+func setCacheHeaders(w http.ResponseWriter, lastContact time.Duration) {
+	w.Header().Set("X-Cache", "HIT")
+	w.Header().Set("Age", strconv.FormatInt(int64(max(lastContact, 0)/time.Second), 10))
 }
 
 // readOne serves one object with a (possibly blocking) read, or answers

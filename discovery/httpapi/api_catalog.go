@@ -89,6 +89,16 @@ func (a *API) catalogDatacenters(w http.ResponseWriter, r *http.Request) {
 }
 
 func (a *API) catalogService(w http.ResponseWriter, r *http.Request) {
+	a.catalogServiceNodes(w, r, a.Store.ServiceNodes)
+}
+
+// catalogConnect serves /v1/catalog/connect/:service: the service's
+// Connect endpoints (discovery.ConnectServiceNodes says which).
+func (a *API) catalogConnect(w http.ResponseWriter, r *http.Request) {
+	a.catalogServiceNodes(w, r, a.Store.ConnectServiceNodes)
+}
+
+func (a *API) catalogServiceNodes(w http.ResponseWriter, r *http.Request, query func(memdb.WatchSet, string, []string) (uint64, []discovery.ServiceEntry, error)) {
 	tags := r.URL.Query()["tag"]
 	ev, meta, err := listFilters(r)
 	if err != nil {
@@ -101,7 +111,7 @@ func (a *API) catalogService(w http.ResponseWriter, r *http.Request) {
 	}
 	var out []*catalogService
 	if !a.read(w, r, func(ws memdb.WatchSet) (uint64, error) {
-		idx, entries, err := a.Store.ServiceNodes(ws, r.PathValue("name"), tags)
+		idx, entries, err := query(ws, r.PathValue("name"), tags)
 		entries, filtered := keep(entries, func(e discovery.ServiceEntry) bool { return entryReadable(authz, e.Instance) })
 		setFiltered(w, filtered)
 		out = make([]*catalogService, 0, len(entries))
@@ -130,6 +140,7 @@ func toCatalogService(e discovery.ServiceEntry, dc string) *catalogService {
 		ServiceWeights:           wireWeights{Passing: in.Weights.Passing, Warning: in.Weights.Warning},
 		ServiceEnableTagOverride: in.EnableTagOverride, CreateIndex: in.CreateIndex, ModifyIndex: in.ModifyIndex,
 		NodeMeta: map[string]string{}, TaggedAddresses: map[string]string{}, ServiceLocality: in.Locality,
+		ServiceKind: in.Kind, ServiceProxy: in.Proxy, ServiceConnect: wireConnect{Native: in.ConnectNative},
 	}
 	if n := e.Node; n != nil {
 		cs.ID, cs.Address, cs.NodeMeta = n.ID, n.Address, nonNilMap(n.Meta)
@@ -205,6 +216,16 @@ func (a *API) catalogNode(w http.ResponseWriter, r *http.Request) {
 }
 
 func (a *API) healthService(w http.ResponseWriter, r *http.Request) {
+	a.healthServiceNodes(w, r, a.Store.CheckServiceNodes)
+}
+
+// healthConnect serves /v1/health/connect/:service: the service's Connect
+// endpoints (discovery.ConnectServiceNodes says which) with their checks.
+func (a *API) healthConnect(w http.ResponseWriter, r *http.Request) {
+	a.healthServiceNodes(w, r, a.Store.ConnectCheckServiceNodes)
+}
+
+func (a *API) healthServiceNodes(w http.ResponseWriter, r *http.Request, query func(memdb.WatchSet, string, []string, bool) (uint64, []discovery.ServiceEntry, error)) {
 	q := r.URL.Query()
 	_, passing := q["passing"]
 	if v := q.Get("passing"); v == "false" || v == "0" {
@@ -221,7 +242,7 @@ func (a *API) healthService(w http.ResponseWriter, r *http.Request) {
 	}
 	var out []*serviceEntry
 	if !a.read(w, r, func(ws memdb.WatchSet) (uint64, error) {
-		idx, entries, err := a.Store.CheckServiceNodes(ws, r.PathValue("name"), q["tag"], passing)
+		idx, entries, err := query(ws, r.PathValue("name"), q["tag"], passing)
 		entries, filtered := keep(entries, func(e discovery.ServiceEntry) bool { return entryReadable(authz, e.Instance) })
 		setFiltered(w, filtered)
 		out = make([]*serviceEntry, 0, len(entries))

@@ -1,10 +1,12 @@
 package httpapi
 
 import (
+	"encoding/json"
 	"errors"
 	"fmt"
 	"net/http"
 	"regexp"
+	"slices"
 	"strings"
 
 	"github.com/vmesh/vmesh/discovery"
@@ -16,8 +18,9 @@ import (
 // on the service (discovery.AuthorizeCommand).
 
 // catalogRegistration is Consul's CatalogRegistration as consul/api sends
-// it; fields vmesh has no use for (Partition, Locality, a service's
-// Connect and Proxy) are ignored, as an agent without them would.
+// it; fields vmesh has no use for (Partition, Locality) are ignored, as an
+// agent without them would. A service's Kind, Proxy and Connect.Native
+// are kept as an inert record (discovery/catalog_register.go).
 type catalogRegistration struct {
 	ID              string
 	Node            string
@@ -42,6 +45,13 @@ type catalogRegService struct {
 	TaggedAddresses   map[string]discovery.ServiceAddress
 	Weights           *wireWeights
 	EnableTagOverride bool
+	Proxy             *discovery.ConnectProxyConfig
+	Connect           *catalogRegConnect
+}
+
+type catalogRegConnect struct {
+	Native         bool
+	SidecarService json.RawMessage
 }
 
 type catalogRegCheck struct {
@@ -107,9 +117,6 @@ func (a *API) buildCatalogRegister(body *catalogRegistration) (*discovery.Catalo
 		SkipNodeUpdate: body.SkipNodeUpdate,
 	}
 	if s := body.Service; s != nil {
-		if s.Kind != "" {
-			return nil, badRequest("Invalid catalog registration: field Service.Kind: %q: vmesh registers only typical services in the catalog; run proxies through an agent", s.Kind)
-		}
 		if s.Service == "" {
 			return nil, badRequest("Invalid catalog registration: field Service.Service: must provide a service name")
 		}
@@ -123,6 +130,9 @@ func (a *API) buildCatalogRegister(body *catalogRegistration) (*discovery.Catalo
 		}
 		if in.ID == "" {
 			in.ID = s.Service
+		}
+		if err := catalogRegKind(s, in); err != nil {
+			return nil, err
 		}
 		// consul/api sends zero weights when none were set: the default.
 		if w := s.Weights; w != nil && (w.Passing != 0 || w.Warning != 0) {
@@ -222,4 +232,40 @@ func agentNodeStatus(err error) error {
 			Msg: "Permission denied: " + err.Error() + ": the catalog endpoints write only external nodes; an agent's services and checks change through its /v1/agent/ endpoints"}
 	}
 	return err
+}
+
+// catalogRegKind checks a registered service's Kind, Proxy and Connect and
+// keeps them on in: any of Consul's kinds is accepted as an inert record
+// (a connect-proxy must name its destination and a port, as in Consul); a
+// typical service may be Connect-native; a sidecar is an agent's, never a
+// catalog registration's.
+func catalogRegKind(s *catalogRegService, in *discovery.Instance) error {
+	if s.Kind != "" && !slices.Contains(discovery.CatalogKinds, s.Kind) {
+		return badRequest("Invalid catalog registration: field Service.Kind: %q is not one of %s, or empty for a typical service", s.Kind, strings.Join(discovery.CatalogKinds, ", "))
+	}
+	in.Kind = s.Kind
+	if c := s.Connect; c != nil {
+		if len(c.SidecarService) > 0 && string(c.SidecarService) != "null" {
+			return badRequest("Invalid catalog registration: field Service.Connect.SidecarService: a sidecar is registered through an agent (/v1/agent/service/register), not the catalog")
+		}
+		if c.Native && s.Kind != "" {
+			return badRequest("Invalid catalog registration: field Service.Connect.Native: a %s cannot also be Connect-native", s.Kind)
+		}
+		in.ConnectNative = c.Native
+	}
+	switch {
+	case s.Kind == discovery.KindConnectProxy:
+		if s.Proxy == nil || s.Proxy.DestinationServiceName == "" {
+			return badRequest("Invalid catalog registration: field Service.Proxy.DestinationServiceName: must be set for a connect-proxy")
+		}
+		if s.Port == 0 {
+			return badRequest("Invalid catalog registration: field Service.Port: must be set for a connect-proxy")
+		}
+		in.Proxy = s.Proxy
+	case s.Kind == "" && s.Proxy != nil && (s.Proxy.DestinationServiceName != "" || s.Proxy.DestinationServiceID != "" || len(s.Proxy.Upstreams) > 0):
+		return badRequest("Invalid catalog registration: field Service.Proxy: only a connect-proxy or a gateway has one; set Service.Kind")
+	case s.Kind != "":
+		in.Proxy = s.Proxy
+	}
+	return nil
 }

@@ -59,11 +59,12 @@ func (a *API) registerConnect(mux *http.ServeMux) {
 	mux.HandleFunc("GET /v1/agent/connect/ca/leaf/{service}", a.agentConnectLeaf)
 	mux.HandleFunc("POST /v1/agent/connect/authorize", a.agentConnectAuthorize)
 	mux.Handle("GET /v1/connect/ca/configuration", a.guard(func(z *acl.Authorizer) error { return z.OperatorRead() }, http.HandlerFunc(a.caConfiguration)))
-	// Every instance is a mesh endpoint in vmesh (its node's proxy fronts
-	// it), so the Connect views are the service's own instances, with the
-	// same ACL rules, filters and blocking.
-	mux.HandleFunc("GET /v1/health/connect/{name}", a.healthService)
-	mux.HandleFunc("GET /v1/catalog/connect/{name}", a.catalogService)
+	// Every instance on an agent's node is a mesh endpoint in vmesh (its
+	// node's proxy fronts it); on external nodes, Connect-native instances
+	// and connect-proxy records are (discovery.ConnectServiceNodes). Same
+	// ACL rules, filters and blocking as the service views.
+	mux.HandleFunc("GET /v1/health/connect/{name}", a.healthConnect)
+	mux.HandleFunc("GET /v1/catalog/connect/{name}", a.catalogConnect)
 }
 
 // agentConnectLeaf serves GET /v1/agent/connect/ca/leaf/:service: the

@@ -44,6 +44,8 @@ func (a *API) registerOperator(mux *http.ServeMux) {
 	// a write goes through raft like any other (operator:write).
 	mux.Handle("GET /v1/operator/autopilot/configuration", a.guard(operatorRead, http.HandlerFunc(a.autopilotGet)))
 	mux.HandleFunc("PUT /v1/operator/autopilot/configuration", a.autopilotPut)
+	// The catalog's counts: any agent answers from its catalog.
+	mux.Handle("GET /v1/operator/usage", a.guard(operatorRead, http.HandlerFunc(a.usage)))
 	// Coordinates: vmesh has none (docs/consul-compatibility.md).
 	mux.HandleFunc("GET /v1/coordinate/datacenters", a.coordinateDatacenters)
 	mux.HandleFunc("GET /v1/coordinate/nodes", a.coordinateNodes)

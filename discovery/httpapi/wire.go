@@ -2,6 +2,7 @@ package httpapi
 
 import (
 	"maps"
+	"net/netip"
 	"time"
 
 	"github.com/vmesh/vmesh/discovery"
@@ -33,6 +34,15 @@ type agentService struct {
 	ModifyIndex       uint64
 	Datacenter        string
 	Locality          *discovery.Locality `json:",omitempty"`
+	// Proxy and Connect are an inert catalog record's, as registered
+	// (discovery/catalog_register.go).
+	Proxy   *discovery.ConnectProxyConfig `json:",omitempty"`
+	Connect *wireConnect                  `json:",omitempty"`
+}
+
+// wireConnect is Consul's AgentServiceConnect as vmesh serves it.
+type wireConnect struct {
+	Native bool
 }
 
 type healthCheckDefinition struct {
@@ -98,6 +108,9 @@ type catalogService struct {
 	ServiceWeights           wireWeights
 	ServiceEnableTagOverride bool
 	ServiceLocality          *discovery.Locality `json:",omitempty"`
+	ServiceKind              string
+	ServiceProxy             *discovery.ConnectProxyConfig
+	ServiceConnect           wireConnect
 	CreateIndex              uint64
 	ModifyIndex              uint64
 }
@@ -126,13 +139,17 @@ func nonNil[T any](s []T) []T {
 }
 
 func toAgentService(in *discovery.Instance, dc string) *agentService {
-	return &agentService{
+	s := &agentService{
 		ID: in.ID, Service: in.Service, Tags: nonNil(in.Tags), Meta: nonNilMap(in.Meta),
 		Port: in.Port, Address: in.Address, TaggedAddresses: in.TaggedAddresses,
 		Weights:           wireWeights{Passing: in.Weights.Passing, Warning: in.Weights.Warning},
 		EnableTagOverride: in.EnableTagOverride, CreateIndex: in.CreateIndex, ModifyIndex: in.ModifyIndex,
-		Datacenter: dc, Locality: in.Locality,
+		Datacenter: dc, Locality: in.Locality, Kind: in.Kind, Proxy: in.Proxy,
 	}
+	if in.ConnectNative {
+		s.Connect = &wireConnect{Native: true}
+	}
+	return s
 }
 
 func nonNilMap(m map[string]string) map[string]string {
@@ -186,10 +203,20 @@ func toWireNode(n *discovery.Node) *wireNode {
 }
 
 // nodeTaggedAddresses are a node's tagged addresses: those a catalog
-// registration gave, else its Address as lan and wan.
+// registration gave, else its Address as lan and wan and, as a Consul
+// agent tags its own node, as lan_ipv4 and wan_ipv4 (lan_ipv6 and
+// wan_ipv6 for an IPv6 address).
 func nodeTaggedAddresses(n *discovery.Node) map[string]string {
 	if len(n.TaggedAddresses) > 0 {
 		return maps.Clone(n.TaggedAddresses)
 	}
-	return map[string]string{"lan": n.Address, "wan": n.Address}
+	out := map[string]string{"lan": n.Address, "wan": n.Address}
+	if a, err := netip.ParseAddr(n.Address); err == nil {
+		fam := "_ipv4"
+		if !a.Unmap().Is4() {
+			fam = "_ipv6"
+		}
+		out["lan"+fam], out["wan"+fam] = n.Address, n.Address
+	}
+	return out
 }

@@ -31,10 +31,8 @@ var belowFloor = map[string]string{
 	"operator_autopilot_test.go": "/v1/operator/autopilot/* is not implemented yet",
 	"operator_raft_test.go":      "/v1/operator/raft/* is not implemented yet, and multi-server tests need a join token",
 	"operator_keyring_test.go":   "no gossip keyring",
-	"operator_usage_test.go":     "needs PUT /v1/catalog/register",
 	"snapshot_test.go":           "/v1/snapshot is not implemented yet",
-	"txn_test.go":                "catalog operations in /v1/txn and PUT /v1/catalog/register",
-	"catalog_test.go":            "PUT /v1/catalog/register is not implemented yet",
+	"txn_test.go":                "no Node, Service or Check operations in /v1/txn",
 }
 
 // suiteFiles are the consul/api test files whose tests the suite runs.
