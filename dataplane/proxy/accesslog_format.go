@@ -9,6 +9,8 @@ import (
 	"strconv"
 	"strings"
 
+	"github.com/vmesh/vmesh/envoyfmt"
+
 	"google.golang.org/protobuf/types/known/structpb"
 )
 
@@ -54,7 +56,7 @@ const (
 )
 
 // logOps are the operators by name; those that take an argument end
-// with "(" (discovery.LogOperators is the same list, checked by a test).
+// with "(" (envoyfmt.Operators is the same list, checked by a test).
 var logOps = map[string]logOp{
 	"START_TIME": opStartTime, "START_TIME(": opStartTime, "PROTOCOL": opProtocol,
 	"RESPONSE_CODE": opResponseCode, "RESPONSE_CODE_DETAILS": opResponseCodeDetails,
@@ -127,7 +129,7 @@ func compileText(s string) (textFormat, error) {
 			lit.WriteByte(s[i])
 			continue
 		}
-		j := operatorEnd(s[i+1:])
+		j := envoyfmt.OperatorEnd(s[i+1:])
 		if j < 0 {
 			return nil, fmt.Errorf("unclosed command operator at byte %d: %q", i, s[i:])
 		}
@@ -146,36 +148,6 @@ func compileText(s string) (textFormat, error) {
 	}
 	flush()
 	return out, nil
-}
-
-// operatorEnd is the index of the % that closes the operator s starts
-// with (after its opening %), -1 if none: the next % for an operator
-// without argument, else the first ")%" or ")":N"%" after the "(", so an
-// argument may hold % (START_TIME's format).
-func operatorEnd(s string) int {
-	i := 0
-	for i < len(s) && (s[i] == '_' || (s[i] >= 'A' && s[i] <= 'Z') || (s[i] >= '0' && s[i] <= '9')) {
-		i++
-	}
-	if i >= len(s) || s[i] != '(' {
-		return strings.IndexByte(s, '%')
-	}
-	for j := i; j < len(s); j++ {
-		if s[j] != ')' {
-			continue
-		}
-		k := j + 1
-		if k < len(s) && s[k] == ':' {
-			k++
-			for k < len(s) && s[k] >= '0' && s[k] <= '9' {
-				k++
-			}
-		}
-		if k < len(s) && s[k] == '%' {
-			return k
-		}
-	}
-	return strings.IndexByte(s, '%')
 }
 
 func compileOp(body string) (logPart, error) {

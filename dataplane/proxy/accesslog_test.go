@@ -18,7 +18,7 @@ import (
 	core "github.com/envoyproxy/go-control-plane/envoy/config/core/v3"
 	fileal "github.com/envoyproxy/go-control-plane/envoy/extensions/access_loggers/file/v3"
 	"github.com/vmesh/vmesh/dataplane/xds"
-	"github.com/vmesh/vmesh/discovery"
+	"github.com/vmesh/vmesh/envoyfmt"
 	"github.com/vmesh/vmesh/lab/testkit"
 	"google.golang.org/protobuf/types/known/anypb"
 	"google.golang.org/protobuf/types/known/structpb"
@@ -92,8 +92,8 @@ func TestLogFormatErrors(t *testing.T) {
 			t.Errorf("%q: error %v, want one with %q", c.format, err, c.want)
 		}
 		// The API's check refuses the same strings.
-		if discovery.CheckLogFormat(c.format) == nil && !strings.HasPrefix(c.format, "%START_TIME(") {
-			t.Errorf("%q: discovery.CheckLogFormat accepts it", c.format)
+		if envoyfmt.Check(c.format) == nil && !strings.HasPrefix(c.format, "%START_TIME(") {
+			t.Errorf("%q: envoyfmt.Check accepts it", c.format)
 		}
 	}
 }
@@ -105,11 +105,11 @@ func TestLogOperatorsAgree(t *testing.T) {
 	for k := range logOps {
 		ours = append(ours, k)
 	}
-	theirs := slices.Clone(discovery.LogOperators)
+	theirs := slices.Clone(envoyfmt.Operators)
 	slices.Sort(ours)
 	slices.Sort(theirs)
 	if !slices.Equal(ours, theirs) {
-		t.Errorf("proxy operators %v\ndiscovery.LogOperators %v", ours, theirs)
+		t.Errorf("proxy operators %v\nenvoyfmt.Operators %v", ours, theirs)
 	}
 }
 
