@@ -130,15 +130,8 @@ func (s *Server) TransferLeader(ctx context.Context, id string) error {
 }
 
 func (s *Server) rpcTransferLeader(ctx context.Context, req *TransferLeaderRequest) (*Empty, error) {
-	caller, err := s.peerNode(ctx)
-	if err != nil {
+	if _, err := s.serverCallerAtLeader(ctx, "transferring leadership"); err != nil {
 		return nil, err
-	}
-	if !s.IsLeader() {
-		return nil, s.notLeader(ctx)
-	}
-	if !s.isServerNode(caller) {
-		return nil, status.Errorf(codes.PermissionDenied, "transferring leadership refused: node %q is not a server", caller)
 	}
 	if err := s.transferLeader(req.ID); err != nil {
 		return nil, err
@@ -327,15 +320,9 @@ func (s *Server) RestoreSnapshot(ctx context.Context, archive []byte) error {
 }
 
 func (s *Server) rpcRestore(ctx context.Context, req *RestoreRequest) (*Empty, error) {
-	caller, err := s.peerNode(ctx)
+	caller, err := s.serverCallerAtLeader(ctx, "restoring a snapshot")
 	if err != nil {
 		return nil, err
-	}
-	if !s.IsLeader() {
-		return nil, s.notLeader(ctx)
-	}
-	if !s.isServerNode(caller) {
-		return nil, status.Errorf(codes.PermissionDenied, "restoring a snapshot refused: node %q is not a server", caller)
 	}
 	meta, state, err := readArchive(bytes.NewReader(req.Archive))
 	if err == nil {

@@ -66,22 +66,33 @@ func (s *Server) RemoveNode(ctx context.Context, node string) error {
 }
 
 func (s *Server) rpcRemoveNode(ctx context.Context, req *RemoveNodeRequest) (*Empty, error) {
-	caller, err := s.peerNode(ctx)
+	caller, err := s.serverCallerAtLeader(ctx, fmt.Sprintf("removing node %q", req.Node))
 	if err != nil {
 		return nil, err
-	}
-	if !s.IsLeader() {
-		return nil, s.notLeader(ctx)
-	}
-	// Removing a node is an operator's act on a server: a client's
-	// certificate, which a compromised host holds, removes no one.
-	if !s.isServerNode(caller) {
-		return nil, status.Errorf(codes.PermissionDenied, "removing node %q refused: node %q is not a server; run it against a server's HTTP API", req.Node, caller)
 	}
 	if err := s.removeByOperator(ctx, caller, req.Node); err != nil {
 		return nil, err
 	}
 	return &Empty{}, nil
+}
+
+// serverCallerAtLeader is the prologue of an operator's RPC: this
+// server is the leader, and the calling node (from its certificate) is a
+// server. A client's certificate, which a compromised host holds, acts
+// for no operator. what names the act in the refusal ("removing node
+// x"); the caller's name comes back for the audit trail.
+func (s *Server) serverCallerAtLeader(ctx context.Context, what string) (string, error) {
+	caller, err := s.peerNode(ctx)
+	if err != nil {
+		return "", err
+	}
+	if !s.IsLeader() {
+		return "", s.notLeader(ctx)
+	}
+	if !s.isServerNode(caller) {
+		return "", status.Errorf(codes.PermissionDenied, "%s refused: node %q is not a server; run it against a server's HTTP API", what, caller)
+	}
+	return caller, nil
 }
 
 // isServerNode says whether the catalog records name as a server (or,

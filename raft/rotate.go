@@ -83,15 +83,9 @@ func (s *Server) RotateCA(ctx context.Context) (*discovery.CARoot, error) {
 }
 
 func (s *Server) rpcRotateCA(ctx context.Context, _ *Empty) (*RotateCAResponse, error) {
-	caller, err := s.peerNode(ctx)
+	caller, err := s.serverCallerAtLeader(ctx, "rotating the CA")
 	if err != nil {
 		return nil, err
-	}
-	if !s.IsLeader() {
-		return nil, s.notLeader(ctx)
-	}
-	if !s.isServerNode(caller) {
-		return nil, status.Errorf(codes.PermissionDenied, "rotating the CA refused: node %q is not a server; run it against a server's HTTP API", caller)
 	}
 	idx, err := s.rotateCA(ctx, caller)
 	if err != nil {
