@@ -183,11 +183,10 @@ func run(args []string) error {
 	// Exec, so testutil's SIGINT reaches the agent itself.
 	argv := []string{bin, "agent", "-config", vfile}
 	for _, f := range extra {
-		// vmesh reads Consul's service and check keys; an empty file
-		// (a test that fills it in later) is not a config yet.
-		if fi, err := os.Stat(f); err == nil && fi.Size() > 0 {
-			argv = append(argv, "-config", f)
-		}
+		// vmesh reads Consul's service and check keys. An empty file (a
+		// test that fills it in later and reloads) sets nothing, as in
+		// Consul, and a reload re-reads it.
+		argv = append(argv, "-config", f)
 	}
 	return syscall.Exec(bin, argv, os.Environ())
 }
