@@ -161,6 +161,14 @@ func TestACLConsulAPI(t *testing.T) {
 	if code, err := doToken(a, http.MethodPut, "/v1/agent/force-leave/web-07", boot.SecretID); err != nil || code != http.StatusOK {
 		t.Errorf("management token force-leave: %d, %v; want 200", code, err)
 	}
+	// Naming the leader (this agent) is Consul's force-leave of a live
+	// node: 200, and nothing changes.
+	if code, err := doToken(a, http.MethodPut, "/v1/agent/force-leave/"+a.cfg.NodeName, boot.SecretID); err != nil || code != http.StatusOK {
+		t.Errorf("force-leave of the leader: %d, %v; want 200", code, err)
+	}
+	if n, _, err := root.Catalog().Node(a.cfg.NodeName, nil); err != nil || n == nil || n.Node == nil {
+		t.Errorf("the leader after a force-leave of itself: %+v, %v; want it still in the catalog", n, err)
+	}
 
 	// A deleted token stops at once.
 	if _, err := root.ACL().TokenDelete(webTok.AccessorID, nil); err != nil {
