@@ -30,21 +30,12 @@ func (reg *ServiceRegistration) Build(node, source string) (*RegisterServiceRequ
 	if reg.Port < 0 || reg.Port > 65535 {
 		bad("Port", "must be between 0 and 65535, got %d", reg.Port)
 	}
-	if reg.Kind != "" && reg.Kind != "typical" {
-		bad("Kind", "%q is not supported; only typical services are", reg.Kind)
-	}
+	kind := reg.buildKind(bad) // kinds.go: proxy and gateway records
 	for field, raw := range map[string][]byte{
 		"Ports": reg.Ports, "AI": reg.AI,
 	} {
 		if !emptyRaw(raw) {
 			bad(field, "is not supported yet")
-		}
-	}
-	if reg.Proxy != nil {
-		// A top-level Proxy registers a proxy service (Kind connect-proxy);
-		// vmesh's proxy is part of the agent.
-		for _, f := range setFields("Proxy.", reg.Proxy) {
-			bad(f, "is not supported: register the service itself, with Connect.SidecarService.Proxy.Upstreams")
 		}
 	}
 	for tag, a := range reg.TaggedAddresses {
@@ -95,6 +86,7 @@ func (reg *ServiceRegistration) Build(node, source string) (*RegisterServiceRequ
 		Node: node, ID: id, Service: reg.Name, Tags: reg.Tags, Address: reg.Address, Port: reg.Port,
 		Meta: reg.Meta, Weights: weights, EnableTagOverride: reg.EnableTagOverride, Source: source,
 		Protocol: protocol, Upstreams: upstreams, User: user,
+		Kind: kind, Proxy: recordProxy(kind, reg.Proxy),
 	}
 	if len(reg.TaggedAddresses) > 0 {
 		inst.TaggedAddresses = reg.TaggedAddresses

@@ -90,7 +90,13 @@ type Instance struct {
 	// exists (userports.go). 0 without a User, and in entries written
 	// before ports were stored: UserPortPolicy.Ports computes one for
 	// those.
-	UserPort    int
+	UserPort int
+	// Kind is Consul's service kind: "" (typical) for a mesh service, or
+	// a proxy or gateway kind (kinds.go), which the catalog keeps and
+	// serves but the mesh leaves out (InMesh). Proxy is such a record's
+	// Proxy block as registered; nil for a typical service.
+	Kind        string              `json:",omitempty"`
+	Proxy       *ConnectProxyConfig `json:",omitempty"`
 	CreateIndex uint64
 	ModifyIndex uint64
 }

@@ -130,6 +130,7 @@ func toCatalogService(e discovery.ServiceEntry, dc string) *catalogService {
 		ServiceWeights:           wireWeights{Passing: in.Weights.Passing, Warning: in.Weights.Warning},
 		ServiceEnableTagOverride: in.EnableTagOverride, CreateIndex: in.CreateIndex, ModifyIndex: in.ModifyIndex,
 		NodeMeta: map[string]string{}, TaggedAddresses: map[string]string{}, ServiceLocality: in.Locality,
+		ServiceKind: in.Kind, ServiceProxy: in.Proxy,
 	}
 	if n := e.Node; n != nil {
 		cs.ID, cs.Address, cs.NodeMeta = n.ID, n.Address, nonNilMap(n.Meta)

@@ -33,6 +33,8 @@ type agentService struct {
 	ModifyIndex       uint64
 	Datacenter        string
 	Locality          *discovery.Locality `json:",omitempty"`
+	// Proxy is a proxy or gateway record's Proxy block, as registered.
+	Proxy *discovery.ConnectProxyConfig `json:",omitempty"`
 }
 
 type healthCheckDefinition struct {
@@ -97,7 +99,9 @@ type catalogService struct {
 	ServiceTaggedAddresses   map[string]discovery.ServiceAddress `json:",omitempty"`
 	ServiceWeights           wireWeights
 	ServiceEnableTagOverride bool
-	ServiceLocality          *discovery.Locality `json:",omitempty"`
+	ServiceLocality          *discovery.Locality           `json:",omitempty"`
+	ServiceKind              string                        `json:",omitempty"`
+	ServiceProxy             *discovery.ConnectProxyConfig `json:",omitempty"`
 	CreateIndex              uint64
 	ModifyIndex              uint64
 }
@@ -131,7 +135,7 @@ func toAgentService(in *discovery.Instance, dc string) *agentService {
 		Port: in.Port, Address: in.Address, TaggedAddresses: in.TaggedAddresses,
 		Weights:           wireWeights{Passing: in.Weights.Passing, Warning: in.Weights.Warning},
 		EnableTagOverride: in.EnableTagOverride, CreateIndex: in.CreateIndex, ModifyIndex: in.ModifyIndex,
-		Datacenter: dc, Locality: in.Locality,
+		Datacenter: dc, Locality: in.Locality, Kind: in.Kind, Proxy: in.Proxy,
 	}
 }
 
