@@ -2,7 +2,6 @@ package mesh
 
 import (
 	"context"
-	"crypto/subtle"
 	"errors"
 	"fmt"
 	"os"
@@ -28,7 +27,7 @@ type aclResolver struct {
 	store        *discovery.Store
 	local        *acl.Resolver
 	def          acl.DefaultPolicy
-	defaultToken string
+	defaultToken func() string // the token of requests that carry none
 	// initialManagement is acl.tokens.initial_management on a server:
 	// a request that carries it before the leader has written it waits
 	// for that write (bootstrapWait) instead of being refused.
@@ -48,7 +47,7 @@ type cachedToken struct {
 // maxCachedTokens bounds the client's cache; it is emptied when full.
 const maxCachedTokens = 4096
 
-func newACLResolver(m *membership.Membership, store *discovery.Store, dc string, def acl.DefaultPolicy, defaultToken string) (*aclResolver, error) {
+func newACLResolver(m *membership.Membership, store *discovery.Store, dc string, def acl.DefaultPolicy, defaultToken func() string) (*aclResolver, error) {
 	local, err := acl.NewResolver(acl.ResolverConfig{Store: store, Datacenter: dc, DefaultPolicy: def})
 	if err != nil {
 		return nil, err
@@ -58,12 +57,12 @@ func newACLResolver(m *membership.Membership, store *discovery.Store, dc string,
 
 func (r *aclResolver) Resolve(ctx context.Context, secret string) (*acl.Token, *acl.Authorizer, error) {
 	if secret == "" {
-		secret = r.defaultToken
+		secret = r.defaultToken()
 	}
 	c := r.member.Client()
 	if c == nil {
 		tok, authz, err := r.local.Resolve(secret)
-		if errors.Is(err, acl.ErrNotFound) && r.awaitInitialManagement(ctx, secret) {
+		if errors.Is(err, acl.ErrNotFound) && r.awaitInitialManagement(ctx) {
 			tok, authz, err = r.local.Resolve(secret)
 		}
 		if errors.Is(err, acl.ErrNotFound) {
@@ -105,11 +104,15 @@ func (r *aclResolver) Resolve(ctx context.Context, secret string) (*acl.Token, *
 // election, the API already answers).
 const bootstrapWait = 5 * time.Second
 
-// awaitInitialManagement waits, for a request that carries the configured
-// initial management token while ACLs are not bootstrapped yet, until they
-// are; it says whether they are. Any other secret returns at once.
-func (r *aclResolver) awaitInitialManagement(ctx context.Context, secret string) bool {
-	if r.initialManagement == "" || subtle.ConstantTimeCompare([]byte(secret), []byte(r.initialManagement)) != 1 {
+// awaitInitialManagement waits, for a request whose token is not found
+// while an initial management token is configured and ACLs are not
+// bootstrapped yet, until they are; it says whether they are. Consul's
+// leader writes that token as it takes office, so its API never answers
+// "not bootstrapped" then: whatever the token, the answer waits for the
+// bootstrap (bounded), and then says what it says of that token. Without
+// an initial management token it returns at once.
+func (r *aclResolver) awaitInitialManagement(ctx context.Context) bool {
+	if r.initialManagement == "" {
 		return false
 	}
 	ctx, cancel := context.WithTimeout(ctx, bootstrapWait)

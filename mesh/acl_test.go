@@ -178,6 +178,18 @@ func TestACLConsulAPI(t *testing.T) {
 	if err == nil || !strings.Contains(err.Error(), "ACL not found") {
 		t.Errorf("deleted token registering web: %v; want 403 ACL not found", err)
 	}
+
+	// consul acl set-agent-token default: requests without a token are
+	// that token's from then on; setting it needs acl:write.
+	if _, err := anon.Agent().UpdateDefaultACLToken(boot.SecretID, nil); err == nil {
+		t.Error("anonymous set the default token")
+	}
+	if _, err := root.Agent().UpdateDefaultACLToken(boot.SecretID, nil); err != nil {
+		t.Fatalf("setting the default token: %v", err)
+	}
+	if err := anon.Agent().ServiceRegister(&api.AgentServiceRegistration{ID: "x", Name: "x", Port: 1}); err != nil {
+		t.Errorf("a request without a token after the default token was set: %v", err)
+	}
 }
 
 // doToken sends method path with token and returns the status code.
