@@ -127,6 +127,11 @@ const (
 	CheckTCP  = "tcp"
 	CheckGRPC = "grpc"
 	CheckTTL  = "ttl"
+	// CheckScript runs ScriptArgs on the agent's host, and CheckDocker in
+	// a container; an agent runs them only when its own config enables
+	// script checks (ScriptCheckPolicy), never on the API's say-so.
+	CheckScript = "script"
+	CheckDocker = "docker"
 )
 
 // CheckDefinition says how the agent that owns a check runs it. It is kept
@@ -147,9 +152,16 @@ type CheckDefinition struct {
 	// DeregisterCriticalServiceAfter removes the check's service once the
 	// check has been critical this long (0: never).
 	DeregisterCriticalServiceAfter time.Duration
+	// ScriptArgs is a script check's command and arguments (Consul's
+	// Args); with DockerContainerID (and Shell) it runs in that
+	// container. Added with script checks; older entries decode empty.
+	ScriptArgs        []string `json:",omitempty"`
+	DockerContainerID string   `json:",omitempty"`
+	Shell             string   `json:",omitempty"`
 }
 
-// Kind returns which of http, tcp, grpc or ttl the definition is, or "".
+// Kind returns which of http, tcp, grpc, ttl, script or docker the
+// definition is, or "".
 func (d CheckDefinition) Kind() string {
 	switch {
 	case d.HTTP != "":
@@ -160,6 +172,10 @@ func (d CheckDefinition) Kind() string {
 		return CheckGRPC
 	case d.TTL > 0:
 		return CheckTTL
+	case d.DockerContainerID != "":
+		return CheckDocker
+	case len(d.ScriptArgs) > 0:
+		return CheckScript
 	}
 	return ""
 }

@@ -278,6 +278,9 @@ func (a *Agent) Left() <-chan struct{} { return a.member.Left() }
 func (a *Agent) startChecks(context.Context) error {
 	a.checks = checks.New(a.logger.With("component", "checks"), checkSink{a})
 	a.checks.Guard, a.checks.OutputMax = a.guard, a.cfg.Checks.OutputMaxSize // checks.go
+	// The runner's own gate: no script runs unless the config enables
+	// them, whatever reached the catalog.
+	a.checks.Scripts = a.cfg.EnableScriptChecks || a.cfg.EnableLocalScriptChecks
 	a.checks.UpdateInterval = a.cfg.CheckUpdateInterval
 	return nil
 }
@@ -298,7 +301,7 @@ func (a *Agent) startHTTP(context.Context) error {
 		Members: a.member.AgentMembers, Logger: a.logger.With("component", "http"), WaitReady: a.local.WaitReady,
 		IntentionsDefaultAllow: a.cfg.IntentionsDefaultAllow(), UserPorts: a.userPorts,
 		Operator: operator{a.member, a}, Raft: a.member, Diagnostics: a.diagnostics(), RemoteKV: a.member,
-		ChecksWritten: a.local.SyncChecks, CheckTarget: a.guard.CheckTarget, ACLBootstrapReset: a.aclBootstrapReset,
+		ChecksWritten: a.local.SyncChecks, CheckTarget: a.checkTarget, ACLBootstrapReset: a.aclBootstrapReset,
 		Monitor: a.logs, Reload: a.reloadFromAPI, Tokens: a.tokens,
 	}
 	if a.acl != nil {
