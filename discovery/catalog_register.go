@@ -37,21 +37,13 @@ import (
 // rule; it gets no leaf certificate (only an agent's services do).
 
 // Consul's service kinds a catalog registration may carry.
-const (
-	KindConnectProxy       = "connect-proxy"
-	KindMeshGateway        = "mesh-gateway"
-	KindTerminatingGateway = "terminating-gateway"
-	KindIngressGateway     = "ingress-gateway"
-	KindAPIGateway         = "api-gateway"
-)
-
 // CatalogKinds lists the kinds other than typical ("") that a catalog
-// registration may carry.
+// registration may carry (an agent's: recordKinds, kinds.go).
 var CatalogKinds = []string{KindConnectProxy, KindMeshGateway, KindTerminatingGateway, KindIngressGateway, KindAPIGateway}
 
 // Inert says whether in is a catalog record of a kind vmesh does not run
 // (a connect-proxy or gateway that is not vmesh's): listed, never meshed.
-func (in *Instance) Inert() bool { return in.Kind != "" }
+func (in *Instance) Inert() bool { return in.Kind != KindTypical }
 
 // Catalog command types.
 const (

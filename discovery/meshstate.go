@@ -40,9 +40,9 @@ func (s *Store) MeshState(ws memdb.WatchSet) (*MeshState, error) {
 	if st.Instances, err = collect[Instance](ws, tx, tableInstances, "id"); err != nil {
 		return nil, err
 	}
-	// The servers' own "consul" registrations are not mesh services.
-	// Nor are inert catalog records (catalog_register.go).
-	st.Instances = slices.DeleteFunc(st.Instances, func(in *Instance) bool { return in.IsServerService() || in.Inert() })
+	// The servers' own "consul" registrations and Consul's proxy and
+	// gateway records (kinds.go) are not mesh services.
+	st.Instances = slices.DeleteFunc(st.Instances, func(in *Instance) bool { return !in.InMesh() })
 	if st.Checks, err = collect[Check](ws, tx, tableChecks, "id"); err != nil {
 		return nil, err
 	}

@@ -30,21 +30,12 @@ func (reg *ServiceRegistration) Build(node, source string) (*RegisterServiceRequ
 	if reg.Port < 0 || reg.Port > 65535 {
 		bad("Port", "must be between 0 and 65535, got %d", reg.Port)
 	}
-	if reg.Kind != "" && reg.Kind != "typical" {
-		bad("Kind", "%q is not supported; only typical services are", reg.Kind)
-	}
+	kind := reg.buildKind(bad) // kinds.go: proxy and gateway records
 	for field, raw := range map[string][]byte{
 		"Ports": reg.Ports, "AI": reg.AI,
 	} {
 		if !emptyRaw(raw) {
 			bad(field, "is not supported yet")
-		}
-	}
-	if reg.Proxy != nil {
-		// A top-level Proxy registers a proxy service (Kind connect-proxy);
-		// vmesh's proxy is part of the agent.
-		for _, f := range setFields("Proxy.", reg.Proxy) {
-			bad(f, "is not supported: register the service itself, with Connect.SidecarService.Proxy.Upstreams")
 		}
 	}
 	for tag, a := range reg.TaggedAddresses {
@@ -95,6 +86,7 @@ func (reg *ServiceRegistration) Build(node, source string) (*RegisterServiceRequ
 		Node: node, ID: id, Service: reg.Name, Tags: reg.Tags, Address: reg.Address, Port: reg.Port,
 		Meta: reg.Meta, Weights: weights, EnableTagOverride: reg.EnableTagOverride, Source: source,
 		Protocol: protocol, Upstreams: upstreams, User: user,
+		Kind: kind, Proxy: recordProxy(kind, reg.Proxy),
 	}
 	if len(reg.TaggedAddresses) > 0 {
 		inst.TaggedAddresses = reg.TaggedAddresses
@@ -167,11 +159,18 @@ func (ct *CheckType) build(field string) (*Check, error) {
 		TTL: time.Duration(ct.TTL), Interval: time.Duration(ct.Interval), Timeout: time.Duration(ct.Timeout),
 		DeregisterCriticalServiceAfter: time.Duration(ct.DeregisterCriticalServiceAfter),
 	}
+	def.ScriptArgs = ct.ScriptArgs
+	if len(def.ScriptArgs) == 0 {
+		def.ScriptArgs = ct.Args
+	}
+	def.DockerContainerID, def.Shell = ct.DockerContainerID, ct.Shell
+	if def.Shell != "" && def.DockerContainerID == "" {
+		bad("Shell", "is only for a Docker check (DockerContainerID)")
+	}
+	if def.DockerContainerID != "" && len(def.ScriptArgs) == 0 {
+		bad("Args", "a Docker check needs the command to run in the container")
+	}
 	switch {
-	case len(ct.ScriptArgs) > 0 || len(ct.Args) > 0:
-		bad("ScriptArgs", "script checks are not supported")
-	case ct.DockerContainerID != "" || ct.Shell != "":
-		bad("DockerContainerID", "docker checks are not supported")
 	case ct.H2PING != "":
 		bad("H2PING", "H2PING checks are not supported yet")
 	case ct.UDP != "":
@@ -180,16 +179,16 @@ func (ct *CheckType) build(field string) (*Check, error) {
 		bad("AliasService", "alias checks are not supported yet")
 	}
 	targets := 0
-	for _, set := range []bool{def.HTTP != "", def.TCP != "", def.GRPC != "", def.TTL != 0} {
+	for _, set := range []bool{def.HTTP != "", def.TCP != "", def.GRPC != "", def.TTL != 0, len(def.ScriptArgs) > 0} {
 		if set {
 			targets++
 		}
 	}
 	if targets == 0 && len(errs) == 0 {
-		errs = append(errs, fmt.Errorf("%s: a check needs one of HTTP, TCP, GRPC or TTL", field))
+		errs = append(errs, fmt.Errorf("%s: a check needs one of HTTP, TCP, GRPC or TTL (or Args: a script check, where the agent's config enables them)", field))
 	}
 	if targets > 1 {
-		errs = append(errs, fmt.Errorf("%s: set only one of HTTP, TCP, GRPC or TTL", field))
+		errs = append(errs, fmt.Errorf("%s: set only one of HTTP, TCP, GRPC, TTL or Args", field))
 	}
 	if def.HTTP != "" {
 		if u, err := url.Parse(def.HTTP); err != nil || (u.Scheme != "http" && u.Scheme != "https") || u.Host == "" {
@@ -205,7 +204,7 @@ func (ct *CheckType) build(field string) (*Check, error) {
 		}
 	}
 	if def.TTL == 0 && targets == 1 && def.Interval <= 0 {
-		bad("Interval", "must be > 0 for HTTP, TCP and GRPC checks")
+		bad("Interval", "must be > 0 for HTTP, TCP, GRPC, script and Docker checks")
 	}
 	if ct.Status != "" && !ValidHealthState(ct.Status) {
 		bad("Status", "%q is not one of passing, warning, critical", ct.Status)

@@ -91,11 +91,12 @@ type Instance struct {
 	// before ports were stored: UserPortPolicy.Ports computes one for
 	// those.
 	UserPort int
-	// Kind is Consul's service kind of a record /v1/catalog/register
-	// wrote on an external node: "" (a typical service) or one of
-	// CatalogKinds. Such a record is inert (Inert): served by the catalog,
-	// health and usage endpoints as registered, never a mesh service of
-	// its own (no VIP, route, listener or leaf; catalog_register.go).
+	// Kind is Consul's service kind: "" (a typical service) or one of
+	// CatalogKinds, from /v1/catalog/register on an external node or an
+	// agent's registration (kinds.go). Such a record is inert (Inert):
+	// served by the catalog, health and usage endpoints as registered,
+	// never a mesh service of its own (no VIP, route, listener or leaf;
+	// InMesh).
 	Kind string `json:",omitempty"`
 	// Proxy is a connect-proxy record's proxy configuration as registered
 	// (nil for other kinds), served back and never read by the data plane.
@@ -134,6 +135,11 @@ const (
 	CheckTCP  = "tcp"
 	CheckGRPC = "grpc"
 	CheckTTL  = "ttl"
+	// CheckScript runs ScriptArgs on the agent's host, and CheckDocker in
+	// a container; an agent runs them only when its own config enables
+	// script checks (ScriptCheckPolicy), never on the API's say-so.
+	CheckScript = "script"
+	CheckDocker = "docker"
 )
 
 // CheckDefinition says how the agent that owns a check runs it. It is kept
@@ -154,9 +160,16 @@ type CheckDefinition struct {
 	// DeregisterCriticalServiceAfter removes the check's service once the
 	// check has been critical this long (0: never).
 	DeregisterCriticalServiceAfter time.Duration
+	// ScriptArgs is a script check's command and arguments (Consul's
+	// Args); with DockerContainerID (and Shell) it runs in that
+	// container. Added with script checks; older entries decode empty.
+	ScriptArgs        []string `json:",omitempty"`
+	DockerContainerID string   `json:",omitempty"`
+	Shell             string   `json:",omitempty"`
 }
 
-// Kind returns which of http, tcp, grpc or ttl the definition is, or "".
+// Kind returns which of http, tcp, grpc, ttl, script or docker the
+// definition is, or "".
 func (d CheckDefinition) Kind() string {
 	switch {
 	case d.HTTP != "":
@@ -167,6 +180,10 @@ func (d CheckDefinition) Kind() string {
 		return CheckGRPC
 	case d.TTL > 0:
 		return CheckTTL
+	case d.DockerContainerID != "":
+		return CheckDocker
+	case len(d.ScriptArgs) > 0:
+		return CheckScript
 	}
 	return ""
 }

@@ -134,10 +134,10 @@ func (s *Store) ServiceVIP(ws memdb.WatchSet, service string) (uint64, *VIP, err
 	return idx, raw.(*VIP), nil
 }
 
-// ServiceNames lists the name of every service that has an instance, one
-// spelling per case-insensitive name (the first by node and ID), sorted.
-// Inert catalog records (a connect-proxy or gateway vmesh does not run)
-// do not count: they are not mesh services and get no VIP.
+// ServiceNames lists the name of every mesh service (one with an
+// instance that is InMesh: proxy and gateway records and the servers' own
+// service get no VIP), one spelling per case-insensitive name (the first
+// by node and ID), sorted.
 func (s *Store) ServiceNames(ws memdb.WatchSet) (uint64, []string, error) {
 	tx := s.readTxn(ws)
 	insts, err := collect[Instance](ws, tx, tableInstances, "id")
@@ -148,7 +148,7 @@ func (s *Store) ServiceNames(ws memdb.WatchSet) (uint64, []string, error) {
 	var out []string
 	for _, in := range insts {
 		k := strings.ToLower(in.Service)
-		if k == "" || seen[k] || in.Inert() {
+		if k == "" || seen[k] || !in.InMesh() {
 			continue
 		}
 		seen[k] = true

@@ -27,7 +27,7 @@ type aclResolver struct {
 	store        *discovery.Store
 	local        *acl.Resolver
 	def          acl.DefaultPolicy
-	defaultToken string
+	defaultToken func() string // the token of requests that carry none
 	// initialManagement is acl.tokens.initial_management on a server:
 	// a request that carries it before the leader has written it waits
 	// for that write (bootstrapWait) instead of being refused.
@@ -47,7 +47,7 @@ type cachedToken struct {
 // maxCachedTokens bounds the client's cache; it is emptied when full.
 const maxCachedTokens = 4096
 
-func newACLResolver(m *membership.Membership, store *discovery.Store, dc string, def acl.DefaultPolicy, defaultToken string) (*aclResolver, error) {
+func newACLResolver(m *membership.Membership, store *discovery.Store, dc string, def acl.DefaultPolicy, defaultToken func() string) (*aclResolver, error) {
 	local, err := acl.NewResolver(acl.ResolverConfig{Store: store, Datacenter: dc, DefaultPolicy: def})
 	if err != nil {
 		return nil, err
@@ -57,7 +57,7 @@ func newACLResolver(m *membership.Membership, store *discovery.Store, dc string,
 
 func (r *aclResolver) Resolve(ctx context.Context, secret string) (*acl.Token, *acl.Authorizer, error) {
 	if secret == "" {
-		secret = r.defaultToken
+		secret = r.defaultToken()
 	}
 	c := r.member.Client()
 	if c == nil {

@@ -163,6 +163,14 @@ func TestACLConsulAPI(t *testing.T) {
 	if code, err := doToken(a, http.MethodPut, "/v1/agent/force-leave/web-07", boot.SecretID); err != nil || code != http.StatusOK {
 		t.Errorf("management token force-leave: %d, %v; want 200", code, err)
 	}
+	// Naming the leader (this agent) is Consul's force-leave of a live
+	// node: 200, and nothing changes.
+	if code, err := doToken(a, http.MethodPut, "/v1/agent/force-leave/"+a.cfg.NodeName, boot.SecretID); err != nil || code != http.StatusOK {
+		t.Errorf("force-leave of the leader: %d, %v; want 200", code, err)
+	}
+	if n, _, err := root.Catalog().Node(a.cfg.NodeName, nil); err != nil || n == nil || n.Node == nil {
+		t.Errorf("the leader after a force-leave of itself: %+v, %v; want it still in the catalog", n, err)
+	}
 
 	// A deleted token stops at once.
 	if _, err := root.ACL().TokenDelete(webTok.AccessorID, nil); err != nil {
@@ -171,6 +179,18 @@ func TestACLConsulAPI(t *testing.T) {
 	err = web.Agent().ServiceRegister(&api.AgentServiceRegistration{ID: "web-2", Name: "web", Port: 80})
 	if err == nil || !strings.Contains(err.Error(), "ACL not found") {
 		t.Errorf("deleted token registering web: %v; want 403 ACL not found", err)
+	}
+
+	// consul acl set-agent-token default: requests without a token are
+	// that token's from then on; setting it needs acl:write.
+	if _, err := anon.Agent().UpdateDefaultACLToken(boot.SecretID, nil); err == nil {
+		t.Error("anonymous set the default token")
+	}
+	if _, err := root.Agent().UpdateDefaultACLToken(boot.SecretID, nil); err != nil {
+		t.Fatalf("setting the default token: %v", err)
+	}
+	if err := anon.Agent().ServiceRegister(&api.AgentServiceRegistration{ID: "x", Name: "x", Port: 1}); err != nil {
+		t.Errorf("a request without a token after the default token was set: %v", err)
 	}
 }
 

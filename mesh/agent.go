@@ -110,6 +110,9 @@ type Agent struct {
 	// /v1/agent/reload runs it. Unset, a reload re-reads the service
 	// definitions of the configuration the agent holds.
 	reloader func(context.Context) error
+	// tokens are the ACL tokens set through PUT /v1/agent/token/:kind
+	// (agenttokens.go); read through agentToken, defaultToken, dnsToken.
+	tokens *agentTokens
 }
 
 // NewAgent prepares an agent; nothing runs until Start.
@@ -194,7 +197,8 @@ func (a *Agent) openDataDir(context.Context) error {
 		return fmt.Errorf("node_id: %w", err)
 	}
 	a.store = discovery.NewStore()
-	return nil
+	a.tokens, err = loadAgentTokens(a.cfg.DataDir, a.cfg.ACL.EnableTokenPersistence)
+	return err
 }
 
 func (a *Agent) removeDevDataDir() error {
@@ -248,7 +252,7 @@ func (a *Agent) checkDefaultService(files []*discovery.RegisterServiceRequest) e
 // startCluster brings this node into its cluster (membership.Membership).
 func (a *Agent) startCluster(ctx context.Context) error {
 	if a.cfg.ACLEnabled() {
-		r, err := newACLResolver(a.member, a.store, a.cfg.Datacenter, a.cfg.ACLDefaultPolicy(), a.cfg.ACL.Tokens.Default)
+		r, err := newACLResolver(a.member, a.store, a.cfg.Datacenter, a.cfg.ACLDefaultPolicy(), a.defaultToken)
 		if err != nil {
 			return err
 		}
@@ -274,6 +278,9 @@ func (a *Agent) Left() <-chan struct{} { return a.member.Left() }
 func (a *Agent) startChecks(context.Context) error {
 	a.checks = checks.New(a.logger.With("component", "checks"), checkSink{a})
 	a.checks.Guard, a.checks.OutputMax = a.guard, a.cfg.Checks.OutputMaxSize // checks.go
+	// The runner's own gate: no script runs unless the config enables
+	// them, whatever reached the catalog.
+	a.checks.Scripts = a.cfg.EnableScriptChecks || a.cfg.EnableLocalScriptChecks
 	a.checks.UpdateInterval = a.cfg.CheckUpdateInterval
 	return nil
 }
@@ -294,8 +301,8 @@ func (a *Agent) startHTTP(context.Context) error {
 		Members: a.member.AgentMembers, Logger: a.logger.With("component", "http"), WaitReady: a.local.WaitReady,
 		IntentionsDefaultAllow: a.cfg.IntentionsDefaultAllow(), UserPorts: a.userPorts,
 		Operator: operator{a.member, a}, Raft: a.member, Diagnostics: a.diagnostics(), RemoteKV: a.member,
-		ChecksWritten: a.local.SyncChecks, CheckTarget: a.guard.CheckTarget, ACLBootstrapReset: a.aclBootstrapReset,
-		Monitor: a.logs, Reload: a.reloadFromAPI,
+		ChecksWritten: a.local.SyncChecks, CheckTarget: a.checkTarget, ACLBootstrapReset: a.aclBootstrapReset,
+		Monitor: a.logs, Reload: a.reloadFromAPI, Tokens: a.tokens,
 	}
 	if a.acl != nil {
 		api.ACL = a.acl
@@ -508,24 +515,12 @@ func (s checkSink) DeregisterService(ctx context.Context, serviceID string) erro
 }
 
 // agentWriter is how the agent writes its own node, service files and
-// check results: through its membership, with acl.tokens.agent when one
-// is configured, which the leader then checks on top of the node
-// certificate (a node writes only its own node, services and checks).
+// check results: through its membership, with the agent token when one
+// is configured or set (agenttokens.go), which the leader then checks on
+// top of the node certificate (a node writes only its own node, services
+// and checks).
 func (a *Agent) agentWriter() discovery.Writer {
-	if a.cfg.ACL.Tokens.Agent == "" {
-		return a.member
-	}
-	return tokenWriter{a.member, a.cfg.ACL.Tokens.Agent}
-}
-
-// tokenWriter applies commands with an ACL token.
-type tokenWriter struct {
-	w     discovery.Writer
-	token string
-}
-
-func (t tokenWriter) Apply(ctx context.Context, cmd discovery.Command) (uint64, error) {
-	return t.w.Apply(discovery.WithToken(ctx, t.token), cmd)
+	return tokenWriter{a.member, a.agentToken}
 }
 
 func hostOf(addr string) string {

@@ -66,14 +66,45 @@ func (a *Agent) agentListeners() []checks.Listener {
 	return out
 }
 
+// scriptChecksRefused is the error of a script or Docker check that the
+// agent's config does not enable for where it came from (the API, or a
+// service file), or nil.
+func (a *Agent) scriptChecksRefused(name string, def discovery.CheckDefinition, fromFile bool) error {
+	if k := def.Kind(); k != discovery.CheckScript && k != discovery.CheckDocker {
+		return nil
+	}
+	if a.cfg.EnableScriptChecks || (fromFile && a.cfg.EnableLocalScriptChecks) {
+		return nil
+	}
+	want := "enable_script_checks"
+	if fromFile {
+		want = "enable_script_checks or enable_local_script_checks"
+	}
+	return fmt.Errorf("%w: check %q: ScriptArgs: script checks are not supported on this agent: its config does not set %s (they run commands on the host)", discovery.ErrInvalid, name, want)
+}
+
+// checkTarget is the API's CheckTarget: a script check only where the
+// config enables them from the API, then the guard's listener rule.
+func (a *Agent) checkTarget(name string, def discovery.CheckDefinition) error {
+	if err := a.scriptChecksRefused(name, def, false); err != nil {
+		return err
+	}
+	return a.guard.CheckTarget(name, def)
+}
+
 // checkFileTargets refuses, before anything registers them, the checks
-// of service files that target this agent's listeners.
+// of service files that target this agent's listeners, and script checks
+// that the config does not enable.
 func (a *Agent) checkFileTargets(reqs []*discovery.RegisterServiceRequest) error {
 	g := a.guard
 	var errs []error
 	for _, req := range reqs {
 		for _, c := range req.Checks {
-			if err := g.CheckTarget(c.CheckID, c.Definition); err != nil {
+			err := a.scriptChecksRefused(c.CheckID, c.Definition, true)
+			if err == nil {
+				err = g.CheckTarget(c.CheckID, c.Definition)
+			}
+			if err != nil {
 				errs = append(errs, fmt.Errorf("%s: service %q: %w", strings.TrimPrefix(req.Instance.Source, "file:"), req.Instance.Service, err))
 			}
 		}

@@ -42,10 +42,11 @@ func (a *Agent) startDNS(context.Context) error {
 		Metrics: discdns.NewMetrics(a.metrics),
 	}
 	if a.acl != nil {
-		// DNS answers with the default token's rights (acl.tokens.default,
-		// else the anonymous token's), as Consul's does.
+		// DNS answers with the dns token's rights (set through PUT
+		// /v1/agent/token/dns), else the default token's
+		// (acl.tokens.default, else the anonymous token's), as Consul's.
 		dnsCfg.ACL = func() (*acl.Authorizer, error) {
-			_, authz, err := a.acl.Resolve(a.life.ctx, "")
+			_, authz, err := a.acl.Resolve(a.life.ctx, a.dnsToken())
 			return authz, err
 		}
 	}

@@ -113,18 +113,60 @@ func (t *teeHandler) Handle(ctx context.Context, r slog.Record) error {
 	return err
 }
 
+// format renders one record for a subscriber: slog's JSON, or the text
+// line Consul's monitor writes (hclog's "TIME [LEVEL]  msg: k=v"), which
+// `consul monitor` users and their tools read.
 func (t *teeHandler) format(ctx context.Context, r slog.Record, json bool) []byte {
 	var buf bytes.Buffer
 	opts := &slog.HandlerOptions{Level: slog.LevelDebug}
-	var h slog.Handler = slog.NewTextHandler(&buf, opts)
+	var h slog.Handler
 	if json {
 		h = slog.NewJSONHandler(&buf, opts)
+	} else {
+		buf.WriteString(r.Time.UTC().Format("2006-01-02T15:04:05.000Z"))
+		buf.WriteString(hclogLevel(r.Level))
+		buf.WriteString(r.Message)
+		// The attributes, as slog's text handler writes them, after
+		// "msg: "; time, level and msg are already in the prefix.
+		opts.ReplaceAttr = func(groups []string, a slog.Attr) slog.Attr {
+			if len(groups) == 0 && (a.Key == slog.TimeKey || a.Key == slog.LevelKey || a.Key == slog.MessageKey) {
+				return slog.Attr{}
+			}
+			return a
+		}
+		h = slog.NewTextHandler(&attrsAfterColon{buf: &buf}, opts)
 	}
 	for _, op := range t.ops {
 		h = op(h)
 	}
 	_ = h.Handle(ctx, r.Clone()) // writes to a buffer
 	return bytes.TrimRight(buf.Bytes(), "\n")
+}
+
+// hclogLevel is hclog's level tag with its padding, so that messages
+// line up as in Consul's own log.
+func hclogLevel(l slog.Level) string {
+	switch {
+	case l < slog.LevelInfo:
+		return " [DEBUG] "
+	case l < slog.LevelWarn:
+		return " [INFO]  "
+	case l < slog.LevelError:
+		return " [WARN]  "
+	}
+	return " [ERROR] "
+}
+
+// attrsAfterColon appends slog's text output of a record's attributes to
+// buf after ": ", or nothing when there are none.
+type attrsAfterColon struct{ buf *bytes.Buffer }
+
+func (w *attrsAfterColon) Write(p []byte) (int, error) {
+	if s := bytes.TrimSpace(p); len(s) > 0 {
+		w.buf.WriteString(": ")
+		w.buf.Write(s)
+	}
+	return len(p), nil
 }
 
 func (t *teeHandler) WithAttrs(attrs []slog.Attr) slog.Handler {

@@ -26,8 +26,9 @@ func TestLogHubTee(t *testing.T) {
 	for range 2 {
 		got = append(got, string(<-text))
 	}
-	if !strings.Contains(got[0], "msg=quiet") || !strings.Contains(got[0], "component=raft") || !strings.Contains(got[0], "g.k=1") ||
-		!strings.Contains(got[1], "msg=loud") {
+	// Text lines are Consul's monitor format: TIME [LEVEL]  msg: attrs.
+	if !strings.Contains(got[0], " [DEBUG] quiet: ") || !strings.Contains(got[0], "component=raft") || !strings.Contains(got[0], "g.k=1") ||
+		strings.Contains(got[0], "msg=") || !strings.Contains(got[1], " [WARN]  loud: ") {
 		t.Errorf("text subscriber got %q", got)
 	}
 	var rec map[string]any
@@ -45,6 +46,12 @@ func TestLogHubTee(t *testing.T) {
 	if cancelText() != 0 || cancelJSON() != 0 {
 		t.Error("dropped lines with a reader keeping up")
 	}
+	plain, cancelPlain := hub.Subscribe(slog.LevelInfo, false)
+	logger.Info("bare")
+	if l := string(<-plain); !strings.HasSuffix(l, " [INFO]  bare") {
+		t.Errorf("a record without attributes = %q; want it to end in \" [INFO]  bare\"", l)
+	}
+	cancelPlain()
 	logger.Warn("after")
 	select {
 	case l := <-text:

@@ -143,7 +143,7 @@ func (l *LeafIssuer) sync(ctx context.Context, ws memdb.WatchSet, now time.Time)
 	}
 	want := map[string]bool{"": true} // "" is the node's leaf
 	for _, in := range insts {
-		if !in.IsServerService() { // not a mesh service: no identity
+		if in.InMesh() { // not a mesh service (a server's own, a proxy or gateway record): no identity
 			want[in.Service] = true
 		}
 	}
@@ -382,7 +382,7 @@ func (s *Server) signLeafFor(ctx context.Context, caller string, req *SignLeafRe
 		if err != nil {
 			return nil, status.Error(codes.Internal, err.Error())
 		}
-		if !slices.ContainsFunc(insts, func(in *discovery.Instance) bool { return in.Service == req.Service }) {
+		if !slices.ContainsFunc(insts, func(in *discovery.Instance) bool { return in.Service == req.Service && in.InMesh() }) {
 			return nil, status.Errorf(codes.PermissionDenied, "no instance of service %q is registered on node %q (catalog index %d): a node gets leaf certificates only for its own services", req.Service, caller, idx)
 		}
 	}

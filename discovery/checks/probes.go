@@ -87,6 +87,8 @@ func (rc *checkRun) probe(ctx context.Context) checkResult {
 		return rc.probeTCP(ctx)
 	case discovery.CheckGRPC:
 		return rc.probeGRPC(ctx)
+	case discovery.CheckScript, discovery.CheckDocker:
+		return rc.probeScript(ctx) // script.go
 	}
 	return checkResult{discovery.HealthCritical, "unsupported check"}
 }

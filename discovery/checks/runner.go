@@ -78,6 +78,10 @@ type Runner struct {
 	// DefaultUpdateInterval; 0 writes every change. Set before the first
 	// Sync.
 	UpdateInterval time.Duration
+	// Scripts lets script checks run (script.go): the agent sets it only
+	// when its config enables them. Off, such a check is critical and
+	// runs nothing, whatever the catalog holds. Set before the first Sync.
+	Scripts bool
 
 	wg sync.WaitGroup
 

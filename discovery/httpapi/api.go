@@ -115,6 +115,9 @@ type API struct {
 	// Reload does what SIGHUP does (PUT /v1/agent/reload); nil answers
 	// that endpoint with a 501.
 	Reload func(ctx context.Context) error
+	// Tokens sets the agent's ACL tokens (PUT /v1/agent/token/:kind,
+	// api_agent_token.go); nil answers that endpoint with a 501.
+	Tokens AgentTokens
 	// Leaves serves /v1/agent/connect/ca/leaf (api_connect.go); nil
 	// answers it with a 500. LeafCertTTL is the leaves' lifetime, as
 	// /v1/connect/ca/configuration shows it.

@@ -27,6 +27,7 @@ func (a *API) registerAgentOps(mux *http.ServeMux) {
 	mux.HandleFunc("PUT /v1/agent/maintenance", a.nodeMaintenance)
 	mux.HandleFunc("PUT /v1/agent/service/maintenance/{id}", a.serviceMaintenance)
 	mux.HandleFunc("PUT /v1/agent/reload", a.agentReload)
+	mux.HandleFunc("PUT /v1/agent/token/{kind}", a.agentToken) // api_agent_token.go
 }
 
 // monitorLevel reads ?loglevel= as Consul names levels (trace is

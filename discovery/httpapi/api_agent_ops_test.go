@@ -83,6 +83,7 @@ func (m *fakeMonitor) send(line string) int {
 type opsFixture struct {
 	*aclFixture
 	monitor *fakeMonitor
+	tokens  *fakeTokens // api_agent_token_test.go
 	reloads int
 	reload  error
 	mu      sync.Mutex
@@ -90,7 +91,7 @@ type opsFixture struct {
 
 func newOpsFixture(t *testing.T) *opsFixture {
 	t.Helper()
-	f := &opsFixture{aclFixture: &aclFixture{s: discovery.NewStore()}, monitor: &fakeMonitor{}}
+	f := &opsFixture{aclFixture: &aclFixture{s: discovery.NewStore()}, monitor: &fakeMonitor{}, tokens: &fakeTokens{set: map[string]string{}}}
 	must := func(err error) {
 		t.Helper()
 		if err != nil {
@@ -110,7 +111,7 @@ func newOpsFixture(t *testing.T) *opsFixture {
 	must(err)
 	a := &API{Store: f.s, Writer: &opsWriter{s: f.s, idx: 1000}, Cluster: fakeCluster{},
 		NodeName: "n1", NodeID: "00000001-0000-0000-0000-000000000000", Datacenter: "dc1", Version: "test",
-		ACL: storeResolver{res}, Monitor: f.monitor,
+		ACL: storeResolver{res}, Monitor: f.monitor, Tokens: f.tokens,
 		Reload: func(context.Context) error {
 			f.mu.Lock()
 			defer f.mu.Unlock()

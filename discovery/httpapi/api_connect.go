@@ -97,10 +97,11 @@ func (a *API) agentConnectLeaf(w http.ResponseWriter, r *http.Request) {
 		}
 		registered := false
 		for _, in := range insts {
-			registered = registered || (in.Service == name && !in.IsServerService())
+			// A proxy or gateway record is no mesh service: no identity.
+			registered = registered || (in.Service == name && in.InMesh())
 		}
 		if !registered {
-			a.writeError(w, r, notFound("service %q is not registered on this agent: it issues leaf certificates only for its own services", name))
+			a.writeError(w, r, notFound("service %q is not registered on this agent as a mesh service: it issues leaf certificates only for its own services (not for proxy or gateway records)", name))
 			return
 		}
 		if a.Leaves == nil {

@@ -60,6 +60,13 @@ func TestConnectLeafOnlyForLocalServices(t *testing.T) {
 	if code, _, body := f.get(t, f.mgmt, "/v1/agent/connect/ca/leaf/db"); code != http.StatusNotFound || !strings.Contains(body, "not registered on this agent") {
 		t.Errorf("leaf of a service on another node: %d %s, want 404", code, body)
 	}
+	// A proxy record on this node is no mesh service: no identity.
+	if err := f.s.EnsureService(f.next(), &discovery.Instance{Node: "n1", ID: "gw", Service: "gw", Port: 8443, Kind: discovery.KindMeshGateway}, nil); err != nil {
+		t.Fatal(err)
+	}
+	if code, _, body := f.get(t, f.mgmt, "/v1/agent/connect/ca/leaf/gw"); code != http.StatusNotFound || !strings.Contains(body, "not registered on this agent as a mesh service") {
+		t.Errorf("leaf of a gateway record: %d %s, want 404", code, body)
+	}
 }
 
 // TestAgentOpsACL: join needs agent:write, metrics agent:read, host

@@ -13,9 +13,10 @@ type ACLConfig struct {
 	// Enabled: nil means the default (on, off under -dev).
 	Enabled       *bool  `hcl:"enabled"`
 	DefaultPolicy string `hcl:"default_policy"`
-	// EnableTokenPersistence is accepted for Consul's config format;
-	// vmesh's agents authenticate to servers with their node certificate
-	// and keep no tokens set through the API.
+	// EnableTokenPersistence keeps the tokens set through PUT
+	// /v1/agent/token/:kind in the data dir (acl-tokens.json, 0600) and
+	// reads them back at start, as Consul's; off, a restart returns to
+	// the config file's tokens.
 	EnableTokenPersistence bool      `hcl:"enable_token_persistence"`
 	Tokens                 ACLTokens `hcl:"tokens"`
 }

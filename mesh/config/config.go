@@ -103,6 +103,14 @@ type Config struct {
 	// (a status change is written at once); 0 writes every change.
 	// Default 5m.
 	CheckUpdateInterval time.Duration `hcl:"check_update_interval"`
+	// EnableScriptChecks is Consul's enable_script_checks: the agent
+	// accepts and runs script checks (Args, run as the agent's user)
+	// from its HTTP API and its service files. EnableLocalScriptChecks
+	// (Consul's enable_local_script_checks) allows them from the files
+	// only. Both off by default: whoever may register a check would run
+	// commands on the host. Only this local config turns them on.
+	EnableScriptChecks      bool `hcl:"enable_script_checks"`
+	EnableLocalScriptChecks bool `hcl:"enable_local_script_checks"`
 
 	// Service and Services hold the service definitions of the file being
 	// decoded; LoadFiles moves them, with their file, to ServiceFiles.

@@ -431,13 +431,20 @@ func (m *Membership) Snapshot() (uint64, error) {
 // ForceLeave removes node from the cluster and revokes its certificates
 // (PUT /v1/agent/force-leave/{node}). Only a server asks the leader; the
 // leader refuses a server caller too when the removal would break quorum
-// (409) or names itself.
+// (409). Naming the leader changes nothing and answers 200: the leader
+// is alive (it answered), and Consul's force-leave of a live node is a
+// no-op too (the node refutes it). The leader leaves by `vmesh leave`.
 func (m *Membership) ForceLeave(ctx context.Context, node string) error {
 	srv := m.get()
 	if srv == nil {
 		return httpapi.WithStatus(http.StatusConflict, m.notServer())
 	}
-	return operatorStatus(srv.RemoveNode(ctx, node))
+	err := srv.RemoveNode(ctx, node)
+	if errors.Is(err, raft.ErrIsLeader) {
+		m.logger.Warn("force-leave of the leader changes nothing: it is alive; run 'vmesh leave' on it (it hands over leadership first)", "node", node)
+		return nil
+	}
+	return operatorStatus(err)
 }
 
 // RotateCA replaces the cluster CA (PUT /v1/vmesh/ca/rotate); a server

@@ -21,8 +21,8 @@ const consulVersion = "1.22.0"
 // testConfig is the part of sdk/testutil's TestServerConfig the shim maps
 // onto vmesh: node_name, node_id, node_meta, datacenter, data_dir,
 // bind_addr, bootstrap, server, log_level, ports.http, ports.server (the
-// cluster port), ports.dns, the acl block and connect's cluster_id (the
-// trust domain). What it leaves out, and why:
+// cluster port), ports.dns, the acl block, connect's cluster_id (the
+// trust domain) and enable_script_checks (vmesh's key of the same name). What it leaves out, and why:
 //
 //	key                         why it is not passed on
 //	performance.raft_multiplier vmesh's raft timings are fixed
@@ -43,7 +43,6 @@ const consulVersion = "1.22.0"
 //	encrypt                     no gossip; the cluster port is mTLS
 //	ca_file, cert_file,
 //	key_file, verify_*          no HTTPS API (tests that need it fail)
-//	enable_script_checks        vmesh runs no script checks
 //	connect.enabled             the mesh CA is always on
 //	enable_debug                no pprof endpoints
 //	peering, audit, locality,
@@ -78,6 +77,7 @@ type testConfig struct {
 		} `json:"tokens"`
 	} `json:"acl"`
 	ACLDefaultPolicy string            `json:"acl_default_policy"`
+	EnableScripts    bool              `json:"enable_script_checks"`
 	NodeMeta         map[string]string `json:"node_meta"`
 	Connect          struct {
 		CAConfig struct {
@@ -106,6 +106,7 @@ type vmeshConfig struct {
 	Cluster           map[string]any    `json:"cluster,omitempty"`
 	NodeMeta          map[string]string `json:"node_meta,omitempty"`
 	ACL               map[string]any    `json:"acl"`
+	EnableScripts     bool              `json:"enable_script_checks,omitempty"`
 }
 
 func main() {
@@ -184,11 +185,10 @@ func run(args []string) error {
 	// Exec, so testutil's SIGINT reaches the agent itself.
 	argv := []string{bin, "agent", "-config", vfile}
 	for _, f := range extra {
-		// vmesh reads Consul's service and check keys; an empty file
-		// (a test that fills it in later) is not a config yet.
-		if fi, err := os.Stat(f); err == nil && fi.Size() > 0 {
-			argv = append(argv, "-config", f)
-		}
+		// vmesh reads Consul's service and check keys. An empty file (a
+		// test that fills it in later and reloads) sets nothing, as in
+		// Consul, and a reload re-reads it.
+		argv = append(argv, "-config", f)
 	}
 	return syscall.Exec(bin, argv, os.Environ())
 }
@@ -228,6 +228,7 @@ func translate(tc testConfig, dir string) (vmeshConfig, error) {
 	if len(tc.NodeMeta) > 0 {
 		vc.NodeMeta = tc.NodeMeta
 	}
+	vc.EnableScripts = tc.EnableScripts
 	if tc.Ports.DNS > 0 {
 		vc.Ports["dns"] = tc.Ports.DNS
 	}
