@@ -31,6 +31,7 @@ func BenchmarkL7HopAccessLog(b *testing.B) {
 	backend := benchBackend(b)
 	logPath := filepath.Join(b.TempDir(), "access.log")
 	logged := fileAccessLog(b, logPath)
+	ran := map[string]bool{}
 	for _, path := range []struct {
 		name string
 		addr string
@@ -38,9 +39,13 @@ func BenchmarkL7HopAccessLog(b *testing.B) {
 		{"vmesh", benchHopWith(b, backend, nil, nil)},
 		{"vmesh-accesslog", benchHopWith(b, backend, logged, nil)},
 	} {
-		b.Run("http1/"+path.name, func(b *testing.B) { runClient(b, "http://"+path.addr+"/bench", false) })
+		b.Run("http1/"+path.name, func(b *testing.B) {
+			ran[path.name] = true
+			runClient(b, "http://"+path.addr+"/bench", false)
+		})
 	}
-	if st, err := os.Stat(logPath); err != nil || st.Size() == 0 {
+	// The logged path must have written lines, when -bench ran it.
+	if st, err := os.Stat(logPath); ran["vmesh-accesslog"] && (err != nil || st.Size() == 0) {
 		b.Fatalf("no access log written: %v", err)
 	}
 }
