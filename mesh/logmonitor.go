@@ -85,7 +85,7 @@ func (t *teeHandler) Enabled(ctx context.Context, l slog.Level) bool {
 func (t *teeHandler) Handle(ctx context.Context, r slog.Record) error {
 	var err error
 	if t.base.Enabled(ctx, r.Level) {
-		err = t.base.Handle(ctx, r.Clone())
+		err = t.base.Handle(ctx, r)
 	}
 	t.hub.mu.Lock()
 	defer t.hub.mu.Unlock()

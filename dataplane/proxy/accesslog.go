@@ -345,8 +345,9 @@ func (p *Proxy) writeLogs(logs []*accessLogSpec, e *logEntry) {
 // ---- Hooks in the request path.
 
 // logStream writes a finished stream's access log lines and, when it was
-// refused, the warn line.
-func (s *stream) logStream(in, out int64) {
+// refused, the warn line; d is the stream's duration, as its metrics got
+// it.
+func (s *stream) logStream(in, out int64, d time.Duration) {
 	refused := s.localCode >= 400 || s.w.code == 0
 	logs := s.hcm.logs
 	if len(logs) == 0 && !refused {
@@ -354,7 +355,7 @@ func (s *stream) logStream(in, out int64) {
 	}
 	e := &logEntry{
 		start: s.start, protocol: protoName(s.r), code: s.w.code, flags: s.flags, details: s.details,
-		bytesIn: in, bytesOut: out, duration: time.Since(s.start), reqDuration: -1, respDuration: -1,
+		bytesIn: in, bytesOut: out, duration: d, reqDuration: -1, respDuration: -1,
 		upstreamCluster: s.upstream, downstreamAddr: s.hc.dst, upstreamAddr: s.upHost, downstreamRemote: s.hc.remote,
 		peerIDs: s.hc.ids, localURI: s.hc.localURI, sni: s.hc.sni, req: s.r,
 		respHeaders: s.w.Header(), trailers: s.w.Header(),

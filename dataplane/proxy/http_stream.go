@@ -213,8 +213,9 @@ func (s *stream) finish() {
 		in += s.body.total.Load()
 	}
 	s.traceEnd()
-	s.hc.p.cfg.Metrics.streamDone(s.hc.rl.name, s.hcm.stat, s.upstream, s.w.code, time.Since(s.start), in, s.w.bytes.Load())
-	s.logStream(in, s.w.bytes.Load())
+	d, out := time.Since(s.start), s.w.bytes.Load()
+	s.hc.p.cfg.Metrics.streamDone(s.hc.rl.name, s.hcm.stat, s.upstream, s.w.code, d, in, out)
+	s.logStream(in, out, d)
 }
 
 // requestComplete is called once the downstream request has ended: the
