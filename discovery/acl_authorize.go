@@ -28,13 +28,13 @@ import (
 func AuthorizeCommand(authz *acl.Authorizer, s *Store, cmd Command) error {
 	switch c := cmd.(type) {
 	case *RegisterServiceRequest:
-		return authz.ServiceWrite(c.Instance.Service)
+		return authorizeServiceWrite(authz, &c.Instance)
 	case RegisterNodeRequest:
 		return authz.NodeWrite(c.Node.Name)
 	case DeregisterNodeRequest:
 		return authz.NodeWrite(c.Node)
 	case RegisterServiceRequest:
-		return authz.ServiceWrite(c.Instance.Service)
+		return authorizeServiceWrite(authz, &c.Instance)
 	case DeregisterServiceRequest:
 		return authorizeInstance(authz, s, c.Node, c.ServiceID)
 	case RegisterCheckRequest:
@@ -155,6 +155,20 @@ func AuthorizeTxnOp(authz *acl.Authorizer, op *TxnKVOp) error {
 		return authz.KeyWritePrefix(op.Key)
 	}
 	return authz.KeyWrite(op.Key)
+}
+
+// authorizeServiceWrite is the rule for writing an instance: service:write
+// on its service and, for a connect-proxy record, on the service it
+// fronts too, as in Consul: the Connect views list such a record among
+// its destination's endpoints, so it speaks for that service.
+func authorizeServiceWrite(authz *acl.Authorizer, in *Instance) error {
+	if err := authz.ServiceWrite(in.Service); err != nil {
+		return err
+	}
+	if in.Kind == KindConnectProxy && in.Proxy != nil {
+		return authz.ServiceWrite(in.Proxy.DestinationServiceName)
+	}
+	return nil
 }
 
 func authorizeInstance(authz *acl.Authorizer, s *Store, node, id string) error {

@@ -196,15 +196,8 @@ func authorizeCatalogRegister(authz *acl.Authorizer, s *Store, c *CatalogRegiste
 		}
 	}
 	if in := c.Service; in != nil {
-		if err := authz.ServiceWrite(in.Service); err != nil {
+		if err := authorizeServiceWrite(authz, in); err != nil {
 			return err
-		}
-		// A proxy speaks for its destination: Consul wants service:write
-		// on that too.
-		if in.Kind == KindConnectProxy && in.Proxy != nil {
-			if err := authz.ServiceWrite(in.Proxy.DestinationServiceName); err != nil {
-				return err
-			}
 		}
 		if _, old, err := s.Instance(nil, name, in.ID); err != nil {
 			return err

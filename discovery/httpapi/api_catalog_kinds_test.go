@@ -183,3 +183,22 @@ func TestCatalogRegisterProxyACL(t *testing.T) {
 		t.Errorf("register a proxy with service:write on it and web: %v", err)
 	}
 }
+
+// TestAgentRegisterProxyACL: a connect-proxy registered through an agent
+// speaks for its destination as one registered through the catalog does
+// (the Connect views list it among web's endpoints), so the same rule
+// holds: service:write on the proxy and on web.
+func TestAgentRegisterProxyACL(t *testing.T) {
+	f, _ := newOperatorFixture(t)
+	p := proxyRecord()
+	reg := &api.AgentServiceRegistration{Kind: p.Kind, ID: p.ID, Name: p.Service, Port: p.Port,
+		Proxy: &api.AgentServiceConnectProxyConfig{DestinationServiceName: "web", LocalServicePort: 8080}}
+	proxyOnly := f.client(t, f.token(t, `service "web-proxy" { policy = "write" }`))
+	if err := proxyOnly.Agent().ServiceRegister(reg); err == nil || !strings.Contains(err.Error(), "403") {
+		t.Errorf("register a proxy for web without service:write on web: %v; want a 403", err)
+	}
+	both := f.client(t, f.token(t, `service "web-proxy" { policy = "write" } service "web" { policy = "write" }`))
+	if err := both.Agent().ServiceRegister(reg); err != nil {
+		t.Errorf("register a proxy with service:write on it and web: %v", err)
+	}
+}

@@ -36,6 +36,8 @@ func (w *catalogWriter) Apply(_ context.Context, cmd discovery.Command) (uint64,
 		return w.idx, w.s.CatalogDeregister(w.idx, &c)
 	case discovery.AutopilotSetRequest:
 		return w.idx, w.s.AutopilotSet(w.idx, &c)
+	case *discovery.RegisterServiceRequest:
+		return w.idx, w.s.EnsureService(w.idx, &c.Instance, c.Checks)
 	}
 	return 0, fmt.Errorf("catalogWriter: unexpected %T", cmd)
 }
