@@ -21,6 +21,7 @@
 #   PATHS="direct vmesh-mesh nginx-l4" bench/proxy.sh     # a subset
 #   RESULTS=/tmp/proxy.jsonl bench/proxy.sh               # keep the raw results
 #   VMESH_BIN=./vmesh KEEP_TMP=1 bench/proxy.sh           # a built binary; keep configs and logs
+#   PROFILE=/tmp/prof bench/proxy.sh  # perf profiles of the vmesh proxies under closed-loop HTTP
 #
 # Needs Linux, Go, curl and root (or nginx, libnginx-mod-stream and haproxy
 # already installed: they are installed with apt-get only when missing).
@@ -153,6 +154,7 @@ fi
 if has haproxy || has haproxy-l4; then
 	command -v haproxy >/dev/null || need+=(haproxy)
 fi
+[[ -z ${PROFILE:-} ]] || command -v perf >/dev/null || need+=(linux-perf)
 command -v curl >/dev/null || need+=(curl)
 if ((${#need[@]})); then
 	say "apt-get install ${need[*]}"
@@ -235,12 +237,20 @@ if has vmesh-mesh; then
 		start "$name" "$vmesh" agent -node "bench-$name" -bind "$ip" -client "$ip" -data-dir "$tmp/$name" \
 			-services-dir "" -proxy -log-level warn "$@"
 	}
-	agent agentA "$ipA" -bootstrap
+	# ACLs are on, deny by default, as on every non-dev agent: A's first
+	# term creates the management token, which B also uses as its agent
+	# token (a bench shortcut; the lab gives each agent its own).
+	mgmt=$(cat /proc/sys/kernel/random/uuid)
+	printf 'acl {\n  tokens {\n    initial_management = "%s"\n  }\n}\n' "$mgmt" >"$tmp/agentA.hcl"
+	printf 'acl {\n  tokens {\n    agent = "%s"\n  }\n}\n' "$mgmt" >"$tmp/agentB.hcl"
+	chmod 600 "$tmp/agentA.hcl" "$tmp/agentB.hcl"
+	agent agentA "$ipA" -bootstrap -config "$tmp/agentA.hcl"
 	until_ok 30 "agent A elects itself" sh -c "curl -sf http://$ipA:8500/v1/status/leader | grep -q 7400"
-	token=$("$vmesh" token create -ttl 1h -http-addr "$ipA:8500" 2>/dev/null)
-	agent agentB "$ipB" -join "$ipA:7400" -token "$token"
+	until_ok 30 "agent A makes the management token" env VMESH_HTTP_TOKEN="$mgmt" "$vmesh" acl token list -http-addr "$ipA:8500"
+	join_token=$(VMESH_HTTP_TOKEN=$mgmt "$vmesh" token create -ttl 1h -http-addr "$ipA:8500") || die "vmesh token create failed"
+	VMESH_JOIN_TOKEN=$join_token agent agentB "$ipB" -join "$ipA:7400" -config "$tmp/agentB.hcl"
 	until_ok 30 "agent B joins" sh -c "curl -sf http://$ipB:8500/v1/status/leader | grep -q 7400"
-	put() { curl -sf -X PUT "$1" -d "$2" >/dev/null || die "PUT $1 $2 failed"; }
+	put() { curl -sf -X PUT -H "X-Consul-Token: $mgmt" "$1" -d "$2" >/dev/null || die "PUT $1 $2 failed"; }
 	put "http://$ipB:8500/v1/agent/service/register" "{\"ID\":\"web-1\",\"Name\":\"web\",\"Address\":\"$ipB\",\"Port\":$be_http,\"Meta\":{\"protocol\":\"$web_proto\"}}"
 	put "http://$ipB:8500/v1/agent/service/register" "{\"ID\":\"ping-1\",\"Name\":\"ping\",\"Address\":\"$ipB\",\"Port\":$be_grpc,\"Meta\":{\"protocol\":\"$ping_proto\"}}"
 	put "http://$ipB:8500/v1/agent/service/register" "{\"ID\":\"bulk-1\",\"Name\":\"bulk\",\"Address\":\"$ipB\",\"Port\":$be_tcp,\"Meta\":{\"protocol\":\"tcp\"}}"
@@ -498,9 +508,19 @@ for ((run = 1; run <= RUNS; run++)); do
 		emit "{\"path\":\"$p\",\"test\":\"http\",\"run\":$run,\"result\":$out}"
 		out=$("$lg" grpc -addr "${grpc[$p]}" -payload "$SIZE" -qps "$QPS" -c "$CONNS" -t "${LAT_SECONDS}s")
 		emit "{\"path\":\"$p\",\"test\":\"grpc\",\"run\":$run,\"result\":$out}"
+		perf_pid=
+		if [[ -n ${PROFILE:-} && $p == vmesh-* ]]; then
+			# perf samples the proxies' own processes only; the load
+			# generator and the backend stay out of the profile.
+			mkdir -p "$PROFILE"
+			perf record -q -F 999 -g -o "$PROFILE/$p-$run.perf" -p "$(echo "${procs[$p]}" | tr ' ' ,)" \
+				-- sleep "$MAX_SECONDS" >"$tmp/perf.log" 2>&1 &
+			perf_pid=$!
+		fi
 		c0=$(cpu_ticks "${procs[$p]:-}")
 		out=$("$lg" http -url "${url[$p]}" -qps 0 -c "$CONNS" -t "${MAX_SECONDS}s")
 		c1=$(cpu_ticks "${procs[$p]:-}")
+		[[ -z $perf_pid ]] || wait "$perf_pid" || die "perf record failed: $(tail -3 "$tmp/perf.log")"
 		cpu=$(awk -v a="$c0" -v b="$c1" -v hz="$hz" 'BEGIN {printf "%.3f", (b - a) / hz}')
 		emit "{\"path\":\"$p\",\"test\":\"maxqps\",\"run\":$run,\"cpu_s\":$cpu,\"result\":$out}"
 		if [[ ${tcp[$p]} != - ]]; then
