@@ -21,7 +21,8 @@
 #   PATHS="direct vmesh-mesh nginx-l4" bench/proxy.sh     # a subset
 #   RESULTS=/tmp/proxy.jsonl bench/proxy.sh               # keep the raw results
 #   VMESH_BIN=./vmesh KEEP_TMP=1 bench/proxy.sh           # a built binary; keep configs and logs
-#   PROFILE=/tmp/prof bench/proxy.sh  # perf profiles of the vmesh proxies under closed-loop HTTP
+#   PROFILE=/tmp/prof bench/proxy.sh  # perf profiles of the vmesh proxies under closed-loop HTTP;
+#                                     # perf script -i /tmp/prof/vmesh-mesh-1.perf | bench/perfsplit.py
 #
 # Needs Linux, Go, curl and root (or nginx, libnginx-mod-stream and haproxy
 # already installed: they are installed with apt-get only when missing).
