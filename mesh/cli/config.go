@@ -39,6 +39,24 @@ type configEntryFile struct {
 	LoadBalancer   *discovery.LoadBalancer            `hcl:"load_balancer" json:",omitempty"`
 	// proxy-defaults
 	AccessLogs *discovery.AccessLogs `hcl:"access_logs" json:",omitempty"`
+	// service-intentions
+	Sources []*intentionSourceFile `hcl:"sources" json:",omitempty"`
+}
+
+// intentionSourceFile is one source of a service-intentions entry, with
+// the fields discovery.DecodeServiceIntentions reads (it refuses those
+// vmesh does not support, naming them).
+type intentionSourceFile struct {
+	Name          string            `hcl:"name"`
+	Action        string            `hcl:"action" json:",omitempty"`
+	Description   string            `hcl:"description" json:",omitempty"`
+	Type          string            `hcl:"type" json:",omitempty"`
+	Peer          string            `hcl:"peer" json:",omitempty"`
+	Partition     string            `hcl:"partition" json:",omitempty"`
+	Namespace     string            `hcl:"namespace" json:",omitempty"`
+	SamenessGroup string            `hcl:"sameness_group" json:",omitempty"`
+	Precedence    int               `hcl:"precedence" json:",omitempty"`
+	LegacyMeta    map[string]string `hcl:"legacy_meta" json:",omitempty"`
 }
 
 // readConfigEntryFile decodes and validates a config entry file and returns
@@ -52,10 +70,25 @@ func readConfigEntryFile(path string) (*discovery.ConfigEntry, []byte, error) {
 	if err != nil {
 		return nil, nil, err
 	}
+	// Every problem the API would answer, on one line after the file.
+	invalid := func(err error) error {
+		msg := strings.TrimPrefix(err.Error(), discovery.ErrInvalid.Error()+": ")
+		return fmt.Errorf("%s: %s", path, strings.ReplaceAll(msg, "\n", "; "))
+	}
+	if f.Kind == discovery.KindServiceIntentions {
+		// The intentions to one destination: checked as PUT /v1/config
+		// checks them (discovery/intentions_legacy.go).
+		if _, _, err := discovery.DecodeServiceIntentions(body); err != nil {
+			return nil, nil, invalid(err)
+		}
+		return &discovery.ConfigEntry{Kind: f.Kind, Name: f.Name}, body, nil
+	}
+	if f.Sources != nil {
+		return nil, nil, fmt.Errorf("%s: Sources: only a service-intentions entry has sources, not %s", path, f.Kind)
+	}
 	e, err := discovery.DecodeConfigEntry(body)
 	if err != nil {
-		msg := strings.TrimPrefix(err.Error(), discovery.ErrInvalid.Error()+": ")
-		return nil, nil, fmt.Errorf("%s: %s", path, strings.ReplaceAll(msg, "\n", "; "))
+		return nil, nil, invalid(err)
 	}
 	return e, body, nil
 }
@@ -74,7 +107,8 @@ func newConfig(env *Env) Command {
        vmesh config list [flags] KIND
        vmesh config delete [flags] KIND NAME`,
 		`Writes, reads, lists and deletes config entries. KIND is service-defaults,
-service-router, service-splitter, service-resolver or proxy-defaults. A file is checked
+service-router, service-splitter, service-resolver, service-intentions or
+proxy-defaults. A file is checked
 (keys, types, which fields belong to its kind) before it is sent.`)}
 	c.http = c.clientFlags()
 	c.cas = c.FS.Int64("cas", -1, "write or delete only if the entry's ModifyIndex is `INDEX` (0: only if it does not exist)")

@@ -140,3 +140,51 @@ AccessLogs {
 		})
 	}
 }
+
+// TestConfigEntryFileIntentions: a service-intentions file, as `consul
+// config write` takes one, becomes the body PUT /v1/config checks the same
+// way; what vmesh does not support is named with the file.
+func TestConfigEntryFileIntentions(t *testing.T) {
+	src := `Kind = "service-intentions"
+Name = "db"
+Sources = [
+  { Name = "web", Action = "allow", Description = "the shop" },
+  { name = "*", action = "deny", legacy_meta { owner = "ops" } },
+]
+`
+	path := testkit.WriteFile(t, t.TempDir(), "db.hcl", src)
+	e, body, err := readConfigEntryFile(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if e.Kind != discovery.KindServiceIntentions || e.Name != "db" {
+		t.Errorf("entry = %s/%s, want service-intentions/db", e.Kind, e.Name)
+	}
+	dst, ixns, err := discovery.DecodeServiceIntentions(body)
+	if err != nil {
+		t.Fatalf("the body sent does not decode: %s: %v", body, err)
+	}
+	got := map[string]string{}
+	for _, x := range ixns {
+		got[x.SourceName] = x.Action + "/" + x.Description + "/" + x.Meta["owner"]
+	}
+	if dst != "db" || len(got) != 2 || got["web"] != "allow/the shop/" || got["*"] != "deny//ops" {
+		t.Errorf("decoded %s %v", dst, got)
+	}
+
+	for _, tc := range []struct{ name, src, want string }{
+		{"peer", "kind = \"service-intentions\"\nname = \"db\"\nsources = [{ name = \"web\", action = \"allow\", peer = \"other\" }]\n", "Sources[0].Peer"},
+		{"no action", "kind = \"service-intentions\"\nname = \"db\"\nsources = [{ name = \"web\" }]\n", "Sources[0]"},
+		{"permissions", "kind = \"service-intentions\"\nname = \"db\"\nsources = [{ name = \"web\", permissions = [] }]\n", "permissions"},
+		{"field of another kind", "kind = \"service-intentions\"\nname = \"db\"\nprotocol = \"http\"\n", "Protocol"},
+		{"sources on another kind", "kind = \"service-defaults\"\nname = \"db\"\nsources = [{ name = \"web\", action = \"allow\" }]\n", "only a service-intentions entry has sources"},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			path := testkit.WriteFile(t, t.TempDir(), "x.hcl", tc.src)
+			_, _, err := readConfigEntryFile(path)
+			if err == nil || !strings.Contains(err.Error(), tc.want) || !strings.Contains(err.Error(), "x.hcl") {
+				t.Errorf("error %v; want one naming x.hcl and %q", err, tc.want)
+			}
+		})
+	}
+}

@@ -84,6 +84,25 @@ func TestConsulCLIIntentionsAndConfig(t *testing.T) {
 	if err != nil || len(e.(*api.ServiceIntentionsConfigEntry).Sources) != 1 || e.(*api.ServiceIntentionsConfigEntry).Sources[0].Name != "api" {
 		t.Errorf("service-intentions/db after deleting web's = %+v, %v; want api only", e, err)
 	}
+	// vmesh config write of the same kind: a file in Consul's HCL.
+	file := testkit.WriteFile(t, t.TempDir(), "db-intentions.hcl", `Kind = "service-intentions"
+Name = "db"
+Sources = [
+  { Name = "api", Action = "deny" },
+  { name = "batch", action = "allow", description = "nightly export" },
+]
+`)
+	if code, out, errs := cl.cli("config", "write", file); code != 0 || !strings.Contains(out, "service-intentions/db") {
+		t.Fatalf("vmesh config write %s = %d %q %q", file, code, out, errs)
+	}
+	testkit.WaitFor(t, 10*time.Second, "the server sees the file's intentions", func() bool {
+		all, _, err := s.Connect().Intentions(nil)
+		got := map[string]string{}
+		for _, x := range all {
+			got[x.SourceName+">"+x.DestinationName] = string(x.Action) + "/" + x.Description
+		}
+		return err == nil && len(got) == 2 && got["api>db"] == "deny/" && got["batch>db"] == "allow/nightly export"
+	})
 	// consul config delete
 	if _, err := s.ConfigEntries().Delete(api.ServiceIntentions, "db", nil); err != nil {
 		t.Fatal(err)
