@@ -498,6 +498,11 @@ RESULTS=${RESULTS:-$tmp/results.jsonl}
 emit() { printf '%s\n' "$1" >>"$RESULTS"; }
 emit "{\"meta\":{\"mode\":\"$VMESH_PROTO\",\"runs\":$RUNS,\"machine\":\"$machine\",\"load_before\":\"$load_before\",\"load_after\":\"pending\"}}"
 
+# Idle memory: configured and answering, before any load.
+for p in $PATHS; do
+	[[ -z ${procs[$p]:-} ]] || emit "{\"path\":\"$p\",\"test\":\"rss_idle\",\"run\":1,\"rss_kb\":$(mem_kb "${procs[$p]}" VmRSS)}"
+done
+
 say "measuring: $RUNS rounds of [$PATHS]; ${LAT_SECONDS}s at $QPS req/s, ${MAX_SECONDS}s closed loop, ${CONNS} connections"
 start_s=$SECONDS
 for ((run = 1; run <= RUNS; run++)); do
@@ -505,8 +510,14 @@ for ((run = 1; run <= RUNS; run++)); do
 		busy=$(busy_pct)
 		emit "{\"path\":\"$p\",\"test\":\"busy\",\"run\":$run,\"busy_pct\":$busy}"
 		say "round $run/$RUNS: $p (the machine, without us: $busy% busy; load average $(cut -d' ' -f1-3 /proc/loadavg))"
-		out=$("$lg" http -url "${url[$p]}" -qps "$QPS" -c "$CONNS" -t "${LAT_SECONDS}s")
-		emit "{\"path\":\"$p\",\"test\":\"http\",\"run\":$run,\"result\":$out}"
+		"$lg" http -url "${url[$p]}" -qps "$QPS" -c "$CONNS" -t "${LAT_SECONDS}s" >"$tmp/http.json" &
+		lg_pid=$!
+		if [[ -n ${procs[$p]:-} ]]; then
+			sleep "$(awk -v s="$LAT_SECONDS" 'BEGIN {print s / 2}')" # RSS halfway through the fixed rate
+			emit "{\"path\":\"$p\",\"test\":\"rss_rate\",\"run\":$run,\"rss_kb\":$(mem_kb "${procs[$p]}" VmRSS)}"
+		fi
+		wait "$lg_pid" || die "loadgen http through ${url[$p]} failed"
+		emit "{\"path\":\"$p\",\"test\":\"http\",\"run\":$run,\"result\":$(cat "$tmp/http.json")}"
 		out=$("$lg" grpc -addr "${grpc[$p]}" -payload "$SIZE" -qps "$QPS" -c "$CONNS" -t "${LAT_SECONDS}s")
 		emit "{\"path\":\"$p\",\"test\":\"grpc\",\"run\":$run,\"result\":$out}"
 		perf_pid=

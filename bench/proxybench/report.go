@@ -19,7 +19,7 @@ import (
 // record is one line of the results file.
 type record struct {
 	Path   string   `json:"path"`
-	Test   string   `json:"test"` // http, maxqps, grpc, tput, rss, busy
+	Test   string   `json:"test"` // http, maxqps, grpc, tput, rss, rss_idle, rss_rate, busy
 	Run    int      `json:"run"`
 	CPUs   float64  `json:"cpu_s"`
 	RSSKB  float64  `json:"rss_kb"`
@@ -155,6 +155,8 @@ func collect(in io.Reader) (results, *runMeta, []string, error) {
 		case "rss":
 			res.add(k.path, "rss", rec.RSSKB/1024)
 			res.add(k.path, "hwm", rec.HWMKB/1024)
+		case "rss_idle", "rss_rate":
+			res.add(k.path, strings.ReplaceAll(k.test, "_", "-"), rec.RSSKB/1024)
 		default:
 			return nil, nil, nil, fmt.Errorf("%s run %d: unknown test %q", k.path, k.run, k.test)
 		}
@@ -220,12 +222,35 @@ func report(w io.Writer, r results, meta *runMeta, warnings []string) {
 			cell(r, p.key, "maxqps", "%.0f"), cell(r, p.key, "req-per-cpu-s", "%.0f"), cell(r, p.key, "cpu-us-per-req", "%.1f"),
 			cell(r, p.key, "tput", "%.0f"), cell(r, p.key, "rss", "%.1f"), cell(r, p.key, "hwm", "%.1f"))
 	}
+	memoryTable(w, r)
 	ratios(w, r)
 	if len(warnings) > 0 {
 		fmt.Fprintln(w, "\nWarnings:")
 		for _, s := range warnings {
 			fmt.Fprintln(w, "  - "+s)
 		}
+	}
+}
+
+// memoryTable: the proxies' RSS idle (configured, before any load), in
+// the middle of the fixed-rate HTTP run, and after the closed loop.
+func memoryTable(w io.Writer, r results) {
+	var rows []string
+	for _, p := range paths {
+		if _, ok := r.stat(p.key, "rss-idle"); !ok {
+			continue
+		}
+		rows = append(rows, fmt.Sprintf("| %s | %s | %s | %s |", p.label,
+			cell(r, p.key, "rss-idle", "%.1f"), cell(r, p.key, "rss-rate", "%.1f"), cell(r, p.key, "rss", "%.1f")))
+	}
+	if len(rows) == 0 {
+		return
+	}
+	fmt.Fprintln(w, "\nMemory: the proxies' RSS in MiB (both hops: the mesh path's is two agents), idle before any load, during the HTTP run at the fixed rate, after the closed loop:")
+	fmt.Fprintln(w, "\n| path | idle | at the fixed rate | after the closed loop |")
+	fmt.Fprintln(w, "|---|---:|---:|---:|")
+	for _, row := range rows {
+		fmt.Fprintln(w, row)
 	}
 }
 

@@ -25,8 +25,10 @@ func resultsFile() string {
 		line("vmesh-mesh", "tput", run, fmt.Sprintf(`"result":{"mb_per_s":%d,"errors":0}`, 600+run*10))
 		line("vmesh-mesh", "rss", run, `"rss_kb":81920,"hwm_kb":102400`)
 		line("nginx", "rss", run, `"rss_kb":40960,"hwm_kb":40960`)
+		line("vmesh-mesh", "rss_rate", run, fmt.Sprintf(`"rss_kb":%d`, 71680+1024*run))
 		line("direct", "busy", run, fmt.Sprintf(`"busy_pct":%d`, 10*run))
 	}
+	line("vmesh-mesh", "rss_idle", 1, `"rss_kb":65536`)
 	// A run that fell behind and one with errors are reported.
 	line("nginx", "grpc", 1, `"result":{"requested_qps":1000,"actual_qps":900,"count":9000,"errors":3,"p50_us":300,"p90_us":400,"p99_us":500}`)
 	return b.String()
@@ -70,6 +72,7 @@ func TestReport(t *testing.T) {
 		"| req per proxy CPU-s | 2.00 |", // 50000 ÷ 25000
 		"| RSS | 2.00 |",
 		"| TCP MB/s | n/a |", // nginx has no TCP route
+		"| vmesh mesh: agent → mTLS → agent | 64.0 | 72.0 (71.0–73.0) | 80.0 |", // memory: idle, at the rate, after
 		"620 (610–630)",
 		"20% busy (median; 10–30%) over 3 samples",
 	} {
