@@ -13,7 +13,7 @@ import (
 // the catalog (to find the service a deregistration names) come from s.
 //
 //	node and its services, checks     node:write / service:write (Consul's agent and catalog endpoints)
-//	catalog register, deregister      the same, for external nodes (catalog_register.go)
+//	catalog register, deregister      the same (catalog_register.go; on the receiving agent's own node, then its own commands' rule)
 //	autopilot configuration           operator:write
 //	KV                                key:write (a tree delete: key_prefix write with no deny under it)
 //	sessions                          session:write on the session's node

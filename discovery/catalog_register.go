@@ -11,7 +11,7 @@ import (
 // that no agent runs: a database, a SaaS endpoint, a host that only
 // consul-esm watches. In vmesh an agent owns its node, its services and
 // its checks (it registers and re-registers them), so the catalog
-// endpoints write only external nodes:
+// commands here write only external nodes:
 //
 //   - a registration creates the node External, or updates one that
 //     already is; it never touches a node an agent registered (the
@@ -24,11 +24,21 @@ import (
 //
 // The whole registration is one raft entry and one catalog transaction:
 // node, service and checks land together or not at all.
-
+//
+// A catalog write that names the node of the agent receiving it is not
+// one of these commands: that agent applies it as its own registration
+// (RegisterService, RegisterCheck, the deregistrations: what its
+// /v1/agent/ endpoints send, which the leader takes only from the node's
+// own certificate), after Consul's catalog ACL rule
+// (discovery/httpapi/api_catalog_own.go). Its node fields stay the
+// agent's configuration; its checks are status-only (no definition, so
+// no runner changes them). Another agent's node stays refused: no agent
+// writes another's node.
 //
 // Consul's other service kinds (a connect-proxy that is not vmesh's, a
 // gateway) and Connect-native services may be registered this way too,
-// on external nodes only. vmesh's node proxy fronts every mesh service,
+// on external nodes (on the agent's own node, the kinds an agent's
+// registration takes: recordKinds). vmesh's node proxy fronts every mesh service,
 // so such a record is a catalog entry and nothing more: it is served by
 // the catalog, health, Connect and usage endpoints as registered (a
 // connect-proxy record is one of its destination's Connect endpoints),

@@ -78,6 +78,7 @@ type aclFixture struct {
 	mgmt string // the bootstrap (management) token's secret
 	ttl  *ttlRecorder
 	idx  uint64
+	w    *catalogWriter // newOperatorFixture's writer
 }
 
 func (f *aclFixture) next() uint64 { f.idx++; return f.idx }

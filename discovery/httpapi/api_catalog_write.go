@@ -13,9 +13,11 @@ import (
 )
 
 // PUT /v1/catalog/register and /v1/catalog/deregister: Consul's catalog
-// writes, for external nodes only (discovery/catalog_register.go says
-// why). The ACL rule is Consul's: node:write on the node, service:write
-// on the service (discovery.AuthorizeCommand).
+// writes, for external nodes (discovery/catalog_register.go says why) and
+// for the node of the agent that received the request, which applies them
+// as its own registrations (api_catalog_own.go). The ACL rule is Consul's:
+// node:write on the node, service:write on the service
+// (discovery.AuthorizeCommand).
 
 // catalogRegistration is Consul's CatalogRegistration as consul/api sends
 // it; fields vmesh has no use for (Partition, Locality) are ignored, as an
@@ -81,7 +83,11 @@ func (a *API) catalogRegister(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	req, err := a.buildCatalogRegister(&body)
-	if err == nil {
+	switch {
+	case err != nil:
+	case req.Node.Name == a.NodeName:
+		err = a.ownNodeRegister(r, &body, req) // api_catalog_own.go
+	default:
 		err = a.applyCatalog(r, req.Node.Name, *req)
 	}
 	if err != nil {
@@ -192,6 +198,8 @@ func (a *API) catalogDeregister(w http.ResponseWriter, r *http.Request) {
 		err = &HTTPError{Code: http.StatusInternalServerError, Msg: "No path to datacenter"}
 	case body.Node == "":
 		err = badRequest("Invalid catalog deregistration: field Node: must provide node")
+	case body.Node == a.NodeName:
+		err = a.ownNodeDeregister(r, discovery.CatalogDeregisterRequest{Node: body.Node, ServiceID: body.ServiceID, CheckID: body.CheckID})
 	default:
 		err = a.applyCatalog(r, body.Node, discovery.CatalogDeregisterRequest{Node: body.Node, ServiceID: body.ServiceID, CheckID: body.CheckID})
 	}
@@ -229,7 +237,7 @@ func (a *API) applyCatalog(r *http.Request, node string, cmd discovery.Command) 
 func agentNodeStatus(err error) error {
 	if errors.Is(err, discovery.ErrAgentNode) {
 		return &HTTPError{Code: http.StatusForbidden, Err: err,
-			Msg: "Permission denied: " + err.Error() + ": the catalog endpoints write only external nodes; an agent's services and checks change through its /v1/agent/ endpoints"}
+			Msg: "Permission denied: " + err.Error() + ": the catalog endpoints write external nodes and the receiving agent's own node; another agent's services and checks change through that agent"}
 	}
 	return err
 }

@@ -23,12 +23,15 @@ type catalogWriter struct {
 	mu  sync.Mutex
 	s   *discovery.Store
 	idx uint64
+	// types are the command types applied, in order.
+	types []discovery.MessageType
 }
 
 func (w *catalogWriter) Apply(_ context.Context, cmd discovery.Command) (uint64, error) {
 	w.mu.Lock()
 	defer w.mu.Unlock()
 	w.idx++
+	w.types = append(w.types, cmd.MessageType())
 	switch c := cmd.(type) {
 	case discovery.CatalogRegisterRequest:
 		return w.idx, w.s.CatalogRegister(w.idx, &c)
@@ -38,6 +41,12 @@ func (w *catalogWriter) Apply(_ context.Context, cmd discovery.Command) (uint64,
 		return w.idx, w.s.AutopilotSet(w.idx, &c)
 	case *discovery.RegisterServiceRequest:
 		return w.idx, w.s.EnsureService(w.idx, &c.Instance, c.Checks)
+	case discovery.RegisterCheckRequest:
+		return w.idx, w.s.EnsureCheck(w.idx, &c.Check)
+	case discovery.DeregisterServiceRequest:
+		return w.idx, w.s.DeleteService(w.idx, c.Node, c.ServiceID)
+	case discovery.DeregisterCheckRequest:
+		return w.idx, w.s.DeleteCheck(w.idx, c.Node, c.CheckID)
 	}
 	return 0, fmt.Errorf("catalogWriter: unexpected %T", cmd)
 }
@@ -110,7 +119,8 @@ func newOperatorFixture(t *testing.T) (*aclFixture, *fakeRaft) {
 	fr := &fakeRaft{state: discovery.AutopilotState{Healthy: true, FailureTolerance: 0, Leader: "s1", Voters: []string{"s1"},
 		Servers: []discovery.AutopilotServer{{ID: "s1", Name: "n1", Address: "10.0.0.1:7400", NodeStatus: "alive", Healthy: true,
 			Status: "leader", Leader: true, Voter: true, LastContact: 0}}}}
-	a := &API{Store: f.s, Writer: &catalogWriter{s: f.s, idx: 1000}, Cluster: fakeCluster{},
+	f.w = &catalogWriter{s: f.s, idx: 1000}
+	a := &API{Store: f.s, Writer: f.w, Cluster: fakeCluster{},
 		NodeName: "n1", NodeID: "00000001-0000-0000-0000-000000000000", Datacenter: "dc1", Version: "test",
 		ACL: storeResolver{res}, Raft: fr}
 	mux := http.NewServeMux()
@@ -181,10 +191,11 @@ func TestCatalogRegisterExternalNode(t *testing.T) {
 }
 
 // TestCatalogRegisterACL: Consul's rules (node:write on the node,
-// service:write on the service), and an agent's node refused whatever
-// the token.
+// service:write on the service), and another agent's node (n2; the
+// request reaches n1) refused whatever the token.
 func TestCatalogRegisterACL(t *testing.T) {
 	f, _ := newOperatorFixture(t)
+	addAgentNode(t, f, "n2")
 	serviceOnly := f.token(t, `service "pg" { policy = "write" }`)
 	nodeOnly := f.token(t, `node "ext1" { policy = "write" }`)
 	both := f.token(t, `node "ext1" { policy = "write" } service "pg" { policy = "write" }`)
@@ -199,9 +210,9 @@ func TestCatalogRegisterACL(t *testing.T) {
 		{"node:write alone cannot write a service", nodeOnly, extRegistration, "403"},
 		{"node:write on another node", otherNode, extRegistration, "403"},
 		{"anonymous", "", extRegistration, "403"},
-		{"an agent's node, management token", f.mgmt, func() *api.CatalogRegistration {
+		{"another agent's node, management token", f.mgmt, func() *api.CatalogRegistration {
 			r := extRegistration()
-			r.Node, r.Address = "n1", "10.0.0.1"
+			r.Node, r.Address = "n2", "10.0.0.2"
 			return r
 		}, "run by a vmesh agent"},
 		{"reserved meta", f.mgmt, func() *api.CatalogRegistration {
@@ -227,17 +238,17 @@ func TestCatalogRegisterACL(t *testing.T) {
 			}
 		})
 	}
-	// The agent's node and service are as they were.
-	if _, n, ins, _ := f.s.Node(nil, "n1"); n == nil || n.External || len(ins) != 1 || ins[0].ID != "web-n1" {
-		t.Errorf("n1 = %+v %v", n, ins)
+	// The other agent's node and service are as they were.
+	if _, n, ins, _ := f.s.Node(nil, "n2"); n == nil || n.External || len(ins) != 1 || ins[0].ID != "web-n2" {
+		t.Errorf("n2 = %+v %v", n, ins)
 	}
 	for _, tc := range []struct {
 		name, token string
 		dereg       api.CatalogDeregistration
 		wantErr     string
 	}{
-		{"the agent's service", f.mgmt, api.CatalogDeregistration{Node: "n1", ServiceID: "web-n1"}, "run by a vmesh agent"},
-		{"the agent's node", f.mgmt, api.CatalogDeregistration{Node: "n1"}, "run by a vmesh agent"},
+		{"another agent's service", f.mgmt, api.CatalogDeregistration{Node: "n2", ServiceID: "web-n2"}, "run by a vmesh agent"},
+		{"another agent's node", f.mgmt, api.CatalogDeregistration{Node: "n2"}, "run by a vmesh agent"},
 		{"service:write cannot remove the node", serviceOnly, api.CatalogDeregistration{Node: "ext1"}, "403"},
 		{"node:write cannot remove a service", nodeOnly, api.CatalogDeregistration{Node: "ext1", ServiceID: "pg-1"}, "403"},
 		{"service:write removes its service", serviceOnly, api.CatalogDeregistration{Node: "ext1", ServiceID: "pg-2"}, ""},
@@ -253,8 +264,8 @@ func TestCatalogRegisterACL(t *testing.T) {
 			}
 		})
 	}
-	if _, n, ins, _ := f.s.Node(nil, "n1"); n == nil || len(ins) != 1 {
-		t.Errorf("n1 after deregistrations = %+v %v", n, ins)
+	if _, n, ins, _ := f.s.Node(nil, "n2"); n == nil || len(ins) != 1 {
+		t.Errorf("n2 after deregistrations = %+v %v", n, ins)
 	}
 }
 

@@ -75,6 +75,7 @@
 //	48  TestProxyAccessLogs
 //	49  TestAdminListener
 //	50  TestVersionNamesTheCommit
+//	51  TestCatalogOwnNodeProcesses (client c1 at 127.51.0.11)
 //
 //	namespace                       test
 //	vmt-capture                     TestCaptureAgentNetns
