@@ -28,8 +28,10 @@ const (
 	LBMaglev       = "maglev"
 )
 
-// ConfigEntryKinds lists the supported kinds.
-var ConfigEntryKinds = []string{KindServiceDefaults, KindServiceRouter, KindServiceSplitter, KindServiceResolver, KindProxyDefaults}
+// ConfigEntryKinds lists the supported kinds. The gateway kinds are stored
+// and served for Consul's tools only (gateways.go).
+var ConfigEntryKinds = []string{KindServiceDefaults, KindServiceRouter, KindServiceSplitter, KindServiceResolver, KindProxyDefaults,
+	KindIngressGateway, KindTerminatingGateway}
 
 // ConfigEntry is one stored config entry: a kind, the service it configures
 // and exactly one body, the one its kind names.
@@ -42,6 +44,8 @@ type ConfigEntry struct {
 	Splitter    *ServiceSplitter
 	Resolver    *ServiceResolver
 	Proxy       *ProxyDefaults
+	Ingress     *IngressGateway
+	Terminating *TerminatingGateway
 	CreateIndex uint64
 	ModifyIndex uint64
 }
@@ -227,6 +231,10 @@ func (e *ConfigEntry) MarshalJSON() ([]byte, error) {
 		return json.Marshal(&serviceResolverWire{configEntryHeader: hdr, ServiceResolver: *e.Resolver})
 	case e.Proxy != nil:
 		return json.Marshal(&proxyDefaultsWire{configEntryHeader: hdr, ProxyDefaults: *e.Proxy})
+	case e.Ingress != nil:
+		return json.Marshal(&ingressGatewayWire{configEntryHeader: hdr, IngressGateway: *e.Ingress})
+	case e.Terminating != nil:
+		return json.Marshal(&terminatingGatewayWire{configEntryHeader: hdr, TerminatingGateway: *e.Terminating})
 	}
 	return json.Marshal(&hdr)
 }
