@@ -9,7 +9,8 @@ import (
 // consul/api's ConfigEntries() work unchanged. vmesh supports five kinds and,
 // within them, the fields its data plane honours; every other field Consul
 // defines is decoded (so strict decoding accepts a stock client) and refused
-// with a 400 that names it.
+// with a 400 that names it. The two gateway kinds are kept whole, for
+// Consul's tools only: vmesh runs no gateways (gateways.go).
 
 // Config entry kinds.
 const (
