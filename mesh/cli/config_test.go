@@ -121,7 +121,7 @@ listeners = [
 		},
 		{
 			name: "terminating-gateway", file: "t.hcl",
-			src:  "Kind = \"terminating-gateway\"\nName = \"egress\"\nServices = [{ Name = \"billing\", ca_file = \"ca.pem\", SNI = \"billing.example\" }]\n",
+			src: "Kind = \"terminating-gateway\"\nName = \"egress\"\nServices = [{ Name = \"billing\", ca_file = \"ca.pem\", SNI = \"billing.example\" }]\n",
 			want: &discovery.ConfigEntry{Kind: discovery.KindTerminatingGateway, Name: "egress", Terminating: &discovery.TerminatingGateway{
 				Services: []discovery.LinkedService{{Name: "billing", CAFile: "ca.pem", SNI: "billing.example"}}}},
 		},
