@@ -18,7 +18,7 @@ import (
 //	KV                                key:write (a tree delete: key_prefix write with no deny under it)
 //	sessions                          session:write on the session's node
 //	transactions                      each operation's rule (AuthorizeTxnOp)
-//	config entries                    service:write for a service's kinds, mesh:write for proxy-defaults and mesh
+//	config entries                    service:write for a service's kinds, mesh:write for proxy-defaults, mesh and the gateway kinds
 //	intentions                        intention:write on the destination
 //	join tokens                       acl:write or operator:write
 //	ACL tokens, policies, roles       acl:write (a bootstrap needs no token: it makes the first one)
@@ -102,9 +102,11 @@ func AuthorizeJoinTokens(authz *acl.Authorizer) error {
 }
 
 // AuthorizeConfigEntryWrite is the rule for writing a config entry.
+// The gateway kinds need mesh:write, as in Consul: a gateway exposes
+// services it does not own. Reading one needs service:read on the gateway.
 func AuthorizeConfigEntryWrite(authz *acl.Authorizer, kind, name string) error {
 	switch kind {
-	case "proxy-defaults", "mesh":
+	case "proxy-defaults", "mesh", KindIngressGateway, KindTerminatingGateway:
 		return authz.MeshWrite()
 	case "service-intentions":
 		return authz.IntentionWrite(name)

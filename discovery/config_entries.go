@@ -9,7 +9,8 @@ import (
 // consul/api's ConfigEntries() work unchanged. vmesh supports five kinds and,
 // within them, the fields its data plane honours; every other field Consul
 // defines is decoded (so strict decoding accepts a stock client) and refused
-// with a 400 that names it.
+// with a 400 that names it. The two gateway kinds are kept whole, for
+// Consul's tools only: vmesh runs no gateways (gateways.go).
 
 // Config entry kinds.
 const (
@@ -28,8 +29,10 @@ const (
 	LBMaglev       = "maglev"
 )
 
-// ConfigEntryKinds lists the supported kinds.
-var ConfigEntryKinds = []string{KindServiceDefaults, KindServiceRouter, KindServiceSplitter, KindServiceResolver, KindProxyDefaults}
+// ConfigEntryKinds lists the supported kinds. The gateway kinds are stored
+// and served for Consul's tools only (gateways.go).
+var ConfigEntryKinds = []string{KindServiceDefaults, KindServiceRouter, KindServiceSplitter, KindServiceResolver, KindProxyDefaults,
+	KindIngressGateway, KindTerminatingGateway}
 
 // ConfigEntry is one stored config entry: a kind, the service it configures
 // and exactly one body, the one its kind names.
@@ -42,6 +45,8 @@ type ConfigEntry struct {
 	Splitter    *ServiceSplitter
 	Resolver    *ServiceResolver
 	Proxy       *ProxyDefaults
+	Ingress     *IngressGateway
+	Terminating *TerminatingGateway
 	CreateIndex uint64
 	ModifyIndex uint64
 }
@@ -227,6 +232,10 @@ func (e *ConfigEntry) MarshalJSON() ([]byte, error) {
 		return json.Marshal(&serviceResolverWire{configEntryHeader: hdr, ServiceResolver: *e.Resolver})
 	case e.Proxy != nil:
 		return json.Marshal(&proxyDefaultsWire{configEntryHeader: hdr, ProxyDefaults: *e.Proxy})
+	case e.Ingress != nil:
+		return json.Marshal(&ingressGatewayWire{configEntryHeader: hdr, IngressGateway: *e.Ingress})
+	case e.Terminating != nil:
+		return json.Marshal(&terminatingGatewayWire{configEntryHeader: hdr, TerminatingGateway: *e.Terminating})
 	}
 	return json.Marshal(&hdr)
 }

@@ -60,6 +60,9 @@ func (s *Store) ConfigEntryApply(idx uint64, op ConfigEntryOp, e *ConfigEntry) e
 	}
 	switch op {
 	case ConfigEntryUpsert, ConfigEntryUpsertCAS:
+		if err := gatewayClash(tx, e.Kind, e.Name); err != nil {
+			return err
+		}
 		c := *e
 		c.CreateIndex, c.ModifyIndex = idx, idx
 		if old != nil {

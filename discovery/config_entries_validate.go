@@ -90,6 +90,12 @@ func DecodeConfigEntry(body []byte) (*ConfigEntry, error) {
 	case KindProxyDefaults:
 		w := &proxyDefaultsWire{}
 		hdr, wire, e.Proxy = &w.configEntryHeader, w, &w.ProxyDefaults
+	case KindIngressGateway:
+		w := &ingressGatewayWire{}
+		hdr, wire, e.Ingress = &w.configEntryHeader, w, &w.IngressGateway
+	case KindTerminatingGateway:
+		w := &terminatingGatewayWire{}
+		hdr, wire, e.Terminating = &w.configEntryHeader, w, &w.TerminatingGateway
 	case "":
 		return nil, fmt.Errorf("%w: Kind: missing", ErrInvalid)
 	default:
@@ -106,7 +112,7 @@ func DecodeConfigEntry(body []byte) (*ConfigEntry, error) {
 	}
 	// The kind's own unsupported fields: everything the wire struct adds
 	// beyond the header and the stored body.
-	for _, f := range setFields("", wire, "configEntryHeader", "ServiceDefaults", "ServiceRouter", "ServiceSplitter", "ServiceResolver", "ProxyDefaults") {
+	for _, f := range setFields("", wire, "configEntryHeader", "ServiceDefaults", "ServiceRouter", "ServiceSplitter", "ServiceResolver", "ProxyDefaults", "IngressGateway", "TerminatingGateway") {
 		bad(f, "not supported by vmesh")
 	}
 	e.Kind, e.Name, e.Meta = hdr.Kind, hdr.Name, hdr.Meta
@@ -162,6 +168,13 @@ func (e *ConfigEntry) validate(bad func(field, format string, args ...any)) {
 		validateResolver(e.Name, e.Resolver, bad)
 	case e.Proxy != nil:
 		validateProxyDefaults(e.Name, e.Proxy, bad)
+	case e.Ingress != nil:
+		e.Ingress.normalize()
+		validateIngressGateway(e.Ingress, bad)
+		validateIntentionMeta("Meta", e.Meta, bad)
+	case e.Terminating != nil:
+		validateTerminatingGateway(e.Terminating, bad)
+		validateIntentionMeta("Meta", e.Meta, bad)
 	}
 }
 

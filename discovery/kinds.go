@@ -22,7 +22,14 @@ const (
 )
 
 // recordKinds are the kinds a registration may name besides typical.
-var recordKinds = []string{KindConnectProxy, KindMeshGateway, KindTerminatingGateway}
+var recordKinds = []string{KindConnectProxy, KindMeshGateway, KindTerminatingGateway, KindIngressGateway}
+
+// KindNeedsPort says whether a record of kind must have a port, as Consul
+// requires: a proxy and a mesh or terminating gateway do; an ingress or
+// API gateway listens on the ports of its config entry.
+func KindNeedsPort(kind string) bool {
+	return kind != KindTypical && kind != KindIngressGateway && kind != KindAPIGateway
+}
 
 // InMesh says whether the instance is a mesh service: a typical service
 // registered by a user, not a server's own "consul" instance nor a
@@ -54,7 +61,7 @@ func (reg *ServiceRegistration) buildKind(bad func(field, format string, args ..
 		bad("Kind", "%q is not supported; one of typical, %s", reg.Kind, strings.Join(recordKinds, ", "))
 		return kind
 	}
-	if reg.Port == 0 && reg.SocketPath == "" {
+	if KindNeedsPort(kind) && reg.Port == 0 && reg.SocketPath == "" {
 		bad("Port", "a %s must have a port", kind)
 	}
 	if kind == KindConnectProxy && (reg.Proxy == nil || strings.TrimSpace(reg.Proxy.DestinationServiceName) == "") {

@@ -27,6 +27,12 @@ func TestBuildRecordKinds(t *testing.T) {
 	if req, err := gw.Build("n1", "api"); err != nil || req.Instance.Kind != KindMeshGateway || string(req.Instance.Proxy.Config) != `{"foo":"bar"}` {
 		t.Errorf("mesh-gateway: %+v, %v", req, err)
 	}
+	// An ingress gateway listens on its config entry's ports: no port
+	// needed, as in Consul.
+	if req, err := (&ServiceRegistration{Kind: KindIngressGateway, Name: "in-gw"}).Build("n1", "api"); err != nil ||
+		req.Instance.Kind != KindIngressGateway || req.Instance.InMesh() {
+		t.Errorf("ingress-gateway: %+v, %v; want a record outside the mesh", req, err)
+	}
 	typ, err := (&ServiceRegistration{Name: "web", Port: 80}).Build("n1", "api")
 	if err != nil || !typ.Instance.InMesh() || typ.Instance.Proxy != nil {
 		t.Errorf("typical: %+v, %v; want in the mesh, no Proxy", typ, err)

@@ -49,6 +49,8 @@ func (s *Store) MeshState(ws memdb.WatchSet) (*MeshState, error) {
 	if st.ConfigEntries, err = collect[ConfigEntry](ws, tx, tableConfigEntries, "id"); err != nil {
 		return nil, err
 	}
+	// Gateway entries configure gateways, and vmesh runs none (gateways.go).
+	st.ConfigEntries = slices.DeleteFunc(st.ConfigEntries, func(e *ConfigEntry) bool { return IsGatewayKind(e.Kind) })
 	if st.VIPs, err = collect[VIP](ws, tx, tableVIPs, "id"); err != nil {
 		return nil, err
 	}

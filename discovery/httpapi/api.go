@@ -213,8 +213,9 @@ func (a *API) Register(mux *http.ServeMux) {
 	// status
 	mux.HandleFunc("GET /v1/status/leader", a.statusLeader)
 	mux.HandleFunc("GET /v1/status/peers", a.statusPeers)
-	// config entries
+	// config entries, and what Consul derives from the gateway kinds (api_gateways.go)
 	a.registerConfig(mux)
+	a.registerGateways(mux)
 	// intentions (api_intentions.go)
 	a.registerIntentions(mux)
 	// vmesh's own: VIPs, cluster membership, diagnostics (vmesh.go)

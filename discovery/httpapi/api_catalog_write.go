@@ -261,13 +261,13 @@ func catalogRegKind(s *catalogRegService, in *discovery.Instance) error {
 		}
 		in.ConnectNative = c.Native
 	}
+	if discovery.KindNeedsPort(s.Kind) && s.Port == 0 {
+		return badRequest("Invalid catalog registration: field Service.Port: must be set for a %s", s.Kind)
+	}
 	switch {
 	case s.Kind == discovery.KindConnectProxy:
 		if s.Proxy == nil || s.Proxy.DestinationServiceName == "" {
 			return badRequest("Invalid catalog registration: field Service.Proxy.DestinationServiceName: must be set for a connect-proxy")
-		}
-		if s.Port == 0 {
-			return badRequest("Invalid catalog registration: field Service.Port: must be set for a connect-proxy")
 		}
 		in.Proxy = s.Proxy
 	case s.Kind == "" && s.Proxy != nil && (s.Proxy.DestinationServiceName != "" || s.Proxy.DestinationServiceID != "" || len(s.Proxy.Upstreams) > 0):

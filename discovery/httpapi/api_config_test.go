@@ -170,7 +170,7 @@ func TestConfigEntriesConsulAPI(t *testing.T) {
 		{"PUT", "/v1/config", `{"Kind":"service-defaults","Name":"web","Protocl":"http"}`, `"Protocl"`},
 		{"PUT", "/v1/config", ``, "empty body"},
 		{"PUT", "/v1/config?cas=x", `{"Kind":"service-defaults","Name":"web"}`, "cas"},
-		{"GET", "/v1/config/ingress-gateway", ``, "Kind"},
+		{"GET", "/v1/config/api-gateway", ``, "Kind"},
 		{"GET", "/v1/config/bogus/web", ``, "Kind"},
 	} {
 		req, _ := http.NewRequest(tc.method, base+tc.path, strings.NewReader(tc.body))

@@ -32,6 +32,7 @@ var (
 		"GET /v1/health/node/{node}":           true,
 		"GET /v1/health/connect/{name}":        true,
 		"GET /v1/catalog/connect/{name}":       true,
+		"GET /v1/health/ingress/{name}":        true,
 	}
 	nodeMetaRoutes = map[string]bool{
 		"GET /v1/catalog/services":       true,
@@ -42,6 +43,7 @@ var (
 		"GET /v1/health/state/{state}":   true,
 		"GET /v1/health/connect/{name}":  true,
 		"GET /v1/catalog/connect/{name}": true,
+		"GET /v1/health/ingress/{name}":  true,
 	}
 )
 

@@ -39,6 +39,12 @@ type configEntryFile struct {
 	LoadBalancer   *discovery.LoadBalancer            `hcl:"load_balancer" json:",omitempty"`
 	// proxy-defaults
 	AccessLogs *discovery.AccessLogs `hcl:"access_logs" json:",omitempty"`
+	// ingress-gateway and terminating-gateway: stored for Consul's tools,
+	// vmesh runs no gateways
+	TLS       *discovery.GatewayTLSConfig     `hcl:"tls" json:",omitempty"`
+	Listeners []discovery.IngressListener     `hcl:"listeners" json:",omitempty"`
+	Defaults  *discovery.IngressServiceConfig `hcl:"defaults" json:",omitempty"`
+	Services  []discovery.LinkedService       `hcl:"services" json:",omitempty"`
 	// service-intentions
 	Sources []*intentionSourceFile `hcl:"sources" json:",omitempty"`
 }
@@ -107,8 +113,9 @@ func newConfig(env *Env) Command {
        vmesh config list [flags] KIND
        vmesh config delete [flags] KIND NAME`,
 		`Writes, reads, lists and deletes config entries. KIND is service-defaults,
-service-router, service-splitter, service-resolver, service-intentions or
-proxy-defaults. A file is checked
+service-router, service-splitter, service-resolver, service-intentions,
+proxy-defaults, or ingress-gateway or terminating-gateway (stored for
+Consul's tools; vmesh runs no gateways). A file is checked
 (keys, types, which fields belong to its kind) before it is sent.`)}
 	c.http = c.clientFlags()
 	c.cas = c.FS.Int64("cas", -1, "write or delete only if the entry's ModifyIndex is `INDEX` (0: only if it does not exist)")

@@ -103,6 +103,30 @@ AccessLogs {
 			want: &discovery.ConfigEntry{Kind: discovery.KindProxyDefaults, Name: "global", Proxy: &discovery.ProxyDefaults{AccessLogs: &discovery.AccessLogs{
 				Enabled: true, Type: "file", Path: "/var/log/vmesh/access.log", TextFormat: "%RESPONSE_CODE% %RESPONSE_FLAGS%"}}},
 		},
+		{
+			name: "ingress-gateway", file: "i.hcl",
+			src: `kind = "ingress-gateway"
+name = "ingress"
+tls { enabled = true, tls_min_version = "TLSv1_2" }
+listeners = [
+  { port = 8080, protocol = "HTTP", services = [{ name = "web", hosts = ["web.example.com"] }] },
+  { port = 9000, services = [{ name = "db" }] },
+]`,
+			want: &discovery.ConfigEntry{Kind: discovery.KindIngressGateway, Name: "ingress", Ingress: &discovery.IngressGateway{
+				TLS: discovery.GatewayTLSConfig{Enabled: true, TLSMinVersion: "TLSv1_2"},
+				Listeners: []discovery.IngressListener{
+					{Port: 8080, Protocol: "http", Services: []discovery.IngressService{{Name: "web", Hosts: []string{"web.example.com"}}}},
+					{Port: 9000, Protocol: "tcp", Services: []discovery.IngressService{{Name: "db"}}},
+				}}},
+		},
+		{
+			name: "terminating-gateway", file: "t.hcl",
+			src: "Kind = \"terminating-gateway\"\nName = \"egress\"\nServices = [{ Name = \"billing\", ca_file = \"ca.pem\", SNI = \"billing.example\" }]\n",
+			want: &discovery.ConfigEntry{Kind: discovery.KindTerminatingGateway, Name: "egress", Terminating: &discovery.TerminatingGateway{
+				Services: []discovery.LinkedService{{Name: "billing", CAFile: "ca.pem", SNI: "billing.example"}}}},
+		},
+		{name: "ingress listener protocol", file: "i.hcl", src: "kind = \"ingress-gateway\"\nname = \"in\"\nlisteners = [{ port = 80, protocol = \"udp\", services = [{ name = \"web\" }] }]\n",
+			errs: []string{"i.hcl", "Listeners[0].Protocol"}},
 		{name: "proxy-defaults both formats", file: "p.hcl", src: "kind = \"proxy-defaults\"\nname = \"global\"\naccess_logs {\n  json_format = \"{}\"\n  text_format = \"x\"\n}\n",
 			errs: []string{"p.hcl", "AccessLogs.JSONFormat: set at most one of JSONFormat and TextFormat"}},
 		{name: "unknown key", file: "d.hcl", src: "kind = \"service-defaults\"\nname = \"web\"\nprotocl = \"http\"\n", errs: []string{"d.hcl:3:1", `unknown key "protocl"`}},
