@@ -90,8 +90,13 @@ func TestServiceFileProtocolAndUpstreams(t *testing.T) {
 		},
 		{
 			name: "sidecar port", file: "web.hcl",
-			src:  "service {\n  name = \"web\"\n  connect { sidecar_service {\n    port = 21000\n  } }\n}",
-			errs: []string{"web.hcl:4:5", `unknown key "port"`},
+			src:  "service {\n  name = \"web\"\n  port = 80\n  connect { sidecar_service {\n    port = 21000\n  } }\n}",
+			errs: []string{"web.hcl:1", "Connect.SidecarService.Port: 21000", "mesh port 15443"},
+		},
+		{
+			name: "sidecar checks", file: "web.hcl",
+			src:  "service {\n  name = \"web\"\n  connect { sidecar_service {\n    checks = []\n  } }\n}",
+			errs: []string{"web.hcl:4:5", `unknown key "checks"`},
 		},
 		{
 			name: "connect native", file: "web.hcl",
