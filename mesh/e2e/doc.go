@@ -75,6 +75,7 @@
 //	48  TestProxyAccessLogs
 //	49  TestAdminListener
 //	50  TestVersionNamesTheCommit
+//	53  TestSidecarRecordIsTheNodeProxy
 //
 //	namespace                       test
 //	vmt-capture                     TestCaptureAgentNetns
