@@ -34,8 +34,9 @@ import (
 //     service's own instance.
 //   - Its health is the service's: the node proxy forwards only to an
 //     instance whose checks pass, so the record has no checks of its own
-//     and the health views count the service's (checkServiceNodes), as
-//     Consul's default sidecar alias check does.
+//     and the health views count the service's (checkServiceNodes, the
+//     agent's /v1/agent/health/service), as Consul's default sidecar
+//     alias check does.
 //   - A service without a port gets none: the node proxy accepts nothing
 //     for it (only its upstreams are served), so there is no endpoint to
 //     describe. Nor does a udp service: the mesh port is TCP.

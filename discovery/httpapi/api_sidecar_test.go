@@ -31,6 +31,8 @@ func (w *serviceWriter) Apply(_ context.Context, cmd discovery.Command) (uint64,
 		return w.idx, w.s.RegisterService(w.idx, c)
 	case discovery.DeregisterServiceRequest:
 		return w.idx, w.s.DeleteService(w.idx, c.Node, c.ServiceID)
+	case discovery.RegisterCheckRequest:
+		return w.idx, w.s.EnsureCheck(w.idx, &c.Check)
 	}
 	return 0, fmt.Errorf("serviceWriter: unexpected %T", cmd)
 }
@@ -114,6 +116,17 @@ func TestAgentSidecarRecord(t *testing.T) {
 	cc, _, err := c.Catalog().Connect("foo", "", nil)
 	if err != nil || len(cc) != 2 {
 		t.Errorf("catalog connect foo = %+v, %v; want 2 entries", cc, err)
+	}
+
+	// Its health is foo's: foo in maintenance takes it down too.
+	if err := c.Agent().EnableServiceMaintenance("foo", "test"); err != nil {
+		t.Fatal(err)
+	}
+	if status, _, err := c.Agent().AgentHealthServiceByID("foo-sidecar-proxy"); err != nil || status != api.HealthCritical {
+		t.Errorf("agent health of the sidecar, foo in maintenance: %q, %v; want critical", status, err)
+	}
+	if hc, _, err := c.Health().Connect("foo", "", true, nil); err != nil || len(hc) != 1 || hc[0].Node.Node != "n2" {
+		t.Errorf("passing connect endpoints of foo, n1's in maintenance: %+v, %v; want n2's alone", hc, err)
 	}
 
 	if err := c.Agent().ServiceDeregister("foo"); err != nil {
