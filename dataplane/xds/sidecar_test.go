@@ -17,12 +17,12 @@ import (
 // address and port are where that proxy's inbound listener takes the
 // service's mTLS: the node's address at the mesh port.
 func TestSidecarRecordIsTheNodeProxy(t *testing.T) {
-	build := func(withSidecar bool) (*cache.Snapshot, *discovery.Instance) {
+	build := func(withSidecar bool) (mesh, app *cache.Snapshot, sc *discovery.Instance) {
 		s := discovery.NewStore()
 		if err := s.EnsureNode(1, &discovery.Node{Name: "node-a", Address: "10.0.0.1", Datacenter: "dc1"}); err != nil {
 			t.Fatal(err)
 		}
-		reg := &discovery.ServiceRegistration{Name: "web", Port: 8080, Connect: &discovery.ServiceConnect{
+		reg := &discovery.ServiceRegistration{Name: "web", Port: 8080, Meta: map[string]string{"protocol": "grpc"}, Connect: &discovery.ServiceConnect{
 			SidecarService: &discovery.ServiceRegistration{Proxy: &discovery.ConnectProxyConfig{
 				Upstreams: []discovery.ConnectUpstream{{DestinationName: "db", LocalBindPort: 19001}}}}}}
 		req, err := reg.Build("node-a", "api")
@@ -32,7 +32,7 @@ func TestSidecarRecordIsTheNodeProxy(t *testing.T) {
 		if req.Sidecar == nil {
 			t.Fatal("no sidecar record built")
 		}
-		sc := req.Sidecar
+		sc = req.Sidecar
 		if !withSidecar {
 			req.Sidecar = nil
 		}
@@ -44,22 +44,30 @@ func TestSidecarRecordIsTheNodeProxy(t *testing.T) {
 			t.Fatal(err)
 		}
 		v := NewView(st, Options{})
-		snap, err := Build(v, v.NodeInfo(meshNode))
-		if err != nil {
+		if mesh, err = Build(v, v.NodeInfo(meshNode)); err != nil {
 			t.Fatal(err)
 		}
-		return snap, sc
-	}
-	with, sc := build(true)
-	without, _ := build(false)
-	for _, typ := range []resource.Type{resource.ListenerType, resource.ClusterType, resource.RouteType, resource.EndpointType} {
-		a, b := with.GetResources(typ), without.GetResources(typ)
-		if len(a) != len(b) {
-			t.Errorf("%s: %d resources with the sidecar record, %d without", typ, len(a), len(b))
+		// A proxyless gRPC client (grpc-go's xds:/// resolver) too.
+		if app, err = Build(v, v.NodeInfo(appNode)); err != nil {
+			t.Fatal(err)
 		}
-		for name, r := range a {
-			if !proto.Equal(r, b[name]) {
-				t.Errorf("%s %q differs with the sidecar record", typ, name)
+		return mesh, app, sc
+	}
+	with, withApp, sc := build(true)
+	without, withoutApp, _ := build(false)
+	if len(withApp.GetResources(resource.ListenerType)) == 0 {
+		t.Fatal("the proxyless client got no listener for web")
+	}
+	for _, pair := range [][2]*cache.Snapshot{{with, without}, {withApp, withoutApp}} {
+		for _, typ := range []resource.Type{resource.ListenerType, resource.ClusterType, resource.RouteType, resource.EndpointType, resource.SecretType} {
+			a, b := pair[0].GetResources(typ), pair[1].GetResources(typ)
+			if len(a) != len(b) {
+				t.Errorf("%s: %d resources with the sidecar record, %d without", typ, len(a), len(b))
+			}
+			for name, r := range a {
+				if !proto.Equal(r, b[name]) {
+					t.Errorf("%s %q differs with the sidecar record", typ, name)
+				}
 			}
 		}
 	}
