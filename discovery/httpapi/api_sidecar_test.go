@@ -157,6 +157,15 @@ service "foo-sidecar-proxy" { policy = "write" }`))
 		t.Errorf("the sidecar outlived its service: %+v", in)
 	}
 
+	// The sidecar's ID taken by another service: refused, naming it.
+	if err := c.Agent().ServiceRegister(&api.AgentServiceRegistration{ID: "baz-sidecar-proxy", Name: "other", Port: 1}); err != nil {
+		t.Fatal(err)
+	}
+	err = c.Agent().ServiceRegister(&api.AgentServiceRegistration{Name: "baz", Port: 1, Connect: &api.AgentServiceConnect{SidecarService: &api.AgentServiceRegistration{}}})
+	if err == nil || !strings.Contains(err.Error(), "400") || !strings.Contains(err.Error(), `Connect.SidecarService: the sidecar's ID "baz-sidecar-proxy" is already registered for service "other"`) {
+		t.Errorf("sidecar over another service's ID: %v", err)
+	}
+
 	// A port the node proxy does not serve is refused by name.
 	bad := *reg
 	bad.Connect = &api.AgentServiceConnect{SidecarService: &api.AgentServiceRegistration{Port: 21000}}
