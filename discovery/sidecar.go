@@ -32,8 +32,8 @@ import (
 //     or 127.0.0.1, LocalServicePort: its port); Proxy.Upstreams are the
 //     upstreams as registered, which the node proxy applies from the
 //     service's own instance.
-//   - Its health is the service's: the node proxy forwards only to an
-//     instance whose checks pass, so the record has no checks of its own
+//   - Its health is the service's: the node proxy forwards nothing to a
+//     critical instance, so the record has no checks of its own
 //     and the health views count the service's (checkServiceNodes, the
 //     agent's /v1/agent/health/service), as Consul's default sidecar
 //     alias check does.
