@@ -169,7 +169,7 @@ func (s *Store) checkServiceNodes(ws memdb.WatchSet, nodes func(memdb.WatchSet, 
 			return idx, nil, err
 		}
 		// A sidecar record's health is its service's (sidecar.go): the
-		// node proxy forwards to the service only while it passes.
+		// node proxy forwards nothing to a critical service.
 		parent := e.Instance.SidecarFor
 		var checks []*Check
 		for _, c := range all {
