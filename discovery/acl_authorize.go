@@ -28,13 +28,13 @@ import (
 func AuthorizeCommand(authz *acl.Authorizer, s *Store, cmd Command) error {
 	switch c := cmd.(type) {
 	case *RegisterServiceRequest:
-		return authorizeServiceWrite(authz, &c.Instance)
+		return authorizeRegisterService(authz, s, c)
 	case RegisterNodeRequest:
 		return authz.NodeWrite(c.Node.Name)
 	case DeregisterNodeRequest:
 		return authz.NodeWrite(c.Node)
 	case RegisterServiceRequest:
-		return authorizeServiceWrite(authz, &c.Instance)
+		return authorizeRegisterService(authz, s, &c)
 	case DeregisterServiceRequest:
 		return authorizeInstance(authz, s, c.Node, c.ServiceID)
 	case RegisterCheckRequest:
@@ -169,6 +169,38 @@ func authorizeServiceWrite(authz *acl.Authorizer, in *Instance) error {
 	}
 	if in.Kind == KindConnectProxy && in.Proxy != nil {
 		return authz.ServiceWrite(in.Proxy.DestinationServiceName)
+	}
+	return nil
+}
+
+// authorizeRegisterService is the rule for an agent's registration, as
+// Consul's agent vets it: the instance's, and for its sidecar record the
+// same rule again (service:write on the record's name and on the service
+// it fronts), plus service:write on a record of another name that it
+// replaces. A service identity grants both names; a rule for the service
+// alone does not cover `<name>-sidecar-proxy`, in Consul as here. The
+// record a registration removes (one without SidecarService) goes with
+// its service, as a deregistration takes it, on the service's rule.
+func authorizeRegisterService(authz *acl.Authorizer, s *Store, c *RegisterServiceRequest) error {
+	if err := authorizeServiceWrite(authz, &c.Instance); err != nil {
+		return err
+	}
+	sc := c.Sidecar
+	if sc == nil {
+		return nil
+	}
+	if err := authorizeServiceWrite(authz, sc); err != nil {
+		return err
+	}
+	if s == nil {
+		return nil
+	}
+	_, old, err := s.Instance(nil, c.Instance.Node, sc.ID)
+	if err != nil {
+		return err
+	}
+	if old != nil && old.Service != sc.Service {
+		return authz.ServiceWrite(old.Service)
 	}
 	return nil
 }

@@ -59,10 +59,13 @@ type RegisterNodeRequest struct{ Node Node }
 // DeregisterNodeRequest removes a node with its instances and checks.
 type DeregisterNodeRequest struct{ Node string }
 
-// RegisterServiceRequest creates or updates an instance and sets its checks.
+// RegisterServiceRequest creates or updates an instance and sets its
+// checks; Sidecar is the connect-proxy record that describes the node
+// proxy as its sidecar (nil: none, and one it had is removed; sidecar.go).
 type RegisterServiceRequest struct {
 	Instance Instance
 	Checks   []*Check
+	Sidecar  *Instance `json:",omitempty"`
 }
 
 // DeregisterServiceRequest removes an instance and its checks.

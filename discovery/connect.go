@@ -56,12 +56,13 @@ type Upstream struct {
 // ServiceConnect is a registration's Connect block (Consul's
 // AgentServiceConnect).
 //
-// In a file, only sidecar_service is a key, and inside it only proxy: the
-// host's proxy is not a service of its own, so a file saying port or
-// checks there gets an unknown key at its line rather than a refusal later.
+// In a file, only sidecar_service is a key, and inside it proxy and what
+// names the sidecar record (name, tags, meta, port: sidecar.go): the
+// host's proxy is not a service of its own, so a file saying checks
+// there gets an unknown key at its line rather than a refusal later.
 type ServiceConnect struct {
 	Native         bool
-	SidecarService *ServiceRegistration `hcl:"sidecar_service,only=proxy"`
+	SidecarService *ServiceRegistration `hcl:"sidecar_service,only=proxy|name|tags|meta|port"`
 }
 
 // ConnectProxyConfig is a registration's Proxy block (Consul's
@@ -172,11 +173,15 @@ func buildConnect(c *ServiceConnect, bad func(field, format string, args ...any)
 	if sc == nil {
 		return nil
 	}
-	// vmesh runs one proxy per host, so a sidecar has no name, port or
-	// checks of its own: only what it forwards to is meaningful.
+	// vmesh runs one proxy per host: the sidecar record (sidecar.go)
+	// describes it, so a SidecarService may name and label that record
+	// (buildSidecar checks ID, Kind, Port and Address against the node
+	// proxy), and only what the proxy forwards to is a setting. It has no
+	// checks of its own: its health is its service's.
 	// Line is where a file's block starts, not a setting.
-	for _, f := range setFields("Connect.SidecarService.", sidecarWithoutDefaults(sc), "Proxy", "Line") {
-		bad(f, "not supported: the host's proxy is not a service of its own; only Proxy.Upstreams is read")
+	for _, f := range setFields("Connect.SidecarService.", sidecarWithoutDefaults(sc), "Proxy", "Line",
+		"ID", "Name", "Kind", "Port", "Address", "Tags", "Meta", "Weights", "EnableTagOverride") {
+		bad(f, "not supported: the host's proxy is not a service of its own; a sidecar may set ID, Name, Tags, Meta, Weights, EnableTagOverride and Proxy.Upstreams")
 	}
 	if sc.Proxy == nil {
 		return nil

@@ -14,7 +14,9 @@
 // ServiceRegistration and CheckType are the one input shape of a service
 // and its checks, whether it comes from the HTTP API or a service file;
 // Build validates one into the RegisterServiceRequest the catalog stores
-// (discovery/local does so for a node's service files).
+// (discovery/local does so for a node's service files), with the
+// connect-proxy record that describes the node proxy as the service's
+// sidecar when it asks for one (sidecar.go).
 //
 // The root holds the catalog only and imports no other vmesh package, nor
 // miekg/dns or net/http: its consumers (raft, the xDS builder) link just

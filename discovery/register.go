@@ -140,10 +140,11 @@ func (reg *ServiceRegistration) Build(node, source string) (*RegisterServiceRequ
 		seen[chk.CheckID] = fields[i]
 		checks = append(checks, chk)
 	}
+	sidecar := buildSidecar(reg, &inst, bad) // sidecar.go
 	if len(errs) > 0 {
 		return nil, fmt.Errorf("%w: %w", ErrInvalid, errors.Join(errs...))
 	}
-	return &RegisterServiceRequest{Instance: inst, Checks: checks}, nil
+	return &RegisterServiceRequest{Instance: inst, Checks: checks, Sidecar: sidecar}, nil
 }
 
 // build validates one check definition. field names it in messages.

@@ -248,6 +248,17 @@ func (s *Store) EnsureService(idx uint64, inst *Instance, checks []*Check) error
 	db, _ := s.current()
 	tx := db.Txn(true)
 	defer tx.Abort()
+	if err := ensureServiceTxn(tx, idx, s.logTime.Load(), inst, checks); err != nil {
+		return err
+	}
+	if err := bumpIndex(tx, idx, tableInstances, tableChecks); err != nil {
+		return err
+	}
+	tx.Commit()
+	return nil
+}
+
+func ensureServiceTxn(tx *memdb.Txn, idx uint64, at int64, inst *Instance, checks []*Check) error {
 	if raw, err := tx.First(tableNodes, "id", inst.Node); err != nil {
 		return err
 	} else if raw == nil {
@@ -282,7 +293,6 @@ func (s *Store) EnsureService(idx uint64, inst *Instance, checks []*Check) error
 			drop = append(drop, old)
 		}
 	}
-	at := s.logTime.Load()
 	for _, old := range drop {
 		if err := tx.Delete(tableChecks, old); err != nil {
 			return err
@@ -297,15 +307,12 @@ func (s *Store) EnsureService(idx uint64, inst *Instance, checks []*Check) error
 			return err
 		}
 	}
-	if err := bumpIndex(tx, idx, tableInstances, tableChecks); err != nil {
-		return err
-	}
-	tx.Commit()
 	return nil
 }
 
-// DeleteService removes an instance and its checks. Removing what is not
-// there is not an error: deregistration is idempotent, as in Consul.
+// DeleteService removes an instance and its checks, and the sidecar record
+// its registration made (sidecar.go). Removing what is not there is not
+// an error: deregistration is idempotent, as in Consul.
 func (s *Store) DeleteService(idx uint64, node, id string) error {
 	db, _ := s.current()
 	tx := db.Txn(true)
@@ -314,10 +321,27 @@ func (s *Store) DeleteService(idx uint64, node, id string) error {
 	if err != nil || raw == nil {
 		return err
 	}
-	if err := tx.Delete(tableInstances, raw); err != nil {
+	at := s.logTime.Load()
+	if err := deleteServiceTxn(tx, idx, at, raw.(*Instance)); err != nil {
 		return err
 	}
-	checks, err := collect[Check](nil, tx, tableChecks, "node_service", node, id)
+	if err := deleteSidecarsTxn(tx, idx, at, node, id, ""); err != nil {
+		return err
+	}
+	if err := bumpIndex(tx, idx, tableInstances, tableChecks); err != nil {
+		return err
+	}
+	tx.Commit()
+	return nil
+}
+
+// deleteServiceTxn removes in and its checks, ending the sessions that
+// held them.
+func deleteServiceTxn(tx *memdb.Txn, idx uint64, at int64, in *Instance) error {
+	if err := tx.Delete(tableInstances, in); err != nil {
+		return err
+	}
+	checks, err := collect[Check](nil, tx, tableChecks, "node_service", in.Node, in.ID)
 	if err != nil {
 		return err
 	}
@@ -325,14 +349,10 @@ func (s *Store) DeleteService(idx uint64, node, id string) error {
 		if err := tx.Delete(tableChecks, chk); err != nil {
 			return err
 		}
-		if err := endCheckSessionsTxn(tx, idx, s.logTime.Load(), node, chk.CheckID); err != nil {
+		if err := endCheckSessionsTxn(tx, idx, at, in.Node, chk.CheckID); err != nil {
 			return err
 		}
 	}
-	if err := bumpIndex(tx, idx, tableInstances, tableChecks); err != nil {
-		return err
-	}
-	tx.Commit()
 	return nil
 }
 

@@ -146,9 +146,10 @@ func serviceNodesTxn(ws memdb.WatchSet, tx *memdb.Txn, service string, tags []st
 }
 
 // CheckServiceNodes is ServiceNodes with each entry's checks: the node's
-// own checks and the instance's. With passingOnly, entries with any check
-// that is not passing are left out. It reads in one transaction, so an
-// instance and its checks always come from the same moment.
+// own checks and the instance's (a sidecar record's: its service's). With
+// passingOnly, entries with any check that is not passing are left out.
+// It reads in one transaction, so an instance and its checks always come
+// from the same moment.
 func (s *Store) CheckServiceNodes(ws memdb.WatchSet, service string, tags []string, passingOnly bool) (uint64, []ServiceEntry, error) {
 	return s.checkServiceNodes(ws, serviceNodesTxn, service, tags, passingOnly)
 }
@@ -167,9 +168,12 @@ func (s *Store) checkServiceNodes(ws memdb.WatchSet, nodes func(memdb.WatchSet, 
 		if err != nil {
 			return idx, nil, err
 		}
+		// A sidecar record's health is its service's (sidecar.go): the
+		// node proxy forwards nothing to a critical service.
+		parent := e.Instance.SidecarFor
 		var checks []*Check
 		for _, c := range all {
-			if c.ServiceID == "" || c.ServiceID == e.Instance.ID {
+			if c.ServiceID == "" || c.ServiceID == e.Instance.ID || (parent != "" && c.ServiceID == parent) {
 				checks = append(checks, c)
 			}
 		}

@@ -105,8 +105,13 @@ type Instance struct {
 	// speaks Connect's mTLS itself (Connect.Native): it is listed among
 	// its service's Connect endpoints.
 	ConnectNative bool `json:",omitempty"`
-	CreateIndex   uint64
-	ModifyIndex   uint64
+	// SidecarFor is, on the connect-proxy record an agent wrote for a
+	// registration's Connect.SidecarService, the ID of that service on
+	// the same node; the record is written and removed with it
+	// (sidecar.go). Empty on every other instance.
+	SidecarFor  string `json:",omitempty"`
+	CreateIndex uint64
+	ModifyIndex uint64
 }
 
 // ServiceAddress is one of an instance's tagged addresses.

@@ -107,11 +107,15 @@ func commandNode(t discovery.MessageType, body []byte) (string, error) {
 		if err := decode(body, &c); err != nil {
 			return "", err
 		}
-		// Its checks must be the same node's: a check names its node too.
+		// Its checks must be the same node's: a check names its node too;
+		// so must its sidecar record (which the catalog pins there anyway).
 		for _, chk := range c.Checks {
 			if chk != nil && chk.Node != c.Instance.Node {
 				return chk.Node, nil
 			}
+		}
+		if c.Sidecar != nil && c.Sidecar.Node != c.Instance.Node {
+			return c.Sidecar.Node, nil
 		}
 		return c.Instance.Node, nil
 	case discovery.DeregisterServiceType:

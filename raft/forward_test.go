@@ -30,6 +30,9 @@ func TestAuthorizeForward(t *testing.T) {
 		{"own service", svc("a", "a"), ""},
 		{"service on another node", svc("b", ""), `not node "b"'s`},
 		{"own service, check on another node", svc("a", "b"), `not node "b"'s`},
+		{"own service, sidecar record on another node", &discovery.RegisterServiceRequest{
+			Instance: discovery.Instance{Node: "a", ID: "web-1", Service: "web"},
+			Sidecar:  &discovery.Instance{Node: "b", ID: "web-1-sidecar-proxy", Service: "web-sidecar-proxy"}}, `not node "b"'s`},
 		{"deregister another node", discovery.DeregisterNodeRequest{Node: "b"}, `not node "b"'s`},
 		{"deregister another's service", discovery.DeregisterServiceRequest{Node: "b", ServiceID: "x"}, `not node "b"'s`},
 		{"update another's check", discovery.UpdateCheckRequest{Node: "b", CheckID: "x", Status: "passing"}, `not node "b"'s`},

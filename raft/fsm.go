@@ -32,7 +32,7 @@ var appliers = map[discovery.MessageType]applier{
 	},
 	discovery.RegisterServiceType: func(s *discovery.Store, buf []byte, idx uint64) any {
 		var req discovery.RegisterServiceRequest
-		return orErr(decode(buf, &req), func() error { return s.EnsureService(idx, &req.Instance, req.Checks) })
+		return orErr(decode(buf, &req), func() error { return s.RegisterService(idx, &req) })
 	},
 	discovery.DeregisterServiceType: func(s *discovery.Store, buf []byte, idx uint64) any {
 		var req discovery.DeregisterServiceRequest

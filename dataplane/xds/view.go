@@ -15,7 +15,7 @@ import (
 const (
 	DefaultOutboundAddr = "127.0.0.1"
 	DefaultOutboundPort = 15001
-	DefaultMeshPort     = 15443
+	DefaultMeshPort     = discovery.MeshPort // sidecar records name it too
 )
 
 // Options are the translation settings that do not come from the catalog.

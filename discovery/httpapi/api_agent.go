@@ -78,6 +78,15 @@ func (a *API) checkIDFree(req *discovery.RegisterServiceRequest) error {
 	if cur != nil && cur.Service != req.Instance.Service {
 		return badRequest("ID: duplicate ID %q: already registered for service %q; deregister it first", req.Instance.ID, cur.Service)
 	}
+	if sc := req.Sidecar; sc != nil {
+		_, cur, err := a.Store.Instance(nil, req.Instance.Node, sc.ID)
+		if err != nil {
+			return err
+		}
+		if cur != nil && cur.SidecarFor != req.Instance.ID {
+			return badRequest("Connect.SidecarService: the sidecar's ID %q is already registered for service %q; deregister it first", sc.ID, cur.Service)
+		}
+	}
 	return nil
 }
 

@@ -342,7 +342,8 @@ func (a *API) localServiceHealth(match func(*discovery.Instance) bool) ([]agentS
 		}
 		h := agentServiceHealth{AggregatedStatus: discovery.HealthPassing, Service: toAgentService(in, a.Datacenter), Checks: []*healthCheck{}}
 		for _, c := range checks {
-			if c.ServiceID != in.ID {
+			// A sidecar record's health is its service's (discovery/sidecar.go).
+			if c.ServiceID != in.ID && (in.SidecarFor == "" || c.ServiceID != in.SidecarFor) {
 				continue
 			}
 			h.Checks = append(h.Checks, toHealthCheck(c))

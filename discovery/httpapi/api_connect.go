@@ -59,10 +59,12 @@ func (a *API) registerConnect(mux *http.ServeMux) {
 	mux.HandleFunc("GET /v1/agent/connect/ca/leaf/{service}", a.agentConnectLeaf)
 	mux.HandleFunc("POST /v1/agent/connect/authorize", a.agentConnectAuthorize)
 	mux.Handle("GET /v1/connect/ca/configuration", a.guard(func(z *acl.Authorizer) error { return z.OperatorRead() }, http.HandlerFunc(a.caConfiguration)))
-	// Every instance on an agent's node is a mesh endpoint in vmesh (its
-	// node's proxy fronts it); on external nodes, Connect-native instances
-	// and connect-proxy records are (discovery.ConnectServiceNodes). Same
-	// ACL rules, filters and blocking as the service views.
+	// A service's Connect endpoints, node by node: the node's connect-proxy
+	// records for it (an agent's sidecar record: its node proxy) where it
+	// has any, else its instances on an agent's node (the node's proxy
+	// fronts them) and Connect-native ones on an external node
+	// (discovery.ConnectServiceNodes). Same ACL rules, filters and
+	// blocking as the service views.
 	mux.HandleFunc("GET /v1/health/connect/{name}", a.healthConnect)
 	mux.HandleFunc("GET /v1/catalog/connect/{name}", a.catalogConnect)
 }

@@ -59,7 +59,9 @@ func TestBuildProtocolAndUpstreams(t *testing.T) {
 		{name: "empty sidecar", body: `{"Name":"web","Connect":{"SidecarService":{}}}`},
 		{name: "empty proxy", body: `{"Name":"web","Proxy":{}}`},
 		{name: "connect native", body: `{"Name":"web","Connect":{"Native":true}}`, errs: []string{"Connect.Native: not supported"}},
-		{name: "sidecar port", body: `{"Name":"web","Connect":{"SidecarService":{"Port":21000}}}`, errs: []string{"Connect.SidecarService.Port: not supported"}},
+		{name: "sidecar port", body: `{"Name":"web","Connect":{"SidecarService":{"Port":21000}}}`, errs: []string{"Connect.SidecarService.Port: 21000", "mesh port 15443"}},
+		{name: "sidecar address", body: `{"Name":"web","Port":80,"Connect":{"SidecarService":{"Address":"10.0.0.9"}}}`, errs: []string{"Connect.SidecarService.Address", "node's address"}},
+		{name: "sidecar tagged addresses", body: `{"Name":"web","Port":80,"Connect":{"SidecarService":{"TaggedAddresses":{"lan":{"Address":"10.0.0.9","Port":1}}}}}`, errs: []string{"Connect.SidecarService.TaggedAddresses: not supported"}},
 		{name: "sidecar checks", body: `{"Name":"web","Connect":{"SidecarService":{"Checks":[{"TTL":"1s"}]}}}`, errs: []string{"Connect.SidecarService.Checks"}},
 		{name: "proxy config", body: `{"Name":"web","Connect":{"SidecarService":{"Proxy":{"Config":{"protocol":"http"}}}}}`, errs: []string{"Connect.SidecarService.Proxy.Config: not supported"}},
 		{name: "top-level proxy", body: `{"Name":"web","Proxy":{"DestinationServiceName":"x"}}`, errs: []string{"Proxy.DestinationServiceName"}},
@@ -149,8 +151,8 @@ func TestBuildConsulAPIRegistration(t *testing.T) {
 		t.Fatalf("instance = %+v, want protocol http and upstreams %+v", req.Instance, want)
 	}
 
-	// And a sidecar with its own port, as Consul users write one, is refused
-	// by name rather than ignored.
+	// And a sidecar with a port the node proxy does not serve, as Consul
+	// users write one, is refused by name rather than ignored.
 	reg.Connect.SidecarService.Port = 21000
 	body, _ = json.Marshal(reg)
 	if _, err := buildBody(t, string(body)); err == nil || !strings.Contains(err.Error(), "Connect.SidecarService.Port") {
@@ -196,7 +198,7 @@ func TestBuildConsulCLISidecar(t *testing.T) {
 		change func(*api.AgentServiceRegistration)
 		want   string
 	}{
-		{"weights", func(s *api.AgentServiceRegistration) { s.Weights = &api.AgentWeights{Passing: 3, Warning: 1} }, "Connect.SidecarService.Weights"},
+		{"weights", func(s *api.AgentServiceRegistration) { s.Weights = &api.AgentWeights{Passing: 0, Warning: 1} }, "Connect.SidecarService.Weights.Passing"},
 		{"check", func(s *api.AgentServiceRegistration) { s.Check = &api.AgentServiceCheck{TTL: "10s"} }, "Connect.SidecarService.Check"},
 		{"checks", func(s *api.AgentServiceRegistration) { s.Checks = api.AgentServiceChecks{{TTL: "10s"}} }, "Connect.SidecarService.Checks"},
 	} {

@@ -156,7 +156,8 @@ func (fs *FileServices) Sync(ctx context.Context, want []*discovery.RegisterServ
 		fs.Logger.Info("registered service from file", "id", req.Instance.ID, "source", req.Instance.Source)
 	}
 	for _, in := range have {
-		if strings.HasPrefix(in.Source, "file:") && !wanted[in.ID] {
+		// A sidecar record comes and goes with its service's registration.
+		if strings.HasPrefix(in.Source, "file:") && !wanted[in.ID] && in.SidecarFor == "" {
 			if _, err := fs.Writer.Apply(ctx, discovery.DeregisterServiceRequest{Node: in.Node, ServiceID: in.ID}); err != nil {
 				return fmt.Errorf("deregistering %s: %w", in.ID, err)
 			}
@@ -205,7 +206,7 @@ func (fs *FileServices) upToDate(req *discovery.RegisterServiceRequest) bool {
 	}
 	c := *cur
 	c.CreateIndex, c.ModifyIndex = 0, 0
-	if !reflect.DeepEqual(&c, &req.Instance) {
+	if !reflect.DeepEqual(&c, &req.Instance) || !fs.sidecarUpToDate(req) {
 		return false
 	}
 	_, checks, err := fs.Store.NodeChecks(nil, req.Instance.Node)
@@ -228,4 +229,25 @@ func (fs *FileServices) upToDate(req *discovery.RegisterServiceRequest) bool {
 		}
 	}
 	return true
+}
+
+// sidecarUpToDate reports whether the catalog holds req's sidecar record
+// exactly, or none when req has none.
+func (fs *FileServices) sidecarUpToDate(req *discovery.RegisterServiceRequest) bool {
+	_, insts, err := fs.Store.NodeInstances(nil, req.Instance.Node)
+	if err != nil {
+		return false
+	}
+	var have []*discovery.Instance
+	for _, in := range insts {
+		if in.SidecarFor == req.Instance.ID {
+			have = append(have, in)
+		}
+	}
+	if req.Sidecar == nil || len(have) != 1 {
+		return req.Sidecar == nil && len(have) == 0
+	}
+	c := *have[0]
+	c.CreateIndex, c.ModifyIndex = 0, 0
+	return reflect.DeepEqual(&c, req.Sidecar)
 }

@@ -90,8 +90,13 @@ func TestServiceFileProtocolAndUpstreams(t *testing.T) {
 		},
 		{
 			name: "sidecar port", file: "web.hcl",
-			src:  "service {\n  name = \"web\"\n  connect { sidecar_service {\n    port = 21000\n  } }\n}",
-			errs: []string{"web.hcl:4:5", `unknown key "port"`},
+			src:  "service {\n  name = \"web\"\n  port = 80\n  connect { sidecar_service {\n    port = 21000\n  } }\n}",
+			errs: []string{"web.hcl:1", "Connect.SidecarService.Port: 21000", "mesh port 15443"},
+		},
+		{
+			name: "sidecar checks", file: "web.hcl",
+			src:  "service {\n  name = \"web\"\n  connect { sidecar_service {\n    checks = []\n  } }\n}",
+			errs: []string{"web.hcl:4:5", `unknown key "checks"`},
 		},
 		{
 			name: "connect native", file: "web.hcl",
@@ -246,5 +251,43 @@ func TestServiceFileUser(t *testing.T) {
 				}
 			}
 		})
+	}
+}
+
+// TestServiceFileSidecarRecord: a file's sidecar_service may name and
+// label the sidecar record (name, tags, meta, port as the mesh port),
+// in HCL and JSON alike.
+func TestServiceFileSidecarRecord(t *testing.T) {
+	for file, src := range map[string]string{
+		"web.hcl": `service {
+  name = "web"
+  port = 8080
+  connect { sidecar_service {
+    name = "web-envoy"
+    tags = ["sc"]
+    meta = { k = "v" }
+    port = 15443
+  } }
+}`,
+		"web.json": `{"service": {"name": "web", "port": 8080, "connect": {"sidecar_service":
+  {"name": "web-envoy", "tags": ["sc"], "meta": {"k": "v"}, "port": 15443}}}}`,
+	} {
+		dir := t.TempDir()
+		if err := os.WriteFile(filepath.Join(dir, file), []byte(src), 0o644); err != nil {
+			t.Fatal(err)
+		}
+		defs, err := LoadServiceFiles(dir)
+		if err != nil {
+			t.Fatalf("%s: %v", file, err)
+		}
+		reqs, err := local.BuildFileServices("n1", defs)
+		if err != nil {
+			t.Fatalf("%s: %v", file, err)
+		}
+		sc := reqs[0].Sidecar
+		if sc == nil || sc.ID != "web-sidecar-proxy" || sc.Service != "web-envoy" || !reflect.DeepEqual(sc.Tags, []string{"sc"}) ||
+			!reflect.DeepEqual(sc.Meta, map[string]string{"k": "v"}) || sc.Port != discovery.MeshPort {
+			t.Errorf("%s: sidecar record %+v", file, sc)
+		}
 	}
 }

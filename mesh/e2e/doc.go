@@ -76,6 +76,7 @@
 //	49  TestAdminListener
 //	50  TestVersionNamesTheCommit
 //	51  TestCatalogOwnNodeProcesses (client c1 at 127.51.0.11)
+//	53  TestSidecarRecordIsTheNodeProxy
 //
 //	namespace                       test
 //	vmt-capture                     TestCaptureAgentNetns
