@@ -178,8 +178,7 @@ func (t *h1Transport) RoundTrip(req *http.Request) (*http.Response, error) {
 			return res, nil
 		}
 		if !stale || !pooled || !retryable || fresh {
-			closeReqBody(req)
-			return nil, err
+			return nil, err // (a body's writer closes it)
 		}
 	}
 }
