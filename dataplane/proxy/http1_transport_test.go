@@ -488,3 +488,35 @@ func TestH1MaxConnections(t *testing.T) {
 		t.Errorf("%d connection slots held after the idle connection closed; want 0", n)
 	}
 }
+
+// TestH1ExpectContinue: a request with Expect: 100-continue sends its
+// body once the upstream asks for it, and gets the final response; an
+// upstream that answers at once without reading the body gets none of it
+// and its connection is not reused.
+func TestH1ExpectContinue(t *testing.T) {
+	s := startH1Server(t, http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		if r.URL.Path == "/deny" {
+			w.Header().Set("Connection", "close")
+			w.WriteHeader(http.StatusUnauthorized)
+			return
+		}
+		b, _ := io.ReadAll(r.Body)
+		io.WriteString(w, "got "+string(b))
+	}))
+	tr, _ := testH1(t, s.addr)
+	var continued atomic.Bool
+	ctx := httptrace.WithClientTrace(context.Background(), &httptrace.ClientTrace{Got100Continue: func() { continued.Store(true) }})
+	req := h1Req(t, ctx, "POST", s.addr, "/", strings.NewReader("payload"))
+	req.Header.Set("Expect", "100-continue")
+	if res, body := roundTrip(t, tr, req); res.StatusCode != 200 || body != "got payload" || !continued.Load() {
+		t.Errorf("got %d %q (100 Continue seen: %v); want 200 \"got payload\" after a 100", res.StatusCode, body, continued.Load())
+	}
+	req = h1Req(t, context.Background(), "POST", s.addr, "/deny", strings.NewReader("payload"))
+	req.Header.Set("Expect", "100-continue")
+	if res, _ := roundTrip(t, tr, req); res.StatusCode != http.StatusUnauthorized {
+		t.Errorf("denied: %d; want 401", res.StatusCode)
+	}
+	if tr.idleCount() != 0 {
+		t.Error("the connection of a request whose body was not sent went back to the pool")
+	}
+}
