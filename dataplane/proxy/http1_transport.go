@@ -156,7 +156,9 @@ func (t *h1Transport) RoundTrip(req *http.Request) (*http.Response, error) {
 		return nil, err
 	}
 	if req.Body == http.NoBody {
-		req.Body = nil
+		r := *req // (a RoundTripper leaves its request as it is)
+		r.Body = nil
+		req = &r
 	}
 	ctx := req.Context()
 	trace := httptrace.ContextClientTrace(ctx)
