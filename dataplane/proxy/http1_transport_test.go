@@ -520,3 +520,49 @@ func TestH1ExpectContinue(t *testing.T) {
 		t.Error("the connection of a request whose body was not sent went back to the pool")
 	}
 }
+
+// TestH1Concurrent: many requests at once, with and without bodies,
+// share the pool and its buffers; each gets its own answer, and no more
+// connections stay idle than were open at once.
+func TestH1Concurrent(t *testing.T) {
+	s := startH1Server(t, http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		b, _ := io.ReadAll(r.Body)
+		io.WriteString(w, r.URL.Path+":"+string(b))
+	}))
+	tr, dials := testH1(t, s.addr)
+	const workers, each = 16, 40
+	errs := make(chan error, workers)
+	for w := range workers {
+		go func() {
+			for i := range each {
+				path := fmt.Sprintf("/%d/%d", w, i)
+				var body io.Reader
+				want := path + ":"
+				if i%3 == 0 {
+					body = strings.NewReader(strings.Repeat("b", i*100))
+					want += strings.Repeat("b", i*100)
+				}
+				res, err := tr.RoundTrip(h1Req(t, context.Background(), "POST", s.addr, path, body))
+				if err != nil {
+					errs <- err
+					return
+				}
+				got, err := io.ReadAll(res.Body)
+				res.Body.Close()
+				if err != nil || string(got) != want {
+					errs <- fmt.Errorf("%s: %d bytes %v; want %d bytes", path, len(got), err, len(want))
+					return
+				}
+			}
+			errs <- nil
+		}()
+	}
+	for range workers {
+		if err := <-errs; err != nil {
+			t.Fatal(err)
+		}
+	}
+	if n := tr.idleCount(); n < 1 || int64(n) > dials.Load() || n > workers {
+		t.Errorf("%d idle connections after %d dials by %d workers", n, dials.Load(), workers)
+	}
+}
