@@ -26,9 +26,11 @@
 // framing refused), and routes every request on its own with the
 // snapshot current when it arrives: path normalization (path.go), HTTP
 // RBAC, virtual hosts and routes (route.go), then retries, timeouts and
-// circuit breakers toward the endpoints over pooled HTTP/1.1 or HTTP/2
-// transports (http_stream.go, http_upstream.go), gRPC and WebSocket
-// included. Endpoints are picked and ejected by the traffic policy
+// circuit breakers toward the endpoints over pooled connections
+// (http_stream.go, http_upstream.go), gRPC and WebSocket included:
+// HTTP/1.1 through the proxy's own transport, which writes and reads on
+// the request's goroutine and keeps idle connections without a
+// goroutine (http1_transport.go), HTTP/2 through net/http's. Endpoints are picked and ejected by the traffic policy
 // (policy.go) and dialed over mTLS when the endpoint is a peer's mesh
 // port (dial.go), whose certificate must name the identity the cluster
 // expects (peer.go). Each request, TCP connection and refused

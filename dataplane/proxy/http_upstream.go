@@ -536,6 +536,13 @@ func newUpstreamTransport(p *Proxy, k transportKey) *upstreamTransport {
 		}
 		return &releaseConn{Conn: conn, release: release}, nil
 	}
+	if !k.h2 {
+		// HTTP/1.1: the lean transport, no goroutine per connection
+		// (http1_transport.go).
+		t := newH1Transport(dial, &ut.retired)
+		ut.RoundTripper, ut.closeIdle = t, t.closeIdle
+		return ut
+	}
 	t := &http.Transport{
 		// The dial does TLS itself when the endpoint has it: to the
 		// transport every endpoint is plaintext "http".
@@ -547,13 +554,9 @@ func newUpstreamTransport(p *Proxy, k transportKey) *upstreamTransport {
 		HTTP2:     &http.HTTP2Config{SendPingTimeout: time.Minute, PingTimeout: 15 * time.Second},
 		Protocols: new(http.Protocols),
 	}
-	if k.h2 {
-		// HTTP/2 with prior knowledge: h2c to a plaintext endpoint, h2
-		// over the endpoint's TLS (whose ALPN the cluster sets).
-		t.Protocols.SetUnencryptedHTTP2(true)
-	} else {
-		t.Protocols.SetHTTP1(true)
-	}
+	// HTTP/2 with prior knowledge: h2c to a plaintext endpoint, h2 over
+	// the endpoint's TLS (whose ALPN the cluster sets).
+	t.Protocols.SetUnencryptedHTTP2(true)
 	ut.RoundTripper, ut.closeIdle = t, t.CloseIdleConnections
 	return ut
 }
