@@ -177,7 +177,7 @@ func BenchmarkL7GRPC(b *testing.B) {
 	for _, p := range []struct{ name, addr string }{
 		{"hop/direct", backend},
 		{"hop/reverseproxy", h2ReverseProxy(b, backend, nil, nil)},
-		{"hop/vmesh", benchHop(b, backend, true)},
+		{"hop/vmesh", h2Hop(b, backend)},
 		{"mesh/reverseproxy-mtls", hop1},
 		{"mesh/vmesh-mtls", fx.addr("ping")},
 	} {
