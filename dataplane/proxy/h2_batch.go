@@ -3,6 +3,7 @@ package proxy
 import (
 	"errors"
 	"net"
+	"runtime"
 	"sync"
 	"time"
 )
@@ -19,7 +20,9 @@ import (
 // gathered by the time it runs, and again until nothing is left. A frame
 // written while another goroutine still produces the next one goes out
 // in the same syscall (and, over TLS, the same record), and nothing
-// waits for a timer: the flush runs as soon as the scheduler gets to it.
+// waits for a timer: the flush runs as soon as the scheduler gets to it,
+// after the goroutines that were ready. A gRPC unary call through a hop
+// so costs the proxy about three writes instead of eight.
 
 // batchLimit is how much a batchConn holds before Write waits for the
 // flush goroutine (HTTP/2 flow control bounds it anyway).
@@ -79,10 +82,14 @@ func (c *batchConn) Write(p []byte) (int, error) {
 	return len(p), nil
 }
 
-// flush writes what gathered until nothing is left. A write error ends
-// the connection: its reader notices, as it would have had the writer
-// seen the error itself.
+// flush writes what gathered until nothing is left. It first lets the
+// goroutines that are ready run (the stream's handler about to write its
+// trailers, net/http's serve loop with the next frame): what they write
+// joins the batch, as an event loop writes once per turn. A write error
+// ends the connection: its reader notices, as it would have had the
+// writer seen the error itself.
 func (c *batchConn) flush() {
+	runtime.Gosched()
 	c.mu.Lock()
 	for c.buf != nil && c.err == nil {
 		b := c.buf
