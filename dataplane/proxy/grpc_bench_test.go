@@ -9,6 +9,7 @@ import (
 	"net/http"
 	"net/http/httputil"
 	"net/url"
+	"runtime/metrics"
 	"sync/atomic"
 	"testing"
 	"time"
@@ -24,7 +25,8 @@ import (
 // connections and 16 goroutines on 2 CPUs, straight to a grpc-go server,
 // through a minimal httputil.ReverseProxy speaking h2c both ways, and
 // through the proxy (an HTTP connection manager with an HTTP/2 cluster).
-// Every reply is checked; cpu-ns/op is the process's CPU per call.
+// Every reply is checked; cpu-ns/op is the process's CPU per call and
+// goroutines/op the goroutines it started per call.
 //
 //	go test -run '^$' -bench 'L7GRPC' -count 6 ./dataplane/proxy
 
@@ -124,7 +126,7 @@ func runGRPC(b *testing.B, addr string) {
 	b.SetParallelism(benchParallelism)
 	b.ReportAllocs()
 	b.ResetTimer()
-	cpu0 := cpuTime(b)
+	cpu0, g0 := cpuTime(b), goroutinesCreated()
 	b.RunParallel(func(pb *testing.PB) {
 		c := conns[int(next.Add(1))%len(conns)]
 		for pb.Next() {
@@ -135,12 +137,24 @@ func runGRPC(b *testing.B, addr string) {
 			}
 		}
 	})
-	cpu := cpuTime(b) - cpu0
+	cpu, g := cpuTime(b)-cpu0, goroutinesCreated()-g0
 	b.StopTimer()
 	if n := failed.Load(); n > 0 {
 		b.Fatalf("%d of %d calls to %s failed; first: %v", n, b.N, addr, first.Load())
 	}
 	b.ReportMetric(float64(cpu.Nanoseconds())/float64(b.N), "cpu-ns/op")
+	b.ReportMetric(float64(g)/float64(b.N), "goroutines/op")
+}
+
+// goroutinesCreated is how many goroutines the process started so far:
+// per call, with direct's subtracted, the hand-offs a path adds.
+func goroutinesCreated() uint64 {
+	s := []metrics.Sample{{Name: "/sched/goroutines-created:goroutines"}}
+	metrics.Read(s)
+	if s[0].Value.Kind() != metrics.KindUint64 {
+		return 0
+	}
+	return s[0].Value.Uint64()
 }
 
 // waitGRPC waits until a unary call to addr succeeds (the mesh's
