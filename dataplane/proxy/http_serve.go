@@ -131,10 +131,14 @@ func (p *Proxy) serveHTTP(rl *runningListener, lrt *listenerRT, chain *chainSpec
 	// Below net/http, the edge's checks (edge.go). net/http no longer sees
 	// a *tls.Conn: it tells HTTP/2 from HTTP/1.1 by the preface, on TLS
 	// as in plaintext (ALPN only ever offers the two).
-	conn = newEdgeConn(conn, func(reason string) {
+	// Under the edge, HTTP/2's writes are batched (h2_batch.go).
+	batch := newBatchConn(conn, nil)
+	edge := newEdgeConn(batch, func(reason string) {
 		p.cfg.Metrics.ProtocolError(rl.name, reason)
 		hc.edgeRefused(reason) // accesslog.go: the access log and a rate-limited warn line
 	})
+	batch.on = edge.h2.Load
+	conn = edge
 	hcm := chain.http
 	protocols := new(http.Protocols)
 	protocols.SetHTTP1(true)

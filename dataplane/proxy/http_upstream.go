@@ -534,7 +534,11 @@ func newUpstreamTransport(p *Proxy, k transportKey) *upstreamTransport {
 			release()
 			return nil, err
 		}
-		return &releaseConn{Conn: conn, release: release}, nil
+		conn = &releaseConn{Conn: conn, release: release}
+		if k.h2 {
+			conn = newBatchConn(conn, nil) // h2_batch.go
+		}
+		return conn, nil
 	}
 	if !k.h2 {
 		// HTTP/1.1: the lean transport, no goroutine per connection
