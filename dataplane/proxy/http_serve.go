@@ -32,11 +32,12 @@ import (
 // chain are looked up again by name, so new intentions and routes apply
 // to open keep-alive connections at once.
 
+// httpHeaderTimeout bounds reading a request's headers once its first
+// byte came, and the first bytes of a connection (to tell HTTP/2 from
+// HTTP/1.1). A variable for the tests.
+var httpHeaderTimeout = 30 * time.Second
+
 const (
-	// httpHeaderTimeout bounds reading a request's headers once its first
-	// byte came, and the first bytes of a plaintext connection (to tell
-	// HTTP/2 from HTTP/1.1).
-	httpHeaderTimeout = 30 * time.Second
 	// maxRequestHeaderBytes is Envoy's max_request_headers_kb default.
 	maxRequestHeaderBytes = 60 << 10
 	// maxConcurrentStreams bounds the streams of one downstream HTTP/2
