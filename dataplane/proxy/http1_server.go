@@ -194,6 +194,7 @@ func (c *h1Conn) serve() {
 	hijacked := false
 	defer func() {
 		c.cancel()
+		c.cr.stopTimer()
 		if hijacked {
 			return
 		}
@@ -571,6 +572,16 @@ func (cr *connReader) backgroundRead() {
 	cr.inRead = false
 	cr.mu.Unlock()
 	cr.cond.Broadcast()
+}
+
+// stopTimer stops the watch's timer for good (the connection ends).
+func (cr *connReader) stopTimer() {
+	cr.mu.Lock()
+	defer cr.mu.Unlock()
+	cr.watch, cr.allowed = false, false
+	if cr.timer != nil {
+		cr.timer.Stop()
+	}
 }
 
 // stopWatch ends the watch (its read too) before the connection is read
