@@ -199,6 +199,12 @@ func (c *h1Conn) serve() {
 			return
 		}
 		c.conn.Close()
+		if b := c.w.body; b != nil {
+			// A reader of the body the handler left behind (its upstream
+			// request, still sending it) lets go of br before br goes
+			// back to its pool: the closed connection ends its read.
+			b.Close()
+		}
 		c.release()
 		c.hc.closed()
 	}()
