@@ -272,7 +272,7 @@ func TestLeanHTTP1Timeouts(t *testing.T) {
 }
 
 // TestLeanHTTP1Drain: when the listener goes away, an idle connection
-// closes at once, and one with a request in flight gets its response
+// (after a request, or before its first) closes at once, and one with a request in flight gets its response
 // with "Connection: close", then closes.
 func TestLeanHTTP1Drain(t *testing.T) {
 	b := startLeanBackend(t)
@@ -282,6 +282,7 @@ func TestLeanHTTP1Drain(t *testing.T) {
 	if resp, _ := readLean(t, idleR, "GET"); resp.StatusCode != 200 {
 		t.Fatalf("GET /len: %d", resp.StatusCode)
 	}
+	_, silentR := dialLean(t, addr) // connected, nothing sent yet
 	busy, busyR := dialLean(t, addr)
 	io.WriteString(busy, "GET /hold?id=busy HTTP/1.1\r\nHost: x\r\n\r\n")
 	if id := <-b.arrived; id != "busy" {
@@ -292,6 +293,9 @@ func TestLeanHTTP1Drain(t *testing.T) {
 	// here is the drain itself.)
 	if _, err := idleR.ReadByte(); err != io.EOF {
 		t.Errorf("the idle connection after the drain: %v; want it closed (EOF)", err)
+	}
+	if _, err := silentR.ReadByte(); err != io.EOF {
+		t.Errorf("a connection that sent nothing yet, after the drain: %v; want it closed (EOF)", err)
 	}
 	b.release <- struct{}{}
 	resp, body := readLean(t, busyR, "GET")

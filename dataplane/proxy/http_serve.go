@@ -139,8 +139,8 @@ func (p *Proxy) serveHTTP(rl *runningListener, lrt *listenerRT, chain *chainSpec
 	// HTTP/1 on the lean server (http1_server.go), on this goroutine;
 	// HTTP/2 (the preface, on TLS as in plaintext) on net/http's.
 	c := newH1Conn(hc, conn)
+	conn.SetReadDeadline(time.Now().Add(httpHeaderTimeout)) // (before a drain can cut it short)
 	go hc.watchDrain(c.drain)
-	conn.SetReadDeadline(time.Now().Add(httpHeaderTimeout))
 	h2, err := c.sniff()
 	switch {
 	case err != nil:
