@@ -220,14 +220,15 @@ func (c *h1Conn) serve() {
 			}
 			if c.br.Buffered() == 0 {
 				// Keep-alive: wait for the next request's first byte under
-				// the idle timeout, the header timeout starting then.
-				if !c.setState(h1Idle) {
-					return
-				}
+				// the idle timeout, the header timeout starting then. (The
+				// deadline first: a drain once idle cuts it short.)
 				if idle > 0 {
 					c.conn.SetReadDeadline(time.Now().Add(idle))
 				} else {
 					c.conn.SetReadDeadline(time.Time{})
+				}
+				if !c.setState(h1Idle) {
+					return
 				}
 				if _, err := c.br.Peek(1); err != nil {
 					return
