@@ -2,6 +2,7 @@ package proxy
 
 import (
 	"testing"
+	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
 )
@@ -41,3 +42,11 @@ func counterValue(t *testing.T, reg *prometheus.Registry, name string, labels ma
 
 // CounterValue is counterValue for the external tests.
 var CounterValue = counterValue
+
+// SetHTTPHeaderTimeout sets the request header timeout until the test
+// ends (set it before the proxy starts).
+func SetHTTPHeaderTimeout(t *testing.T, d time.Duration) {
+	old := httpHeaderTimeout
+	httpHeaderTimeout = d
+	t.Cleanup(func() { httpHeaderTimeout = old })
+}

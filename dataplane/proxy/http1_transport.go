@@ -74,8 +74,6 @@ var (
 	errH1HeaderTooLarge = errors.New("proxy: upstream response header larger than 10 MiB")
 	errH1ClosedBody     = errors.New("proxy: read on a closed upstream response body")
 	errH1SkipBody       = errors.New("proxy: request body not sent: the upstream answered without 100 Continue")
-	// aLongTimeAgo is a deadline that has passed: it aborts blocked I/O.
-	aLongTimeAgo = time.Unix(1, 0)
 )
 
 var (
@@ -90,7 +88,7 @@ type h1Transport struct {
 	idleFor time.Duration
 
 	mu    sync.Mutex
-	idle  []*h1Conn // oldest first; a request takes the last
+	idle  []*h1UpConn // oldest first; a request takes the last
 	timer *time.Timer
 	armed bool
 }
@@ -99,8 +97,8 @@ func newH1Transport(dial func() (net.Conn, error), retired *atomic.Bool) *h1Tran
 	return &h1Transport{dial: dial, retired: retired, idleFor: upstreamIdleTimeout}
 }
 
-// h1Conn is a connection to the endpoint.
-type h1Conn struct {
+// h1UpConn is a connection to the endpoint.
+type h1UpConn struct {
 	t      *h1Transport
 	conn   net.Conn
 	idleAt time.Time
@@ -114,7 +112,7 @@ type h1Conn struct {
 
 // Read is what the pooled bufio.Reader reads: the connection, with the
 // header's size limit and a count of the response's bytes.
-func (pc *h1Conn) Read(p []byte) (int, error) {
+func (pc *h1UpConn) Read(p []byte) (int, error) {
 	if pc.limit >= 0 {
 		if pc.limit == 0 {
 			return 0, errH1HeaderTooLarge
@@ -131,16 +129,16 @@ func (pc *h1Conn) Read(p []byte) (int, error) {
 	return n, err
 }
 
-func (pc *h1Conn) abort() {
+func (pc *h1UpConn) abort() {
 	pc.aborted.Store(true)
 	pc.conn.SetDeadline(aLongTimeAgo)
 }
 
-func (pc *h1Conn) close() { pc.conn.Close() }
+func (pc *h1UpConn) close() { pc.conn.Close() }
 
 // err is what an exchange reports for an I/O error: the context's cause
 // when the context aborted it.
-func (pc *h1Conn) err(ctx context.Context, err error) error {
+func (pc *h1UpConn) err(ctx context.Context, err error) error {
 	if pc.aborted.Load() {
 		if c := context.Cause(ctx); c != nil {
 			return c
@@ -194,7 +192,7 @@ func closeReqBody(req *http.Request) {
 
 // getConn is a pooled connection (the newest) or a new one. pooled
 // says which; idle is how long it was idle.
-func (t *h1Transport) getConn(ctx context.Context, fresh, retryable bool) (pc *h1Conn, pooled bool, idle time.Duration, err error) {
+func (t *h1Transport) getConn(ctx context.Context, fresh, retryable bool) (pc *h1UpConn, pooled bool, idle time.Duration, err error) {
 	if !fresh {
 		now := time.Now()
 		for {
@@ -224,13 +222,13 @@ func (t *h1Transport) getConn(ctx context.Context, fresh, retryable bool) (pc *h
 // connect timeout and the proxy's life, not by the request: when the
 // request's context ends first, the request fails at once and the
 // connection, once up, joins the pool (as net/http does).
-func (t *h1Transport) dialConn(ctx context.Context) (*h1Conn, error) {
+func (t *h1Transport) dialConn(ctx context.Context) (*h1UpConn, error) {
 	if ctx.Done() == nil {
 		conn, err := t.dial()
 		if err != nil {
 			return nil, err
 		}
-		return &h1Conn{t: t, conn: conn}, nil
+		return &h1UpConn{t: t, conn: conn}, nil
 	}
 	type result struct {
 		conn net.Conn
@@ -246,11 +244,11 @@ func (t *h1Transport) dialConn(ctx context.Context) (*h1Conn, error) {
 		if r.err != nil {
 			return nil, r.err
 		}
-		return &h1Conn{t: t, conn: r.conn}, nil
+		return &h1UpConn{t: t, conn: r.conn}, nil
 	case <-ctx.Done():
 		go func() {
 			if r := <-ch; r.err == nil {
-				t.put(&h1Conn{t: t, conn: r.conn})
+				t.put(&h1UpConn{t: t, conn: r.conn})
 			}
 		}()
 		return nil, context.Cause(ctx)
@@ -259,7 +257,7 @@ func (t *h1Transport) dialConn(ctx context.Context) (*h1Conn, error) {
 
 // put makes a connection idle, or closes it when the pool is full or
 // the transport retired.
-func (t *h1Transport) put(pc *h1Conn) {
+func (t *h1Transport) put(pc *h1UpConn) {
 	if t.retired != nil && t.retired.Load() {
 		pc.close()
 		return
@@ -292,7 +290,7 @@ func (t *h1Transport) prune() {
 	for i < len(t.idle) && now.Sub(t.idle[i].idleAt) >= t.idleFor {
 		i++
 	}
-	dead := make([]*h1Conn, i)
+	dead := make([]*h1UpConn, i)
 	copy(dead, t.idle[:i])
 	n := copy(t.idle, t.idle[i:])
 	clear(t.idle[n:])
@@ -329,7 +327,7 @@ func (t *h1Transport) idleCount() int {
 // h1Exchange is one request on a connection; it is the response's body
 // while that is read.
 type h1Exchange struct {
-	pc    *h1Conn
+	pc    *h1UpConn
 	ctx   context.Context
 	stop  func() bool // ends the context's hold on the connection
 	br    *bufio.Reader
@@ -355,7 +353,7 @@ const (
 
 // roundTrip runs one exchange. stale: it failed before any byte of the
 // response arrived, without the context ending.
-func (pc *h1Conn) roundTrip(req *http.Request, trace *httptrace.ClientTrace) (res *http.Response, stale bool, err error) {
+func (pc *h1UpConn) roundTrip(req *http.Request, trace *httptrace.ClientTrace) (res *http.Response, stale bool, err error) {
 	ctx := req.Context()
 	pc.aborted.Store(false)
 	ex := &h1Exchange{pc: pc, ctx: ctx}

@@ -32,11 +32,12 @@ import (
 // chain are looked up again by name, so new intentions and routes apply
 // to open keep-alive connections at once.
 
+// httpHeaderTimeout bounds reading a request's headers once its first
+// byte came, and the first bytes of a connection (to tell HTTP/2 from
+// HTTP/1.1). A variable for the tests.
+var httpHeaderTimeout = 30 * time.Second
+
 const (
-	// httpHeaderTimeout bounds reading a request's headers once its first
-	// byte came, and the first bytes of a plaintext connection (to tell
-	// HTTP/2 from HTTP/1.1).
-	httpHeaderTimeout = 30 * time.Second
 	// maxRequestHeaderBytes is Envoy's max_request_headers_kb default.
 	maxRequestHeaderBytes = 60 << 10
 	// maxConcurrentStreams bounds the streams of one downstream HTTP/2
@@ -112,10 +113,10 @@ type httpConn struct {
 }
 
 // serveHTTP serves the connection until it ends or, once drained, its
-// requests in flight are done. net/http speaks both protocols: HTTP/2 on
-// a *tls.Conn that negotiated "h2", or on a plaintext connection that
-// starts with the preface (a TLS connection without ALPN is handed over
-// as a plain one, so the preface decides there too).
+// requests in flight are done: HTTP/2 (the connection starts with the
+// preface: prior knowledge in plaintext, or ALPN "h2" on TLS, where the
+// preface follows too) through net/http's server, HTTP/1 through the
+// lean one (http1_server.go).
 func (p *Proxy) serveHTTP(rl *runningListener, lrt *listenerRT, chain *chainSpec, conn net.Conn, dst netip.AddrPort, cs *tls.ConnectionState, ids []string) {
 	hc := &httpConn{p: p, rl: rl, lrt: lrt, chain: chain, dst: dst, remote: conn.RemoteAddr().String(), ids: ids,
 		drainCh: make(chan struct{}), done: make(chan struct{})}
@@ -139,6 +140,24 @@ func (p *Proxy) serveHTTP(rl *runningListener, lrt *listenerRT, chain *chainSpec
 	})
 	batch.on = edge.h2.Load
 	conn = edge
+	// HTTP/1 on the lean server (http1_server.go), on this goroutine;
+	// HTTP/2 (the preface, on TLS as in plaintext) on net/http's.
+	c := newH1Conn(hc, conn)
+	conn.SetReadDeadline(time.Now().Add(httpHeaderTimeout)) // (before a drain can cut it short)
+	go hc.watchDrain(c.drain)
+	h2, err := c.sniff()
+	switch {
+	case err != nil:
+		c.cancel()
+		conn.Close()
+		c.release()
+		hc.closed()
+		return
+	case !h2:
+		c.serve()
+		<-hc.done
+		return
+	}
 	hcm := chain.http
 	protocols := new(http.Protocols)
 	protocols.SetHTTP1(true)
@@ -162,8 +181,12 @@ func (p *Proxy) serveHTTP(rl *runningListener, lrt *listenerRT, chain *chainSpec
 	if hcm.idleTimeout == 0 {
 		hs.IdleTimeout = -1 // none (0 would fall back to ReadTimeout)
 	}
-	go hc.watchDrain(hs)
-	ln := &oneConnListener{conn: conn, closed: make(chan struct{})}
+	// What the sniff read, net/http reads again.
+	ln := &oneConnListener{conn: &bufferedConn{Conn: conn, br: c.br}, closed: make(chan struct{})}
+	c.br = nil
+	if !c.handOff(func() { hc.shutdown(hs) }) {
+		go hc.shutdown(hs)
+	}
 	served := make(chan struct{})
 	go func() {
 		defer close(served)
@@ -178,6 +201,7 @@ func (p *Proxy) serveHTTP(rl *runningListener, lrt *listenerRT, chain *chainSpec
 	<-hc.done
 	ln.Close()
 	<-served
+	c.cancel()
 }
 
 // closed marks the connection done: net/http closed it, or the protocol
@@ -187,8 +211,8 @@ func (hc *httpConn) closed() { hc.doneOnce.Do(func() { close(hc.done) }) }
 // watchDrain stops keep-alive once the connection must drain — its
 // listener's life ended, the proxy is stopping, or its chain changed —
 // letting the requests in flight finish: HTTP/1.1 answers them with
-// "Connection: close", HTTP/2 sends GOAWAY.
-func (hc *httpConn) watchDrain(hs *http.Server) {
+// "Connection: close", HTTP/2 sends GOAWAY. onDrain does it.
+func (hc *httpConn) watchDrain(onDrain func()) {
 	var lifeDrain <-chan struct{}
 	if life := hc.lrt.life; life != nil {
 		lifeDrain = life.drain
@@ -200,6 +224,11 @@ func (hc *httpConn) watchDrain(hs *http.Server) {
 	case <-hc.done:
 		return
 	}
+	onDrain()
+}
+
+// shutdown drains an HTTP/2 connection's server.
+func (hc *httpConn) shutdown(hs *http.Server) {
 	hs.SetKeepAlivesEnabled(false)
 	ctx, cancel := context.WithCancel(context.Background())
 	go func() {
