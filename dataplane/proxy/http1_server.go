@@ -59,6 +59,26 @@ const (
 	rstAvoidanceDelay = 500 * time.Millisecond
 )
 
+// dateCache is the Date header's value for the current second.
+var dateCache atomic.Pointer[cachedDate]
+
+type cachedDate struct {
+	sec int64
+	s   string
+}
+
+// httpDate is the current time in the Date header's format, formatted
+// once a second.
+func httpDate() string {
+	now := time.Now()
+	if d := dateCache.Load(); d != nil && d.sec == now.Unix() {
+		return d.s
+	}
+	d := &cachedDate{sec: now.Unix(), s: now.UTC().Format(http.TimeFormat)}
+	dateCache.Store(d)
+	return d.s
+}
+
 // aLongTimeAgo is a deadline that has passed: it wakes blocked I/O (the
 // server's reads, the upstream transport's reads and writes).
 var aLongTimeAgo = time.Unix(1, 0)
@@ -907,6 +927,11 @@ func (w *h1Response) sendHeader(done bool) {
 	}
 	w.writeStatusLine(code)
 	w.writeHeaders(h, false)
+	if _, ok := h["Date"]; !ok {
+		// As net/http's server and Envoy: every response has a Date
+		// (an upstream's own is kept).
+		w.writeField("Date", httpDate())
+	}
 	if w.chunking {
 		w.bw.WriteString("Transfer-Encoding: chunked\r\n")
 	}

@@ -41,6 +41,11 @@ func startLeanBackend(t *testing.T) *leanBackend {
 		w.Header().Set("Content-Length", "5")
 		io.WriteString(w, "hello")
 	})
+	mux.HandleFunc("/nodate", func(w http.ResponseWriter, r *http.Request) {
+		w.Header()["Date"] = nil // net/http then sends none
+		w.Header().Set("X-Date", time.Now().UTC().Format(http.TimeFormat))
+		io.WriteString(w, "x")
+	})
 	mux.HandleFunc("/echo", func(w http.ResponseWriter, r *http.Request) {
 		body, _ := io.ReadAll(r.Body)
 		w.Header().Set("X-Body-Len", strconv.Itoa(len(body)))
@@ -156,6 +161,23 @@ func TestLeanHTTP1KeepAlive(t *testing.T) {
 	}
 	if _, err := br.ReadByte(); err != io.EOF {
 		t.Errorf("after an HTTP/1.0 response: %v; want the connection closed", err)
+	}
+}
+
+// TestLeanHTTP1Date: every response has a Date, as from net/http's
+// server and Envoy: the upstream's when it sent one, else the proxy's.
+func TestLeanHTTP1Date(t *testing.T) {
+	addr, _ := leanProxy(t, startLeanBackend(t), nil)
+	c, br := dialLean(t, addr)
+	io.WriteString(c, "GET /nodate HTTP/1.1\r\nHost: x\r\n\r\nGET /len HTTP/1.1\r\nHost: x\r\n\r\n")
+	resp, _ := readLean(t, br, "GET")
+	got, err := http.ParseTime(resp.Header.Get("Date"))
+	sent, _ := http.ParseTime(resp.Header.Get("X-Date"))
+	if err != nil || len(resp.Header["Date"]) != 1 || got.Sub(sent).Abs() > 5*time.Second {
+		t.Errorf("upstream without Date: the proxy's Date is %q (%v), the upstream's clock %q", resp.Header["Date"], err, resp.Header.Get("X-Date"))
+	}
+	if resp, _ := readLean(t, br, "GET"); len(resp.Header["Date"]) != 1 {
+		t.Errorf("upstream with Date: %q, want exactly the upstream's", resp.Header["Date"])
 	}
 }
 
