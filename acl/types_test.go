@@ -204,6 +204,9 @@ func TestValidate(t *testing.T) {
 		{"long policy name", &Policy{Name: strings.Repeat("a", 129)}, []string{"Name"}},
 		{"good role", &Role{Name: "ops", Policies: []Link{{ID: id}}}, nil},
 		{"bad role", &Role{Name: "", NodeIdentities: []NodeIdentity{{NodeName: "n"}}}, []string{`Name ""`, "Datacenter is required"}},
+		{"longest role name", &Role{Name: strings.Repeat("r", 256)}, nil},
+		{"long role name", &Role{Name: strings.Repeat("r", 257)}, []string{"Name", "1 to 256"}},
+		{"role name characters", &Role{Name: "ops/team"}, []string{`Name "ops/team"`}},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {

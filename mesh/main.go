@@ -78,6 +78,11 @@ func (c *agentCommand) Run(ctx context.Context, args []string) int {
 	level := new(slog.LevelVar)
 	level.UnmarshalText([]byte(cfg.LogLevel))
 	logger := cli.NewLoggerVar(level, cfg.LogJSON, env.Stderr)
+	getenv := env.Getenv
+	if getenv == nil {
+		getenv = os.Getenv
+	}
+	applyRuntime(cfg.Runtime, getenv, logger)
 	agent := NewAgent(cfg, logger, env.Stdout)
 	// PUT /v1/agent/reload asks this loop to do what SIGHUP does, so
 	// the two never run at once and both tell systemd.

@@ -15,7 +15,7 @@ import (
 
 var goMetrics struct {
 	once sync.Once
-	sink *gmprom.PrometheusSink
+	sink *summarySink
 	reg  *prometheus.Registry // the sink's, gathered by MetricsGatherer
 	err  error
 }
@@ -30,14 +30,20 @@ var goMetrics struct {
 // moving keeps its value for rate().
 func MetricsSink() (prometheus.Collector, error) {
 	goMetrics.once.Do(func() {
-		// NewPrometheusSinkFrom insists on registering the sink somewhere;
-		// the agents' registries are where it is scraped from.
-		reg := prometheus.NewRegistry()
-		sink, err := gmprom.NewPrometheusSinkFrom(gmprom.PrometheusOpts{
-			Name: "vmesh_go_metrics_sink", Registerer: reg,
+		// NewPrometheusSinkFrom insists on registering the sink somewhere:
+		// a registry of its own, never gathered. The agents' registries
+		// collect summarySink (metrics_summary.go), which wraps it, and
+		// reg is MetricsGatherer's.
+		inner, err := gmprom.NewPrometheusSinkFrom(gmprom.PrometheusOpts{
+			Name: "vmesh_go_metrics_sink", Registerer: prometheus.NewRegistry(),
 		})
 		if err != nil {
 			goMetrics.err = fmt.Errorf("creating the go-metrics sink: %w", err)
+			return
+		}
+		sink, reg := &summarySink{PrometheusSink: inner}, prometheus.NewRegistry()
+		if err := reg.Register(sink); err != nil {
+			goMetrics.err = fmt.Errorf("registering the go-metrics sink: %w", err)
 			return
 		}
 		cfg := gometrics.DefaultConfig("")

@@ -185,9 +185,13 @@ func encodeDeltaEvent(d Delta) (encodedEvent, error) {
 type history struct {
 	mu     sync.RWMutex
 	logger *slog.Logger
-	ring   []histEntry
-	head   int // position of the oldest entry
-	n      int
+	// ring grows by doubling up to size entries, then keeps the last
+	// size: a small cluster's servers never hold size entries' worth
+	// of slots (8,192 × 32 bytes, scanned by every GC) they do not use.
+	ring []histEntry
+	size int
+	head int // position of the oldest entry
+	n    int
 	// floor: every replicated change after it is in ring. last: the last
 	// command index the FSM applied, replicated or not.
 	floor, last uint64
@@ -204,7 +208,7 @@ func newHistory(size int, logger *slog.Logger) *history {
 	if size <= 0 {
 		size = DefaultStreamHistory
 	}
-	return &history{logger: logger, ring: make([]histEntry, size), wake: make(chan struct{}), subs: map[*subscriber]struct{}{}}
+	return &history{logger: logger, size: size, wake: make(chan struct{}), subs: map[*subscriber]struct{}{}}
 }
 
 // recordLocked notes the command applied at idx; resp is the FSM's answer.
@@ -228,6 +232,9 @@ func (h *history) recordLocked(idx uint64, buf []byte, resp any) {
 	if data == nil {
 		return
 	}
+	if h.n == len(h.ring) && len(h.ring) < h.size {
+		h.growLocked()
+	}
 	pos := (h.head + h.n) % len(h.ring)
 	if h.n == len(h.ring) {
 		evicted := h.ring[h.head].index
@@ -242,12 +249,20 @@ func (h *history) recordLocked(idx uint64, buf []byte, resp any) {
 	h.wake = make(chan struct{})
 }
 
+// growLocked doubles the full ring (at least 64 entries, at most size),
+// its entries in order from position 0.
+func (h *history) growLocked() {
+	ring := make([]histEntry, min(max(2*len(h.ring), 64), h.size))
+	for i := range h.n {
+		ring[i] = h.ring[(h.head+i)%len(h.ring)]
+	}
+	h.ring, h.head = ring, 0
+}
+
 // resetLocked forgets the history: after a snapshot restore the changes
 // that led to idx are not known one by one.
 func (h *history) resetLocked(idx uint64) {
-	for i := range h.ring {
-		h.ring[i] = histEntry{}
-	}
+	h.ring = nil
 	floor := idx
 	if idx < h.last {
 		// An operator's restore took the catalog back to an older index

@@ -2,6 +2,7 @@ package raft
 
 import (
 	"encoding/json"
+	"fmt"
 	"testing"
 
 	"github.com/vmesh/vmesh/lab/testkit"
@@ -72,5 +73,51 @@ func TestProgressEncoding(t *testing.T) {
 		if got := encodeProgress(idx); string(got) != string(want) {
 			t.Errorf("encodeProgress(%d) = %s; json.Marshal makes %s", idx, got, want)
 		}
+	}
+}
+
+// The history's ring starts empty and doubles up to its size, keeping
+// its entries in order across each growth and after it wraps; a reset
+// lets the slots go.
+func TestHistoryRingGrows(t *testing.T) {
+	h := newHistory(200, testkit.Discard())
+	if h.ring != nil {
+		t.Fatalf("a new history holds %d slots before any entry", len(h.ring))
+	}
+	buf, err := encodeCommand(registerService("h", "svc", "web"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	h.mu.Lock()
+	var lens []int
+	for i := 1; i <= 250; i++ {
+		h.recordLocked(uint64(i), buf, nil)
+		if len(lens) == 0 || lens[len(lens)-1] != len(h.ring) {
+			lens = append(lens, len(h.ring))
+		}
+	}
+	h.mu.Unlock()
+	if want := []int{64, 128, 200}; fmt.Sprint(lens) != fmt.Sprint(want) {
+		t.Errorf("ring sizes %v, want %v", lens, want)
+	}
+	if h.n != 200 || h.floor != 50 {
+		t.Fatalf("n %d, floor %d; want 200 entries after 50", h.n, h.floor)
+	}
+	for i := range h.n {
+		if got := h.ring[(h.head+i)%len(h.ring)].index; got != uint64(51+i) {
+			t.Fatalf("entry %d has index %d, want %d", i, got, 51+i)
+		}
+	}
+	s := &subscriber{dropped: make(chan struct{})}
+	s.cursor.Store(240)
+	_, last, _, _, err := h.take(s)
+	if err != nil || last != 250 {
+		t.Errorf("take from 240: last delta %d, %v; want 250", last, err)
+	}
+	h.mu.Lock()
+	h.resetLocked(250)
+	h.mu.Unlock()
+	if h.ring != nil || h.n != 0 {
+		t.Errorf("after a reset the ring holds %d slots, %d entries", len(h.ring), h.n)
 	}
 }

@@ -83,6 +83,8 @@ type Config struct {
 	Checks      ChecksConfig  `hcl:"checks"`
 	// Telemetry is distributed tracing (docs/observability.md).
 	Telemetry TelemetryConfig `hcl:"telemetry"`
+	// Runtime is the Go garbage collector's settings (runtime.go).
+	Runtime RuntimeConfig `hcl:"runtime"`
 	// Join is a member's cluster address to join at start when this node
 	// has no cluster state yet, with the join token read from TokenFile,
 	// or from the VMESH_JOIN_TOKEN environment variable (Build puts it in
@@ -345,6 +347,7 @@ func (c *Config) Validate() error {
 	errs = append(errs, c.validateACL()...)
 	errs = append(errs, c.validateChecks()...)
 	errs = append(errs, c.validateTelemetry()...)
+	errs = append(errs, c.validateRuntime()...)
 	return errors.Join(errs...)
 }
 
