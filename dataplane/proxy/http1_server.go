@@ -349,12 +349,17 @@ func badRequest(text string) error { return statusError{http.StatusBadRequest, t
 
 // readRequest reads and checks a request head: net/http's conn.readRequest.
 func (c *h1Conn) readRequest() (*http.Request, error) {
-	c.cr.remain = maxRequestHeaderBytes + 4096
+	c.cr.remain = maxRequestHead
 	if c.lastMethod == http.MethodPost {
 		// RFC 7230 section 3 tolerance for old buggy clients.
 		peek, _ := c.br.Peek(4)
 		c.br.Discard(numLeadingCRorLF(peek))
 	}
+	// What br holds already is of this head too: the head is read
+	// within maxRequestHead bytes in all, the edge's bound. A longer
+	// one the edge let through unchecked (and stopped checking the
+	// connection): read, it would let what follows it past the edge.
+	c.cr.remain = maxRequestHead - int64(c.br.Buffered())
 	req, err := readRequest(c.br)
 	if err != nil {
 		if c.cr.remain <= 0 {
