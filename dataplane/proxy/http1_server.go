@@ -121,6 +121,33 @@ type h1Conn struct {
 	w          h1Response
 	wmu        sync.Mutex
 	lastMethod string
+
+	// amu orders a stream's timeout (abortWrites) with the request in
+	// flight changing: a late timeout never touches the next request.
+	amu      sync.Mutex
+	inflight *http.Request
+	aborted  bool
+}
+
+// abortWrites makes the connection's writes fail, a blocked one too,
+// if req is still in flight: its stream timed out after its response
+// started. The connection closes after it.
+func (c *h1Conn) abortWrites(req *http.Request) {
+	c.amu.Lock()
+	defer c.amu.Unlock()
+	if c.inflight == req && !c.aborted {
+		c.aborted = true
+		c.conn.SetWriteDeadline(aLongTimeAgo)
+	}
+}
+
+// setInflight marks req in flight (nil: none); false when the request
+// that was had its writes aborted.
+func (c *h1Conn) setInflight(req *http.Request) bool {
+	c.amu.Lock()
+	defer c.amu.Unlock()
+	c.inflight = req
+	return !c.aborted
 }
 
 func newH1Conn(hc *httpConn, conn net.Conn) *h1Conn {
@@ -270,6 +297,7 @@ func (c *h1Conn) serve() {
 		if w == nil {
 			return
 		}
+		c.setInflight(req)
 		if !c.callHandler(w, req) {
 			// A panic (http.ErrAbortHandler: the response was cut short):
 			// the connection goes with it.
@@ -286,7 +314,7 @@ func (c *h1Conn) serve() {
 			return
 		}
 		c.cr.stopWatch()
-		if !w.finish() {
+		if !w.finish() || !c.setInflight(nil) {
 			return
 		}
 	}
