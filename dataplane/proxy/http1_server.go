@@ -121,6 +121,33 @@ type h1Conn struct {
 	w          h1Response
 	wmu        sync.Mutex
 	lastMethod string
+
+	// amu orders a stream's timeout (abortWrites) with the request in
+	// flight changing: a late timeout never touches the next request.
+	amu      sync.Mutex
+	inflight *http.Request
+	aborted  bool
+}
+
+// abortWrites makes the connection's writes fail, a blocked one too,
+// if req is still in flight: its stream timed out after its response
+// started. The connection closes after it.
+func (c *h1Conn) abortWrites(req *http.Request) {
+	c.amu.Lock()
+	defer c.amu.Unlock()
+	if c.inflight == req && !c.aborted {
+		c.aborted = true
+		c.conn.SetWriteDeadline(aLongTimeAgo)
+	}
+}
+
+// setInflight marks req in flight (nil: none); false when the request
+// that was had its writes aborted.
+func (c *h1Conn) setInflight(req *http.Request) bool {
+	c.amu.Lock()
+	defer c.amu.Unlock()
+	c.inflight = req
+	return !c.aborted
 }
 
 func newH1Conn(hc *httpConn, conn net.Conn) *h1Conn {
@@ -270,6 +297,7 @@ func (c *h1Conn) serve() {
 		if w == nil {
 			return
 		}
+		c.setInflight(req)
 		if !c.callHandler(w, req) {
 			// A panic (http.ErrAbortHandler: the response was cut short):
 			// the connection goes with it.
@@ -286,7 +314,7 @@ func (c *h1Conn) serve() {
 			return
 		}
 		c.cr.stopWatch()
-		if !w.finish() {
+		if !w.finish() || !c.setInflight(nil) {
 			return
 		}
 	}
@@ -349,12 +377,17 @@ func badRequest(text string) error { return statusError{http.StatusBadRequest, t
 
 // readRequest reads and checks a request head: net/http's conn.readRequest.
 func (c *h1Conn) readRequest() (*http.Request, error) {
-	c.cr.remain = maxRequestHeaderBytes + 4096
+	c.cr.remain = maxRequestHead
 	if c.lastMethod == http.MethodPost {
 		// RFC 7230 section 3 tolerance for old buggy clients.
 		peek, _ := c.br.Peek(4)
 		c.br.Discard(numLeadingCRorLF(peek))
 	}
+	// What br holds already is of this head too: the head is read
+	// within maxRequestHead bytes in all, the edge's bound. A longer
+	// one the edge let through unchecked (and stopped checking the
+	// connection): read, it would let what follows it past the edge.
+	c.cr.remain = maxRequestHead - int64(c.br.Buffered())
 	req, err := readRequest(c.br)
 	if err != nil {
 		if c.cr.remain <= 0 {

@@ -2,6 +2,7 @@ package proxy
 
 import (
 	"bufio"
+	"bytes"
 	"context"
 	"errors"
 	"fmt"
@@ -44,10 +45,14 @@ import (
 // upstreamIdleTimeout by one timer per transport. With no goroutine
 // reading an idle connection, a connection the upstream closed while
 // idle is found when it is used: it is peeked at (one non-blocking
-// MSG_PEEK) before a request that could not be sent again, and a
-// request without a body of an idempotent method that fails on a pooled
-// connection before any byte of the response is sent once more on a
-// new one (net/http retries the same ones).
+// MSG_PEEK) before every request, and a request without a body of an
+// idempotent method that fails on a pooled connection before any byte
+// of the response is sent once more on a new one (net/http retries the
+// same ones). The peek also finds bytes the upstream sent after a
+// response ended (a body longer than its Content-Length, a body after a
+// HEAD, 204 or 304 response): read as the response to the next request,
+// possibly another client's, they would poison it; net/http's readLoop
+// closes such a connection too ("Unsolicited response").
 
 const (
 	// h1MaxIdle bounds the idle connections of a transport
@@ -56,11 +61,6 @@ const (
 	// h1MaxHeaderBytes bounds a response's header (net/http's default
 	// for a transport).
 	h1MaxHeaderBytes = 10 << 20
-	// h1PeekAfter: a connection idle longer than this is peeked at
-	// before any request; a shorter idle one only before a request that
-	// could not be retried on a new connection (a busy pool pays no
-	// system call).
-	h1PeekAfter = 100 * time.Millisecond
 	// h1WriteWait is how long a finished response waits for its
 	// request's body to be written before the connection is given up
 	// rather than reused (net/http's maxWriteWaitBeforeConnReuse).
@@ -74,6 +74,8 @@ var (
 	errH1HeaderTooLarge = errors.New("proxy: upstream response header larger than 10 MiB")
 	errH1ClosedBody     = errors.New("proxy: read on a closed upstream response body")
 	errH1SkipBody       = errors.New("proxy: request body not sent: the upstream answered without 100 Continue")
+	errH1CLTE           = errors.New("proxy: upstream response with both Content-Length and Transfer-Encoding")
+	errH1Unasked101     = errors.New("proxy: upstream switched protocols when no upgrade was asked for")
 )
 
 var (
@@ -165,7 +167,7 @@ func (t *h1Transport) RoundTrip(req *http.Request) (*http.Response, error) {
 	// cannot have acted on them.
 	retryable := req.Body == nil && idempotent[req.Method]
 	for fresh := false; ; fresh = true {
-		pc, pooled, idle, err := t.getConn(ctx, fresh, retryable)
+		pc, pooled, idle, err := t.getConn(ctx, fresh)
 		if err != nil {
 			closeReqBody(req)
 			return nil, err
@@ -192,7 +194,7 @@ func closeReqBody(req *http.Request) {
 
 // getConn is a pooled connection (the newest) or a new one. pooled
 // says which; idle is how long it was idle.
-func (t *h1Transport) getConn(ctx context.Context, fresh, retryable bool) (pc *h1UpConn, pooled bool, idle time.Duration, err error) {
+func (t *h1Transport) getConn(ctx context.Context, fresh bool) (pc *h1UpConn, pooled bool, idle time.Duration, err error) {
 	if !fresh {
 		now := time.Now()
 		for {
@@ -207,7 +209,9 @@ func (t *h1Transport) getConn(ctx context.Context, fresh, retryable bool) (pc *h
 			t.idle = t.idle[:n-1]
 			t.mu.Unlock()
 			idle = now.Sub(pc.idleAt)
-			if idle >= t.idleFor || ((!retryable || idle > h1PeekAfter) && !connAlive(pc.conn)) {
+			// (Peeked at even when just pooled: bytes that came after
+			// the last response are no answer to the next request.)
+			if idle >= t.idleFor || !connAlive(pc.conn) {
 				pc.close()
 				continue
 			}
@@ -385,7 +389,9 @@ func (pc *h1UpConn) roundTrip(req *http.Request, trace *httptrace.ClientTrace) (
 	br.Reset(pc)
 	ex.br = br
 	pc.limit, pc.nread = h1MaxHeaderBytes, 0
+	var clte, unchecked bool
 	for {
+		clte, unchecked = h1HeadCLTE(br)
 		res, err = http.ReadResponse(br, req)
 		if err != nil {
 			break
@@ -410,6 +416,17 @@ func (pc *h1UpConn) roundTrip(req *http.Request, trace *httptrace.ClientTrace) (
 		}
 	}
 	pc.limit = -1
+	if err == nil && len(res.TransferEncoding) > 0 && clte {
+		// The upstream and the proxy may frame the body differently
+		// (http.ReadResponse drops the length): a 502, and the
+		// connection goes (Envoy refuses it too).
+		res.Body.Close()
+		err = errH1CLTE
+	}
+	if err == nil && res.StatusCode == http.StatusSwitchingProtocols && upgradeType(req.Header) == "" {
+		// Nobody would read or close the connection: a 502.
+		err = errH1Unasked101
+	}
 	if err != nil {
 		stale = pc.nread == 0 && !pc.aborted.Load()
 		err = pc.err(ctx, err)
@@ -419,7 +436,9 @@ func (pc *h1UpConn) roundTrip(req *http.Request, trace *httptrace.ClientTrace) (
 		ex.goAhead(false)
 		return nil, stale, err
 	}
-	ex.closeAfter = ex.closeAfter || res.Close
+	// A chunked response whose head was not checked whole is not
+	// trusted with the next request.
+	ex.closeAfter = ex.closeAfter || res.Close || (unchecked && len(res.TransferEncoding) > 0)
 	ex.goAhead(!ex.closeAfter)
 
 	if res.StatusCode == http.StatusSwitchingProtocols {
@@ -447,6 +466,60 @@ func (pc *h1UpConn) roundTrip(req *http.Request, trace *httptrace.ClientTrace) (
 	ex.inner = res.Body
 	res.Body = ex
 	return res, false, nil
+}
+
+// h1HeadCLTE looks at the response head at the start of br before
+// http.ReadResponse reads it (which drops a Content-Length that comes
+// with Transfer-Encoding): clte, it has both; unchecked, br does not
+// hold it whole (a head that came in pieces, or bare LF line ends).
+func h1HeadCLTE(br *bufio.Reader) (clte, unchecked bool) {
+	if _, err := br.Peek(1); err != nil {
+		return false, false // http.ReadResponse fails the same way
+	}
+	b, _ := br.Peek(br.Buffered())
+	end := bytes.Index(b, []byte("\r\n\r\n"))
+	if end < 0 {
+		return false, true
+	}
+	b = b[:end+2]
+	var cl, te bool
+	for i := bytes.IndexByte(b, '\n') + 1; i < len(b); {
+		j := bytes.IndexByte(b[i:], '\n')
+		line := b[i : i+j]
+		i += j + 1
+		switch {
+		case hasPrefixFold(line, "content-length:"):
+			cl = true
+		case hasPrefixFold(line, "transfer-encoding:"):
+			te = true
+		}
+	}
+	return cl && te, false
+}
+
+func hasPrefixFold(b []byte, prefix string) bool {
+	return len(b) >= len(prefix) && asciiEqualFold(b[:len(prefix)], prefix)
+}
+
+// asciiEqualFold compares ASCII case-insensitively (bytes.EqualFold
+// folds Unicode too: "ſ" would match "s").
+func asciiEqualFold(b []byte, s string) bool {
+	if len(b) != len(s) {
+		return false
+	}
+	for i := range len(b) {
+		x, y := b[i], s[i]
+		if 'A' <= x && x <= 'Z' {
+			x += 'a' - 'A'
+		}
+		if 'A' <= y && y <= 'Z' {
+			y += 'a' - 'A'
+		}
+		if x != y {
+			return false
+		}
+	}
+	return true
 }
 
 // release returns the reader buffer to its pool.

@@ -424,7 +424,9 @@ type respWriter struct {
 	s           *stream
 	code        int
 	wroteHeader bool
-	bytes       atomic.Int64
+	// started: the response began (for the stream's timer).
+	started atomic.Bool
+	bytes   atomic.Int64
 }
 
 func (w *respWriter) WriteHeader(code int) {
@@ -433,6 +435,7 @@ func (w *respWriter) WriteHeader(code int) {
 			return
 		}
 		w.wroteHeader, w.code = true, code
+		w.started.Store(true)
 		if w.s.closeUnlessSwitched && code != http.StatusSwitchingProtocols {
 			// The edge stopped checking this connection's requests
 			// when this one offered to switch protocols (edge.go).
@@ -473,6 +476,7 @@ func (w *respWriter) Hijack() (net.Conn, *bufio.ReadWriter, error) {
 		return nil, nil, err
 	}
 	w.wroteHeader, w.code = true, http.StatusSwitchingProtocols
+	w.started.Store(true)
 	return &countingConn{Conn: c, s: w.s}, brw, nil
 }
 

@@ -67,6 +67,10 @@ type stream struct {
 	perTry atomic.Pointer[lazyTimer]
 	upIn   atomic.Int64 // bytes read from an upgraded downstream connection
 
+	// h1 is the lean server's connection the request came on (nil:
+	// HTTP/2), whose writes a timeout aborts.
+	h1 *h1Conn
+
 	// held is the last attempt, whose breaker slots, host's active count
 	// and context are freed once the response is done.
 	mu   sync.Mutex
@@ -91,6 +95,9 @@ func (hc *httpConn) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	lrt, chain := hc.current(snap)
 	s := &stream{hc: hc, snap: snap, lrt: lrt, hcm: chain.http, r: r, start: time.Now(), grpc: isGRPC(r.Header)}
 	s.w = respWriter{ResponseWriter: w, s: s}
+	if hw, ok := w.(*h1Response); ok {
+		s.h1 = hw.c
+	}
 	defer s.finish()
 	s.traceStart()
 	if r.ProtoMajor == 1 {
@@ -155,12 +162,12 @@ func (s *stream) serve(routes *routeConfigSpec) {
 			limit = retryBufferLimit
 		}
 		s.body = &streamBody{s: s, src: r.Body, limit: limit}
-		s.timer.start(idle, rt.action.timeout, s.cancel, false)
+		s.timer.start(idle, rt.action.timeout, s.timedOut, false)
 	} else {
 		// The request is complete: the route timeout starts now (no
 		// attempt, so no per-try timeout, has started yet).
 		s.bodyDone.Store(true)
-		s.timer.start(idle, rt.action.timeout, s.cancel, true)
+		s.timer.start(idle, rt.action.timeout, s.timedOut, true)
 	}
 	s.rp = httputil.ReverseProxy{
 		Rewrite:        s.rewrite,
@@ -193,6 +200,19 @@ func dropH2CUpgrade(h http.Header) {
 }
 
 // finish ends the stream's timers, frees what it holds and reports it.
+// timedOut ends the stream on its idle or route timeout. Once the
+// response started, Envoy resets the stream: an HTTP/1 client that does
+// not read its response would otherwise hold the handler in a blocked
+// write for good, and with it the upstream connection and the
+// upstream's handler; its connection's writes fail instead, and the
+// connection closes.
+func (s *stream) timedOut(cause error) {
+	s.cancel(cause)
+	if s.h1 != nil && s.w.started.Load() {
+		s.h1.abortWrites(s.r)
+	}
+}
+
 func (s *stream) finish() {
 	s.timer.stop()
 	if t := s.perTry.Load(); t != nil {
