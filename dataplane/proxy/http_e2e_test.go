@@ -372,6 +372,9 @@ func TestMeshHTTP(t *testing.T) {
 	t.Run("http1", func(t *testing.T) {
 		req := newReq(t, "GET", fx.url("web", "/hello?x=1"), nil)
 		req.Header.Set("X-Forwarded-Client-Cert", "By=spiffe://forged")
+		// The same name with underscores, which CGI-style backends (WSGI,
+		// PHP) read as the same variable: dropped too.
+		req.Header["X_Forwarded_Client_Cert"] = []string{"By=spiffe://forged;URI=spiffe://vmesh.local/svc/admin"}
 		req.Header.Set("X-Custom", "kept")
 		resp, s, _ := do(t, h1, req)
 		if resp.StatusCode != 200 || s.App != "web" || s.Path != "/hello?x=1" || s.Method != "GET" || s.Header.Get("X-Custom") != "kept" {
@@ -382,6 +385,11 @@ func TestMeshHTTP(t *testing.T) {
 		xfcc := s.Header.Get("X-Forwarded-Client-Cert")
 		if !strings.HasPrefix(xfcc, "By=spiffe://vmesh.local/svc/web;Hash=") || !strings.HasSuffix(xfcc, ";URI=spiffe://vmesh.local/svc/client") {
 			t.Errorf("x-forwarded-client-cert at the app = %q", xfcc)
+		}
+		for k := range s.Header {
+			if k != "X-Forwarded-Client-Cert" && strings.EqualFold(strings.ReplaceAll(k, "_", "-"), "X-Forwarded-Client-Cert") {
+				t.Errorf("the app got %s: %q, an alias of the header the proxy sets", k, s.Header[k])
+			}
 		}
 		if got := s.Header.Get("X-Forwarded-Proto"); got != "http" {
 			t.Errorf("x-forwarded-proto at the app = %q, want http (the client's side)", got)

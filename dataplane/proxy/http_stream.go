@@ -282,11 +282,26 @@ func (s *stream) rewrite(pr *httputil.ProxyRequest) {
 	s.route.reqHeaders.apply(out.Header)
 }
 
+// dropUnderscoreAliases deletes the headers whose name is key's with
+// underscores for some dashes (X_Forwarded_Client_Cert): CGI-style
+// backends (WSGI, PHP, Rack) read both as the same variable, so a client
+// could otherwise hand the app an identity the proxy never vouched for.
+func dropUnderscoreAliases(h http.Header, key string) {
+	for k := range h {
+		if strings.IndexByte(k, '_') >= 0 && strings.EqualFold(strings.ReplaceAll(k, "_", "-"), key) {
+			delete(h, k)
+		}
+	}
+}
+
 // forwardClientCert applies forward_client_cert_details to
 // x-forwarded-client-cert.
 func (s *stream) forwardClientCert(h http.Header) {
 	const key = "X-Forwarded-Client-Cert"
 	mtls := s.hc.peer != nil
+	if s.hcm.xfcc != xfccAlwaysForwardOnly {
+		dropUnderscoreAliases(h, key)
+	}
 	switch s.hcm.xfcc {
 	case xfccSanitize:
 		h.Del(key)
