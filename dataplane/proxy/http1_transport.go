@@ -623,14 +623,12 @@ func writeChunked(bw *bufio.Writer, req *http.Request) error {
 		}
 	}
 	bw.WriteString("0\r\n")
+	// Trailers are known only once the body is read: checked here.
+	if err := checkFields(req.Trailer, "trailer"); err != nil {
+		return err
+	}
 	for k, vs := range req.Trailer {
-		if !httpguts.ValidHeaderFieldName(k) {
-			return fmt.Errorf("proxy: invalid request trailer name %q", k)
-		}
 		for _, v := range vs {
-			if !httpguts.ValidHeaderFieldValue(v) {
-				return fmt.Errorf("proxy: invalid request trailer value for %q", k)
-			}
 			writeField(bw, k, v)
 		}
 	}
@@ -761,15 +759,8 @@ func validH1Request(req *http.Request) error {
 	if !httpguts.ValidHostHeader(host) {
 		return fmt.Errorf("proxy: invalid Host %q", host)
 	}
-	for k, vs := range req.Header {
-		if !httpguts.ValidHeaderFieldName(k) {
-			return fmt.Errorf("proxy: invalid header field name %q", k)
-		}
-		for _, v := range vs {
-			if !httpguts.ValidHeaderFieldValue(v) {
-				return fmt.Errorf("proxy: invalid header field value for %q", k)
-			}
-		}
+	if err := checkFields(req.Header, "header"); err != nil {
+		return err
 	}
 	for k := range req.Trailer {
 		switch http.CanonicalHeaderKey(k) {
@@ -908,4 +899,21 @@ func writeRequestURI(bw *bufio.Writer, req *http.Request) {
 		bw.WriteByte('?')
 		bw.WriteString(u.RawQuery)
 	}
+}
+
+// checkFields refuses a name or value that would break the request's
+// framing on the wire (CR, LF, NUL, a name that is not a token), as
+// net/http's transport does.
+func checkFields(h http.Header, what string) error {
+	for k, vs := range h {
+		if !httpguts.ValidHeaderFieldName(k) {
+			return fmt.Errorf("proxy: invalid request %s name %q", what, k)
+		}
+		for _, v := range vs {
+			if !httpguts.ValidHeaderFieldValue(v) {
+				return fmt.Errorf("proxy: invalid request %s value for %q", what, k)
+			}
+		}
+	}
+	return nil
 }
