@@ -451,16 +451,22 @@ func readOne[T any](a *API, w http.ResponseWriter, r *http.Request, query func(w
 	writeJSON(w, out)
 }
 
-// apply sends a write through raft.
-func (a *API) apply(r *http.Request, cmd discovery.Command) (uint64, error) {
+// authorize lets a write through once the agent can write and the
+// request's token allows cmd (discovery.AuthorizeCommand).
+func (a *API) authorize(r *http.Request, cmd discovery.Command) error {
 	if err := a.ready(r); err != nil {
-		return 0, err
+		return err
 	}
 	authz, err := a.authorizer(r)
-	if err == nil {
-		err = discovery.AuthorizeCommand(authz, a.Store, cmd)
-	}
 	if err != nil {
+		return err
+	}
+	return discovery.AuthorizeCommand(authz, a.Store, cmd)
+}
+
+// apply sends a write through raft.
+func (a *API) apply(r *http.Request, cmd discovery.Command) (uint64, error) {
+	if err := a.authorize(r, cmd); err != nil {
 		return 0, err
 	}
 	return a.Writer.Apply(discovery.WithToken(r.Context(), requestToken(r)), cmd)
@@ -494,6 +500,7 @@ func (a *API) applyTxn(r *http.Request, req discovery.TxnRequest) (uint64, *disc
 	if err := a.ready(r); err != nil {
 		return 0, nil, err
 	}
+	// (authz filters the results below too)
 	authz, err := a.authorizer(r)
 	if err == nil {
 		err = discovery.AuthorizeCommand(authz, a.Store, req)

@@ -42,14 +42,7 @@ import (
 
 // ownNodeRegister applies a catalog registration of this agent's node.
 func (a *API) ownNodeRegister(r *http.Request, body *catalogRegistration, req *discovery.CatalogRegisterRequest) error {
-	if err := a.ready(r); err != nil {
-		return err
-	}
-	authz, err := a.authorizer(r)
-	if err == nil {
-		err = discovery.AuthorizeCommand(authz, a.Store, *req)
-	}
-	if err != nil {
+	if err := a.authorize(r, *req); err != nil {
 		return err
 	}
 	if !req.SkipNodeUpdate {
@@ -59,6 +52,7 @@ func (a *API) ownNodeRegister(r *http.Request, body *catalogRegistration, req *d
 	}
 	var svc *discovery.RegisterServiceRequest
 	if req.Service != nil {
+		var err error
 		if svc, err = a.ownServiceRequest(body.Service, req.Service); err != nil {
 			return err
 		}
@@ -196,14 +190,7 @@ func (a *API) ownNodeDeregister(r *http.Request, req discovery.CatalogDeregister
 		return &HTTPError{Code: http.StatusForbidden,
 			Msg: fmt.Sprintf("Permission denied: node %q is run by this agent: its node leaves the catalog when the agent leaves (vmesh leave, or PUT /v1/agent/force-leave); deregister its services and checks by ServiceID or CheckID", req.Node)}
 	}
-	if err := a.ready(r); err != nil {
-		return err
-	}
-	authz, err := a.authorizer(r)
-	if err == nil {
-		err = discovery.AuthorizeCommand(authz, a.Store, req)
-	}
-	if err != nil {
+	if err := a.authorize(r, req); err != nil {
 		return err
 	}
 	if req.CheckID == discovery.NodeLivenessCheckID {

@@ -215,14 +215,7 @@ func (a *API) catalogDeregister(w http.ResponseWriter, r *http.Request) {
 // refuses it again when it applies it: this store may be a moment
 // behind), then applies it.
 func (a *API) applyCatalog(r *http.Request, node string, cmd discovery.Command) error {
-	if err := a.ready(r); err != nil {
-		return err
-	}
-	authz, err := a.authorizer(r)
-	if err == nil {
-		err = discovery.AuthorizeCommand(authz, a.Store, cmd)
-	}
-	if err != nil {
+	if err := a.authorize(r, cmd); err != nil {
 		return err
 	}
 	if _, n, _, err := a.Store.Node(nil, node); err != nil {
@@ -230,7 +223,7 @@ func (a *API) applyCatalog(r *http.Request, node string, cmd discovery.Command) 
 	} else if n != nil && !n.External {
 		return fmt.Errorf("%w: node %q", discovery.ErrAgentNode, node)
 	}
-	_, err = a.Writer.Apply(discovery.WithToken(r.Context(), requestToken(r)), cmd)
+	_, err := a.Writer.Apply(discovery.WithToken(r.Context(), requestToken(r)), cmd)
 	return err
 }
 
