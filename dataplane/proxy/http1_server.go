@@ -848,11 +848,7 @@ func (w *h1Response) writeField(k, v string) {
 	if strings.ContainsAny(v, "\r\n") {
 		v = newlineToSpace.Replace(v)
 	}
-	v = textproto.TrimString(v)
-	w.bw.WriteString(k)
-	w.bw.WriteString(": ")
-	w.bw.WriteString(v)
-	w.bw.WriteString("\r\n")
+	writeField(w.bw, k, v)
 }
 
 func bodyAllowedForStatus(status int) bool {

@@ -752,7 +752,7 @@ func validH1Request(req *http.Request) error {
 	if req.URL == nil {
 		return errors.New("proxy: request without a URL")
 	}
-	if m := req.Method; m != "" && !validToken(m) {
+	if m := req.Method; m != "" && !httpguts.ValidHeaderFieldName(m) { // a token
 		return fmt.Errorf("proxy: invalid method %q", m)
 	}
 	host := h1Host(req)
@@ -782,15 +782,6 @@ func hasCTL(s string) bool {
 		}
 	}
 	return false
-}
-
-func validToken(s string) bool {
-	for i := 0; i < len(s); i++ {
-		if !httpguts.IsTokenRune(rune(s[i])) {
-			return false
-		}
-	}
-	return true
 }
 
 // h1Host is the request's Host header.
@@ -863,19 +854,8 @@ func writeH1Head(bw *bufio.Writer, req *http.Request, chunked bool) {
 func writeField(bw *bufio.Writer, k, v string) {
 	bw.WriteString(k)
 	bw.WriteString(": ")
-	bw.WriteString(trimOWS(v))
+	bw.WriteString(textproto.TrimString(v))
 	bw.WriteString("\r\n")
-}
-
-// trimOWS trims spaces and tabs around a header value.
-func trimOWS(v string) string {
-	for len(v) > 0 && (v[0] == ' ' || v[0] == '\t') {
-		v = v[1:]
-	}
-	for len(v) > 0 && (v[len(v)-1] == ' ' || v[len(v)-1] == '\t') {
-		v = v[:len(v)-1]
-	}
-	return v
 }
 
 // writeRequestURI writes what URL.RequestURI returns, without building
