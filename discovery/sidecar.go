@@ -146,7 +146,7 @@ func (s *Store) RegisterService(idx uint64, req *RegisterServiceRequest) error {
 	inst := &req.Instance
 	if sc := req.Sidecar; sc != nil && inst.Kind == KindTypical {
 		c := *sc
-		c.Node, c.SidecarFor, c.Kind = inst.Node, inst.ID, KindConnectProxy
+		c.Node, c.ID, c.SidecarFor, c.Kind = inst.Node, inst.ID+SidecarSuffix, inst.ID, KindConnectProxy
 		proxy := ConnectProxyConfig{}
 		if sc.Proxy != nil {
 			proxy = *sc.Proxy
@@ -163,10 +163,7 @@ func (s *Store) RegisterService(idx uint64, req *RegisterServiceRequest) error {
 		if err := ensureServiceTxn(tx, idx, at, &c, nil); err != nil {
 			return err
 		}
-		if err := deleteSidecarsTxn(tx, idx, at, inst.Node, inst.ID, c.ID); err != nil {
-			return err
-		}
-	} else if err := deleteSidecarsTxn(tx, idx, at, inst.Node, inst.ID, ""); err != nil {
+	} else if err := deleteSidecarTxn(tx, idx, at, inst.Node, inst.ID); err != nil {
 		return err
 	}
 	if err := bumpIndex(tx, idx, tableInstances, tableChecks); err != nil {
@@ -176,19 +173,15 @@ func (s *Store) RegisterService(idx uint64, req *RegisterServiceRequest) error {
 	return nil
 }
 
-// deleteSidecarsTxn removes the sidecar records of the instance id on node
-// but keep (the one just written, if any).
-func deleteSidecarsTxn(tx *memdb.Txn, idx uint64, at int64, node, id, keep string) error {
-	insts, err := collect[Instance](nil, tx, tableInstances, "node", node)
-	if err != nil {
+// deleteSidecarTxn removes the sidecar record of the instance id on node,
+// if it has one: at its one ID, <id>-sidecar-proxy (the store pins it).
+func deleteSidecarTxn(tx *memdb.Txn, idx uint64, at int64, node, id string) error {
+	raw, err := tx.First(tableInstances, "id", node, id+SidecarSuffix)
+	if err != nil || raw == nil {
 		return err
 	}
-	for _, in := range insts {
-		if in.SidecarFor == id && in.ID != keep {
-			if err := deleteServiceTxn(tx, idx, at, in); err != nil {
-				return err
-			}
-		}
+	if in := raw.(*Instance); in.SidecarFor == id {
+		return deleteServiceTxn(tx, idx, at, in)
 	}
 	return nil
 }

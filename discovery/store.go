@@ -325,7 +325,7 @@ func (s *Store) DeleteService(idx uint64, node, id string) error {
 	if err := deleteServiceTxn(tx, idx, at, raw.(*Instance)); err != nil {
 		return err
 	}
-	if err := deleteSidecarsTxn(tx, idx, at, node, id, ""); err != nil {
+	if err := deleteSidecarTxn(tx, idx, at, node, id); err != nil {
 		return err
 	}
 	if err := bumpIndex(tx, idx, tableInstances, tableChecks); err != nil {
