@@ -421,20 +421,20 @@ func upgradeType(h http.Header) string {
 // body bytes, and marks the stream active on every write.
 type respWriter struct {
 	http.ResponseWriter
-	s           *stream
-	code        int
-	wroteHeader bool
-	// started: the response began (for the stream's timer).
+	s    *stream
+	code int
+	// started: the response began (its header was written; read by the
+	// stream's timer too).
 	started atomic.Bool
 	bytes   atomic.Int64
 }
 
 func (w *respWriter) WriteHeader(code int) {
 	if code >= 200 || code == http.StatusSwitchingProtocols {
-		if w.wroteHeader {
+		if w.started.Load() {
 			return
 		}
-		w.wroteHeader, w.code = true, code
+		w.code = code
 		w.started.Store(true)
 		if w.s.closeUnlessSwitched && code != http.StatusSwitchingProtocols {
 			// The edge stopped checking this connection's requests
@@ -446,7 +446,7 @@ func (w *respWriter) WriteHeader(code int) {
 }
 
 func (w *respWriter) Write(b []byte) (int, error) {
-	if !w.wroteHeader {
+	if !w.started.Load() {
 		w.WriteHeader(http.StatusOK)
 	}
 	n, err := w.ResponseWriter.Write(b)
@@ -475,7 +475,7 @@ func (w *respWriter) Hijack() (net.Conn, *bufio.ReadWriter, error) {
 	if err != nil {
 		return nil, nil, err
 	}
-	w.wroteHeader, w.code = true, http.StatusSwitchingProtocols
+	w.code = http.StatusSwitchingProtocols
 	w.started.Store(true)
 	return &countingConn{Conn: c, s: w.s}, brw, nil
 }

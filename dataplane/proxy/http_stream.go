@@ -365,7 +365,7 @@ func (s *stream) errorHandler(_ http.ResponseWriter, _ *http.Request, err error)
 // body, or for a gRPC request a trailers-only response (HTTP 200 with
 // grpc-status and grpc-message).
 func (s *stream) localReply(l *localReply) {
-	if s.w.wroteHeader {
+	if s.w.started.Load() {
 		return
 	}
 	s.noteLocalReply(l)
