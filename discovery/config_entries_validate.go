@@ -3,7 +3,6 @@ package discovery
 import (
 	"bytes"
 	"encoding/json"
-	"errors"
 	"fmt"
 	"math"
 	"regexp"
@@ -106,10 +105,8 @@ func DecodeConfigEntry(body []byte) (*ConfigEntry, error) {
 	if err := dec.Decode(wire); err != nil {
 		return nil, fmt.Errorf("%w: %w", ErrInvalid, DecodeError(err))
 	}
-	var errs []error
-	bad := func(field, format string, args ...any) {
-		errs = append(errs, fmt.Errorf("%s: %s", field, fmt.Sprintf(format, args...)))
-	}
+	var errs problems
+	bad := errs.bad
 	// The kind's own unsupported fields: everything the wire struct adds
 	// beyond the header and the stored body.
 	for _, f := range setFields("", wire, "configEntryHeader", "ServiceDefaults", "ServiceRouter", "ServiceSplitter", "ServiceResolver", "ProxyDefaults", "IngressGateway", "TerminatingGateway") {
@@ -120,8 +117,8 @@ func DecodeConfigEntry(body []byte) (*ConfigEntry, error) {
 	defaultOnly("Namespace", hdr.Namespace, bad)
 	defaultOnly("Partition", hdr.Partition, bad)
 	e.validate(bad)
-	if len(errs) > 0 {
-		return nil, fmt.Errorf("%w: %w", ErrInvalid, errors.Join(errs...))
+	if err := errs.err(); err != nil {
+		return nil, err
 	}
 	return e, nil
 }

@@ -3,7 +3,6 @@ package discovery
 import (
 	"bytes"
 	"encoding/json"
-	"errors"
 	"fmt"
 	"sort"
 	"strings"
@@ -194,10 +193,8 @@ const (
 func ParseIntentionName(field, v string) (string, error) {
 	parts := strings.Split(v, "/")
 	name := parts[len(parts)-1]
-	var errs []error
-	bad := func(format string, args ...any) {
-		errs = append(errs, fmt.Errorf("%s: %s", field, fmt.Sprintf(format, args...)))
-	}
+	var errs problems
+	bad := func(format string, args ...any) { errs.bad(field, format, args...) }
 	switch len(parts) {
 	case 1:
 	case 2, 3:
@@ -219,8 +216,8 @@ func ParseIntentionName(field, v string) (string, error) {
 	case strings.ContainsAny(name, " \t\n"):
 		bad("%q may not contain white space", name)
 	}
-	if len(errs) > 0 {
-		return "", fmt.Errorf("%w: %w", ErrInvalid, errors.Join(errs...))
+	if err := errs.err(); err != nil {
+		return "", err
 	}
 	return name, nil
 }
@@ -235,10 +232,8 @@ func DecodeIntention(body []byte, source, destination string) (*Intention, error
 	if err != nil {
 		return nil, err
 	}
-	var errs []error
-	bad := func(field, format string, args ...any) {
-		errs = append(errs, fmt.Errorf("%s: %s", field, fmt.Sprintf(format, args...)))
-	}
+	var errs problems
+	bad := errs.bad
 	if w.ID != "" {
 		bad("ID", "must be empty: an intention is addressed by ?source= and ?destination=")
 	}
@@ -251,8 +246,8 @@ func DecodeIntention(body []byte, source, destination string) (*Intention, error
 		}
 	}
 	w.validate(bad)
-	if len(errs) > 0 {
-		return nil, fmt.Errorf("%w: %w", ErrInvalid, errors.Join(errs...))
+	if err := errs.err(); err != nil {
+		return nil, err
 	}
 	return &Intention{
 		SourceName: source, DestinationName: destination,

@@ -3,7 +3,6 @@ package discovery
 import (
 	"bytes"
 	"encoding/json"
-	"errors"
 	"fmt"
 	"maps"
 	"sort"
@@ -243,10 +242,8 @@ func DecodeServiceIntentions(body []byte) (string, []Intention, error) {
 	if dec.More() {
 		return "", nil, fmt.Errorf("%w: Request decode failed: trailing data after the JSON object", ErrInvalid)
 	}
-	var errs []error
-	bad := func(field, format string, args ...any) {
-		errs = append(errs, fmt.Errorf("%s: %s", field, fmt.Sprintf(format, args...)))
-	}
+	var errs problems
+	bad := errs.bad
 	dst, err := ParseIntentionName("Name", w.Name)
 	if err != nil {
 		errs = append(errs, withoutInvalid(err))
@@ -295,8 +292,8 @@ func DecodeServiceIntentions(body []byte) (string, []Intention, error) {
 			Description: src.Description, Meta: maps.Clone(src.LegacyMeta),
 		})
 	}
-	if len(errs) > 0 {
-		return "", nil, fmt.Errorf("%w: %w", ErrInvalid, errors.Join(errs...))
+	if err := errs.err(); err != nil {
+		return "", nil, err
 	}
 	return dst, out, nil
 }
@@ -311,10 +308,8 @@ func DecodeLegacyIntention(body []byte, id string) (*Intention, error) {
 	if err != nil {
 		return nil, err
 	}
-	var errs []error
-	bad := func(field, format string, args ...any) {
-		errs = append(errs, fmt.Errorf("%s: %s", field, fmt.Sprintf(format, args...)))
-	}
+	var errs problems
+	bad := errs.bad
 	switch {
 	case id == "" && w.ID != "":
 		bad("ID", "must be empty: the agent assigns it")
@@ -330,8 +325,8 @@ func DecodeLegacyIntention(body []byte, id string) (*Intention, error) {
 		errs = append(errs, withoutInvalid(err))
 	}
 	w.validate(bad)
-	if len(errs) > 0 {
-		return nil, fmt.Errorf("%w: %w", ErrInvalid, errors.Join(errs...))
+	if err := errs.err(); err != nil {
+		return nil, err
 	}
 	return &Intention{
 		SourceName: src, DestinationName: dst,

@@ -18,10 +18,8 @@ const defaultCheckTimeout = 10 * time.Second
 // (prefix names the registration, e.g. "" for the API or "service[1]." in a
 // file); the error wraps ErrInvalid.
 func (reg *ServiceRegistration) Build(node, source string) (*RegisterServiceRequest, error) {
-	var errs []error
-	bad := func(field, format string, args ...any) {
-		errs = append(errs, fmt.Errorf("%s: %s", field, fmt.Sprintf(format, args...)))
-	}
+	var errs problems
+	bad := errs.bad
 	if strings.TrimSpace(reg.Name) == "" {
 		bad("Name", "missing service name")
 	} else if strings.ContainsAny(reg.Name, "/ \t\n") {
@@ -141,8 +139,8 @@ func (reg *ServiceRegistration) Build(node, source string) (*RegisterServiceRequ
 		checks = append(checks, chk)
 	}
 	sidecar := buildSidecar(reg, &inst, bad) // sidecar.go
-	if len(errs) > 0 {
-		return nil, fmt.Errorf("%w: %w", ErrInvalid, errors.Join(errs...))
+	if err := errs.err(); err != nil {
+		return nil, err
 	}
 	return &RegisterServiceRequest{Instance: inst, Checks: checks, Sidecar: sidecar}, nil
 }

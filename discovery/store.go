@@ -17,6 +17,23 @@ var (
 	ErrCASConflict = errors.New("discovery: check-and-set index does not match")
 )
 
+// problems collects what is wrong with a request, each naming its field,
+// so that one answer reports them all.
+type problems []error
+
+// bad adds a problem with field.
+func (p *problems) bad(field, format string, args ...any) {
+	*p = append(*p, fmt.Errorf("%s: %s", field, fmt.Sprintf(format, args...)))
+}
+
+// err is every problem in one error wrapping ErrInvalid (nil: none).
+func (p problems) err() error {
+	if len(p) == 0 {
+		return nil
+	}
+	return fmt.Errorf("%w: %w", ErrInvalid, errors.Join(p...))
+}
+
 const (
 	tableNodes     = "nodes"
 	tableInstances = "instances"
